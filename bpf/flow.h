@@ -1,0 +1,83 @@
+/* Types shared by the flow program and userspace (src/datapath/flow-types.ts).
+ * Every struct here is read from the object's BTF by a test and compared with the TypeScript
+ * layout, so change both sides together. Fields are ordered largest-alignment first and padded
+ * explicitly: the hash map hashes the whole key, so no byte of it may be left uninitialised. */
+#ifndef RXFLOW_FLOW_H
+#define RXFLOW_FLOW_H
+
+#include <linux/types.h>
+
+#define FLOW_DIRECTION_INGRESS 0
+#define FLOW_DIRECTION_EGRESS 1
+
+#define FLOW_TUNNEL_NONE 0
+#define FLOW_TUNNEL_VXLAN 1
+#define FLOW_TUNNEL_GENEVE 2
+
+/* Why a packet went to the ring buffer instead of the map. */
+#define FLOW_EVENT_MAP_FULL 1   /* bpf_map_update_elem returned -E2BIG */
+#define FLOW_EVENT_MAP_ERROR 2  /* any other update failure (-ENOMEM, -EBUSY) */
+
+/* Indexes of the per-CPU loss and activity counters (flow_counters map). */
+enum flow_counter {
+	FLOW_CTR_PACKETS = 0,          /* packets the program saw */
+	FLOW_CTR_SAMPLED_OUT = 1,      /* skipped by 1-in-N sampling */
+	FLOW_CTR_PARSE_FAILED = 2,     /* truncated or malformed headers: not counted in any flow */
+	FLOW_CTR_MAP_FULL = 3,         /* sent to the ring buffer because the map was full */
+	FLOW_CTR_MAP_UPDATE_FAILED = 4,/* sent to the ring buffer because the update failed otherwise */
+	FLOW_CTR_RB_RESERVE_FAILED = 5,/* lost: neither map nor ring buffer took the packet */
+	FLOW_CTR_NON_IP = 6,           /* ARP and other non-IP ethertypes: passed, not counted */
+	FLOW_CTR_MAX = 8,
+};
+
+/* Addresses are 16 bytes; IPv4 is stored IPv4-mapped (::ffff:a.b.c.d) so one key serves both. */
+struct flow_key {
+	__u8 src_ip[16];
+	__u8 dst_ip[16];
+	__u32 if_index;
+	__u32 vni;          /* VXLAN/GENEVE VNI, 0 without a tunnel */
+	__u16 src_port;     /* host byte order; 0 for protocols without ports and non-first fragments */
+	__u16 dst_port;
+	__u16 eth_type;     /* ethertype of the (inner) IP packet: 0x0800 or 0x86dd */
+	__u8 protocol;
+	__u8 direction;     /* FLOW_DIRECTION_* */
+	__u8 icmp_type;
+	__u8 icmp_code;
+	__u8 tunnel_type;   /* FLOW_TUNNEL_* */
+	__u8 ip_version;    /* 4 or 6 */
+};
+
+/* Per-CPU value. The outer tunnel fields are functions of the inner flow and the VNI, so they
+ * ride in the value rather than widening the key the map hashes on every packet. */
+struct flow_value {
+	__u64 packets;
+	__u64 bytes;         /* frame length as seen by TC (skb->len), including L2 */
+	__u64 first_seen_ns; /* bpf_ktime_get_ns() */
+	__u64 last_seen_ns;
+	__u64 cookie;        /* GENEVE: first 8 bytes of the options, as they appear on the wire */
+	__u8 outer_src_ip[16];
+	__u8 outer_dst_ip[16];
+	__u16 outer_src_port;
+	__u16 outer_dst_port;
+	__u16 tcp_flags;     /* OR of the TCP flags byte of every packet */
+	__u8 dscp;
+	__u8 _pad0;
+	__u8 src_mac[6];
+	__u8 dst_mac[6];
+};
+
+/* A single-packet flow the map could not take, submitted to the flow_events ring buffer. */
+struct flow_event {
+	struct flow_key key;
+	struct flow_value value;
+	__u32 reason;        /* FLOW_EVENT_* */
+	__u32 _pad0;
+};
+
+/* Run-time settings, index 0 of the flow_config array map. */
+struct flow_config {
+	__u32 sampling;      /* 1-in-N; 0 or 1 counts every packet */
+	__u32 _pad0;
+};
+
+#endif

@@ -1,0 +1,63 @@
+import type { Observable, OperatorFunction, SchedulerLike } from 'rxjs';
+import type { Ledger, StageCounters } from './ledger.js';
+import type { Logger } from './logger.js';
+import type { FlowBatch } from './records.js';
+
+/**
+ * Every component module (one file per YAML `type`) exports a `ComponentModule`. `schema` is a
+ * JSON Schema (draft-07) object with `additionalProperties: false` at every level: it validates
+ * the user's config and makes up the editor schema of the pipeline format. Option names carry
+ * their unit (`_ms`, `_bytes`).
+ */
+export type ComponentKind = 'source' | 'transform' | 'sink';
+
+export interface JsonSchema {
+  [key: string]: unknown;
+}
+
+export interface ComponentContext {
+  /** The id the user gave the component in the pipeline file. */
+  id: string;
+  logger: Logger;
+  ledger: Ledger;
+  /** This component's counters in the ledger. */
+  counters: StageCounters;
+  /** Timers run on this scheduler, so tests can drive them in virtual time. */
+  scheduler?: SchedulerLike;
+}
+
+export interface Sink {
+  /** Subscribes the sink to its input; returns when the input completes and everything is written. */
+  consume(input: Observable<FlowBatch>): Promise<void>;
+  /** Writes everything buffered; safe to call more than once. */
+  flush(): Promise<void>;
+  /** Flushes, then releases connections; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+interface ModuleBase<C> {
+  type: string;
+  kind: ComponentKind;
+  /** One line, shown by `rxflow validate --list` and in the JSON Schema. */
+  description: string;
+  schema: JsonSchema;
+  /** A complete example config, which a test parses with `schema`. */
+  example: C;
+}
+
+export interface SourceModule<C> extends ModuleBase<C> {
+  kind: 'source';
+  build(config: C, context: ComponentContext): Observable<FlowBatch>;
+}
+
+export interface TransformModule<C> extends ModuleBase<C> {
+  kind: 'transform';
+  build(config: C, context: ComponentContext): OperatorFunction<FlowBatch, FlowBatch>;
+}
+
+export interface SinkModule<C> extends ModuleBase<C> {
+  kind: 'sink';
+  build(config: C, context: ComponentContext): Sink;
+}
+
+export type ComponentModule<C = unknown> = SourceModule<C> | TransformModule<C> | SinkModule<C>;
