@@ -1,0 +1,68 @@
+import { openSync, closeSync } from 'node:fs';
+import koffi from 'koffi';
+import { DatapathError, SyscallError, describeErrno } from './errors.js';
+
+const CLONE_NEWNET = 0x40000000;
+
+interface SetnsLib {
+  setns: (fd: number, nstype: number) => number;
+}
+
+let lib: SetnsLib | undefined;
+
+function setnsLib(): SetnsLib {
+  if (!lib) {
+    const c = koffi.load('libc.so.6');
+    lib = { setns: c.func('int setns(int fd, int nstype)') as SetnsLib['setns'] };
+  }
+  return lib;
+}
+
+/**
+ * Runs fn with the calling thread in the network namespace `name` (as `ip netns` names it, i.e.
+ * /run/netns/<name>, or an absolute path such as /proc/<pid>/ns/net), then switches back.
+ * Interface names and TC attachments resolve in the caller's namespace, so this is how the agent
+ * attaches to a container's or a test namespace's interfaces. fn must be synchronous: the switch
+ * applies to this thread only, and an await would run other code in the wrong namespace.
+ */
+export function withNetns<T>(name: string | undefined, fn: () => T): T {
+  if (name === undefined) return fn();
+  const path = name.startsWith('/') ? name : `/run/netns/${name}`;
+  let target: number;
+  try {
+    target = openSync(path, 'r');
+  } catch (err) {
+    throw new DatapathError(
+      'ENONETNS',
+      `enter network namespace ${name}: ${path} cannot be opened; check the name with 'ip netns list'`,
+      err,
+    );
+  }
+  const home = openSync('/proc/thread-self/ns/net', 'r');
+  try {
+    if (setnsLib().setns(target, CLONE_NEWNET) !== 0) {
+      const errno = koffi.errno();
+      throw new DatapathError(
+        errno === 1 ? 'ENOPRIV' : 'ENONETNS',
+        `enter network namespace ${name}: ${describeErrno(errno)}${errno === 1 ? '; run as root' : ''}`,
+        new SyscallError('setns', errno),
+      );
+    }
+    try {
+      return fn();
+    } finally {
+      if (setnsLib().setns(home, CLONE_NEWNET) !== 0) {
+        // Staying in the wrong namespace would silently misdirect every later attach.
+        const errno = koffi.errno();
+        throw new DatapathError(
+          'ENONETNS',
+          `leave network namespace ${name}: ${describeErrno(errno)}`,
+          new SyscallError('setns', errno),
+        );
+      }
+    }
+  } finally {
+    closeSync(target);
+    closeSync(home);
+  }
+}

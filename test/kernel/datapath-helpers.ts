@@ -1,0 +1,212 @@
+/**
+ * Shared pieces of the datapath kernel tests: the root check, the test BPF objects, veth pairs in
+ * network namespaces (all named rxdp*), and readers of what bpftool and tc report.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmdirSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
+
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export interface KernelGate {
+  skip: boolean;
+  /** Why the tests skip; appended to the describe title so the report states it. */
+  title: (name: string) => string;
+}
+
+/**
+ * Kernel tests need root. Elsewhere they skip with the reason; with CI=true they must run, so a
+ * missing privilege fails the file instead.
+ */
+export function kernelGate(): KernelGate {
+  const uid = process.getuid?.() ?? -1;
+  if (uid === 0) return { skip: false, title: (name) => name };
+  const reason = 'needs root (BPF, bpffs, network namespaces); run the kernel tests as root';
+  if (process.env.CI === 'true') throw new Error(`kernel tests: ${reason}; CI=true does not allow skipping`);
+  return { skip: true, title: (name) => `${name} (skipped: ${reason})` };
+}
+
+/**
+ * Path of bpf/<name>.o, building the objects first when the source is newer. Test files run in
+ * parallel, so the build runs under a lock directory.
+ */
+export function testObject(name: string): string {
+  const obj = join(repoRoot, 'bpf', `${name}.o`);
+  const src = join(repoRoot, 'bpf', `${name}.c`);
+  if (existsSync(obj) && statSync(obj).mtimeMs >= statSync(src).mtimeMs) return obj;
+  const lock = '/tmp/rxdp-bpf-build.lock';
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch {
+      if (Date.now() > deadline) throw new Error(`build ${name}.o: lock ${lock} held for 60 s; remove it`);
+      spawnSync('sleep', ['0.1']);
+    }
+  }
+  try {
+    if (!existsSync(obj) || statSync(obj).mtimeMs < statSync(src).mtimeMs) {
+      // Other engineers' sources may not compile yet; only this object matters here.
+      spawnSync('bash', [join(repoRoot, 'bpf', 'build.sh')], { stdio: 'ignore' });
+    }
+  } finally {
+    rmdirSync(lock);
+  }
+  if (!existsSync(obj)) throw new Error(`build ${name}.o failed: run 'bash bpf/build.sh' to see why`);
+  return obj;
+}
+
+export function sh(cmd: string, args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function quiet(cmd: string, args: string[]): void {
+  spawnSync(cmd, args, { stdio: 'ignore' });
+}
+
+export interface VethNs {
+  ns: string;
+  /** The end in the test's (root) namespace, where programs attach. */
+  hostIf: string;
+  /** The end inside `ns`. */
+  peerIf: string;
+  hostIp: string;
+  peerIp: string;
+}
+
+/**
+ * A veth pair rxdp<id>h (here, hostIp) <-> rxdp<id>p (in netns rxdp-<id>, peerIp) on
+ * 10.213.<subnet>.0/30, with IPv6 off so only the test's own packets cross it.
+ */
+export function createVethNs(id: string, subnet: number): VethNs {
+  const v: VethNs = {
+    ns: `rxdp-${id}`,
+    hostIf: `rxdp${id}h`,
+    peerIf: `rxdp${id}p`,
+    hostIp: `10.213.${subnet}.1`,
+    peerIp: `10.213.${subnet}.2`,
+  };
+  destroyVethNs(v);
+  sh('ip', ['netns', 'add', v.ns]);
+  sh('ip', ['link', 'add', v.hostIf, 'type', 'veth', 'peer', 'name', v.peerIf, 'netns', v.ns]);
+  quiet('sysctl', ['-qw', `net.ipv6.conf.${v.hostIf}.disable_ipv6=1`]);
+  quiet('ip', ['netns', 'exec', v.ns, 'sysctl', '-qw', `net.ipv6.conf.${v.peerIf}.disable_ipv6=1`]);
+  sh('ip', ['addr', 'add', `${v.hostIp}/30`, 'dev', v.hostIf]);
+  sh('ip', ['link', 'set', v.hostIf, 'up']);
+  sh('ip', ['-n', v.ns, 'addr', 'add', `${v.peerIp}/30`, 'dev', v.peerIf]);
+  sh('ip', ['-n', v.ns, 'link', 'set', v.peerIf, 'up']);
+  sh('ip', ['-n', v.ns, 'link', 'set', 'lo', 'up']);
+  return v;
+}
+
+export function destroyVethNs(v: VethNs): void {
+  quiet('ip', ['link', 'del', v.hostIf]);
+  quiet('ip', ['netns', 'del', v.ns]);
+}
+
+/** Sends exactly `count` ICMP echo requests from the namespace to the host end. */
+export function pingFromNs(v: VethNs, count: number): void {
+  sh('ip', ['netns', 'exec', v.ns, 'ping', '-q', '-c', String(count), '-i', '0.05', '-W', '2', v.hostIp]);
+}
+
+/** Sends exactly `count` ICMP echo requests from here to the namespace end. */
+export function pingToNs(v: VethNs, count: number): void {
+  sh('ping', ['-q', '-c', String(count), '-i', '0.05', '-W', '2', '-I', v.hostIf, v.peerIp]);
+}
+
+export function ifindexOf(ifname: string): number {
+  const j = JSON.parse(sh('ip', ['-j', 'link', 'show', 'dev', ifname])) as { ifindex: number }[];
+  return j[0]!.ifindex;
+}
+
+export interface BpftoolLink {
+  id: number;
+  type: string;
+  prog_id: number;
+  ifindex?: number;
+  attach_type?: string | number;
+}
+
+/** TCX links on an interface, as `bpftool -j link show` lists them. */
+export function tcxLinksOn(ifindex: number): BpftoolLink[] {
+  const links = JSON.parse(sh('bpftool', ['-j', 'link', 'show'])) as BpftoolLink[];
+  return links.filter((l) => l.type === 'tcx' && l.ifindex === ifindex);
+}
+
+/** Filters of an interface hook, as `tc -j filter show dev X ingress|egress` lists them. */
+export function tcFilters(ifname: string, direction: 'ingress' | 'egress'): unknown[] {
+  const out = sh('tc', ['-j', 'filter', 'show', 'dev', ifname, direction]).trim();
+  return out === '' ? [] : (JSON.parse(out) as unknown[]);
+}
+
+/** A fresh directory under /sys/fs/bpf for one test, removed by the caller. */
+export function bpffsDir(name: string): string {
+  const dir = `/sys/fs/bpf/rxdp-${name}-${process.pid}`;
+  quiet('rm', ['-rf', dir]);
+  return dir;
+}
+
+/** The datapath modules a child process needs, relative to the repository root. */
+const childSources = [
+  'src/datapath/errors.ts',
+  'src/datapath/libbpf.ts',
+  'src/datapath/map.ts',
+  'src/datapath/object.ts',
+  'src/datapath/link.ts',
+  'src/datapath/ringbuf.ts',
+  'test/kernel/datapath-child.ts',
+];
+
+/**
+ * Transpiles the datapath and test/kernel/datapath-child.ts into a temporary directory (Node 20
+ * cannot run TypeScript) and returns the child's entry; run it with `node <entry> ...`. The
+ * directory is world-readable so the child can also run as an unprivileged user.
+ */
+export function buildChild(): { entry: string; dir: string } {
+  const dir = mkdtempSync('/tmp/rxdp-child-');
+  chmodSync(dir, 0o755);
+  for (const rel of childSources) {
+    const out = ts.transpileModule(readFileSync(join(repoRoot, rel), 'utf8'), {
+      compilerOptions: {
+        module: ts.ModuleKind.ESNext,
+        target: ts.ScriptTarget.ES2022,
+        verbatimModuleSyntax: true,
+      },
+      fileName: rel,
+    });
+    const dest = join(dir, rel.replace(/\.ts$/, '.js'));
+    mkdirSync(dirname(dest), { recursive: true, mode: 0o755 });
+    writeFileSync(dest, out.outputText);
+  }
+  writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
+  symlinkSync(join(repoRoot, 'node_modules'), join(dir, 'node_modules'));
+  return { entry: join(dir, 'test/kernel/datapath-child.js'), dir };
+}
+
+/** An Ethernet + IPv4 + ICMP echo request frame with 56 bytes of payload: 98 bytes, like ping's. */
+export function icmpEchoFrame(): Uint8Array {
+  const f = new Uint8Array(98);
+  const v = new DataView(f.buffer);
+  f.set([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1], 0);
+  v.setUint16(12, 0x0800);
+  f[14] = 0x45;
+  v.setUint16(16, 84);
+  f[22] = 64;
+  f[23] = 1;
+  f.set([10, 213, 0, 2, 10, 213, 0, 1], 26);
+  f[34] = 8;
+  return f;
+}
