@@ -18,7 +18,12 @@
 #define FLOW_EVENT_MAP_FULL 1   /* bpf_map_update_elem returned -E2BIG */
 #define FLOW_EVENT_MAP_ERROR 2  /* any other update failure (-ENOMEM, -EBUSY) */
 
-/* Indexes of the per-CPU loss and activity counters (flow_counters map). */
+/* Indexes of the per-CPU loss and activity counters (flow_counters map). They count packets on
+ * the wire: a GSO/GRO skb of N segments counts N. Apart from PACKETS they are disjoint, so every
+ * packet is accounted exactly once:
+ *   PACKETS = SAMPLED_OUT + PARSE_FAILED + NON_IP + (packets in flow_map)
+ *           + MAP_FULL + MAP_UPDATE_FAILED + RB_RESERVE_FAILED
+ * and the ring buffer received events carrying MAP_FULL + MAP_UPDATE_FAILED packets. */
 enum flow_counter {
 	FLOW_CTR_PACKETS = 0,          /* packets the program saw */
 	FLOW_CTR_SAMPLED_OUT = 1,      /* skipped by 1-in-N sampling */
@@ -26,7 +31,7 @@ enum flow_counter {
 	FLOW_CTR_MAP_FULL = 3,         /* sent to the ring buffer because the map was full */
 	FLOW_CTR_MAP_UPDATE_FAILED = 4,/* sent to the ring buffer because the update failed otherwise */
 	FLOW_CTR_RB_RESERVE_FAILED = 5,/* lost: neither map nor ring buffer took the packet */
-	FLOW_CTR_NON_IP = 6,           /* ARP and other non-IP ethertypes: passed, not counted */
+	FLOW_CTR_NON_IP = 6,           /* ARP and other non-IP ethertypes (also inside a tunnel): passed, not counted */
 	FLOW_CTR_MAX = 8,
 };
 
@@ -34,7 +39,7 @@ enum flow_counter {
 struct flow_key {
 	__u8 src_ip[16];
 	__u8 dst_ip[16];
-	__u32 if_index;
+	__u32 if_index;     /* skb->ifindex: the interface the program is attached to */
 	__u32 vni;          /* VXLAN/GENEVE VNI, 0 without a tunnel */
 	__u16 src_port;     /* host byte order; 0 for protocols without ports and non-first fragments */
 	__u16 dst_port;
@@ -48,7 +53,8 @@ struct flow_key {
 };
 
 /* Per-CPU value. The outer tunnel fields are functions of the inner flow and the VNI, so they
- * ride in the value rather than widening the key the map hashes on every packet. */
+ * ride in the value rather than widening the key the map hashes on every packet. Each CPU fills
+ * its own copy on the first packet it counts; counters then change, the rest stays as first seen. */
 struct flow_value {
 	__u64 packets;
 	__u64 bytes;         /* frame length as seen by TC (skb->len), including L2 */
@@ -60,18 +66,19 @@ struct flow_value {
 	__u16 outer_src_port;
 	__u16 outer_dst_port;
 	__u16 tcp_flags;     /* OR of the TCP flags byte of every packet */
-	__u8 dscp;
+	__u8 dscp;           /* of the (inner) IP header */
 	__u8 _pad0;
-	__u8 src_mac[6];
+	__u8 src_mac[6];     /* outermost Ethernet header, as the interface saw the frame */
 	__u8 dst_mac[6];
+	__u32 sampling;      /* 1-in-N sampling in force when this CPU first counted the flow; 0 or 1: none */
 };
 
-/* A single-packet flow the map could not take, submitted to the flow_events ring buffer. */
+/* A single-packet flow the map could not take, submitted to the flow_events ring buffer. The
+ * reason sits between key (52 bytes) and value (8-aligned) to fill what would be a hole. */
 struct flow_event {
 	struct flow_key key;
-	struct flow_value value;
 	__u32 reason;        /* FLOW_EVENT_* */
-	__u32 _pad0;
+	struct flow_value value;
 };
 
 /* Run-time settings, index 0 of the flow_config array map. */

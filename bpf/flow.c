@@ -1,0 +1,533 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Flow accounting on TC ingress and egress. The programs observe and never drop: every path
+ * returns FLOW_PASS. Packets are aggregated per flow in a per-CPU hash map that userspace reads
+ * and deletes on a timer; packets the map cannot take go to a ring buffer as single-packet flows;
+ * whatever neither takes is counted, so userspace can account for every packet. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+
+/* TC_ACT_UNSPEC is TCX_NEXT: the packet goes on to the next program on the hook (a firewall
+ * attached after us) and, at the end of the chain, passes. TC_ACT_OK would end the chain there
+ * and silently bypass whatever is attached behind the observer. */
+#define FLOW_PASS TC_ACT_UNSPEC
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "flow.h"
+
+#define E2BIG 7
+#define EEXIST 17
+
+#define ETH_P_8021Q_BE bpf_htons(0x8100)
+#define ETH_P_8021AD_BE bpf_htons(0x88a8)
+#define ETH_P_IP_BE bpf_htons(0x0800)
+#define ETH_P_IPV6_BE bpf_htons(0x86dd)
+#define ETH_P_TEB_BE bpf_htons(0x6558)
+
+#define VXLAN_PORT_BE bpf_htons(4789)
+#define GENEVE_PORT_BE bpf_htons(6081)
+
+#define MAX_VLAN_TAGS 2
+/* RFC 8200's recommended order: hop-by-hop, destination options, routing, fragment, AH,
+ * destination options. ESP ends the chain (what follows is encrypted). */
+#define MAX_IPV6_EXT_HEADERS 6
+/* Enough linear bytes for the deepest header chain this parser follows (outer VLANs, IPv6 with
+ * extension headers, UDP, GENEVE options, inner Ethernet, IP and L4). */
+#define PULL_LEN 512
+/* Where an encapsulated frame may start at most; bounds an offset read back from the stack. */
+#define MAX_LAYER_OFF 1024
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NON_IP,
+	PARSE_SHORT, /* a header ends past data_end */
+	PARSE_MALFORMED,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+	__uint(max_entries, 65536);
+} flow_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} flow_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, FLOW_CTR_MAX);
+} flow_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct flow_config);
+	__uint(max_entries, 1);
+} flow_config SEC(".maps");
+
+struct vlan_tag {
+	__be16 tci;
+	__be16 proto;
+};
+
+/* The fixed TCP header with the flags as one byte (linux/tcp.h splits them into bitfields). */
+struct tcp_head {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff;
+	__u8 flags;
+	__be16 window;
+	__be16 check;
+	__be16 urg_ptr;
+};
+
+struct icmp_head {
+	__u8 type;
+	__u8 code;
+	__be16 check;
+	__be32 rest;
+};
+
+struct vxlan_head {
+	__u8 flags; /* 0x08: VNI valid */
+	__u8 reserved[3];
+	__u8 vni[3];
+	__u8 reserved2;
+};
+
+struct geneve_head {
+	__u8 ver_opt_len; /* version (2 bits) and options length in 4-byte words (6 bits) */
+	__u8 flags;
+	__be16 proto;
+	__u8 vni[3];
+	__u8 reserved;
+};
+
+static __always_inline void count(__u32 index, __u32 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&flow_counters, &index);
+
+	if (c)
+		*c += n;
+}
+
+/* Skips up to two 802.1Q/802.1ad tags. On TC ingress the outer tag is often already in
+ * skb->vlan_tci rather than in the data; either way the ethertype after the tags is what counts. */
+static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __be16 *proto)
+{
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (*proto != ETH_P_8021Q_BE && *proto != ETH_P_8021AD_BE)
+			break;
+		struct vlan_tag *vh = data + *off;
+
+		if ((void *)(vh + 1) > data_end)
+			return PARSE_SHORT;
+		*proto = vh->proto;
+		*off += sizeof(*vh);
+	}
+	return PARSE_OK;
+}
+
+static __always_inline void set_ipv4_mapped(__u8 *dst, __be32 addr)
+{
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	*(__be32 *)(dst + 12) = addr;
+}
+
+/* Parses the IP header at *off (proto is its ethertype), with IPv6 extension headers, into the
+ * key. On return *off is the transport header and *l4 says whether one is present (a non-first
+ * fragment has none). */
+static __always_inline int parse_ip(void *data, void *data_end, __u32 *off, __be16 proto,
+				    struct flow_key *key, struct flow_value *val, int *l4)
+{
+	if (proto == ETH_P_IP_BE) {
+		struct iphdr *ip = data + *off;
+
+		if ((void *)(ip + 1) > data_end)
+			return PARSE_SHORT;
+		if (ip->version != 4 || ip->ihl < 5)
+			return PARSE_MALFORMED;
+		__u32 hlen = ip->ihl * 4;
+
+		if (data + *off + hlen > data_end)
+			return PARSE_SHORT;
+		key->ip_version = 4;
+		key->eth_type = 0x0800;
+		key->protocol = ip->protocol;
+		val->dscp = ip->tos >> 2;
+		set_ipv4_mapped(key->src_ip, ip->saddr);
+		set_ipv4_mapped(key->dst_ip, ip->daddr);
+		/* Only the first fragment carries the transport header. */
+		*l4 = (ip->frag_off & bpf_htons(0x1fff)) == 0;
+		*off += hlen;
+		return PARSE_OK;
+	}
+	if (proto == ETH_P_IPV6_BE) {
+		struct ipv6hdr *ip6 = data + *off;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return PARSE_SHORT;
+		if (ip6->version != 6)
+			return PARSE_MALFORMED;
+		key->ip_version = 6;
+		key->eth_type = 0x86dd;
+		val->dscp = ((ip6->priority << 4) | (ip6->flow_lbl[0] >> 4)) >> 2;
+		__builtin_memcpy(key->src_ip, &ip6->saddr, 16);
+		__builtin_memcpy(key->dst_ip, &ip6->daddr, 16);
+		__u8 next = ip6->nexthdr;
+
+		*off += sizeof(*ip6);
+		*l4 = 1;
+#pragma unroll
+		for (int i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
+			    next != IPPROTO_AH && next != IPPROTO_FRAGMENT)
+				break;
+			__u8 *eh = data + *off;
+
+			if ((void *)(eh + 8) > data_end)
+				return PARSE_SHORT;
+			if (next == IPPROTO_FRAGMENT) {
+				next = eh[0];
+				*off += 8;
+				/* Offset bits of the fragment header: non-zero means no transport header. */
+				if ((eh[2] << 5 | eh[3] >> 3) != 0) {
+					*l4 = 0;
+					break;
+				}
+				continue;
+			}
+			__u32 len = next == IPPROTO_AH ? ((__u32)eh[1] + 2) * 4 : ((__u32)eh[1] + 1) * 8;
+
+			next = eh[0];
+			*off += len;
+		}
+		key->protocol = next;
+		return PARSE_OK;
+	}
+	return PARSE_NON_IP;
+}
+
+/* Reads the transport header at off. *tunnel_off is set to the encapsulated frame if the packet
+ * is VXLAN or GENEVE and tunnels are allowed (outer packet only). */
+static __always_inline int parse_l4(void *data, void *data_end, __u32 off, struct flow_key *key,
+				    struct flow_value *val, int allow_tunnel, __u32 *tunnel_off,
+				    __be16 *tunnel_proto, __u32 *l4_end)
+{
+	__u8 proto = key->protocol;
+
+	*l4_end = off;
+	if (proto == IPPROTO_TCP) {
+		struct tcp_head *th = data + off;
+
+		if ((void *)(th + 1) > data_end)
+			return PARSE_SHORT;
+		key->src_port = bpf_ntohs(th->source);
+		key->dst_port = bpf_ntohs(th->dest);
+		val->tcp_flags = th->flags;
+		*l4_end = off + (th->doff >> 4) * 4;
+		return PARSE_OK;
+	}
+	if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = data + off;
+
+		if ((void *)(uh + 1) > data_end)
+			return PARSE_SHORT;
+		key->src_port = bpf_ntohs(uh->source);
+		key->dst_port = bpf_ntohs(uh->dest);
+		*l4_end = off + sizeof(*uh);
+		if (!allow_tunnel)
+			return PARSE_OK;
+		off += sizeof(*uh);
+		if (uh->dest == VXLAN_PORT_BE) {
+			struct vxlan_head *vx = data + off;
+
+			if ((void *)(vx + 1) > data_end)
+				return PARSE_SHORT;
+			/* Without the I flag there is no VNI: an ordinary UDP flow to port 4789. */
+			if (!(vx->flags & 0x08))
+				return PARSE_OK;
+			key->tunnel_type = FLOW_TUNNEL_VXLAN;
+			key->vni = (__u32)vx->vni[0] << 16 | (__u32)vx->vni[1] << 8 | vx->vni[2];
+			*tunnel_off = off + sizeof(*vx);
+			*tunnel_proto = ETH_P_TEB_BE;
+			return PARSE_OK;
+		}
+		if (uh->dest == GENEVE_PORT_BE) {
+			struct geneve_head *gh = data + off;
+
+			if ((void *)(gh + 1) > data_end)
+				return PARSE_SHORT;
+			if ((gh->ver_opt_len >> 6) != 0 ||
+			    (gh->proto != ETH_P_TEB_BE && gh->proto != ETH_P_IP_BE &&
+			     gh->proto != ETH_P_IPV6_BE))
+				return PARSE_OK;
+			__u32 opt_len = (gh->ver_opt_len & 0x3f) * 4;
+			__u8 *opts = data + off + sizeof(*gh);
+
+			if ((void *)opts + opt_len > data_end)
+				return PARSE_SHORT;
+			/* The verifier tracks opts + opt_len separately: bound the cookie read itself. */
+			if (opt_len >= 8) {
+				if ((void *)(opts + 8) > data_end)
+					return PARSE_SHORT;
+				__builtin_memcpy(&val->cookie, opts, 8);
+			} else if (opt_len == 4) {
+				if ((void *)(opts + 4) > data_end)
+					return PARSE_SHORT;
+				__builtin_memcpy(&val->cookie, opts, 4);
+			}
+			off += sizeof(*gh);
+			key->tunnel_type = FLOW_TUNNEL_GENEVE;
+			key->vni = (__u32)gh->vni[0] << 16 | (__u32)gh->vni[1] << 8 | gh->vni[2];
+			*tunnel_off = off + opt_len;
+			*tunnel_proto = gh->proto;
+			return PARSE_OK;
+		}
+		return PARSE_OK;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		struct icmp_head *ih = data + off;
+
+		if ((void *)(ih + 1) > data_end)
+			return PARSE_SHORT;
+		key->icmp_type = ih->type;
+		key->icmp_code = ih->code;
+		return PARSE_OK;
+	}
+	return PARSE_OK;
+}
+
+struct parse_pos {
+	__u32 off;     /* where the next header starts */
+	__be16 proto;  /* its ethertype; ETH_P_TEB for an Ethernet header */
+	__u16 _pad0;
+	__u32 hdr_len; /* end of the innermost transport header: what every GSO segment repeats */
+	__u32 _pad1;
+};
+
+/* One encapsulation layer: Ethernet (if pos says so), VLAN tags, IP, transport header and, on the
+ * outer layer, a VXLAN or GENEVE header, which moves pos to the encapsulated frame.
+ * Global rather than inlined: the verifier checks a global function once on its own instead of
+ * once for every path that reaches it, and inlined twice (outer and inner layer, then again after
+ * a pull) the combinations of IPv6 extension-header chains exceed the verifier's budget. */
+__attribute__((noinline)) int flow_parse_layer(struct __sk_buff *skb, struct flow_key *key,
+					       struct flow_value *val, struct parse_pos *pos, int outer)
+{
+	if (!key || !val || !pos)
+		return PARSE_MALFORMED;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 off = pos->off;
+	__be16 proto = pos->proto;
+	int rc, l4 = 0;
+
+	/* Gives the verifier a bound on the offset; no real header chain gets near it. */
+	if (off > MAX_LAYER_OFF)
+		return PARSE_MALFORMED;
+	if (proto == ETH_P_TEB_BE) {
+		struct ethhdr *eth = data + off;
+
+		if ((void *)(eth + 1) > data_end)
+			return PARSE_SHORT;
+		if (outer) {
+			__builtin_memcpy(val->dst_mac, eth->h_dest, 6);
+			__builtin_memcpy(val->src_mac, eth->h_source, 6);
+		}
+		proto = eth->h_proto;
+		off += sizeof(*eth);
+		rc = skip_vlans(data, data_end, &off, &proto);
+		if (rc)
+			return rc;
+	}
+	rc = parse_ip(data, data_end, &off, proto, key, val, &l4);
+	pos->hdr_len = off;
+	if (rc || !l4)
+		return rc;
+
+	__u32 inner_off = 0;
+	__be16 inner_proto = 0;
+	__u32 l4_end = off;
+
+	rc = parse_l4(data, data_end, off, key, val, outer, &inner_off, &inner_proto, &l4_end);
+	pos->hdr_len = l4_end;
+	if (rc == PARSE_OK && outer && key->tunnel_type) {
+		pos->off = inner_off;
+		pos->proto = inner_proto;
+	}
+	return rc;
+}
+
+/* Fills key and val (both zeroed by the caller) from the frame. For VXLAN and GENEVE the key
+ * describes the inner flow and val keeps the outer addresses and ports. */
+static __always_inline int parse_frame(struct __sk_buff *skb, struct flow_key *key,
+				       struct flow_value *val, __u32 *hdr_len)
+{
+	struct parse_pos pos = { .off = 0, .proto = ETH_P_TEB_BE };
+	int rc = flow_parse_layer(skb, key, val, &pos, 1);
+
+	*hdr_len = pos.hdr_len;
+	if (rc || !key->tunnel_type)
+		return rc;
+
+	/* Encapsulated: the outer header becomes tunnel metadata, the inner frame the flow. */
+	__builtin_memcpy(val->outer_src_ip, key->src_ip, 16);
+	__builtin_memcpy(val->outer_dst_ip, key->dst_ip, 16);
+	val->outer_src_port = key->src_port;
+	val->outer_dst_port = key->dst_port;
+	__builtin_memset(key->src_ip, 0, 32);
+	key->src_port = 0;
+	key->dst_port = 0;
+	val->dscp = 0;
+	rc = flow_parse_layer(skb, key, val, &pos, 0);
+	*hdr_len = pos.hdr_len;
+	return rc;
+}
+
+static __always_inline void account(struct flow_value *cur, const struct flow_value *pkt, __u64 now)
+{
+	/* A per-CPU slot is zero until this CPU counts its first packet of the flow. */
+	if (cur->packets == 0) {
+		*cur = *pkt;
+		return;
+	}
+	cur->packets += pkt->packets;
+	cur->bytes += pkt->bytes;
+	cur->last_seen_ns = now;
+	cur->tcp_flags |= pkt->tcp_flags;
+}
+
+static __always_inline void emit_event(const struct flow_key *key, const struct flow_value *val,
+				       __u32 reason)
+{
+	struct flow_event *ev = bpf_ringbuf_reserve(&flow_events, sizeof(*ev), 0);
+
+	if (!ev) {
+		count(FLOW_CTR_RB_RESERVE_FAILED, val->packets);
+		return;
+	}
+	ev->key = *key;
+	ev->reason = reason;
+	ev->value = *val;
+	/* Userspace drains on a timer: a wakeup per event would cost more than the event. */
+	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	count(reason == FLOW_EVENT_MAP_FULL ? FLOW_CTR_MAP_FULL : FLOW_CTR_MAP_UPDATE_FAILED, val->packets);
+}
+
+static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
+{
+	__u32 zero = 0;
+	__u32 sampling = 0;
+	struct flow_config *cfg;
+
+	/* A GSO skb (TC egress runs before segmentation) or a GRO skb (ingress, after merging)
+	 * stands for gso_segs packets on the wire. */
+	__u32 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+
+	count(FLOW_CTR_PACKETS, segs);
+	cfg = bpf_map_lookup_elem(&flow_config, &zero);
+	if (cfg)
+		sampling = cfg->sampling;
+	if (sampling > 1 && bpf_get_prandom_u32() % sampling != 0) {
+		count(FLOW_CTR_SAMPLED_OUT, segs);
+		return FLOW_PASS;
+	}
+
+	/* The hash covers every key byte, so the key is zeroed whole before it is filled. */
+	struct flow_key key __attribute__((aligned(8)));
+	struct flow_value val;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	__builtin_memset(&val, 0, sizeof(val));
+	__u32 hdr_len = 0;
+	int rc = parse_frame(skb, &key, &val, &hdr_len);
+
+	/* Headers beyond the linear area (a paged skb from a driver that pulls only the outer
+	 * headers): pull them in once and parse again. Never taken for linear frames. */
+	if (rc == PARSE_SHORT && skb->len > skb->data_end - skb->data) {
+		__u32 want = skb->len < PULL_LEN ? skb->len : PULL_LEN;
+
+		if (bpf_skb_pull_data(skb, want) == 0) {
+			__builtin_memset(&key, 0, sizeof(key));
+			__builtin_memset(&val, 0, sizeof(val));
+			rc = parse_frame(skb, &key, &val, &hdr_len);
+		}
+	}
+	if (rc == PARSE_NON_IP) {
+		count(FLOW_CTR_NON_IP, segs);
+		return FLOW_PASS;
+	}
+	if (rc != PARSE_OK) {
+		count(FLOW_CTR_PARSE_FAILED, segs);
+		return FLOW_PASS;
+	}
+
+	key.if_index = skb->ifindex;
+	key.direction = direction;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_value *cur = bpf_map_lookup_elem(&flow_map, &key);
+
+	/* Every segment carries the headers up to the innermost transport header again. */
+	val.packets = segs;
+	val.bytes = skb->len + (__u64)(segs - 1) * hdr_len;
+	val.first_seen_ns = now;
+	val.last_seen_ns = now;
+	val.sampling = sampling;
+	if (cur) {
+		account(cur, &val, now);
+		return FLOW_PASS;
+	}
+
+	long err = bpf_map_update_elem(&flow_map, &key, &val, BPF_NOEXIST);
+
+	if (err == 0)
+		return FLOW_PASS;
+	if (err == -EEXIST) {
+		/* Another CPU created the flow between our lookup and update. */
+		cur = bpf_map_lookup_elem(&flow_map, &key);
+		if (cur) {
+			account(cur, &val, now);
+			return FLOW_PASS;
+		}
+	}
+	emit_event(&key, &val, err == -E2BIG ? FLOW_EVENT_MAP_FULL : FLOW_EVENT_MAP_ERROR);
+	return FLOW_PASS;
+}
+
+/* Never called, never loaded (libbpf only loads subprograms a program calls): its signature keeps
+ * struct flow_event and enum flow_counter in the object's BTF, where userspace checks its layouts. */
+__attribute__((noinline)) int flow_btf_types(struct flow_event *ev, enum flow_counter c)
+{
+	return ev ? (int)c : 0;
+}
+
+SEC("tc")
+int flow_ingress(struct __sk_buff *skb)
+{
+	return flow_observe(skb, FLOW_DIRECTION_INGRESS);
+}
+
+SEC("tc")
+int flow_egress(struct __sk_buff *skb)
+{
+	return flow_observe(skb, FLOW_DIRECTION_EGRESS);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,599 @@
+/**
+ * The TypeScript side of bpf/flow.h: struct layouts, counter indexes and the decoders that turn
+ * the raw bytes of flow_map (per-CPU, read by BpfMap.drain) and of flow_events (ring buffer) into
+ * FlowRecords. test/kernel/flow-btf.test.ts holds every size and offset here against the BTF of
+ * the compiled bpf/flow.o, so a change to the header that is not mirrored here fails a test.
+ *
+ * Decoding works on whole batches: one DataView per drain result, numbers read in place, no
+ * intermediate object per CPU value. Only the records themselves (and their strings) allocate.
+ */
+import { endianness } from 'node:os';
+import type { FlowRecord } from '../records.js';
+import { DatapathError } from './errors.js';
+
+export interface FieldLayout {
+  readonly offset: number;
+  readonly size: number;
+}
+
+export interface StructLayout<F extends string = string> {
+  /** The C struct name, as in the object's BTF. */
+  readonly name: string;
+  readonly size: number;
+  /** Every member, padding included, by its C name. */
+  readonly fields: { readonly [K in F]: FieldLayout };
+}
+
+function struct<const F extends Record<string, readonly [number, number]>>(
+  name: string,
+  size: number,
+  members: F,
+): StructLayout<Extract<keyof F, string>> {
+  const fields = {} as Record<string, FieldLayout>;
+  for (const [k, [offset, fieldSize]] of Object.entries(members)) fields[k] = { offset, size: fieldSize };
+  return { name, size, fields: fields as StructLayout<Extract<keyof F, string>>['fields'] };
+}
+
+export const FLOW_KEY = struct('flow_key', 52, {
+  src_ip: [0, 16],
+  dst_ip: [16, 16],
+  if_index: [32, 4],
+  vni: [36, 4],
+  src_port: [40, 2],
+  dst_port: [42, 2],
+  eth_type: [44, 2],
+  protocol: [46, 1],
+  direction: [47, 1],
+  icmp_type: [48, 1],
+  icmp_code: [49, 1],
+  tunnel_type: [50, 1],
+  ip_version: [51, 1],
+});
+
+export const FLOW_VALUE = struct('flow_value', 96, {
+  packets: [0, 8],
+  bytes: [8, 8],
+  first_seen_ns: [16, 8],
+  last_seen_ns: [24, 8],
+  cookie: [32, 8],
+  outer_src_ip: [40, 16],
+  outer_dst_ip: [56, 16],
+  outer_src_port: [72, 2],
+  outer_dst_port: [74, 2],
+  tcp_flags: [76, 2],
+  dscp: [78, 1],
+  _pad0: [79, 1],
+  src_mac: [80, 6],
+  dst_mac: [86, 6],
+  sampling: [92, 4],
+});
+
+export const FLOW_EVENT = struct('flow_event', 152, {
+  key: [0, 52],
+  reason: [52, 4],
+  value: [56, 96],
+});
+
+export const FLOW_CONFIG = struct('flow_config', 8, {
+  sampling: [0, 4],
+  _pad0: [4, 4],
+});
+
+/** Every struct shared with the kernel, for layout checks against the object's BTF. */
+export const FLOW_LAYOUTS: readonly StructLayout[] = [FLOW_KEY, FLOW_VALUE, FLOW_EVENT, FLOW_CONFIG];
+
+/** Indexes of the flow_counters per-CPU array (enum flow_counter, without the FLOW_CTR_ prefix). */
+export const FLOW_CTR = {
+  PACKETS: 0,
+  SAMPLED_OUT: 1,
+  PARSE_FAILED: 2,
+  MAP_FULL: 3,
+  MAP_UPDATE_FAILED: 4,
+  RB_RESERVE_FAILED: 5,
+  NON_IP: 6,
+  MAX: 8,
+} as const;
+
+export type FlowCounterName = Exclude<keyof typeof FLOW_CTR, 'MAX'>;
+
+/** The flow programs' verdict: TC_ACT_UNSPEC (TCX_NEXT), so programs attached after them still run. */
+export const FLOW_PASS = -1;
+export const FLOW_DIRECTION_INGRESS = 0;
+export const FLOW_DIRECTION_EGRESS = 1;
+export const FLOW_TUNNEL_NONE = 0;
+export const FLOW_TUNNEL_VXLAN = 1;
+export const FLOW_TUNNEL_GENEVE = 2;
+/** Reasons of a flow_event: why the packet went to the ring buffer instead of the map. */
+export const FLOW_EVENT_MAP_FULL = 1;
+export const FLOW_EVENT_MAP_ERROR = 2;
+
+/** The kernel copies per-CPU values into slots of the value size rounded up to 8 bytes. */
+export const FLOW_VALUE_STRIDE = Math.ceil(FLOW_VALUE.size / 8) * 8;
+
+/** IPFIX flowEndReason 5, lack of resources: what a ring-buffer event is (the map refused it). */
+const END_REASON_LACK_OF_RESOURCES = 5;
+
+const LE = endianness() === 'LE';
+
+// Offsets as module constants: the decode loop reads them once per field, not through objects.
+const K_SRC_IP = FLOW_KEY.fields.src_ip.offset;
+const K_DST_IP = FLOW_KEY.fields.dst_ip.offset;
+const K_IF_INDEX = FLOW_KEY.fields.if_index.offset;
+const K_VNI = FLOW_KEY.fields.vni.offset;
+const K_SRC_PORT = FLOW_KEY.fields.src_port.offset;
+const K_DST_PORT = FLOW_KEY.fields.dst_port.offset;
+const K_ETH_TYPE = FLOW_KEY.fields.eth_type.offset;
+const K_PROTOCOL = FLOW_KEY.fields.protocol.offset;
+const K_DIRECTION = FLOW_KEY.fields.direction.offset;
+const K_ICMP_TYPE = FLOW_KEY.fields.icmp_type.offset;
+const K_ICMP_CODE = FLOW_KEY.fields.icmp_code.offset;
+const K_TUNNEL_TYPE = FLOW_KEY.fields.tunnel_type.offset;
+const K_IP_VERSION = FLOW_KEY.fields.ip_version.offset;
+
+const V_PACKETS = FLOW_VALUE.fields.packets.offset;
+const V_BYTES = FLOW_VALUE.fields.bytes.offset;
+const V_FIRST_SEEN = FLOW_VALUE.fields.first_seen_ns.offset;
+const V_LAST_SEEN = FLOW_VALUE.fields.last_seen_ns.offset;
+const V_COOKIE = FLOW_VALUE.fields.cookie.offset;
+const V_OUTER_SRC_IP = FLOW_VALUE.fields.outer_src_ip.offset;
+const V_OUTER_DST_IP = FLOW_VALUE.fields.outer_dst_ip.offset;
+const V_OUTER_SRC_PORT = FLOW_VALUE.fields.outer_src_port.offset;
+const V_OUTER_DST_PORT = FLOW_VALUE.fields.outer_dst_port.offset;
+const V_TCP_FLAGS = FLOW_VALUE.fields.tcp_flags.offset;
+const V_DSCP = FLOW_VALUE.fields.dscp.offset;
+const V_SRC_MAC = FLOW_VALUE.fields.src_mac.offset;
+const V_DST_MAC = FLOW_VALUE.fields.dst_mac.offset;
+const V_SAMPLING = FLOW_VALUE.fields.sampling.offset;
+
+const E_REASON = FLOW_EVENT.fields.reason.offset;
+const E_VALUE = FLOW_EVENT.fields.value.offset;
+
+const DEC = Array.from({ length: 256 }, (_, i) => String(i));
+const HEX2 = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+
+function u64(view: DataView, offset: number): number {
+  // Two 32-bit reads and a multiply beat getBigUint64 + Number(); exact below 2^53 (packet and
+  // byte counts; nanosecond times lose a few ns after 104 days of uptime, far below 1 ms).
+  return LE
+    ? view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 4294967296
+    : view.getUint32(offset + 4, false) + view.getUint32(offset, false) * 4294967296;
+}
+
+function viewOf(bytes: Uint8Array): DataView {
+  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Dotted quad of the 4 bytes at offset. */
+export function formatIPv4(bytes: Uint8Array, offset: number): string {
+  return `${DEC[bytes[offset]!]!}.${DEC[bytes[offset + 1]!]!}.${DEC[bytes[offset + 2]!]!}.${DEC[bytes[offset + 3]!]!}`;
+}
+
+function isIPv4Mapped(bytes: Uint8Array, offset: number): boolean {
+  for (let i = 0; i < 10; i++) if (bytes[offset + i] !== 0) return false;
+  return bytes[offset + 10] === 0xff && bytes[offset + 11] === 0xff;
+}
+
+/**
+ * RFC 5952 text of the 16 bytes at offset: lower-case hex without leading zeros, the longest
+ * run (the first of equal runs) of two or more zero groups as '::', IPv4-mapped as ::ffff:a.b.c.d.
+ */
+export function formatIPv6(bytes: Uint8Array, offset: number): string {
+  if (isIPv4Mapped(bytes, offset)) return `::ffff:${formatIPv4(bytes, offset + 12)}`;
+  let bestStart = -1;
+  let bestLen = 1;
+  let runStart = -1;
+  for (let g = 0; g < 8; g++) {
+    const zero = bytes[offset + 2 * g] === 0 && bytes[offset + 2 * g + 1] === 0;
+    if (zero) {
+      if (runStart < 0) runStart = g;
+      const len = g - runStart + 1;
+      if (len > bestLen) {
+        bestStart = runStart;
+        bestLen = len;
+      }
+    } else {
+      runStart = -1;
+    }
+  }
+  let text = '';
+  for (let g = 0; g < 8; g++) {
+    if (g === bestStart) {
+      text += '::';
+      g += bestLen - 1;
+      continue;
+    }
+    if (text !== '' && !text.endsWith(':')) text += ':';
+    text += ((bytes[offset + 2 * g]! << 8) | bytes[offset + 2 * g + 1]!).toString(16);
+  }
+  return text;
+}
+
+/** An address stored in 16 bytes (IPv4 as IPv4-mapped), in its natural text form. */
+function formatIp16(bytes: Uint8Array, offset: number): string {
+  return isIPv4Mapped(bytes, offset) ? formatIPv4(bytes, offset + 12) : formatIPv6(bytes, offset);
+}
+
+/** Lower-case colon form of the 6 bytes at offset. */
+export function formatMac(bytes: Uint8Array, offset: number): string {
+  return `${HEX2[bytes[offset]!]!}:${HEX2[bytes[offset + 1]!]!}:${HEX2[bytes[offset + 2]!]!}:${HEX2[bytes[offset + 3]!]!}:${HEX2[bytes[offset + 4]!]!}:${HEX2[bytes[offset + 5]!]!}`;
+}
+
+function hex(bytes: Uint8Array, offset: number, length: number): string {
+  let s = '';
+  for (let i = 0; i < length; i++) s += HEX2[bytes[offset + i]!]!;
+  return s;
+}
+
+/**
+ * Milliseconds to add to (kernel monotonic ns / 1e6) to get wall-clock ms. bpf_ktime_get_ns and
+ * process.hrtime both read CLOCK_MONOTONIC. Compute it once per source: recomputing per batch
+ * would make timestamps jitter with NTP slews.
+ */
+export function monotonicToWallClockOffsetMs(): number {
+  return Date.now() - Number(process.hrtime.bigint()) / 1e6;
+}
+
+/**
+ * Builds a record from a key and the chosen value slot. Counters and times are passed in, already
+ * merged over CPUs; every other value field comes from the slot at vOff.
+ */
+function record(
+  kb: Uint8Array,
+  kv: DataView,
+  k: number,
+  vb: Uint8Array,
+  vv: DataView,
+  v: number,
+  packets: number,
+  bytes: number,
+  firstNs: number,
+  lastNs: number,
+  tcpFlags: number,
+  offsetMs: number,
+): FlowRecord {
+  const ipVersion = kb[k + K_IP_VERSION] === 4 ? 4 : 6;
+  const protocol = kb[k + K_PROTOCOL]!;
+  const rec: FlowRecord = {
+    ipVersion,
+    sourceTransportPort: kv.getUint16(k + K_SRC_PORT, LE),
+    destinationTransportPort: kv.getUint16(k + K_DST_PORT, LE),
+    protocolIdentifier: protocol,
+    octetDeltaCount: bytes,
+    packetDeltaCount: packets,
+    flowStartMilliseconds: Math.floor(firstNs / 1e6 + offsetMs),
+    flowEndMilliseconds: Math.floor(lastNs / 1e6 + offsetMs),
+    tcpControlBits: tcpFlags,
+    ipDiffServCodePoint: vb[v + V_DSCP]!,
+    // The kernel records the interface the program is attached to, for either direction.
+    ingressInterface: kv.getUint32(k + K_IF_INDEX, LE),
+    flowDirection: kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS ? 1 : 0,
+    sourceMacAddress: formatMac(vb, v + V_SRC_MAC),
+    destinationMacAddress: formatMac(vb, v + V_DST_MAC),
+    ethernetType: kv.getUint16(k + K_ETH_TYPE, LE),
+  };
+  if (ipVersion === 4) {
+    rec.sourceIPv4Address = formatIPv4(kb, k + K_SRC_IP + 12);
+    rec.destinationIPv4Address = formatIPv4(kb, k + K_DST_IP + 12);
+    if (protocol === 1) {
+      rec.icmpTypeIPv4 = kb[k + K_ICMP_TYPE]!;
+      rec.icmpCodeIPv4 = kb[k + K_ICMP_CODE]!;
+    }
+  } else {
+    rec.sourceIPv6Address = formatIPv6(kb, k + K_SRC_IP);
+    rec.destinationIPv6Address = formatIPv6(kb, k + K_DST_IP);
+    if (protocol === 58) {
+      rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
+      rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;
+    }
+  }
+  const tunnel = kb[k + K_TUNNEL_TYPE];
+  if (tunnel === FLOW_TUNNEL_VXLAN || tunnel === FLOW_TUNNEL_GENEVE) {
+    rec.encapsulationType = tunnel === FLOW_TUNNEL_VXLAN ? 'vxlan' : 'geneve';
+    rec.virtualNetworkIdentifier = kv.getUint32(k + K_VNI, LE);
+    rec.tunnelSourceIPAddress = formatIp16(vb, v + V_OUTER_SRC_IP);
+    rec.tunnelDestinationIPAddress = formatIp16(vb, v + V_OUTER_DST_IP);
+    rec.tunnelSourceTransportPort = vv.getUint16(v + V_OUTER_SRC_PORT, LE);
+    rec.tunnelDestinationTransportPort = vv.getUint16(v + V_OUTER_DST_PORT, LE);
+    // Zero means no options: the kernel only fills the cookie from a GENEVE options field.
+    if (tunnel === FLOW_TUNNEL_GENEVE && vv.getUint32(v + V_COOKIE, LE) | vv.getUint32(v + V_COOKIE + 4, LE))
+      rec.flowCookie = hex(vb, v + V_COOKIE, 8);
+  }
+  const sampling = vv.getUint32(v + V_SAMPLING, LE);
+  if (sampling > 1) rec.samplingInterval = sampling;
+  return rec;
+}
+
+/** What BpfMap.drain returns: count entries, key i at i*keySize, value i at i*valueBufferSize. */
+export interface RawMapBatch {
+  count: number;
+  keys: Uint8Array;
+  values: Uint8Array;
+}
+
+/**
+ * Decodes a drain of flow_map into one record per flow, merging the per-CPU values: packets and
+ * bytes summed, first seen the earliest, last seen the latest, TCP flags OR'ed, everything else
+ * from the CPU that saw the flow last. CPUs that never counted the flow (zero packets) are skipped,
+ * and so is an entry no CPU counted. `valueBufferSize` is the map's (FLOW_VALUE_STRIDE times the
+ * number of possible CPUs); `offsetMs` comes from monotonicToWallClockOffsetMs().
+ */
+export function decodeFlowMapBatch(
+  batch: RawMapBatch,
+  valueBufferSize: number,
+  offsetMs: number,
+): FlowRecord[] {
+  const { count, keys, values } = batch;
+  if (valueBufferSize <= 0 || valueBufferSize % FLOW_VALUE_STRIDE !== 0) {
+    throw new DatapathError(
+      'EOBJLAYOUT',
+      `decode flow_map: value buffer of ${valueBufferSize} bytes is not a multiple of struct flow_value (${FLOW_VALUE_STRIDE}); rebuild bpf/flow.o with 'bash bpf/build.sh'`,
+    );
+  }
+  if (keys.byteLength < count * FLOW_KEY.size || values.byteLength < count * valueBufferSize) {
+    throw new DatapathError(
+      'EARG',
+      `decode flow_map: ${count} entries need ${count * FLOW_KEY.size} key and ${count * valueBufferSize} value bytes, got ${keys.byteLength} and ${values.byteLength}`,
+    );
+  }
+  const cpus = valueBufferSize / FLOW_VALUE_STRIDE;
+  const kv = viewOf(keys);
+  const vv = viewOf(values);
+  const out: FlowRecord[] = [];
+  for (let i = 0; i < count; i++) {
+    const base = i * valueBufferSize;
+    let packets = 0;
+    let bytes = 0;
+    let first = Infinity;
+    let last = -1;
+    let flags = 0;
+    let latest = -1;
+    for (let c = 0; c < cpus; c++) {
+      const v = base + c * FLOW_VALUE_STRIDE;
+      const p = u64(vv, v + V_PACKETS);
+      if (p === 0) continue;
+      packets += p;
+      bytes += u64(vv, v + V_BYTES);
+      const f = u64(vv, v + V_FIRST_SEEN);
+      const l = u64(vv, v + V_LAST_SEEN);
+      if (f < first) first = f;
+      if (l > last) {
+        last = l;
+        latest = v;
+      }
+      flags |= vv.getUint16(v + V_TCP_FLAGS, LE);
+    }
+    if (latest < 0) continue;
+    out.push(
+      record(keys, kv, i * FLOW_KEY.size, values, vv, latest, packets, bytes, first, last, flags, offsetMs),
+    );
+  }
+  return out;
+}
+
+/**
+ * Decodes one flow_events record (as RingBufferReader.drain hands it over) into a single-packet
+ * flow with flowEndReason 5 (lack of resources). Use flowEventReason for the kernel's reason.
+ */
+export function decodeFlowEvent(
+  view: DataView,
+  offset: number,
+  length: number,
+  offsetMs: number,
+): FlowRecord {
+  if (length < FLOW_EVENT.size) {
+    throw new DatapathError(
+      'EOBJLAYOUT',
+      `decode flow_events: record of ${length} bytes is shorter than struct flow_event (${FLOW_EVENT.size}); rebuild bpf/flow.o with 'bash bpf/build.sh'`,
+    );
+  }
+  const bytes = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+  const v = offset + E_VALUE;
+  const rec = record(
+    bytes,
+    view,
+    offset,
+    bytes,
+    view,
+    v,
+    u64(view, v + V_PACKETS),
+    u64(view, v + V_BYTES),
+    u64(view, v + V_FIRST_SEEN),
+    u64(view, v + V_LAST_SEEN),
+    view.getUint16(v + V_TCP_FLAGS, LE),
+    offsetMs,
+  );
+  rec.flowEndReason = END_REASON_LACK_OF_RESOURCES;
+  return rec;
+}
+
+/** FLOW_EVENT_MAP_FULL or FLOW_EVENT_MAP_ERROR of the flow_events record at offset. */
+export function flowEventReason(view: DataView, offset: number): number {
+  return view.getUint32(offset + E_REASON, LE);
+}
+
+/** Sum over CPUs of one flow_counters value (a per-CPU buffer of u64 slots). */
+export function sumPerCpuCounter(value: Uint8Array): number {
+  const view = viewOf(value);
+  let total = 0;
+  for (let o = 0; o + 8 <= value.byteLength; o += 8) total += u64(view, o);
+  return total;
+}
+
+/** The flow_config value for index 0. `sampling` 0 or 1 counts every packet. */
+export function encodeFlowConfig(config: { sampling: number }): Uint8Array {
+  const out = new Uint8Array(FLOW_CONFIG.size);
+  viewOf(out).setUint32(FLOW_CONFIG.fields.sampling.offset, config.sampling, LE);
+  return out;
+}
+
+/** The fields of struct flow_key, for tests and tools; addresses as text. */
+export interface FlowKeyFields {
+  ipVersion: 4 | 6;
+  /** IPv4 dotted or IPv6 text. */
+  srcIp: string;
+  dstIp: string;
+  ifIndex: number;
+  vni: number;
+  srcPort: number;
+  dstPort: number;
+  ethType: number;
+  protocol: number;
+  direction: number;
+  icmpType: number;
+  icmpCode: number;
+  tunnelType: number;
+}
+
+function parseIPv4(text: string, out: Uint8Array, offset: number): boolean {
+  const parts = text.split('.');
+  if (parts.length !== 4) return false;
+  for (let i = 0; i < 4; i++) {
+    const p = parts[i]!;
+    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return false;
+    out[offset + i] = Number(p);
+  }
+  return true;
+}
+
+/** Writes the 16-byte form of an address (IPv4 as IPv4-mapped) at offset. */
+function parseIp16(text: string, out: Uint8Array, offset: number): void {
+  const bad = (): DatapathError =>
+    new DatapathError('EARG', `encode flow key: '${text}' is not an IPv4 or IPv6 address`);
+  out.fill(0, offset, offset + 16);
+  if (!text.includes(':')) {
+    if (!parseIPv4(text, out, offset + 12)) throw bad();
+    out[offset + 10] = 0xff;
+    out[offset + 11] = 0xff;
+    return;
+  }
+  let body = text;
+  const groups: number[] = [];
+  const lastColon = text.lastIndexOf(':');
+  const tail = text.slice(lastColon + 1);
+  const v4 = new Uint8Array(4);
+  const hasV4 = tail.includes('.');
+  if (hasV4) {
+    if (!parseIPv4(tail, v4, 0)) throw bad();
+    body = text.slice(0, lastColon + 1);
+    if (!body.endsWith('::')) body = body.slice(0, -1);
+  }
+  const halves = body.split('::');
+  if (halves.length > 2) throw bad();
+  const parse = (s: string): number[] =>
+    s === ''
+      ? []
+      : s.split(':').map((g) => {
+          if (!/^[0-9a-fA-F]{1,4}$/.test(g)) throw bad();
+          return parseInt(g, 16);
+        });
+  const head = parse(halves[0]!);
+  const rest = halves.length === 2 ? parse(halves[1]!) : [];
+  const want = hasV4 ? 6 : 8;
+  const explicit = head.length + rest.length;
+  if (halves.length === 2 ? explicit > want - 1 : explicit !== want) throw bad();
+  groups.push(...head, ...new Array<number>(want - explicit).fill(0), ...rest);
+  for (let g = 0; g < want; g++) {
+    out[offset + 2 * g] = groups[g]! >> 8;
+    out[offset + 2 * g + 1] = groups[g]! & 0xff;
+  }
+  if (hasV4) out.set(v4, offset + 12);
+}
+
+/** struct flow_key bytes of the given fields, zero padding included. */
+export function encodeKey(key: FlowKeyFields): Uint8Array {
+  const out = new Uint8Array(FLOW_KEY.size);
+  const view = viewOf(out);
+  parseIp16(key.srcIp, out, K_SRC_IP);
+  parseIp16(key.dstIp, out, K_DST_IP);
+  view.setUint32(K_IF_INDEX, key.ifIndex, LE);
+  view.setUint32(K_VNI, key.vni, LE);
+  view.setUint16(K_SRC_PORT, key.srcPort, LE);
+  view.setUint16(K_DST_PORT, key.dstPort, LE);
+  view.setUint16(K_ETH_TYPE, key.ethType, LE);
+  out[K_PROTOCOL] = key.protocol;
+  out[K_DIRECTION] = key.direction;
+  out[K_ICMP_TYPE] = key.icmpType;
+  out[K_ICMP_CODE] = key.icmpCode;
+  out[K_TUNNEL_TYPE] = key.tunnelType;
+  out[K_IP_VERSION] = key.ipVersion;
+  return out;
+}
+
+/** The fields of the struct flow_key at offset. */
+export function decodeKey(bytes: Uint8Array, offset = 0): FlowKeyFields {
+  const view = viewOf(bytes);
+  const ipVersion = bytes[offset + K_IP_VERSION] === 4 ? 4 : 6;
+  const addr = (o: number): string =>
+    ipVersion === 4 ? formatIPv4(bytes, offset + o + 12) : formatIPv6(bytes, offset + o);
+  return {
+    ipVersion,
+    srcIp: addr(K_SRC_IP),
+    dstIp: addr(K_DST_IP),
+    ifIndex: view.getUint32(offset + K_IF_INDEX, LE),
+    vni: view.getUint32(offset + K_VNI, LE),
+    srcPort: view.getUint16(offset + K_SRC_PORT, LE),
+    dstPort: view.getUint16(offset + K_DST_PORT, LE),
+    ethType: view.getUint16(offset + K_ETH_TYPE, LE),
+    protocol: bytes[offset + K_PROTOCOL]!,
+    direction: bytes[offset + K_DIRECTION]!,
+    icmpType: bytes[offset + K_ICMP_TYPE]!,
+    icmpCode: bytes[offset + K_ICMP_CODE]!,
+    tunnelType: bytes[offset + K_TUNNEL_TYPE]!,
+  };
+}
+
+/** The fields of struct flow_value, for tests and tools; numbers for u64 (exact below 2^53). */
+export interface FlowValueFields {
+  packets: number;
+  bytes: number;
+  firstSeenNs: number;
+  lastSeenNs: number;
+  /** 16 hex digits, the 8 cookie bytes in memory (wire) order. */
+  cookie: string;
+  outerSrcIp: string;
+  outerDstIp: string;
+  outerSrcPort: number;
+  outerDstPort: number;
+  tcpFlags: number;
+  dscp: number;
+  srcMac: string;
+  dstMac: string;
+  sampling: number;
+}
+
+function setU64(view: DataView, offset: number, n: number): void {
+  view.setBigUint64(offset, BigInt(n), LE);
+}
+
+function parseMac(text: string, out: Uint8Array, offset: number): void {
+  const parts = text.split(':');
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p)))
+    throw new DatapathError(
+      'EARG',
+      `encode flow value: '${text}' is not a MAC address like 02:00:00:00:00:01`,
+    );
+  for (let i = 0; i < 6; i++) out[offset + i] = parseInt(parts[i]!, 16);
+}
+
+/** struct flow_value bytes (one CPU's slot) of the given fields. */
+export function encodeValue(value: FlowValueFields): Uint8Array {
+  const out = new Uint8Array(FLOW_VALUE.size);
+  const view = viewOf(out);
+  setU64(view, V_PACKETS, value.packets);
+  setU64(view, V_BYTES, value.bytes);
+  setU64(view, V_FIRST_SEEN, value.firstSeenNs);
+  setU64(view, V_LAST_SEEN, value.lastSeenNs);
+  if (!/^[0-9a-fA-F]{16}$/.test(value.cookie))
+    throw new DatapathError('EARG', `encode flow value: cookie '${value.cookie}' is not 16 hex digits`);
+  for (let i = 0; i < 8; i++) out[V_COOKIE + i] = parseInt(value.cookie.slice(2 * i, 2 * i + 2), 16);
+  if (value.outerSrcIp !== '') parseIp16(value.outerSrcIp, out, V_OUTER_SRC_IP);
+  if (value.outerDstIp !== '') parseIp16(value.outerDstIp, out, V_OUTER_DST_IP);
+  view.setUint16(V_OUTER_SRC_PORT, value.outerSrcPort, LE);
+  view.setUint16(V_OUTER_DST_PORT, value.outerDstPort, LE);
+  view.setUint16(V_TCP_FLAGS, value.tcpFlags, LE);
+  out[V_DSCP] = value.dscp;
+  parseMac(value.srcMac, out, V_SRC_MAC);
+  parseMac(value.dstMac, out, V_DST_MAC);
+  view.setUint32(V_SAMPLING, value.sampling, LE);
+  return out;
+}

@@ -1,0 +1,456 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  FLOW_EVENT,
+  FLOW_EVENT_MAP_FULL,
+  FLOW_KEY,
+  FLOW_TUNNEL_GENEVE,
+  FLOW_TUNNEL_NONE,
+  FLOW_TUNNEL_VXLAN,
+  FLOW_VALUE_STRIDE,
+  decodeFlowEvent,
+  decodeFlowMapBatch,
+  decodeKey,
+  encodeFlowConfig,
+  encodeKey,
+  encodeValue,
+  flowEventReason,
+  formatIPv6,
+  formatMac,
+  sumPerCpuCounter,
+  type FlowKeyFields,
+  type FlowValueFields,
+} from '../../src/datapath/flow-types.js';
+import type { FlowRecord } from '../../src/records.js';
+
+const tcpKey: FlowKeyFields = {
+  ipVersion: 4,
+  srcIp: '192.0.2.1',
+  dstIp: '198.51.100.2',
+  ifIndex: 7,
+  vni: 0,
+  srcPort: 50000,
+  dstPort: 443,
+  ethType: 0x0800,
+  protocol: 6,
+  direction: 0,
+  icmpType: 0,
+  icmpCode: 0,
+  tunnelType: FLOW_TUNNEL_NONE,
+};
+
+const emptyValue: FlowValueFields = {
+  packets: 0,
+  bytes: 0,
+  firstSeenNs: 0,
+  lastSeenNs: 0,
+  cookie: '0000000000000000',
+  outerSrcIp: '',
+  outerDstIp: '',
+  outerSrcPort: 0,
+  outerDstPort: 0,
+  tcpFlags: 0,
+  dscp: 0,
+  srcMac: '00:00:00:00:00:00',
+  dstMac: '00:00:00:00:00:00',
+  sampling: 0,
+};
+
+/** A drain result with one entry per element: a key and its per-CPU slots (missing CPUs zero). */
+function batch(
+  entries: { key: FlowKeyFields; cpus: (Partial<FlowValueFields> | undefined)[] }[],
+  cpus: number,
+) {
+  const valueBufferSize = FLOW_VALUE_STRIDE * cpus;
+  const keys = new Uint8Array(entries.length * FLOW_KEY.size);
+  const values = new Uint8Array(entries.length * valueBufferSize);
+  entries.forEach((e, i) => {
+    keys.set(encodeKey(e.key), i * FLOW_KEY.size);
+    e.cpus.forEach((v, c) => {
+      if (v) values.set(encodeValue({ ...emptyValue, ...v }), i * valueBufferSize + c * FLOW_VALUE_STRIDE);
+    });
+  });
+  return { result: { count: entries.length, keys, values }, valueBufferSize };
+}
+
+function bytes16(hex: string): Uint8Array {
+  return Uint8Array.from(hex.match(/../g)!.map((b) => parseInt(b, 16)));
+}
+
+describe('formatIPv6', () => {
+  // RFC 5952 section 4 and its examples.
+  it.each([
+    ['20010db8000000000000000000000001', '2001:db8::1'],
+    ['00000000000000000000000000000000', '::'],
+    ['00000000000000000000000000000001', '::1'],
+    ['20010db8000000000001000000000001', '2001:db8::1:0:0:1'],
+    ['20010db8000000010001000100010001', '2001:db8:0:1:1:1:1:1'],
+    ['20010000000000010000000000000001', '2001:0:0:1::1'],
+    ['20010db8000000000001000000000000', '2001:db8:0:0:1::'],
+    ['20010db8aaaabbbbccccddddeeeeffff', '2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff'],
+    ['fe800000000000000000000000000000', 'fe80::'],
+    ['00000000000000000000ffffc0000201', '::ffff:192.0.2.1'],
+  ])('formats %s as %s', (hex, text) => {
+    expect(formatIPv6(bytes16(hex), 0)).toBe(text);
+  });
+
+  it('agrees with the WHATWG URL serializer (same compression rules) for non-mapped addresses', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 16, maxLength: 16 }),
+        fc.array(fc.nat(7), { maxLength: 6 }),
+        (raw, zeroGroups) => {
+          // Zero some groups so that runs of zeros, the interesting case, are common.
+          for (const g of zeroGroups) raw.fill(0, 2 * g, 2 * g + 2);
+          const mapped = raw.slice(0, 10).every((b) => b === 0) && raw[10] === 0xff && raw[11] === 0xff;
+          fc.pre(!mapped);
+          const hex = Array.from(raw, (b) => b.toString(16).padStart(2, '0')).join('');
+          const groups = hex.match(/..../g)!.join(':');
+          const url = new URL(`http://[${groups}]/`).hostname.slice(1, -1);
+          expect(formatIPv6(raw, 0)).toBe(url);
+        },
+      ),
+    );
+  });
+});
+
+describe('formatMac', () => {
+  it('is lower-case colon form', () => {
+    expect(formatMac(Uint8Array.of(9, 0xff, 0x02, 0xab, 0x00, 0x0c, 0x9f), 1)).toBe('ff:02:ab:00:0c:9f');
+  });
+});
+
+describe('encodeKey / decodeKey', () => {
+  const key = fc.record({
+    ipVersion: fc.constantFrom(4 as const, 6 as const),
+    v4: fc.tuple(fc.ipV4(), fc.ipV4()),
+    v6: fc.tuple(
+      fc.uint8Array({ minLength: 16, maxLength: 16 }),
+      fc.uint8Array({ minLength: 16, maxLength: 16 }),
+    ),
+    ifIndex: fc.nat({ max: 0xffffffff }),
+    vni: fc.nat({ max: 0xffffff }),
+    srcPort: fc.nat({ max: 0xffff }),
+    dstPort: fc.nat({ max: 0xffff }),
+    protocol: fc.nat({ max: 255 }),
+    direction: fc.constantFrom(0, 1),
+    icmpType: fc.nat({ max: 255 }),
+    icmpCode: fc.nat({ max: 255 }),
+    tunnelType: fc.constantFrom(0, 1, 2),
+  });
+
+  it('round-trips every field and leaves no byte unset', () => {
+    fc.assert(
+      fc.property(key, (k) => {
+        const fields: FlowKeyFields = {
+          ipVersion: k.ipVersion,
+          srcIp: k.ipVersion === 4 ? k.v4[0] : formatIPv6(k.v6[0], 0),
+          dstIp: k.ipVersion === 4 ? k.v4[1] : formatIPv6(k.v6[1], 0),
+          ifIndex: k.ifIndex,
+          vni: k.vni,
+          srcPort: k.srcPort,
+          dstPort: k.dstPort,
+          ethType: k.ipVersion === 4 ? 0x0800 : 0x86dd,
+          protocol: k.protocol,
+          direction: k.direction,
+          icmpType: k.icmpType,
+          icmpCode: k.icmpCode,
+          tunnelType: k.tunnelType,
+        };
+        const encoded = encodeKey(fields);
+        expect(encoded.byteLength).toBe(FLOW_KEY.size);
+        expect(decodeKey(encoded)).toEqual(fields);
+        if (k.ipVersion === 6) {
+          expect(encoded.subarray(0, 16)).toEqual(k.v6[0]);
+          expect(encoded.subarray(16, 32)).toEqual(k.v6[1]);
+        }
+      }),
+    );
+  });
+
+  it('stores IPv4 as IPv4-mapped and numbers in host order', () => {
+    const encoded = encodeKey(tcpKey);
+    expect(Array.from(encoded.subarray(0, 16))).toEqual([
+      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1,
+    ]);
+    const view = new DataView(encoded.buffer);
+    expect(view.getUint16(FLOW_KEY.fields.src_port.offset, true)).toBe(50000);
+    expect(view.getUint32(FLOW_KEY.fields.if_index.offset, true)).toBe(7);
+  });
+
+  it('parses IPv6 text with an embedded IPv4 tail', () => {
+    const encoded = encodeKey({ ...tcpKey, ipVersion: 6, srcIp: '64:ff9b::192.0.2.1', dstIp: '::1.2.3.4' });
+    expect(decodeKey(encoded).srcIp).toBe('64:ff9b::c000:201');
+    expect(decodeKey(encoded).dstIp).toBe('::102:304');
+  });
+
+  it('rejects text that is not an address', () => {
+    expect(() => encodeKey({ ...tcpKey, srcIp: '192.0.2.256' })).toThrow(
+      "encode flow key: '192.0.2.256' is not an IPv4 or IPv6 address",
+    );
+    expect(() => encodeKey({ ...tcpKey, srcIp: '1::2::3' })).toThrow(
+      "encode flow key: '1::2::3' is not an IPv4 or IPv6 address",
+    );
+  });
+});
+
+describe('decodeFlowMapBatch', () => {
+  it('merges per-CPU values: sums, min first seen, max last seen, OR of flags, the rest from the latest CPU', () => {
+    const { result, valueBufferSize } = batch(
+      [
+        {
+          key: tcpKey,
+          cpus: [
+            {
+              packets: 3,
+              bytes: 300,
+              firstSeenNs: 5_000_000,
+              lastSeenNs: 9_000_000,
+              tcpFlags: 0x02,
+              dscp: 10,
+              srcMac: '02:00:00:00:00:01',
+              dstMac: '02:00:00:00:00:02',
+            },
+            undefined,
+            {
+              packets: 2,
+              bytes: 2 ** 40,
+              firstSeenNs: 7_000_000,
+              lastSeenNs: 12_500_000,
+              tcpFlags: 0x10,
+              dscp: 46,
+              srcMac: '02:00:00:00:00:0a',
+              dstMac: '02:00:00:00:00:0b',
+            },
+            { packets: 1, bytes: 60, firstSeenNs: 4_200_000, lastSeenNs: 4_200_000, tcpFlags: 0x01, dscp: 1 },
+          ],
+        },
+      ],
+      4,
+    );
+    const expected: FlowRecord = {
+      ipVersion: 4,
+      sourceIPv4Address: '192.0.2.1',
+      destinationIPv4Address: '198.51.100.2',
+      sourceTransportPort: 50000,
+      destinationTransportPort: 443,
+      protocolIdentifier: 6,
+      octetDeltaCount: 300 + 2 ** 40 + 60,
+      packetDeltaCount: 6,
+      flowStartMilliseconds: 1_700_000_000_004,
+      flowEndMilliseconds: 1_700_000_000_012,
+      tcpControlBits: 0x13,
+      ipDiffServCodePoint: 46,
+      ingressInterface: 7,
+      flowDirection: 0,
+      sourceMacAddress: '02:00:00:00:00:0a',
+      destinationMacAddress: '02:00:00:00:00:0b',
+      ethernetType: 0x0800,
+    };
+    expect(decodeFlowMapBatch(result, valueBufferSize, 1_700_000_000_000)).toStrictEqual([expected]);
+  });
+
+  it('decodes IPv6, ICMP, egress, tunnels and sampling', () => {
+    const icmp6: FlowKeyFields = {
+      ...tcpKey,
+      ipVersion: 6,
+      srcIp: '2001:db8::1',
+      dstIp: '2001:db8::2',
+      srcPort: 0,
+      dstPort: 0,
+      ethType: 0x86dd,
+      protocol: 58,
+      direction: 1,
+      icmpType: 128,
+      icmpCode: 0,
+    };
+    const icmp4: FlowKeyFields = { ...tcpKey, srcPort: 0, dstPort: 0, protocol: 1, icmpType: 3, icmpCode: 4 };
+    const vxlan: FlowKeyFields = { ...tcpKey, tunnelType: FLOW_TUNNEL_VXLAN, vni: 4242 };
+    const geneve: FlowKeyFields = { ...tcpKey, tunnelType: FLOW_TUNNEL_GENEVE, vni: 0xabcdef };
+    const common = { packets: 1, bytes: 100, firstSeenNs: 1_000_000, lastSeenNs: 1_000_000 };
+    const tunnel = {
+      outerSrcIp: '203.0.113.10',
+      outerDstIp: '2001:db8::20',
+      outerSrcPort: 54321,
+    };
+    const { result, valueBufferSize } = batch(
+      [
+        { key: icmp6, cpus: [{ ...common, sampling: 8 }] },
+        { key: icmp4, cpus: [undefined, { ...common, sampling: 1 }] },
+        { key: vxlan, cpus: [{ ...common, ...tunnel, outerDstPort: 4789, cookie: '0102030405060708' }] },
+        { key: geneve, cpus: [{ ...common, ...tunnel, outerDstPort: 6081, cookie: '0108010201020304' }] },
+        { key: { ...geneve, vni: 1 }, cpus: [{ ...common, ...tunnel, outerDstPort: 6081 }] },
+      ],
+      2,
+    );
+    const base = {
+      sourceTransportPort: 0,
+      destinationTransportPort: 0,
+      octetDeltaCount: 100,
+      packetDeltaCount: 1,
+      flowStartMilliseconds: 1,
+      flowEndMilliseconds: 1,
+      tcpControlBits: 0,
+      ipDiffServCodePoint: 0,
+      ingressInterface: 7,
+      sourceMacAddress: '00:00:00:00:00:00',
+      destinationMacAddress: '00:00:00:00:00:00',
+    };
+    const outer = {
+      ...base,
+      ipVersion: 4 as const,
+      sourceIPv4Address: '192.0.2.1',
+      destinationIPv4Address: '198.51.100.2',
+      sourceTransportPort: 50000,
+      destinationTransportPort: 443,
+      protocolIdentifier: 6,
+      flowDirection: 0 as const,
+      ethernetType: 0x0800,
+      tunnelSourceIPAddress: '203.0.113.10',
+      tunnelDestinationIPAddress: '2001:db8::20',
+      tunnelSourceTransportPort: 54321,
+    };
+    expect(decodeFlowMapBatch(result, valueBufferSize, 0)).toStrictEqual([
+      {
+        ...base,
+        ipVersion: 6,
+        sourceIPv6Address: '2001:db8::1',
+        destinationIPv6Address: '2001:db8::2',
+        protocolIdentifier: 58,
+        icmpTypeIPv6: 128,
+        icmpCodeIPv6: 0,
+        flowDirection: 1,
+        ethernetType: 0x86dd,
+        samplingInterval: 8,
+      },
+      {
+        ...base,
+        ipVersion: 4,
+        sourceIPv4Address: '192.0.2.1',
+        destinationIPv4Address: '198.51.100.2',
+        protocolIdentifier: 1,
+        icmpTypeIPv4: 3,
+        icmpCodeIPv4: 4,
+        flowDirection: 0,
+        ethernetType: 0x0800,
+      },
+      // A cookie only means something for GENEVE.
+      {
+        ...outer,
+        encapsulationType: 'vxlan',
+        virtualNetworkIdentifier: 4242,
+        tunnelDestinationTransportPort: 4789,
+      },
+      {
+        ...outer,
+        encapsulationType: 'geneve',
+        virtualNetworkIdentifier: 0xabcdef,
+        tunnelDestinationTransportPort: 6081,
+        flowCookie: '0108010201020304',
+      },
+      {
+        ...outer,
+        encapsulationType: 'geneve',
+        virtualNetworkIdentifier: 1,
+        tunnelDestinationTransportPort: 6081,
+      },
+    ] satisfies FlowRecord[]);
+  });
+
+  it('skips entries that no CPU counted', () => {
+    const { result, valueBufferSize } = batch(
+      [
+        { key: tcpKey, cpus: [undefined, undefined] },
+        { key: { ...tcpKey, srcPort: 1 }, cpus: [undefined, { packets: 1, bytes: 1 }] },
+      ],
+      2,
+    );
+    expect(decodeFlowMapBatch(result, valueBufferSize, 0).map((r) => r.sourceTransportPort)).toEqual([1]);
+  });
+
+  it('reads a drain result that sits inside a larger buffer', () => {
+    const { result, valueBufferSize } = batch([{ key: tcpKey, cpus: [{ packets: 4, bytes: 40 }] }], 1);
+    const keys = new Uint8Array(result.keys.byteLength + 3);
+    keys.set(result.keys, 3);
+    const values = new Uint8Array(result.values.byteLength + 8);
+    values.set(result.values, 8);
+    const records = decodeFlowMapBatch(
+      { count: 1, keys: keys.subarray(3), values: values.subarray(8) },
+      valueBufferSize,
+      0,
+    );
+    expect(records.map((r) => [r.packetDeltaCount, r.octetDeltaCount])).toEqual([[4, 40]]);
+  });
+
+  it('rejects a value buffer size that does not fit struct flow_value', () => {
+    const { result } = batch([{ key: tcpKey, cpus: [{ packets: 1 }] }], 1);
+    expect(() => decodeFlowMapBatch(result, 100, 0)).toThrow(
+      expect.objectContaining({
+        code: 'EOBJLAYOUT',
+        message:
+          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (96); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+      }),
+    );
+  });
+});
+
+describe('decodeFlowEvent', () => {
+  function event(key: FlowKeyFields, value: FlowValueFields, reason: number, at: number): DataView {
+    const buf = new Uint8Array(at + FLOW_EVENT.size + 8);
+    buf.set(encodeKey(key), at + FLOW_EVENT.fields.key.offset);
+    new DataView(buf.buffer).setUint32(at + FLOW_EVENT.fields.reason.offset, reason, true);
+    buf.set(encodeValue(value), at + FLOW_EVENT.fields.value.offset);
+    return new DataView(buf.buffer);
+  }
+
+  it('decodes a single-packet flow at any offset, with flowEndReason lack of resources', () => {
+    const view = event(
+      tcpKey,
+      { ...emptyValue, packets: 1, bytes: 54, firstSeenNs: 2_000_000, lastSeenNs: 2_000_000, tcpFlags: 2 },
+      FLOW_EVENT_MAP_FULL,
+      16,
+    );
+    expect(flowEventReason(view, 16)).toBe(FLOW_EVENT_MAP_FULL);
+    expect(decodeFlowEvent(view, 16, FLOW_EVENT.size, 10)).toStrictEqual({
+      ipVersion: 4,
+      sourceIPv4Address: '192.0.2.1',
+      destinationIPv4Address: '198.51.100.2',
+      sourceTransportPort: 50000,
+      destinationTransportPort: 443,
+      protocolIdentifier: 6,
+      octetDeltaCount: 54,
+      packetDeltaCount: 1,
+      flowStartMilliseconds: 12,
+      flowEndMilliseconds: 12,
+      tcpControlBits: 2,
+      ipDiffServCodePoint: 0,
+      ingressInterface: 7,
+      flowDirection: 0,
+      sourceMacAddress: '00:00:00:00:00:00',
+      destinationMacAddress: '00:00:00:00:00:00',
+      ethernetType: 0x0800,
+      flowEndReason: 5,
+    } satisfies FlowRecord);
+  });
+
+  it('rejects a record shorter than struct flow_event', () => {
+    const view = event(tcpKey, emptyValue, 1, 0);
+    expect(() => decodeFlowEvent(view, 0, 144, 0)).toThrow(
+      "decode flow_events: record of 144 bytes is shorter than struct flow_event (152); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+    );
+  });
+});
+
+describe('counters and config', () => {
+  it('sums a per-CPU counter', () => {
+    const value = new Uint8Array(8 * 3);
+    const view = new DataView(value.buffer);
+    view.setBigUint64(0, 5n, true);
+    view.setBigUint64(16, 2n ** 33n, true);
+    expect(sumPerCpuCounter(value)).toBe(5 + 2 ** 33);
+  });
+
+  it('encodes flow_config', () => {
+    expect(Array.from(encodeFlowConfig({ sampling: 258 }))).toEqual([2, 1, 0, 0, 0, 0, 0, 0]);
+  });
+});
