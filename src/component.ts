@@ -24,6 +24,11 @@ export interface ComponentContext {
   counters: StageCounters;
   /** Timers run on this scheduler, so tests can drive them in virtual time. */
   scheduler?: SchedulerLike;
+  /**
+   * Emits once when the pipeline drains. A source whose module sets `drainsOnStop` emits what it
+   * still holds (e.g. the kernel map) and completes; other sources are unsubscribed.
+   */
+  stop$?: Observable<void>;
 }
 
 export interface Sink {
@@ -47,6 +52,8 @@ interface ModuleBase<C> {
 
 export interface SourceModule<C> extends ModuleBase<C> {
   kind: 'source';
+  /** The source completes by itself after a final flush when context.stop$ emits. */
+  drainsOnStop?: boolean;
   build(config: C, context: ComponentContext): Observable<FlowBatch>;
 }
 

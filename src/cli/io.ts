@@ -1,0 +1,35 @@
+import type { ComponentRegistry } from '../pipeline/component-registry.js';
+import type { Env } from '../pipeline/interpolate.js';
+import type { Logger } from '../logger.js';
+
+export type SignalName = 'SIGINT' | 'SIGTERM';
+
+export interface SignalSource {
+  on(signal: SignalName, listener: (signal: SignalName) => void): unknown;
+  off(signal: SignalName, listener: (signal: SignalName) => void): unknown;
+}
+
+/** What the commands touch outside themselves; the process's by default, fakes in tests. */
+export interface CliIo {
+  out(text: string): void;
+  err(text: string): void;
+  env: Env;
+  /** The component types; src/pipeline/registry.ts when unset. */
+  registry?: ComponentRegistry;
+  /** Where `run` hears SIGINT and SIGTERM. */
+  signals: SignalSource;
+  /** Ends the process at once: a second signal while draining. */
+  exit(code: number): void;
+  /** The root logger of `run`; made from --log-level when unset. */
+  logger?: Logger;
+}
+
+export function processIo(): CliIo {
+  return {
+    out: (text) => void process.stdout.write(text),
+    err: (text) => void process.stderr.write(text),
+    env: process.env,
+    signals: process,
+    exit: (code) => process.exit(code),
+  };
+}

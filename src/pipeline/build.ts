@@ -1,0 +1,255 @@
+import {
+  ReplaySubject,
+  Subject,
+  connectable,
+  defer,
+  merge,
+  share,
+  takeUntil,
+  tap,
+  type Connectable,
+  type Observable,
+  type SchedulerLike,
+  type Subscription,
+} from 'rxjs';
+import type { ComponentContext, ComponentKind, Sink } from '../component.js';
+import { Ledger, type LedgerTotals } from '../ledger.js';
+import { silentLogger, type Logger } from '../logger.js';
+import type { FlowBatch } from '../records.js';
+import { PipelineError } from './errors.js';
+import type { ComponentSpec, PipelineConfig } from './load.js';
+
+export interface BuildOptions {
+  /** The root logger; each component gets `child({ component: id, type })`. Silent by default. */
+  logger?: Logger;
+  /** Where every component counts; a new one by default. */
+  ledger?: Ledger;
+  /** Handed to components for their timers, so tests can run them in virtual time. */
+  scheduler?: SchedulerLike;
+}
+
+export type PipelineState = 'built' | 'running' | 'stopping' | 'stopped';
+
+const SECTION: Record<ComponentKind, string> = { source: 'sources', transform: 'transforms', sink: 'sinks' };
+
+function label(spec: ComponentSpec): string {
+  return `${SECTION[spec.kind]}.${spec.id} (${spec.type})`;
+}
+
+function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+/**
+ * The first failure of a running pipeline, named after the component it started in: an error
+ * passes through every stage below its origin, and only the first stage to see it is the culprit.
+ */
+class FirstFailure {
+  error: PipelineError | undefined;
+
+  constructor(private readonly logger: Logger) {}
+
+  record(spec: ComponentSpec, err: unknown): void {
+    if (this.error) return;
+    const cause = asError(err);
+    this.logger.error({ err: cause, component: spec.id }, 'pipeline component failed');
+    this.error = new PipelineError('ERUN', `run ${label(spec)}: ${cause.message}`, { cause });
+  }
+}
+
+interface BuiltSink {
+  spec: ComponentSpec;
+  sink: Sink;
+  input: Observable<FlowBatch>;
+}
+
+/**
+ * Builds every component of a checked pipeline and wires them with RxJS: a component with several
+ * inputs reads their merge; a component read by several others is shared, so it runs once. Nothing
+ * flows until `start()`.
+ */
+export async function buildPipeline(config: PipelineConfig, options: BuildOptions = {}): Promise<Pipeline> {
+  const logger = options.logger ?? silentLogger();
+  const ledger = options.ledger ?? new Ledger();
+  // Replays, so a source connected after stop() completes at once instead of running forever.
+  const stopping = new ReplaySubject<void>(1);
+  const failures = new FirstFailure(logger);
+  // A failed stage stops every source, so the rest of the pipeline drains instead of running on.
+  const watch = (spec: ComponentSpec) =>
+    tap<FlowBatch>({
+      error: (err: unknown) => {
+        failures.record(spec, err);
+        stopping.next();
+      },
+    });
+  const outputs = new Map<string, Observable<FlowBatch>>();
+  const sources: Connectable<FlowBatch>[] = [];
+  const sinks: BuiltSink[] = [];
+  const inputOf = (spec: ComponentSpec): Observable<FlowBatch> => {
+    const inputs = spec.inputs.map((id) => outputs.get(id)!);
+    return inputs.length === 1 ? inputs[0]! : merge(...inputs);
+  };
+
+  for (const spec of config.order) {
+    const context: ComponentContext = {
+      id: spec.id,
+      logger: logger.child({ component: spec.id, type: spec.type }),
+      ledger,
+      counters: ledger.stage(spec.id, spec.type, spec.kind),
+    };
+    if (options.scheduler) context.scheduler = options.scheduler;
+    try {
+      const module = spec.module;
+      switch (module.kind) {
+        case 'source': {
+          // A source that drains on stop (the kernel map) emits what it holds and completes by
+          // itself; any other source is cut off when the pipeline stops.
+          const built = module.drainsOnStop
+            ? module.build(spec.config, { ...context, stop$: stopping.asObservable() })
+            : module.build(spec.config, context).pipe(takeUntil(stopping));
+          // A Subject that starts on connect(): every consumer subscribes first, so none misses
+          // the first batches of a source that emits synchronously.
+          const source = connectable(built.pipe(watch(spec)), {
+            connector: () => new Subject<FlowBatch>(),
+            resetOnDisconnect: false,
+          });
+          sources.push(source);
+          outputs.set(spec.id, source);
+          break;
+        }
+        case 'transform': {
+          const output = inputOf(spec).pipe(module.build(spec.config, context), watch(spec));
+          outputs.set(spec.id, spec.outputs.length > 1 ? output.pipe(share()) : output);
+          break;
+        }
+        case 'sink':
+          sinks.push({ spec, sink: module.build(spec.config, context), input: inputOf(spec) });
+          break;
+      }
+    } catch (err) {
+      await Promise.allSettled(sinks.map((s) => s.sink.close()));
+      throw new PipelineError('EBUILD', `build ${label(spec)}: ${asError(err).message}`, { cause: err });
+    }
+  }
+  return new Pipeline(config, ledger, logger, stopping, failures, sources, sinks);
+}
+
+/** A built pipeline: `start()` lets data flow, `stop()` drains it, `done` settles when it has ended. */
+export class Pipeline {
+  private currentState: PipelineState = 'built';
+  private readonly subscriptions: Subscription[] = [];
+  private connected = false;
+  private resolveDone!: () => void;
+  private rejectDone!: (err: Error) => void;
+  /**
+   * Settles once every sink has finished and been closed: after the sources completed on their own,
+   * after `stop()`, or after a component failed (then it rejects with that failure).
+   */
+  readonly done: Promise<void>;
+
+  /** @internal use buildPipeline() */
+  constructor(
+    readonly config: PipelineConfig,
+    readonly ledger: Ledger,
+    private readonly logger: Logger,
+    private readonly stopping: ReplaySubject<void>,
+    private readonly failures: FirstFailure,
+    private readonly sources: readonly Connectable<FlowBatch>[],
+    private readonly sinks: readonly BuiltSink[],
+  ) {
+    this.done = new Promise<void>((resolve, reject) => {
+      this.resolveDone = resolve;
+      this.rejectDone = reject;
+    });
+    // Whoever awaits `done` sees the failure; nobody awaiting it is not a crash.
+    this.done.catch(() => undefined);
+  }
+
+  get state(): PipelineState {
+    return this.currentState;
+  }
+
+  /** The ledger's totals right now. */
+  totals(): LedgerTotals {
+    return this.ledger.totals();
+  }
+
+  /** Subscribes every sink, then starts the sources. Rejects if a sink fails before it subscribes. */
+  async start(): Promise<void> {
+    if (this.currentState !== 'built') {
+      throw new PipelineError('ESTATE', `start ${this.config.file}: the pipeline was already started`);
+    }
+    this.currentState = 'running';
+    const subscribed: Promise<void>[] = [];
+    const consumed = this.sinks.map(({ spec, sink, input }) => {
+      let onSubscribe!: () => void;
+      subscribed.push(new Promise<void>((resolve) => (onSubscribe = resolve)));
+      const watched = defer(() => {
+        onSubscribe();
+        return input;
+      });
+      return Promise.resolve()
+        .then(() => sink.consume(watched))
+        .catch((err: unknown) => this.fail(spec, err));
+    });
+    // finish() catches its own failures and settles `done`.
+    void Promise.all(consumed).then(() => this.finish());
+    this.logger.info({ file: this.config.file, components: this.config.order.length }, 'pipeline starting');
+    await Promise.race([Promise.all(subscribed), this.done]);
+    this.connect();
+    if (this.failures.error) throw this.failures.error;
+  }
+
+  /**
+   * Drains: completes the sources, so transforms emit what they hold and sinks write it, then
+   * flushes and closes every sink. Resolves when that is done; safe to call more than once.
+   */
+  async stop(): Promise<void> {
+    if (this.currentState === 'built') {
+      this.currentState = 'stopping';
+      void this.finish();
+    } else if (this.currentState === 'running') {
+      this.currentState = 'stopping';
+      this.logger.info({ file: this.config.file }, 'pipeline draining');
+      this.stopping.next();
+      this.connect();
+    }
+    return this.done;
+  }
+
+  private connect(): void {
+    if (this.connected) return;
+    this.connected = true;
+    for (const source of this.sources) this.subscriptions.push(source.connect());
+  }
+
+  private fail(spec: ComponentSpec, err: unknown): void {
+    this.failures.record(spec, err);
+    if (this.currentState === 'running') this.currentState = 'stopping';
+    this.stopping.next();
+    this.connect();
+  }
+
+  private async finish(): Promise<void> {
+    // Promise.resolve().then() turns a synchronous throw into a rejection too.
+    for (const { spec, sink } of this.sinks) {
+      await Promise.resolve()
+        .then(() => sink.flush())
+        .catch((err: unknown) => this.fail(spec, err));
+    }
+    for (const { spec, sink } of this.sinks) {
+      await Promise.resolve()
+        .then(() => sink.close())
+        .catch((err: unknown) => this.fail(spec, err));
+    }
+    for (const s of this.subscriptions) s.unsubscribe();
+    this.currentState = 'stopped';
+    const totals = this.ledger.totals();
+    this.logger.info(
+      { file: this.config.file, seen: totals.seen, exported: totals.exported, dropped: totals.droppedTotal },
+      'pipeline stopped',
+    );
+    if (this.failures.error) this.rejectDone(this.failures.error);
+    else this.resolveDone();
+  }
+}

@@ -1,0 +1,199 @@
+import {
+  LineCounter,
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  parseDocument,
+  type Document,
+  type Node as YamlNode,
+} from 'yaml';
+import type { ConfigProblem } from './errors.js';
+import { interpolate, resolvePlainScalar, type Env } from './interpolate.js';
+
+/** A step into a value: a map key or a list index. */
+export type Segment = string | number;
+export type Path = readonly Segment[];
+
+/** `transforms.acct.inputs[0]` */
+export function renderPath(path: Path): string {
+  let out = '';
+  for (const s of path) out += typeof s === 'number' ? `[${s}]` : out === '' ? s : `.${s}`;
+  return out;
+}
+
+interface Place {
+  /** Offset of the key naming this value in its map, if it has one. */
+  key?: number;
+  value: number;
+}
+
+/**
+ * A pipeline file read into plain data, with the offset of every key and value so that a problem
+ * found later, at a path, can be reported at its line and column.
+ */
+export class SourceDocument {
+  private readonly places = new Map<string, Place>();
+  private readonly lines = new LineCounter();
+  private readonly poisoned: string[] = [];
+  private readonly quotedInterpolations = new Set<string>();
+  private readonly found: { offset: number; problem: ConfigProblem }[] = [];
+  /** The file's content as data; undefined when the YAML has syntax errors. */
+  value: unknown;
+  /** Offset of the document's content (past leading comments). */
+  start = 0;
+
+  private constructor(
+    readonly file: string,
+    readonly text: string,
+    private readonly env: Env,
+  ) {}
+
+  /** Parses YAML and interpolates `${VAR}` in scalar values; problems land in `problems`. */
+  static parse(text: string, file: string, env: Env): SourceDocument {
+    const source = new SourceDocument(file, text, env);
+    const doc = parseDocument(text, { lineCounter: source.lines, prettyErrors: false });
+    // Only the first: after a syntax error the parser's recovery reports every later token too.
+    const syntax = doc.errors[0];
+    if (syntax) {
+      // `{size: ${N}}` is the usual way to get here: in flow style `{` and `}` are YAML syntax.
+      const line = text.slice(text.lastIndexOf('\n', syntax.pos[0] - 1) + 1).split('\n')[0] ?? '';
+      const hint = line.includes('${')
+        ? '; inside {...} and [...] quote values that use ${VAR}: "${VAR}"'
+        : '';
+      source.report(syntax.pos[0], [], `yaml: ${yamlMessage(syntax.message)}${hint}`);
+      return source;
+    }
+    source.start = doc.contents?.range?.[0] ?? 0;
+    source.value = source.convert(doc, doc.contents, [], undefined, new Set());
+    return source;
+  }
+
+  /**
+   * Offset of the key (`side: 'key'`) or value at `path`; for a path the file does not have (a
+   * missing key), the key of its nearest ancestor.
+   */
+  offset(path: Path, side: 'key' | 'value' = 'value'): number {
+    for (let n = path.length; n >= 0; n--) {
+      const place = this.places.get(renderPath(path.slice(0, n)));
+      if (place) return side === 'key' && place.key !== undefined ? place.key : place.value;
+      side = 'key';
+    }
+    return this.start;
+  }
+
+  /** 1-based line and column of the key or value at `path`. */
+  position(path: Path, side: 'key' | 'value' = 'value'): { line: number; column: number } {
+    const { line, col } = this.lines.linePos(this.offset(path, side));
+    return { line, column: col };
+  }
+
+  /** Records a problem at an offset of the file. */
+  report(offset: number, path: Path, message: string): void {
+    const { line, col } = this.lines.linePos(offset);
+    this.found.push({
+      offset,
+      problem: { file: this.file, line, column: col, path: renderPath(path), message },
+    });
+  }
+
+  /** Every problem so far, in the order they appear in the file. */
+  problems(): ConfigProblem[] {
+    return [...this.found].sort((a, b) => a.offset - b.offset).map((p) => p.problem);
+  }
+
+  /**
+   * True for a quoted scalar that had `${VAR}` in it. Inside `{...}` and `[...]` YAML needs the quotes
+   * around `${VAR}`, so such a value is converted to the number or boolean its option expects.
+   */
+  isQuotedInterpolation(path: Path): boolean {
+    return this.quotedInterpolations.has(renderPath(path));
+  }
+
+  /** A later problem at or below `path` would only repeat one already reported there. */
+  poison(path: Path): void {
+    this.poisoned.push(renderPath(path));
+  }
+
+  isPoisoned(path: Path): boolean {
+    const p = renderPath(path);
+    return this.poisoned.some((q) => p === q || p.startsWith(`${q}.`) || p.startsWith(`${q}[`));
+  }
+
+  private convert(
+    doc: Document,
+    node: YamlNode | null | undefined,
+    path: Segment[],
+    keyOffset: number | undefined,
+    resolving: Set<YamlNode>,
+  ): unknown {
+    if (node === null || node === undefined) {
+      this.places.set(renderPath(path), { key: keyOffset, value: keyOffset ?? this.start });
+      return null;
+    }
+    const [start, end] = node.range ?? [keyOffset ?? 0, keyOffset ?? 0];
+    // `key:` with nothing after it has an empty value range just past the colon; the key is a
+    // better place to point at.
+    const valueOffset = start === end && keyOffset !== undefined ? keyOffset : start;
+    this.places.set(renderPath(path), { key: keyOffset, value: valueOffset });
+
+    if (isAlias(node)) {
+      const target = node.resolve(doc);
+      if (!target || resolving.has(target)) return null;
+      resolving.add(target);
+      const value = this.convert(doc, target, path, keyOffset, resolving);
+      resolving.delete(target);
+      // Keep pointing at the alias, where the user wrote this value.
+      this.places.set(renderPath(path), { key: keyOffset, value: valueOffset });
+      return value;
+    }
+    if (isScalar(node)) {
+      if (typeof node.value !== 'string') return node.value;
+      const result = interpolate(node.value, this.env);
+      if (!result.ok) {
+        const raw = this.text.slice(start, end);
+        for (const e of result.errors) {
+          const at = raw.indexOf(e.token);
+          this.report(at >= 0 ? start + at : start, path, e.message);
+        }
+        this.poison(path);
+        return node.value;
+      }
+      if (result.changed && node.type === 'PLAIN') return resolvePlainScalar(result.value);
+      if (result.changed) this.quotedInterpolations.add(renderPath(path));
+      return result.value;
+    }
+    if (isSeq(node)) {
+      return node.items.map((item, i) =>
+        this.convert(doc, item as YamlNode, [...path, i], undefined, resolving),
+      );
+    }
+    if (isMap(node)) {
+      const out: Record<string, unknown> = {};
+      for (const pair of node.items) {
+        const key = pair.key as YamlNode | null;
+        const keyStart = key?.range?.[0] ?? valueOffset;
+        if (!isScalar(key) || (typeof key.value !== 'string' && typeof key.value !== 'number')) {
+          this.report(keyStart, path, 'keys must be plain names');
+          continue;
+        }
+        const name = String(key.value);
+        // defineProperty, so a key named __proto__ is data and not the object's prototype.
+        Object.defineProperty(out, name, {
+          value: this.convert(doc, pair.value as YamlNode | null, [...path, name], keyStart, resolving),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      }
+      return out;
+    }
+    return null;
+  }
+}
+
+/** The first line of a yaml error, without the position it repeats. */
+function yamlMessage(message: string): string {
+  const first = message.split('\n')[0] ?? message;
+  return first.replace(/ at line \d+, column \d+:?$/, '').replace(/^./, (c) => c.toLowerCase());
+}

@@ -1,0 +1,41 @@
+/** A pipeline could not be read, checked, built or run. */
+export class PipelineError extends Error {
+  override name = 'PipelineError';
+
+  constructor(
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** One problem in a pipeline file, with the place it was found. */
+export interface ConfigProblem {
+  file: string;
+  /** 1-based. */
+  line: number;
+  /** 1-based. */
+  column: number;
+  /** Where in the pipeline, e.g. `transforms.acct.max_entries`; empty for the whole file. */
+  path: string;
+  message: string;
+}
+
+export function formatProblem(p: ConfigProblem): string {
+  const where = `${p.file}:${p.line}:${p.column}: `;
+  return p.path ? `${where}${p.path}: ${p.message}` : `${where}${p.message}`;
+}
+
+/** A pipeline file has one or more problems; `message` lists every one, one per line. */
+export class PipelineConfigError extends PipelineError {
+  override name = 'PipelineConfigError';
+
+  constructor(
+    readonly problems: readonly ConfigProblem[],
+    options?: { cause?: unknown },
+  ) {
+    super('ECONFIG', problems.map(formatProblem).join('\n'), options);
+  }
+}
