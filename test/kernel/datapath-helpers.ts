@@ -3,20 +3,10 @@
  * network namespaces (all named rxdp*), and readers of what bpftool and tc report.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import {
-  chmodSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmdirSync,
-  statSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { existsSync, mkdirSync, rmdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import ts from 'typescript';
+import { buildChild as buildTsChild, type BuiltChild } from '../fixtures/child.js';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -146,6 +136,25 @@ export function tcxLinksOn(ifindex: number): BpftoolLink[] {
   return links.filter((l) => l.type === 'tcx' && l.ifindex === ifindex);
 }
 
+const BPF_LINK_TYPE_TCX = 11;
+
+export interface LinkRow {
+  id: number;
+  type: number | string;
+  prog_id: number;
+}
+
+/**
+ * TCX links running one of these programs. bpftool 7.1 predates TCX, so it prints the link type as
+ * a number and no ifindex; program ids are unique, which identifies the test's links anyway.
+ */
+export function tcxLinksRunning(...progIds: number[]): LinkRow[] {
+  const rows = JSON.parse(sh('bpftool', ['-j', 'link', 'show'])) as LinkRow[];
+  return rows.filter(
+    (l) => (l.type === BPF_LINK_TYPE_TCX || l.type === 'tcx') && progIds.includes(l.prog_id),
+  );
+}
+
 /** Filters of an interface hook, as `tc -j filter show dev X ingress|egress` lists them. */
 export function tcFilters(ifname: string, direction: 'ingress' | 'egress'): unknown[] {
   const out = sh('tc', ['-j', 'filter', 'show', 'dev', ifname, direction]).trim();
@@ -159,41 +168,12 @@ export function bpffsDir(name: string): string {
   return dir;
 }
 
-/** The datapath modules a child process needs, relative to the repository root. */
-const childSources = [
-  'src/datapath/errors.ts',
-  'src/datapath/libbpf.ts',
-  'src/datapath/map.ts',
-  'src/datapath/object.ts',
-  'src/datapath/link.ts',
-  'src/datapath/ringbuf.ts',
-  'test/kernel/datapath-child.ts',
-];
-
 /**
- * Transpiles the datapath and test/kernel/datapath-child.ts into a temporary directory (Node 20
- * cannot run TypeScript) and returns the child's entry; run it with `node <entry> ...`. The
- * directory is world-readable so the child can also run as an unprivileged user.
+ * Transpiles test/kernel/datapath-child.ts and the datapath modules it imports into a temporary
+ * directory and returns the child's entry; run it with `node <entry> ...`.
  */
-export function buildChild(): { entry: string; dir: string } {
-  const dir = mkdtempSync('/tmp/rxdp-child-');
-  chmodSync(dir, 0o755);
-  for (const rel of childSources) {
-    const out = ts.transpileModule(readFileSync(join(repoRoot, rel), 'utf8'), {
-      compilerOptions: {
-        module: ts.ModuleKind.ESNext,
-        target: ts.ScriptTarget.ES2022,
-        verbatimModuleSyntax: true,
-      },
-      fileName: rel,
-    });
-    const dest = join(dir, rel.replace(/\.ts$/, '.js'));
-    mkdirSync(dirname(dest), { recursive: true, mode: 0o755 });
-    writeFileSync(dest, out.outputText);
-  }
-  writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
-  symlinkSync(join(repoRoot, 'node_modules'), join(dir, 'node_modules'));
-  return { entry: join(dir, 'test/kernel/datapath-child.js'), dir };
+export function buildChild(): BuiltChild {
+  return buildTsChild('test/kernel/datapath-child.ts');
 }
 
 /** An Ethernet + IPv4 + ICMP echo request frame with 56 bytes of payload: 98 bytes, like ping's. */

@@ -13,32 +13,14 @@ import {
   kernelGate,
   pingFromNs,
   pingToNs,
-  sh,
   tcFilters,
+  tcxLinksRunning,
   testObject,
   type VethNs,
 } from './datapath-helpers.js';
 
 const gate = kernelGate();
-const BPF_LINK_TYPE_TCX = 11;
 const PING_FRAME_BYTES = 98;
-
-interface LinkRow {
-  id: number;
-  type: number | string;
-  prog_id: number;
-}
-
-/**
- * TCX links running one of these programs. bpftool 7.1 predates TCX, so it prints the link type as
- * a number and no ifindex; program ids are unique, which identifies the test's links anyway.
- */
-function tcxLinksRunning(...progIds: number[]): LinkRow[] {
-  const rows = JSON.parse(sh('bpftool', ['-j', 'link', 'show'])) as LinkRow[];
-  return rows.filter(
-    (l) => (l.type === BPF_LINK_TYPE_TCX || l.type === 'tcx') && progIds.includes(l.prog_id),
-  );
-}
 
 interface FilterRow {
   options?: { prog?: { id: number } };

@@ -1,0 +1,263 @@
+import {
+  Observable,
+  Subject,
+  asyncScheduler,
+  merge,
+  tap,
+  throttleTime,
+  type MonoTypeOperatorFunction,
+} from 'rxjs';
+import type { ComponentContext, SourceModule } from '../component.js';
+import {
+  FLOW_EVENT_MAP_FULL,
+  decodeFlowEvent,
+  flowEventReason,
+  monotonicToWallClockOffsetMs,
+} from '../datapath/flow-types.js';
+import type { DropReason, StageCounters } from '../ledger.js';
+import { account } from '../operators/account.js';
+import type { FlowBatch } from '../records.js';
+import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
+import { mapTracer } from './map-tracer.js';
+import { ringbufTracer } from './ringbuf-tracer.js';
+
+export interface EbpfFlowsConfig {
+  interfaces: string[];
+  netns?: string;
+  directions: ('ingress' | 'egress')[];
+  attach_mode: 'auto' | 'tcx' | 'clsact';
+  instance: string;
+  pin_root: string;
+  object_path?: string;
+  cache_max_flows: number;
+  ringbuf_size_bytes: number;
+  sampling: number;
+  eviction_interval_ms: number;
+  ringbuf_drain_interval_ms: number;
+  flush_on_map_full: boolean;
+  min_flush_interval_ms: number;
+  log_interval_ms: number;
+  account_max_entries: number;
+  account_evict_timeout_ms: number;
+}
+
+/** Kernel counters that are losses, and the ledger reason each is reported under. */
+const KERNEL_LOSSES: [keyof KernelCounters, DropReason][] = [
+  ['RB_RESERVE_FAILED', 'ringbuf_reserve_failed'],
+  ['PARSE_FAILED', 'parse_failed'],
+  ['SAMPLED_OUT', 'sampled_out'],
+];
+
+/**
+ * Reports kernel-side losses (packets that would have become single-packet records) into the
+ * source's counters as received-and-dropped, as deltas since the last call.
+ */
+function kernelLossReporter(dp: FlowDatapath, counters: StageCounters): () => void {
+  const last = new Map<keyof KernelCounters, number>();
+  return () => {
+    const now = dp.counters();
+    for (const [name, reason] of KERNEL_LOSSES) {
+      const delta = now[name] - (last.get(name) ?? 0);
+      last.set(name, now[name]);
+      if (delta > 0) {
+        counters.addReceived(delta);
+        counters.addDropped(reason, delta);
+      }
+    }
+  };
+}
+
+function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
+  return tap((batch) => {
+    counters.addReceived(batch.length);
+    counters.addSent(batch.length);
+  });
+}
+
+/**
+ * Flows from the kernel: loads bpf/flow.o, attaches it to the interfaces on TC, and emits the map
+ * tracer's flows merged with the ring buffer's single-packet flows aggregated by `account`.
+ */
+export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): Observable<FlowBatch> {
+  return new Observable<FlowBatch>((subscriber) => {
+    const scheduler = context.scheduler ?? asyncScheduler;
+    const logger = context.logger;
+    const options = {
+      interfaces: config.interfaces,
+      directions: config.directions,
+      attachMode: config.attach_mode,
+      instance: config.instance,
+      pinRoot: config.pin_root,
+      maxFlows: config.cache_max_flows,
+      ringbufBytes: config.ringbuf_size_bytes,
+      sampling: config.sampling,
+      ...(config.object_path ? { objectPath: config.object_path } : {}),
+      ...(config.netns ? { netns: config.netns } : {}),
+    };
+    const dp = FlowDatapath.open(options);
+    logger.info(
+      {
+        interfaces: config.interfaces,
+        links: dp.links.map((l) => `${l.ifname}/${l.direction}/${l.mode}`),
+        pin_dir: dp.pinDir,
+      },
+      'flow programs attached',
+    );
+    const counters = context.counters;
+    const reportKernelLosses = kernelLossReporter(dp, counters);
+    const pressure = new Subject<void>();
+    const stop$ = context.stop$;
+    const offsetMs = monotonicToWallClockOffsetMs();
+
+    const mapFlows = mapTracer({
+      evict: () => {
+        reportKernelLosses();
+        return dp.evictFlows(offsetMs);
+      },
+      evictionIntervalMs: config.eviction_interval_ms,
+      flush$: pressure.pipe(throttleTime(config.min_flush_interval_ms, scheduler)),
+      scheduler,
+      ...(stop$ ? { stop$ } : {}),
+    });
+    const ringFlows = ringbufTracer({
+      drain: (onRecord) => dp.events.drain(onRecord),
+      decode: (view, offset, length, out) => {
+        out.push(decodeFlowEvent(view, offset, length, offsetMs));
+        return flowEventReason(view, offset) === FLOW_EVENT_MAP_FULL;
+      },
+      drainIntervalMs: config.ringbuf_drain_interval_ms,
+      logIntervalMs: config.log_interval_ms,
+      logger,
+      scheduler,
+      ...(config.flush_on_map_full ? { onMapPressure: () => pressure.next() } : {}),
+      ...(stop$ ? { stop$ } : {}),
+    }).pipe(
+      countInto(counters),
+      account({
+        maxEntries: config.account_max_entries,
+        evictTimeoutMs: config.account_evict_timeout_ms,
+        counters: context.ledger.stage(`${context.id}.account`, 'account'),
+        scheduler,
+        id: `${context.id}.account`,
+      }),
+    );
+    // The source's own counters see the ring-buffer records before aggregation; the inner
+    // account stage counts what it merges.
+    const sub = merge(mapFlows.pipe(countInto(counters)), ringFlows).subscribe(subscriber);
+    return () => {
+      sub.unsubscribe();
+      pressure.complete();
+      dp.close();
+    };
+  });
+}
+
+const ms = (description: string, dflt: number) => ({
+  type: 'integer',
+  minimum: 1,
+  default: dflt,
+  description,
+});
+
+const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
+  type: 'ebpf_flows',
+  kind: 'source',
+  description: 'flows counted by eBPF programs on TC ingress and egress of network interfaces',
+  drainsOnStop: true,
+  schema: {
+    type: 'object',
+    additionalProperties: false,
+    required: ['interfaces'],
+    properties: {
+      interfaces: {
+        type: 'array',
+        minItems: 1,
+        items: { type: 'string', minLength: 1, maxLength: 15 },
+        description: 'interfaces to attach to, by name',
+      },
+      netns: {
+        type: 'string',
+        minLength: 1,
+        description: "network namespace of the interfaces: an 'ip netns' name or a /proc/<pid>/ns/net path",
+      },
+      directions: {
+        type: 'array',
+        minItems: 1,
+        uniqueItems: true,
+        items: { enum: ['ingress', 'egress'] },
+        default: ['ingress', 'egress'],
+        description: 'TC hooks to attach to',
+      },
+      attach_mode: {
+        enum: ['auto', 'tcx', 'clsact'],
+        default: 'auto',
+        description: 'tcx links where the kernel has them (auto), or clsact filters',
+      },
+      instance: {
+        type: 'string',
+        pattern: '^[A-Za-z0-9_.-]{1,64}$',
+        default: 'default',
+        description: 'names the bpffs directory <pin_root>/rxflow-<instance>; two agents on a host need two',
+      },
+      pin_root: { type: 'string', default: '/sys/fs/bpf', description: 'a bpffs mount' },
+      object_path: {
+        type: 'string',
+        description: 'the compiled flow program (default: bpf/flow.o of rxflow)',
+      },
+      cache_max_flows: {
+        type: 'integer',
+        minimum: 1,
+        default: 65536,
+        description: 'capacity of the kernel flow map; beyond it packets spill to the ring buffer',
+      },
+      ringbuf_size_bytes: {
+        type: 'integer',
+        minimum: 4096,
+        default: 16777216,
+        description: 'ring buffer size: a power of two and a multiple of the page size',
+      },
+      sampling: {
+        type: 'integer',
+        minimum: 0,
+        default: 0,
+        description: 'count 1 packet in N (0 or 1: every packet)',
+      },
+      eviction_interval_ms: ms('how often the kernel flow map is read and emptied', 5000),
+      ringbuf_drain_interval_ms: ms('how often the ring buffer is drained', 100),
+      flush_on_map_full: {
+        type: 'boolean',
+        default: true,
+        description: 'evict the kernel map early when the ring buffer reports it full',
+      },
+      min_flush_interval_ms: ms('least time between two early evictions', 500),
+      log_interval_ms: ms('how often, at most, ring buffer activity is logged', 10000),
+      account_max_entries: {
+        type: 'integer',
+        minimum: 1,
+        default: 5000,
+        description: 'distinct ring-buffer flows aggregated before they are emitted',
+      },
+      account_evict_timeout_ms: ms('longest a ring-buffer flow is aggregated before it is emitted', 5000),
+    },
+  },
+  example: {
+    interfaces: ['eth0'],
+    directions: ['ingress', 'egress'],
+    attach_mode: 'auto',
+    instance: 'default',
+    pin_root: '/sys/fs/bpf',
+    cache_max_flows: 65536,
+    ringbuf_size_bytes: 16777216,
+    sampling: 0,
+    eviction_interval_ms: 5000,
+    ringbuf_drain_interval_ms: 100,
+    flush_on_map_full: true,
+    min_flush_interval_ms: 500,
+    log_interval_ms: 10000,
+    account_max_entries: 5000,
+    account_evict_timeout_ms: 5000,
+  },
+  build: ebpfFlows,
+};
+
+export default ebpfFlowsModule;

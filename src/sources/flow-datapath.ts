@@ -1,0 +1,165 @@
+import { join } from 'node:path';
+import {
+  DatapathError,
+  ObjectSpec,
+  RingBufferReader,
+  attachTc,
+  type BpfMap,
+  type Collection,
+  type TcDirection,
+  type TcLink,
+} from '../datapath/index.js';
+import {
+  FLOW_CTR,
+  decodeFlowMapBatch,
+  encodeFlowConfig,
+  sumPerCpuCounter,
+  type FlowCounterName,
+} from '../datapath/flow-types.js';
+import { withNetns } from '../datapath/netns.js';
+import { bpfObjectPath } from '../paths.js';
+import type { FlowRecord } from '../records.js';
+
+export interface FlowDatapathOptions {
+  /** Interfaces to attach to, by name, in `netns` or the agent's own network namespace. */
+  interfaces: string[];
+  /** A network namespace (`ip netns` name or /proc/<pid>/ns/net path) holding the interfaces. */
+  netns?: string;
+  directions?: TcDirection[];
+  attachMode?: 'auto' | 'tcx' | 'clsact';
+  /** Maps and links are pinned under <pinRoot>/rxflow-<instance>, so instances never collide. */
+  instance?: string;
+  pinRoot?: string;
+  /** Capacity of the kernel flow map; beyond it packets go to the ring buffer. */
+  maxFlows?: number;
+  /** Ring buffer data size: a power of two and a multiple of the page size. */
+  ringbufBytes?: number;
+  /** 1-in-N packet sampling; 0 or 1 counts every packet. */
+  sampling?: number;
+  objectPath?: string;
+}
+
+export type KernelCounters = Record<FlowCounterName, number>;
+
+const COUNTER_NAMES = Object.keys(FLOW_CTR).filter((n) => n !== 'MAX') as FlowCounterName[];
+
+/**
+ * The flow programs loaded, attached and pinned for one agent instance. Owns the collection and
+ * the links; close() detaches everything and, unless asked to keep them, removes the pins.
+ */
+export class FlowDatapath {
+  readonly pinDir: string;
+  readonly flowMap: BpfMap;
+  readonly events: RingBufferReader;
+  readonly links: TcLink[] = [];
+  readonly #collection: Collection;
+  readonly #counters: BpfMap;
+  readonly #config: BpfMap;
+  readonly #netns: string | undefined;
+  #closed = false;
+
+  private constructor(collection: Collection, pinDir: string, netns: string | undefined) {
+    this.#collection = collection;
+    this.#netns = netns;
+    this.pinDir = pinDir;
+    this.flowMap = collection.map('flow_map');
+    this.#counters = collection.map('flow_counters');
+    this.#config = collection.map('flow_config');
+    this.events = new RingBufferReader(collection.map('flow_events'));
+  }
+
+  /** Loads bpf/flow.o, pins its maps and attaches it to every interface and direction asked for. */
+  static open(options: FlowDatapathOptions): FlowDatapath {
+    const instance = options.instance ?? 'default';
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(instance)) {
+      throw new DatapathError(
+        'EARG',
+        `flow datapath: instance '${instance}' must be 1-64 letters, digits, '_', '.' or '-'`,
+      );
+    }
+    const pinDir = join(options.pinRoot ?? '/sys/fs/bpf', `rxflow-${instance}`);
+    const spec = ObjectSpec.open(options.objectPath ?? bpfObjectPath('flow'));
+    let collection: Collection;
+    try {
+      if (options.maxFlows !== undefined) spec.setMaxEntries('flow_map', options.maxFlows);
+      if (options.ringbufBytes !== undefined) spec.setMaxEntries('flow_events', options.ringbufBytes);
+      collection = spec.load({ pinDir });
+    } catch (err) {
+      spec.close();
+      throw err;
+    }
+    const dp = new FlowDatapath(collection, pinDir, options.netns);
+    try {
+      dp.setSampling(options.sampling ?? 0);
+      withNetns(options.netns, () => {
+        for (const ifname of options.interfaces) {
+          for (const direction of options.directions ?? ['ingress', 'egress']) {
+            const program = collection.program(direction === 'ingress' ? 'flow_ingress' : 'flow_egress');
+            dp.links.push(
+              attachTc(program, ifname, direction, {
+                mode: options.attachMode ?? 'auto',
+                pinPath: join(pinDir, 'links', `tc-${ifname}-${direction}`),
+              }),
+            );
+          }
+        }
+      });
+    } catch (err) {
+      dp.close();
+      throw err;
+    }
+    return dp;
+  }
+
+  /** Sets 1-in-N sampling at run time. */
+  setSampling(sampling: number): void {
+    if (!Number.isInteger(sampling) || sampling < 0 || sampling > 0xffffffff) {
+      throw new DatapathError('EARG', `flow datapath: sampling must be an integer >= 0, got ${sampling}`);
+    }
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling }));
+  }
+
+  /**
+   * Reads and deletes every flow in the kernel map (batch ops), merging per-CPU values.
+   * `offsetMs` converts kernel monotonic time to wall-clock milliseconds.
+   */
+  evictFlows(offsetMs: number): FlowRecord[] {
+    const batch = this.flowMap.drain();
+    if (batch.count === 0) return [];
+    return decodeFlowMapBatch(batch, this.flowMap.valueBufferSize, offsetMs);
+  }
+
+  /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */
+  counters(): KernelCounters {
+    const out = {} as KernelCounters;
+    const key = new Uint8Array(4);
+    const kv = new DataView(key.buffer);
+    for (const name of COUNTER_NAMES) {
+      kv.setUint32(0, FLOW_CTR[name], true);
+      const value = this.#counters.lookup(key);
+      out[name] = value ? sumPerCpuCounter(value) : 0;
+    }
+    return out;
+  }
+
+  /** Detaches every link and closes the maps; removes the pins unless keepPins. Idempotent. */
+  close(opts: { keepPins?: boolean } = {}): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    let first: Error | undefined;
+    // clsact filters are found by ifindex, which resolves in the namespace they were attached in.
+    withNetns(this.#netns, () => {
+      for (const link of this.links.splice(0)) {
+        try {
+          link.close();
+        } catch (err) {
+          first ??= err instanceof Error ? err : new Error(String(err));
+        }
+      }
+    });
+    this.events.close();
+    this.#collection.close();
+    if (!opts.keepPins) this.#collection.unpin();
+    if (first) throw first;
+  }
+}
