@@ -22,13 +22,19 @@ export interface StageSnapshot {
   received: number;
   sent: number;
   dropped: Partial<Record<DropReason, number>>;
-  /** received - sent - dropped: what the stage holds right now (buffers, aggregation tables). */
+  /**
+   * Records folded into another record by an aggregating stage (account): not lost, their packets
+   * and bytes ride in the record they were merged into. Present only when not zero.
+   */
+  merged?: number;
+  /** received - sent - dropped - merged: what the stage holds right now (buffers, aggregation tables). */
   inFlight: number;
 }
 
 export class StageCounters {
   received = 0;
   sent = 0;
+  merged = 0;
   readonly dropped = new Map<DropReason, number>();
 
   constructor(
@@ -44,6 +50,11 @@ export class StageCounters {
     this.sent += n;
   }
 
+  /** Records absorbed into another record (aggregation), so they leave the stage without being sent. */
+  addMerged(n: number): void {
+    this.merged += n;
+  }
+
   addDropped(reason: DropReason, n: number): void {
     if (n === 0) return;
     this.dropped.set(reason, (this.dropped.get(reason) ?? 0) + n);
@@ -56,14 +67,16 @@ export class StageCounters {
   }
 
   snapshot(): StageSnapshot {
-    return {
+    const snapshot: StageSnapshot = {
       id: this.id,
       type: this.type,
       received: this.received,
       sent: this.sent,
       dropped: Object.fromEntries(this.dropped),
-      inFlight: this.received - this.sent - this.droppedTotal(),
+      inFlight: this.received - this.sent - this.droppedTotal() - this.merged,
     };
+    if (this.merged !== 0) snapshot.merged = this.merged;
+    return snapshot;
   }
 }
 
@@ -74,6 +87,8 @@ export interface LedgerTotals {
   exported: number;
   dropped: Partial<Record<DropReason, number>>;
   droppedTotal: number;
+  /** Records merged into others by aggregating stages. */
+  merged: number;
   inFlight: number;
   stages: StageSnapshot[];
 }
@@ -96,14 +111,15 @@ export class Ledger {
   }
 
   /**
-   * Totals since start. For a linear pipeline seen = exported + droppedTotal + inFlight holds
-   * exactly; sources count kernel-side losses as their own drops.
+   * Totals since start. For a linear pipeline seen = exported + droppedTotal + merged + inFlight
+   * holds exactly; sources count kernel-side losses as their own drops.
    */
   totals(): LedgerTotals {
     const stages = [...this.stages.values()].map((s) => s.snapshot());
     let seen = 0;
     let exported = 0;
     let droppedTotal = 0;
+    let merged = 0;
     let inFlight = 0;
     const dropped: Partial<Record<DropReason, number>> = {};
     for (const s of stages) {
@@ -113,8 +129,9 @@ export class Ledger {
         dropped[reason] = (dropped[reason] ?? 0) + n;
         droppedTotal += n;
       }
+      merged += s.merged ?? 0;
       inFlight += s.inFlight;
     }
-    return { seen, exported, dropped, droppedTotal, inFlight, stages };
+    return { seen, exported, dropped, droppedTotal, merged, inFlight, stages };
   }
 }

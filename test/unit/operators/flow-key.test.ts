@@ -1,0 +1,162 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  FlowKey,
+  FlowTable,
+  flowKeyString,
+  ipv4ToUint32,
+  recordProblem,
+} from '../../../src/operators/flow-key.js';
+import type { FlowRecord } from '../../../src/records.js';
+
+function rec(p: Partial<FlowRecord> = {}): FlowRecord {
+  return {
+    ipVersion: 4,
+    sourceIPv4Address: '10.0.0.1',
+    destinationIPv4Address: '10.0.0.2',
+    sourceTransportPort: 40000,
+    destinationTransportPort: 443,
+    protocolIdentifier: 6,
+    octetDeltaCount: 100,
+    packetDeltaCount: 1,
+    flowStartMilliseconds: 0,
+    flowEndMilliseconds: 0,
+    tcpControlBits: 0,
+    ipDiffServCodePoint: 0,
+    ingressInterface: 2,
+    flowDirection: 0,
+    sourceMacAddress: '02:00:00:00:00:01',
+    destinationMacAddress: '02:00:00:00:00:02',
+    ethernetType: 0x0800,
+    ...p,
+  };
+}
+
+describe('ipv4ToUint32', () => {
+  it('reads canonical dotted quads and refuses every other spelling', () => {
+    expect(ipv4ToUint32('0.0.0.0')).toBe(0);
+    expect(ipv4ToUint32('1.2.3.4')).toBe(0x01020304);
+    expect(ipv4ToUint32('255.255.255.255')).toBe(0xffffffff);
+    expect(ipv4ToUint32('192.168.10.200')).toBe(0xc0a80ac8);
+    for (const bad of [
+      '01.2.3.4',
+      '1.2.3.04',
+      '1.2.3',
+      '1.2.3.4.5',
+      '256.1.1.1',
+      '1.2.3.400',
+      '1..2.3',
+      '1.2.3.',
+      '.1.2.3',
+      'a.b.c.d',
+      '1.2.3.4 ',
+      '::ffff:1.2.3.4',
+      '',
+      '1234.1.1.1',
+    ]) {
+      expect([bad, ipv4ToUint32(bad)]).toEqual([bad, -1]);
+    }
+  });
+
+  it('agrees with the octets for any address', () => {
+    fc.assert(
+      fc.property(fc.ipV4(), (addr) => {
+        const expected = addr.split('.').reduce((v, o) => v * 256 + Number(o), 0);
+        expect(ipv4ToUint32(addr)).toBe(expected);
+      }),
+    );
+  });
+});
+
+describe('FlowTable', () => {
+  it('finds a flow by its key fields, as text for IPv6 and non-canonical IPv4', () => {
+    const table = new FlowTable(16);
+    const key = new FlowKey(true);
+    const records = [
+      rec(),
+      rec({ sourceIPv4Address: '010.0.0.1' }),
+      rec({
+        ipVersion: 6,
+        sourceIPv4Address: undefined,
+        destinationIPv4Address: undefined,
+        sourceIPv6Address: 'fd00::1',
+        destinationIPv6Address: 'fd00::2',
+      }),
+      rec({
+        ipVersion: 6,
+        sourceIPv4Address: undefined,
+        destinationIPv4Address: undefined,
+        sourceIPv6Address: 'fd00::1',
+        destinationIPv6Address: 'fd00::3',
+      }),
+      rec({ flowDirection: 1 }),
+      rec({ virtualNetworkIdentifier: 5, encapsulationType: 'geneve' }),
+    ];
+    expect(records.map((r) => table.find(key.read(r)))).toEqual([-1, -1, -1, -1, -1, -1]);
+    records.forEach((r) => table.insert(key.read(r)));
+    // Fresh objects with equal fields (new strings too) find the same entries.
+    const again = records.map((r) => ({ ...r, sourceIPv6Address: r.sourceIPv6Address && `fd00::${'1'}` }));
+    expect(again.map((r) => table.find(key.read(r)))).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(table.size).toBe(6);
+  });
+
+  it('keeps interface and direction out of the key when asked to', () => {
+    const table = new FlowTable();
+    const key = new FlowKey(false);
+    table.insert(key.read(rec()));
+    expect(table.find(key.read(rec({ ingressInterface: 9, flowDirection: 1 })))).toBe(0);
+  });
+
+  it('grows past its initial size, shrinks back on clear, and stays exact', () => {
+    const table = new FlowTable(16);
+    const key = new FlowKey(true);
+    const flows = Array.from({ length: 3000 }, (_, i) =>
+      rec({ sourceIPv4Address: `10.9.${i >> 8}.${i & 255}`, sourceTransportPort: i }),
+    );
+    flows.forEach((r, i) => expect(table.insert(key.read(r))).toBe(i));
+    expect(table.capacity).toBeGreaterThanOrEqual(3000);
+    flows.forEach((r, i) => expect(table.find(key.read(r))).toBe(i));
+    expect(table.find(key.read(rec({ sourceIPv4Address: '10.9.200.1' })))).toBe(-1);
+    table.clear();
+    expect(table.size).toBe(0);
+    expect(table.capacity).toBe(4096);
+    expect(table.find(key.read(flows[5]!))).toBe(-1);
+    // A light fill of a grown table gives the memory back at the next clear.
+    flows.slice(0, 10).forEach((r) => table.insert(key.read(r)));
+    table.clear();
+    expect(table.capacity).toBe(32);
+    expect(table.find(key.read(flows[5]!))).toBe(-1);
+  });
+
+  it('never merges two flows whose hashes collide', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.ipV4(), fc.integer({ min: 0, max: 65535 })), { maxLength: 200 }),
+        (pairs) => {
+          const table = new FlowTable(16);
+          const key = new FlowKey(true);
+          const seen = new Map<string, number>();
+          for (const [addr, port] of pairs) {
+            const r = rec({ sourceIPv4Address: addr, sourceTransportPort: port });
+            const k = flowKeyString(r);
+            const e = table.find(key.read(r));
+            if (seen.has(k)) expect(e).toBe(seen.get(k));
+            else {
+              expect(e).toBe(-1);
+              seen.set(k, table.insert(key));
+            }
+          }
+        },
+      ),
+    );
+  });
+});
+
+describe('recordProblem', () => {
+  it('names the first field that makes a record unusable', () => {
+    expect(recordProblem(rec())).toBeUndefined();
+    expect(recordProblem(undefined)).toBe('the record is undefined');
+    expect(recordProblem(rec({ ipVersion: 6 }))).toBe('sourceIPv6Address is missing for an IPv6 flow');
+    expect(recordProblem({ ...rec(), flowDirection: '0' })).toBe('flowDirection is string, not a number');
+  });
+});
