@@ -1,0 +1,691 @@
+/**
+ * `kafka`: writes flow records to a Kafka topic with kafkajs, as JSON (IPFIX names) or protobuf
+ * (src/sinks/flow.proto), one record or a batch of records per message.
+ *
+ * Records wait in a bounded queue; a produce request takes up to batch_max_records of them once
+ * that many wait, once they fill about batch_max_bytes, or once the oldest has waited linger_ms,
+ * and up to max_in_flight requests run at once. A request that kafkajs gives up on (after its own
+ * retries) is retried by the sink with backoff until delivery_timeout_ms after its oldest record
+ * arrived; then its records count as `sink_failed`. While the brokers are away the queue fills up
+ * to buffer_max_records and what does not fit counts as `sink_buffer_full`. Nothing escapes into
+ * the pipeline: consume() resolves once its input completed and every record is written or counted.
+ */
+import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
+import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import type { DropReason, StageCounters } from '../ledger.js';
+import type { Logger } from '../logger.js';
+import type { FlowBatch, FlowRecord } from '../records.js';
+import { SinkError, asError, messageOf } from './errors.js';
+import { kafkajsTransport, type KafkaTransport, type SaslOptions, type TlsOptions } from './kafka/client.js';
+import { RequestEncoder, type EncodedRequest, type Encoding, type KeyMode } from './kafka/encode.js';
+import { RecordQueue } from './kafka/queue.js';
+import { LossLog } from './loss-log.js';
+
+export interface KafkaSinkConfig {
+  /** `host:port` of one or more brokers. */
+  bootstrap_servers: string[];
+  topic: string;
+  client_id?: string;
+  encoding?: Encoding;
+  records_per_message?: number;
+  key?: KeyMode;
+  batch_max_records?: number;
+  batch_max_bytes?: number;
+  linger_ms?: number;
+  max_in_flight?: number;
+  compression?: 'none' | 'gzip';
+  acks?: -1 | 0 | 1;
+  request_timeout_ms?: number;
+  connection_timeout_ms?: number;
+  retries?: number;
+  retry_initial_ms?: number;
+  retry_max_ms?: number;
+  delivery_timeout_ms?: number;
+  buffer_max_records?: number;
+  when_full?: 'drop_newest' | 'drop_oldest';
+  shutdown_timeout_ms?: number;
+  tls?: TlsOptions;
+  sasl?: SaslOptions;
+}
+
+type Resolved = Required<Omit<KafkaSinkConfig, 'tls' | 'sasl'>> & Pick<KafkaSinkConfig, 'tls' | 'sasl'>;
+
+const DEFAULTS = {
+  client_id: 'rxflow',
+  encoding: 'json',
+  records_per_message: 1,
+  key: 'flow',
+  batch_max_records: 1000,
+  batch_max_bytes: 1_000_000,
+  linger_ms: 5,
+  max_in_flight: 4,
+  compression: 'none',
+  acks: -1,
+  request_timeout_ms: 30_000,
+  connection_timeout_ms: 3000,
+  retries: 3,
+  retry_initial_ms: 100,
+  retry_max_ms: 5000,
+  delivery_timeout_ms: 120_000,
+  buffer_max_records: 100_000,
+  when_full: 'drop_newest',
+  shutdown_timeout_ms: 30_000,
+} as const satisfies Partial<KafkaSinkConfig>;
+
+/** Losses are logged at most this often; the ledger has every count. */
+const LOSS_LOG_INTERVAL_MS = 10_000;
+
+/** Starting estimate of encoded bytes per record, refined by every request. */
+const FIRST_BYTES_PER_RECORD: Record<Encoding, number> = { json: 500, protobuf: 120 };
+
+const ms = (description: string, defaultValue: number, minimum = 0): JsonSchema => ({
+  type: 'integer',
+  minimum,
+  default: defaultValue,
+  description,
+});
+
+const schema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['bootstrap_servers', 'topic'],
+  properties: {
+    bootstrap_servers: {
+      type: 'array',
+      minItems: 1,
+      items: { type: 'string', pattern: '^\\S+:[0-9]{1,5}$' },
+      description: 'Brokers to bootstrap from, as host:port.',
+    },
+    topic: { type: 'string', minLength: 1, description: 'Topic the records are written to.' },
+    client_id: { type: 'string', minLength: 1, default: DEFAULTS.client_id, description: 'Kafka client id.' },
+    encoding: {
+      enum: ['json', 'protobuf'],
+      default: DEFAULTS.encoding,
+      description:
+        'json: one JSON object per record with IPFIX field names; protobuf: FlowRecord/FlowBatch of src/sinks/flow.proto.',
+    },
+    records_per_message: {
+      type: 'integer',
+      minimum: 1,
+      default: DEFAULTS.records_per_message,
+      description:
+        '1: a message per record; N > 1: up to N records per message, as a JSON array or a protobuf FlowBatch.',
+    },
+    key: {
+      enum: ['flow', 'none'],
+      default: DEFAULTS.key,
+      description:
+        'flow: both directions of a flow go to one partition (with one record per message the key is protocol/low endpoint/high endpoint; batch messages are grouped by partition instead and carry no key); none: no key, round robin.',
+    },
+    batch_max_records: {
+      type: 'integer',
+      minimum: 1,
+      default: DEFAULTS.batch_max_records,
+      description: 'Records per produce request at most; a request is sent as soon as this many wait.',
+    },
+    batch_max_bytes: {
+      type: 'integer',
+      minimum: 1024,
+      default: DEFAULTS.batch_max_bytes,
+      description:
+        'Encoded bytes per produce request, about (estimated from the records sent before); keep it below the broker message.max.bytes.',
+    },
+    linger_ms: ms(
+      'How long the oldest waiting record waits for more before a smaller request is sent.',
+      DEFAULTS.linger_ms,
+    ),
+    max_in_flight: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 64,
+      default: DEFAULTS.max_in_flight,
+      description: 'Produce requests in flight at once.',
+    },
+    compression: {
+      enum: ['none', 'gzip'],
+      default: DEFAULTS.compression,
+      description:
+        'Record batch compression. kafkajs ships gzip only (snappy, lz4 and zstd need codecs it does not bundle).',
+    },
+    acks: {
+      enum: [-1, 0, 1],
+      default: DEFAULTS.acks,
+      description:
+        '-1: all in-sync replicas acknowledge; 1: the leader only; 0: no acknowledgement (losses go unseen).',
+    },
+    request_timeout_ms: ms('Time a broker has to answer a request.', DEFAULTS.request_timeout_ms, 1),
+    connection_timeout_ms: ms(
+      'Time to establish a connection to a broker.',
+      DEFAULTS.connection_timeout_ms,
+      1,
+    ),
+    retries: {
+      type: 'integer',
+      minimum: 0,
+      default: DEFAULTS.retries,
+      description: 'Retries of a failed request inside kafkajs before the sink backs off and tries again.',
+    },
+    retry_initial_ms: ms(
+      'First backoff after a failure; it doubles with every further failure.',
+      DEFAULTS.retry_initial_ms,
+      1,
+    ),
+    retry_max_ms: ms('Longest backoff between attempts.', DEFAULTS.retry_max_ms, 1),
+    delivery_timeout_ms: ms(
+      'A record not written within this time of reaching the sink is dropped as sink_failed.',
+      DEFAULTS.delivery_timeout_ms,
+      1,
+    ),
+    buffer_max_records: {
+      type: 'integer',
+      minimum: 1,
+      default: DEFAULTS.buffer_max_records,
+      description:
+        'Records held (waiting or in flight) at most; beyond it records are dropped as sink_buffer_full.',
+    },
+    when_full: {
+      enum: ['drop_newest', 'drop_oldest'],
+      default: DEFAULTS.when_full,
+      description:
+        'With a full buffer: drop the arriving records, or the oldest waiting ones (not those in flight).',
+    },
+    shutdown_timeout_ms: ms(
+      'On close, how long to wait for held records to be written; the rest are dropped as shutdown.',
+      DEFAULTS.shutdown_timeout_ms,
+    ),
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'Connect with TLS. Files are PEM.',
+      properties: {
+        ca_file: { type: 'string', description: 'CA certificates to trust instead of the system ones.' },
+        cert_file: { type: 'string', description: 'Client certificate, for mutual TLS; needs key_file.' },
+        key_file: { type: 'string', description: 'Private key of cert_file.' },
+        insecure_skip_verify: {
+          type: 'boolean',
+          default: false,
+          description: 'Accept any broker certificate.',
+        },
+        server_name: { type: 'string', description: 'Name to verify the broker certificate against (SNI).' },
+      },
+    },
+    sasl: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['mechanism', 'username', 'password'],
+      description: 'Authenticate with SASL.',
+      properties: {
+        mechanism: { enum: ['plain', 'scram-sha-256', 'scram-sha-512'] },
+        username: { type: 'string' },
+        password: { type: 'string' },
+      },
+    },
+  },
+};
+
+function resolveConfig(config: KafkaSinkConfig): Resolved {
+  const resolved = { ...DEFAULTS, ...config } as Resolved;
+  if (resolved.bootstrap_servers.length === 0) {
+    throw new SinkError('EBADCONFIG', 'kafka sink: bootstrap_servers is empty; list at least one host:port');
+  }
+  if (resolved.retry_max_ms < resolved.retry_initial_ms) {
+    throw new SinkError(
+      'EBADCONFIG',
+      `kafka sink: retry_max_ms (${resolved.retry_max_ms}) is below retry_initial_ms (${resolved.retry_initial_ms}); raise it`,
+    );
+  }
+  return resolved;
+}
+
+/**
+ * Whether trying again can help. kafkajs wraps a failure in layers (a non-retriable error around
+ * "number of retries exceeded" around a connection error), so the chain decides: retries having
+ * run out means the failure itself was transient; otherwise the innermost error says (a message
+ * too large or a missing authorisation will not get better).
+ */
+export function retriable(err: unknown): boolean {
+  if (err instanceof SinkError) return err.code !== 'EENCODE';
+  let e = err as { name?: string; retriable?: boolean; cause?: unknown } | undefined;
+  for (let depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
+    if (e.name === 'KafkaJSNumberOfRetriesExceeded') return true;
+    if (e.cause === undefined || e.cause === null || e.cause === e) return e.retriable !== false;
+    e = e.cause;
+  }
+  return true;
+}
+
+interface Request {
+  records: number;
+  /** Queue position of its first record, for flush(). */
+  first: number;
+  /** When its oldest record arrived; it fails at deadline = this + delivery_timeout_ms. */
+  arrived: number;
+  abandoned: boolean;
+}
+
+interface FlushWaiter {
+  /** Every record at a queue position below this must have settled. */
+  target: number;
+  resolve: () => void;
+}
+
+export class KafkaSink implements Sink {
+  private readonly config: Resolved;
+  private readonly counters: StageCounters;
+  private readonly logger: Logger;
+  private readonly scheduler: SchedulerLike;
+  private readonly encoder: RequestEncoder;
+  private readonly losses: LossLog;
+  private readonly queue = new RecordQueue();
+  private readonly inFlight = new Set<Request>();
+  private inFlightRecords = 0;
+  /** Records ever put in the queue, and records ever gone from it: queue positions. */
+  private admitted = 0;
+  private left = 0;
+  private flushWaiters: FlushWaiter[] = [];
+  private bytesPerRecord: number;
+  private partitions = 0;
+  private connected = false;
+  private connecting: Promise<void> | undefined;
+  private pumping = false;
+  private timer: Subscription | undefined;
+  private timerDue = Infinity;
+  private readonly sleepers = new Set<() => void>();
+  private failingSince: number | undefined;
+  private subscription: Subscription | undefined;
+  private endConsume: (() => void) | undefined;
+  private closing = false;
+  /** Set when close() has stopped waiting: nothing more is sent or retried. */
+  private stopped = false;
+  private closed: Promise<void> | undefined;
+
+  constructor(
+    config: KafkaSinkConfig,
+    context: ComponentContext,
+    private readonly transport: KafkaTransport,
+  ) {
+    this.config = resolveConfig(config);
+    this.counters = context.counters;
+    this.logger = context.logger;
+    this.scheduler = context.scheduler ?? asyncScheduler;
+    this.encoder = new RequestEncoder({
+      encoding: this.config.encoding,
+      recordsPerMessage: this.config.records_per_message,
+      key: this.config.key,
+    });
+    this.bytesPerRecord = FIRST_BYTES_PER_RECORD[this.config.encoding];
+    this.losses = new LossLog(
+      this.logger,
+      `kafka sink ${context.id}: records dropped`,
+      LOSS_LOG_INTERVAL_MS,
+      this.scheduler,
+    );
+  }
+
+  consume(input: Observable<FlowBatch>): Promise<void> {
+    if (this.subscription !== undefined || this.closing) {
+      return Promise.reject(
+        new SinkError('ECONSUME', 'kafka sink: consume() was already called or the sink is closed'),
+      );
+    }
+    this.startConnecting();
+    return new Promise<void>((resolve, reject) => {
+      this.endConsume = resolve;
+      this.subscription = input.subscribe({
+        next: (batch) => this.accept(batch),
+        error: (err: unknown) => {
+          void this.flush().then(() => reject(asError(err)));
+        },
+        complete: () => {
+          void this.flush().then(resolve);
+        },
+      });
+    });
+  }
+
+  /** Resolves when every record held when it was called is written or counted as dropped. */
+  flush(): Promise<void> {
+    const target = this.admitted;
+    if (this.settledBelow(target)) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.flushWaiters.push({ target, resolve });
+      this.pump();
+    });
+  }
+
+  close(): Promise<void> {
+    this.closed ??= this.shutdown();
+    return this.closed;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Admission
+
+  private accept(batch: FlowBatch): void {
+    const n = batch.length;
+    if (n === 0) return;
+    this.counters.addReceived(n);
+    const room = this.config.buffer_max_records - this.queue.length - this.inFlightRecords;
+    const now = this.scheduler.now();
+    if (n <= room) {
+      this.enqueue(batch, now);
+    } else if (this.config.when_full === 'drop_newest') {
+      if (room > 0) this.enqueue(batch.slice(0, room), now);
+      this.drop('sink_buffer_full', n - Math.max(0, room));
+    } else {
+      const excess = n - room;
+      const old = this.queue.drop(Math.min(excess, this.queue.length));
+      this.left += old;
+      // Records in flight cannot be taken back; what still does not fit is the oldest arriving.
+      const rest = excess - old;
+      this.drop('sink_buffer_full', old + rest);
+      this.enqueue(rest > 0 ? batch.slice(rest) : batch, now);
+    }
+    this.pump();
+  }
+
+  private enqueue(records: FlowBatch, now: number): void {
+    this.queue.push(records, now);
+    this.admitted += records.length;
+  }
+
+  private drop(reason: DropReason, n: number, cause?: unknown): void {
+    if (n <= 0) return;
+    this.counters.addDropped(reason, n);
+    this.losses.add(reason, n, cause === undefined ? undefined : messageOf(cause));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Sending
+
+  private recordsPerRequest(): number {
+    const byBytes = Math.max(1, Math.floor(this.config.batch_max_bytes / this.bytesPerRecord));
+    return Math.min(this.config.batch_max_records, byBytes);
+  }
+
+  /** True while flush() or close() wants queued records out without lingering. */
+  private draining(): boolean {
+    if (this.closing) return true;
+    for (const w of this.flushWaiters) if (w.target > this.left) return true;
+    return false;
+  }
+
+  /** Expires what waited too long, starts every request that is due, and sets the next timer. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      const now = this.scheduler.now();
+      const expired = this.queue.dropArrivedBy(now - this.config.delivery_timeout_ms);
+      if (expired > 0) {
+        this.left += expired;
+        this.drop(
+          'sink_failed',
+          expired,
+          `not written within delivery_timeout_ms (${this.config.delivery_timeout_ms})`,
+        );
+      }
+      while (
+        this.connected &&
+        !this.stopped &&
+        this.inFlight.size < this.config.max_in_flight &&
+        this.queue.length > 0
+      ) {
+        const size = this.recordsPerRequest();
+        const due =
+          this.queue.length >= size ||
+          now - this.queue.headArrival() >= this.config.linger_ms ||
+          this.draining();
+        if (!due) break;
+        const arrived = this.queue.headArrival();
+        const records = this.queue.take(size);
+        const request: Request = { records: records.length, first: this.left, arrived, abandoned: false };
+        this.left += records.length;
+        this.inFlight.add(request);
+        this.inFlightRecords += records.length;
+        void this.deliver(request, records);
+      }
+      this.setTimer(now);
+    } finally {
+      this.pumping = false;
+    }
+    this.settleFlushes();
+  }
+
+  /** Wakes the pump when the oldest record's linger or delivery timeout is reached. */
+  private setTimer(now: number): void {
+    if (this.queue.length === 0 || this.stopped) {
+      this.clearTimer();
+      return;
+    }
+    const head = this.queue.headArrival();
+    let due = head + this.config.delivery_timeout_ms;
+    if (this.connected && this.inFlight.size < this.config.max_in_flight)
+      due = Math.min(due, head + this.config.linger_ms);
+    if (this.timer !== undefined && this.timerDue <= due) return;
+    this.clearTimer();
+    this.timerDue = due;
+    this.timer = this.scheduler.schedule(
+      () => {
+        this.timer = undefined;
+        this.timerDue = Infinity;
+        this.pump();
+      },
+      Math.max(0, due - now),
+    );
+  }
+
+  private clearTimer(): void {
+    this.timer?.unsubscribe();
+    this.timer = undefined;
+    this.timerDue = Infinity;
+  }
+
+  private backoff(attempt: number): number {
+    return Math.min(this.config.retry_max_ms, this.config.retry_initial_ms * 2 ** Math.min(attempt - 1, 30));
+  }
+
+  /** Writes one request, retrying until it is written, fails for good or times out. Never rejects. */
+  private async deliver(request: Request, records: FlowRecord[]): Promise<void> {
+    const deadline = request.arrived + this.config.delivery_timeout_ms;
+    let encoded: EncodedRequest | undefined;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          if (encoded === undefined) {
+            if (this.encoder.needsPartitions && this.partitions === 0) {
+              this.partitions = await this.transport.partitions();
+            }
+            encoded = this.encode(records);
+            records = [];
+          }
+          await this.transport.send(encoded.messages);
+          if (request.abandoned) return;
+          this.counters.addSent(request.records);
+          this.recovered();
+          break;
+        } catch (err) {
+          if (request.abandoned) return;
+          const wait = this.backoff(attempt);
+          if (!retriable(err) || this.scheduler.now() + wait >= deadline || this.stopped) {
+            this.drop('sink_failed', request.records, err);
+            break;
+          }
+          this.failing(err);
+          await this.sleep(wait);
+          if (request.abandoned) return;
+        }
+      }
+    } catch (err) {
+      if (request.abandoned) return;
+      this.drop('sink_failed', request.records, err);
+    }
+    if (encoded !== undefined) this.encoder.release(encoded);
+    this.inFlight.delete(request);
+    this.inFlightRecords -= request.records;
+    this.pump();
+  }
+
+  private encode(records: FlowRecord[]): EncodedRequest {
+    let encoded: EncodedRequest;
+    try {
+      encoded = this.encoder.encode(records, this.partitions);
+    } catch (err) {
+      throw new SinkError(
+        'EENCODE',
+        `kafka sink: cannot encode records as ${this.config.encoding}: ${messageOf(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    if (records.length > 0 && encoded.bytes > 0) this.bytesPerRecord = encoded.bytes / records.length;
+    return encoded;
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const wake = (): void => {
+        this.sleepers.delete(wake);
+        task.unsubscribe();
+        resolve();
+      };
+      const task = this.scheduler.schedule(wake, ms);
+      this.sleepers.add(wake);
+    });
+  }
+
+  private failing(err: unknown): void {
+    if (this.failingSince !== undefined) return;
+    this.failingSince = this.scheduler.now();
+    this.logger.warn({ err }, 'kafka sink: cannot write to the brokers; holding records and retrying');
+  }
+
+  private recovered(): void {
+    if (this.failingSince === undefined) return;
+    this.logger.info({ outage_ms: this.scheduler.now() - this.failingSince }, 'kafka sink: writing again');
+    this.failingSince = undefined;
+  }
+
+  private startConnecting(): void {
+    this.connecting ??= (async () => {
+      for (let attempt = 1; !this.stopped; attempt++) {
+        try {
+          await this.transport.connect();
+          if (this.stopped) return;
+          this.connected = true;
+          this.recovered();
+          this.logger.debug({ brokers: this.config.bootstrap_servers }, 'kafka sink: connected');
+          this.pump();
+          return;
+        } catch (err) {
+          this.failing(err);
+          await this.sleep(this.backoff(attempt));
+        }
+      }
+    })();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Flush and close
+
+  private settledBelow(target: number): boolean {
+    if (this.left < target) return false;
+    for (const r of this.inFlight) if (r.first < target) return false;
+    return true;
+  }
+
+  private settleFlushes(): void {
+    if (this.flushWaiters.length === 0) return;
+    const waiting: FlushWaiter[] = [];
+    for (const w of this.flushWaiters) {
+      if (this.settledBelow(w.target)) w.resolve();
+      else waiting.push(w);
+    }
+    this.flushWaiters = waiting;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.closing = true;
+    this.subscription?.unsubscribe();
+    let deadline: Subscription | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      deadline = this.scheduler.schedule(() => resolve('late'), this.config.shutdown_timeout_ms);
+    });
+    const outcome = await Promise.race([this.flush(), late]);
+    deadline?.unsubscribe();
+    this.stopped = true;
+    this.clearTimer();
+    if (outcome === 'late') {
+      const queued = this.queue.clear();
+      this.left += queued;
+      let abandoned = queued;
+      for (const r of this.inFlight) {
+        r.abandoned = true;
+        abandoned += r.records;
+      }
+      this.inFlight.clear();
+      this.inFlightRecords = 0;
+      this.drop(
+        'shutdown',
+        abandoned,
+        `not written within shutdown_timeout_ms (${this.config.shutdown_timeout_ms})`,
+      );
+      this.logger.warn({ dropped: abandoned }, 'kafka sink: closed with records unwritten');
+    }
+    for (const wake of [...this.sleepers]) wake();
+    this.settleFlushes();
+    for (const w of this.flushWaiters) w.resolve();
+    this.flushWaiters = [];
+    await this.connecting;
+    try {
+      await this.transport.disconnect();
+    } catch (err) {
+      this.logger.debug({ err }, 'kafka sink: disconnect failed');
+    }
+    this.losses.close();
+    this.endConsume?.();
+  }
+}
+
+const kafkaModule: SinkModule<KafkaSinkConfig> = {
+  type: 'kafka',
+  kind: 'sink',
+  description:
+    'Writes flow records to a Kafka topic as JSON or protobuf, batched, with bounded buffering through outages.',
+  schema,
+  example: {
+    bootstrap_servers: ['kafka-1:9092', 'kafka-2:9092'],
+    topic: 'flows',
+    encoding: 'json',
+    records_per_message: 1,
+    key: 'flow',
+    batch_max_records: 1000,
+    linger_ms: 5,
+    compression: 'gzip',
+    acks: -1,
+    buffer_max_records: 100000,
+    when_full: 'drop_newest',
+  },
+  build(config: KafkaSinkConfig, context: ComponentContext): Sink {
+    const resolved = resolveConfig(config);
+    const transport = kafkajsTransport({
+      brokers: resolved.bootstrap_servers,
+      topic: resolved.topic,
+      clientId: resolved.client_id,
+      acks: resolved.acks,
+      compression: resolved.compression,
+      requestTimeoutMs: resolved.request_timeout_ms,
+      connectionTimeoutMs: resolved.connection_timeout_ms,
+      retries: resolved.retries,
+      retryInitialMs: resolved.retry_initial_ms,
+      retryMaxMs: resolved.retry_max_ms,
+      tls: resolved.tls,
+      sasl: resolved.sasl,
+      logger: context.logger,
+    });
+    return new KafkaSink(resolved, context, transport);
+  },
+};
+
+export default kafkaModule;

@@ -1,0 +1,336 @@
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import net from 'node:net';
+import { Subject } from 'rxjs';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ComponentContext } from '../../src/component.js';
+import { Ledger } from '../../src/ledger.js';
+import { silentLogger } from '../../src/logger.js';
+import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import otelMetricsModule from '../../src/sinks/otel_metrics.js';
+import { describeWith } from '../fixtures/privilege.js';
+
+/**
+ * The otel_metrics sink's Prometheus endpoint, scraped over HTTP and checked with promtool, and
+ * its OTLP/HTTP push, received by a small local server.
+ */
+
+function flow(overrides: Partial<FlowRecord>): FlowRecord {
+  return {
+    ipVersion: 4,
+    sourceIPv4Address: '10.0.0.1',
+    destinationIPv4Address: '10.0.0.2',
+    sourceTransportPort: 40000,
+    destinationTransportPort: 443,
+    protocolIdentifier: 6,
+    octetDeltaCount: 0,
+    packetDeltaCount: 0,
+    flowStartMilliseconds: 1_700_000_000_000,
+    flowEndMilliseconds: 1_700_000_001_000,
+    tcpControlBits: 0,
+    ipDiffServCodePoint: 0,
+    ingressInterface: 2,
+    flowDirection: 0,
+    sourceMacAddress: '02:00:00:00:00:01',
+    destinationMacAddress: '02:00:00:00:00:02',
+    ethernetType: 0x0800,
+    ...overrides,
+  };
+}
+
+/** Known batches: eth0 tcp both ways, eth1 udp, icmp and icmpv6 and GRE (other), and a third interface. */
+const BATCHES: FlowBatch[] = [
+  [
+    flow({ interfaceName: 'eth0', octetDeltaCount: 1500, packetDeltaCount: 3 }),
+    flow({ interfaceName: 'eth0', octetDeltaCount: 500, packetDeltaCount: 2, flowDirection: 1 }),
+    flow({ interfaceName: 'eth0', octetDeltaCount: 100, packetDeltaCount: 1 }),
+  ],
+  [
+    flow({ interfaceName: 'eth1', protocolIdentifier: 17, octetDeltaCount: 64, packetDeltaCount: 1 }),
+    flow({
+      interfaceName: 'eth1',
+      protocolIdentifier: 1,
+      octetDeltaCount: 84,
+      packetDeltaCount: 1,
+      flowDirection: 1,
+    }),
+    flow({ interfaceName: 'eth0', protocolIdentifier: 58, octetDeltaCount: 104, packetDeltaCount: 1 }),
+    flow({ interfaceName: 'eth0', protocolIdentifier: 47, octetDeltaCount: 1000, packetDeltaCount: 10 }),
+  ],
+  // max_interfaces is 2 below: eth2 and the unnamed ifindex 7 count as "other".
+  [
+    flow({ interfaceName: 'eth2', octetDeltaCount: 40, packetDeltaCount: 1 }),
+    flow({ ingressInterface: 7, octetDeltaCount: 60, packetDeltaCount: 1 }),
+    flow({ interfaceName: 'eth0', octetDeltaCount: 900, packetDeltaCount: 6 }),
+  ],
+];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function promtool(text: string): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    child.once('error', reject);
+    child.once('close', (code) => resolve({ code, output }));
+    child.stdin.end(text);
+  });
+}
+
+/** Samples of a Prometheus text exposition: `name{a="x",b="y"}` -> value. */
+function samples(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`not a sample line: ${line}`);
+    const labels = [...(m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)]
+      .map(([, k, v]) => `${k}=${v}`)
+      .sort()
+      .join(',');
+    out.set(`${m[1]}{${labels}}`, Number(m[3]));
+  }
+  return out;
+}
+
+function contextWith(ledger: Ledger): ComponentContext {
+  return {
+    id: 'metrics',
+    logger: silentLogger(),
+    ledger,
+    counters: ledger.stage('metrics', 'otel_metrics', 'sink'),
+  };
+}
+
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const close of closers.splice(0).reverse()) await close();
+});
+
+describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint', () => {
+  it('serves exact flow counters and ledger counts, and promtool finds nothing wrong', async () => {
+    const port = await freePort();
+    const ledger = new Ledger();
+    // Stages upstream of the sink, as a pipeline would have them.
+    const source = ledger.stage('flows', 'map_tracer', 'source');
+    source.addReceived(20);
+    source.addSent(10);
+    source.addDropped('kernel_map_full', 4);
+    const limiter = ledger.stage('limit', 'limit_capacity');
+    limiter.addReceived(10);
+    limiter.addSent(10);
+    limiter.addDropped('limiter_dropped', 0);
+    const sink = otelMetricsModule.build(
+      { prometheus_port: port, prometheus_host: '127.0.0.1', max_interfaces: 2 },
+      contextWith(ledger),
+    );
+    closers.push(() => sink.close());
+    const input = new Subject<FlowBatch>();
+    const consumed = sink.consume(input);
+    for (const b of BATCHES) input.next(b);
+
+    const url = `http://127.0.0.1:${port}/metrics`;
+    const text = await waitFor('the metrics endpoint', async () => {
+      const res = await fetch(url);
+      return res.ok ? res.text() : undefined;
+    });
+    const check = await promtool(text);
+    expect(check).toEqual({ code: 0, output: '' });
+
+    const got = samples(text);
+    const flowSeries = [...got]
+      .filter(([k]) => k.startsWith('rxflow_flow_'))
+      .sort(([a], [b]) => a.localeCompare(b));
+    expect(Object.fromEntries(flowSeries)).toEqual({
+      'rxflow_flow_bytes_total{direction=egress,interface=eth0,protocol=tcp}': 500,
+      'rxflow_flow_bytes_total{direction=egress,interface=eth1,protocol=icmp}': 84,
+      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=icmpv6}': 104,
+      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=other}': 1000,
+      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=tcp}': 2500,
+      'rxflow_flow_bytes_total{direction=ingress,interface=eth1,protocol=udp}': 64,
+      'rxflow_flow_bytes_total{direction=ingress,interface=other,protocol=tcp}': 100,
+      'rxflow_flow_packets_total{direction=egress,interface=eth0,protocol=tcp}': 2,
+      'rxflow_flow_packets_total{direction=egress,interface=eth1,protocol=icmp}': 1,
+      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=icmpv6}': 1,
+      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=other}': 10,
+      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=tcp}': 10,
+      'rxflow_flow_packets_total{direction=ingress,interface=eth1,protocol=udp}': 1,
+      'rxflow_flow_packets_total{direction=ingress,interface=other,protocol=tcp}': 2,
+      'rxflow_flow_records_total{direction=egress,interface=eth0,protocol=tcp}': 1,
+      'rxflow_flow_records_total{direction=egress,interface=eth1,protocol=icmp}': 1,
+      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=icmpv6}': 1,
+      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=other}': 1,
+      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=tcp}': 3,
+      'rxflow_flow_records_total{direction=ingress,interface=eth1,protocol=udp}': 1,
+      'rxflow_flow_records_total{direction=ingress,interface=other,protocol=tcp}': 2,
+    });
+
+    // Every stage's counts equal the ledger's, read at scrape time.
+    const totals = ledger.totals();
+    for (const s of totals.stages) {
+      const labels = `component=${s.id},type=${s.type}`;
+      expect(got.get(`rxflow_component_received_total{${labels}}`)).toBe(s.received);
+      expect(got.get(`rxflow_component_sent_total{${labels}}`)).toBe(s.sent);
+      expect(got.get(`rxflow_component_in_flight{${labels}}`)).toBe(s.inFlight);
+      for (const [reason, n] of Object.entries(s.dropped)) {
+        expect(
+          got.get(`rxflow_component_dropped_total{component=${s.id},reason=${reason},type=${s.type}}`),
+        ).toBe(n);
+      }
+    }
+    expect(got.get('rxflow_component_received_total{component=metrics,type=otel_metrics}')).toBe(10);
+    expect(got.get('rxflow_component_sent_total{component=metrics,type=otel_metrics}')).toBe(10);
+    expect(
+      got.get('rxflow_component_dropped_total{component=flows,reason=kernel_map_full,type=map_tracer}'),
+    ).toBe(4);
+    expect({
+      seen: got.get('rxflow_ledger_seen_total{}'),
+      exported: got.get('rxflow_ledger_exported_total{}'),
+      dropped: got.get('rxflow_ledger_dropped_total{reason=kernel_map_full}'),
+      inFlight: got.get('rxflow_ledger_in_flight{}'),
+    }).toEqual({ seen: 20, exported: 10, dropped: 4, inFlight: totals.inFlight });
+    expect(totals).toMatchObject({ seen: 20, exported: 10, dropped: { kernel_map_full: 4 } });
+
+    // Counters read the ledger at collection time: a later drop shows in the next scrape.
+    limiter.addDropped('limiter_dropped', 3);
+    const again = samples(await (await fetch(url)).text());
+    expect(
+      again.get('rxflow_component_dropped_total{component=limit,reason=limiter_dropped,type=limit_capacity}'),
+    ).toBe(3);
+    expect(again.get('rxflow_ledger_dropped_total{reason=limiter_dropped}')).toBe(3);
+
+    input.complete();
+    await consumed;
+    await sink.close();
+    await expect(fetch(url)).rejects.toThrow();
+  });
+
+  it('keeps counting when its port is taken, and says so in the log', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => blocker.close(() => r())));
+    const port = (blocker.address() as net.AddressInfo).port;
+    const ledger = new Ledger();
+    const errors: string[] = [];
+    const logger = silentLogger();
+    logger.error = (obj: unknown, msg?: string) => void errors.push(msg ?? String(obj));
+    const context = { ...contextWith(ledger), logger };
+    const sink = otelMetricsModule.build({ prometheus_port: port, prometheus_host: '127.0.0.1' }, context);
+    const input = new Subject<FlowBatch>();
+    const consumed = sink.consume(input);
+    await waitFor('the error log', () => Promise.resolve(errors.length > 0 ? true : undefined));
+    expect(errors).toEqual([
+      `otel_metrics sink: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}; pick another prometheus_port or prometheus_host`,
+    ]);
+    input.next(BATCHES[0]!);
+    input.complete();
+    await consumed;
+    await sink.close();
+    expect(context.counters.snapshot()).toMatchObject({ received: 3, sent: 3, inFlight: 0 });
+  });
+});
+
+describe('otel_metrics sink, OTLP/HTTP push', () => {
+  it('pushes the flow and ledger metrics to the collector URL', async () => {
+    const bodies: { path: string; contentType: string; body: Buffer }[] = [];
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        bodies.push({
+          path: req.url ?? '',
+          contentType: req.headers['content-type'] ?? '',
+          body: Buffer.concat(chunks),
+        });
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end('{}');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    closers.push(() => new Promise((r) => server.close(() => r())));
+    const port = (server.address() as net.AddressInfo).port;
+
+    const ledger = new Ledger();
+    const sink = otelMetricsModule.build(
+      { prometheus_port: 0, otlp_endpoint: `http://127.0.0.1:${port}/v1/metrics`, otlp_interval_ms: 200 },
+      contextWith(ledger),
+    );
+    closers.push(() => sink.close());
+    const input = new Subject<FlowBatch>();
+    const consumed = sink.consume(input);
+    input.next(BATCHES[0]!);
+
+    const first = await waitFor('an OTLP export', () => Promise.resolve(bodies[0]));
+    expect(first.path).toBe('/v1/metrics');
+    expect(first.contentType).toBe('application/json');
+    const names = (body: Buffer): string[] => {
+      const json = JSON.parse(body.toString('utf8')) as {
+        resourceMetrics: { scopeMetrics: { metrics: { name: string }[] }[] }[];
+      };
+      return json.resourceMetrics
+        .flatMap((r) => r.scopeMetrics.flatMap((s) => s.metrics.map((m) => m.name)))
+        .sort();
+    };
+    expect(names(first.body)).toEqual(
+      expect.arrayContaining([
+        'rxflow.flow.bytes',
+        'rxflow.flow.packets',
+        'rxflow.component.received',
+        'rxflow.ledger.seen',
+      ]),
+    );
+
+    // The last push on completion carries the exact sums.
+    input.complete();
+    await consumed;
+    await sink.close();
+    const last = JSON.parse(bodies[bodies.length - 1]!.body.toString('utf8')) as {
+      resourceMetrics: {
+        scopeMetrics: {
+          metrics: {
+            name: string;
+            sum?: {
+              dataPoints: {
+                asInt?: string;
+                asDouble?: number;
+                attributes: { key: string; value: { stringValue: string } }[];
+              }[];
+            };
+          }[];
+        }[];
+      }[];
+    };
+    const bytes = last.resourceMetrics
+      .flatMap((r) => r.scopeMetrics.flatMap((s) => s.metrics))
+      .find((m) => m.name === 'rxflow.flow.bytes')!;
+    const points = bytes.sum!.dataPoints.map((p) => ({
+      value: Number(p.asDouble ?? p.asInt),
+      attributes: Object.fromEntries(p.attributes.map((a) => [a.key, a.value.stringValue])),
+    }));
+    expect(points.sort((a, b) => a.value - b.value)).toEqual([
+      { value: 500, attributes: { direction: 'egress', protocol: 'tcp', interface: 'eth0' } },
+      { value: 1600, attributes: { direction: 'ingress', protocol: 'tcp', interface: 'eth0' } },
+    ]);
+  });
+});

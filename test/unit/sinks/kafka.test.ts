@@ -1,0 +1,735 @@
+import { Partitioners, type Message, type PartitionerArgs } from 'kafkajs';
+import { Subject, VirtualTimeScheduler, from } from 'rxjs';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { ComponentContext } from '../../../src/component.js';
+import { Ledger, type StageCounters } from '../../../src/ledger.js';
+import { silentLogger } from '../../../src/logger.js';
+import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
+import kafkaModule, { KafkaSink, retriable, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
+import { tlsConnectionOptions, type KafkaTransport } from '../../../src/sinks/kafka/client.js';
+import {
+  RequestEncoder,
+  flowHash,
+  flowKey,
+  loadFlowProto,
+  murmur2,
+  partitionForKey,
+} from '../../../src/sinks/kafka/encode.js';
+
+afterAll(() => cleanup.dispose());
+
+function record(i: number, overrides: Partial<FlowRecord> = {}): FlowRecord {
+  return {
+    ipVersion: 4,
+    sourceIPv4Address: '10.0.0.1',
+    destinationIPv4Address: '10.0.0.2',
+    sourceTransportPort: 40000 + i,
+    destinationTransportPort: 443,
+    protocolIdentifier: 6,
+    octetDeltaCount: 100 * i,
+    packetDeltaCount: i,
+    flowStartMilliseconds: 1_700_000_000_000 + i,
+    flowEndMilliseconds: 1_700_000_001_000 + i,
+    tcpControlBits: 0x10,
+    ipDiffServCodePoint: 0,
+    ingressInterface: 2,
+    flowDirection: 0,
+    sourceMacAddress: '02:00:00:00:00:01',
+    destinationMacAddress: '02:00:00:00:00:02',
+    ethernetType: 0x0800,
+    ...overrides,
+  };
+}
+
+const range = (from: number, count: number): FlowRecord[] =>
+  Array.from({ length: count }, (_, k) => record(from + k));
+
+function reverse(r: FlowRecord): FlowRecord {
+  return {
+    ...r,
+    sourceIPv4Address: r.destinationIPv4Address,
+    destinationIPv4Address: r.sourceIPv4Address,
+    sourceIPv6Address: r.destinationIPv6Address,
+    destinationIPv6Address: r.sourceIPv6Address,
+    sourceTransportPort: r.destinationTransportPort,
+    destinationTransportPort: r.sourceTransportPort,
+    flowDirection: r.flowDirection === 0 ? 1 : 0,
+  };
+}
+
+describe('kafka message keys and partitions', () => {
+  it("murmur2 gives the partition kafkajs's default partitioner gives, for ASCII and UTF-8 keys of every length mod 4", () => {
+    const kafkajs = Partitioners.DefaultPartitioner();
+    for (const partitions of [1, 3, 16, 997]) {
+      const partitionMetadata = Array.from({ length: partitions }, (_, p) => ({
+        partitionId: p,
+        leader: 1,
+        partitionErrorCode: 0,
+        replicas: [1],
+        isr: [1],
+      }));
+      for (const key of [
+        '',
+        'a',
+        'ab',
+        'abc',
+        'abcd',
+        '6/10.0.0.1:443/10.0.0.2:51000',
+        'zürich-ü',
+        '☃☃☃',
+        'x'.repeat(101),
+      ]) {
+        const args: PartitionerArgs = { topic: 't', partitionMetadata, message: { key, value: null } };
+        expect({ key, partitions, p: partitionForKey(key, partitions) }).toEqual({
+          key,
+          partitions,
+          p: kafkajs(args),
+        });
+        expect(murmur2(Buffer.from(key))).toBe(murmur2(key));
+      }
+    }
+  });
+
+  it('keys a flow by protocol and its endpoints in a fixed order, the same for both directions', () => {
+    const ab = record(0, {
+      sourceIPv4Address: '10.0.0.9',
+      destinationIPv4Address: '10.0.0.10',
+      sourceTransportPort: 51000,
+    });
+    expect(flowKey(ab)).toBe('6/10.0.0.10:443/10.0.0.9:51000');
+    expect(flowKey(reverse(ab))).toBe('6/10.0.0.10:443/10.0.0.9:51000');
+    // Same address both ways (loopback): the port decides.
+    const self = record(0, {
+      sourceIPv4Address: '127.0.0.1',
+      destinationIPv4Address: '127.0.0.1',
+      sourceTransportPort: 9000,
+      destinationTransportPort: 80,
+    });
+    expect(flowKey(self)).toBe('6/127.0.0.1:80/127.0.0.1:9000');
+    expect(flowKey(reverse(self))).toBe('6/127.0.0.1:80/127.0.0.1:9000');
+    const v6 = record(0, {
+      ipVersion: 6,
+      sourceIPv4Address: undefined,
+      destinationIPv4Address: undefined,
+      sourceIPv6Address: 'fe80::2',
+      destinationIPv6Address: '2001:db8::1',
+      protocolIdentifier: 17,
+      sourceTransportPort: 5353,
+      destinationTransportPort: 53,
+    });
+    expect(flowKey(v6)).toBe('17/[2001:db8::1]:53/[fe80::2]:5353');
+    expect(flowKey(reverse(v6))).toBe('17/[2001:db8::1]:53/[fe80::2]:5353');
+  });
+
+  it('hashes both directions of a flow alike and different flows apart', () => {
+    const seen = new Set<number>();
+    for (let i = 0; i < 1000; i++) {
+      const r = record(i, { sourceIPv4Address: `10.0.${i >> 8}.${i & 255}` });
+      expect(flowHash(reverse(r))).toBe(flowHash(r));
+      seen.add(flowHash(r));
+    }
+    expect(seen.size).toBe(1000);
+  });
+});
+
+describe('RequestEncoder', () => {
+  const { FlowRecord: FlowRecordType, FlowBatch: FlowBatchType } = loadFlowProto();
+  const decode = (value: Buffer | string | null): unknown =>
+    FlowRecordType.toObject(FlowRecordType.decode(value as Buffer), { longs: Number, defaults: true });
+
+  it("json, one record per message: the record's JSON as the value and the flow key", () => {
+    const records = [record(1), record(2, { interfaceName: 'eth0', duplicate: true })];
+    const out = new RequestEncoder({ encoding: 'json', recordsPerMessage: 1, key: 'flow' }).encode(
+      records,
+      0,
+    );
+    expect(out.messages.map((m) => ({ key: m.key, value: String(m.value) }))).toEqual([
+      { key: '6/10.0.0.1:40001/10.0.0.2:443', value: JSON.stringify(records[0]) },
+      { key: '6/10.0.0.1:40002/10.0.0.2:443', value: JSON.stringify(records[1]) },
+    ]);
+    expect(out.bytes).toBe(records.reduce((n, r) => n + JSON.stringify(r).length + 29, 0));
+  });
+
+  it('protobuf, one record per message: each value decodes to its record; key none leaves keys off', () => {
+    const records = range(1, 5);
+    const out = new RequestEncoder({ encoding: 'protobuf', recordsPerMessage: 1, key: 'none' }).encode(
+      records,
+      0,
+    );
+    expect(out.messages.map((m) => m.key)).toEqual([null, null, null, null, null]);
+    expect(out.messages.map((m) => decode(m.value))).toEqual(records);
+  });
+
+  it('batch messages keyed by flow are grouped by partition, carry it, and hold at most records_per_message', () => {
+    const records: FlowRecord[] = [];
+    for (let i = 0; i < 40; i++) {
+      const r = record(i, { sourceIPv4Address: `10.0.1.${i}` });
+      records.push(r, reverse(r));
+    }
+    for (const encoding of ['json', 'protobuf'] as const) {
+      const out = new RequestEncoder({ encoding, recordsPerMessage: 7, key: 'flow' }).encode(records, 3);
+      const seen: FlowRecord[] = [];
+      for (const m of out.messages) {
+        expect(m.key).toBeUndefined();
+        const batch =
+          encoding === 'json'
+            ? (JSON.parse(String(m.value)) as FlowRecord[])
+            : (
+                FlowBatchType.toObject(FlowBatchType.decode(m.value as Buffer), {
+                  longs: Number,
+                  defaults: true,
+                }) as {
+                  records: FlowRecord[];
+                }
+              ).records;
+        expect(batch.length).toBeGreaterThan(0);
+        expect(batch.length).toBeLessThanOrEqual(7);
+        for (const r of batch) expect(m.partition).toBe(flowHash(r) % 3);
+        seen.push(...batch);
+      }
+      const order = (a: FlowRecord, b: FlowRecord): number =>
+        a.flowStartMilliseconds - b.flowStartMilliseconds || a.flowDirection - b.flowDirection;
+      expect(seen.sort(order)).toEqual([...records].sort(order));
+    }
+  });
+
+  it('batch messages without a key are cut in arrival order and carry no partition', () => {
+    const records = range(0, 10);
+    const out = new RequestEncoder({ encoding: 'json', recordsPerMessage: 4, key: 'none' }).encode(
+      records,
+      0,
+    );
+    expect(out.messages.map((m) => ({ ...m, value: JSON.parse(String(m.value)) as unknown }))).toEqual([
+      { value: records.slice(0, 4) },
+      { value: records.slice(4, 8) },
+      { value: records.slice(8, 10) },
+    ]);
+  });
+});
+
+describe('retriable', () => {
+  it('retries what kafkajs gave up on after its retries, not what cannot succeed', () => {
+    const connection = Object.assign(new Error('connect ECONNREFUSED'), {
+      name: 'KafkaJSConnectionError',
+      retriable: true,
+    });
+    const exceeded = Object.assign(new Error('retries'), {
+      name: 'KafkaJSNumberOfRetriesExceeded',
+      retriable: false,
+      cause: connection,
+    });
+    const wrapped = Object.assign(new Error('wrapped'), {
+      name: 'KafkaJSNonRetriableError',
+      retriable: false,
+      cause: exceeded,
+    });
+    const tooLarge = Object.assign(new Error('too large'), {
+      name: 'KafkaJSProtocolError',
+      retriable: false,
+    });
+    const wrappedTooLarge = Object.assign(new Error('wrapped'), {
+      name: 'KafkaJSNonRetriableError',
+      retriable: false,
+      cause: tooLarge,
+    });
+    expect([connection, exceeded, wrapped, tooLarge, wrappedTooLarge].map(retriable)).toEqual([
+      true,
+      true,
+      true,
+      false,
+      false,
+    ]);
+  });
+});
+
+// ----------------------------------------------------------------------------------------------
+// The sink with a fake transport, in virtual time.
+
+/**
+ * A VirtualTimeScheduler advanced one due action at a time, letting promises settle in between:
+ * the sink's timers are RxJS scheduler actions, but what they start (sends, backoffs) continues in
+ * promise callbacks, which TestScheduler.run would not interleave.
+ */
+class Clock {
+  readonly scheduler = new VirtualTimeScheduler();
+
+  get now(): number {
+    return this.scheduler.now();
+  }
+
+  async settle(): Promise<void> {
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  }
+
+  async advance(ms: number): Promise<void> {
+    const target = this.scheduler.frame + ms;
+    await this.settle();
+    for (;;) {
+      const next = (this.scheduler.actions as { delay: number }[])[0];
+      if (next === undefined || next.delay > target) break;
+      this.scheduler.maxFrames = next.delay;
+      this.scheduler.flush();
+      await this.settle();
+    }
+    this.scheduler.frame = target;
+    await this.settle();
+  }
+}
+
+type Outcome = 'ok' | 'hang' | Error;
+
+const copy = (messages: Message[]): Message[] =>
+  messages.map((m) => ({ ...m, value: Buffer.isBuffer(m.value) ? Buffer.from(m.value) : m.value }));
+
+class FakeTransport implements KafkaTransport {
+  /** Copies of what was written: like kafkajs, the fake is done with the values once a send settles. */
+  readonly sent: { at: number; messages: Message[] }[] = [];
+  readonly attempts: number[] = [];
+  connects = 0;
+  disconnects = 0;
+  connectFailures = 0;
+  /** Decides each send attempt; 'hang' never settles. */
+  outcome: (attempt: number) => Outcome = () => 'ok';
+  private hung: { messages: Message[]; resolve: () => void }[] = [];
+
+  constructor(private readonly clock: Clock) {}
+
+  connect(): Promise<void> {
+    this.connects++;
+    if (this.connectFailures > 0) {
+      this.connectFailures--;
+      return Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:9092'));
+    }
+    return Promise.resolve();
+  }
+
+  partitions(): Promise<number> {
+    return Promise.resolve(4);
+  }
+
+  send(messages: Message[]): Promise<void> {
+    this.attempts.push(this.clock.now);
+    const outcome = this.outcome(this.attempts.length);
+    if (outcome === 'ok') {
+      this.sent.push({ at: this.clock.now, messages: copy(messages) });
+      return Promise.resolve();
+    }
+    if (outcome === 'hang')
+      return new Promise<void>((resolve) => this.hung.push({ messages: copy(messages), resolve }));
+    return Promise.reject(outcome);
+  }
+
+  /** Lets every hung send succeed now. */
+  release(): void {
+    for (const { messages, resolve } of this.hung) {
+      this.sent.push({ at: this.clock.now, messages });
+      resolve();
+    }
+    this.hung = [];
+  }
+
+  disconnect(): Promise<void> {
+    this.disconnects++;
+    return Promise.resolve();
+  }
+
+  /** Records written, in order, as the indexes encoded in flowStartMilliseconds. */
+  written(): number[] {
+    return this.sent.flatMap((s) =>
+      s.messages.map(
+        (m) => (JSON.parse(String(m.value)) as FlowRecord).flowStartMilliseconds - 1_700_000_000_000,
+      ),
+    );
+  }
+}
+
+const transient = (): Error =>
+  Object.assign(new Error('Connection error: connect ECONNREFUSED'), {
+    name: 'KafkaJSNumberOfRetriesExceeded',
+    retriable: false,
+  });
+
+function setup(config: Partial<KafkaSinkConfig> = {}) {
+  const clock = new Clock();
+  const transport = new FakeTransport(clock);
+  const ledger = new Ledger();
+  const counters: StageCounters = ledger.stage('k', 'kafka', 'sink');
+  const context: ComponentContext = {
+    id: 'k',
+    logger: silentLogger(),
+    ledger,
+    counters,
+    scheduler: clock.scheduler,
+  };
+  const sink = new KafkaSink(
+    { bootstrap_servers: ['127.0.0.1:9092'], topic: 't', ...config },
+    context,
+    transport,
+  );
+  const input = new Subject<FlowBatch>();
+  let done = false;
+  let failed: unknown;
+  const consumed = sink.consume(input).then(
+    () => void (done = true),
+    (err: unknown) => void (failed = err),
+  );
+  return { clock, transport, counters, sink, input, consumed, state: () => ({ done, failed }) };
+}
+
+describe('kafka sink batching, retries and accounting', () => {
+  it('sends a request once batch_max_records wait, and a smaller one after linger_ms', async () => {
+    const { clock, transport, counters, input } = setup({ batch_max_records: 100, linger_ms: 20 });
+    await clock.settle();
+    input.next(range(0, 150));
+    await clock.settle();
+    expect(transport.sent.map((s) => s.messages.length)).toEqual([100]);
+    await clock.advance(19);
+    expect(transport.sent.map((s) => s.messages.length)).toEqual([100]);
+    await clock.advance(1);
+    expect(transport.sent.map((s) => [s.at, s.messages.length])).toEqual([
+      [0, 100],
+      [20, 50],
+    ]);
+    expect(transport.written()).toEqual(range(0, 150).map((_, i) => i));
+    expect(counters.snapshot()).toMatchObject({ received: 150, sent: 150, inFlight: 0 });
+  });
+
+  it('lingers from the oldest waiting record, not from the latest', async () => {
+    const { clock, transport, input } = setup({ batch_max_records: 100, linger_ms: 20 });
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(15);
+    input.next(range(10, 10));
+    await clock.advance(5);
+    expect(transport.sent.map((s) => [s.at, s.messages.length])).toEqual([[20, 20]]);
+  });
+
+  it('keeps at most max_in_flight requests running', async () => {
+    const { clock, transport, counters, input } = setup({ batch_max_records: 10, max_in_flight: 2 });
+    transport.outcome = () => 'hang';
+    await clock.settle();
+    input.next(range(0, 50));
+    await clock.advance(1000);
+    expect(transport.attempts.length).toBe(2);
+    expect(counters.snapshot()).toMatchObject({ received: 50, sent: 0, inFlight: 50 });
+  });
+
+  it('retries a failed request with doubling backoff and counts it sent once written', async () => {
+    const { clock, transport, counters, input } = setup({
+      batch_max_records: 10,
+      retry_initial_ms: 100,
+      retry_max_ms: 250,
+    });
+    transport.outcome = (n) => (n <= 3 ? transient() : 'ok');
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(1000);
+    expect(transport.attempts).toEqual([0, 100, 300, 550]);
+    expect(transport.written()).toEqual(range(0, 10).map((_, i) => i));
+    expect(counters.snapshot()).toMatchObject({ received: 10, sent: 10, dropped: {}, inFlight: 0 });
+  });
+
+  it('counts a request that cannot succeed as sink_failed at once', async () => {
+    const { clock, transport, counters, input } = setup({ batch_max_records: 10 });
+    transport.outcome = () =>
+      Object.assign(new Error('Message too large'), { name: 'KafkaJSProtocolError', retriable: false });
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(10_000);
+    expect(transport.attempts).toEqual([0]);
+    expect(counters.snapshot()).toMatchObject({
+      received: 10,
+      sent: 0,
+      dropped: { sink_failed: 10 },
+      inFlight: 0,
+    });
+  });
+
+  it('gives up on a request it cannot write by delivery_timeout_ms after its oldest record arrived', async () => {
+    const { clock, transport, counters, input, sink } = setup({
+      batch_max_records: 10,
+      max_in_flight: 1,
+      retry_initial_ms: 100,
+      retry_max_ms: 100,
+      delivery_timeout_ms: 1000,
+    });
+    transport.outcome = () => transient();
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(500);
+    input.next(range(10, 5));
+    let flushed = -1;
+    void sink.flush().then(() => (flushed = clock.now));
+    await clock.advance(2000);
+    // The first request stops at 900 (no retry fits before 1000); the second, of records that
+    // arrived at 500, starts then and stops at 1400.
+    expect(transport.attempts).toEqual([
+      0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 900, 1000, 1100, 1200, 1300, 1400,
+    ]);
+    expect(counters.snapshot()).toMatchObject({
+      received: 15,
+      sent: 0,
+      dropped: { sink_failed: 15 },
+      inFlight: 0,
+    });
+    expect(flushed).toBe(1400);
+  });
+
+  it('drops records that waited delivery_timeout_ms without a connection as sink_failed', async () => {
+    const clock = new Clock();
+    const transport = new FakeTransport(clock);
+    transport.connectFailures = 1_000_000;
+    const ledger = new Ledger();
+    const counters = ledger.stage('k', 'kafka', 'sink');
+    const sink = new KafkaSink(
+      {
+        bootstrap_servers: ['127.0.0.1:9092'],
+        topic: 't',
+        delivery_timeout_ms: 1000,
+        retry_initial_ms: 100,
+        retry_max_ms: 100,
+      },
+      { id: 'k', logger: silentLogger(), ledger, counters, scheduler: clock.scheduler },
+      transport,
+    );
+    const input = new Subject<FlowBatch>();
+    void sink.consume(input);
+    input.next(range(0, 3));
+    await clock.advance(400);
+    input.next(range(3, 4));
+    await clock.advance(599);
+    expect(counters.snapshot()).toMatchObject({ received: 7, sent: 0, dropped: {}, inFlight: 7 });
+    await clock.advance(1);
+    expect(counters.snapshot()).toMatchObject({
+      received: 7,
+      sent: 0,
+      dropped: { sink_failed: 3 },
+      inFlight: 4,
+    });
+    await clock.advance(400);
+    expect(counters.snapshot()).toMatchObject({
+      received: 7,
+      sent: 0,
+      dropped: { sink_failed: 7 },
+      inFlight: 0,
+    });
+    expect(transport.attempts).toEqual([]);
+    await sink.close();
+  });
+
+  it('drop_newest: with the buffer full (in flight counts), arriving records are dropped as sink_buffer_full', async () => {
+    const { clock, transport, counters, input } = setup({
+      batch_max_records: 4,
+      max_in_flight: 1,
+      buffer_max_records: 10,
+    });
+    transport.outcome = (n) => (n === 1 ? 'hang' : 'ok');
+    await clock.settle();
+    input.next(range(0, 6)); // 0..3 in flight, 4..5 waiting
+    input.next(range(6, 7)); // room for 6..9 of 6..12
+    expect(counters.snapshot()).toMatchObject({
+      received: 13,
+      sent: 0,
+      dropped: { sink_buffer_full: 3 },
+      inFlight: 10,
+    });
+    transport.release();
+    await clock.advance(100);
+    expect(transport.written()).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(counters.snapshot()).toMatchObject({
+      received: 13,
+      sent: 10,
+      dropped: { sink_buffer_full: 3 },
+      inFlight: 0,
+    });
+  });
+
+  it('drop_oldest: waiting records make room for arriving ones; those in flight cannot', async () => {
+    const { clock, transport, counters, input } = setup({
+      batch_max_records: 4,
+      max_in_flight: 1,
+      buffer_max_records: 10,
+      when_full: 'drop_oldest',
+    });
+    transport.outcome = (n) => (n === 1 ? 'hang' : 'ok');
+    await clock.settle();
+    input.next(range(0, 6)); // 0..3 in flight, 4..5 waiting
+    input.next(range(6, 7)); // 3 too many: 4, 5 (waiting) and 6 (the oldest arriving) go
+    expect(counters.snapshot()).toMatchObject({
+      received: 13,
+      dropped: { sink_buffer_full: 3 },
+      inFlight: 10,
+    });
+    input.next(range(13, 12)); // 12 too many: the 6 waiting and the 6 oldest arriving go
+    expect(counters.snapshot()).toMatchObject({
+      received: 25,
+      dropped: { sink_buffer_full: 15 },
+      inFlight: 10,
+    });
+    transport.release();
+    await clock.advance(100);
+    expect(transport.written()).toEqual([0, 1, 2, 3, 19, 20, 21, 22, 23, 24]);
+    expect(counters.snapshot()).toMatchObject({
+      received: 25,
+      sent: 10,
+      dropped: { sink_buffer_full: 15 },
+      inFlight: 0,
+    });
+  });
+
+  it('keeps trying to connect, holding records meanwhile, and sends them once connected', async () => {
+    const clock = new Clock();
+    const transport = new FakeTransport(clock);
+    transport.connectFailures = 3;
+    const ledger = new Ledger();
+    const counters = ledger.stage('k', 'kafka', 'sink');
+    const sink = new KafkaSink(
+      { bootstrap_servers: ['127.0.0.1:9092'], topic: 't', retry_initial_ms: 100, retry_max_ms: 1000 },
+      { id: 'k', logger: silentLogger(), ledger, counters, scheduler: clock.scheduler },
+      transport,
+    );
+    const consumed = sink.consume(from([range(0, 5)]));
+    // Attempts at 0, 100, 300 fail (backoff 100, 200, 400); the one at 700 connects.
+    await clock.advance(699);
+    expect(transport.connects).toBe(3);
+    expect(counters.snapshot()).toMatchObject({ received: 5, sent: 0, inFlight: 5 });
+    await clock.advance(1);
+    expect(transport.connects).toBe(4);
+    await consumed;
+    expect(transport.written()).toEqual([0, 1, 2, 3, 4]);
+    expect(counters.snapshot()).toMatchObject({ received: 5, sent: 5, inFlight: 0 });
+  });
+
+  it('close() waits shutdown_timeout_ms, then drops what is held as shutdown; twice is once', async () => {
+    const { clock, transport, counters, input, sink, state } = setup({
+      batch_max_records: 4,
+      max_in_flight: 1,
+      shutdown_timeout_ms: 3000,
+    });
+    transport.outcome = () => 'hang';
+    await clock.settle();
+    input.next(range(0, 10));
+    let closedAt = -1;
+    const first = sink.close();
+    expect(sink.close()).toBe(first);
+    void first.then(() => (closedAt = clock.now));
+    await clock.advance(2999);
+    expect(closedAt).toBe(-1);
+    await clock.advance(1);
+    expect(closedAt).toBe(3000);
+    expect(counters.snapshot()).toMatchObject({
+      received: 10,
+      sent: 0,
+      dropped: { shutdown: 10 },
+      inFlight: 0,
+    });
+    expect(transport.disconnects).toBe(1);
+    // After close: consume has ended, the input is no longer read, flush() is immediate.
+    expect(state().done).toBe(true);
+    expect(input.observed).toBe(false);
+    await sink.flush();
+  });
+
+  it('consume() resolves after the input completes and every record is written', async () => {
+    const { clock, transport, input, state, counters } = setup({ batch_max_records: 100, linger_ms: 50 });
+    await clock.settle();
+    input.next(range(0, 3));
+    input.complete();
+    await clock.settle();
+    // Completion flushes without waiting for linger.
+    expect(transport.sent.map((s) => [s.at, s.messages.length])).toEqual([[0, 3]]);
+    expect(state().done).toBe(true);
+    expect(counters.snapshot()).toMatchObject({ received: 3, sent: 3, inFlight: 0 });
+  });
+
+  it("consume() rejects with the input's error after writing what came before it", async () => {
+    const clock = new Clock();
+    const transport = new FakeTransport(clock);
+    const ledger = new Ledger();
+    const counters = ledger.stage('k', 'kafka', 'sink');
+    const sink = new KafkaSink(
+      { bootstrap_servers: ['127.0.0.1:9092'], topic: 't' },
+      { id: 'k', logger: silentLogger(), ledger, counters, scheduler: clock.scheduler },
+      transport,
+    );
+    const boom = new Error('source failed');
+    const subject = new Subject<FlowBatch>();
+    const consumed = sink.consume(subject);
+    subject.next(range(0, 2));
+    subject.error(boom);
+    await expect(consumed).rejects.toBe(boom);
+    expect(transport.written()).toEqual([0, 1]);
+    await expect(sink.consume(from([]))).rejects.toThrow(
+      'kafka sink: consume() was already called or the sink is closed',
+    );
+  });
+});
+
+describe('kafka sink module', () => {
+  it('has a strict schema that accepts the example and fills the defaults', () => {
+    const registry = new ComponentRegistry([kafkaModule]);
+    const ok = registry.validate(kafkaModule, { bootstrap_servers: ['k:9092'], topic: 'flows' });
+    expect(ok.ok).toBe(true);
+    expect(ok.config).toMatchObject({
+      encoding: 'json',
+      records_per_message: 1,
+      key: 'flow',
+      acks: -1,
+      compression: 'none',
+    });
+    expect(registry.validate(kafkaModule, kafkaModule.example as unknown as Record<string, unknown>).ok).toBe(
+      true,
+    );
+    const bad = registry.validate(kafkaModule, {
+      bootstrap_servers: ['k:9092'],
+      topic: 'f',
+      compression: 'zstd',
+      linger: 5,
+    });
+    expect(bad.ok).toBe(false);
+    expect(bad.errors.map((e) => e.keyword).sort()).toEqual(['additionalProperties', 'enum']);
+  });
+
+  it('reads the tls files once into the connection options', () => {
+    const dir = makeTempDir('rxsink');
+    const file = (name: string, text: string): string => {
+      fs.writeFileSync(path.join(dir, name), text);
+      return path.join(dir, name);
+    };
+    const options = tlsConnectionOptions({
+      ca_file: file('ca.pem', 'CA'),
+      cert_file: file('cert.pem', 'CERT'),
+      key_file: file('key.pem', 'KEY'),
+      insecure_skip_verify: true,
+      server_name: 'kafka.example',
+    });
+    expect(options).toEqual({
+      ca: [Buffer.from('CA')],
+      cert: Buffer.from('CERT'),
+      key: Buffer.from('KEY'),
+      rejectUnauthorized: false,
+      servername: 'kafka.example',
+    });
+    expect(tlsConnectionOptions({})).toEqual({ rejectUnauthorized: true });
+  });
+
+  it('fails to build with a tls file that cannot be read, naming the option and the path', () => {
+    const ledger = new Ledger();
+    const context = { id: 'k', logger: silentLogger(), ledger, counters: ledger.stage('k', 'kafka', 'sink') };
+    expect(() =>
+      kafkaModule.build(
+        { bootstrap_servers: ['k:9092'], topic: 'f', tls: { ca_file: '/nonexistent/ca.pem' } },
+        context,
+      ),
+    ).toThrow(
+      "kafka sink tls.ca_file /nonexistent/ca.pem: ENOENT: no such file or directory, open '/nonexistent/ca.pem'; check the path and its permissions",
+    );
+    expect(() =>
+      kafkaModule.build({ bootstrap_servers: ['k:9092'], topic: 'f', tls: { cert_file: '/x.pem' } }, context),
+    ).toThrow('kafka sink tls: cert_file and key_file go together; set both or neither');
+  });
+});
