@@ -39,12 +39,22 @@ export interface Libbpf {
   bpf_map__map_flags(map: Ptr): number;
   bpf_map__is_internal(map: Ptr): boolean;
   bpf_map__set_max_entries(map: Ptr, n: number): number;
+  bpf_map__inner_map(map: Ptr): Ptr | null;
   bpf_map__set_pin_path(map: Ptr, path: string | null): number;
   // bpf.h: map syscalls
   bpf_map_lookup_elem(fd: number, key: Uint8Array, value: Uint8Array): number;
   bpf_map_update_elem(fd: number, key: Uint8Array, value: Uint8Array, flags: number): number;
   bpf_map_delete_elem(fd: number, key: Uint8Array): number;
   bpf_map_get_next_key(fd: number, key: Uint8Array | null, next: Uint8Array): number;
+  bpf_map_lookup_batch(
+    fd: number,
+    inBatch: Uint8Array | null,
+    outBatch: Uint8Array,
+    keys: Uint8Array,
+    values: Uint8Array,
+    count: Uint32Array,
+    opts: Uint8Array | null,
+  ): number;
   bpf_map_lookup_and_delete_batch(
     fd: number,
     inBatch: Uint8Array | null,
@@ -228,6 +238,7 @@ function bind(): Bound {
     bpf_map__map_flags: f('uint32_t bpf_map__map_flags(void *map)'),
     bpf_map__is_internal: f('bool bpf_map__is_internal(void *map)'),
     bpf_map__set_max_entries: f('int bpf_map__set_max_entries(void *map, uint32_t max_entries)'),
+    bpf_map__inner_map: f('void *bpf_map__inner_map(void *map)'),
     bpf_map__set_pin_path: f('int bpf_map__set_pin_path(void *map, const char *path)'),
     bpf_map_lookup_elem: f('int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
     bpf_map_update_elem: f(
@@ -235,6 +246,9 @@ function bind(): Bound {
     ),
     bpf_map_delete_elem: f('int bpf_map_delete_elem(int fd, const void *key)'),
     bpf_map_get_next_key: f('int bpf_map_get_next_key(int fd, const void *key, void *next_key)'),
+    bpf_map_lookup_batch: f(
+      'int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, void *count, const void *opts)',
+    ),
     bpf_map_lookup_and_delete_batch: f(
       'int bpf_map_lookup_and_delete_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, void *count, const void *opts)',
     ),

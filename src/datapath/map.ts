@@ -353,6 +353,92 @@ export class BpfMap {
     };
   }
 
+  /**
+   * Reads up to `max` entries without deleting them, in batches (bpf_map_lookup_batch) or, where the
+   * kernel lacks those, by iterating keys. Unlike drain() the buffers are new and the caller's.
+   * Entries the kernel adds or deletes meanwhile may or may not be in the result.
+   */
+  dump(opts: DrainOptions = {}): DrainResult {
+    this.#check('dump');
+    const max = opts.max ?? this.maxEntries;
+    const mode = opts.mode ?? 'auto';
+    let batchSize = Math.max(1, Math.min(opts.batchSize ?? 4096, max));
+    let cap = Math.min(max, Math.max(batchSize, 64));
+    let keys = new Uint8Array(cap * this.keySize);
+    let values = new Uint8Array(cap * this.valueBufferSize);
+    const grow = (entries: number): void => {
+      if (entries <= cap) return;
+      while (cap < entries) cap *= 2;
+      const k = new Uint8Array(cap * this.keySize);
+      k.set(keys);
+      const v = new Uint8Array(cap * this.valueBufferSize);
+      v.set(values);
+      keys = k;
+      values = v;
+    };
+    let count = 0;
+    const bpf = libbpf();
+    if (mode === 'iterate' || (mode === 'auto' && this.#batchUnsupported)) {
+      const value = new Uint8Array(this.valueBufferSize);
+      for (const key of this.keys()) {
+        if (count >= max) break;
+        if (!this.lookupInto(key, value)) continue;
+        grow(count + 1);
+        keys.set(key, count * this.keySize);
+        values.set(value, count * this.valueBufferSize);
+        count++;
+      }
+      return {
+        count,
+        keys: keys.subarray(0, count * this.keySize),
+        values: values.subarray(0, count * this.valueBufferSize),
+      };
+    }
+    let inBatch = new Uint8Array(Math.max(8, this.keySize));
+    let outBatch = new Uint8Array(Math.max(8, this.keySize));
+    const n = new Uint32Array(1);
+    let first = true;
+    while (count < max) {
+      const want = Math.min(batchSize, max - count);
+      grow(count + want);
+      n[0] = want;
+      const r = bpf.bpf_map_lookup_batch(
+        this.fd,
+        first ? null : inBatch,
+        outBatch,
+        keys.subarray(count * this.keySize),
+        values.subarray(count * this.valueBufferSize),
+        n,
+        this.#batchOpts,
+      );
+      const err = -r;
+      if (r < 0 && err !== ENOENT && err !== ENOSPC) {
+        if (first && (err === EINVAL || err === EOPNOTSUPP || err === ENOTSUPP) && mode === 'auto') {
+          this.#batchUnsupported = true;
+          return this.dump({ ...opts, mode: 'iterate' });
+        }
+        throw syscallFailure(`dump map ${this.name}`, 'bpf_map_lookup_batch', r, { code: 'EMAP' });
+      }
+      count += n[0];
+      if (err === ENOENT) break;
+      if (err === ENOSPC) {
+        // A hash bucket holds more entries than this batch: retry the same cursor with a bigger one.
+        if (want < batchSize) break;
+        batchSize *= 2;
+        continue;
+      }
+      first = false;
+      const t = inBatch;
+      inBatch = outBatch;
+      outBatch = t;
+    }
+    return {
+      count,
+      keys: keys.subarray(0, count * this.keySize),
+      values: values.subarray(0, count * this.valueBufferSize),
+    };
+  }
+
   #drainIterate(max: number): number {
     const bpf = libbpf();
     let cur = this.#iterCur;

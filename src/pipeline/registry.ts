@@ -7,20 +7,32 @@ import account from '../operators/account.js';
 import decorate from '../operators/decorate.js';
 import dedupe from '../operators/dedupe.js';
 import limit_capacity from '../operators/limit_capacity.js';
+import file from '../sinks/file.js';
 import kafka from '../sinks/kafka.js';
+import otel_metrics from '../sinks/otel_metrics.js';
+import stdout from '../sinks/stdout.js';
+import top from '../sinks/top.js';
 import ebpf_flows from '../sources/ebpf_flows.js';
+import firewall_audit from '../sources/firewall_audit.js';
+import firewall_sessions from '../sources/firewall_sessions.js';
 import { ComponentRegistry } from './component-registry.js';
 
 export const modules: readonly ComponentModule[] = [
   // sources (src/sources/)
   ebpf_flows,
+  firewall_audit,
+  firewall_sessions,
   // transforms (src/operators/)
   account,
   decorate,
   dedupe,
   limit_capacity,
   // sinks (src/sinks/)
+  file,
   kafka,
+  otel_metrics,
+  stdout,
+  top,
 ];
 
 let registry: ComponentRegistry | undefined;

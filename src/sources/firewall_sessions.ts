@@ -1,0 +1,251 @@
+import { Observable, asyncScheduler, interval, type SchedulerLike } from 'rxjs';
+import type { ComponentContext, SourceModule } from '../component.js';
+import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
+import {
+  decodeSessionEvent,
+  type FirewallAction,
+  type FirewallReason,
+  type FirewallSession,
+  type FirewallSessionEvent,
+  type SessionEventKind,
+  type SessionOrigin,
+  type TcpState,
+} from '../datapath/firewall/types.js';
+import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
+import type { Logger } from '../logger.js';
+import type { FlowBatch, FlowRecord } from '../records.js';
+
+/**
+ * Session lifecycle events of a firewall.
+ *
+ * CREATED and UPDATED come from the kernel, on the fw_sess_events ring buffer: a session is
+ * created by exactly one packet (the map insert with BPF_NOEXIST succeeds once), so the event is
+ * exact and arrives even for sessions shorter than any scan interval; updates are sent on a TCP
+ * state change and at most once per session_update_interval_ms otherwise, so their rate is
+ * bounded by the number of sessions, not packets. DELETED comes from here: the kernel never
+ * deletes a session (an idle one simply stops matching), so the one deleting it, expireSessions()
+ * on a timer, knows exactly which and when. A userspace diff of map scans would cost a full map
+ * read per interval whether anything changed or not, miss sessions that lived between two scans,
+ * and could not tell a delete followed by a re-create from an update.
+ *
+ * Events the kernel could not queue (ring full) are counted (session_events_lost): a consumer that
+ * must not miss any (HA replication) repairs with a periodic full read of the map.
+ */
+export interface SessionEventsOptions {
+  collection: FirewallCollection;
+  /** How often the ring buffer is read. */
+  drainIntervalMs: number;
+  /** How often idle sessions are expired (deleted events); 0: never, something else expires them. */
+  expireIntervalMs: number;
+  /** Called with how many events the kernel lost since the last drain. */
+  onLost?: (n: number) => void;
+  logger?: Logger;
+  /** When it emits, the ring is read a last time and the stream completes. */
+  stop$?: Observable<unknown>;
+  scheduler?: SchedulerLike;
+}
+
+/** Batches of session events in the order they happened: ring-buffer events before the expiry that follows them. */
+export function firewallSessionEvents(options: SessionEventsOptions): Observable<FirewallSessionEvent[]> {
+  const scheduler = options.scheduler ?? asyncScheduler;
+  return new Observable<FirewallSessionEvent[]>((subscriber) => {
+    const fw = options.collection;
+    const reader = fw.sessionEventReader();
+    let lost = fw.counter('session_events_lost');
+    const drain = (out: FirewallSessionEvent[]): void => {
+      reader.drain((view, offset, length) => out.push(decodeSessionEvent(view, offset, length)));
+      const now = fw.counter('session_events_lost');
+      if (now > lost) {
+        options.logger?.warn({ lost: now - lost }, 'firewall session events lost: the ring buffer was full');
+        options.onLost?.(now - lost);
+        lost = now;
+      }
+    };
+    const tick = (expire: boolean): boolean => {
+      const out: FirewallSessionEvent[] = [];
+      try {
+        drain(out);
+        if (expire) for (const session of fw.expireSessions()) out.push({ kind: 'deleted', session });
+      } catch (err) {
+        subscriber.error(err);
+        return false;
+      }
+      if (out.length > 0) subscriber.next(out);
+      return true;
+    };
+    const subs = [interval(options.drainIntervalMs, scheduler).subscribe(() => void tick(false))];
+    if (options.expireIntervalMs > 0) {
+      subs.push(interval(options.expireIntervalMs, scheduler).subscribe(() => void tick(true)));
+    }
+    if (options.stop$) {
+      subs.push(
+        options.stop$.subscribe(() => {
+          if (tick(false)) subscriber.complete();
+        }),
+      );
+    }
+    return () => {
+      for (const s of subs) s.unsubscribe();
+      reader.close();
+    };
+  });
+}
+
+/** A flow record of a session event: the session's 5-tuple, counters each way, state and tunnel. */
+export interface FirewallSessionRecord extends FlowRecord {
+  firewallSessionEvent: SessionEventKind;
+  firewallAction: FirewallAction;
+  firewallReason: FirewallReason;
+  firewallPolicyId: number;
+  firewallRuleId: number;
+  firewallSessionOrigin: SessionOrigin;
+  tcpState: TcpState;
+  /** RFC 5103 reverse direction (responder to initiator), totals since the session opened. */
+  reversePacketTotalCount: number;
+  reverseOctetTotalCount: number;
+  /** Forward totals; packetDeltaCount and octetDeltaCount carry the same numbers. */
+  packetTotalCount: number;
+  octetTotalCount: number;
+  /** Where forward packets of a redirect session go. */
+  egressInterface?: number;
+}
+
+/**
+ * The record of a session event. Times are wall-clock: flowStartMilliseconds when the session
+ * opened, flowEndMilliseconds when it was last seen; a deleted session has flowEndReason 1 (idle).
+ */
+export function sessionRecord(
+  kind: SessionEventKind,
+  s: FirewallSession,
+  offsetMs: number,
+): FirewallSessionRecord {
+  const v4 = !s.srcAddr.includes(':');
+  const rec: FirewallSessionRecord = {
+    ipVersion: v4 ? 4 : 6,
+    sourceTransportPort: s.srcPort,
+    destinationTransportPort: s.dstPort,
+    protocolIdentifier: s.protocol,
+    octetDeltaCount: s.bytesForward,
+    packetDeltaCount: s.packetsForward,
+    flowStartMilliseconds: Math.floor(Number(s.createdNs) / 1e6 + offsetMs),
+    flowEndMilliseconds: Math.floor(Number(s.lastSeenNs) / 1e6 + offsetMs),
+    tcpControlBits: s.tcpFlags,
+    ipDiffServCodePoint: 0,
+    ingressInterface: s.ingressIfindex,
+    flowDirection: s.direction === 'egress' ? 1 : 0,
+    sourceMacAddress: s.outerSrcMac,
+    destinationMacAddress: s.outerDstMac,
+    ethernetType: v4 ? 0x0800 : 0x86dd,
+    firewallSessionEvent: kind,
+    firewallAction: s.action,
+    firewallReason: s.reason,
+    firewallPolicyId: s.policyId,
+    firewallRuleId: s.ruleId,
+    firewallSessionOrigin: s.origin,
+    tcpState: s.tcpState,
+    reversePacketTotalCount: s.packetsReverse,
+    reverseOctetTotalCount: s.bytesReverse,
+    packetTotalCount: s.packetsForward,
+    octetTotalCount: s.bytesForward,
+  };
+  if (v4) {
+    rec.sourceIPv4Address = s.srcAddr;
+    rec.destinationIPv4Address = s.dstAddr;
+  } else {
+    rec.sourceIPv6Address = s.srcAddr;
+    rec.destinationIPv6Address = s.dstAddr;
+  }
+  if (s.redirectIfindex !== 0) rec.egressInterface = s.redirectIfindex;
+  if (s.tunnel !== 'none') {
+    rec.encapsulationType = s.tunnel;
+    rec.virtualNetworkIdentifier = s.vni;
+    rec.tunnelSourceIPAddress = s.outerSrcAddr;
+    rec.tunnelDestinationIPAddress = s.outerDstAddr;
+    rec.tunnelSourceTransportPort = s.outerSrcPort;
+    rec.tunnelDestinationTransportPort = s.outerDstPort;
+    if (s.cookie !== '0000000000000000') rec.flowCookie = s.cookie;
+  }
+  if (kind === 'deleted') rec.flowEndReason = 1;
+  return rec;
+}
+
+export interface FirewallSessionsConfig {
+  instance: string;
+  pin_root: string;
+  drain_interval_ms: number;
+  expire_interval_ms: number;
+}
+
+export function firewallSessions(
+  config: FirewallSessionsConfig,
+  context: ComponentContext,
+): Observable<FlowBatch> {
+  return new Observable<FlowBatch>((subscriber) => {
+    const fw = FirewallCollection.open(firewallPinDir(config.instance, config.pin_root));
+    const counters = context.counters;
+    const offsetMs = monotonicToWallClockOffsetMs();
+    context.logger.info({ pin_dir: fw.pinDir }, 'reading firewall session events');
+    const sub = firewallSessionEvents({
+      collection: fw,
+      drainIntervalMs: config.drain_interval_ms,
+      expireIntervalMs: config.expire_interval_ms,
+      onLost: (n) => {
+        counters.addReceived(n);
+        counters.addDropped('ringbuf_reserve_failed', n);
+      },
+      logger: context.logger,
+      scheduler: context.scheduler ?? asyncScheduler,
+      ...(context.stop$ ? { stop$: context.stop$ } : {}),
+    }).subscribe({
+      next: (events) => {
+        const batch = events.map((e) => sessionRecord(e.kind, e.session, offsetMs));
+        counters.addReceived(batch.length);
+        counters.addSent(batch.length);
+        subscriber.next(batch);
+      },
+      error: (err: unknown) => subscriber.error(err),
+      complete: () => subscriber.complete(),
+    });
+    return () => {
+      sub.unsubscribe();
+      fw.close();
+    };
+  });
+}
+
+const ms = (description: string, dflt: number, minimum = 1) => ({
+  type: 'integer',
+  minimum,
+  default: dflt,
+  description,
+});
+
+const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
+  type: 'firewall_sessions',
+  kind: 'source',
+  description: 'session lifecycle events (created, updated, deleted) of a loaded firewall',
+  drainsOnStop: true,
+  schema: {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      instance: {
+        type: 'string',
+        pattern: '^[A-Za-z0-9_.-]{1,64}$',
+        default: 'default',
+        description: "the firewall instance given to 'rxflow firewall load'",
+      },
+      pin_root: {
+        type: 'string',
+        default: '/sys/fs/bpf',
+        description: 'the bpffs mount the firewall is pinned under',
+      },
+      drain_interval_ms: ms('how often the session event ring buffer is read', 100),
+      expire_interval_ms: ms('how often idle sessions are deleted, each a deleted event; 0: never', 1000, 0),
+    },
+  },
+  example: { instance: 'default', pin_root: '/sys/fs/bpf', drain_interval_ms: 100, expire_interval_ms: 1000 },
+  build: firewallSessions,
+};
+
+export default firewallSessionsModule;
