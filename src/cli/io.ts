@@ -22,6 +22,10 @@ export interface CliIo {
   exit(code: number): void;
   /** The root logger of `run`; made from --log-level when unset. */
   logger?: Logger;
+  /** Whether `out` is a terminal (the demo redraws its table in place there). */
+  isTTY?: boolean;
+  /** The terminal's width, when it is one. */
+  columns?: () => number | undefined;
 }
 
 export function processIo(): CliIo {
@@ -31,5 +35,7 @@ export function processIo(): CliIo {
     env: process.env,
     signals: process,
     exit: (code) => process.exit(code),
+    isTTY: process.stdout.isTTY === true,
+    columns: () => process.stdout.columns,
   };
 }

@@ -1,13 +1,37 @@
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
 import { defaultRegistry } from '../pipeline/registry.js';
 import type { CliIo } from './io.js';
+import { runDemo } from './demo.js';
+import { registerFirewallCommands } from './firewall.js';
+import { LOG_LEVELS } from './log.js';
 import { runFile } from './run.js';
+import { statusCommand } from './status-command.js';
 import { listTypes, validateFiles } from './validate.js';
+
+/** Option parsers: commander reports an InvalidArgumentError with the option's name and exits 1. */
+function parseDurationMs(text: string): number {
+  const ms = parseDuration(text);
+  if (ms === undefined) throw new InvalidArgumentError(DURATION_HINT);
+  return ms;
+}
+
+function parseSeconds(text: string): number {
+  const n = Number(text);
+  if (!/^\d+(\.\d+)?$/.test(text) || !(n > 0)) {
+    throw new InvalidArgumentError('give a positive number of seconds, e.g. 10 or 0.5');
+  }
+  return n;
+}
 
 /** The `rxflow` command line. Actions report their exit code through `setCode`. */
 export function createProgram(io: CliIo, setCode: (code: number) => void): Command {
   const registry = () => io.registry ?? defaultRegistry();
+  const logLevelOption = (fallback = 'info') =>
+    new Option('--log-level <level>', 'log level, on stderr; $RXFLOW_LOG_LEVEL sets the default')
+      .choices(LOG_LEVELS)
+      .default(io.env.RXFLOW_LOG_LEVEL ?? fallback);
   const program = new Command('rxflow')
     .description(
       'Network-flow agent for Linux: eBPF on TC counts flows, RxJS pipelines export them to Kafka, NATS and OpenTelemetry.',
@@ -45,17 +69,86 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
   program
     .command('run')
     .description(
-      'Run a pipeline. SIGINT or SIGTERM drains it (sources stop, transforms and sinks flush) and exits 0; a second signal exits at once.',
+      'Run a pipeline. SIGINT or SIGTERM drains it (sources stop, the kernel map is read a last time, transforms and sinks flush) and exits 0; a second signal exits at once.',
     )
     .argument('<file>', 'pipeline YAML file')
-    .addOption(
-      new Option('--log-level <level>', 'log level')
-        .choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
-        .default(io.env.RXFLOW_LOG_LEVEL ?? 'info'),
+    .addOption(logLevelOption())
+    .option(
+      '--status-socket <path>',
+      'serve the pipeline state for `rxflow status` on this unix socket (default: /run/rxflow/<file name>.sock; $RXFLOW_RUN_DIR replaces /run/rxflow)',
     )
-    .action(async (file: string, opts: { logLevel: string }) => {
-      setCode(await runFile(file, opts, registry(), io));
+    .option('--no-status-socket', 'serve no status socket')
+    .addOption(
+      new Option(
+        '--ledger-log-interval <duration>',
+        'log the loss ledger this often, e.g. 30s or 5m (0: only at exit)',
+      )
+        .argParser(parseDurationMs)
+        .default(60_000, '60s'),
+    )
+    .action(
+      async (
+        file: string,
+        opts: { logLevel: string; statusSocket?: string | boolean; ledgerLogInterval: number },
+      ) => {
+        setCode(
+          await runFile(
+            file,
+            {
+              logLevel: opts.logLevel,
+              // commander gives true for neither flag given when --no-status-socket exists.
+              statusSocket:
+                typeof opts.statusSocket === 'string'
+                  ? opts.statusSocket
+                  : opts.statusSocket === false
+                    ? false
+                    : undefined,
+              ledgerLogIntervalMs: opts.ledgerLogInterval,
+            },
+            registry(),
+            io,
+          ),
+        );
+      },
+    );
+
+  program
+    .command('status')
+    .description(
+      'Print the state of a running pipeline: its components with what each received, sent, dropped and holds, and the loss ledger.',
+    )
+    .option(
+      '--socket <path>',
+      'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
+    )
+    .option('--json', 'print the status as JSON')
+    .action(async (opts: { socket?: string; json?: boolean }) => {
+      setCode(await statusCommand(opts, io));
     });
+
+  program
+    .command('demo')
+    .description(
+      'Show rxflow at work: make two network namespaces with varied traffic between them, run pipelines/demo.yaml with an embedded Kafka broker, and show the top flows and the loss ledger live. Ctrl-C stops it and removes everything. Needs root.',
+    )
+    .addOption(logLevelOption('warn'))
+    .addOption(
+      new Option(
+        '--duration-s <seconds>',
+        'stop after this many seconds (default: run until Ctrl-C)',
+      ).argParser(parseSeconds),
+    )
+    .addOption(
+      new Option(
+        '--refresh-s <seconds>',
+        'seconds between two tables (default: 1 on a terminal, 3 otherwise)',
+      ).argParser(parseSeconds),
+    )
+    .action(async (opts: { logLevel: string; durationS?: number; refreshS?: number }) => {
+      setCode(await runDemo(opts, io));
+    });
+
+  registerFirewallCommands(program, io);
 
   return program;
 }

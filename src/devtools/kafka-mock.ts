@@ -55,6 +55,12 @@ export interface KafkaMockOptions {
   env?: Record<string, string>;
   /** How long to wait for the cluster to report its address; default 10 s. */
   startTimeoutMs?: number;
+  /**
+   * Run in a process group of its own, so a Ctrl-C at the terminal does not reach it and the
+   * caller decides when it stops (the demo drains its Kafka sink first). It still exits with its
+   * parent. Default false.
+   */
+  detached?: boolean;
 }
 
 export interface KafkaMockExit {
@@ -111,6 +117,7 @@ export class KafkaMockCluster {
     const child = spawn(binary, ['--brokers', String(brokers)], {
       stdio: ['pipe', 'pipe', 'pipe'],
       env: { ...process.env, ...opts.env },
+      detached: opts.detached ?? false,
     });
     let tail = '';
     // Always drained: a full stderr pipe would block the mock's threads.

@@ -9,7 +9,7 @@ import {
 } from '../../src/datapath/firewall/index.js';
 import { decodeU32 } from '../../src/datapath/firewall/types.js';
 
-const EXAMPLE = fileURLToPath(new URL('../../pipelines/firewall-policy.example.yaml', import.meta.url));
+const EXAMPLE = fileURLToPath(new URL('../../examples/firewall-policy.yaml', import.meta.url));
 
 function problems(text: string): string[] {
   try {

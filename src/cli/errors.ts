@@ -1,0 +1,15 @@
+/**
+ * An error the command line reports to the user as its message alone (no stack): a pipeline that
+ * cannot start, a socket that is in use, a demo that is already running.
+ */
+export class CliError extends Error {
+  override readonly name = 'CliError';
+
+  constructor(
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}

@@ -1,0 +1,125 @@
+import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
+import { CliError } from './errors.js';
+
+/** Unix socket paths are limited by sockaddr_un.sun_path (108 bytes with the terminating NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** Whether something accepts connections on the unix socket `path`. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ path });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Serves a JSON document on a unix socket over HTTP (`GET /status`), which curl and `rxflow status`
+ * read without any client library. A socket file left behind by a process that died is replaced;
+ * one another process still serves is not.
+ */
+export class StatusServer {
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly server: Server,
+    private readonly ino: number,
+  ) {}
+
+  static async listen(path: string, body: () => unknown): Promise<StatusServer> {
+    if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
+      throw new CliError(
+        'ESOCKETPATH',
+        `status socket ${path}: longer than ${MAX_SOCKET_PATH} bytes; pass a shorter --status-socket`,
+      );
+    }
+    try {
+      mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
+    } catch (err) {
+      throw new CliError(
+        'ESOCKETDIR',
+        `status socket ${path}: cannot create ${dirname(path)} (${(err as NodeJS.ErrnoException).code}); run as root or pass --status-socket`,
+        { cause: err },
+      );
+    }
+    let existing;
+    try {
+      existing = lstatSync(path);
+    } catch {
+      existing = undefined;
+    }
+    if (existing) {
+      if (!existing.isSocket()) {
+        throw new CliError(
+          'ESOCKETPATH',
+          `status socket ${path}: a file that is not a socket is in the way; remove it`,
+        );
+      }
+      if (await answers(path)) {
+        throw new CliError(
+          'ESOCKETBUSY',
+          `status socket ${path}: another pipeline serves it; stop it, or pass --status-socket with another path`,
+        );
+      }
+      unlinkSync(path);
+    }
+    const server = createServer((req, res) => {
+      const send = (code: number, doc: unknown): void => {
+        const text = `${JSON.stringify(doc)}\n`;
+        res.writeHead(code, {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(text),
+        });
+        res.end(text);
+      };
+      if (req.method !== 'GET' || (req.url !== '/status' && req.url !== '/')) {
+        send(404, { error: 'not found; GET /status' });
+        return;
+      }
+      try {
+        send(200, body());
+      } catch (err) {
+        send(500, { error: (err as Error).message });
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(
+          new CliError(
+            'ESOCKETLISTEN',
+            `status socket ${path}: ${err.code ?? err.message}; pass another --status-socket`,
+            {
+              cause: err,
+            },
+          ),
+        ),
+      );
+      server.listen(path, () => resolve());
+    });
+    // Never what keeps the process alive: the pipeline is.
+    server.unref();
+    chmodSync(path, 0o660);
+    return new StatusServer(path, server, lstatSync(path).ino);
+  }
+
+  /** Stops serving and removes the socket file, unless another process has replaced it since. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    await closed;
+    try {
+      if (lstatSync(this.path).ino === this.ino) unlinkSync(this.path);
+    } catch {
+      // Already gone.
+    }
+  }
+}

@@ -1,0 +1,248 @@
+import { readdirSync, statSync } from 'node:fs';
+import { request } from 'node:http';
+import { basename, extname, join } from 'node:path';
+import type { DropReason, LedgerTotals } from '../ledger.js';
+import type { PipelineConfig } from '../pipeline/load.js';
+import type { Env } from '../pipeline/interpolate.js';
+import type { TopSnapshot } from '../sinks/top.js';
+import { CliError } from './errors.js';
+import { formatTopFlows, formatTopHeading } from './flows-table.js';
+import { formatCount, formatDuration, renderTable } from './table.js';
+
+/**
+ * The state of a running pipeline as `rxflow run` serves it on its status socket (JSON over HTTP
+ * on a unix socket) and `rxflow status` prints it.
+ */
+export interface PipelineStatus {
+  pipeline: string;
+  file: string;
+  pid: number;
+  /** built, running, stopping or stopped (see Pipeline.state). */
+  state: string;
+  /** Every source started (programs attached, first eviction scheduled). */
+  ready: boolean;
+  startedAt: string;
+  uptimeMs: number;
+  /** From process start to ready; absent before. */
+  startupMs?: number;
+  ledger: LedgerSummary;
+  components: ComponentStatus[];
+  /** The tables of the pipeline's `top` sinks, by sink id. */
+  top?: Record<string, TopSnapshot>;
+}
+
+export interface LedgerSummary {
+  seen: number;
+  exported: number;
+  dropped: Partial<Record<DropReason, number>>;
+  droppedTotal: number;
+  merged: number;
+  inFlight: number;
+}
+
+export interface ComponentStatus {
+  id: string;
+  type: string;
+  /** The pipeline section of the component; `stage` for a stage inside one (e.g. `flows.account`). */
+  kind: 'source' | 'transform' | 'sink' | 'stage';
+  received: number;
+  sent: number;
+  dropped: Partial<Record<DropReason, number>>;
+  droppedTotal: number;
+  merged: number;
+  inFlight: number;
+}
+
+/** The ledger totals without the per-stage list, for logs and the status. */
+export function ledgerSummary(totals: LedgerTotals): LedgerSummary {
+  return {
+    seen: totals.seen,
+    exported: totals.exported,
+    dropped: totals.dropped,
+    droppedTotal: totals.droppedTotal,
+    merged: totals.merged,
+    inFlight: totals.inFlight,
+  };
+}
+
+/** The components of a pipeline with their ledger counters, in the ledger's order. */
+export function componentStatus(config: PipelineConfig, totals: LedgerTotals): ComponentStatus[] {
+  return totals.stages.map((s) => {
+    let droppedTotal = 0;
+    for (const n of Object.values(s.dropped)) droppedTotal += n;
+    return {
+      id: s.id,
+      type: s.type,
+      kind: config.components.get(s.id)?.kind ?? 'stage',
+      received: s.received,
+      sent: s.sent,
+      dropped: s.dropped,
+      droppedTotal,
+      merged: s.merged ?? 0,
+      inFlight: s.inFlight,
+    };
+  });
+}
+
+/** Where status sockets live unless told otherwise: $RXFLOW_RUN_DIR, else /run/rxflow. */
+export function statusDir(env: Env): string {
+  return env.RXFLOW_RUN_DIR ?? '/run/rxflow';
+}
+
+/** The pipeline's name: its file name without the extension, e.g. `demo` for pipelines/demo.yaml. */
+export function pipelineName(file: string): string {
+  const name = basename(file, extname(file)).replace(/[^A-Za-z0-9._-]/g, '_');
+  return name === '' ? 'pipeline' : name;
+}
+
+/** The default status socket of a pipeline file: <status dir>/<pipeline name>.sock. */
+export function defaultStatusSocket(file: string, env: Env): string {
+  return join(statusDir(env), `${pipelineName(file)}.sock`);
+}
+
+/**
+ * The socket `rxflow status` reads when none is given: the only `*.sock` in the status directory.
+ * Several, or none, is an error that says what to do.
+ */
+export function findStatusSocket(env: Env): string {
+  const dir = statusDir(env);
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    names = [];
+  }
+  const sockets = names
+    .filter((n) => n.endsWith('.sock'))
+    .map((n) => join(dir, n))
+    .filter((p) => {
+      try {
+        return statSync(p).isSocket();
+      } catch {
+        return false;
+      }
+    })
+    .sort();
+  if (sockets.length === 1) return sockets[0]!;
+  if (sockets.length === 0) {
+    throw new CliError(
+      'ENOSOCKET',
+      `status: no running pipeline has a socket in ${dir}; start one with 'rxflow run FILE', or pass --socket PATH`,
+    );
+  }
+  throw new CliError(
+    'EMANYSOCKETS',
+    `status: ${sockets.length} pipelines run (${sockets.join(', ')}); pick one with --socket PATH`,
+  );
+}
+
+/** Asks the pipeline behind `socket` for its status. */
+export function readStatus(socket: string, timeoutMs = 5000): Promise<PipelineStatus> {
+  return new Promise((resolve, reject) => {
+    const fail = (why: string, cause?: unknown) =>
+      reject(
+        new CliError('ESTATUS', `status ${socket}: ${why}`, cause === undefined ? undefined : { cause }),
+      );
+    const req = request({ socketPath: socket, path: '/status', method: 'GET', timeout: timeoutMs }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (body += chunk));
+      res.on('end', () => {
+        if (res.statusCode !== 200) {
+          fail(`the pipeline answered ${res.statusCode}: ${body.trim()}`);
+          return;
+        }
+        try {
+          resolve(JSON.parse(body) as PipelineStatus);
+        } catch (err) {
+          fail('the answer is not JSON; is this an rxflow status socket?', err);
+        }
+      });
+      res.on('error', (err) => fail(err.message, err));
+    });
+    req.on('timeout', () => {
+      req.destroy();
+      fail(`no answer within ${timeoutMs} ms; the pipeline may be stuck`);
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+        fail(`no pipeline serves this socket (${err.code}); is 'rxflow run' running?`, err);
+      } else if (err.code === 'EACCES') {
+        fail('permission denied; run as the user that runs the pipeline (root)', err);
+      } else {
+        fail(err.message, err);
+      }
+    });
+    req.end();
+  });
+}
+
+/** `reason n, reason n` in reason order; empty when nothing was dropped. */
+export function formatReasons(dropped: Partial<Record<DropReason, number>>): string {
+  return Object.entries(dropped)
+    .filter(([, n]) => n !== 0)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([reason, n]) => `${reason} ${formatCount(n)}`)
+    .join(', ');
+}
+
+function droppedText(dropped: Partial<Record<DropReason, number>>): string {
+  const reasons = formatReasons(dropped);
+  return reasons === '' ? '' : ` (${reasons})`;
+}
+
+/** The loss ledger in one line: seen, exported, dropped by reason, merged, in flight. */
+export function formatLedger(ledger: LedgerSummary): string {
+  return (
+    `seen ${formatCount(ledger.seen)}  exported ${formatCount(ledger.exported)}  ` +
+    `dropped ${formatCount(ledger.droppedTotal)}${droppedText(ledger.dropped)}  ` +
+    `merged ${formatCount(ledger.merged)}  in flight ${formatCount(ledger.inFlight)}`
+  );
+}
+
+/** The components with their counters, one row each. */
+export function componentTable(components: readonly ComponentStatus[]): string[] {
+  return renderTable(
+    [
+      { title: 'COMPONENT' },
+      { title: 'TYPE' },
+      { title: 'KIND' },
+      { title: 'RECEIVED', align: 'right' },
+      { title: 'SENT', align: 'right' },
+      { title: 'DROPPED', align: 'right' },
+      { title: 'MERGED', align: 'right' },
+      { title: 'IN FLIGHT', align: 'right' },
+    ],
+    components.map((c) => [
+      c.id,
+      c.type,
+      c.kind,
+      formatCount(c.received),
+      formatCount(c.sent),
+      formatCount(c.droppedTotal),
+      formatCount(c.merged),
+      formatCount(c.inFlight),
+    ]),
+  );
+}
+
+/** The status as `rxflow status` prints it: a header, the ledger, and a table of components. */
+export function formatStatus(status: PipelineStatus): string {
+  const lines = [
+    `pipeline  ${status.pipeline} (${status.file}), pid ${status.pid}`,
+    `state     ${status.state}${status.ready ? ', ready' : ''}, up ${formatDuration(status.uptimeMs)}` +
+      (status.startupMs === undefined ? '' : `, started in ${Math.round(status.startupMs)} ms`),
+    `ledger    ${formatLedger(status.ledger)}`,
+    '',
+  ];
+  lines.push(...componentTable(status.components));
+  const drops = status.components.filter((c) => c.droppedTotal > 0);
+  if (drops.length > 0) {
+    lines.push('', 'drops by reason:');
+    for (const c of drops) lines.push(`  ${c.id}: ${formatReasons(c.dropped)}`);
+  }
+  for (const [id, snapshot] of Object.entries(status.top ?? {})) {
+    lines.push('', formatTopHeading(id, snapshot), ...formatTopFlows(snapshot.flows));
+  }
+  return `${lines.join('\n')}\n`;
+}

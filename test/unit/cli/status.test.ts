@@ -1,0 +1,242 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { StatusServer } from '../../../src/cli/status-server.js';
+import {
+  defaultStatusSocket,
+  findStatusSocket,
+  formatStatus,
+  pipelineName,
+  readStatus,
+  type PipelineStatus,
+} from '../../../src/cli/status.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'rxflow-status-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const STATUS: PipelineStatus = {
+  pipeline: 'edge',
+  file: '/etc/rxflow/edge.yaml',
+  pid: 4242,
+  state: 'running',
+  ready: true,
+  startedAt: '2026-01-01T00:00:00.000Z',
+  uptimeMs: 65_000,
+  startupMs: 812,
+  ledger: {
+    seen: 12_345,
+    exported: 12_000,
+    dropped: { limiter_dropped: 300, kernel_map_full: 5 },
+    droppedTotal: 305,
+    merged: 0,
+    inFlight: 40,
+  },
+  components: [
+    {
+      id: 'flows',
+      type: 'ebpf_flows',
+      kind: 'source',
+      received: 12_345,
+      sent: 12_340,
+      dropped: { kernel_map_full: 5 },
+      droppedTotal: 5,
+      merged: 0,
+      inFlight: 0,
+    },
+    {
+      id: 'flows.account',
+      type: 'account',
+      kind: 'stage',
+      received: 0,
+      sent: 0,
+      dropped: {},
+      droppedTotal: 0,
+      merged: 0,
+      inFlight: 0,
+    },
+    {
+      id: 'limit',
+      type: 'limit_capacity',
+      kind: 'transform',
+      received: 12_340,
+      sent: 12_040,
+      dropped: { limiter_dropped: 300 },
+      droppedTotal: 300,
+      merged: 0,
+      inFlight: 0,
+    },
+    {
+      id: 'kafka',
+      type: 'kafka',
+      kind: 'sink',
+      received: 12_040,
+      sent: 12_000,
+      dropped: {},
+      droppedTotal: 0,
+      merged: 0,
+      inFlight: 40,
+    },
+  ],
+};
+
+describe('formatStatus', () => {
+  it('prints the header, the ledger with drops by reason, and a row per component', () => {
+    expect(formatStatus(STATUS)).toBe(
+      [
+        'pipeline  edge (/etc/rxflow/edge.yaml), pid 4242',
+        'state     running, ready, up 1m05s, started in 812 ms',
+        'ledger    seen 12,345  exported 12,000  dropped 305 (kernel_map_full 5, limiter_dropped 300)  merged 0  in flight 40',
+        '',
+        'COMPONENT      TYPE            KIND       RECEIVED    SENT  DROPPED  MERGED  IN FLIGHT',
+        'flows          ebpf_flows      source       12,345  12,340        5       0          0',
+        'flows.account  account         stage             0       0        0       0          0',
+        'limit          limit_capacity  transform    12,340  12,040      300       0          0',
+        'kafka          kafka           sink         12,040  12,000        0       0         40',
+        '',
+        'drops by reason:',
+        '  flows: kernel_map_full 5',
+        '  limit: limiter_dropped 300',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('adds the table of each top sink', () => {
+    const text = formatStatus({
+      ...STATUS,
+      components: [],
+      top: {
+        top: {
+          windowMs: 10_000,
+          windowFlows: 2,
+          windowPackets: 30,
+          windowBytes: 30_000,
+          totalRecords: 2,
+          totalPackets: 30,
+          totalBytes: 30_000,
+          flows: [
+            {
+              ipVersion: 4,
+              source: '192.0.2.1',
+              destination: '192.0.2.2',
+              sourcePort: 40001,
+              destinationPort: 9001,
+              protocol: 17,
+              direction: 0,
+              interface: 'eth0',
+              packets: 20,
+              bytes: 25_000,
+              bytesPerSecond: 2500,
+            },
+            {
+              ipVersion: 6,
+              source: '2001:db8::2',
+              destination: '2001:db8::1',
+              sourcePort: 0,
+              destinationPort: 0,
+              protocol: 58,
+              direction: 1,
+              interface: 'eth0',
+              packets: 10,
+              bytes: 5000,
+              bytesPerSecond: 500,
+            },
+          ],
+        },
+      },
+    });
+    expect(text.split('\n').slice(-5)).toEqual([
+      'top flows by bytes (sink top), last 10s: 2 flows, 30 packets, 30.0 kB',
+      'SOURCE       SPORT  DESTINATION  DPORT  PROTO   DIR      IFACE  PACKETS    BYTES         RATE',
+      '192.0.2.1    40001  192.0.2.2     9001  udp     ingress  eth0        20  25.0 kB  20.0 kbit/s',
+      '2001:db8::2      -  2001:db8::1      -  icmpv6  egress   eth0        10  5.00 kB  4.00 kbit/s',
+      '',
+    ]);
+  });
+});
+
+describe('socket paths', () => {
+  it('names the pipeline after its file and puts its socket in the run directory', () => {
+    expect(pipelineName('/etc/rxflow/kafka-export.yaml')).toBe('kafka-export');
+    expect(pipelineName('odd name.yml')).toBe('odd_name');
+    expect(defaultStatusSocket('pipelines/demo.yaml', {})).toBe('/run/rxflow/demo.sock');
+    expect(defaultStatusSocket('demo.yaml', { RXFLOW_RUN_DIR: '/tmp/rx' })).toBe('/tmp/rx/demo.sock');
+  });
+
+  it('finds the only socket of the run directory, and says what to do with none or several', async () => {
+    const runDir = mkdtempSync(join(dir, 'run-'));
+    const env = { RXFLOW_RUN_DIR: runDir };
+    expect(() => findStatusSocket(env)).toThrow(
+      `status: no running pipeline has a socket in ${runDir}; start one with 'rxflow run FILE', or pass --socket PATH`,
+    );
+    writeFileSync(join(runDir, 'plain.sock'), '');
+    const a = await StatusServer.listen(join(runDir, 'a.sock'), () => STATUS);
+    expect(findStatusSocket(env)).toBe(join(runDir, 'a.sock'));
+    const b = await StatusServer.listen(join(runDir, 'b.sock'), () => STATUS);
+    expect(() => findStatusSocket(env)).toThrow(
+      `status: 2 pipelines run (${runDir}/a.sock, ${runDir}/b.sock); pick one with --socket PATH`,
+    );
+    await a.close();
+    await b.close();
+  });
+});
+
+describe('StatusServer and readStatus', () => {
+  it('serves the document on GET /status, 404 elsewhere, and removes its socket on close', async () => {
+    const path = join(dir, 'serve.sock');
+    let calls = 0;
+    const server = await StatusServer.listen(path, () => ({ ...STATUS, uptimeMs: ++calls }));
+    expect(await readStatus(path)).toEqual({ ...STATUS, uptimeMs: 1 });
+    expect(await readStatus(path)).toEqual({ ...STATUS, uptimeMs: 2 });
+    const other = await new Promise<number>((resolve, reject) => {
+      request({ socketPath: path, path: '/metrics' }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      })
+        .on('error', reject)
+        .end();
+    });
+    expect(other).toBe(404);
+    await server.close();
+    await server.close();
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it('replaces the socket file of a process that died, and refuses one a live process serves', async () => {
+    const path = join(dir, 'stale.sock');
+    const child = spawnSync(process.execPath, [
+      '-e',
+      `require('net').createServer().listen(${JSON.stringify(path)}, () => process.kill(process.pid, 'SIGKILL'))`,
+    ]);
+    expect(child.signal).toBe('SIGKILL');
+    expect(existsSync(path)).toBe(true);
+    const server = await StatusServer.listen(path, () => STATUS);
+    expect((await readStatus(path)).pid).toBe(4242);
+    await expect(StatusServer.listen(path, () => STATUS)).rejects.toThrow(
+      `status socket ${path}: another pipeline serves it; stop it, or pass --status-socket with another path`,
+    );
+    await server.close();
+  });
+
+  it('refuses a path held by a file that is not a socket, and one too long for a socket', async () => {
+    const path = join(dir, 'file.sock');
+    writeFileSync(path, 'x');
+    await expect(StatusServer.listen(path, () => STATUS)).rejects.toThrow(
+      `status socket ${path}: a file that is not a socket is in the way; remove it`,
+    );
+    const long = join(dir, 'x'.repeat(120));
+    await expect(StatusServer.listen(long, () => STATUS)).rejects.toThrow(
+      `status socket ${long}: longer than 107 bytes; pass a shorter --status-socket`,
+    );
+  });
+
+  it('says no pipeline serves a socket that is missing', async () => {
+    const path = join(dir, 'missing.sock');
+    await expect(readStatus(path)).rejects.toThrow(
+      `status ${path}: no pipeline serves this socket (ENOENT); is 'rxflow run' running?`,
+    );
+  });
+});
