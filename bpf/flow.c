@@ -50,12 +50,33 @@ enum parse_result {
 	PARSE_MALFORMED,
 };
 
-struct {
+/* The flow maps are double-buffered behind flow_maps, whose one slot names the map the programs
+ * count into. A program updates its entry in place after the lookup, so userspace must never delete
+ * from the map a program may be writing to: bpf_map_lookup_and_delete_batch could copy and delete
+ * an entry between a program's lookup and its increment, and the increment would be lost. Instead
+ * userspace points the slot at the other map (the kernel returns from a map-in-map update only
+ * after an RCU grace period, i.e. once every program that could have read the old slot has ended),
+ * then drains the map no program can reach any more. Both maps share this definition, which is
+ * also the inner-map template of flow_maps: resize all three together. */
+struct flow_map_def {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 	__uint(max_entries, 65536);
-} flow_map SEC(".maps");
+};
+
+struct flow_map_def flow_map_a SEC(".maps");
+struct flow_map_def flow_map_b SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 1);
+	__array(values, struct flow_map_def);
+} flow_maps SEC(".maps") = {
+	/* Only set when libbpf creates the map: a map reused from its pin keeps the slot it had. */
+	.values = { [0] = &flow_map_a },
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -482,7 +503,10 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 	key.direction = direction;
 
 	__u64 now = bpf_ktime_get_ns();
-	struct flow_value *cur = bpf_map_lookup_elem(&flow_map, &key);
+
+	/* Every packet is counted somewhere: an empty slot (never, once libbpf filled it at load)
+	 * sends the packet to the ring buffer like a failed update. */
+	void *flows = bpf_map_lookup_elem(&flow_maps, &zero);
 
 	/* Every segment carries the headers up to the innermost transport header again. */
 	val.packets = segs;
@@ -490,18 +514,25 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 	val.first_seen_ns = now;
 	val.last_seen_ns = now;
 	val.sampling = sampling;
+	if (!flows) {
+		emit_event(&key, &val, FLOW_EVENT_MAP_ERROR);
+		return FLOW_PASS;
+	}
+
+	struct flow_value *cur = bpf_map_lookup_elem(flows, &key);
+
 	if (cur) {
 		account(cur, &val, now);
 		return FLOW_PASS;
 	}
 
-	long err = bpf_map_update_elem(&flow_map, &key, &val, BPF_NOEXIST);
+	long err = bpf_map_update_elem(flows, &key, &val, BPF_NOEXIST);
 
 	if (err == 0)
 		return FLOW_PASS;
 	if (err == -EEXIST) {
 		/* Another CPU created the flow between our lookup and update. */
-		cur = bpf_map_lookup_elem(&flow_map, &key);
+		cur = bpf_map_lookup_elem(flows, &key);
 		if (cur) {
 			account(cur, &val, now);
 			return FLOW_PASS;

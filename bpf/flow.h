@@ -16,14 +16,17 @@
 
 /* Why a packet went to the ring buffer instead of the map. */
 #define FLOW_EVENT_MAP_FULL 1   /* bpf_map_update_elem returned -E2BIG */
-#define FLOW_EVENT_MAP_ERROR 2  /* any other update failure (-ENOMEM, -EBUSY) */
+#define FLOW_EVENT_MAP_ERROR 2  /* any other update failure (-ENOMEM, -EBUSY), or no flow map in flow_maps */
 
 /* Indexes of the per-CPU loss and activity counters (flow_counters map). They count packets on
  * the wire: a GSO/GRO skb of N segments counts N. Apart from PACKETS they are disjoint, so every
  * packet is accounted exactly once:
- *   PACKETS = SAMPLED_OUT + PARSE_FAILED + NON_IP + (packets in flow_map)
+ *   PACKETS = SAMPLED_OUT + PARSE_FAILED + NON_IP + (packets in the flow maps)
  *           + MAP_FULL + MAP_UPDATE_FAILED + RB_RESERVE_FAILED
- * and the ring buffer received events carrying MAP_FULL + MAP_UPDATE_FAILED packets. */
+ * and the ring buffer received events carrying MAP_FULL + MAP_UPDATE_FAILED packets. The flow maps
+ * are flow_map_a and flow_map_b (struct flow_key -> per-CPU struct flow_value): the programs count
+ * into the one slot 0 of the array-of-maps flow_maps names, while userspace drains the other (see
+ * bpf/flow.c and src/datapath/flow-maps.ts). */
 enum flow_counter {
 	FLOW_CTR_PACKETS = 0,          /* packets the program saw */
 	FLOW_CTR_SAMPLED_OUT = 1,      /* skipped by 1-in-N sampling */
@@ -52,7 +55,7 @@ struct flow_key {
 	__u8 ip_version;    /* 4 or 6 */
 };
 
-/* Per-CPU value. The outer tunnel fields are functions of the inner flow and the VNI, so they
+/* Per-CPU value of the flow maps. The outer tunnel fields are functions of the inner flow and the VNI, so they
  * ride in the value rather than widening the key the map hashes on every packet. Each CPU fills
  * its own copy on the first packet it counts; counters then change, the rest stays as first seen. */
 struct flow_value {

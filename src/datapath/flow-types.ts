@@ -1,8 +1,9 @@
 /**
  * The TypeScript side of bpf/flow.h: struct layouts, counter indexes and the decoders that turn
- * the raw bytes of flow_map (per-CPU, read by BpfMap.drain) and of flow_events (ring buffer) into
- * FlowRecords. test/kernel/flow-btf.test.ts holds every size and offset here against the BTF of
- * the compiled bpf/flow.o, so a change to the header that is not mirrored here fails a test.
+ * the raw bytes of the flow maps (per-CPU, read by BpfMap.drain; see flow-maps.ts) and of
+ * flow_events (ring buffer) into FlowRecords. test/kernel/flow-btf.test.ts holds every size and
+ * offset here against the BTF of the compiled bpf/flow.o, so a change to the header that is not
+ * mirrored here fails a test.
  *
  * Decoding works on whole batches: one DataView per drain result, numbers read in place, no
  * intermediate object per CPU value. Only the records themselves (and their strings) allocate.
@@ -311,7 +312,7 @@ export interface RawMapBatch {
 }
 
 /**
- * Decodes a drain of flow_map into one record per flow, merging the per-CPU values: packets and
+ * Decodes a drain of a flow map into one record per flow, merging the per-CPU values: packets and
  * bytes summed, first seen the earliest, last seen the latest, TCP flags OR'ed, everything else
  * from the CPU that saw the flow last. CPUs that never counted the flow (zero packets) are skipped,
  * and so is an entry no CPU counted. `valueBufferSize` is the map's (FLOW_VALUE_STRIDE times the

@@ -40,8 +40,17 @@ export interface Libbpf {
   bpf_map__is_internal(map: Ptr): boolean;
   bpf_map__set_max_entries(map: Ptr, n: number): number;
   bpf_map__inner_map(map: Ptr): Ptr | null;
+  bpf_map__set_inner_map_fd(map: Ptr, fd: number): number;
   bpf_map__set_pin_path(map: Ptr, path: string | null): number;
   // bpf.h: map syscalls
+  bpf_map_create(
+    type: number,
+    name: string | null,
+    keySize: number,
+    valueSize: number,
+    maxEntries: number,
+    opts: Uint8Array | null,
+  ): number;
   bpf_map_lookup_elem(fd: number, key: Uint8Array, value: Uint8Array): number;
   bpf_map_update_elem(fd: number, key: Uint8Array, value: Uint8Array, flags: number): number;
   bpf_map_delete_elem(fd: number, key: Uint8Array): number;
@@ -143,6 +152,17 @@ export function mapBatchOpts(elemFlags = 0, flags = 0): Uint8Array {
   return b;
 }
 
+/* struct bpf_map_create_opts { size_t sz; __u32 btf_fd, btf_key_type_id, btf_value_type_id,
+ * btf_vmlinux_value_type_id, inner_map_fd, map_flags; __u64 map_extra; __u32 numa_node, map_ifindex; }
+ * = 48 bytes, map_flags@28 */
+export function mapCreateOpts(mapFlags = 0): Uint8Array {
+  const b = new Uint8Array(48);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, 48n, true);
+  v.setUint32(28, mapFlags, true);
+  return b;
+}
+
 /* struct bpf_tc_hook { size_t sz; int ifindex; enum attach_point; __u32 parent; size_t :0; } = 24 */
 export function tcHook(ifindex: number, attachPoint: number, parent = 0): Uint8Array {
   const b = new Uint8Array(24);
@@ -239,7 +259,11 @@ function bind(): Bound {
     bpf_map__is_internal: f('bool bpf_map__is_internal(void *map)'),
     bpf_map__set_max_entries: f('int bpf_map__set_max_entries(void *map, uint32_t max_entries)'),
     bpf_map__inner_map: f('void *bpf_map__inner_map(void *map)'),
+    bpf_map__set_inner_map_fd: f('int bpf_map__set_inner_map_fd(void *map, int fd)'),
     bpf_map__set_pin_path: f('int bpf_map__set_pin_path(void *map, const char *path)'),
+    bpf_map_create: f(
+      'int bpf_map_create(int map_type, const char *map_name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const void *opts)',
+    ),
     bpf_map_lookup_elem: f('int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
     bpf_map_update_elem: f(
       'int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)',

@@ -11,6 +11,7 @@ import {
   libbpf,
   libbpfWarnings,
   libc,
+  mapCreateOpts,
   testRunOpts,
   type Ptr,
 } from './libbpf.js';
@@ -34,6 +35,7 @@ export interface LoadOptions {
 export class ObjectSpec {
   readonly path: string;
   #obj: Ptr | null;
+  readonly #innerMaxEntries = new Map<string, number>();
 
   private constructor(path: string, obj: Ptr) {
     this.path = path;
@@ -95,6 +97,34 @@ export class ObjectSpec {
   }
 
   /**
+   * Sets max_entries of the inner-map template of a map-of-maps (`outer`): the map the kernel
+   * checks every map stored in `outer` against. libbpf 1.1 cannot resize the template it builds
+   * from the `__array(values, ...)` definition (bpf_map__set_max_entries dereferences the object
+   * the template lacks), so load() creates one of that definition with this size and hands it over
+   * with bpf_map__set_inner_map_fd.
+   */
+  setInnerMaxEntries(outer: string, n: number): this {
+    const obj = this.#live('set inner max entries of');
+    const bpf = libbpf();
+    const m = bpf.bpf_object__find_map_by_name(obj, outer);
+    if (m === null) throw notFound(this.path, 'map', outer, this.mapNames());
+    if (bpf.bpf_map__inner_map(m) === null) {
+      throw new DatapathError(
+        'EARG',
+        `set inner max entries of map ${outer} in ${this.path}: not a map of maps with an inner map definition; use setMaxEntries()`,
+      );
+    }
+    if (!Number.isInteger(n) || n < 1 || n > 0xffffffff) {
+      throw new DatapathError(
+        'EARG',
+        `set inner max entries of map ${outer} in ${this.path}: must be an integer >= 1, got ${n}`,
+      );
+    }
+    this.#innerMaxEntries.set(outer, n);
+    return this;
+  }
+
+  /**
    * Creates the maps (or reuses pinned ones), loads every program, and hands the object over to
    * the returned Collection: the spec cannot be loaded twice.
    */
@@ -105,7 +135,14 @@ export class ObjectSpec {
     if (opts.pinDir !== undefined) this.#preparePins(obj, opts.pinDir);
 
     const logs: { name: string; buf: Ptr }[] = [];
+    const templates: number[] = [];
     try {
+      try {
+        for (const [outer, n] of this.#innerMaxEntries) templates.push(innerTemplate(obj, outer, n, ctx));
+      } catch (err) {
+        this.#dispose();
+        throw err;
+      }
       for (
         let p = bpf.bpf_object__next_program(obj, null);
         p !== null;
@@ -140,6 +177,8 @@ export class ObjectSpec {
         }
       }
       for (const l of logs) koffi.free(l.buf);
+      // The outer maps hold their own copy of the template's definition once created.
+      for (const fd of templates) libc().close(fd);
     }
     this.#obj = null;
     return new Collection(this.path, obj, opts.pinDir);
@@ -242,6 +281,30 @@ function checkPinned(path: string, name: string, m: Ptr): void {
   } finally {
     libc().close(fd);
   }
+}
+
+/** Creates a template of the inner map definition of `outer` with `n` entries and sets it on `outer`. */
+function innerTemplate(obj: Ptr, outer: string, n: number, ctx: string): number {
+  const bpf = libbpf();
+  const m = bpf.bpf_object__find_map_by_name(obj, outer)!;
+  const inner = bpf.bpf_map__inner_map(m)!;
+  const fd = bpf.bpf_map_create(
+    bpf.bpf_map__type(inner),
+    bpf.bpf_map__name(inner).slice(0, 15),
+    bpf.bpf_map__key_size(inner),
+    bpf.bpf_map__value_size(inner),
+    n,
+    mapCreateOpts(bpf.bpf_map__map_flags(inner)),
+  );
+  if (fd < 0) throw syscallFailure(`${ctx}: create inner map template of ${outer}`, 'bpf_map_create', fd);
+  const r = bpf.bpf_map__set_inner_map_fd(m, fd);
+  if (r < 0) {
+    libc().close(fd);
+    throw syscallFailure(`${ctx}: set inner map of ${outer}`, 'bpf_map__set_inner_map_fd', r, {
+      code: 'ELOAD',
+    });
+  }
+  return fd;
 }
 
 function notFound(path: string, kind: 'program' | 'map', name: string, names: string[]): DatapathError {

@@ -16,6 +16,7 @@ import {
   sumPerCpuCounter,
   type FlowCounterName,
 } from '../datapath/flow-types.js';
+import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { withNetns } from '../datapath/netns.js';
 import { bpfObjectPath } from '../paths.js';
 import type { FlowRecord } from '../records.js';
@@ -49,20 +50,24 @@ const COUNTER_NAMES = Object.keys(FLOW_CTR).filter((n) => n !== 'MAX') as FlowCo
  */
 export class FlowDatapath {
   readonly pinDir: string;
-  readonly flowMap: BpfMap;
+  /** The two flow maps the programs count into in turn; evictFlows() swaps and drains them. */
+  readonly flowMaps: FlowMaps;
   readonly events: RingBufferReader;
   readonly links: TcLink[] = [];
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
   readonly #netns: string | undefined;
+  // A killed agent may have left flows in either map (it may even have died between a swap and
+  // its drain), so the first eviction of this process drains both.
+  #drainedBoth = false;
   #closed = false;
 
   private constructor(collection: Collection, pinDir: string, netns: string | undefined) {
     this.#collection = collection;
     this.#netns = netns;
     this.pinDir = pinDir;
-    this.flowMap = collection.map('flow_map');
+    this.flowMaps = new FlowMaps(collection);
     this.#counters = collection.map('flow_counters');
     this.#config = collection.map('flow_config');
     this.events = new RingBufferReader(collection.map('flow_events'));
@@ -81,14 +86,20 @@ export class FlowDatapath {
     const spec = ObjectSpec.open(options.objectPath ?? bpfObjectPath('flow'));
     let collection: Collection;
     try {
-      if (options.maxFlows !== undefined) spec.setMaxEntries('flow_map', options.maxFlows);
+      if (options.maxFlows !== undefined) setFlowMapMaxEntries(spec, options.maxFlows);
       if (options.ringbufBytes !== undefined) spec.setMaxEntries('flow_events', options.ringbufBytes);
       collection = spec.load({ pinDir });
     } catch (err) {
       spec.close();
       throw err;
     }
-    const dp = new FlowDatapath(collection, pinDir, options.netns);
+    let dp: FlowDatapath;
+    try {
+      dp = new FlowDatapath(collection, pinDir, options.netns);
+    } catch (err) {
+      collection.close();
+      throw err;
+    }
     try {
       dp.setSampling(options.sampling ?? 0);
       withNetns(options.netns, () => {
@@ -120,13 +131,31 @@ export class FlowDatapath {
   }
 
   /**
-   * Reads and deletes every flow in the kernel map (batch ops), merging per-CPU values.
+   * Moves the programs to the other flow map, then reads and deletes every flow of the map they
+   * left (batch ops), merging per-CPU values: no packet counted in the kernel is missed. Blocks for
+   * an RCU grace period per swap (see FlowMaps.swap). The first call drains both maps, so a flow
+   * left in each by a killed agent comes out as two records whose deltas add up.
    * `offsetMs` converts kernel monotonic time to wall-clock milliseconds.
    */
   evictFlows(offsetMs: number): FlowRecord[] {
-    const batch = this.flowMap.drain();
+    const records = this.#evictOne(offsetMs);
+    if (!this.#drainedBoth) {
+      try {
+        for (const r of this.#evictOne(offsetMs)) records.push(r);
+        this.#drainedBoth = true;
+      } catch {
+        // The flows drained above are out of the kernel already: hand them over, and try the other
+        // map again next time, where a lasting failure throws from the first swap, before any drain.
+      }
+    }
+    return records;
+  }
+
+  #evictOne(offsetMs: number): FlowRecord[] {
+    const map = this.flowMaps.swap();
+    const batch = map.drain();
     if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, this.flowMap.valueBufferSize, offsetMs);
+    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs);
   }
 
   /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */

@@ -94,8 +94,16 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
   });
 
   it('the maps hold the structs the decoders read', () => {
-    expect(mapMember('flow_map', 'key').name).toBe('flow_key');
-    expect(mapMember('flow_map', 'value').name).toBe('flow_value');
+    for (const name of ['flow_map_a', 'flow_map_b']) {
+      expect(mapMember(name, 'key').name).toBe('flow_key');
+      expect(mapMember(name, 'value').name).toBe('flow_value');
+    }
+    // Both flow maps and the inner-map template of flow_maps are one definition.
+    expect(types.get(byName('VAR', 'flow_map_a').type_id!)!.name).toBe('flow_map_def');
+    expect(types.get(byName('VAR', 'flow_map_b').type_id!)!.name).toBe('flow_map_def');
+    // __array(values, struct flow_map_def): an array of pointers to the definition.
+    const slot = mapMember('flow_maps', 'values');
+    expect([slot.kind, types.get(slot.type_id!)!.name]).toStrictEqual(['PTR', 'flow_map_def']);
     expect(mapMember('flow_config', 'value').name).toBe('flow_config');
     // max_entries is encoded as a pointer to an array of that many elements.
     expect(mapMember('flow_counters', 'max_entries').nr_elems).toBe(flow.FLOW_CTR.MAX);

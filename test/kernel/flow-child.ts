@@ -2,7 +2,9 @@
  * A separate process for the flow kernel tests (transpiled by buildChild() of test/fixtures/child.ts).
  * Prints one JSON line per report:
  *   open <FlowDatapathOptions as JSON>
- *     opens a FlowDatapath, reports {ok, pinDir, links} and stays alive until killed;
+ *     opens a FlowDatapath, reports {ok, pinDir, links} and stays alive until killed; on a line
+ *     `swap` on stdin it moves the programs to the other flow map without draining the one they
+ *     left (an agent killed between the two halves of an eviction) and reports {ok, active};
  *   pipeline <pipeline YAML>
  *     builds the pipeline (${VAR}s from the environment) with the ebpf_flows, dedupe, decorate and
  *     account modules and a `collect` sink, starts it and reports {ok, started}; on a line `stop`
@@ -67,6 +69,12 @@ try {
         mode: l.mode,
         programId: l.programId,
       })),
+    });
+    const lines = createInterface({ input: process.stdin });
+    lines.on('line', (line) => {
+      if (line.trim() !== 'swap') return;
+      dp.flowMaps.swap();
+      report({ ok: true, active: dp.flowMaps.active.name });
     });
     setInterval(() => undefined, 60_000);
   } else if (command === 'pipeline') {

@@ -18,6 +18,7 @@ import {
   sumPerCpuCounter,
   type FlowCounterName,
 } from '../../src/datapath/flow-types.js';
+import { FLOW_MAP_NAMES, FlowMaps, setFlowMapMaxEntries } from '../../src/datapath/flow-maps.js';
 import type { FlowRecord } from '../../src/records.js';
 import { ETH_IPV4, buildBpf, ethernet, flowObject, ipv4, kernelSkipReason, udp } from './flow-packets.js';
 
@@ -74,15 +75,19 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
   });
 
   it('a 16-entry map takes 16 of 100 flows; the other 84 go to the ring buffer as MAP_FULL', () => {
-    coll = ObjectSpec.open(flowObject).setMaxEntries('flow_map', 16).load();
+    coll = setFlowMapMaxEntries(ObjectSpec.open(flowObject), 16).load();
     const ingress = coll.program('flow_ingress');
-    const flowMap = coll.map('flow_map');
-    expect(flowMap.maxEntries).toBe(16);
+    const flowMaps = new FlowMaps(coll);
+    expect(FLOW_MAP_NAMES.map((name) => coll!.map(name).maxEntries)).toStrictEqual([16, 16]);
+    const evict = () => {
+      const batch = flowMaps.evict();
+      return decodeFlowMapBatch(batch, flowMaps.maps[0].valueBufferSize, 0);
+    };
     reader = new RingBufferReader(coll.map('flow_events'));
 
     for (let p = 1000; p < 1100; p++) expect(ingress.testRun(frame(p)).retval).toBe(FLOW_PASS);
 
-    const inMap = decodeFlowMapBatch(flowMap.drain(), flowMap.valueBufferSize, 0);
+    const inMap = evict();
     const { reasons, records: events } = readEvents(reader);
     expect(inMap).toHaveLength(16);
     expect(events).toHaveLength(84);
@@ -103,19 +108,31 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
     expect(inMap.every((r) => r.flowEndReason === undefined)).toBe(true);
     expect(counters(coll)).toStrictEqual({ ...zero, PACKETS: 100, MAP_FULL: 84 });
 
-    // Known flows still count in the map while it is full. The map was drained: 16 new flows fit.
+    // Known flows still count in the map while it is full. The eviction moved the program to the
+    // other map, just as small: 16 new flows fit, the 17th spills.
     for (let p = 1000; p < 1016; p++) ingress.testRun(frame(p));
     for (let p = 1000; p < 1016; p++) ingress.testRun(frame(p), { repeat: 2 });
     ingress.testRun(frame(2000));
-    const again = decodeFlowMapBatch(flowMap.drain(), flowMap.valueBufferSize, 0);
+    const again = evict();
     expect(again.map((r) => r.packetDeltaCount)).toStrictEqual(new Array<number>(16).fill(3));
     expect(readEvents(reader).records.map((r) => r.sourceTransportPort)).toStrictEqual([2000]);
     expect(counters(coll)).toStrictEqual({ ...zero, PACKETS: 100 + 16 * 3 + 1, MAP_FULL: 85 });
   });
 
+  it('sizes inner-map templates of maps of maps only', () => {
+    const spec = ObjectSpec.open(flowObject);
+    try {
+      expect(() => spec.setInnerMaxEntries('flow_events', 16)).toThrow(
+        `set inner max entries of map flow_events in ${flowObject}: not a map of maps with an inner map definition; use setMaxEntries()`,
+      );
+    } finally {
+      spec.close();
+    }
+  });
+
   it('a full ring buffer counts what neither the map nor the ring buffer took', () => {
     // One page of ring: records are an 8-byte header plus the 152-byte event, so 25 fit in 4096.
-    coll = ObjectSpec.open(flowObject).setMaxEntries('flow_map', 4).setMaxEntries('flow_events', 4096).load();
+    coll = setFlowMapMaxEntries(ObjectSpec.open(flowObject), 4).setMaxEntries('flow_events', 4096).load();
     const ingress = coll.program('flow_ingress');
     reader = new RingBufferReader(coll.map('flow_events'));
     const fit = Math.floor(4096 / (8 + FLOW_EVENT.size));
@@ -145,14 +162,15 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
   it('1-in-N sampling set at run time: counted + SAMPLED_OUT = packets seen, exactly', () => {
     coll = ObjectSpec.open(flowObject).load();
     const ingress = coll.program('flow_ingress');
-    const flowMap = coll.map('flow_map');
+    const flowMaps = new FlowMaps(coll);
+    const evict = () => decodeFlowMapBatch(flowMaps.evict(), flowMaps.maps[0].valueBufferSize, 0);
     const config = coll.map('flow_config');
     const key0 = new Uint8Array(4);
     const f = frame(7);
 
     config.update(key0, encodeFlowConfig({ sampling: 4 }));
     ingress.testRun(f, { repeat: 4000 });
-    const sampled = decodeFlowMapBatch(flowMap.drain(), flowMap.valueBufferSize, 0);
+    const sampled = evict();
     const c1 = counters(coll);
     expect(sampled).toHaveLength(1);
     const counted = sampled[0]!.packetDeltaCount;
@@ -166,7 +184,7 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
     // Back to every packet, without reloading.
     config.update(key0, encodeFlowConfig({ sampling: 1 }));
     ingress.testRun(f, { repeat: 500 });
-    const all = decodeFlowMapBatch(flowMap.drain(), flowMap.valueBufferSize, 0);
+    const all = evict();
     expect(all.map((r) => [r.packetDeltaCount, r.samplingInterval])).toStrictEqual([[500, undefined]]);
     expect(counters(coll)).toStrictEqual({ ...c1, PACKETS: 4500 });
   });

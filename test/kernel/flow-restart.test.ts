@@ -1,13 +1,15 @@
 /**
  * An agent killed with SIGKILL leaves its programs attached (a TCX link is pinned, a clsact filter
  * stays on its qdisc) and its maps pinned. A restarted agent with the same instance must take the
- * hooks over instead of attaching a second time, keep counting into the same maps, and leave
+ * hooks over instead of attaching a second time, keep counting into the same maps, drain both flow
+ * maps on its first eviction (the dead agent may have swapped them without draining), and leave
  * nothing behind when it closes.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { TcDirection } from '../../src/datapath/index.js';
+import type { FlowRecord } from '../../src/records.js';
 import { FlowDatapath, type FlowDatapathOptions } from '../../src/sources/flow-datapath.js';
 import { buildChild, startChild, type BuiltChild } from '../fixtures/child.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
@@ -102,6 +104,10 @@ kernelDescribe(
         ]);
         const old = byDirection(before.links);
         await send(30);
+        // Killed between the swap and the drain of an eviction: flows are left in both maps.
+        first.send('swap');
+        expect(await first.next()).toEqual({ ok: true, active: 'flow_map_b' });
+        await send(10);
         await first.kill();
 
         // The dead agent's programs still run, counting into its pinned maps.
@@ -145,17 +151,27 @@ kernelDescribe(
           let spilled = 0;
           dp.events.drain(() => spilled++);
           expect(spilled).toBe(0);
-          // Before the kill, between kill and restart, after the restart: each packet once.
+          // Before the swap, after it, between kill and restart, after the restart: each packet once.
+          // The first eviction drains the active map (10 + 20 + 25), then the one left undrained.
           const frame = udpFrameBytes(4, 64);
-          expect(
-            dp.evictFlows(0).map((r) => ({
+          const flows = (records: FlowRecord[]) =>
+            records.map((r) => ({
               direction: r.flowDirection,
               sport: r.sourceTransportPort,
               dport: r.destinationTransportPort,
               packets: r.packetDeltaCount,
               bytes: r.octetDeltaCount,
-            })),
-          ).toEqual([{ direction: 0, sport: srcPort, dport: port, packets: 75, bytes: 75 * frame }]);
+            }));
+          const flow = (packets: number) => ({
+            direction: 0,
+            sport: srcPort,
+            dport: port,
+            packets,
+            bytes: packets * frame,
+          });
+          expect(flows(dp.evictFlows(0))).toEqual([flow(55), flow(30)]);
+          await send(5);
+          expect(flows(dp.evictFlows(0))).toEqual([flow(5)]);
         } finally {
           dp.close();
         }
