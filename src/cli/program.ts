@@ -5,6 +5,7 @@ import { defaultRegistry } from '../pipeline/registry.js';
 import type { CliIo } from './io.js';
 import { runDemo } from './demo.js';
 import { registerFirewallCommands } from './firewall.js';
+import { registerReplicationCommands } from './replication.js';
 import { LOG_LEVELS } from './log.js';
 import { runFile } from './run.js';
 import { statusCommand } from './status-command.js';
@@ -148,7 +149,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
       setCode(await runDemo(opts, io));
     });
 
-  registerFirewallCommands(program, io);
+  registerReplicationCommands(registerFirewallCommands(program, io), io);
 
   return program;
 }

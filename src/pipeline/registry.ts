@@ -9,6 +9,7 @@ import dedupe from '../operators/dedupe.js';
 import limit_capacity from '../operators/limit_capacity.js';
 import file from '../sinks/file.js';
 import kafka from '../sinks/kafka.js';
+import nats_sessions from '../sinks/nats_sessions.js';
 import otel_metrics from '../sinks/otel_metrics.js';
 import stdout from '../sinks/stdout.js';
 import top from '../sinks/top.js';
@@ -30,6 +31,7 @@ export const modules: readonly ComponentModule[] = [
   // sinks (src/sinks/)
   file,
   kafka,
+  nats_sessions,
   otel_metrics,
   stdout,
   top,

@@ -1,0 +1,26 @@
+/**
+ * Errors of session replication. Codes:
+ * - EBADCONFIG: an option is out of range or contradicts another
+ * - ECONNECT: the NATS servers cannot be reached or refused the credentials
+ * - EBUCKET: the KV bucket cannot be created or bound
+ * - EKEY: a session key or KV key cannot be encoded or parsed
+ * - EFORMAT: a KV value is not a replicated session of a known format version
+ * - EWRITE: a KV write failed (timeout, no JetStream, rejected)
+ * - ELOAD: sessions could not be loaded into the kernel on boot
+ * - ECLOSED: the replicator or bucket was closed
+ * - EREADY: the readiness file or endpoint cannot be set up
+ */
+export class HaError extends Error {
+  override readonly name = 'HaError';
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** The message of anything thrown, for logs and wrapped errors. */
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

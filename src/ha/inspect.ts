@@ -1,0 +1,54 @@
+import { ClockTranslator } from './clock.js';
+import { decodeSessionValue, isSessionRecord, sessionKvKey, toWire, wireFingerprint } from './codec.js';
+import type { SessionKv } from './kv.js';
+import type { SessionStore } from './session.js';
+import {
+  compare,
+  planSync,
+  type KvView,
+  type ReplicationCounts,
+  type SyncView,
+  type UnreadableKvView,
+} from './sync.js';
+
+export interface Inspection {
+  counts: ReplicationCounts;
+  /** What a full sync of `nodeId` would write and delete now. */
+  wouldPut: number;
+  wouldDelete: number;
+}
+
+/**
+ * Compares the kernel session map with the bucket from outside the replicating process (the CLI):
+ * the same comparison a full sync makes, without writing anything.
+ */
+export async function inspectReplication(
+  store: SessionStore,
+  kv: Pick<SessionKv, 'snapshot'>,
+  nodeId: string,
+  toleranceMs = 1000,
+): Promise<Inspection> {
+  const records = await kv.snapshot();
+  const clock = new ClockTranslator();
+  const kvViews = new Map<string, KvView | UnreadableKvView>();
+  for (const r of records) {
+    const d = decodeSessionValue(r.value);
+    kvViews.set(
+      r.key,
+      isSessionRecord(d)
+        ? { node: d.node, lastSeenMs: d.session.lastSeenMs, fingerprint: wireFingerprint(d.session) }
+        : { unreadable: true, newer: d.newer },
+    );
+  }
+  const local = new Map<string, SyncView>();
+  for (const s of store.list()) {
+    const wire = toWire(s, clock);
+    local.set(sessionKvKey(s.key), { lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) });
+  }
+  const plan = planSync({ nodeId, local, kv: kvViews, toleranceMs });
+  return {
+    counts: compare(nodeId, local, kvViews),
+    wouldPut: plan.puts.length,
+    wouldDelete: plan.deletes.length,
+  };
+}

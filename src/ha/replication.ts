@@ -1,0 +1,145 @@
+import type { NatsConnection } from 'nats';
+import type { StageCounters } from '../ledger.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { ClockTranslator } from './clock.js';
+import { HaError, messageOf } from './errors.js';
+import { NatsSessionKv, connectNats, type BucketOptions, type NatsConnectOptions } from './kv.js';
+import { loadSessions, type LoadResult } from './loader.js';
+import { Readiness, type ReadinessOptions } from './readiness.js';
+import { Replicator, type ReplicationStatus, type ReplicatorOptions } from './replicator.js';
+import type { SessionEvents, SessionStore } from './session.js';
+
+export interface SessionReplicationOptions {
+  nats: NatsConnectOptions;
+  bucket: BucketOptions;
+  replicator: Omit<ReplicatorOptions, 'logger' | 'counters' | 'clock'>;
+  /** Load every session of the bucket into the kernel before reporting ready. Default true. */
+  loadOnStart?: boolean;
+  /** Sessions last seen longer ago are not loaded (they would expire at once). */
+  loadMaxAgeMs?: number;
+  readiness?: Omit<ReadinessOptions, 'status' | 'logger'>;
+  /** How long close() waits for pending writes. Default 30000. */
+  shutdownTimeoutMs?: number;
+  logger?: Logger;
+  counters?: StageCounters;
+  /** Aborts a start that still waits for NATS. */
+  signal?: AbortSignal;
+}
+
+/** The replication status with what the boot load did, as /status and the CLI show it. */
+export interface NodeReplicationStatus extends ReplicationStatus {
+  bucket: string;
+  ready: boolean;
+  load: Omit<LoadResult, 'records'> | undefined;
+}
+
+/**
+ * One node's session replication, in the order a failover needs: connect to NATS, bind the
+ * bucket, load every replicated session into the kernel, report ready, then replicate this node's
+ * session events and sync periodically. The readiness endpoint answers 503 from the start until
+ * the load is done.
+ */
+export class SessionReplication {
+  private closed: Promise<boolean> | undefined;
+
+  private constructor(
+    readonly replicator: Replicator,
+    readonly kv: NatsSessionKv,
+    readonly readiness: Readiness,
+    readonly load: LoadResult | undefined,
+    private readonly nc: NatsConnection,
+    private readonly options: SessionReplicationOptions,
+    private readonly logger: Logger,
+  ) {}
+
+  static async start(
+    store: SessionStore,
+    events: SessionEvents,
+    options: SessionReplicationOptions,
+  ): Promise<SessionReplication> {
+    const logger = options.logger ?? silentLogger();
+    let status: (() => unknown) | undefined;
+    const readiness = await Readiness.start({
+      ...options.readiness,
+      logger,
+      status: () => (status === undefined ? { ready: false, state: 'starting' } : status()),
+    });
+    readiness.setNotReady('connecting to nats');
+    let nc: NatsConnection | undefined;
+    let kv: NatsSessionKv | undefined;
+    try {
+      nc = await connectNats(options.nats, { logger, ...(options.signal ? { signal: options.signal } : {}) });
+      kv = await NatsSessionKv.open(nc, options.bucket, logger);
+      const clock = new ClockTranslator();
+      let load: LoadResult | undefined;
+      if (options.loadOnStart ?? true) {
+        readiness.setNotReady('loading sessions from kv');
+        load = await loadSessions(kv, store, {
+          clock,
+          logger,
+          ...(options.loadMaxAgeMs !== undefined ? { maxAgeMs: options.loadMaxAgeMs } : {}),
+        });
+      }
+      const replicator = new Replicator(store, kv, {
+        ...options.replicator,
+        clock,
+        logger,
+        ...(options.counters ? { counters: options.counters } : {}),
+      });
+      if (load !== undefined) replicator.seedKnown(load.records);
+      const node = new SessionReplication(replicator, kv, readiness, load, nc, options, logger);
+      status = () => node.status();
+      replicator.start(events);
+      readiness.setReady({ loaded: load?.loaded ?? 0, node: options.replicator.nodeId });
+      logger.info(
+        { bucket: options.bucket.bucket, node: options.replicator.nodeId, loaded: load?.loaded ?? 0 },
+        'session replication ready',
+      );
+      return node;
+    } catch (err) {
+      await kv?.close().catch(() => undefined);
+      await nc?.close().catch(() => undefined);
+      await readiness.close();
+      if (err instanceof HaError) throw err;
+      throw new HaError('ELOAD', `session replication: ${messageOf(err)}`, { cause: err });
+    }
+  }
+
+  status(): NodeReplicationStatus {
+    let load: Omit<LoadResult, 'records'> | undefined;
+    if (this.load !== undefined) {
+      const { records: _records, ...rest } = this.load;
+      load = rest;
+    }
+    return {
+      ...this.replicator.status(),
+      bucket: this.options.bucket.bucket,
+      ready: this.readiness.isReady,
+      load,
+    };
+  }
+
+  flush(): Promise<void> {
+    return this.replicator.flush();
+  }
+
+  /**
+   * Not ready at once (a load balancer stops sending), then writes what is pending (up to
+   * shutdownTimeoutMs) and disconnects. Resolves true when nothing was left unwritten.
+   */
+  close(): Promise<boolean> {
+    this.closed ??= (async () => {
+      this.readiness.setNotReady('shutting down');
+      const flushed = await this.replicator.close(this.options.shutdownTimeoutMs ?? 30_000);
+      await this.kv.close();
+      try {
+        await this.nc.drain();
+      } catch (err) {
+        this.logger.debug({ err }, 'nats: drain failed');
+      }
+      await this.readiness.close();
+      return flushed;
+    })();
+    return this.closed;
+  }
+}

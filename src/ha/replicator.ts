@@ -1,0 +1,685 @@
+import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs';
+import type { StageCounters } from '../ledger.js';
+import { silentLogger, type Logger } from '../logger.js';
+import { ClockTranslator } from './clock.js';
+import {
+  decodeSessionValue,
+  encodeSessionValue,
+  isSessionRecord,
+  sessionKvKey,
+  toWire,
+  wireFingerprint,
+} from './codec.js';
+import { HaError, messageOf } from './errors.js';
+import type { SessionKv } from './kv.js';
+import type { ReplicatedSession, SessionEventBatch, SessionEvents, SessionStore } from './session.js';
+import {
+  compare,
+  planSync,
+  type KvView,
+  type ReplicationCounts,
+  type SyncView,
+  type UnreadableKvView,
+} from './sync.js';
+
+export interface ReplicatorOptions {
+  /** Written into every value; decides which KV keys this node may delete. */
+  nodeId: string;
+  /** Updates of one session within this window become one write. Default 500. */
+  coalesceMs?: number;
+  /** Period of the full sync. Default 30000. */
+  syncIntervalMs?: number;
+  /** Writes in flight at once. Default 1024. */
+  maxInFlight?: number;
+  /** A KV copy whose last-seen lags the local one by more than this is outdated. Default 1000. */
+  toleranceMs?: number;
+  /** Pause after a failed write before writing again. Default 1000. */
+  retryMs?: number;
+  /** Delete other nodes' KV keys not local here and last seen longer ago than this. Off by default. */
+  staleAfterMs?: number;
+  scheduler?: SchedulerLike;
+  logger?: Logger;
+  clock?: ClockTranslator;
+  /** Events received, written (sent) and folded into another write (merged). */
+  counters?: StageCounters;
+}
+
+/** What the last full sync found and did. */
+export interface SyncReport {
+  /** Wall-clock ms when the sync finished. */
+  atMs: number;
+  durationMs: number;
+  /** Local sessions against KV keys, after the repairs that were acknowledged. */
+  counts: ReplicationCounts;
+  /** The comparison before repairing. */
+  before: ReplicationCounts;
+  puts: number;
+  deletes: number;
+  /** Repairs not acknowledged when the sync ended (they stay queued). */
+  unsettled: number;
+}
+
+export interface ReplicationStatus {
+  nodeId: string;
+  connected: boolean;
+  /** Counts of the last sync; undefined before the first one finished. */
+  counts: ReplicationCounts | undefined;
+  lastSync: SyncReport | undefined;
+  /** Why the last sync attempt failed, if it did. */
+  lastSyncError: string | undefined;
+  /** Changes not yet acknowledged (waiting, coalescing, or in flight). */
+  pending: number;
+  inFlight: number;
+  /** Age of the oldest change not yet acknowledged, ms; 0 when none. */
+  lagMs: number;
+  puts: number;
+  deletes: number;
+  failedWrites: number;
+}
+
+type Op = 'put' | 'delete';
+
+/** One key's next write, folding every change to the key since the last write. */
+interface Change {
+  seq: number;
+  key: string;
+  op: Op;
+  session: ReplicatedSession | undefined;
+  /** Scheduler time of the oldest change folded in: the replication lag of this key. */
+  since: number;
+  /** Scheduler time it may be sent. */
+  due: number;
+  /** Session events folded in (0 for a sync repair). */
+  events: number;
+}
+
+interface Waiter {
+  target: number;
+  resolve: () => void;
+}
+
+const DEFAULTS = {
+  coalesceMs: 500,
+  syncIntervalMs: 30_000,
+  maxInFlight: 1024,
+  toleranceMs: 1000,
+  retryMs: 1000,
+};
+
+/**
+ * Replicates the kernel's firewall sessions to a KV bucket.
+ *
+ * - A created or deleted session is written at once; updates of a session are coalesced: the
+ *   first schedules a write `coalesceMs` later and the ones after it until then only replace what
+ *   that write will carry (a trailing throttle, so steady updates still reach KV every window).
+ * - Writes are pipelined: up to `maxInFlight` at once, never two for one key, so a key's writes
+ *   reach the bucket in the order they were made even across failures and retries.
+ * - A failed write is kept and sent again after `retryMs`; while the connection is down nothing is
+ *   sent, and on reconnect a full sync runs, so what changed meanwhile (including events whose
+ *   writes failed) reaches KV.
+ * - The full sync (see sync.ts for who wins) runs every `syncIntervalMs` and repairs drift both ways.
+ *
+ * Timers run on `scheduler`, so tests drive coalescing and syncs in virtual time.
+ */
+export class Replicator {
+  private readonly nodeId: string;
+  private readonly coalesceMs: number;
+  private readonly syncIntervalMs: number;
+  private readonly maxInFlight: number;
+  private readonly toleranceMs: number;
+  private readonly retryMs: number;
+  private readonly staleAfterMs: number | undefined;
+  private readonly scheduler: SchedulerLike;
+  private readonly logger: Logger;
+  private readonly clock: ClockTranslator;
+  private readonly counters: StageCounters | undefined;
+
+  private readonly pending = new Map<string, Change>();
+  private readonly inFlight = new Map<string, Change>();
+  /** Every unacknowledged change by seq; seq order is age order, so the first is the oldest. */
+  private readonly outstanding = new Map<number, Change>();
+  /** Pending keys due now, in the order they became due. */
+  private readonly ready = new Set<string>();
+  /** Coalesced updates by due time; the window is constant, so arrival order is due order. */
+  private coalescing: { key: string; due: number }[] = [];
+  private coalescingHead = 0;
+  private coalesceTimer: Subscription | undefined;
+  private retryTimer: Subscription | undefined;
+  private pausedUntil = -Infinity;
+  private syncTimer: Subscription | undefined;
+  /** What the bucket holds as far as this node knows: from syncs, the boot load and acknowledged writes. */
+  private readonly known = new Map<string, KvView | UnreadableKvView>();
+  private seq = 0;
+  private waiters: Waiter[] = [];
+  private subscriptions: Subscription[] = [];
+  private syncing: Promise<SyncReport | undefined> | undefined;
+  private syncAgain = false;
+  private lastSync: SyncReport | undefined;
+  private lastSyncError: string | undefined;
+  private puts = 0;
+  private deletes = 0;
+  private failedWrites = 0;
+  private failingSince: number | undefined;
+  private started = false;
+  private closed = false;
+  private pumping = false;
+  private pumpAgain = false;
+
+  constructor(
+    private readonly store: SessionStore,
+    private readonly kv: SessionKv,
+    options: ReplicatorOptions,
+  ) {
+    this.nodeId = options.nodeId;
+    this.coalesceMs = options.coalesceMs ?? DEFAULTS.coalesceMs;
+    this.syncIntervalMs = options.syncIntervalMs ?? DEFAULTS.syncIntervalMs;
+    this.maxInFlight = options.maxInFlight ?? DEFAULTS.maxInFlight;
+    this.toleranceMs = options.toleranceMs ?? DEFAULTS.toleranceMs;
+    this.retryMs = options.retryMs ?? DEFAULTS.retryMs;
+    this.staleAfterMs = options.staleAfterMs;
+    this.scheduler = options.scheduler ?? asyncScheduler;
+    this.logger = options.logger ?? silentLogger();
+    this.clock = options.clock ?? new ClockTranslator();
+    this.counters = options.counters;
+    if (!(this.maxInFlight >= 1))
+      throw new HaError('EBADCONFIG', `replicator: max_in_flight must be at least 1`);
+    if (!(this.syncIntervalMs > 0))
+      throw new HaError('EBADCONFIG', `replicator: sync_interval_ms must be above 0`);
+  }
+
+  /**
+   * Tells the replicator what the bucket held when the boot loader read it, so sessions it loaded
+   * and the kernel then reports as created are not written back unchanged.
+   */
+  seedKnown(records: Iterable<{ key: string; value: Uint8Array }>): void {
+    for (const r of records) this.known.set(r.key, kvViewOf(r.value));
+  }
+
+  /**
+   * Starts replicating `events`: subscribes to them and to connection changes, runs a first full
+   * sync at once and then every `syncIntervalMs`.
+   */
+  start(events: SessionEvents): void {
+    if (this.started || this.closed) throw new HaError('ECLOSED', 'replicator: start() was already called');
+    this.started = true;
+    this.subscriptions.push(
+      events.subscribe({
+        next: (batch) => this.handle(batch),
+        error: (err: unknown) =>
+          this.logger.error({ err }, 'replicator: the session events failed; only syncs repair KV now'),
+      }),
+      this.kv.connection$.subscribe((change) => {
+        if (change === 'up') {
+          this.pump();
+          void this.sync();
+        }
+      }),
+    );
+    this.armSyncTimer();
+    void this.sync();
+  }
+
+  /** Takes a batch of session events. */
+  handle(batch: SessionEventBatch): void {
+    if (this.closed) return;
+    this.counters?.addReceived(batch.length);
+    for (const event of batch) {
+      const key = sessionKvKey(event.session.key);
+      switch (event.kind) {
+        case 'created':
+          if (this.unchanged(key, event.session)) this.counters?.addMerged(1);
+          else this.enqueue(key, 'put', event.session, true, 1);
+          break;
+        case 'updated':
+          this.enqueue(key, 'put', event.session, false, 1);
+          break;
+        case 'deleted':
+          if (this.foreign(key)) this.counters?.addMerged(1);
+          else this.enqueue(key, 'delete', undefined, true, 1);
+          break;
+      }
+    }
+    this.pump();
+  }
+
+  /** Runs a full sync now (or joins the one running) and resolves with its report. */
+  sync(): Promise<SyncReport | undefined> {
+    if (this.closed) return Promise.resolve(undefined);
+    if (this.syncing !== undefined) {
+      this.syncAgain = true;
+      return this.syncing;
+    }
+    this.syncing = this.runSync().finally(() => {
+      this.syncing = undefined;
+      if (this.syncAgain && !this.closed) {
+        this.syncAgain = false;
+        void this.sync();
+      }
+    });
+    return this.syncing;
+  }
+
+  /** Writes every change held now, coalescing ones included; resolves when all are acknowledged. */
+  flush(): Promise<void> {
+    const now = this.scheduler.now();
+    for (const change of this.pending.values()) {
+      if (change.due > now) {
+        change.due = now;
+        this.ready.add(change.key);
+      }
+    }
+    const target = this.seq;
+    const done = this.settledUpTo(target);
+    this.pump();
+    return done;
+  }
+
+  /**
+   * Stops taking events and syncing, then flushes: resolves true once everything held was
+   * written, or false after `timeoutMs` with the rest unwritten (counted as dropped `shutdown`).
+   * Safe to call more than once.
+   */
+  async close(timeoutMs = 30_000): Promise<boolean> {
+    if (this.closed) return this.pending.size === 0 && this.inFlight.size === 0;
+    for (const s of this.subscriptions) s.unsubscribe();
+    this.subscriptions = [];
+    this.syncTimer?.unsubscribe();
+    let timer: Subscription | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = this.scheduler.schedule(() => resolve('late'), timeoutMs);
+    });
+    const outcome = await Promise.race([this.flush().then(() => 'done' as const), late]);
+    timer?.unsubscribe();
+    this.closed = true;
+    this.coalesceTimer?.unsubscribe();
+    this.retryTimer?.unsubscribe();
+    if (outcome === 'late') {
+      let events = 0;
+      for (const c of this.outstanding.values()) events += c.events;
+      this.counters?.addDropped('shutdown', events);
+      this.logger.warn(
+        { unwritten: this.outstanding.size, timeout_ms: timeoutMs },
+        'replicator: closed with session changes not written to KV',
+      );
+    }
+    for (const w of this.waiters) w.resolve();
+    this.waiters = [];
+    return outcome === 'done';
+  }
+
+  status(): ReplicationStatus {
+    return {
+      nodeId: this.nodeId,
+      connected: this.kv.connected,
+      counts: this.lastSync?.counts,
+      lastSync: this.lastSync,
+      lastSyncError: this.lastSyncError,
+      pending: this.outstanding.size,
+      inFlight: this.inFlight.size,
+      lagMs: this.lagMs(),
+      puts: this.puts,
+      deletes: this.deletes,
+      failedWrites: this.failedWrites,
+    };
+  }
+
+  /** Age of the oldest change not yet acknowledged, ms. */
+  lagMs(): number {
+    const first = this.outstanding.values().next();
+    return first.done === true ? 0 : this.scheduler.now() - first.value.since;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Changes
+
+  private unchanged(key: string, session: ReplicatedSession): boolean {
+    if (this.pending.has(key) || this.inFlight.has(key)) return false;
+    const k = this.known.get(key);
+    if (k === undefined || 'unreadable' in k) return false;
+    const wire = toWire(session, this.clock);
+    return (
+      k.fingerprint === wireFingerprint(wire) && Math.abs(k.lastSeenMs - wire.lastSeenMs) <= this.toleranceMs
+    );
+  }
+
+  /** A key another node wrote and this node never claimed: its deletion here is not this node's to make. */
+  private foreign(key: string): boolean {
+    if (this.pending.has(key) || this.inFlight.has(key)) return false;
+    const k = this.known.get(key);
+    return k !== undefined && !('unreadable' in k) && k.node !== this.nodeId;
+  }
+
+  private enqueue(
+    key: string,
+    op: Op,
+    session: ReplicatedSession | undefined,
+    immediate: boolean,
+    events: number,
+  ): void {
+    const now = this.scheduler.now();
+    const existing = this.pending.get(key);
+    if (existing !== undefined) {
+      existing.op = op;
+      existing.session = session;
+      existing.events += events;
+      if (immediate && existing.due > now) {
+        existing.due = now;
+        this.ready.add(key);
+      }
+      return;
+    }
+    const change: Change = {
+      seq: ++this.seq,
+      key,
+      op,
+      session,
+      since: now,
+      due: immediate ? now : now + this.coalesceMs,
+      events,
+    };
+    this.pending.set(key, change);
+    this.outstanding.set(change.seq, change);
+    if (immediate) {
+      this.ready.add(key);
+    } else {
+      this.coalescing.push({ key, due: change.due });
+      this.armCoalesceTimer(now);
+    }
+  }
+
+  private armCoalesceTimer(now: number): void {
+    if (this.coalesceTimer !== undefined || this.closed) return;
+    const head = this.coalescing[this.coalescingHead];
+    if (head === undefined) return;
+    this.coalesceTimer = this.scheduler.schedule(
+      () => {
+        this.coalesceTimer = undefined;
+        this.releaseCoalesced();
+      },
+      Math.max(0, head.due - now),
+    );
+  }
+
+  private releaseCoalesced(): void {
+    const now = this.scheduler.now();
+    while (this.coalescingHead < this.coalescing.length) {
+      const head = this.coalescing[this.coalescingHead]!;
+      if (head.due > now) break;
+      this.coalescingHead++;
+      // The change may have been sent already (a create or delete made it immediate) and a newer
+      // one be coalescing now; its own entry releases it.
+      const change = this.pending.get(head.key);
+      if (change !== undefined && change.due <= now) this.ready.add(head.key);
+    }
+    if (this.coalescingHead > 4096 && this.coalescingHead * 2 > this.coalescing.length) {
+      this.coalescing = this.coalescing.slice(this.coalescingHead);
+      this.coalescingHead = 0;
+    }
+    this.armCoalesceTimer(now);
+    this.pump();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Writing
+
+  private pump(): void {
+    // A write may complete inside send() (a fake bucket, a closed connection): settle() then asks
+    // for another pump while this one iterates; the outer loop picks that up instead.
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    try {
+      do {
+        this.pumpAgain = false;
+        if (this.closed && this.waiters.length === 0) return;
+        for (const key of this.ready) {
+          // Checked per write: a write failing inside send() pauses the rest.
+          if (!this.kv.connected || this.scheduler.now() < this.pausedUntil) return;
+          if (this.inFlight.size >= this.maxInFlight) break;
+          this.ready.delete(key);
+          const change = this.pending.get(key);
+          // A key with a write in flight waits for it, so a key's writes never overtake each
+          // other; settle() makes it ready again.
+          if (change === undefined || this.inFlight.has(key)) continue;
+          this.send(change);
+        }
+      } while (this.pumpAgain);
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private send(change: Change): void {
+    this.pending.delete(change.key);
+    this.inFlight.set(change.key, change);
+    let view: KvView | undefined;
+    const done = (err?: Error): void => this.settle(change, view, err);
+    try {
+      if (change.op === 'put') {
+        const wire = toWire(change.session!, this.clock);
+        view = { node: this.nodeId, lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) };
+        this.kv.put(change.key, encodeSessionValue(wire, this.nodeId), done);
+      } else {
+        this.kv.delete(change.key, done);
+      }
+    } catch (err) {
+      done(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private settle(change: Change, view: KvView | undefined, err: Error | undefined): void {
+    this.inFlight.delete(change.key);
+    const now = this.scheduler.now();
+    if (err === undefined) {
+      this.outstanding.delete(change.seq);
+      if (change.op === 'put') {
+        this.puts++;
+        this.known.set(change.key, view!);
+      } else {
+        this.deletes++;
+        this.known.delete(change.key);
+      }
+      if (change.events > 0) {
+        this.counters?.addSent(1);
+        this.counters?.addMerged(change.events - 1);
+      }
+      this.recovered();
+    } else {
+      this.failedWrites++;
+      this.failing(err);
+      const newer = this.pending.get(change.key);
+      if (newer !== undefined) {
+        // The newer change carries the key's latest state; it inherits the failed one's place
+        // (its seq and age), so the lag and flush() still see the oldest unwritten change.
+        this.outstanding.delete(newer.seq);
+        newer.seq = change.seq;
+        newer.since = change.since;
+        newer.events += change.events;
+        newer.due = Math.min(newer.due, now);
+        this.outstanding.set(change.seq, newer);
+      } else {
+        change.due = now;
+        this.pending.set(change.key, change);
+      }
+      this.ready.add(change.key);
+      this.pauseForRetry(now);
+    }
+    const next = this.pending.get(change.key);
+    if (next !== undefined && next.due <= now) this.ready.add(change.key);
+    this.checkWaiters();
+    this.pump();
+  }
+
+  private pauseForRetry(now: number): void {
+    this.pausedUntil = now + this.retryMs;
+    if (this.retryTimer !== undefined || this.closed) return;
+    this.retryTimer = this.scheduler.schedule(() => {
+      this.retryTimer = undefined;
+      this.pump();
+    }, this.retryMs);
+  }
+
+  private failing(err: unknown): void {
+    if (this.failingSince !== undefined) return;
+    this.failingSince = this.scheduler.now();
+    this.logger.warn(
+      { err: messageOf(err) },
+      'replicator: cannot write sessions to KV; keeping them and retrying',
+    );
+  }
+
+  private recovered(): void {
+    if (this.failingSince === undefined) return;
+    this.logger.info(
+      { outage_ms: this.scheduler.now() - this.failingSince },
+      'replicator: writing to KV again',
+    );
+    this.failingSince = undefined;
+  }
+
+  private settledUpTo(target: number): Promise<void> {
+    if (this.isSettledUpTo(target)) return Promise.resolve();
+    return new Promise<void>((resolve) => this.waiters.push({ target, resolve }));
+  }
+
+  private isSettledUpTo(target: number): boolean {
+    const first = this.outstanding.keys().next();
+    return first.done === true || first.value > target;
+  }
+
+  private checkWaiters(): void {
+    if (this.waiters.length === 0) return;
+    const waiting: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (this.isSettledUpTo(w.target)) w.resolve();
+      else waiting.push(w);
+    }
+    this.waiters = waiting;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Full sync
+
+  private armSyncTimer(): void {
+    this.syncTimer = this.scheduler.schedule(() => {
+      if (this.closed || this.subscriptions.length === 0) return;
+      void this.sync();
+      this.armSyncTimer();
+    }, this.syncIntervalMs);
+  }
+
+  private async runSync(): Promise<SyncReport | undefined> {
+    if (!this.kv.connected) {
+      // The reconnect runs a sync.
+      this.lastSyncError = 'not connected to nats';
+      return undefined;
+    }
+    const startedAt = this.scheduler.now();
+    let records;
+    try {
+      records = await this.kv.snapshot();
+    } catch (err) {
+      this.lastSyncError = messageOf(err);
+      this.logger.warn(
+        { err: this.lastSyncError },
+        'replicator: full sync could not read the bucket; trying again later',
+      );
+      return undefined;
+    }
+    if (this.closed) return undefined;
+    const kvViews = new Map<string, KvView | UnreadableKvView>();
+    for (const r of records) kvViews.set(r.key, kvViewOf(r.value));
+    this.known.clear();
+    for (const [k, v] of kvViews) this.known.set(k, v);
+
+    this.clock.resample();
+    let sessions: ReplicatedSession[];
+    try {
+      sessions = this.store.list();
+    } catch (err) {
+      this.lastSyncError = messageOf(err);
+      this.logger.warn(
+        { err: this.lastSyncError },
+        'replicator: full sync could not list the kernel sessions',
+      );
+      return undefined;
+    }
+    const local = new Map<string, SyncView>();
+    const byKey = new Map<string, ReplicatedSession>();
+    for (const s of sessions) {
+      const key = sessionKvKey(s.key);
+      const wire = toWire(s, this.clock);
+      local.set(key, { lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) });
+      byKey.set(key, s);
+    }
+    const busy = { has: (k: string) => this.pending.has(k) || this.inFlight.has(k) };
+    const plan = planSync({
+      nodeId: this.nodeId,
+      local,
+      kv: kvViews,
+      toleranceMs: this.toleranceMs,
+      skip: busy,
+      staleBeforeMs:
+        this.staleAfterMs === undefined
+          ? undefined
+          : this.clock.toWallMs(this.clock.monotonicNowNs()) - this.staleAfterMs,
+    });
+    for (const key of plan.puts) this.enqueue(key, 'put', byKey.get(key), true, 0);
+    for (const key of plan.deletes) this.enqueue(key, 'delete', undefined, true, 0);
+    const target = this.seq;
+    this.pump();
+    if (plan.puts.length + plan.deletes.length > 0) {
+      let timer: Subscription | undefined;
+      const late = new Promise<void>(
+        (resolve) => (timer = this.scheduler.schedule(() => resolve(), this.syncIntervalMs)),
+      );
+      await Promise.race([this.settledUpTo(target), late]);
+      timer?.unsubscribe();
+    }
+    let unsettled = 0;
+    const after = new Map(kvViews);
+    for (const key of plan.puts) {
+      if (busy.has(key)) unsettled++;
+      else after.set(key, this.known.get(key) ?? { node: this.nodeId, lastSeenMs: 0, fingerprint: '' });
+    }
+    for (const key of plan.deletes) {
+      if (busy.has(key)) unsettled++;
+      else after.delete(key);
+    }
+    const report: SyncReport = {
+      atMs: Date.now(),
+      durationMs: this.scheduler.now() - startedAt,
+      counts: compare(this.nodeId, local, after),
+      before: plan.before,
+      puts: plan.puts.length,
+      deletes: plan.deletes.length,
+      unsettled,
+    };
+    this.lastSync = report;
+    this.lastSyncError = undefined;
+    const drift = plan.puts.length + plan.deletes.length;
+    this.logger[drift > 0 ? 'info' : 'debug'](
+      {
+        puts: report.puts,
+        deletes: report.deletes,
+        unsettled,
+        ...report.counts,
+        duration_ms: report.durationMs,
+      },
+      'replicator: full sync',
+    );
+    return report;
+  }
+}
+
+function kvViewOf(value: Uint8Array): KvView | UnreadableKvView {
+  const decoded = decodeSessionValue(value);
+  if (!isSessionRecord(decoded)) return { unreadable: true, newer: decoded.newer };
+  return {
+    node: decoded.node,
+    lastSeenMs: decoded.session.lastSeenMs,
+    fingerprint: wireFingerprint(decoded.session),
+  };
+}

@@ -1,0 +1,101 @@
+import type { Observable } from 'rxjs';
+
+/**
+ * What the replicator needs of a firewall session, independent of the kernel layout: the key the
+ * kernel map is indexed by (5-tuple plus VNI), the tunnel metadata a standby needs to hairpin the
+ * session's packets, and when it was last seen. Packet and byte counters are deliberately absent:
+ * they change with every packet and a standby does not need them to pass established traffic.
+ */
+export interface SessionKey {
+  /** IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6). */
+  protocol: number;
+  /** Canonical text form, IPv4 dotted or IPv6 compressed lower-case. */
+  srcAddr: string;
+  srcPort: number;
+  dstAddr: string;
+  dstPort: number;
+  /** The tunnel's VNI, 0 without a tunnel. */
+  vni: number;
+}
+
+export type TunnelType = 'none' | 'geneve' | 'vxlan';
+
+export interface SessionTunnel {
+  type: TunnelType;
+  vni: number;
+  /** GENEVE flow cookie, 8 bytes as 16 lower-case hex digits; 16 zeros when absent. */
+  cookie: string;
+  outerSrcAddr: string;
+  outerDstAddr: string;
+  /** aa:bb:cc:dd:ee:ff */
+  outerSrcMac: string;
+  outerDstMac: string;
+  outerSrcPort: number;
+  outerDstPort: number;
+  /** Interface the session's packets arrived on (hairpin target), on the node that saw them. */
+  ingressIfindex: number;
+}
+
+export type SessionAction = 'allow' | 'redirect';
+export type SessionDirection = 'ingress' | 'egress';
+export type TcpState = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closed';
+export type SessionReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
+
+/** The verdict that created the session, which its later packets get without a policy lookup. */
+export interface SessionVerdict {
+  action: SessionAction;
+  /** The hook that created the session. */
+  direction: SessionDirection;
+  policyId: number;
+  /** 0: decided by a default action. */
+  ruleId: number;
+  /** What decided the verdict. */
+  reason: SessionReason;
+  /** Forward packets of a redirect session go out this interface (node-local). */
+  redirectIfindex: number;
+}
+
+export interface ReplicatedSession {
+  key: SessionKey;
+  tunnel: SessionTunnel;
+  verdict: SessionVerdict;
+  /** Kernel monotonic time (CLOCK_MONOTONIC ns) of the last packet, on this node. */
+  lastSeenNs: bigint;
+  /** Kernel monotonic time the session was created, on this node. */
+  createdNs: bigint;
+  tcpState: TcpState;
+  /** OR of the TCP flags seen both ways. */
+  tcpFlags: number;
+  /**
+   * Interface names of tunnel.ingressIfindex and verdict.redirectIfindex on the node that saw the
+   * session. Interface indexes differ between nodes; a loader maps the names to its own indexes.
+   */
+  ingressIfname?: string;
+  redirectIfname?: string;
+}
+
+export type SessionEventKind = 'created' | 'updated' | 'deleted';
+
+export interface SessionEvent {
+  kind: SessionEventKind;
+  session: ReplicatedSession;
+}
+
+/** Session events travel in arrays, like flows: a scan of the kernel map yields many at once. */
+export type SessionEventBatch = readonly SessionEvent[];
+
+export type SessionEvents = Observable<SessionEventBatch>;
+
+/**
+ * The kernel session map as the replicator sees it. The firewall collection satisfies it through
+ * an adapter (src/sinks/session-store-firewall.ts); unit tests use a Map.
+ */
+export interface SessionStore {
+  /** Every session in the kernel map now. */
+  list(): ReplicatedSession[];
+  /**
+   * Writes sessions the kernel map does not have (one batch per call). A session the kernel
+   * already has is left alone: traffic made it, so it is newer than any copy.
+   */
+  restore(sessions: readonly ReplicatedSession[]): { written: number; skipped: number };
+}
