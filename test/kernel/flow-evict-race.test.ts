@@ -58,6 +58,14 @@ kernelDescribe('flow eviction racing the flow program', () => {
     }
   });
 
+  async function waitFor(done: () => boolean, timeoutMs: number, what: string): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!done()) {
+      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+
   /** Adds the UDP flows to `port` of one eviction (map and ring buffer) to the tally; returns their packets. */
   function collect(dp: FlowDatapath, port: number, tally: Map<string, Tally>): number {
     let packets = 0;
@@ -89,6 +97,7 @@ kernelDescribe('flow eviction racing the flow program', () => {
         count: FLOWS * PACKETS_PER_FLOW,
         timeoutMs: 30_000,
       });
+      const serverSeenBefore = server.counters().PACKETS;
       let sending = true;
       let busyEvictions = 0;
       const evictor = (async () => {
@@ -108,8 +117,14 @@ kernelDescribe('flow eviction racing the flow program', () => {
           payloadBytes: PAYLOAD,
           srcPort,
         });
-        // The sink has every datagram once the server's TC hook has seen the last one.
-        expect((await sink.result).received).toBe(FLOWS * PACKETS_PER_FLOW);
+        // Done once the server's ingress hook has seen every datagram. Its kernel counter, not the
+        // sink, says so: on a loaded machine the sink's socket buffer may overflow, which happens
+        // after TC and is no concern of this test (the sink only keeps ICMP errors off the link).
+        await waitFor(
+          () => server.counters().PACKETS - serverSeenBefore >= FLOWS * PACKETS_PER_FLOW,
+          30_000,
+          'the server hook to see every datagram',
+        );
       } finally {
         sending = false;
         await evictor;
