@@ -348,7 +348,11 @@ export class InterfaceWatcher implements InterfaceNames {
   private startMonitor(ip: string, readyTimeoutMs: number): void {
     // Spawned from inside the namespace, so the monitor's netlink socket listens there.
     const [file, args] = monitorCommand(ip);
-    const child = withNetns(this.netns, () => spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    // Under setpriv the monitor dies with us anyway, so it gets a process group of its own: a
+    // Ctrl-C at the terminal then reaches only the agent, which stops the monitor when it is done.
+    const child = withNetns(this.netns, () =>
+      spawn(file, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: file === SETPRIV }),
+    );
     this.child = child;
     trackMonitor(child);
     let pending = '';
