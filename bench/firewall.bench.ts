@@ -10,10 +10,10 @@
  * Needs root.
  */
 import { rmSync } from 'node:fs';
-import { ObjectSpec, type Program } from '../src/datapath/index.js';
+import { ObjectSpec } from '../src/datapath/index.js';
 import { FirewallCollection, parsePolicy } from '../src/datapath/firewall/index.js';
 import { bpfObjectPath } from '../src/paths.js';
-import type { BenchContext } from './lib.js';
+import { bestTestRunNs, meanSingleTestRunNs, synchronousBenchmark, type BenchContext } from './lib.js';
 
 const LIVE_SESSIONS = 65536;
 
@@ -58,18 +58,6 @@ function geneveFrame(sport: number): Uint8Array {
   return Uint8Array.from([...head, ...inner]);
 }
 
-function bestRepeated(program: Program, frame: Uint8Array, repeat: number, rounds: number): number {
-  let best = Infinity;
-  for (let r = 0; r < rounds; r++) best = Math.min(best, program.testRun(frame, { repeat }).durationNs);
-  return best;
-}
-
-function meanSingle(program: Program, frames: Uint8Array[]): number {
-  let total = 0;
-  for (const f of frames) total += program.testRun(f).durationNs;
-  return total / frames.length;
-}
-
 function measure(ctx: BenchContext): void {
   if (process.getuid?.() !== 0)
     throw new Error('firewall bench: needs root for BPF_PROG_TEST_RUN; run it as root');
@@ -105,19 +93,19 @@ function measure(ctx: BenchContext): void {
     ingress.testRun(established);
 
     const probe = udpFrame(777, 53);
-    const emptyNs = bestRepeated(baseline, probe, repeat, rounds);
+    const emptyNs = bestTestRunNs(baseline, probe, repeat, rounds);
     const base = { name: 'firewall.empty_tc_program', value: emptyNs };
     ctx.report({ ...base, unit: 'ns/packet', note: `repeat ${repeat}, best of ${rounds}` });
     ctx.report({
       name: 'firewall.allowed_by_session',
-      value: bestRepeated(ingress, established, repeat, rounds),
+      value: bestTestRunNs(ingress, established, repeat, rounds),
       unit: 'ns/packet',
       baseline: base,
       note: `${LIVE_SESSIONS} live sessions`,
     });
     ctx.report({
       name: 'firewall.blocked',
-      value: bestRepeated(ingress, udpFrame(778, 54), repeat, rounds),
+      value: bestTestRunNs(ingress, udpFrame(778, 54), repeat, rounds),
       unit: 'ns/packet',
       baseline: base,
       note: 'policy default action, audit sampled out',
@@ -146,8 +134,8 @@ function measure(ctx: BenchContext): void {
     let geneveNs = Infinity;
     let emptyGeneveNs = Infinity;
     for (let r = 0; r < Math.min(rounds, 3); r++) {
-      emptyGeneveNs = Math.min(emptyGeneveNs, meanSingle(baseline, same));
-      geneveNs = Math.min(geneveNs, meanSingle(ingress, same));
+      emptyGeneveNs = Math.min(emptyGeneveNs, meanSingleTestRunNs(baseline, same));
+      geneveNs = Math.min(geneveNs, meanSingleTestRunNs(ingress, same));
     }
     const geneveBase = { name: 'firewall.empty_tc_program_single_run_geneve', value: emptyGeneveNs };
     ctx.report({ ...geneveBase, unit: 'ns/packet', note: `mean of ${newFlows} single runs` });
@@ -168,8 +156,8 @@ function measure(ctx: BenchContext): void {
       const frames = Array.from({ length: newFlows }, (_, i) =>
         udpFrame(1024 + ((r * newFlows + i) % 64000), 53, [203, 0, 113, 10 + r]),
       );
-      emptySingleNs = Math.min(emptySingleNs, meanSingle(baseline, frames));
-      newNs = Math.min(newNs, meanSingle(ingress, frames));
+      emptySingleNs = Math.min(emptySingleNs, meanSingleTestRunNs(baseline, frames));
+      newNs = Math.min(newNs, meanSingleTestRunNs(ingress, frames));
       events.drain(() => undefined);
     }
     const singleBase = { name: 'firewall.empty_tc_program_single_run', value: emptySingleNs };
@@ -194,12 +182,4 @@ function measure(ctx: BenchContext): void {
   }
 }
 
-/** The measurements are synchronous system calls; the runner expects a promise. */
-export default function firewallBench(ctx: BenchContext): Promise<void> {
-  try {
-    measure(ctx);
-    return Promise.resolve();
-  } catch (err) {
-    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
-  }
-}
+export default synchronousBenchmark(measure);

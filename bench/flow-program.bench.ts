@@ -8,14 +8,20 @@
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ObjectSpec, type Program } from '../src/datapath/index.js';
+import { ObjectSpec } from '../src/datapath/index.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow-maps.js';
 import {
   FLOW_VALUE_STRIDE,
   decodeFlowMapBatch,
   monotonicToWallClockOffsetMs,
 } from '../src/datapath/flow-types.js';
-import { bestNsPerOp, type BenchContext } from './lib.js';
+import {
+  bestNsPerOp,
+  bestTestRunNs,
+  meanSingleTestRunNs,
+  synchronousBenchmark,
+  type BenchContext,
+} from './lib.js';
 
 const LIVE_FLOWS = 4096;
 const TARGET_HIT_NS = 100;
@@ -54,20 +60,6 @@ function geneveFrame(srcPort: number): Uint8Array {
   return f;
 }
 
-/** Best (lowest) kernel-measured ns per run over `rounds` rounds of `repeat` runs. */
-function bestRepeated(program: Program, frame: Uint8Array, repeat: number, rounds: number): number {
-  let best = Infinity;
-  for (let r = 0; r < rounds; r++) best = Math.min(best, program.testRun(frame, { repeat }).durationNs);
-  return best;
-}
-
-/** Mean kernel-measured ns of single runs over the frames (each run a separate test run). */
-function meanSingle(program: Program, frames: Uint8Array[]): number {
-  let total = 0;
-  for (const f of frames) total += program.testRun(f).durationNs;
-  return total / frames.length;
-}
-
 function measure(ctx: BenchContext): void {
   if (process.getuid?.() !== 0)
     throw new Error('flow-program bench: needs root for BPF_PROG_TEST_RUN; run it as root');
@@ -89,9 +81,9 @@ function measure(ctx: BenchContext): void {
     for (let p = 0; p < 16; p++) ingress.testRun(geneveFrame(1024 + p));
 
     const probe = udpFrame(1024 + 777);
-    const emptyNs = bestRepeated(baseline, probe, repeat, rounds);
-    const hitNs = bestRepeated(ingress, probe, repeat, rounds);
-    const geneveNs = bestRepeated(ingress, geneveFrame(1024 + 7), repeat, rounds);
+    const emptyNs = bestTestRunNs(baseline, probe, repeat, rounds);
+    const hitNs = bestTestRunNs(ingress, probe, repeat, rounds);
+    const geneveNs = bestTestRunNs(ingress, geneveFrame(1024 + 7), repeat, rounds);
     const base = { name: 'flow.empty_tc_program', value: emptyNs };
     ctx.report({ ...base, unit: 'ns/packet', note: `repeat ${repeat}, best of ${rounds}` });
     ctx.report({
@@ -125,8 +117,8 @@ function measure(ctx: BenchContext): void {
     let newNs = Infinity;
     let emptySingleNs = Infinity;
     for (let r = 0; r < Math.min(rounds, 3); r++) {
-      emptySingleNs = Math.min(emptySingleNs, meanSingle(baseline, frames));
-      newNs = Math.min(newNs, meanSingle(ingress, frames));
+      emptySingleNs = Math.min(emptySingleNs, meanSingleTestRunNs(baseline, frames));
+      newNs = Math.min(newNs, meanSingleTestRunNs(ingress, frames));
       const drained = flowMaps.evict().count;
       if (drained !== newFlows)
         throw new Error(`flow-program bench: expected ${newFlows} new flows, drained ${drained}`);
@@ -166,12 +158,4 @@ function measure(ctx: BenchContext): void {
   }
 }
 
-/** The measurements are synchronous system calls; the runner expects a promise. */
-export default function flowProgramBench(ctx: BenchContext): Promise<void> {
-  try {
-    measure(ctx);
-    return Promise.resolve();
-  } catch (err) {
-    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
-  }
-}
+export default synchronousBenchmark(measure);

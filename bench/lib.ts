@@ -3,6 +3,8 @@
  * that reports figures. Each figure names what it is compared with when a baseline was measured
  * in the same run, so a noisy shared machine still gives a meaningful ratio.
  */
+import type { Program } from '../src/datapath/index.js';
+
 export interface Figure {
   /** e.g. "ringbuf.js_reader" */
   name: string;
@@ -34,4 +36,30 @@ export function bestNsPerOp(fn: () => number, rounds = 5): number {
     best = Math.min(best, ns / ops);
   }
   return best;
+}
+
+/** A Benchmark of synchronous measurements (system calls, FFI): a throw becomes the rejection. */
+export function synchronousBenchmark(measure: (ctx: BenchContext) => void): Benchmark {
+  return (ctx) => {
+    try {
+      measure(ctx);
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+  };
+}
+
+/** Best (lowest) kernel-measured ns per run over `rounds` BPF_PROG_TEST_RUNs of `repeat` runs. */
+export function bestTestRunNs(program: Program, frame: Uint8Array, repeat: number, rounds: number): number {
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) best = Math.min(best, program.testRun(frame, { repeat }).durationNs);
+  return best;
+}
+
+/** Mean kernel-measured ns of single runs over the frames (each run a separate test run). */
+export function meanSingleTestRunNs(program: Program, frames: Uint8Array[]): number {
+  let total = 0;
+  for (const f of frames) total += program.testRun(f).durationNs;
+  return total / frames.length;
 }

@@ -6,7 +6,7 @@
  */
 import { possibleCpus, type BpfMap } from '../src/datapath/map.js';
 import { ObjectSpec } from '../src/datapath/object.js';
-import type { BenchContext, Benchmark } from './lib.js';
+import { synchronousBenchmark, type BenchContext } from './lib.js';
 
 const ENTRIES = 100_000;
 
@@ -64,11 +64,4 @@ function run(ctx: BenchContext): void {
   }
 }
 
-// Everything here is synchronous (syscalls and FFI); the contract wants a promise.
-const bench: Benchmark = (ctx) =>
-  new Promise((resolve) => {
-    run(ctx);
-    resolve();
-  });
-
-export default bench;
+export default synchronousBenchmark(run);

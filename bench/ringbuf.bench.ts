@@ -9,7 +9,7 @@ import type { BpfMap } from '../src/datapath/map.js';
 import { libbpf, ringBufferSampleFnPointer, type Ptr } from '../src/datapath/libbpf.js';
 import { ObjectSpec, type Collection } from '../src/datapath/object.js';
 import { RingBufferReader } from '../src/datapath/ringbuf.js';
-import type { BenchContext, Benchmark } from './lib.js';
+import { synchronousBenchmark, type BenchContext } from './lib.js';
 
 const RING_BYTES = 16 << 20;
 const RECORD_BYTES = 152;
@@ -131,11 +131,4 @@ function run(ctx: BenchContext): void {
   }
 }
 
-// Everything here is synchronous (syscalls and FFI); the contract wants a promise.
-const bench: Benchmark = (ctx) =>
-  new Promise((resolve) => {
-    run(ctx);
-    resolve();
-  });
-
-export default bench;
+export default synchronousBenchmark(run);

@@ -18,20 +18,13 @@
 #include <bpf/bpf_endian.h>
 
 #include "firewall.h"
+#include "parse.h"
 
 /* TC_ACT_OK is TCX_PASS: the verdict is final, later programs on the hook do not run.
  * TC_ACT_UNSPEC (TCX_NEXT) is for packets the firewall has no opinion on (not IP, unparsable). */
 #define FW_PASS TC_ACT_OK
 #define FW_DROP TC_ACT_SHOT
 #define FW_NO_OPINION TC_ACT_UNSPEC
-
-#define EEXIST 17
-
-#define ETH_P_8021Q_BE bpf_htons(0x8100)
-#define ETH_P_8021AD_BE bpf_htons(0x88a8)
-#define ETH_P_IP_BE bpf_htons(0x0800)
-#define ETH_P_IPV6_BE bpf_htons(0x86dd)
-#define ETH_P_TEB_BE bpf_htons(0x6558)
 
 #define VXLAN_PORT 4789
 #define GENEVE_PORT 6081
@@ -42,13 +35,7 @@
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
-#define MAX_VLAN_TAGS 2
-#define MAX_IPV6_EXT_HEADERS 6
 #define MAX_GENEVE_OPTIONS 8
-#define PULL_LEN 512
-/* Where an encapsulated frame may start at most; bounds offsets passed between functions. */
-#define MAX_LAYER_OFF 1024
-
 /* Masks an offset the caller just checked against MAX_LAYER_OFF. In asm so clang cannot drop it:
  * without it clang checks one copy of the register and indexes the packet with another, which
  * the verifier sees unbounded. */
@@ -56,13 +43,6 @@
 
 /* Prefix bits of a rule key before the destination address: policy id, protocol, pad, port. */
 #define RULE_KEY_FIXED_BITS 64
-
-enum parse_result {
-	PARSE_OK = 0,
-	PARSE_NON_IP,
-	PARSE_SHORT,
-	PARSE_MALFORMED,
-};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -126,46 +106,6 @@ struct {
 	__uint(max_entries, 1 << 22);
 } fw_sess_events SEC(".maps");
 
-struct vlan_tag {
-	__be16 tci;
-	__be16 proto;
-};
-
-struct tcp_head {
-	__be16 source;
-	__be16 dest;
-	__be32 seq;
-	__be32 ack_seq;
-	__u8 doff;
-	__u8 flags;
-	__be16 window;
-	__be16 check;
-	__be16 urg_ptr;
-};
-
-struct icmp_head {
-	__u8 type;
-	__u8 code;
-	__be16 check;
-	__be16 id;
-	__be16 seq;
-};
-
-struct vxlan_head {
-	__u8 flags; /* 0x08: VNI valid */
-	__u8 reserved[3];
-	__u8 vni[3];
-	__u8 reserved2;
-};
-
-struct geneve_head {
-	__u8 ver_opt_len; /* version (2 bits), options length in 4-byte words (6 bits) */
-	__u8 flags;
-	__be16 proto;
-	__u8 vni[3];
-	__u8 reserved;
-};
-
 struct geneve_opt {
 	__be16 opt_class;
 	__u8 type;
@@ -227,14 +167,6 @@ static __always_inline void count(__u32 index, __u32 n)
 
 	if (c)
 		*c += n;
-}
-
-static __always_inline void set_ipv4_mapped(__u8 *dst, __be32 addr)
-{
-	__builtin_memset(dst, 0, 10);
-	dst[10] = 0xff;
-	dst[11] = 0xff;
-	__builtin_memcpy(dst + 12, &addr, 4);
 }
 
 /* Parses (Ethernet, up to two VLAN tags,) IPv4 or IPv6 with extension headers, and the TCP, UDP or
@@ -416,7 +348,7 @@ __attribute__((noinline)) int fw_parse_tunnel(struct __sk_buff *skb, struct fw_t
 			return PARSE_SHORT;
 		if (!(vx->flags & 0x08))
 			return PARSE_NON_IP;
-		t->vni = (__u32)vx->vni[0] << 16 | (__u32)vx->vni[1] << 8 | vx->vni[2];
+		t->vni = tunnel_vni(vx->vni);
 		t->inner_off = off + sizeof(*vx);
 		t->inner_eth = 1;
 		return PARSE_OK;
@@ -434,7 +366,7 @@ __attribute__((noinline)) int fw_parse_tunnel(struct __sk_buff *skb, struct fw_t
 		t->inner_eth = 1;
 	else if (gh->proto != ETH_P_IP_BE && gh->proto != ETH_P_IPV6_BE)
 		return PARSE_NON_IP;
-	t->vni = (__u32)gh->vni[0] << 16 | (__u32)gh->vni[1] << 8 | gh->vni[2];
+	t->vni = tunnel_vni(gh->vni);
 
 	__u64 opt = off + sizeof(*gh);
 	__u64 opt_end = opt + (gh->ver_opt_len & 0x3f) * 4;

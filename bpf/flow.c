@@ -20,35 +20,11 @@
 #include <bpf/bpf_endian.h>
 
 #include "flow.h"
+#include "parse.h"
 
 #define E2BIG 7
-#define EEXIST 17
-
-#define ETH_P_8021Q_BE bpf_htons(0x8100)
-#define ETH_P_8021AD_BE bpf_htons(0x88a8)
-#define ETH_P_IP_BE bpf_htons(0x0800)
-#define ETH_P_IPV6_BE bpf_htons(0x86dd)
-#define ETH_P_TEB_BE bpf_htons(0x6558)
-
 #define VXLAN_PORT_BE bpf_htons(4789)
 #define GENEVE_PORT_BE bpf_htons(6081)
-
-#define MAX_VLAN_TAGS 2
-/* RFC 8200's recommended order: hop-by-hop, destination options, routing, fragment, AH,
- * destination options. ESP ends the chain (what follows is encrypted). */
-#define MAX_IPV6_EXT_HEADERS 6
-/* Enough linear bytes for the deepest header chain this parser follows (outer VLANs, IPv6 with
- * extension headers, UDP, GENEVE options, inner Ethernet, IP and L4). */
-#define PULL_LEN 512
-/* Where an encapsulated frame may start at most; bounds an offset read back from the stack. */
-#define MAX_LAYER_OFF 1024
-
-enum parse_result {
-	PARSE_OK = 0,
-	PARSE_NON_IP,
-	PARSE_SHORT, /* a header ends past data_end */
-	PARSE_MALFORMED,
-};
 
 /* The flow maps are double-buffered behind flow_maps, whose one slot names the map the programs
  * count into. A program updates its entry in place after the lookup, so userspace must never delete
@@ -97,46 +73,6 @@ struct {
 	__uint(max_entries, 1);
 } flow_config SEC(".maps");
 
-struct vlan_tag {
-	__be16 tci;
-	__be16 proto;
-};
-
-/* The fixed TCP header with the flags as one byte (linux/tcp.h splits them into bitfields). */
-struct tcp_head {
-	__be16 source;
-	__be16 dest;
-	__be32 seq;
-	__be32 ack_seq;
-	__u8 doff;
-	__u8 flags;
-	__be16 window;
-	__be16 check;
-	__be16 urg_ptr;
-};
-
-struct icmp_head {
-	__u8 type;
-	__u8 code;
-	__be16 check;
-	__be32 rest;
-};
-
-struct vxlan_head {
-	__u8 flags; /* 0x08: VNI valid */
-	__u8 reserved[3];
-	__u8 vni[3];
-	__u8 reserved2;
-};
-
-struct geneve_head {
-	__u8 ver_opt_len; /* version (2 bits) and options length in 4-byte words (6 bits) */
-	__u8 flags;
-	__be16 proto;
-	__u8 vni[3];
-	__u8 reserved;
-};
-
 static __always_inline void count(__u32 index, __u32 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&flow_counters, &index);
@@ -161,13 +97,6 @@ static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __
 		*off += sizeof(*vh);
 	}
 	return PARSE_OK;
-}
-
-static __always_inline void set_ipv4_mapped(__u8 *dst, __be32 addr)
-{
-	dst[10] = 0xff;
-	dst[11] = 0xff;
-	*(__be32 *)(dst + 12) = addr;
 }
 
 /* Parses the IP header at *off (proto is its ethertype), with IPv6 extension headers, into the
@@ -284,7 +213,7 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 off, struc
 			if (!(vx->flags & 0x08))
 				return PARSE_OK;
 			key->tunnel_type = FLOW_TUNNEL_VXLAN;
-			key->vni = (__u32)vx->vni[0] << 16 | (__u32)vx->vni[1] << 8 | vx->vni[2];
+			key->vni = tunnel_vni(vx->vni);
 			*tunnel_off = off + sizeof(*vx);
 			*tunnel_proto = ETH_P_TEB_BE;
 			return PARSE_OK;
@@ -315,7 +244,7 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 off, struc
 			}
 			off += sizeof(*gh);
 			key->tunnel_type = FLOW_TUNNEL_GENEVE;
-			key->vni = (__u32)gh->vni[0] << 16 | (__u32)gh->vni[1] << 8 | gh->vni[2];
+			key->vni = tunnel_vni(gh->vni);
 			*tunnel_off = off + opt_len;
 			*tunnel_proto = gh->proto;
 			return PARSE_OK;

@@ -11,29 +11,9 @@
 import { endianness } from 'node:os';
 import type { FlowRecord } from '../records.js';
 import { DatapathError } from './errors.js';
+import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
 
-export interface FieldLayout {
-  readonly offset: number;
-  readonly size: number;
-}
-
-export interface StructLayout<F extends string = string> {
-  /** The C struct name, as in the object's BTF. */
-  readonly name: string;
-  readonly size: number;
-  /** Every member, padding included, by its C name. */
-  readonly fields: { readonly [K in F]: FieldLayout };
-}
-
-function struct<const F extends Record<string, readonly [number, number]>>(
-  name: string,
-  size: number,
-  members: F,
-): StructLayout<Extract<keyof F, string>> {
-  const fields = {} as Record<string, FieldLayout>;
-  for (const [k, [offset, fieldSize]] of Object.entries(members)) fields[k] = { offset, size: fieldSize };
-  return { name, size, fields: fields as StructLayout<Extract<keyof F, string>>['fields'] };
-}
+export type { FieldLayout, StructLayout } from './layout.js';
 
 export const FLOW_KEY = struct('flow_key', 52, {
   src_ip: [0, 16],
@@ -152,18 +132,6 @@ const E_VALUE = FLOW_EVENT.fields.value.offset;
 const DEC = Array.from({ length: 256 }, (_, i) => String(i));
 const HEX2 = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 
-function u64(view: DataView, offset: number): number {
-  // Two 32-bit reads and a multiply beat getBigUint64 + Number(); exact below 2^53 (packet and
-  // byte counts; nanosecond times lose a few ns after 104 days of uptime, far below 1 ms).
-  return LE
-    ? view.getUint32(offset, true) + view.getUint32(offset + 4, true) * 4294967296
-    : view.getUint32(offset + 4, false) + view.getUint32(offset, false) * 4294967296;
-}
-
-function viewOf(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
 /** Dotted quad of the 4 bytes at offset. */
 export function formatIPv4(bytes: Uint8Array, offset: number): string {
   return `${DEC[bytes[offset]!]!}.${DEC[bytes[offset + 1]!]!}.${DEC[bytes[offset + 2]!]!}.${DEC[bytes[offset + 3]!]!}`;
@@ -210,7 +178,7 @@ export function formatIPv6(bytes: Uint8Array, offset: number): string {
 }
 
 /** An address stored in 16 bytes (IPv4 as IPv4-mapped), in its natural text form. */
-function formatIp16(bytes: Uint8Array, offset: number): string {
+export function formatIp16(bytes: Uint8Array, offset: number): string {
   return isIPv4Mapped(bytes, offset) ? formatIPv4(bytes, offset + 12) : formatIPv6(bytes, offset);
 }
 
@@ -219,7 +187,8 @@ export function formatMac(bytes: Uint8Array, offset: number): string {
   return `${HEX2[bytes[offset]!]!}:${HEX2[bytes[offset + 1]!]!}:${HEX2[bytes[offset + 2]!]!}:${HEX2[bytes[offset + 3]!]!}:${HEX2[bytes[offset + 4]!]!}:${HEX2[bytes[offset + 5]!]!}`;
 }
 
-function hex(bytes: Uint8Array, offset: number, length: number): string {
+/** Lower-case hex of `length` bytes at offset, in memory order. */
+export function hex(bytes: Uint8Array, offset: number, length: number): string {
   let s = '';
   for (let i = 0; i < length; i++) s += HEX2[bytes[offset + i]!]!;
   return s;
@@ -413,12 +382,7 @@ export function flowEventReason(view: DataView, offset: number): number {
 }
 
 /** Sum over CPUs of one flow_counters value (a per-CPU buffer of u64 slots). */
-export function sumPerCpuCounter(value: Uint8Array): number {
-  const view = viewOf(value);
-  let total = 0;
-  for (let o = 0; o + 8 <= value.byteLength; o += 8) total += u64(view, o);
-  return total;
-}
+export const sumPerCpuCounter = sumPerCpu;
 
 /** The flow_config value for index 0. `sampling` 0 or 1 counts every packet. */
 export function encodeFlowConfig(config: { sampling: number }): Uint8Array {

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import fs from 'node:fs';
-import koffi from 'koffi';
+import { withNetns } from '../datapath/netns.js';
 import { deleteLinkSync, deleteNetnsSync, run, runSync, type ExecResult, type RunOptions } from './system.js';
 import { DevtoolError } from './tools.js';
 
@@ -74,19 +73,6 @@ export function statsDelta(before: LinkStats, after: LinkStats): LinkStats {
   };
 }
 
-const CLONE_NEWNET = 0x40000000;
-let setnsFn: ((fd: number, nstype: number) => number) | undefined;
-
-function setns(fd: number): void {
-  setnsFn ??= koffi.load('libc.so.6').func('int setns(int fd, int nstype)') as (
-    fd: number,
-    t: number,
-  ) => number;
-  if (setnsFn(fd, CLONE_NEWNET) !== 0) {
-    throw new DevtoolError('ESETNS', `setns: errno ${koffi.errno()}; run as root`);
-  }
-}
-
 /** A named network namespace (`ip netns add`). */
 export class Netns implements NamedNetns {
   /** `undo` deletes the namespace; `dispose()` calls it. */
@@ -130,26 +116,13 @@ export class Netns implements NamedNetns {
    * left pending would run after the switch back.
    */
   enterSync<T>(fn: () => T): T {
-    const self = fs.openSync('/proc/thread-self/ns/net', 'r');
-    try {
-      const target = fs.openSync(`/run/netns/${this.name}`, 'r');
-      try {
-        setns(target);
-      } finally {
-        fs.closeSync(target);
+    return withNetns(this.name, () => {
+      const result = fn();
+      if (typeof (result as { then?: unknown } | undefined)?.then === 'function') {
+        throw new DevtoolError('EASYNC', `netns ${this.name}: enterSync takes a synchronous function`);
       }
-      try {
-        const result = fn();
-        if (typeof (result as { then?: unknown } | undefined)?.then === 'function') {
-          throw new DevtoolError('EASYNC', `netns ${this.name}: enterSync takes a synchronous function`);
-        }
-        return result;
-      } finally {
-        setns(self);
-      }
-    } finally {
-      fs.closeSync(self);
-    }
+      return result;
+    });
   }
 
   /** Deletes the namespace now (and the veth ends inside it). Safe to call twice. */

@@ -21,6 +21,4 @@ export class HaError extends Error {
 }
 
 /** The message of anything thrown, for logs and wrapped errors. */
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+export { messageOf } from '../sinks/errors.js';

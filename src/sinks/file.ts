@@ -16,7 +16,8 @@ import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../componen
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { SinkError, asError, messageOf } from './errors.js';
+import { admitNewest, consumeBatches } from './consume.js';
+import { SinkError, messageOf } from './errors.js';
 import { LossLog } from './loss-log.js';
 
 export interface FileSinkConfig {
@@ -115,18 +116,14 @@ export class FileSink implements Sink {
         { cause: err },
       );
     }
-    return new Promise<void>((resolve, reject) => {
-      this.endConsume = resolve;
-      this.subscription = input.subscribe({
-        next: (batch) => this.accept(batch),
-        error: (err: unknown) => {
-          void this.flush().then(() => reject(asError(err)));
-        },
-        complete: () => {
-          void this.flush().then(resolve);
-        },
-      });
-    });
+    const consumption = consumeBatches(
+      input,
+      (batch) => this.accept(batch),
+      () => this.flush(),
+    );
+    this.subscription = consumption.subscription;
+    this.endConsume = consumption.end;
+    return consumption.done;
   }
 
   /** Resolves once every record received so far is written or counted as failed. */
@@ -146,15 +143,9 @@ export class FileSink implements Sink {
   }
 
   private accept(batch: FlowBatch): void {
-    const n = batch.length;
-    if (n === 0) return;
-    this.counters.addReceived(n);
+    if (batch.length === 0) return;
     const room = this.config.buffer_max_records - this.pending;
-    const kept = n <= room ? batch : batch.slice(0, Math.max(0, room));
-    if (kept.length < n) {
-      this.counters.addDropped('sink_buffer_full', n - kept.length);
-      this.losses.add('sink_buffer_full', n - kept.length);
-    }
+    const kept = admitNewest(batch, room, this.counters, this.losses);
     if (kept.length === 0) return;
     this.pending += kept.length;
     const chunks = this.plan(kept);

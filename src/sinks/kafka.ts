@@ -15,7 +15,8 @@ import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../componen
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { SinkError, asError, messageOf } from './errors.js';
+import { consumeBatches } from './consume.js';
+import { SinkError, messageOf } from './errors.js';
 import { kafkajsTransport, type KafkaTransport, type SaslOptions, type TlsOptions } from './kafka/client.js';
 import { RequestEncoder, type EncodedRequest, type Encoding, type KeyMode } from './kafka/encode.js';
 import { RecordQueue } from './kafka/queue.js';
@@ -329,18 +330,14 @@ export class KafkaSink implements Sink {
       );
     }
     this.startConnecting();
-    return new Promise<void>((resolve, reject) => {
-      this.endConsume = resolve;
-      this.subscription = input.subscribe({
-        next: (batch) => this.accept(batch),
-        error: (err: unknown) => {
-          void this.flush().then(() => reject(asError(err)));
-        },
-        complete: () => {
-          void this.flush().then(resolve);
-        },
-      });
-    });
+    const consumption = consumeBatches(
+      input,
+      (batch) => this.accept(batch),
+      () => this.flush(),
+    );
+    this.subscription = consumption.subscription;
+    this.endConsume = consumption.end;
+    return consumption.done;
   }
 
   /** Resolves when every record held when it was called is written or counted as dropped. */

@@ -28,7 +28,8 @@ import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../componen
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { SinkError, asError, messageOf } from './errors.js';
+import { consumeBatches } from './consume.js';
+import { SinkError, messageOf } from './errors.js';
 
 export interface OtelMetricsConfig {
   /** Port of the Prometheus endpoint; 0 turns it off. */
@@ -358,18 +359,14 @@ export class OtelMetricsSink implements Sink {
       );
     }
     void this.startServer();
-    return new Promise<void>((resolve, reject) => {
-      this.endConsume = resolve;
-      this.subscription = input.subscribe({
-        next: (batch) => this.accept(batch),
-        error: (err: unknown) => {
-          void this.flush().then(() => reject(asError(err)));
-        },
-        complete: () => {
-          void this.flush().then(resolve);
-        },
-      });
-    });
+    const consumption = consumeBatches(
+      input,
+      (batch) => this.accept(batch),
+      () => this.flush(),
+    );
+    this.subscription = consumption.subscription;
+    this.endConsume = consumption.end;
+    return consumption.done;
   }
 
   /** Pushes over OTLP now (the Prometheus endpoint always serves current values). Never rejects. */

@@ -15,7 +15,8 @@ import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../componen
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { SinkError, asError, messageOf } from './errors.js';
+import { admitNewest, consumeBatches } from './consume.js';
+import { SinkError, messageOf } from './errors.js';
 import { LossLog } from './loss-log.js';
 
 export type StdoutFormat = 'json' | 'text';
@@ -139,18 +140,14 @@ export class StdoutSink implements Sink {
     }
     // Without a listener an EPIPE would be thrown as an uncaught 'error' event.
     this.out.on('error', this.onError);
-    return new Promise<void>((resolve, reject) => {
-      this.endConsume = resolve;
-      this.subscription = input.subscribe({
-        next: (batch) => this.accept(batch),
-        error: (err: unknown) => {
-          void this.flush().then(() => reject(asError(err)));
-        },
-        complete: () => {
-          void this.flush().then(resolve);
-        },
-      });
-    });
+    const consumption = consumeBatches(
+      input,
+      (batch) => this.accept(batch),
+      () => this.flush(),
+    );
+    this.subscription = consumption.subscription;
+    this.endConsume = consumption.end;
+    return consumption.done;
   }
 
   flush(): Promise<void> {
@@ -169,15 +166,9 @@ export class StdoutSink implements Sink {
   }
 
   private accept(batch: FlowBatch): void {
-    const n = batch.length;
-    if (n === 0) return;
-    this.counters.addReceived(n);
+    if (batch.length === 0) return;
     const room = this.config.buffer_max_records - this.pending;
-    const kept = n <= room ? batch : batch.slice(0, Math.max(0, room));
-    if (kept.length < n) {
-      this.counters.addDropped('sink_buffer_full', n - kept.length);
-      this.losses.add('sink_buffer_full', n - kept.length);
-    }
+    const kept = admitNewest(batch, room, this.counters, this.losses);
     if (kept.length === 0) return;
     this.pending += kept.length;
     const format = this.config.format === 'json' ? (r: FlowRecord) => JSON.stringify(r) : textLine;

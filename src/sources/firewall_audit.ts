@@ -1,6 +1,5 @@
-import { Observable, asyncScheduler } from 'rxjs';
+import { asyncScheduler, type Observable } from 'rxjs';
 import type { ComponentContext, SourceModule } from '../component.js';
-import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
 import {
   decodeAuditEvent,
   type AuditEvent,
@@ -9,6 +8,7 @@ import {
 } from '../datapath/firewall/types.js';
 import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
+import { firewallSource, setAddresses } from './firewall-source.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 
 export interface FirewallAuditConfig {
@@ -56,13 +56,7 @@ export function auditRecord(e: AuditEvent, offsetMs: number): FirewallAuditRecor
     firewallRuleId: e.ruleId,
     firewallEnforced: e.enforced,
   };
-  if (v4) {
-    rec.sourceIPv4Address = e.srcAddr;
-    rec.destinationIPv4Address = e.dstAddr;
-  } else {
-    rec.sourceIPv6Address = e.srcAddr;
-    rec.destinationIPv6Address = e.dstAddr;
-  }
+  setAddresses(rec, e.srcAddr, e.dstAddr, v4);
   if (e.tunnel !== 'none') {
     rec.encapsulationType = e.tunnel;
     rec.virtualNetworkIdentifier = e.vni;
@@ -76,14 +70,12 @@ export function auditRecord(e: AuditEvent, offsetMs: number): FirewallAuditRecor
  * each see a part of them. Events the kernel could not queue (ring full) are counted as dropped.
  */
 export function firewallAudit(config: FirewallAuditConfig, context: ComponentContext): Observable<FlowBatch> {
-  return new Observable<FlowBatch>((subscriber) => {
-    const fw = FirewallCollection.open(firewallPinDir(config.instance, config.pin_root));
+  return firewallSource(config, context, 'reading firewall audit events', (fw) => {
     const reader = fw.auditReader();
     const counters = context.counters;
     const offsetMs = monotonicToWallClockOffsetMs();
     let lost = fw.counter('audit_lost');
-    context.logger.info({ pin_dir: fw.pinDir }, 'reading firewall audit events');
-    const sub = ringbufTracer({
+    return ringbufTracer({
       drain: (onRecord) => {
         const n = reader.drain(onRecord);
         const now = fw.counter('audit_lost');
@@ -103,19 +95,7 @@ export function firewallAudit(config: FirewallAuditConfig, context: ComponentCon
       logger: context.logger,
       scheduler: context.scheduler ?? asyncScheduler,
       ...(context.stop$ ? { stop$: context.stop$ } : {}),
-    }).subscribe({
-      next: (batch) => {
-        counters.addReceived(batch.length);
-        counters.addSent(batch.length);
-        subscriber.next(batch);
-      },
-      error: (err: unknown) => subscriber.error(err),
-      complete: () => subscriber.complete(),
     });
-    return () => {
-      sub.unsubscribe();
-      fw.close();
-    };
   });
 }
 

@@ -1,6 +1,6 @@
-import { Observable, asyncScheduler, interval, type SchedulerLike } from 'rxjs';
+import { Observable, asyncScheduler, interval, map, type SchedulerLike } from 'rxjs';
 import type { ComponentContext, SourceModule } from '../component.js';
-import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
+import type { FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
   type FirewallAction,
@@ -14,6 +14,7 @@ import {
 import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
+import { firewallSource, setAddresses } from './firewall-source.js';
 
 /**
  * Session lifecycle events of a firewall.
@@ -148,13 +149,7 @@ export function sessionRecord(
     packetTotalCount: s.packetsForward,
     octetTotalCount: s.bytesForward,
   };
-  if (v4) {
-    rec.sourceIPv4Address = s.srcAddr;
-    rec.destinationIPv4Address = s.dstAddr;
-  } else {
-    rec.sourceIPv6Address = s.srcAddr;
-    rec.destinationIPv6Address = s.dstAddr;
-  }
+  setAddresses(rec, s.srcAddr, s.dstAddr, v4);
   if (s.redirectIfindex !== 0) rec.egressInterface = s.redirectIfindex;
   if (s.tunnel !== 'none') {
     rec.encapsulationType = s.tunnel;
@@ -180,36 +175,20 @@ export function firewallSessions(
   config: FirewallSessionsConfig,
   context: ComponentContext,
 ): Observable<FlowBatch> {
-  return new Observable<FlowBatch>((subscriber) => {
-    const fw = FirewallCollection.open(firewallPinDir(config.instance, config.pin_root));
-    const counters = context.counters;
+  return firewallSource(config, context, 'reading firewall session events', (fw) => {
     const offsetMs = monotonicToWallClockOffsetMs();
-    context.logger.info({ pin_dir: fw.pinDir }, 'reading firewall session events');
-    const sub = firewallSessionEvents({
+    return firewallSessionEvents({
       collection: fw,
       drainIntervalMs: config.drain_interval_ms,
       expireIntervalMs: config.expire_interval_ms,
       onLost: (n) => {
-        counters.addReceived(n);
-        counters.addDropped('ringbuf_reserve_failed', n);
+        context.counters.addReceived(n);
+        context.counters.addDropped('ringbuf_reserve_failed', n);
       },
       logger: context.logger,
       scheduler: context.scheduler ?? asyncScheduler,
       ...(context.stop$ ? { stop$: context.stop$ } : {}),
-    }).subscribe({
-      next: (events) => {
-        const batch = events.map((e) => sessionRecord(e.kind, e.session, offsetMs));
-        counters.addReceived(batch.length);
-        counters.addSent(batch.length);
-        subscriber.next(batch);
-      },
-      error: (err: unknown) => subscriber.error(err),
-      complete: () => subscriber.complete(),
-    });
-    return () => {
-      sub.unsubscribe();
-      fw.close();
-    };
+    }).pipe(map((events) => events.map((e) => sessionRecord(e.kind, e.session, offsetMs))));
   });
 }
 

@@ -6,6 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DatapathError } from '../../src/datapath/errors.js';
 import { buildChild as buildTsChild, type BuiltChild } from '../fixtures/child.js';
 
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -189,4 +190,25 @@ export function icmpEchoFrame(): Uint8Array {
   f.set([10, 213, 0, 2, 10, 213, 0, 1], 26);
   f[34] = 8;
   return f;
+}
+
+/** The DatapathError fn throws; anything else thrown is rethrown, and nothing thrown fails. */
+export function thrown(fn: () => unknown): DatapathError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof DatapathError) return err;
+    throw err;
+  }
+  throw new Error('expected a DatapathError, nothing was thrown');
+}
+
+/** A u32 in host byte order, as map key or value bytes. */
+export function u32(n: number): Uint8Array {
+  return new Uint8Array(new Uint32Array([n]).buffer);
+}
+
+/** A u64 in host byte order, as map key or value bytes. */
+export function u64(n: number): Uint8Array {
+  return new Uint8Array(new BigUint64Array([BigInt(n)]).buffer);
 }

@@ -1,29 +1,10 @@
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DatapathError } from '../../src/datapath/errors.js';
 import { BpfMap, possibleCpus, type DrainResult } from '../../src/datapath/map.js';
 import { ObjectSpec, type Collection } from '../../src/datapath/object.js';
-import { bpffsDir, kernelGate, testObject } from './datapath-helpers.js';
+import { bpffsDir, kernelGate, testObject, thrown, u32, u64 } from './datapath-helpers.js';
 
 const gate = kernelGate();
-
-function thrown(fn: () => unknown): DatapathError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof DatapathError) return err;
-    throw err;
-  }
-  throw new Error('expected a DatapathError, nothing was thrown');
-}
-
-function u32(n: number): Uint8Array {
-  return new Uint8Array(new Uint32Array([n]).buffer);
-}
-
-function u64(n: number): Uint8Array {
-  return new Uint8Array(new BigUint64Array([BigInt(n)]).buffer);
-}
 
 const FLOWS = 3000;
 

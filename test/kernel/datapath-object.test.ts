@@ -3,30 +3,21 @@ import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { DatapathError } from '../../src/datapath/errors.js';
+import type { DatapathError } from '../../src/datapath/errors.js';
 import { setLibbpfLogger } from '../../src/datapath/libbpf.js';
 import { ObjectSpec, type Collection } from '../../src/datapath/object.js';
-import { bpffsDir, buildChild, icmpEchoFrame, kernelGate, testObject } from './datapath-helpers.js';
+import {
+  bpffsDir,
+  buildChild,
+  icmpEchoFrame,
+  kernelGate,
+  testObject,
+  thrown,
+  u32,
+  u64,
+} from './datapath-helpers.js';
 
 const gate = kernelGate();
-
-function thrown(fn: () => unknown): DatapathError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof DatapathError) return err;
-    throw err;
-  }
-  throw new Error('expected a DatapathError, nothing was thrown');
-}
-
-function u32(n: number): Uint8Array {
-  return new Uint8Array(new Uint32Array([n]).buffer);
-}
-
-function u64(n: number): Uint8Array {
-  return new Uint8Array(new BigUint64Array([BigInt(n)]).buffer);
-}
 
 describe.skipIf(gate.skip)(gate.title('datapath objects'), () => {
   let obj: string;

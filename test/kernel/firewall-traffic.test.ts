@@ -68,6 +68,32 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
     );
   }
 
+  /** Datagrams from the client's `srcPort` (and the `flows - 1` ports after it) to `to`:`port`. */
+  interface UdpSend {
+    to: string;
+    port: number;
+    count: number;
+    payloadBytes: number;
+    srcPort: number;
+    flows?: number;
+  }
+
+  function udpFromClient(send: UdpSend): Promise<unknown> {
+    return sendUdp({ from: topo.client, ...send });
+  }
+
+  /** Sends to a sink on the server waiting for every datagram; resolves to how many it received. */
+  async function udpToServer(send: UdpSend): Promise<number> {
+    const sink = await startUdpSink({
+      ns: topo.server,
+      port: send.port,
+      family: send.to.includes(':') ? 6 : 4,
+      count: send.count * (send.flows ?? 1),
+    });
+    await udpFromClient(send);
+    return (await sink.result).received;
+  }
+
   beforeAll(async () => {
     topo = await createPair({ prefix: 'rxfw' });
   });
@@ -80,29 +106,15 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
     const fw = attach();
     const audit = fw.auditReader();
     const before = fw.counters();
-    const sink = await startUdpSink({ ns: topo.server, port: 7001, family: 4, count: 1000 });
-    await sendUdp({
-      from: topo.client,
-      to: '192.0.2.2',
-      port: 7001,
-      count: 1000,
-      payloadBytes: 100,
-      srcPort: 30000,
-    });
-    expect((await sink.result).received).toBe(1000);
+    expect(
+      await udpToServer({ to: '192.0.2.2', port: 7001, count: 1000, payloadBytes: 100, srcPort: 30000 }),
+    ).toBe(1000);
     await waitFor('1000 packets', () => fw.counter('packets') - before.packets === 1000);
     expect(delta(fw, before)).toStrictEqual({ packets: 1000, allowed: 1000, session_hits: 999 });
 
     const stack = await snmp(topo.server);
     const mid = fw.counters();
-    await sendUdp({
-      from: topo.client,
-      to: '192.0.2.2',
-      port: 7002,
-      count: 300,
-      payloadBytes: 100,
-      srcPort: 30001,
-    });
+    await udpFromClient({ to: '192.0.2.2', port: 7002, count: 300, payloadBytes: 100, srcPort: 30001 });
     await waitFor('300 blocked', () => fw.counter('blocked') - mid.blocked === 300);
     expect(delta(fw, mid)).toStrictEqual({ packets: 300, blocked: 300 });
     expect((await snmp(topo.server))['Ip.InReceives']).toBe(stack['Ip.InReceives']);
@@ -127,16 +139,9 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
     const fw = attach({ settings: { enforcement: 'off' } });
     const audit = fw.auditReader();
     const before = fw.counters();
-    const sink = await startUdpSink({ ns: topo.server, port: 7002, family: 4, count: 200 });
-    await sendUdp({
-      from: topo.client,
-      to: '192.0.2.2',
-      port: 7002,
-      count: 200,
-      payloadBytes: 10,
-      srcPort: 30100,
-    });
-    expect((await sink.result).received).toBe(200);
+    expect(
+      await udpToServer({ to: '192.0.2.2', port: 7002, count: 200, payloadBytes: 10, srcPort: 30100 }),
+    ).toBe(200);
     await waitFor('200 packets', () => fw.counter('packets') - before.packets === 200);
     expect(delta(fw, before)).toStrictEqual({ packets: 200, audit_passed: 200 });
     const events = drainAudit(audit);
@@ -215,20 +220,8 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
 
   it('session listing filters return exactly the matching sessions', async () => {
     const fw = attach();
-    const s4 = await startUdpSink({ ns: topo.server, port: 7001, family: 4, count: 3 });
-    await sendUdp({
-      from: topo.client,
-      to: '192.0.2.2',
-      port: 7001,
-      count: 1,
-      payloadBytes: 10,
-      flows: 3,
-      srcPort: 31000,
-    });
-    await s4.result;
-    const s6 = await startUdpSink({ ns: topo.server, port: 7001, family: 6, count: 4 });
-    await sendUdp({
-      from: topo.client,
+    await udpToServer({ to: '192.0.2.2', port: 7001, count: 1, payloadBytes: 10, flows: 3, srcPort: 31000 });
+    await udpToServer({
       to: '2001:db8:0:1::2',
       port: 7001,
       count: 2,
@@ -236,7 +229,6 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
       flows: 2,
       srcPort: 32000,
     });
-    await s6.result;
     await waitFor('5 sessions', () => fw.sessions().length === 5);
     const ids = (f: Parameters<FirewallCollection['sessions']>[0]) =>
       fw
@@ -375,25 +367,11 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
       ]);
       const fw = attach({ tunnelMode: 'vxlan', address: '192.0.2.2' });
       const before = fw.counters();
-      const sink = await startUdpSink({ ns: topo.server, port: 7200, family: 4, count: 50 });
-      await sendUdp({
-        from: topo.client,
-        to: '10.42.0.2',
-        port: 7200,
-        count: 50,
-        payloadBytes: 100,
-        srcPort: 33000,
-      });
-      expect((await sink.result).received).toBe(50);
+      expect(
+        await udpToServer({ to: '10.42.0.2', port: 7200, count: 50, payloadBytes: 100, srcPort: 33000 }),
+      ).toBe(50);
       const mid = fw.counters();
-      await sendUdp({
-        from: topo.client,
-        to: '10.42.0.2',
-        port: 7201,
-        count: 20,
-        payloadBytes: 100,
-        srcPort: 33001,
-      });
+      await udpFromClient({ to: '10.42.0.2', port: 7201, count: 20, payloadBytes: 100, srcPort: 33001 });
       await waitFor('20 blocked', () => fw.counter('blocked') - mid.blocked === 20);
       expect(delta(fw, before)).toStrictEqual({ packets: 70, allowed: 50, session_hits: 49, blocked: 20 });
       const [s] = fw.sessions();

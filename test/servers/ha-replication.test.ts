@@ -13,24 +13,9 @@ import { silentLogger } from '../../src/logger.js';
 import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
 import { freePort, startNatsServer, type NatsServer } from '../fixtures/nats.js';
 import { describeWith } from '../fixtures/privilege.js';
-import { MapStore, ev, session } from '../unit/ha/helpers.js';
+import { MapStore, ev, session, waitFor } from '../unit/ha/helpers.js';
 
 const PREFIX = 'rxha';
-
-/** Waits until `check` returns a value other than undefined, or fails after `timeoutMs` saying what it waited for. */
-async function waitFor<T>(
-  what: string,
-  timeoutMs: number,
-  check: () => T | undefined | Promise<T | undefined>,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 function bucketOptions(bucket: string, history = 1): BucketOptions {
   return { bucket, replicas: 1, history, ttlMs: 0, requestTimeoutMs: 5000 };

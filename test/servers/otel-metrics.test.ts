@@ -6,62 +6,45 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import type { FlowBatch } from '../../src/records.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import { describeWith } from '../fixtures/privilege.js';
+import { flowRecord } from '../fixtures/records.js';
 
 /**
  * The otel_metrics sink's Prometheus endpoint, scraped over HTTP and checked with promtool, and
  * its OTLP/HTTP push, received by a small local server.
  */
 
-function flow(overrides: Partial<FlowRecord>): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
-    destinationIPv4Address: '10.0.0.2',
-    sourceTransportPort: 40000,
-    destinationTransportPort: 443,
-    protocolIdentifier: 6,
-    octetDeltaCount: 0,
-    packetDeltaCount: 0,
-    flowStartMilliseconds: 1_700_000_000_000,
-    flowEndMilliseconds: 1_700_000_001_000,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
-    ...overrides,
-  };
-}
-
 /** Known batches: eth0 tcp both ways, eth1 udp, icmp and icmpv6 and GRE (other), and a third interface. */
 const BATCHES: FlowBatch[] = [
   [
-    flow({ interfaceName: 'eth0', octetDeltaCount: 1500, packetDeltaCount: 3 }),
-    flow({ interfaceName: 'eth0', octetDeltaCount: 500, packetDeltaCount: 2, flowDirection: 1 }),
-    flow({ interfaceName: 'eth0', octetDeltaCount: 100, packetDeltaCount: 1 }),
+    flowRecord({ interfaceName: 'eth0', octetDeltaCount: 1500, packetDeltaCount: 3 }),
+    flowRecord({ interfaceName: 'eth0', octetDeltaCount: 500, packetDeltaCount: 2, flowDirection: 1 }),
+    flowRecord({ interfaceName: 'eth0', octetDeltaCount: 100, packetDeltaCount: 1 }),
   ],
   [
-    flow({ interfaceName: 'eth1', protocolIdentifier: 17, octetDeltaCount: 64, packetDeltaCount: 1 }),
-    flow({
+    flowRecord({ interfaceName: 'eth1', protocolIdentifier: 17, octetDeltaCount: 64, packetDeltaCount: 1 }),
+    flowRecord({
       interfaceName: 'eth1',
       protocolIdentifier: 1,
       octetDeltaCount: 84,
       packetDeltaCount: 1,
       flowDirection: 1,
     }),
-    flow({ interfaceName: 'eth0', protocolIdentifier: 58, octetDeltaCount: 104, packetDeltaCount: 1 }),
-    flow({ interfaceName: 'eth0', protocolIdentifier: 47, octetDeltaCount: 1000, packetDeltaCount: 10 }),
+    flowRecord({ interfaceName: 'eth0', protocolIdentifier: 58, octetDeltaCount: 104, packetDeltaCount: 1 }),
+    flowRecord({
+      interfaceName: 'eth0',
+      protocolIdentifier: 47,
+      octetDeltaCount: 1000,
+      packetDeltaCount: 10,
+    }),
   ],
   // max_interfaces is 2 below: eth2 and the unnamed ifindex 7 count as "other".
   [
-    flow({ interfaceName: 'eth2', octetDeltaCount: 40, packetDeltaCount: 1 }),
-    flow({ ingressInterface: 7, octetDeltaCount: 60, packetDeltaCount: 1 }),
-    flow({ interfaceName: 'eth0', octetDeltaCount: 900, packetDeltaCount: 6 }),
+    flowRecord({ interfaceName: 'eth2', octetDeltaCount: 40, packetDeltaCount: 1 }),
+    flowRecord({ ingressInterface: 7, octetDeltaCount: 60, packetDeltaCount: 1 }),
+    flowRecord({ interfaceName: 'eth0', octetDeltaCount: 900, packetDeltaCount: 6 }),
   ],
 ];
 

@@ -8,30 +8,13 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { endianness } from 'node:os';
-import { formatIPv4, formatIPv6, formatMac } from '../flow-types.js';
+import { formatIp16, formatMac, hex } from '../flow-types.js';
+import { struct, u64, viewOf, type FieldLayout, type StructLayout } from '../layout.js';
 import { FirewallError } from './errors.js';
 
-export interface FieldLayout {
-  readonly offset: number;
-  readonly size: number;
-}
-
-export interface FirewallStruct<F extends string = string> {
-  /** The C struct name, as in the object's BTF. */
-  readonly name: string;
-  readonly size: number;
-  readonly fields: { readonly [K in F]: FieldLayout };
-}
-
-function struct<const F extends Record<string, readonly [number, number]>>(
-  name: string,
-  size: number,
-  members: F,
-): FirewallStruct<Extract<keyof F, string>> {
-  const fields = {} as Record<string, FieldLayout>;
-  for (const [k, [offset, fieldSize]] of Object.entries(members)) fields[k] = { offset, size: fieldSize };
-  return { name, size, fields: fields as FirewallStruct<Extract<keyof F, string>>['fields'] };
-}
+export type { FieldLayout } from '../layout.js';
+/** A firewall struct layout; the same type as the flow structs'. */
+export type FirewallStruct<F extends string = string> = StructLayout<F>;
 
 export const NETWORK_KEY = struct('fw_network_key', 20, { prefixlen: [0, 4], addr: [4, 16] });
 
@@ -220,23 +203,13 @@ export const TC_ACT_REDIRECT = 7;
 
 const LE = endianness() === 'LE';
 
-function viewOf(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
 function isZero(bytes: Uint8Array, offset: number, length: number): boolean {
   for (let i = 0; i < length; i++) if (bytes[offset + i] !== 0) return false;
   return true;
 }
 
-function isIPv4Mapped(bytes: Uint8Array, offset: number): boolean {
-  return isZero(bytes, offset, 10) && bytes[offset + 10] === 0xff && bytes[offset + 11] === 0xff;
-}
-
 /** An address stored in 16 bytes (IPv4 as IPv4-mapped) in its natural text form. */
-export function formatAddress(bytes: Uint8Array, offset: number): string {
-  return isIPv4Mapped(bytes, offset) ? formatIPv4(bytes, offset + 12) : formatIPv6(bytes, offset);
-}
+export const formatAddress = formatIp16;
 
 /** Like formatAddress, but '' for all zero bytes (no outer header). */
 function formatOptionalAddress(bytes: Uint8Array, offset: number): string {
@@ -342,16 +315,6 @@ function parseMac(text: string, out: Uint8Array, offset: number): void {
     throw new FirewallError('EARG', `'${text}' is not a MAC address like 02:00:00:00:00:01`);
   }
   parts.forEach((p, i) => (out[offset + i] = parseInt(p, 16)));
-}
-
-function hex(bytes: Uint8Array, offset: number, length: number): string {
-  let s = '';
-  for (let i = 0; i < length; i++) s += bytes[offset + i]!.toString(16).padStart(2, '0');
-  return s;
-}
-
-function u64(view: DataView, offset: number): number {
-  return view.getUint32(offset, LE) + view.getUint32(offset + 4, LE) * 4294967296;
 }
 
 function enumName<T>(names: readonly (T | undefined)[], value: number, what: string): T {
@@ -677,12 +640,7 @@ export function decodeConfig(bytes: Uint8Array): FirewallConfig {
 }
 
 /** Sum over CPUs of a per-CPU u64 slot buffer. */
-export function sumPerCpu(value: Uint8Array): number {
-  const v = viewOf(value);
-  let total = 0;
-  for (let o = 0; o + 8 <= value.byteLength; o += 8) total += u64(v, o);
-  return total;
-}
+export { sumPerCpu } from '../layout.js';
 
 const PROTOCOL_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
 const PROTOCOL_NUMBERS: Record<string, number> = { icmp: 1, tcp: 6, udp: 17, icmpv6: 58, sctp: 132 };

@@ -13,7 +13,7 @@ import type { SourceModule } from '../../../src/component.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch } from '../../../src/records.js';
 import top from '../../../src/sinks/top.js';
-import { collectModule, fixedBatch, hold, type CollectStore } from '../pipeline/components.js';
+import { collectModule, fixedBatch, hold, until, type CollectStore } from '../pipeline/components.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rxflow-run-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -75,14 +75,6 @@ function harness(env: Record<string, string> = {}) {
     subscribed: () => subscribed,
     text: () => ({ out: out.join(''), err: err.join('') }),
   };
-}
-
-async function until(condition: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 const PIPELINE = `sources:

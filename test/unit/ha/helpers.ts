@@ -182,3 +182,18 @@ export class FakeKv implements SessionKv {
     }
   }
 }
+
+/** Waits until `check` returns a value other than undefined, or fails after `timeoutMs` saying what it waited for. */
+export async function waitFor<T>(
+  what: string,
+  timeoutMs: number,
+  check: () => T | undefined | Promise<T | undefined>,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

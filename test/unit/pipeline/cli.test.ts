@@ -22,6 +22,7 @@ import {
   pass,
   type CollectHooks,
   type CollectStore,
+  until,
 } from './components.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -89,14 +90,6 @@ function fakeIo(options: { hooks?: CollectHooks; onSubscribe?: () => void } = {}
 }
 
 /** Waits for a condition, failing after a deadline instead of sleeping a fixed time. */
-async function until(condition: () => boolean, what: string, ms = 5000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 const GOOD = `sources:
   flows: {type: fixed, size: "\${SIZE}"}
 transforms:

@@ -251,3 +251,12 @@ export function testRegistry(store: CollectStore = new Map(), hooks: CollectHook
   const modules: ComponentModule[] = [fixed, hold, pass, collectModule(store, hooks)];
   return new ComponentRegistry(modules);
 }
+
+/** Polls `condition` every 5 ms; fails naming `what` after `ms`. */
+export async function until(condition: () => boolean, what: string, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

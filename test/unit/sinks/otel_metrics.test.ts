@@ -7,29 +7,7 @@ import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowRecord } from '../../../src/records.js';
 import otelMetricsModule, { FlowTally, OtelMetricsSink } from '../../../src/sinks/otel_metrics.js';
-
-function flow(overrides: Partial<FlowRecord>): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
-    destinationIPv4Address: '10.0.0.2',
-    sourceTransportPort: 40000,
-    destinationTransportPort: 443,
-    protocolIdentifier: 6,
-    octetDeltaCount: 0,
-    packetDeltaCount: 0,
-    flowStartMilliseconds: 1_700_000_000_000,
-    flowEndMilliseconds: 1_700_000_001_000,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
-    ...overrides,
-  };
-}
+import { flowRecord } from '../../fixtures/records.js';
 
 class RecordingCounter {
   readonly calls: [number, Attributes | undefined][] = [];
@@ -51,7 +29,7 @@ describe('FlowTally', () => {
   it('adds once per attribute set per batch, with the batch sums, however many records', () => {
     const { add, bytes, packets, records } = tallyOf(8);
     const batch = Array.from({ length: 1000 }, (_, i) =>
-      flow({
+      flowRecord({
         interfaceName: 'eth0',
         flowDirection: (i % 2) as 0 | 1,
         octetDeltaCount: i,
@@ -75,7 +53,7 @@ describe('FlowTally', () => {
       [500, egress],
     ]);
     // The next batch starts from zero.
-    add([flow({ interfaceName: 'eth0', octetDeltaCount: 7, packetDeltaCount: 1 })]);
+    add([flowRecord({ interfaceName: 'eth0', octetDeltaCount: 7, packetDeltaCount: 1 })]);
     expect(bytes.calls[2]).toEqual([7, ingress]);
   });
 
@@ -83,7 +61,7 @@ describe('FlowTally', () => {
     const { add, records } = tallyOf(8);
     add(
       [6, 17, 1, 58, 47, 132].map((p, i) =>
-        flow({ protocolIdentifier: p, interfaceName: 'x', flowDirection: (i % 2) as 0 | 1 }),
+        flowRecord({ protocolIdentifier: p, interfaceName: 'x', flowDirection: (i % 2) as 0 | 1 }),
       ),
     );
     expect(records.calls.map(([, a]) => `${String(a!.protocol)}/${String(a!.direction)}`)).toEqual([
@@ -98,8 +76,16 @@ describe('FlowTally', () => {
 
   it('gives the first max_interfaces interfaces their own series and counts the rest as "other"', () => {
     const { add, records } = tallyOf(2);
-    add([flow({ interfaceName: 'eth0' }), flow({ ingressInterface: 9 }), flow({ interfaceName: 'eth1' })]);
-    add([flow({ interfaceName: 'eth2' }), flow({ ingressInterface: 9 }), flow({ interfaceName: 'eth0' })]);
+    add([
+      flowRecord({ interfaceName: 'eth0' }),
+      flowRecord({ ingressInterface: 9 }),
+      flowRecord({ interfaceName: 'eth1' }),
+    ]);
+    add([
+      flowRecord({ interfaceName: 'eth2' }),
+      flowRecord({ ingressInterface: 9 }),
+      flowRecord({ interfaceName: 'eth0' }),
+    ]);
     expect(records.calls.map(([n, a]) => [n, a!.interface])).toEqual([
       [1, 'eth0'],
       [1, '9'],
@@ -136,7 +122,9 @@ describe('otel_metrics sink', () => {
       { id: 'm', logger: silentLogger(), ledger, counters: ledger.stage('m', 'otel_metrics', 'sink') },
       { readers: [reader] },
     );
-    await sink.consume(from([[flow({ interfaceName: 'lo', octetDeltaCount: 10, packetDeltaCount: 1 })]]));
+    await sink.consume(
+      from([[flowRecord({ interfaceName: 'lo', octetDeltaCount: 10, packetDeltaCount: 1 })]]),
+    );
     source.addDropped('sampled_out', 2);
     const { resourceMetrics } = await reader.collect();
     expect(points(resourceMetrics, 'rxflow.component.received')).toEqual([
