@@ -18,13 +18,13 @@ import kafkaModule, { type KafkaSinkConfig } from '../src/sinks/kafka.js';
 import { flowKey } from '../src/sinks/kafka/encode.js';
 import type { BenchContext, Figure } from './lib.js';
 
-const SINGLE_TARGET = 100_000;
-const BATCHED_TARGET = 500_000;
+export const SINGLE_TARGET = 100_000;
+export const BATCHED_TARGET = 500_000;
 const BATCH = 1000;
 const PARTITIONS = 4;
 
 /** Distinct flows as the map tracer emits them (decorated, IPv4), reused round robin. */
-function pool(n: number): FlowRecord[] {
+export function pool(n: number): FlowRecord[] {
   return Array.from({ length: n }, (_, i) => ({
     ipVersion: 4,
     sourceIPv4Address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
@@ -48,24 +48,24 @@ function pool(n: number): FlowRecord[] {
 }
 
 /** utime + stime of a process in ms, from /proc (clock ticks of 10 ms on Linux). */
-function processCpuMs(pid: number): number {
+export function processCpuMs(pid: number): number {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
-function selfCpuMs(): number {
+export function selfCpuMs(): number {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1000;
 }
 
-interface Run {
+export interface Run {
   recordsPerSecond: number;
   cpuUsPerRecord: number;
   mockCpuUsPerRecord: number;
 }
 
-async function withCluster<T>(fn: (cluster: KafkaMockCluster) => Promise<T>): Promise<T> {
+export async function withCluster<T>(fn: (cluster: KafkaMockCluster) => Promise<T>): Promise<T> {
   const cluster = await KafkaMockCluster.start();
   try {
     await cluster.createTopic('bench', PARTITIONS);
@@ -76,7 +76,7 @@ async function withCluster<T>(fn: (cluster: KafkaMockCluster) => Promise<T>): Pr
 }
 
 /** Pushes `total` records in batches of 1000, keeping at most `window` records held by the sink. */
-async function runSink(
+export async function runSink(
   cluster: KafkaMockCluster,
   config: Partial<KafkaSinkConfig>,
   warmup: number,
@@ -158,7 +158,7 @@ async function runRawKafkajs(cluster: KafkaMockCluster, total: number): Promise<
   };
 }
 
-function note(run: Run, extra = ''): string {
+export function note(run: Run, extra = ''): string {
   return `cpu ${run.cpuUsPerRecord.toFixed(2)} us/record here, ${run.mockCpuUsPerRecord.toFixed(2)} in the mock${extra}`;
 }
 
