@@ -9,6 +9,11 @@
  * (each packet also seen egress on a second interface, which dedupe drops). Every record has its
  * own address strings, as a parser makes them. Each batch is made just before it enters, so it is
  * in cache as a source's fresh batch would be; only the time inside the stages is counted.
+ *
+ * Records are built as the flow decoder builds them, with the IPv4 addresses also attached as
+ * 32-bit words (`attachIPv4Words`, which the decoder calls with the key bytes), so no stage reads
+ * address text. A second chain figure runs the same stream with text addresses only (no words),
+ * which is what every stage pays for records from a producer that does not attach them.
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -19,10 +24,10 @@ import { silentLogger } from '../src/logger.js';
 import { InterfaceWatcher } from '../src/net/interfaces.js';
 import { account } from '../src/operators/account.js';
 import { decorate } from '../src/operators/decorate.js';
-import { dedupe } from '../src/operators/dedupe.js';
+import { dedupe, SeenTable } from '../src/operators/dedupe.js';
 import { FlowKey, FlowTable } from '../src/operators/flow-key.js';
 import { limitCapacity } from '../src/operators/limit_capacity.js';
-import type { FlowBatch, FlowRecord } from '../src/records.js';
+import { attachIPv4Words, type FlowBatch, type FlowRecord } from '../src/records.js';
 
 const BATCH = 1000;
 const POOL = 20_000;
@@ -42,12 +47,27 @@ function prng(seed: number): () => number {
 
 const DPORTS = [443, 80, 53, 8080];
 
-function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number): FlowRecord {
+/** The flow's addresses as 32-bit words: 10.x.y.z and 192.168.a.b. */
+function sourceWord(id: number): number {
+  return ((10 << 24) | (id & 0xffffff)) >>> 0;
+}
+
+function destinationWord(id: number): number {
+  return ((192 << 24) | (168 << 16) | (((id >>> 3) & 7) << 8) | ((id * 7) & 255)) >>> 0;
+}
+
+function dottedQuad(w: number): string {
+  return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
+}
+
+function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number, words: boolean): FlowRecord {
   const dport = DPORTS[id & 3]!;
-  return {
+  const src = sourceWord(id);
+  const dst = destinationWord(id);
+  // Field by field as decodeFlowEvent builds a record: the literal, then the address pair of the
+  // family, then the end reason.
+  const rec: FlowRecord = {
     ipVersion: 4,
-    sourceIPv4Address: `10.${(id >>> 16) & 255}.${(id >>> 8) & 255}.${id & 255}`,
-    destinationIPv4Address: `192.168.${(id >>> 3) & 7}.${(id * 7) & 255}`,
     sourceTransportPort: 1024 + (id % 60000),
     destinationTransportPort: dport,
     protocolIdentifier: dport === 53 ? 17 : 6,
@@ -63,6 +83,11 @@ function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number)
     destinationMacAddress: '02:00:00:00:00:02',
     ethernetType: 0x0800,
   };
+  rec.sourceIPv4Address = dottedQuad(src);
+  rec.destinationIPv4Address = dottedQuad(dst);
+  if (words) attachIPv4Words(rec, src, dst);
+  rec.flowEndReason = 5;
+  return rec;
 }
 
 /**
@@ -72,6 +97,10 @@ function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number)
  */
 class FlowStream {
   private readonly rand = prng(42);
+
+  /** @param words attach the addresses as words, as the flow decoder does */
+  constructor(private readonly words = true) {}
+
   private readonly pool = new Int32Array(POOL).map((_, i) => i);
   private nextId = POOL;
   private time = 1_700_000_000_000;
@@ -88,8 +117,8 @@ class FlowStream {
         id = this.pool[Math.floor(POOL * u * u * u)]!;
       }
       this.time += 1;
-      batch.push(flowRecord(id, 2, 0, this.time));
-      if ((id & 3) === 0 && batch.length < BATCH) batch.push(flowRecord(id, 3, 1, this.time));
+      batch.push(flowRecord(id, 2, 0, this.time, this.words));
+      if ((id & 3) === 0 && batch.length < BATCH) batch.push(flowRecord(id, 3, 1, this.time, this.words));
     }
     return batch;
   }
@@ -109,7 +138,11 @@ interface Result {
   out: number;
 }
 
-async function runChain(total: number, names: InterfaceWatcher): Promise<Result & { dropped: number }> {
+async function runChain(
+  total: number,
+  names: InterfaceWatcher,
+  words = true,
+): Promise<Result & { dropped: number }> {
   const stage = (id: string) => new StageCounters(id, id);
   const limiter = stage('limit_capacity');
   const input = new Subject<FlowBatch>();
@@ -124,7 +157,7 @@ async function runChain(total: number, names: InterfaceWatcher): Promise<Result 
       )
       .subscribe({ next: (b) => (out += b.length), error: reject, complete: resolve });
   });
-  const stream = new FlowStream();
+  const stream = new FlowStream(words);
   collectGarbage();
   let ns = 0;
   for (let n = 0; n < total; n += BATCH) {
@@ -142,20 +175,18 @@ async function runChain(total: number, names: InterfaceWatcher): Promise<Result 
   return { ns, out, dropped: limiter.droppedTotal() };
 }
 
-/** The first-interface table of the plain loop (what dedupe keeps, without generations). */
-class FirstSeen extends FlowTable {
-  first = new Int32Array(this.capacity);
-  protected override resized(entries: number): void {
-    const next = new Int32Array(entries);
-    next.set(this.first.subarray(0, this.size));
-    this.first = next;
-  }
-}
+/** Float64 words per flow of the plain loop's totals: packets, bytes, start, end, flags. */
+const TOTAL_WORDS = 8;
 
-/** The same work as the chain, fused into one loop with no Observables. */
+/**
+ * The same work as the chain, fused into one loop with no Observables: the same tables, totals
+ * written into the first record of each flow when the table is emitted, the first interface of
+ * each flow kept (what dedupe keeps, without generations: nothing expires within a run).
+ */
 function plainLoop(total: number, names: InterfaceWatcher): Result {
   const table = new FlowTable(MAX_ENTRIES);
-  const seen = new FirstSeen(1024);
+  let totals = new Float64Array(table.capacity * TOTAL_WORDS);
+  const seen = new SeenTable(1024);
   const key = new FlowKey(true);
   const seenKey = new FlowKey(false);
   let held: FlowRecord[] = [];
@@ -163,14 +194,20 @@ function plainLoop(total: number, names: InterfaceWatcher): Result {
   const emit = (records: FlowRecord[]): void => {
     let lastIndex = -1;
     let lastName = 'unknown';
+    for (let e = 0; e < records.length; e++) {
+      const r = records[e]!;
+      const t = e * TOTAL_WORDS;
+      r.packetDeltaCount = totals[t]!;
+      r.octetDeltaCount = totals[t + 1]!;
+      r.flowStartMilliseconds = totals[t + 2]!;
+      r.flowEndMilliseconds = totals[t + 3]!;
+      r.tcpControlBits = totals[t + 4]!;
+    }
     for (let i = 0; i < records.length; i++) {
       const r = records[i]!;
-      let e = seen.find(seenKey.read(r));
-      if (e < 0) {
-        e = seen.insert(seenKey);
-        seen.first[e] = r.ingressInterface;
-      }
-      if (seen.first[e] !== r.ingressInterface) continue;
+      let s = seen.find(seenKey.read(r));
+      if (s < 0) s = seen.insert(seenKey, s, r.ingressInterface, 0);
+      if (seen.firstInterface(s) !== r.ingressInterface) continue;
       if (r.ingressInterface !== lastIndex) {
         lastIndex = r.ingressInterface;
         lastName = names.name(lastIndex) ?? 'unknown';
@@ -190,15 +227,25 @@ function plainLoop(total: number, names: InterfaceWatcher): Result {
       const r = batch[i]!;
       const e = table.find(key.read(r));
       if (e >= 0) {
-        const agg = held[e]!;
-        agg.packetDeltaCount += r.packetDeltaCount;
-        agg.octetDeltaCount += r.octetDeltaCount;
-        if (r.flowStartMilliseconds < agg.flowStartMilliseconds)
-          agg.flowStartMilliseconds = r.flowStartMilliseconds;
-        if (r.flowEndMilliseconds > agg.flowEndMilliseconds) agg.flowEndMilliseconds = r.flowEndMilliseconds;
-        agg.tcpControlBits |= r.tcpControlBits;
+        const t = e * TOTAL_WORDS;
+        totals[t] = totals[t]! + r.packetDeltaCount;
+        totals[t + 1] = totals[t + 1]! + r.octetDeltaCount;
+        if (r.flowStartMilliseconds < totals[t + 2]!) totals[t + 2] = r.flowStartMilliseconds;
+        if (r.flowEndMilliseconds > totals[t + 3]!) totals[t + 3] = r.flowEndMilliseconds;
+        totals[t + 4] = totals[t + 4]! | r.tcpControlBits;
       } else {
-        table.insert(key);
+        const x = table.insert(key);
+        if (table.capacity * TOTAL_WORDS > totals.length) {
+          const grown = new Float64Array(table.capacity * TOTAL_WORDS);
+          grown.set(totals);
+          totals = grown;
+        }
+        const t = x * TOTAL_WORDS;
+        totals[t] = r.packetDeltaCount;
+        totals[t + 1] = r.octetDeltaCount;
+        totals[t + 2] = r.flowStartMilliseconds;
+        totals[t + 3] = r.flowEndMilliseconds;
+        totals[t + 4] = r.tcpControlBits;
         held.push(r);
         if (held.length >= MAX_ENTRIES) {
           emit(held);
@@ -215,12 +262,17 @@ function plainLoop(total: number, names: InterfaceWatcher): Result {
   return { ns, out };
 }
 
-/** ns per record of keying alone: FlowKey + FlowTable vs the obvious string key into a Map. */
-function keyCost(total: number): { flowTable: number; stringMap: number } {
-  const batches: FlowBatch[] = [];
-  const stream = new FlowStream();
-  for (let n = 0; n < total; n += BATCH) batches.push(stream.next());
-  const flowTable = (): number => {
+/** ns per record of keying alone: FlowKey + FlowTable (with and without words) vs a string key into a Map. */
+function keyCost(total: number): { flowTable: number; flowTableText: number; stringMap: number } {
+  const make = (words: boolean): FlowBatch[] => {
+    const batches: FlowBatch[] = [];
+    const stream = new FlowStream(words);
+    for (let n = 0; n < total; n += BATCH) batches.push(stream.next());
+    return batches;
+  };
+  const withWords = make(true);
+  const textOnly = make(false);
+  const flowTable = (batches: FlowBatch[]): number => {
     const t = new FlowTable(MAX_ENTRIES);
     const key = new FlowKey(true);
     const start = process.hrtime.bigint();
@@ -234,7 +286,7 @@ function keyCost(total: number): { flowTable: number; stringMap: number } {
     }
     return Number(process.hrtime.bigint() - start) / total;
   };
-  const stringMap = (): number => {
+  const stringMap = (batches: FlowBatch[]): number => {
     let m = new Map<string, FlowRecord>();
     const start = process.hrtime.bigint();
     for (const batch of batches) {
@@ -248,11 +300,12 @@ function keyCost(total: number): { flowTable: number; stringMap: number } {
     }
     return Number(process.hrtime.bigint() - start) / total;
   };
-  let best = { flowTable: Infinity, stringMap: Infinity };
+  let best = { flowTable: Infinity, flowTableText: Infinity, stringMap: Infinity };
   for (let round = 0; round < 3; round++) {
     best = {
-      flowTable: Math.min(best.flowTable, flowTable()),
-      stringMap: Math.min(best.stringMap, stringMap()),
+      flowTable: Math.min(best.flowTable, flowTable(withWords)),
+      flowTableText: Math.min(best.flowTableText, flowTable(textOnly)),
+      stringMap: Math.min(best.stringMap, stringMap(textOnly)),
     };
   }
   return best;
@@ -263,10 +316,12 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
   const rounds = ctx.quick ? 1 : 3;
   const names = InterfaceWatcher.open({ watch: false });
   let chainBest = Infinity;
+  let textBest = Infinity;
   let loopBest = Infinity;
   let chainOut = 0;
+  let textOut = 0;
   let loopOut = 0;
-  // Interleaved, so a burst of load from other work on the machine hits both alike.
+  // Interleaved, so a burst of load from other work on the machine hits all alike.
   for (let round = 0; round < rounds; round++) {
     const chain = await runChain(total, names);
     if (chain.dropped !== 0) throw new Error(`operators bench: the limiter dropped ${chain.dropped} records`);
@@ -275,10 +330,15 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
     const loop = plainLoop(total, names);
     loopBest = Math.min(loopBest, loop.ns);
     loopOut = loop.out;
+    const text = await runChain(total, names, false);
+    textBest = Math.min(textBest, text.ns);
+    textOut = text.out;
   }
   names.close();
-  if (chainOut !== loopOut) {
-    throw new Error(`operators bench: the chain emitted ${chainOut} records, the plain loop ${loopOut}`);
+  if (chainOut !== loopOut || textOut !== loopOut) {
+    throw new Error(
+      `operators bench: the chain emitted ${chainOut} records (${textOut} without words), the plain loop ${loopOut}`,
+    );
   }
   const loopRate = (total / loopBest) * 1e9;
   ctx.report({
@@ -293,7 +353,14 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
     unit: 'records/s',
     baseline: { name: 'operators.plain_loop', value: loopRate },
     target: { value: TARGET, better: 'higher' },
-    note: `${total} records in, ${chainOut} out, best of ${rounds}`,
+    note: `${total} records in, ${chainOut} out, best of ${rounds}; addresses attached as words`,
+  });
+  ctx.report({
+    name: 'operators.account_dedupe_decorate_limit_text',
+    value: (total / textBest) * 1e9,
+    unit: 'records/s',
+    baseline: { name: 'operators.plain_loop', value: loopRate },
+    note: 'the same records with text addresses only: each stage that keys parses them',
   });
   const keys = keyCost(ctx.quick ? 100_000 : 300_000);
   ctx.report({
@@ -303,11 +370,19 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
     note: 'template-string key into a Map',
   });
   ctx.report({
+    name: 'operators.key_flow_table_text',
+    value: keys.flowTableText,
+    unit: 'ns/record',
+    baseline: { name: 'operators.key_string_map', value: keys.stringMap },
+    target: { value: keys.stringMap, better: 'lower' },
+    note: 'FlowKey.read parsing the dotted quads + FlowTable.find/insert',
+  });
+  ctx.report({
     name: 'operators.key_flow_table',
     value: keys.flowTable,
     unit: 'ns/record',
     baseline: { name: 'operators.key_string_map', value: keys.stringMap },
     target: { value: keys.stringMap, better: 'lower' },
-    note: 'FlowKey.read + FlowTable.find/insert',
+    note: 'FlowKey.read from attached words + FlowTable.find/insert',
   });
 }

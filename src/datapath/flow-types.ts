@@ -9,7 +9,7 @@
  * intermediate object per CPU value. Only the records themselves (and their strings) allocate.
  */
 import { endianness } from 'node:os';
-import type { FlowRecord } from '../records.js';
+import { attachIPv4Words, type FlowRecord } from '../records.js';
 import { DatapathError } from './errors.js';
 import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
 
@@ -244,6 +244,8 @@ function record(
   if (ipVersion === 4) {
     rec.sourceIPv4Address = formatIPv4(kb, k + K_SRC_IP + 12);
     rec.destinationIPv4Address = formatIPv4(kb, k + K_DST_IP + 12);
+    // The same addresses as numbers, so account and dedupe key on them without parsing the text.
+    attachIPv4Words(rec, kv.getUint32(k + K_SRC_IP + 12, false), kv.getUint32(k + K_DST_IP + 12, false));
     if (protocol === 1) {
       rec.icmpTypeIPv4 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv4 = kb[k + K_ICMP_CODE]!;

@@ -7,8 +7,38 @@ import {
 } from 'rxjs';
 import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { attachIPv4Words, type FlowBatch, type FlowRecord } from '../records.js';
 import { FlowKey, FlowTable, OperatorError, badRecordError } from './flow-key.js';
+
+/** Float64 words per flow in TotalsTable.totals: packets, bytes, start, end, flags (TCP flags and the bits below). */
+const TOTAL_WORDS = 8;
+
+/**
+ * The flow table plus each flow's running totals. Why not sum into the held record itself: held
+ * records are objects scattered over the heap, and a merge that touches one costs a cache miss;
+ * the totals here sit in one 64-byte row per flow, and are written into the records once, when
+ * they are emitted.
+ */
+class TotalsTable extends FlowTable {
+  totals: Float64Array;
+
+  constructor(expectedEntries: number) {
+    super(expectedEntries);
+    this.totals = new Float64Array(this.capacity * TOTAL_WORDS);
+  }
+
+  protected override resized(entries: number): void {
+    const totals = new Float64Array(entries * TOTAL_WORDS);
+    totals.set(this.totals.subarray(0, Math.min(this.size, entries) * TOTAL_WORDS));
+    this.totals = totals;
+  }
+}
+
+/** Set in a flow's flags once it has absorbed a record (TCP flags use the low 16 bits). */
+const MERGED = 1 << 30;
+/** Set in a flow's flags once a record moved its start earlier or its end later. */
+const EARLIER_START = 1 << 29;
+const LATER_END = 1 << 28;
 
 export interface AccountOptions {
   /** Distinct flows held before everything is emitted. */
@@ -68,7 +98,7 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
 
   return (source) =>
     new Observable<FlowBatch>((subscriber) => {
-      const table = new FlowTable(Math.min(maxEntries, 1 << 16));
+      const table = new TotalsTable(Math.min(maxEntries, 1 << 16));
       const key = new FlowKey(true);
       let held: FlowRecord[] = [];
       let timer: Subscription | undefined;
@@ -80,6 +110,19 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
         if (held.length === 0) return;
         const out = held;
         held = [];
+        const totals = table.totals;
+        for (let e = 0; e < out.length; e++) {
+          const t = e * TOTAL_WORDS;
+          const f = totals[t + 4]!;
+          if ((f & MERGED) === 0) continue;
+          const r = out[e]!;
+          r.packetDeltaCount = totals[t]!;
+          r.octetDeltaCount = totals[t + 1]!;
+          // Only times that moved are written: a time not read saves a load from its heap box.
+          if ((f & EARLIER_START) !== 0) r.flowStartMilliseconds = totals[t + 2]!;
+          if ((f & LATER_END) !== 0) r.flowEndMilliseconds = totals[t + 3]!;
+          r.tcpControlBits = f & 0xffff;
+        }
         table.clear();
         counters.addSent(out.length);
         subscriber.next(out);
@@ -117,19 +160,34 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
                 throw badRecordError(stage, batch, i);
               const e = table.find(key.read(r));
               if (e >= 0) {
-                const agg = held[e]!;
-                agg.packetDeltaCount += packets;
-                agg.octetDeltaCount += bytes;
-                if (r.flowStartMilliseconds < agg.flowStartMilliseconds) {
-                  agg.flowStartMilliseconds = r.flowStartMilliseconds;
+                const totals = table.totals;
+                const t = e * TOTAL_WORDS;
+                totals[t] = totals[t]! + packets;
+                totals[t + 1] = totals[t + 1]! + bytes;
+                let f = totals[t + 4]! | (r.tcpControlBits & 0xffff) | MERGED;
+                const start = r.flowStartMilliseconds;
+                const end = r.flowEndMilliseconds;
+                if (start < totals[t + 2]!) {
+                  totals[t + 2] = start;
+                  f |= EARLIER_START;
                 }
-                if (r.flowEndMilliseconds > agg.flowEndMilliseconds) {
-                  agg.flowEndMilliseconds = r.flowEndMilliseconds;
+                if (end > totals[t + 3]!) {
+                  totals[t + 3] = end;
+                  f |= LATER_END;
                 }
-                agg.tcpControlBits |= r.tcpControlBits;
+                totals[t + 4] = f;
                 merged++;
               } else {
-                table.insert(key);
+                const n = table.insert(key);
+                const totals = table.totals;
+                const t = n * TOTAL_WORDS;
+                totals[t] = packets;
+                totals[t + 1] = bytes;
+                totals[t + 2] = r.flowStartMilliseconds;
+                totals[t + 3] = r.flowEndMilliseconds;
+                totals[t + 4] = r.tcpControlBits & 0xffff;
+                // The next stage keying on this record (dedupe) then need not parse it again.
+                if (key.parsed) attachIPv4Words(r, key.src >>> 0, key.dst >>> 0);
                 held.push(r);
                 if (held.length >= maxEntries) {
                   counters.addMerged(merged);

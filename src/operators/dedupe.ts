@@ -2,7 +2,7 @@ import { Observable, asyncScheduler, type OperatorFunction, type SchedulerLike }
 import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { FlowKey, FlowTable, OperatorError, badRecordError } from './flow-key.js';
+import { FlowKey, OperatorError, TEXT_ADDRESSES, badRecordError } from './flow-key.js';
 
 export type DedupeMode = 'none' | 'first_come';
 
@@ -19,25 +19,171 @@ export interface DedupeOptions {
   id?: string;
 }
 
-/** The flow table plus, per entry, the interface the flow was first seen on and when it was last seen. */
-class SeenTable extends FlowTable {
-  firstInterface: Int32Array;
-  lastSeen: Float64Array;
+/** Set in a slot's meta word when the slot holds an entry (key metas use bits 0-26). */
+const OCCUPIED = 1 << 30;
+/** Int32 words per slot: src, dst, ports, meta | OCCUPIED, vni, first interface, then last seen as a float64. */
+const SLOT_WORDS = 8;
+const MIN_SLOTS = 2048;
 
-  constructor(expectedEntries: number) {
-    super(expectedEntries);
-    this.firstInterface = new Int32Array(this.capacity);
-    this.lastSeen = new Float64Array(this.capacity);
+/**
+ * The flows of one dedupe generation: key (without interface), the interface the flow was first
+ * seen on, and when it was last seen, all inline in one 32-byte slot of an open-addressing table
+ * (linear probing, load factor at most 3/4). Why not FlowTable's index + entry layout: this table
+ * holds every flow of the last `expire_ms` (tens of thousands), far more than fits in cache, and
+ * a lookup that touches one cache line instead of two is most of dedupe's cost; for the same
+ * reason the load factor is higher than FlowTable's (a probe that runs on reads the next slots of
+ * a line already fetched, while a bigger table misses more). Entries are never removed one by one,
+ * only all at once (`clear`), so no tombstones are needed.
+ */
+export class SeenTable {
+  /** Number of entries. */
+  size = 0;
+  private mask: number;
+  private words: Int32Array;
+  private times: Float64Array;
+  /** Text addresses (IPv6, non-canonical IPv4) by slot; empty until such a flow is seen. */
+  private sources: string[] = [];
+  private destinations: string[] = [];
+  private readonly minSlots: number;
+  private readonly scratch = new FlowKey(false);
+
+  /** @param expectedEntries entries to allocate for up front; the table grows past it when needed */
+  constructor(expectedEntries = 1024) {
+    this.minSlots = slotsFor(expectedEntries);
+    this.mask = this.minSlots - 1;
+    this.words = new Int32Array(this.minSlots * SLOT_WORDS);
+    this.times = new Float64Array(this.words.buffer);
   }
 
-  protected override resized(entries: number): void {
-    const first = new Int32Array(entries);
-    first.set(this.firstInterface.subarray(0, this.size));
-    this.firstInterface = first;
-    const last = new Float64Array(entries);
-    last.set(this.lastSeen.subarray(0, this.size));
-    this.lastSeen = last;
+  /** Entries the table holds before it grows. */
+  get capacity(): number {
+    return ((this.mask + 1) >>> 2) * 3;
   }
+
+  /**
+   * The slot of `k`'s flow if present (>= 0), else the bitwise complement of the empty slot where
+   * `insert` would put it (< 0). `k` must have been read without interface.
+   */
+  find(k: FlowKey): number {
+    const w = this.words;
+    const mask = this.mask;
+    const meta = k.meta | OCCUPIED;
+    let i = k.hash & mask;
+    for (;;) {
+      const b = i * SLOT_WORDS;
+      const m = w[b + 3]!;
+      if (m === 0) return ~i;
+      if (
+        m === meta &&
+        w[b]! === k.src &&
+        w[b + 1]! === k.dst &&
+        w[b + 2]! === k.ports &&
+        w[b + 4]! === k.vni &&
+        ((meta & TEXT_ADDRESSES) === 0 ||
+          (this.sources[i] === k.srcText && this.destinations[i] === k.dstText))
+      ) {
+        return i;
+      }
+      i = (i + 1) & mask;
+    }
+  }
+
+  /**
+   * Adds `k`'s flow at `free` (what `find` returned for it) and returns its slot, which differs
+   * from `~free` when the table had to grow.
+   */
+  insert(k: FlowKey, free: number, firstInterface: number, lastSeen: number): number {
+    let slot = ~free;
+    if (this.size >= this.capacity) {
+      this.resize((this.mask + 1) * 2);
+      slot = ~this.find(k);
+    }
+    this.size++;
+    this.put(slot, k, firstInterface, lastSeen);
+    return slot;
+  }
+
+  /** The interface the flow in `slot` was first seen on. */
+  firstInterface(slot: number): number {
+    return this.words[slot * SLOT_WORDS + 5]!;
+  }
+
+  /** When the flow in `slot` was last seen (scheduler time). */
+  lastSeen(slot: number): number {
+    return this.times[slot * (SLOT_WORDS / 2) + 3]!;
+  }
+
+  setLastSeen(slot: number, time: number): void {
+    this.times[slot * (SLOT_WORDS / 2) + 3] = time;
+  }
+
+  /** Empties the table; shrinks it back when the last fill used a small part of a grown table. */
+  clear(): void {
+    const used = this.size;
+    this.size = 0;
+    if (this.mask + 1 > this.minSlots && used * 16 < this.mask + 1) {
+      this.allocate(Math.max(this.minSlots, slotsFor(used)));
+    } else {
+      this.words.fill(0);
+    }
+    this.sources = [];
+    this.destinations = [];
+  }
+
+  private put(slot: number, k: FlowKey, firstInterface: number, lastSeen: number): void {
+    const w = this.words;
+    const b = slot * SLOT_WORDS;
+    w[b] = k.src;
+    w[b + 1] = k.dst;
+    w[b + 2] = k.ports;
+    w[b + 3] = k.meta | OCCUPIED;
+    w[b + 4] = k.vni;
+    w[b + 5] = firstInterface;
+    this.times[slot * (SLOT_WORDS / 2) + 3] = lastSeen;
+    if ((k.meta & TEXT_ADDRESSES) !== 0) {
+      this.sources[slot] = k.srcText;
+      this.destinations[slot] = k.dstText;
+    }
+  }
+
+  private allocate(slots: number): void {
+    this.mask = slots - 1;
+    this.words = new Int32Array(slots * SLOT_WORDS);
+    this.times = new Float64Array(this.words.buffer);
+  }
+
+  private resize(slots: number): void {
+    const oldWords = this.words;
+    const oldTimes = this.times;
+    const oldSources = this.sources;
+    const oldDestinations = this.destinations;
+    const oldSlots = this.mask + 1;
+    this.allocate(slots);
+    this.sources = [];
+    this.destinations = [];
+    const k = this.scratch;
+    for (let i = 0; i < oldSlots; i++) {
+      const b = i * SLOT_WORDS;
+      if (oldWords[b + 3] === 0) continue;
+      k.src = oldWords[b]!;
+      k.dst = oldWords[b + 1]!;
+      k.ports = oldWords[b + 2]!;
+      k.meta = oldWords[b + 3]! & ~OCCUPIED;
+      k.vni = oldWords[b + 4]!;
+      k.iface = 0;
+      k.srcText = oldSources[i] ?? '';
+      k.dstText = oldDestinations[i] ?? '';
+      k.rehash();
+      this.put(~this.find(k), k, oldWords[b + 5]!, oldTimes[i * (SLOT_WORDS / 2) + 3]!);
+    }
+  }
+}
+
+/** Slots for `entries` at a load factor of at most 3/4: a power of two. */
+function slotsFor(entries: number): number {
+  let n = MIN_SLOTS;
+  while (n * 3 < entries * 4) n *= 2;
+  return n;
 }
 
 /**
@@ -122,22 +268,20 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
             if (now - generationStart >= expireMs) rotate(now);
             for (; i < batch.length; i++) {
               const r = batch[i]!;
-              let e = current.find(key.read(r));
+              const ifindex = r.ingressInterface | 0;
+              let s = current.find(key.read(r));
               let first: number;
-              if (e >= 0) {
-                first = current.firstInterface[e]!;
+              if (s >= 0) {
+                first = current.firstInterface(s);
+                current.setLastSeen(s, now);
               } else {
                 const p = previous.size === 0 ? -1 : previous.find(key);
                 // Entries of the current generation are never expired; those of the previous one may be.
                 first =
-                  p >= 0 && now - previous.lastSeen[p]! <= expireMs
-                    ? previous.firstInterface[p]!
-                    : r.ingressInterface | 0;
-                e = current.insert(key);
-                current.firstInterface[e] = first;
+                  p >= 0 && now - previous.lastSeen(p) <= expireMs ? previous.firstInterface(p) : ifindex;
+                s = current.insert(key, s, first, now);
               }
-              current.lastSeen[e] = now;
-              if (first === (r.ingressInterface | 0)) {
+              if (first === ifindex) {
                 kept?.push(r);
               } else {
                 duplicates++;

@@ -8,7 +8,7 @@
  * the key words on a hash match is exact (no collision can merge two flows), allocates nothing
  * per record and keeps the lookups to one or two cache lines.
  */
-import type { FlowRecord } from '../records.js';
+import { readIPv4Words, type FlowRecord } from '../records.js';
 
 /** An error of an operator: `code` names the failure, `cause` carries the underlying error. */
 export class OperatorError extends Error {
@@ -62,15 +62,6 @@ function mixString(h: number, s: string): number {
   return h;
 }
 
-/** One round of murmur3's body: mixes a 32-bit word into the hash. */
-function mixWord(h: number, k: number): number {
-  k = Math.imul(k, 0xcc9e2d51);
-  k = (k << 15) | (k >>> 17);
-  h ^= Math.imul(k, 0x1b873593);
-  h = (h << 13) | (h >>> 19);
-  return (Math.imul(h, 5) + 0xe6546b64) | 0;
-}
-
 /** murmur3's finaliser, so the low bits (the table index) depend on every input bit. */
 function finish(h: number): number {
   h ^= h >>> 16;
@@ -104,7 +95,7 @@ function metaOf(r: FlowRecord): number {
 }
 
 /** Set in `meta` when the addresses are compared as text (IPv6, or IPv4 not written canonically). */
-const TEXT_ADDRESSES = 1 << 26;
+export const TEXT_ADDRESSES = 1 << 26;
 
 /**
  * The key fields of one record, read once and reused for every table the record is looked up in.
@@ -121,13 +112,19 @@ export class FlowKey {
   iface = 0;
   srcText = '';
   dstText = '';
+  /**
+   * Whether the last `read` parsed IPv4 text into `src`/`dst` (no words were attached): the
+   * caller may attach them to the record for the next stage.
+   */
+  parsed = false;
 
   /** @param withInterface key on interface and direction too (account) or not (dedupe) */
   constructor(readonly withInterface: boolean) {}
 
   /**
-   * Reads `r`'s key. Canonical IPv4 addresses become numbers, so a lookup compares ints only and
-   * a table entry holds no string; other addresses are hashed and compared as text. Throws a
+   * Reads `r`'s key. IPv4 addresses become numbers, taken from the words attached to the record
+   * (`attachIPv4Words`) or else parsed from canonical text, so a lookup compares ints only and a
+   * table entry holds no string; other addresses are hashed and compared as text. Throws a
    * TypeError for a record without its addresses.
    */
   read(r: FlowRecord): this {
@@ -135,36 +132,48 @@ export class FlowKey {
     let meta = metaOf(r);
     const vni = (r.virtualNetworkIdentifier ?? 0) | 0;
     const iface = this.withInterface ? (r.ingressInterface * 2 + r.flowDirection) | 0 : 0;
-    let src = -1;
-    let dst = -1;
-    if (r.ipVersion === 4) {
-      src = ipv4ToUint32(r.sourceIPv4Address!);
-      dst = ipv4ToUint32(r.destinationIPv4Address!);
+    let parsed = false;
+    if (r.ipVersion !== 4 || !readIPv4Words(r, this)) {
+      const src = r.ipVersion === 4 ? ipv4ToUint32(r.sourceIPv4Address!) : -1;
+      const dst = r.ipVersion === 4 ? ipv4ToUint32(r.destinationIPv4Address!) : -1;
+      if (src >= 0 && dst >= 0) {
+        this.src = src | 0;
+        this.dst = dst | 0;
+        parsed = true;
+      } else {
+        meta |= TEXT_ADDRESSES;
+        this.src = 0;
+        this.dst = 0;
+        this.srcText = sourceOf(r);
+        this.dstText = destinationOf(r);
+      }
     }
-    let h: number;
-    if (src >= 0 && dst >= 0) {
-      h = mixWord(mixWord(FNV_OFFSET, src | 0), dst | 0);
-      this.src = src | 0;
-      this.dst = dst | 0;
-      this.srcText = '';
-      this.dstText = '';
-    } else {
-      meta |= TEXT_ADDRESSES;
-      const srcText = sourceOf(r);
-      const dstText = destinationOf(r);
-      h = mixString(mixString(FNV_OFFSET, srcText) ^ 0x7c, dstText);
-      this.src = 0;
-      this.dst = 0;
-      this.srcText = srcText;
-      this.dstText = dstText;
-    }
-    h = mixWord(mixWord(mixWord(mixWord(h, ports), meta), vni), iface);
-    this.hash = finish(h);
     this.ports = ports;
     this.meta = meta;
     this.vni = vni;
     this.iface = iface;
+    this.rehash();
+    this.parsed = parsed;
     return this;
+  }
+
+  /** Sets `hash` from the key fields (after they were set one by one, e.g. from a table's words). */
+  rehash(): void {
+    let src = this.src;
+    let dst = this.dst;
+    if ((this.meta & TEXT_ADDRESSES) !== 0) {
+      src = mixString(FNV_OFFSET, this.srcText);
+      dst = mixString(FNV_OFFSET, this.dstText);
+    }
+    // A sum of products by distinct odd constants, then a full avalanche: the products are
+    // independent (cheaper than chaining a mix per word), two keys that differ in one word never
+    // collide, and the finaliser makes the low bits (the table index) depend on every input bit.
+    let h = (Math.imul(src, 0x9e3779b1) + Math.imul(dst, 0x85ebca77)) | 0;
+    h = (h + Math.imul(this.ports, 0xc2b2ae3d)) | 0;
+    h = (h + Math.imul(this.meta, 0x27d4eb2f)) | 0;
+    h = (h + Math.imul(this.vni, 0x165667b1)) | 0;
+    h = (h + Math.imul(this.iface, 0xd3a2646d)) | 0;
+    this.hash = finish(h);
   }
 }
 
@@ -232,65 +241,72 @@ function slotsFor(entries: number): number {
   return n;
 }
 
-/** Int32 words per entry: hash, src, dst, ports, meta, vni, iface, spare. */
-const STRIDE = 8;
+/** Set in a slot's meta word when the slot holds an entry (key metas use bits 0-26). */
+const OCCUPIED = 1 << 30;
+/** Int32 words per slot: src, dst, ports, meta | OCCUPIED, vni, iface, entry index, hash. */
+const SLOT_WORDS = 8;
 
 /**
  * An insert-only open-addressing table of flows (linear probing, load factor at most 1/2), with
  * entries numbered in insertion order so callers keep per-entry data in parallel arrays. It is
- * emptied as a whole (`clear`) rather than entry by entry, which is what both its users need:
- * account empties it on every eviction, dedupe drops a whole generation at a time.
+ * emptied as a whole (`clear`) rather than entry by entry, which is what account needs: it empties
+ * the table on every eviction.
  *
- * A slot holds the entry's hash beside its index, so a probe that misses touches one array; an
- * entry's key words sit together in one cache line. Text addresses (IPv6) are kept by reference
- * in two side arrays; IPv4 entries keep no string and so no record data alive.
+ * A slot holds the whole key beside the entry's index (32 bytes, half a cache line), so a lookup
+ * touches one cache line of the table, not a slot and then a separate key row. Text addresses
+ * (IPv6) are kept by reference in two side arrays; IPv4 entries keep no string and so no record
+ * data alive.
  */
 export class FlowTable {
   /** Number of entries. */
   size = 0;
-  private slotMask: number;
-  /** Per slot: entry index + 1 (0 when empty), then the entry's hash. */
+  private mask: number;
   private slots: Int32Array;
-  private keys: Int32Array;
+  /** The slot of each entry, in insertion order. */
+  private entrySlots: Int32Array;
   private sources: string[] = [];
   private destinations: string[] = [];
   private readonly minEntries: number;
+  /** Slots of the first allocation: the table never shrinks below it. */
+  private readonly minSlots: number;
 
   /** @param expectedEntries capacity to allocate up front; the table grows past it when needed */
   constructor(expectedEntries = 1024) {
     this.minEntries = Math.max(16, expectedEntries);
     const slots = slotsFor(this.minEntries);
-    this.slotMask = slots - 1;
-    this.slots = new Int32Array(slots * 2);
-    this.keys = new Int32Array((slots >>> 1) * STRIDE);
+    this.minSlots = slots;
+    this.mask = slots - 1;
+    this.slots = new Int32Array(slots * SLOT_WORDS);
+    this.entrySlots = new Int32Array(slots >>> 1);
   }
 
   /** Entries the table holds before it grows. */
   get capacity(): number {
-    return this.keys.length / STRIDE;
+    return (this.mask + 1) >>> 1;
   }
 
   /** The entry index of `k`'s flow, or -1. */
   find(k: FlowKey): number {
-    const slots = this.slots;
-    const keys = this.keys;
-    const mask = this.slotMask;
-    const h = k.hash;
-    let i = h & mask;
+    const s = this.slots;
+    const mask = this.mask;
+    const meta = k.meta | OCCUPIED;
+    let i = k.hash & mask;
     for (;;) {
-      const e = slots[2 * i]! - 1;
-      if (e < 0) return -1;
-      if (slots[2 * i + 1] === h) {
-        const b = e * STRIDE;
+      const b = i * SLOT_WORDS;
+      const m = s[b + 3]!;
+      if (m === 0) return -1;
+      if (
+        m === meta &&
+        s[b]! === k.src &&
+        s[b + 1]! === k.dst &&
+        s[b + 2]! === k.ports &&
+        s[b + 4]! === k.vni &&
+        s[b + 5]! === k.iface
+      ) {
+        const e = s[b + 6]!;
         if (
-          keys[b + 1] === k.src &&
-          keys[b + 2] === k.dst &&
-          keys[b + 3] === k.ports &&
-          keys[b + 4] === k.meta &&
-          keys[b + 5] === k.vni &&
-          keys[b + 6] === k.iface &&
-          ((k.meta & TEXT_ADDRESSES) === 0 ||
-            (this.sources[e] === k.srcText && this.destinations[e] === k.dstText))
+          (meta & TEXT_ADDRESSES) === 0 ||
+          (this.sources[e] === k.srcText && this.destinations[e] === k.dstText)
         ) {
           return e;
         }
@@ -301,57 +317,71 @@ export class FlowTable {
 
   /** Adds `k`'s flow (which must not be present) and returns its entry index. */
   insert(k: FlowKey): number {
-    if (this.size === this.capacity) this.resize((this.slotMask + 1) * 2);
+    if (this.size === this.capacity) this.resize((this.mask + 1) * 2);
     const e = this.size++;
-    const keys = this.keys;
-    const b = e * STRIDE;
-    keys[b] = k.hash;
-    keys[b + 1] = k.src;
-    keys[b + 2] = k.dst;
-    keys[b + 3] = k.ports;
-    keys[b + 4] = k.meta;
-    keys[b + 5] = k.vni;
-    keys[b + 6] = k.iface;
-    this.sources[e] = k.srcText;
-    this.destinations[e] = k.dstText;
-    this.place(e, k.hash);
+    const s = this.slots;
+    const mask = this.mask;
+    let i = k.hash & mask;
+    while (s[i * SLOT_WORDS + 3] !== 0) i = (i + 1) & mask;
+    const b = i * SLOT_WORDS;
+    s[b] = k.src;
+    s[b + 1] = k.dst;
+    s[b + 2] = k.ports;
+    s[b + 3] = k.meta | OCCUPIED;
+    s[b + 4] = k.vni;
+    s[b + 5] = k.iface;
+    s[b + 6] = e;
+    s[b + 7] = k.hash;
+    this.entrySlots[e] = i;
+    if ((k.meta & TEXT_ADDRESSES) !== 0) {
+      this.sources[e] = k.srcText;
+      this.destinations[e] = k.dstText;
+    }
     return e;
-  }
-
-  private place(e: number, h: number): void {
-    const slots = this.slots;
-    const mask = this.slotMask;
-    let i = h & mask;
-    while (slots[2 * i] !== 0) i = (i + 1) & mask;
-    slots[2 * i] = e + 1;
-    slots[2 * i + 1] = h;
   }
 
   /** Empties the table; shrinks it back when the last fill used a small part of a grown table. */
   clear(): void {
     const used = this.size;
     this.size = 0;
-    if (this.capacity > this.minEntries && used * 8 < this.capacity) {
-      this.resize(slotsFor(Math.max(this.minEntries, used * 2)));
+    // Compared with the first allocation (not minEntries, which it may exceed after rounding up),
+    // or a light fill would reallocate a table of the same size on every clear.
+    if (this.mask + 1 > this.minSlots && used * 8 < this.capacity) {
+      this.allocate(slotsFor(Math.max(this.minEntries, used * 2)));
+      this.resized(this.capacity);
     } else {
-      this.slots.fill(0);
+      // Only the slots in use are dirty: zeroing those beats refilling the whole table.
+      const s = this.slots;
+      const entrySlots = this.entrySlots;
+      for (let e = 0; e < used; e++) s[entrySlots[e]! * SLOT_WORDS + 3] = 0;
     }
     // Release the address strings, so a cleared table keeps no record data alive.
-    this.sources.length = 0;
-    this.destinations.length = 0;
+    this.sources = [];
+    this.destinations = [];
   }
 
   /** Called with the new entry capacity whenever the table grows or shrinks. */
   protected resized(_entries: number): void {}
 
+  private allocate(slots: number): void {
+    this.mask = slots - 1;
+    this.slots = new Int32Array(slots * SLOT_WORDS);
+    this.entrySlots = new Int32Array(slots >>> 1);
+  }
+
   private resize(slots: number): void {
-    const entries = slots >>> 1;
-    const keys = new Int32Array(entries * STRIDE);
-    keys.set(this.keys.subarray(0, Math.min(this.size, entries) * STRIDE));
-    this.keys = keys;
-    this.slots = new Int32Array(slots * 2);
-    this.slotMask = slots - 1;
-    for (let e = 0; e < this.size; e++) this.place(e, keys[e * STRIDE]!);
-    this.resized(entries);
+    const old = this.slots;
+    const oldEntrySlots = this.entrySlots;
+    this.allocate(slots);
+    const s = this.slots;
+    const mask = this.mask;
+    for (let e = 0; e < this.size; e++) {
+      const from = oldEntrySlots[e]! * SLOT_WORDS;
+      let i = old[from + 7]! & mask;
+      while (s[i * SLOT_WORDS + 3] !== 0) i = (i + 1) & mask;
+      s.set(old.subarray(from, from + SLOT_WORDS), i * SLOT_WORDS);
+      this.entrySlots[e] = i;
+    }
+    this.resized(this.capacity);
   }
 }

@@ -21,7 +21,8 @@ import {
   type FlowKeyFields,
   type FlowValueFields,
 } from '../../src/datapath/flow-types.js';
-import type { FlowRecord } from '../../src/records.js';
+import { ipv4ToUint32 } from '../../src/operators/flow-key.js';
+import { readIPv4Words, type FlowRecord } from '../../src/records.js';
 
 const tcpKey: FlowKeyFields = {
   ipVersion: 4,
@@ -247,7 +248,15 @@ describe('decodeFlowMapBatch', () => {
       destinationMacAddress: '02:00:00:00:00:0b',
       ethernetType: 0x0800,
     };
-    expect(decodeFlowMapBatch(result, valueBufferSize, 1_700_000_000_000)).toStrictEqual([expected]);
+    const records = decodeFlowMapBatch(result, valueBufferSize, 1_700_000_000_000);
+    expect(records).toStrictEqual([expected]);
+    // The addresses also ride as numbers, so account and dedupe need not parse the text.
+    const words = { src: 0, dst: 0 };
+    expect(readIPv4Words(records[0]!, words)).toBe(true);
+    expect({ src: words.src >>> 0, dst: words.dst >>> 0 }).toEqual({
+      src: ipv4ToUint32('192.0.2.1'),
+      dst: ipv4ToUint32('198.51.100.2'),
+    });
   });
 
   it('decodes IPv6, ICMP, egress, tunnels and sampling', () => {

@@ -7,7 +7,7 @@ import { OperatorError, flowKeyString } from '../../../src/operators/flow-key.js
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import { attachIPv4Words, readIPv4Words, type FlowBatch, type FlowRecord } from '../../../src/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {
   return {
@@ -167,6 +167,76 @@ describe('account', () => {
     expect(out[0]![0]!.packetDeltaCount).toBe(2);
     expect(out[0]!.slice(1).every((r) => r.packetDeltaCount === 1)).toBe(true);
     expect(counters.snapshot()).toMatchObject({ received: 14, sent: 13, merged: 1, inFlight: 0 });
+  });
+
+  it('moves only the times a later record extends', () => {
+    const counters = new StageCounters('acc', 'account');
+    const a = (start: number, end: number) =>
+      rec({ sourceTransportPort: 1, flowStartMilliseconds: start, flowEndMilliseconds: end });
+    const b = (start: number, end: number) =>
+      rec({ sourceTransportPort: 2, flowStartMilliseconds: start, flowEndMilliseconds: end });
+    const untimed = rec({ sourceTransportPort: 3 }) as Partial<FlowRecord>;
+    delete untimed.flowStartMilliseconds;
+    delete untimed.flowEndMilliseconds;
+    const { out } = collect(
+      [[a(10, 20), b(10, 20), untimed as FlowRecord, a(15, 30), b(5, 15), rec({ sourceTransportPort: 3 })]],
+      {
+        maxEntries: 100,
+        evictTimeoutMs: 5000,
+        counters,
+      },
+    );
+    expect(out[0]!.map((r) => [r.flowStartMilliseconds, r.flowEndMilliseconds, r.packetDeltaCount])).toEqual([
+      [10, 30, 2],
+      [5, 20, 2],
+      [undefined, undefined, 2],
+    ]);
+  });
+
+  it('merges records of one flow whether or not their addresses come as words', () => {
+    const counters = new StageCounters('acc', 'account');
+    const worded = rec({ octetDeltaCount: 10 });
+    attachIPv4Words(worded, 0x0a000001, 0x0a000002);
+    const other = rec({ destinationIPv4Address: '10.0.0.3', octetDeltaCount: 20 });
+    attachIPv4Words(other, 0x0a000001, 0x0a000003);
+    const { out } = collect(
+      [
+        [
+          worded,
+          rec({ octetDeltaCount: 1 }),
+          other,
+          rec({ destinationIPv4Address: '10.0.0.3', octetDeltaCount: 2 }),
+        ],
+      ],
+      { maxEntries: 100, evictTimeoutMs: 5000, counters },
+    );
+    expect(out).toEqual([
+      [
+        rec({ packetDeltaCount: 2, octetDeltaCount: 11 }),
+        rec({ destinationIPv4Address: '10.0.0.3', packetDeltaCount: 2, octetDeltaCount: 22 }),
+      ],
+    ]);
+    expect(out[0]![0]).toBe(worded);
+  });
+
+  it('attaches the addresses it parsed to the records it emits, as words', () => {
+    const counters = new StageCounters('acc', 'account');
+    const v6 = rec({
+      ipVersion: 6,
+      sourceIPv4Address: undefined,
+      destinationIPv4Address: undefined,
+      sourceIPv6Address: 'fd00::1',
+      destinationIPv6Address: 'fd00::2',
+    });
+    const { out } = collect([[rec({ sourceIPv4Address: '192.168.1.20' }), v6]], {
+      maxEntries: 100,
+      evictTimeoutMs: 5000,
+      counters,
+    });
+    const words = { src: 0, dst: 0 };
+    expect(readIPv4Words(out[0]![0]!, words)).toBe(true);
+    expect(words).toEqual({ src: 0xc0a80114 | 0, dst: 0x0a000002 });
+    expect(readIPv4Words(out[0]![1]!, words)).toBe(false);
   });
 
   it('emits everything as one batch when max_entries distinct flows are held', () => {

@@ -2,8 +2,8 @@ import fc from 'fast-check';
 import { Subject, asyncScheduler, type SchedulerLike } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
-import dedupeModule, { dedupe, type DedupeOptions } from '../../../src/operators/dedupe.js';
-import { OperatorError, flowKeyString } from '../../../src/operators/flow-key.js';
+import dedupeModule, { SeenTable, dedupe, type DedupeOptions } from '../../../src/operators/dedupe.js';
+import { FlowKey, OperatorError, flowKeyString } from '../../../src/operators/flow-key.js';
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
@@ -241,6 +241,26 @@ describe('dedupe', () => {
     });
   });
 
+  it('handles IPv6 flows past its initial table and keeps the first interface of each', () => {
+    const n = 3000;
+    const flows = (ifindex: number) =>
+      Array.from({ length: n }, (_, i) =>
+        rec({
+          ipVersion: 6,
+          sourceIPv4Address: undefined,
+          destinationIPv4Address: undefined,
+          sourceIPv6Address: `fd00::${i.toString(16)}`,
+          destinationIPv6Address: 'fd00::ffff',
+          ingressInterface: ifindex,
+          flowDirection: 0,
+        }),
+      );
+    const { out, counters } = run([flows(3), flows(2), flows(3)]);
+    expect(out.map((b) => b.length)).toEqual([n, n]);
+    expect(out.flat().every((r) => r.ingressInterface === 3)).toBe(true);
+    expect(counters.snapshot()).toMatchObject({ sent: 2 * n, dropped: { dedupe_duplicate: n } });
+  });
+
   it('turns a bad record into an error notification', () => {
     const bad = { ...onEth0(), ipVersion: 5 } as unknown as FlowRecord;
     const { out, counters, error } = run(
@@ -287,6 +307,51 @@ describe('dedupe', () => {
     expect(() => dedupe({ mode: 'first_come', expireMs: 0, justMark: false, counters })).toThrow(
       'dedupe: expire_ms must be > 0, got 0',
     );
+  });
+});
+
+describe('SeenTable', () => {
+  it('finds what it holds across growth, forgets all on clear, and gives the memory back', () => {
+    const table = new SeenTable(16);
+    const key = new FlowKey(false);
+    const initial = table.capacity;
+    const flows = Array.from({ length: 5000 }, (_, i) =>
+      i % 3 === 0
+        ? rec({
+            ipVersion: 6,
+            sourceIPv4Address: undefined,
+            destinationIPv4Address: undefined,
+            sourceIPv6Address: `fd00::${i.toString(16)}`,
+            destinationIPv6Address: 'fd00::1',
+          })
+        : rec({ sourceIPv4Address: `10.2.${i >> 8}.${i & 255}`, sourceTransportPort: i }),
+    );
+    flows.forEach((r, i) => {
+      const free = table.find(key.read(r));
+      expect(free).toBeLessThan(0);
+      table.insert(key, free, i, 1000 + i);
+    });
+    expect(table.size).toBe(5000);
+    expect(table.capacity).toBeGreaterThanOrEqual(5000);
+    // Fresh objects with equal fields (new strings too) find the same entries.
+    flows.forEach((r, i) => {
+      const s = table.find(
+        key.read({ ...r, sourceIPv6Address: r.sourceIPv6Address && `fd00::${i.toString(16)}` }),
+      );
+      expect([s >= 0, table.firstInterface(s), table.lastSeen(s)]).toEqual([true, i, 1000 + i]);
+    });
+    const s = table.find(key.read(flows[7]!));
+    table.setLastSeen(s, 42);
+    expect(table.lastSeen(table.find(key.read(flows[7]!)))).toBe(42);
+    const grown = table.capacity;
+    table.clear();
+    expect([table.size, table.capacity]).toEqual([0, grown]);
+    expect(flows.every((r) => table.find(key.read(r)) < 0)).toBe(true);
+    // A light fill of a grown table gives the memory back at the next clear.
+    flows.slice(0, 10).forEach((r) => table.insert(key.read(r), table.find(key), 1, 1));
+    table.clear();
+    expect([table.size, table.capacity]).toEqual([0, initial]);
+    expect(table.find(key.read(flows[5]!))).toBeLessThan(0);
   });
 });
 

@@ -7,7 +7,7 @@ import {
   ipv4ToUint32,
   recordProblem,
 } from '../../../src/operators/flow-key.js';
-import type { FlowRecord } from '../../../src/records.js';
+import { attachIPv4Words, readIPv4Words, type FlowRecord } from '../../../src/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {
   return {
@@ -58,6 +58,33 @@ describe('ipv4ToUint32', () => {
     }
   });
 
+  it('agrees with a reference reader for any string of digits and dots', () => {
+    // The reference: split, then insist on canonical decimal octets.
+    const reference = (text: string): number => {
+      const parts = text.split('.');
+      if (parts.length !== 4) return -1;
+      let value = 0;
+      for (const p of parts) {
+        if (!/^(0|[1-9][0-9]{0,2})$/.test(p) || Number(p) > 255) return -1;
+        value = value * 256 + Number(p);
+      }
+      return value;
+    };
+    const char = fc.constantFrom('0', '1', '2', '5', '9', '.', '.', 'x');
+    fc.assert(
+      fc.property(fc.array(char, { maxLength: 17 }), (chars) => {
+        const text = chars.join('');
+        expect(ipv4ToUint32(text)).toBe(reference(text));
+      }),
+      { numRuns: 2000 },
+    );
+    fc.assert(
+      fc.property(fc.ipV4(), (addr) => {
+        expect(ipv4ToUint32(addr)).toBe(reference(addr));
+      }),
+    );
+  });
+
   it('agrees with the octets for any address', () => {
     fc.assert(
       fc.property(fc.ipV4(), (addr) => {
@@ -65,6 +92,86 @@ describe('ipv4ToUint32', () => {
         expect(ipv4ToUint32(addr)).toBe(expected);
       }),
     );
+  });
+});
+
+describe('IPv4 words', () => {
+  it('attaches words a record reads back while its address text is unchanged', () => {
+    const r = rec({ sourceIPv4Address: '192.168.10.200', destinationIPv4Address: '255.255.255.255' });
+    const out = { src: 7, dst: 7 };
+    expect(readIPv4Words(r, out)).toBe(false);
+    expect(out).toEqual({ src: 7, dst: 7 });
+    attachIPv4Words(r, 0xc0a80ac8, 0xffffffff);
+    expect(readIPv4Words(r, out)).toBe(true);
+    // Signed 32-bit, as flow keys hold them.
+    expect(out).toEqual({ src: 0xc0a80ac8 | 0, dst: -1 });
+    // An address rewritten after attaching voids the words, until they are attached again.
+    r.destinationIPv4Address = '10.0.0.9';
+    expect(readIPv4Words(r, out)).toBe(false);
+    attachIPv4Words(r, 0xc0a80ac8, 0x0a000009);
+    expect(readIPv4Words(r, out)).toBe(true);
+    expect(out).toEqual({ src: 0xc0a80ac8 | 0, dst: 0x0a000009 });
+    r.sourceIPv4Address = '10.0.0.1';
+    expect(readIPv4Words(r, out)).toBe(false);
+    // The same text in a new string is the same address: the words still hold.
+    r.sourceIPv4Address = ['192', '168', '10', '200'].join('.');
+    attachIPv4Words(r, 0xc0a80ac8, 0x0a000009);
+    r.sourceIPv4Address = ['192', '168', '10', '200'].join('.');
+    expect(readIPv4Words(r, out)).toBe(true);
+  });
+
+  it('leaves the record as it serialises, lists its keys and compares', () => {
+    const plain = rec();
+    const withWords = rec();
+    attachIPv4Words(withWords, 0x0a000001, 0x0a000002);
+    expect(JSON.stringify(withWords)).toBe(JSON.stringify(plain));
+    expect(Object.keys(withWords)).toEqual(Object.keys(plain));
+    expect(withWords).toStrictEqual(plain);
+    // A copy is a record without words (they are not own enumerable properties).
+    expect(readIPv4Words({ ...withWords }, { src: 0, dst: 0 })).toBe(false);
+  });
+
+  it('gives FlowKey the same key as parsing the text, without parsing it', () => {
+    fc.assert(
+      fc.property(
+        fc.ipV4(),
+        fc.ipV4(),
+        fc.integer({ min: 0, max: 65535 }),
+        fc.integer({ min: 0, max: 65535 }),
+        fc.constantFrom(6, 17),
+        fc.integer({ min: 1, max: 100 }),
+        fc.constantFrom<0 | 1>(0, 1),
+        (src, dst, sport, dport, protocol, ifindex, direction) => {
+          const fields = {
+            sourceIPv4Address: src,
+            destinationIPv4Address: dst,
+            sourceTransportPort: sport,
+            destinationTransportPort: dport,
+            protocolIdentifier: protocol,
+            ingressInterface: ifindex,
+            flowDirection: direction,
+          };
+          const text = new FlowKey(true).read(rec(fields));
+          const r = rec(fields);
+          attachIPv4Words(r, ipv4ToUint32(src), ipv4ToUint32(dst));
+          const words = new FlowKey(true).read(r);
+          expect([words.hash, words.src, words.dst, words.ports, words.meta, words.vni, words.iface]).toEqual(
+            [text.hash, text.src, text.dst, text.ports, text.meta, text.vni, text.iface],
+          );
+          expect([text.parsed, words.parsed]).toEqual([true, false]);
+        },
+      ),
+    );
+  });
+
+  it('keys on the attached words while the text is unchanged, on the text once it changed', () => {
+    const key = new FlowKey(false);
+    const r = rec({ sourceIPv4Address: '10.0.0.1' });
+    // Words that disagree with the text (a contract breach) show which one the key was read from.
+    attachIPv4Words(r, 0x0b000001, 0x0b000002);
+    expect([key.read(r).src, key.dst, key.parsed]).toEqual([0x0b000001, 0x0b000002, false]);
+    r.sourceIPv4Address = '10.0.0.3';
+    expect([key.read(r).src, key.dst, key.parsed]).toEqual([0x0a000003, 0x0a000002, true]);
   });
 });
 
