@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { Subject, from, type SchedulerLike, type Subscription } from 'rxjs';
+import { Subject, from } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import accountModule, { account } from '../../../src/operators/account.js';
@@ -8,46 +8,21 @@ import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import { attachIPv4Words, readIPv4Words, type FlowBatch, type FlowRecord } from '../../../src/records.js';
+import { flowRecord } from '../../fixtures/records.js';
+import { TrackingScheduler } from './tracking-scheduler.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
-    destinationIPv4Address: '10.0.0.2',
-    sourceTransportPort: 40000,
-    destinationTransportPort: 443,
-    protocolIdentifier: 6,
+  return flowRecord({
     octetDeltaCount: 100,
     packetDeltaCount: 1,
     flowStartMilliseconds: 1000,
     flowEndMilliseconds: 1000,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
     ...p,
-  };
+  });
 }
 
 function testScheduler(): TestScheduler {
   return new TestScheduler((actual, expected) => expect(actual).toEqual(expected));
-}
-
-/** Delegates to another scheduler and keeps every subscription it hands out, to check teardown. */
-class TrackingScheduler implements SchedulerLike {
-  readonly scheduled: Subscription[] = [];
-  constructor(private readonly inner: SchedulerLike) {}
-  now(): number {
-    return this.inner.now();
-  }
-  schedule<T>(work: (this: unknown, state?: T) => void, delay?: number, state?: T): Subscription {
-    const sub = this.inner.schedule(work as never, delay, state);
-    this.scheduled.push(sub);
-    return sub;
-  }
 }
 
 function collect(batches: FlowBatch[], opts: Parameters<typeof account>[0]) {

@@ -8,28 +8,18 @@ import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import { flowRecord } from '../../fixtures/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
+  return flowRecord({
     destinationIPv4Address: '10.0.1.1',
-    sourceTransportPort: 40000,
     destinationTransportPort: 80,
-    protocolIdentifier: 6,
     octetDeltaCount: 100,
     packetDeltaCount: 1,
     flowStartMilliseconds: 1000,
     flowEndMilliseconds: 1000,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
     ...p,
-  };
+  });
 }
 
 /** The same packet as seen by a router: ingress on eth0 (2), egress on eth1 (3). */

@@ -8,28 +8,16 @@ import {
   recordProblem,
 } from '../../../src/operators/flow-key.js';
 import { attachIPv4Words, readIPv4Words, type FlowRecord } from '../../../src/records.js';
+import { flowRecord } from '../../fixtures/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
-    destinationIPv4Address: '10.0.0.2',
-    sourceTransportPort: 40000,
-    destinationTransportPort: 443,
-    protocolIdentifier: 6,
+  return flowRecord({
     octetDeltaCount: 100,
     packetDeltaCount: 1,
     flowStartMilliseconds: 0,
     flowEndMilliseconds: 0,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
     ...p,
-  };
+  });
 }
 
 describe('ipv4ToUint32', () => {

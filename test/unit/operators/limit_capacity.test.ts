@@ -13,7 +13,6 @@ import {
   tap,
   timer,
   type SchedulerLike,
-  type Subscription,
 } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
@@ -25,6 +24,7 @@ import { OperatorError } from '../../../src/operators/flow-key.js';
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import { TrackingScheduler } from './tracking-scheduler.js';
 
 function rec(port: number): FlowRecord {
   return {
@@ -78,19 +78,6 @@ function captureLogger(now: () => number) {
     },
   );
   return { logger, lines };
-}
-
-class TrackingScheduler implements SchedulerLike {
-  readonly scheduled: Subscription[] = [];
-  constructor(private readonly inner: SchedulerLike) {}
-  now(): number {
-    return this.inner.now();
-  }
-  schedule<T>(work: (this: unknown, state?: T) => void, delay?: number, state?: T): Subscription {
-    const sub = this.inner.schedule(work as never, delay, state);
-    this.scheduled.push(sub);
-    return sub;
-  }
 }
 
 /** Emits each group of batches synchronously at its frame, then completes at `end`. */

@@ -7,10 +7,10 @@ import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import type { FlowRecord } from '../../../src/records.js';
 import top, { TopTable, topModule, type TopConfig } from '../../../src/sinks/top.js';
+import { flowRecord } from '../../fixtures/records.js';
 
 function rec(over: Partial<FlowRecord> = {}): FlowRecord {
-  return {
-    ipVersion: 4,
+  return flowRecord({
     sourceIPv4Address: '192.0.2.1',
     destinationIPv4Address: '192.0.2.2',
     sourceTransportPort: 40001,
@@ -20,15 +20,9 @@ function rec(over: Partial<FlowRecord> = {}): FlowRecord {
     packetDeltaCount: 10,
     flowStartMilliseconds: 0,
     flowEndMilliseconds: 0,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
     ingressInterface: 7,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
     ...over,
-  };
+  });
 }
 
 function clock(start = 0): { now: () => number; advance: (ms: number) => void } {
