@@ -42,6 +42,7 @@ import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { SinkError, messageOf } from './errors.js';
+import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 export interface NatsSessionsConfig {
   servers: string[];
@@ -202,7 +203,7 @@ const schema: JsonSchema = {
     shutdown_timeout_ms: ms('On close, how long to wait for pending writes.', DEFAULTS.shutdown_timeout_ms),
     instance: {
       type: 'string',
-      pattern: '^[A-Za-z0-9_.-]{1,64}$',
+      pattern: INSTANCE_PATTERN,
       default: DEFAULTS.instance,
       description:
         "The firewall instance given to 'rxflow firewall load' (as in the firewall_sessions source).",

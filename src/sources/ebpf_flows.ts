@@ -20,6 +20,7 @@ import type { FlowBatch } from '../records.js';
 import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
+import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 export interface EbpfFlowsConfig {
   interfaces: string[];
@@ -195,7 +196,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       },
       instance: {
         type: 'string',
-        pattern: '^[A-Za-z0-9_.-]{1,64}$',
+        pattern: INSTANCE_PATTERN,
         default: 'default',
         description: 'names the bpffs directory <pin_root>/rxflow-<instance>; two agents on a host need two',
       },

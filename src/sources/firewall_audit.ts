@@ -10,6 +10,7 @@ import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { firewallSource, setAddresses } from './firewall-source.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
+import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 export interface FirewallAuditConfig {
   instance: string;
@@ -111,7 +112,7 @@ const firewallAuditModule: SourceModule<FirewallAuditConfig> = {
     properties: {
       instance: {
         type: 'string',
-        pattern: '^[A-Za-z0-9_.-]{1,64}$',
+        pattern: INSTANCE_PATTERN,
         default: 'default',
         description: "the firewall instance given to 'rxflow firewall load'",
       },

@@ -15,6 +15,7 @@ import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { firewallSource, setAddresses } from './firewall-source.js';
+import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 /**
  * Session lifecycle events of a firewall.
@@ -210,7 +211,7 @@ const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
     properties: {
       instance: {
         type: 'string',
-        pattern: '^[A-Za-z0-9_.-]{1,64}$',
+        pattern: INSTANCE_PATTERN,
         default: 'default',
         description: "the firewall instance given to 'rxflow firewall load'",
       },

@@ -20,6 +20,7 @@ import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { withNetns } from '../datapath/netns.js';
 import { bpfObjectPath } from '../paths.js';
 import type { FlowRecord } from '../records.js';
+import { INSTANCE_RULE, isInstanceName } from '../datapath/instance.js';
 
 export interface FlowDatapathOptions {
   /** Interfaces to attach to, by name, in `netns` or the agent's own network namespace. */
@@ -76,11 +77,8 @@ export class FlowDatapath {
   /** Loads bpf/flow.o, pins its maps and attaches it to every interface and direction asked for. */
   static open(options: FlowDatapathOptions): FlowDatapath {
     const instance = options.instance ?? 'default';
-    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(instance)) {
-      throw new DatapathError(
-        'EARG',
-        `flow datapath: instance '${instance}' must be 1-64 letters, digits, '_', '.' or '-'`,
-      );
+    if (!isInstanceName(instance)) {
+      throw new DatapathError('EARG', `flow datapath: instance '${instance}' ${INSTANCE_RULE}`);
     }
     const pinDir = join(options.pinRoot ?? '/sys/fs/bpf', `rxflow-${instance}`);
     const spec = ObjectSpec.open(options.objectPath ?? bpfObjectPath('flow'));

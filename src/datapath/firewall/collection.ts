@@ -51,6 +51,7 @@ import {
   type SessionKey,
   type TunnelType,
 } from './types.js';
+import { INSTANCE_RULE, isInstanceName } from '../instance.js';
 
 export interface FirewallLoadOptions {
   /** bpffs directory of this firewall, e.g. /sys/fs/bpf/rxflow-firewall-default. */
@@ -584,11 +585,8 @@ export class FirewallCollection {
 
 /** Where an instance's firewall is pinned: <pinRoot>/rxflow-firewall-<instance>. */
 export function firewallPinDir(instance = 'default', pinRoot = '/sys/fs/bpf'): string {
-  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(instance)) {
-    throw new FirewallError(
-      'EARG',
-      `firewall instance '${instance}' must be 1-64 letters, digits, '_', '.' or '-'`,
-    );
+  if (!isInstanceName(instance)) {
+    throw new FirewallError('EARG', `firewall instance '${instance}' ${INSTANCE_RULE}`);
   }
   return join(pinRoot, `rxflow-firewall-${instance}`);
 }
