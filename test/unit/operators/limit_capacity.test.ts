@@ -25,27 +25,16 @@ import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
 import { TrackingScheduler } from './tracking-scheduler.js';
+import { flowRecord } from '../../fixtures/records.js';
 
 function rec(port: number): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
-    destinationIPv4Address: '10.0.0.2',
+  return flowRecord({
     sourceTransportPort: port,
-    destinationTransportPort: 443,
-    protocolIdentifier: 6,
     octetDeltaCount: 100,
     packetDeltaCount: 1,
     flowStartMilliseconds: 0,
     flowEndMilliseconds: 0,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
-  };
+  });
 }
 
 /** A batch of n records whose ports start at `tag`, so batches are told apart. */

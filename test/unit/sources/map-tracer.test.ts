@@ -3,12 +3,10 @@ import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
 import { mapTracer } from '../../../src/sources/map-tracer.js';
+import { flowRecord } from '../../fixtures/records.js';
 
 function flow(port: number): FlowRecord {
-  return {
-    ipVersion: 4,
-    sourceIPv4Address: '10.0.0.1',
-    destinationIPv4Address: '10.0.0.2',
+  return flowRecord({
     sourceTransportPort: port,
     destinationTransportPort: 53,
     protocolIdentifier: 17,
@@ -16,14 +14,7 @@ function flow(port: number): FlowRecord {
     packetDeltaCount: 1,
     flowStartMilliseconds: 0,
     flowEndMilliseconds: 0,
-    tcpControlBits: 0,
-    ipDiffServCodePoint: 0,
-    ingressInterface: 2,
-    flowDirection: 0,
-    sourceMacAddress: '02:00:00:00:00:01',
-    destinationMacAddress: '02:00:00:00:00:02',
-    ethernetType: 0x0800,
-  };
+  });
 }
 
 function testScheduler(): TestScheduler {
