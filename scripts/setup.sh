@@ -60,6 +60,9 @@ fi
 say "building BPF objects"
 bash bpf/build.sh || fail "BPF build failed: fix the C error shown above"
 
+say "building the native library (dist/native/librxflow.so)"
+bash native/build.sh || fail "native build failed: see the compiler output above"
+
 if [ -f tools/build.sh ]; then
   say "building test and demo tools"
   bash tools/build.sh || fail "tools build failed: see the compiler output above"

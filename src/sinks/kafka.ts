@@ -1,11 +1,12 @@
 /**
- * `kafka`: writes flow records to a Kafka topic with kafkajs, as JSON (IPFIX names) or protobuf
- * (src/sinks/flow.proto), one record or a batch of records per message.
+ * `kafka`: writes flow records to a Kafka topic, as JSON (IPFIX names) or protobuf
+ * (src/sinks/flow.proto), one record or a batch of records per message. kafkajs keeps the broker
+ * connections; the sink encodes record batches and Produce requests itself (src/sinks/kafka/).
  *
  * Records wait in a bounded queue; a produce request takes up to batch_max_records of them once
  * that many wait, once they fill about batch_max_bytes, or once the oldest has waited linger_ms,
- * and up to max_in_flight requests run at once. A request that kafkajs gives up on (after its own
- * retries) is retried by the sink with backoff until delivery_timeout_ms after its oldest record
+ * and up to max_in_flight requests run at once. A request the transport gives up on (after its own
+ * retries; partitions already written are not sent again) is retried by the sink with backoff until delivery_timeout_ms after its oldest record
  * arrived; then its records count as `sink_failed`. While the brokers are away the queue fills up
  * to buffer_max_records and what does not fit counts as `sink_buffer_full`. Nothing escapes into
  * the pipeline: consume() resolves once its input completed and every record is written or counted.
@@ -17,8 +18,21 @@ import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
-import { kafkajsTransport, type KafkaTransport, type SaslOptions, type TlsOptions } from './kafka/client.js';
-import { RequestEncoder, type EncodedRequest, type Encoding, type KeyMode } from './kafka/encode.js';
+import {
+  ProduceError,
+  kafkaErrorRetriable,
+  kafkajsTransport,
+  type KafkaTransport,
+  type SaslOptions,
+  type TlsOptions,
+} from './kafka/client.js';
+import {
+  RequestEncoder,
+  unwritten,
+  type EncodedRequest,
+  type Encoding,
+  type KeyMode,
+} from './kafka/encode.js';
 import { RecordQueue } from './kafka/queue.js';
 import { LossLog } from './loss-log.js';
 
@@ -146,7 +160,7 @@ const schema: JsonSchema = {
       enum: ['none', 'gzip'],
       default: DEFAULTS.compression,
       description:
-        'Record batch compression. kafkajs ships gzip only (snappy, lz4 and zstd need codecs it does not bundle).',
+        'Record batch compression: gzip (compressed on the libuv thread pool, off the event loop) or none.',
     },
     acks: {
       enum: [-1, 0, 1],
@@ -164,7 +178,8 @@ const schema: JsonSchema = {
       type: 'integer',
       minimum: 0,
       default: DEFAULTS.retries,
-      description: 'Retries of a failed request inside kafkajs before the sink backs off and tries again.',
+      description:
+        'Retries of a failed produce request (and of connecting or reading metadata, inside kafkajs) before the sink backs off and tries again.',
     },
     retry_initial_ms: ms(
       'First backoff after a failure; it doubles with every further failure.',
@@ -238,21 +253,10 @@ function resolveConfig(config: KafkaSinkConfig): Resolved {
   return resolved;
 }
 
-/**
- * Whether trying again can help. kafkajs wraps a failure in layers (a non-retriable error around
- * "number of retries exceeded" around a connection error), so the chain decides: retries having
- * run out means the failure itself was transient; otherwise the innermost error says (a message
- * too large or a missing authorisation will not get better).
- */
+/** Whether trying again can help: see kafkaErrorRetriable; encoding errors never get better. */
 export function retriable(err: unknown): boolean {
-  if (err instanceof SinkError) return err.code !== 'EENCODE';
-  let e = err as { name?: string; retriable?: boolean; cause?: unknown } | undefined;
-  for (let depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
-    if (e.name === 'KafkaJSNumberOfRetriesExceeded') return true;
-    if (e.cause === undefined || e.cause === null || e.cause === e) return e.retriable !== false;
-    e = e.cause;
-  }
-  return true;
+  if (err instanceof SinkError && !(err instanceof ProduceError)) return err.code !== 'EENCODE';
+  return kafkaErrorRetriable(err);
 }
 
 interface Request {
@@ -285,7 +289,6 @@ export class KafkaSink implements Sink {
   private left = 0;
   private flushWaiters: FlushWaiter[] = [];
   private bytesPerRecord: number;
-  private partitions = 0;
   private connected = false;
   private connecting: Promise<void> | undefined;
   private pumping = false;
@@ -313,6 +316,7 @@ export class KafkaSink implements Sink {
       encoding: this.config.encoding,
       recordsPerMessage: this.config.records_per_message,
       key: this.config.key,
+      compression: this.config.compression,
     });
     this.bytesPerRecord = FIRST_BYTES_PER_RECORD[this.config.encoding];
     this.losses = new LossLog(
@@ -486,17 +490,21 @@ export class KafkaSink implements Sink {
   private async deliver(request: Request, records: FlowRecord[]): Promise<void> {
     const deadline = request.arrived + this.config.delivery_timeout_ms;
     let encoded: EncodedRequest | undefined;
+    // Records of the request no broker has taken: all of them until it is encoded and sent.
+    const unsent = (): number => (encoded === undefined ? request.records : unwritten(encoded));
+    const fail = (err: unknown): void => {
+      const lost = unsent();
+      this.counters.addSent(request.records - lost);
+      this.drop('sink_failed', lost, err);
+    };
     try {
       for (let attempt = 1; ; attempt++) {
         try {
           if (encoded === undefined) {
-            if (this.encoder.needsPartitions && this.partitions === 0) {
-              this.partitions = await this.transport.partitions();
-            }
-            encoded = this.encode(records);
+            encoded = await this.encode(records, await this.transport.partitions());
             records = [];
           }
-          await this.transport.send(encoded.messages);
+          await this.transport.send(encoded);
           if (request.abandoned) return;
           this.counters.addSent(request.records);
           this.recovered();
@@ -505,7 +513,7 @@ export class KafkaSink implements Sink {
           if (request.abandoned) return;
           const wait = this.backoff(attempt);
           if (!retriable(err) || this.scheduler.now() + wait >= deadline || this.stopped) {
-            this.drop('sink_failed', request.records, err);
+            fail(err);
             break;
           }
           this.failing(err);
@@ -515,7 +523,7 @@ export class KafkaSink implements Sink {
       }
     } catch (err) {
       if (request.abandoned) return;
-      this.drop('sink_failed', request.records, err);
+      fail(err);
     }
     if (encoded !== undefined) this.encoder.release(encoded);
     this.inFlight.delete(request);
@@ -523,10 +531,10 @@ export class KafkaSink implements Sink {
     this.pump();
   }
 
-  private encode(records: FlowRecord[]): EncodedRequest {
+  private async encode(records: FlowRecord[], partitions: number): Promise<EncodedRequest> {
     let encoded: EncodedRequest;
     try {
-      encoded = this.encoder.encode(records, this.partitions);
+      encoded = await this.encoder.encode(records, partitions, this.bytesPerRecord, Date.now());
     } catch (err) {
       throw new SinkError(
         'EENCODE',
@@ -671,7 +679,6 @@ const kafkaModule: SinkModule<KafkaSinkConfig> = {
       topic: resolved.topic,
       clientId: resolved.client_id,
       acks: resolved.acks,
-      compression: resolved.compression,
       requestTimeoutMs: resolved.request_timeout_ms,
       connectionTimeoutMs: resolved.connection_timeout_ms,
       retries: resolved.retries,

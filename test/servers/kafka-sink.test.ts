@@ -4,7 +4,7 @@ import protobuf from 'protobufjs';
 import { Subject, from } from 'rxjs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
-import type { KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
+import { KafkaApiKey, KafkaErrorCode, type KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
@@ -307,6 +307,77 @@ describeWith({ commands: ['kcat'] }, 'kafka sink against the mock cluster', () =
     }
     expect(got.sort((x, y) => indexOf(x as never) - indexOf(y as never))).toEqual(sent);
     expectFlowsKeptTogether(placed, 2);
+  });
+
+  it('retries partitions the broker answers with a retriable error and writes every record exactly once', async () => {
+    await cluster.createTopic('retriable', 3);
+    // The next three produce requests fail: the leader moved, then not enough replicas.
+    await cluster.pushRequestErrors(KafkaApiKey.Produce, 2, KafkaErrorCode.NOT_LEADER_OR_FOLLOWER);
+    await cluster.pushRequestErrors(KafkaApiKey.Produce, 1, KafkaErrorCode.NOT_ENOUGH_REPLICAS);
+    const sent = records(0, 600);
+    const ledger = await runSink(
+      { ...base('retriable'), retries: 5, retry_initial_ms: 10, retry_max_ms: 50 },
+      batches(sent, 100),
+    );
+    const read = await readWithKcat(cluster.bootstrap, 'retriable');
+    const got = read.map((m) => JSON.parse(m.value!) as FlowRecord).sort((x, y) => indexOf(x) - indexOf(y));
+    expect(got).toEqual(sent);
+    expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({ received: 600, sent: 600, dropped: {} });
+  });
+
+  it('counts a request the broker refuses for good as sink_failed at once, and keeps writing the next', async () => {
+    await cluster.createTopic('refused', 1);
+    await cluster.pushRequestErrors(KafkaApiKey.Produce, 1, KafkaErrorCode.TOPIC_AUTHORIZATION_FAILED);
+    const ledger = new Ledger();
+    const sink = kafkaModule.build(
+      {
+        ...base('refused'),
+        batch_max_records: 50,
+        max_in_flight: 1,
+        retries: 5,
+        delivery_timeout_ms: 600_000,
+      },
+      contextFor('out', ledger),
+    );
+    // A refusal ends the request's attempts; were it retried, it would hold the test until the
+    // delivery timeout, past the test's own.
+    await sink.consume(from(batches(records(0, 100), 50)));
+    await sink.close();
+    const read = await readWithKcat(cluster.bootstrap, 'refused');
+    expect(read.map((m) => indexOf(JSON.parse(m.value!) as FlowRecord))).toEqual(
+      Array.from({ length: 50 }, (_, i) => 50 + i),
+    );
+    expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+      received: 100,
+      sent: 50,
+      dropped: { sink_failed: 50 },
+    });
+  });
+
+  it('with partitions led by three brokers, sends each its own partitions and every record arrives once', async () => {
+    const three = await startKafkaMock({ brokers: 3 });
+    try {
+      await three.createTopic('spread', 6);
+      const sent = records(0, 3000);
+      const ledger = await runSink(
+        { ...base('spread'), bootstrap_servers: three.brokers, batch_max_records: 500 },
+        batches(sent, 250),
+      );
+      const read = await readWithKcat(three.bootstrap, 'spread');
+      const got = read.map((m) => JSON.parse(m.value!) as FlowRecord).sort((x, y) => indexOf(x) - indexOf(y));
+      expect(got).toEqual(sent);
+      expectFlowsKeptTogether(
+        read.map((m) => ({ index: indexOf(JSON.parse(m.value!) as FlowRecord), partition: m.partition })),
+        6,
+      );
+      expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+        received: 3000,
+        sent: 3000,
+        dropped: {},
+      });
+    } finally {
+      await three.stop();
+    }
   });
 
   it('through a 10 s broker outage every record ends up in Kafka or counted as dropped, and nothing throws', async () => {

@@ -1,4 +1,4 @@
-import { Partitioners, type Message, type PartitionerArgs } from 'kafkajs';
+import { Partitioners, type PartitionerArgs } from 'kafkajs';
 import { Subject, VirtualTimeScheduler, from } from 'rxjs';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,10 +9,15 @@ import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
+import { decodeBatches, type DecodedMessage } from '../../fixtures/record-batches.js';
+import fc from 'fast-check';
 import kafkaModule, { KafkaSink, retriable, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
-import { tlsConnectionOptions, type KafkaTransport } from '../../../src/sinks/kafka/client.js';
+import { ProduceError, tlsConnectionOptions, type KafkaTransport } from '../../../src/sinks/kafka/client.js';
+import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
 import {
   RequestEncoder,
+  type EncodedRequest,
+  type EncoderOptions,
   flowHash,
   flowKey,
   loadFlowProto,
@@ -138,77 +143,205 @@ describe('kafka message keys and partitions', () => {
 
 describe('RequestEncoder', () => {
   const { FlowRecord: FlowRecordType, FlowBatch: FlowBatchType } = loadFlowProto();
-  const decode = (value: Buffer | string | null): unknown =>
-    FlowRecordType.toObject(FlowRecordType.decode(value as Buffer), { longs: Number, defaults: true });
+  const decode = (value: Buffer): unknown =>
+    FlowRecordType.toObject(FlowRecordType.decode(value), { longs: Number, defaults: true });
+  const decodeBatch = (value: Buffer): FlowRecord[] =>
+    (
+      FlowBatchType.toObject(FlowBatchType.decode(value), { longs: Number, defaults: true }) as {
+        records: FlowRecord[];
+      }
+    ).records;
+  const encoder = (options: Partial<EncoderOptions>): RequestEncoder =>
+    new RequestEncoder({
+      encoding: 'json',
+      recordsPerMessage: 1,
+      key: 'flow',
+      compression: 'none',
+      ...options,
+    });
+  const NOW = 1_700_000_123_456;
 
-  it("json, one record per message: the record's JSON as the value and the flow key", () => {
-    const records = [record(1), record(2, { interfaceName: 'eth0', duplicate: true })];
-    const out = new RequestEncoder({ encoding: 'json', recordsPerMessage: 1, key: 'flow' }).encode(
-      records,
-      0,
+  it("json, one record per message: the record's JSON as the value, the flow key, on the key's partition", async () => {
+    const records = [record(1), record(2, { interfaceName: 'eth0', duplicate: true }), record(3)];
+    const out = await encoder({}).encode(records, 4, 100, NOW);
+    const messages = await decodeBatches(out.batches);
+    const expected = records.map((r) => ({
+      partition: partitionForKey(flowKey(r), 4),
+      key: flowKey(r),
+      value: JSON.stringify(r),
+      timestamp: NOW,
+      headers: 0,
+    }));
+    expect(
+      messages
+        .map((m) => ({ ...m, value: m.value.toString(), offset: undefined }))
+        .sort((x, y) => x.value.localeCompare(y.value)),
+    ).toEqual(
+      expected.map((e) => ({ ...e, offset: undefined })).sort((x, y) => x.value.localeCompare(y.value)),
     );
-    expect(out.messages.map((m) => ({ key: m.key, value: String(m.value) }))).toEqual([
-      { key: '6/10.0.0.1:40001/10.0.0.2:443', value: JSON.stringify(records[0]) },
-      { key: '6/10.0.0.1:40002/10.0.0.2:443', value: JSON.stringify(records[1]) },
-    ]);
-    expect(out.bytes).toBe(records.reduce((n, r) => n + JSON.stringify(r).length + 29, 0));
+    // Offsets within each partition's batch count from 0 in arrival order.
+    for (const b of out.batches) {
+      const own = messages.filter((m) => m.partition === b.partition);
+      expect(own.map((m) => m.offset)).toEqual(own.map((_, i) => i));
+      expect(b.records).toBe(own.length);
+    }
+    expect(out.records).toBe(3);
+    expect(out.bytes).toBe(out.batches.reduce((n, b) => n + b.data.length, 0));
   });
 
-  it('protobuf, one record per message: each value decodes to its record; key none leaves keys off', () => {
+  it('protobuf, one record per message: each value decodes to its record; key none puts a request on one partition, the next request on the next', async () => {
+    const enc = encoder({ encoding: 'protobuf', key: 'none' });
     const records = range(1, 5);
-    const out = new RequestEncoder({ encoding: 'protobuf', recordsPerMessage: 1, key: 'none' }).encode(
-      records,
-      0,
-    );
-    expect(out.messages.map((m) => m.key)).toEqual([null, null, null, null, null]);
-    expect(out.messages.map((m) => decode(m.value))).toEqual(records);
+    const first = await enc.encode(records, 3, 100, NOW);
+    const messages = await decodeBatches(first.batches);
+    expect(messages.map((m) => m.key)).toEqual([null, null, null, null, null]);
+    expect(messages.map((m) => decode(m.value))).toEqual(records);
+    expect(first.batches.map((b) => [b.partition, b.records])).toEqual([[1, 5]]);
+    const partitions: number[] = [];
+    for (let i = 0; i < 3; i++)
+      partitions.push((await enc.encode(records, 3, 100, NOW)).batches[0]!.partition);
+    expect(partitions).toEqual([2, 0, 1]);
   });
 
-  it('batch messages keyed by flow are grouped by partition, carry it, and hold at most records_per_message', () => {
+  it('keeps values of every size whole, whatever room the length prefixes need (1 to 3 varint bytes)', async () => {
+    // Interface names from a few bytes to 20 kB move the value length and record length across
+    // the 64-, 8192- and 1M-byte varint boundaries, and past the first buffer's end.
+    const records = [1, 30, 60, 4000, 8150, 8200, 20_000].map((n, i) =>
+      record(i, { interfaceName: 'x'.repeat(n) }),
+    );
+    for (const encoding of ['json', 'protobuf'] as const) {
+      const out = await encoder({ encoding, key: 'none' }).encode(records, 1, 10, NOW);
+      const messages = await decodeBatches(out.batches);
+      expect(
+        messages.map((m): unknown =>
+          encoding === 'json' ? JSON.parse(m.value.toString()) : decode(m.value),
+        ),
+      ).toEqual(records);
+    }
+  });
+
+  it('batch messages keyed by flow are grouped by partition and hold at most records_per_message', async () => {
     const records: FlowRecord[] = [];
     for (let i = 0; i < 40; i++) {
       const r = record(i, { sourceIPv4Address: `10.0.1.${i}` });
       records.push(r, reverse(r));
     }
     for (const encoding of ['json', 'protobuf'] as const) {
-      const out = new RequestEncoder({ encoding, recordsPerMessage: 7, key: 'flow' }).encode(records, 3);
+      const out = await encoder({ encoding, recordsPerMessage: 7 }).encode(records, 3, 100, NOW);
       const seen: FlowRecord[] = [];
-      for (const m of out.messages) {
-        expect(m.key).toBeUndefined();
+      for (const m of await decodeBatches(out.batches)) {
+        expect(m.key).toBeNull();
         const batch =
-          encoding === 'json'
-            ? (JSON.parse(String(m.value)) as FlowRecord[])
-            : (
-                FlowBatchType.toObject(FlowBatchType.decode(m.value as Buffer), {
-                  longs: Number,
-                  defaults: true,
-                }) as {
-                  records: FlowRecord[];
-                }
-              ).records;
+          encoding === 'json' ? (JSON.parse(m.value.toString()) as FlowRecord[]) : decodeBatch(m.value);
         expect(batch.length).toBeGreaterThan(0);
         expect(batch.length).toBeLessThanOrEqual(7);
         for (const r of batch) expect(m.partition).toBe(flowHash(r) % 3);
         seen.push(...batch);
       }
+      expect(out.batches.reduce((n, b) => n + b.records, 0)).toBe(80);
       const order = (a: FlowRecord, b: FlowRecord): number =>
         a.flowStartMilliseconds - b.flowStartMilliseconds || a.flowDirection - b.flowDirection;
       expect(seen.sort(order)).toEqual([...records].sort(order));
     }
   });
 
-  it('batch messages without a key are cut in arrival order and carry no partition', () => {
+  it('batch messages without a key are cut in arrival order', async () => {
     const records = range(0, 10);
-    const out = new RequestEncoder({ encoding: 'json', recordsPerMessage: 4, key: 'none' }).encode(
-      records,
-      0,
-    );
-    expect(out.messages.map((m) => ({ ...m, value: JSON.parse(String(m.value)) as unknown }))).toEqual([
-      { value: records.slice(0, 4) },
-      { value: records.slice(4, 8) },
-      { value: records.slice(8, 10) },
+    const out = await encoder({ recordsPerMessage: 4, key: 'none' }).encode(records, 1, 100, NOW);
+    const messages = await decodeBatches(out.batches);
+    expect(messages.map((m) => JSON.parse(m.value.toString()) as unknown)).toEqual([
+      records.slice(0, 4),
+      records.slice(4, 8),
+      records.slice(8, 10),
     ]);
   });
+
+  it('gzip compresses each batch; a consumer reads the same messages', async () => {
+    const records = range(0, 200);
+    const plain = await encoder({ key: 'none' }).encode(records, 1, 100, NOW);
+    const gzipped = await encoder({ key: 'none', compression: 'gzip' }).encode(records, 1, 100, NOW);
+    expect(gzipped.batches[0]!.data.readInt16BE(21) & 7).toBe(1);
+    expect(gzipped.bytes).toBeLessThan(plain.bytes / 4);
+    const values = async (r: EncodedRequest): Promise<unknown[]> =>
+      (await decodeBatches(r.batches)).map((m): unknown => JSON.parse(m.value.toString()));
+    expect(await values(gzipped)).toEqual(records);
+    expect(await values(plain)).toEqual(records);
+  });
+
+  it('fills the batch header: magic 2, CRC-32C of attributes to end, offsets, timestamps, no producer id', async () => {
+    const out = await encoder({ key: 'none' }).encode(range(0, 3), 1, 100, NOW);
+    const b = out.batches[0]!.data;
+    expect({
+      baseOffset: b.readBigInt64BE(0),
+      length: b.readInt32BE(8),
+      epoch: b.readInt32BE(12),
+      magic: b[16],
+      crc: b.readUInt32BE(17),
+      attributes: b.readInt16BE(21),
+      lastOffsetDelta: b.readInt32BE(23),
+      firstTimestamp: b.readBigInt64BE(27),
+      maxTimestamp: b.readBigInt64BE(35),
+      producerId: b.readBigInt64BE(43),
+      producerEpoch: b.readInt16BE(51),
+      baseSequence: b.readInt32BE(53),
+      count: b.readInt32BE(57),
+    }).toEqual({
+      baseOffset: 0n,
+      length: b.length - 12,
+      epoch: -1,
+      magic: 2,
+      crc: crc32cBitwise(b.subarray(21)),
+      attributes: 0,
+      lastOffsetDelta: 2,
+      firstTimestamp: BigInt(NOW),
+      maxTimestamp: BigInt(NOW),
+      producerId: -1n,
+      producerEpoch: -1,
+      baseSequence: -1,
+      count: 3,
+    });
+  });
+});
+
+/** CRC-32C one bit at a time: the definition, as an oracle for the table-driven version. */
+function crc32cBitwise(data: Uint8Array): number {
+  let crc = 0xffffffff;
+  for (const byte of data) {
+    crc ^= byte;
+    for (let k = 0; k < 8; k++) crc = crc & 1 ? (crc >>> 1) ^ 0x82f63b78 : crc >>> 1;
+  }
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+describe('crc32c', () => {
+  const implementations = { native: crc32c, javascript: crc32cJs };
+
+  it('uses native/crc32c.c once setup has built it', () => {
+    // Setup builds dist/native/librxflow.so; in CI the JavaScript stand-in must not be what runs.
+    if (process.env.CI === 'true') expect(crc32cImplementation).not.toBe('javascript');
+    expect(['sse4.2', 'native-table', 'javascript']).toContain(crc32cImplementation);
+  });
+
+  for (const [name, crc] of Object.entries(implementations)) {
+    it(`${name}: matches the published check values (RFC 3720 B.4 and the CRC catalogue)`, () => {
+      expect(crc(Buffer.from('123456789'))).toBe(0xe3069283);
+      expect(crc(new Uint8Array(32))).toBe(0x8a9136aa);
+      expect(crc(new Uint8Array(32).fill(0xff))).toBe(0x62a8ab43);
+      expect(crc(Uint8Array.from({ length: 32 }, (_, i) => i))).toBe(0x46dd794e);
+      expect(crc(Uint8Array.from({ length: 32 }, (_, i) => 31 - i))).toBe(0x113fdb5c);
+      expect(crc(new Uint8Array(0))).toBe(0);
+    });
+
+    it(`${name}: equals the bitwise definition for any bytes and any sub-range`, () => {
+      fc.assert(
+        fc.property(fc.uint8Array({ maxLength: 3000 }), fc.nat(), fc.nat(), (data, x, y) => {
+          const start = data.length === 0 ? 0 : x % (data.length + 1);
+          const end = start + (data.length === 0 ? 0 : y % (data.length - start + 1));
+          expect(crc(data, start, end)).toBe(crc32cBitwise(data.subarray(start, end)));
+        }),
+      );
+    });
+  }
 });
 
 describe('retriable', () => {
@@ -282,19 +415,18 @@ class Clock {
 
 type Outcome = 'ok' | 'hang' | Error;
 
-const copy = (messages: Message[]): Message[] =>
-  messages.map((m) => ({ ...m, value: Buffer.isBuffer(m.value) ? Buffer.from(m.value) : m.value }));
-
 class FakeTransport implements KafkaTransport {
-  /** Copies of what was written: like kafkajs, the fake is done with the values once a send settles. */
-  readonly sent: { at: number; messages: Message[] }[] = [];
+  /** What was written, decoded when sent: the sink reuses its buffers once a send settles. */
+  readonly sent: { at: number; messages: DecodedMessage[] }[] = [];
   readonly attempts: number[] = [];
   connects = 0;
   disconnects = 0;
   connectFailures = 0;
-  /** Decides each send attempt; 'hang' never settles. */
-  outcome: (attempt: number) => Outcome = () => 'ok';
-  private hung: { messages: Message[]; resolve: () => void }[] = [];
+  /** One partition keeps every request's records in arrival order. */
+  partitionCount = 1;
+  /** Decides each send attempt; 'hang' never settles; a function writes some batches itself. */
+  outcome: (attempt: number) => Outcome | ((request: EncodedRequest) => Promise<void>) = () => 'ok';
+  private hung: { messages: DecodedMessage[]; request: EncodedRequest; resolve: () => void }[] = [];
 
   constructor(private readonly clock: Clock) {}
 
@@ -308,25 +440,29 @@ class FakeTransport implements KafkaTransport {
   }
 
   partitions(): Promise<number> {
-    return Promise.resolve(4);
+    return Promise.resolve(this.partitionCount);
   }
 
-  send(messages: Message[]): Promise<void> {
+  async send(request: EncodedRequest): Promise<void> {
     this.attempts.push(this.clock.now);
     const outcome = this.outcome(this.attempts.length);
+    if (typeof outcome === 'function') return outcome(request);
+    if (outcome instanceof Error) throw outcome;
+    const at = this.clock.now;
+    const messages = await decodeBatches(request.batches.filter((b) => !b.written));
     if (outcome === 'ok') {
-      this.sent.push({ at: this.clock.now, messages: copy(messages) });
-      return Promise.resolve();
+      this.sent.push({ at, messages });
+      for (const b of request.batches) b.written = true;
+      return;
     }
-    if (outcome === 'hang')
-      return new Promise<void>((resolve) => this.hung.push({ messages: copy(messages), resolve }));
-    return Promise.reject(outcome);
+    return new Promise<void>((resolve) => this.hung.push({ messages, request, resolve }));
   }
 
   /** Lets every hung send succeed now. */
   release(): void {
-    for (const { messages, resolve } of this.hung) {
+    for (const { messages, request, resolve } of this.hung) {
       this.sent.push({ at: this.clock.now, messages });
+      for (const b of request.batches) b.written = true;
       resolve();
     }
     this.hung = [];
@@ -341,7 +477,7 @@ class FakeTransport implements KafkaTransport {
   written(): number[] {
     return this.sent.flatMap((s) =>
       s.messages.map(
-        (m) => (JSON.parse(String(m.value)) as FlowRecord).flowStartMilliseconds - 1_700_000_000_000,
+        (m) => (JSON.parse(m.value.toString()) as FlowRecord).flowStartMilliseconds - 1_700_000_000_000,
       ),
     );
   }
@@ -537,6 +673,7 @@ describe('kafka sink batching, retries and accounting', () => {
       dropped: { sink_buffer_full: 3 },
       inFlight: 10,
     });
+    await clock.settle();
     transport.release();
     await clock.advance(100);
     expect(transport.written()).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
@@ -570,6 +707,7 @@ describe('kafka sink batching, retries and accounting', () => {
       dropped: { sink_buffer_full: 15 },
       inFlight: 10,
     });
+    await clock.settle();
     transport.release();
     await clock.advance(100);
     expect(transport.written()).toEqual([0, 1, 2, 3, 19, 20, 21, 22, 23, 24]);
@@ -579,6 +717,51 @@ describe('kafka sink batching, retries and accounting', () => {
       dropped: { sink_buffer_full: 15 },
       inFlight: 0,
     });
+  });
+
+  it('after a partial write, a retry sends only the partitions not yet written, and a final failure counts only those', async () => {
+    const protocolError = (type: string, retriable: boolean): Error =>
+      Object.assign(new Error(`partition error ${type}`), { name: 'KafkaJSProtocolError', type, retriable });
+    for (const final of [false, true]) {
+      const { clock, transport, counters, input, sink } = setup({ batch_max_records: 40, linger_ms: 0 });
+      transport.partitionCount = 4;
+      const partitionsSent: number[][] = [];
+      // Attempt 1: partitions 0 and 1 are taken, 2 and 3 fail (leader moved: retriable).
+      // Attempt 2: what is left either goes through, or fails with an error retrying cannot fix.
+      transport.outcome = (n) => async (request) => {
+        partitionsSent.push(request.batches.filter((b) => !b.written).map((b) => b.partition));
+        const failures: { partition: number; error: Error }[] = [];
+        for (const b of request.batches) {
+          if (b.written) continue;
+          if (n === 1 && b.partition >= 2)
+            failures.push({ partition: b.partition, error: protocolError('NOT_LEADER_FOR_PARTITION', true) });
+          else if (n === 2 && final)
+            failures.push({ partition: b.partition, error: protocolError('MESSAGE_TOO_LARGE', false) });
+          else b.written = true;
+        }
+        await Promise.resolve();
+        if (failures.length > 0) throw new ProduceError('t', failures);
+      };
+      await clock.settle();
+      const records = range(0, 40);
+      input.next(records);
+      await clock.advance(10_000);
+      const perPartition = [0, 1, 2, 3].map(
+        (p) => records.filter((r) => partitionForKey(flowKey(r), 4) === p).length,
+      );
+      expect(perPartition.every((n) => n > 0)).toBe(true);
+      expect(partitionsSent).toEqual([
+        [0, 1, 2, 3],
+        [2, 3],
+      ]);
+      const late = perPartition[2]! + perPartition[3]!;
+      expect(counters.snapshot()).toMatchObject(
+        final
+          ? { received: 40, sent: 40 - late, dropped: { sink_failed: late }, inFlight: 0 }
+          : { received: 40, sent: 40, dropped: {}, inFlight: 0 },
+      );
+      await sink.close();
+    }
   });
 
   it('keeps trying to connect, holding records meanwhile, and sends them once connected', async () => {
