@@ -18,6 +18,8 @@ import { getSystemErrorMap } from 'node:util';
  * - ENOTFOUND: no program or map of that name in the object
  * - EARG: an argument does not fit the map (key or value size, map type)
  * - ECLOSED: the object, map, link or reader was closed
+ * - EBUSY: an asynchronous flow-map swap is still running
+ * - EASYNC: koffi could not run a call on a worker thread
  * - ETESTRUN, ERINGBUF, EMAP: other failures of these operations
  */
 export type DatapathErrorCode =

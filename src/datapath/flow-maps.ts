@@ -5,8 +5,12 @@
  * a batch's copy and its delete. An eviction therefore first points the slot at the other map, and
  * only then drains the map no program can reach: the kernel returns from an update of a map-in-map
  * after synchronize_rcu(), once every program that may have read the old slot has finished.
+ *
+ * That wait is milliseconds of a blocked thread. swap() spends them on the calling thread;
+ * swapAsync() spends them on a worker thread of the libuv pool, so the event loop runs meanwhile.
  */
-import { DatapathError } from './errors.js';
+import { DatapathError, syscallFailure } from './errors.js';
+import { libbpfAsync } from './libbpf.js';
 import { readMapInfo, type BpfMap, type DrainOptions, type DrainResult } from './map.js';
 import type { Collection, ObjectSpec } from './object.js';
 
@@ -24,13 +28,19 @@ export function setFlowMapMaxEntries(spec: ObjectSpec, maxEntries: number): Obje
 /** The flow maps of a loaded (or pin-reused) flow object, and the swap that makes eviction safe. */
 export class FlowMaps {
   readonly maps: readonly [BpfMap, BpfMap];
-  /** Nanoseconds the last swap() spent in the kernel, mostly waiting for the RCU grace period. */
+  /**
+   * Nanoseconds the last swap took, mostly the RCU grace period; for swapAsync() from the call to
+   * its completion, which includes any wait for a free worker thread.
+   */
   lastSwapNs = 0;
   readonly #outer: BpfMap;
   readonly #ids: readonly [number, number];
   readonly #slot = new Uint8Array(4);
   readonly #value = new Uint8Array(4);
   #active: 0 | 1;
+  // Set while swapAsync() or evictAsync() runs: a second swap meanwhile would point the programs
+  // back at the map being drained.
+  #busy = false;
 
   constructor(collection: Collection) {
     this.maps = [collection.map(FLOW_MAP_NAMES[0]), collection.map(FLOW_MAP_NAMES[1])];
@@ -52,6 +62,7 @@ export class FlowMaps {
    * can still be writing to it. Blocks the thread for an RCU grace period (milliseconds).
    */
   swap(): BpfMap {
+    this.#checkIdle('swap');
     const previous = this.#active;
     const next = previous === 0 ? 1 : 0;
     new DataView(this.#value.buffer).setUint32(0, this.maps[next].fd, true);
@@ -62,9 +73,64 @@ export class FlowMaps {
     return this.maps[previous];
   }
 
+  /**
+   * swap() with the update of flow_maps on a worker thread: resolves with the map the programs
+   * left once none can still be writing to it. Until it settles, any other swap or eviction of
+   * these maps throws (code EBUSY); drain the map it returns before the next swap.
+   */
+  async swapAsync(): Promise<BpfMap> {
+    this.#checkIdle('swap');
+    this.#busy = true;
+    try {
+      return await this.#swapAsync();
+    } finally {
+      this.#busy = false;
+    }
+  }
+
   /** swap(), then reads and deletes every flow of the map the programs left (see BpfMap.drain). */
   evict(opts: DrainOptions = {}): DrainResult {
     return this.swap().drain(opts);
+  }
+
+  /** evict() with the swap off the event loop (see swapAsync); the drain runs on the JS thread. */
+  async evictAsync(opts: DrainOptions = {}): Promise<DrainResult> {
+    this.#checkIdle('evict');
+    this.#busy = true;
+    try {
+      const map = await this.#swapAsync();
+      return map.drain(opts);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  async #swapAsync(): Promise<BpfMap> {
+    if (this.#outer.closed) {
+      throw new DatapathError(
+        'ECLOSED',
+        `update map ${this.#outer.name}: the map was closed; load the object again`,
+      );
+    }
+    const previous = this.#active;
+    const next = previous === 0 ? 1 : 0;
+    const value = new Uint8Array(4);
+    new DataView(value.buffer).setUint32(0, this.maps[next].fd, true);
+    const t0 = process.hrtime.bigint();
+    const r = await libbpfAsync().bpf_map_update_elem(this.#outer.fd, this.#slot, value, 0);
+    this.lastSwapNs = Number(process.hrtime.bigint() - t0);
+    if (r < 0) throw syscallFailure(`update map ${this.#outer.name}`, 'bpf_map_update_elem', r);
+    this.#active = next;
+    return this.maps[previous];
+  }
+
+  #checkIdle(op: string): void {
+    if (this.#busy) {
+      throw new DatapathError(
+        'EBUSY',
+        `${op} ${FLOW_MAPS_OUTER}: an asynchronous swap is still running; wait for it to settle first`,
+      );
+    }
   }
 
   #readActive(): 0 | 1 {

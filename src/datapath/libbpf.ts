@@ -212,8 +212,23 @@ export function testRunOpts(o: {
   return b;
 }
 
+/**
+ * libbpf calls run on a worker thread of the libuv pool (koffi's `.async`), for the few that wait
+ * in the kernel long enough to stall the event loop. Each resolves with what the C function
+ * returned (negative errno on failure) and rejects only when koffi could not make the call.
+ */
+export interface LibbpfAsync {
+  /**
+   * bpf_map_update_elem with key and value copied to native memory for the length of the call:
+   * a typed array hands C a pointer into memory JS still owns, which koffi allows only while the
+   * call runs on the JS thread.
+   */
+  bpf_map_update_elem(fd: number, key: Uint8Array, value: Uint8Array, flags: number): Promise<number>;
+}
+
 interface Bound {
   bpf: Libbpf;
+  bpfAsync: LibbpfAsync;
   libc: Libc;
   sampleFn: TypeObject;
 }
@@ -307,15 +322,65 @@ function bind(): Bound {
     sysconf: c.func('long sysconf(int name)'),
   } as unknown as Libc;
 
+  const bpfAsync: LibbpfAsync = {
+    bpf_map_update_elem: nativeArgsAsync(
+      'bpf_map_update_elem',
+      lib.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
+    ),
+  };
+
   const sampleFn = koffi.proto('int rxflow_ring_buffer_sample_fn(void *ctx, void *data, size_t size)');
   installPrint(lib, c);
-  return { bpf, libc, sampleFn };
+  return { bpf, bpfAsync, libc, sampleFn };
+}
+
+/**
+ * Wraps a koffi function of shape (int fd, void *a, void *b, uint64_t flags) -> int as a promise.
+ * Both buffers are copied into one koffi.alloc block, which does not move and which nothing else
+ * touches until the worker thread is done with it; it is freed when the call settles.
+ */
+function nativeArgsAsync(
+  name: string,
+  fn: ReturnType<LibraryHandle['func']>,
+): (fd: number, a: Uint8Array, b: Uint8Array, flags: number) => Promise<number> {
+  const failed = (err: unknown): DatapathError =>
+    new DatapathError(
+      'EASYNC',
+      `${name} on a worker thread: koffi could not make the call (${err instanceof Error ? err.message : typeof err}); ` +
+        'the datapath runs one such call at a time, so report this as a bug',
+      err,
+    );
+  return (fd, a, b, flags) =>
+    new Promise<number>((resolve, reject) => {
+      const size = Math.max(1, a.length + b.length);
+      const block = koffi.alloc('uint8_t', size) as Ptr;
+      try {
+        const native = new Uint8Array(koffi.view(block, size));
+        native.set(a, 0);
+        native.set(b, a.length);
+        fn.async(fd, block, block + BigInt(a.length), flags, (err: unknown, result: number) => {
+          koffi.free(block);
+          if (err) reject(failed(err));
+          else resolve(result);
+        });
+      } catch (err) {
+        // koffi throws at once when its queue of async calls is full; nothing runs then.
+        koffi.free(block);
+        reject(failed(err));
+      }
+    });
 }
 
 /** The bound libbpf; loads libbpf.so.1 on first use (DatapathError ENOLIBBPF if missing). */
 export function libbpf(): Libbpf {
   bound ??= bind();
   return bound.bpf;
+}
+
+/** The calls of libbpf() that also run off the event loop (see LibbpfAsync). */
+export function libbpfAsync(): LibbpfAsync {
+  bound ??= bind();
+  return bound.bpfAsync;
 }
 
 export function libc(): Libc {

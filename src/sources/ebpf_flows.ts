@@ -1,5 +1,6 @@
 import {
   Observable,
+  ReplaySubject,
   Subject,
   asyncScheduler,
   merge,
@@ -110,16 +111,21 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
 
+    // The ring buffer stops after the map's final eviction, not at stop$: packets that spill to it
+    // from a full map while that last swap waits for its grace period are drained as well.
+    const mapDone = new ReplaySubject<void>(1);
     const mapFlows = mapTracer({
+      // The swap waits out an RCU grace period; async, the ring buffer drain, the sinks and the
+      // metrics endpoint keep running meanwhile.
       evict: () => {
         reportKernelLosses();
-        return dp.evictFlows(offsetMs);
+        return dp.evictFlowsAsync(offsetMs);
       },
       evictionIntervalMs: config.eviction_interval_ms,
       flush$: pressure.pipe(throttleTime(config.min_flush_interval_ms, scheduler)),
       scheduler,
       ...(stop$ ? { stop$ } : {}),
-    });
+    }).pipe(tap({ complete: () => mapDone.next() }));
     const ringFlows = ringbufTracer({
       drain: (onRecord) => dp.events.drain(onRecord),
       decode: (view, offset, length, out) => {
@@ -131,7 +137,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       logger,
       scheduler,
       ...(config.flush_on_map_full ? { onMapPressure: () => pressure.next() } : {}),
-      ...(stop$ ? { stop$ } : {}),
+      ...(stop$ ? { stop$: mapDone } : {}),
     }).pipe(
       countInto(counters),
       account({

@@ -63,6 +63,12 @@ export class FlowDatapath {
   // its drain), so the first eviction of this process drains both.
   #drainedBoth = false;
   #closed = false;
+  // Set from the start of evictFlowsAsync() until its last drain: the swap runs on a worker thread
+  // and its drain in a later job, and nothing may swap or close the maps in between.
+  #evicting = false;
+  // close() during an asynchronous swap: the worker may not have entered the syscall yet, so the
+  // map fds stay open until it settles (a closed fd number can be reused by any file meanwhile).
+  #closeDeferred = false;
 
   private constructor(collection: Collection, pinDir: string, netns: string | undefined) {
     this.#collection = collection;
@@ -136,6 +142,7 @@ export class FlowDatapath {
    * `offsetMs` converts kernel monotonic time to wall-clock milliseconds.
    */
   evictFlows(offsetMs: number): FlowRecord[] {
+    this.#checkEvict();
     const records = this.#evictOne(offsetMs);
     if (!this.#drainedBoth) {
       try {
@@ -149,8 +156,56 @@ export class FlowDatapath {
     return records;
   }
 
+  /**
+   * evictFlows() with each swap on a worker thread (FlowMaps.swapAsync), so the event loop runs
+   * during the grace period; drain and decode run on the JS thread as in evictFlows(). One at a
+   * time: a call, sync or async, while one runs throws (code EBUSY). After close() it resolves
+   * with what it had drained before the close, and leaves the rest in the kernel map (kept pins
+   * let the next agent drain it).
+   */
+  async evictFlowsAsync(offsetMs: number): Promise<FlowRecord[]> {
+    this.#checkEvict();
+    this.#evicting = true;
+    try {
+      const records = await this.#evictOneAsync(offsetMs);
+      if (!this.#drainedBoth && !this.#closed) {
+        try {
+          for (const r of await this.#evictOneAsync(offsetMs)) records.push(r);
+          this.#drainedBoth = !this.#closed;
+        } catch {
+          // As in evictFlows(): hand over what is out of the kernel, try the other map next time.
+        }
+      }
+      return records;
+    } finally {
+      this.#evicting = false;
+      if (this.#closeDeferred) this.#collection.close();
+    }
+  }
+
+  #checkEvict(): void {
+    if (this.#closed) {
+      throw new DatapathError('ECLOSED', 'evict flows: the flow datapath was closed; open it again');
+    }
+    if (this.#evicting) {
+      throw new DatapathError(
+        'EBUSY',
+        'evict flows: an asynchronous eviction is still running; wait for it to settle first',
+      );
+    }
+  }
+
   #evictOne(offsetMs: number): FlowRecord[] {
     const map = this.flowMaps.swap();
+    const batch = map.drain();
+    if (batch.count === 0) return [];
+    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs);
+  }
+
+  async #evictOneAsync(offsetMs: number): Promise<FlowRecord[]> {
+    const map = await this.flowMaps.swapAsync();
+    // Closed during the swap: nobody would receive the flows, so they stay in the map.
+    if (this.#closed) return [];
     const batch = map.drain();
     if (batch.count === 0) return [];
     return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs);
@@ -169,7 +224,10 @@ export class FlowDatapath {
     return out;
   }
 
-  /** Detaches every link and closes the maps; removes the pins unless keepPins. Idempotent. */
+  /**
+   * Detaches every link and closes the maps; removes the pins unless keepPins. Idempotent. During
+   * an evictFlowsAsync() the maps close when it settles.
+   */
   close(opts: { keepPins?: boolean } = {}): void {
     if (this.#closed) return;
     this.#closed = true;
@@ -185,7 +243,8 @@ export class FlowDatapath {
       }
     });
     this.events.close();
-    this.#collection.close();
+    if (this.#evicting) this.#closeDeferred = true;
+    else this.#collection.close();
     if (!opts.keepPins) this.#collection.unpin();
     if (first) throw first;
   }
