@@ -6,7 +6,8 @@
  * mirrored here fails a test.
  *
  * Decoding works on whole batches: one DataView per drain result, numbers read in place, no
- * intermediate object per CPU value. Only the records themselves (and their strings) allocate.
+ * intermediate object per CPU value. Only the records themselves allocate, and the text of
+ * addresses and MACs that the caches below do not hold yet.
  */
 import { endianness } from 'node:os';
 import { attachIPv4Words, type FlowRecord } from '../records.js';
@@ -130,11 +131,54 @@ const E_REASON = FLOW_EVENT.fields.reason.offset;
 const E_VALUE = FLOW_EVENT.fields.value.offset;
 
 const DEC = Array.from({ length: 256 }, (_, i) => String(i));
+/** An octet and its dot: three concatenations per dotted quad instead of seven. */
+const DOT = DEC.map((d) => `${d}.`);
 const HEX2 = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+/** Hex without leading zeros: the high byte of an IPv6 group. */
+const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16));
+
+/*
+ * Direct-mapped caches of address and MAC text. A drain of a host's flow map repeats a few values
+ * in most records: the host's own addresses are one side of nearly every flow, servers and
+ * gateways recur, and a host sees a handful of MACs. Building that text per record was most of the
+ * decoder's cost, and more so the young-generation GC of 100k records' worth of fresh strings
+ * (bench/flow-decode.bench.ts). A slot holds the last key that hashed to it (Fibonacci hashing), so
+ * a lookup is a multiply, a shift and a compare, and a miss adds no more than filling the slot.
+ * Every slot starts as the text of key 0, which is right for whichever slot key 0 hashes to. The
+ * caches only ever hold the exact text of their key, so what a caller gets never depends on them.
+ */
+const GOLDEN = 0x9e3779b1;
+const IPV4_SLOTS_BITS = 12;
+const ipv4Words = new Int32Array(1 << IPV4_SLOTS_BITS);
+const ipv4Texts = new Array<string>(1 << IPV4_SLOTS_BITS).fill('0.0.0.0');
+// Keyed by the four 32-bit words of the address.
+const IPV6_SLOTS_BITS = 10;
+const ipv6Words = new Int32Array(4 << IPV6_SLOTS_BITS);
+const ipv6Texts = new Array<string>(1 << IPV6_SLOTS_BITS).fill('::');
+const MAC_SLOTS_BITS = 8;
+const macHigh = new Int32Array(1 << MAC_SLOTS_BITS);
+const macLow = new Int32Array(1 << MAC_SLOTS_BITS);
+const macTexts = new Array<string>(1 << MAC_SLOTS_BITS).fill('00:00:00:00:00:00');
+
+/** The big-endian 32-bit word of the 4 bytes at offset, signed (as the caches keep it). */
+function word(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset]! << 24) | (bytes[offset + 1]! << 16) | (bytes[offset + 2]! << 8) | bytes[offset + 3]!;
+}
+
+/** Dotted quad of an IPv4 address given as its 32-bit word (10.0.0.1 is 0x0a000001). */
+function ipv4Text(address: number): string {
+  const w = address | 0;
+  const slot = Math.imul(w, GOLDEN) >>> (32 - IPV4_SLOTS_BITS);
+  if (ipv4Words[slot] === w) return ipv4Texts[slot]!;
+  const text = DOT[w >>> 24]! + DOT[(w >>> 16) & 255]! + DOT[(w >>> 8) & 255]! + DEC[w & 255]!;
+  ipv4Words[slot] = w;
+  ipv4Texts[slot] = text;
+  return text;
+}
 
 /** Dotted quad of the 4 bytes at offset. */
 export function formatIPv4(bytes: Uint8Array, offset: number): string {
-  return `${DEC[bytes[offset]!]!}.${DEC[bytes[offset + 1]!]!}.${DEC[bytes[offset + 2]!]!}.${DEC[bytes[offset + 3]!]!}`;
+  return ipv4Text(word(bytes, offset));
 }
 
 function isIPv4Mapped(bytes: Uint8Array, offset: number): boolean {
@@ -142,18 +186,19 @@ function isIPv4Mapped(bytes: Uint8Array, offset: number): boolean {
   return bytes[offset + 10] === 0xff && bytes[offset + 11] === 0xff;
 }
 
-/**
- * RFC 5952 text of the 16 bytes at offset: lower-case hex without leading zeros, the longest
- * run (the first of equal runs) of two or more zero groups as '::', IPv4-mapped as ::ffff:a.b.c.d.
- */
-export function formatIPv6(bytes: Uint8Array, offset: number): string {
-  if (isIPv4Mapped(bytes, offset)) return `::ffff:${formatIPv4(bytes, offset + 12)}`;
+/** Hex of the IPv6 group (two bytes, network order) at offset, without leading zeros. */
+function group(bytes: Uint8Array, offset: number): string {
+  const high = bytes[offset]!;
+  return high === 0 ? HEX[bytes[offset + 1]!]! : HEX[high]! + HEX2[bytes[offset + 1]!]!;
+}
+
+/** RFC 5952 text of a 16-byte address that is not IPv4-mapped. */
+function ipv6Text(bytes: Uint8Array, offset: number): string {
   let bestStart = -1;
   let bestLen = 1;
   let runStart = -1;
   for (let g = 0; g < 8; g++) {
-    const zero = bytes[offset + 2 * g] === 0 && bytes[offset + 2 * g + 1] === 0;
-    if (zero) {
+    if ((bytes[offset + 2 * g]! | bytes[offset + 2 * g + 1]!) === 0) {
       if (runStart < 0) runStart = g;
       const len = g - runStart + 1;
       if (len > bestLen) {
@@ -164,16 +209,49 @@ export function formatIPv6(bytes: Uint8Array, offset: number): string {
       runStart = -1;
     }
   }
-  let text = '';
+  // Joined rather than concatenated: one flat string instead of a rope of partial ones, which is
+  // faster here and again wherever a sink serialises it. The run becomes an empty part, so the
+  // join puts '::' in its place; a run at either end needs a second empty part for the second ':'.
+  const parts: string[] = [];
   for (let g = 0; g < 8; g++) {
     if (g === bestStart) {
-      text += '::';
+      if (g === 0) parts.push('');
+      parts.push('');
       g += bestLen - 1;
-      continue;
+      if (g === 7) parts.push('');
+    } else {
+      parts.push(group(bytes, offset + 2 * g));
     }
-    if (text !== '' && !text.endsWith(':')) text += ':';
-    text += ((bytes[offset + 2 * g]! << 8) | bytes[offset + 2 * g + 1]!).toString(16);
   }
+  return parts.join(':');
+}
+
+/**
+ * RFC 5952 text of the 16 bytes at offset: lower-case hex without leading zeros, the longest
+ * run (the first of equal runs) of two or more zero groups as '::', IPv4-mapped as ::ffff:a.b.c.d.
+ */
+export function formatIPv6(bytes: Uint8Array, offset: number): string {
+  if (isIPv4Mapped(bytes, offset)) return `::ffff:${formatIPv4(bytes, offset + 12)}`;
+  const w0 = word(bytes, offset);
+  const w1 = word(bytes, offset + 4);
+  const w2 = word(bytes, offset + 8);
+  const w3 = word(bytes, offset + 12);
+  const mixed = Math.imul(w0, 0x85ebca6b) ^ Math.imul(w1, 0xc2b2ae35) ^ Math.imul(w2, 0x27d4eb2f) ^ w3;
+  const slot = Math.imul(mixed, GOLDEN) >>> (32 - IPV6_SLOTS_BITS);
+  const at = slot * 4;
+  if (
+    ipv6Words[at] === w0 &&
+    ipv6Words[at + 1] === w1 &&
+    ipv6Words[at + 2] === w2 &&
+    ipv6Words[at + 3] === w3
+  )
+    return ipv6Texts[slot]!;
+  const text = ipv6Text(bytes, offset);
+  ipv6Words[at] = w0;
+  ipv6Words[at + 1] = w1;
+  ipv6Words[at + 2] = w2;
+  ipv6Words[at + 3] = w3;
+  ipv6Texts[slot] = text;
   return text;
 }
 
@@ -184,7 +262,15 @@ export function formatIp16(bytes: Uint8Array, offset: number): string {
 
 /** Lower-case colon form of the 6 bytes at offset. */
 export function formatMac(bytes: Uint8Array, offset: number): string {
-  return `${HEX2[bytes[offset]!]!}:${HEX2[bytes[offset + 1]!]!}:${HEX2[bytes[offset + 2]!]!}:${HEX2[bytes[offset + 3]!]!}:${HEX2[bytes[offset + 4]!]!}:${HEX2[bytes[offset + 5]!]!}`;
+  const high = word(bytes, offset);
+  const low = (bytes[offset + 4]! << 8) | bytes[offset + 5]!;
+  const slot = Math.imul(high ^ Math.imul(low, 0x85ebca6b), GOLDEN) >>> (32 - MAC_SLOTS_BITS);
+  if (macHigh[slot] === high && macLow[slot] === low) return macTexts[slot]!;
+  const text = `${HEX2[bytes[offset]!]!}:${HEX2[bytes[offset + 1]!]!}:${HEX2[bytes[offset + 2]!]!}:${HEX2[bytes[offset + 3]!]!}:${HEX2[bytes[offset + 4]!]!}:${HEX2[bytes[offset + 5]!]!}`;
+  macHigh[slot] = high;
+  macLow[slot] = low;
+  macTexts[slot] = text;
+  return text;
 }
 
 /** Lower-case hex of `length` bytes at offset, in memory order. */
@@ -221,38 +307,70 @@ function record(
   tcpFlags: number,
   offsetMs: number,
 ): FlowRecord {
-  const ipVersion = kb[k + K_IP_VERSION] === 4 ? 4 : 6;
   const protocol = kb[k + K_PROTOCOL]!;
-  const rec: FlowRecord = {
-    ipVersion,
-    sourceTransportPort: kv.getUint16(k + K_SRC_PORT, LE),
-    destinationTransportPort: kv.getUint16(k + K_DST_PORT, LE),
-    protocolIdentifier: protocol,
-    octetDeltaCount: bytes,
-    packetDeltaCount: packets,
-    flowStartMilliseconds: Math.floor(firstNs / 1e6 + offsetMs),
-    flowEndMilliseconds: Math.floor(lastNs / 1e6 + offsetMs),
-    tcpControlBits: tcpFlags,
-    ipDiffServCodePoint: vb[v + V_DSCP]!,
-    // The kernel records the interface the program is attached to, for either direction.
-    ingressInterface: kv.getUint32(k + K_IF_INDEX, LE),
-    flowDirection: kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS ? 1 : 0,
-    sourceMacAddress: formatMac(vb, v + V_SRC_MAC),
-    destinationMacAddress: formatMac(vb, v + V_DST_MAC),
-    ethernetType: kv.getUint16(k + K_ETH_TYPE, LE),
-  };
-  if (ipVersion === 4) {
-    rec.sourceIPv4Address = formatIPv4(kb, k + K_SRC_IP + 12);
-    rec.destinationIPv4Address = formatIPv4(kb, k + K_DST_IP + 12);
+  const sourceTransportPort = kv.getUint16(k + K_SRC_PORT, LE);
+  const destinationTransportPort = kv.getUint16(k + K_DST_PORT, LE);
+  const flowStartMilliseconds = Math.floor(firstNs / 1e6 + offsetMs);
+  const flowEndMilliseconds = Math.floor(lastNs / 1e6 + offsetMs);
+  const ipDiffServCodePoint = vb[v + V_DSCP]!;
+  // The kernel records the interface the program is attached to, for either direction.
+  const ingressInterface = kv.getUint32(k + K_IF_INDEX, LE);
+  const flowDirection = kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS ? 1 : 0;
+  const sourceMacAddress = formatMac(vb, v + V_SRC_MAC);
+  const destinationMacAddress = formatMac(vb, v + V_DST_MAC);
+  const ethernetType = kv.getUint16(k + K_ETH_TYPE, LE);
+  // One literal per family, with the addresses in it: V8 then allocates each record with all these
+  // fields inside the object (addresses added afterwards went to a separate property array), and
+  // the plain records of a family share one hidden class. The key order is the serialised order.
+  let rec: FlowRecord;
+  if (kb[k + K_IP_VERSION] === 4) {
+    const src = kv.getUint32(k + K_SRC_IP + 12, false);
+    const dst = kv.getUint32(k + K_DST_IP + 12, false);
+    rec = {
+      ipVersion: 4,
+      sourceTransportPort,
+      destinationTransportPort,
+      protocolIdentifier: protocol,
+      octetDeltaCount: bytes,
+      packetDeltaCount: packets,
+      flowStartMilliseconds,
+      flowEndMilliseconds,
+      tcpControlBits: tcpFlags,
+      ipDiffServCodePoint,
+      ingressInterface,
+      flowDirection,
+      sourceMacAddress,
+      destinationMacAddress,
+      ethernetType,
+      sourceIPv4Address: ipv4Text(src),
+      destinationIPv4Address: ipv4Text(dst),
+    };
     // The same addresses as numbers, so account and dedupe key on them without parsing the text.
-    attachIPv4Words(rec, kv.getUint32(k + K_SRC_IP + 12, false), kv.getUint32(k + K_DST_IP + 12, false));
+    attachIPv4Words(rec, src, dst);
     if (protocol === 1) {
       rec.icmpTypeIPv4 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv4 = kb[k + K_ICMP_CODE]!;
     }
   } else {
-    rec.sourceIPv6Address = formatIPv6(kb, k + K_SRC_IP);
-    rec.destinationIPv6Address = formatIPv6(kb, k + K_DST_IP);
+    rec = {
+      ipVersion: 6,
+      sourceTransportPort,
+      destinationTransportPort,
+      protocolIdentifier: protocol,
+      octetDeltaCount: bytes,
+      packetDeltaCount: packets,
+      flowStartMilliseconds,
+      flowEndMilliseconds,
+      tcpControlBits: tcpFlags,
+      ipDiffServCodePoint,
+      ingressInterface,
+      flowDirection,
+      sourceMacAddress,
+      destinationMacAddress,
+      ethernetType,
+      sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
+      destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
+    };
     if (protocol === 58) {
       rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;

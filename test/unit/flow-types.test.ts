@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { endianness } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import {
   FLOW_EVENT,
@@ -7,6 +8,7 @@ import {
   FLOW_TUNNEL_GENEVE,
   FLOW_TUNNEL_NONE,
   FLOW_TUNNEL_VXLAN,
+  FLOW_VALUE,
   FLOW_VALUE_STRIDE,
   decodeFlowEvent,
   decodeFlowMapBatch,
@@ -15,7 +17,9 @@ import {
   encodeKey,
   encodeValue,
   flowEventReason,
+  formatIPv4,
   formatIPv6,
+  formatIp16,
   formatMac,
   sumPerCpuCounter,
   type FlowKeyFields,
@@ -461,5 +465,321 @@ describe('counters and config', () => {
 
   it('encodes flow_config', () => {
     expect(Array.from(encodeFlowConfig({ sampling: 258 }))).toEqual([2, 1, 0, 0, 0, 0, 0, 0]);
+  });
+});
+
+/*
+ * Property tests of the decoders against a plain reading of bpf/flow.h written here: random flows
+ * (a model), written into key and value bytes at the header's offsets, decoded, and compared with
+ * what the model says each record must be, field by field and in serialised key order. Address
+ * text is checked against the WHATWG URL serializer (RFC 5952 compression) with IPv4-mapped
+ * addresses in the mixed notation of RFC 5952 section 5.
+ */
+describe('decoders against a plain reading of the flow structs', () => {
+  const host = endianness() === 'LE';
+  const KF = FLOW_KEY.fields;
+  const VF = FLOW_VALUE.fields;
+
+  interface KeyModel {
+    ipVersion: 4 | 6;
+    src: Uint8Array;
+    dst: Uint8Array;
+    ifIndex: number;
+    vni: number;
+    srcPort: number;
+    dstPort: number;
+    ethType: number;
+    protocol: number;
+    direction: 0 | 1;
+    icmpType: number;
+    icmpCode: number;
+    tunnelType: number;
+  }
+
+  interface SlotModel {
+    packets: number;
+    bytes: number;
+    firstSeenNs: number;
+    lastSeenNs: number;
+    cookie: Uint8Array;
+    outerSrc: Uint8Array;
+    outerDst: Uint8Array;
+    outerSrcPort: number;
+    outerDstPort: number;
+    tcpFlags: number;
+    dscp: number;
+    srcMac: Uint8Array;
+    dstMac: Uint8Array;
+    sampling: number;
+  }
+
+  const bytesOf = (n: number) => fc.uint8Array({ minLength: n, maxLength: n });
+  const u16 = fc.integer({ min: 0, max: 0xffff });
+  const u32 = fc.integer({ min: 0, max: 0xffffffff });
+  // u64 counters and times below 2^53, the range a number holds exactly; both words in play.
+  const u53 = fc.oneof(fc.integer({ min: 0, max: 0xffffffff }), fc.maxSafeNat());
+  // Small pools beside random values, so a batch repeats addresses and MACs as real drains do.
+  const v4Pool = [Uint8Array.of(10, 0, 0, 1), Uint8Array.of(192, 168, 1, 254), Uint8Array.of(0, 0, 0, 0)];
+  const v4 = fc.oneof(fc.constantFrom(...v4Pool), bytesOf(4));
+  const v6 = fc.oneof(
+    fc.constantFrom(
+      Uint8Array.of(0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1),
+      Uint8Array.of(0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+      new Uint8Array(16),
+    ),
+    // Zeroed groups make runs of zeros, where the compression rules differ, common.
+    fc.tuple(bytesOf(16), fc.array(fc.nat(7), { maxLength: 7 })).map(([raw, zero]) => {
+      for (const g of zero) raw.fill(0, 2 * g, 2 * g + 2);
+      return raw;
+    }),
+  );
+  const mapped = (a: Uint8Array): Uint8Array => Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, ...a);
+  const ip16 = fc.oneof(v4.map(mapped), v6);
+  const macPool = [Uint8Array.of(2, 0, 0, 0, 0, 1), Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0xff, 0xff)];
+  const mac = fc.oneof(fc.constantFrom(...macPool), bytesOf(6));
+
+  const keyModel: fc.Arbitrary<KeyModel> = fc
+    .record({
+      ipVersion: fc.constantFrom(4 as const, 6 as const),
+      src: v4,
+      dst: v4,
+      ifIndex: u32,
+      vni: u32,
+      srcPort: u16,
+      dstPort: u16,
+      ethType: u16,
+      protocol: fc.oneof(fc.constantFrom(1, 6, 17, 58), fc.integer({ min: 0, max: 255 })),
+      direction: fc.constantFrom(0 as const, 1 as const),
+      icmpType: fc.integer({ min: 0, max: 255 }),
+      icmpCode: fc.integer({ min: 0, max: 255 }),
+      tunnelType: fc.constantFrom(FLOW_TUNNEL_NONE, FLOW_TUNNEL_VXLAN, FLOW_TUNNEL_GENEVE),
+    })
+    .chain((k) =>
+      k.ipVersion === 4 ? fc.constant(k) : fc.tuple(v6, v6).map(([src, dst]) => ({ ...k, src, dst })),
+    );
+
+  const slotModel: fc.Arbitrary<SlotModel> = fc.record({
+    // A CPU that never counted the flow has an all-zero slot, whatever else the model says.
+    packets: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 0xffffffff }), u53),
+    bytes: u53,
+    firstSeenNs: u53,
+    // Often equal on two CPUs, where the merge must take the rest from the lowest of them.
+    lastSeenNs: fc.oneof(u53, fc.constantFrom(5_000_000, 9_000_000)),
+    cookie: fc.oneof(fc.constant(new Uint8Array(8)), bytesOf(8)),
+    outerSrc: ip16,
+    outerDst: ip16,
+    outerSrcPort: u16,
+    outerDstPort: u16,
+    tcpFlags: u16,
+    dscp: fc.integer({ min: 0, max: 63 }),
+    srcMac: mac,
+    dstMac: mac,
+    sampling: fc.oneof(fc.constantFrom(0, 1, 2), u32),
+  });
+
+  /** A batch: the number of possible CPUs and entries of a key and one slot per CPU. */
+  const batchModel = fc.integer({ min: 1, max: 4 }).chain((cpus) =>
+    fc.record({
+      cpus: fc.constant(cpus),
+      entries: fc.array(
+        fc.record({ key: keyModel, slots: fc.array(slotModel, { minLength: cpus, maxLength: cpus }) }),
+        { maxLength: 24 },
+      ),
+      offsetMs: fc.oneof(fc.constant(0), fc.double({ min: 0, max: 2e12, noNaN: true })),
+    }),
+  );
+
+  function writeU64(view: DataView, offset: number, n: number): void {
+    view.setBigUint64(offset, BigInt(n), host);
+  }
+
+  function writeKey(k: KeyModel, out: Uint8Array, at: number): void {
+    const view = new DataView(out.buffer, out.byteOffset);
+    out.set(k.ipVersion === 4 ? mapped(k.src) : k.src, at + KF.src_ip.offset);
+    out.set(k.ipVersion === 4 ? mapped(k.dst) : k.dst, at + KF.dst_ip.offset);
+    view.setUint32(at + KF.if_index.offset, k.ifIndex, host);
+    view.setUint32(at + KF.vni.offset, k.vni, host);
+    view.setUint16(at + KF.src_port.offset, k.srcPort, host);
+    view.setUint16(at + KF.dst_port.offset, k.dstPort, host);
+    view.setUint16(at + KF.eth_type.offset, k.ethType, host);
+    out[at + KF.protocol.offset] = k.protocol;
+    out[at + KF.direction.offset] = k.direction;
+    out[at + KF.icmp_type.offset] = k.icmpType;
+    out[at + KF.icmp_code.offset] = k.icmpCode;
+    out[at + KF.tunnel_type.offset] = k.tunnelType;
+    out[at + KF.ip_version.offset] = k.ipVersion;
+  }
+
+  function writeSlot(v: SlotModel, out: Uint8Array, at: number): void {
+    if (v.packets === 0) return;
+    const view = new DataView(out.buffer, out.byteOffset);
+    writeU64(view, at + VF.packets.offset, v.packets);
+    writeU64(view, at + VF.bytes.offset, v.bytes);
+    writeU64(view, at + VF.first_seen_ns.offset, v.firstSeenNs);
+    writeU64(view, at + VF.last_seen_ns.offset, v.lastSeenNs);
+    out.set(v.cookie, at + VF.cookie.offset);
+    out.set(v.outerSrc, at + VF.outer_src_ip.offset);
+    out.set(v.outerDst, at + VF.outer_dst_ip.offset);
+    view.setUint16(at + VF.outer_src_port.offset, v.outerSrcPort, host);
+    view.setUint16(at + VF.outer_dst_port.offset, v.outerDstPort, host);
+    view.setUint16(at + VF.tcp_flags.offset, v.tcpFlags, host);
+    out[at + VF.dscp.offset] = v.dscp;
+    out.set(v.srcMac, at + VF.src_mac.offset);
+    out.set(v.dstMac, at + VF.dst_mac.offset);
+    view.setUint32(at + VF.sampling.offset, v.sampling, host);
+  }
+
+  const dotted = (a: Uint8Array): string => Array.from(a).join('.');
+  const hexOf = (a: Uint8Array): string => Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
+  const macText = (a: Uint8Array): string => hexOf(a).match(/../g)!.join(':');
+  const isMapped = (a: Uint8Array): boolean =>
+    a.subarray(0, 10).every((b) => b === 0) && a[10] === 255 && a[11] === 255;
+  /** RFC 5952: the URL serializer's compression, IPv4-mapped addresses in mixed notation. */
+  function ipv6Text(a: Uint8Array): string {
+    if (isMapped(a)) return `::ffff:${dotted(a.subarray(12))}`;
+    return new URL(`http://[${hexOf(a).match(/..../g)!.join(':')}]/`).hostname.slice(1, -1);
+  }
+  const ip16Text = (a: Uint8Array): string => (isMapped(a) ? dotted(a.subarray(12)) : ipv6Text(a));
+
+  /** The record the model's flow must decode to, keys in the order records serialise. */
+  function expected(key: KeyModel, slots: SlotModel[], offsetMs: number): FlowRecord | undefined {
+    const counted = slots.filter((s) => s.packets > 0);
+    if (counted.length === 0) return undefined;
+    const lastSeen = Math.max(...counted.map((s) => s.lastSeenNs));
+    // Ties go to the lowest CPU.
+    const latest = counted.find((s) => s.lastSeenNs === lastSeen)!;
+    const sum = (f: (s: SlotModel) => number): number => counted.reduce((t, s) => t + f(s), 0);
+    const rec: Record<string, unknown> = {
+      ipVersion: key.ipVersion,
+      sourceTransportPort: key.srcPort,
+      destinationTransportPort: key.dstPort,
+      protocolIdentifier: key.protocol,
+      octetDeltaCount: sum((s) => s.bytes),
+      packetDeltaCount: sum((s) => s.packets),
+      flowStartMilliseconds: Math.floor(Math.min(...counted.map((s) => s.firstSeenNs)) / 1e6 + offsetMs),
+      flowEndMilliseconds: Math.floor(lastSeen / 1e6 + offsetMs),
+      tcpControlBits: counted.reduce((t, s) => t | s.tcpFlags, 0),
+      ipDiffServCodePoint: latest.dscp,
+      ingressInterface: key.ifIndex,
+      flowDirection: key.direction,
+      sourceMacAddress: macText(latest.srcMac),
+      destinationMacAddress: macText(latest.dstMac),
+      ethernetType: key.ethType,
+    };
+    if (key.ipVersion === 4) {
+      rec.sourceIPv4Address = dotted(key.src);
+      rec.destinationIPv4Address = dotted(key.dst);
+      if (key.protocol === 1) {
+        rec.icmpTypeIPv4 = key.icmpType;
+        rec.icmpCodeIPv4 = key.icmpCode;
+      }
+    } else {
+      rec.sourceIPv6Address = ipv6Text(key.src);
+      rec.destinationIPv6Address = ipv6Text(key.dst);
+      if (key.protocol === 58) {
+        rec.icmpTypeIPv6 = key.icmpType;
+        rec.icmpCodeIPv6 = key.icmpCode;
+      }
+    }
+    if (key.tunnelType !== FLOW_TUNNEL_NONE) {
+      rec.encapsulationType = key.tunnelType === FLOW_TUNNEL_VXLAN ? 'vxlan' : 'geneve';
+      rec.virtualNetworkIdentifier = key.vni;
+      rec.tunnelSourceIPAddress = ip16Text(latest.outerSrc);
+      rec.tunnelDestinationIPAddress = ip16Text(latest.outerDst);
+      rec.tunnelSourceTransportPort = latest.outerSrcPort;
+      rec.tunnelDestinationTransportPort = latest.outerDstPort;
+      if (key.tunnelType === FLOW_TUNNEL_GENEVE && latest.cookie.some((b) => b !== 0))
+        rec.flowCookie = hexOf(latest.cookie);
+    }
+    if (latest.sampling > 1) rec.samplingInterval = latest.sampling;
+    return rec as unknown as FlowRecord;
+  }
+
+  /** The words readIPv4Words must give for the model's addresses (signed, as flow keys hold them). */
+  const wordOf = (a: Uint8Array): number => new DataView(a.buffer, a.byteOffset).getInt32(0, false);
+
+  function checkRecord(actual: FlowRecord, want: FlowRecord, key: KeyModel): void {
+    expect(actual).toStrictEqual(want);
+    expect(Object.keys(actual)).toEqual(Object.keys(want));
+    expect(JSON.stringify(actual)).toBe(JSON.stringify(want));
+    const words = { src: 0, dst: 0 };
+    expect(readIPv4Words(actual, words)).toBe(key.ipVersion === 4);
+    if (key.ipVersion === 4) expect(words).toEqual({ src: wordOf(key.src), dst: wordOf(key.dst) });
+  }
+
+  it('decodeFlowMapBatch gives the model flows, merged over CPUs, for IPv4, IPv6, ICMP and tunnels', () => {
+    fc.assert(
+      fc.property(batchModel, fc.nat(7), fc.nat(7), ({ cpus, entries, offsetMs }, keyShift, valueShift) => {
+        const valueBufferSize = FLOW_VALUE_STRIDE * cpus;
+        // The drain's buffers at any byte offset inside larger ones.
+        const keys = new Uint8Array(keyShift + entries.length * FLOW_KEY.size).subarray(keyShift);
+        const values = new Uint8Array(valueShift + entries.length * valueBufferSize).subarray(valueShift);
+        entries.forEach((e, i) => {
+          writeKey(e.key, keys, i * FLOW_KEY.size);
+          e.slots.forEach((s, c) => writeSlot(s, values, i * valueBufferSize + c * FLOW_VALUE_STRIDE));
+        });
+        const records = decodeFlowMapBatch(
+          { count: entries.length, keys, values },
+          valueBufferSize,
+          offsetMs,
+        );
+        const wanted = entries.flatMap((e) => {
+          const want = expected(e.key, e.slots, offsetMs);
+          return want ? [{ want, key: e.key }] : [];
+        });
+        expect(records).toHaveLength(wanted.length);
+        records.forEach((r, i) => checkRecord(r, wanted[i]!.want, wanted[i]!.key));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('decodeFlowEvent gives the model flow with flowEndReason 5', () => {
+    fc.assert(
+      fc.property(keyModel, slotModel, fc.nat(64), (key, slot, at) => {
+        const counted = { ...slot, packets: Math.max(slot.packets, 1) };
+        const buf = new Uint8Array(at + FLOW_EVENT.size);
+        writeKey(key, buf, at + FLOW_EVENT.fields.key.offset);
+        writeSlot(counted, buf, at + FLOW_EVENT.fields.value.offset);
+        const record = decodeFlowEvent(new DataView(buf.buffer), at, FLOW_EVENT.size, 1_700_000_000_000);
+        const want = { ...expected(key, [counted], 1_700_000_000_000)!, flowEndReason: 5 };
+        checkRecord(record, want, key);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  // Text is cached by value, in slots that outlive a call: the runs below (one after another, so
+  // tens of thousands of values) overwrite every slot many times, and near-duplicates (one byte
+  // apart) must never be taken for each other.
+  it('formats long runs of addresses and MACs, repeats and near-duplicates included, like a plain reading', () => {
+    const nearDuplicates = (a: fc.Arbitrary<Uint8Array>) =>
+      fc.tuple(a, fc.nat(15), fc.integer({ min: 1, max: 255 })).chain(([bytes, i, delta]) => {
+        const other = bytes.slice();
+        other[i % other.length] = (other[i % other.length]! + delta) & 255;
+        return fc.constantFrom(bytes, other);
+      });
+    const run = (a: fc.Arbitrary<Uint8Array>, n: number) =>
+      fc.array(fc.oneof(a, nearDuplicates(a)), { minLength: n, maxLength: n });
+    fc.assert(
+      fc.property(run(v4, 300), run(mac, 60), (addrs, macs) => {
+        for (const a of addrs) {
+          expect(formatIPv4(a, 0)).toBe(dotted(a));
+          expect(formatIp16(mapped(a), 0)).toBe(dotted(a));
+          expect(formatIPv6(mapped(a), 0)).toBe(`::ffff:${dotted(a)}`);
+        }
+        for (const m of macs) expect(formatMac(m, 0)).toBe(macText(m));
+      }),
+      { numRuns: 60 },
+    );
+    fc.assert(
+      fc.property(run(v6, 150), (addrs) => {
+        for (const a of addrs) {
+          expect(formatIPv6(a, 0)).toBe(ipv6Text(a));
+          expect(formatIp16(a, 0)).toBe(ip16Text(a));
+        }
+      }),
+      { numRuns: 60 },
+    );
   });
 });
