@@ -15,7 +15,8 @@ import type { EncodedRequest } from './encode.js';
 import { BufferPool } from './record-batch.js';
 import {
   PRODUCE_API_KEY,
-  PRODUCE_VERSION,
+  PRODUCE_MAX_VERSION,
+  PRODUCE_MIN_VERSION,
   decodeProduceResponse,
   encodeProduceBody,
   type PartitionBatch,
@@ -207,6 +208,31 @@ export function kafkaErrorRetriable(err: unknown): boolean {
   return true;
 }
 
+/** What kafkajs keeps of a broker's ApiVersions answer (not in its typings). */
+export interface BrokerVersions {
+  versions?: Record<number, { minVersion: number; maxVersion: number }> | null;
+}
+
+/**
+ * The Produce version to use with a broker: the newest both sides know, from the ApiVersions
+ * answer kafkajs keeps per broker.
+ */
+export function produceVersion(broker: {
+  versions?: Record<number, { minVersion: number; maxVersion: number }> | null;
+}): number {
+  const range = broker.versions?.[PRODUCE_API_KEY];
+  if (range === undefined) return PRODUCE_MIN_VERSION;
+  const version = Math.min(PRODUCE_MAX_VERSION, range.maxVersion);
+  if (version < PRODUCE_MIN_VERSION || version < range.minVersion) {
+    const error = new SinkError(
+      'EBROKERVERSION',
+      `kafka sink: the broker speaks Produce v${range.minVersion}-v${range.maxVersion}, the sink v${PRODUCE_MIN_VERSION}-v${PRODUCE_MAX_VERSION} (record batches v2); use Kafka 0.11 or newer`,
+    );
+    throw Object.assign(error, { retriable: false });
+  }
+  return version;
+}
+
 /** The kafkajs connections of one sink, and Produce requests written on them. */
 export function kafkajsTransport(options: TransportOptions): KafkaTransport {
   const { topic, logger } = options;
@@ -232,10 +258,10 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
   // Request bodies: kafkajs copies a body behind its header when it sends, so each is free again
   // once its request settled.
   const bodies = new BufferPool(32 << 20);
-  const produceRequest = (batches: PartitionBatch[], used: Buffer[]): ProtocolRequest => ({
+  const produceRequest = (batches: PartitionBatch[], used: Buffer[], version: number): ProtocolRequest => ({
     request: {
       apiKey: PRODUCE_API_KEY,
-      apiVersion: PRODUCE_VERSION,
+      apiVersion: version,
       apiName: 'Produce',
       expectResponse: () => options.acks !== 0,
       encode: () => {
@@ -249,7 +275,7 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
       },
     },
     response: {
-      decode: (body) => Promise.resolve(decodeProduceResponse(body)),
+      decode: (body) => Promise.resolve(decodeProduceResponse(body, version)),
       parse: (r) => Promise.resolve(r),
     },
   });
@@ -263,7 +289,10 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
     try {
       const broker = await cluster.findBroker({ nodeId: String(nodeId) });
       sendRequest ??= privateMember<SendRequest>(broker, 'private:Broker:sendRequest');
-      const response = await sendRequest.call(broker, produceRequest(batches, used));
+      const response = await sendRequest.call(
+        broker,
+        produceRequest(batches, used, produceVersion(broker as unknown as BrokerVersions)),
+      );
       if (response === undefined) {
         for (const b of batches) b.written = true; // acks 0: nothing comes back
         return [];

@@ -1,16 +1,19 @@
 /**
- * The Produce request (API key 0, version 3: record batches v2, no tagged fields) and its
+ * The Produce request (API key 0, versions 3 to 7: record batches v2, no tagged fields) and its
  * response, as the kafka sink sends them over kafkajs's broker connections. Version 3 is the
- * oldest that carries v2 record batches and the oldest Kafka 4 still accepts.
+ * oldest that carries v2 record batches and the oldest Kafka 4 still accepts; 7 is the newest
+ * before flexible versions, and the first that may carry zstd batches. The request is the same
+ * for all of them; the response gains log_start_offset at 5.
  *
  * Request:  transactional_id nullable string | acks int16 | timeout_ms int32 |
  *           [topic string | [partition int32 | records bytes]]
  * Response: [topic string | [partition int32 | error_code int16 | base_offset int64 |
- *           log_append_time_ms int64]] | throttle_time_ms int32
+ *           log_append_time_ms int64 | (v5+) log_start_offset int64]] | throttle_time_ms int32
  */
 
 export const PRODUCE_API_KEY = 0;
-export const PRODUCE_VERSION = 3;
+export const PRODUCE_MIN_VERSION = 3;
+export const PRODUCE_MAX_VERSION = 7;
 
 /** One partition's record batch in a produce request, and whether a broker has taken it. */
 export interface PartitionBatch {
@@ -67,8 +70,8 @@ export class ProduceResponseError extends Error {
   readonly code = 'EKAFKARESPONSE';
 }
 
-/** Parses a Produce v3 response body (after the correlation id). */
-export function decodeProduceResponse(body: Buffer): ProduceResponse {
+/** Parses a Produce response body (after the correlation id) of `version` (3 to 7). */
+export function decodeProduceResponse(body: Buffer, version: number): ProduceResponse {
   let pos = 0;
   const need = (n: number): void => {
     if (pos + n > body.length) {
@@ -95,10 +98,16 @@ export function decodeProduceResponse(body: Buffer): ProduceResponse {
       const errorCode = int16();
       const baseOffset = int64();
       int64(); // log append time
+      if (version >= 5) int64(); // log start offset
       partitions.push({ partition, errorCode, baseOffset });
     }
     topics.push({ topic, partitions });
   }
   const throttleTimeMs = int32();
+  if (pos !== body.length) {
+    throw new ProduceResponseError(
+      `kafka produce response v${version}: ${body.length - pos} bytes left over; the broker sent a malformed answer`,
+    );
+  }
   return { topics, throttleTimeMs };
 }
