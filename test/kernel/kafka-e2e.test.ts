@@ -21,6 +21,7 @@ import type { FlowRecord } from '../../src/records.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { readWithKcat, startKafkaMock } from '../fixtures/kafka.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { REQUIRED_FLOW_FIELDS } from '../fixtures/records.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import {
   icmpFrameBytes,
@@ -38,23 +39,7 @@ const protoRoot = protobuf.parse(fs.readFileSync(PROTO, 'utf8'), { keepCase: tru
 const FlowBatchType = protoRoot.lookupType('rxflow.v1.FlowBatch');
 
 /** Fields every flow of the map carries, IPv4 and IPv6 alike: names of src/records.ts. */
-const COMMON: (keyof FlowRecord)[] = [
-  'ipVersion',
-  'sourceTransportPort',
-  'destinationTransportPort',
-  'protocolIdentifier',
-  'octetDeltaCount',
-  'packetDeltaCount',
-  'flowStartMilliseconds',
-  'flowEndMilliseconds',
-  'tcpControlBits',
-  'ipDiffServCodePoint',
-  'ingressInterface',
-  'flowDirection',
-  'sourceMacAddress',
-  'destinationMacAddress',
-  'ethernetType',
-];
+const COMMON = REQUIRED_FLOW_FIELDS;
 const V4: (keyof FlowRecord)[] = ['sourceIPv4Address', 'destinationIPv4Address'];
 const V6: (keyof FlowRecord)[] = ['sourceIPv6Address', 'destinationIPv6Address'];
 const ICMP4: (keyof FlowRecord)[] = ['icmpTypeIPv4', 'icmpCodeIPv4'];

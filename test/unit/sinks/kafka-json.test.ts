@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { attachIPv4Words, type FlowRecord } from '../../../src/records.js';
 import { writeFlowJson } from '../../../src/sinks/kafka/json.js';
-import { flowRecord } from '../../fixtures/records.js';
+import { REQUIRED_FLOW_FIELDS, allFieldsRecord, flowRecord } from '../../fixtures/records.js';
 
 /** FlowRecord's keys in declaration order, read from src/records.ts so a new field shows up here. */
 const KEYS: string[] = (() => {
@@ -161,23 +161,7 @@ const fullRecord: fc.Arbitrary<FlowRecord> = fc
           samplingInterval: anyNumber,
         },
         {
-          requiredKeys: [
-            'ipVersion',
-            'sourceTransportPort',
-            'destinationTransportPort',
-            'protocolIdentifier',
-            'octetDeltaCount',
-            'packetDeltaCount',
-            'flowStartMilliseconds',
-            'flowEndMilliseconds',
-            'tcpControlBits',
-            'ipDiffServCodePoint',
-            'ingressInterface',
-            'flowDirection',
-            'sourceMacAddress',
-            'destinationMacAddress',
-            'ethernetType',
-          ],
+          requiredKeys: [...REQUIRED_FLOW_FIELDS],
         },
       )
       .map((r) => {
@@ -257,30 +241,7 @@ describe('writeFlowJson', () => {
   });
 
   it('writes every FlowRecord field, in the declaration order of src/records.ts', () => {
-    const all: Required<FlowRecord> = {
-      ...flowRecord(),
-      sourceIPv4Address: '10.0.0.1',
-      destinationIPv4Address: '10.0.0.2',
-      sourceIPv6Address: '::1',
-      destinationIPv6Address: '::2',
-      icmpTypeIPv4: 8,
-      icmpCodeIPv4: 0,
-      icmpTypeIPv6: 128,
-      icmpCodeIPv6: 0,
-      interfaceName: 'eth0',
-      exporterIPv4Address: '192.0.2.1',
-      exporterIPv6Address: '2001:db8::1',
-      flowEndReason: 2,
-      encapsulationType: 'vxlan',
-      virtualNetworkIdentifier: 42,
-      tunnelSourceIPAddress: '198.51.100.1',
-      tunnelDestinationIPAddress: '198.51.100.2',
-      tunnelSourceTransportPort: 50000,
-      tunnelDestinationTransportPort: 4789,
-      flowCookie: '0102030405060708',
-      duplicate: false,
-      samplingInterval: 100,
-    };
+    const all = allFieldsRecord();
     expect(KEYS).toHaveLength(36);
     expect(Object.keys(JSON.parse(encode(all)) as object)).toEqual(KEYS);
     expect(encode(all)).toBe(JSON.stringify(declarationOrder(all)));

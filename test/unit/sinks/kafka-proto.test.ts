@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../../src/records.js';
 import { loadFlowProto } from '../../../src/sinks/kafka/encode.js';
 import { writeFlowProto, writeFlowProtoField } from '../../../src/sinks/kafka/proto.js';
-import { flowRecord } from '../../fixtures/records.js';
+import { REQUIRED_FLOW_FIELDS, allFieldsRecord, flowRecord } from '../../fixtures/records.js';
 
 const { FlowRecord: FlowRecordType, FlowBatch } = loadFlowProto();
 
@@ -167,23 +167,7 @@ function flowRecordArb(d: Domain): fc.Arbitrary<FlowRecord> {
         samplingInterval: d.u32,
       },
       {
-        requiredKeys: [
-          'ipVersion',
-          'sourceTransportPort',
-          'destinationTransportPort',
-          'protocolIdentifier',
-          'octetDeltaCount',
-          'packetDeltaCount',
-          'flowStartMilliseconds',
-          'flowEndMilliseconds',
-          'tcpControlBits',
-          'ipDiffServCodePoint',
-          'ingressInterface',
-          'flowDirection',
-          'sourceMacAddress',
-          'destinationMacAddress',
-          'ethernetType',
-        ],
+        requiredKeys: [...REQUIRED_FLOW_FIELDS],
       },
     ),
   );
@@ -306,30 +290,7 @@ describe('writeFlowProto', () => {
   });
 
   it('writes every field of a record with all of them, and it decodes back', () => {
-    const all: Required<FlowRecord> = {
-      ...flowRecord(),
-      sourceIPv4Address: '10.0.0.1',
-      destinationIPv4Address: '10.0.0.2',
-      sourceIPv6Address: '::1',
-      destinationIPv6Address: '::2',
-      icmpTypeIPv4: 8,
-      icmpCodeIPv4: 0,
-      icmpTypeIPv6: 128,
-      icmpCodeIPv6: 0,
-      interfaceName: 'eth0',
-      exporterIPv4Address: '192.0.2.1',
-      exporterIPv6Address: '2001:db8::1',
-      flowEndReason: 2,
-      encapsulationType: 'vxlan',
-      virtualNetworkIdentifier: 42,
-      tunnelSourceIPAddress: '198.51.100.1',
-      tunnelDestinationIPAddress: '198.51.100.2',
-      tunnelSourceTransportPort: 50000,
-      tunnelDestinationTransportPort: 4789,
-      flowCookie: '0102030405060708',
-      duplicate: false,
-      samplingInterval: 100,
-    };
+    const all = allFieldsRecord();
     const bytes = encode(all);
     expect(bytes.equals(reference(all))).toBe(true);
     const decoded = FlowRecordType.toObject(FlowRecordType.decode(bytes), { longs: Number, defaults: true });
