@@ -26,6 +26,7 @@ import {
   type SaslOptions,
   type TlsOptions,
 } from './kafka/client.js';
+import type { Compression } from './kafka/compression.js';
 import {
   RequestEncoder,
   unwritten,
@@ -48,7 +49,7 @@ export interface KafkaSinkConfig {
   batch_max_bytes?: number;
   linger_ms?: number;
   max_in_flight?: number;
-  compression?: 'none' | 'gzip';
+  compression?: Compression;
   acks?: -1 | 0 | 1;
   request_timeout_ms?: number;
   connection_timeout_ms?: number;
@@ -157,10 +158,10 @@ const schema: JsonSchema = {
       description: 'Produce requests in flight at once.',
     },
     compression: {
-      enum: ['none', 'gzip'],
+      enum: ['none', 'gzip', 'lz4', 'zstd'],
       default: DEFAULTS.compression,
       description:
-        'Record batch compression: gzip (compressed on the libuv thread pool, off the event loop) or none.',
+        'Record batch compression, done off the event loop: lz4, zstd (needs brokers that take Produce v7: Kafka 2.1 or newer), gzip, or none. lz4 and zstd use the system liblz4.so.1 and libzstd.so.1 (Debian liblz4-1, libzstd1) and compress several times faster than gzip.',
     },
     acks: {
       enum: [-1, 0, 1],

@@ -9,8 +9,10 @@ import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
 import kafkaModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
+import { flowKey } from '../../src/sinks/kafka/encode.js';
 import { cleanup } from '../fixtures/cleanup.js';
 import { readWithKcat, startKafkaMock } from '../fixtures/kafka.js';
+import { run } from '../fixtures/netns.js';
 import { describeWith } from '../fixtures/privilege.js';
 
 /**
@@ -146,6 +148,22 @@ async function readRaw(brokers: string[], topic: string): Promise<RawMessage[]> 
   return out;
 }
 
+/**
+ * The codecs of the record batches a topic holds, as librdkafka names them when it fetches them
+ * (kcat's `-d msg` log has a line per fetched message set, ending in its codec).
+ */
+async function storedCodecs(bootstrap: string, topic: string): Promise<string[]> {
+  const { stderr } = await run(
+    'kcat',
+    ['-C', '-b', bootstrap, '-t', topic, '-o', 'beginning', '-e', '-q', '-d', 'msg', '-f', ''],
+    { timeoutMs: 20_000 },
+  );
+  const codecs = [...stderr.matchAll(/Enqueue \d+ message\(s\) .* aborted msgsets, (\w+)\)/g)].map(
+    (m) => m[1]!,
+  );
+  return [...new Set(codecs)];
+}
+
 function decodeRecord(bytes: Uint8Array, type = FlowRecordType): Record<string, unknown> {
   return type.toObject(type.decode(bytes), { longs: Number, defaults: true });
 }
@@ -242,18 +260,53 @@ describeWith({ commands: ['kcat'] }, 'kafka sink against the mock cluster', () =
     );
   });
 
-  it('writes gzip-compressed record batches that another client reads back exactly, with acks 1 and 0', async () => {
-    for (const acks of [1, 0] as const) {
-      const topic = `gzip-acks${acks}`;
+  for (const compression of ['none', 'gzip', 'lz4', 'zstd'] as const) {
+    it(`writes record batches with compression ${compression} that kcat reads back exactly, with acks 1 and 0`, async () => {
+      for (const acks of [1, 0] as const) {
+        const topic = `${compression}-acks${acks}`;
+        await cluster.createTopic(topic, 2);
+        const sent = records(0, 700);
+        const ledger = await runSink({ ...base(topic), compression, acks }, batches(sent, 100));
+        const read = await readWithKcat(cluster.bootstrap, topic);
+        expect(read).toHaveLength(700);
+        const got = read.map((m) => JSON.parse(m.value!) as FlowRecord);
+        expect(read.map((m, i) => m.key === flowKey(got[i]!)).filter((same) => !same)).toEqual([]);
+        expect(got.sort((x, y) => indexOf(x) - indexOf(y))).toEqual(sent);
+        // librdkafka names no compression "uncompressed".
+        expect(await storedCodecs(cluster.bootstrap, topic)).toEqual([
+          compression === 'none' ? 'uncompressed' : compression,
+        ]);
+        expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+          received: 700,
+          sent: 700,
+          dropped: {},
+        });
+      }
+    });
+  }
+
+  it('writes lz4 and zstd batches of JSON arrays, hundreds of kilobytes each (compressed on worker threads), that kcat reads back exactly', async () => {
+    for (const compression of ['lz4', 'zstd'] as const) {
+      const topic = `${compression}-arrays`;
       await cluster.createTopic(topic, 2);
-      const sent = records(0, 700);
-      const ledger = await runSink({ ...base(topic), compression: 'gzip', acks }, batches(sent, 100));
+      const sent = records(0, 8000);
+      const ledger = await runSink(
+        {
+          ...base(topic),
+          compression,
+          records_per_message: 500,
+          batch_max_records: 4000,
+          batch_max_bytes: 4_000_000,
+        },
+        batches(sent, 1000),
+      );
       const read = await readWithKcat(cluster.bootstrap, topic);
-      const got = read.map((m) => JSON.parse(m.value!) as FlowRecord).sort((x, y) => indexOf(x) - indexOf(y));
-      expect(got).toEqual(sent);
+      const got = read.flatMap((m) => JSON.parse(m.value!) as FlowRecord[]);
+      expect(got.sort((x, y) => indexOf(x) - indexOf(y))).toEqual(sent);
+      expect(await storedCodecs(cluster.bootstrap, topic)).toEqual([compression]);
       expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
-        received: 700,
-        sent: 700,
+        received: 8000,
+        sent: 8000,
         dropped: {},
       });
     }

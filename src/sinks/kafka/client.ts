@@ -11,6 +11,7 @@ import type { ConnectionOptions } from 'node:tls';
 import { Kafka, logLevel, type Cluster, type LogEntry, type SASLOptions } from 'kafkajs';
 import type { Logger } from '../../logger.js';
 import { SinkError, messageOf } from '../errors.js';
+import { requireProduceVersion } from './compression.js';
 import type { EncodedRequest } from './encode.js';
 import { BufferPool } from './record-batch.js';
 import {
@@ -289,10 +290,9 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
     try {
       const broker = await cluster.findBroker({ nodeId: String(nodeId) });
       sendRequest ??= privateMember<SendRequest>(broker, 'private:Broker:sendRequest');
-      const response = await sendRequest.call(
-        broker,
-        produceRequest(batches, used, produceVersion(broker as unknown as BrokerVersions)),
-      );
+      const version = produceVersion(broker as unknown as BrokerVersions);
+      requireProduceVersion(batches, version);
+      const response = await sendRequest.call(broker, produceRequest(batches, used, version));
       if (response === undefined) {
         for (const b of batches) b.written = true; // acks 0: nothing comes back
         return [];

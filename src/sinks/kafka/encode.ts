@@ -11,16 +11,11 @@ import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import type { FlowRecord } from '../../records.js';
 import { SinkError, messageOf } from '../errors.js';
+import { batchCompressor, type BatchCompressor, type Compression } from './compression.js';
 import { writeFlowJson } from './json.js';
 import type { PartitionBatch } from './produce.js';
 import { writeFlowProto, writeFlowProtoField } from './proto.js';
-import {
-  BATCH_HEADER_BYTES,
-  BufferPool,
-  RecordBatchWriter,
-  gzipBatch,
-  type ValueWriter,
-} from './record-batch.js';
+import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter, type ValueWriter } from './record-batch.js';
 
 export type Encoding = 'json' | 'protobuf';
 export type KeyMode = 'flow' | 'none';
@@ -253,7 +248,8 @@ export interface EncoderOptions {
   encoding: Encoding;
   recordsPerMessage: number;
   key: KeyMode;
-  compression: 'none' | 'gzip';
+  /** Loaded when the encoder is built: a missing codec library fails then (SinkError ENOCODEC). */
+  compression: Compression;
 }
 
 const OPEN_BRACKET = 0x5b;
@@ -270,9 +266,11 @@ export class RequestEncoder {
   readonly pool = new BufferPool(POOL_BYTES);
   private readonly value: ValueWriter<FlowRecord>;
   private readonly item: ValueWriter<FlowRecord>;
+  private readonly compress: BatchCompressor | undefined;
   private next = 0;
 
   constructor(private readonly options: EncoderOptions) {
+    this.compress = batchCompressor(options.compression);
     if (options.encoding === 'protobuf') {
       this.value = writeFlowProto;
       this.item = writeFlowBatchItem;
@@ -330,17 +328,17 @@ export class RequestEncoder {
     } else {
       this.writeMessages(writerOf(this.nextPartition(count)), records);
     }
+    used.sort((a, b) => a - b);
+    const list = used.map((p) => writers[p]!);
+    const finished = list.map((w) => w.finish(now));
+    // Partitions compress side by side on the thread pool.
+    const compress = this.compress;
+    const data = compress === undefined ? finished : await Promise.all(finished.map((b) => compress(b)));
     const batches: PartitionBatch[] = [];
     let bytes = 0;
-    const list: RecordBatchWriter[] = [];
-    used.sort((a, b) => a - b);
-    for (const p of used) {
-      const w = writers[p]!;
-      let data = w.finish(now);
-      if (this.options.compression === 'gzip') data = await gzipBatch(data);
-      batches.push({ partition: p, data, records: w.items, written: false });
-      bytes += data.length;
-      list.push(w);
+    for (let i = 0; i < used.length; i++) {
+      batches.push({ partition: used[i]!, data: data[i]!, records: list[i]!.items, written: false });
+      bytes += data[i]!.length;
     }
     return { batches, records: records.length, bytes, writers: list };
   }

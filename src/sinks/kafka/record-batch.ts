@@ -14,8 +14,6 @@
  *   keyLength varint | key | valueLength varint | value | headerCount varint
  * where varints are zigzag-encoded. The CRC-32C covers attributes to the end.
  */
-import { promisify } from 'node:util';
-import zlib from 'node:zlib';
 import { crc32c } from './crc32c.js';
 
 export const BATCH_HEADER_BYTES = 61;
@@ -28,9 +26,6 @@ const OFF_BASE_TIMESTAMP = 27;
 const OFF_MAX_TIMESTAMP = 35;
 const OFF_PRODUCER_ID = 43;
 const OFF_RECORD_COUNT = 57;
-
-/** attributes bits 0-2: the compression codec. */
-export const CODEC_GZIP = 1;
 
 /** The room reserved for a length varint before its size is known: 2 bytes hold 0..8191. */
 const RESERVED = 2;
@@ -232,22 +227,4 @@ export class RecordBatchWriter {
     this.retired.push(this.buf);
     this.buf = next;
   }
-}
-
-const gzip = promisify(zlib.gzip);
-
-/**
- * A gzip-compressed copy of a finished batch: the records (everything after the header) are
- * compressed, the header says so in its attributes and gets a new length and CRC. Runs on libuv's
- * thread pool, off the event loop.
- */
-export async function gzipBatch(batch: Buffer): Promise<Buffer> {
-  const compressed = await gzip(batch.subarray(BATCH_HEADER_BYTES));
-  const out = Buffer.allocUnsafe(BATCH_HEADER_BYTES + compressed.length);
-  batch.copy(out, 0, 0, BATCH_HEADER_BYTES);
-  compressed.copy(out, BATCH_HEADER_BYTES);
-  out.writeInt32BE(out.length - 12, OFF_BATCH_LENGTH);
-  out.writeInt16BE(out.readInt16BE(OFF_ATTRIBUTES) | CODEC_GZIP, OFF_ATTRIBUTES);
-  out.writeUInt32BE(crc32c(out, OFF_ATTRIBUTES, out.length), OFF_CRC);
-  return out;
 }

@@ -1,0 +1,357 @@
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import type { ComponentContext } from '../../../src/component.js';
+import { Ledger } from '../../../src/ledger.js';
+import { silentLogger } from '../../../src/logger.js';
+import type { FlowRecord } from '../../../src/records.js';
+import { retriable } from '../../../src/sinks/kafka.js';
+import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/sinks/kafka/client.js';
+import {
+  CODEC_GZIP,
+  CODEC_LZ4,
+  CODEC_NONE,
+  CODEC_ZSTD,
+  NATIVE_SYNC_MAX_BYTES,
+  batchCodec,
+  gzipBatch,
+  lz4Batch,
+  openCodecLibrary,
+  requireProduceVersion,
+  zstdBatch,
+} from '../../../src/sinks/kafka/compression.js';
+import { crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
+import { RequestEncoder, type EncoderOptions } from '../../../src/sinks/kafka/encode.js';
+import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter } from '../../../src/sinks/kafka/record-batch.js';
+import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
+import { describeWith } from '../../fixtures/privilege.js';
+import { crc32cBitwise, decodeBatches } from '../../fixtures/record-batches.js';
+
+afterAll(() => cleanup.dispose());
+
+/**
+ * Record batch compression, checked with decoders that share nothing with the sink: the gzip, lz4
+ * and zstd command-line tools decompress the records section, and kafkajs's batch decoder reads
+ * the records back out of it.
+ */
+
+const NOW = 1_700_000_123_456;
+
+/** Varied records (addresses, ports, counters, optional fields), so batches compress realistically. */
+function record(i: number): FlowRecord {
+  const r: FlowRecord = {
+    ipVersion: 4,
+    sourceIPv4Address: `10.${(i * 7) % 256}.${(i * 13) % 256}.${i % 251}`,
+    destinationIPv4Address: `192.0.${(i * 3) % 256}.${(i * 11) % 256}`,
+    sourceTransportPort: 1024 + ((i * 7919) % 60000),
+    destinationTransportPort: [443, 53, 80, 8080][i % 4]!,
+    protocolIdentifier: i % 5 === 0 ? 17 : 6,
+    octetDeltaCount: (i * 104729) % 10_000_000,
+    packetDeltaCount: 1 + ((i * 31) % 9000),
+    flowStartMilliseconds: 1_700_000_000_000 + i * 17,
+    flowEndMilliseconds: 1_700_000_000_000 + i * 17 + ((i * 97) % 60_000),
+    tcpControlBits: (i * 5) % 64,
+    ipDiffServCodePoint: i % 9 === 0 ? 46 : 0,
+    ingressInterface: 2 + (i % 5),
+    flowDirection: (i % 2) as 0 | 1,
+    sourceMacAddress: `02:00:00:00:${((i >> 8) & 255).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`,
+    destinationMacAddress: '02:00:00:00:00:01',
+    ethernetType: 0x0800,
+    interfaceName: `eth${i % 3}`,
+  };
+  if (i % 7 === 3) {
+    r.encapsulationType = 'vxlan';
+    r.virtualNetworkIdentifier = 4000 + (i % 100);
+    r.tunnelSourceIPAddress = '198.51.100.1';
+    r.tunnelDestinationIPAddress = `198.51.100.${2 + (i % 200)}`;
+  }
+  return r;
+}
+
+const range = (from: number, count: number): FlowRecord[] =>
+  Array.from({ length: count }, (_, k) => record(from + k));
+
+function encoder(options: Partial<EncoderOptions> = {}): RequestEncoder {
+  return new RequestEncoder({
+    encoding: 'json',
+    recordsPerMessage: 1,
+    key: 'none',
+    compression: 'none',
+    ...options,
+  });
+}
+
+/** An uncompressed batch of `records` (one JSON message each) for one partition. */
+async function plainBatch(records: FlowRecord[]): Promise<Buffer> {
+  if (records.length === 0) return new RecordBatchWriter(new BufferPool(1 << 20), 1024).finish(NOW);
+  const out = await encoder().encode(records, 1, 400, NOW);
+  return Buffer.from(out.batches[0]!.data);
+}
+
+type Codec = 'gzip' | 'lz4' | 'zstd';
+
+const compressors: Record<Codec, (batch: Buffer) => Promise<Buffer>> = {
+  gzip: gzipBatch,
+  lz4: lz4Batch,
+  zstd: zstdBatch,
+};
+const codecBits: Record<Codec, number> = { gzip: CODEC_GZIP, lz4: CODEC_LZ4, zstd: CODEC_ZSTD };
+
+/** The records section decompressed by the codec's own command-line tool. */
+function decompressWithCli(codec: Codec, data: Uint8Array): Buffer {
+  return execFileSync(codec, ['-d', '-c', '-q'], { input: data, maxBuffer: 256 << 20 });
+}
+
+/** The batch with its records decompressed and the header saying so, for kafkajs's decoder. */
+function inflated(compressed: Buffer, records: Buffer): Buffer {
+  const b = Buffer.concat([compressed.subarray(0, BATCH_HEADER_BYTES), records]);
+  b.writeInt32BE(b.length - 12, 8);
+  b.writeInt16BE(b.readInt16BE(21) & ~7, 21);
+  return b;
+}
+
+/** The header fields compression rewrites, and the bytes it must leave alone. */
+function header(b: Buffer) {
+  return {
+    length: b.readInt32BE(8),
+    crc: b.readUInt32BE(17),
+    attributes: b.readInt16BE(21),
+    unchanged: Buffer.concat([b.subarray(0, 8), b.subarray(12, 17), b.subarray(23, BATCH_HEADER_BYTES)]),
+  };
+}
+
+describeWith({ commands: ['gzip', 'lz4', 'zstd'] }, 'kafka record batch compression', () => {
+  const sizes = { empty: 0, small: 3, large: 9000 } as const;
+
+  for (const codec of ['gzip', 'lz4', 'zstd'] as const) {
+    for (const [size, count] of Object.entries(sizes)) {
+      it(`${codec}, ${size} batch: the header names the codec with the new length and CRC-32C; the ${codec} tool restores the records byte for byte`, async () => {
+        const records = range(0, count);
+        const plain = await plainBatch(records);
+        if (size === 'large') expect(plain.length).toBeGreaterThan(4 << 20);
+        const out = await compressors[codec](plain);
+
+        expect(header(out)).toEqual({
+          length: out.length - 12,
+          crc: crc32cBitwise(out.subarray(21)),
+          attributes: codecBits[codec],
+          unchanged: header(plain).unchanged,
+        });
+        expect(crc32cJs(out, 21)).toBe(out.readUInt32BE(17));
+        expect(batchCodec(out)).toBe(codecBits[codec]);
+        expect(batchCodec(plain)).toBe(CODEC_NONE);
+
+        const restored = decompressWithCli(codec, out.subarray(BATCH_HEADER_BYTES));
+        expect(restored.equals(plain.subarray(BATCH_HEADER_BYTES))).toBe(true);
+        expect(restored.length).toBe(plain.length - BATCH_HEADER_BYTES);
+        const messages = await decodeBatches([{ partition: 0, data: inflated(out, restored) }]);
+        expect(messages.map((m) => JSON.parse(m.value.toString()) as unknown)).toEqual(records);
+        if (size === 'large') expect(out.length).toBeLessThan(plain.length / 3);
+      });
+    }
+  }
+
+  it("lz4 batches are LZ4 frames as Kafka's Java reader and librdkafka want them: independent 64 KiB blocks, no content size, no checksums but the header's", async () => {
+    const plain = await plainBatch(range(0, 2000));
+    const frame = (await lz4Batch(plain)).subarray(BATCH_HEADER_BYTES);
+    expect(frame.readUInt32LE(0)).toBe(0x184d2204);
+    // FLG: version 01, block independence; no block checksum, content size, content checksum or dict id.
+    expect(frame[4]).toBe(0x60);
+    // BD: block maximum size 64 KiB.
+    expect(frame[5]).toBe(0x40);
+    // Then blocks, each a 4-byte size (high bit: stored uncompressed) and its data, up to the end
+    // mark; with no content checksum, the end mark is the frame's last 4 bytes.
+    let pos = 7;
+    let blocks = 0;
+    for (;;) {
+      const size = frame.readUInt32LE(pos);
+      pos += 4;
+      if (size === 0) break;
+      expect(size & 0x7fffffff).toBeLessThanOrEqual(64 << 10);
+      pos += size & 0x7fffffff;
+      blocks++;
+    }
+    expect(pos).toBe(frame.length);
+    expect(blocks).toBe(Math.ceil((plain.length - BATCH_HEADER_BYTES) / (64 << 10)));
+  });
+
+  it('zstd batches are one zstd frame that records the size of the records', async () => {
+    const plain = await plainBatch(range(0, 2000));
+    const frame = (await zstdBatch(plain)).subarray(BATCH_HEADER_BYTES);
+    expect(frame.readUInt32LE(0)).toBe(0xfd2fb528);
+    // zstd --list reads files only.
+    const file = path.join(makeTempDir(), 'records.zst');
+    fs.writeFileSync(file, frame);
+    const listed = execFileSync('zstd', ['-l', '-v', file], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).toString();
+    expect(listed).toContain('# Zstandard Frames: 1\n');
+    expect(listed).toContain(`Decompressed Size: `);
+    expect(listed).toContain(`(${plain.length - BATCH_HEADER_BYTES} B)\n`);
+  });
+
+  it('many batches compressed at once each come back intact (native memory and zstd contexts are not shared between calls)', async () => {
+    const plains = await Promise.all(
+      Array.from({ length: 12 }, (_, k) => plainBatch(range(k * 1000, 600 + k * 50))),
+    );
+    for (const codec of ['lz4', 'zstd'] as const) {
+      const outs = await Promise.all(plains.map((p) => compressors[codec](p)));
+      outs.forEach((out, k) => {
+        const restored = decompressWithCli(codec, out.subarray(BATCH_HEADER_BYTES));
+        expect({ codec, k, equal: restored.equals(plains[k]!.subarray(BATCH_HEADER_BYTES)) }).toEqual({
+          codec,
+          k,
+          equal: true,
+        });
+        expect(out.readUInt32BE(17)).toBe(crc32cBitwise(out.subarray(21)));
+      });
+    }
+  });
+
+  it('the encoder compresses every partition batch of a keyed request, and each decodes to its records', async () => {
+    const records = range(0, 800);
+    for (const compression of ['lz4', 'zstd'] as const) {
+      const out = await encoder({ compression, key: 'flow' }).encode(records, 4, 400, NOW);
+      expect(out.batches.map((b) => b.partition)).toEqual([0, 1, 2, 3]);
+      expect(out.bytes).toBe(out.batches.reduce((n, b) => n + b.data.length, 0));
+      const seen: unknown[] = [];
+      for (const b of out.batches) {
+        expect(batchCodec(b.data)).toBe(codecBits[compression]);
+        const restored = decompressWithCli(compression, b.data.subarray(BATCH_HEADER_BYTES));
+        const messages = await decodeBatches([{ partition: b.partition, data: inflated(b.data, restored) }]);
+        expect(messages).toHaveLength(b.records);
+        for (const m of messages) seen.push(JSON.parse(m.value.toString()));
+      }
+      const order = (x: FlowRecord, y: FlowRecord): number =>
+        x.flowStartMilliseconds - y.flowStartMilliseconds;
+      expect((seen as FlowRecord[]).sort(order)).toEqual(records);
+    }
+  });
+});
+
+describe('where lz4 and zstd run', () => {
+  /** Event loop turns (setImmediate rounds) before `work` settles. */
+  async function turnsDuring(work: () => Promise<unknown>): Promise<number> {
+    let turns = 0;
+    let done = false;
+    const spin = (): void => {
+      if (done) return;
+      turns++;
+      setImmediate(spin);
+    };
+    setImmediate(spin);
+    await work();
+    done = true;
+    return turns;
+  }
+
+  for (const [codec, compress] of [
+    ['lz4', lz4Batch],
+    ['zstd', zstdBatch],
+  ] as const) {
+    it(`${codec}: a multi-megabyte batch compresses on a worker thread while the event loop runs; a batch up to ${NATIVE_SYNC_MAX_BYTES} bytes of records on the JS thread`, async () => {
+      const big = await plainBatch(range(0, 9000));
+      expect(await turnsDuring(() => compress(big))).toBeGreaterThan(0);
+      const small = await plainBatch(range(0, 20));
+      expect(small.length - BATCH_HEADER_BYTES).toBeLessThanOrEqual(NATIVE_SYNC_MAX_BYTES);
+      expect(await turnsDuring(() => compress(small))).toBe(0);
+    });
+  }
+});
+
+describe('codec libraries', () => {
+  afterEach(() => {
+    vi.doUnmock('koffi');
+    vi.resetModules();
+  });
+
+  function context(): ComponentContext {
+    const ledger = new Ledger();
+    return { id: 'out', logger: silentLogger(), ledger, counters: ledger.stage('out', 'kafka', 'sink') };
+  }
+
+  for (const [codec, file, pkg] of [
+    ['zstd', 'libzstd.so.1', 'libzstd1'],
+    ['lz4', 'liblz4.so.1', 'liblz4-1'],
+  ] as const) {
+    it(`building a sink with compression ${codec} without ${file} fails at once, naming the package to install`, async () => {
+      vi.resetModules();
+      vi.doMock('koffi', async (importOriginal) => {
+        const actual = (await importOriginal<{ default: { load: (f: string) => unknown } }>()).default;
+        const load = (f: string): unknown => {
+          if (f === file) throw new Error(`${f}: cannot open shared object file: No such file or directory`);
+          return actual.load(f);
+        };
+        return { default: Object.assign(Object.create(actual) as object, { load }) };
+      });
+      const { default: kafka } = await import('../../../src/sinks/kafka.js');
+      const config = { bootstrap_servers: ['127.0.0.1:9'], topic: 'flows', compression: codec };
+      let thrown: unknown;
+      try {
+        kafka.build(config, context());
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown).toMatchObject({
+        name: 'SinkError',
+        code: 'ENOCODEC',
+        message: `kafka sink compression ${codec}: ${file} not found; install ${pkg} (bash scripts/setup.sh)`,
+      });
+      expect((thrown as Error).cause).toBeInstanceOf(Error);
+      // The other codecs do not need that library.
+      const other = codec === 'zstd' ? 'lz4' : 'zstd';
+      for (const compression of ['none', 'gzip', other] as const) {
+        await kafka.build({ ...config, compression }, context()).close();
+      }
+    });
+  }
+
+  it('a library without a function the codec needs is refused the same way', () => {
+    expect(() =>
+      openCodecLibrary('lz4', 'liblz4.so.1', 'liblz4-1', (lib) => lib.func('int LZ4_no_such_function(void)')),
+    ).toThrow(
+      /^kafka sink compression lz4: liblz4\.so\.1 cannot be used \(.*LZ4_no_such_function.*\); install liblz4-1 \(bash scripts\/setup\.sh\)$/,
+    );
+  });
+});
+
+describe('zstd and the Produce version', () => {
+  const batchWith = (codec: number): { data: Buffer } => {
+    const data = Buffer.alloc(BATCH_HEADER_BYTES);
+    data.writeInt16BE(codec, 21);
+    return { data };
+  };
+  const message =
+    'kafka sink compression zstd: the broker speaks Produce up to v5, zstd batches need v7 (Kafka 2.1); upgrade the brokers or set compression to lz4, gzip or none';
+
+  it('zstd batches to a broker below Produce v7 fail at once, not retriable, saying what to do', () => {
+    const version = produceVersion({ versions: { 0: { minVersion: 0, maxVersion: 5 } } });
+    expect(version).toBe(5);
+    let thrown: unknown;
+    try {
+      requireProduceVersion([batchWith(CODEC_LZ4), batchWith(CODEC_ZSTD)], version);
+    } catch (err) {
+      thrown = err;
+    }
+    expect(thrown).toMatchObject({ name: 'SinkError', code: 'ECODECVERSION', message, retriable: false });
+    // As the transport reports it: a partition failure no retry can mend, so the sink drops it.
+    const failure = new ProduceError('flows', [{ partition: 2, error: thrown as Error }]);
+    expect(failure.message).toBe(
+      `kafka sink topic flows: 1 partition(s) not written, partition 2: ${message}`,
+    );
+    expect(kafkaErrorRetriable(failure)).toBe(false);
+    expect(retriable(failure)).toBe(false);
+  });
+
+  it('zstd goes from Produce v7; lz4, gzip and uncompressed batches with any version from v3', () => {
+    const v7 = produceVersion({ versions: { 0: { minVersion: 0, maxVersion: 9 } } });
+    expect(v7).toBe(7);
+    expect(() => requireProduceVersion([batchWith(CODEC_ZSTD)], v7)).not.toThrow();
+    for (const version of [3, 4, 5, 6])
+      expect(() =>
+        requireProduceVersion([batchWith(CODEC_NONE), batchWith(CODEC_GZIP), batchWith(CODEC_LZ4)], version),
+      ).not.toThrow();
+    expect(() => requireProduceVersion([batchWith(CODEC_ZSTD)], 6)).toThrow(/zstd batches need v7/);
+  });
+});
