@@ -15,14 +15,18 @@ import stdout from '../sinks/stdout.js';
 import top from '../sinks/top.js';
 import ebpf_flows from '../sources/ebpf_flows.js';
 import firewall_audit from '../sources/firewall_audit.js';
+import file_replay from '../sources/file_replay.js';
 import firewall_sessions from '../sources/firewall_sessions.js';
+import kafka_consumer from '../sources/kafka_consumer.js';
 import { ComponentRegistry } from './component-registry.js';
 
 export const modules: readonly ComponentModule[] = [
   // sources (src/sources/)
   ebpf_flows,
+  file_replay,
   firewall_audit,
   firewall_sessions,
+  kafka_consumer,
   // transforms (src/operators/)
   account,
   decorate,

@@ -1,0 +1,551 @@
+/**
+ * `kafka_consumer`: flow records from a Kafka topic, read by a kafkajs consumer group, as the
+ * kafka sink writes them: JSON or protobuf (src/sinks/flow.proto), one record or a batch of records
+ * per message. The shape of each message is read from the message itself, so a topic may mix them:
+ * JSON is an object (one record) or an array (a batch); protobuf is a FlowBatch when the message
+ * starts with field 1 as length-delimited (tag 0x0a), else a FlowRecord (whose field 1, ipVersion,
+ * is a varint and never 0, so the sink always writes it first).
+ *
+ * Each batch kafkajs fetches for a partition becomes one emitted batch. Offsets are committed
+ * after the batch is handed downstream (at-least-once up to the hand-off): a restart or rebalance
+ * may deliver records again, a drain never loses them; records sinks still hold when the process
+ * dies unexpectedly are not read again.
+ *
+ * A message (or an item of a batch message) that is not a flow record counts as received and
+ * dropped as `parse_failed`, logged with its partition and offset (rate-limited). While the brokers
+ * cannot be reached the source keeps retrying with backoff and logs a warning (at most every 30 s);
+ * nothing reaches the pipeline as an error. On stop$ the current batch is finished, its offsets are
+ * committed, the consumer leaves the group and disconnects, then the source completes.
+ *
+ * kafkajs reads uncompressed and gzip record batches; a topic written with lz4, zstd or snappy
+ * cannot be consumed (logged as such).
+ */
+import {
+  Kafka,
+  logLevel,
+  type Consumer,
+  type EachBatchPayload,
+  type LogEntry,
+  type SASLOptions,
+} from 'kafkajs';
+import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 'rxjs';
+import type { ComponentContext, JsonSchema, SourceModule } from '../component.js';
+import type { StageCounters } from '../ledger.js';
+import type { Logger } from '../logger.js';
+import type { FlowBatch, FlowRecord } from '../records.js';
+import kafkaSinkModule from '../sinks/kafka.js';
+import { tlsConnectionOptions, type SaslOptions, type TlsOptions } from '../sinks/kafka/client.js';
+import { loadFlowProto, type FlowProto } from '../sinks/kafka/encode.js';
+import { LossLog } from '../sinks/loss-log.js';
+import { flowRecordProblem } from './file_replay.js';
+
+export type KafkaConsumerEncoding = 'json' | 'protobuf';
+
+export interface KafkaConsumerConfig {
+  /** `host:port` of one or more brokers. */
+  bootstrap_servers: string[];
+  topic: string;
+  group_id: string;
+  client_id?: string;
+  encoding?: KafkaConsumerEncoding;
+  /** Where a group with no committed offset starts: the oldest record (true) or new ones. */
+  from_beginning?: boolean;
+  session_timeout_ms?: number;
+  fetch_max_wait_ms?: number;
+  max_bytes_per_partition?: number;
+  connection_timeout_ms?: number;
+  request_timeout_ms?: number;
+  retries?: number;
+  retry_initial_ms?: number;
+  retry_max_ms?: number;
+  shutdown_timeout_ms?: number;
+  tls?: TlsOptions;
+  sasl?: SaslOptions;
+}
+
+type Resolved = Required<Omit<KafkaConsumerConfig, 'tls' | 'sasl'>> &
+  Pick<KafkaConsumerConfig, 'tls' | 'sasl'>;
+
+const DEFAULTS = {
+  client_id: 'rxflow',
+  encoding: 'json',
+  from_beginning: false,
+  session_timeout_ms: 30_000,
+  fetch_max_wait_ms: 500,
+  max_bytes_per_partition: 1_048_576,
+  connection_timeout_ms: 3000,
+  request_timeout_ms: 30_000,
+  retries: 3,
+  retry_initial_ms: 100,
+  retry_max_ms: 5000,
+  shutdown_timeout_ms: 30_000,
+} as const satisfies Partial<KafkaConsumerConfig>;
+
+const LOSS_LOG_INTERVAL_MS = 10_000;
+/** While the brokers stay away, the warning is repeated this often; each attempt logs at debug. */
+const OUTAGE_LOG_INTERVAL_MS = 30_000;
+
+/** An error of the kafka_consumer source: `code` names the failure, `cause` carries the underlying one. */
+export class KafkaConsumerError extends Error {
+  override readonly name = 'KafkaConsumerError';
+  readonly code: string;
+
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+// --------------------------------------------------------------------------------------------
+// Decoding
+
+/** Called once per message, or per item of a batch message, that is not a flow record. */
+export type DecodeFailure = (problem: string) => void;
+
+/** Decodes one message value, appending its flow records to `out`. */
+export type MessageDecoder = (value: Buffer | null, out: FlowRecord[], fail: DecodeFailure) => void;
+
+/** A FlowBatch's first byte: field 1, wire type 2 (length-delimited). */
+const FLOW_BATCH_TAG = 0x0a;
+const TO_OBJECT = { longs: Number, defaults: true } as const;
+
+function keep(value: unknown, out: FlowRecord[], fail: DecodeFailure, item?: number): void {
+  const problem = flowRecordProblem(value);
+  if (problem === undefined) out.push(value as FlowRecord);
+  else fail(item === undefined ? problem : `record ${item}: ${problem}`);
+}
+
+function decodeJson(value: Buffer, out: FlowRecord[], fail: DecodeFailure): void {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value.toString('utf8'));
+  } catch (err) {
+    fail(`not JSON: ${messageOf(err)}`);
+    return;
+  }
+  if (Array.isArray(parsed)) {
+    for (let i = 0; i < parsed.length; i++) keep(parsed[i], out, fail, i);
+  } else {
+    keep(parsed, out, fail);
+  }
+}
+
+function decodeProtobuf(proto: FlowProto, value: Buffer, out: FlowRecord[], fail: DecodeFailure): void {
+  if (value[0] === FLOW_BATCH_TAG) {
+    let records: unknown[];
+    try {
+      const batch = proto.FlowBatch.toObject(proto.FlowBatch.decode(value), TO_OBJECT) as {
+        records?: unknown[];
+      };
+      records = batch.records ?? [];
+    } catch (err) {
+      fail(`not a protobuf FlowBatch: ${messageOf(err)}`);
+      return;
+    }
+    for (let i = 0; i < records.length; i++) keep(records[i], out, fail, i);
+    return;
+  }
+  let record: unknown;
+  try {
+    record = proto.FlowRecord.toObject(proto.FlowRecord.decode(value), TO_OBJECT);
+  } catch (err) {
+    fail(`not a protobuf FlowRecord: ${messageOf(err)}`);
+    return;
+  }
+  keep(record, out, fail);
+}
+
+/**
+ * The decoder of an encoding: JSON objects or arrays, or protobuf FlowRecord or FlowBatch messages,
+ * told apart per message (see the module comment). An empty message is not a flow record.
+ */
+export function messageDecoder(encoding: KafkaConsumerEncoding): MessageDecoder {
+  const proto = encoding === 'protobuf' ? loadFlowProto() : undefined;
+  return (value, out, fail) => {
+    if (value === null || value.length === 0) {
+      fail('empty message');
+      return;
+    }
+    if (proto === undefined) decodeJson(value, out, fail);
+    else decodeProtobuf(proto, value, out, fail);
+  };
+}
+
+// --------------------------------------------------------------------------------------------
+// The consumer
+
+function resolveConfig(config: KafkaConsumerConfig): Resolved {
+  const resolved = { ...DEFAULTS, ...config } as Resolved;
+  if (resolved.bootstrap_servers.length === 0) {
+    throw new KafkaConsumerError(
+      'EBADCONFIG',
+      'kafka consumer: bootstrap_servers is empty; list at least one host:port',
+    );
+  }
+  if (resolved.retry_max_ms < resolved.retry_initial_ms) {
+    throw new KafkaConsumerError(
+      'EBADCONFIG',
+      `kafka consumer: retry_max_ms (${resolved.retry_max_ms}) is below retry_initial_ms (${resolved.retry_initial_ms}); raise it`,
+    );
+  }
+  return resolved;
+}
+
+function sasl(options: SaslOptions): SASLOptions {
+  // kafkajs types each mechanism as its own literal; TypeScript checks the union against each.
+  return { mechanism: options.mechanism, username: options.username, password: options.password };
+}
+
+/** kafkajs logs every failed attempt at ERROR; the source logs outages itself, so its lines go to debug. */
+function kafkajsLogs(logger: Logger) {
+  return () =>
+    ({ namespace, log }: LogEntry): void => {
+      const { message, timestamp: _timestamp, ...fields } = log;
+      logger.debug({ kafkajs: namespace, ...fields }, message);
+    };
+}
+
+/** The kafkajs client of a config; TLS files are read now, so a bad path fails the build. */
+function kafkaClient(config: Resolved, logger: Logger): Kafka {
+  return new Kafka({
+    clientId: config.client_id,
+    brokers: config.bootstrap_servers,
+    connectionTimeout: config.connection_timeout_ms,
+    requestTimeout: config.request_timeout_ms,
+    retry: {
+      retries: config.retries,
+      initialRetryTime: config.retry_initial_ms,
+      maxRetryTime: config.retry_max_ms,
+    },
+    logLevel: logger.isLevelEnabled('debug') ? logLevel.INFO : logLevel.NOTHING,
+    logCreator: kafkajsLogs(logger),
+    ...(config.tls ? { ssl: tlsConnectionOptions(config.tls) } : {}),
+    ...(config.sasl ? { sasl: sasl(config.sasl) } : {}),
+  });
+}
+
+class KafkaConsumerSource {
+  private readonly counters: StageCounters;
+  private readonly logger: Logger;
+  private readonly scheduler: SchedulerLike;
+  readonly losses: LossLog;
+  private stopping = false;
+  private stopped!: () => void;
+  private readonly stoppedSignal = new Promise<void>((resolve) => (this.stopped = resolve));
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+  private outageSince: number | undefined;
+  private lastWarning = 0;
+
+  constructor(
+    private readonly config: Resolved,
+    context: ComponentContext,
+    private readonly kafka: Kafka,
+    private readonly decode: MessageDecoder,
+    private readonly subscriber: Subscriber<FlowBatch>,
+  ) {
+    this.counters = context.counters;
+    this.logger = context.logger;
+    this.scheduler = context.scheduler ?? asyncScheduler;
+    this.losses = new LossLog(
+      this.logger,
+      `kafka consumer ${config.topic}: undecodable records dropped`,
+      LOSS_LOG_INTERVAL_MS,
+      this.scheduler,
+    );
+  }
+
+  start(): void {
+    // run() handles Kafka's failures itself; anything else escaping it is a bug, and fails the source.
+    this.loop ??= this.run().catch((err: unknown) => {
+      this.losses.close();
+      this.subscriber.error(
+        new KafkaConsumerError('ECONSUME', `kafka consumer ${this.config.topic}: ${messageOf(err)}`, {
+          cause: err,
+        }),
+      );
+    });
+  }
+
+  /**
+   * Finishes the batch in hand, commits, leaves the group and disconnects; resolves when that is
+   * done or shutdown_timeout_ms has passed. Never rejects.
+   */
+  async drain(): Promise<void> {
+    this.halt();
+    let timer: { unsubscribe(): void } | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = this.scheduler.schedule(() => resolve('late'), this.config.shutdown_timeout_ms);
+    });
+    const outcome = await Promise.race([this.loop ?? Promise.resolve(), late]);
+    timer?.unsubscribe();
+    if (outcome === 'late') {
+      this.logger.warn(
+        { shutdown_timeout_ms: this.config.shutdown_timeout_ms },
+        'kafka consumer: not disconnected within shutdown_timeout_ms; the last offsets may be read again',
+      );
+    }
+    this.losses.close();
+  }
+
+  /** Stops consuming without waiting: the subscriber left. Nothing more is emitted or committed. */
+  abort(): void {
+    this.halt();
+    this.losses.close();
+  }
+
+  private halt(): void {
+    this.stopping = true;
+    this.stopped();
+    this.wake?.();
+  }
+
+  private async run(): Promise<void> {
+    for (let attempt = 1; !this.stopping; attempt++) {
+      const consumer = this.kafka.consumer({
+        groupId: this.config.group_id,
+        sessionTimeout: this.config.session_timeout_ms,
+        maxWaitTimeInMs: this.config.fetch_max_wait_ms,
+        maxBytesPerPartition: this.config.max_bytes_per_partition,
+        allowAutoTopicCreation: false,
+        retry: {
+          retries: this.config.retries,
+          initialRetryTime: this.config.retry_initial_ms,
+          maxRetryTime: this.config.retry_max_ms,
+          // Transient failures restart inside kafkajs; the others come back here (CRASH, restart false).
+          restartOnFailure: () => Promise.resolve(true),
+        },
+      });
+      let crashed!: (err: Error) => void;
+      const crash = new Promise<Error>((resolve) => (crashed = resolve));
+      consumer.on(consumer.events.CRASH, ({ payload }) => {
+        if (payload.restart) this.failing(payload.error);
+        else crashed(payload.error);
+      });
+      consumer.on(consumer.events.GROUP_JOIN, ({ payload }) => {
+        attempt = 0;
+        this.joined(payload.memberAssignment);
+      });
+      try {
+        await consumer.connect();
+        if (!this.stopping)
+          await consumer.subscribe({ topic: this.config.topic, fromBeginning: this.config.from_beginning });
+        if (!this.stopping) {
+          await consumer.run({
+            autoCommit: true,
+            eachBatchAutoResolve: false,
+            eachBatch: (payload) => this.onBatch(payload),
+          });
+          const err = await Promise.race([crash, this.stoppedSignal]);
+          if (err !== undefined) this.failing(err);
+        }
+      } catch (err) {
+        if (!this.stopping) this.failing(err);
+      }
+      await this.disconnect(consumer);
+      if (!this.stopping) await this.sleep(this.backoff(attempt));
+    }
+  }
+
+  private onBatch(payload: EachBatchPayload): Promise<void> {
+    const { batch } = payload;
+    // After the subscriber left, nothing is resolved, so nothing unsent is committed.
+    if (this.subscriber.closed) return Promise.resolve();
+    const out: FlowRecord[] = [];
+    let failed = 0;
+    const { partition } = batch;
+    for (const message of batch.messages) {
+      this.decode(message.value, out, (problem) => {
+        failed++;
+        this.losses.add('parse_failed', 1, `partition ${partition} offset ${message.offset}: ${problem}`);
+      });
+    }
+    this.counters.addReceived(out.length + failed);
+    this.counters.addDropped('parse_failed', failed);
+    if (out.length > 0) {
+      this.counters.addSent(out.length);
+      this.subscriber.next(out);
+    }
+    // Handed downstream: kafkajs commits it when this returns.
+    payload.resolveOffset(batch.lastOffset());
+    return Promise.resolve();
+  }
+
+  private async disconnect(consumer: Consumer): Promise<void> {
+    try {
+      await consumer.disconnect();
+    } catch (err) {
+      this.logger.debug({ err }, 'kafka consumer: disconnect failed');
+    }
+  }
+
+  private backoff(attempt: number): number {
+    const { retry_initial_ms: initial, retry_max_ms: max } = this.config;
+    return Math.min(max, initial * 2 ** Math.min(Math.max(attempt, 1) - 1, 30));
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.wake = undefined;
+        task.unsubscribe();
+        resolve();
+      };
+      const task = this.scheduler.schedule(done, ms);
+      this.wake = done;
+    });
+  }
+
+  private failing(err: unknown): void {
+    const now = this.scheduler.now();
+    const fields = {
+      err,
+      topic: this.config.topic,
+      brokers: this.config.bootstrap_servers,
+      ...(this.outageSince === undefined ? {} : { outage_ms: now - this.outageSince }),
+    };
+    if (this.outageSince !== undefined && now - this.lastWarning < OUTAGE_LOG_INTERVAL_MS) {
+      this.logger.debug(fields, 'kafka consumer: still failing');
+      return;
+    }
+    this.outageSince ??= now;
+    this.lastWarning = now;
+    const name = (err as { name?: string } | undefined)?.name;
+    this.logger.warn(
+      fields,
+      name === 'KafkaJSNotImplemented'
+        ? 'kafka consumer: the topic holds record batches compressed with a codec kafkajs cannot read (lz4, zstd, snappy); write it uncompressed or with gzip'
+        : 'kafka consumer: cannot consume from the brokers; retrying',
+    );
+  }
+
+  private joined(assignment: Record<string, number[]>): void {
+    const partitions = assignment[this.config.topic] ?? [];
+    const fields = { topic: this.config.topic, group_id: this.config.group_id, partitions };
+    if (this.outageSince !== undefined) {
+      this.logger.info(
+        { ...fields, outage_ms: this.scheduler.now() - this.outageSince },
+        'kafka consumer: consuming again',
+      );
+      this.outageSince = undefined;
+    } else {
+      this.logger.info(fields, 'kafka consumer: joined the group');
+    }
+  }
+}
+
+/**
+ * Flow records from a Kafka topic (see the module comment). The client and decoder are made now,
+ * so a bad TLS file fails when the pipeline is built; brokers are contacted when subscribed.
+ */
+export function kafkaConsumer(config: KafkaConsumerConfig, context: ComponentContext): Observable<FlowBatch> {
+  const resolved = resolveConfig(config);
+  const kafka = kafkaClient(resolved, context.logger);
+  const decode = messageDecoder(resolved.encoding);
+  return new Observable<FlowBatch>((subscriber) => {
+    const source = new KafkaConsumerSource(resolved, context, kafka, decode, subscriber);
+    const stopping = context.stop$?.subscribe(() => {
+      void source.drain().then(() => subscriber.complete());
+    });
+    source.start();
+    return () => {
+      stopping?.unsubscribe();
+      source.abort();
+    };
+  });
+}
+
+const sinkOptions = kafkaSinkModule.schema.properties as Record<string, JsonSchema>;
+
+const ms = (description: string, defaultValue: number, minimum = 1): JsonSchema => ({
+  type: 'integer',
+  minimum,
+  default: defaultValue,
+  description,
+});
+
+const schema: JsonSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['bootstrap_servers', 'topic', 'group_id'],
+  properties: {
+    bootstrap_servers: sinkOptions.bootstrap_servers!,
+    topic: { type: 'string', minLength: 1, description: 'Topic the records are read from.' },
+    group_id: {
+      type: 'string',
+      minLength: 1,
+      description:
+        'Consumer group: its members share the partitions, and its committed offsets say where to resume.',
+    },
+    client_id: { type: 'string', minLength: 1, default: DEFAULTS.client_id, description: 'Kafka client id.' },
+    encoding: {
+      enum: ['json', 'protobuf'],
+      default: DEFAULTS.encoding,
+      description:
+        'json: a JSON object (one record) or array (a batch) per message; protobuf: a FlowRecord or FlowBatch of src/sinks/flow.proto per message. The shape is read from each message.',
+    },
+    from_beginning: {
+      type: 'boolean',
+      default: DEFAULTS.from_beginning,
+      description:
+        'Where a group without committed offsets starts: the oldest records (true) or those written from now on.',
+    },
+    session_timeout_ms: ms(
+      'A member not heard from for this long is dropped from the group and its partitions reassigned.',
+      DEFAULTS.session_timeout_ms,
+      6000,
+    ),
+    fetch_max_wait_ms: ms(
+      'How long a broker holds a fetch while it has no new records.',
+      DEFAULTS.fetch_max_wait_ms,
+      10,
+    ),
+    max_bytes_per_partition: {
+      type: 'integer',
+      minimum: 1024,
+      default: DEFAULTS.max_bytes_per_partition,
+      description:
+        'Bytes fetched per partition and request at most: the size of the batches the source emits.',
+    },
+    connection_timeout_ms: ms('Time to establish a connection to a broker.', DEFAULTS.connection_timeout_ms),
+    request_timeout_ms: ms('Time a broker has to answer a request.', DEFAULTS.request_timeout_ms),
+    retries: {
+      type: 'integer',
+      minimum: 0,
+      default: DEFAULTS.retries,
+      description: 'Retries of a failed request inside kafkajs before the consumer restarts, with backoff.',
+    },
+    retry_initial_ms: ms(
+      'First backoff after a failure; it doubles with every further failure.',
+      DEFAULTS.retry_initial_ms,
+    ),
+    retry_max_ms: ms('Longest backoff between attempts.', DEFAULTS.retry_max_ms),
+    shutdown_timeout_ms: ms(
+      'On drain, how long to wait for the batch in hand, the offset commit and leaving the group.',
+      DEFAULTS.shutdown_timeout_ms,
+    ),
+    tls: sinkOptions.tls!,
+    sasl: sinkOptions.sasl!,
+  },
+};
+
+const kafkaConsumerModule: SourceModule<KafkaConsumerConfig> = {
+  type: 'kafka_consumer',
+  kind: 'source',
+  description:
+    'Reads flow records from a Kafka topic in a consumer group, as JSON or protobuf, one record or a batch per message.',
+  drainsOnStop: true,
+  schema,
+  example: {
+    bootstrap_servers: ['kafka-1:9092', 'kafka-2:9092'],
+    topic: 'flows',
+    group_id: 'rxflow-metrics',
+    encoding: 'json',
+    from_beginning: false,
+  },
+  build: kafkaConsumer,
+};
+
+export default kafkaConsumerModule;

@@ -1,0 +1,462 @@
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Kafka, logLevel, type Message } from 'kafkajs';
+import { pino } from 'pino';
+import protobuf from 'protobufjs';
+import { Subject, from } from 'rxjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CliIo } from '../../src/cli/io.js';
+import { runCli } from '../../src/cli/program.js';
+import type { ComponentContext } from '../../src/component.js';
+import type { KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
+import { Ledger } from '../../src/ledger.js';
+import { silentLogger, type Logger } from '../../src/logger.js';
+import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
+import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import fileSinkModule from '../../src/sinks/file.js';
+import kafkaSinkModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
+import kafkaConsumerModule, { type KafkaConsumerConfig } from '../../src/sources/kafka_consumer.js';
+import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
+import { startKafkaMock } from '../fixtures/kafka.js';
+import { flowRecord } from '../fixtures/records.js';
+
+/**
+ * The kafka_consumer source against a real Kafka-protocol broker (librdkafka's mock cluster in its
+ * own process), reading what the real kafka sink wrote.
+ */
+
+const PROTO = new URL('../../src/sinks/flow.proto', import.meta.url);
+const root = protobuf.parse(fs.readFileSync(PROTO, 'utf8'), { keepCase: true }).root;
+const FlowRecordType = root.lookupType('rxflow.v1.FlowRecord');
+const FlowBatchType = root.lookupType('rxflow.v1.FlowBatch');
+
+const T0 = 1_700_000_000_000;
+
+/** Record i; every few carry IPv6, ICMP or tunnel fields. flowStartMilliseconds - T0 is i. */
+function record(i: number): FlowRecord {
+  const v6 = i % 5 === 3;
+  const r = flowRecord({
+    ipVersion: v6 ? 6 : 4,
+    sourceTransportPort: 1024 + (i % 50000),
+    destinationTransportPort: i % 3 === 0 ? 443 : 53,
+    protocolIdentifier: i % 3 === 0 ? 6 : 17,
+    octetDeltaCount: 1000 + i * 3,
+    packetDeltaCount: 1 + (i % 17),
+    flowStartMilliseconds: T0 + i,
+    flowEndMilliseconds: T0 + 500 + i,
+    flowDirection: i % 2 === 0 ? 0 : 1,
+    ethernetType: v6 ? 0x86dd : 0x0800,
+    interfaceName: `eth${i % 3}`,
+  });
+  if (v6) {
+    delete r.sourceIPv4Address;
+    delete r.destinationIPv4Address;
+    r.sourceIPv6Address = `2001:db8::${(i % 200) + 1}`;
+    r.destinationIPv6Address = '2001:db8:1::1';
+  }
+  if (i % 11 === 4) {
+    r.encapsulationType = 'vxlan';
+    r.virtualNetworkIdentifier = 4242;
+    r.tunnelSourceIPAddress = '192.0.2.1';
+    r.tunnelDestinationIPAddress = '192.0.2.2';
+    r.tunnelSourceTransportPort = 49152;
+    r.tunnelDestinationTransportPort = 4789;
+    r.duplicate = true;
+  }
+  if (i % 13 === 6 && !v6) {
+    r.protocolIdentifier = 1;
+    r.icmpTypeIPv4 = 8;
+    r.icmpCodeIPv4 = 0;
+    r.samplingInterval = 10;
+  }
+  return r;
+}
+
+const records = (first: number, count: number): FlowRecord[] =>
+  Array.from({ length: count }, (_, k) => record(first + k));
+
+const indexOf = (r: FlowRecord): number => r.flowStartMilliseconds - T0;
+const byIndex = (all: FlowRecord[]): FlowRecord[] => [...all].sort((a, b) => indexOf(a) - indexOf(b));
+
+function batchesOf(all: FlowRecord[], size: number): FlowBatch[] {
+  const out: FlowBatch[] = [];
+  for (let i = 0; i < all.length; i += size) out.push(all.slice(i, i + size));
+  return out;
+}
+
+/** Writes `all` with the real kafka sink. */
+async function writeWithSink(config: KafkaSinkConfig, all: FlowRecord[]): Promise<void> {
+  const ledger = new Ledger();
+  const sink = kafkaSinkModule.build(config, {
+    id: 'out',
+    logger: silentLogger(),
+    ledger,
+    counters: ledger.stage('out', 'kafka', 'sink'),
+  });
+  await sink.consume(from(batchesOf(all, 200)));
+  await sink.close();
+  expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({ sent: all.length, dropped: {} });
+}
+
+async function waitFor(what: string, condition: () => boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+interface Consuming {
+  batches: FlowBatch[];
+  context: ComponentContext & { stop$: Subject<void> };
+  done: Promise<void>;
+  completed: () => boolean;
+  logs: Record<string, unknown>[];
+  records: () => FlowRecord[];
+}
+
+function startConsumer(config: KafkaConsumerConfig, onBatch?: (batch: FlowBatch) => void): Consuming {
+  const ledger = new Ledger();
+  const logs: Record<string, unknown>[] = [];
+  const logger: Logger = pino(
+    { level: 'info' },
+    { write: (s: string) => void logs.push(JSON.parse(s) as Record<string, unknown>) },
+  );
+  const context = {
+    id: 'in',
+    logger,
+    ledger,
+    counters: ledger.stage('in', 'kafka_consumer', 'source'),
+    stop$: new Subject<void>(),
+  };
+  const batches: FlowBatch[] = [];
+  let completed = false;
+  const done = new Promise<void>((resolve, reject) => {
+    kafkaConsumerModule.build(config, context).subscribe({
+      next: (b) => {
+        batches.push(b);
+        onBatch?.(b);
+      },
+      error: reject,
+      complete: () => {
+        completed = true;
+        resolve();
+      },
+    });
+  });
+  return { batches, context, done, completed: () => completed, logs, records: () => batches.flat() };
+}
+
+/** Consumes until `count` records were received, then drains. */
+async function consumeCount(config: KafkaConsumerConfig, count: number): Promise<Consuming> {
+  const c = startConsumer(config);
+  await waitFor(`${count} records`, () => c.context.counters.received >= count);
+  c.context.stop$.next();
+  await c.done;
+  return c;
+}
+
+let groups = 0;
+const group = (name: string): string => `${name}-${process.pid}-${++groups}`;
+
+describe('kafka_consumer against the mock cluster', () => {
+  let cluster: KafkaMockCluster;
+  let kafka: Kafka;
+
+  beforeAll(async () => {
+    cluster = await startKafkaMock();
+    kafka = new Kafka({ clientId: 'rxflow-test', brokers: cluster.brokers, logLevel: logLevel.NOTHING });
+  });
+
+  afterAll(async () => {
+    await cluster?.stop();
+    await cleanup.dispose();
+  });
+
+  const sinkConfig = (topic: string, extra: Partial<KafkaSinkConfig> = {}): KafkaSinkConfig => ({
+    bootstrap_servers: cluster.brokers,
+    topic,
+    linger_ms: 2,
+    ...extra,
+  });
+
+  const consumerConfig = (topic: string, extra: Partial<KafkaConsumerConfig> = {}): KafkaConsumerConfig => ({
+    bootstrap_servers: cluster.brokers,
+    topic,
+    group_id: group(topic),
+    from_beginning: true,
+    fetch_max_wait_ms: 100,
+    retry_initial_ms: 50,
+    retry_max_ms: 500,
+    ...extra,
+  });
+
+  async function produceRaw(topic: string, messages: Message[]): Promise<void> {
+    const producer = kafka.producer();
+    await producer.connect();
+    try {
+      await producer.send({ topic, messages });
+    } finally {
+      await producer.disconnect();
+    }
+  }
+
+  const shapes = [
+    { name: 'json-single', sink: { encoding: 'json', records_per_message: 1 } },
+    { name: 'json-array', sink: { encoding: 'json', records_per_message: 100 } },
+    { name: 'json-gzip', sink: { encoding: 'json', records_per_message: 50, compression: 'gzip' } },
+    { name: 'pb-single', sink: { encoding: 'protobuf', records_per_message: 1 } },
+    { name: 'pb-batch', sink: { encoding: 'protobuf', records_per_message: 250 } },
+  ] as const;
+
+  it.each(shapes)('reads back exactly the records the kafka sink wrote: $name', async ({ name, sink }) => {
+    await cluster.createTopic(name, 3);
+    const sent = records(0, 3000);
+    await writeWithSink(sinkConfig(name, sink), sent);
+    const c = await consumeCount(consumerConfig(name, { encoding: sink.encoding }), 3000);
+    expect(c.completed()).toBe(true);
+    expect(byIndex(c.records())).toEqual(sent);
+    expect(c.context.counters.snapshot()).toEqual({
+      id: 'in',
+      type: 'kafka_consumer',
+      received: 3000,
+      sent: 3000,
+      dropped: {},
+      inFlight: 0,
+    });
+  });
+
+  it('reads a topic holding single and batch JSON messages alike', async () => {
+    await cluster.createTopic('json-mixed', 2);
+    await writeWithSink(sinkConfig('json-mixed', { records_per_message: 1 }), records(0, 300));
+    await writeWithSink(sinkConfig('json-mixed', { records_per_message: 40 }), records(300, 300));
+    const c = await consumeCount(consumerConfig('json-mixed'), 600);
+    expect(byIndex(c.records())).toEqual(records(0, 600));
+  });
+
+  it('counts undecodable JSON messages and items as parse_failed and logs partition and offset', async () => {
+    await cluster.createTopic('json-bad', 1);
+    await writeWithSink(sinkConfig('json-bad'), records(0, 10));
+    await produceRaw('json-bad', [
+      { value: 'not json' },
+      { value: '42' },
+      { value: '{"ipVersion":4}' },
+      { value: JSON.stringify([record(10), { x: 1 }, record(11)]) },
+      { value: '' },
+      { value: null },
+    ]);
+    await writeWithSink(sinkConfig('json-bad'), records(12, 10));
+    // 20 single records, 3 array items, 5 other messages.
+    const c = await consumeCount(consumerConfig('json-bad'), 28);
+    expect(byIndex(c.records())).toEqual(records(0, 22));
+    expect(c.context.counters.snapshot()).toMatchObject({
+      received: 28,
+      sent: 22,
+      dropped: { parse_failed: 6 },
+      inFlight: 0,
+    });
+    const warnings = c.logs.filter((l) => l.level === 40);
+    expect([warnings[0]!.msg, warnings[0]!.dropped]).toEqual([
+      'kafka consumer json-bad: undecodable records dropped',
+      { parse_failed: 1 },
+    ]);
+    expect(warnings[0]!.cause).toMatch(/^partition 0 offset 10: not JSON: /);
+    const dropped = warnings.reduce((n, w) => n + (w.dropped as { parse_failed: number }).parse_failed, 0);
+    expect(dropped).toBe(6);
+    expect(warnings.at(-1)!.cause).toBe('partition 0 offset 15: empty message');
+  });
+
+  it('counts undecodable protobuf messages and batch items as parse_failed', async () => {
+    await cluster.createTopic('pb-bad', 1);
+    await writeWithSink(sinkConfig('pb-bad', { encoding: 'protobuf' }), records(0, 10));
+    const encodeRecord = (r: object): Buffer =>
+      Buffer.from(FlowRecordType.encode(FlowRecordType.fromObject(r)).finish());
+    const { sourceIPv4Address: _s, ...noSource } = record(11);
+    await produceRaw('pb-bad', [
+      { value: Buffer.from([0x08, 0x84]) },
+      { value: encodeRecord({ ...record(10), ipVersion: 5 }) },
+      {
+        value: Buffer.from(
+          FlowBatchType.encode(
+            FlowBatchType.fromObject({ records: [record(12), noSource, record(13)] }),
+          ).finish(),
+        ),
+      },
+      { value: Buffer.alloc(0) },
+    ]);
+    await writeWithSink(
+      sinkConfig('pb-bad', { encoding: 'protobuf', records_per_message: 5 }),
+      records(14, 10),
+    );
+    // 20 records written by the sink, 3 batch items, 3 other messages.
+    const c = await consumeCount(consumerConfig('pb-bad', { encoding: 'protobuf' }), 26);
+    expect(byIndex(c.records())).toEqual([...records(0, 10), record(12), record(13), ...records(14, 10)]);
+    expect(c.context.counters.snapshot()).toMatchObject({
+      received: 26,
+      sent: 22,
+      dropped: { parse_failed: 4 },
+      inFlight: 0,
+    });
+    const causes = c.logs.filter((l) => l.level === 40).map((l) => l.cause);
+    expect(causes[0]).toMatch(/^partition 0 offset 10: not a protobuf FlowRecord: /);
+    expect(causes.at(-1)).toBe('partition 0 offset 13: empty message');
+  });
+
+  it('commits what it handed downstream: the same group after a drain reads only newer records', async () => {
+    await cluster.createTopic('commits', 2);
+    await writeWithSink(sinkConfig('commits'), records(0, 1000));
+    const groupId = group('commits');
+    // The mock cluster frees a group's partitions only once the member that left times out.
+    const member = { group_id: groupId, session_timeout_ms: 6000 };
+    const first = await consumeCount(consumerConfig('commits', member), 1000);
+    expect(byIndex(first.records())).toEqual(records(0, 1000));
+
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const high = await admin.fetchTopicOffsets('commits');
+      const committed = await admin.fetchOffsets({ groupId, topics: ['commits'] });
+      expect(committed[0]!.partitions.map((p) => [p.partition, p.offset]).sort()).toEqual(
+        high.map((p) => [p.partition, p.high]).sort(),
+      );
+    } finally {
+      await admin.disconnect();
+    }
+
+    await writeWithSink(sinkConfig('commits'), records(1000, 500));
+    const second = await consumeCount(consumerConfig('commits', member), 500);
+    expect(byIndex(second.records())).toEqual(records(1000, 500));
+  });
+
+  it('stopped after its first batch, a second member of the group reads exactly the rest', async () => {
+    await cluster.createTopic('halfway', 2);
+    const sent = records(0, 2000);
+    await writeWithSink(sinkConfig('halfway'), sent);
+    const groupId = group('halfway');
+    // Small fetches: many batches, so the drain starts with most of the topic unread.
+    const small = { group_id: groupId, max_bytes_per_partition: 4096, session_timeout_ms: 6000 };
+    let firstBatch = true;
+    const first = startConsumer(consumerConfig('halfway', small), () => {
+      if (firstBatch) first.context.stop$.next();
+      firstBatch = false;
+    });
+    await first.done;
+    const a = first.records();
+    expect(a.length).toBeGreaterThan(0);
+    expect(a.length).toBeLessThan(2000);
+
+    const second = await consumeCount(consumerConfig('halfway', small), 2000 - a.length);
+    const b = second.records();
+    expect(second.context.counters.received).toBe(2000 - a.length);
+    expect(byIndex([...a, ...b])).toEqual(sent);
+  });
+
+  it('keeps retrying while the broker is down, warns, and reads once it is back', async () => {
+    await cluster.createTopic('outage', 1);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    await cluster.brokerDown(1);
+    let c: Consuming;
+    try {
+      c = startConsumer(consumerConfig('outage', { connection_timeout_ms: 300, retries: 1 }));
+      await waitFor('a warning', () =>
+        c.logs.some(
+          (l) => l.level === 40 && l.msg === 'kafka consumer: cannot consume from the brokers; retrying',
+        ),
+      );
+      expect(c.context.counters.received).toBe(0);
+    } finally {
+      await cluster.brokerUp(1);
+    }
+    await writeWithSink(sinkConfig('outage'), records(0, 100));
+    await waitFor('100 records', () => c.context.counters.received >= 100);
+    c.context.stop$.next();
+    await c.done;
+    process.off('unhandledRejection', onUnhandled);
+    expect(unhandled).toEqual([]);
+    expect(byIndex(c.records())).toEqual(records(0, 100));
+    expect(c.logs.some((l) => l.msg === 'kafka consumer: consuming again')).toBe(true);
+  }, 60_000);
+
+  it('rides out a broker outage while consuming: warns, rejoins, and every record arrives at least once', async () => {
+    await cluster.createTopic('midway', 2);
+    await writeWithSink(sinkConfig('midway'), records(0, 100));
+    const c = startConsumer(
+      consumerConfig('midway', { connection_timeout_ms: 300, retries: 1, session_timeout_ms: 6000 }),
+    );
+    await waitFor('100 records', () => c.context.counters.received >= 100);
+    await cluster.brokerDown(1);
+    try {
+      await waitFor('a warning', () =>
+        c.logs.some(
+          (l) => l.level === 40 && l.msg === 'kafka consumer: cannot consume from the brokers; retrying',
+        ),
+      );
+    } finally {
+      await cluster.brokerUp(1);
+    }
+    await writeWithSink(sinkConfig('midway'), records(100, 100));
+    const distinct = (): number => new Set(c.records().map(indexOf)).size;
+    await waitFor('200 distinct records', () => distinct() >= 200, 60_000);
+    c.context.stop$.next();
+    await c.done;
+    expect([...new Set(c.records().map(indexOf))].sort((x, y) => x - y)).toEqual(
+      Array.from({ length: 200 }, (_, i) => i),
+    );
+    expect(c.context.counters.snapshot()).toMatchObject({ dropped: {}, inFlight: 0 });
+    expect(c.logs.some((l) => l.msg === 'kafka consumer: consuming again')).toBe(true);
+  }, 90_000);
+
+  it('drains without waiting out shutdown_timeout_ms when stopped while the broker cannot be reached', async () => {
+    await cluster.createTopic('unreachable', 1);
+    await cluster.brokerDown(1);
+    try {
+      const c = startConsumer(
+        consumerConfig('unreachable', { connection_timeout_ms: 300, retries: 1, shutdown_timeout_ms: 5000 }),
+      );
+      await waitFor('a warning', () => c.logs.some((l) => l.level === 40));
+      c.context.stop$.next();
+      await waitFor('completion', c.completed, 10_000);
+      expect(c.context.counters.snapshot()).toMatchObject({ received: 0, sent: 0, dropped: {} });
+      expect(c.logs.filter((l) => String(l.msg).includes('shutdown_timeout_ms'))).toEqual([]);
+    } finally {
+      await cluster.brokerUp(1);
+    }
+  }, 30_000);
+
+  it('in rxflow run, drains on SIGTERM: the file sink gets every record and the command exits 0', async () => {
+    await cluster.createTopic('run', 2);
+    const sent = records(0, 2000);
+    await writeWithSink(sinkConfig('run', { records_per_message: 100 }), sent);
+    const dir = makeTempDir('rxkc');
+    const out = path.join(dir, 'out.jsonl');
+    const yaml = path.join(dir, 'run.yaml');
+    fs.writeFileSync(
+      yaml,
+      `sources:\n  in: {type: kafka_consumer, bootstrap_servers: ['${cluster.bootstrap}'], topic: run, ` +
+        `group_id: ${group('run')}, from_beginning: true, fetch_max_wait_ms: 100}\n` +
+        `sinks:\n  out: {type: file, inputs: [in], path: '${out}'}\n`,
+    );
+    const signals = new EventEmitter();
+    const err: string[] = [];
+    const io: CliIo = {
+      out: () => undefined,
+      err: (text) => void err.push(text),
+      env: {},
+      registry: new ComponentRegistry([kafkaConsumerModule, fileSinkModule]),
+      signals,
+      exit: () => undefined,
+      logger: silentLogger(),
+    };
+    const code = runCli(['run', yaml, '--no-status-socket'], io);
+    const lines = (): string[] =>
+      fs.existsSync(out) ? fs.readFileSync(out, 'utf8').split('\n').filter(Boolean) : [];
+    await waitFor('2000 lines', () => lines().length >= 2000);
+    signals.emit('SIGTERM', 'SIGTERM');
+    expect(await code).toBe(0);
+    expect(err).toEqual([]);
+    expect(byIndex(lines().map((l) => JSON.parse(l) as FlowRecord))).toEqual(sent);
+  });
+});
