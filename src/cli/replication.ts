@@ -2,7 +2,8 @@
  * `rxflow firewall replication status`: how far a node's kernel session map and the KV bucket
  * agree. Two ways to ask:
  * - `--url http://host:port` asks the running node (the nats_sessions sink's ready_listen) for its
- *   status: counts of its last full sync, last sync time, replication lag, pending writes;
+ *   status: counts of its last full sync, last sync time, replication lag, pending writes, and what
+ *   its watch of the bucket applied from other nodes (applied, ignored and why, watch lag);
  * - `--nats <url>` compares the pinned session map of this host with the bucket right now, from
  *   outside (no lag or last sync: only the running node knows those).
  */
@@ -13,6 +14,7 @@ import { FirewallSessionStore, ipLinkTable } from '../ha/firewall-store.js';
 import { inspectReplication, type Inspection } from '../ha/inspect.js';
 import { NatsSessionKv, connectNats, type NatsConnectOptions } from '../ha/kv.js';
 import type { NodeReplicationStatus } from '../ha/replication.js';
+import type { WatchStatus } from '../ha/watch.js';
 import { silentLogger } from '../logger.js';
 import { CliError } from './errors.js';
 import type { CliIo } from './io.js';
@@ -70,8 +72,31 @@ export function formatNodeStatus(s: NodeReplicationStatus, nowMs: number): strin
       `${formatCount(s.puts)} puts, ${formatCount(s.deletes)} deletes, ${formatCount(s.failedWrites)} failed`,
     ],
   ];
+  pairs.push(...watchRows(s.watch));
   if (s.load !== undefined) pairs.push(['loaded on boot', formatCount(s.load.loaded)]);
   return rows(pairs);
+}
+
+/** What the watch of the bucket did: other nodes' changes applied to this kernel as they arrived. */
+function watchRows(w: WatchStatus | undefined): [string, string][] {
+  if (w === undefined) return [['watch', 'off']];
+  const state = w.active ? 'on' : `setting up${w.lastError === undefined ? '' : ` (${w.lastError})`}`;
+  const by = w.ignoredBy;
+  return [
+    ['watch', `${state}, at revision ${formatCount(w.revision)}, set up ${formatCount(w.starts)} times`],
+    [
+      'remote applied',
+      `${formatCount(w.applied)} (${formatCount(w.appliedDeletes)} deletes), ${formatCount(w.failed)} failed`,
+    ],
+    [
+      'remote ignored',
+      `${formatCount(w.ignored)}: ${formatCount(by.own)} own, ${formatCount(by.localNewer)} local newer, ${formatCount(by.unreadable)} unreadable, ${formatCount(by.absent)} absent, ${formatCount(by.superseded)} superseded`,
+    ],
+    [
+      'watch lag',
+      `${formatCount(w.lagMs)} ms (${formatCount(w.pending)} pending, ${formatCount(w.backlog)} on the server)`,
+    ],
+  ];
 }
 
 /** A comparison made from outside the node as a two-column table. */
@@ -148,7 +173,7 @@ export function registerReplicationCommands(firewallCommand: Command, io: CliIo)
   replication
     .command('status')
     .description(
-      'Compare the kernel session map with the KV bucket: counts, only-local, only-KV; with --url also last sync and replication lag.',
+      'Compare the kernel session map with the KV bucket: counts, only-local, only-KV; with --url also last sync, replication lag and the watch of changes from other nodes.',
     )
     .option('--url <url>', 'the running node: http://<ready_listen of its nats_sessions sink>')
     .option('--nats <url...>', 'compare from outside: NATS server(s) of the bucket')

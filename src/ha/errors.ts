@@ -6,6 +6,8 @@
  * - EKEY: a session key or KV key cannot be encoded or parsed
  * - EFORMAT: a KV value is not a replicated session of a known format version
  * - EWRITE: a KV write failed (timeout, no JetStream, rejected)
+ * - EREAD: the bucket could not be read
+ * - EWATCH: the watch of the bucket could not be set up or ended
  * - ELOAD: sessions could not be loaded into the kernel on boot
  * - ECLOSED: the replicator or bucket was closed
  * - EREADY: the readiness file or endpoint cannot be set up

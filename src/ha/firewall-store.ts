@@ -7,7 +7,14 @@ import type {
 import type { FlowRecord } from '../records.js';
 import type { FirewallSessionRecord } from '../sources/firewall_sessions.js';
 import type { ClockTranslator } from './clock.js';
-import type { ReplicatedSession, SessionEvent, SessionStore } from './session.js';
+import type {
+  RemoteApplyResult,
+  RemoteDecision,
+  RemoteSessionStore,
+  ReplicatedSession,
+  SessionEvent,
+  SessionKey,
+} from './session.js';
 
 /** Interface names by index and back, in one network namespace. */
 export interface InterfaceTable {
@@ -161,7 +168,7 @@ export function fromFirewallEvents(
 }
 
 /** The firewall's session map as the replicator's SessionStore. */
-export class FirewallSessionStore implements SessionStore {
+export class FirewallSessionStore implements RemoteSessionStore {
   constructor(
     private readonly fw: FirewallCollection,
     readonly interfaces: InterfaceTable = ipLinkTable(),
@@ -178,6 +185,73 @@ export class FirewallSessionStore implements SessionStore {
       sessions.map((s) => toFirewallSession(s, local, this.interfaces)),
       { replace: false },
     );
+  }
+
+  /**
+   * One lookup per key and one write or delete per decided change: the kernel has no keyed batch
+   * lookup, and the datapath no batch update, so this is the fewest system calls a batch can take;
+   * what the batch saves is a store call, a config read and buffer set-up per change.
+   */
+  applyRemote(
+    keys: readonly SessionKey[],
+    decide: (index: number, local: ReplicatedSession | undefined) => RemoteDecision,
+  ): RemoteApplyResult {
+    const config = this.fw.config();
+    const local = { ingressIfindex: config.ingressIfindex, egressIfindex: config.egressIfindex };
+    const writes: RestorableSession[] = [];
+    const writeIndex: number[] = [];
+    const deletes: SessionKey[] = [];
+    const deleteIndex: number[] = [];
+    for (let i = 0; i < keys.length; i++) {
+      const have = this.fw.session(keys[i]!);
+      const d = decide(i, have === undefined ? undefined : fromFirewallSession(have, this.interfaces));
+      if (d === undefined) continue;
+      if (d === 'delete') {
+        deletes.push(keys[i]!);
+        deleteIndex.push(i);
+        continue;
+      }
+      const s = toFirewallSession(d, local, this.interfaces);
+      if (have !== undefined) {
+        // Counters and the last event time stay this kernel's: they count this node's packets.
+        s.packetsForward = have.packetsForward;
+        s.bytesForward = have.bytesForward;
+        s.packetsReverse = have.packetsReverse;
+        s.bytesReverse = have.bytesReverse;
+        s.lastEventNs = have.lastEventNs;
+      }
+      writes.push(s);
+      writeIndex.push(i);
+    }
+    const failed: number[] = [];
+    let error: unknown;
+    try {
+      this.fw.restoreSessions(writes, { replace: true });
+    } catch (err) {
+      // restoreSessions stops at the first failure (a full map); writing one by one finds which.
+      // Writes replace, so doing the first ones again changes nothing.
+      error = err;
+      for (let j = 0; j < writes.length; j++) {
+        try {
+          this.fw.restoreSessions([writes[j]!], { replace: true });
+        } catch {
+          failed.push(writeIndex[j]!);
+        }
+      }
+    }
+    try {
+      this.fw.deleteSessions(deletes);
+    } catch (err) {
+      error ??= err;
+      for (let j = 0; j < deletes.length; j++) {
+        try {
+          this.fw.deleteSessions([deletes[j]!]);
+        } catch {
+          failed.push(deleteIndex[j]!);
+        }
+      }
+    }
+    return error === undefined ? { failed } : { failed, error };
   }
 }
 

@@ -28,7 +28,7 @@ export async function inspectReplication(
   nodeId: string,
   toleranceMs = 1000,
 ): Promise<Inspection> {
-  const records = await kv.snapshot();
+  const { records } = await kv.snapshot();
   const clock = new ClockTranslator();
   const kvViews = new Map<string, KvView | UnreadableKvView>();
   for (const r of records) {

@@ -33,6 +33,8 @@ export interface LoadResult {
   writeMs: number;
   /** What the bucket held: the replicator seeds its view of KV with it. */
   records: KvRecord[];
+  /** The bucket revision the read reached: a watch goes on from the next one. */
+  revision: number;
 }
 
 /**
@@ -48,7 +50,7 @@ export async function loadSessions(
   const logger = options.logger ?? silentLogger();
   const batchSize = options.batchSize ?? 8192;
   const t0 = performance.now();
-  const records = await kv.snapshot();
+  const { records, revision } = await kv.snapshot();
   const t1 = performance.now();
   clock.resample();
   const oldestMs = options.maxAgeMs === undefined ? -Infinity : Date.now() - options.maxAgeMs;
@@ -106,6 +108,7 @@ export async function loadSessions(
     readMs: Math.round(t1 - t0),
     writeMs: Math.round(t2 - t1),
     records,
+    revision,
   };
   logger.info(
     { loaded, present, expired, unreadable, newer, read_ms: result.readMs, write_ms: result.writeMs },

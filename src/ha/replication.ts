@@ -7,7 +7,8 @@ import { NatsSessionKv, connectNats, type BucketOptions, type NatsConnectOptions
 import { loadSessions, type LoadResult } from './loader.js';
 import { Readiness, type ReadinessOptions } from './readiness.js';
 import { Replicator, type ReplicationStatus, type ReplicatorOptions } from './replicator.js';
-import type { SessionEvents, SessionStore } from './session.js';
+import { canApplyRemote, type SessionEvents, type SessionStore } from './session.js';
+import { SessionWatch, type WatchStatus } from './watch.js';
 
 export interface SessionReplicationOptions {
   nats: NatsConnectOptions;
@@ -17,6 +18,11 @@ export interface SessionReplicationOptions {
   loadOnStart?: boolean;
   /** Sessions last seen longer ago are not loaded (they would expire at once). */
   loadMaxAgeMs?: number;
+  /**
+   * Watch the bucket and apply other nodes' changes to the kernel as they arrive (a hot standby),
+   * from the revision the boot load read. Needs a store that can apply them. Default true.
+   */
+  watch?: boolean;
   readiness?: Omit<ReadinessOptions, 'status' | 'logger'>;
   /** How long close() waits for pending writes. Default 30000. */
   shutdownTimeoutMs?: number;
@@ -31,11 +37,14 @@ export interface NodeReplicationStatus extends ReplicationStatus {
   bucket: string;
   ready: boolean;
   load: Omit<LoadResult, 'records'> | undefined;
+  /** Other nodes' changes applied to the kernel as they arrive; undefined with the watch off. */
+  watch: WatchStatus | undefined;
 }
 
 /**
  * One node's session replication, in the order a failover needs: connect to NATS, bind the
- * bucket, load every replicated session into the kernel, report ready, then replicate this node's
+ * bucket, load every replicated session into the kernel, watch the bucket from there on (other
+ * nodes' changes reach the kernel as they happen), report ready, then replicate this node's
  * session events and sync periodically. The readiness endpoint answers 503 from the start until
  * the load is done.
  */
@@ -47,6 +56,7 @@ export class SessionReplication {
     readonly kv: NatsSessionKv,
     readonly readiness: Readiness,
     readonly load: LoadResult | undefined,
+    readonly watch: SessionWatch | undefined,
     private readonly nc: NatsConnection,
     private readonly options: SessionReplicationOptions,
     private readonly logger: Logger,
@@ -64,9 +74,18 @@ export class SessionReplication {
       logger,
       status: () => (status === undefined ? { ready: false, state: 'starting' } : status()),
     });
+    const watching = options.watch ?? true;
+    if (watching && !canApplyRemote(store)) {
+      await readiness.close();
+      throw new HaError(
+        'EBADCONFIG',
+        "session replication: this session store cannot apply other nodes' changes; turn the watch off",
+      );
+    }
     readiness.setNotReady('connecting to nats');
     let nc: NatsConnection | undefined;
     let kv: NatsSessionKv | undefined;
+    let watch: SessionWatch | undefined;
     try {
       nc = await connectNats(options.nats, { logger, ...(options.signal ? { signal: options.signal } : {}) });
       kv = await NatsSessionKv.open(nc, options.bucket, logger);
@@ -87,16 +106,39 @@ export class SessionReplication {
         ...(options.counters ? { counters: options.counters } : {}),
       });
       if (load !== undefined) replicator.seedKnown(load.records);
-      const node = new SessionReplication(replicator, kv, readiness, load, nc, options, logger);
+      if (watching && canApplyRemote(store)) {
+        watch = new SessionWatch(store, kv, replicator, {
+          nodeId: options.replicator.nodeId,
+          ...(options.replicator.toleranceMs !== undefined
+            ? { toleranceMs: options.replicator.toleranceMs }
+            : {}),
+          ...(options.replicator.retryMs !== undefined ? { retryMs: options.replicator.retryMs } : {}),
+          ...(options.replicator.scheduler !== undefined ? { scheduler: options.replicator.scheduler } : {}),
+          clock,
+          logger,
+        });
+        // Right after the load's revision: every change since the load, none of those it read.
+        // Set up before reporting ready, so a node that says it is ready is a hot standby.
+        readiness.setNotReady('watching kv');
+        await watch.start(load?.revision);
+      }
+      const node = new SessionReplication(replicator, kv, readiness, load, watch, nc, options, logger);
       status = () => node.status();
       replicator.start(events);
       readiness.setReady({ loaded: load?.loaded ?? 0, node: options.replicator.nodeId });
       logger.info(
-        { bucket: options.bucket.bucket, node: options.replicator.nodeId, loaded: load?.loaded ?? 0 },
+        {
+          bucket: options.bucket.bucket,
+          node: options.replicator.nodeId,
+          loaded: load?.loaded ?? 0,
+          watch: watch !== undefined,
+          revision: load?.revision,
+        },
         'session replication ready',
       );
       return node;
     } catch (err) {
+      watch?.stop();
       await kv?.close().catch(() => undefined);
       await nc?.close().catch(() => undefined);
       await readiness.close();
@@ -116,6 +158,7 @@ export class SessionReplication {
       bucket: this.options.bucket.bucket,
       ready: this.readiness.isReady,
       load,
+      watch: this.watch?.status(),
     };
   }
 
@@ -130,6 +173,7 @@ export class SessionReplication {
   close(): Promise<boolean> {
     this.closed ??= (async () => {
       this.readiness.setNotReady('shutting down');
+      this.watch?.stop();
       const flushed = await this.replicator.close(this.options.shutdownTimeoutMs ?? 30_000);
       await this.kv.close();
       try {

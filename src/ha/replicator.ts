@@ -9,6 +9,8 @@ import {
   sessionKvKey,
   toWire,
   wireFingerprint,
+  type SessionRecord,
+  type UndecodableValue,
 } from './codec.js';
 import { HaError, messageOf } from './errors.js';
 import type { SessionKv } from './kv.js';
@@ -164,6 +166,9 @@ export class Replicator {
   private closed = false;
   private pumping = false;
   private pumpAgain = false;
+  /** With a watch: the revision of this node's acknowledged writes the watch has not seen yet. */
+  private ownRevisions: Map<string, number> | undefined;
+  private settledHook: ((key: string) => void) | undefined;
 
   constructor(
     private readonly store: SessionStore,
@@ -330,6 +335,63 @@ export class Replicator {
   }
 
   // ------------------------------------------------------------------------------------------
+  // Other nodes' changes, as a watch of the bucket delivers them (see watch.ts)
+
+  /**
+   * Lets a watch of the bucket consult this replicator. From now on the revision of each
+   * acknowledged write is kept until the watch has seen it (a delete carries no node id, so its
+   * revision is how the watch tells this node's deletes from others'), and `settled` is called
+   * with the key whenever a write settles, so a change the watch held back for it can be decided.
+   */
+  attachWatch(settled: (key: string) => void): void {
+    this.ownRevisions ??= new Map();
+    this.settledHook = settled;
+  }
+
+  /** Which of this node's writes of `key` is unsettled: one in flight, one waiting, or none. */
+  writeState(key: string): 'in_flight' | 'pending' | undefined {
+    if (this.inFlight.has(key)) return 'in_flight';
+    return this.pending.has(key) ? 'pending' : undefined;
+  }
+
+  /** The revision of this node's last acknowledged write of `key`, while the watch has not seen it. */
+  ownRevision(key: string): number | undefined {
+    return this.ownRevisions?.get(key);
+  }
+
+  /** The watch has read `key` up to `revision`: own revisions up to it are no longer needed. */
+  seen(key: string, revision: number): void {
+    const own = this.ownRevisions?.get(key);
+    if (own !== undefined && own <= revision) this.ownRevisions!.delete(key);
+  }
+
+  /** What this node believes the bucket holds for `key`. */
+  knownView(key: string): KvView | UnreadableKvView | undefined {
+    return this.known.get(key);
+  }
+
+  /**
+   * Another node changed `key`: the bucket now holds `view` (undefined: deleted), which becomes
+   * this node's view of the key, so its session events are compared with what is really there (a
+   * copy the watch wrote into the kernel is not written back; a key another node owns is not
+   * deleted). When `replacedLocal`, the change also replaced or removed the kernel's copy; a write
+   * of the key still waiting here was made from that older copy and is dropped, as it would put the
+   * older state back.
+   */
+  remoteChanged(key: string, view: KvView | UnreadableKvView | undefined, replacedLocal: boolean): void {
+    if (view === undefined) this.known.delete(key);
+    else this.known.set(key, view);
+    if (!replacedLocal || this.inFlight.has(key)) return;
+    const change = this.pending.get(key);
+    if (change === undefined) return;
+    this.pending.delete(key);
+    this.ready.delete(key);
+    this.outstanding.delete(change.seq);
+    if (change.events > 0) this.counters?.addMerged(change.events);
+    this.checkWaiters();
+  }
+
+  // ------------------------------------------------------------------------------------------
   // Changes
 
   private unchanged(key: string, session: ReplicatedSession): boolean {
@@ -455,7 +517,7 @@ export class Replicator {
     this.pending.delete(change.key);
     this.inFlight.set(change.key, change);
     let view: KvView | undefined;
-    const done = (err?: Error): void => this.settle(change, view, err);
+    const done = (err?: Error, revision?: number): void => this.settle(change, view, err, revision);
     try {
       if (change.op === 'put') {
         const wire = toWire(change.session!, this.clock);
@@ -469,11 +531,19 @@ export class Replicator {
     }
   }
 
-  private settle(change: Change, view: KvView | undefined, err: Error | undefined): void {
+  private settle(
+    change: Change,
+    view: KvView | undefined,
+    err: Error | undefined,
+    revision: number | undefined,
+  ): void {
     this.inFlight.delete(change.key);
     const now = this.scheduler.now();
     if (err === undefined) {
       this.outstanding.delete(change.seq);
+      if (this.ownRevisions !== undefined && revision !== undefined) {
+        this.ownRevisions.set(change.key, revision);
+      }
       if (change.op === 'put') {
         this.puts++;
         this.known.set(change.key, view!);
@@ -510,6 +580,7 @@ export class Replicator {
     if (next !== undefined && next.due <= now) this.ready.add(change.key);
     this.checkWaiters();
     this.pump();
+    this.settledHook?.(change.key);
   }
 
   private pauseForRetry(now: number): void {
@@ -579,7 +650,7 @@ export class Replicator {
     const startedAt = this.scheduler.now();
     let records;
     try {
-      records = await this.kv.snapshot();
+      ({ records } = await this.kv.snapshot());
     } catch (err) {
       this.lastSyncError = messageOf(err);
       this.logger.warn(
@@ -675,7 +746,11 @@ export class Replicator {
 }
 
 function kvViewOf(value: Uint8Array): KvView | UnreadableKvView {
-  const decoded = decodeSessionValue(value);
+  return kvViewOfDecoded(decodeSessionValue(value));
+}
+
+/** How the sync and the watch see a decoded KV value. */
+export function kvViewOfDecoded(decoded: SessionRecord | UndecodableValue): KvView | UnreadableKvView {
   if (!isSessionRecord(decoded)) return { unreadable: true, newer: decoded.newer };
   return {
     node: decoded.node,

@@ -99,3 +99,33 @@ export interface SessionStore {
    */
   restore(sessions: readonly ReplicatedSession[]): { written: number; skipped: number };
 }
+
+/**
+ * What to do with one change another node made, decided against this kernel's copy of the
+ * session: the session to write (replacing the local copy), 'delete', or undefined to leave it.
+ */
+export type RemoteDecision = ReplicatedSession | 'delete' | undefined;
+
+export interface RemoteApplyResult {
+  /** Indexes (into the keys given) whose kernel write failed. */
+  failed: number[];
+  /** The first failure, for the log. */
+  error?: unknown;
+}
+
+/** A SessionStore that can also take the changes a watch of the bucket receives. */
+export interface RemoteSessionStore extends SessionStore {
+  /**
+   * Applies one batch of other nodes' changes: reads the kernel's copy of every key, asks
+   * `decide` what to do with it, then writes and deletes what was decided. A written session
+   * replaces the kernel's copy but keeps its packet counters.
+   */
+  applyRemote(
+    keys: readonly SessionKey[],
+    decide: (index: number, local: ReplicatedSession | undefined) => RemoteDecision,
+  ): RemoteApplyResult;
+}
+
+export function canApplyRemote(store: SessionStore): store is RemoteSessionStore {
+  return typeof (store as Partial<RemoteSessionStore>).applyRemote === 'function';
+}

@@ -9,6 +9,11 @@
  * kernel map with the bucket and repairs both ways (see src/ha/sync.ts for who wins), and one runs
  * after every reconnect. On close everything pending is written (up to shutdown_timeout_ms).
  *
+ * With `watch` (the default) the sink also watches the bucket from the revision the boot load read
+ * and writes other nodes' changes into this node's kernel map as they arrive (src/ha/watch.ts), so
+ * a standby holds the active node's newest sessions when it takes over, not only those of its
+ * boot. The watch goes on after a reconnect from the last revision it received, and stops on close.
+ *
  * ```yaml
  * sources:
  *   sessions: {type: firewall_sessions, instance: edge}
@@ -77,6 +82,7 @@ export interface NatsSessionsConfig {
   netns?: string;
   load_on_start?: boolean;
   load_max_age_ms?: number;
+  watch?: boolean;
   ready_file?: string;
   ready_listen?: string;
 }
@@ -98,6 +104,7 @@ const DEFAULTS = {
   instance: 'default',
   pin_root: '/sys/fs/bpf',
   load_on_start: true,
+  watch: true,
 } as const satisfies Partial<NatsSessionsConfig>;
 
 const ms = (description: string, dflt: number | undefined, minimum = 0): JsonSchema => ({
@@ -224,6 +231,12 @@ const schema: JsonSchema = {
       description: 'Load every session of the bucket into the kernel before reporting ready.',
     },
     load_max_age_ms: ms('Do not load sessions last seen longer ago than this.', undefined, 1),
+    watch: {
+      type: 'boolean',
+      default: DEFAULTS.watch,
+      description:
+        "Watch the bucket and write other nodes' session changes into this node's kernel map as they arrive (a hot standby), by the full sync's rules: this node's own writes are ignored and never written back, and a session its own traffic saw more recently keeps its state. Off: other nodes' sessions reach the kernel only on start.",
+    },
     ready_file: { type: 'string', description: 'Written once ready, removed when not ready.' },
     ready_listen: {
       type: 'string',
@@ -378,6 +391,7 @@ export class NatsSessionsSink implements Sink {
           ...(this.context.scheduler ? { scheduler: this.context.scheduler } : {}),
         },
         loadOnStart: c.load_on_start,
+        watch: c.watch,
         ...(c.load_max_age_ms !== undefined ? { loadMaxAgeMs: c.load_max_age_ms } : {}),
         readiness: {
           ...(c.ready_file !== undefined ? { file: c.ready_file } : {}),
@@ -459,7 +473,7 @@ const natsSessionsModule: SinkModule<NatsSessionsConfig> = {
   type: 'nats_sessions',
   kind: 'sink',
   description:
-    'Replicates firewall sessions to a NATS JetStream KV bucket for HA and loads them into the kernel on start, before reporting ready.',
+    "Replicates firewall sessions to a NATS JetStream KV bucket for HA, loads them into the kernel on start, before reporting ready, and keeps applying other nodes' sessions as they change.",
   schema,
   example: {
     servers: ['nats://nats-1:4222', 'nats://nats-2:4222'],

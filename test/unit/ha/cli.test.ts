@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import type { CliIo } from '../../../src/cli/io.js';
 import { registerReplicationCommands } from '../../../src/cli/replication.js';
+import { formatNodeStatus } from '../../../src/cli/replication.js';
 import { Readiness } from '../../../src/ha/readiness.js';
 import type { NodeReplicationStatus } from '../../../src/ha/replication.js';
 
@@ -29,7 +30,17 @@ describe('rxflow firewall replication status --url', () => {
       puts: 5000,
       deletes: 100,
       failedWrites: 0,
-      load: { loaded: 900, present: 0, unreadable: 0, newer: 0, expired: 0, readMs: 10, writeMs: 5 },
+      load: {
+        loaded: 900,
+        present: 0,
+        unreadable: 0,
+        newer: 0,
+        expired: 0,
+        readMs: 10,
+        writeMs: 5,
+        revision: 4000,
+      },
+      watch: undefined,
     };
     const r = await Readiness.start({ listen: { host: '127.0.0.1', port: 0 }, status: () => status });
     let out = '';
@@ -62,9 +73,61 @@ describe('rxflow firewall replication status --url', () => {
       'replication lag  420 ms',
       'pending writes   3 (1 in flight)',
       'written          5,000 puts, 100 deletes, 0 failed',
+      'watch            off',
       'loaded on boot   900',
       '',
     ]);
+  });
+
+  it('prints what the watch applied from other nodes, what it ignored and why, and its lag', () => {
+    const status: NodeReplicationStatus = {
+      nodeId: 'fw-b',
+      bucket: 'rxflow_sessions',
+      ready: true,
+      connected: true,
+      counts: undefined,
+      lastSync: undefined,
+      lastSyncError: undefined,
+      pending: 0,
+      inFlight: 0,
+      lagMs: 0,
+      puts: 0,
+      deletes: 0,
+      failedWrites: 0,
+      load: undefined,
+      watch: {
+        active: true,
+        revision: 123_456,
+        applied: 12_000,
+        appliedDeletes: 300,
+        ignored: 1207,
+        ignoredBy: { own: 1200, localNewer: 4, unreadable: 1, absent: 2, superseded: 0 },
+        failed: 3,
+        pending: 17,
+        backlog: 40,
+        lagMs: 12,
+        starts: 2,
+        lastError: undefined,
+        lastWriteError: undefined,
+      },
+    };
+    expect(formatNodeStatus(status, Date.now()).split('\n').slice(10)).toEqual([
+      'replication lag  0 ms',
+      'pending writes   0 (0 in flight)',
+      'written          0 puts, 0 deletes, 0 failed',
+      'watch            on, at revision 123,456, set up 2 times',
+      'remote applied   12,000 (300 deletes), 3 failed',
+      'remote ignored   1,207: 1,200 own, 4 local newer, 1 unreadable, 2 absent, 0 superseded',
+      'watch lag        12 ms (17 pending, 40 on the server)',
+      '',
+    ]);
+    const down = {
+      ...status,
+      watch: { ...status.watch!, active: false, lastError: 'nats kv bucket b: watch: timeout' },
+    };
+    expect(formatNodeStatus(down, Date.now()).split('\n')[13]).toBe(
+      'watch            setting up (nats kv bucket b: watch: timeout), at revision 123,456, set up 2 times',
+    );
   });
 
   it('refuses to guess where to look', async () => {

@@ -18,10 +18,10 @@ describe('boot loader', () => {
     for (let n = 1; n <= 5; n++) {
       // Last seen n seconds ago on the writer.
       const s = session(n, 100_000 - n * 1000);
-      kv.data.set(sessionKvKey(s.key), encodeSessionValue(toWire(s, writer), 'node-a'));
+      kv.put(sessionKvKey(s.key), encodeSessionValue(toWire(s, writer), 'node-a'), () => undefined);
     }
-    kv.data.set('s.tcp.junk_1.junk_2.0', new TextEncoder().encode('not json'));
-    kv.data.set('s.tcp.newer_1.newer_2.0', new TextEncoder().encode('{"v":9}'));
+    kv.put('s.tcp.junk_1.junk_2.0', new TextEncoder().encode('not json'), () => undefined);
+    kv.put('s.tcp.newer_1.newer_2.0', new TextEncoder().encode('{"v":9}'), () => undefined);
     const store = new MapStore();
     const kernelsOwn = session(5, 39_000);
     store.set([kernelsOwn]);
@@ -29,6 +29,8 @@ describe('boot loader', () => {
     const result = await loadSessions(kv, store, { clock: reader, batchSize: 2 });
     expect(result).toMatchObject({ loaded: 4, present: 1, unreadable: 1, newer: 1, expired: 0 });
     expect(result.records).toHaveLength(7);
+    // A watch goes on after the seventh write, the last the load read.
+    expect(result.revision).toBe(7);
     expect(store.restores).toBe(3);
     for (let n = 1; n <= 4; n++) {
       const loaded = store.sessions.get(sessionKvKey(session(n).key))!;

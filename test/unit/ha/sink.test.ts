@@ -79,12 +79,17 @@ describe('nats_sessions sink config', () => {
       max_in_flight: 1024,
       load_on_start: true,
       pin_root: '/sys/fs/bpf',
+      watch: true,
+    });
+    expect(registry.validate(natsSessionsModule, { servers: ['n:1'], watch: false }).config).toMatchObject({
+      watch: false,
     });
   });
 
   it('rejects unknown keys and a bad replica count', () => {
     expect(registry.validate(natsSessionsModule, { servers: ['n:1'], replica: 3 }).ok).toBe(false);
     expect(registry.validate(natsSessionsModule, { servers: ['n:1'], replicas: 2 }).ok).toBe(false);
+    expect(registry.validate(natsSessionsModule, { servers: ['n:1'], watch: 'yes' }).ok).toBe(false);
   });
 
   it('says what is wrong with credentials and node ids', () => {
