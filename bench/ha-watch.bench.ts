@@ -13,7 +13,7 @@ import { connect, type NatsConnection } from 'nats';
 import { FirewallCollection } from '../src/datapath/firewall/index.js';
 import { sessionKvKey } from '../src/ha/codec.js';
 import { FirewallSessionStore } from '../src/ha/firewall-store.js';
-import { NatsSessionKv, type BucketOptions } from '../src/ha/kv.js';
+import { NatsSessionKv } from '../src/ha/kv.js';
 import { loadSessions } from '../src/ha/loader.js';
 import { Replicator } from '../src/ha/replicator.js';
 import type {
@@ -27,52 +27,10 @@ import { SessionWatch } from '../src/ha/watch.js';
 import { silentLogger } from '../src/logger.js';
 import { cleanup, makeBpffsDir } from '../test/fixtures/cleanup.js';
 import { startNatsServer } from '../test/fixtures/nats.js';
+import { bucket, noStore, replicate, sessions } from './ha-lib.js';
 import type { BenchContext } from './lib.js';
 
 const APPLY_TARGET = 20_000;
-
-function bucket(name: string): BucketOptions {
-  return { bucket: name, replicas: 1, history: 1, ttlMs: 0, requestTimeoutMs: 30_000 };
-}
-
-/** n distinct established TCP sessions behind a GENEVE tunnel, last seen `ageMs` ago. */
-function sessions(n: number, ageMs = 0): ReplicatedSession[] {
-  const now = process.hrtime.bigint() - BigInt(ageMs) * 1_000_000n;
-  return Array.from({ length: n }, (_, i) => ({
-    key: {
-      protocol: 6,
-      srcAddr: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
-      srcPort: 1024 + (i % 60000),
-      dstAddr: '192.0.2.10',
-      dstPort: 443,
-      vni: 1000 + (i % 16),
-    },
-    tunnel: {
-      type: 'geneve',
-      vni: 1000 + (i % 16),
-      cookie: '00112233445566ff',
-      outerSrcAddr: '198.51.100.1',
-      outerDstAddr: '198.51.100.2',
-      outerSrcMac: '02:00:00:00:00:01',
-      outerDstMac: '02:00:00:00:00:02',
-      outerSrcPort: 40000 + (i % 20000),
-      outerDstPort: 6081,
-      ingressIfindex: 2,
-    },
-    verdict: {
-      action: 'allow',
-      direction: 'ingress',
-      policyId: 1,
-      ruleId: 1,
-      reason: 'rule',
-      redirectIfindex: 0,
-    },
-    tcpState: 'established',
-    tcpFlags: 0x18,
-    createdNs: now - 60_000_000_000n,
-    lastSeenNs: now,
-  }));
-}
 
 /** The kernel session map when this machine can load the firewall, else a Map. */
 class MemoryStore implements RemoteSessionStore {
@@ -146,13 +104,8 @@ async function writeAsNodeA(
   all: ReplicatedSession[],
   kind: 'created' | 'updated',
 ): Promise<void> {
-  const store = { list: () => [], restore: () => ({ written: 0, skipped: 0 }) };
-  const a = new Replicator(store, kv, { nodeId: 'bench-a', syncIntervalMs: 3_600_000, coalesceMs: 0 });
-  for (let i = 0; i < all.length; i += 1000) {
-    a.handle(all.slice(i, i + 1000).map((session) => ({ kind, session })));
-    await new Promise((r) => setImmediate(r));
-  }
-  await a.flush();
+  const a = new Replicator(noStore, kv, { nodeId: 'bench-a', syncIntervalMs: 3_600_000, coalesceMs: 0 });
+  await replicate(a, all, kind);
   await a.close();
 }
 
@@ -182,7 +135,7 @@ export default async function haWatch(ctx: BenchContext): Promise<void> {
   try {
     const name = 'bench_watch';
     const kvA = await NatsSessionKv.open(nc, bucket(name), silentLogger());
-    await writeAsNodeA(kvA, sessions(n, 1000), 'created');
+    await writeAsNodeA(kvA, sessions(n, { ageMs: 1000 }), 'created');
 
     // Baseline: the boot load of the same bucket into a fresh map.
     const kvLoad = await NatsSessionKv.open(nc, bucket(name), silentLogger());

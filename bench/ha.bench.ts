@@ -10,69 +10,21 @@ import { connect, type NatsConnection } from 'nats';
 import { ClockTranslator } from '../src/ha/clock.js';
 import { encodeSessionValue, sessionKvKey, toWire } from '../src/ha/codec.js';
 import { FirewallSessionStore } from '../src/ha/firewall-store.js';
-import { NatsSessionKv, type BucketOptions } from '../src/ha/kv.js';
+import { NatsSessionKv } from '../src/ha/kv.js';
 import { loadSessions } from '../src/ha/loader.js';
 import { Replicator } from '../src/ha/replicator.js';
-import type { ReplicatedSession, SessionStore } from '../src/ha/session.js';
 import { FirewallCollection } from '../src/datapath/firewall/index.js';
 import { silentLogger } from '../src/logger.js';
 import { cleanup, makeBpffsDir } from '../test/fixtures/cleanup.js';
 import { startNatsServer } from '../test/fixtures/nats.js';
+import { bucket, noStore, replicate, sessions } from './ha-lib.js';
 import type { BenchContext } from './lib.js';
 
 const PIPELINED_TARGET = 20_000;
 const LOAD_TARGET_MS = 10_000;
 
-function bucket(name: string): BucketOptions {
-  return { bucket: name, replicas: 1, history: 1, ttlMs: 0, requestTimeoutMs: 30_000 };
-}
-
-/** n distinct established TCP sessions behind a GENEVE tunnel, last seen just now. */
-function sessions(n: number, offset = 0): ReplicatedSession[] {
-  const now = process.hrtime.bigint();
-  return Array.from({ length: n }, (_, j) => {
-    const i = j + offset;
-    return {
-      key: {
-        protocol: 6,
-        srcAddr: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`,
-        srcPort: 1024 + (i % 60000),
-        dstAddr: '192.0.2.10',
-        dstPort: 443,
-        vni: 1000 + (i % 16),
-      },
-      tunnel: {
-        type: 'geneve',
-        vni: 1000 + (i % 16),
-        cookie: '00112233445566ff',
-        outerSrcAddr: '198.51.100.1',
-        outerDstAddr: '198.51.100.2',
-        outerSrcMac: '02:00:00:00:00:01',
-        outerDstMac: '02:00:00:00:00:02',
-        outerSrcPort: 40000 + (i % 20000),
-        outerDstPort: 6081,
-        ingressIfindex: 2,
-      },
-      verdict: {
-        action: 'allow',
-        direction: 'ingress',
-        policyId: 1,
-        ruleId: 1,
-        reason: 'rule',
-        redirectIfindex: 0,
-      },
-      tcpState: 'established',
-      tcpFlags: 0x18,
-      createdNs: now - 60_000_000_000n,
-      lastSeenNs: now,
-    };
-  });
-}
-
 /** CPU time of this process per session in the last pipelined run, us: steadier than the rate on a shared machine. */
 let lastCpuUsPerSession = 0;
-
-const noStore: SessionStore = { list: () => [], restore: () => ({ written: 0, skipped: 0 }) };
 
 /** Creates per second through the replicator: batches of 1000 events, then a flush. */
 async function pipelined(nc: NatsConnection, name: string, n: number): Promise<number> {
@@ -81,12 +33,7 @@ async function pipelined(nc: NatsConnection, name: string, n: number): Promise<n
   const all = sessions(n);
   const cpu0 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
-  for (let i = 0; i < n; i += 1000) {
-    replicator.handle(all.slice(i, i + 1000).map((session) => ({ kind: 'created' as const, session })));
-    // Lets acknowledgements in between batches, as events arriving over time would.
-    await new Promise((r) => setImmediate(r));
-  }
-  await replicator.flush();
+  await replicate(replicator, all, 'created');
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
   const cpu = process.cpuUsage(cpu0);
   lastCpuUsPerSession = (cpu.user + cpu.system) / n;
@@ -103,7 +50,7 @@ async function pipelined(nc: NatsConnection, name: string, n: number): Promise<n
 async function awaited(nc: NatsConnection, name: string, n: number): Promise<number> {
   const kv = await nc.jetstream().views.kv(name, { history: 1 });
   const clock = new ClockTranslator();
-  const all = sessions(n, 500_000);
+  const all = sessions(n, { offset: 500_000 });
   const t0 = process.hrtime.bigint();
   for (const s of all) await kv.put(sessionKvKey(s.key), encodeSessionValue(toWire(s, clock), 'bench'));
   return n / (Number(process.hrtime.bigint() - t0) / 1e9);

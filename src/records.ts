@@ -53,6 +53,80 @@ export interface FlowRecord {
 /** Flows travel in arrays: every hot path works on a batch, not a record. */
 export type FlowBatch = FlowRecord[];
 
+/** The fields every FlowRecord has (the rest are optional). */
+export type RequiredFlowField = {
+  [K in keyof FlowRecord]-?: object extends Pick<FlowRecord, K> ? never : K;
+}[keyof FlowRecord];
+
+/**
+ * The JSON type of each required field, in declaration order. Typed from FlowRecord, so a field
+ * made required there, or given another type, breaks compilation here until this follows.
+ */
+const REQUIRED_FLOW_FIELD_TYPES: {
+  [K in RequiredFlowField]: FlowRecord[K] extends string ? 'string' : 'number';
+} = {
+  ipVersion: 'number',
+  sourceTransportPort: 'number',
+  destinationTransportPort: 'number',
+  protocolIdentifier: 'number',
+  octetDeltaCount: 'number',
+  packetDeltaCount: 'number',
+  flowStartMilliseconds: 'number',
+  flowEndMilliseconds: 'number',
+  tcpControlBits: 'number',
+  ipDiffServCodePoint: 'number',
+  ingressInterface: 'number',
+  flowDirection: 'number',
+  sourceMacAddress: 'string',
+  destinationMacAddress: 'string',
+  ethernetType: 'number',
+};
+
+/** The fields every FlowRecord has (the rest are optional), in declaration order. */
+export const REQUIRED_FLOW_FIELDS = Object.keys(REQUIRED_FLOW_FIELD_TYPES) as readonly RequiredFlowField[];
+
+/** Checked by value rather than by type: ipVersion 4 or 6 with its address pair, flowDirection 0 or 1. */
+type ValueCheckedField = 'ipVersion' | 'flowDirection';
+
+const fieldsOfType = (type: 'number' | 'string'): Exclude<RequiredFlowField, ValueCheckedField>[] =>
+  REQUIRED_FLOW_FIELDS.filter(
+    (f): f is Exclude<RequiredFlowField, ValueCheckedField> =>
+      f !== 'ipVersion' && f !== 'flowDirection' && REQUIRED_FLOW_FIELD_TYPES[f] === type,
+  );
+
+const NUMBER_FIELDS = fieldsOfType('number');
+const STRING_FIELDS = fieldsOfType('string');
+
+/**
+ * Why a decoded value is not a flow record, or undefined when it is one: an object whose required
+ * FlowRecord fields are present with their types (numbers, strings, ipVersion 4 or 6 with that
+ * version's address pair, flowDirection 0 or 1). Other fields ride along unchecked, so records
+ * with extra fields (firewall verdicts, tunnel metadata) pass as they were written. For the
+ * sources that read records back (file_replay, kafka_consumer).
+ */
+export function flowRecordProblem(value: unknown): string | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'not a JSON object';
+  const r = value as Record<string, unknown>;
+  const version = r.ipVersion;
+  if (version === 4) {
+    if (typeof r.sourceIPv4Address !== 'string') return 'sourceIPv4Address is not a string';
+    if (typeof r.destinationIPv4Address !== 'string') return 'destinationIPv4Address is not a string';
+  } else if (version === 6) {
+    if (typeof r.sourceIPv6Address !== 'string') return 'sourceIPv6Address is not a string';
+    if (typeof r.destinationIPv6Address !== 'string') return 'destinationIPv6Address is not a string';
+  } else {
+    return 'ipVersion is not 4 or 6';
+  }
+  for (const name of NUMBER_FIELDS) {
+    if (typeof r[name] !== 'number') return `${name} is not a number`;
+  }
+  if (r.flowDirection !== 0 && r.flowDirection !== 1) return 'flowDirection is not 0 or 1';
+  for (const name of STRING_FIELDS) {
+    if (typeof r[name] !== 'string') return `${name} is not a string`;
+  }
+  return undefined;
+}
+
 /**
  * A base whose constructor returns the object it is given: `new Subclass(obj)` then installs the
  * subclass's private fields on `obj` itself (class fields go on whatever the base returned).

@@ -24,8 +24,10 @@ import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 
 import type { ComponentContext, JsonSchema, SourceModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
 import { LossLog } from '../sinks/loss-log.js';
+import { SourceError, messageOf } from './errors.js';
+import { Sleeper } from './sleeper.js';
 
 export interface FileReplayConfig {
   /** Files or patterns (wildcards in the file name only), read in this order. */
@@ -51,67 +53,6 @@ const LOSS_LOG_INTERVAL_MS = 10_000;
 const READ_CHUNK_BYTES = 1 << 20;
 /** A "line" longer than this is not a flow record; it is skipped instead of held in memory. */
 export const MAX_LINE_CHARS = 8 << 20;
-
-/** An error of the file_replay source: `code` names the failure, `cause` carries the system error. */
-export class ReplayError extends Error {
-  override readonly name = 'ReplayError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
-}
-
-const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
-
-// --------------------------------------------------------------------------------------------
-// Records
-
-const NUMBER_FIELDS = [
-  'sourceTransportPort',
-  'destinationTransportPort',
-  'protocolIdentifier',
-  'octetDeltaCount',
-  'packetDeltaCount',
-  'flowStartMilliseconds',
-  'flowEndMilliseconds',
-  'tcpControlBits',
-  'ipDiffServCodePoint',
-  'ingressInterface',
-  'ethernetType',
-] as const;
-
-const STRING_FIELDS = ['sourceMacAddress', 'destinationMacAddress'] as const;
-
-/**
- * Why a decoded value is not a flow record, or undefined when it is one: an object whose required
- * FlowRecord fields are present with their types (numbers, strings, ipVersion 4 or 6 with that
- * version's address pair, flowDirection 0 or 1). Other fields ride along unchecked, so records
- * with extra fields (firewall verdicts, tunnel metadata) replay as they were written.
- */
-export function flowRecordProblem(value: unknown): string | undefined {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'not a JSON object';
-  const r = value as Record<string, unknown>;
-  const version = r.ipVersion;
-  if (version === 4) {
-    if (typeof r.sourceIPv4Address !== 'string') return 'sourceIPv4Address is not a string';
-    if (typeof r.destinationIPv4Address !== 'string') return 'destinationIPv4Address is not a string';
-  } else if (version === 6) {
-    if (typeof r.sourceIPv6Address !== 'string') return 'sourceIPv6Address is not a string';
-    if (typeof r.destinationIPv6Address !== 'string') return 'destinationIPv6Address is not a string';
-  } else {
-    return 'ipVersion is not 4 or 6';
-  }
-  for (const name of NUMBER_FIELDS) {
-    if (typeof r[name] !== 'number') return `${name} is not a number`;
-  }
-  if (r.flowDirection !== 0 && r.flowDirection !== 1) return 'flowDirection is not 0 or 1';
-  for (const name of STRING_FIELDS) {
-    if (typeof r[name] !== 'string') return `${name} is not a string`;
-  }
-  return undefined;
-}
 
 // --------------------------------------------------------------------------------------------
 // Files
@@ -169,7 +110,7 @@ function expandPattern(pattern: string): string[] {
   const dir = path.dirname(pattern);
   const name = path.basename(pattern);
   if (WILDCARD.test(dir)) {
-    throw new ReplayError(
+    throw new SourceError(
       'EPATTERN',
       `file replay ${pattern}: wildcards work in the file name only; list each directory's files`,
     );
@@ -180,7 +121,7 @@ function expandPattern(pattern: string): string[] {
     names = fs.readdirSync(dir);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new ReplayError(
+      throw new SourceError(
         'EREAD',
         `file replay ${pattern}: ${messageOf(err)}; check the permissions of ${dir}`,
         {
@@ -196,7 +137,7 @@ function expandPattern(pattern: string): string[] {
     .filter(isRegularFile)
     .sort(compareRotation);
   if (files.length === 0) {
-    throw new ReplayError('ENOMATCH', `file replay ${pattern}: no file matches; check the pattern in paths`);
+    throw new SourceError('ENOMATCH', `file replay ${pattern}: no file matches; check the pattern in paths`);
   }
   return files;
 }
@@ -207,16 +148,16 @@ function checkFile(file: string): void {
     stat = fs.statSync(file);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new ReplayError('ENOFILE', `file replay ${file}: no such file; check the path in paths`, {
+      throw new SourceError('ENOFILE', `file replay ${file}: no such file; check the path in paths`, {
         cause: err,
       });
     }
-    throw new ReplayError('EREAD', `file replay ${file}: ${messageOf(err)}; check its permissions`, {
+    throw new SourceError('EREAD', `file replay ${file}: ${messageOf(err)}; check its permissions`, {
       cause: err,
     });
   }
   if (stat.isDirectory()) {
-    throw new ReplayError(
+    throw new SourceError(
       'EISDIR',
       `file replay ${file}: is a directory; name its files, e.g. ${path.join(file, '*.jsonl')}`,
     );
@@ -225,7 +166,7 @@ function checkFile(file: string): void {
 
 /**
  * The files `paths` names, in reading order: each entry in turn, a pattern's matches oldest first,
- * a file named twice once. Throws a ReplayError naming the first path that names nothing.
+ * a file named twice once. Throws a SourceError naming the first path that names nothing.
  */
 export function replayFiles(paths: readonly string[]): string[] {
   const seen = new Set<string>();
@@ -292,7 +233,7 @@ class Replay {
   private batch: FlowRecord[] = [];
   private stopped = false;
   private cancelled = false;
-  private wake: (() => void) | undefined;
+  private readonly sleeper: Sleeper;
   private stream: fs.ReadStream | undefined;
   private readonly pacer: Pacer;
   private readonly counters: StageCounters;
@@ -308,6 +249,7 @@ class Replay {
   ) {
     this.counters = context.counters;
     this.scheduler = context.scheduler ?? asyncScheduler;
+    this.sleeper = new Sleeper(this.scheduler);
     this.pacer = new Pacer(config.speed, config.rate_limit_records_per_s);
     this.losses = new LossLog(
       context.logger,
@@ -320,7 +262,7 @@ class Replay {
   /** Ends the replay after the records read so far: the pipeline drains. */
   stop(): void {
     this.stopped = true;
-    this.wake?.();
+    this.sleeper.wake();
   }
 
   /** Ends it at once, emitting nothing more: the subscriber left. */
@@ -371,7 +313,7 @@ class Replay {
           if (record === undefined) continue;
           const wait = this.pace(record);
           if (wait > 0) {
-            await this.sleep(wait);
+            await this.sleeper.sleep(wait);
             if (this.cancelled) return;
           }
           this.push(record);
@@ -388,12 +330,12 @@ class Replay {
       const last = skipping ? undefined : this.parse(carry, file, lineNo + 1);
       if (last !== undefined) {
         const wait = this.pace(last);
-        if (wait > 0) await this.sleep(wait);
+        if (wait > 0) await this.sleeper.sleep(wait);
         if (!this.cancelled) this.push(last);
       }
     } catch (err) {
       if (this.cancelled) return;
-      throw new ReplayError(
+      throw new SourceError(
         'EREAD',
         `file replay ${file}: cannot read: ${messageOf(err)}; check that the file exists and is readable`,
         { cause: err },
@@ -444,18 +386,6 @@ class Replay {
     this.counters.addReceived(1);
     this.counters.addDropped('parse_failed', 1);
     this.losses.add('parse_failed', 1, `${file}:${lineNo}: ${problem}`);
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = (): void => {
-        this.wake = undefined;
-        task.unsubscribe();
-        resolve();
-      };
-      const task = this.scheduler.schedule(done, ms);
-      this.wake = done;
-    });
   }
 }
 

@@ -32,12 +32,13 @@ import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 
 import type { ComponentContext, JsonSchema, SourceModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
 import kafkaSinkModule from '../sinks/kafka.js';
 import { tlsConnectionOptions, type SaslOptions, type TlsOptions } from '../sinks/kafka/client.js';
 import { loadFlowProto, type FlowProto } from '../sinks/kafka/encode.js';
 import { LossLog } from '../sinks/loss-log.js';
-import { flowRecordProblem } from './file_replay.js';
+import { SourceError, messageOf } from './errors.js';
+import { Sleeper } from './sleeper.js';
 
 export type KafkaConsumerEncoding = 'json' | 'protobuf';
 
@@ -84,19 +85,6 @@ const DEFAULTS = {
 const LOSS_LOG_INTERVAL_MS = 10_000;
 /** While the brokers stay away, the warning is repeated this often; each attempt logs at debug. */
 const OUTAGE_LOG_INTERVAL_MS = 30_000;
-
-/** An error of the kafka_consumer source: `code` names the failure, `cause` carries the underlying one. */
-export class KafkaConsumerError extends Error {
-  override readonly name = 'KafkaConsumerError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
-}
-
-const messageOf = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 // --------------------------------------------------------------------------------------------
 // Decoding
@@ -179,13 +167,13 @@ export function messageDecoder(encoding: KafkaConsumerEncoding): MessageDecoder 
 function resolveConfig(config: KafkaConsumerConfig): Resolved {
   const resolved = { ...DEFAULTS, ...config } as Resolved;
   if (resolved.bootstrap_servers.length === 0) {
-    throw new KafkaConsumerError(
+    throw new SourceError(
       'EBADCONFIG',
       'kafka consumer: bootstrap_servers is empty; list at least one host:port',
     );
   }
   if (resolved.retry_max_ms < resolved.retry_initial_ms) {
-    throw new KafkaConsumerError(
+    throw new SourceError(
       'EBADCONFIG',
       `kafka consumer: retry_max_ms (${resolved.retry_max_ms}) is below retry_initial_ms (${resolved.retry_initial_ms}); raise it`,
     );
@@ -234,7 +222,7 @@ class KafkaConsumerSource {
   private stopping = false;
   private stopped!: () => void;
   private readonly stoppedSignal = new Promise<void>((resolve) => (this.stopped = resolve));
-  private wake: (() => void) | undefined;
+  private readonly sleeper: Sleeper;
   private loop: Promise<void> | undefined;
   private outageSince: number | undefined;
   private lastWarning = 0;
@@ -249,6 +237,7 @@ class KafkaConsumerSource {
     this.counters = context.counters;
     this.logger = context.logger;
     this.scheduler = context.scheduler ?? asyncScheduler;
+    this.sleeper = new Sleeper(this.scheduler);
     this.losses = new LossLog(
       this.logger,
       `kafka consumer ${config.topic}: undecodable records dropped`,
@@ -262,7 +251,7 @@ class KafkaConsumerSource {
     this.loop ??= this.run().catch((err: unknown) => {
       this.losses.close();
       this.subscriber.error(
-        new KafkaConsumerError('ECONSUME', `kafka consumer ${this.config.topic}: ${messageOf(err)}`, {
+        new SourceError('ECONSUME', `kafka consumer ${this.config.topic}: ${messageOf(err)}`, {
           cause: err,
         }),
       );
@@ -299,7 +288,7 @@ class KafkaConsumerSource {
   private halt(): void {
     this.stopping = true;
     this.stopped();
-    this.wake?.();
+    this.sleeper.wake();
   }
 
   private async run(): Promise<void> {
@@ -345,7 +334,7 @@ class KafkaConsumerSource {
         if (!this.stopping) this.failing(err);
       }
       await this.disconnect(consumer);
-      if (!this.stopping) await this.sleep(this.backoff(attempt));
+      if (!this.stopping) await this.sleeper.sleep(this.backoff(attempt));
     }
   }
 
@@ -384,18 +373,6 @@ class KafkaConsumerSource {
   private backoff(attempt: number): number {
     const { retry_initial_ms: initial, retry_max_ms: max } = this.config;
     return Math.min(max, initial * 2 ** Math.min(Math.max(attempt, 1) - 1, 30));
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const done = (): void => {
-        this.wake = undefined;
-        task.unsubscribe();
-        resolve();
-      };
-      const task = this.scheduler.schedule(done, ms);
-      this.wake = done;
-    });
   }
 
   private failing(err: unknown): void {

@@ -12,126 +12,38 @@
  */
 import { Command } from 'commander';
 import { connect, type KvEntry } from 'nats';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect } from 'vitest';
+import { expect } from 'vitest';
 import type { CliIo } from '../../src/cli/io.js';
 import { registerReplicationCommands } from '../../src/cli/replication.js';
 import { FirewallCollection, firewallPinDir } from '../../src/datapath/firewall/index.js';
 import { decodeSessionValueOrThrow, sessionKvKey } from '../../src/ha/codec.js';
-import { bpfObjectPath } from '../../src/paths.js';
-import { buildChild, startChild, type BuiltChild, type ChildHandle } from '../fixtures/child.js';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { freePort, startNatsServer, type NatsServer } from '../fixtures/nats.js';
-import { createNetns, createVeth, type Netns, type Veth } from '../fixtures/netns.js';
+import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
+import { freePort } from '../fixtures/nats.js';
 import { kernelDescribe, kernelTest } from '../fixtures/privilege.js';
-import { NodeChild, TCP_CLIENT, TCP_ECHO_SERVER, waitFor } from './firewall-helpers.js';
+import { waitFor } from './firewall-helpers.js';
+import {
+  cutOffA,
+  haCluster,
+  haPolicies,
+  routeThroughB,
+  startEcho,
+  type HaNode,
+  type HaNodeName,
+  type HaSite,
+} from './ha-helpers.js';
 
-const PREFIX = 'rxha';
-const CLIENT = '10.99.0.1';
-const SERVER = '10.99.1.1';
-const PORT = 7100;
-const BUCKET = 'rxha_failover';
-
-const OPEN_POLICY = `
-networks:
-  - {cidr: 10.99.0.0/24, policy: clients}
-policies:
-  clients:
-    default_action: block
-    rules:
-      - {destination: ${SERVER}, protocol: tcp, port: ${PORT}}
-      - {destination: ${SERVER}, protocol: udp, port: 53}
-`;
-/** The same without the tcp rule: no new connection to the server's port. */
-const CLOSED_POLICY = OPEN_POLICY.replace(/.*protocol: tcp.*\n/, '');
-
-interface Topology {
-  client: Netns;
-  a: Netns;
-  b: Netns;
-  server: Netns;
-  /** client-A, A-server, client-B, B-server; `a` ends are on the client / router side. */
-  ca: Veth;
-  as: Veth;
-  cb: Veth;
-  bs: Veth;
-}
-
-async function createTopology(): Promise<Topology> {
-  const client = await createNetns({ prefix: PREFIX });
-  const a = await createNetns({ prefix: PREFIX });
-  const b = await createNetns({ prefix: PREFIX });
-  const server = await createNetns({ prefix: PREFIX });
-  for (const ns of [client, a, b, server]) {
-    await ns.sysctl({ 'net.ipv4.conf.all.rp_filter': 0, 'net.ipv4.conf.default.rp_filter': 0 });
-  }
-  await a.sysctl({ 'net.ipv4.ip_forward': 1 });
-  await b.sysctl({ 'net.ipv4.ip_forward': 1 });
-  const opts = { prefix: PREFIX };
-  const ca = await createVeth(
-    { ns: client, ipv4: '198.51.100.2/24' },
-    { ns: a, ipv4: '198.51.100.1/24' },
-    opts,
-  );
-  const as = await createVeth(
-    { ns: a, ipv4: '203.0.113.1/24' },
-    { ns: server, ipv4: '203.0.113.2/24' },
-    opts,
-  );
-  const cb = await createVeth(
-    { ns: client, ipv4: '198.51.101.2/24' },
-    { ns: b, ipv4: '198.51.101.1/24' },
-    opts,
-  );
-  const bs = await createVeth(
-    { ns: b, ipv4: '203.0.114.1/24' },
-    { ns: server, ipv4: '203.0.114.2/24' },
-    opts,
-  );
-  for (const v of [ca, as, cb, bs]) await v.pinNeighbours();
-  await client.ip(['addr', 'add', `${CLIENT}/32`, 'dev', 'lo']);
-  await server.ip(['addr', 'add', `${SERVER}/32`, 'dev', 'lo']);
-  await a.ip(['route', 'add', `${CLIENT}/32`, 'via', '198.51.100.2']);
-  await a.ip(['route', 'add', `${SERVER}/32`, 'via', '203.0.113.2']);
-  await b.ip(['route', 'add', `${CLIENT}/32`, 'via', '198.51.101.2']);
-  await b.ip(['route', 'add', `${SERVER}/32`, 'via', '203.0.114.2']);
-  await client.ip(['route', 'add', `${SERVER}/32`, 'via', '198.51.100.1', 'src', CLIENT]);
-  await server.ip(['route', 'add', `${CLIENT}/32`, 'via', '203.0.113.1', 'src', SERVER]);
-  return { client, a, b, server, ca, as, cb, bs };
-}
-
-function pipelineYaml(o: {
-  natsUrl: string;
-  nodeId: string;
-  pinRoot: string;
-  netns: string;
-  readyFile: string;
-  readyPort: number;
-}): string {
-  return `
-sources:
-  sessions:
-    type: firewall_sessions
-    instance: ${PREFIX}
-    pin_root: ${o.pinRoot}
-    drain_interval_ms: 50
-sinks:
-  ha:
-    type: nats_sessions
-    inputs: [sessions]
-    servers: ['${o.natsUrl}']
-    bucket: ${BUCKET}
-    node_id: ${o.nodeId}
-    instance: ${PREFIX}
-    pin_root: ${o.pinRoot}
-    netns: ${o.netns}
-    sync_interval_ms: 2000
-    reconnect_wait_ms: 100
-    ready_file: ${o.readyFile}
-    ready_listen: 127.0.0.1:${o.readyPort}
-`;
-}
+const SITE: HaSite = {
+  prefix: 'rxha',
+  bucket: 'rxha_failover',
+  client: '10.99.0.1',
+  clientNet: '10.99.0.0/24',
+  server: '10.99.1.1',
+  port: 7100,
+};
+const { prefix: PREFIX, bucket: BUCKET, client: CLIENT, server: SERVER, port: PORT } = SITE;
+const { open: OPEN_POLICY, closed: CLOSED_POLICY } = haPolicies(SITE);
 
 /** `rxflow firewall replication status <args>`, in this process; its JSON output parsed. */
 async function replicationStatus(args: string[]): Promise<Record<string, unknown>> {
@@ -163,71 +75,30 @@ async function kvSessions(url: string): Promise<Map<string, KvEntry>> {
 kernelDescribe(
   'HA failover: established TCP connections survive the loss of their firewall node',
   () => {
-    let topo: Topology;
-    let nats: NatsServer;
-    let child: BuiltChild;
-    const nodes: ChildHandle[] = [];
+    const ha = haCluster(SITE);
 
-    beforeAll(async () => {
-      topo = await createTopology();
-      nats = await startNatsServer({ prefix: PREFIX });
-      child = buildChild('test/kernel/ha-node-child.ts');
-      const dir = child.dir;
-      cleanup.register(`child dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
-    });
-    afterAll(async () => {
-      for (const n of nodes) await n.kill();
-      await cleanup.dispose();
-    });
-
-    async function startNode(o: {
-      ns: Netns;
-      ingress: string;
-      egress: string;
-      nodeId: string;
-      policy: string;
-    }): Promise<{ handle: ChildHandle; pinRoot: string; readyFile: string; readyPort: number }> {
-      const pinRoot = makeBpffsDir(PREFIX);
+    /** A node with a readiness file and endpoint, and a full sync every 2 s. */
+    async function startNode(
+      node: HaNodeName,
+      policy: string,
+    ): Promise<HaNode & { readyFile: string; readyPort: number }> {
       const readyFile = join(makeTempDir(PREFIX, cleanup), 'ready');
       const readyPort = await freePort();
-      const args = {
-        pinRoot,
-        instance: PREFIX,
-        netns: o.ns.name,
-        ingress: o.ingress,
-        egress: o.egress,
-        policy: o.policy,
-        objectPath: bpfObjectPath('firewall'),
-        pipeline: pipelineYaml({
-          natsUrl: nats.url,
-          nodeId: o.nodeId,
-          pinRoot,
-          netns: o.ns.name,
-          readyFile,
-          readyPort,
-        }),
-      };
-      const handle = startChild(process.execPath, [child.entry, JSON.stringify(args)], { prefix: PREFIX });
-      nodes.push(handle);
-      const started = await handle.next();
-      expect(started).toStrictEqual({ ok: true, started: true });
-      return { handle, pinRoot, readyFile, readyPort };
+      const started = await ha.startNode(node, policy, {
+        sync_interval_ms: 2000,
+        ready_file: readyFile,
+        ready_listen: `127.0.0.1:${readyPort}`,
+      });
+      return { ...started, readyFile, readyPort };
     }
 
     kernelTest(
       'node B loads the sessions of killed node A and passes their packets while new connections stay blocked',
       async () => {
-        const server = new NodeChild(topo.server, TCP_ECHO_SERVER, [SERVER, String(PORT)]);
-        const client = new NodeChild(topo.client, TCP_CLIENT, []);
+        const { topo, nats } = ha;
+        const { server, client } = await startEcho(topo, SITE);
         try {
-          await waitFor('server listening', () => server.notes.some((n) => n.note === 'listening'));
-          const nodeA = await startNode({
-            ns: topo.a,
-            ingress: topo.ca.b.ifname,
-            egress: topo.ca.b.ifname,
-            nodeId: 'node-a',
-            policy: OPEN_POLICY,
-          });
+          const nodeA = await startNode('a', OPEN_POLICY);
           expect(existsSync(nodeA.readyFile)).toBe(true);
 
           // Three connections through A, then A's policy stops new ones.
@@ -275,16 +146,9 @@ kernelDescribe(
 
           // A dies without a word, and its links go down: nothing can pass through A any more.
           await nodeA.handle.kill();
-          await topo.a.ip(['link', 'set', 'dev', topo.ca.b.ifname, 'down']);
-          await topo.a.ip(['link', 'set', 'dev', topo.as.a.ifname, 'down']);
+          await cutOffA(topo);
 
-          const nodeB = await startNode({
-            ns: topo.b,
-            ingress: topo.cb.b.ifname,
-            egress: topo.cb.b.ifname,
-            nodeId: 'node-b',
-            policy: CLOSED_POLICY,
-          });
+          const nodeB = await startNode('b', CLOSED_POLICY);
           expect(existsSync(nodeB.readyFile)).toBe(true);
           const ready = await fetch(`http://127.0.0.1:${nodeB.readyPort}/ready`);
           expect(ready.status).toBe(200);
@@ -320,8 +184,7 @@ kernelDescribe(
             ).toMatchObject({ nodeId: 'node-b', ready: true, connected: true, load: { loaded: 3 } });
 
             // The routes move to B, as a load balancer would after A failed its health check.
-            await topo.client.ip(['route', 'replace', `${SERVER}/32`, 'via', '198.51.101.1', 'src', CLIENT]);
-            await topo.server.ip(['route', 'replace', `${CLIENT}/32`, 'via', '203.0.114.1', 'src', SERVER]);
+            await routeThroughB(topo, SITE);
 
             const before = fwB.counters();
             for (const id of ids) {

@@ -9,8 +9,7 @@
  *            └── B ns (firewall, rxflow node B) ──┘
  */
 import { connect, type KvEntry } from 'nats';
-import { rmSync } from 'node:fs';
-import { afterAll, beforeAll, expect } from 'vitest';
+import { expect } from 'vitest';
 import {
   FirewallCollection,
   firewallPinDir,
@@ -18,113 +17,30 @@ import {
 } from '../../src/datapath/firewall/index.js';
 import { decodeSessionValueOrThrow, sessionKvKey } from '../../src/ha/codec.js';
 import type { NodeReplicationStatus } from '../../src/ha/replication.js';
-import { bpfObjectPath } from '../../src/paths.js';
-import { buildChild, startChild, type BuiltChild, type ChildHandle } from '../fixtures/child.js';
-import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
-import { startNatsServer, type NatsServer } from '../fixtures/nats.js';
-import { createNetns, createVeth, type Netns, type Veth } from '../fixtures/netns.js';
+import type { ChildHandle } from '../fixtures/child.js';
 import { kernelDescribe, kernelTest } from '../fixtures/privilege.js';
-import { NodeChild, TCP_CLIENT, TCP_ECHO_SERVER, waitFor } from './firewall-helpers.js';
+import { waitFor } from './firewall-helpers.js';
+import {
+  cutOffA,
+  haCluster,
+  haPolicies,
+  routeThroughB,
+  startEcho,
+  type HaNode,
+  type HaNodeName,
+  type HaSite,
+} from './ha-helpers.js';
 
-const PREFIX = 'rxhw';
-const CLIENT = '10.98.0.1';
-const SERVER = '10.98.1.1';
-const PORT = 7200;
-const BUCKET = 'rxhw_standby';
-
-const OPEN_POLICY = `
-networks:
-  - {cidr: 10.98.0.0/24, policy: clients}
-policies:
-  clients:
-    default_action: block
-    rules:
-      - {destination: ${SERVER}, protocol: tcp, port: ${PORT}}
-      - {destination: ${SERVER}, protocol: udp, port: 53}
-`;
-/** The same without the tcp rule: no new connection to the server's port. */
-const CLOSED_POLICY = OPEN_POLICY.replace(/.*protocol: tcp.*\n/, '');
-
-interface Topology {
-  client: Netns;
-  a: Netns;
-  b: Netns;
-  server: Netns;
-  /** client-A, A-server, client-B, B-server; `a` ends are on the client / router side. */
-  ca: Veth;
-  as: Veth;
-  cb: Veth;
-  bs: Veth;
-}
-
-async function createTopology(): Promise<Topology> {
-  const client = await createNetns({ prefix: PREFIX });
-  const a = await createNetns({ prefix: PREFIX });
-  const b = await createNetns({ prefix: PREFIX });
-  const server = await createNetns({ prefix: PREFIX });
-  for (const ns of [client, a, b, server]) {
-    await ns.sysctl({ 'net.ipv4.conf.all.rp_filter': 0, 'net.ipv4.conf.default.rp_filter': 0 });
-  }
-  await a.sysctl({ 'net.ipv4.ip_forward': 1 });
-  await b.sysctl({ 'net.ipv4.ip_forward': 1 });
-  const opts = { prefix: PREFIX };
-  const ca = await createVeth(
-    { ns: client, ipv4: '198.51.100.2/24' },
-    { ns: a, ipv4: '198.51.100.1/24' },
-    opts,
-  );
-  const as = await createVeth(
-    { ns: a, ipv4: '203.0.113.1/24' },
-    { ns: server, ipv4: '203.0.113.2/24' },
-    opts,
-  );
-  const cb = await createVeth(
-    { ns: client, ipv4: '198.51.101.2/24' },
-    { ns: b, ipv4: '198.51.101.1/24' },
-    opts,
-  );
-  const bs = await createVeth(
-    { ns: b, ipv4: '203.0.114.1/24' },
-    { ns: server, ipv4: '203.0.114.2/24' },
-    opts,
-  );
-  for (const v of [ca, as, cb, bs]) await v.pinNeighbours();
-  await client.ip(['addr', 'add', `${CLIENT}/32`, 'dev', 'lo']);
-  await server.ip(['addr', 'add', `${SERVER}/32`, 'dev', 'lo']);
-  await a.ip(['route', 'add', `${CLIENT}/32`, 'via', '198.51.100.2']);
-  await a.ip(['route', 'add', `${SERVER}/32`, 'via', '203.0.113.2']);
-  await b.ip(['route', 'add', `${CLIENT}/32`, 'via', '198.51.101.2']);
-  await b.ip(['route', 'add', `${SERVER}/32`, 'via', '203.0.114.2']);
-  await client.ip(['route', 'add', `${SERVER}/32`, 'via', '198.51.100.1', 'src', CLIENT]);
-  await server.ip(['route', 'add', `${CLIENT}/32`, 'via', '203.0.113.1', 'src', SERVER]);
-  return { client, a, b, server, ca, as, cb, bs };
-}
-
-function pipelineYaml(o: { natsUrl: string; nodeId: string; pinRoot: string; netns: string }): string {
-  // A full sync once an hour: after the first one at start, only the watch can bring A's
-  // sessions to B. Every revision is kept, so the test can read who wrote what.
-  return `
-sources:
-  sessions:
-    type: firewall_sessions
-    instance: ${PREFIX}
-    pin_root: ${o.pinRoot}
-    drain_interval_ms: 50
-sinks:
-  ha:
-    type: nats_sessions
-    inputs: [sessions]
-    servers: ['${o.natsUrl}']
-    bucket: ${BUCKET}
-    history: 64
-    node_id: ${o.nodeId}
-    instance: ${PREFIX}
-    pin_root: ${o.pinRoot}
-    netns: ${o.netns}
-    sync_interval_ms: 3600000
-    reconnect_wait_ms: 100
-`;
-}
+const SITE: HaSite = {
+  prefix: 'rxhw',
+  bucket: 'rxhw_standby',
+  client: '10.98.0.1',
+  clientNet: '10.98.0.0/24',
+  server: '10.98.1.1',
+  port: 7200,
+};
+const { prefix: PREFIX, bucket: BUCKET, client: CLIENT, server: SERVER, port: PORT } = SITE;
+const { open: OPEN_POLICY, closed: CLOSED_POLICY } = haPolicies(SITE);
 
 /** Every revision of `key` in the bucket, read over a fresh connection. */
 async function revisions(url: string, key: string): Promise<KvEntry[]> {
@@ -142,44 +58,14 @@ async function revisions(url: string, key: string): Promise<KvEntry[]> {
 kernelDescribe(
   'HA hot standby: a running standby holds the active node’s new sessions without a sync or a restart',
   () => {
-    let topo: Topology;
-    let nats: NatsServer;
-    let child: BuiltChild;
-    const nodes: ChildHandle[] = [];
+    const ha = haCluster(SITE);
 
-    beforeAll(async () => {
-      topo = await createTopology();
-      nats = await startNatsServer({ prefix: PREFIX });
-      child = buildChild('test/kernel/ha-node-child.ts');
-      const dir = child.dir;
-      cleanup.register(`child dir ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
-    });
-    afterAll(async () => {
-      for (const n of nodes) await n.kill();
-      await cleanup.dispose();
-    });
-
-    async function startNode(o: {
-      ns: Netns;
-      device: string;
-      nodeId: string;
-      policy: string;
-    }): Promise<{ handle: ChildHandle; pinRoot: string }> {
-      const pinRoot = makeBpffsDir(PREFIX);
-      const args = {
-        pinRoot,
-        instance: PREFIX,
-        netns: o.ns.name,
-        ingress: o.device,
-        egress: o.device,
-        policy: o.policy,
-        objectPath: bpfObjectPath('firewall'),
-        pipeline: pipelineYaml({ natsUrl: nats.url, nodeId: o.nodeId, pinRoot, netns: o.ns.name }),
-      };
-      const handle = startChild(process.execPath, [child.entry, JSON.stringify(args)], { prefix: PREFIX });
-      nodes.push(handle);
-      expect(await handle.next()).toStrictEqual({ ok: true, started: true });
-      return { handle, pinRoot };
+    /**
+     * A node with a full sync once an hour: after the first one at start, only the watch can bring
+     * A's sessions to B. Every revision is kept, so the test can read who wrote what.
+     */
+    function startNode(node: HaNodeName, policy: string): Promise<HaNode> {
+      return ha.startNode(node, policy, { history: 64, sync_interval_ms: 3_600_000 });
     }
 
     async function statusOf(handle: ChildHandle): Promise<NodeReplicationStatus> {
@@ -192,23 +78,12 @@ kernelDescribe(
     kernelTest(
       'a connection through A appears in B’s session map while both run, B writes nothing for it, and passes through B once A dies',
       async () => {
-        const server = new NodeChild(topo.server, TCP_ECHO_SERVER, [SERVER, String(PORT)]);
-        const client = new NodeChild(topo.client, TCP_CLIENT, []);
+        const { topo, nats } = ha;
+        const { server, client } = await startEcho(topo, SITE);
         try {
-          await waitFor('server listening', () => server.notes.some((n) => n.note === 'listening'));
           // Both nodes up before any connection: B's boot load finds an empty bucket.
-          const nodeA = await startNode({
-            ns: topo.a,
-            device: topo.ca.b.ifname,
-            nodeId: 'node-a',
-            policy: OPEN_POLICY,
-          });
-          const nodeB = await startNode({
-            ns: topo.b,
-            device: topo.cb.b.ifname,
-            nodeId: 'node-b',
-            policy: CLOSED_POLICY,
-          });
+          const nodeA = await startNode('a', OPEN_POLICY);
+          const nodeB = await startNode('b', CLOSED_POLICY);
           expect(await statusOf(nodeB.handle)).toMatchObject({
             ready: true,
             load: { loaded: 0, revision: 0 },
@@ -273,10 +148,8 @@ kernelDescribe(
             // A dies without a word and its links go down; the routes move to B, which never
             // restarted.
             await nodeA.handle.kill();
-            await topo.a.ip(['link', 'set', 'dev', topo.ca.b.ifname, 'down']);
-            await topo.a.ip(['link', 'set', 'dev', topo.as.a.ifname, 'down']);
-            await topo.client.ip(['route', 'replace', `${SERVER}/32`, 'via', '198.51.101.1', 'src', CLIENT]);
-            await topo.server.ip(['route', 'replace', `${CLIENT}/32`, 'via', '203.0.114.1', 'src', SERVER]);
+            await cutOffA(topo);
+            await routeThroughB(topo, SITE);
 
             const before = fwB.counters();
             for (let i = 0; i < 3; i++) {

@@ -1,6 +1,6 @@
 /**
- * One HA firewall node as its own process, for test/kernel/ha-failover.test.ts (transpiled by
- * buildChild() of test/fixtures/child.ts), so the test can SIGKILL it.
+ * One HA firewall node as its own process, for the HA kernel tests (started by ha-helpers.ts,
+ * transpiled by buildChild() of test/fixtures/child.ts), so the test can SIGKILL it.
  *
  * argv[2] is JSON {pinRoot, instance, netns, ingress, egress, policy, pipeline, objectPath}: the node loads the
  * firewall (pinned under <pinRoot>/rxflow-firewall-<instance>, links pinned too, so they outlive

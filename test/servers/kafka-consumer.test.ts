@@ -19,7 +19,7 @@ import kafkaSinkModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js'
 import kafkaConsumerModule, { type KafkaConsumerConfig } from '../../src/sources/kafka_consumer.js';
 import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
 import { startKafkaMock } from '../fixtures/kafka.js';
-import { flowRecord } from '../fixtures/records.js';
+import { variedFlowRecord } from '../fixtures/records.js';
 
 /**
  * The kafka_consumer source against a real Kafka-protocol broker (librdkafka's mock cluster in its
@@ -35,36 +35,12 @@ const T0 = 1_700_000_000_000;
 
 /** Record i; every few carry IPv6, ICMP or tunnel fields. flowStartMilliseconds - T0 is i. */
 function record(i: number): FlowRecord {
-  const v6 = i % 5 === 3;
-  const r = flowRecord({
-    ipVersion: v6 ? 6 : 4,
-    sourceTransportPort: 1024 + (i % 50000),
-    destinationTransportPort: i % 3 === 0 ? 443 : 53,
-    protocolIdentifier: i % 3 === 0 ? 6 : 17,
-    octetDeltaCount: 1000 + i * 3,
-    packetDeltaCount: 1 + (i % 17),
-    flowStartMilliseconds: T0 + i,
-    flowEndMilliseconds: T0 + 500 + i,
-    flowDirection: i % 2 === 0 ? 0 : 1,
-    ethernetType: v6 ? 0x86dd : 0x0800,
-    interfaceName: `eth${i % 3}`,
-  });
-  if (v6) {
-    delete r.sourceIPv4Address;
-    delete r.destinationIPv4Address;
-    r.sourceIPv6Address = `2001:db8::${(i % 200) + 1}`;
-    r.destinationIPv6Address = '2001:db8:1::1';
-  }
-  if (i % 11 === 4) {
-    r.encapsulationType = 'vxlan';
-    r.virtualNetworkIdentifier = 4242;
-    r.tunnelSourceIPAddress = '192.0.2.1';
-    r.tunnelDestinationIPAddress = '192.0.2.2';
+  const r = variedFlowRecord(i);
+  if (r.encapsulationType !== undefined) {
     r.tunnelSourceTransportPort = 49152;
     r.tunnelDestinationTransportPort = 4789;
-    r.duplicate = true;
   }
-  if (i % 13 === 6 && !v6) {
+  if (i % 13 === 6 && r.ipVersion === 4) {
     r.protocolIdentifier = 1;
     r.icmpTypeIPv4 = 8;
     r.icmpCodeIPv4 = 0;

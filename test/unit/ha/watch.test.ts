@@ -1,5 +1,5 @@
 import { Subject, map } from 'rxjs';
-import { TestScheduler } from 'rxjs/testing';
+import { TestScheduler, type RunHelpers } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import { ClockTranslator } from '../../../src/ha/clock.js';
 import {
@@ -87,12 +87,32 @@ function pair(
   };
 }
 
+type Pair = ReturnType<typeof pair>;
+
+/**
+ * A fresh pair whose watch starts from revision 0, with `script` run against it in virtual time
+ * (it schedules what the nodes do); returns the pair once the scheduler ran everything.
+ */
+function watching(
+  script: (s: Pair, scheduler: TestScheduler, helpers: RunHelpers) => void,
+  options?: Parameters<typeof pair>[1],
+): Pair {
+  const scheduler = testScheduler();
+  let s!: Pair;
+  scheduler.run((helpers) => {
+    s = pair(scheduler, options);
+    void s.watch.start(0);
+    script(s, scheduler, helpers);
+  });
+  return s;
+}
+
 const NONE_IGNORED = { own: 0, localNewer: 0, unreadable: 0, absent: 0, superseded: 0 };
 
 describe('session watch: other nodes’ changes reach the kernel (virtual time)', () => {
   it('applies creates, updates and deletes of another node in one batch per window, on this node’s clock', () => {
     const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
+    let s!: Pair;
     scheduler.run(({ expectObservable }) => {
       // Node B booted 1000 s before node A: the same wall-clock time is 1000 s more on its clock.
       const clockB = new ClockTranslator({
@@ -143,12 +163,8 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
   });
 
   it('ignores this node’s own puts and deletes coming back, also a delete seen before its acknowledgement', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
     let beforeAck!: WatchStatus;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => s.trafficB([ev('created', session(1, 0)), ev('created', session(2, 0))]), 0);
       scheduler.schedule(() => s.trafficB([ev('deleted', session(1, 50))]), 50);
       scheduler.schedule(() => {
@@ -180,12 +196,8 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
   });
 
   it('keeps a session this node’s traffic saw more recently; within the tolerance the remote copy wins, last-seen never going back', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
     let afterOlder: ReplicatedSession | undefined;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => {
         s.storeB.set([session(1, 5000, { tcpState: 'fin_wait' })]);
         // Node A's copy was last seen 2 s before node B's traffic: older by more than the 1 s tolerance.
@@ -205,11 +217,7 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
   });
 
   it('deletes the kernel copy on a remote delete, unless this node’s traffic saw it after the deleting node’s last value', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => {
         s.putA(session(1, 1000));
         s.putA(session(2, 1000));
@@ -240,11 +248,7 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
   });
 
   it('leaves values it cannot read alone and counts them', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => {
         s.storeB.set([session(1, 0)]);
         s.kv.put(K(1), Buffer.from('not json'), () => undefined);
@@ -264,19 +268,18 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
   });
 
   it('applies in batches of at most max batch, collapsing several changes of one key to the last', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
-    scheduler.run(() => {
-      s = pair(scheduler, { maxBatch: 2048 });
-      void s.watch.start(0);
-      scheduler.schedule(() => {
-        for (let n = 0; n < 5000; n++) s.putA(session(n, 0));
-      }, 0);
-      scheduler.schedule(() => {
-        s.putA(session(7, 100));
-        s.putA(session(7, 101, { tcpState: 'closed' }));
-      }, 100);
-    });
+    const s = watching(
+      (s, scheduler) => {
+        scheduler.schedule(() => {
+          for (let n = 0; n < 5000; n++) s.putA(session(n, 0));
+        }, 0);
+        scheduler.schedule(() => {
+          s.putA(session(7, 100));
+          s.putA(session(7, 101, { tcpState: 'closed' }));
+        }, 100);
+      },
+      { maxBatch: 2048 },
+    );
     expect(s.storeB.applies.map((a) => [a.at, a.keys.length, a.written.length])).toEqual([
       [10, 2048, 2048],
       [10, 2048, 2048],
@@ -292,13 +295,9 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
   });
 
   it('counts a kernel write that fails, leaving the view of KV as it was, and applies the next change of the key', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
     let failing!: WatchStatus;
     let known: unknown;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => {
         s.storeB.failing.add(K(1));
         s.putA(session(1, 0));
@@ -320,12 +319,8 @@ describe('session watch: other nodes’ changes reach the kernel (virtual time)'
 
 describe('session watch: keys this node is writing (virtual time)', () => {
   it('holds a remote change back while this node’s earlier write of the key is in flight, then applies it', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
     let held!: WatchStatus;
-    scheduler.run(({ expectObservable }) => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler, { expectObservable }) => {
       expectObservable(s.storeB.applies$.pipe(map(summary)), '^ 1s !').toBe('50ms a', { a: 'w s1' });
       scheduler.schedule(() => {
         s.kv.holdAcks = true;
@@ -350,8 +345,8 @@ describe('session watch: keys this node is writing (virtual time)', () => {
 
   it('drops a remote change older than this node’s write of the key, whether the watch sees the two together or apart', () => {
     const scheduler = testScheduler();
-    let together!: ReturnType<typeof pair>;
-    let apart!: ReturnType<typeof pair>;
+    let together!: Pair;
+    let apart!: Pair;
     scheduler.run(() => {
       // Together: node A's change waits for node B's write in flight; then both arrive at once.
       together = pair(scheduler);
@@ -383,11 +378,7 @@ describe('session watch: keys this node is writing (virtual time)', () => {
   });
 
   it('drops this node’s waiting write of a key when a newer copy from another node replaced it', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       // Node B's update waits out its 500 ms window; node A's newer copy arrives meanwhile.
       scheduler.schedule(() => s.trafficB([ev('updated', session(1, 100))]), 100);
       scheduler.schedule(() => s.putA(session(1, 200, { tcpState: 'fin_wait' })), 200);
@@ -399,11 +390,7 @@ describe('session watch: keys this node is writing (virtual time)', () => {
   });
 
   it('does not write back a session it applied when the kernel reports it, nor delete another node’s key when it idles out here', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => s.putA(session(1, 0)), 0);
       scheduler.schedule(() => s.replicatorB.handle([ev('created', s.storeB.sessions.get(K(1))!)]), 100);
       scheduler.schedule(() => s.trafficB([ev('deleted', s.storeB.sessions.get(K(1))!)]), 200);
@@ -416,12 +403,8 @@ describe('session watch: keys this node is writing (virtual time)', () => {
 
 describe('session watch: reconnects and stop (virtual time)', () => {
   it('goes on after a reconnect from the last revision received: nothing missed, nothing twice', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
     let down!: WatchStatus;
-    scheduler.run(({ expectObservable }) => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler, { expectObservable }) => {
       expectObservable(s.storeB.applies$.pipe(map(summary)), '^ 1s !').toBe('10ms a 499ms b', {
         a: 'w s1',
         b: 'w s2 w s3',
@@ -442,18 +425,17 @@ describe('session watch: reconnects and stop (virtual time)', () => {
   });
 
   it('sets the watch up again after retry_ms when the server ends it, from where it was', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
     let ended!: WatchStatus;
-    scheduler.run(() => {
-      s = pair(scheduler, { retryMs: 1000 });
-      void s.watch.start(0);
-      scheduler.schedule(() => {
-        s.kv.endWatches(new HaError('EWATCH', 'nats kv bucket b: watch ended: consumer deleted'));
-        ended = s.watch.status();
-      }, 0);
-      scheduler.schedule(() => s.putA(session(1, 100)), 100);
-    });
+    const s = watching(
+      (s, scheduler) => {
+        scheduler.schedule(() => {
+          s.kv.endWatches(new HaError('EWATCH', 'nats kv bucket b: watch ended: consumer deleted'));
+          ended = s.watch.status();
+        }, 0);
+        scheduler.schedule(() => s.putA(session(1, 100)), 100);
+      },
+      { retryMs: 1000 },
+    );
     expect(ended).toMatchObject({
       active: false,
       lastError: 'nats kv bucket b: watch ended: consumer deleted',
@@ -463,11 +445,7 @@ describe('session watch: reconnects and stop (virtual time)', () => {
   });
 
   it('applies nothing after stop(), not even changes it had received', () => {
-    const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
-    scheduler.run(() => {
-      s = pair(scheduler);
-      void s.watch.start(0);
+    const s = watching((s, scheduler) => {
       scheduler.schedule(() => s.putA(session(1, 0)), 0);
       scheduler.schedule(() => s.putA(session(2, 50)), 50);
       scheduler.schedule(() => s.watch.stop(), 55);
@@ -481,7 +459,7 @@ describe('session watch: reconnects and stop (virtual time)', () => {
 
   it('starting from no revision watches from now on', () => {
     const scheduler = testScheduler();
-    let s!: ReturnType<typeof pair>;
+    let s!: Pair;
     scheduler.run(() => {
       s = pair(scheduler);
       scheduler.schedule(() => s.putA(session(1, 0)), 0);

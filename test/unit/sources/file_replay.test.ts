@@ -10,54 +10,27 @@ import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger, type Logger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../../../src/records.js';
 import fileModule from '../../../src/sinks/file.js';
 import stdoutModule from '../../../src/sinks/stdout.js';
 import fileReplayModule, {
   MAX_LINE_CHARS,
   Pacer,
-  ReplayError,
   compareRotation,
-  flowRecordProblem,
   type FileReplayConfig,
 } from '../../../src/sources/file_replay.js';
+import { SourceError } from '../../../src/sources/errors.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
-import { flowRecord } from '../../fixtures/records.js';
+import { flowRecord, variedFlowRecord } from '../../fixtures/records.js';
 
 afterAll(() => cleanup.dispose());
 
 /**
- * Record i: IPv4 or IPv6, some with ICMP, tunnel or extra (firewall) fields, so the replay is held
- * to every kind of line the file sink writes.
+ * Record i, some with extra (firewall) fields, so the replay is held to every kind of line the file
+ * sink writes.
  */
 function record(i: number): FlowRecord {
-  const v6 = i % 5 === 3;
-  const r: FlowRecord = flowRecord({
-    ipVersion: v6 ? 6 : 4,
-    sourceTransportPort: 1024 + (i % 50000),
-    destinationTransportPort: i % 3 === 0 ? 443 : 53,
-    protocolIdentifier: i % 3 === 0 ? 6 : 17,
-    octetDeltaCount: 1000 + i * 3,
-    packetDeltaCount: 1 + (i % 17),
-    flowStartMilliseconds: 1_700_000_000_000 + i,
-    flowEndMilliseconds: 1_700_000_000_500 + i,
-    flowDirection: i % 2 === 0 ? 0 : 1,
-    ethernetType: v6 ? 0x86dd : 0x0800,
-    interfaceName: `eth${i % 3}`,
-  });
-  if (v6) {
-    delete r.sourceIPv4Address;
-    delete r.destinationIPv4Address;
-    r.sourceIPv6Address = `2001:db8::${(i % 200) + 1}`;
-    r.destinationIPv6Address = '2001:db8:1::1';
-  }
-  if (i % 11 === 4) {
-    r.encapsulationType = 'vxlan';
-    r.virtualNetworkIdentifier = 4242;
-    r.tunnelSourceIPAddress = '192.0.2.1';
-    r.tunnelDestinationIPAddress = '192.0.2.2';
-    r.duplicate = true;
-  }
+  const r = variedFlowRecord(i);
   if (i % 13 === 6) Object.assign(r, { firewallAction: 'block', firewallRuleId: 7 });
   return r;
 }
@@ -291,7 +264,7 @@ describe('file_replay', () => {
     };
     const missing = path.join(dir, 'missing.jsonl');
     const err = attempt([path.join(dir, 'flows.jsonl'), missing]);
-    expect(err).toBeInstanceOf(ReplayError);
+    expect(err).toBeInstanceOf(SourceError);
     expect(err).toMatchObject({
       code: 'ENOFILE',
       message: `file replay ${missing}: no such file; check the path in paths`,
@@ -324,9 +297,9 @@ describe('file_replay', () => {
     const err = await new Promise<unknown>((resolve) =>
       source.subscribe({ error: resolve, complete: () => resolve(undefined) }),
     );
-    expect(err).toBeInstanceOf(ReplayError);
-    expect((err as ReplayError).code).toBe('EREAD');
-    expect((err as ReplayError).message).toMatch(
+    expect(err).toBeInstanceOf(SourceError);
+    expect((err as SourceError).code).toBe('EREAD');
+    expect((err as SourceError).message).toMatch(
       new RegExp(
         `^file replay ${file}: cannot read: ENOENT: .*; check that the file exists and is readable$`,
       ),
