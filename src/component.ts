@@ -15,6 +15,16 @@ export interface JsonSchema {
   [key: string]: unknown;
 }
 
+/** The schema of a `*_ms` option: an integer of milliseconds from `minimum`, with its default if any. */
+export function msOption(description: string, defaultValue: number | undefined, minimum: number): JsonSchema {
+  return {
+    type: 'integer',
+    minimum,
+    ...(defaultValue === undefined ? {} : { default: defaultValue }),
+    description,
+  };
+}
+
 export interface ComponentContext {
   /** The id the user gave the component in the pipeline file. */
   id: string;

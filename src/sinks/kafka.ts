@@ -10,9 +10,18 @@
  * arrived; then its records count as `sink_failed`. While the brokers are away the queue fills up
  * to buffer_max_records and what does not fit counts as `sink_buffer_full`. Nothing escapes into
  * the pipeline: consume() resolves once its input completed and every record is written or counted.
+ *
+ * With idempotence (the default) every batch carries a producer id and sequence
+ * (src/sinks/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
  */
 import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
-import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import {
+  msOption,
+  type ComponentContext,
+  type JsonSchema,
+  type Sink,
+  type SinkModule,
+} from '../component.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
@@ -27,6 +36,7 @@ import {
   type TlsOptions,
 } from './kafka/client.js';
 import type { Compression } from './kafka/compression.js';
+import { MAX_IN_FLIGHT_IDEMPOTENT, ProducerSequences, type IdempotenceStatus } from './kafka/idempotence.js';
 import {
   RequestEncoder,
   unwritten,
@@ -49,6 +59,7 @@ export interface KafkaSinkConfig {
   batch_max_bytes?: number;
   linger_ms?: number;
   max_in_flight?: number;
+  idempotence?: boolean;
   compression?: Compression;
   acks?: -1 | 0 | 1;
   request_timeout_ms?: number;
@@ -75,6 +86,7 @@ const DEFAULTS = {
   batch_max_bytes: 1_000_000,
   linger_ms: 5,
   max_in_flight: 4,
+  idempotence: true,
   compression: 'none',
   acks: -1,
   request_timeout_ms: 30_000,
@@ -94,12 +106,8 @@ const LOSS_LOG_INTERVAL_MS = 10_000;
 /** Starting estimate of encoded bytes per record, refined by every request. */
 const FIRST_BYTES_PER_RECORD: Record<Encoding, number> = { json: 500, protobuf: 120 };
 
-const ms = (description: string, defaultValue: number, minimum = 0): JsonSchema => ({
-  type: 'integer',
-  minimum,
-  default: defaultValue,
-  description,
-});
+const ms = (description: string, defaultValue: number, minimum = 0): JsonSchema =>
+  msOption(description, defaultValue, minimum);
 
 const schema: JsonSchema = {
   type: 'object',
@@ -155,7 +163,11 @@ const schema: JsonSchema = {
       minimum: 1,
       maximum: 64,
       default: DEFAULTS.max_in_flight,
-      description: 'Produce requests in flight at once.',
+      description: `Produce requests in flight at once; at most ${MAX_IN_FLIGHT_IDEMPOTENT} with idempotence.`,
+    },
+    idempotence: {
+      type: 'boolean',
+      description: `Idempotent produce: every batch carries a producer id (from InitProducerId) and a sequence per partition, so a broker does not write a batch twice when a retry resends it after a lost response, and flows are not counted twice downstream. Needs acks -1 and max_in_flight of ${MAX_IN_FLIGHT_IDEMPOTENT} or less; unset, it is on exactly when those hold. If the brokers refuse a producer id (no IdempotentWrite permission, brokers older than Kafka 0.11) the sink logs a warning and writes without.`,
     },
     compression: {
       enum: ['none', 'gzip', 'lz4', 'zstd'],
@@ -242,8 +254,25 @@ const schema: JsonSchema = {
 
 function resolveConfig(config: KafkaSinkConfig): Resolved {
   const resolved = { ...DEFAULTS, ...config } as Resolved;
+  // Unset, idempotence follows the other settings, as in Kafka's own clients: on unless acks or
+  // max_in_flight rule it out. Set to true, a conflict is an error below.
+  if (config.idempotence === undefined) {
+    resolved.idempotence = resolved.acks === -1 && resolved.max_in_flight <= MAX_IN_FLIGHT_IDEMPOTENT;
+  }
   if (resolved.bootstrap_servers.length === 0) {
     throw new SinkError('EBADCONFIG', 'kafka sink: bootstrap_servers is empty; list at least one host:port');
+  }
+  if (resolved.idempotence && resolved.max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT) {
+    throw new SinkError(
+      'EBADCONFIG',
+      `kafka sink: max_in_flight (${resolved.max_in_flight}) is above ${MAX_IN_FLIGHT_IDEMPOTENT}, the most requests a broker keeps in order for an idempotent producer; lower it or set idempotence to false`,
+    );
+  }
+  if (resolved.idempotence && resolved.acks !== -1) {
+    throw new SinkError(
+      'EBADCONFIG',
+      `kafka sink: idempotence needs acks -1 (every in-sync replica), not ${resolved.acks}; set acks to -1 or idempotence to false`,
+    );
   }
   if (resolved.retry_max_ms < resolved.retry_initial_ms) {
     throw new SinkError(
@@ -281,6 +310,8 @@ export class KafkaSink implements Sink {
   private readonly logger: Logger;
   private readonly scheduler: SchedulerLike;
   private readonly encoder: RequestEncoder;
+  /** Producer id and sequences, with idempotence. */
+  private readonly producer: ProducerSequences | undefined;
   private readonly losses: LossLog;
   private readonly queue = new RecordQueue();
   private readonly inFlight = new Set<Request>();
@@ -318,7 +349,19 @@ export class KafkaSink implements Sink {
       recordsPerMessage: this.config.records_per_message,
       key: this.config.key,
       compression: this.config.compression,
+      stamped: this.config.idempotence,
     });
+    this.producer = this.config.idempotence
+      ? new ProducerSequences({
+          acquire: () => this.transport.initProducerId(),
+          sleep: (ms) => this.sleep(ms),
+          backoff: (attempt) => this.backoff(attempt),
+          stopped: () => this.stopped,
+          retries: this.config.retries,
+          logger: this.logger,
+          failing: (err) => this.failing(err),
+        })
+      : undefined;
     this.bytesPerRecord = FIRST_BYTES_PER_RECORD[this.config.encoding];
     this.losses = new LossLog(
       this.logger,
@@ -358,6 +401,11 @@ export class KafkaSink implements Sink {
   close(): Promise<void> {
     this.closed ??= this.shutdown();
     return this.closed;
+  }
+
+  /** Whether batches carry a producer id, which one, and why not if the brokers refused one. */
+  idempotence(): IdempotenceStatus {
+    return this.producer?.status() ?? { state: 'off', producerIds: 0 };
   }
 
   // ------------------------------------------------------------------------------------------
@@ -497,22 +545,43 @@ export class KafkaSink implements Sink {
       const lost = unsent();
       this.counters.addSent(request.records - lost);
       this.drop('sink_failed', lost, err);
+      if (encoded !== undefined) this.producer?.givenUp(encoded.batches);
     };
+    const producer = this.producer;
     try {
-      for (let attempt = 1; ; attempt++) {
+      for (let failures = 0; ;) {
         try {
           if (encoded === undefined) {
             encoded = await this.encode(records, await this.transport.partitions());
             records = [];
           }
-          await this.transport.send(encoded);
+          const ready = producer === undefined ? encoded : this.ready(producer, encoded, deadline);
+          const going = ready instanceof Promise ? await ready : ready;
           if (request.abandoned) return;
+          await this.transport.send(going);
+          if (request.abandoned) return;
+          producer?.settle(going.batches);
+          // Batches that waited behind an earlier batch of their partition go next.
+          if (unwritten(encoded) > 0) continue;
           this.counters.addSent(request.records);
           this.recovered();
           break;
-        } catch (err) {
+        } catch (caught) {
           if (request.abandoned) return;
-          const wait = this.backoff(attempt);
+          const err =
+            producer !== undefined && encoded !== undefined
+              ? producer.failed(encoded.batches, caught)
+              : caught;
+          if (err === undefined) {
+            // Nothing failed for good: what failed turned out written (a later batch of its
+            // partition was), or waits behind an earlier batch of its partition.
+            if (unwritten(encoded!) > 0) continue;
+            this.counters.addSent(request.records);
+            this.recovered();
+            break;
+          }
+          failures++;
+          const wait = this.backoff(failures);
           if (!retriable(err) || this.scheduler.now() + wait >= deadline || this.stopped) {
             fail(err);
             break;
@@ -530,6 +599,76 @@ export class KafkaSink implements Sink {
     this.inFlight.delete(request);
     this.inFlightRecords -= request.records;
     this.pump();
+  }
+
+  /**
+   * The request's batches that may go out now, with idempotence: stamped with the producer id and
+   * their partitions' next sequences, and not behind an earlier batch of a partition whose broker
+   * does not know the producer yet. Synchronous when nothing has to wait, so that requests take
+   * their sequences in the order they go out; otherwise waits, at most until the deadline.
+   */
+  private ready(
+    producer: ProducerSequences,
+    encoded: EncodedRequest,
+    deadline: number,
+  ): EncodedRequest | Promise<EncodedRequest> {
+    const renewal = producer.stamp(encoded.batches);
+    if (renewal === undefined) {
+      const going = this.going(producer, encoded);
+      if (going !== undefined) return going;
+    }
+    return this.readyLater(producer, encoded, deadline, renewal);
+  }
+
+  private async readyLater(
+    producer: ProducerSequences,
+    encoded: EncodedRequest,
+    deadline: number,
+    renewal: Promise<void> | undefined,
+  ): Promise<EncodedRequest> {
+    for (;;) {
+      const left = deadline - this.scheduler.now();
+      const settled = left > 0 && (await this.within(renewal ?? producer.changed(), left));
+      if (!settled || this.stopped) {
+        throw new SinkError(
+          renewal === undefined ? 'EORDER' : 'ENOPRODUCERID',
+          renewal === undefined
+            ? `kafka sink: an earlier batch of the same partition was not settled within delivery_timeout_ms (${this.config.delivery_timeout_ms})`
+            : `kafka sink: no producer id from the brokers within delivery_timeout_ms (${this.config.delivery_timeout_ms}); see the warnings before`,
+        );
+      }
+      renewal = producer.stamp(encoded.batches);
+      if (renewal !== undefined) continue;
+      const going = this.going(producer, encoded);
+      if (going !== undefined) return going;
+    }
+  }
+
+  /** The request, or the part of it that may go now; undefined when all of it has to wait. */
+  private going(producer: ProducerSequences, encoded: EncodedRequest): EncodedRequest | undefined {
+    const sendable = producer.sendable(encoded.batches);
+    let waiting = 0;
+    for (const b of encoded.batches) if (!b.written) waiting++;
+    if (sendable.length === waiting) return encoded;
+    return sendable.length > 0 ? { ...encoded, batches: sendable } : undefined;
+  }
+
+  /** Resolves true when `done` settles within `ms`, false when not (or when the sink closes). */
+  private within(done: Promise<void>, ms: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const finish = (settled: boolean): void => {
+        this.sleepers.delete(wake);
+        task.unsubscribe();
+        resolve(settled);
+      };
+      const wake = (): void => finish(false);
+      const task = this.scheduler.schedule(wake, ms);
+      this.sleepers.add(wake);
+      done.then(
+        () => finish(true),
+        () => finish(true),
+      );
+    });
   }
 
   private async encode(records: FlowRecord[], partitions: number): Promise<EncodedRequest> {
@@ -579,9 +718,15 @@ export class KafkaSink implements Sink {
         try {
           await this.transport.connect();
           if (this.stopped) return;
+          // Nothing goes out before the producer id: the first batches need it as much as the rest.
+          if (this.producer !== undefined) await this.producer.start();
+          if (this.stopped) return;
           this.connected = true;
           this.recovered();
-          this.logger.debug({ brokers: this.config.bootstrap_servers }, 'kafka sink: connected');
+          this.logger.debug(
+            { brokers: this.config.bootstrap_servers, idempotence: this.idempotence() },
+            'kafka sink: connected',
+          );
           this.pump();
           return;
         } catch (err) {

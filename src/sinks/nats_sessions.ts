@@ -30,7 +30,13 @@
  */
 import { hostname } from 'node:os';
 import { Subject, type Observable, type Subscription } from 'rxjs';
-import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import {
+  msOption,
+  type ComponentContext,
+  type JsonSchema,
+  type Sink,
+  type SinkModule,
+} from '../component.js';
 import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
 import { ClockTranslator } from '../ha/clock.js';
 import { validNodeId } from '../ha/codec.js';
@@ -107,12 +113,8 @@ const DEFAULTS = {
   watch: true,
 } as const satisfies Partial<NatsSessionsConfig>;
 
-const ms = (description: string, dflt: number | undefined, minimum = 0): JsonSchema => ({
-  type: 'integer',
-  minimum,
-  ...(dflt === undefined ? {} : { default: dflt }),
-  description,
-});
+const ms = (description: string, dflt: number | undefined, minimum = 0): JsonSchema =>
+  msOption(description, dflt, minimum);
 
 const schema: JsonSchema = {
   type: 'object',

@@ -8,7 +8,7 @@ import {
   throttleTime,
   type MonoTypeOperatorFunction,
 } from 'rxjs';
-import type { ComponentContext, SourceModule } from '../component.js';
+import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import {
   FLOW_EVENT_MAP_FULL,
   decodeFlowEvent,
@@ -159,12 +159,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
   });
 }
 
-const ms = (description: string, dflt: number) => ({
-  type: 'integer',
-  minimum: 1,
-  default: dflt,
-  description,
-});
+const ms = (description: string, dflt: number): JsonSchema => msOption(description, dflt, 1);
 
 const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
   type: 'ebpf_flows',

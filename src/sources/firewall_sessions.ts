@@ -1,5 +1,5 @@
 import { Observable, asyncScheduler, interval, map, type SchedulerLike } from 'rxjs';
-import type { ComponentContext, SourceModule } from '../component.js';
+import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import type { FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
@@ -193,12 +193,8 @@ export function firewallSessions(
   });
 }
 
-const ms = (description: string, dflt: number, minimum = 1) => ({
-  type: 'integer',
-  minimum,
-  default: dflt,
-  description,
-});
+const ms = (description: string, dflt: number, minimum = 1): JsonSchema =>
+  msOption(description, dflt, minimum);
 
 const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
   type: 'firewall_sessions',

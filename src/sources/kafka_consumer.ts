@@ -20,21 +20,20 @@
  * kafkajs reads uncompressed and gzip record batches; a topic written with lz4, zstd or snappy
  * cannot be consumed (logged as such).
  */
-import {
-  Kafka,
-  logLevel,
-  type Consumer,
-  type EachBatchPayload,
-  type LogEntry,
-  type SASLOptions,
-} from 'kafkajs';
+import { Kafka, logLevel, type Consumer, type EachBatchPayload } from 'kafkajs';
 import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 'rxjs';
-import type { ComponentContext, JsonSchema, SourceModule } from '../component.js';
+import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
 import kafkaSinkModule from '../sinks/kafka.js';
-import { tlsConnectionOptions, type SaslOptions, type TlsOptions } from '../sinks/kafka/client.js';
+import {
+  logCreator,
+  saslOptions,
+  tlsConnectionOptions,
+  type SaslOptions,
+  type TlsOptions,
+} from '../sinks/kafka/client.js';
 import { loadFlowProto, type FlowProto } from '../sinks/kafka/encode.js';
 import { LossLog } from '../sinks/loss-log.js';
 import { SourceError, messageOf } from './errors.js';
@@ -181,20 +180,6 @@ function resolveConfig(config: KafkaConsumerConfig): Resolved {
   return resolved;
 }
 
-function sasl(options: SaslOptions): SASLOptions {
-  // kafkajs types each mechanism as its own literal; TypeScript checks the union against each.
-  return { mechanism: options.mechanism, username: options.username, password: options.password };
-}
-
-/** kafkajs logs every failed attempt at ERROR; the source logs outages itself, so its lines go to debug. */
-function kafkajsLogs(logger: Logger) {
-  return () =>
-    ({ namespace, log }: LogEntry): void => {
-      const { message, timestamp: _timestamp, ...fields } = log;
-      logger.debug({ kafkajs: namespace, ...fields }, message);
-    };
-}
-
 /** The kafkajs client of a config; TLS files are read now, so a bad path fails the build. */
 function kafkaClient(config: Resolved, logger: Logger): Kafka {
   return new Kafka({
@@ -208,9 +193,9 @@ function kafkaClient(config: Resolved, logger: Logger): Kafka {
       maxRetryTime: config.retry_max_ms,
     },
     logLevel: logger.isLevelEnabled('debug') ? logLevel.INFO : logLevel.NOTHING,
-    logCreator: kafkajsLogs(logger),
-    ...(config.tls ? { ssl: tlsConnectionOptions(config.tls) } : {}),
-    ...(config.sasl ? { sasl: sasl(config.sasl) } : {}),
+    logCreator: logCreator(logger),
+    ...(config.tls ? { ssl: tlsConnectionOptions(config.tls, 'kafka consumer') } : {}),
+    ...(config.sasl ? { sasl: saslOptions(config.sasl) } : {}),
   });
 }
 
@@ -436,12 +421,8 @@ export function kafkaConsumer(config: KafkaConsumerConfig, context: ComponentCon
 
 const sinkOptions = kafkaSinkModule.schema.properties as Record<string, JsonSchema>;
 
-const ms = (description: string, defaultValue: number, minimum = 1): JsonSchema => ({
-  type: 'integer',
-  minimum,
-  default: defaultValue,
-  description,
-});
+const ms = (description: string, defaultValue: number, minimum = 1): JsonSchema =>
+  msOption(description, defaultValue, minimum);
 
 const schema: JsonSchema = {
   type: 'object',

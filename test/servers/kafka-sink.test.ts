@@ -2,16 +2,17 @@ import fs from 'node:fs';
 import { Kafka, logLevel } from 'kafkajs';
 import protobuf from 'protobufjs';
 import { Subject, from } from 'rxjs';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { KafkaApiKey, KafkaErrorCode, type KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
-import kafkaModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
+import kafkaModule, { type KafkaSink, type KafkaSinkConfig } from '../../src/sinks/kafka.js';
 import { flowKey } from '../../src/sinks/kafka/encode.js';
 import { cleanup } from '../fixtures/cleanup.js';
 import { readWithKcat, startKafkaMock } from '../fixtures/kafka.js';
+import { IdempotentBrokerProxy, KafkaCode } from '../fixtures/kafka-idempotent-broker.js';
 import { run } from '../fixtures/netns.js';
 import { describeWith } from '../fixtures/privilege.js';
 
@@ -96,8 +97,8 @@ function batches(all: FlowRecord[], size: number): FlowBatch[] {
 
 const indexOf = (r: { flowStartMilliseconds: number }): number => r.flowStartMilliseconds - 1_700_000_000_000;
 
-function contextFor(id: string, ledger = new Ledger()): ComponentContext {
-  return { id, logger: silentLogger(), ledger, counters: ledger.stage(id, 'kafka', 'sink') };
+function contextFor(id: string, ledger = new Ledger(), logger = silentLogger()): ComponentContext {
+  return { id, logger, ledger, counters: ledger.stage(id, 'kafka', 'sink') };
 }
 
 interface RawMessage {
@@ -266,7 +267,11 @@ describeWith({ commands: ['kcat'] }, 'kafka sink against the mock cluster', () =
         const topic = `${compression}-acks${acks}`;
         await cluster.createTopic(topic, 2);
         const sent = records(0, 700);
-        const ledger = await runSink({ ...base(topic), compression, acks }, batches(sent, 100));
+        // Idempotence needs acks -1.
+        const ledger = await runSink(
+          { ...base(topic), compression, acks, idempotence: false },
+          batches(sent, 100),
+        );
         const read = await readWithKcat(cluster.bootstrap, topic);
         expect(read).toHaveLength(700);
         const got = read.map((m) => JSON.parse(m.value!) as FlowRecord);
@@ -545,4 +550,169 @@ describeWith({ commands: ['kcat'] }, 'kafka sink against the mock cluster', () =
       expect(read.map((m) => JSON.parse(m.value!) as FlowRecord)).toEqual(kept);
     }
   }, 60_000);
+});
+
+describeWith({ commands: ['kcat'] }, 'kafka sink idempotence against the mock cluster', () => {
+  // The mock checks sequences only for transactional producers, so the sink reaches it through
+  // IdempotentBrokerProxy, which answers Produce requests as a Kafka broker does for an idempotent
+  // producer and injects the faults. kcat reads the topics from the mock itself.
+  let cluster: KafkaMockCluster;
+  let proxy: IdempotentBrokerProxy | undefined;
+
+  beforeAll(async () => {
+    cluster = await startKafkaMock();
+  });
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await cluster?.stop();
+    await cleanup.dispose();
+  });
+
+  /** A fresh proxy for each run: its fault plan and counts are per run. */
+  const through = async (): Promise<IdempotentBrokerProxy> => {
+    await proxy?.stop();
+    proxy = await IdempotentBrokerProxy.start(cluster.brokers);
+    return proxy;
+  };
+
+  const config = (topic: string, brokers: string[]): KafkaSinkConfig => ({
+    bootstrap_servers: brokers,
+    topic,
+    linger_ms: 2,
+    batch_max_records: 200,
+    request_timeout_ms: 500,
+    retry_initial_ms: 50,
+    retry_max_ms: 200,
+  });
+
+  const indexesRead = async (topic: string): Promise<number[]> =>
+    (await readWithKcat(cluster.bootstrap, topic)).map((m) => indexOf(JSON.parse(m.value!) as FlowRecord));
+
+  it('a produce answer lost with its connection, or later than request_timeout_ms: the broker takes the retry as a duplicate and the topic holds every record once', async () => {
+    for (const maxInFlight of [1, 5]) {
+      const topic = `idem-lost-${maxInFlight}`;
+      await cluster.createTopic(topic, 3);
+      const broker = await through();
+      // Request 2's answer is lost with its connection after the broker wrote it; the answer to
+      // the next request written from 5 on comes 1.5 s late, past the 500 ms request timeout.
+      broker.faults = [
+        { at: 2, fault: 'lose' },
+        { at: 5, fault: { delayMs: 1500 } },
+      ];
+      const sent = records(0, 3000);
+      const ledger = await runSink(
+        { ...config(topic, broker.brokers), max_in_flight: maxInFlight },
+        batches(sent, 100),
+      );
+      expect((await indexesRead(topic)).sort((a, b) => a - b)).toEqual(sent.map(indexOf));
+      expect(broker.lostRecords).toBeGreaterThan(0);
+      expect(broker.faults).toEqual([]);
+      // One at a time, both retries reach the broker as duplicates; with more in flight, a later
+      // batch's acknowledgement may settle a lost one first, and it is not sent again.
+      if (maxInFlight === 1) expect(broker.model.counts.duplicates).toBeGreaterThanOrEqual(2);
+      expect(broker.model.producerIds.size).toBe(1);
+      expect(broker.problems).toEqual([]);
+      expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+        received: 3000,
+        sent: 3000,
+        dropped: {},
+        inFlight: 0,
+      });
+    }
+  }, 60_000);
+
+  it('without idempotence the same lost answer writes the request twice: the records it held are in the topic twice', async () => {
+    await cluster.createTopic('idem-off', 3);
+    const broker = await through();
+    broker.faults = [{ at: 2, fault: 'lose' }];
+    const sent = records(0, 3000);
+    const ledger = await runSink(
+      { ...config('idem-off', broker.brokers), max_in_flight: 1, idempotence: false },
+      batches(sent, 100),
+    );
+    const read = await indexesRead('idem-off');
+    const times = new Map<number, number>();
+    for (const i of read) times.set(i, (times.get(i) ?? 0) + 1);
+    const twice = [...times].filter(([, n]) => n === 2).length;
+    expect(broker.lostRecords).toBeGreaterThan(0);
+    expect({ read: read.length, twice, distinct: times.size }).toEqual({
+      read: 3000 + broker.lostRecords,
+      twice: broker.lostRecords,
+      distinct: 3000,
+    });
+    expect(broker.model.producerIds.size).toBe(0);
+    // The sink counted each record sent once: only the topic shows the duplicates.
+    expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+      received: 3000,
+      sent: 3000,
+      dropped: {},
+    });
+  }, 60_000);
+
+  it('after a batch is refused for good, the later batches go out under a new producer id: export continues and the account is exact', async () => {
+    await cluster.createTopic('idem-gap', 1);
+    const broker = await through();
+    // Requests 2 to 5 go out together once request 1 is acknowledged; request 3 is refused, so
+    // 4 and 5 reach a gap in the partition's sequence.
+    broker.faults = [{ at: 3, fault: { refuse: KafkaCode.MESSAGE_TOO_LARGE } }];
+    const ledger = new Ledger();
+    const sink = kafkaModule.build(
+      { ...config('idem-gap', broker.brokers), max_in_flight: 5, batch_max_records: 100 },
+      contextFor('out', ledger),
+    ) as KafkaSink;
+    const input = new Subject<FlowBatch>();
+    const consumed = sink.consume(input);
+    input.next(records(0, 1000));
+    await sink.flush();
+    input.next(records(1000, 500));
+    input.complete();
+    await consumed;
+    await sink.close();
+
+    const read = await indexesRead('idem-gap');
+    const refused = broker.refusedRecords;
+    expect(refused).toBe(100);
+    expect(new Set(read).size).toBe(read.length);
+    expect(read.length).toBe(1500 - refused);
+    expect(broker.model.counts.outOfOrder).toBeGreaterThan(0);
+    expect(broker.model.counts.duplicates).toBe(0);
+    expect(broker.model.producerIds.size).toBe(2);
+    expect(broker.problems).toEqual([]);
+    expect(sink.idempotence()).toMatchObject({ state: 'on', producerIds: 2 });
+    expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+      received: 1500,
+      sent: 1500 - refused,
+      dropped: { sink_failed: refused },
+      inFlight: 0,
+    });
+  }, 60_000);
+
+  it('when the cluster refuses a producer id, the sink warns once and writes every record without one', async () => {
+    await cluster.createTopic('idem-refused', 2);
+    const broker = await through();
+    await cluster.pushRequestErrors(KafkaApiKey.InitProducerId, 1, 31); // CLUSTER_AUTHORIZATION_FAILED
+    const logger = silentLogger();
+    const warn = vi.spyOn(logger, 'warn');
+    const ledger = new Ledger();
+    const sink = kafkaModule.build(
+      config('idem-refused', broker.brokers),
+      contextFor('out', ledger, logger),
+    ) as KafkaSink;
+    const sent = records(0, 1000);
+    await sink.consume(from(batches(sent, 100)));
+    await sink.close();
+    expect((await indexesRead('idem-refused')).sort((a, b) => a - b)).toEqual(sent.map(indexOf));
+    expect(broker.model.producerIds.size).toBe(0);
+    expect(broker.model.counts.unsequenced).toBeGreaterThan(0);
+    expect(sink.idempotence()).toMatchObject({ state: 'unavailable', producerIds: 0 });
+    expect(warn.mock.calls.map((c) => c[1])).toEqual([
+      "kafka sink: the brokers refused a producer id (CLUSTER_AUTHORIZATION_FAILED); writing without idempotence, so a retry after a lost response may write records twice; grant the sink's principal IdempotentWrite on the cluster (Kafka before 2.8; later ones need Write on the topic), or set idempotence to false",
+    ]);
+    expect(ledger.stage('out', 'kafka').snapshot()).toMatchObject({
+      received: 1000,
+      sent: 1000,
+      dropped: {},
+    });
+  });
 });

@@ -24,8 +24,19 @@ import {
   type ProduceResponse,
 } from './produce.js';
 
+/** What InitProducerId answers: the id and epoch an idempotent producer stamps its batches with. */
+export interface ProducerIdentity {
+  producerId: bigint;
+  producerEpoch: number;
+}
+
 export interface KafkaTransport {
   connect(): Promise<void>;
+  /**
+   * A new producer id for idempotent produce (InitProducerId without a transactional id, from a
+   * broker of the topic). Rejects with kafkajs's error when the broker refuses or cannot be reached.
+   */
+  initProducerId(): Promise<ProducerIdentity>;
   /** The topic's partition count, from metadata kafkajs refreshes as it ages. */
   partitions(): Promise<number>;
   /**
@@ -67,13 +78,13 @@ export interface TransportOptions {
   logger: Logger;
 }
 
-function readPem(what: string, file: string): Buffer {
+function readPem(component: string, what: string, file: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (err) {
     throw new SinkError(
       'ETLSFILE',
-      `kafka sink tls.${what} ${file}: ${messageOf(err)}; check the path and its permissions`,
+      `${component} tls.${what} ${file}: ${messageOf(err)}; check the path and its permissions`,
       {
         cause: err,
       },
@@ -81,39 +92,36 @@ function readPem(what: string, file: string): Buffer {
   }
 }
 
-/** tls.connect options from the sink's `tls` block; files are read once, when the sink is built. */
-export function tlsConnectionOptions(tls: TlsOptions): ConnectionOptions {
+/**
+ * tls.connect options from a `tls` block; files are read once, when the component is built.
+ * `component` names it in errors ("kafka sink", "kafka consumer").
+ */
+export function tlsConnectionOptions(tls: TlsOptions, component = 'kafka sink'): ConnectionOptions {
   if ((tls.cert_file === undefined) !== (tls.key_file === undefined)) {
     throw new SinkError(
       'ETLSCONFIG',
-      'kafka sink tls: cert_file and key_file go together; set both or neither',
+      `${component} tls: cert_file and key_file go together; set both or neither`,
     );
   }
   const options: ConnectionOptions = { rejectUnauthorized: tls.insecure_skip_verify !== true };
-  if (tls.ca_file !== undefined) options.ca = [readPem('ca_file', tls.ca_file)];
-  if (tls.cert_file !== undefined) options.cert = readPem('cert_file', tls.cert_file);
-  if (tls.key_file !== undefined) options.key = readPem('key_file', tls.key_file);
+  if (tls.ca_file !== undefined) options.ca = [readPem(component, 'ca_file', tls.ca_file)];
+  if (tls.cert_file !== undefined) options.cert = readPem(component, 'cert_file', tls.cert_file);
+  if (tls.key_file !== undefined) options.key = readPem(component, 'key_file', tls.key_file);
   if (tls.server_name !== undefined) options.servername = tls.server_name;
   return options;
 }
 
-function saslOptions(sasl: SaslOptions): SASLOptions {
-  // Spelled out per mechanism: kafkajs types each mechanism as its own literal.
-  switch (sasl.mechanism) {
-    case 'plain':
-      return { mechanism: 'plain', username: sasl.username, password: sasl.password };
-    case 'scram-sha-256':
-      return { mechanism: 'scram-sha-256', username: sasl.username, password: sasl.password };
-    case 'scram-sha-512':
-      return { mechanism: 'scram-sha-512', username: sasl.username, password: sasl.password };
-  }
+/** kafkajs's SASL options of a sink's or consumer's `sasl` block. */
+export function saslOptions(sasl: SaslOptions): SASLOptions {
+  // kafkajs types each mechanism as its own literal; TypeScript checks the union against each.
+  return { mechanism: sasl.mechanism, username: sasl.username, password: sasl.password };
 }
 
 /**
- * kafkajs logs every failed attempt at ERROR; during an outage that is a line per retry. The sink
- * logs the outage once (and what it lost), so kafkajs's own lines go to debug.
+ * kafkajs logs every failed attempt at ERROR; during an outage that is a line per retry. The kafka
+ * sink and consumer log an outage once themselves, so kafkajs's own lines go to debug.
  */
-function logCreator(logger: Logger) {
+export function logCreator(logger: Logger) {
   return () =>
     ({ namespace, log }: LogEntry): void => {
       const { message, timestamp: _timestamp, ...fields } = log;
@@ -125,6 +133,9 @@ interface ProtocolError extends Error {
   type: string;
   retriable: boolean;
 }
+
+/** A broker answer that means the batch was written before: a resend the broker recognised. */
+const DUPLICATE_SEQUENCE_NUMBER = 46;
 
 const require = createRequire(import.meta.url);
 // kafkajs's table of Kafka error codes (name, message, whether retrying can help).
@@ -148,6 +159,11 @@ type ProtocolRequest = {
   };
 };
 type SendRequest = (this: Broker, request: ProtocolRequest) => Promise<ProduceResponse | undefined>;
+/** kafkajs's Broker.initProducerId (not in its typings); producerId comes back as decimal text. */
+type InitProducerId = (
+  this: Broker,
+  request: { transactionalId: string | null; transactionTimeout?: number },
+) => Promise<{ producerId: string; producerEpoch: number }>;
 
 function privateMember<T>(target: object, description: string): T {
   for (let o: object | null = target; o !== null; o = Object.getPrototypeOf(o) as object | null) {
@@ -203,6 +219,9 @@ export function kafkaErrorRetriable(err: unknown): boolean {
   let e = err as { name?: string; retriable?: boolean; cause?: unknown } | undefined;
   for (let depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
     if (e.name === 'KafkaJSNumberOfRetriesExceeded') return true;
+    // The sink's own verdict on a broker error it has handled (a sequence error it resolved).
+    const verdict = e instanceof SinkError ? (e as { retriable?: unknown }).retriable : undefined;
+    if (typeof verdict === 'boolean') return verdict;
     if (e.cause === undefined || e.cause === null || e.cause === e) return e.retriable !== false;
     e = e.cause;
   }
@@ -302,7 +321,7 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
       for (const t of response.topics) for (const p of t.partitions) results.set(p.partition, p.errorCode);
       for (const b of batches) {
         const code = results.get(b.partition);
-        if (code === 0) b.written = true;
+        if (code === 0 || code === DUPLICATE_SEQUENCE_NUMBER) b.written = true;
         else if (code === undefined)
           failures.push({ partition: b.partition, error: new Error('the broker did not answer for it') });
         else failures.push({ partition: b.partition, error: createErrorFromCode(code) });
@@ -346,8 +365,25 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
     });
   };
 
+  let idTurn = 0;
   return {
     connect: () => cluster.connect(),
+    async initProducerId() {
+      await cluster.addTargetTopic(topic);
+      await cluster.refreshMetadataIfNecessary();
+      // Any broker hands out producer ids; a leader of the topic is one the sink talks to anyway,
+      // and each call asks the next one, so a broker that keeps failing is not asked again at once.
+      const leaders = [...new Set(cluster.findTopicPartitionMetadata(topic).map((m) => m.leader))].filter(
+        (id) => id >= 0,
+      );
+      const broker =
+        leaders.length > 0
+          ? await cluster.findBroker({ nodeId: String(leaders[idTurn++ % leaders.length]) })
+          : await cluster.findControllerBroker();
+      const init = (broker as unknown as { initProducerId: InitProducerId }).initProducerId;
+      const answer = await init.call(broker, { transactionalId: null });
+      return { producerId: BigInt(answer.producerId), producerEpoch: answer.producerEpoch };
+    },
     async partitions() {
       await cluster.addTargetTopic(topic);
       await cluster.refreshMetadataIfNecessary();

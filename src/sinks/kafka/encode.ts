@@ -250,6 +250,11 @@ export interface EncoderOptions {
   key: KeyMode;
   /** Loaded when the encoder is built: a missing codec library fails then (SinkError ENOCODEC). */
   compression: Compression;
+  /**
+   * The batches get their producer id, sequence and CRC-32C from stampBatch() before they are
+   * sent (idempotent produce), so finishing them skips the CRC: one pass over the bytes, not two.
+   */
+  stamped?: boolean;
 }
 
 const OPEN_BRACKET = 0x5b;
@@ -330,7 +335,8 @@ export class RequestEncoder {
     }
     used.sort((a, b) => a - b);
     const list = used.map((p) => writers[p]!);
-    const finished = list.map((w) => w.finish(now));
+    const checksum = this.options.stamped !== true;
+    const finished = list.map((w) => w.finish(now, checksum));
     // Partitions compress side by side on the thread pool.
     const compress = this.compress;
     const data = compress === undefined ? finished : await Promise.all(finished.map((b) => compress(b)));

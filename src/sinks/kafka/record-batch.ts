@@ -25,7 +25,12 @@ const OFF_LAST_OFFSET_DELTA = 23;
 const OFF_BASE_TIMESTAMP = 27;
 const OFF_MAX_TIMESTAMP = 35;
 const OFF_PRODUCER_ID = 43;
+const OFF_PRODUCER_EPOCH = 51;
+const OFF_BASE_SEQUENCE = 53;
 const OFF_RECORD_COUNT = 57;
+
+/** Sequences wrap to 0 after this (Kafka's Integer.MAX_VALUE). */
+export const MAX_SEQUENCE = 0x7fffffff;
 
 /** The room reserved for a length varint before its size is known: 2 bytes hold 0..8191. */
 const RESERVED = 2;
@@ -174,9 +179,11 @@ export class RecordBatchWriter {
 
   /**
    * Completes the batch header: `timestamp` (ms) becomes every record's create time (deltas are 0).
-   * Returns the batch, a view of the writer's buffer (valid until release()).
+   * Returns the batch, a view of the writer's buffer (valid until release()). Without `checksum`
+   * the CRC is left for stampBatch() to compute, which has to anyway once it sets the producer
+   * fields: the CRC covers them, and one pass over the batch is what it costs.
    */
-  finish(timestamp: number): Buffer {
+  finish(timestamp: number, checksum = true): Buffer {
     const buf = this.buf;
     const end = this.pos;
     buf.writeBigInt64BE(0n, 0);
@@ -187,11 +194,11 @@ export class RecordBatchWriter {
     buf.writeInt32BE(this.count - 1, OFF_LAST_OFFSET_DELTA);
     buf.writeBigInt64BE(BigInt(timestamp), OFF_BASE_TIMESTAMP);
     buf.writeBigInt64BE(BigInt(timestamp), OFF_MAX_TIMESTAMP);
-    buf.writeBigInt64BE(-1n, OFF_PRODUCER_ID); // no idempotence: producer id, epoch and sequence unset
-    buf.writeInt16BE(-1, OFF_PRODUCER_ID + 8);
-    buf.writeInt32BE(-1, OFF_PRODUCER_ID + 10);
+    buf.writeBigInt64BE(-1n, OFF_PRODUCER_ID); // producer id, epoch and sequence unset until stamped
+    buf.writeInt16BE(-1, OFF_PRODUCER_EPOCH);
+    buf.writeInt32BE(-1, OFF_BASE_SEQUENCE);
     buf.writeInt32BE(this.count, OFF_RECORD_COUNT);
-    buf.writeUInt32BE(crc32c(buf, OFF_ATTRIBUTES, end), OFF_CRC);
+    if (checksum) buf.writeUInt32BE(crc32c(buf, OFF_ATTRIBUTES, end), OFF_CRC);
     return buf.subarray(0, end);
   }
 
@@ -227,4 +234,44 @@ export class RecordBatchWriter {
     this.retired.push(this.buf);
     this.buf = next;
   }
+}
+
+/** The producer fields of a record batch header: which idempotent producer wrote it, and where. */
+export interface BatchProducer {
+  /** -1n: no producer id (not idempotent). */
+  producerId: bigint;
+  producerEpoch: number;
+  /** Sequence of the batch's first record on its partition; -1 without a producer id. */
+  baseSequence: number;
+}
+
+/**
+ * Sets the producer fields of a finished batch (plain or compressed) in place and recomputes its
+ * CRC-32C, which covers them. The rest of the batch stays byte for byte what it was, so a resend
+ * carries the same records under the same sequence.
+ */
+export function stampBatch(batch: Buffer, producer: BatchProducer): void {
+  batch.writeBigInt64BE(producer.producerId, OFF_PRODUCER_ID);
+  batch.writeInt16BE(producer.producerEpoch, OFF_PRODUCER_EPOCH);
+  batch.writeInt32BE(producer.baseSequence, OFF_BASE_SEQUENCE);
+  batch.writeUInt32BE(crc32c(batch, OFF_ATTRIBUTES, batch.length), OFF_CRC);
+}
+
+/** The producer fields of a batch. */
+export function batchProducer(batch: Buffer): BatchProducer {
+  return {
+    producerId: batch.readBigInt64BE(OFF_PRODUCER_ID),
+    producerEpoch: batch.readInt16BE(OFF_PRODUCER_EPOCH),
+    baseSequence: batch.readInt32BE(OFF_BASE_SEQUENCE),
+  };
+}
+
+/** Kafka records (messages) in a batch: how far it moves its partition's sequence. */
+export function batchRecordCount(batch: Buffer): number {
+  return batch.readInt32BE(OFF_RECORD_COUNT);
+}
+
+/** The sequence after `count` records from `sequence`: past 2^31-1 it wraps to 0, as Kafka's does. */
+export function nextSequence(sequence: number, count: number): number {
+  return (sequence + count) % (MAX_SEQUENCE + 1);
 }

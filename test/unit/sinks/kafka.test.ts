@@ -1,18 +1,31 @@
-import { Partitioners, type PartitionerArgs } from 'kafkajs';
+import { KafkaJSConnectionError, Partitioners, type PartitionerArgs } from 'kafkajs';
+import { createRequire } from 'node:module';
 import { Subject, VirtualTimeScheduler, from } from 'rxjs';
 import fs from 'node:fs';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../../src/component.js';
 import { Ledger, type StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
+import {
+  KafkaCode,
+  ProducerStateModel,
+  batchHeader,
+  type BatchHeader,
+  type Verdict,
+} from '../../fixtures/kafka-idempotent-broker.js';
 import { crc32cBitwise, decodeBatches, type DecodedMessage } from '../../fixtures/record-batches.js';
 import fc from 'fast-check';
 import kafkaModule, { KafkaSink, retriable, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
-import { ProduceError, tlsConnectionOptions, type KafkaTransport } from '../../../src/sinks/kafka/client.js';
+import {
+  ProduceError,
+  tlsConnectionOptions,
+  type KafkaTransport,
+  type ProducerIdentity,
+} from '../../../src/sinks/kafka/client.js';
 import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
 import {
   RequestEncoder,
@@ -412,6 +425,7 @@ class FakeTransport implements KafkaTransport {
   connects = 0;
   disconnects = 0;
   connectFailures = 0;
+  producerIds = 0;
   /** One partition keeps every request's records in arrival order. */
   partitionCount = 1;
   /** Decides each send attempt; 'hang' never settles; a function writes some batches itself. */
@@ -419,6 +433,11 @@ class FakeTransport implements KafkaTransport {
   private hung: { messages: DecodedMessage[]; request: EncodedRequest; resolve: () => void }[] = [];
 
   constructor(private readonly clock: Clock) {}
+
+  initProducerId(): Promise<ProducerIdentity> {
+    this.producerIds++;
+    return Promise.resolve({ producerId: BigInt(1000 + this.producerIds), producerEpoch: 0 });
+  }
 
   connect(): Promise<void> {
     this.connects++;
@@ -480,13 +499,21 @@ const transient = (): Error =>
   });
 
 function setup(config: Partial<KafkaSinkConfig> = {}) {
+  return setupWith((clock) => new FakeTransport(clock), config);
+}
+
+function setupWith<T extends KafkaTransport>(
+  make: (clock: Clock) => T,
+  config: Partial<KafkaSinkConfig> = {},
+  logger = silentLogger(),
+) {
   const clock = new Clock();
-  const transport = new FakeTransport(clock);
+  const transport = make(clock);
   const ledger = new Ledger();
   const counters: StageCounters = ledger.stage('k', 'kafka', 'sink');
   const context: ComponentContext = {
     id: 'k',
-    logger: silentLogger(),
+    logger,
     ledger,
     counters,
     scheduler: clock.scheduler,
@@ -535,7 +562,13 @@ describe('kafka sink batching, retries and accounting', () => {
   });
 
   it('keeps at most max_in_flight requests running', async () => {
-    const { clock, transport, counters, input } = setup({ batch_max_records: 10, max_in_flight: 2 });
+    // Without idempotence: with it, the second request would also wait for the first to be
+    // acknowledged (the first batches of a producer id; see 'kafka sink idempotence').
+    const { clock, transport, counters, input } = setup({
+      batch_max_records: 10,
+      max_in_flight: 2,
+      idempotence: false,
+    });
     transport.outcome = () => 'hang';
     await clock.settle();
     input.next(range(0, 50));
@@ -839,6 +872,468 @@ describe('kafka sink batching, retries and accounting', () => {
     await expect(sink.consume(from([]))).rejects.toThrow(
       'kafka sink: consume() was already called or the sink is closed',
     );
+  });
+});
+
+// ----------------------------------------------------------------------------------------------
+// Idempotence: the sink against a fake broker that keeps Kafka's producer state.
+
+const require = createRequire(import.meta.url);
+const { createErrorFromCode } = require('kafkajs/src/protocol/error.js') as {
+  createErrorFromCode: (code: number) => Error & { type: string };
+};
+
+/**
+ * What one send attempt meets: 'ok' (the broker answers), 'lose' (the broker writes what it
+ * accepts, then the connection breaks before the answer), 'drop' (the connection breaks before the
+ * broker sees the request), or a Kafka error code for every batch. A promise holds the attempt.
+ */
+type Fate = 'ok' | 'lose' | 'drop' | number;
+
+/**
+ * A one-topic broker with Kafka's producer state per partition (ProducerStateModel): it appends a
+ * batch only in sequence, answers a resend of a recent batch as written, and keeps a log of the
+ * record indexes each partition holds.
+ */
+class SequencedBroker implements KafkaTransport {
+  readonly model = new ProducerStateModel();
+  readonly logs = new Map<number, number[]>();
+  /** Every batch of every attempt as it went out, and what the broker made of it. */
+  readonly seen: {
+    attempt: number;
+    at: number;
+    partition: number;
+    header: BatchHeader;
+    bytes: Buffer;
+    verdict?: Verdict['kind'];
+  }[] = [];
+  readonly problems: string[] = [];
+  partitionCount = 1;
+  attempts = 0;
+  producerIds = 0;
+  /** Fails the n-th InitProducerId (1-based) with the error returned. */
+  initFailure: (call: number) => Error | undefined = () => undefined;
+  plan: (attempt: number) => Fate | Promise<Fate> = () => 'ok';
+  private initCalls = 0;
+
+  constructor(private readonly clock: Clock) {}
+
+  connect(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  initProducerId(): Promise<ProducerIdentity> {
+    const failure = this.initFailure(++this.initCalls);
+    if (failure !== undefined) return Promise.reject(failure);
+    this.producerIds++;
+    return Promise.resolve({ producerId: BigInt(1000 + this.producerIds), producerEpoch: 0 });
+  }
+
+  partitions(): Promise<number> {
+    return Promise.resolve(this.partitionCount);
+  }
+
+  async send(request: EncodedRequest): Promise<void> {
+    const attempt = ++this.attempts;
+    const at = this.clock.now;
+    const batches = request.batches.filter((b) => !b.written);
+    // The bytes as they went out: the sink may stamp its batches anew before the attempt ends.
+    const out = batches.map((b) => Buffer.from(b.data));
+    const fate = await this.plan(attempt);
+    const failures: { partition: number; error: Error }[] = [];
+    for (let i = 0; i < batches.length; i++) {
+      const b = batches[i]!;
+      const bytes = out[i]!;
+      if (bytes.readUInt32BE(17) !== crc32cBitwise(bytes.subarray(21)))
+        this.problems.push(`attempt ${attempt} partition ${b.partition}: bad CRC`);
+      const seen: (typeof this.seen)[number] = {
+        attempt,
+        at,
+        partition: b.partition,
+        header: batchHeader(bytes),
+        bytes,
+      };
+      this.seen.push(seen);
+      if (fate === 'drop') {
+        failures.push({
+          partition: b.partition,
+          error: new KafkaJSConnectionError('Connection error: socket hang up'),
+        });
+        continue;
+      }
+      if (typeof fate === 'number') {
+        failures.push({ partition: b.partition, error: createErrorFromCode(fate) });
+        continue;
+      }
+      const verdict = this.model.check('t', b.partition, bytes);
+      seen.verdict = verdict.kind;
+      if (verdict.kind === 'append') {
+        const log = this.logs.get(b.partition) ?? [];
+        this.logs.set(b.partition, log);
+        for (const m of await decodeBatches([{ partition: b.partition, data: bytes }]))
+          log.push((JSON.parse(m.value.toString()) as FlowRecord).flowStartMilliseconds - 1_700_000_000_000);
+      }
+      if (verdict.kind === 'refuse')
+        failures.push({ partition: b.partition, error: createErrorFromCode(verdict.code) });
+      else if (fate === 'lose')
+        failures.push({
+          partition: b.partition,
+          error: new KafkaJSConnectionError('Connection error: socket closed'),
+        });
+      else b.written = true;
+    }
+    if (failures.length > 0) throw new ProduceError('t', failures);
+  }
+
+  disconnect(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /** Producer id and base sequence of the batches the broker appended, in order. */
+  appended(): [bigint, number][] {
+    return this.seen
+      .filter((s) => s.verdict === 'append')
+      .map((s) => [s.header.producerId, s.header.baseSequence]);
+  }
+}
+
+const indexes = (from: number, count: number): number[] => Array.from({ length: count }, (_, i) => from + i);
+
+/** A fate decided later: `settle(fate)` lets the held attempt go on. */
+function held(): { fate: Promise<Fate>; settle: (fate: Fate) => void } {
+  let settle!: (fate: Fate) => void;
+  const fate = new Promise<Fate>((resolve) => (settle = resolve));
+  return { fate, settle };
+}
+
+describe('kafka sink idempotence', () => {
+  it('stamps every batch with the producer id and the next sequence of its partition, across requests', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+      sink,
+    } = setupWith((c) => new SequencedBroker(c), {
+      batch_max_records: 10,
+    });
+    broker.partitionCount = 3;
+    await clock.settle();
+    input.next(range(0, 60));
+    await clock.advance(100);
+    expect(broker.attempts).toBe(6);
+    for (let p = 0; p < 3; p++) {
+      const headers = broker.seen.filter((s) => s.partition === p).map((s) => s.header);
+      expect(headers.length).toBeGreaterThan(1);
+      let next = 0;
+      for (const h of headers) {
+        expect(h).toEqual({ producerId: 1001n, producerEpoch: 0, baseSequence: next, count: h.count });
+        next += h.count;
+      }
+    }
+    expect([...broker.logs.values()].flat().sort((a, b) => a - b)).toEqual(indexes(0, 60));
+    expect(broker.model.counts).toMatchObject({ appended: broker.seen.length, duplicates: 0, outOfOrder: 0 });
+    expect(broker.problems).toEqual([]);
+    expect(counters.snapshot()).toMatchObject({ received: 60, sent: 60, dropped: {}, inFlight: 0 });
+    expect(sink.idempotence()).toEqual({ state: 'on', producerId: '1001', producerEpoch: 0, producerIds: 1 });
+  });
+
+  it('a retry after a lost response resends the same bytes, which the broker writes once; without idempotence, twice', async () => {
+    for (const idempotence of [true, false]) {
+      const {
+        clock,
+        transport: broker,
+        counters,
+        input,
+        sink,
+      } = setupWith((c) => new SequencedBroker(c), {
+        batch_max_records: 10,
+        retry_initial_ms: 100,
+        idempotence,
+      });
+      broker.plan = (n) => (n === 1 ? 'lose' : 'ok');
+      await clock.settle();
+      input.next(range(0, 10));
+      await clock.advance(1000);
+      expect(broker.seen.map((s) => [s.attempt, s.at, s.verdict])).toEqual([
+        [1, 0, 'append'],
+        [2, 100, idempotence ? 'duplicate' : 'append'],
+      ]);
+      expect(broker.seen[1]!.bytes.equals(broker.seen[0]!.bytes)).toBe(true);
+      expect(broker.seen[0]!.header).toMatchObject(
+        idempotence ? { producerId: 1001n, baseSequence: 0 } : { producerId: -1n, baseSequence: -1 },
+      );
+      expect(broker.logs.get(0)).toEqual(
+        idempotence ? indexes(0, 10) : [...indexes(0, 10), ...indexes(0, 10)],
+      );
+      // The sink counts each record sent once either way: only idempotence makes Kafka agree.
+      expect(counters.snapshot()).toMatchObject({ received: 10, sent: 10, dropped: {}, inFlight: 0 });
+      expect(sink.idempotence().state).toBe(idempotence ? 'on' : 'off');
+    }
+  });
+
+  it('until the broker has taken a batch of a producer id on a partition, later batches of it wait: it would take any sequence from a producer it does not know', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+    } = setupWith((c) => new SequencedBroker(c), {
+      batch_max_records: 5,
+      max_in_flight: 3,
+      retry_initial_ms: 100,
+    });
+    const first = held();
+    broker.plan = (n) => (n === 1 ? first.fate : 'ok');
+    await clock.settle();
+    input.next(range(0, 15));
+    await clock.advance(500);
+    // The first request is held; the other two have their sequences but do not go.
+    expect(broker.attempts).toBe(1);
+    // The held one never reached the broker; its retry does, then the others follow.
+    first.settle('drop');
+    await clock.advance(1000);
+    expect(broker.seen.map((s) => [s.at, s.header.baseSequence, s.verdict])).toEqual([
+      [0, 0, undefined],
+      [600, 0, 'append'],
+      [600, 5, 'append'],
+      [600, 10, 'append'],
+    ]);
+    expect(broker.logs.get(0)).toEqual(indexes(0, 15));
+    expect(broker.model.counts).toMatchObject({ appended: 3, outOfOrder: 0, duplicates: 0 });
+    expect(counters.snapshot()).toMatchObject({ received: 15, sent: 15, dropped: {}, inFlight: 0 });
+  });
+
+  it('a batch that overtakes an earlier one of its partition is refused as out of order, and written after it', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+    } = setupWith((c) => new SequencedBroker(c), {
+      batch_max_records: 5,
+      max_in_flight: 3,
+      retry_initial_ms: 100,
+    });
+    // The second request is lost before the broker sees it; the third reaches it first.
+    broker.plan = (n) => (n === 2 ? 'drop' : 'ok');
+    await clock.settle();
+    input.next(range(0, 15));
+    await clock.advance(1000);
+    expect(broker.seen.map((s) => [s.at, s.header.baseSequence, s.verdict])).toEqual([
+      [0, 0, 'append'],
+      [0, 5, undefined],
+      [0, 10, 'refuse'],
+      [100, 5, 'append'],
+      [100, 10, 'append'],
+    ]);
+    expect(broker.logs.get(0)).toEqual(indexes(0, 15));
+    expect(broker.model.counts).toMatchObject({ appended: 3, outOfOrder: 1, duplicates: 0 });
+    expect(counters.snapshot()).toMatchObject({ received: 15, sent: 15, dropped: {}, inFlight: 0 });
+  });
+
+  it('after a batch is given up, the later batches of its partition go out under a new producer id and export continues', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+      sink,
+    } = setupWith((c) => new SequencedBroker(c), {
+      batch_max_records: 10,
+      max_in_flight: 4,
+      retry_initial_ms: 100,
+      retry_max_ms: 100,
+    });
+    const second = held();
+    broker.plan = (n) => (n === 2 ? second.fate : 'ok');
+    await clock.settle();
+    input.next(range(0, 40));
+    await clock.advance(150);
+    // Requests 3 and 4 are refused as out of order behind request 2, which is held, and wait for it.
+    expect(broker.seen.map((s) => [s.at, s.header.baseSequence, s.verdict])).toEqual([
+      [0, 0, 'append'],
+      [0, 20, 'refuse'],
+      [0, 30, 'refuse'],
+    ]);
+    second.settle(KafkaCode.MESSAGE_TOO_LARGE); // no retry helps: request 2 is given up
+    await clock.advance(1000);
+    input.next(range(40, 10));
+    await clock.advance(1000);
+    expect(broker.seen.map((s) => [s.at, s.header.producerId, s.header.baseSequence, s.verdict])).toEqual([
+      [0, 1001n, 0, 'append'],
+      [0, 1001n, 20, 'refuse'],
+      [0, 1001n, 30, 'refuse'],
+      [0, 1001n, 10, undefined], // request 2: held from 0, refused at 150
+      // Request 3 is now the oldest and still refused: the gap is for good. Request 4 went out
+      // before that was known, so it goes once more before it is taken as final too.
+      [150, 1001n, 20, 'refuse'],
+      [150, 1001n, 30, 'refuse'],
+      [150, 1001n, 30, 'refuse'],
+      // After the backoff, under a new producer id; request 4 once request 3 is acknowledged.
+      [250, 1002n, 0, 'append'],
+      [250, 1002n, 10, 'append'],
+      [1150, 1002n, 20, 'append'],
+    ]);
+    expect(broker.logs.get(0)).toEqual([...indexes(0, 10), ...indexes(20, 30)]);
+    // Under producer id 1002 the partition starts again from sequence 0.
+    expect(broker.appended()).toEqual([
+      [1001n, 0],
+      [1002n, 0],
+      [1002n, 10],
+      [1002n, 20],
+    ]);
+    expect(broker.producerIds).toBe(2);
+    expect(broker.model.counts.duplicates).toBe(0);
+    expect(broker.problems).toEqual([]);
+    expect(counters.snapshot()).toMatchObject({
+      received: 50,
+      sent: 40,
+      dropped: { sink_failed: 10 },
+      inFlight: 0,
+    });
+    expect(sink.idempotence()).toMatchObject({ state: 'on', producerId: '1002', producerIds: 2 });
+  });
+
+  it('UNKNOWN_PRODUCER_ID: the batch goes again under a new producer id', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+    } = setupWith((c) => new SequencedBroker(c), {
+      batch_max_records: 10,
+      retry_initial_ms: 100,
+    });
+    broker.plan = (n) => (n === 1 ? KafkaCode.UNKNOWN_PRODUCER_ID : 'ok');
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(1000);
+    expect(broker.seen.map((s) => [s.at, s.header.producerId, s.header.baseSequence])).toEqual([
+      [0, 1001n, 0],
+      [100, 1002n, 0],
+    ]);
+    expect(broker.logs.get(0)).toEqual(indexes(0, 10));
+    expect(counters.snapshot()).toMatchObject({ received: 10, sent: 10, dropped: {}, inFlight: 0 });
+  });
+
+  it('InitProducerId refused: one warning, records written without producer id, status unavailable', async () => {
+    const logger = silentLogger();
+    const warn = vi.spyOn(logger, 'warn');
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+      sink,
+    } = setupWith(
+      (c) => {
+        const b = new SequencedBroker(c);
+        b.initFailure = () => createErrorFromCode(31); // CLUSTER_AUTHORIZATION_FAILED
+        return b;
+      },
+      { batch_max_records: 10, retry_initial_ms: 100 },
+      logger,
+    );
+    broker.plan = (n) => (n === 1 ? KafkaCode.MESSAGE_TOO_LARGE : 'ok');
+    await clock.settle();
+    input.next(range(0, 20));
+    await clock.advance(1000);
+    expect(broker.seen.map((s) => s.header.producerId)).toEqual([-1n, -1n]);
+    expect(broker.logs.get(0)).toEqual(indexes(10, 10));
+    expect(counters.snapshot()).toMatchObject({ received: 20, sent: 10, dropped: { sink_failed: 10 } });
+    expect(sink.idempotence()).toEqual({
+      state: 'unavailable',
+      producerIds: 0,
+      reason:
+        'the brokers refused a producer id (CLUSTER_AUTHORIZATION_FAILED: Cluster authorization failed)',
+    });
+    const warnings = warn.mock.calls
+      .map((c) => c[1])
+      .filter((m) => typeof m === 'string' && m.includes('producer id'));
+    expect(warnings).toHaveLength(1);
+  });
+
+  it('waits for a producer id while the brokers cannot give one, and sends nothing without it', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+      sink,
+    } = setupWith(
+      (c) => {
+        const b = new SequencedBroker(c);
+        b.initFailure = (n) =>
+          n <= 2 ? new KafkaJSConnectionError('Connection error: ECONNREFUSED') : undefined;
+        return b;
+      },
+      { batch_max_records: 10, retry_initial_ms: 100 },
+    );
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(299);
+    expect(broker.seen).toEqual([]);
+    expect(sink.idempotence()).toEqual({ state: 'pending', producerIds: 0 });
+    await clock.advance(1);
+    expect(broker.seen.map((s) => [s.at, s.header.producerId])).toEqual([[300, 1001n]]);
+    expect(counters.snapshot()).toMatchObject({ received: 10, sent: 10, dropped: {} });
+  });
+
+  it('drops a request as sink_failed when no new producer id comes before its delivery timeout', async () => {
+    const {
+      clock,
+      transport: broker,
+      counters,
+      input,
+      sink,
+    } = setupWith((c) => new SequencedBroker(c), {
+      batch_max_records: 10,
+      retry_initial_ms: 100,
+      retry_max_ms: 100,
+      delivery_timeout_ms: 1000,
+    });
+    broker.initFailure = (n) =>
+      n >= 2 ? new KafkaJSConnectionError('Connection error: ECONNREFUSED') : undefined;
+    broker.plan = (n) => (n === 1 ? KafkaCode.MESSAGE_TOO_LARGE : 'ok');
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(500);
+    input.next(range(10, 10));
+    await clock.advance(999);
+    expect(counters.snapshot()).toMatchObject({ sent: 0, dropped: { sink_failed: 10 }, inFlight: 10 });
+    await clock.advance(1);
+    expect(counters.snapshot()).toMatchObject({
+      received: 20,
+      sent: 0,
+      dropped: { sink_failed: 20 },
+      inFlight: 0,
+    });
+    expect(broker.attempts).toBe(1);
+    await sink.close();
+  });
+
+  it('turns idempotence on by default only where acks and max_in_flight allow it, and refuses it asked for against them', () => {
+    const ledger = new Ledger();
+    const context = { id: 'k', logger: silentLogger(), ledger, counters: ledger.stage('k', 'kafka', 'sink') };
+    const base = { bootstrap_servers: ['k:9092'], topic: 'f' };
+    const state = (config: Partial<KafkaSinkConfig>): string =>
+      (kafkaModule.build({ ...base, ...config }, context) as KafkaSink).idempotence().state;
+    expect(state({})).toBe('pending');
+    expect(state({ acks: 1 })).toBe('off');
+    expect(state({ max_in_flight: 6 })).toBe('off');
+    expect(state({ acks: 0, max_in_flight: 64, idempotence: false })).toBe('off');
+    expect(() => kafkaModule.build({ ...base, max_in_flight: 6, idempotence: true }, context)).toThrow(
+      'kafka sink: max_in_flight (6) is above 5, the most requests a broker keeps in order for an idempotent producer; lower it or set idempotence to false',
+    );
+    expect(() => kafkaModule.build({ ...base, acks: 1, idempotence: true }, context)).toThrow(
+      'kafka sink: idempotence needs acks -1 (every in-sync replica), not 1; set acks to -1 or idempotence to false',
+    );
+    // The schema leaves idempotence unset, so the sink can tell "not said" from "asked for".
+    const registry = new ComponentRegistry([kafkaModule]);
+    const validated = registry.validate(kafkaModule, base).config as Record<string, unknown>;
+    expect(validated.max_in_flight).toBe(4);
+    expect('idempotence' in validated).toBe(false);
   });
 });
 
