@@ -1331,7 +1331,7 @@ describe('kafka sink idempotence', () => {
     );
     // The schema leaves idempotence unset, so the sink can tell "not said" from "asked for".
     const registry = new ComponentRegistry([kafkaModule]);
-    const validated = registry.validate(kafkaModule, base).config as Record<string, unknown>;
+    const validated = registry.validate(kafkaModule, base).config;
     expect(validated.max_in_flight).toBe(4);
     expect('idempotence' in validated).toBe(false);
   });
