@@ -1,11 +1,12 @@
+import { execFileSync } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Kafka, logLevel, type Message } from 'kafkajs';
+import { CompressionCodecs, CompressionTypes, Kafka, logLevel, type Message } from 'kafkajs';
 import { pino } from 'pino';
 import protobuf from 'protobufjs';
 import { Subject, from } from 'rxjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { CliIo } from '../../src/cli/io.js';
 import { runCli } from '../../src/cli/program.js';
 import type { ComponentContext } from '../../src/component.js';
@@ -16,7 +17,10 @@ import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
 import fileSinkModule from '../../src/sinks/file.js';
 import kafkaSinkModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
-import kafkaConsumerModule, { type KafkaConsumerConfig } from '../../src/sources/kafka_consumer.js';
+import kafkaConsumerModule, {
+  registerCodecs,
+  type KafkaConsumerConfig,
+} from '../../src/sources/kafka_consumer.js';
 import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
 import { startKafkaMock } from '../fixtures/kafka.js';
 import { variedFlowRecord } from '../fixtures/records.js';
@@ -92,7 +96,11 @@ interface Consuming {
   records: () => FlowRecord[];
 }
 
-function startConsumer(config: KafkaConsumerConfig, onBatch?: (batch: FlowBatch) => void): Consuming {
+function startConsumer(
+  config: KafkaConsumerConfig,
+  onBatch?: (batch: FlowBatch) => void,
+  module = kafkaConsumerModule,
+): Consuming {
   const ledger = new Ledger();
   const logs: Record<string, unknown>[] = [];
   const logger: Logger = pino(
@@ -109,7 +117,7 @@ function startConsumer(config: KafkaConsumerConfig, onBatch?: (batch: FlowBatch)
   const batches: FlowBatch[] = [];
   let completed = false;
   const done = new Promise<void>((resolve, reject) => {
-    kafkaConsumerModule.build(config, context).subscribe({
+    module.build(config, context).subscribe({
       next: (b) => {
         batches.push(b);
         onBatch?.(b);
@@ -184,6 +192,10 @@ describe('kafka_consumer against the mock cluster', () => {
     { name: 'json-gzip', sink: { encoding: 'json', records_per_message: 50, compression: 'gzip' } },
     { name: 'pb-single', sink: { encoding: 'protobuf', records_per_message: 1 } },
     { name: 'pb-batch', sink: { encoding: 'protobuf', records_per_message: 250 } },
+    { name: 'json-lz4', sink: { encoding: 'json', records_per_message: 1, compression: 'lz4' } },
+    { name: 'json-zstd', sink: { encoding: 'json', records_per_message: 20, compression: 'zstd' } },
+    { name: 'pb-lz4', sink: { encoding: 'protobuf', records_per_message: 250, compression: 'lz4' } },
+    { name: 'pb-zstd', sink: { encoding: 'protobuf', records_per_message: 1, compression: 'zstd' } },
   ] as const;
 
   it.each(shapes)('reads back exactly the records the kafka sink wrote: $name', async ({ name, sink }) => {
@@ -202,6 +214,162 @@ describe('kafka_consumer against the mock cluster', () => {
       inFlight: 0,
     });
   });
+
+  it.each(['lz4', 'zstd'] as const)(
+    'reads multi-megabyte %s batches the kafka sink wrote (decompressed on worker threads) exactly',
+    async (compression) => {
+      const topic = `big-${compression}`;
+      await cluster.createTopic(topic, 1);
+      const sent = records(0, 20_000);
+      const sink = { compression, batch_max_records: 10_000, batch_max_bytes: 8_000_000 } as const;
+      await writeWithSink(sinkConfig(topic, sink), sent);
+      const c = await consumeCount(consumerConfig(topic, { max_bytes_per_partition: 8 << 20 }), 20_000);
+      // The sink may have the two requests in flight at once, so they need not land in order.
+      expect(byIndex(c.records())).toEqual(sent);
+      expect(Math.max(...c.batches.map((b) => b.length))).toBeGreaterThan(5000);
+      expect(c.context.counters.snapshot()).toMatchObject({ received: 20_000, sent: 20_000, dropped: {} });
+    },
+  );
+
+  it.each(['lz4', 'zstd'] as const)(
+    'reads %s batches librdkafka (kcat) wrote: frames of another producer, zstd without content size',
+    async (compression) => {
+      const topic = `kcat-${compression}`;
+      await cluster.createTopic(topic, 2);
+      const sent = records(0, 2000);
+      const file = path.join(makeTempDir('rxkc'), 'records.jsonl');
+      fs.writeFileSync(file, sent.map((r) => JSON.stringify(r)).join('\n') + '\n');
+      execFileSync(
+        'kcat',
+        ['-P', '-b', cluster.bootstrap, '-t', topic, '-z', compression, '-X', 'linger.ms=200', '-l', file],
+        { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 },
+      );
+      const c = await consumeCount(consumerConfig(topic), 2000);
+      expect(byIndex(c.records())).toEqual(sent);
+      // librdkafka put many records in each batch.
+      expect(c.batches.length).toBeLessThan(200);
+      expect(c.context.counters.snapshot()).toMatchObject({ received: 2000, sent: 2000, dropped: {} });
+    },
+  );
+
+  it('skips a batch that does not decompress: its records count as parse_failed with the reason, the rest is read and committed', async () => {
+    const topic = 'undecompressable';
+    await cluster.createTopic(topic, 1);
+    registerCodecs(silentLogger());
+    await writeWithSink(sinkConfig(topic, { compression: 'lz4' }), records(0, 10));
+    // Batches another producer compressed badly: kafkajs writes them through codecs that return
+    // what they are given here instead.
+    const writeBadly = async (type: CompressionTypes, compressed: Buffer, count: number): Promise<void> => {
+      const codecs = CompressionCodecs as Record<number, () => unknown>;
+      const ours = codecs[type]!;
+      codecs[type] = () => ({ compress: () => Promise.resolve(compressed) });
+      const producer = kafka.producer();
+      await producer.connect();
+      try {
+        const messages = Array.from({ length: count }, (_, i) => ({
+          value: JSON.stringify(record(100 + i)),
+        }));
+        await producer.send({ topic, messages, compression: type });
+      } finally {
+        codecs[type] = ours;
+        await producer.disconnect();
+      }
+    };
+    // Offsets 10-12: not an LZ4 frame at all.
+    await writeBadly(CompressionTypes.LZ4, Buffer.from('this is not an lz4 frame'), 3);
+    // Offsets 13-14: a sound zstd frame, whose content is no records.
+    const noRecords = execFileSync('zstd', ['-c', '-q'], { input: Buffer.from('no records in here') });
+    await writeBadly(CompressionTypes.ZSTD, noRecords, 2);
+    await writeWithSink(sinkConfig(topic, { compression: 'zstd' }), records(10, 10));
+
+    const groupId = group(topic);
+    const c = await consumeCount(consumerConfig(topic, { group_id: groupId }), 25);
+    expect(c.completed()).toBe(true);
+    expect(byIndex(c.records())).toEqual(records(0, 20));
+    expect(c.context.counters.snapshot()).toMatchObject({
+      received: 25,
+      sent: 20,
+      dropped: { parse_failed: 5 },
+      inFlight: 0,
+    });
+    const warnings = c.logs.filter((l) => l.level === 40);
+    expect(warnings.map((w) => w.msg)).toEqual(
+      warnings.map(() => 'kafka consumer undecompressable: undecodable records dropped'),
+    );
+    expect(warnings[0]!.cause).toBe(
+      'partition 0 offset 10: record batch skipped: kafka consumer decompression lz4: invalid LZ4 data (ERROR_frameType_unknown); check the producer that wrote it',
+    );
+    expect(warnings.at(-1)!.cause).toBe(
+      "partition 0 offset 14: record batch skipped: kafka consumer decompression zstd: the data is not the batch's 2 records; check the producer that wrote it",
+    );
+    const dropped = warnings.reduce((n, w) => n + (w.dropped as { parse_failed: number }).parse_failed, 0);
+    expect(dropped).toBe(5);
+
+    // Committed past the skipped batches, like any other.
+    const admin = kafka.admin();
+    await admin.connect();
+    try {
+      const committed = await admin.fetchOffsets({ groupId, topics: [topic] });
+      expect(committed[0]!.partitions.map((p) => [p.partition, p.offset])).toEqual([[0, '25']]);
+    } finally {
+      await admin.disconnect();
+    }
+  });
+
+  it('without liblz4.so.1: starts, warns once naming the package, retries lz4 batches without skipping them; with the library the group reads them all', async () => {
+    const topic = 'no-lz4';
+    await cluster.createTopic(topic, 1);
+    await writeWithSink(sinkConfig(topic, { compression: 'lz4' }), records(0, 50));
+    const codecs = CompressionCodecs as Record<number, unknown>;
+    const saved = { ...codecs };
+    const hint =
+      'kafka consumer decompression lz4: liblz4.so.1 not found; install liblz4-1 (bash scripts/setup.sh)';
+    const groupId = group(topic);
+    const member = { group_id: groupId, session_timeout_ms: 6000, retries: 1 };
+    vi.resetModules();
+    vi.doMock('koffi', async (importOriginal) => {
+      const actual = (await importOriginal<{ default: { load: (f: string) => unknown } }>()).default;
+      const load = (f: string): unknown => {
+        if (f === 'liblz4.so.1')
+          throw new Error(`${f}: cannot open shared object file: No such file or directory`);
+        return actual.load(f);
+      };
+      return { default: Object.assign(Object.create(actual) as object, { load }) };
+    });
+    try {
+      const fresh = (await import('../../src/sources/kafka_consumer.js')).default;
+      const c = startConsumer(consumerConfig(topic, member), undefined, fresh);
+      await waitFor('a retry warning', () =>
+        c.logs.some(
+          (l) => l.msg === 'kafka consumer: cannot decompress the fetched record batches; retrying',
+        ),
+      );
+      const missing = c.logs.filter(
+        (l) =>
+          l.msg ===
+          'kafka consumer: a codec library is missing; record batches it compressed cannot be read until it is installed',
+      );
+      // pino appends the cause's message: what the loader said.
+      expect(missing.map((l) => [l.level, l.codec, (l.err as { message: string }).message])).toEqual([
+        [40, 'lz4', `${hint}: liblz4.so.1: cannot open shared object file: No such file or directory`],
+      ]);
+      const retrying = c.logs.find(
+        (l) => l.msg === 'kafka consumer: cannot decompress the fetched record batches; retrying',
+      )!;
+      expect([retrying.level, (retrying.err as { message: string }).message]).toEqual([40, hint]);
+      expect(c.context.counters.snapshot()).toMatchObject({ received: 0, sent: 0, dropped: {} });
+      c.context.stop$.next();
+      await c.done;
+    } finally {
+      vi.doUnmock('koffi');
+      vi.resetModules();
+      Object.assign(codecs, saved);
+    }
+    // Nothing was committed: the same group, with the library, reads every record.
+    const again = await consumeCount(consumerConfig(topic, member), 50);
+    expect(byIndex(again.records())).toEqual(records(0, 50));
+    expect(again.context.counters.snapshot()).toMatchObject({ received: 50, sent: 50, dropped: {} });
+  }, 60_000);
 
   it('reads a topic holding single and batch JSON messages alike', async () => {
     await cluster.createTopic('json-mixed', 2);

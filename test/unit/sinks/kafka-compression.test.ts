@@ -13,13 +13,18 @@ import {
   CODEC_LZ4,
   CODEC_NONE,
   CODEC_ZSTD,
+  DECOMPRESSED_MAX_BYTES,
+  DECOMPRESS_SYNC_MAX_BYTES,
   NATIVE_SYNC_MAX_BYTES,
   batchCodec,
+  decompressor,
   gzipBatch,
   lz4Batch,
+  lz4Decompress,
   openCodecLibrary,
   requireProduceVersion,
   zstdBatch,
+  zstdDecompress,
 } from '../../../src/sinks/kafka/compression.js';
 import { crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
 import { RequestEncoder, type EncoderOptions } from '../../../src/sinks/kafka/encode.js';
@@ -266,6 +271,19 @@ describe('codec libraries', () => {
     vi.resetModules();
   });
 
+  /** Fresh modules from here on, whose koffi cannot load `file`. */
+  function withoutLibrary(file: string): void {
+    vi.resetModules();
+    vi.doMock('koffi', async (importOriginal) => {
+      const actual = (await importOriginal<{ default: { load: (f: string) => unknown } }>()).default;
+      const load = (f: string): unknown => {
+        if (f === file) throw new Error(`${f}: cannot open shared object file: No such file or directory`);
+        return actual.load(f);
+      };
+      return { default: Object.assign(Object.create(actual) as object, { load }) };
+    });
+  }
+
   function context(): ComponentContext {
     const ledger = new Ledger();
     return { id: 'out', logger: silentLogger(), ledger, counters: ledger.stage('out', 'kafka', 'sink') };
@@ -276,15 +294,7 @@ describe('codec libraries', () => {
     ['lz4', 'liblz4.so.1', 'liblz4-1'],
   ] as const) {
     it(`building a sink with compression ${codec} without ${file} fails at once, naming the package to install`, async () => {
-      vi.resetModules();
-      vi.doMock('koffi', async (importOriginal) => {
-        const actual = (await importOriginal<{ default: { load: (f: string) => unknown } }>()).default;
-        const load = (f: string): unknown => {
-          if (f === file) throw new Error(`${f}: cannot open shared object file: No such file or directory`);
-          return actual.load(f);
-        };
-        return { default: Object.assign(Object.create(actual) as object, { load }) };
-      });
+      withoutLibrary(file);
       const { default: kafka } = await import('../../../src/sinks/kafka.js');
       const config = { bootstrap_servers: ['127.0.0.1:9'], topic: 'flows', compression: codec };
       let thrown: unknown;
@@ -304,6 +314,41 @@ describe('codec libraries', () => {
       for (const compression of ['none', 'gzip', other] as const) {
         await kafka.build({ ...config, compression }, context()).close();
       }
+    });
+  }
+
+  for (const [codec, file, pkg] of [
+    ['zstd', 'libzstd.so.1', 'libzstd1'],
+    ['lz4', 'liblz4.so.1', 'liblz4-1'],
+  ] as const) {
+    it(`without ${file}, ${codec} decompression fails naming the package to install, and the other codec still works`, async () => {
+      const other = codec === 'zstd' ? 'lz4' : 'zstd';
+      const records = (await plainBatch(range(0, 30))).subarray(BATCH_HEADER_BYTES);
+      const frames = {
+        lz4: (await lz4Batch(await plainBatch(range(0, 30)))).subarray(BATCH_HEADER_BYTES),
+        zstd: (await zstdBatch(await plainBatch(range(0, 30)))).subarray(BATCH_HEADER_BYTES),
+      };
+      withoutLibrary(file);
+      const fresh = await import('../../../src/sinks/kafka/compression.js');
+      const expected = {
+        name: 'SourceError',
+        code: 'ENOCODEC',
+        message: `kafka consumer decompression ${codec}: ${file} not found; install ${pkg} (bash scripts/setup.sh)`,
+      };
+      let thrown: unknown;
+      try {
+        fresh.decompressor(codec);
+      } catch (err) {
+        thrown = err;
+      }
+      expect(thrown).toMatchObject(expected);
+      expect((thrown as Error).cause).toBeInstanceOf(Error);
+      const decompress = codec === 'lz4' ? fresh.lz4Decompress : fresh.zstdDecompress;
+      await expect(decompress(frames[codec])).rejects.toMatchObject(expected);
+      // Looked for again on every call, not remembered as missing.
+      await expect(decompress(frames[codec])).rejects.toMatchObject(expected);
+      const restored = await fresh.decompressor(other)(frames[other]);
+      expect(restored.equals(records)).toBe(true);
     });
   }
 
@@ -354,4 +399,242 @@ describe('zstd and the Produce version', () => {
       ).not.toThrow();
     expect(() => requireProduceVersion([batchWith(CODEC_ZSTD)], 6)).toThrow(/zstd batches need v7/);
   });
+});
+
+// --------------------------------------------------------------------------------------------
+// Decompression (the kafka_consumer source)
+
+const decompressors = { lz4: lz4Decompress, zstd: zstdDecompress } as const;
+
+/** `data` compressed by the codec's command-line tool with `args`. */
+function compressWithCli(codec: 'lz4' | 'zstd', args: readonly string[], data: Uint8Array): Buffer {
+  return execFileSync(codec, [...args, '-c', '-q'], {
+    input: data,
+    maxBuffer: 256 << 20,
+    stdio: ['pipe', 'pipe', 'ignore'],
+  });
+}
+
+/** Made once, on first use: encoding 9000 records takes a while. */
+function once<T>(make: () => Promise<T>): () => Promise<T> {
+  let made: Promise<T> | undefined;
+  return () => (made ??= make());
+}
+
+const smallRecords = once(async () => (await plainBatch(range(0, 3))).subarray(BATCH_HEADER_BYTES));
+const largeRecords = once(async () => (await plainBatch(range(0, 9000))).subarray(BATCH_HEADER_BYTES));
+
+/** What a decompression rejects with. */
+async function failure(work: Promise<unknown>): Promise<unknown> {
+  try {
+    await work;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('it did not fail');
+}
+
+const corrupt = (codec: string, what: string) => ({
+  name: 'SourceError',
+  code: 'ECORRUPT',
+  message: `kafka consumer decompression ${codec}: ${what}; check the producer that wrote it`,
+});
+
+describeWith({ commands: ['lz4', 'zstd'] }, 'kafka record batch decompression', () => {
+  for (const codec of ['lz4', 'zstd'] as const) {
+    for (const [size, count] of Object.entries({ empty: 0, small: 3, large: 9000 })) {
+      it(`${codec}, ${size} batch: what the sink compressed decompresses to its records byte for byte`, async () => {
+        const plain = await plainBatch(range(0, count));
+        const records = plain.subarray(BATCH_HEADER_BYTES);
+        if (size === 'large') expect(records.length).toBeGreaterThan(4 << 20);
+        const frame = (await compressors[codec](plain)).subarray(BATCH_HEADER_BYTES);
+        const restored = await decompressors[codec](frame);
+        expect(restored.length).toBe(records.length);
+        expect(restored.equals(records)).toBe(true);
+        expect((await decompressor(codec)(frame)).equals(records)).toBe(true);
+      });
+    }
+  }
+
+  const cliFrames = [
+    ['lz4', 'the defaults (content checksum)', []],
+    ['lz4', 'linked blocks', ['-BD']],
+    ['lz4', 'block checksums and the content size', ['-BX', '--content-size']],
+    ['lz4', '4 MiB blocks', ['-B7']],
+    ['zstd', 'the defaults (content size, checksum)', []],
+    ['zstd', 'no content size, as streaming producers such as librdkafka write', ['--no-content-size']],
+    ['zstd', 'level 9, no checksum', ['-9', '--no-check']],
+  ] as const;
+
+  for (const [codec, label, args] of cliFrames) {
+    it(`${codec}: frames the ${codec} tool makes with ${label} decompress byte for byte, small and multi-megabyte`, async () => {
+      for (const records of [await smallRecords(), await largeRecords()]) {
+        const restored = await decompressors[codec](compressWithCli(codec, args, records));
+        expect(restored.length).toBe(records.length);
+        expect(restored.equals(records)).toBe(true);
+      }
+    });
+  }
+
+  it('lz4: frames back to back (several producers, or one that wrote several) decompress to their data in order', async () => {
+    const small = await smallRecords();
+    const large = await largeRecords();
+    const frames = Buffer.concat([
+      compressWithCli('lz4', [], small),
+      compressWithCli('lz4', ['-BD', '--content-size'], large),
+      (await lz4Batch(await plainBatch(range(0, 3)))).subarray(BATCH_HEADER_BYTES),
+    ]);
+    const restored = await lz4Decompress(frames);
+    expect(restored.equals(Buffer.concat([small, large, small]))).toBe(true);
+  });
+
+  it('zstd: frames back to back, with and without content size and with a skippable frame between, decompress to their data in order', async () => {
+    const small = await smallRecords();
+    const large = await largeRecords();
+    // A skippable frame: magic 0x184D2A50-5F, a 4-byte length, that many bytes the decoder passes over.
+    const skippable = Buffer.concat([
+      Buffer.from([0x50, 0x2a, 0x4d, 0x18, 5, 0, 0, 0]),
+      Buffer.from('xxxxx'),
+    ]);
+    const sized = Buffer.concat([
+      compressWithCli('zstd', [], small),
+      skippable,
+      compressWithCli('zstd', [], large),
+    ]);
+    expect((await zstdDecompress(sized)).equals(Buffer.concat([small, large]))).toBe(true);
+    const mixed = Buffer.concat([
+      compressWithCli('zstd', [], large),
+      compressWithCli('zstd', ['--no-content-size'], small),
+      skippable,
+      (await zstdBatch(await plainBatch(range(0, 3)))).subarray(BATCH_HEADER_BYTES),
+    ]);
+    expect((await zstdDecompress(mixed)).equals(Buffer.concat([large, small, small]))).toBe(true);
+  });
+
+  it('lz4: input that is not whole LZ4 frames fails with the reason', async () => {
+    const frame = compressWithCli('lz4', [], await largeRecords());
+    const badChecksum = Buffer.from(frame);
+    badChecksum[badChecksum.length - 1]! ^= 0xff;
+    const cases: [Uint8Array, ReturnType<typeof corrupt>][] = [
+      [Buffer.alloc(0), corrupt('lz4', 'empty input, no LZ4 frame')],
+      [Buffer.from('not an lz4 frame'), corrupt('lz4', 'invalid LZ4 data (ERROR_frameType_unknown)')],
+      [
+        frame.subarray(0, frame.length - 100),
+        corrupt('lz4', 'truncated LZ4 data, the last frame ends early'),
+      ],
+      [badChecksum, corrupt('lz4', 'invalid LZ4 data (ERROR_contentChecksum_invalid)')],
+      [
+        Buffer.concat([frame, Buffer.from('trailing bytes')]),
+        corrupt('lz4', 'invalid LZ4 data (ERROR_frameType_unknown)'),
+      ],
+    ];
+    for (const [input, expected] of cases)
+      expect(await failure(lz4Decompress(input))).toMatchObject(expected);
+  });
+
+  it('zstd: input that is not whole zstd frames fails with the reason, with content size or without', async () => {
+    const large = await largeRecords();
+    for (const args of [[], ['--no-content-size']]) {
+      const frame = compressWithCli('zstd', args, large);
+      const badChecksum = Buffer.from(frame);
+      badChecksum[badChecksum.length - 1]! ^= 0xff;
+      const cases: [Uint8Array, ReturnType<typeof corrupt>][] = [
+        [Buffer.alloc(0), corrupt('zstd', 'empty input, no zstd frame')],
+        [Buffer.from('not a zstd frame'), corrupt('zstd', 'invalid zstd data (Unknown frame descriptor)')],
+        [
+          frame.subarray(0, frame.length - 100),
+          corrupt('zstd', 'truncated zstd data, the last frame ends early'),
+        ],
+        [badChecksum, corrupt('zstd', "invalid zstd data (Restored data doesn't match checksum)")],
+        [
+          Buffer.concat([frame, Buffer.from('trailing bytes')]),
+          corrupt('zstd', 'invalid zstd data (Unknown frame descriptor)'),
+        ],
+      ];
+      for (const [input, expected] of cases)
+        expect({ args, error: await failure(zstdDecompress(input)) }).toMatchObject({
+          args,
+          error: expected,
+        });
+    }
+  });
+
+  it(`zstd: more than DECOMPRESSED_MAX_BYTES of output is refused, whether the frame records its size or not`, async () => {
+    const zeros = Buffer.alloc(DECOMPRESSED_MAX_BYTES + (1 << 20));
+    const expected = {
+      name: 'SourceError',
+      code: 'ETOOBIG',
+      message: `kafka consumer decompression zstd: more than ${DECOMPRESSED_MAX_BYTES} bytes once decompressed, refused; lower the producer's batch size`,
+    };
+    for (const args of [[], ['--no-content-size']]) {
+      const bomb = compressWithCli('zstd', args, zeros);
+      expect(bomb.length).toBeLessThan(64 << 10);
+      expect({ args, error: await failure(zstdDecompress(bomb)) }).toMatchObject({ args, error: expected });
+    }
+    // Exactly the limit is still taken.
+    const limit = compressWithCli('zstd', ['--no-content-size'], zeros.subarray(0, DECOMPRESSED_MAX_BYTES));
+    expect((await zstdDecompress(limit)).length).toBe(DECOMPRESSED_MAX_BYTES);
+  });
+
+  it('many decompressions at once each come back intact (contexts and native memory are not shared between calls)', async () => {
+    const plains = await Promise.all(
+      Array.from({ length: 12 }, (_, k) => plainBatch(range(k * 1000, 600 + k * 50))),
+    );
+    const inputs = await Promise.all(
+      plains.flatMap((p, k) => [
+        lz4Batch(p).then((b) => ({ k, codec: 'lz4' as const, frame: b.subarray(BATCH_HEADER_BYTES) })),
+        zstdBatch(p).then((b) => ({ k, codec: 'zstd' as const, frame: b.subarray(BATCH_HEADER_BYTES) })),
+        Promise.resolve({
+          k,
+          codec: 'zstd' as const,
+          frame: compressWithCli('zstd', ['--no-content-size'], p.subarray(BATCH_HEADER_BYTES)),
+        }),
+      ]),
+    );
+    const outs = await Promise.all(inputs.map(({ codec, frame }) => decompressors[codec](frame)));
+    outs.forEach((out, i) => {
+      const { k, codec } = inputs[i]!;
+      expect({ k, codec, equal: out.equals(plains[k]!.subarray(BATCH_HEADER_BYTES)) }).toEqual({
+        k,
+        codec,
+        equal: true,
+      });
+    });
+  });
+
+  /** Event loop turns (setImmediate rounds) before `work` settles. */
+  async function turnsDuring(work: () => Promise<unknown>): Promise<number> {
+    let turns = 0;
+    let done = false;
+    const spin = (): void => {
+      if (done) return;
+      turns++;
+      setImmediate(spin);
+    };
+    setImmediate(spin);
+    await work();
+    done = true;
+    return turns;
+  }
+
+  for (const [label, codec, make] of [
+    ['lz4', 'lz4', (records: Buffer) => compressWithCli('lz4', [], records)],
+    ['zstd with content size', 'zstd', (records: Buffer) => compressWithCli('zstd', [], records)],
+    [
+      'zstd without content size',
+      'zstd',
+      (records: Buffer) => compressWithCli('zstd', ['--no-content-size'], records),
+    ],
+  ] as const) {
+    it(`${label}: a multi-megabyte batch decompresses on worker threads while the event loop runs; up to ${DECOMPRESS_SYNC_MAX_BYTES} bytes of records on the JS thread`, async () => {
+      const large = make(await largeRecords());
+      expect(await turnsDuring(() => decompressors[codec](large))).toBeGreaterThan(0);
+      const records = (await plainBatch(range(0, 110))).subarray(BATCH_HEADER_BYTES);
+      expect(records.length).toBeGreaterThan(DECOMPRESS_SYNC_MAX_BYTES / 2);
+      expect(records.length).toBeLessThanOrEqual(DECOMPRESS_SYNC_MAX_BYTES);
+      const small = make(records);
+      expect(small.length).toBeLessThanOrEqual(NATIVE_SYNC_MAX_BYTES);
+      expect(await turnsDuring(() => decompressors[codec](small))).toBe(0);
+    });
+  }
 });
