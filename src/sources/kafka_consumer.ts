@@ -34,14 +34,11 @@
  * snappy batches cannot be read (logged as such).
  */
 import { randomBytes } from 'node:crypto';
-import {
-  CompressionCodecs,
-  CompressionTypes,
-  Kafka,
-  logLevel,
-  type Consumer,
-  type EachBatchPayload,
-} from 'kafkajs';
+import { Kafka, logLevel, type Consumer, type EachBatchPayload } from 'kafkajs';
+// Not named exports Node's ESM loader can see in kafkajs's CommonJS: taken from its default export.
+import kafkajs from 'kafkajs';
+
+const { CompressionCodecs, CompressionTypes } = kafkajs;
 import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
