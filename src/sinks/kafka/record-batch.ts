@@ -119,11 +119,6 @@ export class RecordBatchWriter {
     this.buf = pool.acquire(capacity);
   }
 
-  /** Bytes written so far, header included. */
-  get length(): number {
-    return this.pos;
-  }
-
   /** Begins a record with `key` (ASCII text, or null for none). */
   startRecord(key: string | null): void {
     const keyLength = key === null ? 0 : key.length;
