@@ -39,6 +39,19 @@ export interface ComponentContext {
    * still holds (e.g. the kernel map) and completes; other sources are unsubscribed.
    */
   stop$?: Observable<void>;
+  /**
+   * Where the component says it cannot do its job (a port taken, a broker unreachable, a disk
+   * full) and when it can again; shown by `rxflow status`, the health endpoint and the logs.
+   */
+  health?: HealthReporter;
+}
+
+/** A component's health, as it reports it. */
+export interface HealthReporter {
+  /** The component cannot do its job right now; `reason` says why and what to do. */
+  degraded(reason: string): void;
+  /** It can again. */
+  healthy(): void;
 }
 
 export interface Sink {
@@ -46,8 +59,11 @@ export interface Sink {
   consume(input: Observable<FlowBatch>): Promise<void>;
   /** Writes everything buffered; safe to call more than once. */
   flush(): Promise<void>;
-  /** Flushes, then releases connections; safe to call more than once. */
-  close(): Promise<void>;
+  /**
+   * Flushes, then releases connections; safe to call more than once. With `timeoutMs`, resolves
+   * within it: what is still held then is counted `shutdown` in the ledger.
+   */
+  close(timeoutMs?: number): Promise<void>;
 }
 
 interface ModuleBase<C> {
