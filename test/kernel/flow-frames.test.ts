@@ -1,5 +1,5 @@
 /**
- * Every reference frame of ../shared/testdata (built by an independent packet library) through
+ * Every reference frame of test/fixtures/testdata (built by an independent packet library) through
  * flow_ingress with BPF_PROG_TEST_RUN, one at a time: the drained and decoded record must be
  * exactly what frames.json says, and frames that make no flow must bump exactly one counter.
  * Then hand-built frames for what the pcap lacks (QinQ, IPv6 extension headers and fragments,
@@ -38,7 +38,7 @@ import {
   vxlan,
 } from './flow-packets.js';
 
-const testdata = join(repo, '..', 'shared', 'testdata');
+const testdata = join(repo, 'test', 'fixtures', 'testdata');
 const skipReason = kernelSkipReason();
 
 interface Expect {
