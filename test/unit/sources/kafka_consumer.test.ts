@@ -53,11 +53,11 @@ describe('kafka_consumer message decoding', () => {
     ]);
     expect(records).toEqual([a, b, a, a]);
     expect(problems).toEqual([
-      'record 1: ipVersion is not 4 or 6',
+      'record 1: ipVersion is not 0, 4 or 6',
       'record 2: not a JSON object',
       expect.stringMatching(/^not JSON: /),
       'not a JSON object',
-      'ipVersion is not 4 or 6',
+      'ipVersion is not 0, 4 or 6',
       'empty message',
       'empty message',
     ]);
@@ -97,8 +97,8 @@ describe('kafka_consumer message decoding', () => {
     expect(problems).toEqual([
       expect.stringMatching(/^not a protobuf FlowRecord: /),
       expect.stringMatching(/^not a protobuf FlowBatch: /),
-      'record 1: ipVersion is not 4 or 6',
-      'ipVersion is not 4 or 6',
+      'record 1: ipVersion is 0 (a layer-2 flow) but sourceIPv4Address is set',
+      'ipVersion is not 0, 4 or 6',
       expect.stringMatching(/^not a protobuf FlowRecord: /),
       'empty message',
     ]);
