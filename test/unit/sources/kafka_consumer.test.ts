@@ -72,6 +72,10 @@ describe('kafka_consumer message decoding', () => {
     };
     delete v6.sourceIPv4Address;
     delete v6.destinationIPv4Address;
+    // A layer-2 flow: ipVersion 0 is proto3's default, so it is absent on the wire.
+    const l2: FlowRecord = { ...flowRecord({ ipVersion: 0, ethernetType: 0x0806, protocolIdentifier: 0 }) };
+    delete l2.sourceIPv4Address;
+    delete l2.destinationIPv4Address;
     // A FlowRecord starts with ipVersion (field 1, varint: 0x08); a FlowBatch with field 1 as bytes (0x0a).
     expect(encodeRecord(a)[0]).toBe(0x08);
     expect(encodeBatch([a])[0]).toBe(0x0a);
@@ -79,9 +83,10 @@ describe('kafka_consumer message decoding', () => {
       encodeRecord(a),
       encodeBatch([b, v6, full]),
       encodeRecord(v6),
+      encodeBatch([l2]),
     ]);
     expect(problems).toEqual([]);
-    expect(records).toEqual([a, b, v6, full, v6]);
+    expect(records).toEqual([a, b, v6, full, v6, l2]);
   });
 
   it('protobuf: undecodable bytes, a bad batch item and an empty message are named', () => {
