@@ -371,9 +371,10 @@ static __always_inline int parse_frame(struct __sk_buff *skb, struct flow_key *k
 
 	val->dscp = 0;
 	rc = flow_parse_layer(skb, key, val, &pos, 0);
-	*hdr_len = pos.hdr_len;
-	if (rc != PARSE_NON_IP)
+	if (rc != PARSE_NON_IP) {
+		*hdr_len = pos.hdr_len;
 		return rc;
+	}
 	/* Nothing of the inner layer was written into key or val: put the outer flow back. */
 	__builtin_memcpy(key->src_ip, val->outer_src_ip, 32);
 	key->src_port = val->outer_src_port;
