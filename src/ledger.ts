@@ -9,6 +9,10 @@ export type DropReason =
   | 'kernel_map_full'
   | 'ringbuf_reserve_failed'
   | 'parse_failed'
+  /** Frames deeper than the flow program's parser walks (VLAN tags, IPv6 extension headers). */
+  | 'beyond_parser_limits'
+  /** Non-IP frames an older flow program counted instead of making them layer-2 flows. */
+  | 'non_ip'
   | 'sampled_out'
   | 'limiter_dropped'
   | 'dedupe_duplicate'
