@@ -19,8 +19,14 @@
  * file that cannot be opened) counts its records as `sink_failed` and the next write reopens the
  * file. close(timeoutMs) keeps trying until the deadline and counts what is still queued then as
  * `shutdown`; close() without a deadline tries once more and counts the rest as `shutdown`.
+ *
+ * Files are created with `mode` (default 0640: flow records are not for every local user) and,
+ * if set, `group`; both are applied with fchmod/fchown when the sink opens a file, created or
+ * already there, so the umask never widens them.
  */
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
 import {
   msOption,
@@ -47,22 +53,30 @@ export interface FileSinkConfig {
   buffer_max_records?: number;
   /** While the disk is full, how often the write is tried again. */
   retry_interval_ms?: number;
+  /** Permission bits of the files, octal digits: "0640". */
+  mode?: string;
+  /** Group of the files: a name or a gid; unset: the process's group. */
+  group?: string | number;
 }
 
-type Resolved = Required<FileSinkConfig>;
+type Resolved = Required<Omit<FileSinkConfig, 'group'>> & Pick<FileSinkConfig, 'group'>;
 
 const DEFAULTS = {
   max_file_bytes: 100 * 1024 * 1024,
   max_files: 5,
   buffer_max_records: 100_000,
   retry_interval_ms: 1000,
+  mode: '0640',
 } as const satisfies Partial<FileSinkConfig>;
+
+const execFileAsync = promisify(execFile);
 
 const LOSS_LOG_INTERVAL_MS = 10_000;
 /** Bytes per write at most: large enough to cost one syscall per thousands of records. */
 const CHUNK_MAX_BYTES = 1 << 20;
 /** How far back from the end a partial last line is looked for, per read. */
 const TAIL_READ_BYTES = 64 * 1024;
+const MODE_PATTERN = '^0?[0-7]{3}$';
 /** Errors a full disk gives; the write is held and tried again. */
 const SPACE_ERRORS = new Set(['ENOSPC', 'EDQUOT']);
 
@@ -98,6 +112,21 @@ const schema: JsonSchema = {
         10,
       ),
       maximum: 3_600_000,
+    },
+    mode: {
+      type: 'string',
+      pattern: MODE_PATTERN,
+      default: DEFAULTS.mode,
+      description:
+        'Permission bits of the files, rotated ones included, in octal as a quoted string ("0640"; YAML reads an unquoted 0640 as the number 640). Applied whatever the umask, also to a file that already exists.',
+    },
+    group: {
+      anyOf: [
+        { type: 'integer', minimum: 0, maximum: 4_294_967_294 },
+        { type: 'string', minLength: 1, maxLength: 256 },
+      ],
+      description:
+        "Group of the files, rotated ones included: a group name or a gid. Unset: the process's group. Giving a file to a group needs root or membership of that group.",
     },
   },
 };
@@ -174,6 +203,8 @@ export class FileSink implements Sink {
   private readonly losses: LossLog;
   private readonly scheduler: SchedulerLike;
   private readonly health: HealthReporter | undefined;
+  private readonly mode: number;
+  private gid: number | undefined;
   private file: fs.FileHandle | undefined;
   /** Bytes of complete lines in the open file; every one of them is on the disk. */
   private size = 0;
@@ -200,6 +231,7 @@ export class FileSink implements Sink {
     this.logger = context.logger;
     this.health = context.health;
     this.scheduler = context.scheduler ?? asyncScheduler;
+    this.mode = parseMode(this.config.mode);
     this.losses = new LossLog(
       this.logger,
       `file sink ${this.config.path}: records dropped`,
@@ -216,6 +248,7 @@ export class FileSink implements Sink {
         `file sink ${this.config.path}: consume() was already called or the sink is closed`,
       );
     }
+    if (this.config.group !== undefined) this.gid = await resolveGroup(this.config.path, this.config.group);
     try {
       await this.open();
     } catch (err) {
@@ -488,12 +521,37 @@ export class FileSink implements Sink {
     this.health?.healthy();
   }
 
-  /** Opens the file for appending and cuts off a partial last line. */
+  /**
+   * Opens the file for appending, creating it with the sink's mode (group and others kept out until
+   * the group is set), gives it its mode and group, and cuts off a partial last line.
+   */
   private async open(): Promise<void> {
     const { path } = this.config;
-    const file = await fs.open(path, 'a+');
+    const file = await fs.open(path, 'a+', this.mode & 0o700);
     try {
       const stat = await file.stat();
+      if (this.gid !== undefined && stat.gid !== this.gid) {
+        try {
+          await file.chown(-1, this.gid);
+        } catch (err) {
+          throw new SinkError(
+            'EGROUP',
+            `file sink ${path}: cannot give the file group ${String(this.config.group)}: ${messageOf(err)}; run as root or as a member of that group`,
+            { cause: err },
+          );
+        }
+      }
+      if ((stat.mode & 0o7777) !== this.mode) {
+        try {
+          await file.chmod(this.mode);
+        } catch (err) {
+          throw new SinkError(
+            'EMODE',
+            `file sink ${path}: cannot set mode ${this.config.mode}: ${messageOf(err)}; run as the file's owner or root`,
+            { cause: err },
+          );
+        }
+      }
       this.size = await completeLines(file, stat.size);
       if (this.size < stat.size) {
         await file.truncate(this.size);
@@ -568,6 +626,44 @@ async function renameIfPresent(from: string, to: string): Promise<void> {
   }
 }
 
+/** "0640" as a number; the schema has checked its digits. */
+function parseMode(mode: string): number {
+  if (!new RegExp(MODE_PATTERN).test(mode)) {
+    throw new SinkError(
+      'EBADCONFIG',
+      `file sink: mode '${mode}' is not octal permission bits; write e.g. "0640"`,
+    );
+  }
+  return parseInt(mode, 8);
+}
+
+/** The gid of a group name (through NSS, as `getent group` sees it) or of a number. */
+async function resolveGroup(path: string, group: string | number): Promise<number> {
+  if (typeof group === 'number') return group;
+  if (/^\d+$/.test(group)) return Number(group);
+  let line: string | undefined;
+  try {
+    ({ stdout: line } = await execFileAsync('getent', ['group', group], { timeout: 5000 }));
+  } catch (err) {
+    // getent exits 2 when the group does not exist.
+    if ((err as { code?: unknown }).code !== 2) {
+      throw new SinkError(
+        'EGROUP',
+        `file sink ${path}: cannot look up group ${group}: ${messageOf(err)}; give its gid instead`,
+        { cause: err },
+      );
+    }
+  }
+  const gid = line === undefined ? NaN : Number(line.split(':')[2]);
+  if (!Number.isInteger(gid)) {
+    throw new SinkError(
+      'EGROUP',
+      `file sink ${path}: group ${group} does not exist; name an existing group or give its gid`,
+    );
+  }
+  return gid;
+}
+
 const fileModule: SinkModule<FileSinkConfig> = {
   type: 'file',
   kind: 'sink',
@@ -577,6 +673,7 @@ const fileModule: SinkModule<FileSinkConfig> = {
     path: '/var/log/rxflow/flows.jsonl',
     max_file_bytes: 104857600,
     max_files: 5,
+    mode: '0640',
   },
   build(config: FileSinkConfig, context: ComponentContext): Sink {
     return new FileSink(config, context);
