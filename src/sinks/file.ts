@@ -143,11 +143,14 @@ class RecordQueue {
     this.length += batch.length;
   }
 
-  /** The queued records in order, from the oldest. */
-  *records(): Generator<FlowRecord> {
+  /**
+   * Calls `visit` with the queued records in order, from the oldest, until it returns false. A
+   * callback, not an iterator: no object per record.
+   */
+  visit(visit: (record: FlowRecord) => boolean): void {
     let offset = this.offset;
     for (const batch of this.batches) {
-      for (let i = offset; i < batch.length; i++) yield batch[i]!;
+      for (let i = offset; i < batch.length; i++) if (!visit(batch[i]!)) return;
       offset = 0;
     }
   }
@@ -469,22 +472,23 @@ export class FileSink implements Sink {
     let size = this.size;
     let bytes = 0;
     let rotateFirst = false;
-    for (const r of this.queue.records()) {
+    this.queue.visit((r) => {
       const line = `${JSON.stringify(r)}\n`;
       const n = Buffer.byteLength(line);
       if (max > 0 && size > 0 && size + n > max) {
-        if (lines.length > 0) break;
+        if (lines.length > 0) return false;
         if (mayRotate) {
           rotateFirst = true;
           size = 0;
         }
       }
-      if (lines.length > 0 && bytes + n > CHUNK_MAX_BYTES) break;
+      if (lines.length > 0 && bytes + n > CHUNK_MAX_BYTES) return false;
       lines.push(line);
       size += n;
       bytes += n;
       ends.push(bytes);
-    }
+      return true;
+    });
     return { buffer: Buffer.from(lines.join(''), 'utf8'), ends, rotateFirst };
   }
 
