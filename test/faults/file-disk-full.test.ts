@@ -7,7 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { Subject, lastValueFrom, toArray } from 'rxjs';
+import { Subject, from, lastValueFrom, toArray } from 'rxjs';
 import { afterAll, expect, it } from 'vitest';
 import type { ComponentContext, HealthReporter } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
@@ -253,5 +253,37 @@ describeWith({ root: true, commands: ['mount', 'umount'] }, 'file sink on a full
     expect(health.events.at(-1)).toBe('healthy');
 
     expect(await replay([file])).toEqual({ records: lines.length, parseFailed: 0 });
+  });
+
+  it('close() tries the held records once more: written if space came back, else counted shutdown', async () => {
+    for (const freed of [false, true]) {
+      const disk = mountTmpfs('1m');
+      const filler = path.join(disk, 'filler');
+      // Fill the disk to the last block.
+      expect(() => fs.writeFileSync(filler, Buffer.alloc(2 << 20, 0x78))).toThrow(/^ENOSPC/);
+      const ledger = new Ledger();
+      const out = context(ledger, 'out', 'file', 'sink');
+      const health = new HealthLog();
+      out.health = health;
+      const file = path.join(disk, 'flows.jsonl');
+      // A retry interval far beyond the test: only close() makes the sink try again.
+      const sink = fileModule.build({ path: file, retry_interval_ms: 3_600_000 }, out);
+      const consumed = sink.consume(from([batch(0, 100), batch(100, 100)]));
+      await until(
+        () => out.counters.received === 200 && (health.isDegraded || out.counters.snapshot().inFlight === 0),
+        'the sink to find the disk full',
+      );
+      if (freed) fs.rmSync(filler);
+      await sink.close();
+      await consumed;
+
+      const lines = readBack(disk, 'flows.jsonl');
+      expect(indexes(lines), `freed ${freed}`).toEqual(freed ? Array.from({ length: 200 }, (_, k) => k) : []);
+      expect(out.counters.snapshot()).toMatchObject(
+        freed
+          ? { received: 200, sent: 200, dropped: {}, inFlight: 0 }
+          : { received: 200, sent: 0, dropped: { shutdown: 200 }, inFlight: 0 },
+      );
+    }
   });
 });
