@@ -17,8 +17,10 @@
  * retry_interval_ms, so nothing is lost to a disk that fills up for a while; the sink reports
  * itself degraded until a write succeeds again. Any other failed write (a rename for rotation, a
  * file that cannot be opened) counts its records as `sink_failed` and the next write reopens the
- * file. close(timeoutMs) keeps trying until the deadline and counts what is still queued then as
- * `shutdown`; close() without a deadline tries once more and counts the rest as `shutdown`.
+ * file. flush() (and so the end of the input) does not wait for space: it writes what the disk
+ * takes now and leaves the rest held, so a stop is never stuck behind a full disk. close(timeoutMs)
+ * keeps trying until the deadline and counts what is still queued then as `shutdown`; close()
+ * without a deadline tries once more and counts the rest as `shutdown`.
  *
  * Files are created with `mode` (default 0640: flow records are not for every local user) and,
  * if set, `group`; both are applied with fchmod/fchown when the sink opens a file, created or
@@ -196,6 +198,8 @@ interface Chunk {
 interface FlushWaiter {
   /** Resolves when this many records have left the queue. */
   target: number;
+  /** Also when the disk refuses a write: flush() waits for no space, close() does until its deadline. */
+  untilFull: boolean;
   resolve: () => void;
 }
 
@@ -273,14 +277,20 @@ export class FileSink implements Sink {
   }
 
   /**
-   * Resolves once every record received so far is written or counted as dropped. While the disk is
-   * full that waits for space; close(timeoutMs) bounds it.
+   * Resolves once every record received so far is written or counted as dropped, or the disk, tried
+   * now, has no room for the rest: those stay held for the next retry or close().
    */
   flush(): Promise<void> {
-    const target = this.admitted;
+    // Tried now, not at the next retry tick.
+    this.cancelRetry();
+    return this.settledUpTo(this.admitted, true);
+  }
+
+  /** Resolves when `target` records have left the queue (or, with `untilFull`, a write found the disk full). */
+  private settledUpTo(target: number, untilFull: boolean): Promise<void> {
     if (this.settled >= target || this.stopped) return Promise.resolve();
     return new Promise<void>((resolve) => {
-      this.flushWaiters.push({ target, resolve });
+      this.flushWaiters.push({ target, untilFull, resolve });
       this.pump();
     });
   }
@@ -308,7 +318,7 @@ export class FileSink implements Sink {
       const late = new Promise<void>((resolve) => {
         deadline = this.scheduler.schedule(() => resolve(), Math.max(0, timeoutMs));
       });
-      await Promise.race([this.flush(), late]);
+      await Promise.race([this.settledUpTo(this.admitted, false), late]);
       deadline?.unsubscribe();
     }
     this.stopped = true;
@@ -361,7 +371,7 @@ export class FileSink implements Sink {
   private async drain(): Promise<void> {
     while (this.queue.length > 0 && !this.stopped) {
       const outcome = await this.writeNext();
-      this.settleFlushes();
+      this.settleFlushes(outcome === 'full');
       if (outcome === 'full') {
         if (!this.stopped) this.scheduleRetry();
         return;
@@ -492,11 +502,11 @@ export class FileSink implements Sink {
     return { buffer: Buffer.from(lines.join(''), 'utf8'), ends, rotateFirst };
   }
 
-  private settleFlushes(): void {
+  private settleFlushes(full = false): void {
     if (this.flushWaiters.length === 0) return;
     const waiting: FlushWaiter[] = [];
     for (const w of this.flushWaiters) {
-      if (this.settled >= w.target || this.stopped) w.resolve();
+      if (this.settled >= w.target || this.stopped || (full && w.untilFull)) w.resolve();
       else waiting.push(w);
     }
     this.flushWaiters = waiting;

@@ -12,6 +12,10 @@ import { afterAll, expect, it } from 'vitest';
 import type { ComponentContext, HealthReporter } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
+import { buildPipeline } from '../../src/pipeline/build.js';
+import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
+import { parsePipeline } from '../../src/pipeline/load.js';
+import { modules } from '../../src/pipeline/registry.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
 import fileModule from '../../src/sinks/file.js';
 import fileReplayModule from '../../src/sources/file_replay.js';
@@ -190,6 +194,47 @@ describeWith({ root: true, commands: ['mount', 'umount'] }, 'file sink on a full
       records: lines.length,
       parseFailed: 0,
     });
+  });
+
+  it('a file_replay pipeline onto a disk that stays full ends by itself, and its ledger holds', async () => {
+    const disk = mountTmpfs('1m');
+    const N = 20_000;
+    const input = path.join(makeTempDir('rxfs'), 'in.jsonl');
+    fs.writeFileSync(
+      input,
+      batch(0, N)
+        .map((r) => `${JSON.stringify(r)}\n`)
+        .join(''),
+    );
+    const file = path.join(disk, 'flows.jsonl');
+    const config = parsePipeline(
+      `sources:
+  in: {type: file_replay, paths: ['${input}']}
+sinks:
+  out: {type: file, inputs: [in], path: '${file}'}
+`,
+      'replay-to-file.yaml',
+      { registry: new ComponentRegistry(modules), env: {} },
+    );
+    const pipeline = await buildPipeline(config);
+    await pipeline.start();
+    // The input ends with the disk full: the sink writes what it can, and the stop counts the rest.
+    await pipeline.done;
+
+    const lines = readBack(disk, 'flows.jsonl');
+    const totals = pipeline.totals();
+    const sink = totals.stages.find((s) => s.id === 'out')!;
+    expect(totals.seen).toBe(N);
+    expect(lines.length + sink.dropped.shutdown!).toBe(N);
+    expect(sink).toMatchObject({
+      received: N,
+      sent: lines.length,
+      dropped: { shutdown: N - lines.length },
+      inFlight: 0,
+    });
+    expect(lines.length).toBeGreaterThan(2000);
+    expect(indexes(lines)).toEqual(Array.from({ length: lines.length }, (_, k) => k));
+    expect(await replay([file])).toEqual({ records: lines.length, parseFailed: 0 });
   });
 
   it('writes again when space is freed while records keep coming: lines + drops = records fed', async () => {
