@@ -198,7 +198,7 @@ interface Chunk {
 interface FlushWaiter {
   /** Resolves when this many records have left the queue. */
   target: number;
-  /** Also when the disk refuses a write: flush() waits for no space, close() does until its deadline. */
+  /** Resolves also when a write finds the disk full: flush() does not wait for space (close() does). */
   untilFull: boolean;
   resolve: () => void;
 }
@@ -265,6 +265,11 @@ export class FileSink implements Sink {
         `file sink ${this.config.path}: cannot open: ${messageOf(err)}; check that the directory exists and is writable`,
         { cause: err },
       );
+    }
+    if (this.closed !== undefined) {
+      // close() came while the file was being opened: it found no file to close.
+      await this.closeFile();
+      return;
     }
     const consumption = consumeBatches(
       input,
