@@ -19,7 +19,7 @@ import { modules } from '../../src/pipeline/registry.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
 import fileModule from '../../src/sinks/file.js';
 import fileReplayModule from '../../src/sources/file_replay.js';
-import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
+import { cleanup, isAlive, makeTempDir, ownerOf } from '../fixtures/cleanup.js';
 import { describeWith } from '../fixtures/privilege.js';
 import { flowRecord } from '../fixtures/records.js';
 
@@ -42,8 +42,29 @@ function record(i: number): FlowRecord {
 const batch = (from: number, count: number): FlowBatch =>
   Array.from({ length: count }, (_, k) => record(from + k));
 
+/**
+ * Unmounts the tmpfs of test runs that died before their cleanup (SIGKILL), so the sweep of their
+ * temporary directories can remove them.
+ */
+function unmountStale(): void {
+  for (const entry of fs.readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+    const mountpoint = entry.split(' ')[1] ?? '';
+    const owner = ownerOf(path.basename(path.dirname(mountpoint)), 'rxfs');
+    if (
+      path.basename(mountpoint) !== 'disk' ||
+      owner === undefined ||
+      owner === process.pid ||
+      isAlive(owner)
+    ) {
+      continue;
+    }
+    execFileSync('umount', ['-l', mountpoint], { stdio: 'ignore' });
+  }
+}
+
 /** Mounts a tmpfs of `size` in a fresh temporary directory; unmounted at cleanup, even on failure. */
 function mountTmpfs(size: string): string {
+  unmountStale();
   const dir = path.join(makeTempDir('rxfs'), 'disk');
   fs.mkdirSync(dir);
   execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0700`, 'tmpfs', dir]);
