@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { cleanup, killSync, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { crc32cImplementation } from '../../src/sinks/kafka/crc32c.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { icmpFrameBytes, ping, sendUdp, startUdpSink, udpFrameBytes } from '../fixtures/traffic.js';
 
@@ -234,6 +235,29 @@ kernelDescribe(
       expect(readFileSync(join(prefix, 'lib', 'node_modules', 'rxflow', 'LICENSE'), 'utf8')).toBe(
         readFileSync('/usr/share/common-licenses/Apache-2.0', 'utf8'),
       );
+    });
+
+    it('the installed modules find the native library and flow.proto of the package', () => {
+      const pkg = join(prefix, 'lib', 'node_modules', 'rxflow');
+      const script = `const crc = await import(${JSON.stringify(join(pkg, 'dist/src/sinks/kafka/crc32c.js'))});
+const encode = await import(${JSON.stringify(join(pkg, 'dist/src/sinks/kafka/encode.js'))});
+console.log(JSON.stringify([crc.crc32cImplementation, encode.flowProtoPath()]));`;
+      const out = execFileSync(
+        which('setpriv'),
+        [
+          `--reuid=${UID}`,
+          `--regid=${UID}`,
+          '--clear-groups',
+          '--',
+          join(work, 'bin', 'node'),
+          '--input-type=module',
+          '-e',
+          script,
+        ],
+        { cwd: work, env: { PATH: join(work, 'bin') }, encoding: 'utf8' },
+      );
+      expect(JSON.parse(out)).toEqual([crc32cImplementation, join(pkg, 'src', 'sinks', 'flow.proto')]);
+      expect(crc32cImplementation).not.toBe('javascript');
     });
 
     it('systemd-analyze verify accepts the installed unit, ExecStart naming the installed rxflow', () => {
