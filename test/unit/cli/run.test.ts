@@ -206,7 +206,7 @@ describe('rxflow run: ready, status socket and ledger', () => {
     expect(await code).toBe(0);
 
     const bad = harness();
-    expect(await runCli(['run', file, '--ledger-log-interval', 'often'], bad.io)).toBe(1);
+    expect(await runCli(['run', file, '--ledger-log-interval', 'often'], bad.io)).toBe(2);
     expect(bad.text().err).toBe(
       "error: option '--ledger-log-interval <duration>' argument 'often' is invalid. write milliseconds as an integer (5000) or a number with a unit: 500ms, 5s, 1m, 1h, 1m30s\n(run with --help for usage)\n",
     );
