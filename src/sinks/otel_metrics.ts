@@ -72,7 +72,13 @@ const DEFAULTS = {
   max_interfaces: 64,
 } as const satisfies Partial<OtelMetricsConfig>;
 
-/** Instrument names; the Prometheus exporter turns dots into underscores and adds _total to counters. */
+/**
+ * Instrument names; the Prometheus exporter turns dots into underscores and adds _total to counters.
+ * They stay in rxflow's namespace: semantic conventions define no flow metrics, and their
+ * system.network.io and system.network.packet.count are the kernel's interface counters, which a
+ * host's collector reports under the same host.name; flow sums (IP octets of the flows TC saw) under
+ * those names would be two measures under one name.
+ */
 export const METRIC = {
   flowBytes: 'rxflow.flow.bytes',
   flowPackets: 'rxflow.flow.packets',

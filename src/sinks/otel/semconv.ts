@@ -21,12 +21,13 @@ export const NETWORK_IO_DIRECTIONS = ['receive', 'transmit'] as const;
 export const NETWORK_TYPE_IPV4 = 'ipv4';
 export const NETWORK_TYPE_IPV6 = 'ipv6';
 
-/** UCUM units: the SDK carries them to OTLP and to the Prometheus `# UNIT` line. */
+/**
+ * UCUM units: the SDK carries them to OTLP and to the Prometheus `# UNIT` line. Flow records count
+ * as `{record}`, not `{flow}`: one flow yields a record per eviction, so their sum is not a number
+ * of flows.
+ */
 export const UNIT = {
   bytes: 'By',
   packets: '{packet}',
-  flows: '{flow}',
   records: '{record}',
-  seconds: 's',
-  milliseconds: 'ms',
 } as const;
