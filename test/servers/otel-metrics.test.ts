@@ -114,6 +114,9 @@ afterEach(async () => {
 
 describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint', () => {
   it('serves exact flow counters and ledger counts, and promtool finds nothing wrong', async () => {
+    // A resource attribute with what Prometheus label values must escape: quotes and a backslash.
+    vi.stubEnv('OTEL_SERVICE_NAME', '');
+    vi.stubEnv('OTEL_RESOURCE_ATTRIBUTES', 'deployment.environment.name=lab,rack=r%2C%3D%22q%22%5C');
     const port = await freePort();
     const ledger = new Ledger();
     // Stages upstream of the sink, as a pipeline would have them.
@@ -147,6 +150,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     expect(text).toMatch(/^# UNIT rxflow_flow_packets_total \{packet\}$/m);
     expect(text).toMatch(/^# UNIT rxflow_component_received_total \{record\}$/m);
     expect(text).toMatch(/^target_info\{.*service_name="rxflow",.*\} 1$/m);
+    expect(text).toMatch(/^target_info\{.*deployment_environment_name="lab",.*\} 1$/m);
+    expect(text).toContain('rack="r,=\\"q\\"\\\\"');
     expect(text).toMatch(/^target_info\{.*service_instance_id="[0-9a-f-]{36}".*\} 1$/m);
 
     const got = samples(text);
