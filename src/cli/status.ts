@@ -1,9 +1,10 @@
 import { readdirSync, statSync } from 'node:fs';
 import { request } from 'node:http';
-import { basename, extname, join } from 'node:path';
+import { join } from 'node:path';
 import type { DropReason, LedgerTotals } from '../ledger.js';
 import type { PipelineConfig } from '../pipeline/load.js';
 import type { Env } from '../pipeline/interpolate.js';
+import { pipelineName } from '../pipeline/name.js';
 import type { TopSnapshot } from '../sinks/top.js';
 import { CliError } from './errors.js';
 import { formatTopFlows, formatTopHeading } from './flows-table.js';
@@ -89,11 +90,7 @@ export function statusDir(env: Env): string {
   return env.RXFLOW_RUN_DIR ?? '/run/rxflow';
 }
 
-/** The pipeline's name: its file name without the extension, e.g. `demo` for pipelines/demo.yaml. */
-export function pipelineName(file: string): string {
-  const name = basename(file, extname(file)).replace(/[^A-Za-z0-9._-]/g, '_');
-  return name === '' ? 'pipeline' : name;
-}
+export { pipelineName };
 
 /** The default status socket of a pipeline file: <status dir>/<pipeline name>.sock. */
 export function defaultStatusSocket(file: string, env: Env): string {

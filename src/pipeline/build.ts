@@ -18,6 +18,7 @@ import { silentLogger, type Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { PipelineError } from './errors.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';
+import { pipelineName } from './name.js';
 
 export interface BuildOptions {
   /** The root logger; each component gets `child({ component: id, type })`. Silent by default. */
@@ -93,6 +94,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   for (const spec of config.order) {
     const context: ComponentContext = {
       id: spec.id,
+      pipeline: pipelineName(config.file),
       logger: logger.child({ component: spec.id, type: spec.type }),
       ledger,
       counters: ledger.stage(spec.id, spec.type, spec.kind),

@@ -2,21 +2,24 @@
  * `otel_metrics`: flow and pipeline metrics through OpenTelemetry, pulled by Prometheus from an
  * HTTP endpoint and/or pushed over OTLP/HTTP.
  *
- * Flow counters (bytes, packets, records by direction, protocol and interface) are summed per batch
- * into a typed array indexed by (interface, protocol, direction) and added to the counters once per
- * batch and attribute set, never per record. The interface attribute is bounded: the first
+ * Flow counters (bytes, packets, records by direction, transport, network type and interface, with
+ * semantic-convention attribute names and UCUM units: src/sinks/otel/semconv.ts) are summed per
+ * batch into a typed array indexed by (interface, transport, network type, direction) and added to
+ * the counters once per batch and attribute set, never per record. The interface attribute is bounded: the first
  * max_interfaces interfaces seen get their own series, later ones count as "other". Every
  * component's received/sent/dropped counts and the loss ledger's totals are observable
  * instruments that read the ledger when metrics are collected, so nothing runs for them between
  * scrapes.
  *
+ * The resource says which agent reports (src/sinks/otel/resource.ts: OTEL_SERVICE_NAME,
+ * OTEL_RESOURCE_ATTRIBUTES, host, os and process, a stable service.instance.id); OTLP pushes in the
+ * encoding OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL selects (src/sinks/otel/exporter.ts).
+ *
  * Telemetry never takes the pipeline down: a port already in use or an unreachable collector is
  * logged, and the flows keep flowing.
  */
 import type { Attributes, Counter, Meter } from '@opentelemetry/api';
-import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
-import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
   MeterProvider,
   PeriodicExportingMetricReader,
@@ -30,13 +33,28 @@ import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
+import { otlpEndpointFromEnv, otlpMetricExporter, otlpProtocol } from './otel/exporter.js';
+import { agentResource } from './otel/resource.js';
+import {
+  ATTR_NETWORK_INTERFACE_NAME,
+  ATTR_NETWORK_IO_DIRECTION,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_NETWORK_TYPE,
+  NETWORK_IO_DIRECTIONS,
+  NETWORK_TYPE_IPV4,
+  NETWORK_TYPE_IPV6,
+  UNIT,
+} from './otel/semconv.js';
 
 export interface OtelMetricsConfig {
   /** Port of the Prometheus endpoint; 0 turns it off. */
   prometheus_port?: number;
   prometheus_host?: string;
   prometheus_path?: string;
-  /** OTLP/HTTP metrics URL, e.g. http://collector:4318/v1/metrics; absent: no push. */
+  /**
+   * OTLP/HTTP metrics URL, e.g. http://collector:4318/v1/metrics; absent: the one
+   * OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT names, else no push.
+   */
   otlp_endpoint?: string;
   otlp_interval_ms?: number;
   otlp_timeout_ms?: number;
@@ -54,7 +72,13 @@ const DEFAULTS = {
   max_interfaces: 64,
 } as const satisfies Partial<OtelMetricsConfig>;
 
-/** Instrument names; the Prometheus exporter turns dots into underscores and adds _total to counters. */
+/**
+ * Instrument names; the Prometheus exporter turns dots into underscores and adds _total to counters.
+ * They stay in rxflow's namespace: semantic conventions define no flow metrics, and their
+ * system.network.io and system.network.packet.count are the kernel's interface counters, which a
+ * host's collector reports under the same host.name; flow sums (IP octets of the flows TC saw) under
+ * those names would be two measures under one name.
+ */
 export const METRIC = {
   flowBytes: 'rxflow.flow.bytes',
   flowPackets: 'rxflow.flow.packets',
@@ -71,11 +95,18 @@ export const METRIC = {
   ledgerInFlight: 'rxflow.ledger.in_flight',
 } as const;
 
-/** The interface attribute's value for interfaces beyond max_interfaces. */
+/** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
 export const OTHER_INTERFACE = 'other';
 
+/** network.transport values: semantic conventions' for tcp and udp, the protocol's own name for the rest. */
 const PROTOCOLS = ['tcp', 'udp', 'icmp', 'icmpv6', 'other'] as const;
-const DIRECTIONS = ['ingress', 'egress'] as const;
+const DIRECTIONS = NETWORK_IO_DIRECTIONS;
+/** network.type by ipVersion: 4, 6, and none for layer-2 flows (ipVersion 0). */
+const NETWORK_TYPES = [NETWORK_TYPE_IPV4, NETWORK_TYPE_IPV6, undefined] as const;
+
+function networkTypeIndex(ipVersion: number): number {
+  return ipVersion === 4 ? 0 : ipVersion === 6 ? 1 : 2;
+}
 
 function protocolIndex(protocol: number): number {
   switch (protocol) {
@@ -119,7 +150,7 @@ const schema: JsonSchema = {
       type: 'string',
       pattern: '^https?://',
       description:
-        'OTLP/HTTP metrics URL to push to (JSON), e.g. http://collector:4318/v1/metrics; absent: no push.',
+        'OTLP/HTTP metrics URL to push to, e.g. http://collector:4318/v1/metrics; absent: the URL OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT gives, else no push. Encoded as OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL select: http/protobuf (default) or http/json.',
     },
     otlp_interval_ms: {
       type: 'integer',
@@ -145,7 +176,8 @@ const schema: JsonSchema = {
 
 function resolveConfig(config: OtelMetricsConfig, extraReaders: number): Resolved {
   const resolved = { ...DEFAULTS, ...config } as Resolved;
-  if (resolved.prometheus_port === 0 && resolved.otlp_endpoint === undefined && extraReaders === 0) {
+  const push = resolved.otlp_endpoint !== undefined || otlpEndpointFromEnv() !== undefined;
+  if (resolved.prometheus_port === 0 && !push && extraReaders === 0) {
     throw new SinkError(
       'EBADCONFIG',
       'otel_metrics sink: prometheus_port is 0 and there is no otlp_endpoint, so metrics would go nowhere; set one of them',
@@ -160,7 +192,7 @@ export interface OtelMetricsOptions {
 }
 
 /**
- * Per-batch sums by (interface slot, protocol, direction), flushed into the counters once per
+ * Per-batch sums by (interface slot, protocol, network type, direction), flushed into the counters once per
  * batch: a handful of `add` calls per batch whatever its size.
  */
 export class FlowTally {
@@ -174,7 +206,7 @@ export class FlowTally {
   private readonly attributes: (Attributes | undefined)[];
 
   constructor(private readonly maxInterfaces: number) {
-    const cells = (maxInterfaces + 1) * PROTOCOLS.length * DIRECTIONS.length;
+    const cells = (maxInterfaces + 1) * PROTOCOLS.length * NETWORK_TYPES.length * DIRECTIONS.length;
     this.bytes = new Float64Array(cells);
     this.packets = new Float64Array(cells);
     this.records = new Float64Array(cells);
@@ -203,7 +235,10 @@ export class FlowTally {
       const r = batch[i]!;
       const slot = this.slotOf(r.interfaceName ?? r.ingressInterface);
       const cell =
-        (slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * 2 + (r.flowDirection === 1 ? 1 : 0);
+        ((slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * NETWORK_TYPES.length +
+          networkTypeIndex(r.ipVersion)) *
+          2 +
+        (r.flowDirection === 1 ? 1 : 0);
       if (this.records[cell] === 0) this.touched[this.touchedCount++] = cell;
       this.bytes[cell]! += r.octetDeltaCount;
       this.packets[cell]! += r.packetDeltaCount;
@@ -226,13 +261,15 @@ export class FlowTally {
     let attributes = this.attributes[cell];
     if (attributes === undefined) {
       const direction = cell % 2;
-      const protocol = Math.floor(cell / 2) % PROTOCOLS.length;
-      const slot = Math.floor(cell / 2 / PROTOCOLS.length);
+      const networkType = NETWORK_TYPES[Math.floor(cell / 2) % NETWORK_TYPES.length];
+      const protocol = Math.floor(cell / 2 / NETWORK_TYPES.length) % PROTOCOLS.length;
+      const slot = Math.floor(cell / 2 / NETWORK_TYPES.length / PROTOCOLS.length);
       attributes = {
-        direction: DIRECTIONS[direction]!,
-        protocol: PROTOCOLS[protocol]!,
-        interface: slot < this.names.length ? this.names[slot]! : OTHER_INTERFACE,
+        [ATTR_NETWORK_IO_DIRECTION]: DIRECTIONS[direction]!,
+        [ATTR_NETWORK_TRANSPORT]: PROTOCOLS[protocol]!,
+        [ATTR_NETWORK_INTERFACE_NAME]: slot < this.names.length ? this.names[slot]! : OTHER_INTERFACE,
       };
+      if (networkType !== undefined) attributes[ATTR_NETWORK_TYPE] = networkType;
       this.attributes[cell] = attributes;
     }
     return attributes;
@@ -245,8 +282,12 @@ function stageAttributes(id: string, type: string): Attributes {
 
 /** Registers the ledger's observable instruments; they read the ledger once per collection. */
 function observeLedger(meter: Meter, ledger: Ledger): void {
-  const counter = (name: string, description: string) => meter.createObservableCounter(name, { description });
-  const gauge = (name: string, description: string) => meter.createObservableGauge(name, { description });
+  // Every one of them counts records.
+  const unit = UNIT.records;
+  const counter = (name: string, description: string) =>
+    meter.createObservableCounter(name, { description, unit });
+  const gauge = (name: string, description: string) =>
+    meter.createObservableGauge(name, { description, unit });
   const received = counter(METRIC.componentReceived, 'Records a pipeline component received.');
   const sent = counter(METRIC.componentSent, 'Records a pipeline component passed on or wrote.');
   const dropped = counter(METRIC.componentDropped, 'Records a pipeline component dropped, by reason.');
@@ -313,10 +354,10 @@ export class OtelMetricsSink implements Sink {
       });
       readers.push(this.prometheus);
     }
-    if (this.config.otlp_endpoint !== undefined) {
+    if (this.config.otlp_endpoint !== undefined || otlpEndpointFromEnv() !== undefined) {
       readers.push(
         new PeriodicExportingMetricReader({
-          exporter: new OTLPMetricExporter({
+          exporter: otlpMetricExporter(otlpProtocol(), {
             url: this.config.otlp_endpoint,
             timeoutMillis: this.config.otlp_timeout_ms,
           }),
@@ -333,21 +374,24 @@ export class OtelMetricsSink implements Sink {
       }),
     );
     this.provider = new MeterProvider({
-      resource: resourceFromAttributes({ 'service.name': 'rxflow' }),
+      resource: agentResource({ pipeline: context.pipeline, logger: this.logger }),
       readers,
       views,
     });
     const meter = this.provider.getMeter('rxflow');
     this.bytes = meter.createCounter(METRIC.flowBytes, {
       description:
-        'Bytes of the flows this sink received (octetDeltaCount), by direction, protocol and interface.',
+        'Bytes of the flows this sink received (octetDeltaCount), by direction, transport, network type and interface.',
+      unit: UNIT.bytes,
     });
     this.packets = meter.createCounter(METRIC.flowPackets, {
       description:
-        'Packets of the flows this sink received (packetDeltaCount), by direction, protocol and interface.',
+        'Packets of the flows this sink received (packetDeltaCount), by direction, transport, network type and interface.',
+      unit: UNIT.packets,
     });
     this.records = meter.createCounter(METRIC.flowRecords, {
-      description: 'Flow records this sink received, by direction, protocol and interface.',
+      description: 'Flow records this sink received, by direction, transport, network type and interface.',
+      unit: UNIT.records,
     });
     observeLedger(meter, context.ledger);
   }
@@ -428,7 +472,7 @@ const otelMetricsModule: SinkModule<OtelMetricsConfig> = {
   type: 'otel_metrics',
   kind: 'sink',
   description:
-    "Counts flow bytes and packets by direction, protocol and interface, and every component's received/sent/dropped, for Prometheus or OTLP.",
+    "Counts flow bytes and packets by direction, transport, network type and interface, and every component's received/sent/dropped, for Prometheus or OTLP (http/protobuf or http/json).",
   schema,
   example: {
     prometheus_port: 9464,

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import { Subject } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
@@ -109,10 +109,14 @@ function contextWith(ledger: Ledger): ComponentContext {
 const closers: (() => Promise<void>)[] = [];
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close();
+  vi.unstubAllEnvs();
 });
 
 describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint', () => {
   it('serves exact flow counters and ledger counts, and promtool finds nothing wrong', async () => {
+    // A resource attribute with what Prometheus label values must escape: quotes and a backslash.
+    vi.stubEnv('OTEL_SERVICE_NAME', '');
+    vi.stubEnv('OTEL_RESOURCE_ATTRIBUTES', 'deployment.environment.name=lab,rack=r%2C%3D%22q%22%5C');
     const port = await freePort();
     const ledger = new Ledger();
     // Stages upstream of the sink, as a pipeline would have them.
@@ -141,32 +145,41 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     const check = await promtool(text);
     expect(check).toEqual({ code: 0, output: '' });
 
+    // Units ride along on the # UNIT lines; the resource is target_info's labels.
+    expect(text).toMatch(/^# UNIT rxflow_flow_bytes_total By$/m);
+    expect(text).toMatch(/^# UNIT rxflow_flow_packets_total \{packet\}$/m);
+    expect(text).toMatch(/^# UNIT rxflow_component_received_total \{record\}$/m);
+    expect(text).toMatch(/^target_info\{.*service_name="rxflow",.*\} 1$/m);
+    expect(text).toMatch(/^target_info\{.*deployment_environment_name="lab",.*\} 1$/m);
+    expect(text).toContain('rack="r,=\\"q\\"\\\\"');
+    expect(text).toMatch(/^target_info\{.*service_instance_id="[0-9a-f-]{36}".*\} 1$/m);
+
     const got = samples(text);
     const flowSeries = [...got]
       .filter(([k]) => k.startsWith('rxflow_flow_'))
       .sort(([a], [b]) => a.localeCompare(b));
     expect(Object.fromEntries(flowSeries)).toEqual({
-      'rxflow_flow_bytes_total{direction=egress,interface=eth0,protocol=tcp}': 500,
-      'rxflow_flow_bytes_total{direction=egress,interface=eth1,protocol=icmp}': 84,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=icmpv6}': 104,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=other}': 1000,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=tcp}': 2500,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth1,protocol=udp}': 64,
-      'rxflow_flow_bytes_total{direction=ingress,interface=other,protocol=tcp}': 100,
-      'rxflow_flow_packets_total{direction=egress,interface=eth0,protocol=tcp}': 2,
-      'rxflow_flow_packets_total{direction=egress,interface=eth1,protocol=icmp}': 1,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=icmpv6}': 1,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=other}': 10,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=tcp}': 10,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth1,protocol=udp}': 1,
-      'rxflow_flow_packets_total{direction=ingress,interface=other,protocol=tcp}': 2,
-      'rxflow_flow_records_total{direction=egress,interface=eth0,protocol=tcp}': 1,
-      'rxflow_flow_records_total{direction=egress,interface=eth1,protocol=icmp}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=icmpv6}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=other}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=tcp}': 3,
-      'rxflow_flow_records_total{direction=ingress,interface=eth1,protocol=udp}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=other,protocol=tcp}': 2,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=transmit,network_transport=tcp,network_type=ipv4}': 500,
+      'rxflow_flow_bytes_total{network_interface_name=eth1,network_io_direction=transmit,network_transport=icmp,network_type=ipv4}': 84,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=receive,network_transport=icmpv6,network_type=ipv4}': 104,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=receive,network_transport=other,network_type=ipv4}': 1000,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 2500,
+      'rxflow_flow_bytes_total{network_interface_name=eth1,network_io_direction=receive,network_transport=udp,network_type=ipv4}': 64,
+      'rxflow_flow_bytes_total{network_interface_name=other,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 100,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=transmit,network_transport=tcp,network_type=ipv4}': 2,
+      'rxflow_flow_packets_total{network_interface_name=eth1,network_io_direction=transmit,network_transport=icmp,network_type=ipv4}': 1,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=receive,network_transport=icmpv6,network_type=ipv4}': 1,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=receive,network_transport=other,network_type=ipv4}': 10,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 10,
+      'rxflow_flow_packets_total{network_interface_name=eth1,network_io_direction=receive,network_transport=udp,network_type=ipv4}': 1,
+      'rxflow_flow_packets_total{network_interface_name=other,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 2,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=transmit,network_transport=tcp,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth1,network_io_direction=transmit,network_transport=icmp,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=receive,network_transport=icmpv6,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=receive,network_transport=other,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 3,
+      'rxflow_flow_records_total{network_interface_name=eth1,network_io_direction=receive,network_transport=udp,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=other,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 2,
     });
 
     // Every stage's counts equal the ledger's, read at scrape time.
@@ -235,7 +248,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
 });
 
 describe('otel_metrics sink, OTLP/HTTP push', () => {
-  it('pushes the flow and ledger metrics to the collector URL', async () => {
+  it('pushes the flow and ledger metrics to the collector URL, as JSON when the variables ask for it', async () => {
+    vi.stubEnv('OTEL_EXPORTER_OTLP_METRICS_PROTOCOL', 'http/json');
     const bodies: { path: string; contentType: string; body: Buffer }[] = [];
     const server = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
@@ -312,8 +326,24 @@ describe('otel_metrics sink, OTLP/HTTP push', () => {
       attributes: Object.fromEntries(p.attributes.map((a) => [a.key, a.value.stringValue])),
     }));
     expect(points.sort((a, b) => a.value - b.value)).toEqual([
-      { value: 500, attributes: { direction: 'egress', protocol: 'tcp', interface: 'eth0' } },
-      { value: 1600, attributes: { direction: 'ingress', protocol: 'tcp', interface: 'eth0' } },
+      {
+        value: 500,
+        attributes: {
+          'network.io.direction': 'transmit',
+          'network.transport': 'tcp',
+          'network.type': 'ipv4',
+          'network.interface.name': 'eth0',
+        },
+      },
+      {
+        value: 1600,
+        attributes: {
+          'network.io.direction': 'receive',
+          'network.transport': 'tcp',
+          'network.type': 'ipv4',
+          'network.interface.name': 'eth0',
+        },
+      },
     ]);
   });
 });
