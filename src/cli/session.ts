@@ -123,6 +123,7 @@ export class PipelineSession {
       startedAt: this.startedAt.toISOString(),
       uptimeMs: Date.now() - this.startedAt.getTime(),
       ledger: ledgerSummary(totals),
+      health: this.pipeline.health.snapshot(),
       components: componentStatus(this.config, totals),
     };
     if (this.readyAtMs !== undefined) status.startupMs = Math.round(this.readyAtMs);

@@ -10,8 +10,10 @@
  * instruments that read the ledger when metrics are collected, so nothing runs for them between
  * scrapes.
  *
- * Telemetry never takes the pipeline down: a port already in use or an unreachable collector is
- * logged, and the flows keep flowing.
+ * A Prometheus port that cannot be bound fails the start: an agent that looks healthy while
+ * serving no metrics is worse than one that does not start. Once running, telemetry never takes
+ * the pipeline down: an unreachable collector is logged and reported as degraded health, and the
+ * flows keep flowing.
  */
 import type { Attributes, Counter, Meter } from '@opentelemetry/api';
 import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
@@ -65,10 +67,14 @@ export const METRIC = {
   componentMerged: 'rxflow.component.merged',
   componentInFlight: 'rxflow.component.in_flight',
   ledgerSeen: 'rxflow.ledger.seen',
-  ledgerExported: 'rxflow.ledger.exported',
+  ledgerDelivered: 'rxflow.ledger.delivered',
   ledgerDropped: 'rxflow.ledger.dropped',
   ledgerMerged: 'rxflow.ledger.merged',
   ledgerInFlight: 'rxflow.ledger.in_flight',
+  sinkHanded: 'rxflow.sink.handed',
+  sinkExported: 'rxflow.sink.exported',
+  sinkDropped: 'rxflow.sink.dropped',
+  sinkInFlight: 'rxflow.sink.in_flight',
 } as const;
 
 /** The interface attribute's value for interfaces beyond max_interfaces. */
@@ -253,10 +259,17 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
   const merged = counter(METRIC.componentMerged, 'Records an aggregating component merged into others.');
   const inFlight = gauge(METRIC.componentInFlight, 'Records a pipeline component holds right now.');
   const seen = counter(METRIC.ledgerSeen, 'Records the pipeline sources produced.');
-  const exported = counter(METRIC.ledgerExported, 'Records the pipeline sinks wrote.');
-  const lost = counter(METRIC.ledgerDropped, 'Records lost anywhere in the pipeline, by reason.');
+  const delivered = counter(
+    METRIC.ledgerDelivered,
+    'Records that reached the sinks, each counted once however many sinks read it.',
+  );
+  const lost = counter(METRIC.ledgerDropped, 'Records lost before the sinks, by reason.');
   const mergedTotal = counter(METRIC.ledgerMerged, 'Records merged into others anywhere in the pipeline.');
-  const held = gauge(METRIC.ledgerInFlight, 'Records held anywhere in the pipeline right now.');
+  const held = gauge(METRIC.ledgerInFlight, 'Records held before the sinks right now.');
+  const handed = counter(METRIC.sinkHanded, 'Records the pipeline handed a sink.');
+  const exported = counter(METRIC.sinkExported, 'Records a sink wrote and had confirmed.');
+  const sinkLost = counter(METRIC.sinkDropped, 'Records a sink dropped, by reason.');
+  const sinkHeld = gauge(METRIC.sinkInFlight, 'Records a sink holds right now.');
   meter.addBatchObservableCallback(
     (result) => {
       const totals = ledger.totals();
@@ -271,14 +284,38 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
         }
       }
       result.observe(seen, totals.seen);
-      result.observe(exported, totals.exported);
+      result.observe(delivered, totals.delivered);
       result.observe(mergedTotal, totals.merged);
       result.observe(held, totals.inFlight);
       for (const [reason, n] of Object.entries(totals.dropped) as [DropReason, number][]) {
         result.observe(lost, n, { reason });
       }
+      for (const k of totals.sinks) {
+        const attributes = { sink: k.id, type: k.type };
+        result.observe(handed, k.handed, attributes);
+        result.observe(exported, k.exported, attributes);
+        result.observe(sinkHeld, k.inFlight, attributes);
+        for (const [reason, n] of Object.entries(k.dropped) as [DropReason, number][]) {
+          result.observe(sinkLost, n, { ...attributes, reason });
+        }
+      }
     },
-    [received, sent, dropped, merged, inFlight, seen, exported, lost, mergedTotal, held],
+    [
+      received,
+      sent,
+      dropped,
+      merged,
+      inFlight,
+      seen,
+      delivered,
+      lost,
+      mergedTotal,
+      held,
+      handed,
+      exported,
+      sinkLost,
+      sinkHeld,
+    ],
   );
 }
 
@@ -296,6 +333,7 @@ export class OtelMetricsSink implements Sink {
   private endConsume: (() => void) | undefined;
   private closed: Promise<void> | undefined;
   private failedBatches = 0;
+  private consuming = false;
 
   constructor(config: OtelMetricsConfig, context: ComponentContext, options: OtelMetricsOptions = {}) {
     this.config = resolveConfig(config, options.readers?.length ?? 0);
@@ -352,13 +390,20 @@ export class OtelMetricsSink implements Sink {
     observeLedger(meter, context.ledger);
   }
 
-  consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined) {
-      return Promise.reject(
-        new SinkError('ECONSUME', 'otel_metrics sink: consume() was already called or the sink is closed'),
+  /**
+   * Starts the Prometheus endpoint, then reads the input. A port that cannot be bound rejects
+   * before the input is subscribed, so the pipeline does not start.
+   */
+  async consume(input: Observable<FlowBatch>): Promise<void> {
+    if (this.subscription !== undefined || this.closed !== undefined || this.consuming) {
+      throw new SinkError(
+        'ECONSUME',
+        'otel_metrics sink: consume() was already called or the sink is closed',
       );
     }
-    void this.startServer();
+    this.consuming = true;
+    await this.startServer();
+    if (this.closed !== undefined) return;
     const consumption = consumeBatches(
       input,
       (batch) => this.accept(batch),
@@ -398,16 +443,17 @@ export class OtelMetricsSink implements Sink {
     const where = `${this.config.prometheus_host}:${this.config.prometheus_port}`;
     try {
       await this.prometheus.startServer();
-      this.logger.info(
-        { address: where, path: this.config.prometheus_path },
-        'otel_metrics sink: serving Prometheus metrics',
-      );
     } catch (err) {
-      this.logger.error(
-        { err, address: where },
-        `otel_metrics sink: cannot listen on ${where}: ${messageOf(err)}; pick another prometheus_port or prometheus_host`,
+      throw new SinkError(
+        'ELISTEN',
+        `otel_metrics sink: cannot listen on ${where}: ${messageOf(err)}; pick another prometheus_port or prometheus_host, or stop what holds it`,
+        { cause: err },
       );
     }
+    this.logger.info(
+      { address: where, path: this.config.prometheus_path },
+      'otel_metrics sink: serving Prometheus metrics',
+    );
   }
 
   private accept(batch: FlowBatch): void {

@@ -28,11 +28,42 @@ const STATUS: PipelineStatus = {
   startupMs: 812,
   ledger: {
     seen: 12_345,
-    exported: 12_000,
+    merged: 0,
     dropped: { limiter_dropped: 300, kernel_map_full: 5 },
     droppedTotal: 305,
-    merged: 0,
-    inFlight: 40,
+    inFlight: 0,
+    delivered: 12_040,
+    sinks: [
+      {
+        id: 'kafka',
+        type: 'kafka',
+        handed: 12_040,
+        exported: 11_990,
+        dropped: { sink_failed: 10 },
+        droppedTotal: 10,
+        inFlight: 40,
+      },
+      {
+        id: 'out',
+        type: 'file',
+        handed: 12_040,
+        exported: 12_040,
+        dropped: {},
+        droppedTotal: 0,
+        inFlight: 0,
+      },
+    ],
+  },
+  health: {
+    status: 'degraded',
+    degraded: [
+      {
+        component: 'kafka',
+        type: 'kafka',
+        reason: 'kafka sink: no broker reachable for 30 s; check the brokers',
+        since: '2026-01-01T00:01:00.000Z',
+      },
+    ],
   },
   components: [
     {
@@ -88,7 +119,11 @@ describe('formatStatus', () => {
       [
         'pipeline  edge (/etc/rxflow/edge.yaml), pid 4242',
         'state     running, ready, up 1m05s, started in 812 ms',
-        'ledger    seen 12,345  exported 12,000  dropped 305 (kernel_map_full 5, limiter_dropped 300)  merged 0  in flight 40',
+        'ledger    seen 12,345  merged 0  dropped 305 (kernel_map_full 5, limiter_dropped 300)  in flight 0  delivered 12,040',
+        '          sink kafka  handed 12,040  exported 11,990  dropped 10 (sink_failed 10)  in flight 40',
+        '          sink out    handed 12,040  exported 12,040  dropped 0  in flight 0',
+        'health    degraded (1 component)',
+        '          kafka (kafka) since 2026-01-01T00:01:00.000Z: kafka sink: no broker reachable for 30 s; check the brokers',
         '',
         'COMPONENT      TYPE            KIND       RECEIVED    SENT  DROPPED  MERGED  IN FLIGHT',
         'flows          ebpf_flows      source       12,345  12,340        5       0          0',
