@@ -23,10 +23,11 @@ import {
   MeterProvider,
   PeriodicExportingMetricReader,
   type IMetricReader,
+  type PushMetricExporter,
   type ViewOptions,
 } from '@opentelemetry/sdk-metrics';
 import type { Observable, Subscription } from 'rxjs';
-import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
@@ -107,7 +108,8 @@ const schema: JsonSchema = {
       minimum: 0,
       maximum: 65535,
       default: DEFAULTS.prometheus_port,
-      description: 'Port of the Prometheus pull endpoint; 0 turns it off.',
+      description:
+        'Port of the Prometheus pull endpoint; 0 turns it off. A port that cannot be bound fails the start.',
     },
     prometheus_host: {
       type: 'string',
@@ -125,7 +127,7 @@ const schema: JsonSchema = {
       type: 'string',
       pattern: '^https?://',
       description:
-        'OTLP/HTTP metrics URL to push to (JSON), e.g. http://collector:4318/v1/metrics; absent: no push.',
+        'OTLP/HTTP metrics URL to push to (JSON), e.g. http://collector:4318/v1/metrics; absent: no push. A failed push shows the sink degraded until one succeeds.',
     },
     otlp_interval_ms: {
       type: 'integer',
@@ -319,6 +321,38 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
   );
 }
 
+type ExportCallback = Parameters<PushMetricExporter['export']>[1];
+
+/**
+ * An OTLP exporter that reports each push's outcome as the sink's health: degraded with the reason
+ * when a push fails, healthy when one succeeds again.
+ */
+function reportingExporter(
+  exporter: PushMetricExporter,
+  url: string,
+  health: HealthReporter,
+): PushMetricExporter {
+  const reporting: PushMetricExporter = {
+    export: (metrics, done: ExportCallback) =>
+      exporter.export(metrics, (result) => {
+        if (Number(result.code) === 0) health.healthy();
+        else {
+          health.degraded(
+            `otel_metrics sink: metrics push to ${url} failed: ${result.error ? messageOf(result.error) : 'no reason given'}; check that the collector runs and otlp_endpoint is right`,
+          );
+        }
+        done(result);
+      }),
+    forceFlush: () => exporter.forceFlush(),
+    shutdown: () => exporter.shutdown(),
+  };
+  if (exporter.selectAggregationTemporality) {
+    reporting.selectAggregationTemporality = (t) => exporter.selectAggregationTemporality!(t);
+  }
+  if (exporter.selectAggregation) reporting.selectAggregation = (t) => exporter.selectAggregation!(t);
+  return reporting;
+}
+
 export class OtelMetricsSink implements Sink {
   private readonly config: Resolved;
   private readonly counters: StageCounters;
@@ -354,10 +388,14 @@ export class OtelMetricsSink implements Sink {
     if (this.config.otlp_endpoint !== undefined) {
       readers.push(
         new PeriodicExportingMetricReader({
-          exporter: new OTLPMetricExporter({
-            url: this.config.otlp_endpoint,
-            timeoutMillis: this.config.otlp_timeout_ms,
-          }),
+          exporter: reportingExporter(
+            new OTLPMetricExporter({
+              url: this.config.otlp_endpoint,
+              timeoutMillis: this.config.otlp_timeout_ms,
+            }),
+            this.config.otlp_endpoint,
+            context.health ?? { degraded: () => undefined, healthy: () => undefined },
+          ),
           exportIntervalMillis: this.config.otlp_interval_ms,
           exportTimeoutMillis: Math.min(this.config.otlp_timeout_ms, this.config.otlp_interval_ms),
         }),
