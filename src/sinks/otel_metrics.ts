@@ -15,8 +15,10 @@
  * OTEL_RESOURCE_ATTRIBUTES, host, os and process, a stable service.instance.id); OTLP pushes in the
  * encoding OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL selects (src/sinks/otel/exporter.ts).
  *
- * Telemetry never takes the pipeline down: a port already in use or an unreachable collector is
- * logged, and the flows keep flowing.
+ * A Prometheus port that cannot be bound fails the start: an agent that looks healthy while
+ * serving no metrics is worse than one that does not start. Once running, telemetry never takes
+ * the pipeline down: an unreachable collector is logged and reported as degraded health, and the
+ * flows keep flowing.
  */
 import type { Attributes, Counter, Meter } from '@opentelemetry/api';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
@@ -24,10 +26,11 @@ import {
   MeterProvider,
   PeriodicExportingMetricReader,
   type IMetricReader,
+  type PushMetricExporter,
   type ViewOptions,
 } from '@opentelemetry/sdk-metrics';
 import type { Observable, Subscription } from 'rxjs';
-import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
@@ -89,10 +92,14 @@ export const METRIC = {
   componentMerged: 'rxflow.component.merged',
   componentInFlight: 'rxflow.component.in_flight',
   ledgerSeen: 'rxflow.ledger.seen',
-  ledgerExported: 'rxflow.ledger.exported',
+  ledgerDelivered: 'rxflow.ledger.delivered',
   ledgerDropped: 'rxflow.ledger.dropped',
   ledgerMerged: 'rxflow.ledger.merged',
   ledgerInFlight: 'rxflow.ledger.in_flight',
+  sinkHanded: 'rxflow.sink.handed',
+  sinkExported: 'rxflow.sink.exported',
+  sinkDropped: 'rxflow.sink.dropped',
+  sinkInFlight: 'rxflow.sink.in_flight',
 } as const;
 
 /** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
@@ -132,7 +139,8 @@ const schema: JsonSchema = {
       minimum: 0,
       maximum: 65535,
       default: DEFAULTS.prometheus_port,
-      description: 'Port of the Prometheus pull endpoint; 0 turns it off.',
+      description:
+        'Port of the Prometheus pull endpoint; 0 turns it off. A port that cannot be bound fails the start.',
     },
     prometheus_host: {
       type: 'string',
@@ -150,7 +158,7 @@ const schema: JsonSchema = {
       type: 'string',
       pattern: '^https?://',
       description:
-        'OTLP/HTTP metrics URL to push to, e.g. http://collector:4318/v1/metrics; absent: the URL OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT gives, else no push. Encoded as OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL select: http/protobuf (default) or http/json.',
+        'OTLP/HTTP metrics URL to push to, e.g. http://collector:4318/v1/metrics; absent: the URL OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT gives, else no push. Encoded as OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL select: http/protobuf (default) or http/json. A failed push shows the sink degraded until one succeeds.',
     },
     otlp_interval_ms: {
       type: 'integer',
@@ -294,10 +302,17 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
   const merged = counter(METRIC.componentMerged, 'Records an aggregating component merged into others.');
   const inFlight = gauge(METRIC.componentInFlight, 'Records a pipeline component holds right now.');
   const seen = counter(METRIC.ledgerSeen, 'Records the pipeline sources produced.');
-  const exported = counter(METRIC.ledgerExported, 'Records the pipeline sinks wrote.');
-  const lost = counter(METRIC.ledgerDropped, 'Records lost anywhere in the pipeline, by reason.');
+  const delivered = counter(
+    METRIC.ledgerDelivered,
+    'Records that reached the sinks, each counted once however many sinks read it.',
+  );
+  const lost = counter(METRIC.ledgerDropped, 'Records lost before the sinks, by reason.');
   const mergedTotal = counter(METRIC.ledgerMerged, 'Records merged into others anywhere in the pipeline.');
-  const held = gauge(METRIC.ledgerInFlight, 'Records held anywhere in the pipeline right now.');
+  const held = gauge(METRIC.ledgerInFlight, 'Records held before the sinks right now.');
+  const handed = counter(METRIC.sinkHanded, 'Records the pipeline handed a sink.');
+  const exported = counter(METRIC.sinkExported, 'Records a sink wrote and had confirmed.');
+  const sinkLost = counter(METRIC.sinkDropped, 'Records a sink dropped, by reason.');
+  const sinkHeld = gauge(METRIC.sinkInFlight, 'Records a sink holds right now.');
   meter.addBatchObservableCallback(
     (result) => {
       const totals = ledger.totals();
@@ -312,15 +327,71 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
         }
       }
       result.observe(seen, totals.seen);
-      result.observe(exported, totals.exported);
+      result.observe(delivered, totals.delivered);
       result.observe(mergedTotal, totals.merged);
       result.observe(held, totals.inFlight);
       for (const [reason, n] of Object.entries(totals.dropped) as [DropReason, number][]) {
         result.observe(lost, n, { reason });
       }
+      for (const k of totals.sinks) {
+        const attributes = { sink: k.id, type: k.type };
+        result.observe(handed, k.handed, attributes);
+        result.observe(exported, k.exported, attributes);
+        result.observe(sinkHeld, k.inFlight, attributes);
+        for (const [reason, n] of Object.entries(k.dropped) as [DropReason, number][]) {
+          result.observe(sinkLost, n, { ...attributes, reason });
+        }
+      }
     },
-    [received, sent, dropped, merged, inFlight, seen, exported, lost, mergedTotal, held],
+    [
+      received,
+      sent,
+      dropped,
+      merged,
+      inFlight,
+      seen,
+      delivered,
+      lost,
+      mergedTotal,
+      held,
+      handed,
+      exported,
+      sinkLost,
+      sinkHeld,
+    ],
   );
+}
+
+type ExportCallback = Parameters<PushMetricExporter['export']>[1];
+
+/**
+ * An OTLP exporter that reports each push's outcome as the sink's health: degraded with the reason
+ * when a push fails, healthy when one succeeds again.
+ */
+function reportingExporter(
+  exporter: PushMetricExporter,
+  url: string,
+  health: HealthReporter,
+): PushMetricExporter {
+  const reporting: PushMetricExporter = {
+    export: (metrics, done: ExportCallback) =>
+      exporter.export(metrics, (result) => {
+        if (Number(result.code) === 0) health.healthy();
+        else {
+          health.degraded(
+            `otel_metrics sink: metrics push to ${url} failed: ${result.error ? messageOf(result.error) : 'no reason given'}; check that the collector runs and otlp_endpoint is right`,
+          );
+        }
+        done(result);
+      }),
+    forceFlush: () => exporter.forceFlush(),
+    shutdown: () => exporter.shutdown(),
+  };
+  if (exporter.selectAggregationTemporality) {
+    reporting.selectAggregationTemporality = (t) => exporter.selectAggregationTemporality!(t);
+  }
+  if (exporter.selectAggregation) reporting.selectAggregation = (t) => exporter.selectAggregation!(t);
+  return reporting;
 }
 
 export class OtelMetricsSink implements Sink {
@@ -337,6 +408,7 @@ export class OtelMetricsSink implements Sink {
   private endConsume: (() => void) | undefined;
   private closed: Promise<void> | undefined;
   private failedBatches = 0;
+  private consuming = false;
 
   constructor(config: OtelMetricsConfig, context: ComponentContext, options: OtelMetricsOptions = {}) {
     this.config = resolveConfig(config, options.readers?.length ?? 0);
@@ -354,13 +426,18 @@ export class OtelMetricsSink implements Sink {
       });
       readers.push(this.prometheus);
     }
-    if (this.config.otlp_endpoint !== undefined || otlpEndpointFromEnv() !== undefined) {
+    const otlpEndpoint = this.config.otlp_endpoint ?? otlpEndpointFromEnv();
+    if (otlpEndpoint !== undefined) {
       readers.push(
         new PeriodicExportingMetricReader({
-          exporter: otlpMetricExporter(otlpProtocol(), {
-            url: this.config.otlp_endpoint,
-            timeoutMillis: this.config.otlp_timeout_ms,
-          }),
+          exporter: reportingExporter(
+            otlpMetricExporter(otlpProtocol(), {
+              url: this.config.otlp_endpoint,
+              timeoutMillis: this.config.otlp_timeout_ms,
+            }),
+            otlpEndpoint,
+            context.health ?? { degraded: () => undefined, healthy: () => undefined },
+          ),
           exportIntervalMillis: this.config.otlp_interval_ms,
           exportTimeoutMillis: Math.min(this.config.otlp_timeout_ms, this.config.otlp_interval_ms),
         }),
@@ -396,13 +473,20 @@ export class OtelMetricsSink implements Sink {
     observeLedger(meter, context.ledger);
   }
 
-  consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined) {
-      return Promise.reject(
-        new SinkError('ECONSUME', 'otel_metrics sink: consume() was already called or the sink is closed'),
+  /**
+   * Starts the Prometheus endpoint, then reads the input. A port that cannot be bound rejects
+   * before the input is subscribed, so the pipeline does not start.
+   */
+  async consume(input: Observable<FlowBatch>): Promise<void> {
+    if (this.subscription !== undefined || this.closed !== undefined || this.consuming) {
+      throw new SinkError(
+        'ECONSUME',
+        'otel_metrics sink: consume() was already called or the sink is closed',
       );
     }
-    void this.startServer();
+    this.consuming = true;
+    await this.startServer();
+    if (this.closed !== undefined) return;
     const consumption = consumeBatches(
       input,
       (batch) => this.accept(batch),
@@ -442,16 +526,17 @@ export class OtelMetricsSink implements Sink {
     const where = `${this.config.prometheus_host}:${this.config.prometheus_port}`;
     try {
       await this.prometheus.startServer();
-      this.logger.info(
-        { address: where, path: this.config.prometheus_path },
-        'otel_metrics sink: serving Prometheus metrics',
-      );
     } catch (err) {
-      this.logger.error(
-        { err, address: where },
-        `otel_metrics sink: cannot listen on ${where}: ${messageOf(err)}; pick another prometheus_port or prometheus_host`,
+      throw new SinkError(
+        'ELISTEN',
+        `otel_metrics sink: cannot listen on ${where}: ${messageOf(err)}; pick another prometheus_port or prometheus_host, or stop what holds it`,
+        { cause: err },
       );
     }
+    this.logger.info(
+      { address: where, path: this.config.prometheus_path },
+      'otel_metrics sink: serving Prometheus metrics',
+    );
   }
 
   private accept(batch: FlowBatch): void {

@@ -7,6 +7,7 @@ import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch } from '../../src/records.js';
+import { SinkError } from '../../src/sinks/errors.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import { describeWith } from '../fixtures/privilege.js';
 import { flowRecord } from '../fixtures/records.js';
@@ -128,6 +129,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     limiter.addReceived(10);
     limiter.addSent(10);
     limiter.addDropped('limiter_dropped', 0);
+    // What the limiter hands the sink, as the pipeline counts it.
+    ledger.addDelivered(10);
     const sink = otelMetricsModule.build(
       { prometheus_port: port, prometheus_host: '127.0.0.1', max_interfaces: 2 },
       contextWith(ledger),
@@ -135,6 +138,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     closers.push(() => sink.close());
     const input = new Subject<FlowBatch>();
     const consumed = sink.consume(input);
+    // The sink reads its input once its endpoint is up, as the pipeline waits for it to.
+    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
     for (const b of BATCHES) input.next(b);
 
     const url = `http://127.0.0.1:${port}/metrics`;
@@ -202,11 +207,28 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     ).toBe(4);
     expect({
       seen: got.get('rxflow_ledger_seen_total{}'),
-      exported: got.get('rxflow_ledger_exported_total{}'),
+      delivered: got.get('rxflow_ledger_delivered_total{}'),
       dropped: got.get('rxflow_ledger_dropped_total{reason=kernel_map_full}'),
       inFlight: got.get('rxflow_ledger_in_flight{}'),
-    }).toEqual({ seen: 20, exported: 10, dropped: 4, inFlight: totals.inFlight });
-    expect(totals).toMatchObject({ seen: 20, exported: 10, dropped: { kernel_map_full: 4 } });
+      handed: got.get('rxflow_sink_handed_total{sink=metrics,type=otel_metrics}'),
+      exported: got.get('rxflow_sink_exported_total{sink=metrics,type=otel_metrics}'),
+      sinkInFlight: got.get('rxflow_sink_in_flight{sink=metrics,type=otel_metrics}'),
+    }).toEqual({
+      seen: 20,
+      delivered: 10,
+      dropped: 4,
+      inFlight: totals.inFlight,
+      handed: 10,
+      exported: 10,
+      sinkInFlight: 0,
+    });
+    expect(got.has('rxflow_ledger_exported_total{}')).toBe(false);
+    expect(totals).toMatchObject({
+      seen: 20,
+      delivered: 10,
+      dropped: { kernel_map_full: 4 },
+      sinks: [{ id: 'metrics', handed: 10, exported: 10, droppedTotal: 0, inFlight: 0 }],
+    });
 
     // Counters read the ledger at collection time: a later drop shows in the next scrape.
     limiter.addDropped('limiter_dropped', 3);
@@ -222,28 +244,26 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     await expect(fetch(url)).rejects.toThrow();
   });
 
-  it('keeps counting when its port is taken, and says so in the log', async () => {
+  it('fails consume() before reading its input when its port is taken', async () => {
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
     closers.push(() => new Promise((r) => blocker.close(() => r())));
     const port = (blocker.address() as net.AddressInfo).port;
     const ledger = new Ledger();
-    const errors: string[] = [];
-    const logger = silentLogger();
-    logger.error = (obj: unknown, msg?: string) => void errors.push(msg ?? String(obj));
-    const context = { ...contextWith(ledger), logger };
+    const context = contextWith(ledger);
     const sink = otelMetricsModule.build({ prometheus_port: port, prometheus_host: '127.0.0.1' }, context);
     const input = new Subject<FlowBatch>();
-    const consumed = sink.consume(input);
-    await waitFor('the error log', () => Promise.resolve(errors.length > 0 ? true : undefined));
-    expect(errors).toEqual([
-      `otel_metrics sink: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}; pick another prometheus_port or prometheus_host`,
-    ]);
-    input.next(BATCHES[0]!);
-    input.complete();
-    await consumed;
+    const failure = await sink.consume(input).then(
+      () => undefined,
+      (err: unknown) => err as SinkError,
+    );
+    expect(failure).toBeInstanceOf(SinkError);
+    expect(failure).toMatchObject({
+      code: 'ELISTEN',
+      message: `otel_metrics sink: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}; pick another prometheus_port or prometheus_host, or stop what holds it`,
+    });
+    expect(input.observed).toBe(false);
     await sink.close();
-    expect(context.counters.snapshot()).toMatchObject({ received: 3, sent: 3, inFlight: 0 });
   });
 });
 
@@ -276,6 +296,8 @@ describe('otel_metrics sink, OTLP/HTTP push', () => {
     closers.push(() => sink.close());
     const input = new Subject<FlowBatch>();
     const consumed = sink.consume(input);
+    // The sink reads its input once its endpoint is up, as the pipeline waits for it to.
+    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
     input.next(BATCHES[0]!);
 
     const first = await waitFor('an OTLP export', () => Promise.resolve(bodies[0]));
