@@ -269,11 +269,14 @@ describe('otel_metrics sink, OTLP export as the standard variables select', () =
       'rxflow.flow.bytes': 'By',
       'rxflow.flow.packets': '{packet}',
       'rxflow.flow.records': '{record}',
+      'rxflow.ledger.delivered': '{record}',
       'rxflow.ledger.dropped': '{record}',
-      'rxflow.ledger.exported': '{record}',
       'rxflow.ledger.in_flight': '{record}',
       'rxflow.ledger.merged': '{record}',
       'rxflow.ledger.seen': '{record}',
+      'rxflow.sink.exported': '{record}',
+      'rxflow.sink.handed': '{record}',
+      'rxflow.sink.in_flight': '{record}',
     });
 
     const expected = expectedSums(data);
@@ -291,10 +294,13 @@ describe('otel_metrics sink, OTLP export as the standard variables select', () =
           attributes: attributes(p.attributes),
           value: Number(p.asDouble ?? p.asInt),
         }));
-    // Every line of the file is seen; the records are exported and the other line dropped.
+    // Every line of the file is seen; the records reach the sink, which exports them, and the other line is dropped.
     expect(only('rxflow.ledger.seen')).toEqual([{ attributes: {}, value: lines.length }]);
     const recordLines = lines.filter((l) => l.startsWith('{')).length;
-    expect(only('rxflow.ledger.exported')).toEqual([{ attributes: {}, value: recordLines }]);
+    expect(only('rxflow.ledger.delivered')).toEqual([{ attributes: {}, value: recordLines }]);
+    const sink = { sink: 'metrics', type: 'otel_metrics' };
+    expect(only('rxflow.sink.handed')).toEqual([{ attributes: sink, value: recordLines }]);
+    expect(only('rxflow.sink.exported')).toEqual([{ attributes: sink, value: recordLines }]);
     expect(only('rxflow.ledger.dropped')).toEqual([{ attributes: { reason: 'parse_failed' }, value: 1 }]);
     expect(only('rxflow.component.dropped')).toEqual([
       { attributes: { component: 'flows', type: 'file_replay', reason: 'parse_failed' }, value: 1 },
