@@ -41,26 +41,38 @@ export default synchronousBenchmark((ctx) => {
       return total;
     };
   };
+  // The floors keep what they parse, as the decoder does: holding 50k records costs the GC alike.
   const jsonFloor = (): number => {
-    for (const v of json) sink += (JSON.parse(v.toString('utf8')) as unknown[]).length;
+    const out: unknown[] = [];
+    for (const v of json) for (const r of JSON.parse(v.toString('utf8')) as unknown[]) out.push(r);
+    sink += out.length;
     return total;
   };
   const pbFloor = (): number => {
+    const out: unknown[] = [];
     for (const v of pb) {
       const o = proto.FlowBatch.toObject(proto.FlowBatch.decode(v), { longs: Number, defaults: true }) as {
         records: unknown[];
       };
-      sink += o.records.length;
+      for (const r of o.records) out.push(r);
     }
+    sink += out.length;
     return total;
   };
   const linesChecked = (): number => {
+    const out: unknown[] = [];
     const now = Date.now();
-    for (const line of lines) if (flowRecordProblem(JSON.parse(line), now) === undefined) sink++;
+    for (const line of lines) {
+      const r: unknown = JSON.parse(line);
+      if (flowRecordProblem(r, now) === undefined) out.push(r);
+    }
+    sink += out.length;
     return total;
   };
   const linesFloor = (): number => {
-    for (const line of lines) if (typeof JSON.parse(line) === 'object') sink++;
+    const out: unknown[] = [];
+    for (const line of lines) out.push(JSON.parse(line));
+    sink += out.length;
     return total;
   };
 
