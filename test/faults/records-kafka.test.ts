@@ -171,7 +171,7 @@ describeWith({ commands: ['kcat', 'promtool'] }, 'kafka_consumer with hostile re
     const interfaces = new Set(
       [...scraped.keys()]
         .filter((k) => k.startsWith('rxflow_flow_'))
-        .map((k) => /interface=([^,}]*)/.exec(k)![1]),
+        .map((k) => /network_interface_name=([^,}]*)/.exec(k)![1]),
     );
     expect([...interfaces].sort()).toEqual(['eth0', 'eth1', 'eth2']);
 

@@ -31,6 +31,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics with hostile values', () 
     try {
       const input = new Subject<FlowBatch>();
       const consumed = sink.consume(input);
+      // The sink reads its input once its endpoint is up.
+      await waitFor('the sink to subscribe', () => input.observed);
       const long = `if-${'x'.repeat(300)}`;
       input.next([
         flowRecord({ interfaceName: 'eth0\u0000evil', octetDeltaCount: 100, packetDeltaCount: 1 }),
@@ -61,8 +63,11 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics with hostile values', () 
       const bytes = Object.fromEntries(
         [...scraped]
           .filter(([k]) => k.startsWith('rxflow_flow_bytes_total{'))
-          // Labels are sorted: direction, interface, protocol.
-          .map(([k, v]): [string, number] => [/,interface=(.*),protocol=/.exec(k)![1]!, Number(v)]),
+          // Labels are sorted: network_interface_name first, then network_io_direction.
+          .map(([k, v]): [string, number] => [
+            /\{network_interface_name=(.*),network_io_direction=/.exec(k)![1]!,
+            Number(v),
+          ]),
       );
       expect(bytes).toEqual({
         'eth0\ufffdevil': 100,

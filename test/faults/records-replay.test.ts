@@ -52,8 +52,9 @@ describe('file_replay with hostile records', () => {
     });
     expect(run.logs.find((l) => l.msg === 'pipeline stopped')).toMatchObject({
       seen: good.length + hostile.length,
-      exported: good.length,
+      delivered: good.length,
       dropped: hostile.length,
+      sinks: { out: { handed: good.length, exported: good.length, dropped: 0 } },
     });
   });
 

@@ -20,6 +20,21 @@ describe('flowRecordProblem on values from outside', () => {
       custom: { nested: 'ridealong' },
     };
     expect(flowRecordProblem(firewall, NOW)).toBeUndefined();
+    const {
+      sourceIPv4Address: _s,
+      destinationIPv4Address: _d,
+      ...layer2
+    } = flowRecord({
+      ipVersion: 0,
+      sourceTransportPort: 0,
+      destinationTransportPort: 0,
+      protocolIdentifier: 0,
+      ethernetType: 0x0806,
+    });
+    expect(flowRecordProblem(layer2, NOW)).toBeUndefined();
+    expect(flowRecordProblem({ ...layer2, sourceIPv6Address: '::1' }, NOW)).toBe(
+      'ipVersion is 0 (a layer-2 flow) but sourceIPv6Address is set',
+    );
     expect(
       flowRecordProblem(
         flowRecord({ flowStartMilliseconds: EARLIEST_FLOW_MS, flowEndMilliseconds: NOW + DAY }),
@@ -97,6 +112,7 @@ describe('flowRecordProblem on values from outside', () => {
       [r({ flowCookie: 'zz' }), 'flowCookie is not 16 hex digits: "zz"'],
       [r({ duplicate: 'yes' }), 'duplicate is not true or false'],
       [r({ note: 'a\u001b[31mred' }), '"note" holds a control character: "a\\u001b[31mred"'],
+      [r({ ipVersion: 5 }), 'ipVersion is not 0, 4 or 6'],
       [r({ 'bad\u0007name': 1 }), 'a field name holds a control character: "bad\\u0007name"'],
       [r({ note: 'y'.repeat(300) }), '"note" is longer than 256 characters'],
       [r({ ratio: -Infinity }), '"ratio" is not a finite number: -Infinity'],
