@@ -9,7 +9,9 @@
  * max_interfaces interfaces seen get their own series, later ones count as "other". Every
  * component's received/sent/dropped counts and the loss ledger's totals are observable
  * instruments that read the ledger when metrics are collected, so nothing runs for them between
- * scrapes.
+ * scrapes. Label values are sanitised (control characters replaced, length bounded), and a record
+ * whose byte or packet count is not a count from 0 to 2^53-1 is left out of the flow counters and
+ * dropped as sink_failed, so no counter ever becomes +Inf or NaN.
  *
  * The resource says which agent reports (src/sinks/otel/resource.ts: OTEL_SERVICE_NAME,
  * OTEL_RESOURCE_ATTRIBUTES, host, os and process, a stable service.instance.id); OTLP pushes in the
@@ -104,6 +106,34 @@ export const METRIC = {
 
 /** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
 export const OTHER_INTERFACE = 'other';
+
+/** Characters a label value keeps at most; the rest is cut and marked with '...'. */
+export const MAX_LABEL_CHARS = 128;
+
+// C0 and C1 control characters and DEL (NUL, ESC, newlines), and halves of surrogate pairs.
+const UNFIT_LABEL_CHARS =
+  /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * A label (attribute) value fit for any metrics backend: control characters and unpaired
+ * surrogates become U+FFFD, and text past MAX_LABEL_CHARS is cut. Values come from records and
+ * pipeline files; a NUL or a newline written raw would corrupt the Prometheus text.
+ */
+export function sanitizeLabel(value: string): string {
+  let out = value.replace(UNFIT_LABEL_CHARS, '\ufffd');
+  if (out.length > MAX_LABEL_CHARS) {
+    let end = MAX_LABEL_CHARS - 3;
+    const last = out.charCodeAt(end - 1);
+    if (last >= 0xd800 && last <= 0xdbff) end--;
+    out = `${out.slice(0, end)}...`;
+  }
+  return out;
+}
+
+/** Whether `n` can be added to a counter: a finite number from 0 to 2^53-1. */
+function isCount(n: number): boolean {
+  return n >= 0 && n <= Number.MAX_SAFE_INTEGER;
+}
 
 /** network.transport values: semantic conventions' for tcp and udp, the protocol's own name for the rest. */
 const PROTOCOLS = ['tcp', 'udp', 'icmp', 'icmpv6', 'other'] as const;
@@ -232,15 +262,25 @@ export class FlowTally {
     if (slot === undefined) {
       if (this.names.length >= this.maxInterfaces) return this.maxInterfaces;
       slot = this.names.length;
-      this.names.push(String(key));
+      this.names.push(sanitizeLabel(String(key)));
       this.slots.set(key, slot);
     }
     return slot;
   }
 
-  add(batch: FlowBatch, bytes: Counter, packets: Counter, records: Counter): void {
+  /**
+   * Adds the batch to the counters; returns how many records were left out because a count of
+   * theirs is not a finite number from 0 to 2^53-1 (one such value would make a counter +Inf or
+   * NaN for good).
+   */
+  add(batch: FlowBatch, bytes: Counter, packets: Counter, records: Counter): number {
+    let skipped = 0;
     for (let i = 0; i < batch.length; i++) {
       const r = batch[i]!;
+      if (!isCount(r.octetDeltaCount) || !isCount(r.packetDeltaCount)) {
+        skipped++;
+        continue;
+      }
       const slot = this.slotOf(r.interfaceName ?? r.ingressInterface);
       const cell =
         ((slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * NETWORK_TYPES.length +
@@ -263,6 +303,7 @@ export class FlowTally {
       this.records[cell] = 0;
     }
     this.touchedCount = 0;
+    return skipped;
   }
 
   private attributesOf(cell: number): Attributes {
@@ -285,7 +326,7 @@ export class FlowTally {
 }
 
 function stageAttributes(id: string, type: string): Attributes {
-  return { component: id, type };
+  return { component: sanitizeLabel(id), type: sanitizeLabel(type) };
 }
 
 /** Registers the ledger's observable instruments; they read the ledger once per collection. */
@@ -334,7 +375,7 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
         result.observe(lost, n, { reason });
       }
       for (const k of totals.sinks) {
-        const attributes = { sink: k.id, type: k.type };
+        const attributes = { sink: sanitizeLabel(k.id), type: sanitizeLabel(k.type) };
         result.observe(handed, k.handed, attributes);
         result.observe(exported, k.exported, attributes);
         result.observe(sinkHeld, k.inFlight, attributes);
@@ -408,6 +449,7 @@ export class OtelMetricsSink implements Sink {
   private endConsume: (() => void) | undefined;
   private closed: Promise<void> | undefined;
   private failedBatches = 0;
+  private badCountBatches = 0;
   private consuming = false;
 
   constructor(config: OtelMetricsConfig, context: ComponentContext, options: OtelMetricsOptions = {}) {
@@ -544,8 +586,17 @@ export class OtelMetricsSink implements Sink {
     if (n === 0) return;
     this.counters.addReceived(n);
     try {
-      this.tally.add(batch, this.bytes, this.packets, this.records);
-      this.counters.addSent(n);
+      const skipped = this.tally.add(batch, this.bytes, this.packets, this.records);
+      this.counters.addSent(n - skipped);
+      if (skipped > 0) {
+        this.counters.addDropped('sink_failed', skipped);
+        if (this.badCountBatches++ === 0) {
+          this.logger.warn(
+            { dropped: skipped },
+            'otel_metrics sink: records whose octetDeltaCount or packetDeltaCount is not a count from 0 to 2^53-1 were left out of the flow counters; fix the source that produced them',
+          );
+        }
+      }
     } catch (err) {
       this.counters.addDropped('sink_failed', n);
       if (this.failedBatches++ === 0) this.logger.error({ err }, 'otel_metrics sink: cannot count a batch');

@@ -21,7 +21,7 @@ function tallyOf(maxInterfaces: number) {
   const bytes = new RecordingCounter();
   const packets = new RecordingCounter();
   const records = new RecordingCounter();
-  const add = (batch: FlowRecord[]): void => tally.add(batch, bytes, packets, records);
+  const add = (batch: FlowRecord[]): number => tally.add(batch, bytes, packets, records);
   return { add, bytes, packets, records };
 }
 
