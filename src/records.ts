@@ -3,6 +3,10 @@
  * names (RFC 7012, IANA registry) so a NetFlow/IPFIX user reads them without a manual.
  * Times are wall-clock milliseconds; the sources convert kernel monotonic time once.
  */
+import { ipv4ToUint32, isIPv6Text, writeMac } from './net/address.js';
+
+export { ipv4ToUint32, isIPv6Text };
+
 export interface FlowRecord {
   /**
    * 4 or 6, with exactly one of the v4/v6 address pairs set; 0 for a layer-2 flow (a frame that
@@ -106,39 +110,6 @@ const ADDRESS_FIELDS = [
   'destinationIPv6Address',
 ] as const;
 const STRING_FIELDS = fieldsOfType('string');
-
-/**
- * The address as an unsigned 32-bit number if `s` is a canonical dotted quad ("10.0.0.1": four
- * decimal octets, no leading zeros), else -1. Canonical text and number map one to one, so
- * comparing the numbers is comparing the strings.
- */
-export function ipv4ToUint32(s: string): number {
-  const n = s.length;
-  if (n < 7 || n > 15) return -1;
-  let value = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < n; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || dots === 3) return -1;
-      value = value * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else if (c >= 48 && c <= 57) {
-      // A leading zero ("01") would give a second spelling of the same address.
-      if (digits > 0 && octet === 0) return -1;
-      octet = octet * 10 + (c - 48);
-      if (++digits > 3 || octet > 255) return -1;
-    } else {
-      return -1;
-    }
-  }
-  if (dots !== 3 || digits === 0) return -1;
-  return value * 256 + octet;
-}
 
 /** The earliest flow time a record may carry: 2000-01-01T00:00:00Z. */
 export const EARLIEST_FLOW_MS = Date.UTC(2000, 0, 1);
@@ -282,66 +253,22 @@ export function hasControlCharacter(s: string): boolean {
   return false;
 }
 
-function isHex(c: number): boolean {
-  return (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70);
-}
-
-/**
- * Whether `s` is IPv6 address text (RFC 4291 2.2): eight groups of 1-4 hex digits, or fewer with
- * one "::", the last two groups possibly written as a dotted quad; no zone ("%eth0"). What
- * node:net's isIPv6 accepts, less zones, at a fraction of its cost.
- */
-export function isIPv6Text(s: string): boolean {
-  const n = s.length;
-  if (n < 2 || n > 45) return false;
-  let i = 0;
-  let groups = 0;
-  let compressed = false;
-  if (s.charCodeAt(0) === 58) {
-    if (s.charCodeAt(1) !== 58) return false;
-    compressed = true;
-    i = 2;
-  }
-  while (i < n) {
-    const start = i;
-    while (i < n && isHex(s.charCodeAt(i))) i++;
-    if (i < n && s.charCodeAt(i) === 46) {
-      // An embedded dotted quad ends the text and stands for two groups.
-      if (ipv4ToUint32(s.slice(start)) < 0) return false;
-      groups += 2;
-      break;
-    }
-    if (i === start || i - start > 4) return false;
-    groups++;
-    if (i === n) break;
-    if (s.charCodeAt(i) !== 58) return false;
-    i++;
-    if (i < n && s.charCodeAt(i) === 58) {
-      if (compressed) return false;
-      compressed = true;
-      i++;
-    } else if (i === n) {
-      return false;
-    }
-  }
-  return compressed ? groups <= 7 : groups === 8;
-}
-
-/** "" (no link layer) or six colon-separated pairs of hex digits. */
 /** The last two MAC address texts found good: a host's records mostly carry a handful of MACs. */
 let goodMac = '';
 let goodMacBefore = '';
+const macScratch = new Uint8Array(6);
 
+/** "" (no link layer) or six colon-separated pairs of hex digits. */
 function isMac(s: string): boolean {
   if (s.length === 0 || s === goodMac || s === goodMacBefore) return true;
-  if (s.length !== 17) return false;
-  for (let i = 0; i < 17; i += 3) {
-    if (!isHex(s.charCodeAt(i)) || !isHex(s.charCodeAt(i + 1))) return false;
-    if (i < 15 && s.charCodeAt(i + 2) !== 58) return false;
-  }
+  if (!writeMac(s, macScratch, 0)) return false;
   goodMacBefore = goodMac;
   goodMac = s;
   return true;
+}
+
+function isHex(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70);
 }
 
 function isCookie(s: string): boolean {

@@ -1,8 +1,8 @@
 /**
- * Address text to wire bytes, for encoders that write records into buffers: MAC addresses
- * ("02:00:00:00:00:01") and IPv6 addresses (RFC 4291 text, `::` and a trailing dotted quad
- * included). Each writes in place and says whether the text was well formed, so a hot loop
- * allocates nothing and a bad record is the caller's to count.
+ * Address text, parsed once for everyone: IPv4 dotted quads to numbers, IPv6 addresses (RFC 4291
+ * text, `::` and a trailing dotted quad included) and MAC addresses ("02:00:00:00:00:01") to wire
+ * bytes. Each writes in place or returns a number and says whether the text was well formed, so
+ * a hot loop allocates nothing and a bad record is the caller's to count.
  */
 
 function hexDigit(c: number): number {
@@ -26,33 +26,54 @@ export function writeMac(text: string, out: Uint8Array, offset: number): boolean
   return true;
 }
 
-/** Parses a dotted quad at text[from..to) into out[offset..offset+4); false if malformed. */
-function writeDottedQuad(text: string, from: number, to: number, out: Uint8Array, offset: number): boolean {
+/**
+ * The address as an unsigned 32-bit number if `s` is a canonical dotted quad ("10.0.0.1": four
+ * decimal octets, no leading zeros), else -1. Canonical text and number map one to one, so
+ * comparing the numbers is comparing the strings.
+ */
+export function ipv4ToUint32(s: string): number {
+  const n = s.length;
+  if (n < 7 || n > 15) return -1;
+  let value = 0;
   let octet = 0;
   let digits = 0;
-  let index = 0;
-  for (let i = from; i < to; i++) {
-    const c = text.charCodeAt(i);
+  let dots = 0;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
     if (c === 46) {
-      if (digits === 0 || index === 3) return false;
-      out[offset + index++] = octet;
+      if (digits === 0 || dots === 3) return -1;
+      value = value * 256 + octet;
       octet = 0;
       digits = 0;
+      dots++;
     } else if (c >= 48 && c <= 57) {
+      // A leading zero ("01") would give a second spelling of the same address.
+      if (digits > 0 && octet === 0) return -1;
       octet = octet * 10 + (c - 48);
-      if (++digits > 3 || octet > 255) return false;
+      if (++digits > 3 || octet > 255) return -1;
     } else {
-      return false;
+      return -1;
     }
   }
-  if (index !== 3 || digits === 0) return false;
-  out[offset + 3] = octet;
+  if (dots !== 3 || digits === 0) return -1;
+  return value * 256 + octet;
+}
+
+/** Parses a dotted quad at text[from..) into out[offset..offset+4); false if malformed. */
+function writeDottedQuad(text: string, from: number, out: Uint8Array, offset: number): boolean {
+  const n = ipv4ToUint32(text.slice(from));
+  if (n < 0) return false;
+  out[offset] = n >>> 24;
+  out[offset + 1] = n >>> 16;
+  out[offset + 2] = n >>> 8;
+  out[offset + 3] = n;
   return true;
 }
 
 /**
- * Writes the 16 bytes of IPv6 address `text` at `offset`; false if it is not one. Accepts what
- * inet_ntop and Node print (lower or upper case hex, one `::`, an IPv4 tail like ::ffff:10.0.0.1).
+ * Writes the 16 bytes of IPv6 address `text` at `offset`; false if it is not one (RFC 4291 2.2:
+ * eight groups of 1-4 hex digits, or fewer with one `::`, the last two possibly a dotted quad; no
+ * zone). Accepts what inet_ntop and Node print, upper or lower case.
  */
 export function writeIPv6(text: string, out: Uint8Array, offset: number): boolean {
   const n = text.length;
@@ -80,7 +101,7 @@ export function writeIPv6(text: string, out: Uint8Array, offset: number): boolea
       if (c === 58) break;
       if (c === 46) {
         // An IPv4 tail takes the last two groups.
-        if (group > 6 || !writeDottedQuad(text, start, n, out, offset + group * 2)) return false;
+        if (group > 6 || !writeDottedQuad(text, start, out, offset + group * 2)) return false;
         group += 2;
         i = n;
         digits = -1;
@@ -115,4 +136,11 @@ export function writeIPv6(text: string, out: Uint8Array, offset: number): boolea
   out.copyWithin(offset + (gap + zeros) * 2, offset + gap * 2, offset + (gap + tail) * 2);
   out.fill(0, offset + gap * 2, offset + (gap + zeros) * 2);
   return true;
+}
+
+const scratch = new Uint8Array(16);
+
+/** Whether `s` is IPv6 address text, as writeIPv6 reads it: what node:net's isIPv6 accepts, less zones. */
+export function isIPv6Text(s: string): boolean {
+  return writeIPv6(s, scratch, 0);
 }

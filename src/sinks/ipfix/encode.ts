@@ -24,9 +24,8 @@
  * element (interfaceName, tunnel outer addresses, the GENEVE cookie) are left out.
  */
 import type { FlowRecord } from '../../records.js';
-import { ipv4ToUint32 } from '../../operators/flow-key.js';
 import { readIPv4Words, type IPv4WordsOut } from '../../records.js';
-import { writeIPv6, writeMac } from '../../net/address.js';
+import { ipv4ToUint32, writeIPv6, writeMac } from '../../net/address.js';
 
 export const IPFIX_VERSION = 10;
 export const MESSAGE_HEADER_BYTES = 16;
