@@ -812,7 +812,7 @@ export class KafkaSink implements Sink {
       }
       this.inFlight.clear();
       this.inFlightRecords = 0;
-      this.drop('shutdown', abandoned, `not written within ${waitMs} ms of close`);
+      this.drop('shutdown', abandoned, `not written by the close deadline (waited ${waitMs} ms)`);
       this.logger.warn({ dropped: abandoned }, 'kafka sink: closed with records unwritten');
     }
     for (const wake of [...this.sleepers]) wake();
