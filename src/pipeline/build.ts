@@ -282,13 +282,13 @@ export class Pipeline {
 
   /** `work`, or less when draining: resolves by the deadline (plus `graceMs`) at the latest. */
   private async bounded(work: Promise<void>, graceMs: number): Promise<boolean> {
-    const left = this.drainLeft();
-    if (left === undefined) {
+    if (this.drainBy === undefined) {
       await work;
       return true;
     }
+    const wait = Math.max(0, this.drainBy + graceMs - Date.now());
     let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), left + graceMs)));
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), wait)));
     const settled = await Promise.race([work.then(() => true as const), late]);
     clearTimeout(timer);
     return settled;

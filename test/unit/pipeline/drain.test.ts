@@ -27,6 +27,8 @@ const endless: SourceModule<Record<string, never>> = {
 interface SlowConfig {
   /** How long writing what it holds takes; -1: forever (the brokers are away). */
   write_ms: number;
+  /** close() never resolves and consume() never ends: a sink that ignores the deadline. */
+  stuck?: boolean;
 }
 
 /** A sink that holds what it gets until it has written it (write_ms after its input ends). */
@@ -39,7 +41,7 @@ function slowModule(closes: (number | undefined)[]): SinkModule<SlowConfig> {
       type: 'object',
       additionalProperties: false,
       required: ['write_ms'],
-      properties: { write_ms: { type: 'integer', minimum: -1 } },
+      properties: { write_ms: { type: 'integer', minimum: -1 }, stuck: { type: 'boolean' } },
     },
     example: { write_ms: 0 },
     build(config, context): Sink {
@@ -72,6 +74,7 @@ function slowModule(closes: (number | undefined)[]): SinkModule<SlowConfig> {
         flush: () => flushed,
         close(timeoutMs) {
           closes.push(timeoutMs);
+          if (config.stuck === true) return new Promise<void>(() => undefined);
           context.counters.addDropped('shutdown', held);
           held = 0;
           ended?.();
@@ -82,11 +85,11 @@ function slowModule(closes: (number | undefined)[]): SinkModule<SlowConfig> {
   };
 }
 
-function pipelineText(drain: string | undefined, writeMs: number): string {
+function pipelineText(drain: string | undefined, writeMs: number, stuck = false): string {
   return `${drain === undefined ? '' : `drain_timeout_ms: ${drain}\n`}sources:
   flows: {type: endless}
 sinks:
-  out: {type: slow, write_ms: ${writeMs}, inputs: [flows]}
+  out: {type: slow, write_ms: ${writeMs}, stuck: ${stuck}, inputs: [flows]}
 `;
 }
 
@@ -144,5 +147,22 @@ describe('the pipeline drain deadline', () => {
     expect(closes[0]).toBeGreaterThan(5000);
     expect(closes[0]).toBeLessThanOrEqual(10_000);
     expect(pipeline.totals()).toMatchObject({ seen: 5, exported: 5, dropped: {}, inFlight: 0 });
+  });
+
+  it('a sink that ignores the deadline is left behind a second after it: stop() resolves, the pipeline stops', async () => {
+    const closes: (number | undefined)[] = [];
+    const registry = new ComponentRegistry([endless, slowModule(closes)]);
+    const config = parsePipeline(pipelineText('300ms', -1, true), 'x.yaml', { registry, env: {} });
+    const pipeline = await buildPipeline(config);
+    await pipeline.start();
+    const stoppedAt = Date.now();
+    await pipeline.stop();
+    const took = Date.now() - stoppedAt;
+    expect(took).toBeGreaterThanOrEqual(300 + 1000);
+    expect(took).toBeLessThan(300 + 1000 + 1000);
+    expect(closes).toEqual([0]);
+    expect(pipeline.state).toBe('stopped');
+    // It still holds its 5 records: in flight, not lost without a reason.
+    expect(pipeline.totals()).toMatchObject({ seen: 5, exported: 0, dropped: {}, inFlight: 5 });
   });
 });
