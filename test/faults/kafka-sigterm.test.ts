@@ -100,26 +100,40 @@ describeWith({ commands: ['kcat'] }, 'rxflow run stopped during a Kafka outage',
     expect(ledger).toHaveLength(1);
     const final = ledger[0] as {
       seen: number;
-      exported: number;
       dropped: Record<string, number>;
       inFlight: number;
+      sinks: {
+        id: string;
+        handed: number;
+        exported: number;
+        dropped: Record<string, number>;
+        inFlight: number;
+      }[];
     };
-    expect(Object.keys(final.dropped)).toEqual(['shutdown']);
-    expect(final.dropped.shutdown).toBeGreaterThan(0);
-    expect(final.inFlight).toBe(0);
+    expect(final).toMatchObject({ seen: LINES, inFlight: 0 });
+    const kafka = final.sinks.find((k) => k.id === 'out')!;
+    expect(Object.keys(kafka.dropped)).toEqual(['shutdown']);
+    const shutdown = kafka.dropped.shutdown!;
+    expect(shutdown).toBeGreaterThan(0);
+    expect(kafka).toEqual({
+      ...kafka,
+      handed: LINES,
+      exported: LINES - shutdown,
+      inFlight: 0,
+    });
 
     await cluster.brokerUp(-1);
     const { indexes: _indexes, ...account } = await topicAccount(cluster.bootstrap, topic, LINES, {
-      sent: final.exported,
-      dropped: final.dropped,
+      sent: kafka.exported,
+      dropped: kafka.dropped,
     });
     expect(account).toEqual({
       fed: LINES,
-      inTopic: LINES - final.dropped.shutdown!,
+      inTopic: LINES - shutdown,
       duplicates: 0,
-      dropped: final.dropped.shutdown,
+      dropped: shutdown,
       accounted: LINES,
-      ledgerSent: LINES - final.dropped.shutdown!,
+      ledgerSent: LINES - shutdown,
     });
   }, 60_000);
 });
