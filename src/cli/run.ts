@@ -5,6 +5,12 @@ import { createCliLogger } from './log.js';
 import { PipelineSession } from './session.js';
 import { defaultStatusSocket } from './status.js';
 
+/**
+ * After a drain on a signal has ended and the ledger is logged, how long a connection still
+ * closing (a client library retrying a broker that is away) may keep the process alive.
+ */
+const EXIT_GRACE_MS = 500;
+
 /** Exit codes of a second signal, as the shell reports a process killed by it. */
 export const SIGNAL_EXIT: Record<SignalName, number> = { SIGINT: 130, SIGTERM: 143 };
 
@@ -137,5 +143,13 @@ export async function runFile(
   } finally {
     signals.detach();
     await session?.close();
+    // The drain is over and the ledger logged: a service manager waiting for the exit does not
+    // wait on what is left. Unreferenced, so a process with nothing left exits at once.
+    if (stopRequested) {
+      setTimeout(
+        () => io.exit(typeof process.exitCode === 'number' ? process.exitCode : 0),
+        EXIT_GRACE_MS,
+      ).unref();
+    }
   }
 }
