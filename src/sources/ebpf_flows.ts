@@ -22,10 +22,17 @@ import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
+import { InterfaceMatcher } from '../net/interface-match.js';
+import { followLinks } from './follow-links.js';
+import type { LinkFollower } from './link-follower.js';
 
 export interface EbpfFlowsConfig {
+  /** Names, globs (`veth*`) and regular expressions (`/^rxv/`). */
   interfaces: string[];
+  exclude_interfaces?: string[];
+  /** An `ip netns` name, a path, or `all`. */
   netns?: string;
+  netns_rescan_interval_ms: number;
   directions: ('ingress' | 'egress')[];
   attach_mode: 'auto' | 'tcx' | 'clsact';
   instance: string;
@@ -69,6 +76,21 @@ function kernelLossReporter(dp: FlowDatapath, counters: StageCounters): () => vo
   };
 }
 
+/** Sets networkNamespace on records counted outside the agent's own namespace; one lookup per run of an ifindex. */
+function markNamespace(follower: LinkFollower): MonoTypeOperatorFunction<FlowBatch> {
+  return tap((batch) => {
+    let lastIndex = -1;
+    let label: string | undefined;
+    for (const r of batch) {
+      if (r.ingressInterface !== lastIndex) {
+        lastIndex = r.ingressInterface;
+        label = follower.namespaceOf(lastIndex);
+      }
+      if (label !== undefined) r.networkNamespace = label;
+    }
+  });
+}
+
 function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
   return tap((batch) => {
     counters.addReceived(batch.length);
@@ -85,7 +107,8 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const scheduler = context.scheduler ?? asyncScheduler;
     const logger = context.logger;
     const options = {
-      interfaces: config.interfaces,
+      // The follower attaches; the datapath only loads and pins.
+      interfaces: [],
       directions: config.directions,
       attachMode: config.attach_mode,
       instance: config.instance,
@@ -94,15 +117,18 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       ringbufBytes: config.ringbuf_size_bytes,
       sampling: config.sampling,
       ...(config.object_path ? { objectPath: config.object_path } : {}),
-      ...(config.netns ? { netns: config.netns } : {}),
     };
+    const matcher = InterfaceMatcher.parse(config.interfaces, config.exclude_interfaces ?? []);
     const dp = FlowDatapath.open(options);
+    let follower: LinkFollower;
+    try {
+      follower = followLinks(dp, config, matcher, logger);
+    } catch (err) {
+      dp.close();
+      throw err;
+    }
     logger.info(
-      {
-        interfaces: config.interfaces,
-        links: dp.links.map((l) => `${l.ifname}/${l.direction}/${l.mode}`),
-        pin_dir: dp.pinDir,
-      },
+      { interfaces: config.interfaces, netns: config.netns, links: follower.attached(), pin_dir: dp.pinDir },
       'flow programs attached',
     );
     const counters = context.counters;
@@ -150,11 +176,18 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     );
     // The source's own counters see the ring-buffer records before aggregation; the inner
     // account stage counts what it merges.
-    const sub = merge(mapFlows.pipe(countInto(counters)), ringFlows).subscribe(subscriber);
+    const flows = merge(mapFlows.pipe(countInto(counters)), ringFlows);
+    const sub = (config.netns === undefined ? flows : flows.pipe(markNamespace(follower))).subscribe(
+      subscriber,
+    );
     return () => {
       sub.unsubscribe();
       pressure.complete();
-      dp.close();
+      try {
+        follower.close();
+      } finally {
+        dp.close();
+      }
     };
   });
 }
@@ -174,14 +207,27 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       interfaces: {
         type: 'array',
         minItems: 1,
-        items: { type: 'string', minLength: 1, maxLength: 15 },
-        description: 'interfaces to attach to, by name',
+        items: { type: 'string', minLength: 1 },
+        description:
+          'interfaces to attach to: names (eth0), globs (veth*, tap?, eth[0-3]) and regular expressions between slashes (/^rxv/); every matching link that exists and each one created later is attached, links are detached when deleted and followed by ifindex across renames; a plain name must exist at start',
+      },
+      exclude_interfaces: {
+        type: 'array',
+        items: { type: 'string', minLength: 1 },
+        default: [],
+        description:
+          'names, globs and regular expressions of interfaces never to attach to, even when interfaces matches',
       },
       netns: {
         type: 'string',
         minLength: 1,
-        description: "network namespace of the interfaces: an 'ip netns' name or a /proc/<pid>/ns/net path",
+        description:
+          "network namespace of the interfaces: an 'ip netns' name, a path such as /proc/<pid>/ns/net, or 'all': every namespace of the host (named ones and those of processes, de-duplicated by inode), followed as they are created and destroyed; records from a namespace other than the agent's carry networkNamespace",
       },
+      netns_rescan_interval_ms: ms(
+        "with netns 'all', how often /proc is rescanned for namespaces of processes (named ones are watched with inotify)",
+        1000,
+      ),
       directions: {
         type: 'array',
         minItems: 1,
@@ -244,6 +290,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
   },
   example: {
     interfaces: ['eth0'],
+    exclude_interfaces: [],
+    netns_rescan_interval_ms: 1000,
     directions: ['ingress', 'egress'],
     attach_mode: 'auto',
     instance: 'default',

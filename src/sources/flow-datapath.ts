@@ -6,6 +6,7 @@ import {
   attachTc,
   type BpfMap,
   type Collection,
+  type Program,
   type TcDirection,
   type TcLink,
 } from '../datapath/index.js';
@@ -124,6 +125,11 @@ export class FlowDatapath {
       throw err;
     }
     return dp;
+  }
+
+  /** The flow program of a direction, to attach to links this datapath does not hold itself. */
+  program(direction: TcDirection): Program {
+    return this.#collection.program(direction === 'ingress' ? 'flow_ingress' : 'flow_egress');
   }
 
   /** Sets 1-in-N sampling at run time. */
