@@ -76,21 +76,6 @@ function kernelLossReporter(dp: FlowDatapath, counters: StageCounters): () => vo
   };
 }
 
-/** Sets networkNamespace on records counted outside the agent's own namespace; one lookup per run of an ifindex. */
-function markNamespace(follower: LinkFollower): MonoTypeOperatorFunction<FlowBatch> {
-  return tap((batch) => {
-    let lastIndex = -1;
-    let label: string | undefined;
-    for (const r of batch) {
-      if (r.ingressInterface !== lastIndex) {
-        lastIndex = r.ingressInterface;
-        label = follower.namespaceOf(lastIndex);
-      }
-      if (label !== undefined) r.networkNamespace = label;
-    }
-  });
-}
-
 function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
   return tap((batch) => {
     counters.addReceived(batch.length);
@@ -132,6 +117,9 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       'flow programs attached',
     );
     const counters = context.counters;
+    // Only a source outside its own namespace has records to mark.
+    const labeler = config.netns === undefined ? undefined : follower.labeler;
+    dp.labeler = labeler;
     const reportKernelLosses = kernelLossReporter(dp, counters);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
@@ -155,7 +143,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const ringFlows = ringbufTracer({
       drain: (onRecord) => dp.events.drain(onRecord),
       decode: (view, offset, length, out) => {
-        out.push(decodeFlowEvent(view, offset, length, offsetMs));
+        out.push(decodeFlowEvent(view, offset, length, offsetMs, labeler));
         return flowEventReason(view, offset) === FLOW_EVENT_MAP_FULL;
       },
       drainIntervalMs: config.ringbuf_drain_interval_ms,
@@ -176,10 +164,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     );
     // The source's own counters see the ring-buffer records before aggregation; the inner
     // account stage counts what it merges.
-    const flows = merge(mapFlows.pipe(countInto(counters)), ringFlows);
-    const sub = (config.netns === undefined ? flows : flows.pipe(markNamespace(follower))).subscribe(
-      subscriber,
-    );
+    const sub = merge(mapFlows.pipe(countInto(counters)), ringFlows).subscribe(subscriber);
     return () => {
       sub.unsubscribe();
       pressure.complete();

@@ -16,6 +16,7 @@ import {
   encodeFlowConfig,
   sumPerCpuCounter,
   type FlowCounterName,
+  type NetnsLabeler,
 } from '../datapath/flow-types.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { withNetns } from '../datapath/netns.js';
@@ -56,6 +57,8 @@ export class FlowDatapath {
   readonly flowMaps: FlowMaps;
   readonly events: RingBufferReader;
   readonly links: TcLink[] = [];
+  /** Names the namespace of evicted flows (see NetnsLabeler); unset, records carry none. */
+  labeler: NetnsLabeler | undefined;
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
@@ -205,7 +208,7 @@ export class FlowDatapath {
     const map = this.flowMaps.swap();
     const batch = map.drain();
     if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs);
+    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, this.labeler);
   }
 
   async #evictOneAsync(offsetMs: number): Promise<FlowRecord[]> {
@@ -214,7 +217,7 @@ export class FlowDatapath {
     if (this.#closed) return [];
     const batch = map.drain();
     if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs);
+    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, this.labeler);
   }
 
   /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */

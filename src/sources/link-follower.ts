@@ -66,6 +66,8 @@ export class LinkFollower {
   private readonly attachedBy = new Map<number, Map<number, string | undefined>>();
   /** ifindex -> label of the namespace that last had a link of this ifindex attached. */
   private readonly lastBy = new Map<number, string | undefined>();
+  /** Inode of each namespace followed -> its label. Kept after a namespace goes: its last flows are evicted later. */
+  private readonly inodeLabels = new Map<number, string | undefined>();
   private readonly subject = new Subject<LinkEvent>();
   private watcher: NetnsWatcher | undefined;
   private closed = false;
@@ -133,6 +135,13 @@ export class LinkFollower {
     return this.lastBy.get(ifindex);
   }
 
+  /**
+   * The NetnsLabeler of the flow records: by the namespace inode the programs put in the flow
+   * key, else (0: the kernel would not say) by the ifindex, see namespaceOf.
+   */
+  readonly labeler = (inode: number, ifindex: number): string | undefined =>
+    inode !== 0 && this.inodeLabels.has(inode) ? this.inodeLabels.get(inode) : this.namespaceOf(ifindex);
+
   /** Every TC link held now. */
   tcLinks(): TcLink[] {
     const out: TcLink[] = [];
@@ -167,7 +176,7 @@ export class LinkFollower {
       if (failed) continue;
       throw new SourceError(
         'ENOIFACE',
-        `attach tc ingress ${name}: no such interface${state.ns.label ? ` in netns ${state.ns.label}` : ''}; check the name with 'ip link'`,
+        `attach tc ingress ${name}: no such interface; check the name with 'ip link'`,
       );
     }
   }
@@ -192,6 +201,7 @@ export class LinkFollower {
       ready: new Promise<void>((resolve) => (markReady = resolve)),
     };
     this.states.set(info.ino, state);
+    this.inodeLabels.set(info.ino, ns.label);
     try {
       state.monitor = new LinkMonitor({
         ...(ns.path !== undefined ? { netns: ns.path } : {}),

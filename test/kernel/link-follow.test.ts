@@ -211,7 +211,7 @@ sinks:
       expect(existsSync(join(pinRoot, 'rxflow-ifwatch'))).toBe(false);
     });
 
-    it("netns 'all': a namespace created while it runs is followed, its flows carry and are named in it", async () => {
+    it("netns 'all': namespaces created while it runs are followed; their flows carry and are named in them, even where ifindexes coincide", async () => {
       const store: CollectStore = new Map();
       const logs: LogLine[] = [];
       const yaml = `
@@ -232,64 +232,78 @@ sinks:
     inputs: [names]
 `;
       const pipeline = await startPipeline(yaml, store, logs);
-      const inner = `rxv${pid}n0`;
-      const far = `rxw${pid}m0`;
-      let fresh: Netns | undefined;
-      let ifindex = 0;
+      const fresh: Netns[] = [];
+      // Two namespaces, each with its own matching link; in a new namespace the first link after
+      // lo takes ifindex 2, so both links have the same one and only the namespace tells them apart.
+      const sends = [7, 5];
+      const seen: { ns: string; inner: string; ifindex: number }[] = [];
       let stopped = false;
       try {
-        fresh = await createNetns({ prefix: 'rxif' });
-        const ns = fresh.name;
-        ipBatch(
-          [
-            `link add ${inner} address ${mac(2, 0, 1)} type veth peer name ${far} address ${mac(2, 0, 2)} netns ${peer.name}`,
-            `addr add 198.19.200.1/30 dev ${inner}`,
-            `link set ${inner} up`,
-          ],
-          ns,
-        );
-        await until(
-          () => logs.some((l) => l.msg === 'interface attached' && l.ifname === inner && l.netns === ns),
-          `${inner} attached in ${ns}`,
-          10_000,
-        );
-        ifindex = logs.find((l) => l.msg === 'interface attached' && l.ifname === inner)!.ifindex!;
-        ipBatch(
-          [
-            `addr add 198.19.200.2/30 dev ${far}`,
-            `link set ${far} up`,
-            `neigh replace 198.19.200.1 lladdr ${mac(2, 0, 1)} dev ${far} nud permanent`,
-          ],
-          peer.name,
-        );
-        const sent = await sendUdp({
-          from: peer,
-          to: '198.19.200.1',
-          port: PORT,
-          count: PACKETS,
-          payloadBytes: 64,
-        });
-        expect(sent.sent).toBe(PACKETS);
+        for (let n = 0; n < sends.length; n++) {
+          const netns = await createNetns({ prefix: 'rxif' });
+          fresh.push(netns);
+          const inner = `rxv${pid}n${n}`;
+          const far = `rxw${pid}m${n}`;
+          ipBatch(
+            [
+              `link add ${inner} address ${mac(2, n, 1)} type veth peer name ${far} address ${mac(2, n, 2)} netns ${peer.name}`,
+              `addr add 198.19.${200 + n}.1/30 dev ${inner}`,
+              `link set ${inner} up`,
+            ],
+            netns.name,
+          );
+          await until(
+            () =>
+              logs.some(
+                (l) => l.msg === 'interface attached' && l.ifname === inner && l.netns === netns.name,
+              ),
+            `${inner} attached in ${netns.name}`,
+            10_000,
+          );
+          const ifindex = logs.find((l) => l.msg === 'interface attached' && l.ifname === inner)!.ifindex!;
+          seen.push({ ns: netns.name, inner, ifindex });
+          ipBatch(
+            [
+              `addr add 198.19.${200 + n}.2/30 dev ${far}`,
+              `link set ${far} up`,
+              `neigh replace 198.19.${200 + n}.1 lladdr ${mac(2, n, 1)} dev ${far} nud permanent`,
+            ],
+            peer.name,
+          );
+        }
+        expect(seen[0]!.ifindex).toBe(seen[1]!.ifindex);
+        for (let n = 0; n < sends.length; n++) {
+          const sent = await sendUdp({
+            from: peer,
+            to: `198.19.${200 + n}.1`,
+            port: PORT,
+            count: sends[n]!,
+            payloadBytes: 64,
+          });
+          expect(sent.sent).toBe(sends[n]);
+        }
         // Destroyed: the source lets go of it (its monitor would otherwise keep it alive).
-        fresh.dispose();
+        fresh[0]!.dispose();
         await until(
-          () => logs.some((l) => l.msg === 'network namespace gone' && l.netns === ns),
-          `${ns} gone`,
+          () => logs.some((l) => l.msg === 'network namespace gone' && l.netns === seen[0]!.ns),
+          `${seen[0]!.ns} gone`,
           10_000,
         );
         await pipeline.stop();
         stopped = true;
         const records = [...store.values()].flatMap((c) => c.batches.flat());
-        expect(udpPackets(records, ifindex, ns)).toBe(PACKETS);
-        const names = new Set(
-          records
-            .filter((r) => r.networkNamespace === ns && r.ingressInterface === ifindex)
-            .map((r) => r.interfaceName),
-        );
-        expect([...names]).toEqual([inner]);
+        expect(seen.map((s) => udpPackets(records, s.ifindex, s.ns))).toEqual(sends);
+        for (const s of seen) {
+          const names = new Set(
+            records
+              .filter((r) => r.networkNamespace === s.ns && r.ingressInterface === s.ifindex)
+              .map((r) => r.interfaceName),
+          );
+          expect([...names]).toEqual([s.inner]);
+        }
       } finally {
         if (!stopped) await pipeline.stop();
-        fresh?.dispose();
+        for (const netns of fresh) netns.dispose();
       }
     });
   },
