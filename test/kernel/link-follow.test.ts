@@ -306,6 +306,87 @@ sinks:
         for (const netns of fresh) netns.dispose();
       }
     });
+    it('a rename keeps the attachment (by ifindex); renamed out of the patterns it is detached, back in attached again', async () => {
+      const store: CollectStore = new Map();
+      const logs: LogLine[] = [];
+      const yaml = `
+sources:
+  flows:
+    type: ebpf_flows
+    interfaces: ['rxv${pid}r0', 'rxv${pid}s*']
+    instance: ifwatch-rename
+    pin_root: ${pinRoot}
+sinks:
+  out:
+    type: collect
+    inputs: [flows]
+`;
+      const host = `rxv${pid}r0`;
+      const far = `rxw${pid}r0`;
+      const undo = cleanup.register(`link ${host}`, () => {
+        for (const name of [host, `rxv${pid}s1`, `rxv${pid}q1`]) deleteLinkSync(name);
+      });
+      ipBatch([
+        `link add ${host} address ${mac(3, 0, 1)} type veth peer name ${far} address ${mac(3, 0, 2)} netns ${peer.name}`,
+        `addr add 198.19.210.1/30 dev ${host}`,
+        `link set ${host} up`,
+      ]);
+      ipBatch(
+        [
+          `addr add 198.19.210.2/30 dev ${far}`,
+          `link set ${far} up`,
+          `neigh replace 198.19.210.1 lladdr ${mac(3, 0, 1)} dev ${far} nud permanent`,
+        ],
+        peer.name,
+      );
+      const pipeline = await startPipeline(yaml, store, logs);
+      const events = () =>
+        logs.filter((l) => l.msg.startsWith('interface ')).map((l) => `${l.msg} ${l.ifname}`);
+      const send = async (count: number) => {
+        const sent = await sendUdp({ from: peer, to: '198.19.210.1', port: PORT, count, payloadBytes: 64 });
+        expect(sent.sent).toBe(count);
+      };
+      let stopped = false;
+      try {
+        expect(events()).toEqual([`interface attached ${host}`]);
+        const ifindex = logs.find((l) => l.msg === 'interface attached')!.ifindex!;
+        await send(3);
+        // Renamed into another pattern: the same links stay (a link must be down to be renamed).
+        ipBatch([`link set ${host} down`, `link set ${host} name rxv${pid}s1`, `link set rxv${pid}s1 up`]);
+        await until(() => events().length === 2, 'rename seen', 5000);
+        expect(events()).toEqual([`interface attached ${host}`, `interface renamed rxv${pid}s1`]);
+        await send(4);
+        // Renamed out of every pattern: detached, and its traffic is not counted.
+        ipBatch([
+          `link set rxv${pid}s1 down`,
+          `link set rxv${pid}s1 name rxv${pid}q1`,
+          `link set rxv${pid}q1 up`,
+        ]);
+        await until(() => events().length === 3, 'detach seen', 5000);
+        await send(5);
+        // And back: attached again.
+        ipBatch([
+          `link set rxv${pid}q1 down`,
+          `link set rxv${pid}q1 name rxv${pid}s1`,
+          `link set rxv${pid}s1 up`,
+        ]);
+        await until(() => events().length === 4, 'attach seen', 5000);
+        await send(6);
+        expect(events()).toEqual([
+          `interface attached ${host}`,
+          `interface renamed rxv${pid}s1`,
+          `interface detached rxv${pid}q1`,
+          `interface attached rxv${pid}s1`,
+        ]);
+        await pipeline.stop();
+        stopped = true;
+        const records = [...store.values()].flatMap((c) => c.batches.flat());
+        expect(udpPackets(records, ifindex)).toBe(3 + 4 + 6);
+      } finally {
+        if (!stopped) await pipeline.stop();
+        undo.run();
+      }
+    });
   },
   ['bpftool'],
 );
