@@ -120,7 +120,12 @@ export class NetnsWatcher {
   static open(options: NetnsWatcherOptions): NetnsWatcher {
     const w = new NetnsWatcher(options);
     w.watchRunDir();
-    w.rescan();
+    try {
+      w.rescan();
+    } catch (err) {
+      w.close();
+      throw err;
+    }
     w.timer = setInterval(() => w.rescan(), options.rescanIntervalMs);
     w.timer.unref();
     return w;

@@ -54,6 +54,8 @@ interface NsState {
   monitor: LinkMonitor | undefined;
   /** Attached links by ifindex. */
   links: Map<number, { ifname: string; tc: TcLink[] }>;
+  /** The last listing of the namespace's links. */
+  table: ReadonlyMap<number, string>;
   /** ifindex -> name that failed to attach: not retried until the link changes. */
   failed: Map<number, string>;
   /** Resolves when the monitor listens (or gave up). */
@@ -71,6 +73,8 @@ export class LinkFollower {
   private readonly subject = new Subject<LinkEvent>();
   private watcher: NetnsWatcher | undefined;
   private closed = false;
+  /** During open(): an attach failure fails the source, as a fixed list of interfaces always did. */
+  private opening = true;
   /** Attach, detach and rename of links, as they happen. */
   readonly events: Observable<LinkEvent> = this.subject.asObservable();
 
@@ -102,6 +106,7 @@ export class LinkFollower {
         });
         f.requireNamed();
       }
+      f.opening = false;
     } catch (err) {
       f.close();
       throw err;
@@ -168,12 +173,11 @@ export class LinkFollower {
 
   /** Plainly named interfaces must exist at start, in the one namespace followed. */
   private requireNamed(): void {
-    const state = [...this.states.values()][0]!;
-    const present = new Set([...state.links.values()].map((l) => l.ifname));
+    const state = [...this.states.values()][0];
+    if (state === undefined) return;
+    const present = new Set(state.table.values());
     for (const name of this.options.matcher.names) {
       if (present.has(name)) continue;
-      const failed = [...state.failed.values()].includes(name);
-      if (failed) continue;
       throw new SourceError(
         'ENOIFACE',
         `attach tc ingress ${name}: no such interface; check the name with 'ip link'`,
@@ -197,6 +201,7 @@ export class LinkFollower {
       ns,
       monitor: undefined,
       links: new Map(),
+      table: new Map(),
       failed: new Map(),
       ready: new Promise<void>((resolve) => (markReady = resolve)),
     };
@@ -256,6 +261,7 @@ export class LinkFollower {
       this.options.logger.debug({ err, netns: state.ns.label }, 'cannot list links of network namespace');
       return;
     }
+    state.table = table;
     setNamespaceNames(state.ns.label, table);
     const { matcher } = this.options;
     for (const [ifindex, cur] of state.links) {
@@ -278,11 +284,11 @@ export class LinkFollower {
         tc = withNetns(state.ns.path, () => this.options.attach(state.ns, ifindex, name));
       } catch (err) {
         state.failed.set(ifindex, name);
+        const code = (err as { code?: string }).code;
+        const gone = code === 'ENOIFACE' || code === 'ENONETNS';
+        if (this.opening && !gone) throw err;
         // Deleted between listing and attaching is no failure; anything else the user must see.
-        if (
-          (err as { code?: string }).code === 'ENOIFACE' ||
-          (err as { code?: string }).code === 'ENONETNS'
-        ) {
+        if (gone) {
           this.options.logger.debug(
             { err, netns: state.ns.label, ifname: name },
             'link went away before attach',
