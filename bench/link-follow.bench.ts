@@ -27,21 +27,20 @@ function percentile(values: number[], p: number): number {
 
 export default async function linkFollow(ctx: BenchContext): Promise<void> {
   const links = 100;
-  const { ms, command } = await child<{ ms: number[]; command: number[] }>(['latency', String(links)]);
-  const median = percentile(ms, 50);
+  const { ms, seen } = await child<{ ms: number[]; seen: number[] }>(['latency', String(links)]);
+  const seenP99 = { name: 'link_follow.appear_to_event_p99', value: percentile(seen, 99) };
   ctx.report({
-    name: 'link_follow.ip_link_add_p99',
-    value: percentile(command, 99),
+    ...seenP99,
     unit: 'ms',
-    note: `the 'ip link add' command alone, part of the figure below (median ${percentile(command, 50).toFixed(1)})`,
+    note: `from 'link add' to the follower handling the link event (median ${percentile(seen, 50).toFixed(1)})`,
   });
   ctx.report({
     name: 'link_follow.appear_to_attach_p99',
     value: percentile(ms, 99),
     unit: 'ms',
     target: { value: 100, better: 'lower' },
-    baseline: { name: 'link_follow.appear_to_attach_p50', value: median },
-    note: `${links} veth pairs one by one, from spawning 'ip link add' to attached (both hooks); max ${Math.max(...ms).toFixed(1)}`,
+    baseline: seenP99,
+    note: `${links} veth pairs one by one, from 'link add' to attached (both hooks); median ${percentile(ms, 50).toFixed(1)}, max ${Math.max(...ms).toFixed(1)}`,
   });
   const scale = ctx.quick ? 200 : 1000;
   const r = await child<{ totalMs: number; rssGrowthBytes: number; links: number }>(['scale', String(scale)]);

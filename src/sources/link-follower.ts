@@ -72,6 +72,7 @@ export class LinkFollower {
   private readonly inodeLabels = new Map<number, string | undefined>();
   private readonly subject = new Subject<LinkEvent>();
   private watcher: NetnsWatcher | undefined;
+  private goneTimer: NodeJS.Timeout | undefined;
   private closed = false;
   /** During open(): an attach failure fails the source, as a fixed list of interfaces always did. */
   private opening = true;
@@ -105,6 +106,7 @@ export class LinkFollower {
           host: path === undefined,
         });
         f.requireNamed();
+        if (path !== undefined) f.watchGone(path, ino);
       }
       f.opening = false;
     } catch (err) {
@@ -159,6 +161,7 @@ export class LinkFollower {
     if (this.closed) return;
     this.closed = true;
     this.watcher?.close();
+    clearInterval(this.goneTimer);
     let first: Error | undefined;
     for (const ino of [...this.states.keys()]) {
       try {
@@ -169,6 +172,26 @@ export class LinkFollower {
     }
     this.subject.complete();
     if (first !== undefined) throw first;
+  }
+
+  /**
+   * Lets go of the one namespace followed once `path` no longer leads to it (`ip netns del`, the
+   * process exited): its monitor would otherwise keep it alive.
+   */
+  private watchGone(path: string, ino: number): void {
+    const file = path.startsWith('/') ? path : `/run/netns/${path}`;
+    this.goneTimer = setInterval(() => {
+      let now: number | undefined;
+      try {
+        now = statSync(file).ino;
+      } catch {
+        now = undefined;
+      }
+      if (now === ino) return;
+      clearInterval(this.goneTimer);
+      this.removeNamespace(ino, 'namespace gone');
+    }, this.options.rescanIntervalMs);
+    this.goneTimer.unref();
   }
 
   /** Plainly named interfaces must exist at start, in the one namespace followed. */
