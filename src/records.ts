@@ -4,8 +4,12 @@
  * Times are wall-clock milliseconds; the sources convert kernel monotonic time once.
  */
 export interface FlowRecord {
-  /** 4 or 6. Exactly one of the v4/v6 address pairs is set. */
-  ipVersion: 4 | 6;
+  /**
+   * 4 or 6, with exactly one of the v4/v6 address pairs set; 0 for a layer-2 flow (a frame that
+   * is not IP: ARP, LLDP, ...), which has no addresses and is told apart by sourceMacAddress,
+   * destinationMacAddress and ethernetType.
+   */
+  ipVersion: 0 | 4 | 6;
   sourceIPv4Address?: string;
   destinationIPv4Address?: string;
   sourceIPv6Address?: string;
@@ -101,12 +105,18 @@ const fieldsOfType = (type: 'number' | 'string'): Exclude<RequiredFlowField, Val
   );
 
 const NUMBER_FIELDS = fieldsOfType('number');
+const ADDRESS_FIELDS = [
+  'sourceIPv4Address',
+  'destinationIPv4Address',
+  'sourceIPv6Address',
+  'destinationIPv6Address',
+] as const;
 const STRING_FIELDS = fieldsOfType('string');
 
 /**
  * Why a decoded value is not a flow record, or undefined when it is one: an object whose required
  * FlowRecord fields are present with their types (numbers, strings, ipVersion 4 or 6 with that
- * version's address pair, flowDirection 0 or 1). Other fields ride along unchecked, so records
+ * version's address pair or 0 for a layer-2 flow, flowDirection 0 or 1). Other fields ride along unchecked, so records
  * with extra fields (firewall verdicts, tunnel metadata) pass as they were written. For the
  * sources that read records back (file_replay, kafka_consumer).
  */
@@ -120,8 +130,12 @@ export function flowRecordProblem(value: unknown): string | undefined {
   } else if (version === 6) {
     if (typeof r.sourceIPv6Address !== 'string') return 'sourceIPv6Address is not a string';
     if (typeof r.destinationIPv6Address !== 'string') return 'destinationIPv6Address is not a string';
+  } else if (version === 0) {
+    for (const name of ADDRESS_FIELDS) {
+      if (r[name] !== undefined) return `ipVersion is 0 (a layer-2 flow) but ${name} is set`;
+    }
   } else {
-    return 'ipVersion is not 4 or 6';
+    return 'ipVersion is not 0, 4 or 6';
   }
   for (const name of NUMBER_FIELDS) {
     if (typeof r[name] !== 'number') return `${name} is not a number`;

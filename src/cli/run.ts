@@ -14,6 +14,8 @@ export interface RunOptions {
   statusSocket?: string | false;
   /** How often the ledger is logged at info; 0 never (it is always logged at exit). */
   ledgerLogIntervalMs?: number;
+  /** host:port of the HTTP health endpoint (/livez, /readyz); none when undefined. */
+  healthAddress?: string;
 }
 
 /**
@@ -102,6 +104,15 @@ export async function runFile(
         }
         // The default socket is a convenience; a pipeline runs without it.
         logger.warn({ err }, 'status socket not served; rxflow status will not reach this pipeline');
+      }
+    }
+    if (options.healthAddress !== undefined) {
+      try {
+        await session.serveHealth(options.healthAddress);
+      } catch (err) {
+        await session.stop().catch(() => undefined);
+        io.err(`${(err as Error).message}\n`);
+        return 1;
       }
     }
     try {

@@ -72,15 +72,27 @@ function finish(h: number): number {
   return h | 0;
 }
 
+// A layer-2 flow (ipVersion 0) is keyed, as in the kernel, by its MACs and ethertype: the MACs
+// stand for the addresses (their text never equals an IP address's) and the ethertype for the
+// ports it does not have.
 function sourceOf(r: FlowRecord): string {
-  return r.ipVersion === 4 ? r.sourceIPv4Address! : r.sourceIPv6Address!;
+  return r.ipVersion === 4
+    ? r.sourceIPv4Address!
+    : r.ipVersion === 0
+      ? r.sourceMacAddress
+      : r.sourceIPv6Address!;
 }
 
 function destinationOf(r: FlowRecord): string {
-  return r.ipVersion === 4 ? r.destinationIPv4Address! : r.destinationIPv6Address!;
+  return r.ipVersion === 4
+    ? r.destinationIPv4Address!
+    : r.ipVersion === 0
+      ? r.destinationMacAddress
+      : r.destinationIPv6Address!;
 }
 
 function portsOf(r: FlowRecord): number {
+  if (r.ipVersion === 0) return r.ethernetType;
   return (r.sourceTransportPort << 16) | (r.destinationTransportPort & 0xffff);
 }
 
@@ -195,10 +207,17 @@ export function flowKeyString(r: FlowRecord, withInterface = true): string {
 export function recordProblem(r: unknown): string | undefined {
   if (typeof r !== 'object' || r === null) return `the record is ${r === null ? 'null' : typeof r}`;
   const rec = r as Partial<Record<keyof FlowRecord, unknown>>;
-  if (rec.ipVersion !== 4 && rec.ipVersion !== 6) return `ipVersion is ${String(rec.ipVersion)}, not 4 or 6`;
-  const v = rec.ipVersion === 4 ? 'IPv4' : 'IPv6';
-  for (const field of [`source${v}Address`, `destination${v}Address`] as const) {
-    if (typeof rec[field] !== 'string') return `${field} is missing for an IPv${rec.ipVersion} flow`;
+  if (rec.ipVersion === 0) {
+    for (const field of ['sourceMacAddress', 'destinationMacAddress'] as const) {
+      if (typeof rec[field] !== 'string') return `${field} is missing for a layer-2 flow`;
+    }
+  } else if (rec.ipVersion !== 4 && rec.ipVersion !== 6) {
+    return `ipVersion is ${String(rec.ipVersion)}, not 0, 4 or 6`;
+  } else {
+    const v = rec.ipVersion === 4 ? 'IPv4' : 'IPv6';
+    for (const field of [`source${v}Address`, `destination${v}Address`] as const) {
+      if (typeof rec[field] !== 'string') return `${field} is missing for an IPv${rec.ipVersion} flow`;
+    }
   }
   const numeric = [
     'sourceTransportPort',

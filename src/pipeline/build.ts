@@ -14,10 +14,12 @@ import {
 } from 'rxjs';
 import type { ComponentContext, ComponentKind, Sink } from '../component.js';
 import { Ledger, type LedgerTotals } from '../ledger.js';
+import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { PipelineError } from './errors.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';
+import { pipelineName } from './name.js';
 
 export interface BuildOptions {
   /** The root logger; each component gets `child({ component: id, type })`. Silent by default. */
@@ -26,6 +28,8 @@ export interface BuildOptions {
   ledger?: Ledger;
   /** Handed to components for their timers, so tests can run them in virtual time. */
   scheduler?: SchedulerLike;
+  /** Where every component reports its health; a new one by default. */
+  health?: HealthBoard;
 }
 
 export type PipelineState = 'built' | 'running' | 'stopping' | 'stopped';
@@ -71,6 +75,7 @@ interface BuiltSink {
 export async function buildPipeline(config: PipelineConfig, options: BuildOptions = {}): Promise<Pipeline> {
   const logger = options.logger ?? silentLogger();
   const ledger = options.ledger ?? new Ledger();
+  const health = options.health ?? new HealthBoard();
   // Replays, so a source connected after stop() completes at once instead of running forever.
   const stopping = new ReplaySubject<void>(1);
   const failures = new FirstFailure(logger);
@@ -90,12 +95,20 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
     return inputs.length === 1 ? inputs[0]! : merge(...inputs);
   };
 
+  // What a stage read by sinks emits is counted once, before it fans out to them.
+  const delivered = (spec: ComponentSpec) =>
+    spec.outputs.some((id) => config.components.get(id)?.kind === 'sink')
+      ? tap<FlowBatch>((batch) => ledger.addDelivered(batch.length))
+      : tap<FlowBatch>();
   for (const spec of config.order) {
+    const componentLogger = logger.child({ component: spec.id, type: spec.type });
     const context: ComponentContext = {
       id: spec.id,
-      logger: logger.child({ component: spec.id, type: spec.type }),
+      pipeline: pipelineName(config.file),
+      logger: componentLogger,
       ledger,
       counters: ledger.stage(spec.id, spec.type, spec.kind),
+      health: health.reporter(spec.id, spec.type, componentLogger),
     };
     if (options.scheduler) context.scheduler = options.scheduler;
     try {
@@ -109,7 +122,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
             : module.build(spec.config, context).pipe(takeUntil(stopping));
           // A Subject that starts on connect(): every consumer subscribes first, so none misses
           // the first batches of a source that emits synchronously.
-          const source = connectable(built.pipe(watch(spec)), {
+          const source = connectable(built.pipe(watch(spec), delivered(spec)), {
             connector: () => new Subject<FlowBatch>(),
             resetOnDisconnect: false,
           });
@@ -118,7 +131,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
           break;
         }
         case 'transform': {
-          const output = inputOf(spec).pipe(module.build(spec.config, context), watch(spec));
+          const output = inputOf(spec).pipe(module.build(spec.config, context), watch(spec), delivered(spec));
           outputs.set(spec.id, spec.outputs.length > 1 ? output.pipe(share()) : output);
           break;
         }
@@ -131,7 +144,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
       throw new PipelineError('EBUILD', `build ${label(spec)}: ${asError(err).message}`, { cause: err });
     }
   }
-  return new Pipeline(config, ledger, logger, stopping, failures, sources, sinks);
+  return new Pipeline(config, ledger, health, logger, stopping, failures, sources, sinks);
 }
 
 /** A built pipeline: `start()` lets data flow, `stop()` drains it, `done` settles when it has ended. */
@@ -151,6 +164,8 @@ export class Pipeline {
   constructor(
     readonly config: PipelineConfig,
     readonly ledger: Ledger,
+    /** The components' health, as they report it. */
+    readonly health: HealthBoard,
     private readonly logger: Logger,
     private readonly stopping: ReplaySubject<void>,
     private readonly failures: FirstFailure,
@@ -246,7 +261,18 @@ export class Pipeline {
     this.currentState = 'stopped';
     const totals = this.ledger.totals();
     this.logger.info(
-      { file: this.config.file, seen: totals.seen, exported: totals.exported, dropped: totals.droppedTotal },
+      {
+        file: this.config.file,
+        seen: totals.seen,
+        delivered: totals.delivered,
+        dropped: totals.droppedTotal,
+        sinks: Object.fromEntries(
+          totals.sinks.map((k) => [
+            k.id,
+            { handed: k.handed, exported: k.exported, dropped: k.droppedTotal },
+          ]),
+        ),
+      },
       'pipeline stopped',
     );
     if (this.failures.error) this.rejectDone(this.failures.error);
