@@ -34,6 +34,7 @@ const tcpKey: FlowKeyFields = {
   dstIp: '198.51.100.2',
   ifIndex: 7,
   vni: 0,
+  netns: 0,
   srcPort: 50000,
   dstPort: 443,
   ethType: 0x0800,
