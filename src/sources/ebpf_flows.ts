@@ -209,7 +209,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         type: 'string',
         minLength: 1,
         description:
-          "network namespace of the interfaces: an 'ip netns' name, a path such as /proc/<pid>/ns/net, or 'all': every namespace of the host (named ones and those of processes, de-duplicated by inode), followed as they are created and destroyed; records from a namespace other than the agent's carry networkNamespace",
+          "network namespace of the interfaces: an 'ip netns' name, a path such as /proc/<pid>/ns/net, or 'all': every namespace of the host (named ones and those of processes, de-duplicated by inode), followed as they are created and destroyed; records from a namespace other than the agent's carry networkNamespace. Entering another namespace needs CAP_SYS_ADMIN, and seeing those of other users' processes CAP_SYS_PTRACE",
       },
       netns_rescan_interval_ms: ms(
         "with netns 'all', how often /proc is rescanned for namespaces of processes (named ones are watched with inotify)",
