@@ -56,6 +56,12 @@ export interface FlowRecord {
   duplicate?: boolean;
   /** Number of 1-in-N sampling in force when the flow was counted (absent: not sampled). */
   samplingInterval?: number;
+  /**
+   * rxflow's own field (no IPFIX element): the network namespace the flow was counted in, set by
+   * `ebpf_flows` when it is not the agent's own: the `ip netns` name, else `net:[<inode>]` as
+   * `lsns` shows it. `ingressInterface` is an ifindex of that namespace.
+   */
+  networkNamespace?: string;
 }
 
 /** Flows travel in arrays: every hot path works on a batch, not a record. */

@@ -16,20 +16,21 @@ import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
 
 export type { FieldLayout, StructLayout } from './layout.js';
 
-export const FLOW_KEY = struct('flow_key', 52, {
+export const FLOW_KEY = struct('flow_key', 56, {
   src_ip: [0, 16],
   dst_ip: [16, 16],
   if_index: [32, 4],
   vni: [36, 4],
-  src_port: [40, 2],
-  dst_port: [42, 2],
-  eth_type: [44, 2],
-  protocol: [46, 1],
-  direction: [47, 1],
-  icmp_type: [48, 1],
-  icmp_code: [49, 1],
-  tunnel_type: [50, 1],
-  ip_version: [51, 1],
+  netns: [40, 4],
+  src_port: [44, 2],
+  dst_port: [46, 2],
+  eth_type: [48, 2],
+  protocol: [50, 1],
+  direction: [51, 1],
+  icmp_type: [52, 1],
+  icmp_code: [53, 1],
+  tunnel_type: [54, 1],
+  ip_version: [55, 1],
 });
 
 export const FLOW_VALUE = struct('flow_value', 96, {
@@ -50,10 +51,11 @@ export const FLOW_VALUE = struct('flow_value', 96, {
   sampling: [92, 4],
 });
 
-export const FLOW_EVENT = struct('flow_event', 152, {
-  key: [0, 52],
-  reason: [52, 4],
-  value: [56, 96],
+export const FLOW_EVENT = struct('flow_event', 160, {
+  key: [0, 56],
+  reason: [56, 4],
+  _pad0: [60, 4],
+  value: [64, 96],
 });
 
 export const FLOW_CONFIG = struct('flow_config', 8, {
@@ -105,6 +107,7 @@ const K_SRC_IP = FLOW_KEY.fields.src_ip.offset;
 const K_DST_IP = FLOW_KEY.fields.dst_ip.offset;
 const K_IF_INDEX = FLOW_KEY.fields.if_index.offset;
 const K_VNI = FLOW_KEY.fields.vni.offset;
+const K_NETNS = FLOW_KEY.fields.netns.offset;
 const K_SRC_PORT = FLOW_KEY.fields.src_port.offset;
 const K_DST_PORT = FLOW_KEY.fields.dst_port.offset;
 const K_ETH_TYPE = FLOW_KEY.fields.eth_type.offset;
@@ -416,6 +419,13 @@ function record(
   return rec;
 }
 
+/**
+ * The `networkNamespace` of a flow from its key: `inode` is the inode of the namespace of the
+ * device the program read (0 where the kernel would not say), `ifindex` the key's interface.
+ * undefined leaves the field unset (the agent's own namespace, or unknown).
+ */
+export type NetnsLabeler = (inode: number, ifindex: number) => string | undefined;
+
 /** What BpfMap.drain returns: count entries, key i at i*keySize, value i at i*valueBufferSize. */
 export interface RawMapBatch {
   count: number;
@@ -434,6 +444,7 @@ export function decodeFlowMapBatch(
   batch: RawMapBatch,
   valueBufferSize: number,
   offsetMs: number,
+  labeler?: NetnsLabeler,
 ): FlowRecord[] {
   const { count, keys, values } = batch;
   if (valueBufferSize <= 0 || valueBufferSize % FLOW_VALUE_STRIDE !== 0) {
@@ -452,6 +463,9 @@ export function decodeFlowMapBatch(
   const kv = viewOf(keys);
   const vv = viewOf(values);
   const out: FlowRecord[] = [];
+  let lastInode = -1;
+  let lastIndex = -1;
+  let label: string | undefined;
   for (let i = 0; i < count; i++) {
     const base = i * valueBufferSize;
     let packets = 0;
@@ -476,9 +490,19 @@ export function decodeFlowMapBatch(
       flags |= vv.getUint16(v + V_TCP_FLAGS, LE);
     }
     if (latest < 0) continue;
-    out.push(
-      record(keys, kv, i * FLOW_KEY.size, values, vv, latest, packets, bytes, first, last, flags, offsetMs),
-    );
+    const k = i * FLOW_KEY.size;
+    const rec = record(keys, kv, k, values, vv, latest, packets, bytes, first, last, flags, offsetMs);
+    if (labeler) {
+      // Flows mostly come in runs of one namespace and interface: the labeler is asked once a run.
+      const inode = kv.getUint32(k + K_NETNS, LE);
+      if (inode !== lastInode || rec.ingressInterface !== lastIndex) {
+        lastInode = inode;
+        lastIndex = rec.ingressInterface;
+        label = labeler(inode, lastIndex);
+      }
+      if (label !== undefined) rec.networkNamespace = label;
+    }
+    out.push(rec);
   }
   return out;
 }
@@ -492,6 +516,7 @@ export function decodeFlowEvent(
   offset: number,
   length: number,
   offsetMs: number,
+  labeler?: NetnsLabeler,
 ): FlowRecord {
   if (length < FLOW_EVENT.size) {
     throw new DatapathError(
@@ -516,6 +541,10 @@ export function decodeFlowEvent(
     offsetMs,
   );
   rec.flowEndReason = END_REASON_LACK_OF_RESOURCES;
+  if (labeler) {
+    const label = labeler(view.getUint32(offset + K_NETNS, LE), rec.ingressInterface);
+    if (label !== undefined) rec.networkNamespace = label;
+  }
   return rec;
 }
 
@@ -551,6 +580,8 @@ export interface FlowKeyFields {
   icmpType: number;
   icmpCode: number;
   tunnelType: number;
+  /** Inode of the device's network namespace; 0 when unknown (and by default in encodeKey). */
+  netns?: number;
 }
 
 function parseIPv4(text: string, out: Uint8Array, offset: number): boolean {
@@ -621,6 +652,7 @@ export function encodeKey(key: FlowKeyFields): Uint8Array {
   }
   view.setUint32(K_IF_INDEX, key.ifIndex, LE);
   view.setUint32(K_VNI, key.vni, LE);
+  view.setUint32(K_NETNS, key.netns ?? 0, LE);
   view.setUint16(K_SRC_PORT, key.srcPort, LE);
   view.setUint16(K_DST_PORT, key.dstPort, LE);
   view.setUint16(K_ETH_TYPE, key.ethType, LE);
@@ -658,6 +690,7 @@ export function decodeKey(bytes: Uint8Array, offset = 0): FlowKeyFields {
     icmpType: bytes[offset + K_ICMP_TYPE]!,
     icmpCode: bytes[offset + K_ICMP_CODE]!,
     tunnelType: bytes[offset + K_TUNNEL_TYPE]!,
+    netns: view.getUint32(offset + K_NETNS, LE),
   };
 }
 

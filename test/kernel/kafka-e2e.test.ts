@@ -49,7 +49,8 @@ const ICMP6: (keyof FlowRecord)[] = ['icmpTypeIPv6', 'icmpCodeIPv6'];
 function fieldsOf(r: FlowRecord): string[] {
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === (v6 ? 58 : 1) ? (v6 ? ICMP6 : ICMP4) : [];
-  return [...COMMON, ...(v6 ? V6 : V4), ...icmp].sort();
+  // The source attaches in the server's namespace, not the agent's: every record says so.
+  return [...COMMON, ...(v6 ? V6 : V4), ...icmp, 'networkNamespace'].sort();
 }
 
 /** A flow by its 5-tuple and direction; ICMP flows by type, which the kernel keys them on. */
@@ -259,6 +260,7 @@ ${sinkOptions}
           sourceMacAddress: r.sourceMacAddress,
           destinationMacAddress: r.destinationMacAddress,
           ethernetType: r.ethernetType,
+          networkNamespace: r.networkNamespace,
           ordered: r.flowStartMilliseconds <= r.flowEndMilliseconds,
         }).toEqual({
           flow: flowId(r),
@@ -266,6 +268,7 @@ ${sinkOptions}
           sourceMacAddress: inbound ? client.mac : server.mac,
           destinationMacAddress: inbound ? server.mac : client.mac,
           ethernetType: r.ipVersion === 6 ? 0x86dd : 0x0800,
+          networkNamespace: pair.server.name,
           ordered: true,
         });
       }

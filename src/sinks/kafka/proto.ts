@@ -51,6 +51,7 @@ const T_TUN_DPORT = (33 << 3) | 0;
 const T_COOKIE = (34 << 3) | 2;
 const T_DUPLICATE = (35 << 3) | 0;
 const T_SAMPLING = (36 << 3) | 0;
+const T_NETNS = (37 << 3) | 2;
 
 /** Bytes of `v` (an unsigned 32-bit integer) as a varint. */
 function varintSize(v: number): number {
@@ -275,6 +276,7 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.flowCookie) != null && (p = stringField(out, p, T_COOKIE, v)) < 0) return -1;
   if ((v = r.duplicate) != null && (p = boolField(out, p, T_DUPLICATE, v)) < 0) return -1;
   if ((v = r.samplingInterval) != null && (p = uint32Field(out, p, T_SAMPLING, v)) < 0) return -1;
+  if ((v = r.networkNamespace) != null && (p = stringField(out, p, T_NETNS, v)) < 0) return -1;
   return p;
 }
 
