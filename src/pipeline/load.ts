@@ -7,6 +7,7 @@ import { PipelineConfigError, PipelineError, type ConfigProblem } from './errors
 import { findCycles, topologicalOrder, unconsumed } from './graph.js';
 import { resolvePlainScalar, type Env } from './interpolate.js';
 import { defaultRegistry } from './registry.js';
+import { checkResources, locksMemory, machineMemory, type MachineMemory } from './resources.js';
 import { describe, translateErrors } from './schema-errors.js';
 import { didYouMean, listOf } from './suggest.js';
 
@@ -45,6 +46,8 @@ export interface LoadOptions {
   env?: Env;
   /** The component types allowed; src/pipeline/registry.ts by default. */
   registry?: ComponentRegistry;
+  /** The memory that size options are checked against; this machine's by default. */
+  machine?: MachineMemory;
 }
 
 export interface CheckResult {
@@ -168,7 +171,7 @@ export function checkPipeline(text: string, file: string, options: LoadOptions =
       }
       const draft: Draft = { id, section, kind, inputs: [] };
       drafts.set(id, draft);
-      checkEntry(draft, entry, registry, doc, report);
+      checkEntry(draft, entry, registry, doc, report, () => options.machine ?? machineMemory());
     }
   }
 
@@ -286,6 +289,7 @@ function checkEntry(
   registry: ComponentRegistry,
   doc: SourceDocument,
   report: Report,
+  machine: () => MachineMemory,
 ): void {
   const { kind, id, section } = draft;
   const path = [section, id];
@@ -341,6 +345,11 @@ function checkEntry(
   const result = registry.validate(module, options);
   if (result.ok) {
     draft.config = result.config;
+    if (locksMemory(kind, module.type)) {
+      for (const p of checkResources(kind, module.type, result.config, machine())) {
+        report([...path, p.option], p.message);
+      }
+    }
     return;
   }
   const reserved = kind === 'source' ? ['type'] : ['type', 'inputs'];

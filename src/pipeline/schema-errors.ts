@@ -1,4 +1,5 @@
 import type { ErrorObject } from 'ajv';
+import { MAX_TIMER_MS } from '../component.js';
 import { DURATION_HINT, isDurationKey } from './duration.js';
 import type { Path, Segment } from './document.js';
 import { didYouMean, listOf } from './suggest.js';
@@ -137,14 +138,22 @@ export function translateErrors(
       case 'minimum':
       case 'maximum':
       case 'exclusiveMinimum':
-      case 'exclusiveMaximum':
+      case 'exclusiveMaximum': {
+        const timer =
+          err.keyword === 'maximum' &&
+          typeof last === 'string' &&
+          isDurationKey(last) &&
+          params.limit === MAX_TIMER_MS;
         out.push({
           at: path,
           side: 'value',
           shown: path,
-          message: `must be ${String(params.comparison)} ${String(params.limit)}, got ${describe(value)}`,
+          message: timer
+            ? `must be at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest a timer can wait; got ${describe(value)} ms`
+            : `must be ${String(params.comparison)} ${String(params.limit)}, got ${describe(value)}`,
         });
         break;
+      }
       case 'minLength':
       case 'minItems':
       case 'minProperties':

@@ -131,6 +131,7 @@ const schema: JsonSchema = {
     records_per_message: {
       type: 'integer',
       minimum: 1,
+      maximum: 1000000,
       default: DEFAULTS.records_per_message,
       description:
         '1: a message per record; N > 1: up to N records per message, as a JSON array or a protobuf FlowBatch.',
@@ -144,12 +145,14 @@ const schema: JsonSchema = {
     batch_max_records: {
       type: 'integer',
       minimum: 1,
+      maximum: 1000000,
       default: DEFAULTS.batch_max_records,
       description: 'Records per produce request at most; a request is sent as soon as this many wait.',
     },
     batch_max_bytes: {
       type: 'integer',
       minimum: 1024,
+      maximum: 1073741824,
       default: DEFAULTS.batch_max_bytes,
       description:
         'Encoded bytes per produce request, about (estimated from the records sent before); keep it below the broker message.max.bytes.',
@@ -190,6 +193,7 @@ const schema: JsonSchema = {
     retries: {
       type: 'integer',
       minimum: 0,
+      maximum: 1000,
       default: DEFAULTS.retries,
       description:
         'Retries of a failed produce request (and of connecting or reading metadata, inside kafkajs) before the sink backs off and tries again.',
@@ -208,6 +212,7 @@ const schema: JsonSchema = {
     buffer_max_records: {
       type: 'integer',
       minimum: 1,
+      maximum: 16777216,
       default: DEFAULTS.buffer_max_records,
       description:
         'Records held (waiting or in flight) at most; beyond it records are dropped as sink_buffer_full.',
