@@ -11,6 +11,17 @@ import {
 import type { ConfigProblem } from './errors.js';
 import { interpolate, resolvePlainScalar, type Env } from './interpolate.js';
 
+/**
+ * Values an alias may expand to, all aliases of a file together. The file itself is bounded
+ * (1 MiB), but aliases of aliases multiply: nine levels of ten ("billion laughs") make 10^9 values
+ * from a few hundred bytes. A pipeline needs a few aliases of a few values; the count stops the
+ * expansion as soon as it is passed, before the memory is spent.
+ */
+export const MAX_ALIAS_VALUES = 10_000;
+
+/** Nesting of maps and lists: a pipeline needs a handful; the check keeps recursion bounded. */
+export const MAX_DEPTH = 64;
+
 /** A step into a value: a map key or a list index. */
 export type Segment = string | number;
 export type Path = readonly Segment[];
@@ -38,6 +49,11 @@ export class SourceDocument {
   private readonly poisoned: string[] = [];
   private readonly quotedInterpolations = new Set<string>();
   private readonly found: { offset: number; problem: ConfigProblem }[] = [];
+  /** Values made by expanding aliases so far, and how many aliases are being expanded now. */
+  private expanded = 0;
+  private aliasDepth = 0;
+  /** Set when a limit stopped the conversion; the value is then unusable. */
+  private stopped = false;
   /** The file's content as data; undefined when the YAML has syntax errors. */
   value: unknown;
   /** Offset of the document's content (past leading comments). */
@@ -52,7 +68,17 @@ export class SourceDocument {
   /** Parses YAML and interpolates `${VAR}` in scalar values; problems land in `problems`. */
   static parse(text: string, file: string, env: Env): SourceDocument {
     const source = new SourceDocument(file, text, env);
-    const doc = parseDocument(text, { lineCounter: source.lines, prettyErrors: false });
+    let doc: Document;
+    try {
+      // The library keeps aliases as nodes here: convert expands them, counting (its own
+      // maxAliasCount applies only to toJS, which is not used).
+      doc = parseDocument(text, { lineCounter: source.lines, prettyErrors: false });
+    } catch (err) {
+      // Deep nesting can exhaust the parser's stack: a file no pipeline looks like.
+      if (!(err instanceof RangeError)) throw err;
+      source.report(0, [], 'yaml: the file is nested too deeply to read; a pipeline has a few levels');
+      return source;
+    }
     // Only the first: after a syntax error the parser's recovery reports every later token too.
     const syntax = doc.errors[0];
     if (syntax) {
@@ -65,7 +91,8 @@ export class SourceDocument {
       return source;
     }
     source.start = doc.contents?.range?.[0] ?? 0;
-    source.value = source.convert(doc, doc.contents, [], undefined, new Set());
+    const value = source.convert(doc, doc.contents, [], undefined, new Set());
+    if (!source.stopped) source.value = value;
     return source;
   }
 
@@ -127,6 +154,20 @@ export class SourceDocument {
     keyOffset: number | undefined,
     resolving: Set<YamlNode>,
   ): unknown {
+    if (this.stopped) return null;
+    if (this.aliasDepth > 0 && ++this.expanded > MAX_ALIAS_VALUES) {
+      this.stopped = true;
+      return null;
+    }
+    if (path.length > MAX_DEPTH) {
+      this.report(
+        node?.range?.[0] ?? keyOffset ?? 0,
+        path,
+        `nested more than ${MAX_DEPTH} levels deep; a pipeline needs a few`,
+      );
+      this.stopped = true;
+      return null;
+    }
     if (node === null || node === undefined) {
       this.places.set(renderPath(path), { key: keyOffset, value: keyOffset ?? this.start });
       return null;
@@ -141,8 +182,17 @@ export class SourceDocument {
       const target = node.resolve(doc);
       if (!target || resolving.has(target)) return null;
       resolving.add(target);
+      this.aliasDepth++;
       const value = this.convert(doc, target, path, keyOffset, resolving);
+      this.aliasDepth--;
       resolving.delete(target);
+      if (this.stopped && this.aliasDepth === 0 && this.expanded > MAX_ALIAS_VALUES) {
+        this.report(
+          start,
+          path,
+          `yaml: aliases expand to more than ${MAX_ALIAS_VALUES} values (aliases of aliases multiply); write the values out, or use fewer aliases`,
+        );
+      }
       // Keep pointing at the alias, where the user wrote this value.
       this.places.set(renderPath(path), { key: keyOffset, value: valueOffset });
       return value;

@@ -1,4 +1,9 @@
-/** A pipeline could not be read, checked, built or run. */
+import { escapeControl, escapeControlKeepLines } from './text.js';
+
+/**
+ * A pipeline could not be read, checked, built or run. Control characters in the message (from a
+ * file's bytes or a variable's value) are escaped, so printing it cannot drive the terminal.
+ */
 export class PipelineError extends Error {
   override name = 'PipelineError';
 
@@ -7,7 +12,7 @@ export class PipelineError extends Error {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super(escapeControlKeepLines(message), options);
   }
 }
 
@@ -23,9 +28,11 @@ export interface ConfigProblem {
   message: string;
 }
 
+/** `file:line:col: path: message` on one line, control characters escaped. */
 export function formatProblem(p: ConfigProblem): string {
-  const where = `${p.file}:${p.line}:${p.column}: `;
-  return p.path ? `${where}${p.path}: ${p.message}` : `${where}${p.message}`;
+  const where = `${escapeControl(p.file)}:${p.line}:${p.column}: `;
+  const message = escapeControl(p.message);
+  return p.path ? `${where}${escapeControl(p.path)}: ${message}` : `${where}${message}`;
 }
 
 /** A pipeline file has one or more problems; `message` lists every one, one per line. */
