@@ -9,6 +9,7 @@ import {
   type Node as YamlNode,
 } from 'yaml';
 import type { ConfigProblem } from './errors.js';
+import { isSecretKey } from '../redact.js';
 import { interpolate, resolvePlainScalar, type Env } from './interpolate.js';
 
 /**
@@ -48,6 +49,8 @@ export class SourceDocument {
   private readonly lines = new LineCounter();
   private readonly poisoned: string[] = [];
   private readonly quotedInterpolations = new Set<string>();
+  /** The text of every unquoted scalar that YAML read as a number or boolean, after interpolation. */
+  private readonly plainTexts = new Map<string, string>();
   private readonly found: { offset: number; problem: ConfigProblem }[] = [];
   /** Values made by expanding aliases so far, and how many aliases are being expanded now. */
   private expanded = 0;
@@ -137,6 +140,15 @@ export class SourceDocument {
     return this.quotedInterpolations.has(renderPath(path));
   }
 
+  /**
+   * The text of an unquoted value at `path` that YAML (or `${VAR}` in it) made a number or boolean:
+   * an option that takes a string gets the text as written (`password: ${PASS}` with PASS=0123 is
+   * "0123", not 123).
+   */
+  plainText(path: Path): string | undefined {
+    return this.plainTexts.get(renderPath(path));
+  }
+
   /** A later problem at or below `path` would only repeat one already reported there. */
   poison(path: Path): void {
     this.poisoned.push(renderPath(path));
@@ -198,8 +210,15 @@ export class SourceDocument {
       return value;
     }
     if (isScalar(node)) {
-      if (typeof node.value !== 'string') return node.value;
-      const result = interpolate(node.value, this.env);
+      if (typeof node.value !== 'string') {
+        if (node.type === 'PLAIN' && (typeof node.value === 'number' || typeof node.value === 'boolean')) {
+          this.plainTexts.set(renderPath(path), this.text.slice(start, node.range?.[1] ?? end));
+        }
+        return node.value;
+      }
+      const last = path[path.length - 1];
+      const secret = typeof last === 'string' && isSecretKey(last);
+      const result = interpolate(node.value, this.env, { secret });
       if (!result.ok) {
         const raw = this.text.slice(start, end);
         for (const e of result.errors) {
@@ -209,7 +228,13 @@ export class SourceDocument {
         this.poison(path);
         return node.value;
       }
-      if (result.changed && node.type === 'PLAIN') return resolvePlainScalar(result.value);
+      if (result.changed && node.type === 'PLAIN') {
+        const resolved = resolvePlainScalar(result.value);
+        if (typeof resolved === 'number' || typeof resolved === 'boolean') {
+          this.plainTexts.set(renderPath(path), result.value);
+        }
+        return resolved;
+      }
       if (result.changed) this.quotedInterpolations.add(renderPath(path));
       return result.value;
     }

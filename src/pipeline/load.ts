@@ -8,6 +8,7 @@ import { PipelineConfigError, PipelineError, type ConfigProblem } from './errors
 import { findCycles, topologicalOrder, unconsumed } from './graph.js';
 import { resolvePlainScalar, type Env } from './interpolate.js';
 import { defaultRegistry } from './registry.js';
+import { resolveSecretFiles } from './secrets.js';
 import { checkResources, locksMemory, machineMemory, type MachineMemory } from './resources.js';
 import { describe, translateErrors } from './schema-errors.js';
 import { didYouMean, listOf } from './suggest.js';
@@ -414,6 +415,7 @@ function checkEntry(
   const result = registry.validate(module, options);
   if (result.ok) {
     draft.config = result.config;
+    resolveSecretFiles(result.config, module.schema, path, report);
     if (locksMemory(kind, module.type)) {
       for (const p of checkResources(kind, module.type, result.config, machine())) {
         report([...path, p.option], p.message);
@@ -462,7 +464,19 @@ function convertDurations(
   }
 }
 
-/** Converts quoted `"${VAR}"` values to the number or boolean their option's schema asks for. */
+/** The JSON types an option's schema names, or [] when it names none (an enum, say). */
+function typesOf(schema: unknown): unknown[] {
+  if (schema === null || typeof schema !== 'object') return [];
+  const declared = (schema as { type?: unknown }).type;
+  return Array.isArray(declared) ? declared : declared === undefined ? [] : [declared];
+}
+
+/**
+ * Makes each interpolated or unquoted value the type its option asks for: a quoted `"${VAR}"` the
+ * number or boolean a numeric or boolean option needs, and an unquoted value that YAML read as a
+ * number or boolean the text as written when the option takes only text (`password: ${PASS}` with
+ * PASS=31415926535 is the string "31415926535", and is never echoed in a type error).
+ */
 function coerceInterpolated(value: unknown, schema: unknown, path: Path, doc: SourceDocument): void {
   if (schema === null || typeof schema !== 'object') return;
   const s = schema as {
@@ -482,6 +496,15 @@ function coerceInterpolated(value: unknown, schema: unknown, path: Path, doc: So
       : [];
   for (const [key, child, childSchema] of entries) {
     const at = [...path, key];
+    if (typeof child === 'number' || typeof child === 'boolean') {
+      const types = typesOf(childSchema);
+      const text = doc.plainText(at);
+      const fits = types.includes(typeof child) || (typeof child === 'number' && types.includes('integer'));
+      if (text !== undefined && types.includes('string') && !fits) {
+        (value as Record<string | number, unknown>)[key] = text;
+      }
+      continue;
+    }
     if (typeof child !== 'string') {
       coerceInterpolated(child, childSchema, at, doc);
       continue;

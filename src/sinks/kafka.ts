@@ -246,12 +246,23 @@ const schema: JsonSchema = {
     sasl: {
       type: 'object',
       additionalProperties: false,
-      required: ['mechanism', 'username', 'password'],
-      description: 'Authenticate with SASL.',
+      required: ['mechanism', 'username'],
+      // ajv's strict mode wants each required key declared beside it.
+      anyOf: [
+        { properties: { password: true }, required: ['password'] },
+        { properties: { password_file: true }, required: ['password_file'] },
+      ],
+      description:
+        'Authenticate with SASL. The password comes from password, e.g. "${KAFKA_PASSWORD}" from the environment, or from the file password_file names; it is never logged or printed.',
       properties: {
         mechanism: { enum: ['plain', 'scram-sha-256', 'scram-sha-512'] },
         username: { type: 'string' },
-        password: { type: 'string' },
+        password: { type: 'string', description: 'The password; always text, whatever it looks like.' },
+        password_file: {
+          type: 'string',
+          minLength: 1,
+          description: 'A file holding the password (one trailing newline is ignored), instead of password.',
+        },
       },
     },
   },
