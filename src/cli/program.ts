@@ -1,6 +1,8 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
+import { escapeControlKeepLines } from '../pipeline/text.js';
+import { redactUrls } from '../redact.js';
 import { defaultRegistry } from '../pipeline/registry.js';
 import type { CliIo } from './io.js';
 import { runDemo } from './demo.js';
@@ -162,7 +164,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     await program.parseAsync([...argv], { from: 'user' });
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
-    io.err(`rxflow: ${(err as Error).message}\n`);
+    // Whatever failed, its message reaches the terminal without credentials or control characters.
+    io.err(`rxflow: ${escapeControlKeepLines(redactUrls((err as Error).message))}\n`);
     return 1;
   }
   return code;

@@ -1,8 +1,10 @@
+import { redactUrls } from '../redact.js';
 import { escapeControl, escapeControlKeepLines } from './text.js';
 
 /**
  * A pipeline could not be read, checked, built or run. Control characters in the message (from a
- * file's bytes or a variable's value) are escaped, so printing it cannot drive the terminal.
+ * file's bytes or a variable's value) are escaped, so printing it cannot drive the terminal, and
+ * URLs lose their userinfo (a password).
  */
 export class PipelineError extends Error {
   override name = 'PipelineError';
@@ -12,7 +14,7 @@ export class PipelineError extends Error {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(escapeControlKeepLines(message), options);
+    super(escapeControlKeepLines(redactUrls(message)), options);
   }
 }
 
@@ -28,10 +30,10 @@ export interface ConfigProblem {
   message: string;
 }
 
-/** `file:line:col: path: message` on one line, control characters escaped. */
+/** `file:line:col: path: message` on one line, control characters escaped, URLs without userinfo. */
 export function formatProblem(p: ConfigProblem): string {
   const where = `${escapeControl(p.file)}:${p.line}:${p.column}: `;
-  const message = escapeControl(p.message);
+  const message = escapeControl(redactUrls(p.message));
   return p.path ? `${where}${escapeControl(p.path)}: ${message}` : `${where}${message}`;
 }
 

@@ -112,6 +112,16 @@ describe('a secret in a pipeline', () => {
     expect(r.out + r.err).not.toContain(SECRET);
   });
 
+  it('prints a URL of the pipeline without its userinfo', () => {
+    const text = kafkaPipeline('      mechanism: plain\n      username: u\n      password: p\n').replace(
+      "['kafka:9092']",
+      "['kafka://alice:hunter2@kafka']",
+    );
+    expect(check(text).problems).toEqual([
+      "p.yaml:9:25: sinks.k.bootstrap_servers[0]: must match ^\\S+:[0-9]{1,5}$, got 'kafka://kafka'",
+    ]);
+  });
+
   it('reads password_file, without its trailing newline', () => {
     const file = write('kafka-password', `${SECRET}\n`);
     chmodSync(file, 0o600);
