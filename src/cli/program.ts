@@ -1,4 +1,5 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { MAX_TIMER_MS } from '../component.js';
 import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
 import { escapeControlKeepLines } from '../pipeline/text.js';
@@ -17,6 +18,12 @@ import { listTypes, validateFiles } from './validate.js';
 function parseDurationMs(text: string): number {
   const ms = parseDuration(text);
   if (ms === undefined) throw new InvalidArgumentError(DURATION_HINT);
+  // Node turns a longer timer into 1 ms.
+  if (ms > MAX_TIMER_MS) {
+    throw new InvalidArgumentError(
+      `at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest a timer can wait`,
+    );
+  }
   return ms;
 }
 
