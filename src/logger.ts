@@ -1,5 +1,5 @@
 import { pino, type Logger, type LoggerOptions } from 'pino';
-import { redactUrls, redactValue } from './redact.js';
+import { redactText, redactValue } from './redact.js';
 
 export type { Logger };
 
@@ -14,7 +14,7 @@ const REDACTING: LoggerOptions = {
     logMethod(args, method) {
       method.apply(
         this,
-        args.map((a) => (typeof a === 'string' ? redactUrls(a) : a)) as Parameters<typeof method>,
+        args.map((a) => (typeof a === 'string' ? redactText(a) : a)) as Parameters<typeof method>,
       );
     },
   },

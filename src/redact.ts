@@ -25,9 +25,37 @@ export function redactUrls(text: string): string {
   return text.replace(USERINFO, '$1');
 }
 
-/** A copy of a value with secret fields replaced by REDACTED and URLs stripped of userinfo, at any depth. */
+/** Secrets this process was given, to scrub wherever a library echoes one (in an error, say). */
+const known = new Set<string>();
+
+/** Shorter values would scrub ordinary words; a secret that short is no secret. */
+const MIN_KNOWN_LENGTH = 4;
+
+/**
+ * Remembers a secret the process holds (a password read from the pipeline, a file or the
+ * environment), so redactText removes it from any text, even one whose field name says nothing.
+ */
+export function registerSecret(value: string): void {
+  if (value.length >= MIN_KNOWN_LENGTH) known.add(value);
+}
+
+const URL_PASSWORD = /\b[a-z][a-z0-9+.-]*:\/\/[^/@\s:'"]*:([^/@\s'"]+)@/gi;
+
+/** Registers the passwords of URLs with userinfo in `text` (`nats://user:pass@host`). */
+export function registerUrlSecrets(text: string): void {
+  for (const m of text.matchAll(URL_PASSWORD)) registerSecret(decodeURIComponent(m[1]!));
+}
+
+/** URLs without userinfo, and every registered secret replaced by REDACTED. */
+export function redactText(text: string): string {
+  let out = redactUrls(text);
+  for (const secret of known) if (out.includes(secret)) out = out.split(secret).join(REDACTED);
+  return out;
+}
+
+/** A copy of a value with secret fields replaced by REDACTED and texts as redactText makes them, at any depth. */
 export function redactValue(value: unknown, depth = 0): unknown {
-  if (typeof value === 'string') return redactUrls(value);
+  if (typeof value === 'string') return redactText(value);
   if (value === null || typeof value !== 'object' || depth > 16) return value;
   if (value instanceof Error) return redactError(value, depth);
   if (Array.isArray(value)) return value.map((v) => redactValue(v, depth + 1));
@@ -57,7 +85,7 @@ function redactError(err: Error, depth: number): Error {
   for (const k of ['message', 'stack'] as const) {
     const v = err[k];
     if (typeof v === 'string')
-      Object.defineProperty(copy, k, { value: redactUrls(v), writable: true, configurable: true });
+      Object.defineProperty(copy, k, { value: redactText(v), writable: true, configurable: true });
   }
   if (err.cause !== undefined) {
     Object.defineProperty(copy, 'cause', {

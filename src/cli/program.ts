@@ -3,7 +3,7 @@ import { MAX_TIMER_MS } from '../component.js';
 import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
 import { escapeControlKeepLines } from '../pipeline/text.js';
-import { redactUrls } from '../redact.js';
+import { redactText } from '../redact.js';
 import { defaultRegistry } from '../pipeline/registry.js';
 import type { CliIo } from './io.js';
 import { runDemo } from './demo.js';
@@ -172,7 +172,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
     // Whatever failed, its message reaches the terminal without credentials or control characters.
-    io.err(`rxflow: ${escapeControlKeepLines(redactUrls((err as Error).message))}\n`);
+    io.err(`rxflow: ${escapeControlKeepLines(redactText((err as Error).message))}\n`);
     return 1;
   }
   return code;

@@ -20,6 +20,7 @@ import { CliError } from './errors.js';
 import type { CliIo } from './io.js';
 import type { Env } from '../pipeline/interpolate.js';
 import { readSecretFile } from '../pipeline/secrets.js';
+import { registerSecret, registerUrlSecrets } from '../redact.js';
 import { formatCount, formatDuration, renderTable } from './table.js';
 
 interface StatusOptions {
@@ -142,20 +143,24 @@ export const TOKEN_ENV = 'RXFLOW_NATS_TOKEN';
 
 /** A secret from its file or environment variable; the file wins, an empty value is none. */
 function secretOf(file: string | undefined, variable: string, env: Env): string | undefined {
+  let value: string | undefined;
   if (file !== undefined) {
     try {
-      return readSecretFile(file);
+      value = readSecretFile(file);
     } catch (err) {
       throw new CliError('EUSAGE', `replication status: ${(err as Error).message}`, { cause: err });
     }
+  } else {
+    value = env[variable] === '' ? undefined : env[variable];
   }
-  const value = env[variable];
-  return value === undefined || value === '' ? undefined : value;
+  if (value !== undefined) registerSecret(value);
+  return value;
 }
 
 async function fromOutside(o: StatusOptions, env: Env): Promise<Inspection> {
   const fw = FirewallCollection.open(firewallPinDir(o.instance, o.pinRoot));
   try {
+    for (const server of o.nats!) registerUrlSecrets(server);
     const nats: NatsConnectOptions = {
       servers: o.nats!,
       name: 'rxflow replication status',

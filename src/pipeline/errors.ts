@@ -1,4 +1,4 @@
-import { redactUrls } from '../redact.js';
+import { redactText } from '../redact.js';
 import { escapeControl, escapeControlKeepLines } from './text.js';
 
 /**
@@ -14,7 +14,7 @@ export class PipelineError extends Error {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(escapeControlKeepLines(redactUrls(message)), options);
+    super(escapeControlKeepLines(redactText(message)), options);
   }
 }
 
@@ -33,7 +33,7 @@ export interface ConfigProblem {
 /** `file:line:col: path: message` on one line, control characters escaped, URLs without userinfo. */
 export function formatProblem(p: ConfigProblem): string {
   const where = `${escapeControl(p.file)}:${p.line}:${p.column}: `;
-  const message = escapeControl(redactUrls(p.message));
+  const message = escapeControl(redactText(p.message));
   return p.path ? `${where}${escapeControl(p.path)}: ${message}` : `${where}${message}`;
 }
 

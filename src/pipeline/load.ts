@@ -8,7 +8,7 @@ import { PipelineConfigError, PipelineError, type ConfigProblem } from './errors
 import { findCycles, topologicalOrder, unconsumed } from './graph.js';
 import { resolvePlainScalar, type Env } from './interpolate.js';
 import { defaultRegistry } from './registry.js';
-import { resolveSecretFiles } from './secrets.js';
+import { registerSecrets, resolveSecretFiles } from './secrets.js';
 import { checkResources, locksMemory, machineMemory, type MachineMemory } from './resources.js';
 import { describe, translateErrors } from './schema-errors.js';
 import { didYouMean, listOf } from './suggest.js';
@@ -416,6 +416,7 @@ function checkEntry(
   if (result.ok) {
     draft.config = result.config;
     resolveSecretFiles(result.config, module.schema, path, report);
+    registerSecrets(result.config);
     if (locksMemory(kind, module.type)) {
       for (const p of checkResources(kind, module.type, result.config, machine())) {
         report([...path, p.option], p.message);

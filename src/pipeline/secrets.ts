@@ -5,7 +5,7 @@
  * The loader reads it once the config is valid and hands the component the secret option.
  */
 import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
-import { isSecretKey } from '../redact.js';
+import { isSecretKey, registerSecret, registerUrlSecrets } from '../redact.js';
 import type { Path } from './document.js';
 import { PipelineError } from './errors.js';
 
@@ -107,5 +107,20 @@ export function resolveSecretFiles(
     } catch (err) {
       report([...path, key], (err as Error).message);
     }
+  }
+}
+
+/**
+ * Registers every secret of a checked config (secret options, passwords in URLs), so that logs and
+ * messages scrub them even where a library echoes one under another name.
+ */
+export function registerSecrets(value: unknown, key?: string): void {
+  if (typeof value === 'string') {
+    if (key !== undefined && isSecretKey(key)) registerSecret(value);
+    else registerUrlSecrets(value);
+  } else if (Array.isArray(value)) {
+    for (const v of value) registerSecrets(v, key);
+  } else if (isMap(value)) {
+    for (const [k, v] of Object.entries(value)) registerSecrets(v, k);
   }
 }

@@ -9,7 +9,7 @@ import { runCli } from '../../../src/cli/program.js';
 import { connectNats } from '../../../src/ha/kv.js';
 import { formatProblem } from '../../../src/pipeline/errors.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
-import { isSecretKey, redactUrls, redactValue } from '../../../src/redact.js';
+import { isSecretKey, redactText, redactUrls, redactValue } from '../../../src/redact.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'rxflow-secrets-'));
@@ -193,6 +193,16 @@ describe('secrets in messages and logs', () => {
     );
     expect(err?.message).toMatch(/^nats nats:\/\/127\.0\.0\.1:1: /);
     expect(err?.message).not.toContain('hunter2');
+  });
+
+  it('scrubs a secret of the pipeline wherever a library echoes it', () => {
+    const text = `sources:\n  f:\n    type: file_replay\n    paths: [x]\nsinks:\n  n:\n    type: nats_sessions\n    inputs: [f]\n    servers: ['nats://alice:2718281828@127.0.0.1:1']\n    user: bob\n    password: \${NPASS}\n`;
+    expect(check(text, { NPASS: '1414213562' }).problems).toEqual([]);
+    // nats.js reads a numeric password of a URL as its port and says so.
+    expect(redactText('Port should be >= 0 and < 65536. Received type number (2718281828).')).toBe(
+      'Port should be >= 0 and < 65536. Received type number ([redacted]).',
+    );
+    expect(redactText('auth 1414213562 refused')).toBe('auth [redacted] refused');
   });
 
   it('writes no secret field and no URL password to the log', () => {
