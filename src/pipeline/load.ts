@@ -1,12 +1,11 @@
-import { constants, type Stats } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
 import type { ComponentKind, ComponentModule } from '../component.js';
 import type { ComponentRegistry } from './component-registry.js';
 import { SourceDocument, type Path } from './document.js';
 import { DURATION_HINT, isDurationKey, parseDuration } from './duration.js';
-import { PipelineConfigError, PipelineError, type ConfigProblem } from './errors.js';
+import { PipelineConfigError, type ConfigProblem } from './errors.js';
 import { findCycles, topologicalOrder, unconsumed } from './graph.js';
 import { resolvePlainScalar, type Env } from './interpolate.js';
+import { readYamlFile } from './read.js';
 import { defaultRegistry } from './registry.js';
 import { registerSecrets, resolveSecretFiles } from './secrets.js';
 import { checkResources, locksMemory, machineMemory, type MachineMemory } from './resources.js';
@@ -93,85 +92,11 @@ function isMap(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-/**
- * The largest pipeline file read, 1 MiB: a pipeline is a few kB, and a limit keeps a wrong path
- * (a log, a disk image) from being read into memory whole.
- */
-export const MAX_PIPELINE_BYTES = 1024 * 1024;
-
-function fileKind(st: Stats): string {
-  if (st.isDirectory()) return 'a directory';
-  if (st.isFIFO()) return 'a fifo';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  if (st.isSocket()) return 'a socket';
-  return 'not a regular file';
-}
-
-function notRegular(file: string, st: Stats): PipelineError {
-  return new PipelineError(
-    'ENOTFILE',
-    `read ${file}: ${fileKind(st)}, not a regular file; give the path of a pipeline YAML file`,
-  );
-}
-
-function tooBig(file: string, size: number | string): PipelineError {
-  return new PipelineError(
-    'ETOOBIG',
-    `read ${file}: ${size} bytes, more than the ${MAX_PIPELINE_BYTES} bytes (1 MiB) a pipeline file may have; check the path`,
-  );
-}
-
-/**
- * The text of a pipeline file. Only a regular file is read: a fifo with no writer would block for
- * ever and /dev/zero never ends, so the path is checked before it is opened, opened non-blocking,
- * and checked again on the open descriptor (the path may have changed in between).
- */
-export async function readPipelineFile(file: string): Promise<string> {
-  let st: Stats;
-  try {
-    st = await stat(file);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const reason = code === 'ENOENT' ? 'no such file; check the path' : (err as Error).message;
-    throw new PipelineError('ENOFILE', `read ${file}: ${reason}`, { cause: err });
-  }
-  if (!st.isFile()) throw notRegular(file, st);
-  if (st.size > MAX_PIPELINE_BYTES) throw tooBig(file, st.size);
-  let bytes: Buffer;
-  try {
-    const handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-    try {
-      const fst = await handle.stat();
-      if (!fst.isFile()) throw notRegular(file, fst);
-      const buffer = Buffer.alloc(MAX_PIPELINE_BYTES + 1);
-      let length = 0;
-      for (;;) {
-        const { bytesRead } = await handle.read(buffer, length, buffer.length - length, null);
-        if (bytesRead === 0) break;
-        length += bytesRead;
-        if (length > MAX_PIPELINE_BYTES) throw tooBig(file, `over ${MAX_PIPELINE_BYTES}`);
-      }
-      bytes = buffer.subarray(0, length);
-    } finally {
-      await handle.close();
-    }
-  } catch (err) {
-    if (err instanceof PipelineError) throw err;
-    throw new PipelineError('ENOFILE', `read ${file}: ${(err as Error).message}`, { cause: err });
-  }
-  if (bytes.includes(0)) {
-    throw new PipelineError(
-      'ENOTTEXT',
-      `read ${file}: not a text file (it has NUL bytes); give the path of a pipeline YAML file`,
-    );
-  }
-  return bytes.toString('utf8');
-}
+export { MAX_CONFIG_BYTES as MAX_PIPELINE_BYTES } from './read.js';
 
 /** Reads and checks a pipeline file; throws PipelineConfigError listing every problem. */
 export async function loadPipeline(file: string, options: LoadOptions = {}): Promise<PipelineConfig> {
-  return parsePipeline(await readPipelineFile(file), file, options);
+  return parsePipeline(await readYamlFile(file), file, options);
 }
 
 /** Checks pipeline text; throws PipelineConfigError listing every problem. */

@@ -103,6 +103,33 @@ describe('hostile pipeline files', () => {
     );
   });
 
+  it('refuses a fifo as a firewall policy too, before touching the kernel', () => {
+    const fifo = join(dir, 'policy-pipe.yaml');
+    execFileSync('mkfifo', [fifo]);
+    const r = spawnSync(
+      process.execPath,
+      [
+        MAIN,
+        'firewall',
+        'load',
+        '--ingress',
+        'lo',
+        '--pin-root',
+        dir,
+        '--instance',
+        'config-fifo',
+        '--policy',
+        fifo,
+      ],
+      { cwd: dir, encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 10_000 },
+    );
+    expect(r.signal).toBeNull();
+    expect(r.status).toBe(1);
+    expect(r.stderr).toBe(
+      `rxflow: read policy ${fifo}: a fifo, not a regular file; give the path of a policy YAML file\n`,
+    );
+  });
+
   it('refuses a file over 1 MiB', () => {
     const file = write('big.yaml', `# ${'x'.repeat(1024 * 1024)}\n`);
     const r = validate(file);
