@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { CliIo } from '../../../src/cli/io.js';
 import { runCli } from '../../../src/cli/program.js';
+import { readStatus } from '../../../src/cli/status.js';
+import { StatusServer } from '../../../src/cli/status-server.js';
 import { connectNats } from '../../../src/ha/kv.js';
 import { formatProblem } from '../../../src/pipeline/errors.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
@@ -251,5 +253,29 @@ describe('defaults inside defaults in a pipeline', () => {
     const text = `sources:\n  f:\n    type: file_replay\n    paths: ['\${A:-\${B:-/var/log/flows.jsonl}}']\nsinks:\n  o:\n    type: stdout\n    inputs: [f]\n`;
     expect(check(text).config!.components.get('f')!.config.paths).toEqual(['/var/log/flows.jsonl']);
     expect(check(text, { B: '/b' }).config!.components.get('f')!.config.paths).toEqual(['/b']);
+  });
+});
+
+describe('rxflow status', () => {
+  it('serves no secret field and no URL password, whatever a component reports', async () => {
+    const path = join(dir, 'status.sock');
+    const server = await StatusServer.listen(path, () => ({
+      components: [
+        {
+          id: 'n',
+          health: 'degraded: nats nats://alice:hunter2@n1:4222 refused',
+          config: { password: 'pw-1234' },
+        },
+      ],
+    }));
+    try {
+      expect(await readStatus(path)).toEqual({
+        components: [
+          { id: 'n', health: 'degraded: nats nats://n1:4222 refused', config: { password: '[redacted]' } },
+        ],
+      });
+    } finally {
+      await server.close();
+    }
   });
 });
