@@ -82,7 +82,8 @@ static __always_inline void count(__u32 index, __u32 n)
 }
 
 /* Skips up to two 802.1Q/802.1ad tags. On TC ingress the outer tag is often already in
- * skb->vlan_tci rather than in the data; either way the ethertype after the tags is what counts. */
+ * skb->vlan_tci rather than in the data; either way the ethertype after the tags is what counts.
+ * A third tag in the data is PARSE_LIMIT (see FLOW_CTR_PARSE_LIMIT). */
 static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __be16 *proto)
 {
 #pragma unroll
@@ -96,7 +97,15 @@ static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __
 		*proto = vh->proto;
 		*off += sizeof(*vh);
 	}
+	if (*proto == ETH_P_8021Q_BE || *proto == ETH_P_8021AD_BE)
+		return PARSE_LIMIT;
 	return PARSE_OK;
+}
+
+static __always_inline int ipv6_ext_header(__u8 next)
+{
+	return next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+	       next == IPPROTO_AH || next == IPPROTO_FRAGMENT;
 }
 
 /* Parses the IP header at *off (proto is its ethertype), with IPv6 extension headers, into the
@@ -145,8 +154,7 @@ static __always_inline int parse_ip(void *data, void *data_end, __u32 *off, __be
 		*l4 = 1;
 #pragma unroll
 		for (int i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
-			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
-			    next != IPPROTO_AH && next != IPPROTO_FRAGMENT)
+			if (!ipv6_ext_header(next))
 				break;
 			__u8 *eh = data + *off;
 
@@ -167,6 +175,12 @@ static __always_inline int parse_ip(void *data, void *data_end, __u32 *off, __be
 			next = eh[0];
 			*off += len;
 		}
+		/* Still an extension header after the last one walked (a non-first fragment, which
+		 * ends the walk on purpose, has no transport header to look for): the transport
+		 * protocol is unknown, and recording the extension header as the protocol would
+		 * misname the flow. */
+		if (*l4 && ipv6_ext_header(next))
+			return PARSE_LIMIT;
 		key->protocol = next;
 		return PARSE_OK;
 	}
@@ -308,6 +322,13 @@ __attribute__((noinline)) int flow_parse_layer(struct __sk_buff *skb, struct flo
 	}
 	rc = parse_ip(data, data_end, &off, proto, key, val, &l4);
 	pos->hdr_len = off;
+	if (rc == PARSE_NON_IP && outer) {
+		/* A layer-2 flow: the MACs (already in val) and the ethertype are all there is. */
+		__builtin_memcpy(key->src_ip, val->src_mac, 6);
+		__builtin_memcpy(key->dst_ip, val->dst_mac, 6);
+		key->eth_type = bpf_ntohs(proto);
+		return PARSE_OK;
+	}
 	if (rc || !l4)
 		return rc;
 
@@ -325,7 +346,9 @@ __attribute__((noinline)) int flow_parse_layer(struct __sk_buff *skb, struct flo
 }
 
 /* Fills key and val (both zeroed by the caller) from the frame. For VXLAN and GENEVE the key
- * describes the inner flow and val keeps the outer addresses and ports. */
+ * describes the inner flow and val keeps the outer addresses and ports; an inner frame that is not
+ * IP (ARP across the overlay, say) counts on the outer UDP flow instead, as if it were not a
+ * tunnel. */
 static __always_inline int parse_frame(struct __sk_buff *skb, struct flow_key *key,
 				       struct flow_value *val, __u32 *hdr_len)
 {
@@ -344,10 +367,24 @@ static __always_inline int parse_frame(struct __sk_buff *skb, struct flow_key *k
 	__builtin_memset(key->src_ip, 0, 32);
 	key->src_port = 0;
 	key->dst_port = 0;
+	__u8 outer_dscp = val->dscp;
+
 	val->dscp = 0;
 	rc = flow_parse_layer(skb, key, val, &pos, 0);
-	*hdr_len = pos.hdr_len;
-	return rc;
+	if (rc != PARSE_NON_IP) {
+		*hdr_len = pos.hdr_len;
+		return rc;
+	}
+	/* Nothing of the inner layer was written into key or val: put the outer flow back. */
+	__builtin_memcpy(key->src_ip, val->outer_src_ip, 32);
+	key->src_port = val->outer_src_port;
+	key->dst_port = val->outer_dst_port;
+	key->vni = 0;
+	key->tunnel_type = FLOW_TUNNEL_NONE;
+	val->dscp = outer_dscp;
+	val->cookie = 0;
+	__builtin_memset(val->outer_src_ip, 0, 36);
+	return PARSE_OK;
 }
 
 static __always_inline void account(struct flow_value *cur, const struct flow_value *pkt, __u64 now)
@@ -419,8 +456,8 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 			rc = parse_frame(skb, &key, &val, &hdr_len);
 		}
 	}
-	if (rc == PARSE_NON_IP) {
-		count(FLOW_CTR_NON_IP, segs);
+	if (rc == PARSE_LIMIT) {
+		count(FLOW_CTR_PARSE_LIMIT, segs);
 		return FLOW_PASS;
 	}
 	if (rc != PARSE_OK) {

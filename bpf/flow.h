@@ -21,7 +21,7 @@
 /* Indexes of the per-CPU loss and activity counters (flow_counters map). They count packets on
  * the wire: a GSO/GRO skb of N segments counts N. Apart from PACKETS they are disjoint, so every
  * packet is accounted exactly once:
- *   PACKETS = SAMPLED_OUT + PARSE_FAILED + NON_IP + (packets in the flow maps)
+ *   PACKETS = SAMPLED_OUT + PARSE_FAILED + NON_IP + PARSE_LIMIT + (packets in the flow maps)
  *           + MAP_FULL + MAP_UPDATE_FAILED + RB_RESERVE_FAILED
  * and the ring buffer received events carrying MAP_FULL + MAP_UPDATE_FAILED packets. The flow maps
  * are flow_map_a and flow_map_b (struct flow_key -> per-CPU struct flow_value): the programs count
@@ -34,7 +34,17 @@ enum flow_counter {
 	FLOW_CTR_MAP_FULL = 3,         /* sent to the ring buffer because the map was full */
 	FLOW_CTR_MAP_UPDATE_FAILED = 4,/* sent to the ring buffer because the update failed otherwise */
 	FLOW_CTR_RB_RESERVE_FAILED = 5,/* lost: neither map nor ring buffer took the packet */
-	FLOW_CTR_NON_IP = 6,           /* ARP and other non-IP ethertypes (also inside a tunnel): passed, not counted */
+	/* Retired: non-IP frames are now layer-2 flows and a tunnel with a non-IP inner frame counts
+	 * on its outer flow. Kept at its index so a counter map pinned by an older object still reads
+	 * (and is reported) the same; this object never counts it. */
+	FLOW_CTR_NON_IP = 6,
+	/* Well-formed frames that go deeper than the parser walks: more than MAX_VLAN_TAGS tags in the
+	 * data, or an IPv6 chain of more than MAX_IPV6_EXT_HEADERS extension headers (outer or inner
+	 * layer). Counted here and not on a flow: a flow of what could be read would carry an
+	 * ethertype that is a VLAN tag or a protocol number that is an extension header, mixed under
+	 * one key with whatever else stops at the same depth, and nothing in a record could say so
+	 * (IPFIX has no element for it); the counter keeps the exact number and says why. */
+	FLOW_CTR_PARSE_LIMIT = 7,
 	FLOW_CTR_MAX = 8,
 };
 
@@ -46,14 +56,19 @@ struct flow_key {
 	__u32 vni;          /* VXLAN/GENEVE VNI, 0 without a tunnel */
 	__u16 src_port;     /* host byte order; 0 for protocols without ports and non-first fragments */
 	__u16 dst_port;
-	__u16 eth_type;     /* ethertype of the (inner) IP packet: 0x0800 or 0x86dd */
+	__u16 eth_type;     /* ethertype of the (inner) IP packet: 0x0800 or 0x86dd; of the frame for a layer-2 flow */
 	__u8 protocol;
 	__u8 direction;     /* FLOW_DIRECTION_* */
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 tunnel_type;   /* FLOW_TUNNEL_* */
-	__u8 ip_version;    /* 4 or 6 */
+	__u8 ip_version;    /* 4 or 6; 0 for a layer-2 flow (see below) */
 };
+
+/* A frame that is not IP (ARP, LLDP, 0x88b5, ...) is a layer-2 flow: ip_version 0, eth_type its
+ * ethertype after the VLAN tags, and the source and destination MAC in the first 6 bytes of src_ip
+ * and dst_ip (the rest zero). The MACs sit in the address bytes rather than in fields of their own
+ * so the key the map hashes on every packet does not grow for the IP flows. */
 
 /* Per-CPU value of the flow maps. The outer tunnel fields are functions of the inner flow and the VNI, so they
  * ride in the value rather than widening the key the map hashes on every packet. Each CPU fills

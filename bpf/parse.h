@@ -33,6 +33,7 @@ enum parse_result {
 	PARSE_NON_IP,
 	PARSE_SHORT, /* a header ends past data_end */
 	PARSE_MALFORMED,
+	PARSE_LIMIT, /* well-formed, but deeper than the parser walks (VLAN tags, IPv6 extension headers) */
 };
 
 struct vlan_tag {

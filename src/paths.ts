@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,4 +20,12 @@ export function packageRoot(): string {
 /** A BPF object built by bpf/build.sh, e.g. bpfObjectPath('flow'). */
 export function bpfObjectPath(name: string): string {
   return join(packageRoot(), 'bpf', `${name}.o`);
+}
+
+/** The version in the package's package.json, read at run time: the one npm installed. */
+export function packageVersion(): string {
+  const file = join(packageRoot(), 'package.json');
+  const { version } = JSON.parse(readFileSync(file, 'utf8')) as { version?: unknown };
+  if (typeof version !== 'string') throw new Error(`rxflow: ${file} has no version`);
+  return version;
 }

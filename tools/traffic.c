@@ -16,10 +16,17 @@
  *   traffic tcp-sink --port P [--family 4|6] [--timeout-ms T]
  *       accept one connection, read to its end, close and wait for the client's last ACK
  *       -> "listening", then {"received":K,"segsOut":..,"segsIn":..,"retransmits":..}
+ *   traffic frame-send --ifname IF --frame HEX --count N
+ *       send the Ethernet frame HEX (as on the wire, no FCS) N times on IF through a packet
+ *       socket, for frames no socket of a protocol would build (ARP, any ethertype, VLAN stacks,
+ *       tunnels, IPv6 extension headers)
+ *       -> {"sent":N,"bytes":N*len}
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <linux/tcp.h> /* glibc's struct tcp_info lacks the segment counters */
 #include <poll.h>
@@ -33,7 +40,7 @@
 #include <unistd.h>
 
 struct opts {
-  const char *dst;
+  const char *dst, *ifname, *frame;
   long port, count, size, src_port, flows, interval_us, bytes, family, timeout_ms;
 };
 
@@ -74,6 +81,10 @@ static void parse(int argc, char **argv, struct opts *o) {
     const char *k = argv[i], *v = argv[i + 1];
     if (strcmp(k, "--dst") == 0) {
       o->dst = v;
+    } else if (strcmp(k, "--ifname") == 0) {
+      o->ifname = v;
+    } else if (strcmp(k, "--frame") == 0) {
+      o->frame = v;
     } else if (strcmp(k, "--port") == 0) {
       o->port = num(k, v, 1, 65535);
     } else if (strcmp(k, "--count") == 0) {
@@ -415,9 +426,69 @@ static int tcp_sink(const struct opts *o) {
   return 0;
 }
 
+static int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static int frame_send(const struct opts *o) {
+  if (o->ifname == NULL || o->frame == NULL || o->count < 0) {
+    usage("frame-send needs --ifname, --frame and --count");
+  }
+  size_t hex_len = strlen(o->frame);
+  unsigned char frame[9216];
+  size_t len = hex_len / 2;
+  if (hex_len % 2 != 0 || len < 14 || len > sizeof(frame)) {
+    usage("frame-send: --frame must be an even number of hex digits, 14 to 9216 bytes");
+  }
+  for (size_t i = 0; i < len; i++) {
+    int hi = hex_digit(o->frame[2 * i]), lo = hex_digit(o->frame[2 * i + 1]);
+    if (hi < 0 || lo < 0) {
+      usage("frame-send: --frame must be hex digits only");
+    }
+    frame[i] = (unsigned char)(hi << 4 | lo);
+  }
+  unsigned ifindex = if_nametoindex(o->ifname);
+  if (ifindex == 0) {
+    die(o->ifname);
+  }
+  /* Protocol 0: the socket receives nothing, it only sends. */
+  int fd = socket(AF_PACKET, SOCK_RAW, 0);
+  if (fd < 0) {
+    die("socket AF_PACKET");
+  }
+  struct sockaddr_ll sll;
+  memset(&sll, 0, sizeof(sll));
+  sll.sll_family = AF_PACKET;
+  sll.sll_ifindex = (int)ifindex;
+  sll.sll_halen = 6;
+  memcpy(sll.sll_addr, frame, 6);
+  long sent = 0;
+  while (sent < o->count) {
+    ssize_t n = sendto(fd, frame, len, 0, (struct sockaddr *)&sll, sizeof(sll));
+    if (n < 0 && (errno == ENOBUFS || errno == EAGAIN || errno == EINTR)) {
+      pause_us(100);
+      continue;
+    }
+    if (n < 0) {
+      die("sendto");
+    }
+    if ((size_t)n != len) {
+      fprintf(stderr, "traffic: frame-send: sent %zd of %zu bytes\n", n, len);
+      exit(1);
+    }
+    sent++;
+  }
+  printf("{\"sent\":%ld,\"bytes\":%ld}\n", sent, sent * (long)len);
+  close(fd);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) {
-    usage("usage: traffic udp-send|udp-sink|tcp-send|tcp-sink --option value ...");
+    usage("usage: traffic udp-send|udp-sink|tcp-send|tcp-sink|frame-send --option value ...");
   }
   struct opts o;
   parse(argc, argv, &o);
@@ -434,6 +505,10 @@ int main(int argc, char **argv) {
   if (strcmp(argv[1], "tcp-sink") == 0) {
     return tcp_sink(&o);
   }
-  fprintf(stderr, "traffic: unknown mode '%s': use udp-send, udp-sink, tcp-send or tcp-sink\n", argv[1]);
+  if (strcmp(argv[1], "frame-send") == 0) {
+    return frame_send(&o);
+  }
+  fprintf(stderr, "traffic: unknown mode '%s': use udp-send, udp-sink, tcp-send, tcp-sink or frame-send\n",
+          argv[1]);
   return 2;
 }

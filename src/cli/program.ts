@@ -3,6 +3,7 @@ import { MAX_TIMER_MS } from '../component.js';
 import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
 import { escapeControlKeepLines } from '../pipeline/text.js';
+import { packageVersion } from '../paths.js';
 import { redactText } from '../redact.js';
 import { defaultRegistry } from '../pipeline/registry.js';
 import type { CliIo } from './io.js';
@@ -14,7 +15,11 @@ import { runFile } from './run.js';
 import { statusCommand } from './status-command.js';
 import { listTypes, validateFiles } from './validate.js';
 
-/** Option parsers: commander reports an InvalidArgumentError with the option's name and exits 1. */
+/** Exit codes: a command that failed exits 1; a command line that is wrong exits 2, like a shell's. */
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+/** Option parsers: commander reports an InvalidArgumentError with the option's name (exit 2). */
 function parseDurationMs(text: string): number {
   const ms = parseDuration(text);
   if (ms === undefined) throw new InvalidArgumentError(DURATION_HINT);
@@ -46,6 +51,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
     .description(
       'Network-flow agent for Linux: eBPF on TC counts flows, RxJS pipelines export them to Kafka, NATS and OpenTelemetry.',
     )
+    .version(packageVersion(), '-V, --version', 'print the version of rxflow')
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) })
     .showHelpAfterError('(run with --help for usage)');
@@ -62,7 +68,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
       if (files.length === 0) {
         if (!opts.list) {
           io.err("validate: give one or more pipeline files, or --list; see 'rxflow validate --help'\n");
-          setCode(1);
+          setCode(EXIT_USAGE);
         }
         return;
       }
@@ -88,6 +94,10 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
       'serve the pipeline state for `rxflow status` on this unix socket (default: /run/rxflow/<file name>.sock; $RXFLOW_RUN_DIR replaces /run/rxflow)',
     )
     .option('--no-status-socket', 'serve no status socket')
+    .option(
+      '--health-address <host:port>',
+      'serve health over HTTP for probes: GET /livez (200 while the process answers), /readyz (200 when running and no component is degraded, else 503 naming them); default $RXFLOW_HEALTH_ADDRESS, else none',
+    )
     .addOption(
       new Option(
         '--ledger-log-interval <duration>',
@@ -99,8 +109,14 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
     .action(
       async (
         file: string,
-        opts: { logLevel: string; statusSocket?: string | boolean; ledgerLogInterval: number },
+        opts: {
+          logLevel: string;
+          statusSocket?: string | boolean;
+          ledgerLogInterval: number;
+          healthAddress?: string;
+        },
       ) => {
+        const healthAddress = opts.healthAddress ?? io.env.RXFLOW_HEALTH_ADDRESS;
         setCode(
           await runFile(
             file,
@@ -114,6 +130,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
                     ? false
                     : undefined,
               ledgerLogIntervalMs: opts.ledgerLogInterval,
+              ...(healthAddress ? { healthAddress } : {}),
             },
             registry(),
             io,
@@ -170,10 +187,12 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   try {
     await program.parseAsync([...argv], { from: 'user' });
   } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode;
+    // commander ends --help, --version and `rxflow help` with 0; every other of its errors is a
+    // wrong command line (unknown command or option, missing or invalid argument, no command).
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT_USAGE;
     // Whatever failed, its message reaches the terminal without credentials or control characters.
     io.err(`rxflow: ${escapeControlKeepLines(redactText((err as Error).message))}\n`);
-    return 1;
+    return EXIT_FAILURE;
   }
   return code;
 }

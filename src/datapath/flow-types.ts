@@ -72,7 +72,10 @@ export const FLOW_CTR = {
   MAP_FULL: 3,
   MAP_UPDATE_FAILED: 4,
   RB_RESERVE_FAILED: 5,
+  /** Retired (non-IP frames are layer-2 flows now); read only from counters an older object pinned. */
   NON_IP: 6,
+  /** Frames deeper than the parser walks (VLAN tags, IPv6 extension headers): counted, in no flow. */
+  PARSE_LIMIT: 7,
   MAX: 8,
 } as const;
 
@@ -323,7 +326,8 @@ function record(
   // fields inside the object (addresses added afterwards went to a separate property array), and
   // the plain records of a family share one hidden class. The key order is the serialised order.
   let rec: FlowRecord;
-  if (kb[k + K_IP_VERSION] === 4) {
+  const ipVersion = kb[k + K_IP_VERSION];
+  if (ipVersion === 4) {
     const src = kv.getUint32(k + K_SRC_IP + 12, false);
     const dst = kv.getUint32(k + K_DST_IP + 12, false);
     rec = {
@@ -351,6 +355,25 @@ function record(
       rec.icmpTypeIPv4 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv4 = kb[k + K_ICMP_CODE]!;
     }
+  } else if (ipVersion === 0) {
+    // A layer-2 flow (not IP): the key holds the MACs, which the value repeats; no addresses.
+    rec = {
+      ipVersion: 0,
+      sourceTransportPort,
+      destinationTransportPort,
+      protocolIdentifier: protocol,
+      octetDeltaCount: bytes,
+      packetDeltaCount: packets,
+      flowStartMilliseconds,
+      flowEndMilliseconds,
+      tcpControlBits: tcpFlags,
+      ipDiffServCodePoint,
+      ingressInterface,
+      flowDirection,
+      sourceMacAddress,
+      destinationMacAddress,
+      ethernetType,
+    };
   } else {
     rec = {
       ipVersion: 6,
@@ -513,8 +536,9 @@ export function encodeFlowConfig(config: { sampling: number }): Uint8Array {
 
 /** The fields of struct flow_key, for tests and tools; addresses as text. */
 export interface FlowKeyFields {
-  ipVersion: 4 | 6;
-  /** IPv4 dotted or IPv6 text. */
+  /** 0: a layer-2 flow, whose srcIp and dstIp are the MACs (02:00:00:00:00:01). */
+  ipVersion: 0 | 4 | 6;
+  /** IPv4 dotted or IPv6 text; a MAC for a layer-2 flow. */
   srcIp: string;
   dstIp: string;
   ifIndex: number;
@@ -588,8 +612,13 @@ function parseIp16(text: string, out: Uint8Array, offset: number): void {
 export function encodeKey(key: FlowKeyFields): Uint8Array {
   const out = new Uint8Array(FLOW_KEY.size);
   const view = viewOf(out);
-  parseIp16(key.srcIp, out, K_SRC_IP);
-  parseIp16(key.dstIp, out, K_DST_IP);
+  if (key.ipVersion === 0) {
+    parseMac(key.srcIp, out, K_SRC_IP);
+    parseMac(key.dstIp, out, K_DST_IP);
+  } else {
+    parseIp16(key.srcIp, out, K_SRC_IP);
+    parseIp16(key.dstIp, out, K_DST_IP);
+  }
   view.setUint32(K_IF_INDEX, key.ifIndex, LE);
   view.setUint32(K_VNI, key.vni, LE);
   view.setUint16(K_SRC_PORT, key.srcPort, LE);
@@ -607,9 +636,14 @@ export function encodeKey(key: FlowKeyFields): Uint8Array {
 /** The fields of the struct flow_key at offset. */
 export function decodeKey(bytes: Uint8Array, offset = 0): FlowKeyFields {
   const view = viewOf(bytes);
-  const ipVersion = bytes[offset + K_IP_VERSION] === 4 ? 4 : 6;
+  const version = bytes[offset + K_IP_VERSION];
+  const ipVersion = version === 4 ? 4 : version === 0 ? 0 : 6;
   const addr = (o: number): string =>
-    ipVersion === 4 ? formatIPv4(bytes, offset + o + 12) : formatIPv6(bytes, offset + o);
+    ipVersion === 4
+      ? formatIPv4(bytes, offset + o + 12)
+      : ipVersion === 0
+        ? formatMac(bytes, offset + o)
+        : formatIPv6(bytes, offset + o);
   return {
     ipVersion,
     srcIp: addr(K_SRC_IP),

@@ -364,3 +364,48 @@ export async function ping(opts: PingOptions): Promise<PingResult> {
   }
   return { transmitted, received: Number(m[2]), frameBytes: icmpFrameBytes(family, opts.payloadBytes) };
 }
+
+export interface FrameSendOptions {
+  /** The sending namespace. */
+  from: TrafficNetns;
+  /** The interface in `from` the frames leave by. */
+  ifname: string;
+  /** The whole Ethernet frame as on the wire (no FCS). */
+  frame: Uint8Array;
+  count: number;
+  timeoutMs?: number;
+}
+
+export interface FrameSendResult {
+  /** Frames the kernel accepted: always `count` (anything else rejects). */
+  sent: number;
+  /** sent * frame length. */
+  bytes: number;
+}
+
+/**
+ * Sends exactly `count` copies of a crafted Ethernet frame through a packet socket: frames no
+ * protocol socket builds (ARP, any ethertype, VLAN stacks, tunnels, IPv6 extension headers). They
+ * leave by the interface's egress (TC egress included) and arrive at the veth peer as sent, except
+ * that the receiving kernel moves one outer 802.1Q/802.1ad tag into the skb's metadata.
+ */
+export async function sendFrames(opts: FrameSendOptions): Promise<FrameSendResult> {
+  const args = [
+    'frame-send',
+    '--ifname',
+    opts.ifname,
+    '--frame',
+    Buffer.from(opts.frame).toString('hex'),
+    '--count',
+    String(opts.count),
+  ];
+  const { stdout } = await opts.from.exec(toolPath('traffic'), args, { timeoutMs: opts.timeoutMs ?? 60_000 });
+  const r = lastJsonLine<FrameSendResult>(stdout, 'frame-send');
+  if (r.sent !== opts.count || r.bytes !== opts.count * opts.frame.length) {
+    throw new DevtoolError(
+      'ETRAFFIC',
+      `frame-send on ${opts.ifname}: sent ${r.sent} of ${opts.count} frames (${r.bytes} bytes)`,
+    );
+  }
+  return r;
+}

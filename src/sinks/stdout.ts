@@ -76,6 +76,11 @@ function tcpFlags(bits: number): string {
 
 /** The text format's line for a record, without the newline. */
 export function textLine(r: FlowRecord): string {
+  if (r.ipVersion === 0) {
+    return `${new Date(r.flowEndMilliseconds).toISOString()} ${r.interfaceName ?? `if${r.ingressInterface}`} ${
+      r.flowDirection === 1 ? 'egress' : 'ingress'
+    } ethertype=0x${r.ethernetType.toString(16).padStart(4, '0')} ${r.sourceMacAddress} -> ${r.destinationMacAddress} packets=${r.packetDeltaCount} bytes=${r.octetDeltaCount}`;
+  }
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === 1 || r.protocolIdentifier === 58;
   const src = endpoint(v6 ? r.sourceIPv6Address : r.sourceIPv4Address, r.sourceTransportPort, v6, !icmp);

@@ -23,7 +23,8 @@ export interface TopConfig {
 
 /** One row of the table: a flow in one direction on one interface, summed over the window. */
 export interface TopFlow {
-  ipVersion: 4 | 6;
+  /** 0: a layer-2 flow, whose source and destination are MACs and protocol the ethertype. */
+  ipVersion: 0 | 4 | 6;
   source: string;
   destination: string;
   sourcePort: number;
@@ -60,10 +61,14 @@ interface Bucket {
 
 const BUCKETS = 10;
 
+function protocolOf(r: FlowRecord): number {
+  return r.ipVersion === 0 ? r.ethernetType : r.protocolIdentifier;
+}
+
 function keyOf(r: FlowRecord, iface: string): string {
-  const src = r.sourceIPv4Address ?? r.sourceIPv6Address ?? '';
-  const dst = r.destinationIPv4Address ?? r.destinationIPv6Address ?? '';
-  return `${r.flowDirection}|${iface}|${r.protocolIdentifier}|${src}|${r.sourceTransportPort}|${dst}|${r.destinationTransportPort}`;
+  const src = r.sourceIPv4Address ?? r.sourceIPv6Address ?? r.sourceMacAddress;
+  const dst = r.destinationIPv4Address ?? r.destinationIPv6Address ?? r.destinationMacAddress;
+  return `${r.flowDirection}|${iface}|${protocolOf(r)}|${src}|${r.sourceTransportPort}|${dst}|${r.destinationTransportPort}`;
 }
 
 /** The windowed flow table of one `top` sink. */
@@ -106,11 +111,11 @@ export class TopTable {
         }
         row = {
           ipVersion: r.ipVersion,
-          source: r.sourceIPv4Address ?? r.sourceIPv6Address ?? '',
-          destination: r.destinationIPv4Address ?? r.destinationIPv6Address ?? '',
+          source: r.sourceIPv4Address ?? r.sourceIPv6Address ?? r.sourceMacAddress,
+          destination: r.destinationIPv4Address ?? r.destinationIPv6Address ?? r.destinationMacAddress,
           sourcePort: r.sourceTransportPort,
           destinationPort: r.destinationTransportPort,
-          protocol: r.protocolIdentifier,
+          protocol: protocolOf(r),
           direction: r.flowDirection,
           interface: iface,
           packets: 0,

@@ -48,6 +48,8 @@ const KERNEL_LOSSES: [keyof KernelCounters, DropReason][] = [
   ['RB_RESERVE_FAILED', 'ringbuf_reserve_failed'],
   ['PARSE_FAILED', 'parse_failed'],
   ['SAMPLED_OUT', 'sampled_out'],
+  ['PARSE_LIMIT', 'beyond_parser_limits'],
+  ['NON_IP', 'non_ip'],
 ];
 
 /**

@@ -78,7 +78,7 @@ describe('a duration longer than a timer holds', () => {
 
   it('is refused on the command line too', () => {
     const r = rxflow(['run', 'x.yaml', '--ledger-log-interval', '100000h']);
-    expect(r.status).toBe(1);
+    expect(r.status).toBe(2);
     expect(r.stderr).toContain(
       "option '--ledger-log-interval <duration>' argument '100000h' is invalid. at most 2147483647 ms (about 24.8 days), the longest a timer can wait",
     );

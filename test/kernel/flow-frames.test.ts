@@ -1,9 +1,10 @@
 /**
- * Every reference frame of ../shared/testdata (built by an independent packet library) through
+ * Every reference frame of test/fixtures/testdata (built by an independent packet library) through
  * flow_ingress with BPF_PROG_TEST_RUN, one at a time: the drained and decoded record must be
  * exactly what frames.json says, and frames that make no flow must bump exactly one counter.
  * Then hand-built frames for what the pcap lacks (QinQ, IPv6 extension headers and fragments,
- * GENEVE carrying IP directly, malformed headers, egress).
+ * GENEVE carrying IP directly, malformed headers, egress, layer-2 flows, frames deeper than the
+ * parser walks).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -38,7 +39,7 @@ import {
   vxlan,
 } from './flow-packets.js';
 
-const testdata = join(repo, '..', 'shared', 'testdata');
+const testdata = join(repo, 'test', 'fixtures', 'testdata');
 const skipReason = kernelSkipReason();
 
 interface Expect {
@@ -248,9 +249,26 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
         return;
       }
       if (e.ethertype !== undefined) {
-        // Not IP: passed, counted as NON_IP, no flow.
-        const { retval, records, delta } = run(frame);
-        expect([retval, records, delta]).toStrictEqual([FLOW_PASS, [], { PACKETS: 1, NON_IP: 1 }]);
+        // Not IP: a layer-2 flow of the frame's MACs (as the pcap holds them) and ethertype.
+        const macAt = (o: number): string =>
+          Array.from(frame.subarray(o, o + 6), (b) => b.toString(16).padStart(2, '0')).join(':');
+        expect(single(frame)).toStrictEqual({
+          ipVersion: 0,
+          sourceTransportPort: 0,
+          destinationTransportPort: 0,
+          protocolIdentifier: 0,
+          octetDeltaCount: frameLen,
+          packetDeltaCount: 1,
+          flowStartMilliseconds: 0,
+          flowEndMilliseconds: 0,
+          tcpControlBits: 0,
+          ipDiffServCodePoint: 0,
+          ingressInterface: 1,
+          flowDirection: 0,
+          sourceMacAddress: macAt(6),
+          destinationMacAddress: macAt(0),
+          ethernetType: e.ethertype,
+        });
         return;
       }
       if (frameLen < 14 + 20) {
@@ -337,7 +355,7 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
       });
     });
 
-    it('a third VLAN tag is beyond what the program follows: not IP', () => {
+    it('a third VLAN tag is beyond what the program follows: counted as PARSE_LIMIT, no flow', () => {
       const f = ethernet(
         {
           type: ETH_IPV4,
@@ -350,7 +368,43 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
         ipv4({ ...A4, proto: 17 }, udp(1, 2)),
       );
       const { records, delta } = run(f);
-      expect([records, delta]).toStrictEqual([[], { PACKETS: 1, NON_IP: 1 }]);
+      expect([records, delta]).toStrictEqual([[], { PACKETS: 1, PARSE_LIMIT: 1 }]);
+    });
+
+    it('frames that are not IP are layer-2 flows: MACs and ethertype, after the VLAN tags', () => {
+      const l2 = {
+        ...base,
+        ipVersion: 0 as const,
+        protocolIdentifier: 0,
+      };
+      const arp = ethernet({ type: ETH_ARP }, new Uint8Array(46));
+      expect(single(arp)).toStrictEqual({ ...l2, ethernetType: ETH_ARP, octetDeltaCount: arp.length });
+      const local = ethernet(
+        { type: 0x88b5, src: '02:00:00:00:0a:01', dst: 'ff:ff:ff:ff:ff:ff' },
+        new Uint8Array(200),
+      );
+      expect(single(local)).toStrictEqual({
+        ...l2,
+        sourceMacAddress: '02:00:00:00:0a:01',
+        destinationMacAddress: 'ff:ff:ff:ff:ff:ff',
+        ethernetType: 0x88b5,
+        octetDeltaCount: local.length,
+      });
+      const tagged = ethernet({ type: ETH_ARP, vlans: [{ tpid: 0x8100, vid: 7 }] }, new Uint8Array(46));
+      expect(single(tagged)).toStrictEqual({ ...l2, ethernetType: ETH_ARP, octetDeltaCount: tagged.length });
+      // Two frames of one kind and pair of MACs are one flow; another ethertype is another.
+      flowMap.drain();
+      ingress.testRun(arp, { repeat: 3 });
+      ingress.testRun(local, { repeat: 2 });
+      const records = decodeFlowMapBatch(flowMap.drain(), flowMap.valueBufferSize, 0);
+      expect(
+        records
+          .map((r) => [r.ethernetType, r.sourceMacAddress, r.packetDeltaCount, r.octetDeltaCount])
+          .sort((a, b) => Number(a[0]) - Number(b[0])),
+      ).toStrictEqual([
+        [ETH_ARP, '02:00:00:00:00:01', 3, 3 * arp.length],
+        [0x88b5, '02:00:00:00:0a:01', 2, 2 * local.length],
+      ]);
     });
 
     it('IPv4 with 40 bytes of options and TCP flags', () => {
@@ -408,6 +462,33 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
         ipDiffServCodePoint: 46,
         octetDeltaCount: f.length,
       });
+    });
+
+    it('IPv6: six extension headers are walked; a seventh is PARSE_LIMIT, not protocol 60', () => {
+      const dstopts = { type: 60, body: [1, 4, 0, 0, 0, 0] };
+      const six = ethernet(
+        { type: ETH_IPV6 },
+        ipv6({ ...A6, next: 17, ext: new Array(6).fill(dstopts) as (typeof dstopts)[] }, udp(546, 547)),
+      );
+      expect(single(six)).toStrictEqual({
+        ...v6,
+        protocolIdentifier: 17,
+        sourceTransportPort: 546,
+        destinationTransportPort: 547,
+        octetDeltaCount: six.length,
+      });
+      const seven = ethernet(
+        { type: ETH_IPV6 },
+        ipv6({ ...A6, next: 17, ext: new Array(7).fill(dstopts) as (typeof dstopts)[] }, udp(546, 547)),
+      );
+      const { records, delta } = run(seven);
+      expect([records, delta]).toStrictEqual([[], { PACKETS: 1, PARSE_LIMIT: 1 }]);
+      // A later fragment ends the walk on purpose: what follows its header is not looked for.
+      const later = ethernet(
+        { type: ETH_IPV6 },
+        ipv6({ ...A6, next: 60, ext: [{ type: 44, body: fragmentBody(185, false) }] }, new Uint8Array(16)),
+      );
+      expect(single(later)).toStrictEqual({ ...v6, protocolIdentifier: 60, octetDeltaCount: later.length });
     });
 
     it('IPv6 fragments: the first has ports, a later one has none', () => {
@@ -544,15 +625,43 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
       });
     });
 
-    it('ARP inside VXLAN is not IP; a cut inner header is a parse failure', () => {
+    it('ARP inside VXLAN or GENEVE counts on the outer UDP flow; a cut inner header is a parse failure', () => {
       const arp = ethernet(
         { type: ETH_IPV4 },
         ipv4(
-          { ...outer4, proto: 17 },
+          { ...outer4, proto: 17, tos: 0x10 },
           udp(1, 4789, vxlan(3, ethernet({ type: ETH_ARP }, new Uint8Array(28)))),
         ),
       );
-      expect(run(arp).delta).toStrictEqual({ PACKETS: 1, NON_IP: 1 });
+      const outerFlow = {
+        ...v4,
+        sourceIPv4Address: outer4.src,
+        destinationIPv4Address: outer4.dst,
+        protocolIdentifier: 17,
+        sourceTransportPort: 1,
+      };
+      expect(single(arp)).toStrictEqual({
+        ...outerFlow,
+        destinationTransportPort: 4789,
+        ipDiffServCodePoint: 4,
+        octetDeltaCount: arp.length,
+      });
+      const geneveArp = ethernet(
+        { type: ETH_IPV4 },
+        ipv4(
+          { ...outer4, proto: 17 },
+          udp(
+            1,
+            6081,
+            geneve(4, 0x6558, [1, 2, 3, 4, 5, 6, 7, 8], ethernet({ type: 0x88b5 }, new Uint8Array(50))),
+          ),
+        ),
+      );
+      expect(single(geneveArp)).toStrictEqual({
+        ...outerFlow,
+        destinationTransportPort: 6081,
+        octetDeltaCount: geneveArp.length,
+      });
       const inner = ethernet({ type: ETH_IPV4 }, ipv4({ ...A4, proto: 6 }, tcp(1, 2, 2)));
       const cut = ethernet(
         { type: ETH_IPV4 },

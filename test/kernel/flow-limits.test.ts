@@ -48,6 +48,7 @@ const zero: Record<FlowCounterName, number> = {
   MAP_UPDATE_FAILED: 0,
   RB_RESERVE_FAILED: 0,
   NON_IP: 0,
+  PARSE_LIMIT: 0,
 };
 
 function readEvents(reader: RingBufferReader): { reasons: number[]; records: FlowRecord[] } {

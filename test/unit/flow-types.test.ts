@@ -183,6 +183,25 @@ describe('encodeKey / decodeKey', () => {
     expect(view.getUint32(FLOW_KEY.fields.if_index.offset, true)).toBe(7);
   });
 
+  it('holds the MACs of a layer-2 flow in the first 6 bytes of the address fields', () => {
+    const l2: FlowKeyFields = {
+      ...tcpKey,
+      ipVersion: 0,
+      srcIp: '02:00:00:00:0a:01',
+      dstIp: 'ff:ff:ff:ff:ff:ff',
+      srcPort: 0,
+      dstPort: 0,
+      ethType: 0x0806,
+      protocol: 0,
+    };
+    const encoded = encodeKey(l2);
+    expect(Array.from(encoded.subarray(0, 32))).toEqual([
+      ...[2, 0, 0, 0, 0x0a, 1, ...new Array<number>(10).fill(0)],
+      ...[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, ...new Array<number>(10).fill(0)],
+    ]);
+    expect(decodeKey(encoded)).toEqual(l2);
+  });
+
   it('parses IPv6 text with an embedded IPv4 tail', () => {
     const encoded = encodeKey({ ...tcpKey, ipVersion: 6, srcIp: '64:ff9b::192.0.2.1', dstIp: '::1.2.3.4' });
     expect(decodeKey(encoded).srcIp).toBe('64:ff9b::c000:201');
@@ -368,6 +387,51 @@ describe('decodeFlowMapBatch', () => {
         tunnelDestinationTransportPort: 6081,
       },
     ] satisfies FlowRecord[]);
+  });
+
+  it('decodes a layer-2 flow: no addresses, its MACs and ethertype', () => {
+    const arp: FlowKeyFields = {
+      ...tcpKey,
+      ipVersion: 0,
+      srcIp: '02:00:00:00:0a:01',
+      dstIp: 'ff:ff:ff:ff:ff:ff',
+      srcPort: 0,
+      dstPort: 0,
+      ethType: 0x0806,
+      protocol: 0,
+    };
+    const macs = { srcMac: '02:00:00:00:0a:01', dstMac: 'ff:ff:ff:ff:ff:ff' };
+    const { result, valueBufferSize } = batch(
+      [
+        {
+          key: arp,
+          cpus: [
+            { packets: 2, bytes: 120, firstSeenNs: 1_000_000, lastSeenNs: 2_000_000, ...macs },
+            { packets: 1, bytes: 60, firstSeenNs: 3_000_000, lastSeenNs: 3_000_000, ...macs },
+          ],
+        },
+      ],
+      2,
+    );
+    expect(decodeFlowMapBatch(result, valueBufferSize, 0)).toStrictEqual([
+      {
+        ipVersion: 0,
+        sourceTransportPort: 0,
+        destinationTransportPort: 0,
+        protocolIdentifier: 0,
+        octetDeltaCount: 180,
+        packetDeltaCount: 3,
+        flowStartMilliseconds: 1,
+        flowEndMilliseconds: 3,
+        tcpControlBits: 0,
+        ipDiffServCodePoint: 0,
+        ingressInterface: 7,
+        flowDirection: 0,
+        sourceMacAddress: '02:00:00:00:0a:01',
+        destinationMacAddress: 'ff:ff:ff:ff:ff:ff',
+        ethernetType: 0x0806,
+      },
+    ]);
   });
 
   it('skips entries that no CPU counted', () => {

@@ -144,6 +144,53 @@ describe('account', () => {
     expect(counters.snapshot()).toMatchObject({ received: 14, sent: 13, merged: 1, inFlight: 0 });
   });
 
+  it('keys a layer-2 flow (ipVersion 0) on its MACs and ethertype, as the kernel does', () => {
+    const counters = new StageCounters('acc', 'account');
+    const l2 = (p: Partial<FlowRecord> = {}): FlowRecord => {
+      const r = rec({
+        ipVersion: 0,
+        protocolIdentifier: 0,
+        sourceTransportPort: 0,
+        destinationTransportPort: 0,
+        ethernetType: 0x0806,
+        ...p,
+      });
+      delete r.sourceIPv4Address;
+      delete r.destinationIPv4Address;
+      return r;
+    };
+    const distinct = [
+      l2(),
+      l2({ ethernetType: 0x88b5 }),
+      l2({ sourceMacAddress: '02:00:00:00:00:09' }),
+      l2({ destinationMacAddress: 'ff:ff:ff:ff:ff:ff' }),
+      l2({ flowDirection: 1 }),
+    ];
+    const { out, error } = collect([distinct, [l2({ octetDeltaCount: 60 })]], {
+      maxEntries: 100,
+      evictTimeoutMs: 5000,
+      counters,
+    });
+    expect(error).toBeUndefined();
+    expect(out).toHaveLength(1);
+    expect(
+      out[0]!.map((r) => [
+        r.ethernetType,
+        r.sourceMacAddress,
+        r.destinationMacAddress,
+        r.flowDirection,
+        r.packetDeltaCount,
+        r.octetDeltaCount,
+      ]),
+    ).toEqual([
+      [0x0806, '02:00:00:00:00:01', '02:00:00:00:00:02', 0, 2, 160],
+      [0x88b5, '02:00:00:00:00:01', '02:00:00:00:00:02', 0, 1, 100],
+      [0x0806, '02:00:00:00:00:09', '02:00:00:00:00:02', 0, 1, 100],
+      [0x0806, '02:00:00:00:00:01', 'ff:ff:ff:ff:ff:ff', 0, 1, 100],
+      [0x0806, '02:00:00:00:00:01', '02:00:00:00:00:02', 1, 1, 100],
+    ]);
+  });
+
   it('moves only the times a later record extends', () => {
     const counters = new StageCounters('acc', 'account');
     const a = (start: number, end: number) =>
@@ -511,7 +558,7 @@ describe('account module', () => {
         x: [rec({ packetDeltaCount: 2, octetDeltaCount: 200 })],
       });
     });
-    expect(ledger.totals()).toMatchObject({ seen: 0, exported: 0, merged: 1, inFlight: 0 });
+    expect(ledger.totals()).toMatchObject({ seen: 0, delivered: 0, merged: 1, inFlight: 0 });
     expect(counters.snapshot()).toEqual({
       id: 'acc',
       type: 'account',

@@ -262,7 +262,7 @@ describe('dedupe', () => {
     expect(out).toEqual([]);
     expect(error).toBeInstanceOf(OperatorError);
     expect((error as OperatorError).message).toBe(
-      'dedupe dd: bad record at index 2 of a batch of 3: ipVersion is 5, not 4 or 6; fix the source that produced it',
+      'dedupe dd: bad record at index 2 of a batch of 3: ipVersion is 5, not 0, 4 or 6; fix the source that produced it',
     );
     expect(counters.snapshot()).toMatchObject({
       received: 3,

@@ -131,7 +131,7 @@ describe('rxflow validate', () => {
 
   it('asks for a file when given none, and lists the types with --list', async () => {
     const t = fakeIo();
-    expect(await runCli(['validate'], t.io)).toBe(1);
+    expect(await runCli(['validate'], t.io)).toBe(2);
     expect(t.text().err).toBe(
       "validate: give one or more pipeline files, or --list; see 'rxflow validate --help'\n",
     );
@@ -173,9 +173,9 @@ describe('rxflow --help', () => {
     },
   );
 
-  it('refuses an unknown command', async () => {
+  it('refuses an unknown command with exit 2', async () => {
     const t = fakeIo();
-    expect(await runCli(['bogus'], t.io)).toBe(1);
+    expect(await runCli(['bogus'], t.io)).toBe(2);
     expect(t.text().err).toBe("error: unknown command 'bogus'\n(run with --help for usage)\n");
   });
 });
@@ -278,7 +278,7 @@ describe('dist/src/cli/main.js', () => {
     expect(validate.status).toBe(1);
     expect(validate.stdout).toBe('');
     expect(validate.stderr).toBe(
-      `${file}:1:1: unknown key 'sourcs' (did you mean 'sources'?); allowed: sources, transforms, sinks\n`,
+      `${file}:1:1: unknown key 'sourcs' (did you mean 'sources'?); allowed: sources, transforms, sinks, drain_timeout_ms\n`,
     );
   });
 });

@@ -217,11 +217,16 @@ describe('file_replay', () => {
     expect(flowRecordProblem({ ...base, interfaceName: 'eth0', custom: { a: 1 } })).toBeUndefined();
     const v6 = { ...flowRecord({ ipVersion: 6 }), sourceIPv6Address: '::1', destinationIPv6Address: '::2' };
     expect(flowRecordProblem(v6)).toBeUndefined();
+    // A layer-2 flow (not IP) has no addresses.
+    const l2 = { ...base, ipVersion: 0 } as Record<string, unknown>;
+    delete l2.sourceIPv4Address;
+    delete l2.destinationIPv4Address;
+    expect(flowRecordProblem(l2)).toBeUndefined();
     const cases: [unknown, string][] = [
       [null, 'not a JSON object'],
       [[base], 'not a JSON object'],
       ['x', 'not a JSON object'],
-      [{ ...base, ipVersion: 5 }, 'ipVersion is not 4 or 6'],
+      [{ ...base, ipVersion: 5 }, 'ipVersion is not 0, 4 or 6'],
       [{ ...base, destinationIPv4Address: 1 }, 'destinationIPv4Address is not a string'],
       [{ ...base, ipVersion: 6 }, 'sourceIPv6Address is not a string'],
       [{ ...base, packetDeltaCount: null }, 'packetDeltaCount is not a number'],
@@ -377,12 +382,12 @@ class SteppingScheduler implements SchedulerLike {
 }
 
 describe('file_replay pacing', () => {
-  /** Records whose flowEndMilliseconds are these offsets from the first. */
+  /** Records whose flowEndMilliseconds are these offsets from the first (which ends after every start). */
   function timedFile(offsets: number[]): string {
     const dir = makeTempDir('rxrpl');
     const file = path.join(dir, 'timed.jsonl');
     const text = offsets
-      .map((o, i) => JSON.stringify({ ...record(i), flowEndMilliseconds: 1_700_000_000_000 + o }))
+      .map((o, i) => JSON.stringify({ ...record(i), flowEndMilliseconds: 1_700_000_001_000 + o }))
       .join('\n');
     fs.writeFileSync(file, `${text}\n`);
     return file;

@@ -34,8 +34,8 @@ function decodeAll(
 }
 
 const json = (v: unknown): Buffer => Buffer.from(JSON.stringify(v));
-const a = flowRecord({ flowStartMilliseconds: 1 });
-const b = flowRecord({ flowStartMilliseconds: 2, flowDirection: 1 });
+const a = flowRecord({ flowStartMilliseconds: 1_700_000_000_001 });
+const b = flowRecord({ flowStartMilliseconds: 1_700_000_000_002, flowDirection: 1 });
 const { ipVersion: _v, ...noVersion } = flowRecord();
 
 describe('kafka_consumer message decoding', () => {
@@ -53,11 +53,11 @@ describe('kafka_consumer message decoding', () => {
     ]);
     expect(records).toEqual([a, b, a, a]);
     expect(problems).toEqual([
-      'record 1: ipVersion is not 4 or 6',
+      'record 1: ipVersion is not 0, 4 or 6',
       'record 2: not a JSON object',
       expect.stringMatching(/^not JSON: /),
       'not a JSON object',
-      'ipVersion is not 4 or 6',
+      'ipVersion is not 0, 4 or 6',
       'empty message',
       'empty message',
     ]);
@@ -72,6 +72,10 @@ describe('kafka_consumer message decoding', () => {
     };
     delete v6.sourceIPv4Address;
     delete v6.destinationIPv4Address;
+    // A layer-2 flow: ipVersion 0 is proto3's default, so it is absent on the wire.
+    const l2: FlowRecord = { ...flowRecord({ ipVersion: 0, ethernetType: 0x0806, protocolIdentifier: 0 }) };
+    delete l2.sourceIPv4Address;
+    delete l2.destinationIPv4Address;
     // A FlowRecord starts with ipVersion (field 1, varint: 0x08); a FlowBatch with field 1 as bytes (0x0a).
     expect(encodeRecord(a)[0]).toBe(0x08);
     expect(encodeBatch([a])[0]).toBe(0x0a);
@@ -79,9 +83,10 @@ describe('kafka_consumer message decoding', () => {
       encodeRecord(a),
       encodeBatch([b, v6, full]),
       encodeRecord(v6),
+      encodeBatch([l2]),
     ]);
     expect(problems).toEqual([]);
-    expect(records).toEqual([a, b, v6, full, v6]);
+    expect(records).toEqual([a, b, v6, full, v6, l2]);
   });
 
   it('protobuf: undecodable bytes, a bad batch item and an empty message are named', () => {
@@ -97,8 +102,8 @@ describe('kafka_consumer message decoding', () => {
     expect(problems).toEqual([
       expect.stringMatching(/^not a protobuf FlowRecord: /),
       expect.stringMatching(/^not a protobuf FlowBatch: /),
-      'record 1: ipVersion is not 4 or 6',
-      'ipVersion is not 4 or 6',
+      'record 1: ipVersion is 0 (a layer-2 flow) but sourceIPv4Address is set',
+      'ipVersion is not 0, 4 or 6',
       expect.stringMatching(/^not a protobuf FlowRecord: /),
       'empty message',
     ]);
