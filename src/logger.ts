@@ -8,7 +8,7 @@ export type { Logger };
  * written as [redacted] and URLs lose their userinfo, whichever component logs them. The message
  * string too: a component that puts a URL in it does not leak its password.
  */
-const REDACTING: LoggerOptions = {
+export const REDACTING: LoggerOptions = {
   formatters: { log: (object) => redactValue(object) as Record<string, unknown> },
   hooks: {
     logMethod(args, method) {

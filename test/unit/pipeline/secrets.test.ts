@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { CliIo } from '../../../src/cli/io.js';
+import { createCliLogger } from '../../../src/cli/log.js';
 import { runCli } from '../../../src/cli/program.js';
 import { readStatus } from '../../../src/cli/status.js';
 import { StatusServer } from '../../../src/cli/status-server.js';
@@ -205,6 +206,30 @@ describe('secrets in messages and logs', () => {
       'Port should be >= 0 and < 65536. Received type number ([redacted]).',
     );
     expect(redactText('auth 1414213562 refused')).toBe('auth [redacted] refused');
+  });
+
+  it('writes no secret to the log of rxflow run', () => {
+    const lines: string[] = [];
+    const log = createCliLogger('info', { write: (line: string) => void lines.push(line) });
+    log
+      .child({ component: 'n' })
+      .error(
+        {
+          servers: 'nats://alice:hunter2@n:4222',
+          password: 'hunter2',
+          err: new Error('nats://alice:hunter2@n: refused'),
+        },
+        'cannot reach nats://alice:hunter2@n:4222',
+      );
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).not.toContain('hunter2');
+    expect(JSON.parse(lines[0]!)).toMatchObject({
+      component: 'n',
+      msg: 'cannot reach nats://n:4222',
+      servers: 'nats://n:4222',
+      password: '[redacted]',
+      err: { type: 'Error', message: 'nats://n: refused' },
+    });
   });
 
   it('writes no secret field and no URL password to the log', () => {
