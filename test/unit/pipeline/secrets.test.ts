@@ -211,16 +211,14 @@ describe('secrets in messages and logs', () => {
   it('writes no secret to the log of rxflow run', () => {
     const lines: string[] = [];
     const log = createCliLogger('info', { write: (line: string) => void lines.push(line) });
-    log
-      .child({ component: 'n' })
-      .error(
-        {
-          servers: 'nats://alice:hunter2@n:4222',
-          password: 'hunter2',
-          err: new Error('nats://alice:hunter2@n: refused'),
-        },
-        'cannot reach nats://alice:hunter2@n:4222',
-      );
+    log.child({ component: 'n' }).error(
+      {
+        servers: 'nats://alice:hunter2@n:4222',
+        password: 'hunter2',
+        err: new Error('nats://alice:hunter2@n: refused'),
+      },
+      'cannot reach nats://alice:hunter2@n:4222',
+    );
     expect(lines).toHaveLength(1);
     expect(lines[0]).not.toContain('hunter2');
     expect(JSON.parse(lines[0]!)).toMatchObject({
