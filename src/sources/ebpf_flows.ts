@@ -242,18 +242,23 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       cache_max_flows: {
         type: 'integer',
         minimum: 1,
+        maximum: 268435456,
         default: 65536,
-        description: 'capacity of the kernel flow map; beyond it packets spill to the ring buffer',
+        description:
+          'capacity of the kernel flow map; beyond it packets spill to the ring buffer. The two flow maps lock entries x (96 bytes x possible CPUs + 52) each; validate refuses more than half the available memory',
       },
       ringbuf_size_bytes: {
         type: 'integer',
         minimum: 4096,
+        maximum: 1073741824,
         default: 16777216,
-        description: 'ring buffer size: a power of two and a multiple of the page size',
+        description:
+          'ring buffer size: a power of two and a multiple of the page size, locked in kernel memory',
       },
       sampling: {
         type: 'integer',
         minimum: 0,
+        maximum: 4294967295,
         default: 0,
         description: 'count 1 packet in N (0 or 1: every packet)',
       },
@@ -269,6 +274,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       account_max_entries: {
         type: 'integer',
         minimum: 1,
+        maximum: 16777216,
         default: 5000,
         description: 'distinct ring-buffer flows aggregated before they are emitted',
       },
