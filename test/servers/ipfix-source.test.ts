@@ -577,6 +577,20 @@ describe('ipfix source', () => {
     });
   });
 
+  it('learns softflowd-style IPFIX sequence numbers (records sent including the message): no false loss, a real gap counted', async () => {
+    const r = await start();
+    const send = await exporter();
+    const a = v4Data(1);
+    const records = (n: number): Buffer => dataSet(T_V4, ...Array<Buffer>(n).fill(a.bytes));
+    await feed(r, send, 2, msg(2, template(T_V4, V4_FIELDS), records(2)));
+    await feed(r, send, 4, msg(4, records(2))); // either style would expect 4
+    await feed(r, send, 5, msg(5, records(1))); // only softflowd's: RFC 7011 would expect 6
+    await feed(r, send, 8, msg(6, records(1)), msg(8, records(2)));
+    await feed(r, send, 12, msg(12, records(2))); // 9 and 10 never came
+    expect(r.records).toHaveLength(10);
+    expect(r.counters.snapshot()).toMatchObject({ received: 12, sent: 10, dropped: { upstream_lost: 2 } });
+  });
+
   it('counts a NetFlow v9 sequence gap in export packets, per source id', async () => {
     const r = await start();
     const send = await exporter();
