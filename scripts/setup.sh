@@ -17,7 +17,7 @@ fail() {
 # libzstd1 and liblz4-1 are the kafka sink's zstd and lz4 codecs (through koffi); the zstd and lz4
 # tools decompress its batches in the tests, independently of the sink.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 nats-server librdkafka1 librdkafka-dev
-  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd)
+  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd softflowd nfdump tshark)
 
 missing=()
 for p in "${packages[@]}"; do

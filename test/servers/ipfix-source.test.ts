@@ -3,6 +3,7 @@ import { pino } from 'pino';
 import { Subject, type Subscription } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Ledger, type StageCounters } from '../../src/ledger.js';
+import { loadPipeline } from '../../src/pipeline/load.js';
 import type { FlowRecord } from '../../src/records.js';
 import ipfixModule, { type IpfixConfig } from '../../src/sources/ipfix.js';
 import { IpfixDecoder, newExporter, newReport } from '../../src/sources/ipfix/decode.js';
@@ -651,6 +652,21 @@ describe('ipfix source', () => {
       code: 'EBIND',
       message: `ipfix source udp 127.0.0.1:${r.config.port}: cannot listen: bind EADDRINUSE 127.0.0.1:${r.config.port}; choose a free address and port, or stop what holds it`,
     });
+  });
+});
+
+describe('pipelines/ipfix-to-kafka.yaml', () => {
+  it('validates as shipped, with no variable set: the collector on [::]:4739, Kafka on 127.0.0.1:9092', async () => {
+    const pipeline = await loadPipeline('pipelines/ipfix-to-kafka.yaml', { env: {} });
+    expect(pipeline.sources.map((s) => [s.type, s.config])).toEqual([
+      [
+        'ipfix',
+        { address: '::', port: 4739, template_timeout_ms: 1_800_000, receive_buffer_bytes: 4_194_304 },
+      ],
+    ]);
+    expect(
+      pipeline.sinks.map((s) => [s.type, (s.config as { bootstrap_servers: string[] }).bootstrap_servers]),
+    ).toEqual([['kafka', ['127.0.0.1:9092']]]);
   });
 });
 
