@@ -53,6 +53,8 @@ const DEFAULTS = {
 } as const satisfies IpfixConfig;
 
 const LOSS_LOG_INTERVAL_MS = 10_000;
+/** How often expired templates and idle exporters are forgotten (at most; sooner for short timeouts). */
+const SWEEP_INTERVAL_MS = 60_000;
 
 /** Flow records from exporters over UDP (see the module comment). */
 export function ipfixSource(config: IpfixConfig, context: ComponentContext): Observable<FlowBatch> {
@@ -85,13 +87,15 @@ export function ipfixSource(config: IpfixConfig, context: ComponentContext): Obs
     const onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
       const key = `${rinfo.address}|${rinfo.port}`;
       let exporter = exporters.get(key);
-      if (exporter === undefined) {
-        exporter = newExporter(rinfo.address);
+      const known = exporter !== undefined;
+      exporter ??= newExporter(rinfo.address);
+      const before = pending.length;
+      decoder.decode(msg, exporter, Date.now(), pending);
+      // Kept only once it sent a message header: garbage from ever new ports leaves nothing behind.
+      if (!known && exporter.domains.size > 0) {
         exporters.set(key, exporter);
         logger.info({ exporter: exporter.address, port: rinfo.port }, 'ipfix source: new exporter');
       }
-      const before = pending.length;
-      decoder.decode(msg, exporter, Date.now(), pending);
       const decoded = pending.length - before;
       const { failed, lost } = report;
       counters.addReceived(decoded + failed + lost);
@@ -129,12 +133,28 @@ export function ipfixSource(config: IpfixConfig, context: ComponentContext): Obs
       subscriber.error(new SourceError('EBIND', `ipfix source ${where}: ${messageOf(err)}`, { cause: err }));
       return;
     }
+    const sweeping = setInterval(
+      () => {
+        const removed = decoder.sweep(exporters, Date.now());
+        if (removed > 0)
+          logger.info({ removed, exporters: exporters.size }, 'ipfix source: idle exporters forgotten');
+      },
+      Math.min(resolved.template_timeout_ms, SWEEP_INTERVAL_MS),
+    );
+    sweeping.unref();
+    const close = (): void => {
+      if (closed) return;
+      closed = true;
+      clearInterval(sweeping);
+      socket.off('message', onMessage);
+      socket.close();
+      if (flushing !== undefined) clearImmediate(flushing);
+      losses.close();
+    };
     socket.on('message', onMessage);
     socket.on('error', (err) => {
       if (closed) return;
-      closed = true;
-      losses.close();
-      socket.close();
+      close();
       subscriber.error(
         new SourceError(
           'EBIND',
@@ -156,15 +176,6 @@ export function ipfixSource(config: IpfixConfig, context: ComponentContext): Obs
       );
     });
     socket.bind(resolved.port, resolved.address);
-
-    const close = (): void => {
-      if (closed) return;
-      closed = true;
-      socket.off('message', onMessage);
-      socket.close();
-      if (flushing !== undefined) clearImmediate(flushing);
-      losses.close();
-    };
     const stopping = context.stop$?.subscribe(() => {
       close();
       flush();

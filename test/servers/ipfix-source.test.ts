@@ -464,7 +464,11 @@ describe('ipfix source', () => {
       Buffer.alloc(0), // empty
     ];
     await feed(r, send, garbage.length, ...garbage);
+    // Garbage does not make an exporter: nothing is kept for it.
+    const newExporters = (): unknown[] => r.logs.filter((l) => l.msg === 'ipfix source: new exporter');
+    expect(newExporters()).toEqual([]);
     await feed(r, send, garbage.length + 1, good);
+    expect(newExporters()).toHaveLength(1);
     expect(r.records).toEqual([a.record]);
     expect(r.counters.snapshot()).toMatchObject({
       received: garbage.length + 1,
@@ -687,6 +691,25 @@ describe('ipfix decoder', () => {
       failure: 'IPFIX from 192.0.2.1: data set of template 256, which is expired',
       lost: 0,
     });
+  });
+
+  it('sweeps expired templates, then exporters with nothing left and nothing sent within the timeout', () => {
+    const decoder = new IpfixDecoder(60_000, newReport());
+    const exporters = new Map([
+      ['idle', newExporter('192.0.2.1')],
+      ['busy', newExporter('192.0.2.2')],
+    ]);
+    const out: FlowRecord[] = [];
+    decoder.decode(msg(0, template(T_V4, V4_FIELDS)), exporters.get('idle')!, 0, out);
+    decoder.decode(msg(0, template(T_V4, V4_FIELDS)), exporters.get('busy')!, 0, out);
+    decoder.decode(msg(0), exporters.get('busy')!, 60_001, out);
+    expect(decoder.sweep(exporters, 60_001)).toBe(1);
+    expect([...exporters.keys()]).toEqual(['busy']);
+    // Its template expired all the same; the exporter goes once it has been quiet for the timeout.
+    decoder.decode(msg(1, dataSet(T_V4, v4Data(1).bytes)), exporters.get('busy')!, 60_002, out);
+    expect(out).toEqual([]);
+    expect(decoder.sweep(exporters, 120_003)).toBe(1);
+    expect(exporters.size).toBe(0);
   });
 
   it('does not keep a template whose address element has the wrong length', () => {

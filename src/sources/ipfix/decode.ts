@@ -12,6 +12,19 @@
  * but the record it becomes. Enterprise-specific elements and elements without a FlowRecord field
  * are skipped by length; variable-length elements (IPFIX) by their length prefix.
  *
+ * Elements to FlowRecord fields (IANA ids; NetFlow v9 field types 1-127 are the same numbers):
+ * 8/12 and 27/28 the addresses (ipVersion 4 or 6 by which pair is there; neither: a layer-2 flow,
+ * ipVersion 0; ipVersion 60 saying IP without both addresses: no record, counted), 7/11 ports, 4
+ * protocol, 1/2 octet and packet deltas (85/86 totals when no delta), 6 tcpControlBits, 195 DSCP
+ * (else 5 ipClassOfService >> 2), 10 ingressInterface, 14 egressInterface, 61 flowDirection, 56/80
+ * MACs (else zeros), 256 ethernetType (else by address family), 136 flowEndReason, ICMP type and
+ * code from 176-179 or 32/139 (or, as v9 exporters do, the destination port), 34 or PSAMP 305/306
+ * samplingInterval. Times, first found wins: 150-157 absolute (seconds, ms, NTP micro/nano), 158/159
+ * relative to the export time, 21/22 sysUpTime (v9: against the header's sysUptime and unix
+ * seconds, so to the second of the export; IPFIX: from systemInitTimeMilliseconds, 160, in the
+ * record or the domain's options data), 161 duration; without any, the export time.
+ * exporterIPv4Address/exporterIPv6Address is the address the datagram came from.
+ *
  * What cannot be read is reported to a `DecodeReport` (see there), never thrown: a datagram that is
  * not a v9 or IPFIX message, a set running past its message, a data set whose template is unknown,
  * expired or withdrawn, a data record running past its set. Each counts once, since how many records
@@ -213,6 +226,8 @@ interface Domain {
    * the message), 2 as softflowd does (flow records sent including the message), 0 not known yet.
    */
   sequenceStyle: 0 | 1 | 2;
+  /** When the exporter last sent a message for this domain, for the sweep. */
+  seenMs: number;
 }
 
 /** One exporter: an address and UDP port that sends to the collector. */
@@ -369,9 +384,11 @@ export class IpfixDecoder {
         lastSequence: 0,
         lastDataRecords: 0,
         sequenceStyle: 0,
+        seenMs: nowMs,
       };
       exporter.domains.set(key, domain);
     }
+    domain.seenMs = nowMs;
     this.domain = domain;
     this.dataRecords = 0;
     this.flowRecords = 0;
@@ -403,6 +420,29 @@ export class IpfixDecoder {
       at = setEnd;
     }
     this.sequence(sequence);
+  }
+
+  /**
+   * Forgets expired templates, then domains that have none left and have sent nothing for the
+   * template timeout, then exporters without domains: what many short-lived exporters or
+   * datagrams from ever new ports would otherwise leave behind. Returns the exporters removed.
+   */
+  sweep(exporters: Map<string, Exporter>, nowMs: number): number {
+    let removed = 0;
+    for (const [key, exporter] of exporters) {
+      for (const [id, domain] of exporter.domains) {
+        for (const [tid, t] of domain.templates) {
+          if (nowMs - t.receivedMs > this.templateTimeoutMs) domain.templates.delete(tid);
+        }
+        if (domain.templates.size === 0 && nowMs - domain.seenMs > this.templateTimeoutMs)
+          exporter.domains.delete(id);
+      }
+      if (exporter.domains.size === 0) {
+        exporters.delete(key);
+        removed++;
+      }
+    }
+    return removed;
   }
 
   private fail(why: string): void {
