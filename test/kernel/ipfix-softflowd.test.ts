@@ -27,14 +27,20 @@ import { testObject } from './datapath-helpers.js';
 const addr = (cidr: string): string => cidr.split('/')[0]!;
 const CLIENT = addr(PAIR.client.ipv4);
 const SERVER = addr(PAIR.server.ipv4);
-const K = 4;
+const CLIENT6 = addr(PAIR.client.ipv6);
+const SERVER6 = addr(PAIR.server.ipv6);
+/** Flows: the first K4 over IPv4, the rest over IPv6, source ports SRC_PORT + i. */
+const K4 = 3;
+const K = 5;
 const N = 20;
 const PAYLOAD = 200;
 const SRC_PORT = 47000;
 const DST_PORT = 7300;
+const DST_PORT6 = 7301;
 const FILLER_PORT = 7399;
-/** UDP datagram of PAYLOAD bytes as an IPv4 packet: IP header, UDP header, payload. */
-const IP_OCTETS = 20 + 8 + PAYLOAD;
+const familyOf = (i: number): 4 | 6 => (i < K4 ? 4 : 6);
+/** A UDP datagram of PAYLOAD bytes as an IP packet: IP header, UDP header, payload. */
+const ipOctets = (i: number): number => (familyOf(i) === 4 ? 20 : 40) + 8 + PAYLOAD;
 const ETHERNET_HEADER = 14;
 const V9_PORT = 2055;
 const IPFIX_PORT = 4739;
@@ -119,8 +125,9 @@ function parseDump(text: string): DumpedFlow[] {
 function fromDump(flows: DumpedFlow[], port: number): { packets: number; octets: number } | undefined {
   for (const f of flows) {
     if (f.protocol !== 17) continue;
-    if (f.a === CLIENT && f.aPort === port) return f.forward;
-    if (f.b === CLIENT && f.bPort === port) return f.reverse;
+    const client = (a: string): boolean => a === CLIENT || a === CLIENT6;
+    if (client(f.a) && f.aPort === port) return f.forward;
+    if (client(f.b) && f.bPort === port) return f.reverse;
   }
   return undefined;
 }
@@ -134,8 +141,8 @@ const ebpfIpOctets = (r: FlowRecord): number =>
 
 const isTestFlow = (r: FlowRecord): boolean =>
   r.protocolIdentifier === 17 &&
-  r.sourceIPv4Address === CLIENT &&
-  r.destinationTransportPort === DST_PORT &&
+  (r.sourceIPv4Address === CLIENT || r.sourceIPv6Address === CLIENT6) &&
+  (r.destinationTransportPort === DST_PORT || r.destinationTransportPort === DST_PORT6) &&
   r.sourceTransportPort >= SRC_PORT &&
   r.sourceTransportPort < SRC_PORT + K;
 
@@ -243,7 +250,8 @@ sinks:
     for (const v of [9, 10] as const)
       await waitFor(`softflowd -v ${v} control socket`, () => existsSync(ctl[v]));
 
-    const sink = await startUdpSink({ ns: pair.server, port: DST_PORT, family: 4, count: K * N });
+    const sink = await startUdpSink({ ns: pair.server, port: DST_PORT, family: 4, count: K4 * N });
+    const sink6 = await startUdpSink({ ns: pair.server, port: DST_PORT6, family: 6, count: (K - K4) * N });
     const fillerSink = await startUdpSink({ ns: pair.server, port: FILLER_PORT, family: 4, count: 400 });
     const before = Date.now();
     const sent = await sendUdp({
@@ -251,13 +259,23 @@ sinks:
       to: SERVER,
       port: DST_PORT,
       count: N,
-      flows: K,
+      flows: K4,
       srcPort: SRC_PORT,
       payloadBytes: PAYLOAD,
     });
+    const sent6 = await sendUdp({
+      from: pair.client,
+      to: SERVER6,
+      port: DST_PORT6,
+      count: N,
+      flows: K - K4,
+      srcPort: SRC_PORT + K4,
+      payloadBytes: PAYLOAD,
+    });
     const after = Date.now();
-    expect(sent.sent).toBe(K * N);
-    expect((await sink.result).received).toBe(K * N);
+    expect(sent.sent + sent6.sent).toBe(K * N);
+    expect((await sink.result).received).toBe(K4 * N);
+    expect((await sink6.result).received).toBe((K - K4) * N);
     await sendUdp({
       from: pair.client,
       to: SERVER,
@@ -278,7 +296,9 @@ sinks:
         reported[v] = counts as { packets: number; octets: number }[];
         return true;
       });
-      expect(reported[v]).toEqual(Array.from({ length: K }, () => ({ packets: N, octets: N * IP_OCTETS })));
+      expect(reported[v]).toEqual(
+        Array.from({ length: K }, (_, i) => ({ packets: N, octets: N * ipOctets(i) })),
+      );
       expect(await softflowctl(v, 'expire-all')).toMatch(/Expired \d+ flows/);
     }
     const exported = { 9: 0, 10: 0 };
@@ -319,9 +339,12 @@ sinks:
       );
       for (const [i, r] of records.entries()) {
         const k = kernel[i]!;
+        const family = familyOf(i);
         expect({
           ipVersion: r.ipVersion,
-          destinationIPv4Address: r.destinationIPv4Address,
+          source: family === 4 ? r.sourceIPv4Address : r.sourceIPv6Address,
+          destination: family === 4 ? r.destinationIPv4Address : r.destinationIPv6Address,
+          destinationTransportPort: r.destinationTransportPort,
           protocolIdentifier: r.protocolIdentifier,
           packetDeltaCount: r.packetDeltaCount,
           octetDeltaCount: r.octetDeltaCount,
@@ -329,13 +352,15 @@ sinks:
           ingressInterface: r.ingressInterface,
           exporter: v === 9 ? r.exporterIPv4Address : r.exporterIPv6Address,
         }).toEqual({
-          ipVersion: 4,
-          destinationIPv4Address: SERVER,
+          ipVersion: family,
+          source: family === 4 ? CLIENT : CLIENT6,
+          destination: family === 4 ? SERVER : SERVER6,
+          destinationTransportPort: family === 4 ? DST_PORT : DST_PORT6,
           protocolIdentifier: 17,
           // The generator's count and softflowd's own.
           packetDeltaCount: N,
           octetDeltaCount: reported[v][i]!.octets,
-          ethernetType: 0x0800,
+          ethernetType: family === 4 ? 0x0800 : 0x86dd,
           // softflowd -i <ifindex>:<veth> exports the index it is given; ebpf_flows has the kernel's.
           ingressInterface: k.ingressInterface,
           exporter: v === 9 ? '127.0.0.1' : '::1',
