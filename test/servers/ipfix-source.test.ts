@@ -555,6 +555,9 @@ describe('ipfix source', () => {
     await feed(r, send, 6, msg(3, template(T_V6, V6_FIELDS), dataSet(T_V6, c.bytes)));
     expect(r.records).toEqual([a.record, c.record, c.record, c.record]);
     expect(r.counters.snapshot()).toMatchObject({ received: 6, sent: 4, dropped: { parse_failed: 2 } });
+    expect(lossLogs(r)[0]).toMatchObject({
+      cause: 'IPFIX from 127.0.0.1: data set of template 256, which is withdrawn',
+    });
     const debug = r.logs.filter((l) => l.msg === 'ipfix source: templates');
     expect(debug.map((l) => [l.learned, l.withdrawn])).toEqual([
       [2, 0],

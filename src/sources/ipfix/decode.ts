@@ -213,6 +213,8 @@ interface Template {
 /** What the collector keeps of one observation domain (v9: source id) of one exporter. */
 interface Domain {
   templates: Map<number, Template>;
+  /** Ids the exporter withdrew and has not sent again, so their data is logged as such. */
+  withdrawn: Set<number>;
   /** From options data: systemInitTimeMilliseconds, the base of flowStart/EndSysUpTime (IPFIX). */
   systemInitMs: number;
   /** From options data: the 1-in-N sampling in force, 0 if unknown or none. */
@@ -378,6 +380,7 @@ export class IpfixDecoder {
     if (domain === undefined) {
       domain = {
         templates: new Map(),
+        withdrawn: new Set(),
         systemInitMs: -1,
         samplingInterval: 0,
         hasLast: false,
@@ -563,7 +566,9 @@ export class IpfixDecoder {
         this.domain.templates.delete(id);
         continue;
       }
+      this.domain.withdrawn.delete(id);
       this.domain.templates.set(id, { codes, lengths, fixedLength, minLength, options, receivedMs: nowMs });
+      this.domain.withdrawn.delete(id);
       this.report.templatesLearned++;
     }
   }
@@ -623,10 +628,12 @@ export class IpfixDecoder {
       for (const [tid, t] of templates) {
         if (t.options === options) {
           templates.delete(tid);
+          this.domain.withdrawn.add(tid);
           this.report.templatesWithdrawn++;
         }
       }
     } else if (templates.delete(id)) {
+      this.domain.withdrawn.add(id);
       this.report.templatesWithdrawn++;
     }
   }
@@ -637,7 +644,8 @@ export class IpfixDecoder {
     const t = templates.get(id);
     if (t === undefined || nowMs - t.receivedMs > this.templateTimeoutMs) {
       if (t !== undefined) templates.delete(id);
-      this.failSet(`data set of template ${id}, which is ${t === undefined ? 'unknown' : 'expired'}`);
+      const why = t !== undefined ? 'expired' : this.domain.withdrawn.has(id) ? 'withdrawn' : 'unknown';
+      this.failSet(`data set of template ${id}, which is ${why}`);
       return;
     }
     while (end - at >= t.minLength) {
