@@ -20,7 +20,8 @@
  *   the message rather than before it; that is learned from the first messages). NetFlow v9
  *   numbers export packets: each missing packet counts one. A message next to one that could not
  *   be read whole is not checked, and a number behind the expected one (reordering, an exporter
- *   restart) counts nothing.
+ *   restart) counts nothing. Datagrams the socket itself drops (its receive buffer full while the
+ *   pipeline is busy; see receive_buffer_bytes) show up here too, as the gaps they leave.
  * Both are logged at most every 10 s with the last cause. Nothing here throws into the pipeline
  * but a socket that cannot listen.
  *
