@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { Subject, type Subscription } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -210,6 +212,17 @@ async function waitFor(what: string, cond: () => boolean, timeoutMs = 5000): Pro
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }
+}
+
+/** The kernel's view of the IPv4 UDP socket bound to 127.0.0.1:`port` (/proc/net/udp). */
+function udpSocket(port: number): { rxQueue: number; drops: number } {
+  const local = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const line = readFileSync('/proc/net/udp', 'utf8')
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/))
+    .find((f) => f[1] === local);
+  if (line === undefined) throw new Error(`no UDP socket on 127.0.0.1:${port}`);
+  return { rxQueue: parseInt(line[4]!.split(':')[1]!, 16), drops: Number(line[12]) };
 }
 
 async function freeUdpPort(family: 'udp4' | 'udp6', address: string): Promise<number> {
@@ -597,6 +610,71 @@ describe('ipfix source', () => {
     await feed(r, send, 12, msg(12, records(2))); // 9 and 10 never came
     expect(r.records).toHaveLength(10);
     expect(r.counters.snapshot()).toMatchObject({ received: 12, sent: 10, dropped: { upstream_lost: 2 } });
+  });
+
+  it('accounts for every record of a burst its socket buffer cannot hold: decoded or upstream_lost', async () => {
+    const r = await start({ receive_buffer_bytes: 65536 });
+    const MESSAGES = 3000;
+    const PER = 10;
+    // An exporter in another process: a burst while this one's event loop is blocked, so the
+    // socket's receive buffer overflows, then one last message once told.
+    const child = spawn(
+      process.execPath,
+      [
+        '-e',
+        `
+const dgram = require('node:dgram');
+const s = dgram.createSocket('udp4');
+const rec = Buffer.from([10, 0, 0, 1, 10, 0, 0, 2, 0, 0, 0, 7]);
+const tpl = Buffer.from([0, 2, 0, 20, 1, 0, 0, 3, 0, 8, 0, 4, 0, 12, 0, 4, 0, 2, 0, 4]);
+const message = (seq) => {
+  const data = Buffer.concat([Buffer.from([1, 0, 0, 4 + rec.length * ${PER}]), ...Array(${PER}).fill(rec)]);
+  const h = Buffer.alloc(16);
+  h.writeUInt16BE(10, 0);
+  h.writeUInt16BE(16 + tpl.length + data.length, 2);
+  h.writeUInt32BE(${EXPORT_S}, 4);
+  h.writeUInt32BE(seq * ${PER}, 8);
+  return Buffer.concat([h, tpl, data]);
+};
+let step = 0;
+process.stdin.on('data', () => {
+  if (step++ === 0) {
+    let done = 0;
+    for (let i = 0; i < ${MESSAGES}; i++)
+      s.send(message(i), ${r.config.port}, '127.0.0.1', () => {
+        if (++done === ${MESSAGES}) console.log('sent');
+      });
+  } else {
+    s.send(message(${MESSAGES}), ${r.config.port}, '127.0.0.1', () => process.exit(0));
+  }
+});
+console.log('ready');
+`,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    let said = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (said += text));
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    await waitFor('the exporter to start', () => said.includes('ready'));
+    child.stdin.write('go\n');
+    // Blocked: nothing is read from the socket while the burst arrives.
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1500);
+    await waitFor('the burst sent', () => said.includes('sent'));
+    // Whatever the socket kept is read at once; then the last message, which shows the gaps.
+    await waitFor('the socket drained', () => udpSocket(r.config.port).rxQueue === 0);
+    child.stdin.write('last\n');
+    await exited;
+    const total = (MESSAGES + 1) * PER;
+    await waitFor(`${total} records accounted for`, () => r.counters.received >= total, 10_000);
+    await waitFor('records emitted', () => r.counters.snapshot().inFlight === 0);
+    const lost = r.counters.dropped.get('upstream_lost') ?? 0;
+    // The kernel's count of datagrams it dropped on the socket, 10 records each.
+    const { drops } = udpSocket(r.config.port);
+    expect(drops).toBeGreaterThan(0);
+    expect(lost).toBe(drops * PER);
+    expect(r.records.length + lost).toBe(total);
+    expect(r.counters.snapshot()).toMatchObject({ received: total, sent: r.records.length, inFlight: 0 });
   });
 
   it('counts a NetFlow v9 sequence gap in export packets, per source id', async () => {
