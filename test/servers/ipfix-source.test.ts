@@ -6,7 +6,7 @@ import { Subject, type Subscription } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Ledger, type StageCounters } from '../../src/ledger.js';
 import { loadPipeline } from '../../src/pipeline/load.js';
-import type { FlowRecord } from '../../src/records.js';
+import { flowRecordProblem, type FlowRecord } from '../../src/records.js';
 import ipfixModule, { type IpfixConfig } from '../../src/sources/ipfix.js';
 import { IpfixDecoder, newExporter, newReport } from '../../src/sources/ipfix/decode.js';
 import {
@@ -791,6 +791,50 @@ describe('ipfix decoder', () => {
     expect(out).toEqual([]);
     expect(decoder.sweep(exporters, 120_003)).toBe(1);
     expect(exporters.size).toBe(0);
+  });
+
+  it('never throws on mangled messages, and what it decodes from them are whole flow records', () => {
+    let seed = 42;
+    const rand = (n: number): number => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return (seed >>> 8) % n;
+    };
+    const a = v4Data(1);
+    const c = v6Data(2);
+    const valid = [
+      msg(
+        0,
+        template(T_V4, V4_FIELDS),
+        template(T_V6, V6_FIELDS),
+        dataSet(T_V4, a.bytes, a.bytes),
+        dataSet(T_V6, c.bytes),
+      ),
+      msg(
+        3,
+        set(3, optionsTemplateRecord(T_OPT, 1, OPT_FIELDS)),
+        dataSet(T_OPT, Buffer.alloc(20)),
+        withdrawal(2),
+      ),
+      v9Packet(
+        { count: 2, sysUptimeMs: 5000, unixSecs: EXPORT_S, sequence: 1, sourceId: 0 },
+        set(0, Buffer.from([1, 44, 0, 3, 0, 8, 0, 4, 0, 12, 0, 4, 0, 2, 0, 4])),
+        set(300, Buffer.concat([ipv4('10.0.0.1'), ipv4('10.0.0.2'), be(5, 4)])),
+      ),
+    ];
+    const decoder = new IpfixDecoder(60_000, newReport());
+    const exp = newExporter('192.0.2.1');
+    let records = 0;
+    for (let i = 0; i < 5000; i++) {
+      const m = Buffer.from(valid[rand(valid.length)]!);
+      for (let flips = 1 + rand(4); flips > 0; flips--) m[rand(m.length)] = rand(256);
+      const cut = rand(3) === 0 ? m.subarray(0, rand(m.length + 1)) : m;
+      const out: FlowRecord[] = [];
+      expect(() => decoder.decode(cut, exp, i, out)).not.toThrow();
+      for (const r of out) expect(flowRecordProblem(r)).toBeUndefined();
+      records += out.length;
+    }
+    // Most flips land in values, not structure: records do come out of the mangled messages.
+    expect(records).toBeGreaterThan(1000);
   });
 
   it('does not keep a template whose address element has the wrong length', () => {
