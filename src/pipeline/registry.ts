@@ -8,6 +8,7 @@ import decorate from '../operators/decorate.js';
 import dedupe from '../operators/dedupe.js';
 import limit_capacity from '../operators/limit_capacity.js';
 import file from '../sinks/file.js';
+import ipfix from '../sinks/ipfix.js';
 import kafka from '../sinks/kafka.js';
 import nats_sessions from '../sinks/nats_sessions.js';
 import otel_metrics from '../sinks/otel_metrics.js';
@@ -17,7 +18,7 @@ import ebpf_flows from '../sources/ebpf_flows.js';
 import firewall_audit from '../sources/firewall_audit.js';
 import file_replay from '../sources/file_replay.js';
 import firewall_sessions from '../sources/firewall_sessions.js';
-import ipfix from '../sources/ipfix.js';
+import ipfix_source from '../sources/ipfix.js';
 import kafka_consumer from '../sources/kafka_consumer.js';
 import { ComponentRegistry } from './component-registry.js';
 
@@ -27,7 +28,7 @@ export const modules: readonly ComponentModule[] = [
   file_replay,
   firewall_audit,
   firewall_sessions,
-  ipfix,
+  ipfix_source, // type ipfix, as the sink
   kafka_consumer,
   // transforms (src/operators/)
   account,
@@ -36,6 +37,7 @@ export const modules: readonly ComponentModule[] = [
   limit_capacity,
   // sinks (src/sinks/)
   file,
+  ipfix,
   kafka,
   nats_sessions,
   otel_metrics,
