@@ -529,6 +529,29 @@ describe('ipfix source', () => {
     });
   });
 
+  it('drops a record with a value out of its range, as every record from outside, and keeps its neighbours', async () => {
+    const r = await start();
+    const send = await exporter();
+    const a = v4Data(1);
+    // Protocol sent in two bytes (reduced-size encoding allows it) holding 300.
+    const wide = V4_FIELDS.map((f) => (f.ie === 4 ? { ie: 4, length: 2 } : f));
+    const at = 4 + 4 + 2 + 2;
+    const widen = (bytes: Buffer, protocol: number): Buffer =>
+      Buffer.concat([bytes.subarray(0, at), be(protocol, 2), bytes.subarray(at + 1)]);
+    await feed(
+      r,
+      send,
+      3,
+      msg(0, template(T_V4, wide), dataSet(T_V4, widen(a.bytes, 6), widen(a.bytes, 300), widen(a.bytes, 6))),
+    );
+    expect(r.records).toEqual([a.record, a.record]);
+    expect(r.counters.snapshot()).toMatchObject({ received: 3, sent: 2, dropped: { parse_failed: 1 } });
+    expect(lossLogs(r)[0]).toMatchObject({
+      cause:
+        'IPFIX from 127.0.0.1: a record of template 256: protocolIdentifier is not an integer from 0 to 255: 300',
+    });
+  });
+
   it('counts data before its template as parse_failed, then decodes it once the template comes', async () => {
     const r = await start();
     const send = await exporter();
@@ -762,10 +785,11 @@ describe('ipfix decoder', () => {
     const exp = newExporter('192.0.2.1');
     const a = v4Data(1);
     const out: FlowRecord[] = [];
-    decoder.decode(msg(0, template(T_V4, V4_FIELDS), dataSet(T_V4, a.bytes)), exp, 1_000_000, out);
-    decoder.decode(msg(1, dataSet(T_V4, a.bytes)), exp, 1_060_000, out);
+    const now = Date.now();
+    decoder.decode(msg(0, template(T_V4, V4_FIELDS), dataSet(T_V4, a.bytes)), exp, now, out);
+    decoder.decode(msg(1, dataSet(T_V4, a.bytes)), exp, now + 60_000, out);
     expect(out).toHaveLength(2);
-    decoder.decode(msg(2, dataSet(T_V4, a.bytes)), exp, 1_060_001, out);
+    decoder.decode(msg(2, dataSet(T_V4, a.bytes)), exp, now + 60_001, out);
     expect(out).toHaveLength(2);
     expect(report).toMatchObject({
       failed: 1,
@@ -824,13 +848,14 @@ describe('ipfix decoder', () => {
     const decoder = new IpfixDecoder(60_000, newReport());
     const exp = newExporter('192.0.2.1');
     let records = 0;
+    const now = Date.now();
     for (let i = 0; i < 5000; i++) {
       const m = Buffer.from(valid[rand(valid.length)]!);
       for (let flips = 1 + rand(4); flips > 0; flips--) m[rand(m.length)] = rand(256);
       const cut = rand(3) === 0 ? m.subarray(0, rand(m.length + 1)) : m;
       const out: FlowRecord[] = [];
-      expect(() => decoder.decode(cut, exp, i, out)).not.toThrow();
-      for (const r of out) expect(flowRecordProblem(r)).toBeUndefined();
+      expect(() => decoder.decode(cut, exp, now + i, out)).not.toThrow();
+      for (const r of out) expect(flowRecordProblem(r, now + i)).toBeUndefined();
       records += out.length;
     }
     // Most flips land in values, not structure: records do come out of the mangled messages.

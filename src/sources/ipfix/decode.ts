@@ -31,7 +31,13 @@
  * it held cannot be known. Records already read from the same message are kept: they are whole.
  */
 import { formatIPv4, formatIPv6, formatMac } from '../../datapath/flow-types.js';
-import { attachIPv4Words, type FlowRecord } from '../../records.js';
+import {
+  EARLIEST_FLOW_MS,
+  FUTURE_SLACK_MS,
+  attachIPv4Words,
+  flowRecordProblem,
+  type FlowRecord,
+} from '../../records.js';
 
 // --------------------------------------------------------------------------------------------
 // Information elements (IANA IPFIX registry; NetFlow v9 field types 1-127 are the same numbers)
@@ -335,6 +341,9 @@ export class IpfixDecoder {
   private dataRecords = 0;
   private flowRecords = 0;
   private whole = true;
+  /** Id of the template whose data set is being read. */
+  private templateId = 0;
+  private nowMs = 0;
 
   constructor(
     private readonly templateTimeoutMs: number,
@@ -374,6 +383,7 @@ export class IpfixDecoder {
     }
     this.version = version;
     this.exporter = exporter;
+    this.nowMs = nowMs;
     // The version is part of the key: v9 and IPFIX template ids are separate spaces.
     const key = version === 10 ? domainId : domainId + TWO_32;
     let domain = exporter.domains.get(key);
@@ -648,6 +658,7 @@ export class IpfixDecoder {
       this.failSet(`data set of template ${id}, which is ${why}`);
       return;
     }
+    this.templateId = id;
     while (end - at >= t.minLength) {
       const next = t.options ? this.optionsRecord(b, at, end, t) : this.record(b, at, end, t, out);
       if (next < 0) {
@@ -700,7 +711,7 @@ export class IpfixDecoder {
       at += length;
     }
     // PSAMP systematic count-based sampling: `interval` packets taken, then `space` skipped.
-    if (interval > 0 && space >= 0) this.domain.samplingInterval = (interval + space) / interval;
+    if (interval > 0 && space >= 0) this.domain.samplingInterval = Math.round((interval + space) / interval);
     return at;
   }
 
@@ -949,6 +960,36 @@ export class IpfixDecoder {
     if (sampling === 0) sampling = this.domain.samplingInterval;
     if (sampling > 1) rec.samplingInterval = sampling;
     if (egress !== 0) rec.egressInterface = egress;
+    // The check every record from outside passes (file_replay, kafka_consumer): a value out of its
+    // element's range (a protocol sent in 8 bytes), a time before 2000 or past tomorrow, start
+    // after end. Such a record is dropped rather than passed on wrong. Addresses and MACs are
+    // right by construction and the other values integers, so comparing the numbers as read is
+    // enough to pass a record; only one that fails them is put to the full check, for its reason.
+    if (!(
+      protocol <= 0xff &&
+      srcPort <= 0xffff &&
+      dstPort <= 0xffff &&
+      icmp <= 0xffff &&
+      icmpType <= 0xff &&
+      icmpCode <= 0xff &&
+      ingress <= 0xffffffff &&
+      egress <= 0xffffffff &&
+      endReason <= 0xff &&
+      ethertype <= 0xffff &&
+      sampling <= 0xffffffff &&
+      octets <= Number.MAX_SAFE_INTEGER &&
+      packets <= Number.MAX_SAFE_INTEGER &&
+      start >= EARLIEST_FLOW_MS &&
+      start <= finish &&
+      finish <= this.nowMs + FUTURE_SLACK_MS
+    )) {
+      const problem = flowRecordProblem(rec, this.nowMs);
+      if (problem !== undefined) {
+        this.report.failed++;
+        this.report.failure = `${this.version === 10 ? 'IPFIX' : 'NetFlow v9'} from ${exporter.address}: a record of template ${this.templateId}: ${problem}`;
+        return at;
+      }
+    }
     out.push(rec);
     return at;
   }
