@@ -2,11 +2,12 @@ import { spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { pino } from 'pino';
-import { Subject, type Subscription } from 'rxjs';
+import { Subject, from, type Subscription } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Ledger, type StageCounters } from '../../src/ledger.js';
 import { loadPipeline } from '../../src/pipeline/load.js';
 import { flowRecordProblem, type FlowRecord } from '../../src/records.js';
+import ipfixSinkModule from '../../src/sinks/ipfix.js';
 import ipfixModule, { type IpfixConfig } from '../../src/sources/ipfix.js';
 import { IpfixDecoder, newExporter, newReport } from '../../src/sources/ipfix/decode.js';
 import {
@@ -23,6 +24,7 @@ import {
   variable,
   type Field,
 } from '../fixtures/ipfix-messages.js';
+import { variedFlowRecord } from '../fixtures/records.js';
 
 /**
  * The ipfix source on a real UDP socket, fed datagrams the test writes byte by byte: what each
@@ -740,6 +742,66 @@ console.log('ready');
     await feed(r, send4, 2, m);
     const { exporterIPv4Address: _, ...rest } = a.record;
     expect(r.records).toEqual([{ ...rest, exporterIPv6Address: '::1' }, a.record]);
+  });
+
+  it("reads what rxflow's ipfix sink writes: every IANA field of every record, IPv4, IPv6 and tunnelled", async () => {
+    const r = await start();
+    const sent = Array.from({ length: 300 }, (_, i) => {
+      const rec = variedFlowRecord(i);
+      if (i % 7 === 1) rec.flowEndReason = 2;
+      if (rec.ipVersion === 4 && i % 13 === 6)
+        Object.assign(rec, { protocolIdentifier: 1, icmpTypeIPv4: 8, icmpCodeIPv4: 0 });
+      return rec;
+    });
+    const ledger = new Ledger();
+    const sink = ipfixSinkModule.build(
+      { collector: `127.0.0.1:${r.config.port}` },
+      {
+        id: 'export',
+        logger: pino({ level: 'silent' }),
+        ledger,
+        counters: ledger.stage('export', 'ipfix', 'sink'),
+      },
+    );
+    await sink.consume(from([sent.slice(0, 100), sent.slice(100)]));
+    await sink.close();
+    await waitFor('every record', () => r.records.length >= sent.length);
+    // What IPFIX carries of each, on the IANA elements: the interface as ingressInterface (10) on an
+    // ingress record, egressInterface (14) on an egress one; nothing of interfaceName or tunnels.
+    const expected = sent.map((s) => {
+      const e: Record<string, unknown> = {
+        ipVersion: s.ipVersion,
+        sourceTransportPort: s.sourceTransportPort,
+        destinationTransportPort: s.destinationTransportPort,
+        protocolIdentifier: s.protocolIdentifier,
+        octetDeltaCount: s.octetDeltaCount,
+        packetDeltaCount: s.packetDeltaCount,
+        flowStartMilliseconds: s.flowStartMilliseconds,
+        flowEndMilliseconds: s.flowEndMilliseconds,
+        tcpControlBits: s.tcpControlBits,
+        ipDiffServCodePoint: s.ipDiffServCodePoint,
+        ingressInterface: s.flowDirection === 0 ? s.ingressInterface : 0,
+        flowDirection: s.flowDirection,
+        sourceMacAddress: s.sourceMacAddress,
+        destinationMacAddress: s.destinationMacAddress,
+        ethernetType: s.ethernetType,
+        exporterIPv4Address: '127.0.0.1',
+      };
+      if (s.flowDirection === 1) e.egressInterface = s.ingressInterface;
+      for (const k of [
+        'sourceIPv4Address',
+        'destinationIPv4Address',
+        'sourceIPv6Address',
+        'destinationIPv6Address',
+        'icmpTypeIPv4',
+        'icmpCodeIPv4',
+        'flowEndReason',
+      ] as const)
+        if (s[k] !== undefined) e[k] = s[k];
+      return e;
+    });
+    expect(r.records).toEqual(expected);
+    expect(r.counters.snapshot()).toMatchObject({ received: sent.length, sent: sent.length, dropped: {} });
   });
 
   it('fails with the address when the port is taken', async () => {
