@@ -19,7 +19,7 @@ fail() {
 # softflowd are the independent IPFIX collector, decoder and exporter of the ipfix tests.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 nats-server librdkafka1 librdkafka-dev
   kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd
-  nfdump tshark softflowd)
+  nfdump tshark softflowd python3-jsonschema)
 
 missing=()
 for p in "${packages[@]}"; do
