@@ -214,6 +214,8 @@ const schema: JsonSchema = {
     receive_buffer_bytes: {
       type: 'integer',
       minimum: 65536,
+      // Linux doubles the value given and holds it in an int: 1 GiB is the most that stays positive.
+      maximum: 1_073_741_824,
       default: DEFAULTS.receive_buffer_bytes,
       description:
         'Socket receive buffer (SO_RCVBUF), which holds bursts while the pipeline is busy; the kernel caps it at net.core.rmem_max.',
