@@ -7,7 +7,7 @@
  *
  * The client (on its lo) reaches the server (on its lo) through A until the routes move to B.
  */
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect } from 'vitest';
 import { bpfObjectPath } from '../../src/paths.js';
 import { buildChild, startChild, type BuiltChild, type ChildHandle } from '../fixtures/child.js';
@@ -146,6 +146,16 @@ export type HaNodeName = 'a' | 'b';
 /** nats_sessions options beyond those every node has (servers, bucket, node_id, instance, ...). */
 export type HaSinkOptions = Record<string, string | number>;
 
+/**
+ * A pipeline file to run instead of the helpers' own one, with the environment it is interpolated
+ * from on top of the child's (so the file's variables say where the node's firewall, bucket and
+ * ports are).
+ */
+export interface HaPipelineFile {
+  file: string;
+  env: (o: { natsUrl: string; nodeId: string; pinRoot: string; netns: string }) => Record<string, string>;
+}
+
 export interface HaCluster {
   /** The namespaces; set by the time the tests run. */
   readonly topo: HaTopology;
@@ -156,7 +166,7 @@ export interface HaCluster {
    * firewall_sessions source into a nats_sessions sink; resolves once the node reports the
    * pipeline started.
    */
-  startNode(node: HaNodeName, policy: string, sink: HaSinkOptions): Promise<HaNode>;
+  startNode(node: HaNodeName, policy: string, sink: HaSinkOptions | HaPipelineFile): Promise<HaNode>;
 }
 
 function pipelineYaml(
@@ -221,6 +231,8 @@ export function haCluster(site: HaSite): HaCluster {
       const device = (node === 'a' ? topo!.ca : topo!.cb).b.ifname;
       const nodeId = `node-${node}`;
       const pinRoot = makeBpffsDir(site.prefix);
+      const where = { natsUrl: nats!.url, nodeId, pinRoot, netns: ns.name };
+      const fromFile = typeof sink.file === 'string' ? (sink as HaPipelineFile) : undefined;
       const args = {
         pinRoot,
         instance: site.prefix,
@@ -229,7 +241,11 @@ export function haCluster(site: HaSite): HaCluster {
         egress: device,
         policy,
         objectPath: bpfObjectPath('firewall'),
-        pipeline: pipelineYaml(site, { natsUrl: nats!.url, nodeId, pinRoot, netns: ns.name, sink }),
+        pipeline:
+          fromFile !== undefined
+            ? readFileSync(fromFile.file, 'utf8')
+            : pipelineYaml(site, { ...where, sink: sink as HaSinkOptions }),
+        env: fromFile?.env(where) ?? {},
       };
       const handle = startChild(process.execPath, [child!.entry, JSON.stringify(args)], {
         prefix: site.prefix,
