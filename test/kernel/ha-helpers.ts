@@ -156,6 +156,12 @@ export interface HaPipelineFile {
   env: (o: { natsUrl: string; nodeId: string; pinRoot: string; netns: string }) => Record<string, string>;
 }
 
+/** How a node differs beyond its sink: the size of its session map, firewall_sessions options. */
+export interface HaNodeOptions {
+  maxSessions?: number;
+  source?: HaSinkOptions;
+}
+
 export interface HaCluster {
   /** The namespaces; set by the time the tests run. */
   readonly topo: HaTopology;
@@ -166,16 +172,30 @@ export interface HaCluster {
    * firewall_sessions source into a nats_sessions sink; resolves once the node reports the
    * pipeline started.
    */
-  startNode(node: HaNodeName, policy: string, sink: HaSinkOptions | HaPipelineFile): Promise<HaNode>;
+  startNode(
+    node: HaNodeName,
+    policy: string,
+    sink: HaSinkOptions | HaPipelineFile,
+    opts?: HaNodeOptions,
+  ): Promise<HaNode>;
 }
 
 function pipelineYaml(
   site: HaSite,
-  o: { natsUrl: string; nodeId: string; pinRoot: string; netns: string; sink: HaSinkOptions },
+  o: {
+    natsUrl: string;
+    nodeId: string;
+    pinRoot: string;
+    netns: string;
+    sink: HaSinkOptions;
+    source?: HaSinkOptions;
+  },
 ): string {
-  const extra = Object.entries(o.sink)
-    .map(([k, v]) => `    ${k}: ${v}\n`)
-    .join('');
+  const lines = (options: HaSinkOptions | undefined): string =>
+    Object.entries(options ?? {})
+      .map(([k, v]) => `    ${k}: ${v}\n`)
+      .join('');
+  const extra = lines(o.sink);
   return `
 sources:
   sessions:
@@ -183,7 +203,7 @@ sources:
     instance: ${site.prefix}
     pin_root: ${o.pinRoot}
     drain_interval_ms: 50
-sinks:
+${lines(o.source)}sinks:
   ha:
     type: nats_sessions
     inputs: [sessions]
@@ -226,7 +246,7 @@ export function haCluster(site: HaSite): HaCluster {
     get nats() {
       return nats!;
     },
-    async startNode(node, policy, sink) {
+    async startNode(node, policy, sink, opts = {}) {
       const ns = node === 'a' ? topo!.a : topo!.b;
       const device = (node === 'a' ? topo!.ca : topo!.cb).b.ifname;
       const nodeId = `node-${node}`;
@@ -244,8 +264,13 @@ export function haCluster(site: HaSite): HaCluster {
         pipeline:
           fromFile !== undefined
             ? readFileSync(fromFile.file, 'utf8')
-            : pipelineYaml(site, { ...where, sink: sink as HaSinkOptions }),
+            : pipelineYaml(site, {
+                ...where,
+                sink: sink as HaSinkOptions,
+                ...(opts.source ? { source: opts.source } : {}),
+              }),
         env: fromFile?.env(where) ?? {},
+        ...(opts.maxSessions !== undefined ? { maxSessions: opts.maxSessions } : {}),
       };
       const handle = startChild(process.execPath, [child!.entry, JSON.stringify(args)], {
         prefix: site.prefix,

@@ -2,7 +2,7 @@
  * One HA firewall node as its own process, for the HA kernel tests (started by ha-helpers.ts,
  * transpiled by buildChild() of test/fixtures/child.ts), so the test can SIGKILL it.
  *
- * argv[2] is JSON {pinRoot, instance, netns, ingress, egress, policy, pipeline, env, objectPath}: the node loads the
+ * argv[2] is JSON {pinRoot, instance, netns, ingress, egress, policy, pipeline, env, maxSessions?, objectPath}: the node loads the
  * firewall (pinned under <pinRoot>/rxflow-firewall-<instance>, links pinned too, so they outlive
  * the process), applies `policy` (YAML), attaches, then runs `pipeline` (YAML with a nats_sessions
  * sink, any of the built-in components, `${VAR}` from `env` over the process's) and reports {ok, started} once the pipeline started, which is
@@ -32,6 +32,8 @@ interface NodeArgs {
   policy: string;
   pipeline: string;
   env: Record<string, string>;
+  /** Size of the session map (an LRU hash); the object's default when absent. */
+  maxSessions?: number;
   /** bpf/firewall.o of the repository: the transpiled child lives elsewhere. */
   objectPath: string;
 }
@@ -50,6 +52,7 @@ async function main(): Promise<void> {
     egress: args.egress,
     netns: args.netns,
     objectPath: args.objectPath,
+    ...(args.maxSessions !== undefined ? { maxSessions: args.maxSessions } : {}),
   });
   fw.applyPolicy(parsePolicy(args.policy, 'policy.yaml', {}));
   fw.attach();
