@@ -350,9 +350,9 @@ export class NatsSessionsSink implements Sink {
     this.counters = context.counters;
   }
 
-  /** The replication status, once started. */
-  status(): NodeReplicationStatus | undefined {
-    return this.node?.status();
+  /** The replication status, the kernel map compared with the bucket now; undefined until started. */
+  status(): Promise<NodeReplicationStatus | undefined> {
+    return this.node?.liveStatus() ?? Promise.resolve(undefined);
   }
 
   /**

@@ -90,7 +90,7 @@ async function main(): Promise<void> {
         );
         report({ ok: true, removed: result.removed });
       } else if (cmd === 'status') {
-        report({ ok: true, status: sink?.status() });
+        report({ ok: true, status: await sink?.status() });
       } else if (cmd === 'stop') {
         await pipeline.stop();
         report({ ok: true, stopped: true });

@@ -2,7 +2,8 @@
  * pipelines/firewall-ha.yaml as shipped: it validates with no variable set, and two nodes run from
  * it, told apart only by its variables (node id, pin root, ports). A connection through node A
  * lands in the bucket as A's (read with a second NATS client), in B's kernel map through B's
- * watch, and A serves the replicating sink's counters on its Prometheus endpoint.
+ * watch; A's /status counts it at once, as an independent read of the kernel map and the bucket
+ * does, and A serves the replicating sink's counters on its Prometheus endpoint.
  *
  *   client ns ── A ns (firewall, rxflow node A) ── server ns
  *            └── B ns (firewall, rxflow node B) ──┘
@@ -16,6 +17,7 @@ import {
   type FirewallSession,
 } from '../../src/datapath/firewall/index.js';
 import { decodeSessionValueOrThrow, sessionKvKey } from '../../src/ha/codec.js';
+import type { NodeReplicationStatus } from '../../src/ha/replication.js';
 import { formatProblem } from '../../src/pipeline/errors.js';
 import { checkPipeline } from '../../src/pipeline/load.js';
 import { freePort } from '../fixtures/nats.js';
@@ -130,6 +132,46 @@ kernelDescribe(
             });
           } finally {
             fwB.close({ keepAttached: true });
+          }
+
+          // A's status compares its kernel map with the bucket when asked: the connection is
+          // counted although the only full sync ran at start (the file syncs every 30 s), and the
+          // counts equal what the test reads from the kernel map and, over its own connection,
+          // from the bucket.
+          const fwA = FirewallCollection.open(firewallPinDir(PREFIX, nodeA.pinRoot));
+          try {
+            const local = new Set(
+              fwA
+                .sessions()
+                .filter((s) => s.tcpState !== 'closed')
+                .map((s) => sessionKvKey(s)),
+            );
+            const nc2 = await connect({ servers: nats.url });
+            let inKv: Set<string>;
+            try {
+              const kv = await nc2.jetstream().views.kv(BUCKET, { bindOnly: true });
+              inKv = new Set<string>();
+              for await (const k of await kv.keys()) inKv.add(k);
+            } finally {
+              await nc2.close();
+            }
+            const res = await fetch(`http://127.0.0.1:${ports.get('a')!.ready}/status`);
+            const status = (await res.json()) as NodeReplicationStatus;
+            const both = [...local].filter((k) => inKv.has(k)).length;
+            expect(status.counts).toMatchObject({
+              local: local.size,
+              kv: inKv.size,
+              both,
+              onlyLocal: local.size - both,
+              onlyKv: inKv.size - both,
+            });
+            expect(status.counts!.local).toBeGreaterThanOrEqual(1);
+            expect(status.lastSync!.counts.local).toBe(0);
+            expect(status.comparedAtMs).toBeGreaterThan(status.lastSync!.atMs);
+            expect(status.lagMs).toBe(0);
+            expect(status.compareSource).toBe('watch');
+          } finally {
+            fwA.close({ keepAttached: true });
           }
 
           // A's metrics: the replicating sink was handed the session's events.
