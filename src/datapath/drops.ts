@@ -222,6 +222,7 @@ export class DropsDatapath {
   readonly reasonNames: Map<number, string>;
   readonly #collection: Collection;
   readonly #reasons;
+  readonly #slots: number[];
   #linkFd: number;
 
   private constructor(collection: Collection, linkFd: number, reasonNames: Map<number, string>) {
@@ -230,6 +231,9 @@ export class DropsDatapath {
     this.reasonNames = reasonNames;
     this.maps = new FlowMaps(collection, { maps: DROP_MAP_NAMES, outer: DROP_MAPS_OUTER });
     this.#reasons = collection.map('drop_reasons');
+    // Only the slots a drop can count in: the kernel's reasons, and the one for the rest.
+    this.#slots = [...reasonNames.keys()].filter((r) => r < DROP_REASON_OTHER).sort((a, b) => a - b);
+    this.#slots.push(DROP_REASON_OTHER);
   }
 
   /**
@@ -297,7 +301,7 @@ export class DropsDatapath {
     const vv = viewOf(value);
     const stride = this.#reasons.perCpuStride;
     const cpus = this.#reasons.valueBufferSize / stride;
-    for (let r = 0; r < DROP_REASON_SLOTS; r++) {
+    for (const r of this.#slots) {
       kv.setUint32(0, r, true);
       if (!this.#reasons.lookupInto(key, value)) continue;
       const c: DropReasonCount = {

@@ -85,6 +85,8 @@ export interface Libbpf {
   bpf_prog_test_run_opts(progFd: number, opts: Uint8Array): number;
   /** Attaches a tp_btf program (name null) or a raw tracepoint; closing the fd detaches it. */
   bpf_raw_tracepoint_open(name: string | null, progFd: number): number;
+  /** BPF_ENABLE_STATS: run time statistics of every program while the returned fd is open. */
+  bpf_enable_stats(type: number): number;
   // libbpf.h: TC
   bpf_tc_hook_create(hook: Uint8Array): number;
   bpf_tc_hook_destroy(hook: Uint8Array): number;
@@ -308,6 +310,7 @@ function bind(): Bound {
     bpf_link_update: f('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
     bpf_prog_test_run_opts: f('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
     bpf_raw_tracepoint_open: f('int bpf_raw_tracepoint_open(const char *name, int prog_fd)'),
+    bpf_enable_stats: f('int bpf_enable_stats(int type)'),
     bpf_tc_hook_create: f('int bpf_tc_hook_create(void *hook)'),
     bpf_tc_hook_destroy: f('int bpf_tc_hook_destroy(void *hook)'),
     bpf_tc_attach: f('int bpf_tc_attach(const void *hook, void *opts)'),
