@@ -146,7 +146,12 @@ export class ObjectSpec {
         `set attach target of ${program} in ${this.path} to ${target}`,
         'bpf_program__set_attach_target',
         r,
-        { code: 'ELOAD' },
+        {
+          code: 'ELOAD',
+          ...(errnoName(r) === 'ESRCH'
+            ? { hint: `the kernel's btf has no function or tracepoint named ${target}` }
+            : {}),
+        },
       );
     }
     return this;
