@@ -77,9 +77,11 @@ kernelDescribe('drops with the kernel reason, on the flows of the flow map', () 
         `add table inet ${table}`,
         `add counter inet ${table} c7002`,
         `add counter inet ${table} c7102`,
+        `add counter inet ${table} c7501`,
         `add chain inet ${table} input { type filter hook input priority 0; policy accept; }`,
         `add rule inet ${table} input udp dport 7002 counter name c7002 drop`,
         `add rule inet ${table} input udp dport 7102 counter name c7102 drop`,
+        `add rule inet ${table} input tcp dport 7501 tcp flags & psh == psh counter name c7501 drop`,
       ].join('\n') + '\n',
     );
     try {
@@ -146,6 +148,64 @@ kernelDescribe('drops with the kernel reason, on the flows of the flow map', () 
         tcpState: undefined,
       },
     ]);
+  });
+
+  it('gives the TCP state of the socket a dropped segment was for: ESTABLISHED', async () => {
+    const dp = attach(['ingress'], 'tcpstate');
+    dp.enableDrops();
+    // The server accepts and reads until the client resets the connection.
+    const server = topo.server.exec(
+      'python3',
+      [
+        '-c',
+        [
+          'import socket',
+          'l = socket.socket()',
+          'l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+          `l.bind(("${topo.link.b.ipv4!}", 7501))`,
+          'l.listen(1)',
+          'l.settimeout(10)',
+          'c, _ = l.accept()',
+          'c.settimeout(10)',
+          'try:',
+          '    c.recv(100)',
+          'except OSError:',
+          '    pass',
+        ].join('\n'),
+      ],
+      { timeoutMs: 20_000 },
+    );
+    // The client's one data segment (PSH) is dropped by the rule, retransmissions too, until the
+    // client resets the connection (SO_LINGER 0): no segment of it arrives after that.
+    await topo.client.exec(
+      'python3',
+      [
+        '-c',
+        [
+          'import socket, struct, time',
+          'for _ in range(100):',
+          '    s = socket.socket()',
+          '    try:',
+          `        s.connect(("${topo.link.b.ipv4!}", 7501))`,
+          '        break',
+          '    except ConnectionRefusedError:',
+          '        s.close()',
+          '        time.sleep(0.02)',
+          's.sendall(b"x")',
+          'time.sleep(0.05)',
+          's.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))',
+          's.close()',
+        ].join('\n'),
+      ],
+      { timeoutMs: 20_000 },
+    );
+    await server;
+    const dropped = await nftCounter(topo, table, 'c7501');
+    expect(dropped).toBeGreaterThanOrEqual(1);
+    const flows = byPort(dp.evictFlows(0), 7501);
+    expect(
+      flows.map((r) => ({ dropped: r.droppedPacketDeltaCount, reason: r.dropReason, tcpState: r.tcpState })),
+    ).toEqual([{ dropped, reason: 'NETFILTER_DROP', tcpState: 'ESTABLISHED' }]);
   });
 
   it('counts drops of flows the flow map does not hold by reason, as many as nftables dropped', async () => {
