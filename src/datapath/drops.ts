@@ -163,7 +163,8 @@ const V_BYTES = DROP_VALUE.fields.bytes.offset;
 const V_LAST = DROP_VALUE.fields.last_drop_ns.offset;
 const V_REASON = DROP_VALUE.fields.reason.offset;
 const V_TCP_STATE = DROP_VALUE.fields.tcp_state.offset;
-const DROP_VALUE_STRIDE = Math.ceil(DROP_VALUE.size / 8) * 8;
+/** Bytes of one CPU's drop_value in a per-CPU value buffer. */
+export const DROP_VALUE_STRIDE = Math.ceil(DROP_VALUE.size / 8) * 8;
 
 /** Merges the per-CPU values of a drained drop map; the latest drop names reason and state. */
 export function decodeDropBatch(batch: DrainResult, valueBufferSize: number): DropBatch {
