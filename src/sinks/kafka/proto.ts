@@ -52,6 +52,10 @@ const T_COOKIE = (34 << 3) | 2;
 const T_DUPLICATE = (35 << 3) | 0;
 const T_SAMPLING = (36 << 3) | 0;
 const T_NETNS = (37 << 3) | 2;
+const T_DROPPED_PACKETS = (50 << 3) | 0;
+const T_DROPPED_OCTETS = (51 << 3) | 0;
+const T_DROP_REASON = (52 << 3) | 2;
+const T_TCP_STATE = (53 << 3) | 2;
 
 /** Bytes of `v` (an unsigned 32-bit integer) as a varint. */
 function varintSize(v: number): number {
@@ -277,6 +281,11 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.duplicate) != null && (p = boolField(out, p, T_DUPLICATE, v)) < 0) return -1;
   if ((v = r.samplingInterval) != null && (p = uint32Field(out, p, T_SAMPLING, v)) < 0) return -1;
   if ((v = r.networkNamespace) != null && (p = stringField(out, p, T_NETNS, v)) < 0) return -1;
+  if ((v = r.droppedPacketDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_PACKETS, v)) < 0)
+    return -1;
+  if ((v = r.droppedOctetDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_OCTETS, v)) < 0) return -1;
+  if ((v = r.dropReason) != null && (p = stringField(out, p, T_DROP_REASON, v)) < 0) return -1;
+  if ((v = r.tcpState) != null && (p = stringField(out, p, T_TCP_STATE, v)) < 0) return -1;
   return p;
 }
 
