@@ -44,7 +44,7 @@ export function withNetns<T>(name: string | undefined, fn: () => T): T {
       const errno = koffi.errno();
       throw new DatapathError(
         errno === 1 ? 'ENOPRIV' : 'ENONETNS',
-        `enter network namespace ${name}: ${describeErrno(errno)}${errno === 1 ? '; run as root' : ''}`,
+        `enter network namespace ${name}: ${describeErrno(errno)}${errno === 1 ? '; run as root or grant CAP_SYS_ADMIN' : ''}`,
         new SyscallError('setns', errno),
       );
     }

@@ -10,7 +10,7 @@
  */
 import { statSync } from 'node:fs';
 import { Subject, type Observable } from 'rxjs';
-import type { TcLink } from '../datapath/index.js';
+import { DatapathError, type TcLink } from '../datapath/index.js';
 import { withNetns } from '../datapath/netns.js';
 import type { Logger } from '../logger.js';
 import type { InterfaceMatcher } from '../net/interface-match.js';
@@ -242,10 +242,17 @@ export class LinkFollower {
         logger: this.options.logger,
       });
     } catch (err) {
-      // The namespace went away between the scan and here.
-      this.options.logger.debug({ err, netns: ns.label }, 'cannot follow network namespace');
       this.states.delete(info.ino);
       markReady();
+      // Not allowed to enter (no CAP_SYS_ADMIN): the start fails, or the source would run
+      // without the links it was asked for. The one namespace configured fails it whatever the cause.
+      if (this.opening && (this.options.netns !== 'all' || isNoPrivilege(err))) throw err;
+      if (isNoPrivilege(err)) {
+        this.options.logger.warn({ err, netns: ns.label }, 'cannot follow network namespace');
+      } else {
+        // The namespace went away between the scan and here.
+        this.options.logger.debug({ err, netns: ns.label }, 'cannot follow network namespace');
+      }
       return;
     }
     this.reconcile(state);
@@ -387,6 +394,11 @@ export class LinkFollower {
     this.options.logger.info({ netns: event.netns ?? 'host', ifname, ifindex }, `interface ${type}`);
     this.subject.next(event);
   }
+}
+
+/** Entering a namespace was refused for want of a capability (see withNetns). */
+function isNoPrivilege(err: unknown): boolean {
+  return err instanceof DatapathError && err.code === 'ENOPRIV';
 }
 
 /** The inode of a namespace given as a name or path (the agent's own when undefined). */

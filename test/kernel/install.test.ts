@@ -460,8 +460,19 @@ console.log(JSON.stringify([crc.crc32cImplementation, encode.flowProtoPath()]));
       const denied = new Agent(asService(argv, caps, null), dirs.env);
       expect(await denied.exited).toEqual({ code: 1, signal: null });
       expect(denied.stderr.split('\n')).toContain(
-        `run sources.flows (ebpf_flows): enter network namespace ${topo.server.name}: operation not permitted (EPERM); run as root`,
+        `run sources.flows (ebpf_flows): enter network namespace ${topo.server.name}: operation not permitted (EPERM); run as root or grant CAP_SYS_ADMIN`,
       );
+      // Every namespace with `netns: all`: the server's is among them, so the start fails the same way.
+      const inAll = join(work, 'fewer', 'all.yaml');
+      writeFileSync(inAll, text.replace(`netns: ${topo.server.name}\n`, 'netns: all\n'));
+      const deniedAll = new Agent(asService([dirs.startArgv[0]!, 'run', inAll], caps, null), dirs.env);
+      expect(await deniedAll.exited).toEqual({ code: 1, signal: null });
+      expect(deniedAll.stderr.split('\n')).toContainEqual(
+        expect.stringMatching(
+          /^run sources\.flows \(ebpf_flows\): enter network namespace \S+: operation not permitted \(EPERM\); run as root or grant CAP_SYS_ADMIN$/,
+        ),
+      );
+      expect(pinned(dirs.pinRoot)).toEqual([]);
       const allowed = new Agent(asService(argv, `${caps},+sys_admin`, null), dirs.env);
       await allowed.until(() => allowed.logs().some((l) => l.msg === 'ready'), "the 'ready' log");
       allowed.signal('SIGTERM');
