@@ -146,11 +146,25 @@ export interface LinkRow {
 }
 
 /**
+ * `bpftool -j link show`. bpftool fails when a link of another test goes away while it walks the
+ * links (it looks each id up after listing it); walking again sees a consistent set.
+ */
+function bpftoolLinks(): string {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return sh('bpftool', ['-j', 'link', 'show']);
+    } catch (err) {
+      if (attempt === 5) throw err;
+    }
+  }
+}
+
+/**
  * TCX links running one of these programs. bpftool 7.1 predates TCX, so it prints the link type as
  * a number and no ifindex; program ids are unique, which identifies the test's links anyway.
  */
 export function tcxLinksRunning(...progIds: number[]): LinkRow[] {
-  const rows = JSON.parse(sh('bpftool', ['-j', 'link', 'show'])) as LinkRow[];
+  const rows = JSON.parse(bpftoolLinks()) as LinkRow[];
   return rows.filter(
     (l) => (l.type === BPF_LINK_TYPE_TCX || l.type === 'tcx') && progIds.includes(l.prog_id),
   );
