@@ -16,7 +16,9 @@
  * `sink_buffer_full`. A message counts as exported once the socket has written it; a message whose
  * write failed goes out again, re-encoded, on the next session (its bytes never reached the
  * collector whole, and a collector drops a torn message). What the kernel had written but the
- * collector never read when a session breaks cannot be known over TCP.
+ * collector never read when a session breaks cannot be known over TCP. A collector that is down
+ * holds up neither the end of the input nor a stop: what is still held at the drain deadline (10 s
+ * after the input ended by itself) counts as `shutdown`.
  *
  * Sequence numbers count the data records sent before each message, per observation domain and
  * (for TCP) per session, as RFC 7011 section 3.1 defines.
@@ -63,6 +65,8 @@ const DEFAULTS = {
 } as const satisfies Partial<IpfixSinkConfig>;
 
 const MAX_BACKOFF_MS = 30_000;
+/** close() with no deadline (the input ended by itself) waits this long for a collector. */
+const CLOSE_TIMEOUT_MS = 10_000;
 const LOSS_LOG_INTERVAL_MS = 10_000;
 /** An Ethernet path MTU less the IPv4 (20) or IPv6 (40) header and UDP's 8. */
 const UDP_MESSAGE_BYTES = { 4: 1472, 6: 1452 } as const;
@@ -339,26 +343,28 @@ export class IpfixSink implements Sink {
     return consumption.done;
   }
 
-  /** Resolves when every record accepted so far is sent or counted. */
+  /**
+   * Resolves when every record accepted so far is sent or counted, or (TCP) when there is no
+   * session: a collector that is down holds up neither the input's end nor a stop; close() gives
+   * it until the deadline.
+   */
   flush(): Promise<void> {
-    return this.pending === 0 ? Promise.resolve() : this.idle;
+    if (this.pending === 0) return Promise.resolve();
+    return this.tcp ? Promise.race([this.idle, this.tcp.down()]) : this.idle;
   }
 
-  close(timeoutMs?: number): Promise<void> {
+  /** Without a deadline, waits up to CLOSE_TIMEOUT_MS for what is held to go out. */
+  close(timeoutMs = CLOSE_TIMEOUT_MS): Promise<void> {
     this.closed ??= (async () => {
       this.subscription?.unsubscribe();
-      if (timeoutMs === undefined) {
-        await this.flush();
-      } else {
-        let timer: Subscription | undefined;
-        await Promise.race([
-          this.flush(),
-          new Promise<void>((resolve) => {
-            timer = this.scheduler.schedule(resolve, timeoutMs);
-          }),
-        ]);
-        timer?.unsubscribe();
-      }
+      let timer: Subscription | undefined;
+      await Promise.race([
+        this.pending === 0 ? Promise.resolve() : this.idle,
+        new Promise<void>((resolve) => {
+          timer = this.scheduler.schedule(resolve, timeoutMs);
+        }),
+      ]);
+      timer?.unsubscribe();
       this.stopping = true;
       // Past the deadline a write may be waiting on a collector that does not read: end it.
       if (this.pending > 0) this.tcp?.close();
@@ -515,6 +521,9 @@ export class IpfixSink implements Sink {
 /** One TCP session to the collector at a time, reconnected with backoff while the sink runs. */
 class TcpSession {
   connected = false;
+  /** Settles when the current session ends (or at once while there is none). */
+  private ended: Promise<void> = Promise.resolve();
+  private endSession: (() => void) | undefined;
   private socket: net.Socket | undefined;
   private backoff: number;
   private timer: NodeJS.Timeout | undefined;
@@ -540,6 +549,11 @@ class TcpSession {
     });
   }
 
+  /** Settles when there is no session: at once now, or when the current one ends. */
+  down(): Promise<void> {
+    return this.connected ? this.ended : Promise.resolve();
+  }
+
   /** A write failed: this session is over. */
   broken(err: unknown): void {
     if (this.socket) this.lost(err);
@@ -561,6 +575,7 @@ class TcpSession {
     this.socket = socket;
     socket.once('connect', () => {
       this.connected = true;
+      this.ended = new Promise((resolve) => (this.endSession = resolve));
       this.backoff = this.firstBackoffMs;
       if (this.failures > 0)
         this.logger.info({ failures: this.failures }, 'ipfix sink: collector reachable again');
@@ -576,6 +591,7 @@ class TcpSession {
     if (!socket) return;
     this.socket = undefined;
     this.connected = false;
+    this.endSession?.();
     socket.removeAllListeners();
     socket.on('error', () => undefined);
     socket.destroy();

@@ -240,6 +240,9 @@ describe('ipfix sink', () => {
     const records = Array.from({ length: 700 }, (_, i) => record(i));
     feed(h, records);
     await expect.poll(() => h.health.length, { timeout: 10_000 }).toBeGreaterThan(0);
+    // The input ends while the collector is down: consume() does not wait for it.
+    h.input.complete();
+    await h.consumed;
     await h.sink.close(200);
     expect(h.ledger.totals().stages[0]).toMatchObject({
       received: 700,
