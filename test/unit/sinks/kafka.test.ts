@@ -183,7 +183,7 @@ describe('RequestEncoder', () => {
       key: flowKey(r),
       value: JSON.stringify(r),
       timestamp: NOW,
-      headers: 0,
+      headers: 1, // content-type
     }));
     expect(
       messages
