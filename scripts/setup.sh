@@ -18,7 +18,7 @@ fail() {
 # tools decompress its batches in the tests, independently of the sink. nfdump (nfcapd), tshark and
 # softflowd are the independent IPFIX collector, decoder and exporter of the ipfix tests.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 nats-server librdkafka1 librdkafka-dev
-  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd
+  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 libsnappy1v5 zstd lz4 systemd
   nfdump tshark softflowd)
 
 missing=()
