@@ -171,6 +171,16 @@ function decodeJson(value: Buffer, out: FlowRecord[], fail: DecodeFailure, nowMs
   }
 }
 
+/**
+ * A decoded protobuf record as the JSON of the same record: proto3 has no absent repeated field, so
+ * an empty observedInterfaces (what every record without it decodes to) is removed.
+ */
+function fromProtobuf(record: unknown): unknown {
+  const r = record as { observedInterfaces?: unknown[] } | null;
+  if (r !== null && typeof r === 'object' && r.observedInterfaces?.length === 0) delete r.observedInterfaces;
+  return record;
+}
+
 function decodeProtobuf(
   proto: FlowProto,
   value: Buffer,
@@ -189,7 +199,7 @@ function decodeProtobuf(
       fail(`not a protobuf FlowBatch: ${messageOf(err)}`);
       return;
     }
-    for (let i = 0; i < records.length; i++) keep(records[i], out, fail, nowMs, i);
+    for (let i = 0; i < records.length; i++) keep(fromProtobuf(records[i]), out, fail, nowMs, i);
     return;
   }
   let record: unknown;
@@ -199,7 +209,7 @@ function decodeProtobuf(
     fail(`not a protobuf FlowRecord: ${messageOf(err)}`);
     return;
   }
-  keep(record, out, fail, nowMs);
+  keep(fromProtobuf(record), out, fail, nowMs);
 }
 
 /** Media types (lower case, parameters cut) a `content-type` header may name, and their encoding. */

@@ -50,6 +50,13 @@ function record(i: number): FlowRecord {
     r.icmpCodeIPv4 = 0;
     r.samplingInterval = 10;
   }
+  if (i % 7 === 2) {
+    // As dedupe merges a flow seen on two interfaces.
+    r.observedInterfaces = [
+      { ingressInterface: 3, flowDirection: 0, interfaceName: 'eth1' },
+      { egressInterface: 70_000, flowDirection: 1 },
+    ];
+  }
   return r;
 }
 

@@ -86,6 +86,7 @@ const K_COOKIE = key('flowCookie');
 const K_DUPLICATE = key('duplicate');
 const K_SAMPLING = key('samplingInterval');
 const K_NETNS = key('networkNamespace');
+const K_OBSERVED = key('observedInterfaces');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
 const DIGIT_PAIRS = Buffer.from(Array.from({ length: 100 }, (_, i) => String(i).padStart(2, '0')).join(''));
@@ -439,6 +440,9 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = booleanField(out, p, K_DUPLICATE, r.duplicate)) < 0) return -1;
   if ((p = numberField(out, p, K_SAMPLING, r.samplingInterval)) < 0) return -1;
   if ((p = stringField(out, p, K_NETNS, r.networkNamespace)) < 0) return -1;
+  // Only flows dedupe saw on several interfaces have it: JSON.stringify's text is good enough.
+  if (r.observedInterfaces !== undefined && (p = writeOther(out, p, K_OBSERVED, r.observedInterfaces)) < 0)
+    return -1;
   if (p === pos) {
     if (p + 2 > out.length) return -1;
     out[p] = 0x7b; // {
