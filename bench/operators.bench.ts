@@ -142,6 +142,7 @@ async function runChain(
   total: number,
   names: InterfaceWatcher,
   words = true,
+  observedInterfaces = false,
 ): Promise<Result & { dropped: number }> {
   const stage = (id: string) => new StageCounters(id, id);
   const limiter = stage('limit_capacity');
@@ -151,7 +152,13 @@ async function runChain(
     input
       .pipe(
         account({ maxEntries: MAX_ENTRIES, evictTimeoutMs: 5000, counters: stage('account') }),
-        dedupe({ mode: 'first_come', expireMs: 10_000, justMark: false, counters: stage('dedupe') }),
+        dedupe({
+          mode: 'first_come',
+          expireMs: 10_000,
+          justMark: false,
+          observedInterfaces,
+          counters: stage('dedupe'),
+        }),
         decorate({ counters: stage('decorate'), interfaces: () => names, exporterIPv4Address: '192.0.2.1' }),
         limitCapacity({ bufferLength: 50, logIntervalMs: 60_000, counters: limiter, logger: silentLogger() }),
       )
@@ -317,6 +324,7 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
   const names = InterfaceWatcher.open({ watch: false });
   let chainBest = Infinity;
   let textBest = Infinity;
+  let observedBest = Infinity;
   let loopBest = Infinity;
   let chainOut = 0;
   let textOut = 0;
@@ -333,6 +341,12 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
     const text = await runChain(total, names, false);
     textBest = Math.min(textBest, text.ns);
     textOut = text.out;
+    const observed = await runChain(total, names, true, true);
+    if (observed.out !== chain.out)
+      throw new Error(
+        `operators bench: with observed_interfaces ${observed.out} records, without ${chain.out}`,
+      );
+    observedBest = Math.min(observedBest, observed.ns);
   }
   names.close();
   if (chainOut !== loopOut || textOut !== loopOut) {
@@ -361,6 +375,13 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
     unit: 'records/s',
     baseline: { name: 'operators.plain_loop', value: loopRate },
     note: 'the same records with text addresses only: each stage that keys parses them',
+  });
+  ctx.report({
+    name: 'operators.account_dedupe_decorate_limit_observed',
+    value: (total / observedBest) * 1e9,
+    unit: 'records/s',
+    baseline: { name: 'operators.account_dedupe_decorate_limit', value: (total / chainBest) * 1e9 },
+    note: 'dedupe with observed_interfaces: every flow kept carries the list of its two interfaces',
   });
   const keys = keyCost(ctx.quick ? 100_000 : 300_000);
   ctx.report({

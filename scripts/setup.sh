@@ -19,7 +19,7 @@ fail() {
 # softflowd are the independent IPFIX collector, decoder and exporter of the ipfix tests;
 # nftables drops packets for a known reason in the drop tests.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 nats-server librdkafka1 librdkafka-dev
-  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd
+  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 libsnappy1v5 zstd lz4 systemd
   nfdump tshark softflowd python3-jsonschema nftables)
 
 missing=()

@@ -77,7 +77,29 @@ export interface FlowRecord {
    */
   dropReason?: string;
   tcpState?: string;
+  /**
+   * rxflow's own field (IPFIX has no element for it; netobserv calls it the `Interfaces` /
+   * `DupList` of a flow): every (interface, direction) the flow was seen on, when `dedupe` saw it
+   * on more than one, the first one first, at most MAX_OBSERVED_INTERFACES.
+   */
+  observedInterfaces?: ObservedInterface[];
 }
+
+/**
+ * One (interface, direction) a flow was seen on, the interface under its IPFIX name for the
+ * direction: `ingressInterface` (10) for ingress, `egressInterface` (14) for egress.
+ */
+export interface ObservedInterface {
+  ingressInterface?: number;
+  egressInterface?: number;
+  /** 0 ingress, 1 egress. */
+  flowDirection: 0 | 1;
+  /** Its name, when the record carried one (decorate ran before dedupe). */
+  interfaceName?: string;
+}
+
+/** Entries of observedInterfaces at most: more are left out by dedupe, refused by the readers. */
+export const MAX_OBSERVED_INTERFACES = 16;
 
 /** Flows travel in arrays: every hot path works on a batch, not a record. */
 export type FlowBatch = FlowRecord[];
@@ -157,6 +179,7 @@ const COOKIE = 13;
 const BOOLEAN = 14;
 const VERSION = 15;
 const DIRECTION = 16;
+const OBSERVED = 17;
 const KIND_MASK = 31;
 /** Set on the kind of a field every record has. */
 const REQUIRED = 32;
@@ -231,6 +254,8 @@ function kindOf(name: string): number {
     case 'samplingInterval':
     case 'egressInterface':
       return U32;
+    case 'observedInterfaces':
+      return OBSERVED;
     case 'dropReason':
     case 'tcpState':
       return TEXT;
@@ -348,9 +373,41 @@ function fieldProblem(name: string, kind: number, v: unknown, nowMs: number): st
       return v === 0 || v === 4 || v === 6 ? undefined : 'ipVersion is not 0, 4 or 6';
     case DIRECTION:
       return v === 0 || v === 1 ? undefined : 'flowDirection is not 0 or 1';
+    case OBSERVED:
+      return observedProblem(name, v);
     default:
       return undefined;
   }
+}
+
+/**
+ * Why `v` is not a list of ObservedInterface: at most MAX_OBSERVED_INTERFACES objects, each with
+ * flowDirection 0 and ingressInterface, or 1 and egressInterface, an integer from 0 to 2^32-1, and
+ * optionally interfaceName; nothing else.
+ */
+function observedProblem(name: string, v: unknown): string | undefined {
+  if (!Array.isArray(v)) return `${name} is not an array`;
+  if (v.length > MAX_OBSERVED_INTERFACES) return `${name} has more than ${MAX_OBSERVED_INTERFACES} entries`;
+  for (let i = 0; i < v.length; i++) {
+    const e = v[i] as unknown;
+    const at = `${name}[${i}]`;
+    if (typeof e !== 'object' || e === null || Array.isArray(e)) return `${at} is not an object`;
+    const o = e as Record<string, unknown>;
+    const direction = o.flowDirection;
+    if (direction !== 0 && direction !== 1) return `${at}.flowDirection is not 0 or 1`;
+    const field = direction === 0 ? 'ingressInterface' : 'egressInterface';
+    let fields = 2;
+    const problem = fieldProblem(`${at}.${field}`, U32, o[field], 0);
+    if (problem !== undefined) return problem;
+    if (o.interfaceName !== undefined) {
+      fields++;
+      const nameProblem = fieldProblem(`${at}.interfaceName`, TEXT, o.interfaceName, 0);
+      if (nameProblem !== undefined) return nameProblem;
+    }
+    if (Object.keys(o).length !== fields)
+      return `${at} has fields other than flowDirection, ${field} and interfaceName`;
+  }
+  return undefined;
 }
 
 /** Why a field rxflow does not know is unfit to pass on: a string or number that is not sane. */

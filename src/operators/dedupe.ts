@@ -1,7 +1,12 @@
 import { Observable, asyncScheduler, type OperatorFunction, type SchedulerLike } from 'rxjs';
 import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import {
+  MAX_OBSERVED_INTERFACES,
+  type FlowBatch,
+  type FlowRecord,
+  type ObservedInterface,
+} from '../records.js';
 import { FlowKey, OperatorError, TEXT_ADDRESSES, badRecordError } from './flow-key.js';
 
 export type DedupeMode = 'none' | 'first_come';
@@ -12,6 +17,11 @@ export interface DedupeOptions {
   expireMs: number;
   /** Pass copies from other interfaces on, marked `duplicate: true`, instead of dropping them. */
   justMark: boolean;
+  /**
+   * Give the records of a flow seen on more than one (interface, direction) the list of them,
+   * `observedInterfaces` (see FlowRecord). Off by default.
+   */
+  observedInterfaces?: boolean;
   counters: StageCounters;
   /** Its clock (`now()`) ages the entries; asyncScheduler by default. */
   scheduler?: SchedulerLike;
@@ -21,6 +31,28 @@ export interface DedupeOptions {
 
 /** Set in a slot's meta word when the slot holds an entry (key metas use bits 0-26). */
 const OCCUPIED = 1 << 30;
+/** Set in a slot's meta word when the flow was first seen egress (flowDirection 1). */
+const FIRST_EGRESS = 1 << 29;
+const META_KEY = ~(OCCUPIED | FIRST_EGRESS);
+
+/**
+ * The (interface, direction) pairs a flow was seen on, kept once there are two: `pairs` holds
+ * `interface * 2 + direction` of each entry of `items`, in the same order.
+ */
+interface Observed {
+  pairs: number[];
+  items: ObservedInterface[];
+}
+
+/** The entry of observedInterfaces for an interface and direction, under the direction's IPFIX name. */
+function observedEntry(iface: number, direction: number, name: string | undefined): ObservedInterface {
+  const e: ObservedInterface =
+    direction === 1
+      ? { egressInterface: iface, flowDirection: 1 }
+      : { ingressInterface: iface, flowDirection: 0 };
+  if (name !== undefined) e.interfaceName = name;
+  return e;
+}
 /** Int32 words per slot: src, dst, ports, meta | OCCUPIED, vni, first interface, then last seen as a float64. */
 const SLOT_WORDS = 8;
 const MIN_SLOTS = 2048;
@@ -44,6 +76,10 @@ export class SeenTable {
   /** Text addresses (IPv6, non-canonical IPv4) by slot; empty until such a flow is seen. */
   private sources: string[] = [];
   private destinations: string[] = [];
+  /** The pairs of flows seen on more than one (interface, direction), by slot; sparse. */
+  private observedBySlot: (Observed | undefined)[] = [];
+  /** Times the table grew, which moves entries to other slots. */
+  resizes = 0;
   private readonly minSlots: number;
   private readonly scratch = new FlowKey(false);
 
@@ -74,7 +110,7 @@ export class SeenTable {
       const m = w[b + 3]!;
       if (m === 0) return ~i;
       if (
-        m === meta &&
+        (m & ~FIRST_EGRESS) === meta &&
         w[b]! === k.src &&
         w[b + 1]! === k.dst &&
         w[b + 2]! === k.ports &&
@@ -92,20 +128,62 @@ export class SeenTable {
    * Adds `k`'s flow at `free` (what `find` returned for it) and returns its slot, which differs
    * from `~free` when the table had to grow.
    */
-  insert(k: FlowKey, free: number, firstInterface: number, lastSeen: number): number {
+  insert(k: FlowKey, free: number, firstInterface: number, lastSeen: number, firstDirection = 0): number {
     let slot = ~free;
     if (this.size >= this.capacity) {
       this.resize((this.mask + 1) * 2);
       slot = ~this.find(k);
     }
     this.size++;
-    this.put(slot, k, firstInterface, lastSeen);
+    this.put(slot, k, firstInterface, lastSeen, firstDirection, undefined);
     return slot;
   }
 
   /** The interface the flow in `slot` was first seen on. */
   firstInterface(slot: number): number {
     return this.words[slot * SLOT_WORDS + 5]!;
+  }
+
+  /** The direction (flowDirection) the flow in `slot` was first seen in. */
+  firstDirection(slot: number): 0 | 1 {
+    return (this.words[slot * SLOT_WORDS + 3]! & FIRST_EGRESS) === 0 ? 0 : 1;
+  }
+
+  /** The pairs the flow in `slot` was seen on, once there are two or more. */
+  observed(slot: number): Observed | undefined {
+    return this.observedBySlot[slot];
+  }
+
+  setObserved(slot: number, observed: Observed | undefined): void {
+    if (observed !== undefined) this.observedBySlot[slot] = observed;
+  }
+
+  /**
+   * Notes that the flow in `slot` was seen on `iface` in `direction`, with interface name `name`
+   * if the record has one: starts its list (with the first pair) when this is another pair, adds
+   * the pair when new (up to MAX_OBSERVED_INTERFACES), and gives an entry without a name this one.
+   * Entries are replaced, never changed: records hold copies of the list.
+   */
+  observe(slot: number, iface: number, direction: number, name: string | undefined): void {
+    const pair = iface * 2 + direction;
+    let o = this.observedBySlot[slot];
+    if (o === undefined) {
+      const first = this.firstInterface(slot) >>> 0;
+      const firstDirection = this.firstDirection(slot);
+      if (first === iface >>> 0 && firstDirection === direction) return;
+      o = this.observedBySlot[slot] = {
+        pairs: [first * 2 + firstDirection],
+        items: [observedEntry(first, firstDirection, undefined)],
+      };
+    }
+    const at = o.pairs.indexOf(pair);
+    if (at < 0) {
+      if (o.pairs.length >= MAX_OBSERVED_INTERFACES) return;
+      o.pairs.push(pair);
+      o.items.push(observedEntry(iface, direction, name));
+    } else if (name !== undefined && o.items[at]!.interfaceName === undefined) {
+      o.items[at] = observedEntry(iface, direction, name);
+    }
   }
 
   /** When the flow in `slot` was last seen (scheduler time). */
@@ -128,15 +206,23 @@ export class SeenTable {
     }
     this.sources = [];
     this.destinations = [];
+    this.observedBySlot = [];
   }
 
-  private put(slot: number, k: FlowKey, firstInterface: number, lastSeen: number): void {
+  private put(
+    slot: number,
+    k: FlowKey,
+    firstInterface: number,
+    lastSeen: number,
+    firstDirection: number,
+    observed: Observed | undefined,
+  ): void {
     const w = this.words;
     const b = slot * SLOT_WORDS;
     w[b] = k.src;
     w[b + 1] = k.dst;
     w[b + 2] = k.ports;
-    w[b + 3] = k.meta | OCCUPIED;
+    w[b + 3] = k.meta | OCCUPIED | (firstDirection === 1 ? FIRST_EGRESS : 0);
     w[b + 4] = k.vni;
     w[b + 5] = firstInterface;
     this.times[slot * (SLOT_WORDS / 2) + 3] = lastSeen;
@@ -144,6 +230,7 @@ export class SeenTable {
       this.sources[slot] = k.srcText;
       this.destinations[slot] = k.dstText;
     }
+    if (observed !== undefined) this.observedBySlot[slot] = observed;
   }
 
   private allocate(slots: number): void {
@@ -157,10 +244,13 @@ export class SeenTable {
     const oldTimes = this.times;
     const oldSources = this.sources;
     const oldDestinations = this.destinations;
+    const oldObserved = this.observedBySlot;
     const oldSlots = this.mask + 1;
     this.allocate(slots);
+    this.resizes++;
     this.sources = [];
     this.destinations = [];
+    this.observedBySlot = [];
     const k = this.scratch;
     for (let i = 0; i < oldSlots; i++) {
       const b = i * SLOT_WORDS;
@@ -168,15 +258,31 @@ export class SeenTable {
       k.src = oldWords[b]!;
       k.dst = oldWords[b + 1]!;
       k.ports = oldWords[b + 2]!;
-      k.meta = oldWords[b + 3]! & ~OCCUPIED;
+      k.meta = oldWords[b + 3]! & META_KEY;
       k.vni = oldWords[b + 4]!;
       k.iface = 0;
       k.srcText = oldSources[i] ?? '';
       k.dstText = oldDestinations[i] ?? '';
       k.rehash();
-      this.put(~this.find(k), k, oldWords[b + 5]!, oldTimes[i * (SLOT_WORDS / 2) + 3]!);
+      this.put(
+        ~this.find(k),
+        k,
+        oldWords[b + 5]!,
+        oldTimes[i * (SLOT_WORDS / 2) + 3]!,
+        (oldWords[b + 3]! & FIRST_EGRESS) === 0 ? 0 : 1,
+        oldObserved[i],
+      );
     }
   }
+}
+
+/**
+ * The interface a record was seen on: egressInterface on an egress record that has one, else
+ * ingressInterface (which egress records carry too where egressInterface is not set).
+ */
+function interfaceOf(r: FlowRecord): number {
+  const egress = r.flowDirection === 1 ? (r as { egressInterface?: number }).egressInterface : undefined;
+  return egress ?? r.ingressInterface;
 }
 
 /** Slots for `entries` at a load factor of at most 3/4: a power of two. */
@@ -200,6 +306,12 @@ function slotsFor(entries: number): number {
  * `expireMs`, and an entry found in the older generation is checked against its last-seen time.
  * Memory is thus bounded by the flows seen in the last 2 x `expireMs`.
  *
+ * With `observedInterfaces`, an entry also keeps every (interface, direction) its flow was seen on
+ * once there are two or more (at most MAX_OBSERVED_INTERFACES, in a side list by slot that goes
+ * with its generation, so within the same bound), and each record of such a flow gets a copy of
+ * the list as it stands after its batch: the record dedupe keeps names the interfaces of the copies
+ * it dropped, as netobserv's `Interfaces` does. A list is never shortened while its entry lives.
+ *
  * Records are marked in place; batches with nothing dropped are passed on as they are, and a batch
  * left empty is not emitted.
  *
@@ -213,6 +325,7 @@ function slotsFor(entries: number): number {
 export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, FlowBatch> {
   const stage = `dedupe ${options.id ?? ''}`.trimEnd();
   const { mode, expireMs, justMark, counters } = options;
+  const listing = options.observedInterfaces === true;
   if (mode !== 'none' && mode !== 'first_come') {
     throw new OperatorError(
       'EBADCONFIG',
@@ -245,6 +358,8 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
       let previous = new SeenTable(1024);
       let generationStart = scheduler.now();
       const key = new FlowKey(false);
+      /** The slot of each record of the batch in hand. */
+      let slots = new Int32Array(1024);
 
       const rotate = (now: number): void => {
         const emptied = previous;
@@ -263,23 +378,49 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
           let i = 0;
           let kept: FlowRecord[] | undefined;
           let duplicates = 0;
+          let listed = false;
+          const n = batch.length;
+          if (listing && slots.length < n) slots = new Int32Array(Math.max(n, slots.length * 2));
+          let resizes = 0;
           try {
             const now = scheduler.now();
             if (now - generationStart >= expireMs) rotate(now);
-            for (; i < batch.length; i++) {
+            resizes = current.resizes;
+            for (; i < n; i++) {
               const r = batch[i]!;
-              const ifindex = r.ingressInterface | 0;
+              const iface = interfaceOf(r);
+              const ifindex = iface | 0;
+              const direction = r.flowDirection;
               let s = current.find(key.read(r));
               let first: number;
               if (s >= 0) {
                 first = current.firstInterface(s);
                 current.setLastSeen(s, now);
+                // The common case, a flow seen on one interface in one direction, costs one compare.
+                if (
+                  first !== ifindex ||
+                  current.firstDirection(s) !== direction ||
+                  current.observed(s) !== undefined
+                )
+                  current.observe(s, iface, direction, r.interfaceName);
               } else {
                 const p = previous.size === 0 ? -1 : previous.find(key);
                 // Entries of the current generation are never expired; those of the previous one may be.
-                first =
-                  p >= 0 && now - previous.lastSeen(p) <= expireMs ? previous.firstInterface(p) : ifindex;
-                s = current.insert(key, s, first, now);
+                if (p >= 0 && now - previous.lastSeen(p) <= expireMs) {
+                  first = previous.firstInterface(p);
+                  s = current.insert(key, s, first, now, previous.firstDirection(p));
+                  if (listing) {
+                    current.setObserved(s, previous.observed(p));
+                    current.observe(s, iface, direction, r.interfaceName);
+                  }
+                } else {
+                  first = ifindex;
+                  s = current.insert(key, s, first, now, direction);
+                }
+              }
+              if (listing) {
+                slots[i] = s;
+                if (!listed && current.observed(s) !== undefined) listed = true;
               }
               if (first === ifindex) {
                 kept?.push(r);
@@ -287,6 +428,17 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
                 duplicates++;
                 if (justMark) r.duplicate = true;
                 else kept ??= batch.slice(0, i);
+              }
+            }
+            // Records of flows seen on several interfaces carry the list as it is after the whole
+            // batch: a copy, since the list grows on.
+            if (listed) {
+              // Slots hold until the table grows; then the entries are looked up again.
+              const moved = current.resizes !== resizes;
+              for (let j = 0; j < n; j++) {
+                const r = batch[j]!;
+                const o = current.observed(moved ? current.find(key.read(r)) : slots[j]!);
+                if (o !== undefined) r.observedInterfaces = o.items.slice();
               }
             }
           } catch (err) {
@@ -313,6 +465,7 @@ export interface DedupeConfig {
   mode: DedupeMode | 'firstCome';
   expire_ms: number;
   just_mark: boolean;
+  observed_interfaces?: boolean;
 }
 
 const dedupeModule: TransformModule<DedupeConfig> = {
@@ -342,6 +495,12 @@ const dedupeModule: TransformModule<DedupeConfig> = {
         default: false,
         description: 'pass copies from other interfaces with duplicate: true instead of dropping them',
       },
+      observed_interfaces: {
+        type: 'boolean',
+        default: false,
+        description:
+          "records of a flow seen on more than one (interface, direction) carry them all as observedInterfaces: [{ingressInterface or egressInterface, flowDirection, interfaceName?}], the first one first, at most 16 (rxflow's own field; netobserv's Interfaces)",
+      },
     },
   },
   example: { mode: 'first_come', expire_ms: 10000, just_mark: false },
@@ -350,6 +509,7 @@ const dedupeModule: TransformModule<DedupeConfig> = {
       mode: config.mode === 'firstCome' ? 'first_come' : config.mode,
       expireMs: config.expire_ms,
       justMark: config.just_mark,
+      observedInterfaces: config.observed_interfaces === true,
       counters: context.counters,
       id: context.id,
     };

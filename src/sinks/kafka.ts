@@ -132,7 +132,7 @@ const schema: JsonSchema = {
       enum: ['json', 'protobuf'],
       default: DEFAULTS.encoding,
       description:
-        'json: one JSON object per record with IPFIX field names; protobuf: FlowRecord/FlowBatch of src/sinks/flow.proto.',
+        'json: one JSON object per record with IPFIX field names; protobuf: FlowRecord/FlowBatch of src/sinks/flow.proto. Every message carries a content-type header naming it: application/json, or application/x-protobuf; messageType=rxflow.v1.FlowRecord (rxflow.v1.FlowBatch with records_per_message > 1).',
     },
     records_per_message: {
       type: 'integer',

@@ -6,6 +6,10 @@
  * starts with field 1 as length-delimited (tag 0x0a), else a FlowRecord (whose field 1, ipVersion,
  * is a varint and never 0, so the sink always writes it first).
  *
+ * A message's `content-type` header, when it names JSON (`application/json`) or protobuf
+ * (`application/x-protobuf`, `application/protobuf`, `application/vnd.google.protobuf`; the kafka
+ * sink writes it on every message), picks its decoder; without one the configured `encoding` does.
+ *
  * Each batch kafkajs fetches for a partition becomes one emitted batch. Offsets are committed
  * after the batch is handed downstream (at-least-once up to the hand-off): a restart or rebalance
  * may deliver records again, a drain never loses them; records sinks still hold when the process
@@ -19,9 +23,10 @@
  * nothing reaches the pipeline as an error. On stop$ the current batch is finished, its offsets are
  * committed, the consumer leaves the group and disconnects, then the source completes.
  *
- * kafkajs reads uncompressed and gzip record batches itself; lz4 and zstd batches are decompressed
- * by codecs registered with kafkajs on the first build (src/sinks/kafka/compression.ts, through the
- * system's liblz4.so.1 and libzstd.so.1). kafkajs decompresses inside the decoding of a fetch
+ * kafkajs reads uncompressed and gzip record batches itself; lz4, zstd and snappy batches are
+ * decompressed by codecs registered with kafkajs on the first build (src/sinks/kafka/compression.ts,
+ * through the system's liblz4.so.1, libzstd.so.1 and libsnappy.so.1; snappy in either framing
+ * producers write: the Java producer's xerial stream or librdkafka's raw block). kafkajs decompresses inside the decoding of a fetch
  * response, so what a codec throws fails the whole fetch, and kafkajs fetches the same offsets
  * again, forever. Hence:
  * - a batch that does not decompress (corrupt, truncated, more than DECOMPRESSED_MAX_BYTES) is
@@ -30,13 +35,12 @@
  *   committed like any other (a legacy, pre-0.11 message set has no header to count its records
  *   by: one that does not decompress is retried like a missing library);
  * - a missing library blocks instead: the build logs one warning naming the package, the source
- *   starts anyway, and a fetch holding an lz4 or zstd batch fails with the same hint; the consumer
+ *   starts anyway, and a fetch holding an lz4, zstd or snappy batch fails with the same hint; the consumer
  *   retries with backoff (warning at most every 30 s) and reads on, skipping nothing, once the
  *   library is installed. Other partitions fetched from the same broker wait with it.
- * snappy batches cannot be read (logged as such).
  */
 import { randomBytes } from 'node:crypto';
-import { Kafka, logLevel, type Consumer, type EachBatchPayload } from 'kafkajs';
+import { Kafka, logLevel, type Consumer, type EachBatchPayload, type IHeaders } from 'kafkajs';
 // Not named exports Node's ESM loader can see in kafkajs's CommonJS: taken from its default export.
 import kafkajs from 'kafkajs';
 
@@ -56,14 +60,22 @@ import {
 } from '../sinks/kafka/client.js';
 import {
   CODEC_LZ4,
+  CODEC_SNAPPY,
   CODEC_ZSTD,
   batchCodec,
   decompressor,
   lz4Decompress,
+  snappyDecompress,
   zstdDecompress,
   type Decompressor,
 } from '../sinks/kafka/compression.js';
-import { loadFlowProto, type FlowProto } from '../sinks/kafka/encode.js';
+import {
+  CONTENT_TYPE_HEADER,
+  JSON_CONTENT_TYPE,
+  PROTOBUF_CONTENT_TYPE,
+  loadFlowProto,
+  type FlowProto,
+} from '../sinks/kafka/encode.js';
 import { BATCH_HEADER_BYTES, batchRecordCount } from '../sinks/kafka/record-batch.js';
 import { LossLog } from '../sinks/loss-log.js';
 import { SourceError, messageOf } from './errors.js';
@@ -123,13 +135,15 @@ export type DecodeFailure = (problem: string) => void;
 
 /**
  * Decodes one message value, appending its flow records to `out`; `nowMs` is the wall-clock time
- * flow times are checked against (read once per batch).
+ * flow times are checked against (read once per batch); `type` is the message's `content-type`
+ * header, if it has one.
  */
 export type MessageDecoder = (
   value: Buffer | null,
   out: FlowRecord[],
   fail: DecodeFailure,
   nowMs?: number,
+  type?: Buffer | string,
 ) => void;
 
 /** A FlowBatch's first byte: field 1, wire type 2 (length-delimited). */
@@ -157,6 +171,16 @@ function decodeJson(value: Buffer, out: FlowRecord[], fail: DecodeFailure, nowMs
   }
 }
 
+/**
+ * A decoded protobuf record as the JSON of the same record: proto3 has no absent repeated field, so
+ * an empty observedInterfaces (what every record without it decodes to) is removed.
+ */
+function fromProtobuf(record: unknown): unknown {
+  const r = record as { observedInterfaces?: unknown[] } | null;
+  if (r !== null && typeof r === 'object' && r.observedInterfaces?.length === 0) delete r.observedInterfaces;
+  return record;
+}
+
 function decodeProtobuf(
   proto: FlowProto,
   value: Buffer,
@@ -175,7 +199,7 @@ function decodeProtobuf(
       fail(`not a protobuf FlowBatch: ${messageOf(err)}`);
       return;
     }
-    for (let i = 0; i < records.length; i++) keep(records[i], out, fail, nowMs, i);
+    for (let i = 0; i < records.length; i++) keep(fromProtobuf(records[i]), out, fail, nowMs, i);
     return;
   }
   let record: unknown;
@@ -185,23 +209,78 @@ function decodeProtobuf(
     fail(`not a protobuf FlowRecord: ${messageOf(err)}`);
     return;
   }
-  keep(record, out, fail, nowMs);
+  keep(fromProtobuf(record), out, fail, nowMs);
+}
+
+/** Media types (lower case, parameters cut) a `content-type` header may name, and their encoding. */
+const MEDIA_TYPES: ReadonlyMap<string, KafkaConsumerEncoding> = new Map([
+  [JSON_CONTENT_TYPE, 'json'],
+  [PROTOBUF_CONTENT_TYPE, 'protobuf'],
+  ['application/protobuf', 'protobuf'],
+  ['application/vnd.google.protobuf', 'protobuf'],
+]);
+
+/**
+ * The encoding a `content-type` header value names, or undefined for a media type that is neither
+ * JSON nor protobuf: `application/json`, `application/x-protobuf` (the kafka sink's, see
+ * contentType() in src/sinks/kafka/encode.ts), `application/protobuf` or
+ * `application/vnd.google.protobuf`, any parameters (`; messageType=...`) left aside.
+ */
+export function encodingOfContentType(type: Buffer | string): KafkaConsumerEncoding | undefined {
+  const text = typeof type === 'string' ? type : type.toString('latin1');
+  const semicolon = text.indexOf(';');
+  return MEDIA_TYPES.get((semicolon < 0 ? text : text.slice(0, semicolon)).trim().toLowerCase());
 }
 
 /**
  * The decoder of an encoding: JSON objects or arrays, or protobuf FlowRecord or FlowBatch messages,
- * told apart per message (see the module comment). An empty message is not a flow record.
+ * told apart per message (see the module comment). A message whose `content-type` header names
+ * JSON or protobuf is decoded as that; one without the header, or with another media type, as
+ * `encoding`. An empty message is not a flow record.
  */
 export function messageDecoder(encoding: KafkaConsumerEncoding): MessageDecoder {
-  const proto = encoding === 'protobuf' ? loadFlowProto() : undefined;
-  return (value, out, fail, nowMs = Date.now()) => {
+  let proto = encoding === 'protobuf' ? loadFlowProto() : undefined;
+  let lastType: Buffer | string | undefined;
+  let lastEncoding: KafkaConsumerEncoding = encoding;
+  return (value, out, fail, nowMs = Date.now(), type) => {
     if (value === null || value.length === 0) {
       fail('empty message');
       return;
     }
-    if (proto === undefined) decodeJson(value, out, fail, nowMs);
-    else decodeProtobuf(proto, value, out, fail, nowMs);
+    let use = encoding;
+    if (type !== undefined) {
+      // Every message of a producer carries the same header: the last one read is kept.
+      if (
+        lastType === undefined ||
+        (typeof type === 'string' ? type !== lastType : !(Buffer.isBuffer(lastType) && type.equals(lastType)))
+      ) {
+        lastEncoding = encodingOfContentType(type) ?? encoding;
+        // A copy: the header is a view into the whole fetch response.
+        lastType = typeof type === 'string' ? type : Buffer.from(type);
+      }
+      use = lastEncoding;
+    }
+    if (use === 'json') {
+      decodeJson(value, out, fail, nowMs);
+      return;
+    }
+    if (proto === undefined) {
+      try {
+        proto = loadFlowProto();
+      } catch (err) {
+        fail(`content-type says protobuf: ${messageOf(err)}`);
+        return;
+      }
+    }
+    decodeProtobuf(proto, value, out, fail, nowMs);
   };
+}
+
+/** A message's `content-type` header (the first, if there are several), if it has one. */
+function contentTypeOf(headers: IHeaders | undefined): Buffer | string | undefined {
+  if (headers === undefined) return undefined;
+  const h = headers[CONTENT_TYPE_HEADER];
+  return Array.isArray(h) ? h[0] : h;
 }
 
 // --------------------------------------------------------------------------------------------
@@ -336,7 +415,11 @@ type KafkajsCodec = () => {
   decompress(records: Buffer): Promise<Buffer>;
 };
 
-function kafkajsCodec(codec: 'lz4' | 'zstd', bits: number, decompress: Decompressor): KafkajsCodec {
+function kafkajsCodec(
+  codec: 'lz4' | 'zstd' | 'snappy',
+  bits: number,
+  decompress: Decompressor,
+): KafkajsCodec {
   const readBatch = async (records: Buffer): Promise<Buffer> => {
     const header = headerBefore(records, bits);
     let problem: unknown;
@@ -372,7 +455,7 @@ function kafkajsCodec(codec: 'lz4' | 'zstd', bits: number, decompress: Decompres
 let codecsRegistered = false;
 
 /**
- * Registers the lz4 and zstd codecs with kafkajs, whose codec table is global: once per process.
+ * Registers the lz4, zstd and snappy codecs with kafkajs, whose codec table is global: once per process.
  * A codec whose library is missing is registered all the same, and one warning names the
  * package; its batches then fail to read with that hint (see the module comment).
  */
@@ -382,6 +465,7 @@ export function registerCodecs(logger: Logger): void {
   const codecs = [
     ['lz4', CompressionTypes.LZ4, CODEC_LZ4, lz4Decompress],
     ['zstd', CompressionTypes.ZSTD, CODEC_ZSTD, zstdDecompress],
+    ['snappy', CompressionTypes.Snappy, CODEC_SNAPPY, snappyDecompress],
   ] as const;
   for (const [codec, type, bits, decompress] of codecs) {
     try {
@@ -586,7 +670,8 @@ class KafkaConsumerSource {
     for (const message of batch.messages) {
       this.offset = message.offset;
       const unreadable = unreadableReason(message.value);
-      if (unreadable === undefined) this.decode(message.value, out, this.fail, nowMs);
+      if (unreadable === undefined)
+        this.decode(message.value, out, this.fail, nowMs, contentTypeOf(message.headers));
       else this.fail(unreadable);
     }
     const failed = this.failed;
@@ -640,7 +725,7 @@ class KafkaConsumerSource {
     this.logger.warn(
       fields,
       name === 'KafkaJSNotImplemented'
-        ? 'kafka consumer: the topic holds record batches compressed with snappy, which kafkajs cannot read; write it uncompressed or with gzip, lz4 or zstd'
+        ? 'kafka consumer: the topic holds record batches compressed with a codec kafkajs cannot read; write it uncompressed or with gzip, snappy, lz4 or zstd'
         : 'kafka consumer: cannot consume from the brokers; retrying',
     );
   }
@@ -705,7 +790,7 @@ const schema: JsonSchema = {
       enum: ['json', 'protobuf'],
       default: DEFAULTS.encoding,
       description:
-        'json: a JSON object (one record) or array (a batch) per message; protobuf: a FlowRecord or FlowBatch of src/sinks/flow.proto per message. The shape is read from each message.',
+        'json: a JSON object (one record) or array (a batch) per message; protobuf: a FlowRecord or FlowBatch of src/sinks/flow.proto per message. The shape is read from each message. A message whose content-type header names JSON or protobuf (the kafka sink writes it) is decoded as that; this encoding applies to messages without one.',
     },
     from_beginning: {
       type: 'boolean',

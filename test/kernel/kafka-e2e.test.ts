@@ -108,8 +108,17 @@ function readRawWithKcat(bootstrap: string, topic: string): Promise<Buffer[]> {
   });
 }
 
-const decode = (type: protobuf.Type, bytes: Uint8Array): Record<string, unknown> =>
-  type.toObject(type.decode(bytes), { longs: Number, defaults: true });
+/** proto3 has no absent repeated field: a record without observedInterfaces decodes with [], dropped here. */
+function withoutEmptyLists(r: Record<string, unknown>): Record<string, unknown> {
+  if (Array.isArray(r.observedInterfaces) && r.observedInterfaces.length === 0) delete r.observedInterfaces;
+  return r;
+}
+
+const decode = (type: protobuf.Type, bytes: Uint8Array): Record<string, unknown> => {
+  const o = type.toObject(type.decode(bytes), { longs: Number, defaults: true });
+  if (Array.isArray(o.records)) for (const r of o.records as Record<string, unknown>[]) withoutEmptyLists(r);
+  return withoutEmptyLists(o);
+};
 
 interface Export {
   records: FlowRecord[];

@@ -50,6 +50,13 @@ function record(i: number): FlowRecord {
     r.icmpCodeIPv4 = 0;
     r.samplingInterval = 10;
   }
+  if (i % 7 === 2) {
+    // As dedupe merges a flow seen on two interfaces.
+    r.observedInterfaces = [
+      { ingressInterface: 3, flowDirection: 0, interfaceName: 'eth1' },
+      { egressInterface: 70_000, flowDirection: 1 },
+    ];
+  }
   return r;
 }
 
@@ -231,8 +238,8 @@ describe('kafka_consumer against the mock cluster', () => {
     },
   );
 
-  it.each(['lz4', 'zstd'] as const)(
-    'reads %s batches librdkafka (kcat) wrote: frames of another producer, zstd without content size',
+  it.each(['lz4', 'zstd', 'snappy'] as const)(
+    'reads %s batches librdkafka (kcat) wrote: frames of another producer, zstd without content size, snappy as librdkafka frames it',
     async (compression) => {
       const topic = `kcat-${compression}`;
       await cluster.createTopic(topic, 2);
@@ -251,6 +258,98 @@ describe('kafka_consumer against the mock cluster', () => {
       expect(c.context.counters.snapshot()).toMatchObject({ received: 2000, sent: 2000, dropped: {} });
     },
   );
+
+  it('in rxflow run, writes to a file sink exactly the lines kcat produced compressed with snappy', async () => {
+    const topic = 'kcat-snappy-run';
+    await cluster.createTopic(topic, 2);
+    const sent = records(0, 1500);
+    const dir = makeTempDir('rxkc');
+    const input = path.join(dir, 'in.jsonl');
+    fs.writeFileSync(input, sent.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    execFileSync(
+      'kcat',
+      ['-P', '-b', cluster.bootstrap, '-t', topic, '-z', 'snappy', '-X', 'linger.ms=200', '-l', input],
+      { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 },
+    );
+    const out = path.join(dir, 'out.jsonl');
+    const yaml = path.join(dir, 'run.yaml');
+    fs.writeFileSync(
+      yaml,
+      `sources:\n  in: {type: kafka_consumer, bootstrap_servers: ['${cluster.bootstrap}'], topic: ${topic}, ` +
+        `group_id: ${group('snappy')}, from_beginning: true, fetch_max_wait_ms: 100}\n` +
+        `sinks:\n  out: {type: file, inputs: [in], path: '${out}'}\n`,
+    );
+    const signals = new EventEmitter();
+    const err: string[] = [];
+    const io: CliIo = {
+      out: () => undefined,
+      err: (text) => void err.push(text),
+      env: {},
+      registry: new ComponentRegistry([kafkaConsumerModule, fileSinkModule]),
+      signals,
+      exit: () => undefined,
+      logger: silentLogger(),
+    };
+    const code = runCli(['run', yaml, '--no-status-socket'], io);
+    const lines = (): string[] =>
+      fs.existsSync(out) ? fs.readFileSync(out, 'utf8').split('\n').filter(Boolean) : [];
+    await waitFor('1500 lines', () => lines().length >= 1500);
+    signals.emit('SIGTERM', 'SIGTERM');
+    expect(await code).toBe(0);
+    expect(err).toEqual([]);
+    const produced = fs.readFileSync(input, 'utf8').split('\n').filter(Boolean);
+    expect(lines()).toHaveLength(produced.length);
+    expect(byIndex(lines().map((l) => JSON.parse(l) as FlowRecord))).toEqual(
+      byIndex(produced.map((l) => JSON.parse(l) as FlowRecord)),
+    );
+  });
+
+  it('picks the decoder by the content-type header: protobuf the sink wrote read with encoding json, exactly', async () => {
+    const topic = 'ct-protobuf';
+    await cluster.createTopic(topic, 2);
+    const single = records(0, 300);
+    const batched = records(300, 300);
+    await writeWithSink(sinkConfig(topic, { encoding: 'protobuf', records_per_message: 1 }), single);
+    await writeWithSink(sinkConfig(topic, { encoding: 'protobuf', records_per_message: 60 }), batched);
+    const c = await consumeCount(consumerConfig(topic, { encoding: 'json' }), 600);
+    expect(byIndex(c.records())).toEqual([...single, ...batched]);
+    expect(c.context.counters.snapshot()).toMatchObject({ received: 600, sent: 600, dropped: {} });
+  });
+
+  it('picks the decoder by the content-type header: JSON kcat wrote with the header read with encoding protobuf, exactly', async () => {
+    const topic = 'ct-kcat-json';
+    await cluster.createTopic(topic, 1);
+    const sent = records(0, 200);
+    const file = path.join(makeTempDir('rxkc'), 'records.jsonl');
+    fs.writeFileSync(file, sent.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    execFileSync(
+      'kcat',
+      [
+        '-P',
+        '-b',
+        cluster.bootstrap,
+        '-t',
+        topic,
+        '-H',
+        'content-type=application/json; charset=utf-8',
+        '-l',
+        file,
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 },
+    );
+    // Without the header the same lines are not protobuf: counted as parse_failed.
+    execFileSync('kcat', ['-P', '-b', cluster.bootstrap, '-t', topic, '-l', file], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      timeout: 30_000,
+    });
+    const c = await consumeCount(consumerConfig(topic, { encoding: 'protobuf' }), 400);
+    expect(byIndex(c.records())).toEqual(sent);
+    expect(c.context.counters.snapshot()).toMatchObject({
+      received: 400,
+      sent: 200,
+      dropped: { parse_failed: 200 },
+    });
+  });
 
   it('skips a batch that does not decompress: its records count as parse_failed with the reason, the rest is read and committed', async () => {
     const topic = 'undecompressable';

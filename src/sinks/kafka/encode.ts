@@ -4,7 +4,8 @@
  * of a flow on one partition.
  *
  * A produce request is encoded at once, straight into one record batch per partition
- * (record-batch.ts): keys and values are written in place, nothing is allocated per record.
+ * (record-batch.ts): keys and values are written in place, nothing is allocated per record. Every
+ * message carries a `content-type` header naming its encoding (contentType()).
  */
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -15,10 +16,36 @@ import { batchCompressor, type BatchCompressor, type Compression } from './compr
 import { writeFlowJson } from './json.js';
 import type { PartitionBatch } from './produce.js';
 import { writeFlowProto, writeFlowProtoField } from './proto.js';
-import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter, type ValueWriter } from './record-batch.js';
+import {
+  BATCH_HEADER_BYTES,
+  BufferPool,
+  RecordBatchWriter,
+  recordHeaders,
+  type ValueWriter,
+} from './record-batch.js';
 
 export type Encoding = 'json' | 'protobuf';
 export type KeyMode = 'flow' | 'none';
+
+// --------------------------------------------------------------------------------------------
+// Content type
+
+/** The record header that names a message's encoding (as the CloudEvents Kafka binding names it). */
+export const CONTENT_TYPE_HEADER = 'content-type';
+export const JSON_CONTENT_TYPE = 'application/json';
+/** Protobuf's media type as Google APIs, Envoy and Spring write it; `messageType` is the full name. */
+export const PROTOBUF_CONTENT_TYPE = 'application/x-protobuf';
+
+/**
+ * The content type of the messages of an encoding: `application/json` (an object, or an array for
+ * records_per_message > 1), or `application/x-protobuf; messageType=rxflow.v1.FlowRecord` (or
+ * `rxflow.v1.FlowBatch` for records_per_message > 1), the message type of src/sinks/flow.proto.
+ */
+export function contentType(encoding: Encoding, recordsPerMessage: number): string {
+  if (encoding === 'json') return JSON_CONTENT_TYPE;
+  const type = recordsPerMessage === 1 ? 'FlowRecord' : 'FlowBatch';
+  return `${PROTOBUF_CONTENT_TYPE}; messageType=rxflow.v1.${type}`;
+}
 
 // --------------------------------------------------------------------------------------------
 // Flow key and partitioning
@@ -272,10 +299,15 @@ export class RequestEncoder {
   private readonly value: ValueWriter<FlowRecord>;
   private readonly item: ValueWriter<FlowRecord>;
   private readonly compress: BatchCompressor | undefined;
+  /** Every message's headers: its content type. */
+  private readonly headers: Buffer;
   private next = 0;
 
   constructor(private readonly options: EncoderOptions) {
     this.compress = batchCompressor(options.compression);
+    this.headers = recordHeaders([
+      [CONTENT_TYPE_HEADER, contentType(options.encoding, options.recordsPerMessage)],
+    ]);
     if (options.encoding === 'protobuf') {
       this.value = writeFlowProto;
       this.item = writeFlowBatchItem;
@@ -301,7 +333,7 @@ export class RequestEncoder {
     const writerOf = (p: number): RecordBatchWriter => {
       let w = writers[p];
       if (w === undefined) {
-        w = writers[p] = new RecordBatchWriter(this.pool, capacity);
+        w = writers[p] = new RecordBatchWriter(this.pool, capacity, this.headers);
         used.push(p);
       }
       return w;

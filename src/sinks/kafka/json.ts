@@ -90,6 +90,7 @@ const K_DROPPED_PACKETS = key('droppedPacketDeltaCount');
 const K_DROPPED_OCTETS = key('droppedOctetDeltaCount');
 const K_DROP_REASON = key('dropReason');
 const K_TCP_STATE = key('tcpState');
+const K_OBSERVED = key('observedInterfaces');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
 const DIGIT_PAIRS = Buffer.from(Array.from({ length: 100 }, (_, i) => String(i).padStart(2, '0')).join(''));
@@ -447,6 +448,9 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = numberField(out, p, K_DROPPED_OCTETS, r.droppedOctetDeltaCount)) < 0) return -1;
   if ((p = stringField(out, p, K_DROP_REASON, r.dropReason)) < 0) return -1;
   if ((p = stringField(out, p, K_TCP_STATE, r.tcpState)) < 0) return -1;
+  // Only flows dedupe saw on several interfaces have it: JSON.stringify's text is good enough.
+  if (r.observedInterfaces !== undefined && (p = writeOther(out, p, K_OBSERVED, r.observedInterfaces)) < 0)
+    return -1;
   if (p === pos) {
     if (p + 2 > out.length) return -1;
     out[p] = 0x7b; // {

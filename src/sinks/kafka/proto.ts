@@ -12,7 +12,7 @@
  * also skips inherited ones, which records, plain objects, do not have. Nothing is written outside
  * [pos, returned end).
  */
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord, ObservedInterface } from '../../records.js';
 
 /** (field number << 3) | wire type: 0 varint, 2 length-delimited. */
 const T_IP_VERSION = (1 << 3) | 0;
@@ -56,6 +56,12 @@ const T_DROPPED_PACKETS = (50 << 3) | 0;
 const T_DROPPED_OCTETS = (51 << 3) | 0;
 const T_DROP_REASON = (52 << 3) | 2;
 const T_TCP_STATE = (53 << 3) | 2;
+const T_OBSERVED = (100 << 3) | 2;
+// rxflow.v1.ObservedInterface
+const T_OBS_INGRESS = (1 << 3) | 0;
+const T_OBS_EGRESS = (2 << 3) | 0;
+const T_OBS_DIRECTION = (3 << 3) | 0;
+const T_OBS_IFNAME = (4 << 3) | 2;
 
 /** Bytes of `v` (an unsigned 32-bit integer) as a varint. */
 function varintSize(v: number): number {
@@ -286,7 +292,44 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.droppedOctetDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_OCTETS, v)) < 0) return -1;
   if ((v = r.dropReason) != null && (p = stringField(out, p, T_DROP_REASON, v)) < 0) return -1;
   if ((v = r.tcpState) != null && (p = stringField(out, p, T_TCP_STATE, v)) < 0) return -1;
+  const observed = r.observedInterfaces;
+  if (observed != null) {
+    for (const o of observed) if ((p = writeObservedInterface(o, out, p)) < 0) return -1;
+  }
   return p;
+}
+
+/** One entry of observedInterfaces (field 100): a length-delimited ObservedInterface. */
+function writeObservedInterface(o: ObservedInterface, out: Buffer, pos: number): number {
+  const lengthAt = pos + 2;
+  if (lengthAt + 1 > out.length) return -1;
+  putTag(out, pos, T_OBSERVED);
+  const start = lengthAt + 1;
+  let p = start;
+  let v: number | string | undefined;
+  if ((v = o.ingressInterface) != null && (p = uint32Field(out, p, T_OBS_INGRESS, v)) < 0) return -1;
+  if ((v = o.egressInterface) != null && (p = uint32Field(out, p, T_OBS_EGRESS, v)) < 0) return -1;
+  if ((v = o.flowDirection) != null && v !== 0 && (p = uint32Field(out, p, T_OBS_DIRECTION, v)) < 0)
+    return -1;
+  if ((v = o.interfaceName) != null && (p = stringField(out, p, T_OBS_IFNAME, v)) < 0) return -1;
+  return placeLength(out, lengthAt, start, p);
+}
+
+/**
+ * Writes the length of the message written at [start, end) into the one byte kept for it at
+ * `lengthAt`, moving the message up when the length needs more bytes; returns the new end or -1.
+ */
+function placeLength(out: Buffer, lengthAt: number, start: number, end: number): number {
+  const n = end - start;
+  if (n < 128) {
+    out[lengthAt] = n;
+    return end;
+  }
+  const extra = varintSize(n) - 1;
+  if (end + extra > out.length) return -1;
+  out.copyWithin(start + extra, start, end);
+  putVarint(out, lengthAt, n);
+  return end + extra;
 }
 
 /**

@@ -11,8 +11,11 @@
  *   producerId int64 | producerEpoch int16 | baseSequence int32 | recordCount int32 | records
  * and each record:
  *   length varint | attributes int8 | timestampDelta varint | offsetDelta varint |
- *   keyLength varint | key | valueLength varint | value | headerCount varint
- * where varints are zigzag-encoded. The CRC-32C covers attributes to the end.
+ *   keyLength varint | key | valueLength varint | value | headerCount varint |
+ *   [headerKeyLength varint | headerKey | headerValueLength varint | headerValue]
+ * where varints are zigzag-encoded. The CRC-32C covers attributes to the end. The headers are the
+ * same for every record a writer writes (the content type): encoded once (recordHeaders()) and
+ * copied after each value.
  */
 import { crc32c } from './crc32c.js';
 
@@ -53,6 +56,27 @@ function writeVarint(buf: Buffer, pos: number, n: number): number {
   }
   buf[pos++] = z;
   return pos;
+}
+
+/** The headers section of a record without headers: a count of 0. */
+export const NO_HEADERS: Buffer = Buffer.from([0]);
+
+/**
+ * The headers section of a record, count included, for `headers` (key, value) as UTF-8: built once
+ * and copied into every record by RecordBatchWriter.
+ */
+export function recordHeaders(headers: readonly (readonly [key: string, value: string])[]): Buffer {
+  const parts: Buffer[] = [];
+  const count = Buffer.alloc(5);
+  parts.push(count.subarray(0, writeVarint(count, 0, headers.length)));
+  for (const [key, value] of headers) {
+    for (const text of [key, value]) {
+      const bytes = Buffer.from(text, 'utf8');
+      const length = Buffer.alloc(5);
+      parts.push(length.subarray(0, writeVarint(length, 0, bytes.length)), bytes);
+    }
+  }
+  return Buffer.concat(parts);
 }
 
 /**
@@ -99,7 +123,8 @@ export type ValueWriter<T> = (item: T, out: Buffer, pos: number) => number;
 /**
  * The records of one batch for one partition. Use: startRecord(key), then write the value with
  * writeValue/writeByte, then endRecord(); finally finish(). The buffer grows (doubling) when a
- * value does not fit; buffers come from and go back to a pool.
+ * value does not fit; buffers come from and go back to a pool. Every record gets `headers` (a
+ * headers section from recordHeaders(), NO_HEADERS by default).
  */
 export class RecordBatchWriter {
   buf: Buffer;
@@ -115,6 +140,7 @@ export class RecordBatchWriter {
   constructor(
     private readonly pool: BufferPool,
     capacity: number,
+    private readonly headers: Buffer = NO_HEADERS,
   ) {
     this.buf = pool.acquire(capacity);
   }
@@ -161,11 +187,13 @@ export class RecordBatchWriter {
 
   /** Ends the record: fills in the value and record lengths, moving the bytes if they need other room. */
   endRecord(): void {
-    this.ensure(2 * (5 - RESERVED) + 1);
+    const headers = this.headers;
+    this.ensure(2 * (5 - RESERVED) + headers.length);
     const buf = this.buf;
     const valueLength = this.pos - this.valueStart;
     let end = this.place(this.valueStart - RESERVED, valueLength, this.pos);
-    buf[end++] = 0; // no headers
+    if (headers.length === 1) buf[end++] = headers[0]!;
+    else end += headers.copy(buf, end);
     const bodyStart = this.recordStart + RESERVED;
     end = this.place(this.recordStart, end - bodyStart, end);
     this.pos = end;

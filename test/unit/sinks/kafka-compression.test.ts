@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import koffi from 'koffi';
 import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
@@ -23,6 +24,7 @@ import {
   lz4Decompress,
   openCodecLibrary,
   requireProduceVersion,
+  snappyDecompress,
   zstdBatch,
   zstdDecompress,
 } from '../../../src/sinks/kafka/compression.js';
@@ -637,4 +639,72 @@ describeWith({ commands: ['lz4', 'zstd'] }, 'kafka record batch decompression', 
       expect(await turnsDuring(() => decompressors[codec](small))).toBe(0);
     });
   }
+});
+
+// --------------------------------------------------------------------------------------------
+// snappy (read only: the consumer)
+
+/** One raw snappy block of `data`, by libsnappy's own compressor. */
+function snappyBlock(data: Uint8Array): Buffer {
+  const lib = koffi.load('libsnappy.so.1');
+  const bound = lib.func('size_t snappy_max_compressed_length(size_t n)');
+  const compress = lib.func(
+    'int snappy_compress(const void *input, size_t n, void *compressed, _Inout_ size_t *length)',
+  );
+  const out = Buffer.alloc(Number(bound(data.length)));
+  const length = [out.length];
+  expect(compress(data, data.length, out, length)).toBe(0);
+  return out.subarray(0, Number(length[0]));
+}
+
+/** The xerial snappy-java stream Kafka's Java producer writes: header, then 32 KiB chunks. */
+function xerialStream(data: Uint8Array, chunkBytes = 32 << 10): Buffer {
+  const header = Buffer.from([0x82, 0x53, 0x4e, 0x41, 0x50, 0x50, 0x59, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
+  const parts: Buffer[] = [header];
+  for (let at = 0; at < data.length; at += chunkBytes) {
+    const block = snappyBlock(data.subarray(at, at + chunkBytes));
+    const length = Buffer.alloc(4);
+    length.writeInt32BE(block.length);
+    parts.push(length, block);
+  }
+  return Buffer.concat(parts);
+}
+
+describe('kafka record batch decompression: snappy', () => {
+  it('reads a raw snappy block (librdkafka) and a xerial stream of several chunks (the Java producer) exactly', async () => {
+    const large = await largeRecords();
+    const small = await smallRecords();
+    expect((await snappyDecompress(snappyBlock(small))).equals(small)).toBe(true);
+    expect((await snappyDecompress(snappyBlock(large))).equals(large)).toBe(true);
+    const stream = xerialStream(large);
+    expect(large.length).toBeGreaterThan(3 * (32 << 10));
+    expect((await snappyDecompress(stream)).equals(large)).toBe(true);
+    expect((await decompressor('snappy')(xerialStream(small))).equals(small)).toBe(true);
+  });
+
+  it('refuses data that is not snappy, and a xerial stream cut short, with ECORRUPT', async () => {
+    const large = await largeRecords();
+    const stream = xerialStream(large);
+    expect(await failure(snappyDecompress(Buffer.alloc(0)))).toMatchObject(
+      corrupt('snappy', 'empty input, no snappy data'),
+    );
+    expect(await failure(snappyDecompress(Buffer.alloc(12, 0xff)))).toMatchObject(
+      corrupt('snappy', 'invalid snappy data (no block length)'),
+    );
+    const cut = stream.subarray(0, stream.length - 10);
+    const lastChunk = stream.length - cut.length;
+    expect(lastChunk).toBe(10);
+    expect(await failure(snappyDecompress(cut))).toMatchObject({
+      name: 'SourceError',
+      code: 'ECORRUPT',
+      message: expect.stringMatching(
+        /^kafka consumer decompression snappy: truncated xerial snappy stream, a chunk of \d+ bytes ends early; check the producer that wrote it$/,
+      ) as unknown,
+    });
+    // A raw block cut short: its length says more than it holds.
+    const block = snappyBlock(large);
+    expect(await failure(snappyDecompress(block.subarray(0, block.length - 10)))).toMatchObject(
+      corrupt('snappy', 'invalid snappy data'),
+    );
+  });
 });

@@ -166,6 +166,19 @@ function flowRecordArb(d: Domain): fc.Arbitrary<FlowRecord> {
         flowCookie: d.string,
         duplicate: fc.boolean(),
         samplingInterval: d.u32,
+        observedInterfaces: fc.array(
+          fc.oneof(
+            fc.record(
+              { ingressInterface: d.u32, flowDirection: fc.constant<0>(0), interfaceName: d.string },
+              { requiredKeys: ['ingressInterface', 'flowDirection'] },
+            ),
+            fc.record(
+              { egressInterface: d.u32, flowDirection: fc.constant<1>(1), interfaceName: d.string },
+              { requiredKeys: ['egressInterface', 'flowDirection'] },
+            ),
+          ),
+          { minLength: 1, maxLength: 4 },
+        ),
       },
       {
         requiredKeys: [...REQUIRED_FLOW_FIELDS],
@@ -330,7 +343,9 @@ describe('writeFlowProtoField', () => {
         const batch = FlowBatch.toObject(FlowBatch.decode(out.subarray(0, end)), {
           longs: Number,
           defaults: true,
-        }) as { records: unknown[] };
+        }) as { records: { observedInterfaces?: unknown[] }[] };
+        // proto3 has no absent repeated field: a record without the list decodes with an empty one.
+        for (const r of batch.records) if (r.observedInterfaces?.length === 0) delete r.observedInterfaces;
         expect(batch.records).toEqual(records);
         const reference = FlowBatch.encode({ records }).finish();
         expect(out.subarray(0, end).equals(reference)).toBe(true);
