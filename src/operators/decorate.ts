@@ -4,7 +4,7 @@ import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { InterfaceWatcher, interfaceAddress, type InterfaceNames } from '../net/interfaces.js';
-import type { FlowBatch } from '../records.js';
+import { flowInterface, type FlowBatch } from '../records.js';
 import { OperatorError, badRecordError } from './flow-key.js';
 
 /** The interfaceName of a record whose ifindex no interface of the host has. */
@@ -24,7 +24,7 @@ export interface DecorateOptions {
 }
 
 /**
- * Adds `interfaceName` (the current name of the record's `ingressInterface`, or 'unknown') and the
+ * Adds `interfaceName` (the current name of the record's interface (`ingressInterface`, or `egressInterface` on egress records), or 'unknown') and the
  * agent's address as `exporterIPv4Address` or `exporterIPv6Address`. Records are updated in place
  * (no copy per record) and batches passed on as they are. The name table is looked up once per
  * run of records with the same ifindex, never with a syscall; a throwing lookup errors the output.
@@ -60,7 +60,7 @@ export function decorate(options: DecorateOptions): OperatorFunction<FlowBatch, 
             let lastName = UNKNOWN_INTERFACE;
             for (; i < batch.length; i++) {
               const r = batch[i]!;
-              const ifindex = r.ingressInterface;
+              const ifindex = flowInterface(r);
               if (ifindex !== lastIndex) {
                 lastName = names.name(ifindex) ?? UNKNOWN_INTERFACE;
                 lastIndex = ifindex;

@@ -1,7 +1,7 @@
 import { Observable, asyncScheduler, type OperatorFunction, type SchedulerLike } from 'rxjs';
 import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
 import { FlowKey, OperatorError, TEXT_ADDRESSES, badRecordError } from './flow-key.js';
 
 export type DedupeMode = 'none' | 'first_come';
@@ -268,7 +268,7 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
             if (now - generationStart >= expireMs) rotate(now);
             for (; i < batch.length; i++) {
               const r = batch[i]!;
-              const ifindex = r.ingressInterface | 0;
+              const ifindex = flowInterface(r) | 0;
               let s = current.find(key.read(r));
               let first: number;
               if (s >= 0) {

@@ -27,7 +27,7 @@ import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import { flowInterface, type FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
 
@@ -201,7 +201,7 @@ export class FlowTally {
   add(batch: FlowBatch, bytes: Counter, packets: Counter, records: Counter): void {
     for (let i = 0; i < batch.length; i++) {
       const r = batch[i]!;
-      const slot = this.slotOf(r.interfaceName ?? r.ingressInterface);
+      const slot = this.slotOf(r.interfaceName ?? flowInterface(r));
       const cell =
         (slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * 2 + (r.flowDirection === 1 ? 1 : 0);
       if (this.records[cell] === 0) this.touched[this.touchedCount++] = cell;

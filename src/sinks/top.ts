@@ -12,7 +12,7 @@ import { asyncScheduler, interval, type Observable, type SchedulerLike, type Sub
 import type { ComponentContext, Sink, SinkModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
 
 export interface TopConfig {
   top_n: number;
@@ -101,7 +101,7 @@ export class TopTable {
     }
     let refused = 0;
     for (const r of batch) {
-      const iface = r.interfaceName ?? String(r.ingressInterface);
+      const iface = r.interfaceName ?? String(flowInterface(r));
       const key = keyOf(r, iface);
       let row = bucket.flows.get(key);
       if (row === undefined) {
@@ -124,11 +124,13 @@ export class TopTable {
         };
         bucket.flows.set(key, row);
       }
+      // IP octets; a layer-2 flow (no IP) counts its frames.
+      const bytes = r.ipVersion === 0 ? (r.layer2OctetDeltaCount ?? r.octetDeltaCount) : r.octetDeltaCount;
       row.packets += r.packetDeltaCount;
-      row.bytes += r.octetDeltaCount;
+      row.bytes += bytes;
       this.totalRecords++;
       this.totalPackets += r.packetDeltaCount;
-      this.totalBytes += r.octetDeltaCount;
+      this.totalBytes += bytes;
     }
     return refused;
   }
