@@ -49,7 +49,13 @@ const ICMP6: (keyof FlowRecord)[] = ['icmpTypeIPv6', 'icmpCodeIPv6'];
 function fieldsOf(r: FlowRecord): string[] {
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === (v6 ? 58 : 1) ? (v6 ? ICMP6 : ICMP4) : [];
-  return [...COMMON, ...(v6 ? V6 : V4), ...icmp].sort();
+  // Every map record also has its wire octets, end reason and the interface of its direction.
+  const map: (keyof FlowRecord)[] = [
+    'layer2OctetDeltaCount',
+    'flowEndReason',
+    r.flowDirection === 1 ? 'egressInterface' : 'ingressInterface',
+  ];
+  return [...COMMON, ...map, ...(v6 ? V6 : V4), ...icmp].sort();
 }
 
 /** A flow by its 5-tuple and direction; ICMP flows by type, which the kernel keys them on. */
@@ -69,7 +75,7 @@ function totalsOf(records: FlowRecord[]): Totals {
   for (const r of records) {
     const t = (out[flowId(r)] ??= { packets: 0, bytes: 0 });
     t.packets += r.packetDeltaCount;
-    t.bytes += r.octetDeltaCount;
+    t.bytes += r.layer2OctetDeltaCount!;
   }
   return out;
 }
@@ -256,13 +262,15 @@ ${sinkOptions}
         expect({
           flow: flowId(r),
           ingressInterface: r.ingressInterface,
+          egressInterface: r.egressInterface,
           sourceMacAddress: r.sourceMacAddress,
           destinationMacAddress: r.destinationMacAddress,
           ethernetType: r.ethernetType,
           ordered: r.flowStartMilliseconds <= r.flowEndMilliseconds,
         }).toEqual({
           flow: flowId(r),
-          ingressInterface: server.ifindex,
+          ingressInterface: inbound ? server.ifindex : undefined,
+          egressInterface: inbound ? undefined : server.ifindex,
           sourceMacAddress: inbound ? client.mac : server.mac,
           destinationMacAddress: inbound ? server.mac : client.mac,
           ethernetType: r.ipVersion === 6 ? 0x86dd : 0x0800,
