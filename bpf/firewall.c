@@ -2,7 +2,8 @@
 /* The firewall: TC programs that give real verdicts. A packet of an established session passes
  * (or is redirected) without a policy lookup, whichever way it goes; any other packet is judged by
  * the policy of its source network: rules on destination prefix, protocol and port, else the
- * policy's default action. Allowed packets open a session. In tunnel mode (VXLAN or GENEVE) the
+ * policy's default action. Allowed packets open a session; in audit mode (enforcement off) so
+ * do blocked ones, which pass, keyed by the initiator as well. In tunnel mode (VXLAN or GENEVE) the
  * policy and the session apply to the inner packet, and with hairpin on, allowed packets go back
  * out the interface they came in on with outer MACs, addresses and UDP ports swapped (a gateway
  * load balancer appliance). Types shared with userspace are in firewall.h. */
@@ -667,8 +668,8 @@ static __always_inline void reverse_key(struct fw_session_key *r, const struct f
 	r->_pad0[2] = 0;
 }
 
-/* Stores a new session for a packet the policy allowed, keyed as the packet goes, and sends its
- * CREATED event. `replace` overwrites a stale entry of the same key. Global: the session value is
+/* Stores a new session for a packet the policy allowed (or blocked, in audit mode), keyed as the
+ * packet goes, and sends its CREATED event. `replace` overwrites a stale entry of the same key. Global: the session value is
  * built in its own frame. */
 __attribute__((noinline)) int fw_open_session(struct __sk_buff *skb, const struct fw_pkt *p,
 					      const struct fw_session_key *key,
@@ -832,7 +833,31 @@ static __always_inline int fw_process(struct __sk_buff *skb, __u8 dir)
 	int stale = s && (reopen || expired(s, p.now));
 	__u32 action;
 	__u32 redirect_ifindex = 0;
+	/* One verdict for both ways below: the stack is shared with fw_hairpin's frame. */
+	struct fw_verdict v = {};
 
+	if (s && !stale && s->action == FW_ACTION_BLOCK) {
+		/* An audit-mode session: a connection the policy blocks, opened while enforcement was off.
+		 * Its forward packets are reported as the policy's block verdict each, as enforcement
+		 * would drop each; the replies pass unreported. Once enforcement is on, it passes no more. */
+		v.action = FW_ACTION_BLOCK;
+		v.reason = s->reason;
+		v.policy_id = s->policy_id;
+		v.rule_id = s->rule_id;
+		if (setting(FW_SET_ENFORCEMENT) != 0) {
+			if (fwd)
+				audit(skb, &key, &v, dir, p.tunnel, 1);
+			count(FW_CTR_BLOCKED, p.segs);
+			return FW_DROP;
+		}
+		session_hit(s, fwd ? &key : &rkey, fwd, p.segs, p.len, p.flags, p.now);
+		if (fwd)
+			audit(skb, &key, &v, dir, p.tunnel, 0);
+		count(FW_CTR_AUDIT_PASSED, p.segs);
+		if (p.tunnel && hairpin_on)
+			return hairpin(skb, &p);
+		return FW_PASS;
+	}
 	if (s && !stale) {
 		session_hit(s, fwd ? &key : &rkey, fwd, p.segs, p.len, p.flags, p.now);
 		count(FW_CTR_SESSION_HITS, p.segs);
@@ -844,8 +869,6 @@ static __always_inline int fw_process(struct __sk_buff *skb, __u8 dir)
 				action = FW_ACTION_ALLOW;
 		}
 	} else {
-		struct fw_verdict v = {};
-
 		fw_judge(&key, &v);
 		action = v.action == FW_ACTION_NONE ? FW_ACTION_ALLOW : v.action;
 		v.action = action;
@@ -858,6 +881,12 @@ static __always_inline int fw_process(struct __sk_buff *skb, __u8 dir)
 				return FW_DROP;
 			}
 			count(FW_CTR_AUDIT_PASSED, p.segs);
+			/* The connection is tracked as enforcement would track an allowed one, keyed by its
+			 * initiator: its replies then find it instead of being judged as new connections of
+			 * their own (and opening a session keyed by the responder). */
+			if (stale && !fwd)
+				bpf_map_delete_elem(&fw_sessions, &rkey);
+			fw_open_session(skb, &p, &key, &v, stale && fwd);
 			if (p.tunnel && hairpin_on)
 				return hairpin(skb, &p);
 			return FW_PASS;

@@ -81,7 +81,7 @@ enum fw_counter {
 	FW_CTR_ALLOWED = 1,
 	FW_CTR_BLOCKED = 2,              /* dropped */
 	FW_CTR_REDIRECTED = 3,           /* redirected, hairpinned tunnel packets included */
-	FW_CTR_AUDIT_PASSED = 4,         /* judged block, passed because enforcement is off */
+	FW_CTR_AUDIT_PASSED = 4,         /* judged block (or of an audit-mode session), passed because enforcement is off */
 	FW_CTR_SESSION_HITS = 5,
 	FW_CTR_NON_IP = 6,               /* ARP and other ethertypes: passed */
 	FW_CTR_PARSE_FAILED = 7,         /* truncated or malformed headers: passed */
@@ -174,7 +174,8 @@ struct fw_session {
 	__u8 tunnel_type;      /* FW_TUNNEL_* */
 	__u8 tcp_state;        /* FW_TCP_* */
 	__u8 tcp_flags;        /* OR of the TCP flags of every packet, both ways */
-	__u8 action;           /* FW_ACTION_ALLOW or FW_ACTION_REDIRECT */
+	__u8 action;           /* FW_ACTION_ALLOW or FW_ACTION_REDIRECT; FW_ACTION_BLOCK: an audit-mode
+				* session, opened by a packet the policy blocks while enforcement was off */
 	__u8 direction;        /* FW_DIR_* of the hook that created it */
 	__u8 origin;           /* FW_ORIGIN_* */
 	__u8 reason;           /* FW_REASON_* of the verdict that created it */

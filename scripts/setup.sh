@@ -15,9 +15,11 @@ fail() {
 # nats-server, librdkafka1 (its mock cluster is the Kafka broker of the tests) and kcat are the
 # real servers and clients of the tests; prometheus ships promtool; linux-libc-dev the UAPI headers.
 # libzstd1 and liblz4-1 are the kafka sink's zstd and lz4 codecs (through koffi); the zstd and lz4
-# tools decompress its batches in the tests, independently of the sink.
+# tools decompress its batches in the tests, independently of the sink. nfdump (nfcapd), tshark and
+# softflowd are the independent IPFIX collector, decoder and exporter of the ipfix tests.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 nats-server librdkafka1 librdkafka-dev
-  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd)
+  kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd
+  nfdump tshark softflowd)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -28,6 +28,11 @@ export function msOption(description: string, defaultValue: number | undefined, 
 export interface ComponentContext {
   /** The id the user gave the component in the pipeline file. */
   id: string;
+  /**
+   * The pipeline's name (its file name without the extension), which tells agents on one host
+   * apart: it names the status socket, and the metrics sink's service.instance.id.
+   */
+  pipeline?: string;
   logger: Logger;
   ledger: Ledger;
   /** This component's counters in the ledger. */

@@ -84,16 +84,37 @@ export class StageCounters {
   }
 }
 
-export interface LedgerTotals {
-  /** What the first stages received (the sources' output). */
-  seen: number;
-  /** What the last stages (sinks) delivered. */
+/** One sink's account: every record it was handed is exported, dropped with a reason, or in flight. */
+export interface SinkLedger {
+  id: string;
+  type: string;
+  /** Records the pipeline handed this sink. */
+  handed: number;
+  /** Records this sink wrote and had confirmed. */
   exported: number;
   dropped: Partial<Record<DropReason, number>>;
   droppedTotal: number;
+  /** handed - exported - dropped: what the sink holds right now. */
+  inFlight: number;
+}
+
+export interface LedgerTotals {
+  /** What the first stages received (the sources' output, kernel-side losses included). */
+  seen: number;
   /** Records merged into others by aggregating stages. */
   merged: number;
+  /** Dropped before the sinks (sources and transforms), by reason. */
+  dropped: Partial<Record<DropReason, number>>;
+  droppedTotal: number;
+  /** Held before the sinks (sources and transforms) right now. */
   inFlight: number;
+  /**
+   * Records that reached the sinks, each counted once however many sinks read it; for a pipeline
+   * whose branches split only into sinks, seen = merged + droppedTotal + inFlight + delivered.
+   */
+  delivered: number;
+  /** Each sink's own account (a record read by two sinks is handed to each). */
+  sinks: SinkLedger[];
   stages: StageSnapshot[];
 }
 
@@ -101,6 +122,7 @@ export class Ledger {
   private readonly stages = new Map<string, StageCounters>();
   private readonly sources = new Set<string>();
   private readonly sinks = new Set<string>();
+  private delivered = 0;
 
   /** Registers (or returns) the counters of one stage. */
   stage(id: string, type: string, role: 'source' | 'transform' | 'sink' = 'transform'): StageCounters {
@@ -114,21 +136,36 @@ export class Ledger {
     return counters;
   }
 
-  /**
-   * Totals since start. For a linear pipeline seen = exported + droppedTotal + merged + inFlight
-   * holds exactly; sources count kernel-side losses as their own drops.
-   */
+  /** Records leaving a stage that sinks read, counted once before they fan out to the sinks. */
+  addDelivered(n: number): void {
+    this.delivered += n;
+  }
+
+  /** Totals since start: the pipeline's account up to the sinks, then each sink's own. */
   totals(): LedgerTotals {
     const stages = [...this.stages.values()].map((s) => s.snapshot());
     let seen = 0;
-    let exported = 0;
     let droppedTotal = 0;
     let merged = 0;
     let inFlight = 0;
     const dropped: Partial<Record<DropReason, number>> = {};
+    const sinks: SinkLedger[] = [];
     for (const s of stages) {
       if (this.sources.has(s.id)) seen += s.received;
-      if (this.sinks.has(s.id)) exported += s.sent;
+      if (this.sinks.has(s.id)) {
+        let sinkDropped = 0;
+        for (const n of Object.values(s.dropped)) sinkDropped += n;
+        sinks.push({
+          id: s.id,
+          type: s.type,
+          handed: s.received,
+          exported: s.sent,
+          dropped: s.dropped,
+          droppedTotal: sinkDropped,
+          inFlight: s.inFlight,
+        });
+        continue;
+      }
       for (const [reason, n] of Object.entries(s.dropped) as [DropReason, number][]) {
         dropped[reason] = (dropped[reason] ?? 0) + n;
         droppedTotal += n;
@@ -136,6 +173,6 @@ export class Ledger {
       merged += s.merged ?? 0;
       inFlight += s.inFlight;
     }
-    return { seen, exported, dropped, droppedTotal, merged, inFlight, stages };
+    return { seen, merged, dropped, droppedTotal, inFlight, delivered: this.delivered, sinks, stages };
   }
 }

@@ -6,6 +6,10 @@
  * under its enterprise number). Times are wall-clock milliseconds; the sources convert kernel
  * monotonic time once.
  */
+import { ipv4ToUint32, isIPv6Text, writeMac } from './net/address.js';
+
+export { ipv4ToUint32, isIPv6Text };
+
 export interface FlowRecord {
   /**
    * ipVersion (60): 4 or 6, with exactly one of the v4/v6 address pairs set. rxflow's own value 0
@@ -191,7 +195,7 @@ const REQUIRED_FLOW_FIELD_TYPES: {
 /** The fields every FlowRecord has (the rest are optional), in declaration order. */
 export const REQUIRED_FLOW_FIELDS = Object.keys(REQUIRED_FLOW_FIELD_TYPES) as readonly RequiredFlowField[];
 
-/** Checked by value rather than by type: ipVersion 4 or 6 with its address pair, flowDirection 0 or 1. */
+/** Checked by value rather than by type: ipVersion 0, 4 or 6 with its address pair, flowDirection 0 or 1. */
 type ValueCheckedField = 'ipVersion' | 'flowDirection';
 
 const fieldsOfType = (type: 'number' | 'string'): Exclude<RequiredFlowField, ValueCheckedField>[] =>
@@ -209,17 +213,311 @@ const ADDRESS_FIELDS = [
 ] as const;
 const STRING_FIELDS = fieldsOfType('string');
 
+/** The earliest flow time a record may carry: 2000-01-01T00:00:00Z. */
+export const EARLIEST_FLOW_MS = Date.UTC(2000, 0, 1);
+/** How far past the reader's clock a flow time may lie (clocks of exporters drift). */
+export const FUTURE_SLACK_MS = 86_400_000;
+/** Characters a string field may have at most (interface names, and fields riding along). */
+export const MAX_TEXT_CHARS = 256;
+
+// What each known field must hold. Numbers are integers in the field's IPFIX range.
+const IPV4 = 0;
+const IPV6 = 1;
+const IP = 2;
+const U8 = 3;
+const U6 = 4;
+const U16 = 5;
+const U24 = 6;
+const U32 = 7;
+const COUNT = 8;
+const TIME = 9;
+const MAC = 10;
+const TEXT = 11;
+const TUNNEL = 12;
+const COOKIE = 13;
+const BOOLEAN = 14;
+const VERSION = 15;
+const DIRECTION = 16;
+const KIND_MASK = 31;
+/** Set on the kind of a field every record has. */
+const REQUIRED = 32;
+
 /**
- * Why a decoded value is not a flow record, or undefined when it is one: an object whose required
- * FlowRecord fields are present with their types (numbers, strings, ipVersion 4 or 6 with that
- * version's address pair or 0 for a layer-2 flow, flowDirection 0 or 1 with ingressInterface for
- * 0 and egressInterface (or, as older versions wrote it, ingressInterface) for 1). Other fields ride along unchecked, so records
- * with extra fields (firewall verdicts, tunnel metadata) pass as they were written. For the
- * sources that read records back (file_replay, kafka_consumer).
+ * What the known field `name` must hold, with REQUIRED set for the fields every record has; -1 for
+ * a field rxflow does not know. A switch on the (internalized) key costs far less per field than
+ * a Map or object lookup, and checking fields as the record lists them (for...in) far less than
+ * loading a list of names from each record (a megamorphic keyed load per name).
  */
-export function flowRecordProblem(value: unknown): string | undefined {
+function kindOf(name: string): number {
+  // In the order the sinks write fields: the cases are tried one after the other.
+  switch (name) {
+    case 'ipVersion':
+      return VERSION | REQUIRED;
+    case 'sourceIPv4Address':
+    case 'destinationIPv4Address':
+      return IPV4;
+    case 'sourceTransportPort':
+    case 'destinationTransportPort':
+      return U16 | REQUIRED;
+    case 'protocolIdentifier':
+      return U8 | REQUIRED;
+    case 'octetDeltaCount':
+    case 'packetDeltaCount':
+      return COUNT | REQUIRED;
+    case 'flowStartMilliseconds':
+    case 'flowEndMilliseconds':
+      return TIME | REQUIRED;
+    case 'tcpControlBits':
+      return U16 | REQUIRED;
+    case 'ipDiffServCodePoint':
+      return U6 | REQUIRED;
+    case 'ingressInterface':
+    case 'egressInterface':
+      return U32;
+    case 'flowDirection':
+      return DIRECTION | REQUIRED;
+    case 'sourceMacAddress':
+    case 'destinationMacAddress':
+      return MAC | REQUIRED;
+    case 'ethernetType':
+      return U16 | REQUIRED;
+    case 'interfaceName':
+      return TEXT;
+    case 'sourceIPv6Address':
+    case 'destinationIPv6Address':
+      return IPV6;
+    case 'icmpTypeIPv4':
+    case 'icmpCodeIPv4':
+    case 'icmpTypeIPv6':
+    case 'icmpCodeIPv6':
+    case 'flowEndReason':
+      return U8;
+    case 'exporterIPv4Address':
+      return IPV4;
+    case 'exporterIPv6Address':
+      return IPV6;
+    case 'encapsulationType':
+      return TUNNEL;
+    case 'virtualNetworkIdentifier':
+      return U24;
+    case 'tunnelSourceIPAddress':
+    case 'tunnelDestinationIPAddress':
+      return IP;
+    case 'tunnelSourceTransportPort':
+    case 'tunnelDestinationTransportPort':
+      return U16;
+    case 'flowCookie':
+      return COOKIE;
+    case 'duplicate':
+      return BOOLEAN;
+    case 'samplingInterval':
+    case 'samplingPacketInterval':
+    case 'samplingPacketSpace':
+      return U32;
+    case 'layer2OctetDeltaCount':
+      return COUNT;
+    case 'vlanId':
+    case 'dot1qCustomerVlanId':
+      return U16;
+    case 'octetTotalCount':
+    case 'packetTotalCount':
+    case 'reverseOctetTotalCount':
+    case 'reversePacketTotalCount':
+      return COUNT;
+    default:
+      return -1;
+  }
+}
+
+// The switch and FlowRecord must agree on which fields every record has.
+for (const name of REQUIRED_FLOW_FIELDS) {
+  if (!(kindOf(name) & REQUIRED)) throw new Error(`records: kindOf does not mark ${name} as required`);
+}
+
+const MAX_OF = [0, 0, 0, 0xff, 0x3f, 0xffff, 0xffffff, 0xffffffff, Number.MAX_SAFE_INTEGER];
+const RANGE_TEXT = [
+  '',
+  '',
+  '',
+  'an integer from 0 to 255',
+  'an integer from 0 to 63',
+  'an integer from 0 to 65535',
+];
+RANGE_TEXT[U24] = 'an integer from 0 to 16777215';
+RANGE_TEXT[U32] = 'an integer from 0 to 4294967295';
+RANGE_TEXT[COUNT] = 'an integer from 0 to 2^53-1';
+
+/** A value for a message: JSON (control characters escaped), cut to a readable length. */
+function shown(value: unknown): string {
+  const text = typeof value === 'number' ? String(value) : (JSON.stringify(value) ?? typeof value);
+  return text.length > 40 ? `${text.slice(0, 40)}...` : text;
+}
+
+/** Whether `s` holds a C0 or C1 control character or DEL (a NUL, an escape sequence, a newline). */
+export function hasControlCharacter(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f)) return true;
+  }
+  return false;
+}
+
+/** The last two MAC address texts found good: a host's records mostly carry a handful of MACs. */
+let goodMac = '';
+let goodMacBefore = '';
+const macScratch = new Uint8Array(6);
+
+/** "" (no link layer) or six colon-separated pairs of hex digits. */
+function isMac(s: string): boolean {
+  if (s.length === 0 || s === goodMac || s === goodMacBefore) return true;
+  if (!writeMac(s, macScratch, 0)) return false;
+  goodMacBefore = goodMac;
+  goodMac = s;
+  return true;
+}
+
+function isHex(c: number): boolean {
+  return (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70);
+}
+
+function isCookie(s: string): boolean {
+  if (s.length !== 16) return false;
+  for (let i = 0; i < 16; i++) if (!isHex(s.charCodeAt(i))) return false;
+  return true;
+}
+
+/** Why the value of the known field `name` (of kind `kind`) is wrong, or undefined. */
+function fieldProblem(name: string, kind: number, v: unknown, nowMs: number): string | undefined {
+  switch (kind) {
+    case IPV4:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      return ipv4ToUint32(v) < 0 ? `${name} is not an IPv4 address: ${shown(v)}` : undefined;
+    case IPV6:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      return isIPv6Text(v) ? undefined : `${name} is not an IPv6 address: ${shown(v)}`;
+    case IP:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      return ipv4ToUint32(v) >= 0 || isIPv6Text(v) ? undefined : `${name} is not an IP address: ${shown(v)}`;
+    case U8:
+    case U6:
+    case U16:
+    case U24:
+    case U32:
+    case COUNT:
+      if (typeof v !== 'number') return `${name} is not a number`;
+      return Number.isInteger(v) && v >= 0 && v <= MAX_OF[kind]!
+        ? undefined
+        : `${name} is not ${RANGE_TEXT[kind]!}: ${shown(v)}`;
+    case TIME:
+      if (typeof v !== 'number') return `${name} is not a number`;
+      return Number.isInteger(v) && v >= EARLIEST_FLOW_MS && v <= nowMs + FUTURE_SLACK_MS
+        ? undefined
+        : `${name} is not a time in milliseconds from 2000-01-01 to a day from now: ${shown(v)}`;
+    case MAC:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      return isMac(v) ? undefined : `${name} is not a MAC address (aa:bb:cc:dd:ee:ff): ${shown(v)}`;
+    case TEXT:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      if (v.length > MAX_TEXT_CHARS) return `${name} is longer than ${MAX_TEXT_CHARS} characters`;
+      return hasControlCharacter(v) ? `${name} holds a control character: ${shown(v)}` : undefined;
+    case TUNNEL:
+      return v === 'vxlan' || v === 'geneve' ? undefined : `${name} is not "vxlan" or "geneve": ${shown(v)}`;
+    case COOKIE:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      return isCookie(v) ? undefined : `${name} is not 16 hex digits: ${shown(v)}`;
+    case BOOLEAN:
+      return typeof v === 'boolean' ? undefined : `${name} is not true or false`;
+    case VERSION:
+      return v === 0 || v === 4 || v === 6 ? undefined : 'ipVersion is not 0, 4 or 6';
+    case DIRECTION:
+      return v === 0 || v === 1 ? undefined : 'flowDirection is not 0 or 1';
+    default:
+      return undefined;
+  }
+}
+
+/** Why a field rxflow does not know is unfit to pass on: a string or number that is not sane. */
+function extraProblem(name: string, v: unknown): string | undefined {
+  if (typeof v === 'string') {
+    if (v.length > MAX_TEXT_CHARS) return `${shown(name)} is longer than ${MAX_TEXT_CHARS} characters`;
+    if (hasControlCharacter(v)) return `${shown(name)} holds a control character: ${shown(v)}`;
+  } else if (typeof v === 'number' && !Number.isFinite(v)) {
+    return `${shown(name)} is not a finite number: ${shown(v)}`;
+  }
+  if (hasControlCharacter(name)) return `a field name holds a control character: ${shown(name)}`;
+  return undefined;
+}
+
+/**
+ * Why a decoded value is not a flow record, or undefined when it is one, for the sources that read
+ * records from outside (file_replay, kafka_consumer). A flow record is an object whose required
+ * FlowRecord fields are present with their types (ipVersion 4 or 6 with that version's address
+ * pair, or 0 for a layer-2 flow without addresses; flowDirection 0 or 1, with ingressInterface
+ * for 0 and egressInterface for 1, or ingressInterface as older versions wrote egress records), and whose every known field, required or not, holds a sane value:
+ * addresses parse (IPv4 as a canonical dotted quad), counts are integers from 0 to 2^53-1, ports,
+ * protocols and other numbers are integers in their IPFIX range, flow times are integer
+ * milliseconds from 2000-01-01 to a day past `nowMs` with start <= end, MAC addresses are
+ * aa:bb:cc:dd:ee:ff (or "" where there is no link layer), strings hold no control character and
+ * at most MAX_TEXT_CHARS characters. Fields rxflow does not know ride along (firewall verdicts, a
+ * producer's own fields) if they are not strings or numbers that fail the same tests. The message
+ * names the field and shows the value escaped and cut short.
+ *
+ * Allocates nothing for a good record: `nowMs` is read once per batch by the caller.
+ */
+export function flowRecordProblem(value: unknown, nowMs: number = Date.now()): string | undefined {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'not a JSON object';
   const r = value as Record<string, unknown>;
+  let required = 0;
+  const latest = nowMs + FUTURE_SLACK_MS;
+  for (const name in r) {
+    const v = r[name];
+    const kind = kindOf(name);
+    if (kind >= REQUIRED) required++;
+    // Numbers in range, the most of a record, are passed here without a call.
+    const k = kind & KIND_MASK;
+    if (typeof v === 'number' && kind >= 0 && Number.isInteger(v)) {
+      if (
+        k <= COUNT ? k >= U8 && v >= 0 && v <= MAX_OF[k]! : k === TIME && v >= EARLIEST_FLOW_MS && v <= latest
+      )
+        continue;
+    }
+    const problem = kind < 0 ? extraProblem(name, v) : fieldProblem(name, k, v, nowMs);
+    if (problem !== undefined) return shapeProblem(r) ?? problem;
+  }
+  if (required !== REQUIRED_FLOW_FIELDS.length) return shapeProblem(r) ?? 'a required field is missing';
+  if (r.ipVersion === 4) {
+    if (typeof r.sourceIPv4Address !== 'string' || typeof r.destinationIPv4Address !== 'string')
+      return shapeProblem(r);
+  } else if (r.ipVersion === 6) {
+    if (typeof r.sourceIPv6Address !== 'string' || typeof r.destinationIPv6Address !== 'string')
+      return shapeProblem(r);
+  } else if (
+    r.sourceIPv4Address !== undefined ||
+    r.destinationIPv4Address !== undefined ||
+    r.sourceIPv6Address !== undefined ||
+    r.destinationIPv6Address !== undefined
+  ) {
+    return shapeProblem(r);
+  }
+  // The interface of the record's direction; egress records written by older versions carry it
+  // as ingressInterface.
+  if (
+    r.flowDirection === 0
+      ? typeof r.ingressInterface !== 'number'
+      : typeof r.egressInterface !== 'number' && typeof r.ingressInterface !== 'number'
+  )
+    return shapeProblem(r);
+  if ((r.flowStartMilliseconds as number) > (r.flowEndMilliseconds as number))
+    return 'flowStartMilliseconds is after flowEndMilliseconds';
+  return undefined;
+}
+
+/**
+ * The first required field that is missing or of the wrong type, ipVersion's address pair
+ * included, or undefined: what a record lacks is told before what a value is wrong. Error path
+ * only.
+ */
+function shapeProblem(r: Record<string, unknown>): string | undefined {
   const version = r.ipVersion;
   if (version === 4) {
     if (typeof r.sourceIPv4Address !== 'string') return 'sourceIPv4Address is not a string';

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import type { DropReason } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { BackgroundTraffic } from '../devtools/background-traffic.js';
 import {
@@ -20,7 +21,7 @@ import { LogTail } from './log-tail.js';
 import { onStopSignals } from './run.js';
 import { PipelineSession } from './session.js';
 import { formatTopFlows, formatTopHeading } from './flows-table.js';
-import { componentTable, defaultStatusSocket, formatReasons } from './status.js';
+import { componentTable, defaultStatusSocket, formatReasons, type PipelineStatus } from './status.js';
 import { formatBytes, formatCount, formatDuration } from './table.js';
 
 export interface DemoOptions {
@@ -57,12 +58,34 @@ function bare(cidr: string): string {
   return cidr.split('/')[0]!;
 }
 
+/** The demo's loss line: the pipeline's account with the kafka sink's drops and holdings added. */
+function kafkaLedger(s: PipelineStatus): {
+  written: number;
+  dropped: Partial<Record<DropReason, number>>;
+  droppedTotal: number;
+  inFlight: number;
+} {
+  const dropped = { ...s.ledger.dropped };
+  let written = 0;
+  let droppedTotal = s.ledger.droppedTotal;
+  let inFlight = s.ledger.inFlight;
+  for (const k of s.ledger.sinks.filter((k) => k.type === 'kafka')) {
+    written += k.exported;
+    droppedTotal += k.droppedTotal;
+    inFlight += k.inFlight;
+    for (const [reason, n] of Object.entries(k.dropped) as [DropReason, number][]) {
+      dropped[reason] = (dropped[reason] ?? 0) + n;
+    }
+  }
+  return { written, dropped, droppedTotal, inFlight };
+}
+
 /** The lines of one frame of the live table. */
 export function demoFrame(view: DemoView, live: boolean): string[] {
   const n = DEMO_NETWORK;
   const s = view.status;
-  const kafka = s.components.filter((c) => c.type === 'kafka');
-  const written = kafka.reduce((sum, c) => sum + c.sent, 0);
+  const k = kafkaLedger(s);
+  const written = k.written;
   const lines = [
     `rxflow demo, up ${formatDuration(view.uptimeMs)}${live ? '  (Ctrl-C stops it and removes everything)' : ''}`,
     `network   ${n.client} ${bare(n.clientIPv4)} ${bare(n.clientIPv6)}  <->  ${n.server} ${bare(n.serverIPv4)} ${bare(n.serverIPv6)}`,
@@ -79,12 +102,12 @@ export function demoFrame(view: DemoView, live: boolean): string[] {
     if (view.top.flows.length === 0) lines.push('(no flows yet: the kernel map is read every second)');
   }
   const l = s.ledger;
-  const reasons = formatReasons(l.dropped);
+  const reasons = formatReasons(k.dropped);
   lines.push(
     '',
     `loss ledger  seen ${formatCount(l.seen)}  written to kafka ${formatCount(written)}  ` +
-      `dropped ${formatCount(l.droppedTotal)}${reasons === '' ? '' : ` (${reasons})`}  ` +
-      `merged ${formatCount(l.merged)}  in flight ${formatCount(l.inFlight)}`,
+      `dropped ${formatCount(k.droppedTotal)}${reasons === '' ? '' : ` (${reasons})`}  ` +
+      `merged ${formatCount(l.merged)}  in flight ${formatCount(k.inFlight)}`,
     ...componentTable(s.components),
   );
   if (view.logs.length > 0) lines.push('', ...view.logs.map((line) => `log: ${line}`));
@@ -294,8 +317,9 @@ export async function runDemo(options: DemoOptions, io: CliIo): Promise<number> 
 /** What the demo prints when it is done: totals, the ledger and the last top table. */
 export function finalSummary(view: DemoView, elapsedMs: number): string {
   const s = view.status;
-  const written = s.components.filter((c) => c.type === 'kafka').reduce((sum, c) => sum + c.sent, 0);
-  const reasons = formatReasons(s.ledger.dropped);
+  const k = kafkaLedger(s);
+  const written = k.written;
+  const reasons = formatReasons(k.dropped);
   const lines = [
     '',
     `rxflow demo ran ${formatDuration(elapsedMs)}; the pipeline drained (kernel map read a last time, sinks flushed)`,
@@ -303,7 +327,7 @@ export function finalSummary(view: DemoView, elapsedMs: number): string {
       `${formatCount(view.top?.totalPackets ?? 0)} packets, ${formatBytes(view.top?.totalBytes ?? 0)}`,
     `kafka     ${formatCount(written)} records written to topic ${TOPIC}`,
     `ledger    seen ${formatCount(s.ledger.seen)}  written to kafka ${formatCount(written)}  ` +
-      `dropped ${formatCount(s.ledger.droppedTotal)}${reasons === '' ? '' : ` (${reasons})`}  in flight ${formatCount(s.ledger.inFlight)}`,
+      `dropped ${formatCount(k.droppedTotal)}${reasons === '' ? '' : ` (${reasons})`}  in flight ${formatCount(k.inFlight)}`,
   ];
   if (view.top !== undefined) {
     lines.push('', formatTopHeading(TOP_SINK, view.top), ...formatTopFlows(view.top.flows));

@@ -85,6 +85,10 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
       'serve the pipeline state for `rxflow status` on this unix socket (default: /run/rxflow/<file name>.sock; $RXFLOW_RUN_DIR replaces /run/rxflow)',
     )
     .option('--no-status-socket', 'serve no status socket')
+    .option(
+      '--health-address <host:port>',
+      'serve health over HTTP for probes: GET /livez (200 while the process answers), /readyz (200 when running and no component is degraded, else 503 naming them); default $RXFLOW_HEALTH_ADDRESS, else none',
+    )
     .addOption(
       new Option(
         '--ledger-log-interval <duration>',
@@ -96,8 +100,14 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
     .action(
       async (
         file: string,
-        opts: { logLevel: string; statusSocket?: string | boolean; ledgerLogInterval: number },
+        opts: {
+          logLevel: string;
+          statusSocket?: string | boolean;
+          ledgerLogInterval: number;
+          healthAddress?: string;
+        },
       ) => {
+        const healthAddress = opts.healthAddress ?? io.env.RXFLOW_HEALTH_ADDRESS;
         setCode(
           await runFile(
             file,
@@ -111,6 +121,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
                     ? false
                     : undefined,
               ledgerLogIntervalMs: opts.ledgerLogInterval,
+              ...(healthAddress ? { healthAddress } : {}),
             },
             registry(),
             io,

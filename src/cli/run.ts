@@ -5,6 +5,12 @@ import { createCliLogger } from './log.js';
 import { PipelineSession } from './session.js';
 import { defaultStatusSocket } from './status.js';
 
+/**
+ * After a drain on a signal has ended and the ledger is logged, how long a connection still
+ * closing (a client library retrying a broker that is away) may keep the process alive.
+ */
+const EXIT_GRACE_MS = 500;
+
 /** Exit codes of a second signal, as the shell reports a process killed by it. */
 export const SIGNAL_EXIT: Record<SignalName, number> = { SIGINT: 130, SIGTERM: 143 };
 
@@ -14,6 +20,8 @@ export interface RunOptions {
   statusSocket?: string | false;
   /** How often the ledger is logged at info; 0 never (it is always logged at exit). */
   ledgerLogIntervalMs?: number;
+  /** host:port of the HTTP health endpoint (/livez, /readyz); none when undefined. */
+  healthAddress?: string;
 }
 
 /**
@@ -104,6 +112,15 @@ export async function runFile(
         logger.warn({ err }, 'status socket not served; rxflow status will not reach this pipeline');
       }
     }
+    if (options.healthAddress !== undefined) {
+      try {
+        await session.serveHealth(options.healthAddress);
+      } catch (err) {
+        await session.stop().catch(() => undefined);
+        io.err(`${(err as Error).message}\n`);
+        return 1;
+      }
+    }
     try {
       await session.start();
     } catch (err) {
@@ -126,5 +143,13 @@ export async function runFile(
   } finally {
     signals.detach();
     await session?.close();
+    // The drain is over and the ledger logged: a service manager waiting for the exit does not
+    // wait on what is left. Unreferenced, so a process with nothing left exits at once.
+    if (stopRequested) {
+      setTimeout(
+        () => io.exit(typeof process.exitCode === 'number' ? process.exitCode : 0),
+        EXIT_GRACE_MS,
+      ).unref();
+    }
   }
 }

@@ -8,7 +8,7 @@ import type { Env } from '../pipeline/interpolate.js';
 import { loadPipeline, type PipelineConfig } from '../pipeline/load.js';
 import topDefault, { topModule, type TopTable } from '../sinks/top.js';
 import { CliError } from './errors.js';
-import { StatusServer } from './status-server.js';
+import { HealthServer, StatusServer, type HealthAnswer } from './status-server.js';
 import { componentStatus, ledgerSummary, pipelineName, type PipelineStatus } from './status.js';
 
 /**
@@ -40,6 +40,7 @@ export class PipelineSession {
   readonly topTables = new Map<string, TopTable>();
   private readyAtMs: number | undefined;
   private statusServer: StatusServer | undefined;
+  private healthServer: HealthServer | undefined;
   private ledgerTimer: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -102,6 +103,7 @@ export class PipelineSession {
         startup_ms: Math.round(this.readyAtMs),
         sources: this.config.sources.map((s) => s.id),
         status_socket: this.statusServer?.path,
+        health_address: this.healthServer?.address,
       },
       'ready',
     );
@@ -123,6 +125,7 @@ export class PipelineSession {
       startedAt: this.startedAt.toISOString(),
       uptimeMs: Date.now() - this.startedAt.getTime(),
       ledger: ledgerSummary(totals),
+      health: this.pipeline.health.snapshot(),
       components: componentStatus(this.config, totals),
     };
     if (this.readyAtMs !== undefined) status.startupMs = Math.round(this.readyAtMs);
@@ -135,6 +138,32 @@ export class PipelineSession {
   /** Serves status() on a unix socket until close(). */
   async serveStatus(path: string): Promise<void> {
     this.statusServer = await StatusServer.listen(path, () => this.status());
+  }
+
+  /**
+   * The health endpoint's answer to `path`: /livez is 200 while the process answers; /readyz and
+   * /health are 200 when the pipeline is running, ready and no component is degraded, else 503 with
+   * the state and the degraded components and their reasons.
+   */
+  healthAnswer(path: string): HealthAnswer | undefined {
+    if (path === '/livez') return { code: 200, doc: { status: 'alive', pid: process.pid } };
+    if (path !== '/readyz' && path !== '/health' && path !== '/healthz' && path !== '/') return undefined;
+    const health = this.pipeline.health.snapshot();
+    const state = this.pipeline.state;
+    const status = state !== 'running' || !this.ready ? 'not ready' : health.status;
+    return {
+      code: status === 'healthy' ? 200 : 503,
+      doc: { status, pipeline: this.name, state, ready: this.ready, degraded: health.degraded },
+    };
+  }
+
+  /** Serves the health endpoint on TCP `address` (host:port) until close(). */
+  async serveHealth(address: string): Promise<void> {
+    this.healthServer = await HealthServer.listen(address, (path) => this.healthAnswer(path));
+  }
+
+  get healthAddress(): string | undefined {
+    return this.healthServer?.address;
   }
 
   get statusSocket(): string | undefined {
@@ -160,5 +189,8 @@ export class PipelineSession {
     const server = this.statusServer;
     this.statusServer = undefined;
     await server?.close();
+    const health = this.healthServer;
+    this.healthServer = undefined;
+    await health?.close();
   }
 }

@@ -123,3 +123,93 @@ export class StatusServer {
     }
   }
 }
+
+/** host:port, [v6]:port; throws EHEALTHADDR otherwise. */
+export function parseHostPort(text: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw new CliError(
+      'EHEALTHADDR',
+      `health address '${text}': not host:port; give e.g. 127.0.0.1:8686, 0.0.0.0:8686 or [::1]:8686`,
+    );
+  }
+  return { host: m[1] ?? m[2]!, port };
+}
+
+/** What the health endpoint answers a path with: an HTTP status and a JSON document. */
+export interface HealthAnswer {
+  code: number;
+  doc: unknown;
+}
+
+/**
+ * Serves the pipeline's health over HTTP on a TCP port, for liveness and readiness probes:
+ * `answer(path)` gives the status code and document of a path, undefined for 404.
+ */
+export class HealthServer {
+  private closed = false;
+
+  private constructor(
+    /** The address served, host:port, the port resolved when 0 was asked for. */
+    readonly address: string,
+    private readonly server: Server,
+  ) {}
+
+  static async listen(
+    address: string,
+    answer: (path: string) => HealthAnswer | undefined,
+  ): Promise<HealthServer> {
+    const { host, port } = parseHostPort(address);
+    const server = createServer((req, res) => {
+      const send = (code: number, doc: unknown): void => {
+        const text = `${JSON.stringify(doc)}\n`;
+        res.writeHead(code, {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(text),
+          'cache-control': 'no-store',
+        });
+        res.end(req.method === 'HEAD' ? undefined : text);
+      };
+      const path = (req.url ?? '/').split('?')[0]!;
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        send(405, { error: 'method not allowed; GET /livez, /readyz or /health' });
+        return;
+      }
+      try {
+        const a = answer(path);
+        if (a === undefined) send(404, { error: 'not found; GET /livez, /readyz or /health' });
+        else send(a.code, a.doc);
+      } catch (err) {
+        send(500, { error: (err as Error).message });
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) =>
+        reject(
+          new CliError(
+            'EHEALTHLISTEN',
+            `health endpoint ${address}: cannot listen (${err.code ?? err.message}); pick another --health-address, or stop what holds it`,
+            { cause: err },
+          ),
+        ),
+      );
+      server.listen(port, host, () => resolve());
+    });
+    server.unref();
+    const bound = server.address();
+    const actual =
+      bound !== null && typeof bound === 'object'
+        ? `${bound.family === 'IPv6' ? `[${bound.address}]` : bound.address}:${bound.port}`
+        : address;
+    return new HealthServer(actual, server);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    await closed;
+  }
+}

@@ -1,9 +1,11 @@
 import { readdirSync, statSync } from 'node:fs';
 import { request } from 'node:http';
-import { basename, extname, join } from 'node:path';
+import { join } from 'node:path';
+import type { HealthSnapshot } from '../health.js';
 import type { DropReason, LedgerTotals } from '../ledger.js';
 import type { PipelineConfig } from '../pipeline/load.js';
 import type { Env } from '../pipeline/interpolate.js';
+import { pipelineName } from '../pipeline/name.js';
 import type { TopSnapshot } from '../sinks/top.js';
 import { CliError } from './errors.js';
 import { formatTopFlows, formatTopHeading } from './flows-table.js';
@@ -26,19 +28,15 @@ export interface PipelineStatus {
   /** From process start to ready; absent before. */
   startupMs?: number;
   ledger: LedgerSummary;
+  /** healthy, or the components that said they cannot do their job, and why. */
+  health: HealthSnapshot;
   components: ComponentStatus[];
   /** The tables of the pipeline's `top` sinks, by sink id. */
   top?: Record<string, TopSnapshot>;
 }
 
-export interface LedgerSummary {
-  seen: number;
-  exported: number;
-  dropped: Partial<Record<DropReason, number>>;
-  droppedTotal: number;
-  merged: number;
-  inFlight: number;
-}
+/** The ledger without the per-stage list (see LedgerTotals): the pipeline's account, then each sink's. */
+export type LedgerSummary = Omit<LedgerTotals, 'stages'>;
 
 export interface ComponentStatus {
   id: string;
@@ -57,11 +55,12 @@ export interface ComponentStatus {
 export function ledgerSummary(totals: LedgerTotals): LedgerSummary {
   return {
     seen: totals.seen,
-    exported: totals.exported,
+    merged: totals.merged,
     dropped: totals.dropped,
     droppedTotal: totals.droppedTotal,
-    merged: totals.merged,
     inFlight: totals.inFlight,
+    delivered: totals.delivered,
+    sinks: totals.sinks,
   };
 }
 
@@ -89,11 +88,7 @@ export function statusDir(env: Env): string {
   return env.RXFLOW_RUN_DIR ?? '/run/rxflow';
 }
 
-/** The pipeline's name: its file name without the extension, e.g. `demo` for pipelines/demo.yaml. */
-export function pipelineName(file: string): string {
-  const name = basename(file, extname(file)).replace(/[^A-Za-z0-9._-]/g, '_');
-  return name === '' ? 'pipeline' : name;
-}
+export { pipelineName };
 
 /** The default status socket of a pipeline file: <status dir>/<pipeline name>.sock. */
 export function defaultStatusSocket(file: string, env: Env): string {
@@ -191,13 +186,33 @@ function droppedText(dropped: Partial<Record<DropReason, number>>): string {
   return reasons === '' ? '' : ` (${reasons})`;
 }
 
-/** The loss ledger in one line: seen, exported, dropped by reason, merged, in flight. */
-export function formatLedger(ledger: LedgerSummary): string {
-  return (
-    `seen ${formatCount(ledger.seen)}  exported ${formatCount(ledger.exported)}  ` +
-    `dropped ${formatCount(ledger.droppedTotal)}${droppedText(ledger.dropped)}  ` +
-    `merged ${formatCount(ledger.merged)}  in flight ${formatCount(ledger.inFlight)}`
-  );
+/**
+ * The loss ledger: one line for the pipeline up to the sinks (seen, merged, dropped by reason, in
+ * flight, delivered to the sinks), then one line per sink (handed, exported, dropped, in flight).
+ */
+export function formatLedger(ledger: LedgerSummary): string[] {
+  const lines = [
+    `seen ${formatCount(ledger.seen)}  merged ${formatCount(ledger.merged)}  ` +
+      `dropped ${formatCount(ledger.droppedTotal)}${droppedText(ledger.dropped)}  ` +
+      `in flight ${formatCount(ledger.inFlight)}  delivered ${formatCount(ledger.delivered)}`,
+  ];
+  const width = Math.max(0, ...ledger.sinks.map((k) => k.id.length));
+  for (const k of ledger.sinks) {
+    lines.push(
+      `sink ${k.id.padEnd(width)}  handed ${formatCount(k.handed)}  exported ${formatCount(k.exported)}  ` +
+        `dropped ${formatCount(k.droppedTotal)}${droppedText(k.dropped)}  in flight ${formatCount(k.inFlight)}`,
+    );
+  }
+  return lines;
+}
+
+/** `healthy`, or `degraded` and one line per degraded component with its reason. */
+export function formatHealth(health: HealthSnapshot): string[] {
+  if (health.status === 'healthy') return ['healthy'];
+  return [
+    `degraded (${health.degraded.length} component${health.degraded.length === 1 ? '' : 's'})`,
+    ...health.degraded.map((d) => `${d.component} (${d.type}) since ${d.since}: ${d.reason}`),
+  ];
 }
 
 /** The components with their counters, one row each. */
@@ -232,9 +247,11 @@ export function formatStatus(status: PipelineStatus): string {
     `pipeline  ${status.pipeline} (${status.file}), pid ${status.pid}`,
     `state     ${status.state}${status.ready ? ', ready' : ''}, up ${formatDuration(status.uptimeMs)}` +
       (status.startupMs === undefined ? '' : `, started in ${Math.round(status.startupMs)} ms`),
-    `ledger    ${formatLedger(status.ledger)}`,
-    '',
   ];
+  const [pipelineLine, ...sinkLines] = formatLedger(status.ledger);
+  lines.push(`ledger    ${pipelineLine}`, ...sinkLines.map((l) => `          ${l}`));
+  const [healthLine, ...degradedLines] = formatHealth(status.health ?? { status: 'healthy', degraded: [] });
+  lines.push(`health    ${healthLine}`, ...degradedLines.map((l) => `          ${l}`), '');
   lines.push(...componentTable(status.components));
   const drops = status.components.filter((c) => c.droppedTotal > 0);
   if (drops.length > 0) {

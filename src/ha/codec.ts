@@ -32,7 +32,7 @@ const PROTOCOL_NUMBERS: Record<string, number> = Object.fromEntries(
 );
 
 const TUNNEL_TYPES: readonly TunnelType[] = ['none', 'geneve', 'vxlan'];
-const ACTIONS: readonly SessionAction[] = ['allow', 'redirect'];
+const ACTIONS: readonly SessionAction[] = ['allow', 'redirect', 'block'];
 const DIRECTIONS: readonly SessionDirection[] = ['ingress', 'egress'];
 const REASONS: readonly SessionReason[] = ['session', 'rule', 'policy_default', 'no_network', 'no_policy'];
 const TCP_STATES: readonly TcpState[] = ['none', 'syn_sent', 'syn_recv', 'established', 'fin_wait', 'closed'];

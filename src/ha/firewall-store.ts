@@ -294,7 +294,7 @@ export function sessionEventOfRecord(
       ingressIfindex: rec.ingressInterface ?? 0,
     },
     verdict: {
-      action: r.firewallAction === 'redirect' ? 'redirect' : 'allow',
+      action: r.firewallAction === 'redirect' || r.firewallAction === 'block' ? r.firewallAction : 'allow',
       direction: rec.flowDirection === 1 ? 'egress' : 'ingress',
       policyId: r.firewallPolicyId ?? 0,
       ruleId: r.firewallRuleId ?? 0,

@@ -36,7 +36,8 @@ export interface SessionTunnel {
   ingressIfindex: number;
 }
 
-export type SessionAction = 'allow' | 'redirect';
+/** block: an audit-mode session (enforcement off), which peers keep as such. */
+export type SessionAction = 'allow' | 'redirect' | 'block';
 export type SessionDirection = 'ingress' | 'egress';
 export type TcpState = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closed';
 export type SessionReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';

@@ -24,8 +24,9 @@ export interface DecorateOptions {
 }
 
 /**
- * Adds `interfaceName` (the current name of the record's interface (`ingressInterface`, or `egressInterface` on egress records), or 'unknown') and the
- * agent's address as `exporterIPv4Address` or `exporterIPv6Address`. Records are updated in place
+ * Adds `interfaceName` (the current name of the record's interface, `ingressInterface` or on an
+ * egress record `egressInterface`, or 'unknown') and the agent's address as `exporterIPv4Address`
+ * or `exporterIPv6Address`. Records are updated in place
  * (no copy per record) and batches passed on as they are. The name table is looked up once per
  * run of records with the same ifindex, never with a syscall; a throwing lookup errors the output.
  *

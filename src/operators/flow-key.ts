@@ -8,7 +8,7 @@
  * the key words on a hash match is exact (no collision can merge two flows), allocates nothing
  * per record and keeps the lookups to one or two cache lines.
  */
-import { flowInterface, readIPv4Words, type FlowRecord } from '../records.js';
+import { flowInterface, ipv4ToUint32, readIPv4Words, type FlowRecord } from '../records.js';
 
 /** An error of an operator: `code` names the failure, `cause` carries the underlying error. */
 export class OperatorError extends Error {
@@ -24,38 +24,8 @@ export class OperatorError extends Error {
 const FNV_OFFSET = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
 
-/**
- * The address as an unsigned 32-bit number if `s` is a canonical dotted quad ("10.0.0.1": four
- * decimal octets, no leading zeros), else -1. Canonical text and number map one to one, so
- * comparing the numbers is comparing the strings.
- */
-export function ipv4ToUint32(s: string): number {
-  const n = s.length;
-  if (n < 7 || n > 15) return -1;
-  let value = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < n; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || dots === 3) return -1;
-      value = value * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else if (c >= 48 && c <= 57) {
-      // A leading zero ("01") would give a second spelling of the same address.
-      if (digits > 0 && octet === 0) return -1;
-      octet = octet * 10 + (c - 48);
-      if (++digits > 3 || octet > 255) return -1;
-    } else {
-      return -1;
-    }
-  }
-  if (dots !== 3 || digits === 0) return -1;
-  return value * 256 + octet;
-}
+/** Canonical dotted quad to number: in records.ts, where the sources that check records use it too. */
+export { ipv4ToUint32 };
 
 function mixString(h: number, s: string): number {
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), FNV_PRIME);

@@ -14,10 +14,13 @@ import {
 } from 'rxjs';
 import type { ComponentContext, ComponentKind, Sink } from '../component.js';
 import { Ledger, type LedgerTotals } from '../ledger.js';
+import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { PipelineError } from './errors.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';
+import { pipelineName } from './name.js';
+import { DEFAULT_DRAIN_TIMEOUT_MS } from './settings.js';
 
 export interface BuildOptions {
   /** The root logger; each component gets `child({ component: id, type })`. Silent by default. */
@@ -26,7 +29,14 @@ export interface BuildOptions {
   ledger?: Ledger;
   /** Handed to components for their timers, so tests can run them in virtual time. */
   scheduler?: SchedulerLike;
+  /** Where every component reports its health; a new one by default. */
+  health?: HealthBoard;
+  /** The drain deadline; the pipeline's drain_timeout_ms (or its default) when absent. */
+  drainTimeoutMs?: number;
 }
+
+/** Past the drain deadline, how long a sink's close() may still take before it is left behind. */
+const CLOSE_GRACE_MS = 1000;
 
 export type PipelineState = 'built' | 'running' | 'stopping' | 'stopped';
 
@@ -61,6 +71,8 @@ interface BuiltSink {
   spec: ComponentSpec;
   sink: Sink;
   input: Observable<FlowBatch>;
+  /** close(), once called. */
+  closing?: Promise<void>;
 }
 
 /**
@@ -71,6 +83,7 @@ interface BuiltSink {
 export async function buildPipeline(config: PipelineConfig, options: BuildOptions = {}): Promise<Pipeline> {
   const logger = options.logger ?? silentLogger();
   const ledger = options.ledger ?? new Ledger();
+  const health = options.health ?? new HealthBoard();
   // Replays, so a source connected after stop() completes at once instead of running forever.
   const stopping = new ReplaySubject<void>(1);
   const failures = new FirstFailure(logger);
@@ -90,12 +103,20 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
     return inputs.length === 1 ? inputs[0]! : merge(...inputs);
   };
 
+  // What a stage read by sinks emits is counted once, before it fans out to them.
+  const delivered = (spec: ComponentSpec) =>
+    spec.outputs.some((id) => config.components.get(id)?.kind === 'sink')
+      ? tap<FlowBatch>((batch) => ledger.addDelivered(batch.length))
+      : tap<FlowBatch>();
   for (const spec of config.order) {
+    const componentLogger = logger.child({ component: spec.id, type: spec.type });
     const context: ComponentContext = {
       id: spec.id,
-      logger: logger.child({ component: spec.id, type: spec.type }),
+      pipeline: pipelineName(config.file),
+      logger: componentLogger,
       ledger,
       counters: ledger.stage(spec.id, spec.type, spec.kind),
+      health: health.reporter(spec.id, spec.type, componentLogger),
     };
     if (options.scheduler) context.scheduler = options.scheduler;
     try {
@@ -109,7 +130,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
             : module.build(spec.config, context).pipe(takeUntil(stopping));
           // A Subject that starts on connect(): every consumer subscribes first, so none misses
           // the first batches of a source that emits synchronously.
-          const source = connectable(built.pipe(watch(spec)), {
+          const source = connectable(built.pipe(watch(spec), delivered(spec)), {
             connector: () => new Subject<FlowBatch>(),
             resetOnDisconnect: false,
           });
@@ -118,7 +139,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
           break;
         }
         case 'transform': {
-          const output = inputOf(spec).pipe(module.build(spec.config, context), watch(spec));
+          const output = inputOf(spec).pipe(module.build(spec.config, context), watch(spec), delivered(spec));
           outputs.set(spec.id, spec.outputs.length > 1 ? output.pipe(share()) : output);
           break;
         }
@@ -131,7 +152,9 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
       throw new PipelineError('EBUILD', `build ${label(spec)}: ${asError(err).message}`, { cause: err });
     }
   }
-  return new Pipeline(config, ledger, logger, stopping, failures, sources, sinks);
+  const drainTimeoutMs =
+    options.drainTimeoutMs ?? config.settings?.drain_timeout_ms ?? DEFAULT_DRAIN_TIMEOUT_MS;
+  return new Pipeline(config, ledger, health, logger, stopping, failures, sources, sinks, drainTimeoutMs);
 }
 
 /** A built pipeline: `start()` lets data flow, `stop()` drains it, `done` settles when it has ended. */
@@ -141,6 +164,10 @@ export class Pipeline {
   private connected = false;
   private resolveDone!: () => void;
   private rejectDone!: (err: Error) => void;
+  /** When the drain must be over (Date.now() ms); set when it starts. */
+  private drainBy: number | undefined;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private overdueTimer: NodeJS.Timeout | undefined;
   /**
    * Settles once every sink has finished and been closed: after the sources completed on their own,
    * after `stop()`, or after a component failed (then it rejects with that failure).
@@ -151,11 +178,15 @@ export class Pipeline {
   constructor(
     readonly config: PipelineConfig,
     readonly ledger: Ledger,
+    /** The components' health, as they report it. */
+    readonly health: HealthBoard,
     private readonly logger: Logger,
     private readonly stopping: ReplaySubject<void>,
     private readonly failures: FirstFailure,
     private readonly sources: readonly Connectable<FlowBatch>[],
     private readonly sinks: readonly BuiltSink[],
+    /** How long a drain may take; then every sink is closed and what it holds counted shutdown. */
+    readonly drainTimeoutMs = DEFAULT_DRAIN_TIMEOUT_MS,
   ) {
     this.done = new Promise<void>((resolve, reject) => {
       this.resolveDone = resolve;
@@ -210,11 +241,57 @@ export class Pipeline {
       void this.finish();
     } else if (this.currentState === 'running') {
       this.currentState = 'stopping';
-      this.logger.info({ file: this.config.file }, 'pipeline draining');
+      this.logger.info(
+        { file: this.config.file, drain_timeout_ms: this.drainTimeoutMs },
+        'pipeline draining',
+      );
+      this.startDrain();
       this.stopping.next();
       this.connect();
     }
     return this.done;
+  }
+
+  /** Starts the drain deadline; at it, every sink not closed yet is, with no time left. */
+  private startDrain(): void {
+    if (this.drainBy !== undefined) return;
+    this.drainBy = Date.now() + this.drainTimeoutMs;
+    this.drainTimer = setTimeout(() => {
+      this.logger.warn(
+        { file: this.config.file, drain_timeout_ms: this.drainTimeoutMs },
+        'pipeline drain deadline reached; what the sinks still hold is counted as shutdown',
+      );
+      for (const built of this.sinks) void this.close(built);
+      // A sink whose consume() does not end on close() does not hold up the exit.
+      this.overdueTimer = setTimeout(() => void this.finish(), CLOSE_GRACE_MS);
+    }, this.drainTimeoutMs);
+  }
+
+  /** Time left to drain, or undefined when not draining (sources ended by themselves). */
+  private drainLeft(): number | undefined {
+    return this.drainBy === undefined ? undefined : Math.max(0, this.drainBy - Date.now());
+  }
+
+  /** Closes a sink once, with the drain time left; never rejects. */
+  private close(built: BuiltSink): Promise<void> {
+    built.closing ??= Promise.resolve()
+      .then(() => built.sink.close(this.drainLeft()))
+      .catch((err: unknown) => this.fail(built.spec, err));
+    return built.closing;
+  }
+
+  /** `work`, or less when draining: resolves by the deadline (plus `graceMs`) at the latest. */
+  private async bounded(work: Promise<void>, graceMs: number): Promise<boolean> {
+    if (this.drainBy === undefined) {
+      await work;
+      return true;
+    }
+    const wait = Math.max(0, this.drainBy + graceMs - Date.now());
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), wait)));
+    const settled = await Promise.race([work.then(() => true as const), late]);
+    clearTimeout(timer);
+    return settled;
   }
 
   private connect(): void {
@@ -226,27 +303,52 @@ export class Pipeline {
   private fail(spec: ComponentSpec, err: unknown): void {
     this.failures.record(spec, err);
     if (this.currentState === 'running') this.currentState = 'stopping';
+    this.startDrain();
     this.stopping.next();
     this.connect();
   }
 
-  private async finish(): Promise<void> {
+  private finishing: Promise<void> | undefined;
+
+  private finish(): Promise<void> {
+    this.finishing ??= this.finishOnce();
+    return this.finishing;
+  }
+
+  private async finishOnce(): Promise<void> {
     // Promise.resolve().then() turns a synchronous throw into a rejection too.
     for (const { spec, sink } of this.sinks) {
-      await Promise.resolve()
+      const flushed = Promise.resolve()
         .then(() => sink.flush())
         .catch((err: unknown) => this.fail(spec, err));
+      await this.bounded(flushed, 0);
     }
-    for (const { spec, sink } of this.sinks) {
-      await Promise.resolve()
-        .then(() => sink.close())
-        .catch((err: unknown) => this.fail(spec, err));
+    for (const built of this.sinks) {
+      if (!(await this.bounded(this.close(built), CLOSE_GRACE_MS))) {
+        this.logger.warn(
+          { component: built.spec.id, drain_timeout_ms: this.drainTimeoutMs },
+          'sink did not close by the drain deadline; leaving it',
+        );
+      }
     }
+    clearTimeout(this.drainTimer);
+    clearTimeout(this.overdueTimer);
     for (const s of this.subscriptions) s.unsubscribe();
     this.currentState = 'stopped';
     const totals = this.ledger.totals();
     this.logger.info(
-      { file: this.config.file, seen: totals.seen, exported: totals.exported, dropped: totals.droppedTotal },
+      {
+        file: this.config.file,
+        seen: totals.seen,
+        delivered: totals.delivered,
+        dropped: totals.droppedTotal,
+        sinks: Object.fromEntries(
+          totals.sinks.map((k) => [
+            k.id,
+            { handed: k.handed, exported: k.exported, dropped: k.droppedTotal },
+          ]),
+        ),
+      },
       'pipeline stopped',
     );
     if (this.failures.error) this.rejectDone(this.failures.error);

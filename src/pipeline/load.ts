@@ -8,6 +8,7 @@ import { findCycles, topologicalOrder, unconsumed } from './graph.js';
 import { resolvePlainScalar, type Env } from './interpolate.js';
 import { defaultRegistry } from './registry.js';
 import { describe, translateErrors } from './schema-errors.js';
+import { SETTING_NAMES, checkSettings, type PipelineSettings } from './settings.js';
 import { didYouMean, listOf } from './suggest.js';
 
 /** One component of a checked pipeline. */
@@ -38,6 +39,8 @@ export interface PipelineConfig {
   sources: readonly ComponentSpec[];
   transforms: readonly ComponentSpec[];
   sinks: readonly ComponentSpec[];
+  /** Pipeline-wide settings (settings.ts); defaults when absent. */
+  settings?: PipelineSettings;
 }
 
 export interface LoadOptions {
@@ -128,17 +131,16 @@ export function checkPipeline(text: string, file: string, options: LoadOptions =
     return done();
   }
   let misspeltSection = false;
+  const topKeys = [...SECTION_NAMES, ...SETTING_NAMES];
   for (const key of Object.keys(root)) {
-    if (!SECTION_NAMES.includes(key)) {
+    if (!topKeys.includes(key)) {
       misspeltSection = true;
-      report(
-        [],
-        `unknown key '${key}'${didYouMean(key, SECTION_NAMES)}; allowed: ${listOf(SECTION_NAMES)}`,
-        'key',
-        [key],
-      );
+      report([], `unknown key '${key}'${didYouMean(key, topKeys)}; allowed: ${listOf(topKeys)}`, 'key', [
+        key,
+      ]);
     }
   }
+  const settings = checkSettings(root, report);
 
   const drafts = new Map<string, Draft>();
   for (const [section, kind] of SECTIONS) {
@@ -218,7 +220,7 @@ export function checkPipeline(text: string, file: string, options: LoadOptions =
 
   const problems = doc.problems();
   if (problems.length > 0) return { problems };
-  return { config: assemble(file, all, doc), problems };
+  return { config: { ...assemble(file, all, doc), settings }, problems };
 }
 
 /** Checks the inputs of a transform or sink; false when one is wrong (and reported). */

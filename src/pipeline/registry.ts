@@ -8,6 +8,7 @@ import decorate from '../operators/decorate.js';
 import dedupe from '../operators/dedupe.js';
 import limit_capacity from '../operators/limit_capacity.js';
 import file from '../sinks/file.js';
+import ipfix from '../sinks/ipfix.js';
 import kafka from '../sinks/kafka.js';
 import nats_sessions from '../sinks/nats_sessions.js';
 import otel_metrics from '../sinks/otel_metrics.js';
@@ -34,6 +35,7 @@ export const modules: readonly ComponentModule[] = [
   limit_capacity,
   // sinks (src/sinks/)
   file,
+  ipfix,
   kafka,
   nats_sessions,
   otel_metrics,

@@ -2,6 +2,7 @@ import type { ComponentKind, ComponentModule, JsonSchema } from '../component.js
 import type { ComponentRegistry } from './component-registry.js';
 import { DURATION_PATTERN, isDurationKey } from './duration.js';
 import { ID_PATTERN, SECTIONS } from './load.js';
+import { SETTINGS_SCHEMA } from './settings.js';
 
 const SECTION_DESCRIPTIONS: Record<ComponentKind, string> = {
   source: 'Where flows come from, keyed by an id of your choice.',
@@ -76,6 +77,9 @@ export function pipelineSchema(registry: ComponentRegistry): JsonSchema {
     },
   };
   const properties: Record<string, JsonSchema> = {};
+  for (const [key, setting] of Object.entries(SETTINGS_SCHEMA)) {
+    properties[key] = withDurations(setting, key) as JsonSchema;
+  }
   for (const [section, kind] of SECTIONS) {
     const refs = registry.types(kind).map((type) => {
       const name = `${kind}.${type}`;

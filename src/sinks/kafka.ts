@@ -18,6 +18,7 @@ import { asyncScheduler, type Observable, type SchedulerLike, type Subscription 
 import {
   msOption,
   type ComponentContext,
+  type HealthReporter,
   type JsonSchema,
   type Sink,
   type SinkModule,
@@ -71,6 +72,7 @@ export interface KafkaSinkConfig {
   buffer_max_records?: number;
   when_full?: 'drop_newest' | 'drop_oldest';
   shutdown_timeout_ms?: number;
+  degraded_after_ms?: number;
   tls?: TlsOptions;
   sasl?: SaslOptions;
 }
@@ -98,7 +100,11 @@ const DEFAULTS = {
   buffer_max_records: 100_000,
   when_full: 'drop_newest',
   shutdown_timeout_ms: 30_000,
+  degraded_after_ms: 10_000,
 } as const satisfies Partial<KafkaSinkConfig>;
+
+/** Once the deadline of close() has passed, how long disconnecting may still take. */
+const DISCONNECT_GRACE_MS = 500;
 
 /** Losses are logged at most this often; the ledger has every count. */
 const LOSS_LOG_INTERVAL_MS = 10_000;
@@ -219,8 +225,13 @@ const schema: JsonSchema = {
         'With a full buffer: drop the arriving records, or the oldest waiting ones (not those in flight).',
     },
     shutdown_timeout_ms: ms(
-      'On close, how long to wait for held records to be written; the rest are dropped as shutdown.',
+      'On close, how long to wait for held records to be written; the rest are dropped as shutdown. The pipeline drain deadline (drain_timeout_ms) bounds it too: the sink waits for the shorter of the two.',
       DEFAULTS.shutdown_timeout_ms,
+    ),
+    degraded_after_ms: ms(
+      'How long the brokers may be unreachable (nothing written, attempts failing) before the sink reports itself degraded in rxflow status and the health endpoint; it reports healthy again at the next write.',
+      DEFAULTS.degraded_after_ms,
+      1,
     ),
     tls: {
       type: 'object',
@@ -328,6 +339,10 @@ export class KafkaSink implements Sink {
   private timerDue = Infinity;
   private readonly sleepers = new Set<() => void>();
   private failingSince: number | undefined;
+  private readonly health: HealthReporter | undefined;
+  /** Fires once the brokers have been unreachable for degraded_after_ms. */
+  private degradedTimer: Subscription | undefined;
+  private degraded = false;
   private subscription: Subscription | undefined;
   private endConsume: (() => void) | undefined;
   private closing = false;
@@ -344,6 +359,7 @@ export class KafkaSink implements Sink {
     this.counters = context.counters;
     this.logger = context.logger;
     this.scheduler = context.scheduler ?? asyncScheduler;
+    this.health = context.health;
     this.encoder = new RequestEncoder({
       encoding: this.config.encoding,
       recordsPerMessage: this.config.records_per_message,
@@ -398,8 +414,13 @@ export class KafkaSink implements Sink {
     });
   }
 
-  close(): Promise<void> {
-    this.closed ??= this.shutdown();
+  /**
+   * Writes what it holds for at most `timeoutMs` (default and upper bound shutdown_timeout_ms),
+   * counts what is still unwritten then as `shutdown`, and disconnects.
+   */
+  close(timeoutMs?: number): Promise<void> {
+    const wait = Math.min(this.config.shutdown_timeout_ms, Math.max(0, timeoutMs ?? Infinity));
+    this.closed ??= this.shutdown(wait);
     return this.closed;
   }
 
@@ -573,8 +594,8 @@ export class KafkaSink implements Sink {
               ? producer.failed(encoded.batches, caught)
               : caught;
           if (err === undefined) {
-            // Nothing failed for good: what failed turned out written (a later batch of its
-            // partition was), or waits behind an earlier batch of its partition.
+            // Nothing failed for good: what failed waits behind an earlier batch of its
+            // partition, and goes again once that one has settled.
             if (unwritten(encoded!) > 0) continue;
             this.counters.addSent(request.records);
             this.recovered();
@@ -704,12 +725,26 @@ export class KafkaSink implements Sink {
     if (this.failingSince !== undefined) return;
     this.failingSince = this.scheduler.now();
     this.logger.warn({ err }, 'kafka sink: cannot write to the brokers; holding records and retrying');
+    if (this.health === undefined || this.stopped) return;
+    const reason = `kafka sink: the brokers (${this.config.bootstrap_servers.join(', ')}) have not been reachable for ${this.config.degraded_after_ms} ms; records are held up to buffer_max_records (${this.config.buffer_max_records}) and delivery_timeout_ms (${this.config.delivery_timeout_ms}); check the brokers and the network (last error: ${messageOf(err)})`;
+    this.degradedTimer = this.scheduler.schedule(() => {
+      this.degradedTimer = undefined;
+      if (this.failingSince === undefined || this.stopped) return;
+      this.degraded = true;
+      this.health?.degraded(reason);
+    }, this.config.degraded_after_ms);
   }
 
   private recovered(): void {
     if (this.failingSince === undefined) return;
     this.logger.info({ outage_ms: this.scheduler.now() - this.failingSince }, 'kafka sink: writing again');
     this.failingSince = undefined;
+    this.degradedTimer?.unsubscribe();
+    this.degradedTimer = undefined;
+    if (this.degraded) {
+      this.degraded = false;
+      this.health?.healthy();
+    }
   }
 
   private startConnecting(): void {
@@ -756,12 +791,12 @@ export class KafkaSink implements Sink {
     this.flushWaiters = waiting;
   }
 
-  private async shutdown(): Promise<void> {
+  private async shutdown(waitMs: number): Promise<void> {
     this.closing = true;
     this.subscription?.unsubscribe();
     let deadline: Subscription | undefined;
     const late = new Promise<'late'>((resolve) => {
-      deadline = this.scheduler.schedule(() => resolve('late'), this.config.shutdown_timeout_ms);
+      deadline = this.scheduler.schedule(() => resolve('late'), waitMs);
     });
     const outcome = await Promise.race([this.flush(), late]);
     deadline?.unsubscribe();
@@ -777,22 +812,27 @@ export class KafkaSink implements Sink {
       }
       this.inFlight.clear();
       this.inFlightRecords = 0;
-      this.drop(
-        'shutdown',
-        abandoned,
-        `not written within shutdown_timeout_ms (${this.config.shutdown_timeout_ms})`,
-      );
+      this.drop('shutdown', abandoned, `not written by the close deadline (waited ${waitMs} ms)`);
       this.logger.warn({ dropped: abandoned }, 'kafka sink: closed with records unwritten');
     }
     for (const wake of [...this.sleepers]) wake();
     this.settleFlushes();
     for (const w of this.flushWaiters) w.resolve();
     this.flushWaiters = [];
-    await this.connecting;
-    try {
-      await this.transport.disconnect();
-    } catch (err) {
-      this.logger.debug({ err }, 'kafka sink: disconnect failed');
+    this.degradedTimer?.unsubscribe();
+    this.degradedTimer = undefined;
+    // A connection attempt to brokers that are away may take connection_timeout_ms and more; the
+    // deadline is not held up by it.
+    const disconnected = (async () => {
+      await this.connecting;
+      try {
+        await this.transport.disconnect();
+      } catch (err) {
+        this.logger.debug({ err }, 'kafka sink: disconnect failed');
+      }
+    })();
+    if (!(await this.within(disconnected, DISCONNECT_GRACE_MS))) {
+      this.logger.debug({ grace_ms: DISCONNECT_GRACE_MS }, 'kafka sink: closed before the connections were');
     }
     this.losses.close();
     this.endConsume?.();

@@ -2,41 +2,64 @@
  * `otel_metrics`: flow and pipeline metrics through OpenTelemetry, pulled by Prometheus from an
  * HTTP endpoint and/or pushed over OTLP/HTTP.
  *
- * Flow counters (bytes, packets, records by direction, protocol and interface) are summed per batch
- * into a typed array indexed by (interface, protocol, direction) and added to the counters once per
- * batch and attribute set, never per record. The interface attribute is bounded: the first
+ * Flow counters (bytes, packets, records by direction, transport, network type and interface, with
+ * semantic-convention attribute names and UCUM units: src/sinks/otel/semconv.ts) are summed per
+ * batch into a typed array indexed by (interface, transport, network type, direction) and added to
+ * the counters once per batch and attribute set, never per record. The interface attribute is bounded: the first
  * max_interfaces interfaces seen get their own series, later ones count as "other". Every
  * component's received/sent/dropped counts and the loss ledger's totals are observable
  * instruments that read the ledger when metrics are collected, so nothing runs for them between
- * scrapes.
+ * scrapes. Label values are sanitised (control characters replaced, length bounded), and a record
+ * whose byte or packet count is not a count from 0 to 2^53-1 is left out of the flow counters and
+ * dropped as sink_failed, so no counter ever becomes +Inf or NaN.
  *
- * Telemetry never takes the pipeline down: a port already in use or an unreachable collector is
- * logged, and the flows keep flowing.
+ * The resource says which agent reports (src/sinks/otel/resource.ts: OTEL_SERVICE_NAME,
+ * OTEL_RESOURCE_ATTRIBUTES, host, os and process, a stable service.instance.id); OTLP pushes in the
+ * encoding OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL selects (src/sinks/otel/exporter.ts).
+ *
+ * A Prometheus port that cannot be bound fails the start: an agent that looks healthy while
+ * serving no metrics is worse than one that does not start. Once running, telemetry never takes
+ * the pipeline down: an unreachable collector is logged and reported as degraded health, and the
+ * flows keep flowing.
  */
 import type { Attributes, Counter, Meter } from '@opentelemetry/api';
-import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
-import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
   MeterProvider,
   PeriodicExportingMetricReader,
   type IMetricReader,
+  type PushMetricExporter,
   type ViewOptions,
 } from '@opentelemetry/sdk-metrics';
 import type { Observable, Subscription } from 'rxjs';
-import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, type FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
+import { otlpEndpointFromEnv, otlpMetricExporter, otlpProtocol } from './otel/exporter.js';
+import { agentResource } from './otel/resource.js';
+import {
+  ATTR_NETWORK_INTERFACE_NAME,
+  ATTR_NETWORK_IO_DIRECTION,
+  ATTR_NETWORK_TRANSPORT,
+  ATTR_NETWORK_TYPE,
+  NETWORK_IO_DIRECTIONS,
+  NETWORK_TYPE_IPV4,
+  NETWORK_TYPE_IPV6,
+  UNIT,
+} from './otel/semconv.js';
 
 export interface OtelMetricsConfig {
   /** Port of the Prometheus endpoint; 0 turns it off. */
   prometheus_port?: number;
   prometheus_host?: string;
   prometheus_path?: string;
-  /** OTLP/HTTP metrics URL, e.g. http://collector:4318/v1/metrics; absent: no push. */
+  /**
+   * OTLP/HTTP metrics URL, e.g. http://collector:4318/v1/metrics; absent: the one
+   * OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT names, else no push.
+   */
   otlp_endpoint?: string;
   otlp_interval_ms?: number;
   otlp_timeout_ms?: number;
@@ -54,7 +77,13 @@ const DEFAULTS = {
   max_interfaces: 64,
 } as const satisfies Partial<OtelMetricsConfig>;
 
-/** Instrument names; the Prometheus exporter turns dots into underscores and adds _total to counters. */
+/**
+ * Instrument names; the Prometheus exporter turns dots into underscores and adds _total to counters.
+ * They stay in rxflow's namespace: semantic conventions define no flow metrics, and their
+ * system.network.io and system.network.packet.count are the kernel's interface counters, which a
+ * host's collector reports under the same host.name; flow sums (IP octets of the flows TC saw) under
+ * those names would be two measures under one name.
+ */
 export const METRIC = {
   flowBytes: 'rxflow.flow.bytes',
   flowPackets: 'rxflow.flow.packets',
@@ -65,17 +94,56 @@ export const METRIC = {
   componentMerged: 'rxflow.component.merged',
   componentInFlight: 'rxflow.component.in_flight',
   ledgerSeen: 'rxflow.ledger.seen',
-  ledgerExported: 'rxflow.ledger.exported',
+  ledgerDelivered: 'rxflow.ledger.delivered',
   ledgerDropped: 'rxflow.ledger.dropped',
   ledgerMerged: 'rxflow.ledger.merged',
   ledgerInFlight: 'rxflow.ledger.in_flight',
+  sinkHanded: 'rxflow.sink.handed',
+  sinkExported: 'rxflow.sink.exported',
+  sinkDropped: 'rxflow.sink.dropped',
+  sinkInFlight: 'rxflow.sink.in_flight',
 } as const;
 
-/** The interface attribute's value for interfaces beyond max_interfaces. */
+/** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
 export const OTHER_INTERFACE = 'other';
 
+/** Characters a label value keeps at most; the rest is cut and marked with '...'. */
+export const MAX_LABEL_CHARS = 128;
+
+// C0 and C1 control characters and DEL (NUL, ESC, newlines), and halves of surrogate pairs.
+const UNFIT_LABEL_CHARS =
+  /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * A label (attribute) value fit for any metrics backend: control characters and unpaired
+ * surrogates become U+FFFD, and text past MAX_LABEL_CHARS is cut. Values come from records and
+ * pipeline files; a NUL or a newline written raw would corrupt the Prometheus text.
+ */
+export function sanitizeLabel(value: string): string {
+  let out = value.replace(UNFIT_LABEL_CHARS, '\ufffd');
+  if (out.length > MAX_LABEL_CHARS) {
+    let end = MAX_LABEL_CHARS - 3;
+    const last = out.charCodeAt(end - 1);
+    if (last >= 0xd800 && last <= 0xdbff) end--;
+    out = `${out.slice(0, end)}...`;
+  }
+  return out;
+}
+
+/** Whether `n` can be added to a counter: a finite number from 0 to 2^53-1. */
+function isCount(n: number): boolean {
+  return n >= 0 && n <= Number.MAX_SAFE_INTEGER;
+}
+
+/** network.transport values: semantic conventions' for tcp and udp, the protocol's own name for the rest. */
 const PROTOCOLS = ['tcp', 'udp', 'icmp', 'icmpv6', 'other'] as const;
-const DIRECTIONS = ['ingress', 'egress'] as const;
+const DIRECTIONS = NETWORK_IO_DIRECTIONS;
+/** network.type by ipVersion: 4, 6, and none for layer-2 flows (ipVersion 0). */
+const NETWORK_TYPES = [NETWORK_TYPE_IPV4, NETWORK_TYPE_IPV6, undefined] as const;
+
+function networkTypeIndex(ipVersion: number): number {
+  return ipVersion === 4 ? 0 : ipVersion === 6 ? 1 : 2;
+}
 
 function protocolIndex(protocol: number): number {
   switch (protocol) {
@@ -101,7 +169,8 @@ const schema: JsonSchema = {
       minimum: 0,
       maximum: 65535,
       default: DEFAULTS.prometheus_port,
-      description: 'Port of the Prometheus pull endpoint; 0 turns it off.',
+      description:
+        'Port of the Prometheus pull endpoint; 0 turns it off. A port that cannot be bound fails the start.',
     },
     prometheus_host: {
       type: 'string',
@@ -119,7 +188,7 @@ const schema: JsonSchema = {
       type: 'string',
       pattern: '^https?://',
       description:
-        'OTLP/HTTP metrics URL to push to (JSON), e.g. http://collector:4318/v1/metrics; absent: no push.',
+        'OTLP/HTTP metrics URL to push to, e.g. http://collector:4318/v1/metrics; absent: the URL OTEL_EXPORTER_OTLP_METRICS_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT gives, else no push. Encoded as OTEL_EXPORTER_OTLP_METRICS_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL select: http/protobuf (default) or http/json. A failed push shows the sink degraded until one succeeds.',
     },
     otlp_interval_ms: {
       type: 'integer',
@@ -145,7 +214,8 @@ const schema: JsonSchema = {
 
 function resolveConfig(config: OtelMetricsConfig, extraReaders: number): Resolved {
   const resolved = { ...DEFAULTS, ...config } as Resolved;
-  if (resolved.prometheus_port === 0 && resolved.otlp_endpoint === undefined && extraReaders === 0) {
+  const push = resolved.otlp_endpoint !== undefined || otlpEndpointFromEnv() !== undefined;
+  if (resolved.prometheus_port === 0 && !push && extraReaders === 0) {
     throw new SinkError(
       'EBADCONFIG',
       'otel_metrics sink: prometheus_port is 0 and there is no otlp_endpoint, so metrics would go nowhere; set one of them',
@@ -160,7 +230,7 @@ export interface OtelMetricsOptions {
 }
 
 /**
- * Per-batch sums by (interface slot, protocol, direction), flushed into the counters once per
+ * Per-batch sums by (interface slot, protocol, network type, direction), flushed into the counters once per
  * batch: a handful of `add` calls per batch whatever its size.
  */
 export class FlowTally {
@@ -174,7 +244,7 @@ export class FlowTally {
   private readonly attributes: (Attributes | undefined)[];
 
   constructor(private readonly maxInterfaces: number) {
-    const cells = (maxInterfaces + 1) * PROTOCOLS.length * DIRECTIONS.length;
+    const cells = (maxInterfaces + 1) * PROTOCOLS.length * NETWORK_TYPES.length * DIRECTIONS.length;
     this.bytes = new Float64Array(cells);
     this.packets = new Float64Array(cells);
     this.records = new Float64Array(cells);
@@ -192,18 +262,31 @@ export class FlowTally {
     if (slot === undefined) {
       if (this.names.length >= this.maxInterfaces) return this.maxInterfaces;
       slot = this.names.length;
-      this.names.push(String(key));
+      this.names.push(sanitizeLabel(String(key)));
       this.slots.set(key, slot);
     }
     return slot;
   }
 
-  add(batch: FlowBatch, bytes: Counter, packets: Counter, records: Counter): void {
+  /**
+   * Adds the batch to the counters; returns how many records were left out because a count of
+   * theirs is not a finite number from 0 to 2^53-1 (one such value would make a counter +Inf or
+   * NaN for good).
+   */
+  add(batch: FlowBatch, bytes: Counter, packets: Counter, records: Counter): number {
+    let skipped = 0;
     for (let i = 0; i < batch.length; i++) {
       const r = batch[i]!;
+      if (!isCount(r.octetDeltaCount) || !isCount(r.packetDeltaCount)) {
+        skipped++;
+        continue;
+      }
       const slot = this.slotOf(r.interfaceName ?? flowInterface(r));
       const cell =
-        (slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * 2 + (r.flowDirection === 1 ? 1 : 0);
+        ((slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * NETWORK_TYPES.length +
+          networkTypeIndex(r.ipVersion)) *
+          2 +
+        (r.flowDirection === 1 ? 1 : 0);
       if (this.records[cell] === 0) this.touched[this.touchedCount++] = cell;
       this.bytes[cell]! += r.octetDeltaCount;
       this.packets[cell]! += r.packetDeltaCount;
@@ -220,19 +303,22 @@ export class FlowTally {
       this.records[cell] = 0;
     }
     this.touchedCount = 0;
+    return skipped;
   }
 
   private attributesOf(cell: number): Attributes {
     let attributes = this.attributes[cell];
     if (attributes === undefined) {
       const direction = cell % 2;
-      const protocol = Math.floor(cell / 2) % PROTOCOLS.length;
-      const slot = Math.floor(cell / 2 / PROTOCOLS.length);
+      const networkType = NETWORK_TYPES[Math.floor(cell / 2) % NETWORK_TYPES.length];
+      const protocol = Math.floor(cell / 2 / NETWORK_TYPES.length) % PROTOCOLS.length;
+      const slot = Math.floor(cell / 2 / NETWORK_TYPES.length / PROTOCOLS.length);
       attributes = {
-        direction: DIRECTIONS[direction]!,
-        protocol: PROTOCOLS[protocol]!,
-        interface: slot < this.names.length ? this.names[slot]! : OTHER_INTERFACE,
+        [ATTR_NETWORK_IO_DIRECTION]: DIRECTIONS[direction]!,
+        [ATTR_NETWORK_TRANSPORT]: PROTOCOLS[protocol]!,
+        [ATTR_NETWORK_INTERFACE_NAME]: slot < this.names.length ? this.names[slot]! : OTHER_INTERFACE,
       };
+      if (networkType !== undefined) attributes[ATTR_NETWORK_TYPE] = networkType;
       this.attributes[cell] = attributes;
     }
     return attributes;
@@ -240,23 +326,34 @@ export class FlowTally {
 }
 
 function stageAttributes(id: string, type: string): Attributes {
-  return { component: id, type };
+  return { component: sanitizeLabel(id), type: sanitizeLabel(type) };
 }
 
 /** Registers the ledger's observable instruments; they read the ledger once per collection. */
 function observeLedger(meter: Meter, ledger: Ledger): void {
-  const counter = (name: string, description: string) => meter.createObservableCounter(name, { description });
-  const gauge = (name: string, description: string) => meter.createObservableGauge(name, { description });
+  // Every one of them counts records.
+  const unit = UNIT.records;
+  const counter = (name: string, description: string) =>
+    meter.createObservableCounter(name, { description, unit });
+  const gauge = (name: string, description: string) =>
+    meter.createObservableGauge(name, { description, unit });
   const received = counter(METRIC.componentReceived, 'Records a pipeline component received.');
   const sent = counter(METRIC.componentSent, 'Records a pipeline component passed on or wrote.');
   const dropped = counter(METRIC.componentDropped, 'Records a pipeline component dropped, by reason.');
   const merged = counter(METRIC.componentMerged, 'Records an aggregating component merged into others.');
   const inFlight = gauge(METRIC.componentInFlight, 'Records a pipeline component holds right now.');
   const seen = counter(METRIC.ledgerSeen, 'Records the pipeline sources produced.');
-  const exported = counter(METRIC.ledgerExported, 'Records the pipeline sinks wrote.');
-  const lost = counter(METRIC.ledgerDropped, 'Records lost anywhere in the pipeline, by reason.');
+  const delivered = counter(
+    METRIC.ledgerDelivered,
+    'Records that reached the sinks, each counted once however many sinks read it.',
+  );
+  const lost = counter(METRIC.ledgerDropped, 'Records lost before the sinks, by reason.');
   const mergedTotal = counter(METRIC.ledgerMerged, 'Records merged into others anywhere in the pipeline.');
-  const held = gauge(METRIC.ledgerInFlight, 'Records held anywhere in the pipeline right now.');
+  const held = gauge(METRIC.ledgerInFlight, 'Records held before the sinks right now.');
+  const handed = counter(METRIC.sinkHanded, 'Records the pipeline handed a sink.');
+  const exported = counter(METRIC.sinkExported, 'Records a sink wrote and had confirmed.');
+  const sinkLost = counter(METRIC.sinkDropped, 'Records a sink dropped, by reason.');
+  const sinkHeld = gauge(METRIC.sinkInFlight, 'Records a sink holds right now.');
   meter.addBatchObservableCallback(
     (result) => {
       const totals = ledger.totals();
@@ -271,15 +368,71 @@ function observeLedger(meter: Meter, ledger: Ledger): void {
         }
       }
       result.observe(seen, totals.seen);
-      result.observe(exported, totals.exported);
+      result.observe(delivered, totals.delivered);
       result.observe(mergedTotal, totals.merged);
       result.observe(held, totals.inFlight);
       for (const [reason, n] of Object.entries(totals.dropped) as [DropReason, number][]) {
         result.observe(lost, n, { reason });
       }
+      for (const k of totals.sinks) {
+        const attributes = { sink: sanitizeLabel(k.id), type: sanitizeLabel(k.type) };
+        result.observe(handed, k.handed, attributes);
+        result.observe(exported, k.exported, attributes);
+        result.observe(sinkHeld, k.inFlight, attributes);
+        for (const [reason, n] of Object.entries(k.dropped) as [DropReason, number][]) {
+          result.observe(sinkLost, n, { ...attributes, reason });
+        }
+      }
     },
-    [received, sent, dropped, merged, inFlight, seen, exported, lost, mergedTotal, held],
+    [
+      received,
+      sent,
+      dropped,
+      merged,
+      inFlight,
+      seen,
+      delivered,
+      lost,
+      mergedTotal,
+      held,
+      handed,
+      exported,
+      sinkLost,
+      sinkHeld,
+    ],
   );
+}
+
+type ExportCallback = Parameters<PushMetricExporter['export']>[1];
+
+/**
+ * An OTLP exporter that reports each push's outcome as the sink's health: degraded with the reason
+ * when a push fails, healthy when one succeeds again.
+ */
+function reportingExporter(
+  exporter: PushMetricExporter,
+  url: string,
+  health: HealthReporter,
+): PushMetricExporter {
+  const reporting: PushMetricExporter = {
+    export: (metrics, done: ExportCallback) =>
+      exporter.export(metrics, (result) => {
+        if (Number(result.code) === 0) health.healthy();
+        else {
+          health.degraded(
+            `otel_metrics sink: metrics push to ${url} failed: ${result.error ? messageOf(result.error) : 'no reason given'}; check that the collector runs and otlp_endpoint is right`,
+          );
+        }
+        done(result);
+      }),
+    forceFlush: () => exporter.forceFlush(),
+    shutdown: () => exporter.shutdown(),
+  };
+  if (exporter.selectAggregationTemporality) {
+    reporting.selectAggregationTemporality = (t) => exporter.selectAggregationTemporality!(t);
+  }
+  if (exporter.selectAggregation) reporting.selectAggregation = (t) => exporter.selectAggregation!(t);
+  return reporting;
 }
 
 export class OtelMetricsSink implements Sink {
@@ -296,6 +449,8 @@ export class OtelMetricsSink implements Sink {
   private endConsume: (() => void) | undefined;
   private closed: Promise<void> | undefined;
   private failedBatches = 0;
+  private badCountBatches = 0;
+  private consuming = false;
 
   constructor(config: OtelMetricsConfig, context: ComponentContext, options: OtelMetricsOptions = {}) {
     this.config = resolveConfig(config, options.readers?.length ?? 0);
@@ -313,13 +468,18 @@ export class OtelMetricsSink implements Sink {
       });
       readers.push(this.prometheus);
     }
-    if (this.config.otlp_endpoint !== undefined) {
+    const otlpEndpoint = this.config.otlp_endpoint ?? otlpEndpointFromEnv();
+    if (otlpEndpoint !== undefined) {
       readers.push(
         new PeriodicExportingMetricReader({
-          exporter: new OTLPMetricExporter({
-            url: this.config.otlp_endpoint,
-            timeoutMillis: this.config.otlp_timeout_ms,
-          }),
+          exporter: reportingExporter(
+            otlpMetricExporter(otlpProtocol(), {
+              url: this.config.otlp_endpoint,
+              timeoutMillis: this.config.otlp_timeout_ms,
+            }),
+            otlpEndpoint,
+            context.health ?? { degraded: () => undefined, healthy: () => undefined },
+          ),
           exportIntervalMillis: this.config.otlp_interval_ms,
           exportTimeoutMillis: Math.min(this.config.otlp_timeout_ms, this.config.otlp_interval_ms),
         }),
@@ -333,32 +493,42 @@ export class OtelMetricsSink implements Sink {
       }),
     );
     this.provider = new MeterProvider({
-      resource: resourceFromAttributes({ 'service.name': 'rxflow' }),
+      resource: agentResource({ pipeline: context.pipeline, logger: this.logger }),
       readers,
       views,
     });
     const meter = this.provider.getMeter('rxflow');
     this.bytes = meter.createCounter(METRIC.flowBytes, {
       description:
-        'Bytes of the flows this sink received (octetDeltaCount), by direction, protocol and interface.',
+        'Bytes of the flows this sink received (octetDeltaCount), by direction, transport, network type and interface.',
+      unit: UNIT.bytes,
     });
     this.packets = meter.createCounter(METRIC.flowPackets, {
       description:
-        'Packets of the flows this sink received (packetDeltaCount), by direction, protocol and interface.',
+        'Packets of the flows this sink received (packetDeltaCount), by direction, transport, network type and interface.',
+      unit: UNIT.packets,
     });
     this.records = meter.createCounter(METRIC.flowRecords, {
-      description: 'Flow records this sink received, by direction, protocol and interface.',
+      description: 'Flow records this sink received, by direction, transport, network type and interface.',
+      unit: UNIT.records,
     });
     observeLedger(meter, context.ledger);
   }
 
-  consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined) {
-      return Promise.reject(
-        new SinkError('ECONSUME', 'otel_metrics sink: consume() was already called or the sink is closed'),
+  /**
+   * Starts the Prometheus endpoint, then reads the input. A port that cannot be bound rejects
+   * before the input is subscribed, so the pipeline does not start.
+   */
+  async consume(input: Observable<FlowBatch>): Promise<void> {
+    if (this.subscription !== undefined || this.closed !== undefined || this.consuming) {
+      throw new SinkError(
+        'ECONSUME',
+        'otel_metrics sink: consume() was already called or the sink is closed',
       );
     }
-    void this.startServer();
+    this.consuming = true;
+    await this.startServer();
+    if (this.closed !== undefined) return;
     const consumption = consumeBatches(
       input,
       (batch) => this.accept(batch),
@@ -398,16 +568,17 @@ export class OtelMetricsSink implements Sink {
     const where = `${this.config.prometheus_host}:${this.config.prometheus_port}`;
     try {
       await this.prometheus.startServer();
-      this.logger.info(
-        { address: where, path: this.config.prometheus_path },
-        'otel_metrics sink: serving Prometheus metrics',
-      );
     } catch (err) {
-      this.logger.error(
-        { err, address: where },
-        `otel_metrics sink: cannot listen on ${where}: ${messageOf(err)}; pick another prometheus_port or prometheus_host`,
+      throw new SinkError(
+        'ELISTEN',
+        `otel_metrics sink: cannot listen on ${where}: ${messageOf(err)}; pick another prometheus_port or prometheus_host, or stop what holds it`,
+        { cause: err },
       );
     }
+    this.logger.info(
+      { address: where, path: this.config.prometheus_path },
+      'otel_metrics sink: serving Prometheus metrics',
+    );
   }
 
   private accept(batch: FlowBatch): void {
@@ -415,8 +586,17 @@ export class OtelMetricsSink implements Sink {
     if (n === 0) return;
     this.counters.addReceived(n);
     try {
-      this.tally.add(batch, this.bytes, this.packets, this.records);
-      this.counters.addSent(n);
+      const skipped = this.tally.add(batch, this.bytes, this.packets, this.records);
+      this.counters.addSent(n - skipped);
+      if (skipped > 0) {
+        this.counters.addDropped('sink_failed', skipped);
+        if (this.badCountBatches++ === 0) {
+          this.logger.warn(
+            { dropped: skipped },
+            'otel_metrics sink: records whose octetDeltaCount or packetDeltaCount is not a count from 0 to 2^53-1 were left out of the flow counters; fix the source that produced them',
+          );
+        }
+      }
     } catch (err) {
       this.counters.addDropped('sink_failed', n);
       if (this.failedBatches++ === 0) this.logger.error({ err }, 'otel_metrics sink: cannot count a batch');
@@ -428,7 +608,7 @@ const otelMetricsModule: SinkModule<OtelMetricsConfig> = {
   type: 'otel_metrics',
   kind: 'sink',
   description:
-    "Counts flow bytes and packets by direction, protocol and interface, and every component's received/sent/dropped, for Prometheus or OTLP.",
+    "Counts flow bytes and packets by direction, transport, network type and interface, and every component's received/sent/dropped, for Prometheus or OTLP (http/protobuf or http/json).",
   schema,
   example: {
     prometheus_port: 9464,

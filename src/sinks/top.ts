@@ -1,7 +1,8 @@
 /**
  * `top`: keeps the flows of the last `window_ms` aggregated by flow and direction, and ranks them
  * by bytes, like `iftop` for a pipeline. `rxflow status` and `rxflow demo` show its table; with
- * `log_interval_ms` it also logs the top flows.
+ * `log_interval_ms` it also logs the top flows. Bytes are those on the wire
+ * (layer2OctetDeltaCount), as an interface's counters count them.
  *
  * The window is a ring of ten buckets, each a map of the flows that arrived in its tenth of the
  * window: adding a batch touches one map, and old traffic leaves the window a bucket at a time
@@ -35,6 +36,7 @@ export interface TopFlow {
   /** interfaceName when a decorate stage set it, else the ifindex. */
   interface: string;
   packets: number;
+  /** Frame bytes on the wire (layer2OctetDeltaCount, or octetDeltaCount for records without it). */
   bytes: number;
   /** bytes over the part of the window the table has existed for. */
   bytesPerSecond: number;
@@ -124,8 +126,9 @@ export class TopTable {
         };
         bucket.flows.set(key, row);
       }
-      // IP octets; a layer-2 flow (no IP) counts its frames.
-      const bytes = r.ipVersion === 0 ? (r.layer2OctetDeltaCount ?? r.octetDeltaCount) : r.octetDeltaCount;
+      // Bytes as the interface carried them (the bandwidth a flow takes); IP octets for records
+      // of older versions, which have no layer2OctetDeltaCount.
+      const bytes = r.layer2OctetDeltaCount ?? r.octetDeltaCount;
       row.packets += r.packetDeltaCount;
       row.bytes += bytes;
       this.totalRecords++;

@@ -13,7 +13,8 @@
  * `rate_limit_records_per_s` caps the rate; with both, a record waits for the later of the two.
  *
  * A line that is not a flow record (not JSON, not an object, a required field missing or of the
- * wrong type) is counted as received and dropped as `parse_failed`, and logged with its file:line
+ * wrong type, or a value out of its range: see flowRecordProblem in src/records.ts) is counted as
+ * received and dropped as `parse_failed`, and logged with its file:line and the reason
  * (rate-limited); blank lines are skipped. The source completes at the end of the last file, or
  * when the pipeline drains (stop$), after emitting the records it has read.
  */
@@ -300,6 +301,8 @@ class Replay {
     try {
       for await (const chunk of stream as AsyncIterable<Buffer>) {
         const text = carry + decoder.write(chunk);
+        // Flow times are checked against the clock once per chunk, not per line.
+        const nowMs = Date.now();
         let from = 0;
         for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', from)) {
           lineNo++;
@@ -309,7 +312,7 @@ class Replay {
             skipping = false;
             continue;
           }
-          const record = this.parse(line, file, lineNo);
+          const record = this.parse(line, file, lineNo, nowMs);
           if (record === undefined) continue;
           const wait = this.pace(record);
           if (wait > 0) {
@@ -327,7 +330,7 @@ class Replay {
         }
       }
       carry += decoder.end();
-      const last = skipping ? undefined : this.parse(carry, file, lineNo + 1);
+      const last = skipping ? undefined : this.parse(carry, file, lineNo + 1, Date.now());
       if (last !== undefined) {
         const wait = this.pace(last);
         if (wait > 0) await this.sleeper.sleep(wait);
@@ -347,7 +350,7 @@ class Replay {
   }
 
   /** The flow record of a line, or undefined for a blank line or one counted as parse_failed. */
-  private parse(line: string, file: string, lineNo: number): FlowRecord | undefined {
+  private parse(line: string, file: string, lineNo: number, nowMs: number): FlowRecord | undefined {
     if (line.length === 0 || (line.charCodeAt(0) <= 0x20 && line.trim() === '')) return undefined;
     let value: unknown;
     try {
@@ -356,7 +359,7 @@ class Replay {
       this.fail(file, lineNo, `not JSON: ${messageOf(err)}`);
       return undefined;
     }
-    const problem = flowRecordProblem(value);
+    const problem = flowRecordProblem(value, nowMs);
     if (problem !== undefined) {
       this.fail(file, lineNo, problem);
       return undefined;

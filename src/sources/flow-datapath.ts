@@ -1,3 +1,4 @@
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   DatapathError,
@@ -22,7 +23,8 @@ import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { withNetns } from '../datapath/netns.js';
 import { bpfObjectPath } from '../paths.js';
 import type { FlowRecord } from '../records.js';
-import { INSTANCE_RULE, isInstanceName } from '../datapath/instance.js';
+import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../datapath/instance.js';
+import { requireBpffs } from '../datapath/object.js';
 
 export interface FlowDatapathOptions {
   /** Interfaces to attach to, by name, in `netns` or the agent's own network namespace. */
@@ -80,6 +82,7 @@ export class FlowDatapath {
   // its drain), so the first eviction of this process drains both.
   #drainedBoth = false;
   #closed = false;
+  #lock: InstanceLock | undefined;
   // Set from the start of evictFlowsAsync() until its last drain: the swap runs on a worker thread
   // and its drain in a later job, and nothing may swap or close the maps in between.
   #evicting = false;
@@ -97,14 +100,37 @@ export class FlowDatapath {
     this.events = new RingBufferReader(collection.map('flow_events'));
   }
 
-  /** Loads bpf/flow.o, pins its maps and attaches it to every interface and direction asked for. */
+  /**
+   * Loads bpf/flow.o, pins its maps and attaches it to every interface and direction asked for.
+   * One agent per instance: while another process holds the instance, this throws EINSTANCEBUSY
+   * naming it and touches nothing. A failed start removes what it created; the pins a killed agent
+   * left (flows not yet read) stay for the next start.
+   */
   static open(options: FlowDatapathOptions): FlowDatapath {
     const instance = options.instance ?? 'default';
     if (!isInstanceName(instance)) {
       throw new DatapathError('EARG', `flow datapath: instance '${instance}' ${INSTANCE_RULE}`);
     }
     const pinDir = join(options.pinRoot ?? '/sys/fs/bpf', `rxflow-${instance}`);
-    const spec = ObjectSpec.open(options.objectPath ?? bpfObjectPath('flow'));
+    const objectPath = options.objectPath ?? bpfObjectPath('flow');
+    requireBpffs(pinDir, `pin maps of ${objectPath} under ${pinDir}`);
+    const lock = InstanceLock.acquire(pinDir, `instance '${instance}'`);
+    // Nothing pinned yet: whatever this start pins is its own, and a failure removes it all.
+    const fresh =
+      lock.created || !existsSync(join(pinDir, 'maps')) || readdirSync(join(pinDir, 'maps')).length === 0;
+    try {
+      const dp = FlowDatapath.#openLocked(options, pinDir, objectPath);
+      dp.#lock = lock;
+      return dp;
+    } catch (err) {
+      if (fresh) rmSync(pinDir, { recursive: true, force: true });
+      lock.release();
+      throw err;
+    }
+  }
+
+  static #openLocked(options: FlowDatapathOptions, pinDir: string, objectPath: string): FlowDatapath {
+    const spec = ObjectSpec.open(objectPath);
     let collection: Collection;
     try {
       if (options.maxFlows !== undefined) setFlowMapMaxEntries(spec, options.maxFlows);
@@ -137,7 +163,12 @@ export class FlowDatapath {
         }
       });
     } catch (err) {
-      dp.close();
+      // The caller removes the pins if this start made them.
+      try {
+        dp.close({ keepPins: true });
+      } catch {
+        // The first failure is the one to report.
+      }
       throw err;
     }
     return dp;
@@ -253,19 +284,26 @@ export class FlowDatapath {
     this.#closed = true;
     let first: Error | undefined;
     // clsact filters are found by ifindex, which resolves in the namespace they were attached in.
-    withNetns(this.#netns, () => {
-      for (const link of this.links.splice(0)) {
-        try {
-          link.close();
-        } catch (err) {
-          first ??= err instanceof Error ? err : new Error(String(err));
+    try {
+      withNetns(this.#netns, () => {
+        for (const link of this.links.splice(0)) {
+          try {
+            link.close();
+          } catch (err) {
+            first ??= err instanceof Error ? err : new Error(String(err));
+          }
         }
-      }
-    });
+      });
+    } catch (err) {
+      // The namespace is gone (and its interfaces with it): the maps and pins are released anyway.
+      first ??= err instanceof Error ? err : new Error(String(err));
+    }
     this.events.close();
     if (this.#evicting) this.#closeDeferred = true;
     else this.#collection.close();
     if (!opts.keepPins) this.#collection.unpin();
+    this.#lock?.release();
+    this.#lock = undefined;
     if (first) throw first;
   }
 }

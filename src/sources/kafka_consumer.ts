@@ -11,8 +11,10 @@
  * may deliver records again, a drain never loses them; records sinks still hold when the process
  * dies unexpectedly are not read again.
  *
- * A message (or an item of a batch message) that is not a flow record counts as received and
- * dropped as `parse_failed`, logged with its partition and offset (rate-limited). While the brokers
+ * A message (or an item of a batch message) that is not a flow record (a required field missing or
+ * of the wrong type, or a value out of its range: see flowRecordProblem in src/records.ts) counts
+ * as received and dropped as `parse_failed`, logged with its partition, offset and the reason
+ * (rate-limited). While the brokers
  * cannot be reached the source keeps retrying with backoff and logs a warning (at most every 30 s);
  * nothing reaches the pipeline as an error. On stop$ the current batch is finished, its offsets are
  * committed, the consumer leaves the group and disconnects, then the source completes.
@@ -119,20 +121,28 @@ const OUTAGE_LOG_INTERVAL_MS = 30_000;
 /** Called once per message, or per item of a batch message, that is not a flow record. */
 export type DecodeFailure = (problem: string) => void;
 
-/** Decodes one message value, appending its flow records to `out`. */
-export type MessageDecoder = (value: Buffer | null, out: FlowRecord[], fail: DecodeFailure) => void;
+/**
+ * Decodes one message value, appending its flow records to `out`; `nowMs` is the wall-clock time
+ * flow times are checked against (read once per batch).
+ */
+export type MessageDecoder = (
+  value: Buffer | null,
+  out: FlowRecord[],
+  fail: DecodeFailure,
+  nowMs?: number,
+) => void;
 
 /** A FlowBatch's first byte: field 1, wire type 2 (length-delimited). */
 const FLOW_BATCH_TAG = 0x0a;
 const TO_OBJECT = { longs: Number, defaults: true } as const;
 
-function keep(value: unknown, out: FlowRecord[], fail: DecodeFailure, item?: number): void {
-  const problem = flowRecordProblem(value);
+function keep(value: unknown, out: FlowRecord[], fail: DecodeFailure, nowMs: number, item?: number): void {
+  const problem = flowRecordProblem(value, nowMs);
   if (problem === undefined) out.push(value as FlowRecord);
   else fail(item === undefined ? problem : `record ${item}: ${problem}`);
 }
 
-function decodeJson(value: Buffer, out: FlowRecord[], fail: DecodeFailure): void {
+function decodeJson(value: Buffer, out: FlowRecord[], fail: DecodeFailure, nowMs: number): void {
   let parsed: unknown;
   try {
     parsed = JSON.parse(value.toString('utf8'));
@@ -141,13 +151,19 @@ function decodeJson(value: Buffer, out: FlowRecord[], fail: DecodeFailure): void
     return;
   }
   if (Array.isArray(parsed)) {
-    for (let i = 0; i < parsed.length; i++) keep(parsed[i], out, fail, i);
+    for (let i = 0; i < parsed.length; i++) keep(parsed[i], out, fail, nowMs, i);
   } else {
-    keep(parsed, out, fail);
+    keep(parsed, out, fail, nowMs);
   }
 }
 
-function decodeProtobuf(proto: FlowProto, value: Buffer, out: FlowRecord[], fail: DecodeFailure): void {
+function decodeProtobuf(
+  proto: FlowProto,
+  value: Buffer,
+  out: FlowRecord[],
+  fail: DecodeFailure,
+  nowMs: number,
+): void {
   if (value[0] === FLOW_BATCH_TAG) {
     let records: unknown[];
     try {
@@ -159,7 +175,7 @@ function decodeProtobuf(proto: FlowProto, value: Buffer, out: FlowRecord[], fail
       fail(`not a protobuf FlowBatch: ${messageOf(err)}`);
       return;
     }
-    for (let i = 0; i < records.length; i++) keep(records[i], out, fail, i);
+    for (let i = 0; i < records.length; i++) keep(records[i], out, fail, nowMs, i);
     return;
   }
   let record: unknown;
@@ -169,7 +185,7 @@ function decodeProtobuf(proto: FlowProto, value: Buffer, out: FlowRecord[], fail
     fail(`not a protobuf FlowRecord: ${messageOf(err)}`);
     return;
   }
-  keep(record, out, fail);
+  keep(record, out, fail, nowMs);
 }
 
 /**
@@ -178,13 +194,13 @@ function decodeProtobuf(proto: FlowProto, value: Buffer, out: FlowRecord[], fail
  */
 export function messageDecoder(encoding: KafkaConsumerEncoding): MessageDecoder {
   const proto = encoding === 'protobuf' ? loadFlowProto() : undefined;
-  return (value, out, fail) => {
+  return (value, out, fail, nowMs = Date.now()) => {
     if (value === null || value.length === 0) {
       fail('empty message');
       return;
     }
-    if (proto === undefined) decodeJson(value, out, fail);
-    else decodeProtobuf(proto, value, out, fail);
+    if (proto === undefined) decodeJson(value, out, fail, nowMs);
+    else decodeProtobuf(proto, value, out, fail, nowMs);
   };
 }
 
@@ -439,6 +455,14 @@ class KafkaConsumerSource {
   private loop: Promise<void> | undefined;
   private outageSince: number | undefined;
   private lastWarning = 0;
+  // Where onBatch is, for `fail`: one function for every message, not a closure per message.
+  private failed = 0;
+  private partition = 0;
+  private offset = '';
+  private readonly fail: DecodeFailure = (problem) => {
+    this.failed++;
+    this.losses.add('parse_failed', 1, `partition ${this.partition} offset ${this.offset}: ${problem}`);
+  };
 
   constructor(
     private readonly config: Resolved,
@@ -556,17 +580,16 @@ class KafkaConsumerSource {
     // After the subscriber left, nothing is resolved, so nothing unsent is committed.
     if (this.subscriber.closed) return Promise.resolve();
     const out: FlowRecord[] = [];
-    let failed = 0;
-    const { partition } = batch;
+    this.failed = 0;
+    this.partition = batch.partition;
+    const nowMs = Date.now();
     for (const message of batch.messages) {
-      const fail = (problem: string): void => {
-        failed++;
-        this.losses.add('parse_failed', 1, `partition ${partition} offset ${message.offset}: ${problem}`);
-      };
+      this.offset = message.offset;
       const unreadable = unreadableReason(message.value);
-      if (unreadable === undefined) this.decode(message.value, out, fail);
-      else fail(unreadable);
+      if (unreadable === undefined) this.decode(message.value, out, this.fail, nowMs);
+      else this.fail(unreadable);
     }
+    const failed = this.failed;
     this.counters.addReceived(out.length + failed);
     this.counters.addDropped('parse_failed', failed);
     if (out.length > 0) {

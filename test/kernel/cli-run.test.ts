@@ -118,9 +118,10 @@ sinks:
     expect(cli.logs().at(-1)).toMatchObject({
       msg: 'ledger',
       seen: 5,
-      exported: 5,
+      delivered: 5,
       droppedTotal: 0,
       inFlight: 0,
+      sinks: [{ id: 'top', handed: 5, exported: 5, droppedTotal: 0, inFlight: 0 }],
     });
     expect(existsSync(socket)).toBe(false);
     expect(existsSync(join(pinRoot, 'rxflow-rxcldrain'))).toBe(false);
@@ -154,19 +155,24 @@ sinks:
     ]);
     expect(status.ledger).toEqual({
       seen: 1,
-      exported: 1,
+      merged: 0,
       dropped: {},
       droppedTotal: 0,
-      merged: 0,
       inFlight: 0,
+      delivered: 1,
+      sinks: [{ id: 'top', type: 'top', handed: 1, exported: 1, dropped: {}, droppedTotal: 0, inFlight: 0 }],
     });
 
     const printed = new Cli(['status', '--socket', socket], env());
     expect(await printed.exited).toEqual({ code: 0, signal: null });
     const lines = printed.stdout.split('\n');
     expect(lines[0]).toBe(`pipeline  rxcllive (${file}), pid ${cli.pid}`);
-    expect(lines[2]).toBe('ledger    seen 1  exported 1  dropped 0  merged 0  in flight 0');
-    expect(lines.slice(4, 9)).toEqual([
+    expect(lines.slice(2, 5)).toEqual([
+      'ledger    seen 1  merged 0  dropped 0  in flight 0  delivered 1',
+      '          sink top  handed 1  exported 1  dropped 0  in flight 0',
+      'health    healthy',
+    ]);
+    expect(lines.slice(6, 11)).toEqual([
       'COMPONENT      TYPE        KIND       RECEIVED  SENT  DROPPED  MERGED  IN FLIGHT',
       'flows          ebpf_flows  source            1     1        0       0          0',
       'named          decorate    transform         1     1        0       0          0',

@@ -147,7 +147,10 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
     const events = drainAudit(audit);
     expect(events).toHaveLength(200);
     expect(events.every((e) => e.action === 'block' && !e.enforced && e.srcPort === 30100)).toBe(true);
-    expect(fw.sessions()).toStrictEqual([]);
+    // Kept as a session of the initiator, marked as the block it would be.
+    expect(
+      fw.sessions().map((s) => [s.srcAddr, s.srcPort, s.dstPort, s.action, s.packetsForward]),
+    ).toStrictEqual([['192.0.2.1', 30100, 7002, 'block', 200]]);
   });
 
   it('an established TCP connection survives a policy change that blocks new connections like it', async () => {

@@ -121,7 +121,7 @@ kernelDescribe('firewall verdicts (BPF_PROG_TEST_RUN)', () => {
     expect(fw.sessions()).toHaveLength(1);
   });
 
-  it('audit mode passes blocked packets and still reports every one', () => {
+  it("audit mode passes blocked packets, reports every one, and keeps the connection as its initiator's session", () => {
     const fw = loadForTestRun(CLIENT_POLICY, { settings: { enforcement: 'off' } });
     const ingress = fw.program('ingress');
     const audit = fw.auditReader();
@@ -131,8 +131,34 @@ kernelDescribe('firewall verdicts (BPF_PROG_TEST_RUN)', () => {
     const events = drainAudit(audit);
     expect(events).toHaveLength(5);
     expect(events.every((e) => e.action === 'block' && !e.enforced && e.srcPort === 42000)).toBe(true);
-    // No session: a passed block is not allowed traffic.
-    expect(fw.sessions()).toStrictEqual([]);
+    // The connection is kept as a session of its initiator, marked as the block it would be.
+    const key = { protocol: 17, srcAddr: CLIENT, srcPort: 42000, dstAddr: OTHER, dstPort: 9, vni: 0 };
+    expect(fw.sessions()).toMatchObject([
+      {
+        ...key,
+        action: 'block',
+        reason: 'policy_default',
+        policyId: 7,
+        packetsForward: 5,
+        packetsReverse: 0,
+      },
+    ]);
+    // A reply (its source is in no network: default_action allow) finds that session instead of
+    // opening one keyed by the responder; replies are not reported.
+    expect(ingress.testRun(udpFrame(OTHER, CLIENT, 9, 42000)).retval).toBe(TC_ACT_OK);
+    expect(fw.sessions()).toMatchObject([{ ...key, packetsForward: 5, packetsReverse: 1 }]);
+    expect(fw.counters()).toMatchObject({ packets: 6, audit_passed: 6, allowed: 0, session_hits: 0 });
+    expect(drainAudit(audit)).toStrictEqual([]);
+
+    // With enforcement on, the session passes nothing more, either way; forward packets are reported.
+    fw.setSetting('enforcement', 'on');
+    expect(ingress.testRun(udpFrame(CLIENT, OTHER, 42000, 9)).retval).toBe(TC_ACT_SHOT);
+    expect(ingress.testRun(udpFrame(OTHER, CLIENT, 9, 42000)).retval).toBe(TC_ACT_SHOT);
+    expect(fw.counters()).toMatchObject({ packets: 8, audit_passed: 6, blocked: 2, allowed: 0 });
+    expect(drainAudit(audit).map((e) => [e.srcAddr, e.action, e.reason, e.enforced])).toStrictEqual([
+      [CLIENT, 'block', 'policy_default', true],
+    ]);
+    expect(fw.sessions()).toHaveLength(1);
   });
 
   it('audit_sampling reports 1 in N; audit_allowed reports the verdicts that opened sessions', () => {

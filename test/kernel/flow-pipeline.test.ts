@@ -11,7 +11,7 @@
  */
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { LedgerTotals } from '../../src/ledger.js';
+import type { DropReason, LedgerTotals } from '../../src/ledger.js';
 import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
@@ -45,15 +45,28 @@ function totalsByPort(records: FlowRecord[]): Map<number, { packets: number; byt
   return out;
 }
 
-/** seen = exported + dropped + merged + in flight: the ledger's balance, term by term. */
+/**
+ * The ledger's balance, term by term, for a pipeline with one sink: seen = merged + dropped +
+ * in flight + delivered before the sink, and the sink's handed = exported + dropped + in flight.
+ * Drops and holdings are those of the whole pipeline, sink included.
+ */
 function balance(t: LedgerTotals) {
+  expect(t.sinks).toHaveLength(1);
+  const sink = t.sinks[0]!;
+  const dropped = { ...t.dropped };
+  for (const [reason, n] of Object.entries(sink.dropped) as [DropReason, number][]) {
+    dropped[reason] = (dropped[reason] ?? 0) + n;
+  }
   return {
     seen: t.seen,
-    exported: t.exported,
-    dropped: t.dropped,
+    exported: sink.exported,
+    dropped,
     merged: t.merged,
-    inFlight: t.inFlight,
-    balanced: t.seen === t.exported + t.droppedTotal + t.merged + t.inFlight,
+    inFlight: t.inFlight + sink.inFlight,
+    balanced:
+      t.seen === t.delivered + t.droppedTotal + t.merged + t.inFlight &&
+      sink.handed === t.delivered &&
+      sink.handed === sink.exported + sink.droppedTotal + sink.inFlight,
   };
 }
 

@@ -277,17 +277,19 @@ ${sinkOptions}
           ordered: true,
         });
       }
-      // Every flow the source saw is in Kafka: seen = exported, nothing dropped, merged or held.
+      // Every flow the source saw is in Kafka: seen = delivered = exported, nothing dropped, merged or held.
       expect({
         seen: totals.seen,
-        exported: totals.exported,
+        delivered: totals.delivered,
+        exported: totals.sinks.map((k) => k.exported),
         inKafka: records.length,
         dropped: totals.dropped,
         merged: totals.merged,
         inFlight: totals.inFlight,
       }).toEqual({
         seen: records.length,
-        exported: records.length,
+        delivered: records.length,
+        exported: [records.length],
         inKafka: records.length,
         dropped: {},
         merged: 0,

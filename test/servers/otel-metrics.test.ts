@@ -2,11 +2,12 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import { Subject } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch } from '../../src/records.js';
+import { SinkError } from '../../src/sinks/errors.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import { describeWith } from '../fixtures/privilege.js';
 import { flowRecord } from '../fixtures/records.js';
@@ -109,10 +110,14 @@ function contextWith(ledger: Ledger): ComponentContext {
 const closers: (() => Promise<void>)[] = [];
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close();
+  vi.unstubAllEnvs();
 });
 
 describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint', () => {
   it('serves exact flow counters and ledger counts, and promtool finds nothing wrong', async () => {
+    // A resource attribute with what Prometheus label values must escape: quotes and a backslash.
+    vi.stubEnv('OTEL_SERVICE_NAME', '');
+    vi.stubEnv('OTEL_RESOURCE_ATTRIBUTES', 'deployment.environment.name=lab,rack=r%2C%3D%22q%22%5C');
     const port = await freePort();
     const ledger = new Ledger();
     // Stages upstream of the sink, as a pipeline would have them.
@@ -124,6 +129,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     limiter.addReceived(10);
     limiter.addSent(10);
     limiter.addDropped('limiter_dropped', 0);
+    // What the limiter hands the sink, as the pipeline counts it.
+    ledger.addDelivered(10);
     const sink = otelMetricsModule.build(
       { prometheus_port: port, prometheus_host: '127.0.0.1', max_interfaces: 2 },
       contextWith(ledger),
@@ -131,6 +138,8 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     closers.push(() => sink.close());
     const input = new Subject<FlowBatch>();
     const consumed = sink.consume(input);
+    // The sink reads its input once its endpoint is up, as the pipeline waits for it to.
+    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
     for (const b of BATCHES) input.next(b);
 
     const url = `http://127.0.0.1:${port}/metrics`;
@@ -141,32 +150,41 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     const check = await promtool(text);
     expect(check).toEqual({ code: 0, output: '' });
 
+    // Units ride along on the # UNIT lines; the resource is target_info's labels.
+    expect(text).toMatch(/^# UNIT rxflow_flow_bytes_total By$/m);
+    expect(text).toMatch(/^# UNIT rxflow_flow_packets_total \{packet\}$/m);
+    expect(text).toMatch(/^# UNIT rxflow_component_received_total \{record\}$/m);
+    expect(text).toMatch(/^target_info\{.*service_name="rxflow",.*\} 1$/m);
+    expect(text).toMatch(/^target_info\{.*deployment_environment_name="lab",.*\} 1$/m);
+    expect(text).toContain('rack="r,=\\"q\\"\\\\"');
+    expect(text).toMatch(/^target_info\{.*service_instance_id="[0-9a-f-]{36}".*\} 1$/m);
+
     const got = samples(text);
     const flowSeries = [...got]
       .filter(([k]) => k.startsWith('rxflow_flow_'))
       .sort(([a], [b]) => a.localeCompare(b));
     expect(Object.fromEntries(flowSeries)).toEqual({
-      'rxflow_flow_bytes_total{direction=egress,interface=eth0,protocol=tcp}': 500,
-      'rxflow_flow_bytes_total{direction=egress,interface=eth1,protocol=icmp}': 84,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=icmpv6}': 104,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=other}': 1000,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth0,protocol=tcp}': 2500,
-      'rxflow_flow_bytes_total{direction=ingress,interface=eth1,protocol=udp}': 64,
-      'rxflow_flow_bytes_total{direction=ingress,interface=other,protocol=tcp}': 100,
-      'rxflow_flow_packets_total{direction=egress,interface=eth0,protocol=tcp}': 2,
-      'rxflow_flow_packets_total{direction=egress,interface=eth1,protocol=icmp}': 1,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=icmpv6}': 1,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=other}': 10,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth0,protocol=tcp}': 10,
-      'rxflow_flow_packets_total{direction=ingress,interface=eth1,protocol=udp}': 1,
-      'rxflow_flow_packets_total{direction=ingress,interface=other,protocol=tcp}': 2,
-      'rxflow_flow_records_total{direction=egress,interface=eth0,protocol=tcp}': 1,
-      'rxflow_flow_records_total{direction=egress,interface=eth1,protocol=icmp}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=icmpv6}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=other}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=eth0,protocol=tcp}': 3,
-      'rxflow_flow_records_total{direction=ingress,interface=eth1,protocol=udp}': 1,
-      'rxflow_flow_records_total{direction=ingress,interface=other,protocol=tcp}': 2,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=transmit,network_transport=tcp,network_type=ipv4}': 500,
+      'rxflow_flow_bytes_total{network_interface_name=eth1,network_io_direction=transmit,network_transport=icmp,network_type=ipv4}': 84,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=receive,network_transport=icmpv6,network_type=ipv4}': 104,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=receive,network_transport=other,network_type=ipv4}': 1000,
+      'rxflow_flow_bytes_total{network_interface_name=eth0,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 2500,
+      'rxflow_flow_bytes_total{network_interface_name=eth1,network_io_direction=receive,network_transport=udp,network_type=ipv4}': 64,
+      'rxflow_flow_bytes_total{network_interface_name=other,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 100,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=transmit,network_transport=tcp,network_type=ipv4}': 2,
+      'rxflow_flow_packets_total{network_interface_name=eth1,network_io_direction=transmit,network_transport=icmp,network_type=ipv4}': 1,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=receive,network_transport=icmpv6,network_type=ipv4}': 1,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=receive,network_transport=other,network_type=ipv4}': 10,
+      'rxflow_flow_packets_total{network_interface_name=eth0,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 10,
+      'rxflow_flow_packets_total{network_interface_name=eth1,network_io_direction=receive,network_transport=udp,network_type=ipv4}': 1,
+      'rxflow_flow_packets_total{network_interface_name=other,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 2,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=transmit,network_transport=tcp,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth1,network_io_direction=transmit,network_transport=icmp,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=receive,network_transport=icmpv6,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=receive,network_transport=other,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=eth0,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 3,
+      'rxflow_flow_records_total{network_interface_name=eth1,network_io_direction=receive,network_transport=udp,network_type=ipv4}': 1,
+      'rxflow_flow_records_total{network_interface_name=other,network_io_direction=receive,network_transport=tcp,network_type=ipv4}': 2,
     });
 
     // Every stage's counts equal the ledger's, read at scrape time.
@@ -189,11 +207,28 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     ).toBe(4);
     expect({
       seen: got.get('rxflow_ledger_seen_total{}'),
-      exported: got.get('rxflow_ledger_exported_total{}'),
+      delivered: got.get('rxflow_ledger_delivered_total{}'),
       dropped: got.get('rxflow_ledger_dropped_total{reason=kernel_map_full}'),
       inFlight: got.get('rxflow_ledger_in_flight{}'),
-    }).toEqual({ seen: 20, exported: 10, dropped: 4, inFlight: totals.inFlight });
-    expect(totals).toMatchObject({ seen: 20, exported: 10, dropped: { kernel_map_full: 4 } });
+      handed: got.get('rxflow_sink_handed_total{sink=metrics,type=otel_metrics}'),
+      exported: got.get('rxflow_sink_exported_total{sink=metrics,type=otel_metrics}'),
+      sinkInFlight: got.get('rxflow_sink_in_flight{sink=metrics,type=otel_metrics}'),
+    }).toEqual({
+      seen: 20,
+      delivered: 10,
+      dropped: 4,
+      inFlight: totals.inFlight,
+      handed: 10,
+      exported: 10,
+      sinkInFlight: 0,
+    });
+    expect(got.has('rxflow_ledger_exported_total{}')).toBe(false);
+    expect(totals).toMatchObject({
+      seen: 20,
+      delivered: 10,
+      dropped: { kernel_map_full: 4 },
+      sinks: [{ id: 'metrics', handed: 10, exported: 10, droppedTotal: 0, inFlight: 0 }],
+    });
 
     // Counters read the ledger at collection time: a later drop shows in the next scrape.
     limiter.addDropped('limiter_dropped', 3);
@@ -209,33 +244,32 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     await expect(fetch(url)).rejects.toThrow();
   });
 
-  it('keeps counting when its port is taken, and says so in the log', async () => {
+  it('fails consume() before reading its input when its port is taken', async () => {
     const blocker = net.createServer();
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
     closers.push(() => new Promise((r) => blocker.close(() => r())));
     const port = (blocker.address() as net.AddressInfo).port;
     const ledger = new Ledger();
-    const errors: string[] = [];
-    const logger = silentLogger();
-    logger.error = (obj: unknown, msg?: string) => void errors.push(msg ?? String(obj));
-    const context = { ...contextWith(ledger), logger };
+    const context = contextWith(ledger);
     const sink = otelMetricsModule.build({ prometheus_port: port, prometheus_host: '127.0.0.1' }, context);
     const input = new Subject<FlowBatch>();
-    const consumed = sink.consume(input);
-    await waitFor('the error log', () => Promise.resolve(errors.length > 0 ? true : undefined));
-    expect(errors).toEqual([
-      `otel_metrics sink: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}; pick another prometheus_port or prometheus_host`,
-    ]);
-    input.next(BATCHES[0]!);
-    input.complete();
-    await consumed;
+    const failure = await sink.consume(input).then(
+      () => undefined,
+      (err: unknown) => err as SinkError,
+    );
+    expect(failure).toBeInstanceOf(SinkError);
+    expect(failure).toMatchObject({
+      code: 'ELISTEN',
+      message: `otel_metrics sink: cannot listen on 127.0.0.1:${port}: listen EADDRINUSE: address already in use 127.0.0.1:${port}; pick another prometheus_port or prometheus_host, or stop what holds it`,
+    });
+    expect(input.observed).toBe(false);
     await sink.close();
-    expect(context.counters.snapshot()).toMatchObject({ received: 3, sent: 3, inFlight: 0 });
   });
 });
 
 describe('otel_metrics sink, OTLP/HTTP push', () => {
-  it('pushes the flow and ledger metrics to the collector URL', async () => {
+  it('pushes the flow and ledger metrics to the collector URL, as JSON when the variables ask for it', async () => {
+    vi.stubEnv('OTEL_EXPORTER_OTLP_METRICS_PROTOCOL', 'http/json');
     const bodies: { path: string; contentType: string; body: Buffer }[] = [];
     const server = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
@@ -262,6 +296,8 @@ describe('otel_metrics sink, OTLP/HTTP push', () => {
     closers.push(() => sink.close());
     const input = new Subject<FlowBatch>();
     const consumed = sink.consume(input);
+    // The sink reads its input once its endpoint is up, as the pipeline waits for it to.
+    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
     input.next(BATCHES[0]!);
 
     const first = await waitFor('an OTLP export', () => Promise.resolve(bodies[0]));
@@ -312,8 +348,24 @@ describe('otel_metrics sink, OTLP/HTTP push', () => {
       attributes: Object.fromEntries(p.attributes.map((a) => [a.key, a.value.stringValue])),
     }));
     expect(points.sort((a, b) => a.value - b.value)).toEqual([
-      { value: 500, attributes: { direction: 'egress', protocol: 'tcp', interface: 'eth0' } },
-      { value: 1600, attributes: { direction: 'ingress', protocol: 'tcp', interface: 'eth0' } },
+      {
+        value: 500,
+        attributes: {
+          'network.io.direction': 'transmit',
+          'network.transport': 'tcp',
+          'network.type': 'ipv4',
+          'network.interface.name': 'eth0',
+        },
+      },
+      {
+        value: 1600,
+        attributes: {
+          'network.io.direction': 'receive',
+          'network.transport': 'tcp',
+          'network.type': 'ipv4',
+          'network.interface.name': 'eth0',
+        },
+      },
     ]);
   });
 });

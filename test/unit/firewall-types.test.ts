@@ -100,9 +100,11 @@ describe('firewall types', () => {
         fc.integer({ min: 0, max: 65535 }),
         fc.integer({ min: 0, max: 0xffffff }),
         fc.bigInt({ min: 0n, max: (1n << 63n) - 1n }),
-        (src, dst, sp, dp, vni, seen) => {
+        fc.constantFrom<'allow' | 'redirect' | 'block'>('allow', 'redirect', 'block'),
+        (src, dst, sp, dp, vni, seen, action) => {
           const s = {
             ...SESSION,
+            action,
             srcAddr: src,
             dstAddr: dst,
             srcPort: sp,

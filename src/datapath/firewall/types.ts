@@ -371,7 +371,8 @@ export interface FirewallSession extends SessionKey {
   tcpState: TcpState;
   /** OR of the TCP flags of every packet, both ways. */
   tcpFlags: number;
-  action: 'allow' | 'redirect';
+  /** block: an audit-mode session, of a connection the policy blocks, passed while enforcement is off. */
+  action: 'allow' | 'redirect' | 'block';
   direction: Direction;
   origin: SessionOrigin;
   reason: FirewallReason;
@@ -413,6 +414,10 @@ export function decodeSessionKey(bytes: Uint8Array, offset = 0): SessionKey {
 
 const S = SESSION.fields;
 
+function sessionAction(value: number): FirewallSession['action'] {
+  return value === 3 ? 'redirect' : value === 2 ? 'block' : 'allow';
+}
+
 /** The session (key fields taken from `key`) from the fw_session value at offset. */
 export function decodeSession(key: SessionKey, bytes: Uint8Array, offset = 0): FirewallSession {
   const v = viewOf(bytes);
@@ -440,7 +445,7 @@ export function decodeSession(key: SessionKey, bytes: Uint8Array, offset = 0): F
     ruleId: v.getUint32(o + S.rule_id.offset, LE),
     tcpState: enumName(TCP_STATES, bytes[o + S.tcp_state.offset]!, 'session tcp state'),
     tcpFlags: bytes[o + S.tcp_flags.offset]!,
-    action: bytes[o + S.action.offset] === 3 ? 'redirect' : 'allow',
+    action: sessionAction(bytes[o + S.action.offset]!),
     direction: enumName(DIRECTIONS, bytes[o + S.direction.offset]!, 'session direction'),
     origin: enumName(ORIGINS, bytes[o + S.origin.offset]!, 'session origin'),
     reason: enumName(REASONS, bytes[o + S.reason.offset]!, 'session reason'),
@@ -487,7 +492,7 @@ export function encodeSession(
   const state = s.tcpState ?? (s.protocol === 6 ? 'established' : 'none');
   out[o + S.tcp_state.offset] = TCP_STATES.indexOf(state);
   out[o + S.tcp_flags.offset] = s.tcpFlags ?? 0;
-  out[o + S.action.offset] = s.action === 'redirect' ? 3 : 1;
+  out[o + S.action.offset] = s.action === 'redirect' ? 3 : s.action === 'block' ? 2 : 1;
   out[o + S.direction.offset] = s.direction === 'egress' ? 1 : 0;
   out[o + S.origin.offset] = ORIGINS.indexOf(s.origin ?? 'restored');
   out[o + S.reason.offset] = REASONS.indexOf(s.reason ?? 'session');

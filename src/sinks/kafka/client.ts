@@ -366,6 +366,9 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
   };
 
   let idTurn = 0;
+  // Set by disconnect(): a send still retrying gives up instead of holding the process open.
+  let disconnected = false;
+  const wakeRetries = new Set<() => void>();
   return {
     connect: () => cluster.connect(),
     async initProducerId() {
@@ -398,13 +401,26 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
           await attempt(request);
           return;
         } catch (err) {
-          if (retry >= options.retries || !kafkaErrorRetriable(err)) throw err;
+          if (retry >= options.retries || !kafkaErrorRetriable(err) || disconnected) throw err;
           if (stale(err)) await cluster.refreshMetadata().catch(() => undefined);
           const wait = Math.min(options.retryMaxMs, options.retryInitialMs * 2 ** retry);
-          await new Promise((resolve) => setTimeout(resolve, wait));
+          await new Promise<void>((resolve) => {
+            const wake = (): void => {
+              clearTimeout(timer);
+              wakeRetries.delete(wake);
+              resolve();
+            };
+            const timer = setTimeout(wake, wait);
+            wakeRetries.add(wake);
+          });
+          if (disconnected) throw err;
         }
       }
     },
-    disconnect: () => cluster.disconnect(),
+    disconnect: () => {
+      disconnected = true;
+      for (const wake of [...wakeRetries]) wake();
+      return cluster.disconnect();
+    },
   };
 }

@@ -10,12 +10,17 @@
  * the same bytes. Requests for one partition may be in flight together (up to max_in_flight, at
  * most 5, the batches a broker remembers per producer and partition). One that overtakes an
  * earlier one (whose request is being retried) is refused as out of order; it goes again once the
- * earlier one has settled. So a batch the broker took means every earlier batch of its partition
- * was taken too, even one whose answer was lost, and that one is not sent again. That holds only
- * once the broker knows the producer on the partition: since Kafka 2.5 a broker takes any sequence
- * from a producer it has no state for. Hence until a batch of a producer id on a partition is
- * acknowledged, only the partition's oldest unsettled batch goes out (one round trip per partition
- * and producer id).
+ * earlier one has settled.
+ *
+ * A batch counts as written only when the answer to a request that carried it says so. A Kafka
+ * broker that took a later batch of the partition must have appended the earlier one, but not
+ * every broker checks sequences (librdkafka's mock cluster, the one `rxflow demo` runs, appends
+ * whatever comes), so that is never taken as proof: the earlier batch is resent, and a broker that
+ * has it answers it as a duplicate. For that answer, the batch must still be among the five the
+ * broker remembers: no batch goes out five or more places after its partition's oldest
+ * unacknowledged batch. Until a batch of a producer id on a partition is acknowledged, only the
+ * partition's oldest unsettled batch goes out (since Kafka 2.5 a broker takes any sequence from a
+ * producer it has no state for; one round trip per partition and producer id).
  *
  * A batch that is given up (delivery timeout, an error no retry fixes) leaves a gap no later batch
  * of the same producer id can cross, so new batches take a new producer id. A batch refused as out
@@ -65,7 +70,10 @@ interface Generation {
 
 /** The batches of one producer id on one partition. */
 interface Lane {
-  /** Batches neither known written nor given up, in sequence order. */
+  /**
+   * In sequence order, from the oldest batch neither acknowledged nor given up: every batch after
+   * it, acknowledged or not.
+   */
   stamps: Stamp[];
   /** A batch was acknowledged: the broker knows the producer here and appends only in sequence. */
   known: boolean;
@@ -80,10 +88,19 @@ interface Stamp {
   sentAt: number;
   /** Refused as out of order behind an earlier batch: goes again once the lane has moved. */
   behind: boolean;
+  /** A broker acknowledged it; it stays in its lane until every earlier batch is settled. */
+  acked: boolean;
 }
 
 function generation(producerId: bigint, producerEpoch: number): Generation {
   return { producerId, producerEpoch, next: new Map(), lanes: new Map(), spent: undefined };
+}
+
+/** Drops the acknowledged batches at the head of a lane: nothing before them is outstanding. */
+function trim(lane: Lane): void {
+  let n = 0;
+  while (n < lane.stamps.length && lane.stamps[n]!.acked) n++;
+  if (n > 0) lane.stamps.splice(0, n);
 }
 
 const NO_PRODUCER = { producerId: -1n, producerEpoch: -1, baseSequence: -1 } as const;
@@ -220,8 +237,9 @@ export class ProducerSequences {
   }
 
   /**
-   * The stamped, unwritten batches that may go out now, noted as gone out: all of a partition
-   * whose broker knows the producer, only the oldest of one that does not yet, and none refused
+   * The stamped, unwritten batches that may go out now, noted as gone out: those of a partition
+   * whose broker knows the producer that are fewer than MAX_IN_FLIGHT_IDEMPOTENT places after its
+   * oldest unacknowledged batch, only the oldest of one that does not know it yet, and none refused
    * as out of order until an earlier batch of its partition has settled. Empty while the rest
    * wait; see changed().
    */
@@ -235,6 +253,7 @@ export class ProducerSequences {
       if (lane !== undefined) {
         if (s.behind && lane.version === s.sentAt) continue;
         if (!lane.known && lane.stamps[0] !== s) continue;
+        if (lane.stamps.indexOf(s) >= MAX_IN_FLIGHT_IDEMPOTENT) continue;
         s.sentAt = lane.version;
         s.behind = false;
       }
@@ -253,11 +272,7 @@ export class ProducerSequences {
     return this.changes.promise;
   }
 
-  /**
-   * After an attempt: each batch the broker took settles, and so does every batch before it on its
-   * partition under the same producer id, which the broker must have appended first. Those are
-   * marked written, so their own requests do not send them again.
-   */
+  /** After an attempt: each batch the broker acknowledged settles; no other batch does. */
   settle(batches: readonly PartitionBatch[]): void {
     for (const b of batches) {
       if (!b.written) continue;
@@ -281,11 +296,6 @@ export class ProducerSequences {
       const b = batches.find((x) => x.partition === f.partition);
       if (b?.written === true) continue;
       const s = b === undefined ? undefined : this.stamps.get(b);
-      if (s !== undefined) {
-        // A later batch of the partition may be marked written by a request not settled yet.
-        this.settleLane(s);
-        if (b!.written) continue;
-      }
       const type = (f.error as { type?: unknown }).type;
       if (
         s === undefined ||
@@ -327,7 +337,7 @@ export class ProducerSequences {
   }
 
   private assign(gen: Generation, b: PartitionBatch): void {
-    const s: Stamp = { batch: b, generation: gen, sentAt: -1, behind: false };
+    const s: Stamp = { batch: b, generation: gen, sentAt: -1, behind: false, acked: false };
     this.stamps.set(b, s);
     if (gen.producerId < 0n) {
       stampBatch(b.data, NO_PRODUCER);
@@ -352,30 +362,13 @@ export class ProducerSequences {
 
   private written(s: Stamp): void {
     this.stamps.delete(s.batch);
+    s.acked = true;
     const lane = s.generation.lanes.get(s.batch.partition);
     if (lane === undefined) return;
     lane.known = true;
-    const at = lane.stamps.indexOf(s);
-    if (at < 0) return;
-    for (let i = 0; i < at; i++) {
-      const earlier = lane.stamps[i]!;
-      earlier.batch.written = true;
-      this.stamps.delete(earlier.batch);
-    }
-    lane.stamps.splice(0, at + 1);
+    trim(lane);
     lane.version++;
     this.notify();
-  }
-
-  /** Settles the lane of `s` up to its last batch a transport marked written, in whichever request. */
-  private settleLane(s: Stamp): void {
-    const stamps = s.generation.lanes.get(s.batch.partition)?.stamps ?? [];
-    for (let i = stamps.length - 1; i >= 0; i--) {
-      if (stamps[i]!.batch.written) {
-        this.written(stamps[i]!);
-        return;
-      }
-    }
   }
 
   private unstamp(s: Stamp, why: string): void {
@@ -384,6 +377,7 @@ export class ProducerSequences {
     const at = lane === undefined ? -1 : lane.stamps.indexOf(s);
     if (at >= 0) {
       lane!.stamps.splice(at, 1);
+      trim(lane!);
       lane!.version++;
     }
     s.generation.spent ??= why;

@@ -15,7 +15,27 @@ const VIEW: DemoView = {
     startedAt: '2026-01-01T00:00:00.000Z',
     uptimeMs: 12_000,
     startupMs: 640,
-    ledger: { seen: 40, exported: 75, dropped: { sink_failed: 2 }, droppedTotal: 2, merged: 0, inFlight: 3 },
+    ledger: {
+      seen: 40,
+      merged: 0,
+      dropped: {},
+      droppedTotal: 0,
+      inFlight: 0,
+      delivered: 40,
+      sinks: [
+        {
+          id: 'kafka',
+          type: 'kafka',
+          handed: 40,
+          exported: 35,
+          dropped: { sink_failed: 2 },
+          droppedTotal: 2,
+          inFlight: 3,
+        },
+        { id: 'top', type: 'top', handed: 40, exported: 40, dropped: {}, droppedTotal: 0, inFlight: 0 },
+      ],
+    },
+    health: { status: 'healthy', degraded: [] },
     components: [
       {
         id: 'flows',

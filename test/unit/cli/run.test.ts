@@ -102,14 +102,20 @@ describe('rxflow run: ready, status socket and ledger', () => {
     expect(await runCli(['status', '--socket', socket, '--json'], s.io)).toBe(0);
     const status = JSON.parse(s.text().out) as PipelineStatus;
     expect(status).toMatchObject({ pipeline: 'edge', file, pid: process.pid, state: 'running', ready: true });
+    // flows reaches the sinks on two branches: top directly, out through acct (which holds 3).
     expect(status.ledger).toEqual({
       seen: 3,
-      exported: 3,
+      merged: 0,
       dropped: {},
       droppedTotal: 0,
-      merged: 0,
       inFlight: 3,
+      delivered: 3,
+      sinks: [
+        { id: 'out', type: 'collect', handed: 0, exported: 0, dropped: {}, droppedTotal: 0, inFlight: 0 },
+        { id: 'top', type: 'top', handed: 3, exported: 3, dropped: {}, droppedTotal: 0, inFlight: 0 },
+      ],
     });
+    expect(status.health).toEqual({ status: 'healthy', degraded: [] });
     expect(status.components.map((c) => [c.id, c.kind, c.received, c.sent, c.inFlight])).toEqual([
       ['flows', 'source', 3, 3, 0],
       ['acct', 'transform', 3, 0, 3],
@@ -120,10 +126,13 @@ describe('rxflow run: ready, status socket and ledger', () => {
 
     const table = harness();
     expect(await runCli(['status', '--socket', socket], table.io)).toBe(0);
-    expect(table.text().out.split('\n').slice(0, 3)).toEqual([
+    expect(table.text().out.split('\n').slice(0, 6)).toEqual([
       `pipeline  edge (${file}), pid ${process.pid}`,
       expect.stringMatching(/^state {5}running, ready, up \d+(ms|s), started in \d+ ms$/),
-      'ledger    seen 3  exported 3  dropped 0  merged 0  in flight 3',
+      'ledger    seen 3  merged 0  dropped 0  in flight 3  delivered 3',
+      '          sink out  handed 0  exported 0  dropped 0  in flight 0',
+      '          sink top  handed 3  exported 3  dropped 0  in flight 0',
+      'health    healthy',
     ]);
 
     h.signals.emit('SIGTERM', 'SIGTERM');
@@ -134,10 +143,14 @@ describe('rxflow run: ready, status socket and ledger', () => {
       msg: 'ledger',
       pipeline: 'edge',
       seen: 3,
-      exported: 6,
       dropped: {},
       droppedTotal: 0,
       inFlight: 0,
+      delivered: 6,
+      sinks: [
+        { id: 'out', handed: 3, exported: 3, droppedTotal: 0, inFlight: 0 },
+        { id: 'top', handed: 3, exported: 3, droppedTotal: 0, inFlight: 0 },
+      ],
     });
     expect(h.text().err).toBe('');
   });
@@ -201,7 +214,14 @@ describe('rxflow run: ready, status socket and ledger', () => {
     const h = harness();
     const code = runCli(['run', file, '--no-status-socket', '--ledger-log-interval', '20ms'], h.io);
     await until(() => h.logs.filter((l) => l.msg === 'ledger').length >= 2, 'two ledger logs');
-    expect(h.logs.filter((l) => l.msg === 'ledger')[0]).toMatchObject({ seen: 3, exported: 3, inFlight: 3 });
+    expect(h.logs.filter((l) => l.msg === 'ledger')[0]).toMatchObject({
+      seen: 3,
+      inFlight: 3,
+      sinks: [
+        { id: 'out', handed: 0 },
+        { id: 'top', handed: 3, exported: 3 },
+      ],
+    });
     h.signals.emit('SIGTERM', 'SIGTERM');
     expect(await code).toBe(0);
 

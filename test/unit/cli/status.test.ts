@@ -4,7 +4,9 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { StatusServer } from '../../../src/cli/status-server.js';
+import { HealthServer, StatusServer, parseHostPort } from '../../../src/cli/status-server.js';
+import { HealthBoard } from '../../../src/health.js';
+import { silentLogger } from '../../../src/logger.js';
 import {
   defaultStatusSocket,
   findStatusSocket,
@@ -28,11 +30,42 @@ const STATUS: PipelineStatus = {
   startupMs: 812,
   ledger: {
     seen: 12_345,
-    exported: 12_000,
+    merged: 0,
     dropped: { limiter_dropped: 300, kernel_map_full: 5 },
     droppedTotal: 305,
-    merged: 0,
-    inFlight: 40,
+    inFlight: 0,
+    delivered: 12_040,
+    sinks: [
+      {
+        id: 'kafka',
+        type: 'kafka',
+        handed: 12_040,
+        exported: 11_990,
+        dropped: { sink_failed: 10 },
+        droppedTotal: 10,
+        inFlight: 40,
+      },
+      {
+        id: 'out',
+        type: 'file',
+        handed: 12_040,
+        exported: 12_040,
+        dropped: {},
+        droppedTotal: 0,
+        inFlight: 0,
+      },
+    ],
+  },
+  health: {
+    status: 'degraded',
+    degraded: [
+      {
+        component: 'kafka',
+        type: 'kafka',
+        reason: 'kafka sink: no broker reachable for 30 s; check the brokers',
+        since: '2026-01-01T00:01:00.000Z',
+      },
+    ],
   },
   components: [
     {
@@ -88,7 +121,11 @@ describe('formatStatus', () => {
       [
         'pipeline  edge (/etc/rxflow/edge.yaml), pid 4242',
         'state     running, ready, up 1m05s, started in 812 ms',
-        'ledger    seen 12,345  exported 12,000  dropped 305 (kernel_map_full 5, limiter_dropped 300)  merged 0  in flight 40',
+        'ledger    seen 12,345  merged 0  dropped 305 (kernel_map_full 5, limiter_dropped 300)  in flight 0  delivered 12,040',
+        '          sink kafka  handed 12,040  exported 11,990  dropped 10 (sink_failed 10)  in flight 40',
+        '          sink out    handed 12,040  exported 12,040  dropped 0  in flight 0',
+        'health    degraded (1 component)',
+        '          kafka (kafka) since 2026-01-01T00:01:00.000Z: kafka sink: no broker reachable for 30 s; check the brokers',
         '',
         'COMPONENT      TYPE            KIND       RECEIVED    SENT  DROPPED  MERGED  IN FLIGHT',
         'flows          ebpf_flows      source       12,345  12,340        5       0          0',
@@ -238,5 +275,75 @@ describe('StatusServer and readStatus', () => {
     await expect(readStatus(path)).rejects.toThrow(
       `status ${path}: no pipeline serves this socket (ENOENT); is 'rxflow run' running?`,
     );
+  });
+});
+
+describe('HealthBoard', () => {
+  it('keeps the degraded components with their reasons, and logs each change once', () => {
+    const board = new HealthBoard();
+    const logs: [string, Record<string, unknown>, string][] = [];
+    const logger = silentLogger();
+    logger.warn = (obj: unknown, msg?: string) =>
+      void logs.push(['warn', obj as Record<string, unknown>, msg!]);
+    logger.info = (obj: unknown, msg?: string) =>
+      void logs.push(['info', obj as Record<string, unknown>, msg!]);
+    const kafka = board.reporter('kafka', 'kafka', logger);
+    board.reporter('out', 'file', logger).healthy();
+    expect(board.snapshot()).toEqual({ status: 'healthy', degraded: [] });
+    kafka.degraded('no broker');
+    kafka.degraded('no broker');
+    const first = board.snapshot();
+    expect(first).toEqual({
+      status: 'degraded',
+      degraded: [
+        { component: 'kafka', type: 'kafka', reason: 'no broker', since: expect.any(String) as string },
+      ],
+    });
+    kafka.degraded('no broker for 30 s');
+    expect(board.snapshot().degraded[0]).toEqual({ ...first.degraded[0], reason: 'no broker for 30 s' });
+    kafka.healthy();
+    kafka.healthy();
+    expect(board.snapshot()).toEqual({ status: 'healthy', degraded: [] });
+    expect(logs).toEqual([
+      ['warn', { health: 'degraded', reason: 'no broker' }, 'component degraded'],
+      ['warn', { health: 'degraded', reason: 'no broker for 30 s' }, 'component degraded'],
+      [
+        'info',
+        { health: 'healthy', was: 'no broker for 30 s', since: first.degraded[0]!.since },
+        'component healthy again',
+      ],
+    ]);
+  });
+});
+
+describe('HealthServer', () => {
+  it('answers each path with the code and document it is given, 404 otherwise', async () => {
+    const server = await HealthServer.listen('127.0.0.1:0', (path) =>
+      path === '/readyz' ? { code: 503, doc: { status: 'degraded' } } : undefined,
+    );
+    try {
+      expect(server.address).toMatch(/^127\.0\.0\.1:\d+$/);
+      const ready = await fetch(`http://${server.address}/readyz`);
+      expect([ready.status, await ready.json()]).toEqual([503, { status: 'degraded' }]);
+      const other = await fetch(`http://${server.address}/nope`);
+      expect(other.status).toBe(404);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('refuses an address that is not host:port, and a port it cannot bind', async () => {
+    expect(() => parseHostPort('8686')).toThrow(
+      "health address '8686': not host:port; give e.g. 127.0.0.1:8686, 0.0.0.0:8686 or [::1]:8686",
+    );
+    expect(parseHostPort('[::1]:8686')).toEqual({ host: '::1', port: 8686 });
+    const first = await HealthServer.listen('127.0.0.1:0', () => undefined);
+    try {
+      await expect(HealthServer.listen(first.address, () => undefined)).rejects.toThrow(
+        `health endpoint ${first.address}: cannot listen (EADDRINUSE); pick another --health-address, or stop what holds it`,
+      );
+    } finally {
+      await first.close();
+    }
   });
 });

@@ -581,7 +581,7 @@ describe('account module', () => {
         x: [rec({ packetDeltaCount: 2, octetDeltaCount: 200 })],
       });
     });
-    expect(ledger.totals()).toMatchObject({ seen: 0, exported: 0, merged: 1, inFlight: 0 });
+    expect(ledger.totals()).toMatchObject({ seen: 0, delivered: 0, merged: 1, inFlight: 0 });
     expect(counters.snapshot()).toEqual({
       id: 'acc',
       type: 'account',

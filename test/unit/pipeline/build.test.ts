@@ -33,7 +33,16 @@ sinks:
     expect(out.batches).toEqual([fixedBatch(0, 2), fixedBatch(1, 2), fixedBatch(2, 2)]);
     expect(out.events).toEqual(['complete', 'flush', 'close']);
     const totals = pipeline.totals();
-    expect(totals).toMatchObject({ seen: 6, exported: 6, dropped: {}, droppedTotal: 0, inFlight: 0 });
+    expect(totals).toMatchObject({
+      seen: 6,
+      delivered: 6,
+      dropped: {},
+      droppedTotal: 0,
+      inFlight: 0,
+      sinks: [
+        { id: 'out', type: 'collect', handed: 6, exported: 6, dropped: {}, droppedTotal: 0, inFlight: 0 },
+      ],
+    });
     expect(totals.stages).toEqual([
       { id: 'flows', type: 'fixed', received: 6, sent: 6, dropped: {}, inFlight: 0 },
       { id: 'p', type: 'pass', received: 6, sent: 6, dropped: {}, inFlight: 0 },
@@ -41,7 +50,7 @@ sinks:
     ]);
   });
 
-  it('counts what a transform drops, so seen = exported + dropped', async () => {
+  it('counts what a transform drops, so seen = delivered + dropped', async () => {
     const { store, config } = setup(`sources:
   flows: {type: fixed, batches: 2, size: 5}
 transforms:
@@ -55,7 +64,7 @@ sinks:
     expect(store.get('out')!.batches).toEqual([]);
     expect(pipeline.totals()).toMatchObject({
       seen: 10,
-      exported: 0,
+      delivered: 0,
       dropped: { sampled_out: 10 },
       droppedTotal: 10,
       inFlight: 0,
@@ -82,7 +91,15 @@ sinks:
     const stages = Object.fromEntries(pipeline.totals().stages.map((s) => [s.id, s]));
     expect(stages.flows).toMatchObject({ received: 6, sent: 6 });
     expect(stages.p).toMatchObject({ received: 6, sent: 6 });
-    expect(pipeline.totals()).toMatchObject({ seen: 6, exported: 18 });
+    // flows reaches the sinks twice, raw and through p; each sink has its own account.
+    const totals = pipeline.totals();
+    expect(totals).toMatchObject({ seen: 6, delivered: 12, droppedTotal: 0, inFlight: 0 });
+    expect(totals.sinks.map((k) => [k.id, k.handed, k.exported, k.droppedTotal, k.inFlight])).toEqual([
+      ['a', 6, 6, 0, 0],
+      ['b', 6, 6, 0, 0],
+      ['raw', 6, 6, 0, 0],
+    ]);
+    expect(totals).not.toHaveProperty('exported');
   });
 
   it('merges several inputs into one transform', async () => {
@@ -101,7 +118,7 @@ sinks:
     expect(store.get('out')!.batches).toEqual([
       [...fixedBatch(0, 1), ...fixedBatch(1, 1), ...fixedBatch(0, 2, 100)],
     ]);
-    expect(pipeline.totals()).toMatchObject({ seen: 4, exported: 4, inFlight: 0 });
+    expect(pipeline.totals()).toMatchObject({ seen: 4, delivered: 4, inFlight: 0, sinks: [{ exported: 4 }] });
   });
 
   it('stop() drains: records a transform holds reach the sink before it is flushed and closed', async () => {
@@ -117,7 +134,7 @@ sinks:
     const out = store.get('out')!;
     expect(pipeline.state).toBe('running');
     expect(out.batches).toEqual([]);
-    expect(pipeline.totals()).toMatchObject({ seen: 6, exported: 0, inFlight: 6 });
+    expect(pipeline.totals()).toMatchObject({ seen: 6, delivered: 0, inFlight: 6, sinks: [{ handed: 0 }] });
 
     const stopping = pipeline.stop();
     expect(pipeline.state).toBe('stopping');
@@ -125,7 +142,13 @@ sinks:
     expect(pipeline.state).toBe('stopped');
     expect(out.batches).toEqual([[...fixedBatch(0, 2), ...fixedBatch(1, 2), ...fixedBatch(2, 2)]]);
     expect(out.events).toEqual(['complete', 'flush', 'close']);
-    expect(pipeline.totals()).toMatchObject({ seen: 6, exported: 6, droppedTotal: 0, inFlight: 0 });
+    expect(pipeline.totals()).toMatchObject({
+      seen: 6,
+      delivered: 6,
+      droppedTotal: 0,
+      inFlight: 0,
+      sinks: [{ handed: 6, exported: 6, inFlight: 0 }],
+    });
     await expect(pipeline.stop()).resolves.toBeUndefined();
     expect(out.events).toEqual(['complete', 'flush', 'close']);
   });
@@ -229,7 +252,16 @@ sinks:
     expect(store.get('good')!.batches).toEqual([fixedBatch(0, 1)]);
     expect(store.get('good')!.events).toEqual(['complete', 'flush', 'close']);
     expect(store.get('bad')!.events).toEqual(['flush', 'close']);
-    expect(pipeline.totals()).toMatchObject({ seen: 5, exported: 1, dropped: { sink_failed: 2 } });
+    expect(pipeline.totals()).toMatchObject({
+      seen: 5,
+      // flows emitted its second batch after bad had failed and let go of its input.
+      delivered: 5,
+      droppedTotal: 0,
+      sinks: [
+        { id: 'bad', handed: 2, exported: 0, dropped: { sink_failed: 2 } },
+        { id: 'good', handed: 1, exported: 1, droppedTotal: 0 },
+      ],
+    });
     await expect(pipeline.stop()).rejects.toBe(err);
   });
 

@@ -278,7 +278,7 @@ describe('dist/src/cli/main.js', () => {
     expect(validate.status).toBe(1);
     expect(validate.stdout).toBe('');
     expect(validate.stderr).toBe(
-      `${file}:1:1: unknown key 'sourcs' (did you mean 'sources'?); allowed: sources, transforms, sinks\n`,
+      `${file}:1:1: unknown key 'sourcs' (did you mean 'sources'?); allowed: sources, transforms, sinks, drain_timeout_ms\n`,
     );
   });
 });

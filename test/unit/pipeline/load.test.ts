@@ -146,10 +146,10 @@ sinks:
 
   it('names an unknown top-level key and the allowed ones, and not the emptiness it causes', () => {
     expect(problems(GOOD + 'transform: {}\n')).toEqual([
-      "pipelines/x.yaml:12:1: unknown key 'transform' (did you mean 'transforms'?); allowed: sources, transforms, sinks",
+      "pipelines/x.yaml:12:1: unknown key 'transform' (did you mean 'transforms'?); allowed: sources, transforms, sinks, drain_timeout_ms",
     ]);
     expect(problems(GOOD.replace('sinks:', 'sink:'))).toEqual([
-      "pipelines/x.yaml:8:1: unknown key 'sink' (did you mean 'sinks'?); allowed: sources, transforms, sinks",
+      "pipelines/x.yaml:8:1: unknown key 'sink' (did you mean 'sinks'?); allowed: sources, transforms, sinks, drain_timeout_ms",
     ]);
   });
 

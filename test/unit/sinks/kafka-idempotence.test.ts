@@ -198,18 +198,42 @@ describe('ProducerSequences', () => {
     ]);
   });
 
-  it('a batch the broker took settles every earlier batch of its partition, which it must have appended first', async () => {
+  it('a batch settles only by its own acknowledgement, never because a later batch of its partition was taken', async () => {
     const { seq } = sequences();
     await seq.start();
     const [a, b, c, other] = [batch(0, 1), batch(0, 1), batch(0, 1), batch(1, 1)];
     for (const x of [a, b, c, other]) expect(seq.stamp([x])).toBeUndefined();
     b.written = true;
     seq.settle([b]);
-    expect([a.written, b.written, c.written, other.written]).toEqual([true, true, false, false]);
-    // A failure for a batch that turns out written is no failure.
-    expect(
-      seq.failed([a], new ProduceError('t', [{ partition: 0, error: new Error('timed out') }])),
-    ).toBeUndefined();
+    expect([a.written, b.written, c.written, other.written]).toEqual([false, true, false, false]);
+    // a failed with no answer: it is still a failure, and a goes again with the same stamp.
+    const timedOut = new ProduceError('t', [{ partition: 0, error: new Error('timed out') }]);
+    expect(seq.failed([a], timedOut)).toBe(timedOut);
+    expect(seq.stamp([a])).toBeUndefined();
+    expect(stamp(a)).toEqual([101n, 0]);
+  });
+
+  it('no batch goes out five places or more after the oldest unacknowledged batch of its partition', async () => {
+    const { seq } = sequences();
+    await seq.start();
+    const first = batch(0, 1);
+    expect(seq.stamp([first])).toBeUndefined();
+    expect(seq.sendable([first])).toEqual([first]);
+    first.written = true;
+    seq.settle([first]);
+    // The broker knows the producer now; a (oldest unacknowledged) is out, b..e are acknowledged.
+    const lane = Array.from({ length: 6 }, () => batch(0, 1));
+    for (const x of lane) expect(seq.stamp([x])).toBeUndefined();
+    expect(seq.sendable(lane)).toEqual(lane.slice(0, 5));
+    for (const x of lane.slice(1, 5)) x.written = true;
+    seq.settle(lane.slice(1, 5));
+    // f would push a out of the five batches a broker remembers: it waits for a's own answer.
+    expect(seq.sendable([lane[5]!])).toEqual([]);
+    const moved = seq.changed();
+    lane[0]!.written = true;
+    seq.settle([lane[0]!]);
+    await moved;
+    expect(seq.sendable([lane[5]!])).toEqual([lane[5]]);
   });
 
   it('until a partition knows the producer id, only its oldest unsettled batch goes out', async () => {

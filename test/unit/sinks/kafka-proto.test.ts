@@ -242,7 +242,7 @@ describe('writeFlowProto', () => {
   it('leaves zero plain fields off and writes zero optional fields', () => {
     const r: FlowRecord = {
       ...flowRecord(),
-      ipVersion: 0 as 4,
+      ipVersion: 0,
       sourceIPv4Address: '',
       sourceTransportPort: 0,
       flowStartMilliseconds: 0,

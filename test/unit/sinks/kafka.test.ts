@@ -4,7 +4,7 @@ import { Subject, VirtualTimeScheduler, from } from 'rxjs';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import type { ComponentContext } from '../../../src/component.js';
+import type { ComponentContext, HealthReporter } from '../../../src/component.js';
 import { Ledger, type StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
@@ -506,6 +506,7 @@ function setupWith<T extends KafkaTransport>(
   make: (clock: Clock) => T,
   config: Partial<KafkaSinkConfig> = {},
   logger = silentLogger(),
+  health?: HealthReporter,
 ) {
   const clock = new Clock();
   const transport = make(clock);
@@ -518,6 +519,7 @@ function setupWith<T extends KafkaTransport>(
     counters,
     scheduler: clock.scheduler,
   };
+  if (health !== undefined) context.health = health;
   const sink = new KafkaSink(
     { bootstrap_servers: ['127.0.0.1:9092'], topic: 't', ...config },
     context,
@@ -838,6 +840,61 @@ describe('kafka sink batching, retries and accounting', () => {
     expect(state().done).toBe(true);
     expect(input.observed).toBe(false);
     await sink.flush();
+  });
+
+  it('close(timeoutMs) waits the shorter of timeoutMs and shutdown_timeout_ms, counts the rest shutdown, and does not wait for a disconnect that hangs', async () => {
+    const { clock, transport, counters, input, sink, state } = setup({
+      batch_max_records: 4,
+      max_in_flight: 1,
+      shutdown_timeout_ms: 3000,
+    });
+    transport.outcome = () => 'hang';
+    transport.disconnect = () => new Promise<void>(() => undefined);
+    await clock.settle();
+    input.next(range(0, 10));
+    let closedAt = -1;
+    void sink.close(1200).then(() => (closedAt = clock.now));
+    await clock.advance(1199);
+    expect(closedAt).toBe(-1);
+    expect(counters.snapshot()).toMatchObject({ received: 10, sent: 0, dropped: {}, inFlight: 10 });
+    await clock.advance(1);
+    expect(counters.snapshot()).toMatchObject({ received: 10, dropped: { shutdown: 10 }, inFlight: 0 });
+    await clock.advance(500);
+    expect(closedAt).toBe(1700);
+    expect(state().done).toBe(true);
+  });
+
+  it('reports itself degraded once the brokers have failed for degraded_after_ms, and healthy at the next write', async () => {
+    const reports: string[] = [];
+    const health: HealthReporter = {
+      degraded: (reason) => void reports.push(`degraded ${reason}`),
+      healthy: () => void reports.push('healthy'),
+    };
+    const { clock, transport, counters, input } = setupWith(
+      (c) => new FakeTransport(c),
+      { batch_max_records: 10, retry_initial_ms: 100, retry_max_ms: 1000, degraded_after_ms: 5000 },
+      silentLogger(),
+      health,
+    );
+    let failUntil = 8000;
+    transport.outcome = () => (clock.now < failUntil ? transient() : 'ok');
+    await clock.settle();
+    input.next(range(0, 10));
+    await clock.advance(4999);
+    expect(reports).toEqual([]);
+    await clock.advance(1);
+    expect(reports).toEqual([
+      'degraded kafka sink: the brokers (127.0.0.1:9092) have not been reachable for 5000 ms; records are held up to buffer_max_records (100000) and delivery_timeout_ms (120000); check the brokers and the network (last error: Connection error: connect ECONNREFUSED)',
+    ]);
+    await clock.advance(4000);
+    expect(reports.slice(1)).toEqual(['healthy']);
+    expect(counters.snapshot()).toMatchObject({ received: 10, sent: 10, inFlight: 0 });
+    // A short failure, shorter than degraded_after_ms, is not reported.
+    failUntil = clock.now + 2000;
+    input.next(range(10, 10));
+    await clock.advance(6000);
+    expect(reports).toHaveLength(2);
+    expect(counters.snapshot()).toMatchObject({ received: 20, sent: 20, inFlight: 0 });
   });
 
   it('consume() resolves after the input completes and every record is written', async () => {

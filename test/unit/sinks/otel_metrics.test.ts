@@ -21,7 +21,7 @@ function tallyOf(maxInterfaces: number) {
   const bytes = new RecordingCounter();
   const packets = new RecordingCounter();
   const records = new RecordingCounter();
-  const add = (batch: FlowRecord[]): void => tally.add(batch, bytes, packets, records);
+  const add = (batch: FlowRecord[]): number => tally.add(batch, bytes, packets, records);
   return { add, bytes, packets, records };
 }
 
@@ -37,8 +37,13 @@ describe('FlowTally', () => {
       }),
     );
     add(batch);
-    const ingress = { direction: 'ingress', protocol: 'tcp', interface: 'eth0' };
-    const egress = { direction: 'egress', protocol: 'tcp', interface: 'eth0' };
+    const ingress = {
+      'network.io.direction': 'receive',
+      'network.transport': 'tcp',
+      'network.type': 'ipv4',
+      'network.interface.name': 'eth0',
+    };
+    const egress = { ...ingress, 'network.io.direction': 'transmit' };
     // Sum of even i below 1000 and of odd i.
     expect(bytes.calls).toEqual([
       [249_500, ingress],
@@ -57,20 +62,55 @@ describe('FlowTally', () => {
     expect(bytes.calls[2]).toEqual([7, ingress]);
   });
 
-  it('names protocols tcp/udp/icmp/icmpv6/other and directions ingress/egress', () => {
+  it('names transports tcp/udp/icmp/icmpv6/other and directions receive/transmit', () => {
     const { add, records } = tallyOf(8);
     add(
       [6, 17, 1, 58, 47, 132].map((p, i) =>
         flowRecord({ protocolIdentifier: p, interfaceName: 'x', flowDirection: (i % 2) as 0 | 1 }),
       ),
     );
-    expect(records.calls.map(([, a]) => `${String(a!.protocol)}/${String(a!.direction)}`)).toEqual([
-      'tcp/ingress',
-      'udp/egress',
-      'icmp/ingress',
-      'icmpv6/egress',
-      'other/ingress',
-      'other/egress',
+    expect(
+      records.calls.map(
+        ([, a]) => `${String(a!['network.transport'])}/${String(a!['network.io.direction'])}`,
+      ),
+    ).toEqual([
+      'tcp/receive',
+      'udp/transmit',
+      'icmp/receive',
+      'icmpv6/transmit',
+      'other/receive',
+      'other/transmit',
+    ]);
+  });
+
+  it('sets network.type ipv4 or ipv6 by ipVersion, and none on layer-2 flows', () => {
+    const { add, packets } = tallyOf(8);
+    add([
+      flowRecord({ interfaceName: 'x', ipVersion: 6, packetDeltaCount: 2 }),
+      flowRecord({ interfaceName: 'x', ipVersion: 4, packetDeltaCount: 3 }),
+      flowRecord({ interfaceName: 'x', ipVersion: 0, protocolIdentifier: 0, packetDeltaCount: 5 }),
+      flowRecord({ interfaceName: 'x', ipVersion: 6, packetDeltaCount: 7 }),
+    ]);
+    expect(packets.calls).toEqual([
+      [
+        9,
+        {
+          'network.io.direction': 'receive',
+          'network.transport': 'tcp',
+          'network.type': 'ipv6',
+          'network.interface.name': 'x',
+        },
+      ],
+      [
+        3,
+        {
+          'network.io.direction': 'receive',
+          'network.transport': 'tcp',
+          'network.type': 'ipv4',
+          'network.interface.name': 'x',
+        },
+      ],
+      [5, { 'network.io.direction': 'receive', 'network.transport': 'other', 'network.interface.name': 'x' }],
     ]);
   });
 
@@ -86,7 +126,7 @@ describe('FlowTally', () => {
       flowRecord({ ingressInterface: 9 }),
       flowRecord({ interfaceName: 'eth0' }),
     ]);
-    expect(records.calls.map(([n, a]) => [n, a!.interface])).toEqual([
+    expect(records.calls.map(([n, a]) => [n, a!['network.interface.name']])).toEqual([
       [1, 'eth0'],
       [1, '9'],
       [1, 'other'],
@@ -138,7 +178,15 @@ describe('otel_metrics sink', () => {
       { value: 2, attributes: { reason: 'sampled_out' } },
     ]);
     expect(points(resourceMetrics, 'rxflow.flow.bytes')).toEqual([
-      { value: 10, attributes: { direction: 'ingress', protocol: 'tcp', interface: 'lo' } },
+      {
+        value: 10,
+        attributes: {
+          'network.io.direction': 'receive',
+          'network.transport': 'tcp',
+          'network.type': 'ipv4',
+          'network.interface.name': 'lo',
+        },
+      },
     ]);
     const closing = sink.close();
     expect(sink.close()).toBe(closing);

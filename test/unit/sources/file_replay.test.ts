@@ -382,12 +382,12 @@ class SteppingScheduler implements SchedulerLike {
 }
 
 describe('file_replay pacing', () => {
-  /** Records whose flowEndMilliseconds are these offsets from the first. */
+  /** Records whose flowEndMilliseconds are these offsets from the first (which ends after every start). */
   function timedFile(offsets: number[]): string {
     const dir = makeTempDir('rxrpl');
     const file = path.join(dir, 'timed.jsonl');
     const text = offsets
-      .map((o, i) => JSON.stringify({ ...record(i), flowEndMilliseconds: 1_700_000_000_000 + o }))
+      .map((o, i) => JSON.stringify({ ...record(i), flowEndMilliseconds: 1_700_000_001_000 + o }))
       .join('\n');
     fs.writeFileSync(file, `${text}\n`);
     return file;

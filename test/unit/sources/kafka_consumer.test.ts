@@ -34,8 +34,8 @@ function decodeAll(
 }
 
 const json = (v: unknown): Buffer => Buffer.from(JSON.stringify(v));
-const a = flowRecord({ flowStartMilliseconds: 1 });
-const b = flowRecord({ flowStartMilliseconds: 2, flowDirection: 1 });
+const a = flowRecord({ flowStartMilliseconds: 1_700_000_000_001 });
+const b = flowRecord({ flowStartMilliseconds: 1_700_000_000_002, flowDirection: 1 });
 const { ipVersion: _v, ...noVersion } = flowRecord();
 
 describe('kafka_consumer message decoding', () => {

@@ -1,0 +1,357 @@
+/**
+ * IPFIX messages (RFC 7011) of flow records: a 16-byte message header, template sets that
+ * describe the records, and data sets of records written field by field into one reused buffer.
+ *
+ * Every element is an IANA one (https://www.iana.org/assignments/ipfix), so any collector reads
+ * the records without an enterprise definition. Which template a record takes:
+ *
+ *   256  IPv4            common + L3 + sourceIPv4Address(8) destinationIPv4Address(12) icmpTypeCodeIPv4(32)
+ *   257  IPv6            common + L3 + sourceIPv6Address(27) destinationIPv6Address(28) icmpTypeCodeIPv6(139)
+ *   258  layer 2         common (a frame that is not IP: MACs and ethernetType identify it)
+ *   259  IPv4 in VXLAN   as 256 + layer2SegmentId(351)
+ *   260  IPv6 in VXLAN   as 257 + layer2SegmentId(351)
+ *
+ *   common: flowStartMilliseconds(152) flowEndMilliseconds(153) octetDeltaCount(1)
+ *           packetDeltaCount(2) ingressInterface(10) egressInterface(14) flowDirection(61)
+ *           flowEndReason(136) sourceMacAddress(56) destinationMacAddress(80) ethernetType(256)
+ *   L3:     protocolIdentifier(4) sourceTransportPort(7) destinationTransportPort(11)
+ *           tcpControlBits(6) ipDiffServCodePoint(195)
+ *
+ * The interface goes to ingressInterface on an ingress record and to egressInterface on an egress
+ * one, the other being 0 (unknown), as elements 10 and 14 mean. layer2SegmentId carries the VXLAN
+ * VNI with 0x01 (VXLAN) in its top byte, as element 351 defines; GENEVE has no type code there,
+ * so a GENEVE record goes out on its inner template without tunnel fields. Fields with no IANA
+ * element (interfaceName, tunnel outer addresses, the GENEVE cookie) are left out.
+ */
+import type { FlowRecord } from '../../records.js';
+import { flowInterface, readIPv4Words, type IPv4WordsOut } from '../../records.js';
+import { ipv4ToUint32, writeIPv6, writeMac } from '../../net/address.js';
+
+export const IPFIX_VERSION = 10;
+export const MESSAGE_HEADER_BYTES = 16;
+export const SET_HEADER_BYTES = 4;
+export const TEMPLATE_SET_ID = 2;
+/** The largest IPFIX message: its length field is 16 bits. */
+export const MAX_MESSAGE_BYTES = 65_535;
+
+export const TEMPLATE_IPV4 = 256;
+export const TEMPLATE_IPV6 = 257;
+export const TEMPLATE_L2 = 258;
+export const TEMPLATE_IPV4_VXLAN = 259;
+export const TEMPLATE_IPV6_VXLAN = 260;
+
+/** An information element in a template: IANA id and the length rxflow writes. */
+export interface Element {
+  id: number;
+  name: string;
+  length: number;
+}
+
+const el = (id: number, name: string, length: number): Element => ({ id, name, length });
+
+const COMMON: readonly Element[] = [
+  el(152, 'flowStartMilliseconds', 8),
+  el(153, 'flowEndMilliseconds', 8),
+  el(1, 'octetDeltaCount', 8),
+  el(2, 'packetDeltaCount', 8),
+  el(10, 'ingressInterface', 4),
+  el(14, 'egressInterface', 4),
+  el(61, 'flowDirection', 1),
+  el(136, 'flowEndReason', 1),
+  el(56, 'sourceMacAddress', 6),
+  el(80, 'destinationMacAddress', 6),
+  el(256, 'ethernetType', 2),
+];
+const L3: readonly Element[] = [
+  el(4, 'protocolIdentifier', 1),
+  el(7, 'sourceTransportPort', 2),
+  el(11, 'destinationTransportPort', 2),
+  el(6, 'tcpControlBits', 2),
+  el(195, 'ipDiffServCodePoint', 1),
+];
+const V4: readonly Element[] = [
+  el(8, 'sourceIPv4Address', 4),
+  el(12, 'destinationIPv4Address', 4),
+  el(32, 'icmpTypeCodeIPv4', 2),
+];
+const V6: readonly Element[] = [
+  el(27, 'sourceIPv6Address', 16),
+  el(28, 'destinationIPv6Address', 16),
+  el(139, 'icmpTypeCodeIPv6', 2),
+];
+const SEGMENT: readonly Element[] = [el(351, 'layer2SegmentId', 8)];
+
+/** Every template rxflow exports, by id. */
+export const TEMPLATES: ReadonlyMap<number, readonly Element[]> = new Map([
+  [TEMPLATE_IPV4, [...COMMON, ...L3, ...V4]],
+  [TEMPLATE_IPV6, [...COMMON, ...L3, ...V6]],
+  [TEMPLATE_L2, [...COMMON]],
+  [TEMPLATE_IPV4_VXLAN, [...COMMON, ...L3, ...V4, ...SEGMENT]],
+  [TEMPLATE_IPV6_VXLAN, [...COMMON, ...L3, ...V6, ...SEGMENT]],
+]);
+
+const recordBytes = (id: number): number => TEMPLATES.get(id)!.reduce((n, e) => n + e.length, 0);
+/** Bytes of one data record, by template id - 256. */
+const RECORD_BYTES: readonly number[] = [...TEMPLATES.keys()].map(recordBytes);
+const COMMON_BYTES = COMMON.reduce((n, e) => n + e.length, 0);
+const L3_BYTES = L3.reduce((n, e) => n + e.length, 0);
+
+/** Bytes of a template set carrying every template. */
+export const TEMPLATE_SET_BYTES =
+  SET_HEADER_BYTES + [...TEMPLATES.values()].reduce((n, els) => n + 4 + els.length * 4, 0);
+
+/** The template a record goes out on, or -1 when it cannot be encoded (see recordProblem). */
+export function templateOf(r: FlowRecord): number {
+  const vxlan = r.encapsulationType === 'vxlan' && r.virtualNetworkIdentifier !== undefined;
+  switch (r.ipVersion) {
+    case 4:
+      return vxlan ? TEMPLATE_IPV4_VXLAN : TEMPLATE_IPV4;
+    case 6:
+      return vxlan ? TEMPLATE_IPV6_VXLAN : TEMPLATE_IPV6;
+    case 0:
+      return TEMPLATE_L2;
+    default:
+      return -1;
+  }
+}
+
+/** Writes the template set of every template at `pos`; returns the position after it. */
+export function writeTemplateSet(out: Buffer, pos: number): number {
+  const start = pos;
+  out.writeUInt16BE(TEMPLATE_SET_ID, pos);
+  pos += SET_HEADER_BYTES;
+  for (const [id, elements] of TEMPLATES) {
+    out.writeUInt16BE(id, pos);
+    out.writeUInt16BE(elements.length, pos + 2);
+    pos += 4;
+    for (const e of elements) {
+      out.writeUInt16BE(e.id, pos);
+      out.writeUInt16BE(e.length, pos + 2);
+      pos += 4;
+    }
+  }
+  out.writeUInt16BE(pos - start, start + 2);
+  return pos;
+}
+
+/**
+ * Writes a template withdrawal for every template (RFC 7011 8.1: a template record with field
+ * count 0), which a TCP exporter sends before it ends a session; returns the position after it.
+ */
+export function writeTemplateWithdrawal(out: Buffer, pos: number): number {
+  const start = pos;
+  out.writeUInt16BE(TEMPLATE_SET_ID, pos);
+  pos += SET_HEADER_BYTES;
+  for (const id of TEMPLATES.keys()) {
+    out.writeUInt16BE(id, pos);
+    out.writeUInt16BE(0, pos + 2);
+    pos += 4;
+  }
+  out.writeUInt16BE(pos - start, start + 2);
+  return pos;
+}
+
+/** Writes a message header at offset 0 of `out`. */
+export function writeMessageHeader(
+  out: Buffer,
+  length: number,
+  exportTimeSeconds: number,
+  sequence: number,
+  observationDomain: number,
+): void {
+  out.writeUInt16BE(IPFIX_VERSION, 0);
+  out.writeUInt16BE(length, 2);
+  out.writeUInt32BE(exportTimeSeconds >>> 0, 4);
+  out.writeUInt32BE(sequence >>> 0, 8);
+  out.writeUInt32BE(observationDomain >>> 0, 12);
+}
+
+const TWO_32 = 2 ** 32;
+
+function u64(out: Buffer, pos: number, n: number): void {
+  const hi = Math.floor(n / TWO_32);
+  u32(out, pos, hi);
+  u32(out, pos + 4, n - hi * TWO_32);
+}
+
+function u32(out: Buffer, pos: number, n: number): void {
+  out[pos] = n >>> 24;
+  out[pos + 1] = n >>> 16;
+  out[pos + 2] = n >>> 8;
+  out[pos + 3] = n;
+}
+
+function u16(out: Buffer, pos: number, n: number): void {
+  out[pos] = n >>> 8;
+  out[pos + 1] = n;
+}
+
+const words: IPv4WordsOut = { src: 0, dst: 0 };
+
+/**
+ * The bytes of the MAC text seen last at one place in the record: records of a batch mostly
+ * share their MACs, and comparing the text costs less than parsing it again.
+ */
+class MacCache {
+  private text = '';
+  private readonly bytes = new Uint8Array(6);
+
+  write(text: string, out: Buffer, pos: number): boolean {
+    if (text !== this.text) {
+      if (!writeMac(text, this.bytes, 0)) return false;
+      this.text = text;
+    }
+    out.set(this.bytes, pos);
+    return true;
+  }
+}
+
+const sourceMacs = new MacCache();
+const destinationMacs = new MacCache();
+
+/**
+ * Writes record `r` as a data record of `template` (from templateOf) at `pos`; returns the
+ * position after it, or -1 when a field does not fit its element (an address or MAC that does
+ * not parse, a count beyond 2^53): the caller counts such a record, nothing of it is meant to go out.
+ */
+export function writeRecord(r: FlowRecord, template: number, out: Buffer, pos: number): number {
+  const egress = r.flowDirection === 1;
+  const packets = r.packetDeltaCount;
+  const octets = r.octetDeltaCount;
+  if (!Number.isSafeInteger(packets) || packets < 0 || !Number.isSafeInteger(octets) || octets < 0) return -1;
+  u64(out, pos, r.flowStartMilliseconds);
+  u64(out, pos + 8, r.flowEndMilliseconds);
+  u64(out, pos + 16, octets);
+  u64(out, pos + 24, packets);
+  u32(out, pos + 32, egress ? 0 : (r.ingressInterface ?? 0));
+  u32(out, pos + 36, egress ? flowInterface(r) : 0);
+  out[pos + 40] = r.flowDirection;
+  out[pos + 41] = r.flowEndReason ?? 0;
+  if (!sourceMacs.write(r.sourceMacAddress, out, pos + 42)) return -1;
+  if (!destinationMacs.write(r.destinationMacAddress, out, pos + 48)) return -1;
+  u16(out, pos + 54, r.ethernetType);
+  pos += COMMON_BYTES;
+  if (template === TEMPLATE_L2) return pos;
+
+  out[pos] = r.protocolIdentifier;
+  u16(out, pos + 1, r.sourceTransportPort);
+  u16(out, pos + 3, r.destinationTransportPort);
+  u16(out, pos + 5, r.tcpControlBits);
+  out[pos + 7] = r.ipDiffServCodePoint;
+  pos += L3_BYTES;
+
+  let icmp: number;
+  if (template === TEMPLATE_IPV4 || template === TEMPLATE_IPV4_VXLAN) {
+    let src: number;
+    let dst: number;
+    if (readIPv4Words(r, words)) {
+      src = words.src;
+      dst = words.dst;
+    } else {
+      src = ipv4ToUint32(r.sourceIPv4Address ?? '');
+      dst = ipv4ToUint32(r.destinationIPv4Address ?? '');
+      if (src < 0 || dst < 0) return -1;
+    }
+    u32(out, pos, src);
+    u32(out, pos + 4, dst);
+    icmp = ((r.icmpTypeIPv4 ?? 0) << 8) | (r.icmpCodeIPv4 ?? 0);
+    pos += 8;
+  } else {
+    if (!writeIPv6(r.sourceIPv6Address ?? '', out, pos)) return -1;
+    if (!writeIPv6(r.destinationIPv6Address ?? '', out, pos + 16)) return -1;
+    icmp = ((r.icmpTypeIPv6 ?? 0) << 8) | (r.icmpCodeIPv6 ?? 0);
+    pos += 32;
+  }
+  u16(out, pos, icmp);
+  pos += 2;
+  if (template === TEMPLATE_IPV4_VXLAN || template === TEMPLATE_IPV6_VXLAN) {
+    // 0x01 in the top byte: the segment is a VXLAN one; the VNI in the low 24 bits.
+    u32(out, pos, 0x01000000);
+    u32(out, pos + 4, r.virtualNetworkIdentifier! & 0xffffff);
+    pos += 8;
+  }
+  return pos;
+}
+
+/**
+ * Packs records into IPFIX messages of at most `maxBytes`, one reused buffer: begin() a message,
+ * add() records until one does not fit, finish() to get the bytes (valid until the next begin()).
+ * Consecutive records of one template share a data set.
+ */
+export class MessageBuilder {
+  private readonly buf: Buffer;
+  private pos = 0;
+  private setStart = -1;
+  private setTemplate = -1;
+  /** Data records in the message being built. */
+  records = 0;
+
+  constructor(readonly maxBytes: number) {
+    this.buf = Buffer.allocUnsafe(maxBytes);
+  }
+
+  /** Starts a message, with every template first when `withTemplates`. */
+  begin(withTemplates: boolean): void {
+    this.pos = MESSAGE_HEADER_BYTES;
+    this.setStart = -1;
+    this.setTemplate = -1;
+    this.records = 0;
+    if (withTemplates) this.pos = writeTemplateSet(this.buf, this.pos);
+  }
+
+  /** A message holding only the withdrawal of every template. */
+  withdrawal(): void {
+    this.begin(false);
+    this.pos = writeTemplateWithdrawal(this.buf, this.pos);
+  }
+
+  /**
+   * Adds `r`: 1 when it went in, 0 when the message has no room left for it (finish and start
+   * another), -1 when it cannot be encoded at all.
+   */
+  add(r: FlowRecord): -1 | 0 | 1 {
+    const template = templateOf(r);
+    if (template < 0) return -1;
+    const newSet = template !== this.setTemplate;
+    const need = RECORD_BYTES[template - TEMPLATE_IPV4]! + (newSet ? SET_HEADER_BYTES : 0);
+    if (this.pos + need > this.maxBytes) return 0;
+    let pos = this.pos;
+    if (newSet) {
+      this.closeSet();
+      this.setStart = pos;
+      this.setTemplate = template;
+      u16(this.buf, pos, template);
+      pos += SET_HEADER_BYTES;
+    }
+    const end = writeRecord(r, template, this.buf, pos);
+    if (end < 0) {
+      if (newSet) {
+        // Undo the empty set header.
+        this.setStart = -1;
+        this.setTemplate = -1;
+      }
+      return -1;
+    }
+    this.pos = end;
+    this.records++;
+    return 1;
+  }
+
+  /** Bytes the message would have now. */
+  get length(): number {
+    return this.pos;
+  }
+
+  /** Completes the header; the returned bytes are valid until the next begin(). */
+  finish(exportTimeSeconds: number, sequence: number, observationDomain: number): Buffer {
+    this.closeSet();
+    writeMessageHeader(this.buf, this.pos, exportTimeSeconds, sequence, observationDomain);
+    return this.buf.subarray(0, this.pos);
+  }
+
+  private closeSet(): void {
+    if (this.setStart >= 0) u16(this.buf, this.setStart + 2, this.pos - this.setStart);
+    this.setStart = -1;
+    this.setTemplate = -1;
+  }
+}
