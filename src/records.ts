@@ -80,12 +80,15 @@ export interface FlowRecord {
   /** ethernetType (256): of the (inner) IP packet, or of the frame for a layer-2 flow. */
   ethernetType: number;
   /**
-   * vlanId (58): the VLAN id of the outermost 802.1Q/802.1ad tag of the frame (the one a veth or
-   * VLAN offload takes into packet metadata, else the first in the frame); absent when untagged.
-   * IANA's dot1qVlanId (243) means the same for 802.1Q frames; vlanId is the one collectors read.
+   * dot1qVlanId (243): the VLAN id (12 bits of the tag's TCI) of the outermost 802.1Q/802.1ad tag
+   * of the frame, on either direction: the one a veth or VLAN offload takes into packet metadata,
+   * else the first in the frame; absent when untagged. For QinQ it is the service (S-) VLAN.
+   * IANA's vlanId (58) and postVlanId (59) mean the VLAN of the ingress or egress interface, not
+   * of the frame: the ipfix sink may write the same value under 58 (ingress) or 59 (egress) for
+   * collectors that read only those.
    */
-  vlanId?: number;
-  /** dot1qCustomerVlanId (245): for a QinQ frame, the VLAN id of the second (customer) tag. */
+  dot1qVlanId?: number;
+  /** dot1qCustomerVlanId (245): for a QinQ frame, the VLAN id of the second (customer, C-) tag. */
   dot1qCustomerVlanId?: number;
   /** interfaceName (82): the current name of the record's interface. Set by the decorate operator. */
   interfaceName?: string;
@@ -316,7 +319,7 @@ function kindOf(name: string): number {
       return U32;
     case 'layer2OctetDeltaCount':
       return COUNT;
-    case 'vlanId':
+    case 'dot1qVlanId':
     case 'dot1qCustomerVlanId':
       return U16;
     case 'octetTotalCount':

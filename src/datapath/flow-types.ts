@@ -506,7 +506,7 @@ function record(
   }
   const vlan = kv.getUint16(k + K_VLAN_ID, LE);
   if (vlan !== 0) {
-    rec.vlanId = vlan;
+    rec.dot1qVlanId = vlan;
     const inner = kv.getUint16(k + K_INNER_VLAN_ID, LE);
     if (inner !== 0) rec.dot1qCustomerVlanId = inner;
   }

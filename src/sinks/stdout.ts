@@ -75,7 +75,9 @@ function tcpFlags(bits: number): string {
 
 /** "100", or "100.200" for QinQ (outer id, then the customer id). */
 function vlanText(r: FlowRecord): string {
-  return r.dot1qCustomerVlanId === undefined ? String(r.vlanId) : `${r.vlanId}.${r.dot1qCustomerVlanId}`;
+  return r.dot1qCustomerVlanId === undefined
+    ? String(r.dot1qVlanId)
+    : `${r.dot1qVlanId}.${r.dot1qCustomerVlanId}`;
 }
 
 /**
@@ -88,7 +90,7 @@ export function textLine(r: FlowRecord): string {
       r.flowDirection === 1 ? 'egress' : 'ingress'
     } ethertype=0x${r.ethernetType.toString(16).padStart(4, '0')} ${r.sourceMacAddress} -> ${r.destinationMacAddress} packets=${r.packetDeltaCount} bytes=${
       r.layer2OctetDeltaCount ?? r.octetDeltaCount
-    }${r.vlanId === undefined ? '' : ` vlan=${vlanText(r)}`}`;
+    }${r.dot1qVlanId === undefined ? '' : ` vlan=${vlanText(r)}`}`;
   }
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === 1 || r.protocolIdentifier === 58;
@@ -108,7 +110,7 @@ export function textLine(r: FlowRecord): string {
     if (type !== undefined) line += ` type=${type} code=${code ?? 0}`;
   }
   if (r.protocolIdentifier === 6 && r.tcpControlBits !== 0) line += ` flags=${tcpFlags(r.tcpControlBits)}`;
-  if (r.vlanId !== undefined) line += ` vlan=${vlanText(r)}`;
+  if (r.dot1qVlanId !== undefined) line += ` vlan=${vlanText(r)}`;
   if (r.encapsulationType !== undefined)
     line += ` ${r.encapsulationType} vni=${r.virtualNetworkIdentifier ?? 0}`;
   if (r.duplicate === true) line += ' duplicate';

@@ -163,7 +163,7 @@ function expectedRecord(e: Expect, frame: Uint8Array, frameLen: number): FlowRec
     destinationMacAddress: e.dst_mac ?? hexMac(frame, 0),
     ethernetType: e.ethertype ?? (v === 4 ? ETH_IPV4 : ETH_IPV6),
   };
-  if (e.vlan !== undefined) rec.vlanId = e.vlan;
+  if (e.vlan !== undefined) rec.dot1qVlanId = e.vlan;
   if (v === 4) {
     rec.sourceIPv4Address = e.src!;
     rec.destinationIPv4Address = e.dst!;
@@ -391,7 +391,7 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
         destinationTransportPort: 5678,
         ipDiffServCodePoint: 8,
         octetDeltaCount: f.length - 14 - 8,
-        vlanId: 10,
+        dot1qVlanId: 10,
         dot1qCustomerVlanId: 20,
       });
     });
@@ -432,7 +432,12 @@ describe.skipIf(skipReason !== '')(`flow program on reference frames ${skipReaso
         octetDeltaCount: 0,
       });
       const tagged = ethernet({ type: ETH_ARP, vlans: [{ tpid: 0x8100, vid: 7 }] }, new Uint8Array(46));
-      expect(single(tagged)).toStrictEqual({ ...l2, ethernetType: ETH_ARP, octetDeltaCount: 0, vlanId: 7 });
+      expect(single(tagged)).toStrictEqual({
+        ...l2,
+        ethernetType: ETH_ARP,
+        octetDeltaCount: 0,
+        dot1qVlanId: 7,
+      });
       // Two frames of one kind and pair of MACs are one flow; another ethertype is another.
       flowMap.drain();
       ingress.testRun(arp, { repeat: 3 });

@@ -75,7 +75,7 @@ kernelDescribe('record semantics on real veths', () => {
       packets: r.packetDeltaCount,
       octetDeltaCount: r.octetDeltaCount,
       layer2OctetDeltaCount: r.layer2OctetDeltaCount,
-      vlanId: r.vlanId,
+      dot1qVlanId: r.dot1qVlanId,
       dot1qCustomerVlanId: r.dot1qCustomerVlanId,
       ingressInterface: r.ingressInterface,
       egressInterface: r.egressInterface,
@@ -89,7 +89,7 @@ kernelDescribe('record semantics on real veths', () => {
           packets: one.sent,
           octetDeltaCount: one.sent * ip.length,
           layer2OctetDeltaCount: one.bytes,
-          vlanId: 100,
+          dot1qVlanId: 100,
           dot1qCustomerVlanId: undefined,
         },
         {
@@ -97,7 +97,7 @@ kernelDescribe('record semantics on real veths', () => {
           packets: two.sent,
           octetDeltaCount: two.sent * ip.length,
           layer2OctetDeltaCount: two.bytes,
-          vlanId: 10,
+          dot1qVlanId: 10,
           dot1qCustomerVlanId: 20,
         },
       ].map((w) => ({
@@ -127,10 +127,15 @@ kernelDescribe('record semantics on real veths', () => {
         layer2OctetDeltaCount: r.layer2OctetDeltaCount,
         ingressInterface: r.ingressInterface,
         egressInterface: r.egressInterface,
-        vlanId: r.vlanId,
+        dot1qVlanId: r.dot1qVlanId,
       }))
       .sort((a, b) => a.dir - b.dir);
-    const common = { packets: 3, octetDeltaCount: 3 * 84, layer2OctetDeltaCount: 3 * 98, vlanId: undefined };
+    const common = {
+      packets: 3,
+      octetDeltaCount: 3 * 84,
+      layer2OctetDeltaCount: 3 * 98,
+      dot1qVlanId: undefined,
+    };
     expect(icmp).toEqual([
       // The replies, received on the client's veth.
       { dir: 0, type: 0, ...common, ingressInterface: topo.link.a.ifindex, egressInterface: undefined },

@@ -385,7 +385,7 @@ describe('decodeFlowMapBatch', () => {
         egressInterface: 7,
         flowDirection: 1,
         ethernetType: 0x86dd,
-        vlanId: 5,
+        dot1qVlanId: 5,
         dot1qCustomerVlanId: 6,
         samplingPacketInterval: 1,
         samplingPacketSpace: 7,
@@ -401,7 +401,7 @@ describe('decodeFlowMapBatch', () => {
         ingressInterface: 7,
         flowDirection: 0,
         ethernetType: 0x0800,
-        vlanId: 100,
+        dot1qVlanId: 100,
       },
       // A cookie only means something for GENEVE.
       {
@@ -863,7 +863,7 @@ describe('decoders against a plain reading of the flow structs', () => {
       }
     }
     if (key.vlanId !== 0) {
-      rec.vlanId = key.vlanId;
+      rec.dot1qVlanId = key.vlanId;
       if (key.innerVlanId !== 0) rec.dot1qCustomerVlanId = key.innerVlanId;
     }
     if (key.tunnelType !== FLOW_TUNNEL_NONE) {

@@ -74,7 +74,7 @@ const K_DIRECTION = key('flowDirection');
 const K_SRC_MAC = key('sourceMacAddress');
 const K_DST_MAC = key('destinationMacAddress');
 const K_ETHERTYPE = key('ethernetType');
-const K_VLAN = key('vlanId');
+const K_VLAN = key('dot1qVlanId');
 const K_CUSTOMER_VLAN = key('dot1qCustomerVlanId');
 const K_IFNAME = key('interfaceName');
 const K_EXPORTER4 = key('exporterIPv4Address');
@@ -432,7 +432,7 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = stringField(out, p, K_SRC_MAC, r.sourceMacAddress)) < 0) return -1;
   if ((p = stringField(out, p, K_DST_MAC, r.destinationMacAddress)) < 0) return -1;
   if ((p = numberField(out, p, K_ETHERTYPE, r.ethernetType)) < 0) return -1;
-  if ((p = numberField(out, p, K_VLAN, r.vlanId)) < 0) return -1;
+  if ((p = numberField(out, p, K_VLAN, r.dot1qVlanId)) < 0) return -1;
   if ((p = numberField(out, p, K_CUSTOMER_VLAN, r.dot1qCustomerVlanId)) < 0) return -1;
   if ((p = stringField(out, p, K_IFNAME, r.interfaceName)) < 0) return -1;
   if ((p = stringField(out, p, K_EXPORTER4, r.exporterIPv4Address)) < 0) return -1;

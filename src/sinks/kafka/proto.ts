@@ -284,7 +284,7 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.samplingInterval) != null && (p = uint32Field(out, p, T_SAMPLING, v)) < 0) return -1;
   if ((v = r.layer2OctetDeltaCount) != null && (p = uint64Field(out, p, T_L2_OCTETS, v)) < 0) return -1;
   if ((v = r.egressInterface) != null && (p = uint32Field(out, p, T_EGRESS, v)) < 0) return -1;
-  if ((v = r.vlanId) != null && (p = uint32Field(out, p, T_VLAN, v)) < 0) return -1;
+  if ((v = r.dot1qVlanId) != null && (p = uint32Field(out, p, T_VLAN, v)) < 0) return -1;
   if ((v = r.dot1qCustomerVlanId) != null && (p = uint32Field(out, p, T_CUSTOMER_VLAN, v)) < 0) return -1;
   if ((v = r.samplingPacketInterval) != null && (p = uint32Field(out, p, T_PACKET_INTERVAL, v)) < 0)
     return -1;

@@ -101,8 +101,8 @@ describe('stdout sink', () => {
         tcpControlBits: 0x01 | 0x10,
       }),
       record({ protocolIdentifier: 132, tcpControlBits: 0 }),
-      record({ protocolIdentifier: 17, tcpControlBits: 0, vlanId: 100 }),
-      record({ protocolIdentifier: 17, tcpControlBits: 0, vlanId: 10, dot1qCustomerVlanId: 20 }),
+      record({ protocolIdentifier: 17, tcpControlBits: 0, dot1qVlanId: 100 }),
+      record({ protocolIdentifier: 17, tcpControlBits: 0, dot1qVlanId: 10, dot1qCustomerVlanId: 20 }),
       // A layer-2 flow has no IP octets: its bytes are the frames'.
       record({
         ipVersion: 0,
@@ -115,7 +115,7 @@ describe('stdout sink', () => {
         ethernetType: 0x0806,
         octetDeltaCount: 0,
         layer2OctetDeltaCount: 120,
-        vlanId: 7,
+        dot1qVlanId: 7,
       }),
     ];
     expect(records.map(textLine)).toEqual([
