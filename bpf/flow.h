@@ -54,6 +54,9 @@ struct flow_key {
 	__u8 dst_ip[16];
 	__u32 if_index;     /* skb->ifindex: the interface the program is attached to */
 	__u32 vni;          /* VXLAN/GENEVE VNI, 0 without a tunnel */
+	__u32 netns;        /* inode of the network namespace of the device (as /proc/<pid>/ns/net
+			     * shows it); 0 where the kernel would not say. ifindexes are per namespace: without
+			     * it, links of two namespaces with one ifindex would count into the same flows. */
 	__u16 src_port;     /* host byte order; 0 for protocols without ports and non-first fragments */
 	__u16 dst_port;
 	__u16 eth_type;     /* ethertype of the (inner) IP packet: 0x0800 or 0x86dd; of the frame for a layer-2 flow */
@@ -104,11 +107,11 @@ struct flow_value {
 };
 
 /* A single-packet flow the map could not take, submitted to the flow_events ring buffer. The
- * reason follows key (56 bytes) and is padded so value stays 8-aligned. */
+ * reason follows the key (60 bytes) and ends on a multiple of 8, so value is 8-aligned with no
+ * padding between them. */
 struct flow_event {
 	struct flow_key key;
 	__u32 reason;        /* FLOW_EVENT_* */
-	__u32 _pad0;
 	struct flow_value value;
 };
 

@@ -15,11 +15,27 @@ export interface JsonSchema {
   [key: string]: unknown;
 }
 
-/** The schema of a `*_ms` option: an integer of milliseconds from `minimum`, with its default if any. */
-export function msOption(description: string, defaultValue: number | undefined, minimum: number): JsonSchema {
+/**
+ * The longest wait a Node timer holds: setTimeout and setInterval take a signed 32-bit count of
+ * milliseconds and turn anything longer into 1 ms (with only a warning), so "almost never" would
+ * become "every millisecond". Every `*_ms` option stops here.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * The schema of a `*_ms` option: an integer of milliseconds from `minimum` to `maximum` (by default
+ * the longest a timer holds), with its default if any.
+ */
+export function msOption(
+  description: string,
+  defaultValue: number | undefined,
+  minimum: number,
+  maximum: number = MAX_TIMER_MS,
+): JsonSchema {
   return {
     type: 'integer',
     minimum,
+    maximum,
     ...(defaultValue === undefined ? {} : { default: defaultValue }),
     description,
   };

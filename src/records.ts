@@ -140,6 +140,12 @@ export interface FlowRecord {
    * versions (read back by kafka_consumer and file_replay, passed on unchanged).
    */
   samplingInterval?: number;
+  /**
+   * rxflow's own field (no IPFIX element): the network namespace the flow was counted in, set by
+   * `ebpf_flows` when it is not the agent's own: the `ip netns` name, else `net:[<inode>]` as
+   * `lsns` shows it. `ingressInterface` is an ifindex of that namespace.
+   */
+  networkNamespace?: string;
 }
 
 /**

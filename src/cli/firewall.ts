@@ -5,6 +5,7 @@
  * exits 1.
  */
 import { InvalidArgumentError, Option, type Command } from 'commander';
+import { existsSync } from 'node:fs';
 import {
   FirewallCollection,
   FirewallError,
@@ -164,6 +165,9 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
       ) => {
         // Read and checked before anything touches the kernel.
         const policy = o.policy === undefined ? undefined : await loadPolicyFile(o.policy, io.env);
+        // A first load that fails (a policy naming a missing interface) leaves no pins behind; a
+        // reload over existing pins keeps them.
+        const fresh = !existsSync(pinDirOf(o));
         const firewall = FirewallCollection.load({
           pinDir: pinDirOf(o),
           ingress: o.ingress,
@@ -188,7 +192,7 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
             );
           }
         } finally {
-          firewall.close({ keepAttached });
+          firewall.close({ keepAttached, unpin: !keepAttached && fresh });
         }
       },
     );

@@ -1,4 +1,5 @@
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { REDACTING } from '../logger.js';
 
 /**
  * Errors that mean a bug in rxflow rather than a condition of the machine or the network: these
@@ -51,6 +52,8 @@ export function createCliLogger(level: string, destination?: DestinationStream):
       name: 'rxflow',
       level,
       serializers: { err: (err: unknown) => serializeError(err, withStacks) },
+      // Secret fields, URL userinfo and registered secrets never reach the log.
+      ...REDACTING,
     },
     destination ?? pino.destination({ fd: 2, sync: true }),
   );

@@ -1,7 +1,10 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { MAX_TIMER_MS } from '../component.js';
 import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
+import { escapeControlKeepLines } from '../pipeline/text.js';
 import { packageVersion } from '../paths.js';
+import { redactText } from '../redact.js';
 import { defaultRegistry } from '../pipeline/registry.js';
 import type { CliIo } from './io.js';
 import { runDemo } from './demo.js';
@@ -20,6 +23,12 @@ export const EXIT_USAGE = 2;
 function parseDurationMs(text: string): number {
   const ms = parseDuration(text);
   if (ms === undefined) throw new InvalidArgumentError(DURATION_HINT);
+  // Node turns a longer timer into 1 ms.
+  if (ms > MAX_TIMER_MS) {
+    throw new InvalidArgumentError(
+      `at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest a timer can wait`,
+    );
+  }
   return ms;
 }
 
@@ -181,7 +190,8 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     // commander ends --help, --version and `rxflow help` with 0; every other of its errors is a
     // wrong command line (unknown command or option, missing or invalid argument, no command).
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT_USAGE;
-    io.err(`rxflow: ${(err as Error).message}\n`);
+    // Whatever failed, its message reaches the terminal without credentials or control characters.
+    io.err(`rxflow: ${escapeControlKeepLines(redactText((err as Error).message))}\n`);
     return EXIT_FAILURE;
   }
   return code;

@@ -18,6 +18,9 @@ import type { WatchStatus } from '../ha/watch.js';
 import { silentLogger } from '../logger.js';
 import { CliError } from './errors.js';
 import type { CliIo } from './io.js';
+import type { Env } from '../pipeline/interpolate.js';
+import { readSecretFile } from '../pipeline/secrets.js';
+import { registerSecret, registerUrlSecrets } from '../redact.js';
 import { formatCount, formatDuration, renderTable } from './table.js';
 
 interface StatusOptions {
@@ -30,6 +33,9 @@ interface StatusOptions {
   netns?: string;
   credentialsFile?: string;
   user?: string;
+  passwordFile?: string;
+  tokenFile?: string;
+  /** Refused: given only to say where a secret goes instead. */
   password?: string;
   token?: string;
   timeoutMs: number;
@@ -131,9 +137,30 @@ async function fromNode(url: string, timeoutMs: number): Promise<NodeReplication
   return (await res.json()) as NodeReplicationStatus;
 }
 
-async function fromOutside(o: StatusOptions): Promise<Inspection> {
+/** Environment variables the NATS password and token are read from: argv is visible to every user (ps). */
+export const PASSWORD_ENV = 'RXFLOW_NATS_PASSWORD';
+export const TOKEN_ENV = 'RXFLOW_NATS_TOKEN';
+
+/** A secret from its file or environment variable; the file wins, an empty value is none. */
+function secretOf(file: string | undefined, variable: string, env: Env): string | undefined {
+  let value: string | undefined;
+  if (file !== undefined) {
+    try {
+      value = readSecretFile(file);
+    } catch (err) {
+      throw new CliError('EUSAGE', `replication status: ${(err as Error).message}`, { cause: err });
+    }
+  } else {
+    value = env[variable] === '' ? undefined : env[variable];
+  }
+  if (value !== undefined) registerSecret(value);
+  return value;
+}
+
+async function fromOutside(o: StatusOptions, env: Env): Promise<Inspection> {
   const fw = FirewallCollection.open(firewallPinDir(o.instance, o.pinRoot));
   try {
+    for (const server of o.nats!) registerUrlSecrets(server);
     const nats: NatsConnectOptions = {
       servers: o.nats!,
       name: 'rxflow replication status',
@@ -141,8 +168,10 @@ async function fromOutside(o: StatusOptions): Promise<Inspection> {
     };
     if (o.credentialsFile !== undefined) nats.credentialsFile = o.credentialsFile;
     if (o.user !== undefined) nats.user = o.user;
-    if (o.password !== undefined) nats.password = o.password;
-    if (o.token !== undefined) nats.token = o.token;
+    const password = secretOf(o.passwordFile, PASSWORD_ENV, env);
+    const token = secretOf(o.tokenFile, TOKEN_ENV, env);
+    if (password !== undefined) nats.password = password;
+    if (token !== undefined) nats.token = token;
     // One attempt: a status command should not wait for a server that is away.
     const nc = await connectNats(nats, { signal: AbortSignal.abort() });
     try {
@@ -188,13 +217,27 @@ export function registerReplicationCommands(firewallCommand: Command, io: CliIo)
     .option('--netns <name>', "network namespace of the firewall's devices (with --nats)")
     .option('--credentials-file <file>', 'NATS .creds file (with --nats)')
     .option('--user <name>', 'NATS user (with --nats)')
-    .option('--password <password>', 'NATS password (with --nats)')
-    .option('--token <token>', 'NATS token (with --nats)')
+    .option('--password-file <file>', `file holding the NATS password (with --nats; else $${PASSWORD_ENV})`)
+    .option('--token-file <file>', `file holding the NATS token (with --nats; else $${TOKEN_ENV})`)
+    // Secrets on the command line are visible to every local user (ps, /proc/<pid>/cmdline).
+    .addOption(new Option('--password <password>').hideHelp())
+    .addOption(new Option('--token <token>').hideHelp())
     .addOption(
       new Option('--timeout-ms <ms>', 'how long to wait for an answer').default(5000).argParser(Number),
     )
     .option('--json', 'print JSON')
-    .action(async (o: StatusOptions) => {
+    .action(async (o: StatusOptions, command: Command) => {
+      for (const [given, name, variable] of [
+        [o.password, 'password', PASSWORD_ENV],
+        [o.token, 'token', TOKEN_ENV],
+      ] as const) {
+        if (given !== undefined) {
+          command.error(
+            `replication status: --${name} would show the ${name} to every user of this host (ps); set $${variable} or give --${name}-file <file>`,
+            { exitCode: 2, code: 'rxflow.secretOnCommandLine' },
+          );
+        }
+      }
       if ((o.url === undefined) === (o.nats === undefined)) {
         throw new CliError(
           'EUSAGE',
@@ -206,7 +249,7 @@ export function registerReplicationCommands(firewallCommand: Command, io: CliIo)
         io.out(o.json ? `${JSON.stringify(s, null, 2)}\n` : formatNodeStatus(s, Date.now()));
         return;
       }
-      const i = await fromOutside(o);
+      const i = await fromOutside(o, io.env);
       io.out(
         o.json
           ? `${JSON.stringify({ nodeId: o.nodeId, bucket: o.bucket, ...i }, null, 2)}\n`

@@ -2,6 +2,7 @@ import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { connect } from 'node:net';
 import { dirname } from 'node:path';
+import { redactValue } from '../redact.js';
 import { CliError } from './errors.js';
 
 /** Unix socket paths are limited by sockaddr_un.sun_path (108 bytes with the terminating NUL). */
@@ -72,7 +73,7 @@ export class StatusServer {
     }
     const server = createServer((req, res) => {
       const send = (code: number, doc: unknown): void => {
-        const text = `${JSON.stringify(doc)}\n`;
+        const text = `${JSON.stringify(redactValue(doc))}\n`;
         res.writeHead(code, {
           'content-type': 'application/json',
           'content-length': Buffer.byteLength(text),

@@ -16,22 +16,23 @@ import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
 
 export type { FieldLayout, StructLayout } from './layout.js';
 
-export const FLOW_KEY = struct('flow_key', 56, {
+export const FLOW_KEY = struct('flow_key', 60, {
   src_ip: [0, 16],
   dst_ip: [16, 16],
   if_index: [32, 4],
   vni: [36, 4],
-  src_port: [40, 2],
-  dst_port: [42, 2],
-  eth_type: [44, 2],
-  protocol: [46, 1],
-  direction: [47, 1],
-  icmp_type: [48, 1],
-  icmp_code: [49, 1],
-  tunnel_type: [50, 1],
-  ip_version: [51, 1],
-  vlan_id: [52, 2],
-  inner_vlan_id: [54, 2],
+  netns: [40, 4],
+  src_port: [44, 2],
+  dst_port: [46, 2],
+  eth_type: [48, 2],
+  protocol: [50, 1],
+  direction: [51, 1],
+  icmp_type: [52, 1],
+  icmp_code: [53, 1],
+  tunnel_type: [54, 1],
+  ip_version: [55, 1],
+  vlan_id: [56, 2],
+  inner_vlan_id: [58, 2],
 });
 
 export const FLOW_VALUE = struct('flow_value', 104, {
@@ -54,9 +55,8 @@ export const FLOW_VALUE = struct('flow_value', 104, {
 });
 
 export const FLOW_EVENT = struct('flow_event', 168, {
-  key: [0, 56],
-  reason: [56, 4],
-  _pad0: [60, 4],
+  key: [0, 60],
+  reason: [60, 4],
   value: [64, 104],
 });
 
@@ -133,6 +133,7 @@ const K_SRC_IP = FLOW_KEY.fields.src_ip.offset;
 const K_DST_IP = FLOW_KEY.fields.dst_ip.offset;
 const K_IF_INDEX = FLOW_KEY.fields.if_index.offset;
 const K_VNI = FLOW_KEY.fields.vni.offset;
+const K_NETNS = FLOW_KEY.fields.netns.offset;
 const K_SRC_PORT = FLOW_KEY.fields.src_port.offset;
 const K_DST_PORT = FLOW_KEY.fields.dst_port.offset;
 const K_ETH_TYPE = FLOW_KEY.fields.eth_type.offset;
@@ -530,6 +531,13 @@ function record(
   return rec;
 }
 
+/**
+ * The `networkNamespace` of a flow from its key: `inode` is the inode of the namespace of the
+ * device the program read (0 where the kernel would not say), `ifindex` the key's interface.
+ * undefined leaves the field unset (the agent's own namespace, or unknown).
+ */
+export type NetnsLabeler = (inode: number, ifindex: number) => string | undefined;
+
 /** What BpfMap.drain returns: count entries, key i at i*keySize, value i at i*valueBufferSize. */
 export interface RawMapBatch {
   count: number;
@@ -551,6 +559,7 @@ export function decodeFlowMapBatch(
   valueBufferSize: number,
   offsetMs: number,
   eviction?: FlowEviction,
+  labeler?: NetnsLabeler,
 ): FlowRecord[] {
   const { count, keys, values } = batch;
   if (valueBufferSize <= 0 || valueBufferSize % FLOW_VALUE_STRIDE !== 0) {
@@ -571,6 +580,9 @@ export function decodeFlowMapBatch(
   const kv = viewOf(keys);
   const vv = viewOf(values);
   const out: FlowRecord[] = [];
+  let lastInode = -1;
+  let lastIndex = -1;
+  let label: string | undefined;
   for (let i = 0; i < count; i++) {
     const base = i * valueBufferSize;
     let packets = 0;
@@ -605,24 +617,36 @@ export function decodeFlowMapBatch(
           : last <= idleBefore
             ? END_REASON_IDLE_TIMEOUT
             : END_REASON_ACTIVE_TIMEOUT;
-    out.push(
-      record(
-        keys,
-        kv,
-        i * FLOW_KEY.size,
-        values,
-        vv,
-        latest,
-        packets,
-        bytes,
-        ipBytes,
-        first,
-        last,
-        flags,
-        offsetMs,
-        reason,
-      ),
+    const k = i * FLOW_KEY.size;
+    const rec = record(
+      keys,
+      kv,
+      k,
+      values,
+      vv,
+      latest,
+      packets,
+      bytes,
+      ipBytes,
+      first,
+      last,
+      flags,
+      offsetMs,
+      reason,
     );
+    if (labeler) {
+      // Flows mostly come in runs of one namespace and interface: the labeler is asked once a run.
+      // The key's ifindex, not the record's: an egress record carries egressInterface instead.
+      const inode = kv.getUint32(k + K_NETNS, LE);
+      const ifindex = kv.getUint32(k + K_IF_INDEX, LE);
+      if (inode !== lastInode || ifindex !== lastIndex) {
+        lastInode = inode;
+        lastIndex = ifindex;
+        label = labeler(inode, ifindex);
+      }
+      if (label !== undefined) rec.networkNamespace = label;
+    }
+    out.push(rec);
   }
   return out;
 }
@@ -636,6 +660,7 @@ export function decodeFlowEvent(
   offset: number,
   length: number,
   offsetMs: number,
+  labeler?: NetnsLabeler,
 ): FlowRecord {
   if (length < FLOW_EVENT.size) {
     throw new DatapathError(
@@ -661,6 +686,10 @@ export function decodeFlowEvent(
     offsetMs,
     END_REASON_LACK_OF_RESOURCES,
   );
+  if (labeler) {
+    const label = labeler(view.getUint32(offset + K_NETNS, LE), view.getUint32(offset + K_IF_INDEX, LE));
+    if (label !== undefined) rec.networkNamespace = label;
+  }
   return rec;
 }
 
@@ -696,6 +725,8 @@ export interface FlowKeyFields {
   icmpType: number;
   icmpCode: number;
   tunnelType: number;
+  /** Inode of the device's network namespace; 0 when unknown (and by default in encodeKey). */
+  netns?: number;
   /** Outer VLAN id, 0 (or absent) untagged. */
   vlanId?: number;
   /** Inner (QinQ customer) VLAN id, 0 (or absent) without a second tag. */
@@ -770,6 +801,7 @@ export function encodeKey(key: FlowKeyFields): Uint8Array {
   }
   view.setUint32(K_IF_INDEX, key.ifIndex, LE);
   view.setUint32(K_VNI, key.vni, LE);
+  view.setUint32(K_NETNS, key.netns ?? 0, LE);
   view.setUint16(K_SRC_PORT, key.srcPort, LE);
   view.setUint16(K_DST_PORT, key.dstPort, LE);
   view.setUint16(K_ETH_TYPE, key.ethType, LE);
@@ -809,6 +841,7 @@ export function decodeKey(bytes: Uint8Array, offset = 0): FlowKeyFields {
     icmpType: bytes[offset + K_ICMP_TYPE]!,
     icmpCode: bytes[offset + K_ICMP_CODE]!,
     tunnelType: bytes[offset + K_TUNNEL_TYPE]!,
+    netns: view.getUint32(offset + K_NETNS, LE),
     vlanId: view.getUint16(offset + K_VLAN_ID, LE),
     innerVlanId: view.getUint16(offset + K_INNER_VLAN_ID, LE),
   };

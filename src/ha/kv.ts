@@ -17,6 +17,7 @@ import {
 import { readFileSync } from 'node:fs';
 import { Subject, type Observable } from 'rxjs';
 import type { Logger } from '../logger.js';
+import { redactUrls } from '../redact.js';
 import { HaError, messageOf } from './errors.js';
 
 /** How to reach NATS. At most one of credentials file, user/password and token. */
@@ -205,7 +206,8 @@ export async function connectNats(
   options: { signal?: AbortSignal; logger?: Logger } = {},
 ): Promise<NatsConnection> {
   const connectionOptions = natsConnectionOptions(opts);
-  const servers = opts.servers.join(',');
+  // Servers may carry credentials (nats://user:pass@host); messages and logs name them without.
+  const servers = opts.servers.map(redactUrls).join(',');
   let logged = false;
   const aborted = (): boolean => options.signal?.aborted === true;
   for (;;) {

@@ -163,7 +163,7 @@ export function monitorListening(pid: number, netlink = '/proc/net/netlink'): bo
 const liveMonitors = new Set<ChildProcess>();
 let exitHooked = false;
 
-function trackMonitor(child: ChildProcess): void {
+export function trackMonitor(child: ChildProcess): void {
   liveMonitors.add(child);
   if (exitHooked) return;
   exitHooked = true;
@@ -172,14 +172,26 @@ function trackMonitor(child: ChildProcess): void {
   });
 }
 
-const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+/** Forgets a monitor that exited. */
+export function untrackMonitor(child: ChildProcess): void {
+  liveMonitors.delete(child);
+}
+
+/** Pids of the monitors this process runs: they sit in the namespaces they watch. */
+export function monitorPids(): Set<number> {
+  const out = new Set<number>();
+  for (const c of liveMonitors) if (c.pid !== undefined) out.add(c.pid);
+  return out;
+}
+
+export const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 
 /**
  * The monitor's command line. Under util-linux's setpriv the kernel sends ip SIGTERM when the
  * thread that spawned it dies (PR_SET_PDEATHSIG), so even a killed agent or test worker leaves
  * no `ip monitor` behind; setpriv execs ip, so the pid stays ip's. Without setpriv, plain ip.
  */
-function monitorCommand(ip: string): [string, string[]] {
+export function monitorCommand(ip: string): [string, string[]] {
   const args = ['-o', 'monitor', 'link'];
   if (SETPRIV === undefined || !commandExists(ip)) return [ip, args];
   return [SETPRIV, ['--pdeathsig', 'TERM', '--', ip, ...args]];

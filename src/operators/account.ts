@@ -265,12 +265,14 @@ const accountModule: AccountModule = {
       max_entries: {
         type: 'integer',
         minimum: 1,
+        maximum: 16777216,
         default: 5000,
         description: 'distinct flows held before everything is emitted',
       },
       evict_timeout_ms: {
         type: 'integer',
         minimum: 1,
+        maximum: 2147483647,
         default: 5000,
         description: 'longest a flow waits in the table from its first record, in milliseconds',
       },

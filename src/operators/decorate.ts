@@ -4,6 +4,7 @@ import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { InterfaceWatcher, interfaceAddress, type InterfaceNames } from '../net/interfaces.js';
+import { namespaceNames } from '../net/namespace-names.js';
 import { flowInterface, type FlowBatch } from '../records.js';
 import { OperatorError, badRecordError } from './flow-key.js';
 
@@ -25,8 +26,9 @@ export interface DecorateOptions {
 
 /**
  * Adds `interfaceName` (the current name of the record's interface, `ingressInterface` or on an
- * egress record `egressInterface`, or 'unknown') and the agent's address as `exporterIPv4Address`
- * or `exporterIPv6Address`. Records are updated in place
+ * egress record `egressInterface`, or 'unknown'; for a record with `networkNamespace`, the name in
+ * that namespace, as the ebpf_flows source following it last listed its links) and the agent's
+ * address as `exporterIPv4Address` or `exporterIPv6Address`. Records are updated in place
  * (no copy per record) and batches passed on as they are. The name table is looked up once per
  * run of records with the same ifindex, never with a syscall; a throwing lookup errors the output.
  *
@@ -58,13 +60,19 @@ export function decorate(options: DecorateOptions): OperatorFunction<FlowBatch, 
           try {
             // Records of a batch mostly share a few interfaces: look each run up once.
             let lastIndex = -1;
+            let lastNs: string | undefined;
             let lastName = UNKNOWN_INTERFACE;
             for (; i < batch.length; i++) {
               const r = batch[i]!;
               const ifindex = flowInterface(r);
-              if (ifindex !== lastIndex) {
-                lastName = names.name(ifindex) ?? UNKNOWN_INTERFACE;
+              const ns = r.networkNamespace;
+              if (ifindex !== lastIndex || ns !== lastNs) {
+                // A record counted in another namespace is named from that namespace's links, as
+                // the source that follows it listed them; without such a table, from `names`.
+                const table = ns === undefined ? undefined : namespaceNames(ns);
+                lastName = (table ? table.get(ifindex) : names.name(ifindex)) ?? UNKNOWN_INTERFACE;
                 lastIndex = ifindex;
+                lastNs = ns;
               }
               r.interfaceName = lastName;
               if (v4 !== undefined) r.exporterIPv4Address = v4;
@@ -169,7 +177,7 @@ const decorateModule: TransformModule<DecorateConfig> = {
         type: 'string',
         minLength: 1,
         description:
-          "name interfaces in this network namespace ('ip netns' name or /proc/<pid>/ns/net path): the netns of an ebpf_flows source that has one",
+          "name interfaces in this network namespace ('ip netns' name or /proc/<pid>/ns/net path): the netns of an ebpf_flows source that has one; records that carry networkNamespace (ebpf_flows with netns, including 'all') are named in their own namespace whatever this says",
       },
     },
   },

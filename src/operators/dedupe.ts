@@ -331,6 +331,7 @@ const dedupeModule: TransformModule<DedupeConfig> = {
       expire_ms: {
         type: 'integer',
         minimum: 1,
+        maximum: 2147483647,
         default: 10000,
         description: 'a flow not seen for longer than this is forgotten, in milliseconds',
       },

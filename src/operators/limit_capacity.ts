@@ -274,12 +274,14 @@ const limitCapacityModule: LimitCapacityModule = {
       buffer_length: {
         type: 'integer',
         minimum: 1,
+        maximum: 65536,
         default: 50,
         description: 'batches held for the next stage; a batch arriving when this many wait is dropped',
       },
       log_interval_ms: {
         type: 'integer',
         minimum: 1,
+        maximum: 2147483647,
         default: 15000,
         description: 'losses are logged at most once per this many milliseconds',
       },

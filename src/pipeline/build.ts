@@ -166,6 +166,8 @@ export class Pipeline {
   private rejectDone!: (err: Error) => void;
   /** When the drain must be over (Date.now() ms); set when it starts. */
   private drainBy: number | undefined;
+  /** The drain deadline has passed: sinks closed from now on get no time at all. */
+  private drainExpired = false;
   private drainTimer: NodeJS.Timeout | undefined;
   private overdueTimer: NodeJS.Timeout | undefined;
   /**
@@ -257,6 +259,8 @@ export class Pipeline {
     if (this.drainBy !== undefined) return;
     this.drainBy = Date.now() + this.drainTimeoutMs;
     this.drainTimer = setTimeout(() => {
+      // A timer may fire a millisecond before Date.now() says the time has come.
+      this.drainExpired = true;
       this.logger.warn(
         { file: this.config.file, drain_timeout_ms: this.drainTimeoutMs },
         'pipeline drain deadline reached; what the sinks still hold is counted as shutdown',
@@ -269,7 +273,8 @@ export class Pipeline {
 
   /** Time left to drain, or undefined when not draining (sources ended by themselves). */
   private drainLeft(): number | undefined {
-    return this.drainBy === undefined ? undefined : Math.max(0, this.drainBy - Date.now());
+    if (this.drainBy === undefined) return undefined;
+    return this.drainExpired ? 0 : Math.max(0, this.drainBy - Date.now());
   }
 
   /** Closes a sink once, with the drain time left; never rejects. */

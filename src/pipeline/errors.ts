@@ -1,4 +1,11 @@
-/** A pipeline could not be read, checked, built or run. */
+import { redactText } from '../redact.js';
+import { escapeControl, escapeControlKeepLines } from './text.js';
+
+/**
+ * A pipeline could not be read, checked, built or run. Control characters in the message (from a
+ * file's bytes or a variable's value) are escaped, so printing it cannot drive the terminal, and
+ * URLs lose their userinfo (a password).
+ */
 export class PipelineError extends Error {
   override name = 'PipelineError';
 
@@ -7,7 +14,7 @@ export class PipelineError extends Error {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(message, options);
+    super(escapeControlKeepLines(redactText(message)), options);
   }
 }
 
@@ -23,9 +30,11 @@ export interface ConfigProblem {
   message: string;
 }
 
+/** `file:line:col: path: message` on one line, control characters escaped, URLs without userinfo. */
 export function formatProblem(p: ConfigProblem): string {
-  const where = `${p.file}:${p.line}:${p.column}: `;
-  return p.path ? `${where}${p.path}: ${p.message}` : `${where}${p.message}`;
+  const where = `${escapeControl(p.file)}:${p.line}:${p.column}: `;
+  const message = escapeControl(redactText(p.message));
+  return p.path ? `${where}${escapeControl(p.path)}: ${message}` : `${where}${message}`;
 }
 
 /** A pipeline file has one or more problems; `message` lists every one, one per line. */

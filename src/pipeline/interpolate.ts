@@ -1,7 +1,8 @@
 /**
  * `${VAR}` and `${VAR:-default}` in scalar values of a pipeline file, from the environment. The
- * default applies when VAR is unset or empty, as in the shell. `$$` is a literal `$`; a `$` followed
- * by anything else stays as written, so regular expressions with `$` anchors need no escaping.
+ * default applies when VAR is unset or empty, as in the shell, and may hold references itself:
+ * `${A:-${B:-x}}`. `$$` is a literal `$`; a `$` followed by anything else stays as written, so
+ * regular expressions with `$` anchors need no escaping.
  */
 
 export type Env = Readonly<Record<string, string | undefined>>;
@@ -17,9 +18,43 @@ export type InterpolationResult =
 
 const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-export function interpolate(text: string, env: Env): InterpolationResult {
+/** Defaults inside defaults, `${A:-${B:-${C:-x}}}`, at most this deep. */
+export const MAX_NESTING = 8;
+
+export interface InterpolateOptions {
+  /** The value is a secret: messages do not quote it. */
+  secret?: boolean;
+}
+
+/**
+ * Index of the `}` closing the reference whose body starts at `from`, or -1. A default may hold
+ * references of its own (`${A:-${B:-x}}`), so braces of nested `${` are counted; `$$` is skipped.
+ */
+function closingBrace(text: string, from: number): number {
+  let depth = 0;
+  for (let i = from; i < text.length; i++) {
+    const c = text[i];
+    if (c === '$' && text[i + 1] === '$') {
+      i++;
+    } else if (c === '$' && text[i + 1] === '{') {
+      depth++;
+      i++;
+    } else if (c === '}') {
+      if (depth === 0) return i;
+      depth--;
+    }
+  }
+  return -1;
+}
+
+export function interpolate(text: string, env: Env, options: InterpolateOptions = {}): InterpolationResult {
+  return expand(text, env, options, 0);
+}
+
+function expand(text: string, env: Env, options: InterpolateOptions, nesting: number): InterpolationResult {
   if (!text.includes('$')) return { ok: true, value: text, changed: false };
   const errors: InterpolationError[] = [];
+  const quoted = (t: string): string => (options.secret ? 'the value (a secret, not shown)' : `'${t}'`);
   let out = '';
   let i = 0;
   while (i < text.length) {
@@ -40,10 +75,10 @@ export function interpolate(text: string, env: Env): InterpolationResult {
       i = dollar + 1;
       continue;
     }
-    const close = text.indexOf('}', dollar + 2);
+    const close = closingBrace(text, dollar + 2);
     if (close < 0) {
       errors.push({
-        message: `unterminated '\${' in '${text}'; close it with '}' or write '$$' for a literal '$'`,
+        message: `unterminated '\${' in ${quoted(text)}; close it with '}' or write '$$' for a literal '$'`,
         token: text.slice(dollar),
       });
       break;
@@ -55,14 +90,32 @@ export function interpolate(text: string, env: Env): InterpolationResult {
     const name = sep < 0 ? body : body.slice(0, sep);
     if (!NAME.test(name)) {
       errors.push({
-        message: `bad variable name '${name}' in '${token}'; names use letters, digits and '_' and do not start with a digit`,
+        message: options.secret
+          ? "bad variable name in a reference of the value (a secret, not shown); names use letters, digits and '_' and do not start with a digit"
+          : `bad variable name '${name}' in '${token}'; names use letters, digits and '_' and do not start with a digit`,
         token,
       });
       continue;
     }
     const value = env[name];
     if (sep >= 0) {
-      out += value === undefined || value === '' ? body.slice(sep + 2) : value;
+      if (value !== undefined && value !== '') {
+        out += value;
+        continue;
+      }
+      // The default is read only when it is used, as in the shell: `${A:-${B}}` needs B only
+      // when A is unset.
+      const fallback = body.slice(sep + 2);
+      if (nesting >= MAX_NESTING && fallback.includes('${')) {
+        errors.push({
+          message: `defaults nested more than ${MAX_NESTING} deep in '${token}'; nest fewer`,
+          token,
+        });
+        continue;
+      }
+      const inner = expand(fallback, env, options, nesting + 1);
+      if (inner.ok) out += inner.value;
+      else errors.push(...inner.errors);
     } else if (value === undefined) {
       errors.push({
         message: `environment variable ${name} is not set; set it, or give a default with \${${name}:-value}`,

@@ -1,12 +1,14 @@
-import { readFile } from 'node:fs/promises';
 import type { ComponentKind, ComponentModule } from '../component.js';
 import type { ComponentRegistry } from './component-registry.js';
 import { SourceDocument, type Path } from './document.js';
 import { DURATION_HINT, isDurationKey, parseDuration } from './duration.js';
-import { PipelineConfigError, PipelineError, type ConfigProblem } from './errors.js';
+import { PipelineConfigError, type ConfigProblem } from './errors.js';
 import { findCycles, topologicalOrder, unconsumed } from './graph.js';
 import { resolvePlainScalar, type Env } from './interpolate.js';
+import { readYamlFile } from './read.js';
 import { defaultRegistry } from './registry.js';
+import { registerSecrets, resolveSecretFiles } from './secrets.js';
+import { checkResources, locksMemory, machineMemory, type MachineMemory } from './resources.js';
 import { describe, translateErrors } from './schema-errors.js';
 import { SETTING_NAMES, checkSettings, type PipelineSettings } from './settings.js';
 import { didYouMean, listOf } from './suggest.js';
@@ -48,6 +50,8 @@ export interface LoadOptions {
   env?: Env;
   /** The component types allowed; src/pipeline/registry.ts by default. */
   registry?: ComponentRegistry;
+  /** The memory that size options are checked against; this machine's by default. */
+  machine?: MachineMemory;
 }
 
 export interface CheckResult {
@@ -91,17 +95,11 @@ function isMap(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
+export { MAX_CONFIG_BYTES as MAX_PIPELINE_BYTES } from './read.js';
+
 /** Reads and checks a pipeline file; throws PipelineConfigError listing every problem. */
 export async function loadPipeline(file: string, options: LoadOptions = {}): Promise<PipelineConfig> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const reason = code === 'ENOENT' ? 'no such file; check the path' : (err as Error).message;
-    throw new PipelineError('ENOFILE', `read ${file}: ${reason}`, { cause: err });
-  }
-  return parsePipeline(text, file, options);
+  return parsePipeline(await readYamlFile(file), file, options);
 }
 
 /** Checks pipeline text; throws PipelineConfigError listing every problem. */
@@ -170,7 +168,7 @@ export function checkPipeline(text: string, file: string, options: LoadOptions =
       }
       const draft: Draft = { id, section, kind, inputs: [] };
       drafts.set(id, draft);
-      checkEntry(draft, entry, registry, doc, report);
+      checkEntry(draft, entry, registry, doc, report, () => options.machine ?? machineMemory());
     }
   }
 
@@ -288,6 +286,7 @@ function checkEntry(
   registry: ComponentRegistry,
   doc: SourceDocument,
   report: Report,
+  machine: () => MachineMemory,
 ): void {
   const { kind, id, section } = draft;
   const path = [section, id];
@@ -343,6 +342,13 @@ function checkEntry(
   const result = registry.validate(module, options);
   if (result.ok) {
     draft.config = result.config;
+    resolveSecretFiles(result.config, module.schema, path, report);
+    registerSecrets(result.config);
+    if (locksMemory(kind, module.type)) {
+      for (const p of checkResources(kind, module.type, result.config, machine())) {
+        report([...path, p.option], p.message);
+      }
+    }
     return;
   }
   const reserved = kind === 'source' ? ['type'] : ['type', 'inputs'];
@@ -386,7 +392,19 @@ function convertDurations(
   }
 }
 
-/** Converts quoted `"${VAR}"` values to the number or boolean their option's schema asks for. */
+/** The JSON types an option's schema names, or [] when it names none (an enum, say). */
+function typesOf(schema: unknown): unknown[] {
+  if (schema === null || typeof schema !== 'object') return [];
+  const declared = (schema as { type?: unknown }).type;
+  return Array.isArray(declared) ? declared : declared === undefined ? [] : [declared];
+}
+
+/**
+ * Makes each interpolated or unquoted value the type its option asks for: a quoted `"${VAR}"` the
+ * number or boolean a numeric or boolean option needs, and an unquoted value that YAML read as a
+ * number or boolean the text as written when the option takes only text (`password: ${PASS}` with
+ * PASS=31415926535 is the string "31415926535", and is never echoed in a type error).
+ */
 function coerceInterpolated(value: unknown, schema: unknown, path: Path, doc: SourceDocument): void {
   if (schema === null || typeof schema !== 'object') return;
   const s = schema as {
@@ -406,6 +424,15 @@ function coerceInterpolated(value: unknown, schema: unknown, path: Path, doc: So
       : [];
   for (const [key, child, childSchema] of entries) {
     const at = [...path, key];
+    if (typeof child === 'number' || typeof child === 'boolean') {
+      const types = typesOf(childSchema);
+      const text = doc.plainText(at);
+      const fits = types.includes(typeof child) || (typeof child === 'number' && types.includes('integer'));
+      if (text !== undefined && types.includes('string') && !fits) {
+        (value as Record<string | number, unknown>)[key] = text;
+      }
+      continue;
+    }
     if (typeof child !== 'string') {
       coerceInterpolated(child, childSchema, at, doc);
       continue;

@@ -1,4 +1,6 @@
 import type { ErrorObject } from 'ajv';
+import { MAX_TIMER_MS } from '../component.js';
+import { isSecretKey } from '../redact.js';
 import { DURATION_HINT, isDurationKey } from './duration.js';
 import type { Path, Segment } from './document.js';
 import { didYouMean, listOf } from './suggest.js';
@@ -15,6 +17,10 @@ export interface SchemaProblem {
 
 /** How a value reads in a message: `'abc'`, `5`, `a list`. */
 export function describe(value: unknown): string {
+  return describeValue(value);
+}
+
+function describeValue(value: unknown): string {
   if (value === undefined) return 'nothing';
   if (value === null) return 'an empty value';
   if (typeof value === 'string') {
@@ -86,6 +92,9 @@ export function translateErrors(
     const last = path[path.length - 1];
     const value: unknown = err.data;
     const params = err.params as Record<string, unknown>;
+    // A message about a password must not print the password.
+    const secret = path.some((s) => typeof s === 'string' && isSecretKey(s));
+    const describe = (v: unknown): string => (secret ? 'a value not shown (a secret)' : describeValue(v));
     switch (err.keyword) {
       case 'additionalProperties': {
         const key = String(params.additionalProperty);
@@ -117,7 +126,7 @@ export function translateErrors(
       }
       case 'enum': {
         const allowed = (params.allowedValues as unknown[]).map(literal);
-        const hint = typeof value === 'string' ? didYouMean(value, allowed) : '';
+        const hint = typeof value === 'string' && !secret ? didYouMean(value, allowed) : '';
         out.push({
           at: path,
           side: 'value',
@@ -137,14 +146,22 @@ export function translateErrors(
       case 'minimum':
       case 'maximum':
       case 'exclusiveMinimum':
-      case 'exclusiveMaximum':
+      case 'exclusiveMaximum': {
+        const timer =
+          err.keyword === 'maximum' &&
+          typeof last === 'string' &&
+          isDurationKey(last) &&
+          params.limit === MAX_TIMER_MS;
         out.push({
           at: path,
           side: 'value',
           shown: path,
-          message: `must be ${String(params.comparison)} ${String(params.limit)}, got ${describe(value)}`,
+          message: timer
+            ? `must be at most ${MAX_TIMER_MS} ms (about 24.8 days), the longest a timer can wait; got ${describe(value)} ms`
+            : `must be ${String(params.comparison)} ${String(params.limit)}, got ${describe(value)}`,
         });
         break;
+      }
       case 'minLength':
       case 'minItems':
       case 'minProperties':
@@ -175,7 +192,22 @@ export function translateErrors(
         });
         break;
       case 'anyOf':
-      case 'oneOf':
+      case 'oneOf': {
+        // `anyOf: [{required: [a]}, {required: [b]}]`: one of two keys is needed.
+        const branches = (err.schema as unknown[] | undefined) ?? [];
+        const keys = branches.map((b) => {
+          const r = (b as { required?: unknown }).required;
+          return Array.isArray(r) && r.length === 1 ? String(r[0]) : undefined;
+        });
+        if (err.keyword === 'anyOf' && keys.length > 0 && keys.every((k) => k !== undefined)) {
+          out.push({
+            at: path,
+            side: 'key',
+            shown: path,
+            message: `missing key ${keys.map((k) => `'${k}'`).join(' or ')}`,
+          });
+          break;
+        }
         out.push({
           at: path,
           side: 'value',
@@ -186,6 +218,7 @@ export function translateErrors(
               : `${describe(value)} matches none of the allowed forms`,
         });
         break;
+      }
       default:
         out.push({
           at: path,

@@ -91,18 +91,21 @@ const schema: JsonSchema = {
     max_file_bytes: {
       type: 'integer',
       minimum: 0,
+      maximum: 1099511627776,
       default: DEFAULTS.max_file_bytes,
       description: 'Rotate before the file would grow past this size; 0 never rotates.',
     },
     max_files: {
       type: 'integer',
       minimum: 1,
+      maximum: 10000,
       default: DEFAULTS.max_files,
       description: 'Files kept, the one being written included: path, path.1 ... path.(max_files-1).',
     },
     buffer_max_records: {
       type: 'integer',
       minimum: 1,
+      maximum: 16777216,
       default: DEFAULTS.buffer_max_records,
       description:
         'Records waiting for the disk at most, while writes are behind or the disk is full; beyond it new records are dropped as sink_buffer_full.',

@@ -137,6 +137,7 @@ const schema: JsonSchema = {
     records_per_message: {
       type: 'integer',
       minimum: 1,
+      maximum: 1000000,
       default: DEFAULTS.records_per_message,
       description:
         '1: a message per record; N > 1: up to N records per message, as a JSON array or a protobuf FlowBatch.',
@@ -150,12 +151,14 @@ const schema: JsonSchema = {
     batch_max_records: {
       type: 'integer',
       minimum: 1,
+      maximum: 1000000,
       default: DEFAULTS.batch_max_records,
       description: 'Records per produce request at most; a request is sent as soon as this many wait.',
     },
     batch_max_bytes: {
       type: 'integer',
       minimum: 1024,
+      maximum: 1073741824,
       default: DEFAULTS.batch_max_bytes,
       description:
         'Encoded bytes per produce request, about (estimated from the records sent before); keep it below the broker message.max.bytes.',
@@ -196,6 +199,7 @@ const schema: JsonSchema = {
     retries: {
       type: 'integer',
       minimum: 0,
+      maximum: 1000,
       default: DEFAULTS.retries,
       description:
         'Retries of a failed produce request (and of connecting or reading metadata, inside kafkajs) before the sink backs off and tries again.',
@@ -214,6 +218,7 @@ const schema: JsonSchema = {
     buffer_max_records: {
       type: 'integer',
       minimum: 1,
+      maximum: 16777216,
       default: DEFAULTS.buffer_max_records,
       description:
         'Records held (waiting or in flight) at most; beyond it records are dropped as sink_buffer_full.',
@@ -252,12 +257,23 @@ const schema: JsonSchema = {
     sasl: {
       type: 'object',
       additionalProperties: false,
-      required: ['mechanism', 'username', 'password'],
-      description: 'Authenticate with SASL.',
+      required: ['mechanism', 'username'],
+      // ajv's strict mode wants each required key declared beside it.
+      anyOf: [
+        { properties: { password: true }, required: ['password'] },
+        { properties: { password_file: true }, required: ['password_file'] },
+      ],
+      description:
+        'Authenticate with SASL. The password comes from password, e.g. "${KAFKA_PASSWORD}" from the environment, or from the file password_file names; it is never logged or printed.',
       properties: {
         mechanism: { enum: ['plain', 'scram-sha-256', 'scram-sha-512'] },
         username: { type: 'string' },
-        password: { type: 'string' },
+        password: { type: 'string', description: 'The password; always text, whatever it looks like.' },
+        password_file: {
+          type: 'string',
+          minLength: 1,
+          description: 'A file holding the password (one trailing newline is ignored), instead of password.',
+        },
       },
     },
   },

@@ -157,8 +157,18 @@ const schema: JsonSchema = {
     },
     credentials_file: { type: 'string', description: 'A NATS .creds file (JWT and NKey seed).' },
     user: { type: 'string', description: 'User name; needs password.' },
-    password: { type: 'string', description: 'Password of user.' },
-    token: { type: 'string', description: 'Authentication token.' },
+    password: { type: 'string', description: 'Password of user; never logged or printed.' },
+    password_file: {
+      type: 'string',
+      minLength: 1,
+      description: 'A file holding the password (one trailing newline is ignored), instead of password.',
+    },
+    token: { type: 'string', description: 'Authentication token; never logged or printed.' },
+    token_file: {
+      type: 'string',
+      minLength: 1,
+      description: 'A file holding the token (one trailing newline is ignored), instead of token.',
+    },
     tls: {
       type: 'object',
       additionalProperties: false,

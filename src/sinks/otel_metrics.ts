@@ -193,12 +193,14 @@ const schema: JsonSchema = {
     otlp_interval_ms: {
       type: 'integer',
       minimum: 100,
+      maximum: 2147483647,
       default: DEFAULTS.otlp_interval_ms,
       description: 'How often metrics are pushed over OTLP.',
     },
     otlp_timeout_ms: {
       type: 'integer',
       minimum: 1,
+      maximum: 2147483647,
       default: DEFAULTS.otlp_timeout_ms,
       description: 'Time an OTLP push may take.',
     },

@@ -44,6 +44,7 @@ const schema: JsonSchema = {
     buffer_max_records: {
       type: 'integer',
       minimum: 1,
+      maximum: 16777216,
       default: DEFAULTS.buffer_max_records,
       description:
         'Records waiting for a slow reader at most; beyond it they are dropped as sink_buffer_full.',

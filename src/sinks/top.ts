@@ -283,12 +283,14 @@ export function topModule(hooks: TopHooks = {}): SinkModule<TopConfig> {
         window_ms: {
           type: 'integer',
           minimum: 100,
+          maximum: 2147483647,
           default: 10000,
           description: 'flows are ranked by their bytes over this much time',
         },
         max_flows: {
           type: 'integer',
           minimum: 1,
+          maximum: 16777216,
           default: 10000,
           description:
             'distinct flows held per tenth of the window; records of further flows count as dropped (sink_buffer_full)',
@@ -296,6 +298,7 @@ export function topModule(hooks: TopHooks = {}): SinkModule<TopConfig> {
         log_interval_ms: {
           type: 'integer',
           minimum: 0,
+          maximum: 2147483647,
           default: 0,
           description: 'log the top flows at info this often and once when the input ends (0: never)',
         },

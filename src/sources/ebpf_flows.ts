@@ -22,10 +22,17 @@ import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
+import { InterfaceMatcher } from '../net/interface-match.js';
+import { followLinks } from './follow-links.js';
+import type { LinkFollower } from './link-follower.js';
 
 export interface EbpfFlowsConfig {
+  /** Names, globs (`veth*`) and regular expressions (`/^rxv/`). */
   interfaces: string[];
+  exclude_interfaces?: string[];
+  /** An `ip netns` name, a path, or `all`. */
   netns?: string;
+  netns_rescan_interval_ms: number;
   directions: ('ingress' | 'egress')[];
   attach_mode: 'auto' | 'tcx' | 'clsact';
   instance: string;
@@ -87,7 +94,8 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const scheduler = context.scheduler ?? asyncScheduler;
     const logger = context.logger;
     const options = {
-      interfaces: config.interfaces,
+      // The follower attaches; the datapath only loads and pins.
+      interfaces: [],
       directions: config.directions,
       attachMode: config.attach_mode,
       instance: config.instance,
@@ -96,18 +104,24 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       ringbufBytes: config.ringbuf_size_bytes,
       sampling: config.sampling,
       ...(config.object_path ? { objectPath: config.object_path } : {}),
-      ...(config.netns ? { netns: config.netns } : {}),
     };
+    const matcher = InterfaceMatcher.parse(config.interfaces, config.exclude_interfaces ?? []);
     const dp = FlowDatapath.open(options);
+    let follower: LinkFollower;
+    try {
+      follower = followLinks(dp, config, matcher, logger);
+    } catch (err) {
+      dp.close();
+      throw err;
+    }
     logger.info(
-      {
-        interfaces: config.interfaces,
-        links: dp.links.map((l) => `${l.ifname}/${l.direction}/${l.mode}`),
-        pin_dir: dp.pinDir,
-      },
+      { interfaces: config.interfaces, netns: config.netns, links: follower.attached(), pin_dir: dp.pinDir },
       'flow programs attached',
     );
     const counters = context.counters;
+    // Only a source outside its own namespace has records to mark.
+    const labeler = config.netns === undefined ? undefined : follower.labeler;
+    dp.labeler = labeler;
     const reportKernelLosses = kernelLossReporter(dp, counters);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
@@ -133,7 +147,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const ringFlows = ringbufTracer({
       drain: (onRecord) => dp.events.drain(onRecord),
       decode: (view, offset, length, out) => {
-        out.push(decodeFlowEvent(view, offset, length, offsetMs));
+        out.push(decodeFlowEvent(view, offset, length, offsetMs, labeler));
         return flowEventReason(view, offset) === FLOW_EVENT_MAP_FULL;
       },
       drainIntervalMs: config.ringbuf_drain_interval_ms,
@@ -158,7 +172,11 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     return () => {
       sub.unsubscribe();
       pressure.complete();
-      dp.close();
+      try {
+        follower.close();
+      } finally {
+        dp.close();
+      }
     };
   });
 }
@@ -178,14 +196,27 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       interfaces: {
         type: 'array',
         minItems: 1,
-        items: { type: 'string', minLength: 1, maxLength: 15 },
-        description: 'interfaces to attach to, by name',
+        items: { type: 'string', minLength: 1 },
+        description:
+          'interfaces to attach to: names (eth0), globs (veth*, tap?, eth[0-3]) and regular expressions between slashes (/^rxv/); every matching link that exists and each one created later is attached, links are detached when deleted and followed by ifindex across renames; a plain name must exist at start',
+      },
+      exclude_interfaces: {
+        type: 'array',
+        items: { type: 'string', minLength: 1 },
+        default: [],
+        description:
+          'names, globs and regular expressions of interfaces never to attach to, even when interfaces matches',
       },
       netns: {
         type: 'string',
         minLength: 1,
-        description: "network namespace of the interfaces: an 'ip netns' name or a /proc/<pid>/ns/net path",
+        description:
+          "network namespace of the interfaces: an 'ip netns' name, a path such as /proc/<pid>/ns/net, or 'all': every namespace of the host (named ones and those of processes, de-duplicated by inode), followed as they are created and destroyed; records from a namespace other than the agent's carry networkNamespace. Entering another namespace needs CAP_SYS_ADMIN, and seeing those of other users' processes CAP_SYS_PTRACE",
       },
+      netns_rescan_interval_ms: ms(
+        "with netns 'all', how often /proc is rescanned for namespaces of processes (named ones are watched with inotify)",
+        1000,
+      ),
       directions: {
         type: 'array',
         minItems: 1,
@@ -213,18 +244,23 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       cache_max_flows: {
         type: 'integer',
         minimum: 1,
+        maximum: 268435456,
         default: 65536,
-        description: 'capacity of the kernel flow map; beyond it packets spill to the ring buffer',
+        description:
+          'capacity of the kernel flow map; beyond it packets spill to the ring buffer. The two flow maps lock entries x (96 bytes x possible CPUs + 52) each; validate refuses more than half the available memory',
       },
       ringbuf_size_bytes: {
         type: 'integer',
         minimum: 4096,
+        maximum: 1073741824,
         default: 16777216,
-        description: 'ring buffer size: a power of two and a multiple of the page size',
+        description:
+          'ring buffer size: a power of two and a multiple of the page size, locked in kernel memory',
       },
       sampling: {
         type: 'integer',
         minimum: 0,
+        maximum: 4294967295,
         default: 0,
         description: 'count 1 packet in N (0 or 1: every packet)',
       },
@@ -243,6 +279,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
       account_max_entries: {
         type: 'integer',
         minimum: 1,
+        maximum: 16777216,
         default: 5000,
         description: 'distinct ring-buffer flows aggregated before they are emitted',
       },
@@ -251,6 +288,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
   },
   example: {
     interfaces: ['eth0'],
+    exclude_interfaces: [],
+    netns_rescan_interval_ms: 1000,
     directions: ['ingress', 'egress'],
     attach_mode: 'auto',
     instance: 'default',

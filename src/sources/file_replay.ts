@@ -447,12 +447,14 @@ const schema: JsonSchema = {
     batch_size: {
       type: 'integer',
       minimum: 1,
+      maximum: 1000000,
       default: DEFAULTS.batch_size,
       description: 'Records per emitted batch.',
     },
     speed: {
       type: 'number',
       minimum: 0,
+      maximum: 1000000,
       default: DEFAULTS.speed,
       description:
         "0: as fast as the files are read (a sink that cannot keep up drops what overflows its buffer); N: N times the records' own pace, by flowEndMilliseconds.",
@@ -460,6 +462,7 @@ const schema: JsonSchema = {
     rate_limit_records_per_s: {
       type: 'number',
       minimum: 0,
+      maximum: 1000000000,
       default: DEFAULTS.rate_limit_records_per_s,
       description: 'Records per second at most; 0: no limit.',
     },

@@ -124,12 +124,14 @@ const firewallAuditModule: SourceModule<FirewallAuditConfig> = {
       drain_interval_ms: {
         type: 'integer',
         minimum: 1,
+        maximum: 2147483647,
         default: 100,
         description: 'how often the audit ring buffer is read',
       },
       log_interval_ms: {
         type: 'integer',
         minimum: 1,
+        maximum: 2147483647,
         default: 10000,
         description: 'how often, at most, the count of events read is logged',
       },

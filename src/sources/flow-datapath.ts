@@ -7,6 +7,7 @@ import {
   attachTc,
   type BpfMap,
   type Collection,
+  type Program,
   type TcDirection,
   type TcLink,
 } from '../datapath/index.js';
@@ -18,6 +19,7 @@ import {
   sumPerCpuCounter,
   type FlowCounterName,
   type FlowEviction,
+  type NetnsLabeler,
 } from '../datapath/flow-types.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { withNetns } from '../datapath/netns.js';
@@ -74,6 +76,8 @@ export class FlowDatapath {
   readonly flowMaps: FlowMaps;
   readonly events: RingBufferReader;
   readonly links: TcLink[] = [];
+  /** Names the namespace of evicted flows (see NetnsLabeler); unset, records carry none. */
+  labeler: NetnsLabeler | undefined;
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
@@ -174,6 +178,11 @@ export class FlowDatapath {
     return dp;
   }
 
+  /** The flow program of a direction, to attach to links this datapath does not hold itself. */
+  program(direction: TcDirection): Program {
+    return this.#collection.program(direction === 'ingress' ? 'flow_ingress' : 'flow_egress');
+  }
+
   /** Sets 1-in-N sampling at run time. */
   setSampling(sampling: number): void {
     if (!Number.isInteger(sampling) || sampling < 0 || sampling > 0xffffffff) {
@@ -249,7 +258,7 @@ export class FlowDatapath {
     const nowNs = monotonicNowNs();
     const batch = map.drain();
     if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options));
+    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), this.labeler);
   }
 
   async #evictOneAsync(offsetMs: number, options: EvictOptions): Promise<FlowRecord[]> {
@@ -259,7 +268,7 @@ export class FlowDatapath {
     if (this.#closed) return [];
     const batch = map.drain();
     if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options));
+    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), this.labeler);
   }
 
   /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */

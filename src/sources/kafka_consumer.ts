@@ -726,6 +726,7 @@ const schema: JsonSchema = {
     max_bytes_per_partition: {
       type: 'integer',
       minimum: 1024,
+      maximum: 1073741824,
       default: DEFAULTS.max_bytes_per_partition,
       description:
         'Bytes fetched per partition and request at most: the size of the batches the source emits.',
@@ -735,6 +736,7 @@ const schema: JsonSchema = {
     retries: {
       type: 'integer',
       minimum: 0,
+      maximum: 1000,
       default: DEFAULTS.retries,
       description: 'Retries of a failed request inside kafkajs before the consumer restarts, with backoff.',
     },

@@ -134,7 +134,7 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
   });
 
   it('a full ring buffer counts what neither the map nor the ring buffer took', () => {
-    // One page of ring: records are an 8-byte header plus the 152-byte event, so 25 fit in 4096.
+    // One page of ring: records are an 8-byte header plus the 160-byte event, so 24 fit in 4096.
     coll = setFlowMapMaxEntries(ObjectSpec.open(flowObject), 4).setMaxEntries('flow_events', 4096).load();
     const ingress = coll.program('flow_ingress');
     reader = new RingBufferReader(coll.map('flow_events'));

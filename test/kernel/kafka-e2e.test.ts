@@ -49,11 +49,13 @@ const ICMP6: (keyof FlowRecord)[] = ['icmpTypeIPv6', 'icmpCodeIPv6'];
 function fieldsOf(r: FlowRecord): string[] {
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === (v6 ? 58 : 1) ? (v6 ? ICMP6 : ICMP4) : [];
-  // Every map record also has its wire octets, end reason and the interface of its direction.
+  // Every map record also has its wire octets, end reason and the interface of its direction; the
+  // source attaches in the server's namespace, not the agent's: every record says so.
   const map: (keyof FlowRecord)[] = [
     'layer2OctetDeltaCount',
     'flowEndReason',
     r.flowDirection === 1 ? 'egressInterface' : 'ingressInterface',
+    'networkNamespace',
   ];
   return [...COMMON, ...map, ...(v6 ? V6 : V4), ...icmp].sort();
 }
@@ -266,6 +268,7 @@ ${sinkOptions}
           sourceMacAddress: r.sourceMacAddress,
           destinationMacAddress: r.destinationMacAddress,
           ethernetType: r.ethernetType,
+          networkNamespace: r.networkNamespace,
           ordered: r.flowStartMilliseconds <= r.flowEndMilliseconds,
         }).toEqual({
           flow: flowId(r),
@@ -274,6 +277,7 @@ ${sinkOptions}
           sourceMacAddress: inbound ? client.mac : server.mac,
           destinationMacAddress: inbound ? server.mac : client.mac,
           ethernetType: r.ipVersion === 6 ? 0x86dd : 0x0800,
+          networkNamespace: pair.server.name,
           ordered: true,
         });
       }

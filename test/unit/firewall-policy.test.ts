@@ -38,11 +38,12 @@ describe('firewall policy files', () => {
       ['internal', 1, 'allow', 1],
       ['internet', 2, 'block', 4],
     ]);
-    const compiled = compilePolicy(policy, (name) => (name === 'eth2' ? 9 : 0));
+    const compiled = compilePolicy(policy, () => 0);
     // 1 + (2 ports) + (tcp/53 and udp/53) + icmp + tcp/22
     expect(compiled.rules).toHaveLength(7);
     expect(compiled.networks).toHaveLength(3);
-    expect(hex(compiled.policies[1]!.value)).toBe('0200000009000000');
+    // No redirect_interface: redirects go out of the egress device (ifindex 0 in the policy value).
+    expect(hex(compiled.policies[1]!.value)).toBe('0200000000000000');
   });
 
   it('compiles networks, rules and policies into exact map entries', () => {

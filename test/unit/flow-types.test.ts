@@ -35,6 +35,7 @@ const tcpKey: FlowKeyFields = {
   dstIp: '198.51.100.2',
   ifIndex: 7,
   vni: 0,
+  netns: 0,
   srcPort: 50000,
   dstPort: 443,
   ethType: 0x0800,
@@ -136,6 +137,7 @@ describe('encodeKey / decodeKey', () => {
     ),
     ifIndex: fc.nat({ max: 0xffffffff }),
     vni: fc.nat({ max: 0xffffff }),
+    netns: fc.integer({ min: 0, max: 0xffffffff }),
     srcPort: fc.nat({ max: 0xffff }),
     dstPort: fc.nat({ max: 0xffff }),
     protocol: fc.nat({ max: 255 }),
@@ -156,6 +158,7 @@ describe('encodeKey / decodeKey', () => {
           dstIp: k.ipVersion === 4 ? k.v4[1] : formatIPv6(k.v6[1], 0),
           ifIndex: k.ifIndex,
           vni: k.vni,
+          netns: k.netns,
           srcPort: k.srcPort,
           dstPort: k.dstPort,
           ethType: k.ipVersion === 4 ? 0x0800 : 0x86dd,
@@ -603,8 +606,8 @@ describe('decodeFlowEvent', () => {
 
   it('rejects a record shorter than struct flow_event', () => {
     const view = event(tcpKey, emptyValue, 1, 0);
-    expect(() => decodeFlowEvent(view, 0, 144, 0)).toThrow(
-      "decode flow_events: record of 144 bytes is shorter than struct flow_event (168); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+    expect(() => decodeFlowEvent(view, 0, 160, 0)).toThrow(
+      "decode flow_events: record of 160 bytes is shorter than struct flow_event (168); rebuild bpf/flow.o with 'bash bpf/build.sh'",
     );
   });
 });

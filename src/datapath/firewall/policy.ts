@@ -23,9 +23,9 @@
  * The most specific rule wins: the longest destination prefix; at equal prefixes, a rule naming
  * the protocol and port beats one naming the protocol, which beats one naming neither.
  */
-import { readFile } from 'node:fs/promises';
 import { SourceDocument, type Path } from '../../pipeline/document.js';
 import { formatProblem, type ConfigProblem } from '../../pipeline/errors.js';
+import { readYamlFile } from '../../pipeline/read.js';
 import type { Env } from '../../pipeline/interpolate.js';
 import { didYouMean } from '../../pipeline/suggest.js';
 import { FirewallError } from './errors.js';
@@ -98,14 +98,10 @@ function isMap(v: unknown): v is Record<string, unknown> {
 export async function loadPolicyFile(file: string, env: Env = process.env): Promise<FirewallPolicy> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    // Only a regular file of at most 1 MiB: a fifo or a device would block or never end.
+    text = await readYamlFile(file, 'policy');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new FirewallError(
-      'EPOLICY',
-      `read policy ${file}: ${code === 'ENOENT' ? 'no such file; check the path' : (err as Error).message}`,
-      err,
-    );
+    throw new FirewallError('EPOLICY', (err as Error).message, err);
   }
   return parsePolicy(text, file, env);
 }

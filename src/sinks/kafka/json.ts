@@ -91,6 +91,7 @@ const K_DUPLICATE = key('duplicate');
 const K_PACKET_INTERVAL = key('samplingPacketInterval');
 const K_PACKET_SPACE = key('samplingPacketSpace');
 const K_SAMPLING = key('samplingInterval');
+const K_NETNS = key('networkNamespace');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
 const DIGIT_PAIRS = Buffer.from(Array.from({ length: 100 }, (_, i) => String(i).padStart(2, '0')).join(''));
@@ -449,6 +450,7 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = numberField(out, p, K_PACKET_INTERVAL, r.samplingPacketInterval)) < 0) return -1;
   if ((p = numberField(out, p, K_PACKET_SPACE, r.samplingPacketSpace)) < 0) return -1;
   if ((p = numberField(out, p, K_SAMPLING, r.samplingInterval)) < 0) return -1;
+  if ((p = stringField(out, p, K_NETNS, r.networkNamespace)) < 0) return -1;
   if (p === pos) {
     if (p + 2 > out.length) return -1;
     out[p] = 0x7b; // {

@@ -51,12 +51,13 @@ const T_TUN_DPORT = (33 << 3) | 0;
 const T_COOKIE = (34 << 3) | 2;
 const T_DUPLICATE = (35 << 3) | 0;
 const T_SAMPLING = (36 << 3) | 0;
-const T_L2_OCTETS = (37 << 3) | 0;
-const T_EGRESS = (38 << 3) | 0;
-const T_VLAN = (39 << 3) | 0;
-const T_CUSTOMER_VLAN = (40 << 3) | 0;
-const T_PACKET_INTERVAL = (41 << 3) | 0;
-const T_PACKET_SPACE = (42 << 3) | 0;
+const T_NETNS = (37 << 3) | 2;
+const T_L2_OCTETS = (38 << 3) | 0;
+const T_EGRESS = (39 << 3) | 0;
+const T_VLAN = (40 << 3) | 0;
+const T_CUSTOMER_VLAN = (41 << 3) | 0;
+const T_PACKET_INTERVAL = (42 << 3) | 0;
+const T_PACKET_SPACE = (43 << 3) | 0;
 
 /** Bytes of `v` (an unsigned 32-bit integer) as a varint. */
 function varintSize(v: number): number {
@@ -282,6 +283,7 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.flowCookie) != null && (p = stringField(out, p, T_COOKIE, v)) < 0) return -1;
   if ((v = r.duplicate) != null && (p = boolField(out, p, T_DUPLICATE, v)) < 0) return -1;
   if ((v = r.samplingInterval) != null && (p = uint32Field(out, p, T_SAMPLING, v)) < 0) return -1;
+  if ((v = r.networkNamespace) != null && (p = stringField(out, p, T_NETNS, v)) < 0) return -1;
   if ((v = r.layer2OctetDeltaCount) != null && (p = uint64Field(out, p, T_L2_OCTETS, v)) < 0) return -1;
   if ((v = r.egressInterface) != null && (p = uint32Field(out, p, T_EGRESS, v)) < 0) return -1;
   if ((v = r.dot1qVlanId) != null && (p = uint32Field(out, p, T_VLAN, v)) < 0) return -1;

@@ -10,6 +10,7 @@ import { OperatorError } from '../../../src/operators/flow-key.js';
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import type { InterfaceNames } from '../../../src/net/interfaces.js';
+import { setNamespaceNames } from '../../../src/net/namespace-names.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../../src/records.js';
 import { flowRecord } from '../../fixtures/records.js';
@@ -41,6 +42,24 @@ function fixedNames(table: Map<number, string>) {
 }
 
 describe('decorate', () => {
+  it('names a record of another namespace from the links of that namespace, where a source follows it', () => {
+    const counters = new StageCounters('dec', 'decorate');
+    const { factory } = fixedNames(new Map([[2, 'eth0']]));
+    setNamespaceNames('rxdec-blue', new Map([[2, 'veth-blue']]));
+    const input = [
+      rec(),
+      rec({ networkNamespace: 'rxdec-blue' }),
+      rec({ networkNamespace: 'rxdec-blue', ingressInterface: 3 }),
+      // No source follows this one: decorate's own table answers, as before namespaces were marked.
+      rec({ networkNamespace: 'rxdec-unfollowed' }),
+    ];
+    const out: FlowBatch[] = [];
+    from([input])
+      .pipe(decorate({ counters, interfaces: factory }))
+      .subscribe((b) => out.push(b));
+    expect(out[0]!.map((r) => r.interfaceName)).toEqual(['eth0', 'veth-blue', UNKNOWN_INTERFACE, 'eth0']);
+  });
+
   it('adds the interface name and the agent address in place, looking each run of ifindexes up once', () => {
     const counters = new StageCounters('dec', 'decorate');
     const { factory, stats } = fixedNames(

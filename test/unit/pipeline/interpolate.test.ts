@@ -114,3 +114,31 @@ describe('closest', () => {
     expect(closest('x', [])).toBeUndefined();
   });
 });
+
+describe('interpolate: defaults inside defaults', () => {
+  const env = { B: 'b', A: 'a' };
+
+  it('reads a default that is itself a reference, as the shell does', () => {
+    expect(interpolate('${X:-${Y:-x}}', {})).toEqual({ ok: true, value: 'x', changed: true });
+    expect(interpolate('${X:-${B:-x}}', env)).toMatchObject({ value: 'b' });
+    expect(interpolate('${A:-${B:-x}}', env)).toMatchObject({ value: 'a' });
+    expect(interpolate('pre-${X:-${Y:-${B}}}-post', env)).toMatchObject({ value: 'pre-b-post' });
+  });
+
+  it('needs a variable of a default only when the default is used', () => {
+    expect(interpolate('${A:-${UNSET}}', env)).toMatchObject({ ok: true, value: 'a' });
+    expect(interpolate('${X:-${UNSET}}', env)).toEqual({
+      ok: false,
+      errors: [
+        {
+          message: 'environment variable UNSET is not set; set it, or give a default with ${UNSET:-value}',
+          token: '${UNSET}',
+        },
+      ],
+    });
+  });
+
+  it('reports an unclosed nested reference instead of keeping it as text', () => {
+    expect(interpolate('${X:-${Y:-x}', {})).toMatchObject({ ok: false });
+  });
+});

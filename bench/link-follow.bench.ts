@@ -1,0 +1,60 @@
+/**
+ * Following interfaces by pattern (ebpf_flows with a glob or regex in `interfaces`): how long
+ * after a link appears its flows are counted, and what 1,000 attached interfaces cost. Each part
+ * runs in a child process (bench/link-follow-child.ts) so its memory is measured alone. Needs root
+ * and the built tree.
+ */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { BenchContext } from './lib.js';
+
+const CHILD = fileURLToPath(new URL('./link-follow-child.js', import.meta.url));
+const MB = 1024 * 1024;
+
+function child<T>(args: string[]): Promise<T> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, [CHILD, ...args], { maxBuffer: 16 * MB }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`link-follow child ${args.join(' ')}: ${err.message} ${stderr}`));
+      else resolve(JSON.parse(stdout) as T);
+    });
+  });
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+export default async function linkFollow(ctx: BenchContext): Promise<void> {
+  const links = 100;
+  const { ms, seen } = await child<{ ms: number[]; seen: number[] }>(['latency', String(links)]);
+  const seenP99 = { name: 'link_follow.appear_to_event_p99', value: percentile(seen, 99) };
+  ctx.report({
+    ...seenP99,
+    unit: 'ms',
+    note: `from 'link add' to the follower handling the link event (median ${percentile(seen, 50).toFixed(1)})`,
+  });
+  ctx.report({
+    name: 'link_follow.appear_to_attach_p99',
+    value: percentile(ms, 99),
+    unit: 'ms',
+    target: { value: 100, better: 'lower' },
+    baseline: seenP99,
+    note: `${links} veth pairs one by one, from 'link add' to attached (both hooks); median ${percentile(ms, 50).toFixed(1)}, max ${Math.max(...ms).toFixed(1)}`,
+  });
+  const scale = ctx.quick ? 200 : 1000;
+  const r = await child<{ totalMs: number; rssGrowthBytes: number; links: number }>(['scale', String(scale)]);
+  ctx.report({
+    name: `link_follow.attach_${scale}_total`,
+    value: r.totalMs,
+    unit: 'ms',
+    note: `${scale} veth pairs existing before the follower opens: its open attaches them all; ${r.links} TC links`,
+  });
+  ctx.report({
+    name: `link_follow.rss_growth_${scale}`,
+    value: r.rssGrowthBytes / MB,
+    unit: 'MB',
+    target: { value: 50, better: 'lower' },
+    note: 'resident memory after the open minus before it, after full collections',
+  });
+}

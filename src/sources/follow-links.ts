@@ -1,0 +1,77 @@
+import { readdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { attachTc, type TcDirection } from '../datapath/index.js';
+import type { Logger } from '../logger.js';
+import type { InterfaceMatcher } from '../net/interface-match.js';
+import type { FlowDatapath } from './flow-datapath.js';
+import { LinkFollower, type FollowedNamespace } from './link-follower.js';
+
+export interface FollowLinksConfig {
+  netns?: string;
+  netns_rescan_interval_ms: number;
+  directions: TcDirection[];
+  attach_mode: 'auto' | 'tcx' | 'clsact';
+}
+
+/**
+ * Where a link of the flow programs is pinned: by ifindex, and by namespace inode outside the
+ * agent's own namespace, so a rename or a name reused by another link never points a restarted
+ * agent at the wrong link.
+ */
+export function linkPinName(ns: FollowedNamespace, ifindex: number, direction: TcDirection): string {
+  return ns.label === undefined ? `tc-if${ifindex}-${direction}` : `tc-ns${ns.ino}-if${ifindex}-${direction}`;
+}
+
+/**
+ * Attaches the datapath's programs to every link `matcher` selects and follows them (see
+ * LinkFollower). Pins left under <pinDir>/links by an earlier run for links that are gone or no
+ * longer match are removed once the links that exist are attached: removing the last reference
+ * of a TCX link detaches it.
+ */
+export function followLinks(
+  dp: FlowDatapath,
+  config: FollowLinksConfig,
+  matcher: InterfaceMatcher,
+  logger: Logger,
+): LinkFollower {
+  const linksDir = join(dp.pinDir, 'links');
+  const follower = LinkFollower.open({
+    matcher,
+    netns: config.netns,
+    rescanIntervalMs: config.netns_rescan_interval_ms,
+    logger,
+    attach: (ns, ifindex, ifname) => {
+      const links = [];
+      try {
+        for (const direction of config.directions) {
+          links.push(
+            attachTc(dp.program(direction), ifname, direction, {
+              mode: config.attach_mode,
+              pinPath: join(linksDir, linkPinName(ns, ifindex, direction)),
+            }),
+          );
+        }
+      } catch (err) {
+        for (const l of links) l.close();
+        throw err;
+      }
+      return links;
+    },
+  });
+  const kept = new Set(follower.tcLinks().map((l) => l.pinPath));
+  let stale: string[] = [];
+  try {
+    stale = readdirSync(linksDir).filter((n) => !kept.has(join(linksDir, n)));
+  } catch {
+    // No links directory: nothing was ever pinned.
+  }
+  for (const name of stale) {
+    try {
+      unlinkSync(join(linksDir, name));
+      logger.info({ pin: join(linksDir, name) }, 'removed the pin of a link no longer followed');
+    } catch (err) {
+      logger.warn({ err, pin: join(linksDir, name) }, 'could not remove a stale link pin');
+    }
+  }
+  return follower;
+}

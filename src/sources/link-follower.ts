@@ -1,0 +1,405 @@
+/**
+ * Keeps the flow programs attached to every link whose name matches, in one network namespace
+ * or in all of them, as links and namespaces come and go.
+ *
+ * Links are keyed by ifindex within their namespace, so a rename keeps the attachment (and is
+ * checked against the patterns again: a link renamed out of them is detached, one renamed into
+ * them attached). Each link event of a namespace re-lists its links (listLinks, one FFI call)
+ * rather than trusting the event's text: a burst of events costs one listing, and nothing missed
+ * between listings can leave the set wrong.
+ */
+import { statSync } from 'node:fs';
+import { Subject, type Observable } from 'rxjs';
+import type { TcLink } from '../datapath/index.js';
+import { withNetns } from '../datapath/netns.js';
+import type { Logger } from '../logger.js';
+import type { InterfaceMatcher } from '../net/interface-match.js';
+import { LinkMonitor, listLinks } from '../net/links.js';
+import { setNamespaceNames } from '../net/namespace-names.js';
+import { NetnsWatcher, type NetnsInfo } from '../net/netns-watch.js';
+import { SourceError } from './errors.js';
+
+export interface FollowedNamespace {
+  /** Inode of the namespace. */
+  readonly ino: number;
+  /** undefined for the agent's own namespace; else the name records carry (see NetnsInfo.name). */
+  readonly label: string | undefined;
+  /** What enters it (withNetns); undefined for the agent's own. */
+  readonly path: string | undefined;
+}
+
+export interface LinkEvent {
+  type: 'attached' | 'detached' | 'renamed';
+  /** The namespace's label: undefined for the agent's own. */
+  netns: string | undefined;
+  ifindex: number;
+  ifname: string;
+  /** When the event that led to this was handled (performance.now()). */
+  at: number;
+}
+
+export interface LinkFollowerOptions {
+  matcher: InterfaceMatcher;
+  /** undefined: the agent's namespace; a name or path: that one; 'all': every namespace. */
+  netns: string | undefined;
+  /** How often /proc is rescanned for namespaces of processes (netns 'all'). */
+  rescanIntervalMs: number;
+  /** Attaches the programs to a link; runs inside the link's namespace. */
+  attach: (ns: FollowedNamespace, ifindex: number, ifname: string) => TcLink[];
+  logger: Logger;
+}
+
+interface NsState {
+  ns: FollowedNamespace;
+  monitor: LinkMonitor | undefined;
+  /** Attached links by ifindex. */
+  links: Map<number, { ifname: string; tc: TcLink[] }>;
+  /** The last listing of the namespace's links. */
+  table: ReadonlyMap<number, string>;
+  /** ifindex -> name that failed to attach: not retried until the link changes. */
+  failed: Map<number, string>;
+  /** Resolves when the monitor listens (or gave up). */
+  ready: Promise<void>;
+}
+
+export class LinkFollower {
+  private readonly states = new Map<number, NsState>();
+  /** ifindex -> (namespace inode -> label) of the links attached now. */
+  private readonly attachedBy = new Map<number, Map<number, string | undefined>>();
+  /** ifindex -> label of the namespace that last had a link of this ifindex attached. */
+  private readonly lastBy = new Map<number, string | undefined>();
+  /** Inode of each namespace followed -> its label. Kept after a namespace goes: its last flows are evicted later. */
+  private readonly inodeLabels = new Map<number, string | undefined>();
+  private readonly subject = new Subject<LinkEvent>();
+  private watcher: NetnsWatcher | undefined;
+  private goneTimer: NodeJS.Timeout | undefined;
+  private closed = false;
+  /** During open(): an attach failure fails the source, as a fixed list of interfaces always did. */
+  private opening = true;
+  /** Attach, detach and rename of links, as they happen. */
+  readonly events: Observable<LinkEvent> = this.subject.asObservable();
+
+  private constructor(private readonly options: LinkFollowerOptions) {}
+
+  /**
+   * Attaches to every matching link that exists now (throws when a plainly named interface does
+   * not exist, as a fixed list always did), then follows. `ready` resolves when every monitor
+   * of the namespaces found at open listens.
+   */
+  static open(options: LinkFollowerOptions): LinkFollower {
+    const f = new LinkFollower(options);
+    try {
+      if (options.netns === 'all') {
+        f.watcher = NetnsWatcher.open({
+          rescanIntervalMs: options.rescanIntervalMs,
+          onAdded: (info) => f.addNamespace(info),
+          onRemoved: (info) => f.removeNamespace(info.ino, 'namespace gone'),
+          logger: options.logger,
+        });
+      } else {
+        const path = options.netns;
+        const ino = namespaceInode(path);
+        f.addNamespace({
+          ino,
+          name: path ?? 'host',
+          path: path ?? '/proc/self/ns/net',
+          host: path === undefined,
+        });
+        f.requireNamed();
+        if (path !== undefined) f.watchGone(path, ino);
+      }
+      f.opening = false;
+    } catch (err) {
+      f.close();
+      throw err;
+    }
+    return f;
+  }
+
+  /** Resolves when the monitor of every namespace followed now listens. */
+  get ready(): Promise<void> {
+    return Promise.all([...this.states.values()].map((s) => s.ready)).then(() => undefined);
+  }
+
+  /** Links attached now, as `<netns>/<ifname>` (the agent's own namespace without the prefix). */
+  attached(): string[] {
+    const out: string[] = [];
+    for (const s of this.states.values()) {
+      for (const l of s.links.values()) out.push(s.ns.label ? `${s.ns.label}/${l.ifname}` : l.ifname);
+    }
+    return out;
+  }
+
+  /**
+   * The label of the namespace whose attached link has this ifindex (undefined: the agent's own).
+   * The kernel's flow key holds the ifindex alone, so when links of two followed namespaces share
+   * an ifindex at once, their flows are not told apart and this answers undefined. After a
+   * link is detached, its namespace still answers for flows evicted later.
+   */
+  namespaceOf(ifindex: number): string | undefined {
+    const now = this.attachedBy.get(ifindex);
+    if (now !== undefined && now.size > 0) return now.size === 1 ? now.values().next().value : undefined;
+    return this.lastBy.get(ifindex);
+  }
+
+  /**
+   * The NetnsLabeler of the flow records: by the namespace inode the programs put in the flow
+   * key, else (0: the kernel would not say) by the ifindex, see namespaceOf.
+   */
+  readonly labeler = (inode: number, ifindex: number): string | undefined =>
+    inode !== 0 && this.inodeLabels.has(inode) ? this.inodeLabels.get(inode) : this.namespaceOf(ifindex);
+
+  /** Every TC link held now. */
+  tcLinks(): TcLink[] {
+    const out: TcLink[] = [];
+    for (const s of this.states.values()) for (const l of s.links.values()) out.push(...l.tc);
+    return out;
+  }
+
+  /** Stops following and detaches every link. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher?.close();
+    clearInterval(this.goneTimer);
+    let first: Error | undefined;
+    for (const ino of [...this.states.keys()]) {
+      try {
+        this.removeNamespace(ino, 'closing');
+      } catch (err) {
+        first ??= err instanceof Error ? err : new Error(String(err));
+      }
+    }
+    this.subject.complete();
+    if (first !== undefined) throw first;
+  }
+
+  /**
+   * Lets go of the one namespace followed once `path` no longer leads to it (`ip netns del`, the
+   * process exited): its monitor would otherwise keep it alive.
+   */
+  private watchGone(path: string, ino: number): void {
+    const file = path.startsWith('/') ? path : `/run/netns/${path}`;
+    this.goneTimer = setInterval(() => {
+      let now: number | undefined;
+      try {
+        now = statSync(file).ino;
+      } catch {
+        now = undefined;
+      }
+      if (now === ino) return;
+      clearInterval(this.goneTimer);
+      this.removeNamespace(ino, 'namespace gone');
+    }, this.options.rescanIntervalMs);
+    this.goneTimer.unref();
+  }
+
+  /** Plainly named interfaces must exist at start, in the one namespace followed. */
+  private requireNamed(): void {
+    const state = [...this.states.values()][0];
+    if (state === undefined) return;
+    const present = new Set(state.table.values());
+    for (const name of this.options.matcher.names) {
+      if (present.has(name)) continue;
+      throw new SourceError(
+        'ENOIFACE',
+        `attach tc ingress ${name}: no such interface; check the name with 'ip link'`,
+      );
+    }
+  }
+
+  private addNamespace(info: NetnsInfo): void {
+    if (this.closed || this.states.has(info.ino)) return;
+    // The path follows the NetnsWatcher's latest one: the process it went through may exit while
+    // others keep the namespace.
+    const ns: FollowedNamespace = {
+      ino: info.ino,
+      label: info.host ? undefined : info.name,
+      get path() {
+        return info.host ? undefined : info.path;
+      },
+    };
+    let markReady!: () => void;
+    const state: NsState = {
+      ns,
+      monitor: undefined,
+      links: new Map(),
+      table: new Map(),
+      failed: new Map(),
+      ready: new Promise<void>((resolve) => (markReady = resolve)),
+    };
+    this.states.set(info.ino, state);
+    this.inodeLabels.set(info.ino, ns.label);
+    try {
+      state.monitor = new LinkMonitor({
+        ...(ns.path !== undefined ? { netns: ns.path } : {}),
+        onChange: () => this.reconcile(state),
+        onReady: () => {
+          // Links created between the first listing and the subscription raised no event.
+          this.reconcile(state);
+          markReady();
+        },
+        logger: this.options.logger,
+      });
+    } catch (err) {
+      // The namespace went away between the scan and here.
+      this.options.logger.debug({ err, netns: ns.label }, 'cannot follow network namespace');
+      this.states.delete(info.ino);
+      markReady();
+      return;
+    }
+    this.reconcile(state);
+    this.options.logger.info(
+      { netns: ns.label ?? 'host', links: state.links.size },
+      'following network namespace',
+    );
+  }
+
+  private removeNamespace(ino: number, why: string): void {
+    const state = this.states.get(ino);
+    if (!state) return;
+    this.states.delete(ino);
+    state.monitor?.close();
+    let first: Error | undefined;
+    for (const ifindex of [...state.links.keys()]) {
+      try {
+        this.detach(state, ifindex);
+      } catch (err) {
+        first ??= err instanceof Error ? err : new Error(String(err));
+      }
+    }
+    if (why !== 'closing')
+      this.options.logger.info({ netns: state.ns.label ?? 'host' }, 'network namespace gone');
+    if (first !== undefined) throw first;
+  }
+
+  private reconcile(state: NsState): void {
+    if (this.closed || this.states.get(state.ns.ino) !== state) return;
+    const at = performance.now();
+    let table: Map<number, string>;
+    try {
+      table = listLinks(state.ns.path);
+    } catch (err) {
+      // The namespace is going: its watcher removes it on the next scan.
+      this.options.logger.debug({ err, netns: state.ns.label }, 'cannot list links of network namespace');
+      return;
+    }
+    state.table = table;
+    setNamespaceNames(state.ns.label, table);
+    const { matcher } = this.options;
+    for (const [ifindex, cur] of state.links) {
+      const name = table.get(ifindex);
+      if (name === undefined) {
+        this.detachLogged(state, ifindex, at);
+      } else if (name !== cur.ifname) {
+        cur.ifname = name;
+        if (matcher.matches(name)) this.emit('renamed', state, ifindex, name, at);
+        else this.detachLogged(state, ifindex, at);
+      }
+    }
+    for (const [ifindex, failedName] of state.failed) {
+      if (table.get(ifindex) !== failedName) state.failed.delete(ifindex);
+    }
+    for (const [ifindex, name] of table) {
+      if (state.links.has(ifindex) || state.failed.has(ifindex) || !matcher.matches(name)) continue;
+      let tc: TcLink[];
+      try {
+        tc = withNetns(state.ns.path, () => this.options.attach(state.ns, ifindex, name));
+      } catch (err) {
+        state.failed.set(ifindex, name);
+        const code = (err as { code?: string }).code;
+        const gone = code === 'ENOIFACE' || code === 'ENONETNS';
+        if (this.opening && !gone) throw err;
+        // Deleted between listing and attaching is no failure; anything else the user must see.
+        if (gone) {
+          this.options.logger.debug(
+            { err, netns: state.ns.label, ifname: name },
+            'link went away before attach',
+          );
+        } else {
+          this.options.logger.error({ err, netns: state.ns.label, ifname: name, ifindex }, 'attach failed');
+        }
+        continue;
+      }
+      if (tc.some((l) => l.ifindex !== ifindex)) {
+        // Renamed, and the name taken by another link, between listing and attaching: undo; the
+        // event of that rename re-lists.
+        this.closeLinks(state, tc);
+        continue;
+      }
+      state.links.set(ifindex, { ifname: name, tc });
+      let by = this.attachedBy.get(ifindex);
+      if (by === undefined) this.attachedBy.set(ifindex, (by = new Map<number, string | undefined>()));
+      by.set(state.ns.ino, state.ns.label);
+      this.lastBy.set(ifindex, state.ns.label);
+      this.emit('attached', state, ifindex, name, at);
+    }
+  }
+
+  private detachLogged(state: NsState, ifindex: number, at: number): void {
+    const name = state.links.get(ifindex)?.ifname ?? '';
+    try {
+      this.detach(state, ifindex);
+    } catch (err) {
+      this.options.logger.error({ err, netns: state.ns.label, ifname: name, ifindex }, 'detach failed');
+      return;
+    }
+    this.emit('detached', state, ifindex, name, at);
+  }
+
+  private detach(state: NsState, ifindex: number): void {
+    const cur = state.links.get(ifindex);
+    if (!cur) return;
+    state.links.delete(ifindex);
+    const by = this.attachedBy.get(ifindex);
+    by?.delete(state.ns.ino);
+    if (by?.size === 0) this.attachedBy.delete(ifindex);
+    this.closeLinks(state, cur.tc);
+  }
+
+  private closeLinks(state: NsState, tc: TcLink[]): void {
+    let first: Error | undefined;
+    const closeAll = (): void => {
+      for (const l of tc) {
+        try {
+          l.close();
+        } catch (err) {
+          first ??= err instanceof Error ? err : new Error(String(err));
+        }
+      }
+    };
+    // A TCX link detaches by its fd from anywhere; a clsact filter is found by ifindex, in the
+    // namespace it was attached in, and is gone with that namespace.
+    if (tc.every((l) => l.mode === 'tcx')) closeAll();
+    else {
+      try {
+        withNetns(state.ns.path, closeAll);
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ENONETNS') throw err;
+        for (const l of tc) if (l.mode === 'tcx') l.close();
+      }
+    }
+    if (first !== undefined) throw first;
+  }
+
+  private emit(type: LinkEvent['type'], state: NsState, ifindex: number, ifname: string, at: number): void {
+    const event: LinkEvent = { type, netns: state.ns.label, ifindex, ifname, at };
+    this.options.logger.info({ netns: event.netns ?? 'host', ifname, ifindex }, `interface ${type}`);
+    this.subject.next(event);
+  }
+}
+
+/** The inode of a namespace given as a name or path (the agent's own when undefined). */
+function namespaceInode(netns: string | undefined): number {
+  const path =
+    netns === undefined ? '/proc/self/ns/net' : netns.startsWith('/') ? netns : `/run/netns/${netns}`;
+  try {
+    return statSync(path).ino;
+  } catch (err) {
+    throw new SourceError(
+      'ENONETNS',
+      `enter network namespace ${netns}: ${path} cannot be opened; check the name with 'ip netns list'`,
+      { cause: err },
+    );
+  }
+}
