@@ -16,10 +16,11 @@ fail() {
 # real servers and clients of the tests; prometheus ships promtool; linux-libc-dev the UAPI headers.
 # libzstd1 and liblz4-1 are the kafka sink's zstd and lz4 codecs (through koffi); the zstd and lz4
 # tools decompress its batches in the tests, independently of the sink. nfdump (nfcapd), tshark and
-# softflowd are the independent IPFIX collector, decoder and exporter of the ipfix tests.
+# softflowd are the independent IPFIX collector, decoder and exporter of the ipfix tests;
+# nftables drops packets for a known reason in the drop tests.
 packages=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iperf3 nats-server librdkafka1 librdkafka-dev
   kcat prometheus linux-libc-dev ethtool procps iputils-ping gcc libzstd1 liblz4-1 zstd lz4 systemd
-  nfdump tshark softflowd)
+  nfdump tshark softflowd python3-jsonschema nftables)
 
 missing=()
 for p in "${packages[@]}"; do

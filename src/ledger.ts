@@ -14,6 +14,11 @@ export type DropReason =
   /** Non-IP frames an older flow program counted instead of making them layer-2 flows. */
   | 'non_ip'
   | 'sampled_out'
+  /**
+   * Records an exporter sent that never reached the `ipfix` source, by the sequence numbers of its
+   * messages (NetFlow v9 numbers packets: one per lost export packet).
+   */
+  | 'upstream_lost'
   | 'limiter_dropped'
   | 'dedupe_duplicate'
   | 'sink_failed'

@@ -146,6 +146,21 @@ export interface FlowRecord {
    * `lsns` shows it. `ingressInterface` is an ifindex of that namespace.
    */
   networkNamespace?: string;
+  /**
+   * Drops (`ebpf_flows` with `drops: true`): packets and octets of the flow the kernel freed as
+   * dropped during the interval (IPFIX droppedPacketDeltaCount 133, droppedOctetDeltaCount 132).
+   * A record whose flow had drops but no packet counted in the same interval has packetDeltaCount 0.
+   */
+  droppedPacketDeltaCount?: number;
+  droppedOctetDeltaCount?: number;
+  /**
+   * rxflow's own fields (no IPFIX element): the kernel's reason for the latest drop, as its
+   * `enum skb_drop_reason` names it without the SKB_DROP_REASON_ prefix (NETFILTER_DROP,
+   * NO_SOCKET, ...), and for TCP the state of the socket at that drop (ESTABLISHED, SYN_SENT, ...,
+   * as `ss` shows it), absent when the packet had no socket.
+   */
+  dropReason?: string;
+  tcpState?: string;
 }
 
 /**
@@ -328,6 +343,11 @@ function kindOf(name: string): number {
     case 'dot1qVlanId':
     case 'dot1qCustomerVlanId':
       return U16;
+    case 'dropReason':
+    case 'tcpState':
+      return TEXT;
+    case 'droppedPacketDeltaCount':
+    case 'droppedOctetDeltaCount':
     case 'octetTotalCount':
     case 'packetTotalCount':
     case 'reverseOctetTotalCount':

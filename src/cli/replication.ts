@@ -2,7 +2,8 @@
  * `rxflow firewall replication status`: how far a node's kernel session map and the KV bucket
  * agree. Two ways to ask:
  * - `--url http://host:port` asks the running node (the nats_sessions sink's ready_listen) for its
- *   status: counts of its last full sync, last sync time, replication lag, pending writes, and what
+ *   status: its kernel map compared with the bucket now, last sync time, replication lag, pending
+ *   writes, and what
  *   its watch of the bucket applied from other nodes (applied, ignored and why, watch lag);
  * - `--nats <url>` compares the pinned session map of this host with the bucket right now, from
  *   outside (no lag or last sync: only the running node knows those).
@@ -78,6 +79,17 @@ export function formatNodeStatus(s: NodeReplicationStatus, nowMs: number): strin
       `${formatCount(s.puts)} puts, ${formatCount(s.deletes)} deletes, ${formatCount(s.failedWrites)} failed`,
     ],
   ];
+  if (s.comparedAtMs !== undefined) {
+    pairs.splice(pairs.length - 3, 0, [
+      'compared',
+      `${new Date(s.comparedAtMs).toISOString()} (kernel map read and compared with the bucket ${s.compareSource === 'watch' ? 'as watched' : 'as read'} in ${formatCount(s.compareMs ?? 0)} ms)`,
+    ]);
+  } else if (s.compareError !== undefined) {
+    pairs.splice(pairs.length - 3, 0, [
+      'compared',
+      `counts of the last sync: bucket not read now (${s.compareError})`,
+    ]);
+  }
   pairs.push(...watchRows(s.watch));
   if (s.load !== undefined) pairs.push(['loaded on boot', formatCount(s.load.loaded)]);
   return rows(pairs);

@@ -42,14 +42,29 @@ export class FlowMaps {
   // back at the map being drained.
   #busy = false;
 
-  constructor(collection: Collection) {
-    this.maps = [collection.map(FLOW_MAP_NAMES[0]), collection.map(FLOW_MAP_NAMES[1])];
-    this.#outer = collection.map(FLOW_MAPS_OUTER);
+  /**
+   * `names` serves another pair of double-buffered maps of the same shape (the drop maps of
+   * bpf/drops.o); by default the flow maps.
+   */
+  constructor(
+    collection: Collection,
+    names: { maps: readonly [string, string]; outer: string } = {
+      maps: FLOW_MAP_NAMES,
+      outer: FLOW_MAPS_OUTER,
+    },
+  ) {
+    this.maps = [collection.map(names.maps[0]), collection.map(names.maps[1])];
+    this.#outer = collection.map(names.outer);
     this.#ids = [
-      readMapInfo(this.maps[0].fd, `read map ${FLOW_MAP_NAMES[0]}`).id,
-      readMapInfo(this.maps[1].fd, `read map ${FLOW_MAP_NAMES[1]}`).id,
+      readMapInfo(this.maps[0].fd, `read map ${names.maps[0]}`).id,
+      readMapInfo(this.maps[1].fd, `read map ${names.maps[1]}`).id,
     ];
     this.#active = this.#readActive();
+  }
+
+  /** The array-of-maps whose slot 0 names the map the programs count into. */
+  get outer(): BpfMap {
+    return this.#outer;
   }
 
   /** The map the programs count into now. Reading it races with them; drain via evict(). */
@@ -128,7 +143,7 @@ export class FlowMaps {
     if (this.#busy) {
       throw new DatapathError(
         'EBUSY',
-        `${op} ${FLOW_MAPS_OUTER}: an asynchronous swap is still running; wait for it to settle first`,
+        `${op} ${this.#outer.name}: an asynchronous swap is still running; wait for it to settle first`,
       );
     }
   }
@@ -147,8 +162,8 @@ export class FlowMaps {
     if (index < 0) {
       throw new DatapathError(
         'EMAP',
-        `read map ${FLOW_MAPS_OUTER}: slot 0 holds map id ${id}, neither ${FLOW_MAP_NAMES[0]} (${this.#ids[0]}) ` +
-          `nor ${FLOW_MAP_NAMES[1]} (${this.#ids[1]}); remove the stale pins of this instance and start again`,
+        `read map ${this.#outer.name}: slot 0 holds map id ${id}, neither ${this.maps[0].name} (${this.#ids[0]}) ` +
+          `nor ${this.maps[1].name} (${this.#ids[1]}); remove the stale pins of this instance and start again`,
       );
     }
     return index as 0 | 1;

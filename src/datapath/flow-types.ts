@@ -560,6 +560,8 @@ export function decodeFlowMapBatch(
   offsetMs: number,
   eviction?: FlowEviction,
   labeler?: NetnsLabeler,
+  /** Receives, for each record returned, the index of its entry in the batch. */
+  indexes?: number[],
 ): FlowRecord[] {
   const { count, keys, values } = batch;
   if (valueBufferSize <= 0 || valueBufferSize % FLOW_VALUE_STRIDE !== 0) {
@@ -646,6 +648,7 @@ export function decodeFlowMapBatch(
       }
       if (label !== undefined) rec.networkNamespace = label;
     }
+    indexes?.push(i);
     out.push(rec);
   }
   return out;

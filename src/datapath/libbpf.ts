@@ -29,6 +29,7 @@ export interface Libbpf {
   bpf_program__type(prog: Ptr): number;
   bpf_program__set_log_buf(prog: Ptr, buf: Ptr | null, size: number): number;
   bpf_program__set_log_level(prog: Ptr, level: number): number;
+  bpf_program__set_attach_target(prog: Ptr, attachProgFd: number, attachFuncName: string | null): number;
   // maps
   bpf_map__name(map: Ptr): string;
   bpf_map__fd(map: Ptr): number;
@@ -42,6 +43,7 @@ export interface Libbpf {
   bpf_map__inner_map(map: Ptr): Ptr | null;
   bpf_map__set_inner_map_fd(map: Ptr, fd: number): number;
   bpf_map__set_pin_path(map: Ptr, path: string | null): number;
+  bpf_map__reuse_fd(map: Ptr, fd: number): number;
   // bpf.h: map syscalls
   bpf_map_create(
     type: number,
@@ -81,6 +83,10 @@ export interface Libbpf {
   bpf_link_detach(linkFd: number): number;
   bpf_link_update(linkFd: number, newProgFd: number, opts: Uint8Array | null): number;
   bpf_prog_test_run_opts(progFd: number, opts: Uint8Array): number;
+  /** Attaches a tp_btf program (name null) or a raw tracepoint; closing the fd detaches it. */
+  bpf_raw_tracepoint_open(name: string | null, progFd: number): number;
+  /** BPF_ENABLE_STATS: run time statistics of every program while the returned fd is open. */
+  bpf_enable_stats(type: number): number;
   // libbpf.h: TC
   bpf_tc_hook_create(hook: Uint8Array): number;
   bpf_tc_hook_destroy(hook: Uint8Array): number;
@@ -93,6 +99,7 @@ export interface Libbpf {
   ring_buffer__free(rb: Ptr): void;
   // btf.h
   btf__parse(path: string, ext: null): Ptr | null;
+  btf__load_vmlinux_btf(): Ptr | null;
   btf__free(btf: Ptr): void;
   btf__find_by_name_kind(btf: Ptr, name: string, kind: number): number;
   btf__type_by_id(btf: Ptr, id: number): Ptr | null;
@@ -263,6 +270,9 @@ function bind(): Bound {
     bpf_program__fd: f('int bpf_program__fd(void *prog)'),
     bpf_program__type: f('int bpf_program__type(void *prog)'),
     bpf_program__set_log_buf: f('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)'),
+    bpf_program__set_attach_target: f(
+      'int bpf_program__set_attach_target(void *prog, int attach_prog_fd, const char *attach_func_name)',
+    ),
     bpf_program__set_log_level: f('int bpf_program__set_log_level(void *prog, uint32_t level)'),
     bpf_map__name: f('const char *bpf_map__name(void *map)'),
     bpf_map__fd: f('int bpf_map__fd(void *map)'),
@@ -276,6 +286,7 @@ function bind(): Bound {
     bpf_map__inner_map: f('void *bpf_map__inner_map(void *map)'),
     bpf_map__set_inner_map_fd: f('int bpf_map__set_inner_map_fd(void *map, int fd)'),
     bpf_map__set_pin_path: f('int bpf_map__set_pin_path(void *map, const char *path)'),
+    bpf_map__reuse_fd: f('int bpf_map__reuse_fd(void *map, int fd)'),
     bpf_map_create: f(
       'int bpf_map_create(int map_type, const char *map_name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const void *opts)',
     ),
@@ -298,6 +309,8 @@ function bind(): Bound {
     bpf_link_detach: f('int bpf_link_detach(int link_fd)'),
     bpf_link_update: f('int bpf_link_update(int link_fd, int new_prog_fd, const void *opts)'),
     bpf_prog_test_run_opts: f('int bpf_prog_test_run_opts(int prog_fd, void *opts)'),
+    bpf_raw_tracepoint_open: f('int bpf_raw_tracepoint_open(const char *name, int prog_fd)'),
+    bpf_enable_stats: f('int bpf_enable_stats(int type)'),
     bpf_tc_hook_create: f('int bpf_tc_hook_create(void *hook)'),
     bpf_tc_hook_destroy: f('int bpf_tc_hook_destroy(void *hook)'),
     bpf_tc_attach: f('int bpf_tc_attach(const void *hook, void *opts)'),
@@ -307,6 +320,7 @@ function bind(): Bound {
     ring_buffer__consume: f('int ring_buffer__consume(void *rb)'),
     ring_buffer__free: f('void ring_buffer__free(void *rb)'),
     btf__parse: f('void *btf__parse(const char *path, void *btf_ext)'),
+    btf__load_vmlinux_btf: f('void *btf__load_vmlinux_btf()'),
     btf__free: f('void btf__free(void *btf)'),
     btf__find_by_name_kind: f('int btf__find_by_name_kind(void *btf, const char *name, uint32_t kind)'),
     btf__type_by_id: f('void *btf__type_by_id(void *btf, uint32_t id)'),

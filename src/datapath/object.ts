@@ -29,6 +29,11 @@ export interface LoadOptions {
    * libbpf's internal maps (.rodata, .bss) are never pinned: they carry this object's constants.
    */
   pinDir?: string;
+  /**
+   * Maps of this object that are to be another's, by name: the fd of the map to use (libbpf's
+   * bpf_map__reuse_fd). No map is created for them, and they are never pinned by this object.
+   */
+  reuseMaps?: Record<string, number>;
 }
 
 /** The parsed ELF (bpf_object__open_file): programs and maps by name, editable before load. */
@@ -125,6 +130,34 @@ export class ObjectSpec {
   }
 
   /**
+   * Points a tracing program (tp_btf, fentry) at another kernel function or tracepoint than its
+   * section names (bpf_program__set_attach_target); the load fails if the kernel has no such hook.
+   */
+  setAttachTarget(program: string, target: string): this {
+    const obj = this.#live('set attach target of');
+    const bpf = libbpf();
+    const p = bpf.bpf_object__find_program_by_name(obj, program);
+    if (p === null) {
+      throw new DatapathError('ENOTFOUND', `${this.path}: no program named '${program}'`);
+    }
+    const r = bpf.bpf_program__set_attach_target(p, 0, target);
+    if (r < 0) {
+      throw syscallFailure(
+        `set attach target of ${program} in ${this.path} to ${target}`,
+        'bpf_program__set_attach_target',
+        r,
+        {
+          code: 'ELOAD',
+          ...(errnoName(r) === 'ESRCH'
+            ? { hint: `the kernel's btf has no function or tracepoint named ${target}` }
+            : {}),
+        },
+      );
+    }
+    return this;
+  }
+
+  /**
    * Creates the maps (or reuses pinned ones), loads every program, and hands the object over to
    * the returned Collection: the spec cannot be loaded twice.
    */
@@ -133,6 +166,14 @@ export class ObjectSpec {
     const bpf = libbpf();
     const ctx = `load ${this.path}`;
     if (opts.pinDir !== undefined) this.#preparePins(obj, opts.pinDir);
+    for (const [name, fd] of Object.entries(opts.reuseMaps ?? {})) {
+      const m = bpf.bpf_object__find_map_by_name(obj, name);
+      const r = m === null ? -2 : bpf.bpf_map__reuse_fd(m, fd);
+      if (r < 0) {
+        this.#dispose();
+        throw syscallFailure(`${ctx}: reuse map ${name}`, 'bpf_map__reuse_fd', r, { code: 'ELOAD' });
+      }
+    }
 
     const logs: { name: string; buf: Ptr }[] = [];
     const templates: number[] = [];

@@ -174,8 +174,17 @@ export class FirewallSessionStore implements RemoteSessionStore {
     readonly interfaces: InterfaceTable = ipLinkTable(),
   ) {}
 
+  /**
+   * The sessions to replicate: a closed TCP session (FIN both ways, or a RST) has ended, and the
+   * kernel keeps it only for the connection's last packets, so it is left out like a deleted one
+   * and a sync deletes its KV copy instead of writing it back.
+   */
   list(): ReplicatedSession[] {
-    return this.fw.sessions().map((s) => fromFirewallSession(s, this.interfaces));
+    const out: ReplicatedSession[] = [];
+    for (const s of this.fw.sessions()) {
+      if (s.tcpState !== 'closed') out.push(fromFirewallSession(s, this.interfaces));
+    }
+    return out;
   }
 
   restore(sessions: readonly ReplicatedSession[]): { written: number; skipped: number } {

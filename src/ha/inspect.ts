@@ -29,7 +29,6 @@ export async function inspectReplication(
   toleranceMs = 1000,
 ): Promise<Inspection> {
   const { records } = await kv.snapshot();
-  const clock = new ClockTranslator();
   const kvViews = new Map<string, KvView | UnreadableKvView>();
   for (const r of records) {
     const d = decodeSessionValue(r.value);
@@ -40,6 +39,21 @@ export async function inspectReplication(
         : { unreadable: true, newer: d.newer },
     );
   }
+  return inspectAgainst(store, kvViews, nodeId, toleranceMs);
+}
+
+/**
+ * The same comparison against a view of the bucket already at hand: what a running node with a
+ * watch of the bucket knows it holds (every acknowledged write of its own and every change the
+ * watch delivered), so asking costs a read of the kernel map and no read of the bucket.
+ */
+export function inspectAgainst(
+  store: SessionStore,
+  kvViews: ReadonlyMap<string, KvView | UnreadableKvView>,
+  nodeId: string,
+  toleranceMs = 1000,
+): Inspection {
+  const clock = new ClockTranslator();
   const local = new Map<string, SyncView>();
   for (const s of store.list()) {
     const wire = toWire(s, clock);

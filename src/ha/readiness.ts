@@ -9,7 +9,7 @@ export interface ReadinessOptions {
   file?: string;
   /** Serve GET /ready (503 while loading, 200 once ready) and GET /status (JSON). */
   listen?: { host: string; port: number };
-  /** The body of /status. */
+  /** The body of /status, or a promise of it. */
   status?: () => unknown;
   logger?: Logger;
 }
@@ -103,16 +103,19 @@ export class Readiness {
       } else if (path === '/ready') {
         res.writeHead(this.ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${this.reason}\n`);
       } else if (path === '/status' && this.options.status !== undefined) {
-        let body: string;
-        try {
-          body = JSON.stringify(this.options.status(), (_k, v: unknown) =>
-            typeof v === 'bigint' ? v.toString() : v,
-          );
-        } catch (err) {
-          res.writeHead(500, { 'content-type': 'text/plain' }).end(`${messageOf(err)}\n`);
-          return;
-        }
-        res.writeHead(200, { 'content-type': 'application/json' }).end(`${body}\n`);
+        const status = this.options.status;
+        void (async () => {
+          let body: string;
+          try {
+            body = JSON.stringify(await status(), (_k, v: unknown) =>
+              typeof v === 'bigint' ? v.toString() : v,
+            );
+          } catch (err) {
+            res.writeHead(500, { 'content-type': 'text/plain' }).end(`${messageOf(err)}\n`);
+            return;
+          }
+          res.writeHead(200, { 'content-type': 'application/json' }).end(`${body}\n`);
+        })();
       } else {
         res.writeHead(404, { 'content-type': 'text/plain' }).end('not found; try /ready or /status\n');
       }

@@ -1,3 +1,4 @@
+import { inspectAgainst, inspectReplication } from './inspect.js';
 import type { NatsConnection } from 'nats';
 import type { StageCounters } from '../ledger.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -32,8 +33,20 @@ export interface SessionReplicationOptions {
   signal?: AbortSignal;
 }
 
-/** The replication status with what the boot load did, as /status and the CLI show it. */
+/**
+ * The replication status with what the boot load did, as /status and the CLI show it. `counts`
+ * compare the kernel map with the bucket at the moment status() was asked (`comparedAtMs`), and
+ * `lagMs` is the replication lag at that moment; when the bucket cannot be read, they are the last
+ * sync's and `compareError` says why.
+ */
 export interface NodeReplicationStatus extends ReplicationStatus {
+  /** Wall-clock ms of the comparison `counts` come from; undefined when they are the last sync's. */
+  comparedAtMs?: number | undefined;
+  /** How long reading the bucket and the kernel map took, ms. */
+  compareMs?: number | undefined;
+  compareError?: string | undefined;
+  /** Where the bucket's side came from: this node's watch of it, or a read of it. */
+  compareSource?: 'watch' | 'bucket';
   bucket: string;
   ready: boolean;
   load: Omit<LoadResult, 'records'> | undefined;
@@ -52,6 +65,7 @@ export class SessionReplication {
   private closed: Promise<boolean> | undefined;
 
   private constructor(
+    private readonly store: SessionStore,
     readonly replicator: Replicator,
     readonly kv: NatsSessionKv,
     readonly readiness: Readiness,
@@ -122,8 +136,8 @@ export class SessionReplication {
         readiness.setNotReady('watching kv');
         await watch.start(load?.revision);
       }
-      const node = new SessionReplication(replicator, kv, readiness, load, watch, nc, options, logger);
-      status = () => node.status();
+      const node = new SessionReplication(store, replicator, kv, readiness, load, watch, nc, options, logger);
+      status = () => node.liveStatus();
       replicator.start(events);
       readiness.setReady({ loaded: load?.loaded ?? 0, node: options.replicator.nodeId });
       logger.info(
@@ -147,14 +161,62 @@ export class SessionReplication {
     }
   }
 
+  /** The status as the replicator last knew it: `counts` are the last full sync's. */
   status(): NodeReplicationStatus {
+    return { ...this.replicator.status(), ...this.describe() };
+  }
+
+  /**
+   * The status now, what /status serves: the kernel map (one batch read) compared with the bucket
+   * as a full sync compares them, without writing anything, and the replication lag taken at that
+   * moment. While the watch of the bucket is active, the bucket is what this node knows it holds
+   * (the last sync's read, its acknowledged writes and every change the watch delivered since, so
+   * no read of the bucket is needed: `compareSource` 'watch'); otherwise it is read (one snapshot,
+   * 'bucket'). Writes in flight are in neither until acknowledged.
+   */
+  async liveStatus(): Promise<NodeReplicationStatus> {
+    const base = this.describe();
+    const started = performance.now();
+    const nodeId = this.options.replicator.nodeId;
+    const tolerance = this.options.replicator.toleranceMs;
+    let compareError: string | undefined;
+    if (this.kv.connected) {
+      try {
+        const watching = this.watch?.status().active === true;
+        const inspection = watching
+          ? inspectAgainst(this.store, this.replicator.knownViews(), nodeId, tolerance)
+          : await inspectReplication(this.store, this.kv, nodeId, tolerance);
+        return {
+          ...this.replicator.status(),
+          ...base,
+          counts: inspection.counts,
+          comparedAtMs: Date.now(),
+          compareMs: Math.round(performance.now() - started),
+          compareSource: watching ? 'watch' : 'bucket',
+          compareError: undefined,
+        };
+      } catch (err) {
+        compareError = messageOf(err);
+      }
+    } else {
+      compareError = 'not connected to nats';
+    }
+    return {
+      ...this.replicator.status(),
+      ...base,
+      comparedAtMs: undefined,
+      compareMs: undefined,
+      compareError,
+    };
+  }
+
+  private describe(): Pick<NodeReplicationStatus, 'bucket' | 'ready' | 'load' | 'watch'> {
     let load: Omit<LoadResult, 'records'> | undefined;
     if (this.load !== undefined) {
       const { records: _records, ...rest } = this.load;
       load = rest;
     }
     return {
-      ...this.replicator.status(),
       bucket: this.options.bucket.bucket,
       ready: this.readiness.isReady,
       load,

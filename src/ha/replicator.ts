@@ -365,6 +365,14 @@ export class Replicator {
     if (own !== undefined && own <= revision) this.ownRevisions!.delete(key);
   }
 
+  /**
+   * What this node believes the bucket holds: the last sync's read, then its own acknowledged
+   * writes and, with a watch attached, every other node's change the watch delivered.
+   */
+  knownViews(): ReadonlyMap<string, KvView | UnreadableKvView> {
+    return this.known;
+  }
+
   /** What this node believes the bucket holds for `key`. */
   knownView(key: string): KvView | UnreadableKvView | undefined {
     return this.known.get(key);

@@ -309,7 +309,8 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
 }
 
 export interface DedupeConfig {
-  mode: DedupeMode;
+  /** `firstCome` is the firewall design's spelling of `first_come`. */
+  mode: DedupeMode | 'firstCome';
   expire_ms: number;
   just_mark: boolean;
 }
@@ -324,9 +325,10 @@ const dedupeModule: TransformModule<DedupeConfig> = {
     properties: {
       mode: {
         type: 'string',
-        enum: ['none', 'first_come'],
+        enum: ['none', 'first_come', 'firstCome'],
         default: 'first_come',
-        description: "'first_come' keeps a flow from the first interface that reported it; 'none' passes all",
+        description:
+          "'first_come' (or its alias 'firstCome') keeps a flow from the first interface that reported it; 'none' passes all",
       },
       expire_ms: {
         type: 'integer',
@@ -345,7 +347,7 @@ const dedupeModule: TransformModule<DedupeConfig> = {
   example: { mode: 'first_come', expire_ms: 10000, just_mark: false },
   build(config: DedupeConfig, context: ComponentContext) {
     const options: DedupeOptions = {
-      mode: config.mode,
+      mode: config.mode === 'firstCome' ? 'first_come' : config.mode,
       expireMs: config.expire_ms,
       justMark: config.just_mark,
       counters: context.counters,

@@ -18,6 +18,7 @@ import ebpf_flows from '../sources/ebpf_flows.js';
 import firewall_audit from '../sources/firewall_audit.js';
 import file_replay from '../sources/file_replay.js';
 import firewall_sessions from '../sources/firewall_sessions.js';
+import ipfix_source from '../sources/ipfix.js';
 import kafka_consumer from '../sources/kafka_consumer.js';
 import { ComponentRegistry } from './component-registry.js';
 
@@ -27,6 +28,7 @@ export const modules: readonly ComponentModule[] = [
   file_replay,
   firewall_audit,
   firewall_sessions,
+  ipfix_source, // type ipfix, as the sink
   kafka_consumer,
   // transforms (src/operators/)
   account,

@@ -7,6 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
+import { DROP_VALUE_STRIDE } from '../datapath/drops.js';
 import { FLOW_KEY, FLOW_VALUE_STRIDE } from '../datapath/flow-types.js';
 
 /** What the machine can give: read from /proc and /sys, or given by a test. */
@@ -121,6 +122,16 @@ function ebpfFlows(config: Record<string, unknown>, machine: MachineMemory): Est
   const ring = config.ringbuf_size_bytes;
   if (typeof ring === 'number') {
     out.push({ option: 'ringbuf_size_bytes', value: ring, bytes: ring, how: 'the ring buffer' });
+  }
+  const drops = config.drops_max_flows;
+  if (config.drops === true && typeof drops === 'number') {
+    const perEntry = DROP_VALUE_STRIDE * machine.possibleCpus + FLOW_KEY.size;
+    out.push({
+      option: 'drops_max_flows',
+      value: drops,
+      bytes: FLOW_MAPS * drops * perEntry,
+      how: `${FLOW_MAPS} drop maps x ${drops} entries x (${DROP_VALUE_STRIDE} bytes x ${machine.possibleCpus} possible cpus + ${FLOW_KEY.size} bytes of key)`,
+    });
   }
   return out;
 }

@@ -14,6 +14,8 @@
  * a standby holds the active node's newest sessions when it takes over, not only those of its
  * boot. The watch goes on after a reconnect from the last revision it received, and stops on close.
  *
+ * A whole node of an HA pair is pipelines/firewall-ha.yaml; in short:
+ *
  * ```yaml
  * sources:
  *   sessions: {type: firewall_sessions, instance: edge}
@@ -152,8 +154,9 @@ const schema: JsonSchema = {
     ),
     node_id: {
       type: 'string',
-      pattern: '^[-_.:a-zA-Z0-9]{1,128}$',
-      description: "This node's id, written into every value; default the host name. Unique per node.",
+      pattern: '^[-_.:a-zA-Z0-9]{0,128}$',
+      description:
+        "This node's id, written into every value; default (or empty) the host name. Unique per node.",
     },
     credentials_file: { type: 'string', description: 'A NATS .creds file (JWT and NKey seed).' },
     user: { type: 'string', description: 'User name; needs password.' },
@@ -235,7 +238,7 @@ const schema: JsonSchema = {
     netns: {
       type: 'string',
       description:
-        "Network namespace of the firewall's devices, to name interfaces for a peer ('ip netns' name).",
+        "Network namespace of the firewall's devices, to name interfaces for a peer ('ip netns' name); unset or empty: this process's.",
     },
     load_on_start: {
       type: 'boolean',
@@ -268,7 +271,7 @@ interface Resolved {
 
 function resolve(config: NatsSessionsConfig): Resolved {
   const c = { ...DEFAULTS, ...config };
-  const nodeId = c.node_id ?? hostname();
+  const nodeId = c.node_id === undefined || c.node_id === '' ? hostname() : c.node_id;
   if (!validNodeId(nodeId)) {
     throw new SinkError(
       'EBADCONFIG',
@@ -357,9 +360,9 @@ export class NatsSessionsSink implements Sink {
     this.counters = context.counters;
   }
 
-  /** The replication status, once started. */
-  status(): NodeReplicationStatus | undefined {
-    return this.node?.status();
+  /** The replication status, the kernel map compared with the bucket now; undefined until started. */
+  status(): Promise<NodeReplicationStatus | undefined> {
+    return this.node?.liveStatus() ?? Promise.resolve(undefined);
   }
 
   /**
@@ -384,7 +387,7 @@ export class NatsSessionsSink implements Sink {
       throw new SinkError('EFIREWALL', `nats_sessions sink: ${messageOf(err)}`, { cause: err });
     }
     this.fw = fw;
-    const interfaces = ipLinkTable(c.netns);
+    const interfaces = ipLinkTable(c.netns === '' ? undefined : c.netns);
     const store = new FirewallSessionStore(fw, interfaces);
     const events = new Subject<SessionEventBatch>();
     let node: SessionReplication;

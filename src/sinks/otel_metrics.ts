@@ -88,6 +88,8 @@ export const METRIC = {
   flowBytes: 'rxflow.flow.bytes',
   flowPackets: 'rxflow.flow.packets',
   flowRecords: 'rxflow.flow.records',
+  flowDroppedPackets: 'rxflow.flow.dropped_packets',
+  flowDroppedBytes: 'rxflow.flow.dropped_bytes',
   componentReceived: 'rxflow.component.received',
   componentSent: 'rxflow.component.sent',
   componentDropped: 'rxflow.component.dropped',
@@ -103,6 +105,14 @@ export const METRIC = {
   sinkDropped: 'rxflow.sink.dropped',
   sinkInFlight: 'rxflow.sink.in_flight',
 } as const;
+
+/**
+ * The attribute of the drop counters: the kernel's drop reason of the records (dropReason). The
+ * kernel's enum is closed (about 130 values), and series beyond MAX_DROP_REASONS count as "other".
+ */
+export const ATTR_DROP_REASON = 'rxflow.drop.reason';
+export const MAX_DROP_REASONS = 256;
+const OTHER_DROP_REASON: Attributes = { [ATTR_DROP_REASON]: 'other' };
 
 /** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
 export const OTHER_INTERFACE = 'other';
@@ -447,6 +457,9 @@ export class OtelMetricsSink implements Sink {
   private readonly bytes: Counter;
   private readonly packets: Counter;
   private readonly records: Counter;
+  private readonly droppedPackets: Counter;
+  private readonly droppedBytes: Counter;
+  private readonly dropReasons = new Map<string, Attributes>();
   private subscription: Subscription | undefined;
   private endConsume: (() => void) | undefined;
   private closed: Promise<void> | undefined;
@@ -514,7 +527,53 @@ export class OtelMetricsSink implements Sink {
       description: 'Flow records this sink received, by direction, transport, network type and interface.',
       unit: UNIT.records,
     });
+    this.droppedPackets = meter.createCounter(METRIC.flowDroppedPackets, {
+      description:
+        'Packets of the flows this sink received that the kernel dropped (droppedPacketDeltaCount), by the reason of the latest drop.',
+      unit: UNIT.packets,
+    });
+    this.droppedBytes = meter.createCounter(METRIC.flowDroppedBytes, {
+      description:
+        'Bytes of the flows this sink received that the kernel dropped (droppedOctetDeltaCount), by the reason of the latest drop.',
+      unit: UNIT.bytes,
+    });
     observeLedger(meter, context.ledger);
+  }
+
+  /** Adds the drops of the batch's records to the drop counters, one add per reason and batch. */
+  private addDrops(batch: FlowBatch): void {
+    let sums: Map<Attributes, [number, number]> | undefined;
+    for (let i = 0; i < batch.length; i++) {
+      const r = batch[i]!;
+      const packets = r.droppedPacketDeltaCount;
+      if (packets === undefined || !isCount(packets)) continue;
+      const bytes = r.droppedOctetDeltaCount;
+      const attrs = this.dropReasonAttributes(r.dropReason ?? '');
+      sums ??= new Map();
+      const sum = sums.get(attrs);
+      const b = bytes !== undefined && isCount(bytes) ? bytes : 0;
+      if (sum) {
+        sum[0] += packets;
+        sum[1] += b;
+      } else {
+        sums.set(attrs, [packets, b]);
+      }
+    }
+    if (!sums) return;
+    for (const [attrs, [packets, bytes]] of sums) {
+      this.droppedPackets.add(packets, attrs);
+      this.droppedBytes.add(bytes, attrs);
+    }
+  }
+
+  private dropReasonAttributes(reason: string): Attributes {
+    let attrs = this.dropReasons.get(reason);
+    if (attrs === undefined) {
+      if (this.dropReasons.size >= MAX_DROP_REASONS) return OTHER_DROP_REASON;
+      attrs = { [ATTR_DROP_REASON]: sanitizeLabel(reason) };
+      this.dropReasons.set(reason, attrs);
+    }
+    return attrs;
   }
 
   /**
@@ -589,6 +648,7 @@ export class OtelMetricsSink implements Sink {
     this.counters.addReceived(n);
     try {
       const skipped = this.tally.add(batch, this.bytes, this.packets, this.records);
+      this.addDrops(batch);
       this.counters.addSent(n - skipped);
       if (skipped > 0) {
         this.counters.addDropped('sink_failed', skipped);

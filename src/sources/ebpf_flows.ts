@@ -17,6 +17,7 @@ import {
 } from '../datapath/flow-types.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import { account } from '../operators/account.js';
+import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
@@ -48,6 +49,9 @@ export interface EbpfFlowsConfig {
   log_interval_ms: number;
   account_max_entries: number;
   account_evict_timeout_ms: number;
+  drops: boolean;
+  drops_hook: string;
+  drops_max_flows: number;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -75,6 +79,38 @@ function kernelLossReporter(dp: FlowDatapath, counters: StageCounters): () => vo
         counters.addDropped(reason, delta);
       }
     }
+  };
+}
+
+/**
+ * Turns drops on, or warns once naming the hook the kernel lacks; the flows run either way. Returns
+ * a reporter that logs drops on no flow of the flow map, by reason, as deltas since its last call.
+ */
+function enableDrops(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): (() => void) | undefined {
+  if (!config.drops) return undefined;
+  try {
+    dp.enableDrops({ tracepoint: config.drops_hook, maxEntries: config.drops_max_flows });
+  } catch (err) {
+    logger.warn(
+      { err, hook: `tp_btf/${config.drops_hook}` },
+      `drops off: the drop program cannot run on tp_btf/${config.drops_hook} of this kernel (${(err as Error).message}); flows are counted without drops`,
+    );
+    return undefined;
+  }
+  logger.info({ hook: `tp_btf/${config.drops_hook}` }, 'drop program attached');
+  const last = new Map<string, number>();
+  return () => {
+    const unmatched: Record<string, number> = {};
+    let any = false;
+    for (const c of dp.drops?.reasonCounts() ?? []) {
+      const delta = c.unmatchedPackets - (last.get(c.name) ?? 0);
+      last.set(c.name, c.unmatchedPackets);
+      if (delta > 0) {
+        unmatched[c.name] = delta;
+        any = true;
+      }
+    }
+    if (any) logger.info({ unmatched }, 'packet drops on no flow of the flow map, by kernel reason');
   };
 }
 
@@ -123,6 +159,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const labeler = config.netns === undefined ? undefined : follower.labeler;
     dp.labeler = labeler;
     const reportKernelLosses = kernelLossReporter(dp, counters);
+    const reportUnmatchedDrops = enableDrops(dp, config, logger);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -137,6 +174,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       // eviction (no packet in its second half), active otherwise; forced on the final one.
       evict: (final) => {
         reportKernelLosses();
+        reportUnmatchedDrops?.();
         return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
       },
       evictionIntervalMs: config.eviction_interval_ms,
@@ -284,6 +322,26 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         description: 'distinct ring-buffer flows aggregated before they are emitted',
       },
       account_evict_timeout_ms: ms('longest a ring-buffer flow is aggregated before it is emitted', 5000),
+      drops: {
+        type: 'boolean',
+        default: false,
+        description:
+          "count packets the kernel drops, per flow, with the kernel's reason (a program on the kfree_skb tracepoint): records get droppedPacketDeltaCount, droppedOctetDeltaCount, dropReason and, for TCP, tcpState; drops on no flow of the flow map are logged by reason at each eviction. The flow program's hit path is unchanged; each freed skb costs the drop program (see README). A kernel without the hook gets one warning, and the flows run without drops",
+      },
+      drops_hook: {
+        type: 'string',
+        pattern: '^[a-z0-9_]{1,64}$',
+        default: 'kfree_skb',
+        description: 'the tp_btf tracepoint the drop program attaches to',
+      },
+      drops_max_flows: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 16777216,
+        default: 16384,
+        description:
+          'flows with drops the kernel holds between two evictions (two maps of entries x (32 bytes x possible CPUs + 60)); drops beyond it are counted by reason only',
+      },
     },
   },
   example: {
@@ -304,6 +362,9 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     log_interval_ms: 10000,
     account_max_entries: 5000,
     account_evict_timeout_ms: 5000,
+    drops: false,
+    drops_hook: 'kfree_skb',
+    drops_max_flows: 16384,
   },
   build: ebpfFlows,
 };

@@ -1,12 +1,13 @@
 import { Observable, asyncScheduler, interval, map, type SchedulerLike } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
-import type { FirewallCollection } from '../datapath/firewall/index.js';
+import { sessionKeyId, type FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
   type FirewallAction,
   type FirewallReason,
   type FirewallSession,
   type FirewallSessionEvent,
+  type SessionEnd,
   type SessionEventKind,
   type SessionOrigin,
   type TcpState,
@@ -24,20 +25,31 @@ import { INSTANCE_PATTERN } from '../datapath/instance.js';
  * created by exactly one packet (the map insert with BPF_NOEXIST succeeds once), so the event is
  * exact and arrives even for sessions shorter than any scan interval; updates are sent on a TCP
  * state change and at most once per session_update_interval_ms otherwise, so their rate is
- * bounded by the number of sessions, not packets. DELETED comes from here: the kernel never
- * deletes a session (an idle one simply stops matching), so the one deleting it, expireSessions()
- * on a timer, knows exactly which and when. A userspace diff of map scans would cost a full map
- * read per interval whether anything changed or not, miss sessions that lived between two scans,
- * and could not tell a delete followed by a re-create from an update.
+ * bounded by the number of sessions, not packets.
  *
- * Events the kernel could not queue (ring full) are counted (session_events_lost): a consumer that
- * must not miss any (HA replication) repairs with a periodic full read of the map.
+ * A session ends in one of three ways, each a DELETED event from here, once:
+ * - closed: the kernel's UPDATED on the TCP state change to closed (FIN seen both ways, or a RST)
+ *   is the end of the connection, and is passed on as DELETED at the next drain (drain_interval_ms)
+ *   without waiting for the session to time out. The kernel keeps the closed session until
+ *   session_closed_timeout_s, for the last ACK and retransmissions; its later updates and its
+ *   expiry are not reported again, and a new SYN on its tuple is a CREATED again.
+ * - idle: the kernel never deletes a session (an idle one simply stops matching), so the one
+ *   deleting it, expireSessions() on a timer, knows exactly which and when.
+ * - evicted: the map is an LRU hash, so a full map drops its least recently used session to make
+ *   room, and nothing in the kernel can report that. The expiry's read of the map (which it makes
+ *   anyway, one batch read sized to the map) also says which of the sessions this source reported
+ *   and has not seen end are no longer there: each is reported DELETED then.
+ *
+ * A userspace diff of map scans alone would miss sessions that lived between two scans and could
+ * not tell a delete followed by a re-create from an update. Events the kernel could not queue
+ * (ring full) are counted (session_events_lost): a consumer that must not miss any (HA
+ * replication) repairs with a periodic full read of the map.
  */
 export interface SessionEventsOptions {
   collection: FirewallCollection;
   /** How often the ring buffer is read. */
   drainIntervalMs: number;
-  /** How often idle sessions are expired (deleted events); 0: never, something else expires them. */
+  /** How often idle sessions are expired and evicted ones looked for; 0: never, something else expires them. */
   expireIntervalMs: number;
   /** Called with how many events the kernel lost since the last drain. */
   onLost?: (n: number) => void;
@@ -54,8 +66,26 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
     const fw = options.collection;
     const reader = fw.sessionEventReader();
     let lost = fw.counter('session_events_lost');
+    // Sessions reported and not ended, with the scan that last found each in the map; and those
+    // reported as closed, whose later updates and expiry are not reported again.
+    const live = new Map<string, { session: FirewallSession; scan: number }>();
+    const closed = new Map<string, number>();
+    let scan = 0;
+    const onEvent = (out: FirewallSessionEvent[], e: FirewallSessionEvent): void => {
+      const id = sessionKeyId(e.session);
+      if (e.kind === 'created') closed.delete(id);
+      else if (closed.has(id)) return;
+      if (e.session.tcpState === 'closed') {
+        live.delete(id);
+        closed.set(id, scan);
+        out.push({ kind: 'deleted', session: e.session, end: 'closed' });
+        return;
+      }
+      live.set(id, { session: e.session, scan });
+      out.push(e);
+    };
     const drain = (out: FirewallSessionEvent[]): void => {
-      reader.drain((view, offset, length) => out.push(decodeSessionEvent(view, offset, length)));
+      reader.drain((view, offset, length) => onEvent(out, decodeSessionEvent(view, offset, length)));
       const now = fw.counter('session_events_lost');
       if (now > lost) {
         options.logger?.warn({ lost: now - lost }, 'firewall session events lost: the ring buffer was full');
@@ -63,11 +93,35 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
         lost = now;
       }
     };
-    const tick = (expire: boolean): boolean => {
+    const expire = (out: FirewallSessionEvent[]): void => {
+      const current = ++scan;
+      const present =
+        live.size === 0 && closed.size === 0
+          ? undefined
+          : (key: Uint8Array): void => {
+              const id = sessionKeyId(key);
+              const entry = live.get(id);
+              if (entry !== undefined) entry.scan = current;
+              else if (closed.has(id)) closed.set(id, current);
+            };
+      for (const session of fw.expireSessions(undefined, present)) {
+        const id = sessionKeyId(session);
+        live.delete(id);
+        if (!closed.delete(id)) out.push({ kind: 'deleted', session, end: 'idle' });
+      }
+      for (const [id, entry] of live) {
+        if (entry.scan === current) continue;
+        live.delete(id);
+        out.push({ kind: 'deleted', session: entry.session, end: 'evicted' });
+      }
+      // A closed session that left the map without expiring is forgotten without a word.
+      for (const [id, seen] of closed) if (seen !== current) closed.delete(id);
+    };
+    const tick = (withExpiry: boolean): boolean => {
       const out: FirewallSessionEvent[] = [];
       try {
         drain(out);
-        if (expire) for (const session of fw.expireSessions()) out.push({ kind: 'deleted', session });
+        if (withExpiry) expire(out);
       } catch (err) {
         subscriber.error(err);
         return false;
@@ -93,6 +147,9 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
   });
 }
 
+/** IPFIX flowEndReason (IANA element 136) of each way a session ends. */
+const FLOW_END_REASON: Record<SessionEnd, number> = { idle: 1, closed: 3, evicted: 5 };
+
 /** A flow record of a session event: the session's 5-tuple, counters each way, state and tunnel. */
 export interface FirewallSessionRecord extends FlowRecord {
   firewallSessionEvent: SessionEventKind;
@@ -114,12 +171,14 @@ export interface FirewallSessionRecord extends FlowRecord {
 
 /**
  * The record of a session event. Times are wall-clock: flowStartMilliseconds when the session
- * opened, flowEndMilliseconds when it was last seen; a deleted session has flowEndReason 1 (idle).
+ * opened, flowEndMilliseconds when it was last seen; a deleted session has the IPFIX flowEndReason
+ * of its end: 1 idle timeout, 3 end of flow detected (closed), 5 lack of resources (evicted).
  */
 export function sessionRecord(
   kind: SessionEventKind,
   s: FirewallSession,
   offsetMs: number,
+  end: SessionEnd = 'idle',
 ): FirewallSessionRecord {
   const v4 = !s.srcAddr.includes(':');
   const rec: FirewallSessionRecord = {
@@ -161,7 +220,7 @@ export function sessionRecord(
     rec.tunnelDestinationTransportPort = s.outerDstPort;
     if (s.cookie !== '0000000000000000') rec.flowCookie = s.cookie;
   }
-  if (kind === 'deleted') rec.flowEndReason = 1;
+  if (kind === 'deleted') rec.flowEndReason = FLOW_END_REASON[end];
   return rec;
 }
 
@@ -189,7 +248,7 @@ export function firewallSessions(
       logger: context.logger,
       scheduler: context.scheduler ?? asyncScheduler,
       ...(context.stop$ ? { stop$: context.stop$ } : {}),
-    }).pipe(map((events) => events.map((e) => sessionRecord(e.kind, e.session, offsetMs))));
+    }).pipe(map((events) => events.map((e) => sessionRecord(e.kind, e.session, offsetMs, e.end))));
   });
 }
 
@@ -217,7 +276,11 @@ const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
         description: 'the bpffs mount the firewall is pinned under',
       },
       drain_interval_ms: ms('how often the session event ring buffer is read', 100),
-      expire_interval_ms: ms('how often idle sessions are deleted, each a deleted event; 0: never', 1000, 0),
+      expire_interval_ms: ms(
+        'how often idle sessions are deleted, each a deleted event, and sessions the full LRU map evicted are looked for (the same read of the map), each a deleted event too; 0: never. Closed TCP sessions (FIN both ways, RST) are deleted events at the next drain.',
+        1000,
+        0,
+      ),
     },
   },
   example: { instance: 'default', pin_root: '/sys/fs/bpf', drain_interval_ms: 100, expire_interval_ms: 1000 },

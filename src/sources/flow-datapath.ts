@@ -7,12 +7,14 @@ import {
   attachTc,
   type BpfMap,
   type Collection,
+  type DrainResult,
   type Program,
   type TcDirection,
   type TcLink,
 } from '../datapath/index.js';
 import {
   FLOW_CTR,
+  FLOW_KEY,
   decodeFlowMapBatch,
   encodeFlowConfig,
   monotonicNowNs,
@@ -22,6 +24,7 @@ import {
   type NetnsLabeler,
 } from '../datapath/flow-types.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
+import { DropsDatapath, attachDrops, type DropBatch } from '../datapath/drops.js';
 import { withNetns } from '../datapath/netns.js';
 import { bpfObjectPath } from '../paths.js';
 import type { FlowRecord } from '../records.js';
@@ -78,6 +81,8 @@ export class FlowDatapath {
   readonly links: TcLink[] = [];
   /** Names the namespace of evicted flows (see NetnsLabeler); unset, records carry none. */
   labeler: NetnsLabeler | undefined;
+  /** The drop program, once enableDrops() loaded it: evictions then carry drops on the flows. */
+  drops: DropsDatapath | undefined;
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
@@ -183,6 +188,22 @@ export class FlowDatapath {
     return this.#collection.program(direction === 'ingress' ? 'flow_ingress' : 'flow_egress');
   }
 
+  /**
+   * Loads bpf/drops.o on this datapath's flow maps and attaches it to kfree_skb; from the next
+   * eviction on, flows carry their drops. Throws (ENOBTF, ELOAD, EVERIFIER, EATTACH) when the
+   * kernel lacks what it needs; the flows keep running either way.
+   */
+  enableDrops(opts: { objectPath?: string; tracepoint?: string; maxEntries?: number } = {}): DropsDatapath {
+    if (this.drops) return this.drops;
+    this.drops = DropsDatapath.open({
+      objectPath: opts.objectPath ?? bpfObjectPath('drops'),
+      flowMapsFd: this.flowMaps.outer.fd,
+      ...(opts.tracepoint !== undefined ? { tracepoint: opts.tracepoint } : {}),
+      ...(opts.maxEntries !== undefined ? { maxEntries: opts.maxEntries } : {}),
+    });
+    return this.drops;
+  }
+
   /** Sets 1-in-N sampling at run time. */
   setSampling(sampling: number): void {
     if (!Number.isInteger(sampling) || sampling < 0 || sampling > 0xffffffff) {
@@ -236,7 +257,10 @@ export class FlowDatapath {
       return records;
     } finally {
       this.#evicting = false;
-      if (this.#closeDeferred) this.#collection.close();
+      if (this.#closeDeferred) {
+        this.drops?.close();
+        this.#collection.close();
+      }
     }
   }
 
@@ -257,8 +281,39 @@ export class FlowDatapath {
     // After the swap no program counts into this map: the flows' idle time is measured from now.
     const nowNs = monotonicNowNs();
     const batch = map.drain();
-    if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), this.labeler);
+    // Swapped after the flow maps: a drop between the two swaps lands on a flow of the new flow
+    // map, and comes out here without its packets (attachDrops).
+    const drops = this.drops?.evict();
+    return this.#decode(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), drops);
+  }
+
+  #decode(
+    batch: DrainResult,
+    valueBufferSize: number,
+    offsetMs: number,
+    eviction: FlowEviction,
+    drops?: DropBatch,
+  ): FlowRecord[] {
+    if (drops === undefined || drops.byKey.size === 0) {
+      if (batch.count === 0) return [];
+      return decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler);
+    }
+    const indexes: number[] = [];
+    const records =
+      batch.count === 0
+        ? []
+        : decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    const dp = this.drops!;
+    return attachDrops(
+      records,
+      indexes,
+      batch.keys,
+      drops,
+      (r) => dp.reasonName(r),
+      offsetMs,
+      eviction,
+      this.labeler,
+    );
   }
 
   async #evictOneAsync(offsetMs: number, options: EvictOptions): Promise<FlowRecord[]> {
@@ -267,8 +322,28 @@ export class FlowDatapath {
     // Closed during the swap: nobody would receive the flows, so they stay in the map.
     if (this.#closed) return [];
     const batch = map.drain();
-    if (batch.count === 0) return [];
-    return decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), this.labeler);
+    // Decoded before the drop swap: the next drain of this map would reuse the key buffer.
+    const eviction = evictionOf(nowNs, options);
+    const indexes: number[] = [];
+    const records =
+      batch.count === 0
+        ? []
+        : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    if (!this.drops) return records;
+    const keys = batch.keys.slice(0, batch.count * FLOW_KEY.size);
+    const drops = await this.drops.evictAsync();
+    if (this.#closed && drops.byKey.size === 0) return records;
+    const dp = this.drops;
+    return attachDrops(
+      records,
+      indexes,
+      keys,
+      drops,
+      (r) => dp.reasonName(r),
+      offsetMs,
+      eviction,
+      this.labeler,
+    );
   }
 
   /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */
@@ -308,8 +383,12 @@ export class FlowDatapath {
       first ??= err instanceof Error ? err : new Error(String(err));
     }
     this.events.close();
-    if (this.#evicting) this.#closeDeferred = true;
-    else this.#collection.close();
+    if (this.#evicting) {
+      this.#closeDeferred = true;
+    } else {
+      this.drops?.close();
+      this.#collection.close();
+    }
     if (!opts.keepPins) this.#collection.unpin();
     this.#lock?.release();
     this.#lock = undefined;

@@ -9,7 +9,7 @@ import { sendUdp, startUdpSink } from '../fixtures/traffic.js';
 import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
 import { isReady, packetsTo, readRecords, waitFor } from './lifecycle-helpers.js';
 
-const FLOW_OBJECT = fileURLToPath(new URL('../../bpf/flow.o', import.meta.url));
+const TEST_OBJECT = fileURLToPath(new URL('../../bpf/test_datapath.o', import.meta.url));
 
 kernelDescribe('one agent per instance; a failed start leaves no pins', () => {
   let topo: PairTopology;
@@ -129,9 +129,9 @@ ${o.extra ?? ''}sinks:
         "run sources.flows (ebpf_flows): attach tc ingress lcynope0: no such interface; check the name with 'ip link'",
     },
     {
-      fault: 'a map the kernel refuses to create',
-      // 2^32 - 1 entries: the kernel's hash table cannot have that many buckets (E2BIG).
-      o: () => ({ extra: '    cache_max_flows: 4294967295\n' }),
+      fault: 'an object that is not the flow program',
+      // Validate cannot tell: the file is a BPF object, only not one with the flow maps.
+      o: () => ({ extra: `    object_path: ${TEST_OBJECT}\n` }),
       error: undefined,
     },
   ])('a failed start on $fault exits 1 and leaves no pins', async ({ o, error }) => {
@@ -143,7 +143,7 @@ ${o.extra ?? ''}sinks:
     if (error) expect(cli.stderr.split('\n')).toContain(error((opts as { netns?: string }).netns ?? ''));
     else {
       expect(cli.stderr.split('\n')).toContain(
-        `run sources.flows (ebpf_flows): load ${FLOW_OBJECT}: create inner map template of flow_maps: argument list too long (E2BIG)`,
+        `run sources.flows (ebpf_flows): ${TEST_OBJECT}: no map named 'flow_map_a'; the object has maps: echo_counts, rb_config, events, test_flows, test_hash`,
       );
     }
     expect(existsSync(join(pinRoot, `rxflow-${instance}`))).toBe(false);

@@ -109,12 +109,19 @@ kernelDescribe('firewall audit mode on real TCP', () => {
       // ACK went through.
       let sent = 0;
       let received = 0;
-      await waitFor('the session to count what the client stack sent', async () => {
+      // A late ACK may still be on its way when the stack is read: read again until all agree.
+      await waitFor('the session and counters to count what the client stack sent', async () => {
         const now = await snmp(topo.client);
         sent = now['Tcp.OutSegs']! - before['Tcp.OutSegs']!;
         received = now['Tcp.InSegs']! - before['Tcp.InSegs']!;
         const [s] = await list('192.0.2.1');
-        return s !== undefined && s.packetsForward === sent && s.packetsReverse === received;
+        const passed = loaded.counters().audit_passed - counters.audit_passed;
+        return (
+          s !== undefined &&
+          s.packetsForward === sent &&
+          s.packetsReverse === received &&
+          passed === sent + received
+        );
       });
       const sessions = await list('192.0.2.1');
       expect(sessions).toHaveLength(1);

@@ -7,7 +7,7 @@
  *
  * The client (on its lo) reaches the server (on its lo) through A until the routes move to B.
  */
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect } from 'vitest';
 import { bpfObjectPath } from '../../src/paths.js';
 import { buildChild, startChild, type BuiltChild, type ChildHandle } from '../fixtures/child.js';
@@ -146,6 +146,22 @@ export type HaNodeName = 'a' | 'b';
 /** nats_sessions options beyond those every node has (servers, bucket, node_id, instance, ...). */
 export type HaSinkOptions = Record<string, string | number>;
 
+/**
+ * A pipeline file to run instead of the helpers' own one, with the environment it is interpolated
+ * from on top of the child's (so the file's variables say where the node's firewall, bucket and
+ * ports are).
+ */
+export interface HaPipelineFile {
+  file: string;
+  env: (o: { natsUrl: string; nodeId: string; pinRoot: string; netns: string }) => Record<string, string>;
+}
+
+/** How a node differs beyond its sink: the size of its session map, firewall_sessions options. */
+export interface HaNodeOptions {
+  maxSessions?: number;
+  source?: HaSinkOptions;
+}
+
 export interface HaCluster {
   /** The namespaces; set by the time the tests run. */
   readonly topo: HaTopology;
@@ -156,16 +172,30 @@ export interface HaCluster {
    * firewall_sessions source into a nats_sessions sink; resolves once the node reports the
    * pipeline started.
    */
-  startNode(node: HaNodeName, policy: string, sink: HaSinkOptions): Promise<HaNode>;
+  startNode(
+    node: HaNodeName,
+    policy: string,
+    sink: HaSinkOptions | HaPipelineFile,
+    opts?: HaNodeOptions,
+  ): Promise<HaNode>;
 }
 
 function pipelineYaml(
   site: HaSite,
-  o: { natsUrl: string; nodeId: string; pinRoot: string; netns: string; sink: HaSinkOptions },
+  o: {
+    natsUrl: string;
+    nodeId: string;
+    pinRoot: string;
+    netns: string;
+    sink: HaSinkOptions;
+    source?: HaSinkOptions;
+  },
 ): string {
-  const extra = Object.entries(o.sink)
-    .map(([k, v]) => `    ${k}: ${v}\n`)
-    .join('');
+  const lines = (options: HaSinkOptions | undefined): string =>
+    Object.entries(options ?? {})
+      .map(([k, v]) => `    ${k}: ${v}\n`)
+      .join('');
+  const extra = lines(o.sink);
   return `
 sources:
   sessions:
@@ -173,7 +203,7 @@ sources:
     instance: ${site.prefix}
     pin_root: ${o.pinRoot}
     drain_interval_ms: 50
-sinks:
+${lines(o.source)}sinks:
   ha:
     type: nats_sessions
     inputs: [sessions]
@@ -216,11 +246,13 @@ export function haCluster(site: HaSite): HaCluster {
     get nats() {
       return nats!;
     },
-    async startNode(node, policy, sink) {
+    async startNode(node, policy, sink, opts = {}) {
       const ns = node === 'a' ? topo!.a : topo!.b;
       const device = (node === 'a' ? topo!.ca : topo!.cb).b.ifname;
       const nodeId = `node-${node}`;
       const pinRoot = makeBpffsDir(site.prefix);
+      const where = { natsUrl: nats!.url, nodeId, pinRoot, netns: ns.name };
+      const fromFile = typeof sink.file === 'string' ? (sink as HaPipelineFile) : undefined;
       const args = {
         pinRoot,
         instance: site.prefix,
@@ -229,7 +261,16 @@ export function haCluster(site: HaSite): HaCluster {
         egress: device,
         policy,
         objectPath: bpfObjectPath('firewall'),
-        pipeline: pipelineYaml(site, { natsUrl: nats!.url, nodeId, pinRoot, netns: ns.name, sink }),
+        pipeline:
+          fromFile !== undefined
+            ? readFileSync(fromFile.file, 'utf8')
+            : pipelineYaml(site, {
+                ...where,
+                sink: sink as HaSinkOptions,
+                ...(opts.source ? { source: opts.source } : {}),
+              }),
+        env: fromFile?.env(where) ?? {},
+        ...(opts.maxSessions !== undefined ? { maxSessions: opts.maxSessions } : {}),
       };
       const handle = startChild(process.execPath, [child!.entry, JSON.stringify(args)], {
         prefix: site.prefix,

@@ -2,10 +2,10 @@
  * One HA firewall node as its own process, for the HA kernel tests (started by ha-helpers.ts,
  * transpiled by buildChild() of test/fixtures/child.ts), so the test can SIGKILL it.
  *
- * argv[2] is JSON {pinRoot, instance, netns, ingress, egress, policy, pipeline, objectPath}: the node loads the
+ * argv[2] is JSON {pinRoot, instance, netns, ingress, egress, policy, pipeline, env, maxSessions?, objectPath}: the node loads the
  * firewall (pinned under <pinRoot>/rxflow-firewall-<instance>, links pinned too, so they outlive
- * the process), applies `policy` (YAML), attaches, then runs `pipeline` (YAML: a firewall_sessions
- * source into a nats_sessions sink) and reports {ok, started} once the pipeline started, which is
+ * the process), applies `policy` (YAML), attaches, then runs `pipeline` (YAML with a nats_sessions
+ * sink, any of the built-in components, `${VAR}` from `env` over the process's) and reports {ok, started} once the pipeline started, which is
  * after the sink loaded the bucket and reported ready. Then, per stdin line:
  *   policy <policy YAML as a JSON string>  -> applies it, reports {ok, removed}
  *   status                                 -> reports {ok, status} of the nats_sessions sink
@@ -17,11 +17,11 @@ import { FirewallCollection, firewallPinDir, parsePolicy } from '../../src/datap
 import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
+import { defaultRegistry } from '../../src/pipeline/registry.js';
 import natsSessionsModule, {
   type NatsSessionsConfig,
   type NatsSessionsSink,
 } from '../../src/sinks/nats_sessions.js';
-import firewallSessionsModule from '../../src/sources/firewall_sessions.js';
 
 interface NodeArgs {
   pinRoot: string;
@@ -31,6 +31,9 @@ interface NodeArgs {
   egress: string;
   policy: string;
   pipeline: string;
+  env: Record<string, string>;
+  /** Size of the session map (an LRU hash); the object's default when absent. */
+  maxSessions?: number;
   /** bpf/firewall.o of the repository: the transpiled child lives elsewhere. */
   objectPath: string;
 }
@@ -49,6 +52,7 @@ async function main(): Promise<void> {
     egress: args.egress,
     netns: args.netns,
     objectPath: args.objectPath,
+    ...(args.maxSessions !== undefined ? { maxSessions: args.maxSessions } : {}),
   });
   fw.applyPolicy(parsePolicy(args.policy, 'policy.yaml', {}));
   fw.attach();
@@ -63,8 +67,15 @@ async function main(): Promise<void> {
       return built;
     },
   };
-  const registry = new ComponentRegistry([firewallSessionsModule, tracked] as ComponentModule[]);
-  const config = parsePipeline(args.pipeline, 'node.yaml', { registry, env: process.env });
+  const registry = new ComponentRegistry(
+    defaultRegistry().modules.map((m): ComponentModule =>
+      m.type === tracked.type ? (tracked as ComponentModule) : m,
+    ),
+  );
+  const config = parsePipeline(args.pipeline, 'node.yaml', {
+    registry,
+    env: { ...process.env, ...args.env },
+  });
   const pipeline = await buildPipeline(config);
   await pipeline.start();
   report({ ok: true, started: true });
@@ -79,7 +90,7 @@ async function main(): Promise<void> {
         );
         report({ ok: true, removed: result.removed });
       } else if (cmd === 'status') {
-        report({ ok: true, status: sink?.status() });
+        report({ ok: true, status: await sink?.status() });
       } else if (cmd === 'stop') {
         await pipeline.stop();
         report({ ok: true, stopped: true });

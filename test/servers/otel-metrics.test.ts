@@ -265,6 +265,40 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     expect(input.observed).toBe(false);
     await sink.close();
   });
+
+  it('counts dropped packets and bytes by the kernel reason of the records, one series per reason', async () => {
+    const port = await freePort();
+    const ledger = new Ledger();
+    const sink = otelMetricsModule.build(
+      { prometheus_port: port, prometheus_host: '127.0.0.1' },
+      contextWith(ledger),
+    );
+    closers.push(() => sink.close());
+    const input = new Subject<FlowBatch>();
+    void sink.consume(input);
+    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
+    const dropped = (packets: number, bytes: number, reason: string) =>
+      flowRecord({ droppedPacketDeltaCount: packets, droppedOctetDeltaCount: bytes, dropReason: reason });
+    input.next([
+      dropped(40, 5680, 'NO_SOCKET'),
+      flowRecord({ packetDeltaCount: 9 }),
+      dropped(30, 4260, 'NETFILTER_DROP'),
+    ]);
+    input.next([dropped(5, 370, 'NO_SOCKET')]);
+    const url = `http://127.0.0.1:${port}/metrics`;
+    const text = await waitFor('the drop counters', async () => {
+      const t = await (await fetch(url)).text();
+      return t.includes('rxflow_flow_dropped_packets_total{') ? t : undefined;
+    });
+    expect(await promtool(text)).toEqual({ code: 0, output: '' });
+    const got = samples(text);
+    expect(Object.fromEntries([...got].filter(([k]) => k.startsWith('rxflow_flow_dropped_')))).toEqual({
+      'rxflow_flow_dropped_packets_total{rxflow_drop_reason=NO_SOCKET}': 45,
+      'rxflow_flow_dropped_packets_total{rxflow_drop_reason=NETFILTER_DROP}': 30,
+      'rxflow_flow_dropped_bytes_total{rxflow_drop_reason=NO_SOCKET}': 6050,
+      'rxflow_flow_dropped_bytes_total{rxflow_drop_reason=NETFILTER_DROP}': 4260,
+    });
+  });
 });
 
 describe('otel_metrics sink, OTLP/HTTP push', () => {

@@ -32,6 +32,7 @@ import {
   FW_MAPS,
   SESSION,
   SESSION_KEY,
+  TCP_STATES,
   TUNNELS,
   cidrContains,
   decodeConfig,
@@ -52,6 +53,15 @@ import {
   type TunnelType,
 } from './types.js';
 import { INSTANCE_RULE, isInstanceName } from '../instance.js';
+
+/**
+ * A session key as a string, the same for a key given as fields and for the bytes the map holds,
+ * to keep sessions in a Map or Set by key.
+ */
+export function sessionKeyId(key: SessionKey | Uint8Array): string {
+  const bytes = key instanceof Uint8Array ? key : encodeSessionKey(key);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, SESSION_KEY.size).toString('latin1');
+}
 
 export interface FirewallLoadOptions {
   /** bpffs directory of this firewall, e.g. /sys/fs/bpf/rxflow-firewall-default. */
@@ -382,8 +392,15 @@ export class FirewallCollection {
    * session_closed_timeout_s for closed TCP sessions) and returns them. The kernel already treats
    * such sessions as gone; this frees their slots and is where their deletion becomes an event.
    * Each is read again just before its deletion, so a packet that revived it keeps it.
+   *
+   * `present`, when given, is called with the key (as the map stores it, valid only during the
+   * call) of every session the same read found and left in place: what a caller needs to notice
+   * sessions that vanished without an event (the LRU map evicting them) at no extra map read.
    */
-  expireSessions(nowNs: bigint = process.hrtime.bigint()): FirewallSession[] {
+  expireSessions(
+    nowNs: bigint = process.hrtime.bigint(),
+    present?: (key: Uint8Array) => void,
+  ): FirewallSession[] {
     this.#check('expire sessions');
     const idle = BigInt(this.#read(resolveSetting('session_idle_timeout_s'))) * 1_000_000_000n;
     const closed = BigInt(this.#read(resolveSetting('session_closed_timeout_s'))) * 1_000_000_000n;
@@ -393,15 +410,29 @@ export class FirewallCollection {
     };
     const map = this.#maps.sessions;
     const { count, keys, values } = map.dump();
+    // The same test on the dumped bytes: last-seen and TCP state only, no session decoded.
+    const view = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    const closedState = TCP_STATES.indexOf('closed');
+    const expiredAt = (o: number): boolean => {
+      const timeout = values[o + SESSION.fields.tcp_state.offset] === closedState ? closed : idle;
+      const lastSeen = view.getBigUint64(o + SESSION.fields.last_seen_ns.offset, true);
+      return timeout !== 0n && nowNs > lastSeen && nowNs - lastSeen > timeout;
+    };
     const out: FirewallSession[] = [];
     const value = new Uint8Array(map.valueBufferSize);
     for (let i = 0; i < count; i++) {
       const kb = keys.subarray(i * SESSION_KEY.size, (i + 1) * SESSION_KEY.size);
+      if (!expiredAt(i * map.valueBufferSize)) {
+        present?.(kb);
+        continue;
+      }
       const key = decodeSessionKey(kb);
-      if (!expired(decodeSession(key, values, i * map.valueBufferSize))) continue;
       if (!map.lookupInto(kb, value)) continue;
       const now = decodeSession(key, value);
-      if (!expired(now)) continue;
+      if (!expired(now)) {
+        present?.(kb);
+        continue;
+      }
       if (map.delete(kb)) out.push(now);
     }
     return out;

@@ -3,6 +3,7 @@ export {
   FirewallCollection,
   TUNNEL_MODES,
   firewallPinDir,
+  sessionKeyId,
   type FirewallLoadOptions,
   type FirewallStatus,
   type PolicyApplyResult,

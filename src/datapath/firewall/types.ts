@@ -503,7 +503,15 @@ export function encodeSession(
 export interface FirewallSessionEvent {
   kind: SessionEventKind;
   session: FirewallSession;
+  /**
+   * Why a deleted session ended: `closed` (the kernel saw FIN both ways or a RST), `idle` (it
+   * timed out and was expired), `evicted` (it vanished from the map without an event: the LRU
+   * map made room for another, or something else deleted it). Absent on other kinds.
+   */
+  end?: SessionEnd;
 }
+
+export type SessionEnd = 'closed' | 'idle' | 'evicted';
 
 /** Decodes one fw_sess_events record (as RingBufferReader.drain hands it over). */
 export function decodeSessionEvent(view: DataView, offset: number, length: number): FirewallSessionEvent {

@@ -92,6 +92,10 @@ const K_PACKET_INTERVAL = key('samplingPacketInterval');
 const K_PACKET_SPACE = key('samplingPacketSpace');
 const K_SAMPLING = key('samplingInterval');
 const K_NETNS = key('networkNamespace');
+const K_DROPPED_PACKETS = key('droppedPacketDeltaCount');
+const K_DROPPED_OCTETS = key('droppedOctetDeltaCount');
+const K_DROP_REASON = key('dropReason');
+const K_TCP_STATE = key('tcpState');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
 const DIGIT_PAIRS = Buffer.from(Array.from({ length: 100 }, (_, i) => String(i).padStart(2, '0')).join(''));
@@ -451,6 +455,10 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = numberField(out, p, K_PACKET_SPACE, r.samplingPacketSpace)) < 0) return -1;
   if ((p = numberField(out, p, K_SAMPLING, r.samplingInterval)) < 0) return -1;
   if ((p = stringField(out, p, K_NETNS, r.networkNamespace)) < 0) return -1;
+  if ((p = numberField(out, p, K_DROPPED_PACKETS, r.droppedPacketDeltaCount)) < 0) return -1;
+  if ((p = numberField(out, p, K_DROPPED_OCTETS, r.droppedOctetDeltaCount)) < 0) return -1;
+  if ((p = stringField(out, p, K_DROP_REASON, r.dropReason)) < 0) return -1;
+  if ((p = stringField(out, p, K_TCP_STATE, r.tcpState)) < 0) return -1;
   if (p === pos) {
     if (p + 2 > out.length) return -1;
     out[p] = 0x7b; // {

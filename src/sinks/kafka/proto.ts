@@ -58,6 +58,10 @@ const T_VLAN = (40 << 3) | 0;
 const T_CUSTOMER_VLAN = (41 << 3) | 0;
 const T_PACKET_INTERVAL = (42 << 3) | 0;
 const T_PACKET_SPACE = (43 << 3) | 0;
+const T_DROPPED_PACKETS = (50 << 3) | 0;
+const T_DROPPED_OCTETS = (51 << 3) | 0;
+const T_DROP_REASON = (52 << 3) | 2;
+const T_TCP_STATE = (53 << 3) | 2;
 
 /** Bytes of `v` (an unsigned 32-bit integer) as a varint. */
 function varintSize(v: number): number {
@@ -291,6 +295,11 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.samplingPacketInterval) != null && (p = uint32Field(out, p, T_PACKET_INTERVAL, v)) < 0)
     return -1;
   if ((v = r.samplingPacketSpace) != null && (p = uint32Field(out, p, T_PACKET_SPACE, v)) < 0) return -1;
+  if ((v = r.droppedPacketDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_PACKETS, v)) < 0)
+    return -1;
+  if ((v = r.droppedOctetDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_OCTETS, v)) < 0) return -1;
+  if ((v = r.dropReason) != null && (p = stringField(out, p, T_DROP_REASON, v)) < 0) return -1;
+  if ((v = r.tcpState) != null && (p = stringField(out, p, T_TCP_STATE, v)) < 0) return -1;
   return p;
 }
 

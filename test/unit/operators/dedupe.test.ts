@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { Subject, asyncScheduler, type SchedulerLike } from 'rxjs';
+import { Subject, asyncScheduler, of, type SchedulerLike } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import dedupeModule, { SeenTable, dedupe, type DedupeOptions } from '../../../src/operators/dedupe.js';
@@ -354,8 +354,25 @@ describe('dedupe module', () => {
       ok: true,
       config: { mode: 'first_come', expire_ms: 10000, just_mark: false },
     });
-    expect(registry.validate(dedupeModule, { mode: 'firstCome' }).ok).toBe(false);
+    expect(registry.validate(dedupeModule, { mode: 'first-come' }).ok).toBe(false);
     expect(registry.validate(dedupeModule, { expire: 5 }).ok).toBe(false);
+  });
+
+  it("accepts the firewall design's spelling firstCome for first_come", () => {
+    const v = registry.validate(dedupeModule, { mode: 'firstCome' });
+    expect(v).toMatchObject({ ok: true, config: { mode: 'firstCome' } });
+    const ledger = new Ledger();
+    const counters = ledger.stage('dd', 'dedupe');
+    const op = dedupeModule.build(
+      { mode: 'firstCome', expire_ms: 10_000, just_mark: false },
+      { id: 'dd', logger: silentLogger(), ledger, counters },
+    );
+    const out: FlowBatch[] = [];
+    of([onEth0(), onEth1()])
+      .pipe(op)
+      .subscribe((b) => out.push(b));
+    expect(out).toEqual([[onEth0()]]);
+    expect(counters.snapshot().dropped).toEqual({ dedupe_duplicate: 1 });
   });
 
   it('builds an operator on the context scheduler and counters', () => {

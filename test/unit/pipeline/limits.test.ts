@@ -66,6 +66,15 @@ describe('size and duration options at validate', () => {
     ]);
   });
 
+  it('counts the drop maps when drops are on, and only then', () => {
+    const drops = '    drops_max_flows: 16000000\n    cache_max_flows: 1000\n';
+    const memlock = { ...MACHINE, memlockBytes: 1e9 };
+    expect(problems(`    drops: false\n${drops}`, memlock)).toEqual([]);
+    expect(problems(`    drops: true\n${drops}`, memlock)).toEqual([
+      'p.yaml:6:22: sources.flows.drops_max_flows: drops_max_flows 16000000 would lock about 4.0 GB (2 drop maps x 16000000 entries x (32 bytes x 2 possible cpus + 60 bytes of key)); with cache_max_flows 536.0 kB, ringbuf_size_bytes 16.8 MB: 4.0 GB in all, but RLIMIT_MEMLOCK allows 1.0 GB; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)',
+    ]);
+  });
+
   it('takes a flow cache the machine can hold', () => {
     expect(problems('    cache_max_flows: 1000000\n')).toEqual([]);
   });

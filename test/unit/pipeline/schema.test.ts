@@ -42,8 +42,10 @@ describe('pipelineSchema', () => {
   };
 
   it('has a definition per type with its own options, type and inputs', () => {
+    const interpolation = { $ref: '#/definitions/interpolation' };
     const definitions = schema.definitions as Record<string, Record<string, unknown>>;
     expect(Object.keys(definitions)).toEqual([
+      'interpolation',
       'inputs',
       'source.fixed',
       'transform.hold',
@@ -58,13 +60,18 @@ describe('pipelineSchema', () => {
       properties: {
         type: { const: 'hold', description: 'transform type' },
         inputs: { $ref: '#/definitions/inputs' },
-        max_entries: { type: 'integer', minimum: 1, default: 1000, description: 'records held at most' },
+        max_entries: {
+          default: 1000,
+          description: 'records held at most',
+          anyOf: [{ type: 'integer', minimum: 1 }, interpolation],
+        },
         evict_timeout_ms: {
           default: 5000,
           description: 'unused here',
           anyOf: [
             { type: 'integer', minimum: 0 },
             { type: 'string', pattern: '^(\\d+|(\\d+(\\.\\d+)?(ms|s|m|h))+)$' },
+            interpolation,
           ],
         },
       },
@@ -75,7 +82,19 @@ describe('pipelineSchema', () => {
       description: 'Where flows go, keyed by an id of your choice; each lists its inputs.',
       type: 'object',
       propertyNames: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_-]*$' },
-      additionalProperties: { oneOf: [{ $ref: '#/definitions/sink.collect' }] },
+      additionalProperties: {
+        type: 'object',
+        required: ['type'],
+        properties: { type: { description: 'sink type', type: 'string' } },
+        if: { properties: { type: interpolation }, required: ['type'] },
+        else: { properties: { type: { enum: ['collect'] } } },
+        allOf: [
+          {
+            if: { properties: { type: { const: 'collect' } }, required: ['type'] },
+            then: { $ref: '#/definitions/sink.collect' },
+          },
+        ],
+      },
     });
   });
 
@@ -93,16 +112,19 @@ sinks:
 
   it('rejects what the loader rejects: unknown keys and types, a source with inputs, missing inputs', () => {
     expect(check('sources:\n  flows: {type: fixed, inputs: [x]}\n')).toContain(
-      '/sources/flows must match exactly one schema in oneOf',
+      '/sources/flows must NOT have additional properties',
     );
     expect(check('sinks:\n  out: {type: collect}\n')).toContain(
-      '/sinks/out must match exactly one schema in oneOf',
+      "/sinks/out must have required property 'inputs'",
     );
     expect(check('transforms:\n  t: {type: hold, inputs: [a], max_entrie: 1}\n')).toContain(
-      '/transforms/t must match exactly one schema in oneOf',
+      '/transforms/t must NOT have additional properties',
     );
     expect(check('transforms:\n  t: {type: hold, inputs: [a], evict_timeout_ms: 5 parsecs}\n')).toContain(
-      '/transforms/t must match exactly one schema in oneOf',
+      '/transforms/t/evict_timeout_ms must match a schema in anyOf',
+    );
+    expect(check('transforms:\n  t: {type: hodl, inputs: [a]}\n')).toContain(
+      '/transforms/t/type must be equal to one of the allowed values',
     );
     expect(check('sink:\n  out: {type: collect, inputs: [a]}\n')).toEqual([
       ' must NOT have additional properties',
@@ -119,8 +141,14 @@ sinks:
     >;
     expect(sections.sources!.additionalProperties).toBe(false);
     expect(sections.sinks!.additionalProperties).toBe(false);
-    expect(sections.transforms!.additionalProperties).toEqual({
-      oneOf: [{ $ref: '#/definitions/transform.hold' }],
+    expect(sections.transforms!.additionalProperties).toMatchObject({
+      else: { properties: { type: { enum: ['hold'] } } },
+      allOf: [
+        {
+          if: { properties: { type: { const: 'hold' } }, required: ['type'] },
+          then: { $ref: '#/definitions/transform.hold' },
+        },
+      ],
     });
   });
 });

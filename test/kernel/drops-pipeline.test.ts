@@ -1,0 +1,157 @@
+/**
+ * `ebpf_flows` with `drops: true` in a pipeline from YAML: records of flows dropped by an nftables
+ * rule carry the drops with the kernel's reason, drops on no flow are logged by reason, and a hook
+ * the kernel does not have gives one warning while the flows run on.
+ */
+import { rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { buildPipeline } from '../../src/pipeline/build.js';
+import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
+import { parsePipeline } from '../../src/pipeline/load.js';
+import type { FlowRecord } from '../../src/records.js';
+import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
+import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
+import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { kernelDescribe } from '../fixtures/privilege.js';
+import { sendUdp, udpFrameBytes } from '../fixtures/traffic.js';
+import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
+import { buildBpf } from './flow-packets.js';
+
+interface LogLine {
+  level: number;
+  msg: string;
+  hook?: string;
+  unmatched?: Record<string, number>;
+}
+
+const WARN = 40;
+
+kernelDescribe('ebpf_flows with drops in a pipeline', () => {
+  let pair: PairTopology;
+  let pinRoot: string;
+  const table = `dropspl${process.pid}`;
+
+  beforeAll(async () => {
+    buildBpf();
+    pair = await createPair({ prefix: 'rxdp' });
+    pinRoot = makeBpffsDir('rxdp');
+    const rules = join(tmpdir(), `rxflow-drops-pl-${process.pid}.nft`);
+    writeFileSync(
+      rules,
+      [
+        `add table inet ${table}`,
+        `add counter inet ${table} dropped`,
+        `add chain inet ${table} input { type filter hook input priority 0; policy accept; }`,
+        `add rule inet ${table} input udp dport 7301 counter name dropped drop`,
+        `add rule inet ${table} input udp dport 7302 counter name dropped drop`,
+      ].join('\n') + '\n',
+    );
+    try {
+      await pair.server.exec('nft', ['-f', rules]);
+    } finally {
+      rmSync(rules, { force: true });
+    }
+  });
+  afterAll(() => cleanup.dispose());
+
+  async function nftDropped(): Promise<number> {
+    const { stdout } = await pair.server.exec('nft', ['-j', 'list', 'counter', 'inet', table, 'dropped']);
+    const doc = JSON.parse(stdout) as { nftables: { counter?: { packets: number } }[] };
+    return doc.nftables.find((e) => e.counter !== undefined)!.counter!.packets;
+  }
+
+  async function start(name: string, options: string) {
+    const store: CollectStore = new Map();
+    const logs: LogLine[] = [];
+    const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
+    const yaml = `
+sources:
+  kernel:
+    type: ebpf_flows
+    interfaces: ['\${IFACE}']
+    netns: \${NETNS}
+    directions: [ingress]
+    instance: \${INSTANCE}
+    pin_root: \${PIN_ROOT}
+    eviction_interval_ms: 1h
+${options}
+sinks:
+  out:
+    type: collect
+    inputs: [kernel]
+`;
+    const config = parsePipeline(yaml, `${name}.yaml`, {
+      registry,
+      env: {
+        IFACE: pair.link.b.ifname,
+        NETNS: pair.server.name,
+        INSTANCE: `${name}-${process.pid}`,
+        PIN_ROOT: pinRoot,
+      },
+    });
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as LogLine);
+        done();
+      },
+    });
+    const pipeline = await buildPipeline(config, { logger: pino({ level: 'info' }, stream) });
+    await pipeline.start();
+    const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
+    return { pipeline, collected, logs };
+  }
+
+  it('puts N packets dropped by nftables on their flow with reason NETFILTER_DROP, exactly', async () => {
+    const { pipeline, collected, logs } = await start('drops-on', '    drops: true');
+    const before = await nftDropped();
+    const N = 50;
+    const sent = await sendUdp({
+      from: pair.client,
+      to: pair.link.b.ipv4!,
+      port: 7301,
+      count: N,
+      payloadBytes: 80,
+      srcPort: 43001,
+    });
+    expect([sent.sent, (await nftDropped()) - before]).toEqual([N, N]);
+    await pipeline.stop();
+    const flows = collected().filter((r) => r.destinationTransportPort === 7301);
+    expect(
+      flows.map((r) => ({
+        packets: r.packetDeltaCount,
+        dropped: r.droppedPacketDeltaCount,
+        droppedBytes: r.droppedOctetDeltaCount,
+        reason: r.dropReason,
+      })),
+    ).toEqual([{ packets: N, dropped: N, droppedBytes: N * udpFrameBytes(4, 80), reason: 'NETFILTER_DROP' }]);
+    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
+  });
+
+  it('with a hook the kernel does not have: one warning naming it, and the flows are counted', async () => {
+    const { pipeline, collected, logs } = await start(
+      'drops-nohook',
+      '    drops: true\n    drops_hook: rxflow_no_such_tracepoint',
+    );
+    const N = 20;
+    await sendUdp({
+      from: pair.client,
+      to: pair.link.b.ipv4!,
+      port: 7302,
+      count: N,
+      payloadBytes: 80,
+      srcPort: 43002,
+    });
+    await pipeline.stop();
+    const warnings = logs.filter((l) => l.level >= WARN);
+    expect(warnings.map((l) => l.hook)).toEqual(['tp_btf/rxflow_no_such_tracepoint']);
+    expect(warnings[0]!.msg).toMatch(
+      /^drops off: the drop program cannot run on tp_btf\/rxflow_no_such_tracepoint/,
+    );
+    const flows = collected().filter((r) => r.destinationTransportPort === 7302);
+    expect(flows.map((r) => [r.packetDeltaCount, r.droppedPacketDeltaCount])).toEqual([[N, undefined]]);
+  });
+});
