@@ -148,7 +148,8 @@ export interface FlowRecord {
   networkNamespace?: string;
   /**
    * Drops (`ebpf_flows` with `drops: true`): packets and octets of the flow the kernel freed as
-   * dropped during the interval (IPFIX droppedPacketDeltaCount 133, droppedOctetDeltaCount 132).
+   * dropped during the interval (IPFIX droppedPacketDeltaCount 133, droppedOctetDeltaCount 132,
+   * IP octets as octetDeltaCount).
    * A record whose flow had drops but no packet counted in the same interval has packetDeltaCount 0.
    */
   droppedPacketDeltaCount?: number;
