@@ -4,6 +4,10 @@
  * (plain and GENEVE-encapsulated), and a new flow per packet. Then the userspace side of an
  * eviction: the swap of the flow maps (an update of flow_maps, which waits for an RCU grace period)
  * against a plain array update, and decoding a drain. Needs root.
+ *
+ * RXFLOW_BENCH_FLOW_BEFORE=<path of a flow.o built from an earlier revision> adds that object's
+ * known-flow hit, measured in the same run with rounds alternating between the two objects, so a
+ * change to the per-packet path is compared before and after under the same machine load.
  */
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -94,6 +98,32 @@ function measure(ctx: BenchContext): void {
       target: { value: TARGET_HIT_NS, better: 'lower' },
     });
     ctx.report({ name: 'flow.known_flow_hit_geneve', value: geneveNs, unit: 'ns/packet', baseline: base });
+
+    const beforePath = process.env.RXFLOW_BENCH_FLOW_BEFORE;
+    if (beforePath !== undefined && beforePath !== '') {
+      const before = setFlowMapMaxEntries(ObjectSpec.open(beforePath), 65536).load();
+      try {
+        const old = before.program('flow_ingress');
+        for (let p = 0; p < LIVE_FLOWS; p++) old.testRun(udpFrame(1024 + p));
+        let oldNs = Infinity;
+        let newNs = Infinity;
+        // Alternating rounds: both objects see the same load.
+        for (let r = 0; r < rounds; r++) {
+          oldNs = Math.min(oldNs, bestTestRunNs(old, probe, repeat, 1));
+          newNs = Math.min(newNs, bestTestRunNs(ingress, probe, repeat, 1));
+        }
+        const was = { name: 'flow.known_flow_hit_4k_flows_before', value: oldNs };
+        ctx.report({ ...was, unit: 'ns/packet', note: `${beforePath}, rounds alternating with the next` });
+        ctx.report({
+          name: 'flow.known_flow_hit_4k_flows_after',
+          value: newNs,
+          unit: 'ns/packet',
+          baseline: was,
+        });
+      } finally {
+        before.close();
+      }
+    }
 
     // A new flow per packet: one test run per distinct frame (a repeated frame would hit after the
     // first run), so the baseline is the empty program run the same way.

@@ -27,7 +27,7 @@ import { decorate } from '../src/operators/decorate.js';
 import { dedupe, SeenTable } from '../src/operators/dedupe.js';
 import { FlowKey, FlowTable } from '../src/operators/flow-key.js';
 import { limitCapacity } from '../src/operators/limit_capacity.js';
-import { attachIPv4Words, type FlowBatch, type FlowRecord } from '../src/records.js';
+import { attachIPv4Words, flowInterface, type FlowBatch, type FlowRecord } from '../src/records.js';
 
 const BATCH = 1000;
 const POOL = 20_000;
@@ -213,10 +213,10 @@ function plainLoop(total: number, names: InterfaceWatcher): Result {
     for (let i = 0; i < records.length; i++) {
       const r = records[i]!;
       let s = seen.find(seenKey.read(r));
-      if (s < 0) s = seen.insert(seenKey, s, r.ingressInterface, 0);
-      if (seen.firstInterface(s) !== r.ingressInterface) continue;
-      if (r.ingressInterface !== lastIndex) {
-        lastIndex = r.ingressInterface;
+      if (s < 0) s = seen.insert(seenKey, s, flowInterface(r), 0);
+      if (seen.firstInterface(s) !== flowInterface(r)) continue;
+      if (flowInterface(r) !== lastIndex) {
+        lastIndex = flowInterface(r);
         lastName = names.name(lastIndex) ?? 'unknown';
       }
       r.interfaceName = lastName;

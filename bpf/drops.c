@@ -58,6 +58,15 @@ struct sk_buff___rxflow {
 	__u16 mac_header;
 	unsigned char *head;
 	unsigned char *data;
+	/* The tag the kernel took out of the frame (802.1Q acceleration); since Linux 6.2 a tag is
+	 * there when vlan_proto is not 0. */
+	__be16 vlan_proto;
+	__u16 vlan_tci;
+} __attribute__((preserve_access_index));
+
+/* Before Linux 6.2, a bit told whether vlan_tci holds a tag. */
+struct sk_buff___rxflow_vlan_present {
+	__u8 vlan_present : 1;
 } __attribute__((preserve_access_index));
 
 /* The flow object's definitions, so libbpf accepts its maps as ours (userspace reuses the fd of
@@ -119,10 +128,11 @@ union net_head {
 	} v6;
 };
 
-/* Parses the IP and transport headers at head + nh into the key (zeroed by the caller). Returns 0
- * when the key names an IP flow. */
+/* Parses the IP and transport headers at head + nh into the key (zeroed by the caller), and the
+ * packet's length as its IP header says (0 where it does not: an IPv6 jumbogram). Returns 0 when
+ * the key names an IP flow. */
 static __always_inline int parse_headers(unsigned char *head, __u32 nh, __be16 proto,
-					 struct flow_key *key)
+					 struct flow_key *key, __u32 *ip_len)
 {
 	union net_head h;
 	__u8 more[20];
@@ -137,6 +147,7 @@ static __always_inline int parse_headers(unsigned char *head, __u32 nh, __be16 p
 			return -1;
 		key->ip_version = 4;
 		key->eth_type = 0x0800;
+		*ip_len = bpf_ntohs(h.v4.ip.tot_len);
 		key->protocol = h.v4.ip.protocol;
 		set_ipv4_mapped(key->src_ip, h.v4.ip.saddr);
 		set_ipv4_mapped(key->dst_ip, h.v4.ip.daddr);
@@ -152,6 +163,7 @@ static __always_inline int parse_headers(unsigned char *head, __u32 nh, __be16 p
 			return -1;
 		key->ip_version = 6;
 		key->eth_type = 0x86dd;
+		*ip_len = h.v6.ip6.payload_len ? bpf_ntohs(h.v6.ip6.payload_len) + sizeof(h.v6.ip6) : 0;
 		__builtin_memcpy(key->src_ip, &h.v6.ip6.saddr, 16);
 		__builtin_memcpy(key->dst_ip, &h.v6.ip6.daddr, 16);
 		__u8 next = h.v6.ip6.nexthdr;
@@ -206,6 +218,44 @@ static __always_inline int parse_headers(unsigned char *head, __u32 nh, __be16 p
 		key->dst_port = (__u16)l4p[2] << 8 | l4p[3];
 	}
 	return 0;
+}
+
+/* The VLAN ids of the key as bpf/flow.c sets them, so a drop of tagged traffic finds its flow: the
+ * tag in skb metadata first, then those still in the data between the MAC and network headers. */
+static __always_inline void vlan_ids(struct sk_buff___rxflow *skb, unsigned char *head, __u16 mh,
+				     __u16 nh, struct flow_key *key)
+{
+	__u16 vids[MAX_VLAN_TAGS] = {};
+
+	if (mh != MAC_HEADER_UNSET && nh >= mh + ETH_HLEN + 4) {
+		/* From the ethertype of the Ethernet header on: TPID and TCI of up to two tags. */
+		__be16 tags[2 * MAX_VLAN_TAGS];
+
+		if (bpf_probe_read_kernel(tags, sizeof(tags), head + mh + ETH_HLEN - 2) == 0) {
+#pragma unroll
+			for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+				__u16 tpid = bpf_ntohs(tags[2 * i]);
+
+				if (nh < mh + ETH_HLEN + 4 * (i + 1) ||
+				    (tpid != ETH_P_8021Q && tpid != ETH_P_8021AD))
+					break;
+				vids[i] = bpf_ntohs(tags[2 * i + 1]) & 0x0fff;
+			}
+		}
+	}
+	int present;
+
+	if (bpf_core_field_exists(struct sk_buff___rxflow_vlan_present, vlan_present))
+		present = BPF_CORE_READ_BITFIELD((struct sk_buff___rxflow_vlan_present *)skb, vlan_present);
+	else
+		present = skb->vlan_proto != 0;
+	if (present) {
+		key->vlan_id = skb->vlan_tci & 0x0fff;
+		key->inner_vlan_id = vids[0];
+	} else {
+		key->vlan_id = vids[0];
+		key->inner_vlan_id = vids[1];
+	}
 }
 
 static __always_inline void count_reason(__u32 reason, __u64 bytes, int unmatched)
@@ -276,20 +326,27 @@ int drops_kfree_skb(__u64 *ctx)
 
 	struct flow_key key __attribute__((aligned(8)));
 	struct drop_value val;
+	__u32 ip_len = 0;
 
 	__builtin_memset(&key, 0, sizeof(key));
 	__builtin_memset(&val, 0, sizeof(val));
 	struct net_device___rxflow *dev = skb->dev;
 
-	if (!dev || parse_headers(head, nh, skb->protocol, &key)) {
+	if (!dev || parse_headers(head, nh, skb->protocol, &key, &ip_len)) {
 		count_reason(reason, bytes, 1);
 		return 0;
 	}
 	key.if_index = dev->ifindex;
 	key.netns = dev->nd_net.net->ns.inum;
+	vlan_ids(skb, head, mh, nh, &key);
+
+	/* droppedOctetDeltaCount counts IP octets, as octetDeltaCount: the IP header's length (not
+	 * the padding of a short frame), or where it says none or more than the skb holds (a GSO
+	 * packet), the skb from the network header on. */
+	__u32 from_nh = nh <= data_off ? len + (data_off - nh) : len - (nh - data_off);
 
 	val.packets = 1;
-	val.bytes = bytes;
+	val.bytes = ip_len && ip_len <= from_nh ? ip_len : from_nh;
 	/* bpf_ktime_get_coarse_ns() would be cheaper; tracing programs may not call it. */
 	val.last_drop_ns = bpf_ktime_get_ns();
 	val.reason = reason;

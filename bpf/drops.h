@@ -15,7 +15,7 @@
  * flow map knew when the packet was freed. */
 struct drop_value {
 	__u64 packets;
-	__u64 bytes;         /* from the MAC header (the network header where none is set), as TC counts */
+	__u64 bytes;         /* IP octets, as octetDeltaCount (droppedOctetDeltaCount) */
 	__u64 last_drop_ns;  /* bpf_ktime_get_ns() of the latest drop on this CPU */
 	__u32 reason;        /* enum skb_drop_reason of that drop */
 	__u8 tcp_state;      /* skb->sk->__sk_common.skc_state for TCP with a socket; 0: none */

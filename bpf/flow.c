@@ -109,7 +109,8 @@ static __always_inline void count(__u32 index, __u32 n)
 /* Skips up to two 802.1Q/802.1ad tags. On TC ingress the outer tag is often already in
  * skb->vlan_tci rather than in the data; either way the ethertype after the tags is what counts.
  * A third tag in the data is PARSE_LIMIT (see FLOW_CTR_PARSE_LIMIT). */
-static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __be16 *proto)
+static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __be16 *proto,
+				      __u16 *vids)
 {
 #pragma unroll
 	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
@@ -119,6 +120,7 @@ static __always_inline int skip_vlans(void *data, void *data_end, __u32 *off, __
 
 		if ((void *)(vh + 1) > data_end)
 			return PARSE_SHORT;
+		vids[i] = bpf_ntohs(vh->tci) & 0x0fff;
 		*proto = vh->proto;
 		*off += sizeof(*vh);
 	}
@@ -137,7 +139,7 @@ static __always_inline int ipv6_ext_header(__u8 next)
  * key. On return *off is the transport header and *l4 says whether one is present (a non-first
  * fragment has none). */
 static __always_inline int parse_ip(void *data, void *data_end, __u32 *off, __be16 proto,
-				    struct flow_key *key, struct flow_value *val, int *l4)
+				    struct flow_key *key, struct flow_value *val, int *l4, __u32 *ip_len)
 {
 	if (proto == ETH_P_IP_BE) {
 		struct iphdr *ip = data + *off;
@@ -152,6 +154,7 @@ static __always_inline int parse_ip(void *data, void *data_end, __u32 *off, __be
 			return PARSE_SHORT;
 		key->ip_version = 4;
 		key->eth_type = 0x0800;
+		*ip_len = bpf_ntohs(ip->tot_len);
 		key->protocol = ip->protocol;
 		val->dscp = ip->tos >> 2;
 		set_ipv4_mapped(key->src_ip, ip->saddr);
@@ -170,6 +173,8 @@ static __always_inline int parse_ip(void *data, void *data_end, __u32 *off, __be
 			return PARSE_MALFORMED;
 		key->ip_version = 6;
 		key->eth_type = 0x86dd;
+		/* 0 is a jumbogram (RFC 2675): the caller then counts from skb->len. */
+		*ip_len = ip6->payload_len ? bpf_ntohs(ip6->payload_len) + sizeof(*ip6) : 0;
 		val->dscp = ((ip6->priority << 4) | (ip6->flow_lbl[0] >> 4)) >> 2;
 		__builtin_memcpy(key->src_ip, &ip6->saddr, 16);
 		__builtin_memcpy(key->dst_ip, &ip6->daddr, 16);
@@ -307,7 +312,9 @@ struct parse_pos {
 	__be16 proto;  /* its ethertype; ETH_P_TEB for an Ethernet header */
 	__u16 _pad0;
 	__u32 hdr_len; /* end of the innermost transport header: what every GSO segment repeats */
-	__u32 _pad1;
+	__u32 ip_off;  /* where the IP header the flow counts starts (the inner one of a tunnel) */
+	__u32 ip_len;  /* its total length from the header; 0: count from skb->len */
+	__u16 vids[MAX_VLAN_TAGS]; /* VLAN ids of the tags in the outer frame's data */
 };
 
 /* One encapsulation layer: Ethernet (if pos says so), VLAN tags, IP, transport header and, on the
@@ -341,12 +348,24 @@ __attribute__((noinline)) int flow_parse_layer(struct __sk_buff *skb, struct flo
 		}
 		proto = eth->h_proto;
 		off += sizeof(*eth);
-		rc = skip_vlans(data, data_end, &off, &proto);
+		__u16 vids[MAX_VLAN_TAGS] = { 0, 0 };
+
+		rc = skip_vlans(data, data_end, &off, &proto, vids);
 		if (rc)
 			return rc;
+		if (outer) {
+			pos->vids[0] = vids[0];
+			pos->vids[1] = vids[1];
+		}
 	}
-	rc = parse_ip(data, data_end, &off, proto, key, val, &l4);
+	__u32 ip_off = off, ip_len = 0;
+
+	rc = parse_ip(data, data_end, &off, proto, key, val, &l4, &ip_len);
 	pos->hdr_len = off;
+	if (rc == PARSE_OK) {
+		pos->ip_off = ip_off;
+		pos->ip_len = ip_len;
+	}
 	if (rc == PARSE_NON_IP && outer) {
 		/* A layer-2 flow: the MACs (already in val) and the ethertype are all there is. */
 		__builtin_memcpy(key->src_ip, val->src_mac, 6);
@@ -375,12 +394,12 @@ __attribute__((noinline)) int flow_parse_layer(struct __sk_buff *skb, struct flo
  * IP (ARP across the overlay, say) counts on the outer UDP flow instead, as if it were not a
  * tunnel. */
 static __always_inline int parse_frame(struct __sk_buff *skb, struct flow_key *key,
-				       struct flow_value *val, __u32 *hdr_len)
+				       struct flow_value *val, struct parse_pos *out)
 {
 	struct parse_pos pos = { .off = 0, .proto = ETH_P_TEB_BE };
 	int rc = flow_parse_layer(skb, key, val, &pos, 1);
 
-	*hdr_len = pos.hdr_len;
+	*out = pos;
 	if (rc || !key->tunnel_type)
 		return rc;
 
@@ -397,7 +416,9 @@ static __always_inline int parse_frame(struct __sk_buff *skb, struct flow_key *k
 	val->dscp = 0;
 	rc = flow_parse_layer(skb, key, val, &pos, 0);
 	if (rc != PARSE_NON_IP) {
-		*hdr_len = pos.hdr_len;
+		out->hdr_len = pos.hdr_len;
+		out->ip_off = pos.ip_off;
+		out->ip_len = pos.ip_len;
 		return rc;
 	}
 	/* Nothing of the inner layer was written into key or val: put the outer flow back. */
@@ -421,6 +442,7 @@ static __always_inline void account(struct flow_value *cur, const struct flow_va
 	}
 	cur->packets += pkt->packets;
 	cur->bytes += pkt->bytes;
+	cur->ip_bytes += pkt->ip_bytes;
 	cur->last_seen_ns = now;
 	cur->tcp_flags |= pkt->tcp_flags;
 }
@@ -436,7 +458,6 @@ static __always_inline void emit_event(const struct flow_key *key, const struct 
 	}
 	ev->key = *key;
 	ev->reason = reason;
-	ev->_pad0 = 0;
 	ev->value = *val;
 	/* Userspace drains on a timer: a wakeup per event would cost more than the event. */
 	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
@@ -468,8 +489,8 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 
 	__builtin_memset(&key, 0, sizeof(key));
 	__builtin_memset(&val, 0, sizeof(val));
-	__u32 hdr_len = 0;
-	int rc = parse_frame(skb, &key, &val, &hdr_len);
+	struct parse_pos pos;
+	int rc = parse_frame(skb, &key, &val, &pos);
 
 	/* Headers beyond the linear area (a paged skb from a driver that pulls only the outer
 	 * headers): pull them in once and parse again. Never taken for linear frames. */
@@ -479,7 +500,7 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 		if (bpf_skb_pull_data(skb, want) == 0) {
 			__builtin_memset(&key, 0, sizeof(key));
 			__builtin_memset(&val, 0, sizeof(val));
-			rc = parse_frame(skb, &key, &val, &hdr_len);
+			rc = parse_frame(skb, &key, &val, &pos);
 		}
 	}
 	if (rc == PARSE_LIMIT) {
@@ -503,6 +524,17 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 		key.netns = kskb->dev->nd_net.net->ns.inum;
 	}
 	key.direction = direction;
+	/* A tag the kernel took out of the frame (skb metadata) is the outermost one: a tag still in
+	 * the data is then the inner one. */
+	__u32 tag_out = skb->vlan_present ? 4 : 0;
+
+	if (tag_out) {
+		key.vlan_id = skb->vlan_tci & 0x0fff;
+		key.inner_vlan_id = pos.vids[0];
+	} else {
+		key.vlan_id = pos.vids[0];
+		key.inner_vlan_id = pos.vids[1];
+	}
 
 	__u64 now = bpf_ktime_get_ns();
 
@@ -510,9 +542,19 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 	 * sends the packet to the ring buffer like a failed update. */
 	void *flows = bpf_map_lookup_elem(&flow_maps, &zero);
 
-	/* Every segment carries the headers up to the innermost transport header again. */
+	/* Every segment carries the headers up to the innermost transport header again, and the
+	 * tag the kernel took out. */
 	val.packets = segs;
-	val.bytes = skb->len + (__u64)(segs - 1) * hdr_len;
+	val.bytes = skb->len + (__u64)(segs - 1) * pos.hdr_len + (__u64)segs * tag_out;
+	/* IP octets: the header's length for a single packet (Ethernet padding of a short frame is
+	 * not IP); for a GSO/GRO skb, whose header lengths describe no segment, what every segment
+	 * carries from the IP header on. */
+	if (key.ip_version == 0)
+		val.ip_bytes = 0;
+	else if (segs == 1 && pos.ip_len)
+		val.ip_bytes = pos.ip_len;
+	else
+		val.ip_bytes = skb->len - pos.ip_off + (__u64)(segs - 1) * (pos.hdr_len - pos.ip_off);
 	val.first_seen_ns = now;
 	val.last_seen_ns = now;
 	val.sampling = sampling;

@@ -66,6 +66,12 @@ struct flow_key {
 	__u8 icmp_code;
 	__u8 tunnel_type;   /* FLOW_TUNNEL_* */
 	__u8 ip_version;    /* 4 or 6; 0 for a layer-2 flow (see below) */
+	/* 802.1Q/802.1ad VLAN ids (12 bits) of the outermost frame, 0 without a tag: vlan_id of the
+	 * outer tag (the one the kernel took out of the data into skb metadata, or else the first in
+	 * the data), inner_vlan_id of the second (QinQ customer tag). Part of the key: the same
+	 * addresses on two VLANs of one trunk are two flows. */
+	__u16 vlan_id;
+	__u16 inner_vlan_id;
 };
 
 /* A frame that is not IP (ARP, LLDP, 0x88b5, ...) is a layer-2 flow: ip_version 0, eth_type its
@@ -78,7 +84,13 @@ struct flow_key {
  * its own copy on the first packet it counts; counters then change, the rest stays as first seen. */
 struct flow_value {
 	__u64 packets;
-	__u64 bytes;         /* frame length as seen by TC (skb->len), including L2 */
+	/* Frame octets as on the wire: skb->len plus the 4 bytes of a VLAN tag the kernel moved from
+	 * the frame into skb metadata (a veth, or a NIC with VLAN offload, does so before TC runs);
+	 * without FCS. IPFIX layer2OctetDeltaCount. */
+	__u64 bytes;
+	/* IP octets, IP header and payload (IPFIX octetDeltaCount): of the inner IP packet for a
+	 * VXLAN/GENEVE flow, 0 for a layer-2 flow. */
+	__u64 ip_bytes;
 	__u64 first_seen_ns; /* bpf_ktime_get_ns() */
 	__u64 last_seen_ns;
 	__u64 cookie;        /* GENEVE: first 8 bytes of the options, as they appear on the wire */
@@ -95,11 +107,11 @@ struct flow_value {
 };
 
 /* A single-packet flow the map could not take, submitted to the flow_events ring buffer. The
- * reason follows the key (56 bytes); the value is 8-aligned. */
+ * reason follows the key (60 bytes) and ends on a multiple of 8, so value is 8-aligned with no
+ * padding between them. */
 struct flow_event {
 	struct flow_key key;
 	__u32 reason;        /* FLOW_EVENT_* */
-	__u32 _pad0;
 	struct flow_value value;
 };
 

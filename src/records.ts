@@ -1,7 +1,10 @@
 /**
  * Flow records as they travel through pipelines. Field names are IPFIX information element
- * names (RFC 7012, IANA registry) so a NetFlow/IPFIX user reads them without a manual.
- * Times are wall-clock milliseconds; the sources convert kernel monotonic time once.
+ * names (RFC 7012, IANA "IPFIX Information Elements" registry), with the registry's meaning, so a
+ * NetFlow/IPFIX user reads them without a manual; each field below gives its element id, or says
+ * it is rxflow's own (no IANA element means the same; the ipfix sink leaves those out or puts them
+ * under its enterprise number). Times are wall-clock milliseconds; the sources convert kernel
+ * monotonic time once.
  */
 import { ipv4ToUint32, isIPv6Text, writeMac } from './net/address.js';
 
@@ -9,52 +12,133 @@ export { ipv4ToUint32, isIPv6Text };
 
 export interface FlowRecord {
   /**
-   * 4 or 6, with exactly one of the v4/v6 address pairs set; 0 for a layer-2 flow (a frame that
-   * is not IP: ARP, LLDP, ...), which has no addresses and is told apart by sourceMacAddress,
-   * destinationMacAddress and ethernetType.
+   * ipVersion (60): 4 or 6, with exactly one of the v4/v6 address pairs set. rxflow's own value 0
+   * marks a layer-2 flow (a frame that is not IP: ARP, LLDP, ...), which has no addresses and is
+   * told apart by sourceMacAddress, destinationMacAddress and ethernetType.
    */
   ipVersion: 0 | 4 | 6;
+  /** sourceIPv4Address (8). */
   sourceIPv4Address?: string;
+  /** destinationIPv4Address (12). */
   destinationIPv4Address?: string;
+  /** sourceIPv6Address (27). */
   sourceIPv6Address?: string;
+  /** destinationIPv6Address (28). */
   destinationIPv6Address?: string;
+  /** sourceTransportPort (7); 0 without ports (ICMP, non-first fragments, layer-2 flows). */
   sourceTransportPort: number;
+  /** destinationTransportPort (11). */
   destinationTransportPort: number;
+  /** protocolIdentifier (4); 0 for a layer-2 flow. */
   protocolIdentifier: number;
+  /** icmpTypeIPv4 (176), ICMP flows only. */
   icmpTypeIPv4?: number;
+  /** icmpCodeIPv4 (177). */
   icmpCodeIPv4?: number;
+  /** icmpTypeIPv6 (178), ICMPv6 flows only. */
   icmpTypeIPv6?: number;
+  /** icmpCodeIPv6 (179). */
   icmpCodeIPv6?: number;
+  /**
+   * octetDeltaCount (1): IP octets, IP header and payload, no layer-2 header (a 98-byte ping
+   * frame counts 84). For a flow seen inside VXLAN or GENEVE, those of the inner IP packets (the
+   * flow the record describes); the outer headers count only in layer2OctetDeltaCount. 0 for a
+   * layer-2 flow, which has no IP octets.
+   */
   octetDeltaCount: number;
+  /**
+   * layer2OctetDeltaCount (352): the frames as on the wire, Ethernet header and 802.1Q tags
+   * included (also a tag the kernel took out of the frame into packet metadata, as a veth or a NIC
+   * with VLAN offload does), FCS not included. For a tunnelled flow, the outer frames. Always set
+   * by ebpf_flows; records written by older versions lack it.
+   */
+  layer2OctetDeltaCount?: number;
+  /** packetDeltaCount (2). */
   packetDeltaCount: number;
+  /** flowStartMilliseconds (152): first packet. */
   flowStartMilliseconds: number;
+  /** flowEndMilliseconds (153): last packet. */
   flowEndMilliseconds: number;
+  /** tcpControlBits (6): OR of the flags of every TCP packet; 0 for other protocols. */
   tcpControlBits: number;
+  /** ipDiffServCodePoint (195), of the (inner) IP header. */
   ipDiffServCodePoint: number;
-  ingressInterface: number;
-  /** 0 ingress, 1 egress. */
+  /**
+   * ingressInterface (10): the ifindex a packet was received on; set on ingress records
+   * (flowDirection 0). Egress records carry egressInterface instead; egress records written by
+   * older versions carry their interface here (see flowInterface()).
+   */
+  ingressInterface?: number;
+  /** egressInterface (14): the ifindex a packet was sent on; set on egress records (flowDirection 1). */
+  egressInterface?: number;
+  /** flowDirection (61): 0 ingress, 1 egress. */
   flowDirection: 0 | 1;
+  /** sourceMacAddress (56), of the outermost Ethernet header. */
   sourceMacAddress: string;
+  /** destinationMacAddress (80). */
   destinationMacAddress: string;
+  /** ethernetType (256): of the (inner) IP packet, or of the frame for a layer-2 flow. */
   ethernetType: number;
-  /** Set by the decorate operator. */
+  /**
+   * dot1qVlanId (243): the VLAN id (12 bits of the tag's TCI) of the outermost 802.1Q/802.1ad tag
+   * of the frame, on either direction: the one a veth or VLAN offload takes into packet metadata,
+   * else the first in the frame; absent when untagged. For QinQ it is the service (S-) VLAN.
+   * IANA's vlanId (58) and postVlanId (59) mean the VLAN of the ingress or egress interface, not
+   * of the frame: the ipfix sink may write the same value under 58 (ingress) or 59 (egress) for
+   * collectors that read only those.
+   */
+  dot1qVlanId?: number;
+  /** dot1qCustomerVlanId (245): for a QinQ frame, the VLAN id of the second (customer, C-) tag. */
+  dot1qCustomerVlanId?: number;
+  /** interfaceName (82): the current name of the record's interface. Set by the decorate operator. */
   interfaceName?: string;
+  /** exporterIPv4Address (130), set by decorate. */
   exporterIPv4Address?: string;
+  /** exporterIPv6Address (131), set by decorate. */
   exporterIPv6Address?: string;
-  /** IPFIX flowEndReason: 1 idle timeout, 2 active timeout, 3 end of flow, 4 forced end, 5 lack of resources. */
+  /**
+   * flowEndReason (136), set by ebpf_flows on every record: 1 idle timeout (no packet during the
+   * last half of the eviction interval before the eviction), 2 active timeout (packets still came;
+   * the flow goes on in the next record), 3 end of flow (a TCP FIN or RST was seen), 4 forced end
+   * (the final eviction at shutdown, for flows without FIN/RST), 5 lack of resources (the kernel
+   * map was full or failed and the packet went through the ring buffer).
+   */
   flowEndReason?: number;
-  /** Tunnel metadata, present only for flows seen inside VXLAN or GENEVE. */
+  /**
+   * rxflow's own: 'vxlan' or 'geneve' for a flow seen inside a tunnel; the tunnel fields below
+   * are present only then. IANA has no element for the encapsulation; for VXLAN, element
+   * layer2SegmentId (351) carries type and VNI together: see layer2SegmentId().
+   */
   encapsulationType?: 'vxlan' | 'geneve';
+  /** rxflow's own: the 24-bit VXLAN or GENEVE VNI (in layer2SegmentId (351) for VXLAN). */
   virtualNetworkIdentifier?: number;
+  /** rxflow's own: the outer (tunnel) source address, IPv4 or IPv6 text. */
   tunnelSourceIPAddress?: string;
+  /** rxflow's own: the outer (tunnel) destination address. */
   tunnelDestinationIPAddress?: string;
+  /** rxflow's own: the outer UDP source port. */
   tunnelSourceTransportPort?: number;
+  /** rxflow's own: the outer UDP destination port (4789 VXLAN, 6081 GENEVE). */
   tunnelDestinationTransportPort?: number;
-  /** GENEVE: first 8 bytes of the options, hex. */
+  /** rxflow's own: GENEVE only, the first 8 bytes of the options, hex. */
   flowCookie?: string;
-  /** Set by dedupe in just_mark mode on copies seen on a second interface. */
+  /** rxflow's own: set by dedupe in just_mark mode on copies seen on a second interface. */
   duplicate?: boolean;
-  /** Number of 1-in-N sampling in force when the flow was counted (absent: not sampled). */
+  /**
+   * samplingPacketInterval (305) and samplingPacketSpace (306), present when 1-in-N packet
+   * sampling was in force (N > 1) when the flow was counted: 1 and N-1, one packet counted per
+   * N, the mapping IANA gives for the deprecated samplingInterval (34). rxflow picks each packet
+   * independently with probability 1/N (PSAMP selectorAlgorithm 4, uniform probabilistic), not
+   * every N-th packet: the rate is exact, the pattern random. Scale counts by
+   * (samplingPacketInterval + samplingPacketSpace) / samplingPacketInterval.
+   */
+  samplingPacketInterval?: number;
+  /** samplingPacketSpace (306): N-1, see samplingPacketInterval. */
+  samplingPacketSpace?: number;
+  /**
+   * samplingInterval (34, deprecated): N of 1-in-N sampling, only on records written by older
+   * versions (read back by kafka_consumer and file_replay, passed on unchanged).
+   */
   samplingInterval?: number;
   /**
    * rxflow's own field (no IPFIX element): the network namespace the flow was counted in, set by
@@ -64,7 +148,8 @@ export interface FlowRecord {
   networkNamespace?: string;
   /**
    * Drops (`ebpf_flows` with `drops: true`): packets and octets of the flow the kernel freed as
-   * dropped during the interval (IPFIX droppedPacketDeltaCount 133, droppedOctetDeltaCount 132).
+   * dropped during the interval (IPFIX droppedPacketDeltaCount 133, droppedOctetDeltaCount 132,
+   * IP octets as octetDeltaCount).
    * A record whose flow had drops but no packet counted in the same interval has packetDeltaCount 0.
    */
   droppedPacketDeltaCount?: number;
@@ -101,6 +186,28 @@ export interface ObservedInterface {
 /** Entries of observedInterfaces at most: more are left out by dedupe, refused by the readers. */
 export const MAX_OBSERVED_INTERFACES = 16;
 
+/**
+ * The ifindex of the interface the record was observed on: egressInterface for an egress record
+ * (or ingressInterface on egress records written by older versions), ingressInterface otherwise.
+ */
+export function flowInterface(r: FlowRecord): number {
+  return (r.flowDirection === 1 ? (r.egressInterface ?? r.ingressInterface) : r.ingressInterface) ?? 0;
+}
+
+/** IANA layer2SegmentId's encapsulation type byte for VXLAN (its most significant byte). */
+const LAYER2_SEGMENT_VXLAN = 0x01n;
+
+/**
+ * layer2SegmentId (351, unsigned64) of a tunnelled record: the encapsulation type in the most
+ * significant byte (0x01 VXLAN) and the VNI in the low bytes. A bigint: the value exceeds 2^53, so
+ * records carry encapsulationType and virtualNetworkIdentifier and the ipfix sink builds the
+ * element. Undefined for GENEVE (IANA assigns it no type) and for flows not in a tunnel.
+ */
+export function layer2SegmentId(r: FlowRecord): bigint | undefined {
+  if (r.encapsulationType !== 'vxlan' || r.virtualNetworkIdentifier === undefined) return undefined;
+  return (LAYER2_SEGMENT_VXLAN << 56n) | BigInt(r.virtualNetworkIdentifier >>> 0);
+}
+
 /** Flows travel in arrays: every hot path works on a batch, not a record. */
 export type FlowBatch = FlowRecord[];
 
@@ -126,7 +233,6 @@ const REQUIRED_FLOW_FIELD_TYPES: {
   flowEndMilliseconds: 'number',
   tcpControlBits: 'number',
   ipDiffServCodePoint: 'number',
-  ingressInterface: 'number',
   flowDirection: 'number',
   sourceMacAddress: 'string',
   destinationMacAddress: 'string',
@@ -214,7 +320,8 @@ function kindOf(name: string): number {
     case 'ipDiffServCodePoint':
       return U6 | REQUIRED;
     case 'ingressInterface':
-      return U32 | REQUIRED;
+    case 'egressInterface':
+      return U32;
     case 'flowDirection':
       return DIRECTION | REQUIRED;
     case 'sourceMacAddress':
@@ -252,10 +359,16 @@ function kindOf(name: string): number {
     case 'duplicate':
       return BOOLEAN;
     case 'samplingInterval':
-    case 'egressInterface':
+    case 'samplingPacketInterval':
+    case 'samplingPacketSpace':
       return U32;
     case 'observedInterfaces':
       return OBSERVED;
+    case 'layer2OctetDeltaCount':
+      return COUNT;
+    case 'dot1qVlanId':
+    case 'dot1qCustomerVlanId':
+      return U16;
     case 'dropReason':
     case 'tcpState':
       return TEXT;
@@ -426,7 +539,8 @@ function extraProblem(name: string, v: unknown): string | undefined {
  * Why a decoded value is not a flow record, or undefined when it is one, for the sources that read
  * records from outside (file_replay, kafka_consumer). A flow record is an object whose required
  * FlowRecord fields are present with their types (ipVersion 4 or 6 with that version's address
- * pair, or 0 for a layer-2 flow without addresses; flowDirection 0 or 1), and whose every known field, required or not, holds a sane value:
+ * pair, or 0 for a layer-2 flow without addresses; flowDirection 0 or 1, with ingressInterface
+ * for 0 and egressInterface for 1, or ingressInterface as older versions wrote egress records), and whose every known field, required or not, holds a sane value:
  * addresses parse (IPv4 as a canonical dotted quad), counts are integers from 0 to 2^53-1, ports,
  * protocols and other numbers are integers in their IPFIX range, flow times are integer
  * milliseconds from 2000-01-01 to a day past `nowMs` with start <= end, MAC addresses are
@@ -472,6 +586,14 @@ export function flowRecordProblem(value: unknown, nowMs: number = Date.now()): s
   ) {
     return shapeProblem(r);
   }
+  // The interface of the record's direction; egress records written by older versions carry it
+  // as ingressInterface.
+  if (
+    r.flowDirection === 0
+      ? typeof r.ingressInterface !== 'number'
+      : typeof r.egressInterface !== 'number' && typeof r.ingressInterface !== 'number'
+  )
+    return shapeProblem(r);
   if ((r.flowStartMilliseconds as number) > (r.flowEndMilliseconds as number))
     return 'flowStartMilliseconds is after flowEndMilliseconds';
   return undefined;
@@ -500,7 +622,15 @@ function shapeProblem(r: Record<string, unknown>): string | undefined {
   for (const name of NUMBER_FIELDS) {
     if (typeof r[name] !== 'number') return `${name} is not a number`;
   }
-  if (r.flowDirection !== 0 && r.flowDirection !== 1) return 'flowDirection is not 0 or 1';
+  if (r.flowDirection === 0) {
+    if (typeof r.ingressInterface !== 'number') return 'ingressInterface is not a number';
+  } else if (r.flowDirection === 1) {
+    // Egress records written by older versions carry their interface as ingressInterface.
+    if (typeof r.egressInterface !== 'number' && typeof r.ingressInterface !== 'number')
+      return 'egressInterface is not a number';
+  } else {
+    return 'flowDirection is not 0 or 1';
+  }
   for (const name of STRING_FIELDS) {
     if (typeof r[name] !== 'string') return `${name} is not a string`;
   }

@@ -17,6 +17,7 @@ import {
   FLOW_VALUE,
   FLOW_VALUE_STRIDE,
   decodeFlowMapBatch,
+  type FlowEviction,
   type NetnsLabeler,
 } from './flow-types.js';
 import { struct, u64, viewOf } from './layout.js';
@@ -344,7 +345,9 @@ export class DropsDatapath {
  * Puts the drops of an eviction on the flow records of the same eviction (`indexes[i]` is the
  * batch entry of records[i], from decodeFlowMapBatch), and appends a record for each flow with
  * drops and no record: its packets were counted in the eviction before or after (the flow and drop
- * maps are swapped one after the other), so it carries packetDeltaCount 0 and the drops alone.
+ * maps are swapped one after the other), so it carries packetDeltaCount 0 and the drops alone,
+ * egressInterface or ingressInterface by its direction as a flow's record, and a flowEndReason from
+ * `eviction` and its last drop (idle, active or forced).
  */
 export function attachDrops(
   records: FlowRecord[],
@@ -353,6 +356,7 @@ export function attachDrops(
   drops: DropBatch,
   names: (reason: number) => string,
   offsetMs: number,
+  eviction: FlowEviction,
   labeler?: NetnsLabeler,
 ): FlowRecord[] {
   const pending = drops.byKey;
@@ -381,11 +385,18 @@ export function attachDrops(
     order.push(d);
     n++;
   }
-  const extra = decodeFlowMapBatch({ count: n, keys, values }, FLOW_VALUE_STRIDE, offsetMs, labeler);
+  const extra = decodeFlowMapBatch(
+    { count: n, keys, values },
+    FLOW_VALUE_STRIDE,
+    offsetMs,
+    eviction,
+    labeler,
+  );
   for (let i = 0; i < extra.length; i++) {
     const r = extra[i]!;
     r.packetDeltaCount = 0;
     r.octetDeltaCount = 0;
+    r.layer2OctetDeltaCount = 0;
     setDrops(r, order[i]!, names);
     records.push(r);
   }

@@ -16,7 +16,7 @@ import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
 
 export type { FieldLayout, StructLayout } from './layout.js';
 
-export const FLOW_KEY = struct('flow_key', 56, {
+export const FLOW_KEY = struct('flow_key', 60, {
   src_ip: [0, 16],
   dst_ip: [16, 16],
   if_index: [32, 4],
@@ -31,31 +31,33 @@ export const FLOW_KEY = struct('flow_key', 56, {
   icmp_code: [53, 1],
   tunnel_type: [54, 1],
   ip_version: [55, 1],
+  vlan_id: [56, 2],
+  inner_vlan_id: [58, 2],
 });
 
-export const FLOW_VALUE = struct('flow_value', 96, {
+export const FLOW_VALUE = struct('flow_value', 104, {
   packets: [0, 8],
   bytes: [8, 8],
-  first_seen_ns: [16, 8],
-  last_seen_ns: [24, 8],
-  cookie: [32, 8],
-  outer_src_ip: [40, 16],
-  outer_dst_ip: [56, 16],
-  outer_src_port: [72, 2],
-  outer_dst_port: [74, 2],
-  tcp_flags: [76, 2],
-  dscp: [78, 1],
-  _pad0: [79, 1],
-  src_mac: [80, 6],
-  dst_mac: [86, 6],
-  sampling: [92, 4],
+  ip_bytes: [16, 8],
+  first_seen_ns: [24, 8],
+  last_seen_ns: [32, 8],
+  cookie: [40, 8],
+  outer_src_ip: [48, 16],
+  outer_dst_ip: [64, 16],
+  outer_src_port: [80, 2],
+  outer_dst_port: [82, 2],
+  tcp_flags: [84, 2],
+  dscp: [86, 1],
+  _pad0: [87, 1],
+  src_mac: [88, 6],
+  dst_mac: [94, 6],
+  sampling: [100, 4],
 });
 
-export const FLOW_EVENT = struct('flow_event', 160, {
-  key: [0, 56],
-  reason: [56, 4],
-  _pad0: [60, 4],
-  value: [64, 96],
+export const FLOW_EVENT = struct('flow_event', 168, {
+  key: [0, 60],
+  reason: [60, 4],
+  value: [64, 104],
 });
 
 export const FLOW_CONFIG = struct('flow_config', 8, {
@@ -97,8 +99,32 @@ export const FLOW_EVENT_MAP_ERROR = 2;
 /** The kernel copies per-CPU values into slots of the value size rounded up to 8 bytes. */
 export const FLOW_VALUE_STRIDE = Math.ceil(FLOW_VALUE.size / 8) * 8;
 
-/** IPFIX flowEndReason 5, lack of resources: what a ring-buffer event is (the map refused it). */
-const END_REASON_LACK_OF_RESOURCES = 5;
+/** IPFIX flowEndReason (136) values. */
+export const END_REASON_IDLE_TIMEOUT = 1;
+export const END_REASON_ACTIVE_TIMEOUT = 2;
+export const END_REASON_END_OF_FLOW = 3;
+export const END_REASON_FORCED_END = 4;
+/** Lack of resources: what a ring-buffer event is (the map refused it). */
+export const END_REASON_LACK_OF_RESOURCES = 5;
+/** TCP FIN and RST: a flow with either ended (flowEndReason end of flow). */
+const TCP_FIN_RST = 0x01 | 0x04;
+
+/**
+ * What an eviction of the flow map tells the decoder for flowEndReason: a flow with FIN or RST
+ * ended (3); otherwise, on the final eviction at shutdown, forced end (4); otherwise idle timeout
+ * (1) if its last packet is at least `idleNs` older than `nowNs` (kernel monotonic time of the
+ * eviction), else active timeout (2).
+ */
+export interface FlowEviction {
+  nowNs: number;
+  idleNs: number;
+  forced: boolean;
+}
+
+/** Kernel monotonic time (bpf_ktime_get_ns's clock) in nanoseconds, as a number. */
+export function monotonicNowNs(): number {
+  return Number(process.hrtime.bigint());
+}
 
 const LE = endianness() === 'LE';
 
@@ -117,9 +143,12 @@ const K_ICMP_TYPE = FLOW_KEY.fields.icmp_type.offset;
 const K_ICMP_CODE = FLOW_KEY.fields.icmp_code.offset;
 const K_TUNNEL_TYPE = FLOW_KEY.fields.tunnel_type.offset;
 const K_IP_VERSION = FLOW_KEY.fields.ip_version.offset;
+const K_VLAN_ID = FLOW_KEY.fields.vlan_id.offset;
+const K_INNER_VLAN_ID = FLOW_KEY.fields.inner_vlan_id.offset;
 
 const V_PACKETS = FLOW_VALUE.fields.packets.offset;
 const V_BYTES = FLOW_VALUE.fields.bytes.offset;
+const V_IP_BYTES = FLOW_VALUE.fields.ip_bytes.offset;
 const V_FIRST_SEEN = FLOW_VALUE.fields.first_seen_ns.offset;
 const V_LAST_SEEN = FLOW_VALUE.fields.last_seen_ns.offset;
 const V_COOKIE = FLOW_VALUE.fields.cookie.offset;
@@ -296,8 +325,8 @@ export function monotonicToWallClockOffsetMs(): number {
 }
 
 /**
- * Builds a record from a key and the chosen value slot. Counters and times are passed in, already
- * merged over CPUs; every other value field comes from the slot at vOff.
+ * Builds a record from a key and the chosen value slot. Counters, times and the end reason are
+ * passed in, already merged over CPUs; every other value field comes from the slot at vOff.
  */
 function record(
   kb: Uint8Array,
@@ -308,10 +337,12 @@ function record(
   v: number,
   packets: number,
   bytes: number,
+  ipBytes: number,
   firstNs: number,
   lastNs: number,
   tcpFlags: number,
   offsetMs: number,
+  flowEndReason: number,
 ): FlowRecord {
   const protocol = kb[k + K_PROTOCOL]!;
   const sourceTransportPort = kv.getUint16(k + K_SRC_PORT, LE);
@@ -319,39 +350,65 @@ function record(
   const flowStartMilliseconds = Math.floor(firstNs / 1e6 + offsetMs);
   const flowEndMilliseconds = Math.floor(lastNs / 1e6 + offsetMs);
   const ipDiffServCodePoint = vb[v + V_DSCP]!;
-  // The kernel records the interface the program is attached to, for either direction.
-  const ingressInterface = kv.getUint32(k + K_IF_INDEX, LE);
-  const flowDirection = kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS ? 1 : 0;
+  // The interface the program is attached to: received on for ingress, sent on for egress.
+  const ifindex = kv.getUint32(k + K_IF_INDEX, LE);
+  const egress = kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS;
+  const flowDirection = egress ? 1 : 0;
   const sourceMacAddress = formatMac(vb, v + V_SRC_MAC);
   const destinationMacAddress = formatMac(vb, v + V_DST_MAC);
   const ethernetType = kv.getUint16(k + K_ETH_TYPE, LE);
-  // One literal per family, with the addresses in it: V8 then allocates each record with all these
-  // fields inside the object (addresses added afterwards went to a separate property array), and
-  // the plain records of a family share one hidden class. The key order is the serialised order.
+  // One literal per family and direction, with the addresses in it: V8 then allocates each record
+  // with all these fields inside the object (addresses added afterwards went to a separate
+  // property array), and the plain records of a family and direction share one hidden class.
+  // The key order is the serialised order.
   let rec: FlowRecord;
   const ipVersion = kb[k + K_IP_VERSION];
   if (ipVersion === 4) {
     const src = kv.getUint32(k + K_SRC_IP + 12, false);
     const dst = kv.getUint32(k + K_DST_IP + 12, false);
-    rec = {
-      ipVersion: 4,
-      sourceTransportPort,
-      destinationTransportPort,
-      protocolIdentifier: protocol,
-      octetDeltaCount: bytes,
-      packetDeltaCount: packets,
-      flowStartMilliseconds,
-      flowEndMilliseconds,
-      tcpControlBits: tcpFlags,
-      ipDiffServCodePoint,
-      ingressInterface,
-      flowDirection,
-      sourceMacAddress,
-      destinationMacAddress,
-      ethernetType,
-      sourceIPv4Address: ipv4Text(src),
-      destinationIPv4Address: ipv4Text(dst),
-    };
+    rec = egress
+      ? {
+          ipVersion: 4,
+          sourceTransportPort,
+          destinationTransportPort,
+          protocolIdentifier: protocol,
+          octetDeltaCount: ipBytes,
+          layer2OctetDeltaCount: bytes,
+          packetDeltaCount: packets,
+          flowStartMilliseconds,
+          flowEndMilliseconds,
+          tcpControlBits: tcpFlags,
+          ipDiffServCodePoint,
+          egressInterface: ifindex,
+          flowDirection,
+          sourceMacAddress,
+          destinationMacAddress,
+          ethernetType,
+          flowEndReason,
+          sourceIPv4Address: ipv4Text(src),
+          destinationIPv4Address: ipv4Text(dst),
+        }
+      : {
+          ipVersion: 4,
+          sourceTransportPort,
+          destinationTransportPort,
+          protocolIdentifier: protocol,
+          octetDeltaCount: ipBytes,
+          layer2OctetDeltaCount: bytes,
+          packetDeltaCount: packets,
+          flowStartMilliseconds,
+          flowEndMilliseconds,
+          tcpControlBits: tcpFlags,
+          ipDiffServCodePoint,
+          ingressInterface: ifindex,
+          flowDirection,
+          sourceMacAddress,
+          destinationMacAddress,
+          ethernetType,
+          flowEndReason,
+          sourceIPv4Address: ipv4Text(src),
+          destinationIPv4Address: ipv4Text(dst),
+        };
     // The same addresses as numbers, so account and dedupe key on them without parsing the text.
     attachIPv4Words(rec, src, dst);
     if (protocol === 1) {
@@ -360,47 +417,99 @@ function record(
     }
   } else if (ipVersion === 0) {
     // A layer-2 flow (not IP): the key holds the MACs, which the value repeats; no addresses.
-    rec = {
-      ipVersion: 0,
-      sourceTransportPort,
-      destinationTransportPort,
-      protocolIdentifier: protocol,
-      octetDeltaCount: bytes,
-      packetDeltaCount: packets,
-      flowStartMilliseconds,
-      flowEndMilliseconds,
-      tcpControlBits: tcpFlags,
-      ipDiffServCodePoint,
-      ingressInterface,
-      flowDirection,
-      sourceMacAddress,
-      destinationMacAddress,
-      ethernetType,
-    };
+    rec = egress
+      ? {
+          ipVersion: 0,
+          sourceTransportPort,
+          destinationTransportPort,
+          protocolIdentifier: protocol,
+          octetDeltaCount: ipBytes,
+          layer2OctetDeltaCount: bytes,
+          packetDeltaCount: packets,
+          flowStartMilliseconds,
+          flowEndMilliseconds,
+          tcpControlBits: tcpFlags,
+          ipDiffServCodePoint,
+          egressInterface: ifindex,
+          flowDirection,
+          sourceMacAddress,
+          destinationMacAddress,
+          ethernetType,
+          flowEndReason,
+        }
+      : {
+          ipVersion: 0,
+          sourceTransportPort,
+          destinationTransportPort,
+          protocolIdentifier: protocol,
+          octetDeltaCount: ipBytes,
+          layer2OctetDeltaCount: bytes,
+          packetDeltaCount: packets,
+          flowStartMilliseconds,
+          flowEndMilliseconds,
+          tcpControlBits: tcpFlags,
+          ipDiffServCodePoint,
+          ingressInterface: ifindex,
+          flowDirection,
+          sourceMacAddress,
+          destinationMacAddress,
+          ethernetType,
+          flowEndReason,
+        };
   } else {
-    rec = {
-      ipVersion: 6,
-      sourceTransportPort,
-      destinationTransportPort,
-      protocolIdentifier: protocol,
-      octetDeltaCount: bytes,
-      packetDeltaCount: packets,
-      flowStartMilliseconds,
-      flowEndMilliseconds,
-      tcpControlBits: tcpFlags,
-      ipDiffServCodePoint,
-      ingressInterface,
-      flowDirection,
-      sourceMacAddress,
-      destinationMacAddress,
-      ethernetType,
-      sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
-      destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
-    };
+    rec = egress
+      ? {
+          ipVersion: 6,
+          sourceTransportPort,
+          destinationTransportPort,
+          protocolIdentifier: protocol,
+          octetDeltaCount: ipBytes,
+          layer2OctetDeltaCount: bytes,
+          packetDeltaCount: packets,
+          flowStartMilliseconds,
+          flowEndMilliseconds,
+          tcpControlBits: tcpFlags,
+          ipDiffServCodePoint,
+          egressInterface: ifindex,
+          flowDirection,
+          sourceMacAddress,
+          destinationMacAddress,
+          ethernetType,
+          flowEndReason,
+          sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
+          destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
+        }
+      : {
+          ipVersion: 6,
+          sourceTransportPort,
+          destinationTransportPort,
+          protocolIdentifier: protocol,
+          octetDeltaCount: ipBytes,
+          layer2OctetDeltaCount: bytes,
+          packetDeltaCount: packets,
+          flowStartMilliseconds,
+          flowEndMilliseconds,
+          tcpControlBits: tcpFlags,
+          ipDiffServCodePoint,
+          ingressInterface: ifindex,
+          flowDirection,
+          sourceMacAddress,
+          destinationMacAddress,
+          ethernetType,
+          flowEndReason,
+          sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
+          destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
+        };
     if (protocol === 58) {
       rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;
     }
+  }
+  const vlan = kv.getUint16(k + K_VLAN_ID, LE);
+  if (vlan !== 0) {
+    rec.dot1qVlanId = vlan;
+    const inner = kv.getUint16(k + K_INNER_VLAN_ID, LE);
+    if (inner !== 0) rec.dot1qCustomerVlanId = inner;
   }
   const tunnel = kb[k + K_TUNNEL_TYPE];
   if (tunnel === FLOW_TUNNEL_VXLAN || tunnel === FLOW_TUNNEL_GENEVE) {
@@ -415,7 +524,10 @@ function record(
       rec.flowCookie = hex(vb, v + V_COOKIE, 8);
   }
   const sampling = vv.getUint32(v + V_SAMPLING, LE);
-  if (sampling > 1) rec.samplingInterval = sampling;
+  if (sampling > 1) {
+    rec.samplingPacketInterval = 1;
+    rec.samplingPacketSpace = sampling - 1;
+  }
   return rec;
 }
 
@@ -438,12 +550,15 @@ export interface RawMapBatch {
  * bytes summed, first seen the earliest, last seen the latest, TCP flags OR'ed, everything else
  * from the CPU that saw the flow last. CPUs that never counted the flow (zero packets) are skipped,
  * and so is an entry no CPU counted. `valueBufferSize` is the map's (FLOW_VALUE_STRIDE times the
- * number of possible CPUs); `offsetMs` comes from monotonicToWallClockOffsetMs().
+ * number of possible CPUs); `offsetMs` comes from monotonicToWallClockOffsetMs(). `eviction` sets
+ * flowEndReason (see FlowEviction); without it, now and an idle time of 0: every flow without
+ * FIN/RST is idle.
  */
 export function decodeFlowMapBatch(
   batch: RawMapBatch,
   valueBufferSize: number,
   offsetMs: number,
+  eviction?: FlowEviction,
   labeler?: NetnsLabeler,
   /** Receives, for each record returned, the index of its entry in the batch. */
   indexes?: number[],
@@ -462,6 +577,8 @@ export function decodeFlowMapBatch(
     );
   }
   const cpus = valueBufferSize / FLOW_VALUE_STRIDE;
+  const forced = eviction?.forced === true;
+  const idleBefore = eviction ? eviction.nowNs - eviction.idleNs : Infinity;
   const kv = viewOf(keys);
   const vv = viewOf(values);
   const out: FlowRecord[] = [];
@@ -472,6 +589,7 @@ export function decodeFlowMapBatch(
     const base = i * valueBufferSize;
     let packets = 0;
     let bytes = 0;
+    let ipBytes = 0;
     let first = Infinity;
     let last = -1;
     let flags = 0;
@@ -482,6 +600,7 @@ export function decodeFlowMapBatch(
       if (p === 0) continue;
       packets += p;
       bytes += u64(vv, v + V_BYTES);
+      ipBytes += u64(vv, v + V_IP_BYTES);
       const f = u64(vv, v + V_FIRST_SEEN);
       const l = u64(vv, v + V_LAST_SEEN);
       if (f < first) first = f;
@@ -492,15 +611,40 @@ export function decodeFlowMapBatch(
       flags |= vv.getUint16(v + V_TCP_FLAGS, LE);
     }
     if (latest < 0) continue;
+    const reason =
+      (flags & TCP_FIN_RST) !== 0
+        ? END_REASON_END_OF_FLOW
+        : forced
+          ? END_REASON_FORCED_END
+          : last <= idleBefore
+            ? END_REASON_IDLE_TIMEOUT
+            : END_REASON_ACTIVE_TIMEOUT;
     const k = i * FLOW_KEY.size;
-    const rec = record(keys, kv, k, values, vv, latest, packets, bytes, first, last, flags, offsetMs);
+    const rec = record(
+      keys,
+      kv,
+      k,
+      values,
+      vv,
+      latest,
+      packets,
+      bytes,
+      ipBytes,
+      first,
+      last,
+      flags,
+      offsetMs,
+      reason,
+    );
     if (labeler) {
       // Flows mostly come in runs of one namespace and interface: the labeler is asked once a run.
+      // The key's ifindex, not the record's: an egress record carries egressInterface instead.
       const inode = kv.getUint32(k + K_NETNS, LE);
-      if (inode !== lastInode || rec.ingressInterface !== lastIndex) {
+      const ifindex = kv.getUint32(k + K_IF_INDEX, LE);
+      if (inode !== lastInode || ifindex !== lastIndex) {
         lastInode = inode;
-        lastIndex = rec.ingressInterface;
-        label = labeler(inode, lastIndex);
+        lastIndex = ifindex;
+        label = labeler(inode, ifindex);
       }
       if (label !== undefined) rec.networkNamespace = label;
     }
@@ -538,14 +682,15 @@ export function decodeFlowEvent(
     v,
     u64(view, v + V_PACKETS),
     u64(view, v + V_BYTES),
+    u64(view, v + V_IP_BYTES),
     u64(view, v + V_FIRST_SEEN),
     u64(view, v + V_LAST_SEEN),
     view.getUint16(v + V_TCP_FLAGS, LE),
     offsetMs,
+    END_REASON_LACK_OF_RESOURCES,
   );
-  rec.flowEndReason = END_REASON_LACK_OF_RESOURCES;
   if (labeler) {
-    const label = labeler(view.getUint32(offset + K_NETNS, LE), rec.ingressInterface);
+    const label = labeler(view.getUint32(offset + K_NETNS, LE), view.getUint32(offset + K_IF_INDEX, LE));
     if (label !== undefined) rec.networkNamespace = label;
   }
   return rec;
@@ -585,6 +730,10 @@ export interface FlowKeyFields {
   tunnelType: number;
   /** Inode of the device's network namespace; 0 when unknown (and by default in encodeKey). */
   netns?: number;
+  /** Outer VLAN id, 0 (or absent) untagged. */
+  vlanId?: number;
+  /** Inner (QinQ customer) VLAN id, 0 (or absent) without a second tag. */
+  innerVlanId?: number;
 }
 
 function parseIPv4(text: string, out: Uint8Array, offset: number): boolean {
@@ -665,6 +814,8 @@ export function encodeKey(key: FlowKeyFields): Uint8Array {
   out[K_ICMP_CODE] = key.icmpCode;
   out[K_TUNNEL_TYPE] = key.tunnelType;
   out[K_IP_VERSION] = key.ipVersion;
+  view.setUint16(K_VLAN_ID, key.vlanId ?? 0, LE);
+  view.setUint16(K_INNER_VLAN_ID, key.innerVlanId ?? 0, LE);
   return out;
 }
 
@@ -694,13 +845,18 @@ export function decodeKey(bytes: Uint8Array, offset = 0): FlowKeyFields {
     icmpCode: bytes[offset + K_ICMP_CODE]!,
     tunnelType: bytes[offset + K_TUNNEL_TYPE]!,
     netns: view.getUint32(offset + K_NETNS, LE),
+    vlanId: view.getUint16(offset + K_VLAN_ID, LE),
+    innerVlanId: view.getUint16(offset + K_INNER_VLAN_ID, LE),
   };
 }
 
 /** The fields of struct flow_value, for tests and tools; numbers for u64 (exact below 2^53). */
 export interface FlowValueFields {
   packets: number;
+  /** Frame octets as on the wire (layer2OctetDeltaCount). */
   bytes: number;
+  /** IP octets (octetDeltaCount); 0 when absent. */
+  ipBytes?: number;
   firstSeenNs: number;
   lastSeenNs: number;
   /** 16 hex digits, the 8 cookie bytes in memory (wire) order. */
@@ -736,6 +892,7 @@ export function encodeValue(value: FlowValueFields): Uint8Array {
   const view = viewOf(out);
   setU64(view, V_PACKETS, value.packets);
   setU64(view, V_BYTES, value.bytes);
+  setU64(view, V_IP_BYTES, value.ipBytes ?? 0);
   setU64(view, V_FIRST_SEEN, value.firstSeenNs);
   setU64(view, V_LAST_SEEN, value.lastSeenNs);
   if (!/^[0-9a-fA-F]{16}$/.test(value.cookie))

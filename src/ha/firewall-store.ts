@@ -300,7 +300,7 @@ export function sessionEventOfRecord(
       outerDstMac: rec.destinationMacAddress,
       outerSrcPort: rec.tunnelSourceTransportPort ?? 0,
       outerDstPort: rec.tunnelDestinationTransportPort ?? 0,
-      ingressIfindex: rec.ingressInterface,
+      ingressIfindex: rec.ingressInterface ?? 0,
     },
     verdict: {
       action: r.firewallAction === 'redirect' || r.firewallAction === 'block' ? r.firewallAction : 'allow',
@@ -315,7 +315,7 @@ export function sessionEventOfRecord(
     createdNs: clock.toMonotonicNs(rec.flowStartMilliseconds),
     lastSeenNs: clock.toMonotonicNs(rec.flowEndMilliseconds),
   };
-  const ingress = interfaces?.nameOf(rec.ingressInterface);
+  const ingress = rec.ingressInterface === undefined ? undefined : interfaces?.nameOf(rec.ingressInterface);
   if (ingress !== undefined) session.ingressIfname = ingress;
   const redirect = r.egressInterface === undefined ? undefined : interfaces?.nameOf(r.egressInterface);
   if (redirect !== undefined) session.redirectIfname = redirect;

@@ -10,7 +10,10 @@ import type { StageCounters } from '../ledger.js';
 import { attachIPv4Words, type FlowBatch, type FlowRecord } from '../records.js';
 import { FlowKey, FlowTable, OperatorError, badRecordError } from './flow-key.js';
 
-/** Float64 words per flow in TotalsTable.totals: packets, bytes, start, end, flags (TCP flags and the bits below). */
+/**
+ * Float64 words per flow in TotalsTable.totals: packets, bytes, start, end, flags (TCP flags and the
+ * bits below), layer-2 bytes.
+ */
 const TOTAL_WORDS = 8;
 
 /**
@@ -68,7 +71,7 @@ function checkOptions(o: AccountOptions, stage: string): void {
 
 /**
  * Aggregates records of the same flow (5-tuple, ICMP type and code, VNI, interface, direction):
- * packets and bytes are summed, the start is the earliest, the end the latest, TCP flags are ORed;
+ * packets and bytes (octetDeltaCount and layer2OctetDeltaCount) are summed, the start is the earliest, the end the latest, TCP flags are ORed;
  * the other fields are those of the flow's first record. This is for the single-packet records
  * the kernel could not aggregate itself (map full or busy), which arrive by the thousand.
  *
@@ -118,6 +121,8 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
           const r = out[e]!;
           r.packetDeltaCount = totals[t]!;
           r.octetDeltaCount = totals[t + 1]!;
+          // Records of older versions have no wire octets: left absent.
+          if (r.layer2OctetDeltaCount !== undefined) r.layer2OctetDeltaCount = totals[t + 5]!;
           // Only times that moved are written: a time not read saves a load from its heap box.
           if ((f & EARLIER_START) !== 0) r.flowStartMilliseconds = totals[t + 2]!;
           if ((f & LATER_END) !== 0) r.flowEndMilliseconds = totals[t + 3]!;
@@ -164,6 +169,7 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
                 const t = e * TOTAL_WORDS;
                 totals[t] = totals[t]! + packets;
                 totals[t + 1] = totals[t + 1]! + bytes;
+                totals[t + 5] = totals[t + 5]! + (r.layer2OctetDeltaCount ?? 0);
                 let f = totals[t + 4]! | (r.tcpControlBits & 0xffff) | MERGED;
                 const start = r.flowStartMilliseconds;
                 const end = r.flowEndMilliseconds;
@@ -183,6 +189,7 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
                 const t = n * TOTAL_WORDS;
                 totals[t] = packets;
                 totals[t + 1] = bytes;
+                totals[t + 5] = r.layer2OctetDeltaCount ?? 0;
                 totals[t + 2] = r.flowStartMilliseconds;
                 totals[t + 3] = r.flowEndMilliseconds;
                 totals[t + 4] = r.tcpControlBits & 0xffff;

@@ -5,7 +5,7 @@ import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { InterfaceWatcher, interfaceAddress, type InterfaceNames } from '../net/interfaces.js';
 import { namespaceNames } from '../net/namespace-names.js';
-import type { FlowBatch } from '../records.js';
+import { flowInterface, type FlowBatch } from '../records.js';
 import { OperatorError, badRecordError } from './flow-key.js';
 
 /** The interfaceName of a record whose ifindex no interface of the host has. */
@@ -25,10 +25,10 @@ export interface DecorateOptions {
 }
 
 /**
- * Adds `interfaceName` (the current name of the record's `ingressInterface`, or 'unknown'; for a
- * record with `networkNamespace`, the name in that namespace, as the ebpf_flows source following
- * it last listed its links) and the
- * agent's address as `exporterIPv4Address` or `exporterIPv6Address`. Records are updated in place
+ * Adds `interfaceName` (the current name of the record's interface, `ingressInterface` or on an
+ * egress record `egressInterface`, or 'unknown'; for a record with `networkNamespace`, the name in
+ * that namespace, as the ebpf_flows source following it last listed its links) and the agent's
+ * address as `exporterIPv4Address` or `exporterIPv6Address`. Records are updated in place
  * (no copy per record) and batches passed on as they are. The name table is looked up once per
  * run of records with the same ifindex, never with a syscall; a throwing lookup errors the output.
  *
@@ -64,7 +64,7 @@ export function decorate(options: DecorateOptions): OperatorFunction<FlowBatch, 
             let lastName = UNKNOWN_INTERFACE;
             for (; i < batch.length; i++) {
               const r = batch[i]!;
-              const ifindex = r.ingressInterface;
+              const ifindex = flowInterface(r);
               const ns = r.networkNamespace;
               if (ifindex !== lastIndex || ns !== lastNs) {
                 // A record counted in another namespace is named from that namespace's links, as

@@ -3,6 +3,7 @@ import type { ComponentContext, TransformModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import {
   MAX_OBSERVED_INTERFACES,
+  flowInterface,
   type FlowBatch,
   type FlowRecord,
   type ObservedInterface,
@@ -276,15 +277,6 @@ export class SeenTable {
   }
 }
 
-/**
- * The interface a record was seen on: egressInterface on an egress record that has one, else
- * ingressInterface (which egress records carry too where egressInterface is not set).
- */
-function interfaceOf(r: FlowRecord): number {
-  const egress = r.flowDirection === 1 ? (r as { egressInterface?: number }).egressInterface : undefined;
-  return egress ?? r.ingressInterface;
-}
-
 /** Slots for `entries` at a load factor of at most 3/4: a power of two. */
 function slotsFor(entries: number): number {
   let n = MIN_SLOTS;
@@ -388,7 +380,7 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
             resizes = current.resizes;
             for (; i < n; i++) {
               const r = batch[i]!;
-              const iface = interfaceOf(r);
+              const iface = flowInterface(r);
               const ifindex = iface | 0;
               const direction = r.flowDirection;
               let s = current.find(key.read(r));

@@ -8,7 +8,7 @@
  * the key words on a hash match is exact (no collision can merge two flows), allocates nothing
  * per record and keeps the lookups to one or two cache lines.
  */
-import { ipv4ToUint32, readIPv4Words, type FlowRecord } from '../records.js';
+import { flowInterface, ipv4ToUint32, readIPv4Words, type FlowRecord } from '../records.js';
 
 /** An error of an operator: `code` names the failure, `cause` carries the underlying error. */
 export class OperatorError extends Error {
@@ -113,7 +113,7 @@ export class FlowKey {
     const ports = portsOf(r);
     let meta = metaOf(r);
     const vni = (r.virtualNetworkIdentifier ?? 0) | 0;
-    const iface = this.withInterface ? (r.ingressInterface * 2 + r.flowDirection) | 0 : 0;
+    const iface = this.withInterface ? (flowInterface(r) * 2 + r.flowDirection) | 0 : 0;
     let parsed = false;
     if (r.ipVersion !== 4 || !readIPv4Words(r, this)) {
       const src = r.ipVersion === 4 ? ipv4ToUint32(r.sourceIPv4Address!) : -1;
@@ -167,7 +167,7 @@ export function flowKeyString(r: FlowRecord, withInterface = true): string {
   const base = `${sourceOf(r)}:${r.sourceTransportPort}>${destinationOf(r)}:${r.destinationTransportPort}/${
     r.protocolIdentifier
   } meta=${metaOf(r)} vni=${r.virtualNetworkIdentifier ?? 0}`;
-  return withInterface ? `${base} if=${r.ingressInterface} dir=${r.flowDirection}` : base;
+  return withInterface ? `${base} if=${flowInterface(r)} dir=${r.flowDirection}` : base;
 }
 
 /**
@@ -193,7 +193,6 @@ export function recordProblem(r: unknown): string | undefined {
     'sourceTransportPort',
     'destinationTransportPort',
     'protocolIdentifier',
-    'ingressInterface',
     'flowDirection',
     'packetDeltaCount',
     'octetDeltaCount',

@@ -35,7 +35,7 @@ import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import { flowInterface, type FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
 import { otlpEndpointFromEnv, otlpMetricExporter, otlpProtocol } from './otel/exporter.js';
@@ -293,7 +293,7 @@ export class FlowTally {
         skipped++;
         continue;
       }
-      const slot = this.slotOf(r.interfaceName ?? r.ingressInterface);
+      const slot = this.slotOf(r.interfaceName ?? flowInterface(r));
       const cell =
         ((slot * PROTOCOLS.length + protocolIndex(r.protocolIdentifier)) * NETWORK_TYPES.length +
           networkTypeIndex(r.ipVersion)) *

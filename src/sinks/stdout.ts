@@ -14,7 +14,7 @@ import { asyncScheduler, type Observable, type Subscription } from 'rxjs';
 import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
 import { LossLog } from './loss-log.js';
@@ -74,12 +74,24 @@ function tcpFlags(bits: number): string {
   return names.join(',');
 }
 
-/** The text format's line for a record, without the newline. */
+/** "100", or "100.200" for QinQ (outer id, then the customer id). */
+function vlanText(r: FlowRecord): string {
+  return r.dot1qCustomerVlanId === undefined
+    ? String(r.dot1qVlanId)
+    : `${r.dot1qVlanId}.${r.dot1qCustomerVlanId}`;
+}
+
+/**
+ * The text format's line for a record, without the newline. bytes= is octetDeltaCount (IP octets)
+ * for an IP flow and layer2OctetDeltaCount (frame octets) for a layer-2 flow, which has no IP.
+ */
 export function textLine(r: FlowRecord): string {
   if (r.ipVersion === 0) {
-    return `${new Date(r.flowEndMilliseconds).toISOString()} ${r.interfaceName ?? `if${r.ingressInterface}`} ${
+    return `${new Date(r.flowEndMilliseconds).toISOString()} ${r.interfaceName ?? `if${flowInterface(r)}`} ${
       r.flowDirection === 1 ? 'egress' : 'ingress'
-    } ethertype=0x${r.ethernetType.toString(16).padStart(4, '0')} ${r.sourceMacAddress} -> ${r.destinationMacAddress} packets=${r.packetDeltaCount} bytes=${r.octetDeltaCount}`;
+    } ethertype=0x${r.ethernetType.toString(16).padStart(4, '0')} ${r.sourceMacAddress} -> ${r.destinationMacAddress} packets=${r.packetDeltaCount} bytes=${
+      r.layer2OctetDeltaCount ?? r.octetDeltaCount
+    }${r.dot1qVlanId === undefined ? '' : ` vlan=${vlanText(r)}`}`;
   }
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === 1 || r.protocolIdentifier === 58;
@@ -90,7 +102,7 @@ export function textLine(r: FlowRecord): string {
     v6,
     !icmp,
   );
-  let line = `${new Date(r.flowEndMilliseconds).toISOString()} ${r.interfaceName ?? `if${r.ingressInterface}`} ${
+  let line = `${new Date(r.flowEndMilliseconds).toISOString()} ${r.interfaceName ?? `if${flowInterface(r)}`} ${
     r.flowDirection === 1 ? 'egress' : 'ingress'
   } ${PROTOCOL_NAMES[r.protocolIdentifier] ?? `proto${r.protocolIdentifier}`} ${src} -> ${dst} packets=${r.packetDeltaCount} bytes=${r.octetDeltaCount}`;
   if (icmp) {
@@ -99,6 +111,7 @@ export function textLine(r: FlowRecord): string {
     if (type !== undefined) line += ` type=${type} code=${code ?? 0}`;
   }
   if (r.protocolIdentifier === 6 && r.tcpControlBits !== 0) line += ` flags=${tcpFlags(r.tcpControlBits)}`;
+  if (r.dot1qVlanId !== undefined) line += ` vlan=${vlanText(r)}`;
   if (r.encapsulationType !== undefined)
     line += ` ${r.encapsulationType} vni=${r.virtualNetworkIdentifier ?? 0}`;
   if (r.duplicate === true) line += ' duplicate';

@@ -1,7 +1,8 @@
 /**
  * `top`: keeps the flows of the last `window_ms` aggregated by flow and direction, and ranks them
  * by bytes, like `iftop` for a pipeline. `rxflow status` and `rxflow demo` show its table; with
- * `log_interval_ms` it also logs the top flows.
+ * `log_interval_ms` it also logs the top flows. Bytes are those on the wire
+ * (layer2OctetDeltaCount), as an interface's counters count them.
  *
  * The window is a ring of ten buckets, each a map of the flows that arrived in its tenth of the
  * window: adding a batch touches one map, and old traffic leaves the window a bucket at a time
@@ -12,7 +13,7 @@ import { asyncScheduler, interval, type Observable, type SchedulerLike, type Sub
 import type { ComponentContext, Sink, SinkModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
 
 export interface TopConfig {
   top_n: number;
@@ -35,6 +36,7 @@ export interface TopFlow {
   /** interfaceName when a decorate stage set it, else the ifindex. */
   interface: string;
   packets: number;
+  /** Frame bytes on the wire (layer2OctetDeltaCount, or octetDeltaCount for records without it). */
   bytes: number;
   /** bytes over the part of the window the table has existed for. */
   bytesPerSecond: number;
@@ -101,7 +103,7 @@ export class TopTable {
     }
     let refused = 0;
     for (const r of batch) {
-      const iface = r.interfaceName ?? String(r.ingressInterface);
+      const iface = r.interfaceName ?? String(flowInterface(r));
       const key = keyOf(r, iface);
       let row = bucket.flows.get(key);
       if (row === undefined) {
@@ -124,11 +126,14 @@ export class TopTable {
         };
         bucket.flows.set(key, row);
       }
+      // Bytes as the interface carried them (the bandwidth a flow takes); IP octets for records
+      // of older versions, which have no layer2OctetDeltaCount.
+      const bytes = r.layer2OctetDeltaCount ?? r.octetDeltaCount;
       row.packets += r.packetDeltaCount;
-      row.bytes += r.octetDeltaCount;
+      row.bytes += bytes;
       this.totalRecords++;
       this.totalPackets += r.packetDeltaCount;
-      this.totalBytes += r.octetDeltaCount;
+      this.totalBytes += bytes;
     }
     return refused;
   }

@@ -170,10 +170,12 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const mapFlows = mapTracer({
       // The swap waits out an RCU grace period; async, the ring buffer drain, the sinks and the
       // metrics endpoint keep running meanwhile.
-      evict: () => {
+      // flowEndReason: idle when the flow's last packet is older than half the interval at the
+      // eviction (no packet in its second half), active otherwise; forced on the final one.
+      evict: (final) => {
         reportKernelLosses();
         reportUnmatchedDrops?.();
-        return dp.evictFlowsAsync(offsetMs);
+        return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
       },
       evictionIntervalMs: config.eviction_interval_ms,
       flush$: pressure.pipe(throttleTime(config.min_flush_interval_ms, scheduler)),
@@ -300,7 +302,10 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         default: 0,
         description: 'count 1 packet in N (0 or 1: every packet)',
       },
-      eviction_interval_ms: ms('how often the kernel flow map is read and emptied', 5000),
+      eviction_interval_ms: ms(
+        'how often the kernel flow map is read and emptied; a flow without a packet in the second half of it ends by idle timeout (flowEndReason 1), else by active timeout (2)',
+        5000,
+      ),
       ringbuf_drain_interval_ms: ms('how often the ring buffer is drained', 100),
       flush_on_map_full: {
         type: 'boolean',
@@ -335,7 +340,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         maximum: 16777216,
         default: 16384,
         description:
-          'flows with drops the kernel holds between two evictions (two maps of entries x (32 bytes x possible CPUs + 56)); drops beyond it are counted by reason only',
+          'flows with drops the kernel holds between two evictions (two maps of entries x (32 bytes x possible CPUs + 60)); drops beyond it are counted by reason only',
       },
     },
   },

@@ -17,8 +17,10 @@ import {
   FLOW_KEY,
   decodeFlowMapBatch,
   encodeFlowConfig,
+  monotonicNowNs,
   sumPerCpuCounter,
   type FlowCounterName,
+  type FlowEviction,
   type NetnsLabeler,
 } from '../datapath/flow-types.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
@@ -50,7 +52,22 @@ export interface FlowDatapathOptions {
 
 export type KernelCounters = Record<FlowCounterName, number>;
 
+/** How an eviction sets flowEndReason (see FlowEviction in flow-types.ts). */
+export interface EvictOptions {
+  /**
+   * A flow whose last packet is at least this old when the programs leave its map ends by idle
+   * timeout (flowEndReason 1), a younger one by active timeout (2). Default 0: all idle.
+   */
+  idleMs?: number;
+  /** The final eviction at shutdown: flows without FIN/RST end forced (4). */
+  forced?: boolean;
+}
+
 const COUNTER_NAMES = Object.keys(FLOW_CTR).filter((n) => n !== 'MAX') as FlowCounterName[];
+
+function evictionOf(nowNs: number, options: EvictOptions): FlowEviction {
+  return { nowNs, idleNs: (options.idleMs ?? 0) * 1e6, forced: options.forced === true };
+}
 
 /**
  * The flow programs loaded, attached and pinned for one agent instance. Owns the collection and
@@ -202,12 +219,12 @@ export class FlowDatapath {
    * left in each by a killed agent comes out as two records whose deltas add up.
    * `offsetMs` converts kernel monotonic time to wall-clock milliseconds.
    */
-  evictFlows(offsetMs: number): FlowRecord[] {
+  evictFlows(offsetMs: number, options: EvictOptions = {}): FlowRecord[] {
     this.#checkEvict();
-    const records = this.#evictOne(offsetMs);
+    const records = this.#evictOne(offsetMs, options);
     if (!this.#drainedBoth) {
       try {
-        for (const r of this.#evictOne(offsetMs)) records.push(r);
+        for (const r of this.#evictOne(offsetMs, options)) records.push(r);
         this.#drainedBoth = true;
       } catch {
         // The flows drained above are out of the kernel already: hand them over, and try the other
@@ -224,14 +241,14 @@ export class FlowDatapath {
    * with what it had drained before the close, and leaves the rest in the kernel map (kept pins
    * let the next agent drain it).
    */
-  async evictFlowsAsync(offsetMs: number): Promise<FlowRecord[]> {
+  async evictFlowsAsync(offsetMs: number, options: EvictOptions = {}): Promise<FlowRecord[]> {
     this.#checkEvict();
     this.#evicting = true;
     try {
-      const records = await this.#evictOneAsync(offsetMs);
+      const records = await this.#evictOneAsync(offsetMs, options);
       if (!this.#drainedBoth && !this.#closed) {
         try {
-          for (const r of await this.#evictOneAsync(offsetMs)) records.push(r);
+          for (const r of await this.#evictOneAsync(offsetMs, options)) records.push(r);
           this.#drainedBoth = !this.#closed;
         } catch {
           // As in evictFlows(): hand over what is out of the kernel, try the other map next time.
@@ -259,44 +276,74 @@ export class FlowDatapath {
     }
   }
 
-  #evictOne(offsetMs: number): FlowRecord[] {
+  #evictOne(offsetMs: number, options: EvictOptions): FlowRecord[] {
     const map = this.flowMaps.swap();
+    // After the swap no program counts into this map: the flows' idle time is measured from now.
+    const nowNs = monotonicNowNs();
     const batch = map.drain();
     // Swapped after the flow maps: a drop between the two swaps lands on a flow of the new flow
     // map, and comes out here without its packets (attachDrops).
     const drops = this.drops?.evict();
-    return this.#decode(batch, map.valueBufferSize, offsetMs, drops);
+    return this.#decode(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), drops);
   }
 
-  #decode(batch: DrainResult, valueBufferSize: number, offsetMs: number, drops?: DropBatch): FlowRecord[] {
+  #decode(
+    batch: DrainResult,
+    valueBufferSize: number,
+    offsetMs: number,
+    eviction: FlowEviction,
+    drops?: DropBatch,
+  ): FlowRecord[] {
     if (drops === undefined || drops.byKey.size === 0) {
       if (batch.count === 0) return [];
-      return decodeFlowMapBatch(batch, valueBufferSize, offsetMs, this.labeler);
+      return decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler);
     }
-    const indexes: number[] = [];
-    const records =
-      batch.count === 0 ? [] : decodeFlowMapBatch(batch, valueBufferSize, offsetMs, this.labeler, indexes);
-    const dp = this.drops!;
-    return attachDrops(records, indexes, batch.keys, drops, (r) => dp.reasonName(r), offsetMs, this.labeler);
-  }
-
-  async #evictOneAsync(offsetMs: number): Promise<FlowRecord[]> {
-    const map = await this.flowMaps.swapAsync();
-    // Closed during the swap: nobody would receive the flows, so they stay in the map.
-    if (this.#closed) return [];
-    const batch = map.drain();
-    // Decoded before the drop swap: the next drain of this map would reuse the key buffer.
     const indexes: number[] = [];
     const records =
       batch.count === 0
         ? []
-        : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, this.labeler, indexes);
+        : decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    const dp = this.drops!;
+    return attachDrops(
+      records,
+      indexes,
+      batch.keys,
+      drops,
+      (r) => dp.reasonName(r),
+      offsetMs,
+      eviction,
+      this.labeler,
+    );
+  }
+
+  async #evictOneAsync(offsetMs: number, options: EvictOptions): Promise<FlowRecord[]> {
+    const map = await this.flowMaps.swapAsync();
+    const nowNs = monotonicNowNs();
+    // Closed during the swap: nobody would receive the flows, so they stay in the map.
+    if (this.#closed) return [];
+    const batch = map.drain();
+    // Decoded before the drop swap: the next drain of this map would reuse the key buffer.
+    const eviction = evictionOf(nowNs, options);
+    const indexes: number[] = [];
+    const records =
+      batch.count === 0
+        ? []
+        : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, eviction, this.labeler, indexes);
     if (!this.drops) return records;
     const keys = batch.keys.slice(0, batch.count * FLOW_KEY.size);
     const drops = await this.drops.evictAsync();
     if (this.#closed && drops.byKey.size === 0) return records;
     const dp = this.drops;
-    return attachDrops(records, indexes, keys, drops, (r) => dp.reasonName(r), offsetMs, this.labeler);
+    return attachDrops(
+      records,
+      indexes,
+      keys,
+      drops,
+      (r) => dp.reasonName(r),
+      offsetMs,
+      eviction,
+      this.labeler,
+    );
   }
 
   /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */

@@ -4,9 +4,10 @@ import type { FlowBatch, FlowRecord } from '../records.js';
 export interface MapTracerOptions {
   /**
    * Reads and deletes the kernel's flows; called on every eviction. It may return a promise
-   * (FlowDatapath.evictFlowsAsync): the tracer then waits for it before it evicts again.
+   * (FlowDatapath.evictFlowsAsync): the tracer then waits for it before it evicts again. `final`
+   * is true for the last eviction, on stop$ (flows then end forced, flowEndReason 4).
    */
-  evict: () => FlowRecord[] | PromiseLike<FlowRecord[]>;
+  evict: (final: boolean) => FlowRecord[] | PromiseLike<FlowRecord[]>;
   evictionIntervalMs: number;
   /** Each value evicts at once (map pressure, or a flush on demand). */
   flush$?: Observable<unknown>;
@@ -39,7 +40,7 @@ export function mapTracer(options: MapTracerOptions): Observable<FlowBatch> {
       running = true;
       let result: FlowRecord[] | PromiseLike<FlowRecord[]>;
       try {
-        result = options.evict();
+        result = options.evict(final);
       } catch (err) {
         fail(err);
         return;

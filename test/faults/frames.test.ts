@@ -240,7 +240,7 @@ sinks:
     for (const kind of KINDS) {
       const mine = records.filter((r) => r.sourceMacAddress === kind.mac);
       const packets = mine.reduce((n, r) => n + r.packetDeltaCount, 0);
-      const bytes = mine.reduce((n, r) => n + r.octetDeltaCount, 0);
+      const bytes = mine.reduce((n, r) => n + r.layer2OctetDeltaCount!, 0);
       inRecords += packets;
       if (kind.expect === 'beyond_parser_limits') {
         // Only the counter: never a flow under a VLAN tag's ethertype or an extension header's number.

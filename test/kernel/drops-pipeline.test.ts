@@ -17,7 +17,7 @@ import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
-import { sendUdp, udpFrameBytes } from '../fixtures/traffic.js';
+import { sendUdp } from '../fixtures/traffic.js';
 import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
 import { buildBpf } from './flow-packets.js';
 
@@ -120,6 +120,7 @@ sinks:
     expect([sent.sent, (await nftDropped()) - before]).toEqual([N, N]);
     await pipeline.stop();
     const flows = collected().filter((r) => r.destinationTransportPort === 7301);
+    // Dropped octets are IP octets, as octetDeltaCount: IPv4 header, UDP header, payload.
     expect(
       flows.map((r) => ({
         packets: r.packetDeltaCount,
@@ -127,7 +128,7 @@ sinks:
         droppedBytes: r.droppedOctetDeltaCount,
         reason: r.dropReason,
       })),
-    ).toEqual([{ packets: N, dropped: N, droppedBytes: N * udpFrameBytes(4, 80), reason: 'NETFILTER_DROP' }]);
+    ).toEqual([{ packets: N, dropped: N, droppedBytes: N * (20 + 8 + 80), reason: 'NETFILTER_DROP' }]);
     expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
   });
 

@@ -123,7 +123,8 @@ kernelDescribe('drops with the kernel reason, on the flows of the flow map', () 
     expect(await nftCounter(topo, table, 'c7002')).toBe(M);
 
     const records = dp.evictFlows(0);
-    const frame = udpFrameBytes(4, payload);
+    // droppedOctetDeltaCount counts IP octets, as octetDeltaCount: IPv4 header, UDP header, payload.
+    const ipPacket = 20 + 8 + payload;
     const drops = (r: FlowRecord | undefined) =>
       r && {
         packets: r.packetDeltaCount,
@@ -133,10 +134,10 @@ kernelDescribe('drops with the kernel reason, on the flows of the flow map', () 
         tcpState: r.tcpState,
       };
     expect(byPort(records, 7001).map(drops)).toEqual([
-      { packets: N, dropped: N, droppedBytes: N * frame, reason: 'NO_SOCKET', tcpState: undefined },
+      { packets: N, dropped: N, droppedBytes: N * ipPacket, reason: 'NO_SOCKET', tcpState: undefined },
     ]);
     expect(byPort(records, 7002).map(drops)).toEqual([
-      { packets: M, dropped: M, droppedBytes: M * frame, reason: 'NETFILTER_DROP', tcpState: undefined },
+      { packets: M, dropped: M, droppedBytes: M * ipPacket, reason: 'NETFILTER_DROP', tcpState: undefined },
     ]);
     const syn = byPort(records, 7003);
     expect(syn.map(drops)).toEqual([

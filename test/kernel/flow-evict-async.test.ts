@@ -135,7 +135,11 @@ kernelDescribe('asynchronous flow eviction', () => {
     const flows = next
       .evictFlows(0)
       .filter((r) => r.protocolIdentifier === 17 && r.destinationTransportPort === port)
-      .map((r) => ({ sport: r.sourceTransportPort, packets: r.packetDeltaCount, bytes: r.octetDeltaCount }));
+      .map((r) => ({
+        sport: r.sourceTransportPort,
+        packets: r.packetDeltaCount,
+        bytes: r.layer2OctetDeltaCount!,
+      }));
     expect(flows).toEqual([{ sport: srcPort, packets: 10, bytes: 10 * udpFrameBytes(4, PAYLOAD) }]);
     next.close();
     expect(existsSync(next.pinDir)).toBe(false);
@@ -184,7 +188,7 @@ kernelDescribe('asynchronous flow eviction', () => {
         const key = `${r.flowDirection}:${r.sourceTransportPort}`;
         const t = tally.get(key) ?? { packets: 0, bytes: 0 };
         t.packets += r.packetDeltaCount;
-        t.bytes += r.octetDeltaCount;
+        t.bytes += r.layer2OctetDeltaCount!;
         tally.set(key, t);
         packets += r.packetDeltaCount;
       }

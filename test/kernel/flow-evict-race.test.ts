@@ -76,7 +76,7 @@ kernelDescribe('flow eviction racing the flow program', () => {
       const key = `${r.flowDirection}:${r.sourceTransportPort}`;
       const t = tally.get(key) ?? { packets: 0, bytes: 0 };
       t.packets += r.packetDeltaCount;
-      t.bytes += r.octetDeltaCount;
+      t.bytes += r.layer2OctetDeltaCount!;
       tally.set(key, t);
       packets += r.packetDeltaCount;
     }

@@ -101,12 +101,14 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
       expect([
         r.packetDeltaCount,
         r.octetDeltaCount,
+        r.layer2OctetDeltaCount,
         r.protocolIdentifier,
         r.destinationTransportPort,
-      ]).toStrictEqual([1, len, 17, 53]);
+      ]).toStrictEqual([1, len - 14, len, 17, 53]);
     }
     expect(events.every((r) => r.flowEndReason === 5)).toBe(true);
-    expect(inMap.every((r) => r.flowEndReason === undefined)).toBe(true);
+    // Map flows end by timeout (idle: decoded without an eviction time), never lack of resources.
+    expect(inMap.every((r) => r.flowEndReason === 1)).toBe(true);
     expect(counters(coll)).toStrictEqual({ ...zero, PACKETS: 100, MAP_FULL: 84 });
 
     // Known flows still count in the map while it is full. The eviction moved the program to the
@@ -175,8 +177,10 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
     const c1 = counters(coll);
     expect(sampled).toHaveLength(1);
     const counted = sampled[0]!.packetDeltaCount;
-    expect(sampled[0]!.samplingInterval).toBe(4);
-    expect(sampled[0]!.octetDeltaCount).toBe(counted * f.length);
+    // 1 in 4 as PSAMP: one packet counted, three skipped.
+    expect([sampled[0]!.samplingPacketInterval, sampled[0]!.samplingPacketSpace]).toEqual([1, 3]);
+    expect(sampled[0]!.layer2OctetDeltaCount).toBe(counted * f.length);
+    expect(sampled[0]!.octetDeltaCount).toBe(counted * (f.length - 14));
     expect(c1).toStrictEqual({ ...zero, PACKETS: 4000, SAMPLED_OUT: 4000 - counted });
     // 1 in 4 kept: 1000 expected, standard deviation about 27; these bounds are 10 deviations wide.
     expect(counted).toBeGreaterThan(730);
@@ -186,7 +190,9 @@ describe.skipIf(skipReason !== '')(`flow program limits ${skipReason}`, () => {
     config.update(key0, encodeFlowConfig({ sampling: 1 }));
     ingress.testRun(f, { repeat: 500 });
     const all = evict();
-    expect(all.map((r) => [r.packetDeltaCount, r.samplingInterval])).toStrictEqual([[500, undefined]]);
+    expect(
+      all.map((r) => [r.packetDeltaCount, r.samplingPacketInterval, r.samplingPacketSpace]),
+    ).toStrictEqual([[500, undefined, undefined]]);
     expect(counters(coll)).toStrictEqual({ ...c1, PACKETS: 4500 });
   });
 });

@@ -39,7 +39,7 @@ function totalsByPort(records: FlowRecord[]): Map<number, { packets: number; byt
   for (const r of records) {
     const t = out.get(r.sourceTransportPort) ?? { packets: 0, bytes: 0 };
     t.packets += r.packetDeltaCount;
-    t.bytes += r.octetDeltaCount;
+    t.bytes += r.layer2OctetDeltaCount!;
     out.set(r.sourceTransportPort, t);
   }
   return out;
@@ -181,7 +181,7 @@ sinks:
     // from whichever interface the kernel map listed first.
     const copies = [
       { ingressInterface: left.ifindex, interfaceName: left.ifname, flowDirection: 0 },
-      { ingressInterface: right.ifindex, interfaceName: right.ifname, flowDirection: 1 },
+      { egressInterface: right.ifindex, interfaceName: right.ifname, flowDirection: 1 },
     ];
     const records = [...out.records].sort((a, b) => a.sourceTransportPort - b.sourceTransportPort);
     expect(records.map((r) => r.sourceTransportPort)).toEqual(
@@ -194,7 +194,7 @@ sinks:
         dport: r.destinationTransportPort,
         protocol: r.protocolIdentifier,
         packets: r.packetDeltaCount,
-        bytes: r.octetDeltaCount,
+        bytes: r.layer2OctetDeltaCount!,
         exporterIPv4Address: r.exporterIPv4Address,
       }).toEqual({
         src: addr(ROUTED.client.ipv4),
@@ -207,6 +207,7 @@ sinks:
       });
       expect(copies).toContainEqual({
         ingressInterface: r.ingressInterface,
+        egressInterface: r.egressInterface,
         interfaceName: r.interfaceName,
         flowDirection: r.flowDirection,
       });
@@ -260,8 +261,8 @@ sinks:
     return { pipeline, collected };
   }
 
-  /** Records of the map tracer; the ring-buffer flows (aggregated by account) keep flowEndReason 5. */
-  const fromMap = (records: FlowRecord[]) => records.filter((r) => r.flowEndReason === undefined);
+  /** Records of the map tracer (ended by timeout); ring-buffer flows (aggregated by account) keep flowEndReason 5. */
+  const fromMap = (records: FlowRecord[]) => records.filter((r) => r.flowEndReason !== 5);
   const fromRing = (records: FlowRecord[]) => records.filter((r) => r.flowEndReason === 5);
 
   it('16-entry map, 200 flows of 3 packets: map flows plus accounted ring-buffer flows are the traffic, and the ledger balances', async () => {

@@ -160,7 +160,7 @@ kernelDescribe(
               sport: r.sourceTransportPort,
               dport: r.destinationTransportPort,
               packets: r.packetDeltaCount,
-              bytes: r.octetDeltaCount,
+              bytes: r.layer2OctetDeltaCount!,
             }));
           const flow = (packets: number) => ({
             direction: 0,

@@ -30,7 +30,8 @@ const summary = (r: FlowRecord) => ({
   sport: r.sourceTransportPort,
   dport: r.destinationTransportPort,
   packets: r.packetDeltaCount,
-  bytes: r.octetDeltaCount,
+  bytes: r.layer2OctetDeltaCount,
+  ipBytes: r.octetDeltaCount,
 });
 
 kernelDescribe('flow program on real traffic between namespaces', () => {
@@ -83,6 +84,7 @@ kernelDescribe('flow program on real traffic between namespaces', () => {
       dport: 6001,
       packets: sent.sent,
       bytes: sent.sent * frame,
+      ipBytes: sent.sent * (frame - 14),
     });
     const c = collect(client);
     const s = collect(server);
@@ -90,7 +92,9 @@ kernelDescribe('flow program on real traffic between namespaces', () => {
     expect(s.map.map(summary)).toEqual([expected(0)]);
     expect([c.ring, s.ring]).toEqual([[], []]);
     const rec = c.map[0]!;
-    expect(rec.ingressInterface).toBe(topo.link.a.ifindex);
+    // The client's record is egress: the interface it was sent on.
+    expect([rec.egressInterface, rec.ingressInterface]).toEqual([topo.link.a.ifindex, undefined]);
+    expect(s.map[0]!.ingressInterface).toBe(topo.link.b.ifindex);
     expect(rec.sourceMacAddress).toBe(topo.link.a.mac);
     expect(rec.destinationMacAddress).toBe(topo.link.b.mac);
     expect(rec.ethernetType).toBe(0x0800);
@@ -120,6 +124,7 @@ kernelDescribe('flow program on real traffic between namespaces', () => {
         dport: 6002,
         packets: 300,
         bytes: 300 * udpFrameBytes(6, 1200),
+        ipBytes: 300 * (udpFrameBytes(6, 1200) - 14),
       },
     ]);
   });
@@ -161,7 +166,7 @@ kernelDescribe('flow program on real traffic between namespaces', () => {
         type: r.icmpTypeIPv4 ?? r.icmpTypeIPv6,
         code: r.icmpCodeIPv4 ?? r.icmpCodeIPv6,
         packets: r.packetDeltaCount,
-        bytes: r.octetDeltaCount,
+        bytes: r.layer2OctetDeltaCount,
       }))
       .sort((a, b) => a.type! - b.type! || a.dir - b.dir);
     expect(icmp).toEqual([
@@ -196,7 +201,7 @@ kernelDescribe('flow program on real traffic between namespaces', () => {
     for (const r of [...map, ...ring]) {
       const t = perPort.get(r.sourceTransportPort) ?? { packets: 0, bytes: 0 };
       t.packets += r.packetDeltaCount;
-      t.bytes += r.octetDeltaCount;
+      t.bytes += r.layer2OctetDeltaCount!;
       perPort.set(r.sourceTransportPort, t);
     }
     expect(perPort.size).toBe(100);

@@ -35,7 +35,7 @@ function summary(r: FlowRecord) {
     sport: r.sourceTransportPort,
     dport: r.destinationTransportPort,
     packets: r.packetDeltaCount,
-    bytes: r.octetDeltaCount,
+    bytes: r.layer2OctetDeltaCount!,
     srcMac: r.sourceMacAddress,
     dstMac: r.destinationMacAddress,
     encapsulationType: r.encapsulationType,

@@ -125,7 +125,7 @@ interface FlowLine {
   sourceTransportPort: number;
   destinationTransportPort: number;
   packetDeltaCount: number;
-  octetDeltaCount: number;
+  layer2OctetDeltaCount: number;
 }
 
 kernelDescribe(
@@ -404,7 +404,10 @@ console.log(JSON.stringify([crc.crc32cImplementation, encode.flowProtoPath()]));
         const r = JSON.parse(line) as FlowLine;
         const key = `${r.protocolIdentifier} ${r.flowDirection === 0 ? 'ingress' : 'egress'} ${r.sourceIPv4Address}:${r.sourceTransportPort}>${r.destinationIPv4Address}:${r.destinationTransportPort}`;
         const t = totals.get(key) ?? { packets: 0, bytes: 0 };
-        totals.set(key, { packets: t.packets + r.packetDeltaCount, bytes: t.bytes + r.octetDeltaCount });
+        totals.set(key, {
+          packets: t.packets + r.packetDeltaCount,
+          bytes: t.bytes + r.layer2OctetDeltaCount,
+        });
       }
       expect(Object.fromEntries(totals)).toEqual({
         '17 ingress 192.0.2.1:41201>192.0.2.2:6201': {

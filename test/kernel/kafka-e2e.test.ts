@@ -49,8 +49,15 @@ const ICMP6: (keyof FlowRecord)[] = ['icmpTypeIPv6', 'icmpCodeIPv6'];
 function fieldsOf(r: FlowRecord): string[] {
   const v6 = r.ipVersion === 6;
   const icmp = r.protocolIdentifier === (v6 ? 58 : 1) ? (v6 ? ICMP6 : ICMP4) : [];
-  // The source attaches in the server's namespace, not the agent's: every record says so.
-  return [...COMMON, ...(v6 ? V6 : V4), ...icmp, 'networkNamespace'].sort();
+  // Every map record also has its wire octets, end reason and the interface of its direction; the
+  // source attaches in the server's namespace, not the agent's: every record says so.
+  const map: (keyof FlowRecord)[] = [
+    'layer2OctetDeltaCount',
+    'flowEndReason',
+    r.flowDirection === 1 ? 'egressInterface' : 'ingressInterface',
+    'networkNamespace',
+  ];
+  return [...COMMON, ...map, ...(v6 ? V6 : V4), ...icmp].sort();
 }
 
 /** A flow by its 5-tuple and direction; ICMP flows by type, which the kernel keys them on. */
@@ -70,7 +77,7 @@ function totalsOf(records: FlowRecord[]): Totals {
   for (const r of records) {
     const t = (out[flowId(r)] ??= { packets: 0, bytes: 0 });
     t.packets += r.packetDeltaCount;
-    t.bytes += r.octetDeltaCount;
+    t.bytes += r.layer2OctetDeltaCount!;
   }
   return out;
 }
@@ -266,6 +273,7 @@ ${sinkOptions}
         expect({
           flow: flowId(r),
           ingressInterface: r.ingressInterface,
+          egressInterface: r.egressInterface,
           sourceMacAddress: r.sourceMacAddress,
           destinationMacAddress: r.destinationMacAddress,
           ethernetType: r.ethernetType,
@@ -273,7 +281,8 @@ ${sinkOptions}
           ordered: r.flowStartMilliseconds <= r.flowEndMilliseconds,
         }).toEqual({
           flow: flowId(r),
-          ingressInterface: server.ifindex,
+          ingressInterface: inbound ? server.ifindex : undefined,
+          egressInterface: inbound ? undefined : server.ifindex,
           sourceMacAddress: inbound ? client.mac : server.mac,
           destinationMacAddress: inbound ? server.mac : client.mac,
           ethernetType: r.ipVersion === 6 ? 0x86dd : 0x0800,

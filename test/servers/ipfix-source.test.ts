@@ -787,7 +787,11 @@ console.log('ready');
         ethernetType: s.ethernetType,
         exporterIPv4Address: '127.0.0.1',
       };
-      if (s.flowDirection === 1) e.egressInterface = s.ingressInterface;
+      if (s.flowDirection === 1) e.egressInterface = s.egressInterface ?? s.ingressInterface;
+      // Every template carries the wire octets and both VLAN ids; 0 is no tag.
+      e.layer2OctetDeltaCount = s.layer2OctetDeltaCount ?? 0;
+      if (s.dot1qVlanId) e.dot1qVlanId = s.dot1qVlanId;
+      if (s.dot1qCustomerVlanId) e.dot1qCustomerVlanId = s.dot1qCustomerVlanId;
       for (const k of [
         'sourceIPv4Address',
         'destinationIPv4Address',
@@ -922,6 +926,82 @@ describe('ipfix decoder', () => {
     }
     // Most flips land in values, not structure: records do come out of the mangled messages.
     expect(records).toBeGreaterThan(1000);
+  });
+
+  it('reads layer2OctetDeltaCount (352), dot1qVlanId (243, else vlanId 58) and dot1qCustomerVlanId (245)', () => {
+    const report = newReport();
+    const decoder = new IpfixDecoder(60_000, report);
+    const exp = newExporter('192.0.2.1');
+    const fields: Field[] = [
+      { ie: 8, length: 4 },
+      { ie: 12, length: 4 },
+      { ie: 1, length: 4 },
+      { ie: 2, length: 4 },
+      { ie: 352, length: 8 },
+      { ie: 243, length: 2 },
+      { ie: 245, length: 2 },
+      { ie: 152, length: 8 },
+      { ie: 153, length: 8 },
+    ];
+    // vlanId (58) alone, as NetFlow v9 exporters send it.
+    const v58: Field[] = [
+      { ie: 8, length: 4 },
+      { ie: 12, length: 4 },
+      { ie: 58, length: 2 },
+      { ie: 152, length: 8 },
+    ];
+    const start = 1_780_000_000_000;
+    const out: FlowRecord[] = [];
+    decoder.decode(
+      msg(
+        0,
+        template(300, fields),
+        template(301, v58),
+        dataSet(
+          300,
+          Buffer.concat([
+            ipv4('10.0.0.1'),
+            ipv4('10.0.0.2'),
+            be(1000, 4),
+            be(10, 4),
+            be(1180, 8),
+            be(100, 2),
+            be(7, 2),
+            be(start, 8),
+            be(start + 5, 8),
+          ]),
+          Buffer.concat([
+            ipv4('10.0.0.3'),
+            ipv4('10.0.0.4'),
+            be(200, 4),
+            be(2, 4),
+            be(228, 8),
+            be(0, 2),
+            be(0, 2),
+            be(start, 8),
+            be(start, 8),
+          ]),
+        ),
+        dataSet(301, Buffer.concat([ipv4('10.0.0.5'), ipv4('10.0.0.6'), be(42, 2), be(start, 8)])),
+      ),
+      exp,
+      start + 1000,
+      out,
+    );
+    expect(report).toMatchObject({ failed: 0, lost: 0 });
+    expect(
+      out.map((r) => [
+        r.sourceIPv4Address,
+        r.octetDeltaCount,
+        r.layer2OctetDeltaCount,
+        r.dot1qVlanId,
+        r.dot1qCustomerVlanId,
+      ]),
+    ).toEqual([
+      ['10.0.0.1', 1000, 1180, 100, 7],
+      ['10.0.0.3', 200, 228, undefined, undefined],
+      ['10.0.0.5', 0, undefined, 42, undefined],
+    ]);
   });
 
   it('does not keep a template whose address element has the wrong length', () => {

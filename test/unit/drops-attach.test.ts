@@ -10,7 +10,7 @@ import {
 } from '../../src/datapath/flow-types.js';
 import { flowRecordProblem } from '../../src/records.js';
 
-const key = (srcPort: number): FlowKeyFields => ({
+const key = (srcPort: number, more: Partial<FlowKeyFields> = {}): FlowKeyFields => ({
   ipVersion: 4,
   srcIp: '192.0.2.1',
   dstIp: '192.0.2.2',
@@ -25,6 +25,7 @@ const key = (srcPort: number): FlowKeyFields => ({
   icmpCode: 0,
   tunnelType: 0,
   netns: 4026531840,
+  ...more,
 });
 
 const value = (packets: number) =>
@@ -46,13 +47,15 @@ const value = (packets: number) =>
   });
 
 /** A two-CPU drop map entry per key: [packets, bytes, last ns, reason, tcp state] per CPU. */
-function dropBatch(entries: { port: number; cpus: [number, number, number, number, number][] }[]) {
+function dropBatch(
+  entries: { port: number; key?: Partial<FlowKeyFields>; cpus: [number, number, number, number, number][] }[],
+) {
   const stride = Math.ceil(DROP_VALUE.size / 8) * 8;
   const keys = new Uint8Array(entries.length * FLOW_KEY.size);
   const values = new Uint8Array(entries.length * 2 * stride);
   const v = new DataView(values.buffer);
   entries.forEach((e, i) => {
-    keys.set(encodeKey(key(e.port)), i * FLOW_KEY.size);
+    keys.set(encodeKey(key(e.port, e.key)), i * FLOW_KEY.size);
     e.cpus.forEach(([packets, bytes, last, reason, state], c) => {
       const o = (i * 2 + c) * stride;
       v.setBigUint64(o, BigInt(packets), true);
@@ -82,6 +85,7 @@ describe('attachDrops', () => {
       FLOW_VALUE_STRIDE,
       OFFSET_MS,
       undefined,
+      undefined,
       indexes,
     );
     const drops = dropBatch([
@@ -102,7 +106,8 @@ describe('attachDrops', () => {
         ],
       },
     ]);
-    const out = attachDrops(records, indexes, flowKeys, drops, names, OFFSET_MS);
+    const eviction = { nowNs: 10_000_000_000, idleNs: 5_000_000_000, forced: false };
+    const out = attachDrops(records, indexes, flowKeys, drops, names, OFFSET_MS, eviction);
     const view = out.map((r) => ({
       port: r.sourceTransportPort,
       packets: r.packetDeltaCount,
@@ -149,5 +154,83 @@ describe('attachDrops', () => {
       undefined,
       undefined,
     ]);
+  });
+
+  it('gives a drop-only record the interface of its direction, its VLANs and a flowEndReason', () => {
+    const drops = dropBatch([
+      {
+        port: 2000,
+        key: { direction: 1, ifIndex: 9, vlanId: 100, innerVlanId: 7 },
+        cpus: [
+          [1, 64, 8_000_000_000, 12, 0],
+          [0, 0, 0, 0, 0],
+        ],
+      },
+      {
+        port: 2001,
+        cpus: [
+          [1, 64, 1_000_000_000, 12, 0],
+          [0, 0, 0, 0, 0],
+        ],
+      },
+    ]);
+    const eviction = { nowNs: 10_000_000_000, idleNs: 5_000_000_000, forced: false };
+    const out = attachDrops([], [], new Uint8Array(0), drops, names, OFFSET_MS, eviction);
+    const view = (r: (typeof out)[number]) => ({
+      port: r.sourceTransportPort,
+      flowDirection: r.flowDirection,
+      ingressInterface: r.ingressInterface,
+      egressInterface: r.egressInterface,
+      dot1qVlanId: r.dot1qVlanId,
+      dot1qCustomerVlanId: r.dot1qCustomerVlanId,
+      layer2OctetDeltaCount: r.layer2OctetDeltaCount,
+      flowEndReason: r.flowEndReason,
+    });
+    expect(out.map(view)).toEqual([
+      // Last drop 2 s before the eviction, within the idle time: active timeout.
+      {
+        port: 2000,
+        flowDirection: 1,
+        ingressInterface: undefined,
+        egressInterface: 9,
+        dot1qVlanId: 100,
+        dot1qCustomerVlanId: 7,
+        layer2OctetDeltaCount: 0,
+        flowEndReason: 2,
+      },
+      // Last drop 9 s before: idle timeout.
+      {
+        port: 2001,
+        flowDirection: 0,
+        ingressInterface: 3,
+        egressInterface: undefined,
+        dot1qVlanId: undefined,
+        dot1qCustomerVlanId: undefined,
+        layer2OctetDeltaCount: 0,
+        flowEndReason: 1,
+      },
+    ]);
+    // At shutdown the same drops end forced.
+    const final = attachDrops(
+      [],
+      [],
+      new Uint8Array(0),
+      dropBatch([
+        {
+          port: 2002,
+          cpus: [
+            [1, 64, 1, 12, 0],
+            [0, 0, 0, 0, 0],
+          ],
+        },
+      ]),
+      names,
+      OFFSET_MS,
+      {
+        ...eviction,
+        forced: true,
+      },
+    );
+    expect(final.map((r) => r.flowEndReason)).toEqual([4]);
   });
 });

@@ -10,6 +10,7 @@ import {
   FLOW_TUNNEL_VXLAN,
   FLOW_VALUE,
   FLOW_VALUE_STRIDE,
+  type FlowEviction,
   decodeFlowEvent,
   decodeFlowMapBatch,
   decodeKey,
@@ -144,6 +145,8 @@ describe('encodeKey / decodeKey', () => {
     icmpType: fc.nat({ max: 255 }),
     icmpCode: fc.nat({ max: 255 }),
     tunnelType: fc.constantFrom(0, 1, 2),
+    vlanId: fc.nat({ max: 4095 }),
+    innerVlanId: fc.nat({ max: 4095 }),
   });
 
   it('round-trips every field and leaves no byte unset', () => {
@@ -164,6 +167,8 @@ describe('encodeKey / decodeKey', () => {
           icmpType: k.icmpType,
           icmpCode: k.icmpCode,
           tunnelType: k.tunnelType,
+          vlanId: k.vlanId,
+          innerVlanId: k.innerVlanId,
         };
         const encoded = encodeKey(fields);
         expect(encoded.byteLength).toBe(FLOW_KEY.size);
@@ -202,7 +207,7 @@ describe('encodeKey / decodeKey', () => {
       ...[2, 0, 0, 0, 0x0a, 1, ...new Array<number>(10).fill(0)],
       ...[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, ...new Array<number>(10).fill(0)],
     ]);
-    expect(decodeKey(encoded)).toEqual(l2);
+    expect(decodeKey(encoded)).toEqual({ ...l2, vlanId: 0, innerVlanId: 0 });
   });
 
   it('parses IPv6 text with an embedded IPv4 tail', () => {
@@ -231,6 +236,7 @@ describe('decodeFlowMapBatch', () => {
             {
               packets: 3,
               bytes: 300,
+              ipBytes: 258,
               firstSeenNs: 5_000_000,
               lastSeenNs: 9_000_000,
               tcpFlags: 0x02,
@@ -242,6 +248,7 @@ describe('decodeFlowMapBatch', () => {
             {
               packets: 2,
               bytes: 2 ** 40,
+              ipBytes: 2 ** 40 - 28,
               firstSeenNs: 7_000_000,
               lastSeenNs: 12_500_000,
               tcpFlags: 0x10,
@@ -249,7 +256,15 @@ describe('decodeFlowMapBatch', () => {
               srcMac: '02:00:00:00:00:0a',
               dstMac: '02:00:00:00:00:0b',
             },
-            { packets: 1, bytes: 60, firstSeenNs: 4_200_000, lastSeenNs: 4_200_000, tcpFlags: 0x01, dscp: 1 },
+            {
+              packets: 1,
+              bytes: 60,
+              ipBytes: 40,
+              firstSeenNs: 4_200_000,
+              lastSeenNs: 4_200_000,
+              tcpFlags: 0x01,
+              dscp: 1,
+            },
           ],
         },
       ],
@@ -262,7 +277,8 @@ describe('decodeFlowMapBatch', () => {
       sourceTransportPort: 50000,
       destinationTransportPort: 443,
       protocolIdentifier: 6,
-      octetDeltaCount: 300 + 2 ** 40 + 60,
+      octetDeltaCount: 258 + 2 ** 40 - 28 + 40,
+      layer2OctetDeltaCount: 300 + 2 ** 40 + 60,
       packetDeltaCount: 6,
       flowStartMilliseconds: 1_700_000_000_004,
       flowEndMilliseconds: 1_700_000_000_012,
@@ -273,6 +289,8 @@ describe('decodeFlowMapBatch', () => {
       sourceMacAddress: '02:00:00:00:00:0a',
       destinationMacAddress: '02:00:00:00:00:0b',
       ethernetType: 0x0800,
+      // A FIN (0x01) was seen.
+      flowEndReason: 3,
     };
     const records = decodeFlowMapBatch(result, valueBufferSize, 1_700_000_000_000);
     expect(records).toStrictEqual([expected]);
@@ -298,11 +316,21 @@ describe('decodeFlowMapBatch', () => {
       direction: 1,
       icmpType: 128,
       icmpCode: 0,
+      vlanId: 5,
+      innerVlanId: 6,
     };
-    const icmp4: FlowKeyFields = { ...tcpKey, srcPort: 0, dstPort: 0, protocol: 1, icmpType: 3, icmpCode: 4 };
+    const icmp4: FlowKeyFields = {
+      ...tcpKey,
+      srcPort: 0,
+      dstPort: 0,
+      protocol: 1,
+      icmpType: 3,
+      icmpCode: 4,
+      vlanId: 100,
+    };
     const vxlan: FlowKeyFields = { ...tcpKey, tunnelType: FLOW_TUNNEL_VXLAN, vni: 4242 };
     const geneve: FlowKeyFields = { ...tcpKey, tunnelType: FLOW_TUNNEL_GENEVE, vni: 0xabcdef };
-    const common = { packets: 1, bytes: 100, firstSeenNs: 1_000_000, lastSeenNs: 1_000_000 };
+    const common = { packets: 1, bytes: 100, ipBytes: 86, firstSeenNs: 1_000_000, lastSeenNs: 1_000_000 };
     const tunnel = {
       outerSrcIp: '203.0.113.10',
       outerDstIp: '2001:db8::20',
@@ -321,15 +349,16 @@ describe('decodeFlowMapBatch', () => {
     const base = {
       sourceTransportPort: 0,
       destinationTransportPort: 0,
-      octetDeltaCount: 100,
+      octetDeltaCount: 86,
+      layer2OctetDeltaCount: 100,
       packetDeltaCount: 1,
       flowStartMilliseconds: 1,
       flowEndMilliseconds: 1,
       tcpControlBits: 0,
       ipDiffServCodePoint: 0,
-      ingressInterface: 7,
       sourceMacAddress: '00:00:00:00:00:00',
       destinationMacAddress: '00:00:00:00:00:00',
+      flowEndReason: 1,
     };
     const outer = {
       ...base,
@@ -339,6 +368,7 @@ describe('decodeFlowMapBatch', () => {
       sourceTransportPort: 50000,
       destinationTransportPort: 443,
       protocolIdentifier: 6,
+      ingressInterface: 7,
       flowDirection: 0 as const,
       ethernetType: 0x0800,
       tunnelSourceIPAddress: '203.0.113.10',
@@ -354,9 +384,14 @@ describe('decodeFlowMapBatch', () => {
         protocolIdentifier: 58,
         icmpTypeIPv6: 128,
         icmpCodeIPv6: 0,
+        // Egress: the interface it was sent on.
+        egressInterface: 7,
         flowDirection: 1,
         ethernetType: 0x86dd,
-        samplingInterval: 8,
+        dot1qVlanId: 5,
+        dot1qCustomerVlanId: 6,
+        samplingPacketInterval: 1,
+        samplingPacketSpace: 7,
       },
       {
         ...base,
@@ -366,8 +401,10 @@ describe('decodeFlowMapBatch', () => {
         protocolIdentifier: 1,
         icmpTypeIPv4: 3,
         icmpCodeIPv4: 4,
+        ingressInterface: 7,
         flowDirection: 0,
         ethernetType: 0x0800,
+        dot1qVlanId: 100,
       },
       // A cookie only means something for GENEVE.
       {
@@ -422,7 +459,9 @@ describe('decodeFlowMapBatch', () => {
         sourceTransportPort: 0,
         destinationTransportPort: 0,
         protocolIdentifier: 0,
-        octetDeltaCount: 180,
+        // A layer-2 flow has no IP octets.
+        octetDeltaCount: 0,
+        layer2OctetDeltaCount: 180,
         packetDeltaCount: 3,
         flowStartMilliseconds: 1,
         flowEndMilliseconds: 3,
@@ -433,6 +472,7 @@ describe('decodeFlowMapBatch', () => {
         sourceMacAddress: '02:00:00:00:0a:01',
         destinationMacAddress: 'ff:ff:ff:ff:ff:ff',
         ethernetType: 0x0806,
+        flowEndReason: 1,
       },
     ]);
   });
@@ -449,7 +489,10 @@ describe('decodeFlowMapBatch', () => {
   });
 
   it('reads a drain result that sits inside a larger buffer', () => {
-    const { result, valueBufferSize } = batch([{ key: tcpKey, cpus: [{ packets: 4, bytes: 40 }] }], 1);
+    const { result, valueBufferSize } = batch(
+      [{ key: tcpKey, cpus: [{ packets: 4, bytes: 96, ipBytes: 40 }] }],
+      1,
+    );
     const keys = new Uint8Array(result.keys.byteLength + 3);
     keys.set(result.keys, 3);
     const values = new Uint8Array(result.values.byteLength + 8);
@@ -462,13 +505,52 @@ describe('decodeFlowMapBatch', () => {
     expect(records.map((r) => [r.packetDeltaCount, r.octetDeltaCount])).toEqual([[4, 40]]);
   });
 
+  it('sets flowEndReason: end of flow on FIN or RST, forced at shutdown, else idle or active by the last packet', () => {
+    const at = (srcPort: number, lastSeenNs: number, tcpFlags = 0) => ({
+      key: { ...tcpKey, srcPort },
+      cpus: [{ packets: 1, bytes: 60, ipBytes: 46, firstSeenNs: 1_000_000, lastSeenNs, tcpFlags }],
+    });
+    const { result, valueBufferSize } = batch(
+      [
+        at(1, 2_000_000), // 8 ms before the eviction: idle
+        at(2, 6_000_000), // exactly the idle time before it: idle
+        at(3, 6_000_001), // younger: active
+        at(4, 9_000_000, 0x01), // FIN
+        at(5, 9_000_000, 0x04), // RST
+        at(6, 9_000_000, 0x12), // SYN ACK only: active
+      ],
+      1,
+    );
+    const reasons = (eviction: FlowEviction) =>
+      decodeFlowMapBatch(result, valueBufferSize, 0, eviction).map((r) => [
+        r.sourceTransportPort,
+        r.flowEndReason,
+      ]);
+    expect(reasons({ nowNs: 10_000_000, idleNs: 4_000_000, forced: false })).toEqual([
+      [1, 1],
+      [2, 1],
+      [3, 2],
+      [4, 3],
+      [5, 3],
+      [6, 2],
+    ]);
+    expect(reasons({ nowNs: 10_000_000, idleNs: 4_000_000, forced: true })).toEqual([
+      [1, 4],
+      [2, 4],
+      [3, 4],
+      [4, 3],
+      [5, 3],
+      [6, 4],
+    ]);
+  });
+
   it('rejects a value buffer size that does not fit struct flow_value', () => {
     const { result } = batch([{ key: tcpKey, cpus: [{ packets: 1 }] }], 1);
     expect(() => decodeFlowMapBatch(result, 100, 0)).toThrow(
       expect.objectContaining({
         code: 'EOBJLAYOUT',
         message:
-          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (96); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (104); rebuild bpf/flow.o with 'bash bpf/build.sh'",
       }),
     );
   });
@@ -486,7 +568,15 @@ describe('decodeFlowEvent', () => {
   it('decodes a single-packet flow at any offset, with flowEndReason lack of resources', () => {
     const view = event(
       tcpKey,
-      { ...emptyValue, packets: 1, bytes: 54, firstSeenNs: 2_000_000, lastSeenNs: 2_000_000, tcpFlags: 2 },
+      {
+        ...emptyValue,
+        packets: 1,
+        bytes: 58,
+        ipBytes: 40,
+        firstSeenNs: 2_000_000,
+        lastSeenNs: 2_000_000,
+        tcpFlags: 2,
+      },
       FLOW_EVENT_MAP_FULL,
       16,
     );
@@ -498,7 +588,8 @@ describe('decodeFlowEvent', () => {
       sourceTransportPort: 50000,
       destinationTransportPort: 443,
       protocolIdentifier: 6,
-      octetDeltaCount: 54,
+      octetDeltaCount: 40,
+      layer2OctetDeltaCount: 58,
       packetDeltaCount: 1,
       flowStartMilliseconds: 12,
       flowEndMilliseconds: 12,
@@ -515,8 +606,8 @@ describe('decodeFlowEvent', () => {
 
   it('rejects a record shorter than struct flow_event', () => {
     const view = event(tcpKey, emptyValue, 1, 0);
-    expect(() => decodeFlowEvent(view, 0, 152, 0)).toThrow(
-      "decode flow_events: record of 152 bytes is shorter than struct flow_event (160); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+    expect(() => decodeFlowEvent(view, 0, 160, 0)).toThrow(
+      "decode flow_events: record of 160 bytes is shorter than struct flow_event (168); rebuild bpf/flow.o with 'bash bpf/build.sh'",
     );
   });
 });
@@ -561,11 +652,14 @@ describe('decoders against a plain reading of the flow structs', () => {
     icmpType: number;
     icmpCode: number;
     tunnelType: number;
+    vlanId: number;
+    innerVlanId: number;
   }
 
   interface SlotModel {
     packets: number;
     bytes: number;
+    ipBytes: number;
     firstSeenNs: number;
     lastSeenNs: number;
     cookie: Uint8Array;
@@ -620,6 +714,8 @@ describe('decoders against a plain reading of the flow structs', () => {
       icmpType: fc.integer({ min: 0, max: 255 }),
       icmpCode: fc.integer({ min: 0, max: 255 }),
       tunnelType: fc.constantFrom(FLOW_TUNNEL_NONE, FLOW_TUNNEL_VXLAN, FLOW_TUNNEL_GENEVE),
+      vlanId: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 4095 })),
+      innerVlanId: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 4095 })),
     })
     .chain((k) =>
       k.ipVersion === 4 ? fc.constant(k) : fc.tuple(v6, v6).map(([src, dst]) => ({ ...k, src, dst })),
@@ -629,6 +725,7 @@ describe('decoders against a plain reading of the flow structs', () => {
     // A CPU that never counted the flow has an all-zero slot, whatever else the model says.
     packets: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 0xffffffff }), u53),
     bytes: u53,
+    ipBytes: u53,
     firstSeenNs: u53,
     // Often equal on two CPUs, where the merge must take the rest from the lowest of them.
     lastSeenNs: fc.oneof(u53, fc.constantFrom(5_000_000, 9_000_000)),
@@ -675,6 +772,8 @@ describe('decoders against a plain reading of the flow structs', () => {
     out[at + KF.icmp_code.offset] = k.icmpCode;
     out[at + KF.tunnel_type.offset] = k.tunnelType;
     out[at + KF.ip_version.offset] = k.ipVersion;
+    view.setUint16(at + KF.vlan_id.offset, k.vlanId, host);
+    view.setUint16(at + KF.inner_vlan_id.offset, k.innerVlanId, host);
   }
 
   function writeSlot(v: SlotModel, out: Uint8Array, at: number): void {
@@ -682,6 +781,7 @@ describe('decoders against a plain reading of the flow structs', () => {
     const view = new DataView(out.buffer, out.byteOffset);
     writeU64(view, at + VF.packets.offset, v.packets);
     writeU64(view, at + VF.bytes.offset, v.bytes);
+    writeU64(view, at + VF.ip_bytes.offset, v.ipBytes);
     writeU64(view, at + VF.first_seen_ns.offset, v.firstSeenNs);
     writeU64(view, at + VF.last_seen_ns.offset, v.lastSeenNs);
     out.set(v.cookie, at + VF.cookie.offset);
@@ -709,29 +809,46 @@ describe('decoders against a plain reading of the flow structs', () => {
   const ip16Text = (a: Uint8Array): string => (isMapped(a) ? dotted(a.subarray(12)) : ipv6Text(a));
 
   /** The record the model's flow must decode to, keys in the order records serialise. */
-  function expected(key: KeyModel, slots: SlotModel[], offsetMs: number): FlowRecord | undefined {
+  function expected(
+    key: KeyModel,
+    slots: SlotModel[],
+    offsetMs: number,
+    eviction?: FlowEviction,
+  ): FlowRecord | undefined {
     const counted = slots.filter((s) => s.packets > 0);
     if (counted.length === 0) return undefined;
     const lastSeen = Math.max(...counted.map((s) => s.lastSeenNs));
     // Ties go to the lowest CPU.
     const latest = counted.find((s) => s.lastSeenNs === lastSeen)!;
     const sum = (f: (s: SlotModel) => number): number => counted.reduce((t, s) => t + f(s), 0);
+    const tcpControlBits = counted.reduce((t, s) => t | s.tcpFlags, 0);
+    // FIN or RST: end of flow; else forced at shutdown; else idle or active by the last packet.
+    const flowEndReason =
+      (tcpControlBits & 0x05) !== 0
+        ? 3
+        : eviction?.forced
+          ? 4
+          : eviction === undefined || eviction.nowNs - lastSeen >= eviction.idleNs
+            ? 1
+            : 2;
     const rec: Record<string, unknown> = {
       ipVersion: key.ipVersion,
       sourceTransportPort: key.srcPort,
       destinationTransportPort: key.dstPort,
       protocolIdentifier: key.protocol,
-      octetDeltaCount: sum((s) => s.bytes),
+      octetDeltaCount: sum((s) => s.ipBytes),
+      layer2OctetDeltaCount: sum((s) => s.bytes),
       packetDeltaCount: sum((s) => s.packets),
       flowStartMilliseconds: Math.floor(Math.min(...counted.map((s) => s.firstSeenNs)) / 1e6 + offsetMs),
       flowEndMilliseconds: Math.floor(lastSeen / 1e6 + offsetMs),
-      tcpControlBits: counted.reduce((t, s) => t | s.tcpFlags, 0),
+      tcpControlBits,
       ipDiffServCodePoint: latest.dscp,
-      ingressInterface: key.ifIndex,
+      [key.direction === 1 ? 'egressInterface' : 'ingressInterface']: key.ifIndex,
       flowDirection: key.direction,
       sourceMacAddress: macText(latest.srcMac),
       destinationMacAddress: macText(latest.dstMac),
       ethernetType: key.ethType,
+      flowEndReason,
     };
     if (key.ipVersion === 4) {
       rec.sourceIPv4Address = dotted(key.src);
@@ -748,6 +865,10 @@ describe('decoders against a plain reading of the flow structs', () => {
         rec.icmpCodeIPv6 = key.icmpCode;
       }
     }
+    if (key.vlanId !== 0) {
+      rec.dot1qVlanId = key.vlanId;
+      if (key.innerVlanId !== 0) rec.dot1qCustomerVlanId = key.innerVlanId;
+    }
     if (key.tunnelType !== FLOW_TUNNEL_NONE) {
       rec.encapsulationType = key.tunnelType === FLOW_TUNNEL_VXLAN ? 'vxlan' : 'geneve';
       rec.virtualNetworkIdentifier = key.vni;
@@ -758,9 +879,22 @@ describe('decoders against a plain reading of the flow structs', () => {
       if (key.tunnelType === FLOW_TUNNEL_GENEVE && latest.cookie.some((b) => b !== 0))
         rec.flowCookie = hexOf(latest.cookie);
     }
-    if (latest.sampling > 1) rec.samplingInterval = latest.sampling;
+    if (latest.sampling > 1) {
+      rec.samplingPacketInterval = 1;
+      rec.samplingPacketSpace = latest.sampling - 1;
+    }
     return rec as unknown as FlowRecord;
   }
+
+  /** An eviction (or none) whose idle limit falls among the model's last-seen times. */
+  const evictionModel: fc.Arbitrary<FlowEviction | undefined> = fc.option(
+    fc.record({
+      nowNs: fc.oneof(fc.constantFrom(9_000_000, 10_000_000), u53),
+      idleNs: fc.oneof(fc.constantFrom(0, 1_000_000, 4_000_000, 5_000_000), u53),
+      forced: fc.boolean(),
+    }),
+    { nil: undefined },
+  );
 
   /** The words readIPv4Words must give for the model's addresses (signed, as flow keys hold them). */
   const wordOf = (a: Uint8Array): number => new DataView(a.buffer, a.byteOffset).getInt32(0, false);
@@ -776,27 +910,34 @@ describe('decoders against a plain reading of the flow structs', () => {
 
   it('decodeFlowMapBatch gives the model flows, merged over CPUs, for IPv4, IPv6, ICMP and tunnels', () => {
     fc.assert(
-      fc.property(batchModel, fc.nat(7), fc.nat(7), ({ cpus, entries, offsetMs }, keyShift, valueShift) => {
-        const valueBufferSize = FLOW_VALUE_STRIDE * cpus;
-        // The drain's buffers at any byte offset inside larger ones.
-        const keys = new Uint8Array(keyShift + entries.length * FLOW_KEY.size).subarray(keyShift);
-        const values = new Uint8Array(valueShift + entries.length * valueBufferSize).subarray(valueShift);
-        entries.forEach((e, i) => {
-          writeKey(e.key, keys, i * FLOW_KEY.size);
-          e.slots.forEach((s, c) => writeSlot(s, values, i * valueBufferSize + c * FLOW_VALUE_STRIDE));
-        });
-        const records = decodeFlowMapBatch(
-          { count: entries.length, keys, values },
-          valueBufferSize,
-          offsetMs,
-        );
-        const wanted = entries.flatMap((e) => {
-          const want = expected(e.key, e.slots, offsetMs);
-          return want ? [{ want, key: e.key }] : [];
-        });
-        expect(records).toHaveLength(wanted.length);
-        records.forEach((r, i) => checkRecord(r, wanted[i]!.want, wanted[i]!.key));
-      }),
+      fc.property(
+        batchModel,
+        fc.nat(7),
+        fc.nat(7),
+        evictionModel,
+        ({ cpus, entries, offsetMs }, keyShift, valueShift, eviction) => {
+          const valueBufferSize = FLOW_VALUE_STRIDE * cpus;
+          // The drain's buffers at any byte offset inside larger ones.
+          const keys = new Uint8Array(keyShift + entries.length * FLOW_KEY.size).subarray(keyShift);
+          const values = new Uint8Array(valueShift + entries.length * valueBufferSize).subarray(valueShift);
+          entries.forEach((e, i) => {
+            writeKey(e.key, keys, i * FLOW_KEY.size);
+            e.slots.forEach((s, c) => writeSlot(s, values, i * valueBufferSize + c * FLOW_VALUE_STRIDE));
+          });
+          const records = decodeFlowMapBatch(
+            { count: entries.length, keys, values },
+            valueBufferSize,
+            offsetMs,
+            eviction,
+          );
+          const wanted = entries.flatMap((e) => {
+            const want = expected(e.key, e.slots, offsetMs, eviction);
+            return want ? [{ want, key: e.key }] : [];
+          });
+          expect(records).toHaveLength(wanted.length);
+          records.forEach((r, i) => checkRecord(r, wanted[i]!.want, wanted[i]!.key));
+        },
+      ),
       { numRuns: 300 },
     );
   });

@@ -14,17 +14,20 @@
  *   common: flowStartMilliseconds(152) flowEndMilliseconds(153) octetDeltaCount(1)
  *           packetDeltaCount(2) ingressInterface(10) egressInterface(14) flowDirection(61)
  *           flowEndReason(136) sourceMacAddress(56) destinationMacAddress(80) ethernetType(256)
+ *           layer2OctetDeltaCount(352) dot1qVlanId(243) dot1qCustomerVlanId(245)
  *   L3:     protocolIdentifier(4) sourceTransportPort(7) destinationTransportPort(11)
  *           tcpControlBits(6) ipDiffServCodePoint(195)
  *
  * The interface goes to ingressInterface on an ingress record and to egressInterface on an egress
  * one, the other being 0 (unknown), as elements 10 and 14 mean. layer2SegmentId carries the VXLAN
  * VNI with 0x01 (VXLAN) in its top byte, as element 351 defines; GENEVE has no type code there,
- * so a GENEVE record goes out on its inner template without tunnel fields. Fields with no IANA
+ * so a GENEVE record goes out on its inner template without tunnel fields. layer2OctetDeltaCount
+ * is 0 for a record without it (one written by an older version, read back), and the VLAN ids are
+ * 0 for an untagged frame (802.1Q's "no VLAN"). Fields with no IANA
  * element (interfaceName, tunnel outer addresses, the GENEVE cookie) are left out.
  */
 import type { FlowRecord } from '../../records.js';
-import { readIPv4Words, type IPv4WordsOut } from '../../records.js';
+import { flowInterface, readIPv4Words, type IPv4WordsOut } from '../../records.js';
 import { ipv4ToUint32, writeIPv6, writeMac } from '../../net/address.js';
 
 export const IPFIX_VERSION = 10;
@@ -61,6 +64,9 @@ const COMMON: readonly Element[] = [
   el(56, 'sourceMacAddress', 6),
   el(80, 'destinationMacAddress', 6),
   el(256, 'ethernetType', 2),
+  el(352, 'layer2OctetDeltaCount', 8),
+  el(243, 'dot1qVlanId', 2),
+  el(245, 'dot1qCustomerVlanId', 2),
 ];
 const L3: readonly Element[] = [
   el(4, 'protocolIdentifier', 1),
@@ -218,18 +224,23 @@ export function writeRecord(r: FlowRecord, template: number, out: Buffer, pos: n
   const egress = r.flowDirection === 1;
   const packets = r.packetDeltaCount;
   const octets = r.octetDeltaCount;
+  const frameOctets = r.layer2OctetDeltaCount ?? 0;
   if (!Number.isSafeInteger(packets) || packets < 0 || !Number.isSafeInteger(octets) || octets < 0) return -1;
+  if (!Number.isSafeInteger(frameOctets) || frameOctets < 0) return -1;
   u64(out, pos, r.flowStartMilliseconds);
   u64(out, pos + 8, r.flowEndMilliseconds);
   u64(out, pos + 16, octets);
   u64(out, pos + 24, packets);
-  u32(out, pos + 32, egress ? 0 : r.ingressInterface);
-  u32(out, pos + 36, egress ? r.ingressInterface : 0);
+  u32(out, pos + 32, egress ? 0 : (r.ingressInterface ?? 0));
+  u32(out, pos + 36, egress ? flowInterface(r) : 0);
   out[pos + 40] = r.flowDirection;
   out[pos + 41] = r.flowEndReason ?? 0;
   if (!sourceMacs.write(r.sourceMacAddress, out, pos + 42)) return -1;
   if (!destinationMacs.write(r.destinationMacAddress, out, pos + 48)) return -1;
   u16(out, pos + 54, r.ethernetType);
+  u64(out, pos + 56, frameOctets);
+  u16(out, pos + 64, r.dot1qVlanId ?? 0);
+  u16(out, pos + 66, r.dot1qCustomerVlanId ?? 0);
   pos += COMMON_BYTES;
   if (template === TEMPLATE_L2) return pos;
 

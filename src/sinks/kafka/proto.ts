@@ -52,6 +52,12 @@ const T_COOKIE = (34 << 3) | 2;
 const T_DUPLICATE = (35 << 3) | 0;
 const T_SAMPLING = (36 << 3) | 0;
 const T_NETNS = (37 << 3) | 2;
+const T_L2_OCTETS = (38 << 3) | 0;
+const T_EGRESS = (39 << 3) | 0;
+const T_VLAN = (40 << 3) | 0;
+const T_CUSTOMER_VLAN = (41 << 3) | 0;
+const T_PACKET_INTERVAL = (42 << 3) | 0;
+const T_PACKET_SPACE = (43 << 3) | 0;
 const T_DROPPED_PACKETS = (50 << 3) | 0;
 const T_DROPPED_OCTETS = (51 << 3) | 0;
 const T_DROP_REASON = (52 << 3) | 2;
@@ -261,7 +267,8 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.flowEndMilliseconds) != null && v !== 0 && (p = uint64Field(out, p, T_END, v)) < 0) return -1;
   if ((v = r.tcpControlBits) != null && v !== 0 && (p = uint32Field(out, p, T_TCP, v)) < 0) return -1;
   if ((v = r.ipDiffServCodePoint) != null && v !== 0 && (p = uint32Field(out, p, T_DSCP, v)) < 0) return -1;
-  if ((v = r.ingressInterface) != null && v !== 0 && (p = uint32Field(out, p, T_INGRESS, v)) < 0) return -1;
+  // Optional (absent on egress records), in field-number order as protobufjs writes it.
+  if ((v = r.ingressInterface) != null && (p = uint32Field(out, p, T_INGRESS, v)) < 0) return -1;
   if ((v = r.flowDirection) != null && v !== 0 && (p = uint32Field(out, p, T_DIRECTION, v)) < 0) return -1;
   if ((v = r.sourceMacAddress) != null && v !== '' && (p = stringField(out, p, T_SRC_MAC, v)) < 0) return -1;
   if ((v = r.destinationMacAddress) != null && v !== '' && (p = stringField(out, p, T_DST_MAC, v)) < 0)
@@ -287,6 +294,13 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.duplicate) != null && (p = boolField(out, p, T_DUPLICATE, v)) < 0) return -1;
   if ((v = r.samplingInterval) != null && (p = uint32Field(out, p, T_SAMPLING, v)) < 0) return -1;
   if ((v = r.networkNamespace) != null && (p = stringField(out, p, T_NETNS, v)) < 0) return -1;
+  if ((v = r.layer2OctetDeltaCount) != null && (p = uint64Field(out, p, T_L2_OCTETS, v)) < 0) return -1;
+  if ((v = r.egressInterface) != null && (p = uint32Field(out, p, T_EGRESS, v)) < 0) return -1;
+  if ((v = r.dot1qVlanId) != null && (p = uint32Field(out, p, T_VLAN, v)) < 0) return -1;
+  if ((v = r.dot1qCustomerVlanId) != null && (p = uint32Field(out, p, T_CUSTOMER_VLAN, v)) < 0) return -1;
+  if ((v = r.samplingPacketInterval) != null && (p = uint32Field(out, p, T_PACKET_INTERVAL, v)) < 0)
+    return -1;
+  if ((v = r.samplingPacketSpace) != null && (p = uint32Field(out, p, T_PACKET_SPACE, v)) < 0) return -1;
   if ((v = r.droppedPacketDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_PACKETS, v)) < 0)
     return -1;
   if ((v = r.droppedOctetDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_OCTETS, v)) < 0) return -1;

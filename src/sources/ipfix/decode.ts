@@ -19,7 +19,8 @@
  * (else 5 ipClassOfService >> 2), 10 ingressInterface, 14 egressInterface, 61 flowDirection, 56/80
  * MACs (else zeros), 256 ethernetType (else by address family), 136 flowEndReason, ICMP type and
  * code from 176-179 or 32/139 (or, as v9 exporters do, the destination port), 34 or PSAMP 305/306
- * samplingInterval. Times, first found wins: 150-157 absolute (seconds, ms, NTP micro/nano), 158/159
+ * samplingInterval, 352 layer2OctetDeltaCount, 243 dot1qVlanId (else 58 vlanId), 245
+ * dot1qCustomerVlanId. Times, first found wins: 150-157 absolute (seconds, ms, NTP micro/nano), 158/159
  * relative to the export time, 21/22 sysUpTime (v9: against the header's sysUptime and unix
  * seconds, so to the second of the export; IPFIX: from systemInitTimeMilliseconds, 160, in the
  * record or the domain's options data), 161 duration; without any, the export time.
@@ -87,6 +88,10 @@ const IE_DSCP = 195;
 const IE_ETHERNET_TYPE = 256;
 const IE_SAMPLING_PACKET_INTERVAL = 305;
 const IE_SAMPLING_PACKET_SPACE = 306;
+const IE_VLAN_ID = 58;
+const IE_DOT1Q_VLAN_ID = 243;
+const IE_DOT1Q_CUSTOMER_VLAN_ID = 245;
+const IE_LAYER2_OCTET_DELTA = 352;
 
 // Field codes: what a template field is read into.
 const F_SKIP = 0;
@@ -133,6 +138,10 @@ const F_SAMPLING_INTERVAL = 40;
 const F_SAMPLING_SPACE = 41;
 const F_OCTETS_TOTAL = 42;
 const F_PACKETS_TOTAL = 43;
+const F_VLAN = 44;
+const F_DOT1Q_VLAN = 45;
+const F_CUSTOMER_VLAN = 46;
+const F_L2_OCTETS = 47;
 
 /** Field code of each element, and the lengths it may have (0: any of 1-8 bytes, an unsigned number). */
 const ELEMENTS: [ie: number, code: number, length: number][] = [
@@ -181,6 +190,10 @@ const ELEMENTS: [ie: number, code: number, length: number][] = [
   [IE_ETHERNET_TYPE, F_ETHERTYPE, 0],
   [IE_SAMPLING_PACKET_INTERVAL, F_SAMPLING_INTERVAL, 0],
   [IE_SAMPLING_PACKET_SPACE, F_SAMPLING_SPACE, 0],
+  [IE_VLAN_ID, F_VLAN, 0],
+  [IE_DOT1Q_VLAN_ID, F_DOT1Q_VLAN, 0],
+  [IE_DOT1Q_CUSTOMER_VLAN_ID, F_CUSTOMER_VLAN, 0],
+  [IE_LAYER2_OCTET_DELTA, F_L2_OCTETS, 0],
 ];
 
 const CODE_OF = new Map<number, number>(ELEMENTS.map(([ie, code]) => [ie, code]));
@@ -752,6 +765,10 @@ export class IpfixDecoder {
     let systemInit = this.domain.systemInitMs;
     let duration = -1;
     let ethertype = -1;
+    let l2Octets = -1;
+    let vlan = -1;
+    let dot1qVlan = -1;
+    let customerVlan = -1;
     for (let i = 0; i < codes.length; i++) {
       let length = lengths[i]!;
       if (length === VARIABLE) {
@@ -882,6 +899,18 @@ export class IpfixDecoder {
         case F_ETHERTYPE:
           ethertype = unsigned(b, at, length);
           break;
+        case F_L2_OCTETS:
+          l2Octets = unsigned(b, at, length);
+          break;
+        case F_VLAN:
+          vlan = unsigned(b, at, length);
+          break;
+        case F_DOT1Q_VLAN:
+          dot1qVlan = unsigned(b, at, length);
+          break;
+        case F_CUSTOMER_VLAN:
+          customerVlan = unsigned(b, at, length);
+          break;
       }
       at += length;
     }
@@ -960,6 +989,11 @@ export class IpfixDecoder {
     if (sampling === 0) sampling = this.domain.samplingInterval;
     if (sampling > 1) rec.samplingInterval = sampling;
     if (egress !== 0) rec.egressInterface = egress;
+    if (l2Octets >= 0) rec.layer2OctetDeltaCount = l2Octets;
+    // dot1qVlanId, else vlanId (58, what v9 exporters send); 0 is no tag, as in rxflow's records.
+    if (dot1qVlan < 0) dot1qVlan = vlan;
+    if (dot1qVlan > 0) rec.dot1qVlanId = dot1qVlan;
+    if (customerVlan > 0) rec.dot1qCustomerVlanId = customerVlan;
     // The check every record from outside passes (file_replay, kafka_consumer): a value out of its
     // element's range (a protocol sent in 8 bytes), a time before 2000 or past tomorrow, start
     // after end. Such a record is dropped rather than passed on wrong. Addresses and MACs are
@@ -979,6 +1013,9 @@ export class IpfixDecoder {
       sampling <= 0xffffffff &&
       octets <= Number.MAX_SAFE_INTEGER &&
       packets <= Number.MAX_SAFE_INTEGER &&
+      l2Octets <= Number.MAX_SAFE_INTEGER &&
+      dot1qVlan <= 0xfff &&
+      customerVlan <= 0xfff &&
       start >= EARLIEST_FLOW_MS &&
       start <= finish &&
       finish <= this.nowMs + FUTURE_SLACK_MS

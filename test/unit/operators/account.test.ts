@@ -40,6 +40,29 @@ function collect(batches: FlowBatch[], opts: Parameters<typeof account>[0]) {
 }
 
 describe('account', () => {
+  it('sums layer2OctetDeltaCount beside octetDeltaCount, and leaves it absent on records without it', () => {
+    const counters = new StageCounters('acc', 'account');
+    const { out } = collect(
+      [
+        [
+          rec({ octetDeltaCount: 46, layer2OctetDeltaCount: 60 }),
+          rec({ sourceTransportPort: 40001, octetDeltaCount: 70 }),
+          rec({ octetDeltaCount: 1486, layer2OctetDeltaCount: 1500 }),
+          rec({ sourceTransportPort: 40001, octetDeltaCount: 30 }),
+        ],
+      ],
+      { maxEntries: 100, evictTimeoutMs: 5000, counters },
+    );
+    expect(
+      out
+        .flat()
+        .map((r) => [r.sourceTransportPort, r.packetDeltaCount, r.octetDeltaCount, r.layer2OctetDeltaCount]),
+    ).toEqual([
+      [40000, 2, 1532, 1560],
+      [40001, 2, 100, undefined],
+    ]);
+  });
+
   it('sums packets and bytes per flow, keeps the earliest start, latest end, ORed flags', () => {
     const counters = new StageCounters('acc', 'account');
     const { out, completed } = collect(

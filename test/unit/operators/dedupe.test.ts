@@ -7,7 +7,7 @@ import { FlowKey, OperatorError, flowKeyString } from '../../../src/operators/fl
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../../../src/records.js';
 import { flowRecord } from '../../fixtures/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {
@@ -195,7 +195,7 @@ describe('dedupe', () => {
                 continue;
               }
             } else {
-              model.set(k, { ifindex: r.ingressInterface, lastSeen: clock.time });
+              model.set(k, { ifindex: flowInterface(r), lastSeen: clock.time });
             }
             kept.push(r);
           }

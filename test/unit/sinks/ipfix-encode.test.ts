@@ -117,7 +117,7 @@ describe('IPFIX messages', () => {
   });
 
   it('refuses a record it cannot encode and a message that is full, and keeps what it had', () => {
-    const b = new MessageBuilder(MESSAGE_HEADER_BYTES + 4 + 2 * 74);
+    const b = new MessageBuilder(MESSAGE_HEADER_BYTES + 4 + 2 * 86);
     b.begin(false);
     expect(b.add(flowRecord({ sourceIPv4Address: 'not-an-ip' }))).toBe(-1);
     expect(b.add(flowRecord({ packetDeltaCount: -1 }))).toBe(-1);
@@ -127,7 +127,75 @@ describe('IPFIX messages', () => {
     expect(b.add(flowRecord())).toBe(0);
     expect(b.records).toBe(2);
     const m = b.finish(0, 0, 0);
-    expect(m.length).toBe(MESSAGE_HEADER_BYTES + 4 + 2 * 74);
+    expect(m.length).toBe(MESSAGE_HEADER_BYTES + 4 + 2 * 86);
     expect(m.readUInt16BE(MESSAGE_HEADER_BYTES)).toBe(TEMPLATE_IPV4);
+  });
+
+  it('writes the wire octets and both VLAN ids of every template, 0 where a record has none', () => {
+    /** The data record of a one-record message, element by element of its template: id -> value. */
+    function fields(r: ReturnType<typeof flowRecord>): Map<number, bigint> {
+      const b = new MessageBuilder(1472);
+      b.begin(false);
+      expect(b.add(r)).toBe(1);
+      const m = b.finish(0, 0, 0);
+      const template = m.readUInt16BE(MESSAGE_HEADER_BYTES);
+      const out = new Map<number, bigint>();
+      let pos = MESSAGE_HEADER_BYTES + 4;
+      for (const e of TEMPLATES.get(template)!) {
+        let v = 0n;
+        for (let i = 0; i < e.length; i++) v = (v << 8n) | BigInt(m[pos + i]!);
+        out.set(e.id, v);
+        pos += e.length;
+      }
+      expect(pos).toBe(m.length);
+      return out;
+    }
+    for (const els of TEMPLATES.values()) {
+      expect(els.filter((e) => [352, 243, 245].includes(e.id)).map((e) => [e.name, e.length])).toEqual([
+        ['layer2OctetDeltaCount', 8],
+        ['dot1qVlanId', 2],
+        ['dot1qCustomerVlanId', 2],
+      ]);
+    }
+    const qinq = fields(
+      flowRecord({
+        octetDeltaCount: 1500,
+        layer2OctetDeltaCount: 1522,
+        dot1qVlanId: 100,
+        dot1qCustomerVlanId: 4094,
+      }),
+    );
+    expect([qinq.get(1), qinq.get(352), qinq.get(243), qinq.get(245)]).toEqual([1500n, 1522n, 100n, 4094n]);
+    const l2 = flowRecord({
+      ipVersion: 0,
+      ethernetType: 0x88b5,
+      octetDeltaCount: 0,
+      layer2OctetDeltaCount: 2 ** 40 + 64,
+      dot1qVlanId: 7,
+    });
+    delete l2.sourceIPv4Address;
+    delete l2.destinationIPv4Address;
+    const frame = fields(l2);
+    expect([frame.get(1), frame.get(352), frame.get(243), frame.get(245)]).toEqual([
+      0n,
+      2n ** 40n + 64n,
+      7n,
+      0n,
+    ]);
+    const older = flowRecord({ octetDeltaCount: 98 });
+    delete older.layer2OctetDeltaCount;
+    delete older.dot1qVlanId;
+    delete older.dot1qCustomerVlanId;
+    const untagged = fields(older);
+    expect([untagged.get(1), untagged.get(352), untagged.get(243), untagged.get(245)]).toEqual([
+      98n,
+      0n,
+      0n,
+      0n,
+    ]);
+    const b = new MessageBuilder(1472);
+    b.begin(false);
+    expect(b.add(flowRecord({ layer2OctetDeltaCount: -1 }))).toBe(-1);
+    expect(b.add(flowRecord({ layer2OctetDeltaCount: 2 ** 53 }))).toBe(-1);
   });
 });

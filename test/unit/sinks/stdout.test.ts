@@ -82,7 +82,9 @@ describe('stdout sink', () => {
         destinationTransportPort: 53,
         flowDirection: 1,
         interfaceName: undefined,
-        ingressInterface: 7,
+        // An egress record names the interface it was sent on.
+        ingressInterface: undefined,
+        egressInterface: 7,
       }),
       record({
         protocolIdentifier: 1,
@@ -99,6 +101,22 @@ describe('stdout sink', () => {
         tcpControlBits: 0x01 | 0x10,
       }),
       record({ protocolIdentifier: 132, tcpControlBits: 0 }),
+      record({ protocolIdentifier: 17, tcpControlBits: 0, dot1qVlanId: 100 }),
+      record({ protocolIdentifier: 17, tcpControlBits: 0, dot1qVlanId: 10, dot1qCustomerVlanId: 20 }),
+      // A layer-2 flow has no IP octets: its bytes are the frames'.
+      record({
+        ipVersion: 0,
+        sourceIPv4Address: undefined,
+        destinationIPv4Address: undefined,
+        protocolIdentifier: 0,
+        sourceTransportPort: 0,
+        destinationTransportPort: 0,
+        tcpControlBits: 0,
+        ethernetType: 0x0806,
+        octetDeltaCount: 0,
+        layer2OctetDeltaCount: 120,
+        dot1qVlanId: 7,
+      }),
     ];
     expect(records.map(textLine)).toEqual([
       '2023-11-14T22:13:21.000Z eth0 ingress tcp 10.0.0.1:40000 -> 10.0.0.2:443 packets=3 bytes=1500 flags=SYN,ACK',
@@ -106,6 +124,9 @@ describe('stdout sink', () => {
       '2023-11-14T22:13:21.000Z eth0 ingress icmp 10.0.0.1 -> 10.0.0.2 packets=3 bytes=1500 type=8 code=0',
       '2023-11-14T22:13:21.000Z eth0 ingress tcp 10.0.0.1:40000 -> 10.0.0.2:443 packets=3 bytes=1500 flags=FIN,ACK vxlan vni=42 duplicate',
       '2023-11-14T22:13:21.000Z eth0 ingress sctp 10.0.0.1:40000 -> 10.0.0.2:443 packets=3 bytes=1500',
+      '2023-11-14T22:13:21.000Z eth0 ingress udp 10.0.0.1:40000 -> 10.0.0.2:443 packets=3 bytes=1500 vlan=100',
+      '2023-11-14T22:13:21.000Z eth0 ingress udp 10.0.0.1:40000 -> 10.0.0.2:443 packets=3 bytes=1500 vlan=10.20',
+      '2023-11-14T22:13:21.000Z eth0 ingress ethertype=0x0806 02:00:00:00:00:01 -> 02:00:00:00:00:02 packets=3 bytes=120 vlan=7',
     ]);
     const out = new Collector();
     const sink = new StdoutSink({ format: 'text' }, context(), out);

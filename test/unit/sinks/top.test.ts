@@ -31,6 +31,18 @@ function clock(start = 0): { now: () => number; advance: (ms: number) => void } 
 }
 
 describe('TopTable', () => {
+  it('ranks by the bytes on the wire, layer2OctetDeltaCount, or octetDeltaCount for records without it', () => {
+    const table = new TopTable(10, 10_000, 100, clock().now);
+    table.add([
+      rec({ octetDeltaCount: 840, layer2OctetDeltaCount: 980 }),
+      rec({ sourceTransportPort: 40002, octetDeltaCount: 900 }),
+    ]);
+    expect(table.snapshot().flows.map((f) => [f.sourcePort, f.bytes])).toEqual([
+      [40001, 980],
+      [40002, 900],
+    ]);
+  });
+
   it('sums records of one flow, keeps directions and interfaces apart, and ranks by bytes', () => {
     const c = clock();
     const table = new TopTable(10, 10_000, 100, c.now);

@@ -23,17 +23,19 @@ function testScheduler(): TestScheduler {
 
 /**
  * A stand-in for FlowDatapath.evictFlows: the n-th call returns the n-th batch (empty once they
- * run out) and is logged with the virtual time it was made at; `failAt` makes that call throw.
+ * run out) and is logged with the virtual time it was made at and whether it was the final one; `failAt` makes that call throw.
  */
 function fakeMap(ts: TestScheduler, batches: FlowBatch[], failAt?: number) {
   const calls: number[] = [];
+  const finals: boolean[] = [];
   const error = new Error('read flow_map: bpf_map_lookup_and_delete_batch: Bad file descriptor');
-  const evict = (): FlowRecord[] => {
+  const evict = (final: boolean): FlowRecord[] => {
     calls.push(ts.now());
+    finals.push(final);
     if (calls.length === failAt) throw error;
     return batches[calls.length - 1] ?? [];
   };
-  return { evict, calls, error };
+  return { evict, calls, finals, error };
 }
 
 /**
@@ -144,6 +146,8 @@ describe('mapTracer', () => {
       expectSubscriptions(flush$.subscriptions).toBe('^ 1499ms !');
     });
     expect(map.calls).toEqual([1000, 1500]);
+    // Only the stop$ eviction is final (its flows end forced, flowEndReason 4).
+    expect(map.finals).toEqual([false, true]);
   });
 
   it('completes without a batch when the map is empty at stop$', () => {
