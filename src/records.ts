@@ -8,8 +8,6 @@
  */
 import { ipv4ToUint32, isIPv6Text, writeMac } from './net/address.js';
 
-export { ipv4ToUint32, isIPv6Text };
-
 export interface FlowRecord {
   /**
    * ipVersion (60): 4 or 6, with exactly one of the v4/v6 address pairs set. rxflow's own value 0

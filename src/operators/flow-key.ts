@@ -8,7 +8,8 @@
  * the key words on a hash match is exact (no collision can merge two flows), allocates nothing
  * per record and keeps the lookups to one or two cache lines.
  */
-import { flowInterface, ipv4ToUint32, readIPv4Words, type FlowRecord } from '../records.js';
+import { ipv4ToUint32 } from '../net/address.js';
+import { flowInterface, readIPv4Words, type FlowRecord } from '../records.js';
 
 /** An error of an operator: `code` names the failure, `cause` carries the underlying error. */
 export class OperatorError extends Error {
@@ -23,9 +24,6 @@ export class OperatorError extends Error {
 
 const FNV_OFFSET = 0x811c9dc5;
 const FNV_PRIME = 0x01000193;
-
-/** Canonical dotted quad to number: in records.ts, where the sources that check records use it too. */
-export { ipv4ToUint32 };
 
 function mixString(h: number, s: string): number {
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), FNV_PRIME);

@@ -26,7 +26,7 @@ import {
   type FlowKeyFields,
   type FlowValueFields,
 } from '../../src/datapath/flow-types.js';
-import { ipv4ToUint32 } from '../../src/operators/flow-key.js';
+import { ipv4ToUint32 } from '../../src/net/address.js';
 import { readIPv4Words, type FlowRecord } from '../../src/records.js';
 
 const tcpKey: FlowKeyFields = {

@@ -1,12 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  FlowKey,
-  FlowTable,
-  flowKeyString,
-  ipv4ToUint32,
-  recordProblem,
-} from '../../../src/operators/flow-key.js';
+import { ipv4ToUint32 } from '../../../src/net/address.js';
+import { FlowKey, FlowTable, flowKeyString, recordProblem } from '../../../src/operators/flow-key.js';
 import { attachIPv4Words, readIPv4Words, type FlowRecord } from '../../../src/records.js';
 import { flowRecord } from '../../fixtures/records.js';
 
