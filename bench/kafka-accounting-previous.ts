@@ -32,9 +32,9 @@
  */
 import type { Logger } from '../src/logger.js';
 import { SinkError, messageOf } from '../src/sinks/errors.js';
-import { ProduceError, type ProducerIdentity } from '../src/sinks/kafka/client.js';
-import type { PartitionBatch } from '../src/sinks/kafka/produce.js';
-import { batchRecordCount, nextSequence, stampBatch } from '../src/sinks/kafka/record-batch.js';
+import { ProduceError, type ProducerIdentity } from '../src/kafka/client.js';
+import type { PartitionBatch } from '../src/kafka/produce.js';
+import { batchRecordCount, nextSequence, stampBatch } from '../src/kafka/record-batch.js';
 
 /** Requests in flight per connection that a broker keeps in order for an idempotent producer. */
 export const MAX_IN_FLIGHT_IDEMPOTENT = 5;

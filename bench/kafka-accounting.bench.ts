@@ -1,7 +1,7 @@
 /**
  * What confirmed-write accounting costs the kafka sink: a batch counts as written only by its own
  * answer, and no batch goes out five or more places after its partition's oldest unacknowledged
- * one (src/sinks/kafka/idempotence.ts). Same run, before and after: the bookkeeping of each
+ * one (src/kafka/idempotence.ts). Same run, before and after: the bookkeeping of each
  * request (stamp, sendable, settle on its answer) as it is, and as it was
  * (bench/kafka-accounting-previous.ts, where a later batch's acknowledgement also settled the
  * earlier ones), driven through the same steady state of 4 requests in flight on 4 partitions with
@@ -14,8 +14,8 @@
 import { silentLogger } from '../src/logger.js';
 import type { KafkaSinkConfig } from '../src/sinks/kafka.js';
 import { RequestEncoder } from '../src/sinks/kafka/encode.js';
-import { ProducerSequences } from '../src/sinks/kafka/idempotence.js';
-import type { PartitionBatch } from '../src/sinks/kafka/produce.js';
+import { ProducerSequences } from '../src/kafka/idempotence.js';
+import type { PartitionBatch } from '../src/kafka/produce.js';
 import { ProducerSequences as PreviousSequences } from './kafka-accounting-previous.js';
 import { pool, runSink, withCluster } from './kafka.bench.js';
 import type { BenchContext } from './lib.js';

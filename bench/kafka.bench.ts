@@ -28,9 +28,9 @@ import {
   lz4Batch,
   zstdBatch,
   type Compression,
-} from '../src/sinks/kafka/compression.js';
+} from '../src/kafka/compress.js';
 import { RequestEncoder, flowKey } from '../src/sinks/kafka/encode.js';
-import { BATCH_HEADER_BYTES } from '../src/sinks/kafka/record-batch.js';
+import { BATCH_HEADER_BYTES } from '../src/kafka/record-batch.js';
 import type { BenchContext, Figure } from './lib.js';
 
 export const SINGLE_TARGET = 100_000;

@@ -6,7 +6,7 @@ import type { Observable, Subscription } from 'rxjs';
 import type { StageCounters } from '../ledger.js';
 import type { FlowBatch } from '../records.js';
 import { asError } from './errors.js';
-import type { LossLog } from './loss-log.js';
+import type { LossLog } from '../delivery/loss-log.js';
 
 export interface Consumption {
   readonly subscription: Subscription;

@@ -43,7 +43,7 @@ import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
-import { LossLog } from './loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export interface FileSinkConfig {
   path: string;

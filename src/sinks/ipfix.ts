@@ -39,7 +39,7 @@ import {
   MessageBuilder,
   TEMPLATE_SET_BYTES,
 } from './ipfix/encode.js';
-import { LossLog } from './loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export type IpfixTransport = 'udp' | 'tcp';
 

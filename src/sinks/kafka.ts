@@ -12,7 +12,7 @@
  * the pipeline: consume() resolves once its input completed and every record is written or counted.
  *
  * With idempotence (the default) every batch carries a producer id and sequence
- * (src/sinks/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
+ * (src/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
  */
 import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
 import {
@@ -35,9 +35,9 @@ import {
   type KafkaTransport,
   type SaslOptions,
   type TlsOptions,
-} from './kafka/client.js';
-import type { Compression } from './kafka/compression.js';
-import { MAX_IN_FLIGHT_IDEMPOTENT, ProducerSequences, type IdempotenceStatus } from './kafka/idempotence.js';
+} from '../kafka/client.js';
+import type { Compression } from '../kafka/compress.js';
+import { MAX_IN_FLIGHT_IDEMPOTENT, ProducerSequences, type IdempotenceStatus } from '../kafka/idempotence.js';
 import {
   RequestEncoder,
   unwritten,
@@ -46,7 +46,7 @@ import {
   type KeyMode,
 } from './kafka/encode.js';
 import { RecordQueue } from './kafka/queue.js';
-import { LossLog } from './loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export interface KafkaSinkConfig {
   /** `host:port` of one or more brokers. */

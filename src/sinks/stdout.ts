@@ -17,7 +17,7 @@ import type { Logger } from '../logger.js';
 import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
-import { LossLog } from './loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export type StdoutFormat = 'json' | 'text';
 

@@ -24,7 +24,7 @@
  * committed, the consumer leaves the group and disconnects, then the source completes.
  *
  * kafkajs reads uncompressed and gzip record batches itself; lz4, zstd and snappy batches are
- * decompressed by codecs registered with kafkajs on the first build (src/sinks/kafka/compression.ts,
+ * decompressed by codecs registered with kafkajs on the first build (src/kafka/compress.ts,
  * through the system's liblz4.so.1, libzstd.so.1 and libsnappy.so.1; snappy in either framing
  * producers write: the Java producer's xerial stream or librdkafka's raw block). kafkajs decompresses inside the decoding of a fetch
  * response, so what a codec throws fails the whole fetch, and kafkajs fetches the same offsets
@@ -57,7 +57,7 @@ import {
   tlsConnectionOptions,
   type SaslOptions,
   type TlsOptions,
-} from '../sinks/kafka/client.js';
+} from '../kafka/client.js';
 import {
   CODEC_LZ4,
   CODEC_SNAPPY,
@@ -68,7 +68,7 @@ import {
   snappyDecompress,
   zstdDecompress,
   type Decompressor,
-} from '../sinks/kafka/compression.js';
+} from '../kafka/compress.js';
 import {
   CONTENT_TYPE_HEADER,
   JSON_CONTENT_TYPE,
@@ -76,10 +76,10 @@ import {
   loadFlowProto,
   type FlowProto,
 } from '../sinks/kafka/encode.js';
-import { BATCH_HEADER_BYTES, batchRecordCount } from '../sinks/kafka/record-batch.js';
-import { LossLog } from '../sinks/loss-log.js';
+import { BATCH_HEADER_BYTES, batchRecordCount } from '../kafka/record-batch.js';
+import { LossLog } from '../delivery/loss-log.js';
 import { SourceError, messageOf } from './errors.js';
-import { Sleeper } from './sleeper.js';
+import { Sleeper } from '../delivery/sleeper.js';
 
 export type KafkaConsumerEncoding = 'json' | 'protobuf';
 
@@ -295,7 +295,7 @@ const UNREADABLE = randomBytes(16);
 /** A batch header claiming more records than this is not believed, and nothing is skipped. */
 const UNREADABLE_MAX_RECORDS = 1 << 20;
 
-// Fields of a record batch header (src/sinks/kafka/record-batch.ts has the whole layout).
+// Fields of a record batch header (src/kafka/record-batch.ts has the whole layout).
 const OFF_BATCH_LENGTH = 8;
 const OFF_MAGIC = 16;
 const OFF_LAST_OFFSET_DELTA = 23;

@@ -12,9 +12,9 @@ import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import type { FlowRecord } from '../../records.js';
 import { SinkError, messageOf } from '../errors.js';
-import { batchCompressor, type BatchCompressor, type Compression } from './compression.js';
+import { batchCompressor, type BatchCompressor, type Compression } from '../../kafka/compress.js';
 import { writeFlowJson } from './json.js';
-import type { PartitionBatch } from './produce.js';
+import type { PartitionBatch } from '../../kafka/produce.js';
 import { writeFlowProto, writeFlowProtoField } from './proto.js';
 import {
   BATCH_HEADER_BYTES,
@@ -22,7 +22,7 @@ import {
   RecordBatchWriter,
   recordHeaders,
   type ValueWriter,
-} from './record-batch.js';
+} from '../../kafka/record-batch.js';
 
 export type Encoding = 'json' | 'protobuf';
 export type KeyMode = 'flow' | 'none';

@@ -8,7 +8,7 @@ import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import type { FlowRecord } from '../../../src/records.js';
 import { retriable } from '../../../src/sinks/kafka.js';
-import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/sinks/kafka/client.js';
+import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/kafka/client.js';
 import {
   CODEC_GZIP,
   CODEC_LZ4,
@@ -27,10 +27,10 @@ import {
   snappyDecompress,
   zstdBatch,
   zstdDecompress,
-} from '../../../src/sinks/kafka/compression.js';
-import { crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
+} from '../../../src/kafka/compress.js';
+import { crc32cJs } from '../../../src/kafka/crc32c.js';
 import { RequestEncoder, type EncoderOptions } from '../../../src/sinks/kafka/encode.js';
-import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter } from '../../../src/sinks/kafka/record-batch.js';
+import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter } from '../../../src/kafka/record-batch.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
 import { describeWith } from '../../fixtures/privilege.js';
 import { crc32cBitwise, decodeBatches } from '../../fixtures/record-batches.js';
@@ -331,7 +331,7 @@ describe('codec libraries', () => {
         zstd: (await zstdBatch(await plainBatch(range(0, 30)))).subarray(BATCH_HEADER_BYTES),
       };
       withoutLibrary(file);
-      const fresh = await import('../../../src/sinks/kafka/compression.js');
+      const fresh = await import('../../../src/kafka/compress.js');
       const expected = {
         name: 'SourceError',
         code: 'ENOCODEC',

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/sinks/kafka/client.js';
+import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/kafka/client.js';
 import {
   ProduceResponseError,
   decodeProduceResponse,
   encodeProduceBody,
   type PartitionBatch,
-} from '../../../src/sinks/kafka/produce.js';
+} from '../../../src/kafka/produce.js';
 
 const batch = (partition: number, bytes: number[]): PartitionBatch => ({
   partition,

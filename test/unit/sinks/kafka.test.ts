@@ -25,8 +25,8 @@ import {
   tlsConnectionOptions,
   type KafkaTransport,
   type ProducerIdentity,
-} from '../../../src/sinks/kafka/client.js';
-import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
+} from '../../../src/kafka/client.js';
+import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/kafka/crc32c.js';
 import {
   RequestEncoder,
   type EncodedRequest,

@@ -30,8 +30,8 @@
  * INVALID_PRODUCER_EPOCH. A batch whose fate is unknown (a timeout) is never stamped anew: it is
  * resent as it is until the broker says which it is.
  */
-import type { Logger } from '../../logger.js';
-import { SinkError, messageOf } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { SinkError, messageOf } from '../sinks/errors.js';
 import { ProduceError, type ProducerIdentity } from './client.js';
 import type { PartitionBatch } from './produce.js';
 import { batchRecordCount, nextSequence, stampBatch } from './record-batch.js';

@@ -9,10 +9,10 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ConnectionOptions } from 'node:tls';
 import { Kafka, logLevel, type Cluster, type LogEntry, type SASLOptions } from 'kafkajs';
-import type { Logger } from '../../logger.js';
-import { SinkError, messageOf } from '../errors.js';
-import { requireProduceVersion } from './compression.js';
-import type { EncodedRequest } from './encode.js';
+import type { Logger } from '../logger.js';
+import { SinkError, messageOf } from '../sinks/errors.js';
+import { requireProduceVersion } from './compress.js';
+import type { EncodedRequest } from '../sinks/kafka/encode.js';
 import { BufferPool } from './record-batch.js';
 import {
   PRODUCE_API_KEY,
