@@ -1,4 +1,5 @@
 import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs';
+import { OutageLog } from '../delivery/outage.js';
 import type { StageCounters } from '../ledger.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { ClockTranslator } from './clock.js';
@@ -161,7 +162,7 @@ export class Replicator {
   private puts = 0;
   private deletes = 0;
   private failedWrites = 0;
-  private failingSince: number | undefined;
+  private readonly outage: OutageLog;
   private started = false;
   private closed = false;
   private pumping = false;
@@ -184,6 +185,11 @@ export class Replicator {
     this.staleAfterMs = options.staleAfterMs;
     this.scheduler = options.scheduler ?? asyncScheduler;
     this.logger = options.logger ?? silentLogger();
+    this.outage = new OutageLog({
+      logger: this.logger,
+      scheduler: this.scheduler,
+      recovered: 'replicator: writing to KV again',
+    });
     this.clock = options.clock ?? new ClockTranslator();
     this.counters = options.counters;
     if (!(this.maxInFlight >= 1))
@@ -601,21 +607,14 @@ export class Replicator {
   }
 
   private failing(err: unknown): void {
-    if (this.failingSince !== undefined) return;
-    this.failingSince = this.scheduler.now();
-    this.logger.warn(
+    this.outage.failing(
       { err: messageOf(err) },
       'replicator: cannot write sessions to KV; keeping them and retrying',
     );
   }
 
   private recovered(): void {
-    if (this.failingSince === undefined) return;
-    this.logger.info(
-      { outage_ms: this.scheduler.now() - this.failingSince },
-      'replicator: writing to KV again',
-    );
-    this.failingSince = undefined;
+    this.outage.recovered();
   }
 
   private settledUpTo(target: number): Promise<void> {
