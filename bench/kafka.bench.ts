@@ -22,13 +22,8 @@ import { Ledger } from '../src/ledger.js';
 import { silentLogger } from '../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../src/records.js';
 import kafkaModule, { type KafkaSinkConfig } from '../src/sinks/kafka.js';
-import {
-  NATIVE_SYNC_MAX_BYTES,
-  gzipBatch,
-  lz4Batch,
-  zstdBatch,
-  type Compression,
-} from '../src/kafka/compress.js';
+import { NATIVE_SYNC_MAX_BYTES } from '../src/kafka/codec-native.js';
+import { gzipBatch, lz4Batch, zstdBatch, type Compression } from '../src/kafka/compress.js';
 import { RequestEncoder, flowKey } from '../src/sinks/kafka/encode.js';
 import { BATCH_HEADER_BYTES } from '../src/kafka/record-batch.js';
 import type { BenchContext, Figure } from './lib.js';

@@ -31,8 +31,9 @@
  * resent as it is until the broker says which it is.
  */
 import type { Logger } from '../logger.js';
-import { SinkError, messageOf } from '../sinks/errors.js';
+import { messageOf } from '../errors.js';
 import { ProduceError, type ProducerIdentity } from './client.js';
+import { KafkaError } from './errors.js';
 import type { PartitionBatch } from './produce.js';
 import { batchRecordCount, nextSequence, stampBatch } from './record-batch.js';
 
@@ -109,15 +110,12 @@ const OUT_OF_ORDER = 'OUT_OF_ORDER_SEQUENCE_NUMBER';
 /** Broker answers after which a batch is not written and its producer id cannot write it. */
 const LOST_PRODUCER = new Set(['UNKNOWN_PRODUCER_ID', 'INVALID_PRODUCER_EPOCH']);
 
-/** A sequence refusal the sink has handled; `retriable` says whether the retry can succeed. */
-export class SequenceError extends SinkError {
-  constructor(
-    message: string,
-    readonly retriable: boolean,
-    cause: unknown,
-  ) {
-    super('ESEQUENCE', message, { cause });
-  }
+/**
+ * A sequence refusal the sink has handled (KafkaError ESEQUENCE); `retriable` says whether the
+ * retry can succeed.
+ */
+function sequenceError(message: string, retriable: boolean, cause: unknown): KafkaError {
+  return new KafkaError('ESEQUENCE', message, { cause, retriable });
 }
 
 /** The error in a kafkajs chain that says what the broker answered, if it answered. */
@@ -316,7 +314,7 @@ export class ProducerSequences {
       this.unstamp(s, type);
       left.push({
         partition: f.partition,
-        error: new SequenceError(`${where}: ${type}; resending under a new producer id`, true, f.error),
+        error: sequenceError(`${where}: ${type}; resending under a new producer id`, true, f.error),
       });
     }
     if (left.length === 0) return undefined;

@@ -240,7 +240,7 @@ kernelDescribe(
     it('the installed modules find the native library and flow.proto of the package', () => {
       const pkg = join(prefix, 'lib', 'node_modules', 'rxflow');
       const script = `const crc = await import(${JSON.stringify(join(pkg, 'dist/src/kafka/crc32c.js'))});
-const encode = await import(${JSON.stringify(join(pkg, 'dist/src/sinks/kafka/encode.js'))});
+const encode = await import(${JSON.stringify(join(pkg, 'dist/src/kafka/flow-messages.js'))});
 console.log(JSON.stringify([crc.crc32cImplementation, encode.flowProtoPath()]));`;
       const out = execFileSync(
         which('setpriv'),

@@ -5,11 +5,11 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../../src/records.js';
 import { ProduceError, kafkaErrorRetriable } from '../../../src/kafka/client.js';
+import { KafkaError } from '../../../src/kafka/errors.js';
 import { gzipBatch } from '../../../src/kafka/compress.js';
 import { RequestEncoder } from '../../../src/sinks/kafka/encode.js';
 import {
   ProducerSequences,
-  SequenceError,
   producerIdFailure,
   type ProducerSequencesOptions,
 } from '../../../src/kafka/idempotence.js';
@@ -292,7 +292,8 @@ describe('ProducerSequences', () => {
     const gap = seq.failed([c], outOfOrder(0));
     expect(gap).toBeInstanceOf(ProduceError);
     const failure = (gap as ProduceError).failures[0]!.error;
-    expect(failure).toBeInstanceOf(SequenceError);
+    expect(failure).toBeInstanceOf(KafkaError);
+    expect(failure).toMatchObject({ code: 'ESEQUENCE', retriable: true });
     expect(failure.message).toBe(
       'kafka sink partition 0, producer id 101: OUT_OF_ORDER_SEQUENCE_NUMBER; resending under a new producer id',
     );

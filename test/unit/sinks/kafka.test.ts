@@ -19,7 +19,8 @@ import {
 } from '../../fixtures/kafka-idempotent-broker.js';
 import { crc32cBitwise, decodeBatches, type DecodedMessage } from '../../fixtures/record-batches.js';
 import fc from 'fast-check';
-import kafkaModule, { KafkaSink, retriable, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
+import kafkaModule, { KafkaSink, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
+import { retriable } from '../../../src/sinks/kafka/sender.js';
 import {
   ProduceError,
   tlsConnectionOptions,
@@ -27,13 +28,13 @@ import {
   type ProducerIdentity,
 } from '../../../src/kafka/client.js';
 import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/kafka/crc32c.js';
+import { loadFlowProto } from '../../../src/kafka/flow-messages.js';
+import type { EncodedRequest } from '../../../src/kafka/produce.js';
 import {
   RequestEncoder,
-  type EncodedRequest,
   type EncoderOptions,
   flowHash,
   flowKey,
-  loadFlowProto,
   murmur2,
   partitionForKey,
 } from '../../../src/sinks/kafka/encode.js';
