@@ -1,0 +1,215 @@
+/**
+ * Kafka clients against each other, in one run, into the same librdkafka mock cluster (one topic
+ * of 4 partitions): the same pre-encoded messages (JSON flow records of ~400 bytes with their flow
+ * keys, partitioned by murmur2 of the key as Kafka's default partitioner does), 1000 messages per
+ * send, 4 sends in flight, acks -1, no compression, no idempotence:
+ *
+ * - rxflow: the client of src/kafka/ (kafkajsTransport: the kafkajs connections, record batches
+ *   written by RecordBatchWriter, Produce requests of produce.ts), the batches encoded per send;
+ * - @platformatic/kafka's Producer (its own connections and encoding);
+ * - kafkajs's Producer, the second baseline.
+ *
+ * The clients take turns (rxflow, platformatic, kafkajs, then again, best of the rounds), so that
+ * none of them has the warmer machine. What the kafka sink adds on top (record encoding, keys,
+ * queueing, accounting) is bench/kafka.bench.ts's.
+ *
+ * @platformatic/kafka speaks to Kafka 3.5 and newer only (ApiVersions v3, Metadata v9 and up);
+ * the mock cluster of librdkafka before 2.1 answers ApiVersions up to v2 and Metadata up to v2.
+ * Against such a mock the platformatic figures are left out, and the run says why on stderr.
+ */
+import { Producer, ProduceAcks } from '@platformatic/kafka';
+import { Kafka, logLevel, type Message } from 'kafkajs';
+import type { KafkaMockCluster } from '../src/devtools/kafka-mock.js';
+import { silentLogger } from '../src/logger.js';
+import { kafkajsTransport } from '../src/kafka/client.js';
+import { CONNECTION_DEFAULTS } from '../src/kafka/options.js';
+import type { EncodedRequest, PartitionBatch } from '../src/kafka/produce.js';
+import { BufferPool, RecordBatchWriter } from '../src/kafka/record-batch.js';
+import { flowKey, partitionForKey } from '../src/sinks/kafka/encode.js';
+import { pool, processCpuMs, selfCpuMs, withCluster, type Run } from './kafka.bench.js';
+import type { BenchContext } from './lib.js';
+
+const BATCH = 1000;
+const PARTITIONS = 4;
+const IN_FLIGHT = 4;
+
+interface Payload {
+  key: string;
+  keyBytes: Buffer;
+  value: Buffer;
+  partition: number;
+}
+
+/** 1000 distinct pre-encoded messages, sent again and again. */
+function payloads(): Payload[] {
+  return pool(BATCH).map((r) => {
+    const key = flowKey(r);
+    return {
+      key,
+      keyBytes: Buffer.from(key),
+      value: Buffer.from(JSON.stringify(r)),
+      partition: partitionForKey(key, PARTITIONS),
+    };
+  });
+}
+
+type Send = () => Promise<unknown>;
+
+/** Sends `total` messages, `BATCH` per send, at most IN_FLIGHT sends at once; measures it. */
+async function measure(cluster: KafkaMockCluster, send: Send, total: number): Promise<Run> {
+  for (let i = 0; i < 20; i++) await send();
+  const cpu0 = selfCpuMs();
+  const mock0 = processCpuMs(cluster.pid);
+  const t0 = process.hrtime.bigint();
+  const inFlight: Promise<unknown>[] = [];
+  for (let sent = 0; sent < total; sent += BATCH) {
+    inFlight.push(send());
+    if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
+  }
+  await Promise.all(inFlight);
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  return {
+    recordsPerSecond: total / seconds,
+    cpuUsPerRecord: ((selfCpuMs() - cpu0) * 1000) / total,
+    mockCpuUsPerRecord: ((processCpuMs(cluster.pid) - mock0) * 1000) / total,
+  };
+}
+
+const copyValue = (value: Buffer, out: Buffer, pos: number): number =>
+  pos + value.length <= out.length ? pos + value.copy(out, pos) : -1;
+
+/** rxflow's client: the messages written into a record batch per partition, one Produce per leader. */
+async function rxflowClient(cluster: KafkaMockCluster, messages: Payload[]) {
+  const transport = kafkajsTransport({
+    connection: { ...CONNECTION_DEFAULTS, bootstrap_servers: cluster.brokers, client_id: 'bench' },
+    topic: 'bench',
+    acks: -1,
+    logger: silentLogger(),
+  });
+  await transport.connect();
+  if ((await transport.partitions()) !== PARTITIONS) throw new Error('kafka clients bench: not 4 partitions');
+  const buffers = new BufferPool(64 << 20);
+  const byPartition = Array.from({ length: PARTITIONS }, (_, p) => messages.filter((m) => m.partition === p));
+  const send: Send = async () => {
+    const writers: RecordBatchWriter[] = [];
+    const batches: PartitionBatch[] = [];
+    const now = Date.now();
+    for (let p = 0; p < PARTITIONS; p++) {
+      const list = byPartition[p]!;
+      if (list.length === 0) continue;
+      const writer = new RecordBatchWriter(buffers, 512 * list.length);
+      for (const m of list) {
+        writer.startRecord(m.key);
+        writer.writeValue(copyValue, m.value);
+        writer.endRecord();
+      }
+      writers.push(writer);
+      batches.push({ partition: p, data: writer.finish(now), records: list.length, written: false });
+    }
+    const request: EncodedRequest = { batches, records: messages.length, bytes: 0, writers };
+    try {
+      await transport.send(request);
+    } finally {
+      for (const w of writers) w.release();
+    }
+  };
+  return { send, close: () => transport.disconnect() };
+}
+
+function platformaticClient(cluster: KafkaMockCluster, messages: Payload[]) {
+  const producer = new Producer({
+    clientId: 'bench',
+    bootstrapBrokers: cluster.brokers,
+    idempotent: false,
+    acks: ProduceAcks.ALL,
+    compression: 'none',
+  });
+  const batch = messages.map((m) => ({ topic: 'bench', key: m.keyBytes, value: m.value }));
+  return Promise.resolve({
+    send: () => producer.send({ messages: batch }),
+    close: () => producer.close(),
+  });
+}
+
+async function kafkajsClient(cluster: KafkaMockCluster, messages: Payload[]) {
+  const kafka = new Kafka({ clientId: 'bench', brokers: cluster.brokers, logLevel: logLevel.NOTHING });
+  const producer = kafka.producer({ idempotent: false });
+  await producer.connect();
+  const batch: Message[] = messages.map((m) => ({ key: m.keyBytes, value: m.value }));
+  return {
+    send: () => producer.send({ topic: 'bench', messages: batch, acks: -1 }),
+    close: () => producer.disconnect(),
+  };
+}
+
+/** Why a client cannot run against this mock cluster, if it cannot: the broker refused its API versions. */
+function unsupported(err: unknown): string | undefined {
+  const inner = (err as { errors?: { apiId?: string }[] }).errors ?? [];
+  if (!inner.some((e) => e.apiId === 'UNSUPPORTED_VERSION')) return undefined;
+  return `the mock cluster refuses its API versions (${err instanceof Error ? err.message : String(err)})`;
+}
+
+const CLIENTS = {
+  rxflow: rxflowClient,
+  platformatic: platformaticClient,
+  kafkajs: kafkajsClient,
+} as const;
+type ClientName = keyof typeof CLIENTS;
+
+export default async function kafkaClientsBench(ctx: BenchContext): Promise<void> {
+  const total = ctx.quick ? 50_000 : 300_000;
+  const rounds = ctx.quick ? 1 : 3;
+  const messages = payloads();
+  const best = new Map<ClientName, Run>();
+  const skipped = new Set<ClientName>();
+  await withCluster(async (cluster) => {
+    for (let round = 0; round < rounds; round++) {
+      for (const name of Object.keys(CLIENTS) as ClientName[]) {
+        if (skipped.has(name)) continue;
+        const client = await CLIENTS[name](cluster, messages);
+        try {
+          const run = await measure(cluster, client.send, total);
+          const kept = best.get(name);
+          if (kept === undefined || run.recordsPerSecond > kept.recordsPerSecond) best.set(name, run);
+        } catch (err) {
+          const why = unsupported(err);
+          if (why === undefined) throw err;
+          skipped.add(name);
+          console.error(`kafka clients bench: ${name} not measured: ${why}`);
+        } finally {
+          await client.close().catch(() => undefined);
+        }
+      }
+    }
+  });
+  const rxflow = best.get('rxflow')!;
+  const note = (run: Run): string =>
+    `best of ${rounds}; cpu ${run.cpuUsPerRecord.toFixed(2)} us/record here, ${run.mockCpuUsPerRecord.toFixed(2)} in the mock`;
+  const baselines = (['platformatic', 'kafkajs'] as const).filter((name) => best.has(name));
+  for (const name of baselines) {
+    const run = best.get(name)!;
+    ctx.report({
+      name: `kafka_clients.${name}_preencoded`,
+      value: run.recordsPerSecond,
+      unit: 'records/s',
+      note: note(run),
+    });
+  }
+  for (const name of baselines) {
+    const run = best.get(name)!;
+    ctx.report({
+      name: `kafka_clients.rxflow_preencoded.vs_${name}`,
+      value: rxflow.recordsPerSecond,
+      unit: 'records/s',
+      baseline: { name: `kafka_clients.${name}_preencoded`, value: run.recordsPerSecond },
+      note: note(rxflow),
+    });
+  }
+  for (const [name, run] of best) {
+    ctx.report({
+      name: `kafka_clients.${name}_preencoded.cpu`,
+      value: run.cpuUsPerRecord,
+      unit: 'us/record (cpu)',
+    });
+  }
+}
