@@ -2,7 +2,7 @@
  * Kafka clients against each other, in one run, into the same librdkafka mock cluster (one topic
  * of 4 partitions): the same pre-encoded messages (JSON flow records of ~400 bytes with their flow
  * keys, partitioned by murmur2 of the key as Kafka's default partitioner does), 1000 messages per
- * send, 4 sends in flight, acks -1, no compression, no idempotence:
+ * send, 4 sends in flight (measureSends of kafka.bench.ts), acks -1, no compression, no idempotence:
  *
  * - rxflow: the client of src/kafka/ (kafkajsTransport: the kafkajs connections, record batches
  *   written by RecordBatchWriter, Produce requests of produce.ts), the batches encoded per send;
@@ -29,13 +29,12 @@ import { CONNECTION_DEFAULTS } from '../src/kafka/options.js';
 import type { EncodedRequest, PartitionBatch } from '../src/kafka/produce.js';
 import { BufferPool, RecordBatchWriter } from '../src/kafka/record-batch.js';
 import { flowKey, partitionForKey } from '../src/sinks/kafka/encode.js';
-import { pool, processCpuMs, selfCpuMs, withCluster, type Run } from './kafka.bench.js';
+import { WARMUP_SENDS, measureSends, pool, withCluster, type Run } from './kafka.bench.js';
 import { startShimProcess } from './kafka-shim.js';
 import type { BenchContext } from './lib.js';
 
 const BATCH = 1000;
 const PARTITIONS = 4;
-const IN_FLIGHT = 4;
 
 interface Payload {
   key: string;
@@ -71,33 +70,10 @@ async function topicEnd(brokers: string[]): Promise<number> {
   }
 }
 
-/** Sends before the measured ones, for warm connections and code. */
-const WARMUP_SENDS = 20;
-
 /** The mock cluster as the clients see it: its process (for CPU time) and the shim's addresses. */
 interface Target {
   pid: number;
   brokers: string[];
-}
-
-/** Sends `total` messages, `BATCH` per send, at most IN_FLIGHT sends at once; measures it. */
-async function measure(cluster: Target, send: Send, total: number): Promise<Run> {
-  for (let i = 0; i < WARMUP_SENDS; i++) await send();
-  const cpu0 = selfCpuMs();
-  const mock0 = processCpuMs(cluster.pid);
-  const t0 = process.hrtime.bigint();
-  const inFlight: Promise<unknown>[] = [];
-  for (let sent = 0; sent < total; sent += BATCH) {
-    inFlight.push(send());
-    if (inFlight.length >= IN_FLIGHT) await inFlight.shift();
-  }
-  await Promise.all(inFlight);
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  return {
-    recordsPerSecond: total / seconds,
-    cpuUsPerRecord: ((selfCpuMs() - cpu0) * 1000) / total,
-    mockCpuUsPerRecord: ((processCpuMs(cluster.pid) - mock0) * 1000) / total,
-  };
 }
 
 const copyValue = (value: Buffer, out: Buffer, pos: number): number =>
@@ -197,7 +173,7 @@ export default async function kafkaClientsBench(ctx: BenchContext): Promise<void
           const before = await topicEnd(mock.brokers);
           const client = await CLIENTS[name](cluster, messages);
           try {
-            const run = await measure(cluster, client.send, total);
+            const run = await measureSends(cluster.pid, client.send, total);
             const written = (await topicEnd(mock.brokers)) - before;
             const expected = (WARMUP_SENDS + Math.ceil(total / BATCH)) * BATCH;
             if (written !== expected)
