@@ -43,6 +43,7 @@ import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
 import { SinkError, messageOf } from './errors.js';
+import { beforeDeadline } from '../delivery/deadline.js';
 import { LossLog } from '../delivery/loss-log.js';
 
 export interface FileSinkConfig {
@@ -322,12 +323,7 @@ export class FileSink implements Sink {
       this.pump();
       while (this.writing) await this.writing;
     } else {
-      let deadline: Subscription | undefined;
-      const late = new Promise<void>((resolve) => {
-        deadline = this.scheduler.schedule(() => resolve(), Math.max(0, timeoutMs));
-      });
-      await Promise.race([this.settledUpTo(this.admitted, false), late]);
-      deadline?.unsubscribe();
+      await beforeDeadline(this.settledUpTo(this.admitted, false), Math.max(0, timeoutMs), this.scheduler);
     }
     this.stopped = true;
     this.cancelRetry();
