@@ -65,6 +65,11 @@ export interface ComponentContext {
    * full) and when it can again; shown by `rxflow status`, the health endpoint and the logs.
    */
   health?: HealthReporter;
+  /**
+   * Emits on a flush on demand (`rxflow flush`): a source that holds what the kernel counted (a
+   * map tracer) reads and removes it now instead of at its next eviction.
+   */
+  flush$?: Observable<void>;
 }
 
 /** A component's health, as it reports it. */
@@ -101,6 +106,8 @@ export interface SourceModule<C> extends ModuleBase<C> {
   kind: 'source';
   /** The source completes by itself after a final flush when context.stop$ emits. */
   drainsOnStop?: boolean;
+  /** The source reads the kernel at once when context.flush$ emits (`rxflow flush`). */
+  flushesOnDemand?: boolean;
   build(config: C, context: ComponentContext): Observable<FlowBatch>;
 }
 

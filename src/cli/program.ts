@@ -12,7 +12,7 @@ import { registerFirewallCommands } from './firewall.js';
 import { registerReplicationCommands } from './replication.js';
 import { LOG_LEVELS } from './log.js';
 import { runFile } from './run.js';
-import { statusCommand } from './status-command.js';
+import { flushCommand, statusCommand } from './status-command.js';
 import { listTypes, validateFiles } from './validate.js';
 
 /** Exit codes: a command that failed exits 1; a command line that is wrong exits 2, like a shell's. */
@@ -85,7 +85,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
   program
     .command('run')
     .description(
-      'Run a pipeline. SIGINT or SIGTERM drains it (sources stop, the kernel map is read a last time, transforms and sinks flush) and exits 0; a second signal exits at once.',
+      'Run a pipeline. SIGINT or SIGTERM drains it (sources stop, the kernel map is read a last time, transforms and sinks flush) and exits 0; a second signal exits at once. SIGUSR1 reads the kernel maps now, as rxflow flush does.',
     )
     .argument('<file>', 'pipeline YAML file')
     .addOption(logLevelOption())
@@ -151,6 +151,20 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
     .option('--json', 'print the status as JSON')
     .action(async (opts: { socket?: string; json?: boolean }) => {
       setCode(await statusCommand(opts, io));
+    });
+
+  program
+    .command('flush')
+    .description(
+      'Make a running pipeline read and empty its kernel maps now (ebpf_flows, firewall_sessions), as their next eviction would, instead of waiting for it.',
+    )
+    .option(
+      '--socket <path>',
+      'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
+    )
+    .option('--json', 'print the answer as JSON')
+    .action(async (opts: { socket?: string; json?: boolean }) => {
+      setCode(await flushCommand(opts, io));
     });
 
   program

@@ -56,6 +56,8 @@ export interface SessionEventsOptions {
   logger?: Logger;
   /** When it emits, the ring is read a last time and the stream completes. */
   stop$?: Observable<unknown>;
+  /** Each value reads the ring and, unless expireIntervalMs is 0, runs the expiry now (a flush on demand). */
+  flush$?: Observable<unknown>;
   scheduler?: SchedulerLike;
 }
 
@@ -132,6 +134,9 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
     const subs = [interval(options.drainIntervalMs, scheduler).subscribe(() => void tick(false))];
     if (options.expireIntervalMs > 0) {
       subs.push(interval(options.expireIntervalMs, scheduler).subscribe(() => void tick(true)));
+    }
+    if (options.flush$) {
+      subs.push(options.flush$.subscribe(() => void tick(options.expireIntervalMs > 0)));
     }
     if (options.stop$) {
       subs.push(
@@ -248,6 +253,7 @@ export function firewallSessions(
       logger: context.logger,
       scheduler: context.scheduler ?? asyncScheduler,
       ...(context.stop$ ? { stop$: context.stop$ } : {}),
+      ...(context.flush$ ? { flush$: context.flush$ } : {}),
     }).pipe(map((events) => events.map((e) => sessionRecord(e.kind, e.session, offsetMs, e.end))));
   });
 }
@@ -260,6 +266,7 @@ const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
   kind: 'source',
   description: 'session lifecycle events (created, updated, deleted) of a loaded firewall',
   drainsOnStop: true,
+  flushesOnDemand: true,
   schema: {
     type: 'object',
     additionalProperties: false,
@@ -277,7 +284,7 @@ const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
       },
       drain_interval_ms: ms('how often the session event ring buffer is read', 100),
       expire_interval_ms: ms(
-        'how often idle sessions are deleted, each a deleted event, and sessions the full LRU map evicted are looked for (the same read of the map), each a deleted event too; 0: never. Closed TCP sessions (FIN both ways, RST) are deleted events at the next drain.',
+        'how often idle sessions are deleted, each a deleted event, and sessions the full LRU map evicted are looked for (the same read of the map), each a deleted event too; 0: never. Closed TCP sessions (FIN both ways, RST) are deleted events at the next drain. `rxflow flush` reads the ring and runs the expiry at once.',
         1000,
         0,
       ),
