@@ -15,8 +15,7 @@ import {
 import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { firewallSource, setAddresses } from './firewall-source.js';
-import { INSTANCE_PATTERN } from '../datapath/instance.js';
+import { FIREWALL_SOURCE_PROPERTIES, firewallSource, setAddresses } from './firewall-source.js';
 
 /**
  * Session lifecycle events of a firewall.
@@ -271,17 +270,7 @@ const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
     type: 'object',
     additionalProperties: false,
     properties: {
-      instance: {
-        type: 'string',
-        pattern: INSTANCE_PATTERN,
-        default: 'default',
-        description: "the firewall instance given to 'rxflow firewall load'",
-      },
-      pin_root: {
-        type: 'string',
-        default: '/sys/fs/bpf',
-        description: 'the bpffs mount the firewall is pinned under',
-      },
+      ...FIREWALL_SOURCE_PROPERTIES,
       drain_interval_ms: ms('how often the session event ring buffer is read', 100),
       expire_interval_ms: ms(
         'how often idle sessions are deleted, each a deleted event, and sessions the full LRU map evicted are looked for (the same read of the map), each a deleted event too; 0: never. Closed TCP sessions (FIN both ways, RST) are deleted events at the next drain. `rxflow flush` reads the ring and runs the expiry at once.',
