@@ -40,6 +40,14 @@ function parseSeconds(text: string): number {
   return n;
 }
 
+/** --socket of the commands that talk to a running pipeline. */
+function socketOption(): Option {
+  return new Option(
+    '--socket <path>',
+    'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
+  );
+}
+
 /** The `rxflow` command line. Actions report their exit code through `setCode`. */
 export function createProgram(io: CliIo, setCode: (code: number) => void): Command {
   const registry = () => io.registry ?? defaultRegistry();
@@ -139,33 +147,31 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
       },
     );
 
-  program
-    .command('status')
-    .description(
+  // The commands that talk to a running pipeline through its status socket.
+  const socketCommands = [
+    [
+      'status',
       'Print the state of a running pipeline: its components with what each received, sent, dropped and holds, and the loss ledger.',
-    )
-    .option(
-      '--socket <path>',
-      'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
-    )
-    .option('--json', 'print the status as JSON')
-    .action(async (opts: { socket?: string; json?: boolean }) => {
-      setCode(await statusCommand(opts, io));
-    });
-
-  program
-    .command('flush')
-    .description(
+      'print the status as JSON',
+      statusCommand,
+    ],
+    [
+      'flush',
       'Make a running pipeline read and empty its kernel maps now (ebpf_flows, firewall_sessions), as their next eviction would, instead of waiting for it.',
-    )
-    .option(
-      '--socket <path>',
-      'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
-    )
-    .option('--json', 'print the answer as JSON')
-    .action(async (opts: { socket?: string; json?: boolean }) => {
-      setCode(await flushCommand(opts, io));
-    });
+      'print the answer as JSON',
+      flushCommand,
+    ],
+  ] as const;
+  for (const [name, description, jsonHelp, command] of socketCommands) {
+    program
+      .command(name)
+      .description(description)
+      .addOption(socketOption())
+      .option('--json', jsonHelp)
+      .action(async (opts: { socket?: string; json?: boolean }) => {
+        setCode(await command(opts, io));
+      });
+  }
 
   program
     .command('demo')

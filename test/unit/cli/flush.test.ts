@@ -19,10 +19,10 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const held: SourceModule<Record<string, never>> = {
   type: 'held',
   kind: 'source',
-  description: 'emits a batch on each flush on demand',
   flushesOnDemand: true,
-  schema: { type: 'object', additionalProperties: false, properties: {} },
   example: {},
+  schema: { type: 'object', additionalProperties: false, properties: {} },
+  description: 'emits a batch on each flush on demand',
   build: (_config, context) =>
     new Observable<FlowBatch>((subscriber) => {
       let n = 0;
