@@ -12,7 +12,13 @@ import {
   type SchedulerLike,
   type Subscription,
 } from 'rxjs';
-import type { ComponentContext, ComponentKind, Sink } from '../component.js';
+import type {
+  ComponentContext,
+  ComponentKind,
+  ReplicationStatusBoard,
+  ReplicationStatusReader,
+  Sink,
+} from '../component.js';
 import { Ledger, type LedgerTotals } from '../ledger.js';
 import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -48,6 +54,19 @@ function label(spec: ComponentSpec): string {
 
 function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
+}
+
+/** The replication status readers of a pipeline, by firewall instance. */
+class StatusReaders implements ReplicationStatusBoard {
+  private readonly readers = new Map<string, ReplicationStatusReader>();
+
+  offer(instance: string, read: ReplicationStatusReader): void {
+    this.readers.set(instance, read);
+  }
+
+  reader(instance: string): ReplicationStatusReader | undefined {
+    return this.readers.get(instance);
+  }
 }
 
 /**
@@ -87,6 +106,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   // Replays, so a source connected after stop() completes at once instead of running forever.
   const stopping = new ReplaySubject<void>(1);
   const flushing = new Subject<void>();
+  const replication = new StatusReaders();
   const flushable: string[] = [];
   const failures = new FirstFailure(logger);
   // A failed stage stops every source, so the rest of the pipeline drains instead of running on.
@@ -120,6 +140,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
       counters: ledger.stage(spec.id, spec.type, spec.kind),
       health: health.reporter(spec.id, spec.type, componentLogger),
       flush$: flushing.asObservable(),
+      replication,
     };
     if (options.scheduler) context.scheduler = options.scheduler;
     try {
