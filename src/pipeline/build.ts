@@ -250,7 +250,9 @@ export class Pipeline {
     if (this.currentState !== 'running') {
       throw new PipelineError(
         'ESTATE',
-        `flush ${this.config.file}: the pipeline is ${this.currentState}, not running; flush it once it runs`,
+        this.currentState === 'built'
+          ? `flush ${this.config.file}: the pipeline is not running yet; flush it once it logs 'ready'`
+          : `flush ${this.config.file}: the pipeline is ${this.currentState}; its drain reads the kernel maps a last time`,
       );
     }
     this.logger.info({ file: this.config.file, sources: this.onDemand.sources }, 'pipeline flush requested');
