@@ -358,6 +358,8 @@ export class NatsSessionsSink implements Sink {
     this.resolved = resolve(config);
     this.logger = context.logger;
     this.counters = context.counters;
+    // For firewall_metrics: the live status at each of its samples.
+    context.replication?.offer(this.resolved.config.instance, () => this.status());
   }
 
   /** The replication status, the kernel map compared with the bucket now; undefined until started. */
