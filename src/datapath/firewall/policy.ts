@@ -23,11 +23,11 @@
  * The most specific rule wins: the longest destination prefix; at equal prefixes, a rule naming
  * the protocol and port beats one naming the protocol, which beats one naming neither.
  */
-import { SourceDocument, type Path } from '../../pipeline/document.js';
-import { formatProblem, type ConfigProblem } from '../../pipeline/errors.js';
-import { readYamlFile } from '../../pipeline/read.js';
-import type { Env } from '../../pipeline/interpolate.js';
-import { didYouMean } from '../../pipeline/suggest.js';
+import { SourceDocument, type Path } from '../../config/document.js';
+import { formatProblem, type ConfigProblem } from '../../config/errors.js';
+import { readYamlFile } from '../../config/read.js';
+import type { Env } from '../../config/interpolate.js';
+import { didYouMean } from '../../config/suggest.js';
 import { FirewallError } from './errors.js';
 import {
   PROTOCOL_CHOICES,

@@ -2,7 +2,7 @@
  * The named settings of the firewall: each is a __u32 at a fixed index (its key) of the
  * fw_settings array map, enum fw_setting in bpf/firewall.h. Settings take effect on the next packet.
  */
-import { didYouMean } from '../../pipeline/suggest.js';
+import { didYouMean } from '../../config/suggest.js';
 import { FirewallError } from './errors.js';
 
 export interface SettingSpec {

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { formatProblem } from '../../../src/pipeline/errors.js';
+import { formatProblem } from '../../../src/config/errors.js';
 import { fileURLToPath } from 'node:url';
 import { loadPolicyFile } from '../../../src/datapath/firewall/index.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
