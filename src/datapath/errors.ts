@@ -1,4 +1,5 @@
 import { getSystemErrorMap } from 'node:util';
+import { RxflowError } from '../errors.js';
 
 /**
  * Codes of DatapathError. A datapath code where one applies; otherwise the OS error name of the
@@ -44,31 +45,26 @@ export type DatapathErrorCode =
   | (string & {});
 
 /** The failed C call underneath a DatapathError: `code` is the OS error name, `errno` positive. */
-export class SyscallError extends Error {
+export class SyscallError extends RxflowError {
   override readonly name = 'SyscallError';
-  readonly code: string;
   readonly errno: number;
   readonly syscall: string;
 
   constructor(syscall: string, errno: number) {
-    super(`${syscall}: ${errnoMessage(errno)} (${errnoName(errno)})`);
+    super(errnoName(errno), `${syscall}: ${errnoMessage(errno)} (${errnoName(errno)})`);
     this.syscall = syscall;
     this.errno = errno;
-    this.code = errnoName(errno);
   }
 }
 
-export class DatapathError extends Error {
+export class DatapathError extends RxflowError {
   override readonly name = 'DatapathError';
-  readonly code: DatapathErrorCode;
-  override readonly cause?: unknown;
+  declare readonly code: DatapathErrorCode;
   /** The positive errno of the failed call, when one failed. */
   readonly errno?: number;
 
   constructor(code: DatapathErrorCode, message: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.code = code;
-    if (cause !== undefined) this.cause = cause;
+    super(code, message, { cause });
     if (cause instanceof SyscallError) this.errno = cause.errno;
   }
 }

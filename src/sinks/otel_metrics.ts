@@ -37,7 +37,8 @@ import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, type FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { otlpEndpointFromEnv, otlpMetricExporter, otlpProtocol } from './otel/exporter.js';
 import { agentResource } from './otel/resource.js';
 import {

@@ -1,3 +1,5 @@
+import { RxflowError } from '../../errors.js';
+
 /**
  * Codes of FirewallError:
  * - EADDRESS: an address or prefix that does not parse
@@ -11,14 +13,11 @@
 export type FirewallErrorCode =
   'EADDRESS' | 'EARG' | 'ESETTING' | 'EPOLICY' | 'ENOTLOADED' | 'ELAYOUT' | 'ENOIFACE';
 
-export class FirewallError extends Error {
+export class FirewallError extends RxflowError {
   override readonly name = 'FirewallError';
-  readonly code: FirewallErrorCode;
-  override readonly cause?: unknown;
+  declare readonly code: FirewallErrorCode;
 
   constructor(code: FirewallErrorCode, message: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.code = code;
-    if (cause !== undefined) this.cause = cause;
+    super(code, message, { cause });
   }
 }
