@@ -5,7 +5,6 @@ import {
   FirewallError,
   SESSION_EVENT,
   canonicalAddress,
-  cidrContains,
   decodeAuditEvent,
   decodeSession,
   decodeSessionEvent,
@@ -17,6 +16,7 @@ import {
   protocolNumber,
   type FirewallSession,
 } from '../../src/datapath/firewall/index.js';
+import { cidrContains } from '../../src/net/address.js';
 import { auditRecord } from '../../src/sources/firewall_audit.js';
 import { sessionRecord } from '../../src/sources/firewall_sessions.js';
 

@@ -16,6 +16,7 @@ import { BpfMap } from '../map.js';
 import { withNetns } from '../netns.js';
 import { ObjectSpec, type Collection, type Program } from '../object.js';
 import { RingBufferReader } from '../ringbuf.js';
+import { cidrContains } from '../../net/address.js';
 import { bpfObjectPath } from '../../paths.js';
 import { FirewallError } from './errors.js';
 import { compilePolicy, type FirewallPolicy, type MapEntry } from './policy.js';
@@ -34,7 +35,6 @@ import {
   SESSION_KEY,
   TCP_STATES,
   TUNNELS,
-  cidrContains,
   decodeConfig,
   decodeSession,
   decodeSessionKey,

@@ -28,6 +28,7 @@ import { formatProblem, type ConfigProblem } from '../../config/errors.js';
 import { readYamlFile } from '../../config/read.js';
 import type { Env } from '../../config/interpolate.js';
 import { didYouMean } from '../../config/suggest.js';
+import type { Cidr } from '../../net/address.js';
 import { FirewallError } from './errors.js';
 import {
   PROTOCOL_CHOICES,
@@ -38,7 +39,6 @@ import {
   encodeU32,
   parseCidr,
   protocolNumber,
-  type Cidr,
   type FirewallAction,
 } from './types.js';
 
