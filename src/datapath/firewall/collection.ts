@@ -19,7 +19,7 @@ import { RingBufferReader } from '../ringbuf.js';
 import { cidrContains } from '../../net/address.js';
 import { bpfObjectPath } from '../../paths.js';
 import { FirewallError } from './errors.js';
-import { compilePolicy, type FirewallPolicy, type MapEntry } from './policy.js';
+import { compilePolicy, type FirewallPolicy, type MapEntry } from '../../config/firewall-policy.js';
 import {
   SETTINGS,
   formatSettingValue,

@@ -21,7 +21,7 @@ export {
   type NetworkDef,
   type PolicyDef,
   type PolicyRule,
-} from './policy.js';
+} from '../../config/firewall-policy.js';
 export {
   SETTINGS,
   SETTING_NAMES,

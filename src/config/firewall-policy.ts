@@ -23,13 +23,13 @@
  * The most specific rule wins: the longest destination prefix; at equal prefixes, a rule naming
  * the protocol and port beats one naming the protocol, which beats one naming neither.
  */
-import { SourceDocument, type Path } from '../../config/document.js';
-import { formatProblem, type ConfigProblem } from '../../config/errors.js';
-import { readYamlFile } from '../../config/read.js';
-import type { Env } from '../../config/interpolate.js';
-import { didYouMean } from '../../config/suggest.js';
-import type { Cidr } from '../../net/address.js';
-import { FirewallError } from './errors.js';
+import { SourceDocument, type Path } from './document.js';
+import { formatProblem, type ConfigProblem } from './errors.js';
+import { readYamlFile } from './read.js';
+import type { Env } from './interpolate.js';
+import { didYouMean } from './suggest.js';
+import type { Cidr } from '../net/address.js';
+import { FirewallError } from '../datapath/firewall/errors.js';
 import {
   PROTOCOL_CHOICES,
   encodeNetworkKey,
@@ -40,7 +40,7 @@ import {
   parseCidr,
   protocolNumber,
   type FirewallAction,
-} from './types.js';
+} from '../datapath/firewall/types.js';
 
 export class FirewallPolicyError extends FirewallError {
   readonly problems: readonly ConfigProblem[];
