@@ -11,7 +11,8 @@
  */
 import { rmSync } from 'node:fs';
 import { ObjectSpec } from '../src/datapath/index.js';
-import { FirewallCollection, parsePolicy } from '../src/datapath/firewall/index.js';
+import { FirewallCollection } from '../src/datapath/firewall/index.js';
+import { parsePolicy } from '../src/config/firewall-policy.js';
 import { bpfObjectPath } from '../src/paths.js';
 import { bestTestRunNs, meanSingleTestRunNs, synchronousBenchmark, type BenchContext } from './lib.js';
 

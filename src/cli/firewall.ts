@@ -12,12 +12,12 @@ import {
   SETTINGS,
   TUNNEL_MODES,
   firewallPinDir,
-  loadPolicyFile,
-  protocolName,
   type FirewallCounters,
   type SessionListing,
   type TunnelType,
 } from '../datapath/firewall/index.js';
+import { loadPolicyFile } from '../config/firewall-policy.js';
+import { protocolName } from '../net/protocols.js';
 import type { CliIo } from './io.js';
 import { formatBytes, formatCount, formatDuration, renderTable } from './table.js';
 

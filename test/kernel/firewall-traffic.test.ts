@@ -4,7 +4,8 @@
  * hairpin through a veth, and VXLAN through Linux vxlan devices.
  */
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { FirewallCollection, parsePolicy, type FirewallCounters } from '../../src/datapath/firewall/index.js';
+import { FirewallCollection, type FirewallCounters } from '../../src/datapath/firewall/index.js';
+import { parsePolicy } from '../../src/config/firewall-policy.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';

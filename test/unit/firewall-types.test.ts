@@ -13,9 +13,9 @@ import {
   encodeSessionKey,
   addressBytes,
   parseCidr,
-  protocolNumber,
   type FirewallSession,
 } from '../../src/datapath/firewall/index.js';
+import { protocolNumber } from '../../src/net/protocols.js';
 import { cidrContains } from '../../src/net/address.js';
 import { auditRecord } from '../../src/sources/firewall_audit.js';
 import { sessionRecord } from '../../src/sources/firewall_sessions.js';

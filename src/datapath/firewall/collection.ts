@@ -19,7 +19,8 @@ import { RingBufferReader } from '../ringbuf.js';
 import { cidrContains } from '../../net/address.js';
 import { bpfObjectPath } from '../../paths.js';
 import { FirewallError } from './errors.js';
-import { compilePolicy, type FirewallPolicy, type MapEntry } from '../../config/firewall-policy.js';
+import type { FirewallPolicy } from '../../config/firewall-policy.js';
+import { compilePolicy, type MapEntry } from './compile.js';
 import {
   SETTINGS,
   formatSettingValue,

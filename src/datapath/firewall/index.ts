@@ -11,17 +11,7 @@ export {
   type SessionListing,
   type SettingValue,
 } from './collection.js';
-export {
-  FirewallPolicyError,
-  compilePolicy,
-  loadPolicyFile,
-  parsePolicy,
-  type CompiledPolicy,
-  type FirewallPolicy,
-  type NetworkDef,
-  type PolicyDef,
-  type PolicyRule,
-} from '../../config/firewall-policy.js';
+export { compilePolicy, type CompiledPolicy, type MapEntry } from './compile.js';
 export {
   SETTINGS,
   SETTING_NAMES,

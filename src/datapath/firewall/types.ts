@@ -17,6 +17,7 @@ import {
   writeMac,
   type Cidr,
 } from '../../net/address.js';
+import type { FirewallAction } from '../../config/firewall-policy.js';
 import { FirewallError } from './errors.js';
 
 export type { FieldLayout } from '../layout.js';
@@ -143,7 +144,6 @@ export const FW_MAPS = {
 /** Bits of a rule key before the destination address: policy id, protocol, pad and port. */
 export const RULE_KEY_FIXED_BITS = 64;
 
-export type FirewallAction = 'allow' | 'block' | 'redirect';
 export const ACTIONS: readonly (FirewallAction | 'none')[] = ['none', 'allow', 'block', 'redirect'];
 
 export type FirewallReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
@@ -595,21 +595,3 @@ export function decodeConfig(bytes: Uint8Array): FirewallConfig {
 
 /** Sum over CPUs of a per-CPU u64 slot buffer. */
 export { sumPerCpu } from '../layout.js';
-
-const PROTOCOL_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
-const PROTOCOL_NUMBERS: Record<string, number> = { icmp: 1, tcp: 6, udp: 17, icmpv6: 58, sctp: 132 };
-
-/** 'tcp' for 6; the number for protocols without a short name. */
-export function protocolName(n: number): string {
-  return PROTOCOL_NAMES[n] ?? String(n);
-}
-
-/** 6 for 'tcp' or '6'; undefined for an unknown name or a number out of 0-255. */
-export function protocolNumber(text: string): number | undefined {
-  const t = text.toLowerCase();
-  if (t in PROTOCOL_NUMBERS) return PROTOCOL_NUMBERS[t];
-  if (/^\d{1,3}$/.test(t) && Number(t) <= 255) return Number(t);
-  return undefined;
-}
-
-export const PROTOCOL_CHOICES = Object.keys(PROTOCOL_NUMBERS);
