@@ -10,7 +10,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
-import { withNetns } from '../datapath/netns.js';
+import { withNetns } from './netns.js';
 import { RxflowError } from '../errors.js';
 import type { Logger } from '../logger.js';
 

@@ -11,7 +11,7 @@
 import { statSync } from 'node:fs';
 import { Subject, type Observable } from 'rxjs';
 import { DatapathError, type TcLink } from '../datapath/index.js';
-import { withNetns } from '../datapath/netns.js';
+import { withNetns } from '../net/netns.js';
 import type { Logger } from '../logger.js';
 import type { InterfaceMatcher } from '../net/interface-match.js';
 import { LinkMonitor, listLinks } from '../net/links.js';

@@ -13,7 +13,7 @@ import { DatapathError } from '../errors.js';
 import { libc } from '../libbpf.js';
 import { attachTc, type TcLink } from '../link.js';
 import { BpfMap } from '../map.js';
-import { withNetns } from '../netns.js';
+import { withNetns } from '../../net/netns.js';
 import { ObjectSpec, type Collection, type Program } from '../object.js';
 import { RingBufferReader } from '../ringbuf.js';
 import { cidrContains } from '../../net/address.js';

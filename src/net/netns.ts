@@ -1,6 +1,6 @@
 import { openSync, closeSync } from 'node:fs';
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno } from './errors.js';
+import { DatapathError, SyscallError, describeErrno } from '../datapath/errors.js';
 
 const CLONE_NEWNET = 0x40000000;
 
