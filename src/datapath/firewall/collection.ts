@@ -18,7 +18,7 @@ import { ObjectSpec, type Collection, type Program } from '../object.js';
 import { RingBufferReader } from '../ringbuf.js';
 import { cidrContains } from '../../net/address.js';
 import { bpfObjectPath } from '../../paths.js';
-import { FirewallError } from './errors.js';
+import { FirewallError } from '../../config/firewall-errors.js';
 import type { FirewallPolicy } from '../../config/firewall-policy.js';
 import { compilePolicy, type MapEntry } from './compile.js';
 import {
@@ -28,7 +28,7 @@ import {
   resolveSetting,
   type SettingName,
   type SettingSpec,
-} from './settings.js';
+} from '../../config/firewall-settings.js';
 import {
   FW_CTR,
   FW_MAPS,

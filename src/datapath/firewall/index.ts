@@ -1,4 +1,4 @@
-export { FirewallError, type FirewallErrorCode } from './errors.js';
+export { FirewallError, type FirewallErrorCode } from '../../config/firewall-errors.js';
 export {
   FirewallCollection,
   TUNNEL_MODES,
@@ -21,5 +21,5 @@ export {
   settingDefaults,
   type SettingName,
   type SettingSpec,
-} from './settings.js';
+} from '../../config/firewall-settings.js';
 export * from './types.js';

@@ -18,7 +18,7 @@ import {
   type Cidr,
 } from '../../net/address.js';
 import type { FirewallAction } from '../../config/firewall-policy.js';
-import { FirewallError } from './errors.js';
+import { FirewallError } from '../../config/firewall-errors.js';
 
 export type { FieldLayout } from '../layout.js';
 /** A firewall struct layout; the same type as the flow structs'. */

@@ -2,8 +2,8 @@
  * The named settings of the firewall: each is a __u32 at a fixed index (its key) of the
  * fw_settings array map, enum fw_setting in bpf/firewall.h. Settings take effect on the next packet.
  */
-import { didYouMean } from '../../config/suggest.js';
-import { FirewallError } from './errors.js';
+import { didYouMean } from './suggest.js';
+import { FirewallError } from './firewall-errors.js';
 
 export interface SettingSpec {
   readonly name: string;

@@ -1,4 +1,4 @@
-import { RxflowError } from '../../errors.js';
+import { RxflowError } from '../errors.js';
 
 /**
  * Codes of FirewallError:
