@@ -23,29 +23,24 @@
  * The most specific rule wins: the longest destination prefix; at equal prefixes, a rule naming
  * the protocol and port beats one naming the protocol, which beats one naming neither.
  */
-import { RxflowError } from '../errors.js';
 import { parseCidr, type Cidr } from '../net/address.js';
 import { PROTOCOL_CHOICES, protocolNumber } from '../net/protocols.js';
 import { SourceDocument, type Path } from './document.js';
 import { formatProblem, type ConfigProblem } from './errors.js';
+import { FirewallError } from './firewall-errors.js';
 import type { Env } from './interpolate.js';
 import { readYamlFile } from './read.js';
 import { didYouMean } from './suggest.js';
 
 /**
  * A policy file that cannot be read or has problems (code EPOLICY); `problems` lists each with
- * its file:line:column, and is empty when the file could not be read at all. Named
- * FirewallError, as the firewall's errors are, for the logs and scripts that match on it.
+ * its file:line:column, and is empty when the file could not be read at all.
  */
-export class FirewallPolicyError extends RxflowError {
-  override readonly name = 'FirewallError';
-  declare readonly code: 'EPOLICY';
+export class FirewallPolicyError extends FirewallError {
   readonly problems: readonly ConfigProblem[];
 
   constructor(problems: readonly ConfigProblem[], options?: { cause?: unknown; message?: string }) {
-    super('EPOLICY', options?.message ?? problems.map(formatProblem).join('\n'), {
-      cause: options?.cause,
-    });
+    super('EPOLICY', options?.message ?? problems.map(formatProblem).join('\n'), options?.cause);
     this.problems = problems;
   }
 }

@@ -189,3 +189,25 @@ export function formatSettingValue(spec: SettingSpec, n: number): string {
 export function settingDefaults(): Record<SettingName, number> {
   return Object.fromEntries(SETTINGS.map((s) => [s.name, s.default])) as Record<SettingName, number>;
 }
+
+/** The setting `name` names (checked by the type system, so it exists). */
+export function settingSpec(name: SettingName): SettingSpec {
+  return SETTINGS.find((s) => s.name === name)!;
+}
+
+/** A setting and the number it is set to: what the datapath writes. */
+export interface SettingAssignment {
+  readonly spec: SettingSpec;
+  readonly value: number;
+}
+
+/** The setting `ref` names set to `value` (a value name or an integer); throws ESETTING. */
+export function parseSetting(ref: string | number, value: string | number): SettingAssignment {
+  const spec = resolveSetting(ref);
+  return { spec, value: parseSettingValue(spec, value) };
+}
+
+/** Every name = value parsed, all checked before any is returned, so a bad one changes nothing. */
+export function parseSettings(values: Readonly<Record<string, string | number>>): SettingAssignment[] {
+  return Object.entries(values).map(([name, value]) => parseSetting(name, value));
+}

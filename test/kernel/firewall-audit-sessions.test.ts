@@ -17,6 +17,7 @@ import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { NodeChild, TCP_CLIENT, TCP_ECHO_SERVER, drainAudit, snmp, waitFor } from './firewall-helpers.js';
+import { parseSettings } from '../../src/config/firewall-settings.js';
 
 const POLICY = `
 networks:
@@ -84,7 +85,7 @@ kernelDescribe('firewall audit mode on real TCP', () => {
       pinDir: join(root, 'rxflow-firewall-audit'),
       ingress: topo.link.b.ifname,
       netns: topo.server.name,
-      settings: { enforcement: 'off' },
+      settings: parseSettings({ enforcement: 'off' }),
     });
     fw = loaded;
     loaded.applyPolicy(parsePolicy(POLICY, 'policy.yaml', {}));

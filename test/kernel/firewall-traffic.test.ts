@@ -22,6 +22,7 @@ import {
   waitFor,
 } from './firewall-helpers.js';
 import { ETH_TEB, geneve } from './flow-packets.js';
+import { parseSettings } from '../../src/config/firewall-settings.js';
 
 const POLICY = `
 networks:
@@ -137,7 +138,7 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
   });
 
   it('audit mode passes blocked traffic and reports each packet', async () => {
-    const fw = attach({ settings: { enforcement: 'off' } });
+    const fw = attach({ settings: parseSettings({ enforcement: 'off' }) });
     const audit = fw.auditReader();
     const before = fw.counters();
     expect(

@@ -2,7 +2,6 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   AUDIT_EVENT,
-  FirewallError,
   SESSION_EVENT,
   canonicalAddress,
   decodeAuditEvent,
@@ -15,6 +14,7 @@ import {
   parseCidr,
   type FirewallSession,
 } from '../../src/datapath/firewall/index.js';
+import { FirewallError } from '../../src/config/firewall-errors.js';
 import { protocolNumber } from '../../src/net/protocols.js';
 import { cidrContains } from '../../src/net/address.js';
 import { auditRecord } from '../../src/sources/firewall_audit.js';

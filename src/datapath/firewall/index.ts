@@ -1,4 +1,3 @@
-export { FirewallError, type FirewallErrorCode } from '../../config/firewall-errors.js';
 export {
   FirewallCollection,
   TUNNEL_MODES,
@@ -12,14 +11,4 @@ export {
   type SettingValue,
 } from './collection.js';
 export { compilePolicy, type CompiledPolicy, type MapEntry } from './compile.js';
-export {
-  SETTINGS,
-  SETTING_NAMES,
-  formatSettingValue,
-  parseSettingValue,
-  resolveSetting,
-  settingDefaults,
-  type SettingName,
-  type SettingSpec,
-} from '../../config/firewall-settings.js';
 export * from './types.js';
