@@ -1,7 +1,8 @@
 import { RxflowError } from '../errors.js';
 
 /**
- * Codes of FirewallError:
+ * The firewall's error, from reading its policy and settings (here, in config/) to the kernel
+ * (datapath/firewall/), so it lives with the lowest layer that throws it. Codes:
  * - EADDRESS: an address or prefix that does not parse
  * - EARG: an argument out of range (a port, a MAC, a session field)
  * - ESETTING: an unknown setting name or key, or a value the setting does not take
