@@ -1,5 +1,5 @@
 import type { ComponentRegistry } from '../pipeline/component-registry.js';
-import type { Env } from '../pipeline/interpolate.js';
+import type { Env } from '../config/interpolate.js';
 import type { Logger } from '../logger.js';
 
 export type SignalName = 'SIGINT' | 'SIGTERM';

@@ -1,8 +1,8 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { MAX_TIMER_MS } from '../component.js';
-import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
+import { DURATION_HINT, parseDuration } from '../config/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
-import { escapeControlKeepLines } from '../pipeline/text.js';
+import { escapeControlKeepLines } from '../config/text.js';
 import { packageVersion } from '../paths.js';
 import { redactText } from '../redact.js';
 import { defaultRegistry } from '../pipeline/registry.js';

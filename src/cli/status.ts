@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { HealthSnapshot } from '../health.js';
 import type { DropReason, LedgerTotals } from '../ledger.js';
 import type { PipelineConfig } from '../pipeline/load.js';
-import type { Env } from '../pipeline/interpolate.js';
+import type { Env } from '../config/interpolate.js';
 import { pipelineName } from '../pipeline/name.js';
 import type { TopSnapshot } from '../sinks/top.js';
 import { CliError } from './errors.js';

@@ -23,7 +23,7 @@ import { Ledger, type LedgerTotals } from '../ledger.js';
 import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { PipelineError } from './errors.js';
+import { PipelineError } from '../config/errors.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';
 import { pipelineName } from './name.js';
 import { DEFAULT_DRAIN_TIMEOUT_MS } from './settings.js';

@@ -54,7 +54,8 @@ import type { SessionEvent, SessionEventBatch } from '../ha/session.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 export interface NatsSessionsConfig {

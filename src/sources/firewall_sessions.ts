@@ -1,9 +1,9 @@
 import { Observable, asyncScheduler, interval, map, type SchedulerLike } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
+import type { FirewallAction } from '../config/firewall-policy.js';
 import { sessionKeyId, type FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
-  type FirewallAction,
   type FirewallReason,
   type FirewallSession,
   type FirewallSessionEvent,

@@ -19,7 +19,7 @@ import {
 } from '../../src/datapath/firewall/index.js';
 import { decodeSessionValueOrThrow, sessionKvKey } from '../../src/ha/codec.js';
 import type { NodeReplicationStatus } from '../../src/ha/replication.js';
-import { formatProblem } from '../../src/pipeline/errors.js';
+import { formatProblem } from '../../src/config/errors.js';
 import { checkPipeline } from '../../src/pipeline/load.js';
 import { freePort } from '../fixtures/nats.js';
 import { kernelDescribe, kernelTest } from '../fixtures/privilege.js';
