@@ -37,7 +37,8 @@ import {
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { Admission } from './kafka/admission.js';
 import type { Encoding, KeyMode } from './kafka/encode.js';
 import { RequestBuilder } from './kafka/requests.js';

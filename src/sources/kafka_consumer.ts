@@ -65,7 +65,8 @@ import {
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
-import { SourceError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SourceError } from './errors.js';
 
 export type KafkaConsumerEncoding = 'json' | 'protobuf';
 

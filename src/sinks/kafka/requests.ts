@@ -1,7 +1,8 @@
 import type { Compression } from '../../kafka/compress.js';
 import type { EncodedRequest } from '../../kafka/produce.js';
 import type { FlowRecord } from '../../records.js';
-import { SinkError, messageOf } from '../errors.js';
+import { messageOf } from '../../errors.js';
+import { SinkError } from '../errors.js';
 import { RequestEncoder, type Encoding, type KeyMode } from './encode.js';
 
 /** Starting estimate of encoded bytes per record, refined by every request. */

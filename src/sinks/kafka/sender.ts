@@ -10,7 +10,8 @@ import { unwritten, type EncodedRequest } from '../../kafka/produce.js';
 import type { DropReason, StageCounters } from '../../ledger.js';
 import type { Logger } from '../../logger.js';
 import type { FlowRecord } from '../../records.js';
-import { SinkError, messageOf } from '../errors.js';
+import { messageOf } from '../../errors.js';
+import { SinkError } from '../errors.js';
 import type { Admission } from './admission.js';
 import type { RequestBuilder } from './requests.js';
 
