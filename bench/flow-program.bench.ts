@@ -19,6 +19,7 @@ import {
   decodeFlowMapBatch,
   monotonicToWallClockOffsetMs,
 } from '../src/datapath/flow-types.js';
+import { loadNetobserv } from './netobserv.js';
 import {
   bestNsPerOp,
   bestTestRunNs,
@@ -29,6 +30,8 @@ import {
 
 const LIVE_FLOWS = 4096;
 const TARGET_HIT_NS = 100;
+/** rxflow's known-flow hit against netobserv's, enrichment off (issue 15). */
+const TARGET_HIT_RATIO = 0.8;
 
 function repoRoot(): string {
   // Runs from bench/ (tsx, vitest) or dist/bench/ (npm run bench).
@@ -86,7 +89,21 @@ function measure(ctx: BenchContext): void {
 
     const probe = udpFrame(1024 + 777);
     const emptyNs = bestTestRunNs(baseline, probe, repeat, rounds);
-    const hitNs = bestTestRunNs(ingress, probe, repeat, rounds);
+    // netobserv's TC flow program on the same frames, rounds alternating with ours so both see
+    // the same machine load.
+    const netobserv = loadNetobserv(root);
+    let hitNs = Infinity;
+    let netobservNs = Infinity;
+    try {
+      const theirs = netobserv.program('tc_ingress_flow_parse');
+      for (let p = 0; p < LIVE_FLOWS; p++) theirs.testRun(udpFrame(1024 + p));
+      for (let r = 0; r < rounds; r++) {
+        netobservNs = Math.min(netobservNs, bestTestRunNs(theirs, probe, repeat, 1));
+        hitNs = Math.min(hitNs, bestTestRunNs(ingress, probe, repeat, 1));
+      }
+    } finally {
+      netobserv.close();
+    }
     const geneveNs = bestTestRunNs(ingress, geneveFrame(1024 + 7), repeat, rounds);
     const base = { name: 'flow.empty_tc_program', value: emptyNs };
     ctx.report({ ...base, unit: 'ns/packet', note: `repeat ${repeat}, best of ${rounds}` });
@@ -96,6 +113,15 @@ function measure(ctx: BenchContext): void {
       unit: 'ns/packet',
       baseline: base,
       target: { value: TARGET_HIT_NS, better: 'lower' },
+    });
+    const theirs = { name: 'flow.netobserv_tc_ingress_hit_4k_flows', value: netobservNs };
+    ctx.report({ ...theirs, unit: 'ns/packet', note: 'tc_ingress_flow_parse, rounds alternating with ours' });
+    ctx.report({
+      name: 'flow.known_flow_hit_vs_netobserv',
+      value: hitNs / netobservNs,
+      unit: 'ratio',
+      target: { value: TARGET_HIT_RATIO, better: 'lower' },
+      note: `${hitNs.toFixed(1)} / ${netobservNs.toFixed(1)} ns`,
     });
     ctx.report({ name: 'flow.known_flow_hit_geneve', value: geneveNs, unit: 'ns/packet', baseline: base });
 
