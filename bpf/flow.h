@@ -91,7 +91,7 @@ struct flow_value {
 	/* IP octets, IP header and payload (IPFIX octetDeltaCount): of the inner IP packet for a
 	 * VXLAN/GENEVE flow, 0 for a layer-2 flow. */
 	__u64 ip_bytes;
-	__u64 first_seen_ns; /* bpf_ktime_get_ns() */
+	__u64 first_seen_ns; /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC to the last timer tick */
 	__u64 last_seen_ns;
 	__u64 cookie;        /* GENEVE: first 8 bytes of the options, as they appear on the wire */
 	__u8 outer_src_ip[16];
