@@ -23,6 +23,7 @@ import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
+import { FLOW_FEATURE_RTT } from '../datapath/flow-latency.js';
 import { InterfaceMatcher } from '../net/interface-match.js';
 import { followLinks } from './follow-links.js';
 import type { LinkFollower } from './link-follower.js';
@@ -52,6 +53,7 @@ export interface EbpfFlowsConfig {
   drops: boolean;
   drops_hook: string;
   drops_max_flows: number;
+  rtt: boolean;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -160,6 +162,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     dp.labeler = labeler;
     const reportKernelLosses = kernelLossReporter(dp, counters);
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
+    if (config.rtt) dp.setFeatures(FLOW_FEATURE_RTT);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -342,6 +345,12 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         description:
           'flows with drops the kernel holds between two evictions (two maps of entries x (32 bytes x possible CPUs + 60)); drops beyond it are counted by reason only',
       },
+      rtt: {
+        type: 'boolean',
+        default: false,
+        description:
+          "time TCP handshakes on the interfaces (SYN sent to SYN-ACK received on a client, SYN-ACK sent to ACK received on a server): the ingress flow of the packet that completed one gets tcpHandshakeRttMicroseconds. Off, it costs the flow program's hit path one test; on, handshake packets cost one more map update or lookup",
+      },
     },
   },
   example: {
@@ -365,6 +374,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     drops: false,
     drops_hook: 'kfree_skb',
     drops_max_flows: 16384,
+    rtt: false,
   },
   build: ebpfFlows,
 };

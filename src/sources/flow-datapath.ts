@@ -86,6 +86,8 @@ export class FlowDatapath {
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
+  #sampling = 0;
+  #features = 0;
   readonly #netns: string | undefined;
   // A killed agent may have left flows in either map (it may even have died between a swap and
   // its drain), so the first eviction of this process drains both.
@@ -209,7 +211,14 @@ export class FlowDatapath {
     if (!Number.isInteger(sampling) || sampling < 0 || sampling > 0xffffffff) {
       throw new DatapathError('EARG', `flow datapath: sampling must be an integer >= 0, got ${sampling}`);
     }
-    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling }));
+    this.#sampling = sampling;
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling, features: this.#features }));
+  }
+
+  /** Sets what the flow programs measure besides counting (FLOW_FEATURE_* of flow-latency.ts). */
+  setFeatures(features: number): void {
+    this.#features = features;
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling: this.#sampling, features }));
   }
 
   /**
