@@ -463,22 +463,28 @@ static __always_inline void account(struct flow_value *cur, const struct flow_va
 }
 
 #define TCP_SYN 0x02
+#define TCP_RST 0x04
 #define TCP_ACK 0x10
 
 /* FLOW_FEATURE_RTT on a TCP packet. A SYN or SYN-ACK sent (egress) waits in flow_rtt_pending
  * under the key of the ingress packet that will answer it; an ingress packet with ACK set whose
  * acknowledgment number is the one awaited completes the measurement, and its round trip in
  * microseconds goes into val (0: nothing measured). cur_flags: the TCP flags the flow already
- * has on this CPU. Once the flow has seen an ACK here no handshake can complete on it, so an
- * established connection costs one test per packet. */
+ * has on this CPU: once it has an ACK, only a SYN-ACK is looked up, so an established connection
+ * costs a few tests per packet. */
 static __always_inline void handshake_rtt(struct __sk_buff *skb, const struct flow_key *key,
 					  const struct parse_pos *pos, struct flow_value *val,
 					  __u16 cur_flags)
 {
 	__u8 flags = val->tcp_flags;
 
-	if (key->direction == FLOW_DIRECTION_EGRESS ? !(flags & TCP_SYN)
-						     : !(flags & TCP_ACK) || (cur_flags & TCP_ACK))
+	/* A RST answering a SYN (a closed port) is no handshake. The server's ACK is looked for
+	 * until the flow has seen an ACK on this CPU; a SYN-ACK always, so a connection refused and
+	 * then retried on the same ports still gets its handshake timed. */
+	if (key->direction == FLOW_DIRECTION_EGRESS
+		    ? !(flags & TCP_SYN)
+		    : !(flags & TCP_ACK) || (flags & TCP_RST) ||
+			      (!(flags & TCP_SYN) && (cur_flags & TCP_ACK)))
 		return;
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The kernel's smoothed TCP RTT on the flows, from the tcp_probe tracepoint (tp_btf: no kprobe, no
+ * fentry). tcp_probe fires for segments an established socket receives; the socket's srtt_us >> 3
+ * is the RTT `ss -ti` shows. The segment's ingress flow is looked up, by the socket's addresses
+ * and ports, the interface it arrived on and the socket's namespace, in the flow map the flow
+ * programs count into now (flow_maps, shared with the flow object); found, this CPU's slot gets
+ * the sample as srtt_us and the smallest as srtt_min_us. A segment on no flow of the map (the
+ * interface is not observed, or the frame carried a VLAN tag or a tunnel the key would hold) is
+ * counted in rtt_counters and nothing else. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#include "flow.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+struct ns_common___rxflow {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net___rxflow {
+	struct ns_common___rxflow ns;
+} __attribute__((preserve_access_index));
+
+struct in6_addr___rxflow {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct sock_common___rxflow {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct {
+		struct net___rxflow *net;
+	} skc_net;
+	struct in6_addr___rxflow skc_v6_daddr;
+	struct in6_addr___rxflow skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock___rxflow {
+	struct sock_common___rxflow __sk_common;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___rxflow {
+	__u32 srtt_us;
+} __attribute__((preserve_access_index));
+
+struct sk_buff___rxflow {
+	int skb_iif;
+} __attribute__((preserve_access_index));
+
+/* The flow object's definition, so libbpf accepts its map as ours (userspace reuses the fd of the
+ * flow object's flow_maps: no second map is created). Sizes rather than types: libbpf cannot size
+ * the inner map's types from this object's BTF. */
+struct flow_map_def {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(key_size, sizeof(struct flow_key));
+	__uint(value_size, sizeof(struct flow_value));
+	__uint(max_entries, 65536);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__type(key, __u32);
+	__uint(max_entries, 1);
+	__array(values, struct flow_map_def);
+} flow_maps SEC(".maps");
+
+/* Index 0: samples put on a flow; 1: samples on no flow of the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 2);
+} rtt_counters SEC(".maps");
+
+static __always_inline void count(__u32 index)
+{
+	__u64 *c = bpf_map_lookup_elem(&rtt_counters, &index);
+
+	if (c)
+		*c += 1;
+}
+
+SEC("tp_btf/tcp_probe")
+int rtt_tcp_probe(__u64 *ctx)
+{
+	struct sock___rxflow *sk = (void *)ctx[0];
+	struct sk_buff___rxflow *skb = (void *)ctx[1];
+	/* The verifier knows ctx[0] as a struct sock: the helper gives the tcp_sock around it. */
+	struct tcp_sock___rxflow *tp = (void *)bpf_skc_to_tcp_sock(sk);
+
+	if (!tp || !skb)
+		return 0;
+	__u32 srtt_us = tp->srtt_us >> 3;
+
+	if (srtt_us == 0)
+		return 0;
+	struct flow_key key __attribute__((aligned(8)));
+
+	__builtin_memset(&key, 0, sizeof(key));
+	unsigned short family = sk->__sk_common.skc_family;
+
+	if (family == AF_INET) {
+		key.ip_version = 4;
+		key.eth_type = 0x0800;
+		key.src_ip[10] = 0xff;
+		key.src_ip[11] = 0xff;
+		*(__be32 *)(key.src_ip + 12) = sk->__sk_common.skc_daddr;
+		key.dst_ip[10] = 0xff;
+		key.dst_ip[11] = 0xff;
+		*(__be32 *)(key.dst_ip + 12) = sk->__sk_common.skc_rcv_saddr;
+	} else if (family == AF_INET6) {
+		key.ip_version = 6;
+		key.eth_type = 0x86dd;
+		__builtin_memcpy(key.src_ip, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(key.dst_ip, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+	} else {
+		return 0;
+	}
+	key.protocol = IPPROTO_TCP;
+	key.src_port = __builtin_bswap16(sk->__sk_common.skc_dport);
+	key.dst_port = sk->__sk_common.skc_num;
+	key.direction = FLOW_DIRECTION_INGRESS;
+	key.if_index = skb->skb_iif;
+	struct net___rxflow *net = sk->__sk_common.skc_net.net;
+
+	if (net)
+		key.netns = net->ns.inum;
+
+	__u32 zero = 0;
+	void *flows = bpf_map_lookup_elem(&flow_maps, &zero);
+	struct flow_value *cur = flows ? bpf_map_lookup_elem(flows, &key) : 0;
+
+	if (!cur) {
+		count(1);
+		return 0;
+	}
+	cur->srtt_us = srtt_us;
+	if (cur->srtt_min_us == 0 || srtt_us < cur->srtt_min_us)
+		cur->srtt_min_us = srtt_us;
+	count(0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,162 @@
+/**
+ * `ebpf_flows` with `rtt: true` in a pipeline from YAML: the handshake RTT and the kernel's
+ * smoothed RTT on the flows, and a tracepoint the kernel does not have gives one warning while
+ * the handshake RTT and the flows run on.
+ */
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { buildPipeline } from '../../src/pipeline/build.js';
+import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
+import { parsePipeline } from '../../src/pipeline/load.js';
+import type { FlowRecord } from '../../src/records.js';
+import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
+import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
+import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { kernelDescribe } from '../fixtures/privilege.js';
+import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
+import { buildBpf } from './flow-packets.js';
+
+interface LogLine {
+  level: number;
+  msg: string;
+  hook?: string;
+}
+
+const WARN = 40;
+const PORT = 7650;
+
+kernelDescribe('ebpf_flows with rtt in a pipeline', () => {
+  let pair: PairTopology;
+  let pinRoot: string;
+
+  beforeAll(async () => {
+    buildBpf();
+    pair = await createPair({ prefix: 'rxlrp' });
+    pinRoot = makeBpffsDir('rxlrp');
+  });
+  afterAll(() => cleanup.dispose());
+
+  async function start(name: string, options: string) {
+    const store: CollectStore = new Map();
+    const logs: LogLine[] = [];
+    const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
+    const yaml = `
+sources:
+  kernel:
+    type: ebpf_flows
+    interfaces: ['\${IFACE}']
+    netns: \${NETNS}
+    instance: \${INSTANCE}
+    pin_root: \${PIN_ROOT}
+    eviction_interval_ms: 1h
+${options}
+sinks:
+  out:
+    type: collect
+    inputs: [kernel]
+`;
+    const config = parsePipeline(yaml, `${name}.yaml`, {
+      registry,
+      env: {
+        IFACE: pair.link.b.ifname,
+        NETNS: pair.server.name,
+        INSTANCE: `latency-${name}-${process.pid}`,
+        PIN_ROOT: pinRoot,
+      },
+    });
+    const stream = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as LogLine);
+        done();
+      },
+    });
+    const pipeline = await buildPipeline(config, { logger: pino({ level: 'info' }, stream) });
+    await pipeline.start();
+    const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
+    return { pipeline, collected, logs };
+  }
+
+  /** One connection from the client to the server: ten request/response rounds. */
+  async function exchange(srcPort: number): Promise<void> {
+    const server = pair.server.exec(
+      'python3',
+      [
+        '-c',
+        [
+          'import socket',
+          'l = socket.socket()',
+          'l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+          `l.bind(("${pair.link.b.ipv4!}", ${PORT}))`,
+          'l.listen(1)',
+          'l.settimeout(10)',
+          'c, _ = l.accept()',
+          'c.settimeout(10)',
+          'while True:',
+          '    b = c.recv(100)',
+          '    if not b: break',
+          '    c.sendall(b)',
+        ].join('\n'),
+      ],
+      { timeoutMs: 20_000 },
+    );
+    await pair.client.exec(
+      'python3',
+      [
+        '-c',
+        [
+          'import socket, time',
+          'for _ in range(200):',
+          '    s = socket.socket()',
+          '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
+          `    s.bind(("${pair.link.a.ipv4!}", ${srcPort}))`,
+          '    try:',
+          `        s.connect(("${pair.link.b.ipv4!}", ${PORT}))`,
+          '        break',
+          '    except ConnectionRefusedError:',
+          '        s.close()',
+          '        time.sleep(0.05)',
+          'for _ in range(10):',
+          '    s.sendall(b"x" * 100)',
+          '    got = 0',
+          '    while got < 100: got += len(s.recv(100 - got))',
+          's.close()',
+        ].join('\n'),
+      ],
+      { timeoutMs: 20_000 },
+    );
+    await server;
+  }
+
+  /** The server's ingress flow of the connection: the one both RTTs land on. */
+  const inbound = (records: FlowRecord[], srcPort: number) =>
+    records
+      .filter((r) => r.sourceTransportPort === srcPort && r.flowDirection === 0)
+      .map((r) => ({
+        handshake: r.tcpHandshakeRttMicroseconds !== undefined && r.tcpHandshakeRttMicroseconds > 0,
+        smoothed: r.tcpSmoothedRttMicroseconds !== undefined && r.tcpSmoothedRttMicroseconds > 0,
+      }));
+
+  it('puts the handshake and the smoothed RTT on the flow, with no warning', async () => {
+    const { pipeline, collected, logs } = await start('rtt-on', '    rtt: true');
+    await exchange(43650);
+    await pipeline.stop();
+    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
+    expect(inbound(collected(), 43650)).toEqual([{ handshake: true, smoothed: true }]);
+  });
+
+  it('with a tracepoint the kernel does not have: one warning naming it, the handshake RTT on', async () => {
+    const { pipeline, collected, logs } = await start(
+      'rtt-nohook',
+      '    rtt: true\n    rtt_hook: rxflow_no_such_tracepoint',
+    );
+    await exchange(43651);
+    await pipeline.stop();
+    const warnings = logs.filter((l) => l.level >= WARN);
+    expect(warnings.map((l) => l.hook)).toEqual(['tp_btf/rxflow_no_such_tracepoint']);
+    expect(warnings[0]!.msg).toMatch(
+      /^smoothed rtt off: the rtt program cannot run on tp_btf\/rxflow_no_such_tracepoint/,
+    );
+    expect(inbound(collected(), 43651)).toEqual([{ handshake: true, smoothed: false }]);
+  });
+});
