@@ -21,27 +21,8 @@
 #include <bpf/bpf_core_read.h>
 
 #include "flow.h"
+#include "kernel.h"
 #include "parse.h"
-
-/* Just the kernel fields the programs read, with CO-RE: libbpf relocates the offsets against the
- * running kernel's BTF at load. The ___rxflow suffix keeps them apart from any real definition. */
-struct ns_common___rxflow {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net___rxflow {
-	struct ns_common___rxflow ns;
-} __attribute__((preserve_access_index));
-
-struct net_device___rxflow {
-	struct {
-		struct net___rxflow *net;
-	} nd_net;
-} __attribute__((preserve_access_index));
-
-struct sk_buff___rxflow {
-	struct net_device___rxflow *dev;
-} __attribute__((preserve_access_index));
 
 /* The kernel's sk_buff behind a TC context (linux 6.3+); weak, so an older kernel still loads the
  * programs, without the namespace. */

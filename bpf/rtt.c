@@ -12,66 +12,12 @@
 #include <bpf/bpf_core_read.h>
 
 #include "flow.h"
+#include "flow_maps.h"
+#include "kernel.h"
 
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
-
-struct ns_common___rxflow {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net___rxflow {
-	struct ns_common___rxflow ns;
-} __attribute__((preserve_access_index));
-
-struct in6_addr___rxflow {
-	union {
-		__u8 u6_addr8[16];
-	} in6_u;
-} __attribute__((preserve_access_index));
-
-struct sock_common___rxflow {
-	__be32 skc_daddr;
-	__be32 skc_rcv_saddr;
-	__be16 skc_dport;
-	__u16 skc_num;
-	unsigned short skc_family;
-	struct {
-		struct net___rxflow *net;
-	} skc_net;
-	struct in6_addr___rxflow skc_v6_daddr;
-	struct in6_addr___rxflow skc_v6_rcv_saddr;
-} __attribute__((preserve_access_index));
-
-struct sock___rxflow {
-	struct sock_common___rxflow __sk_common;
-} __attribute__((preserve_access_index));
-
-struct tcp_sock___rxflow {
-	__u32 srtt_us;
-} __attribute__((preserve_access_index));
-
-struct sk_buff___rxflow {
-	int skb_iif;
-} __attribute__((preserve_access_index));
-
-/* The flow object's definition, so libbpf accepts its map as ours (userspace reuses the fd of the
- * flow object's flow_maps: no second map is created). Sizes rather than types: libbpf cannot size
- * the inner map's types from this object's BTF. */
-struct flow_map_def {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(key_size, sizeof(struct flow_key));
-	__uint(value_size, sizeof(struct flow_value));
-	__uint(max_entries, 65536);
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__type(key, __u32);
-	__uint(max_entries, 1);
-	__array(values, struct flow_map_def);
-} flow_maps SEC(".maps");
 
 /* Index 0: samples put on a flow; 1: samples on no flow of the map. */
 struct {
