@@ -4,10 +4,10 @@
  * RTT of the receiving socket into the ingress flow of each sampled segment (flow_value srtt_us,
  * srtt_min_us), which the flow maps' eviction then carries (src/datapath/flow-latency.ts).
  */
-import { syscallFailure } from './errors.js';
 import { sumPerCpu } from './layout.js';
-import { libbpf, libc } from './libbpf.js';
-import { ObjectSpec, type Collection } from './object.js';
+import { libc } from './libbpf.js';
+import type { Collection } from './object.js';
+import { loadTracingOnFlowMaps } from './tracing.js';
 
 export const RTT_PROGRAM = 'rtt_tcp_probe';
 export const RTT_TRACEPOINT = 'tcp_probe';
@@ -38,25 +38,13 @@ export class RttProbe {
 
   /** Throws (ELOAD with the missing hook named, EVERIFIER, EATTACH) when the kernel lacks it. */
   static open(options: RttProbeOptions): RttProbe {
-    const spec = ObjectSpec.open(options.objectPath);
-    let collection: Collection;
-    try {
-      if (options.tracepoint !== undefined) spec.setAttachTarget(RTT_PROGRAM, options.tracepoint);
-      collection = spec.load({ reuseMaps: { flow_maps: options.flowMapsFd } });
-    } catch (err) {
-      spec.close();
-      throw err;
-    }
-    const fd = libbpf().bpf_raw_tracepoint_open(null, collection.program(RTT_PROGRAM).fd);
-    if (fd < 0) {
-      collection.close();
-      throw syscallFailure(
-        `attach ${RTT_PROGRAM} to tracepoint ${options.tracepoint ?? RTT_TRACEPOINT}`,
-        'bpf_raw_tracepoint_open',
-        fd,
-        { code: 'EATTACH' },
-      );
-    }
+    const { collection, linkFd: fd } = loadTracingOnFlowMaps({
+      objectPath: options.objectPath,
+      program: RTT_PROGRAM,
+      ...(options.tracepoint !== undefined ? { tracepoint: options.tracepoint } : {}),
+      defaultTracepoint: RTT_TRACEPOINT,
+      flowMapsFd: options.flowMapsFd,
+    });
     return new RttProbe(collection, fd);
   }
 
