@@ -3,27 +3,14 @@
  * smoothed RTT on the flows, and a tracepoint the kernel does not have gives one warning while
  * the handshake RTT and the flows run on.
  */
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { buildPipeline } from '../../src/pipeline/build.js';
-import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
-import { parsePipeline } from '../../src/pipeline/load.js';
 import type { FlowRecord } from '../../src/records.js';
-import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
-import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
+import { startEbpfPipeline, WARN } from './ebpf-pipeline.js';
 import { buildBpf } from './flow-packets.js';
 
-interface LogLine {
-  level: number;
-  msg: string;
-  hook?: string;
-}
-
-const WARN = 40;
 const PORT = 7650;
 
 kernelDescribe('ebpf_flows with rtt in a pipeline', () => {
@@ -37,45 +24,14 @@ kernelDescribe('ebpf_flows with rtt in a pipeline', () => {
   });
   afterAll(() => cleanup.dispose());
 
-  async function start(name: string, options: string) {
-    const store: CollectStore = new Map();
-    const logs: LogLine[] = [];
-    const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
-    const yaml = `
-sources:
-  kernel:
-    type: ebpf_flows
-    interfaces: ['\${IFACE}']
-    netns: \${NETNS}
-    instance: \${INSTANCE}
-    pin_root: \${PIN_ROOT}
-    eviction_interval_ms: 1h
-${options}
-sinks:
-  out:
-    type: collect
-    inputs: [kernel]
-`;
-    const config = parsePipeline(yaml, `${name}.yaml`, {
-      registry,
-      env: {
-        IFACE: pair.link.b.ifname,
-        NETNS: pair.server.name,
-        INSTANCE: `latency-${name}-${process.pid}`,
-        PIN_ROOT: pinRoot,
-      },
+  const start = (name: string, options: string) =>
+    startEbpfPipeline({
+      name: `latency-${name}`,
+      iface: pair.link.b.ifname,
+      netns: pair.server.name,
+      pinRoot,
+      options,
     });
-    const stream = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as LogLine);
-        done();
-      },
-    });
-    const pipeline = await buildPipeline(config, { logger: pino({ level: 'info' }, stream) });
-    await pipeline.start();
-    const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
-    return { pipeline, collected, logs };
-  }
 
   /** One connection from the client to the server: ten request/response rounds. */
   async function exchange(srcPort: number): Promise<void> {
