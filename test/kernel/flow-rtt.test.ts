@@ -17,6 +17,7 @@ import type { FlowRecord } from '../../src/records.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createRouted, type RoutedTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
+import { ECHO, requestResponse, tcpClientScript, tcpServerScript } from '../fixtures/tcp-scripts.js';
 import { buildBpf } from './flow-packets.js';
 
 const FORWARDER = join(fileURLToPath(new URL('.', import.meta.url)), '..', 'fixtures', 'delay_forwarder.py');
@@ -125,43 +126,20 @@ kernelDescribe('TCP round-trip times on the flows', () => {
   async function connectOnce(srcPort: number): Promise<{ client: number; server: number }> {
     const server = topo.server.exec(
       'python3',
-      [
-        '-c',
-        [
-          'import socket, struct',
-          'l = socket.socket()',
-          'l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
-          `l.bind(("${topo.right.b.ipv4!}", ${PORT}))`,
-          'l.listen(1)',
-          'l.settimeout(10)',
-          'c, _ = l.accept()',
-          TCPI_RTT,
-          'c.settimeout(10)',
-          'while c.recv(100): pass',
-        ].join('\n'),
-      ],
+      ['-c', tcpServerScript(topo.right.b.ipv4!, PORT, `${TCPI_RTT}\nwhile c.recv(100): pass`)],
       { timeoutMs: 20_000 },
     );
     const client = await topo.client.exec(
       'python3',
       [
         '-c',
-        [
-          'import socket, struct, time',
-          'for _ in range(200):',
-          '    s = socket.socket()',
-          '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
-          `    s.bind(("${topo.left.a.ipv4!}", ${srcPort}))`,
-          '    try:',
-          `        s.connect(("${topo.right.b.ipv4!}", ${PORT}))`,
-          '        break',
-          '    except ConnectionRefusedError:',
-          '        s.close()',
-          '        time.sleep(0.05)',
-          TCPI_RTT.replace('c.', 's.'),
-          's.sendall(b"hello\\n")',
-          's.close()',
-        ].join('\n'),
+        tcpClientScript(
+          topo.left.a.ipv4!,
+          srcPort,
+          topo.right.b.ipv4!,
+          PORT,
+          `${TCPI_RTT.replace('c.', 's.')}\ns.sendall(b"hello\\n")`,
+        ),
       ],
       { timeoutMs: 20_000 },
     );
@@ -228,51 +206,21 @@ kernelDescribe('TCP round-trip times on the flows', () => {
     client.setFeatures(FLOW_FEATURE_RTT);
     client.enableRttProbe();
     const srcPort = 42602;
-    const server = topo.server.exec(
-      'python3',
-      [
-        '-c',
-        [
-          'import socket',
-          'l = socket.socket()',
-          'l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
-          `l.bind(("${topo.right.b.ipv4!}", ${PORT}))`,
-          'l.listen(1)',
-          'l.settimeout(10)',
-          'c, _ = l.accept()',
-          'c.settimeout(10)',
-          'while True:',
-          '    b = c.recv(1000)',
-          '    if not b: break',
-          '    c.sendall(b)',
-        ].join('\n'),
-      ],
-      { timeoutMs: 20_000 },
-    );
+    const server = topo.server.exec('python3', ['-c', tcpServerScript(topo.right.b.ipv4!, PORT, ECHO)], {
+      timeoutMs: 20_000,
+    });
     // Ten request/response rounds, then the socket's RTT as ss shows it, while it is still open.
     const { stdout } = await topo.client.exec(
       'python3',
       [
         '-c',
-        [
-          'import socket, subprocess, time',
-          'for _ in range(200):',
-          '    s = socket.socket()',
-          '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
-          `    s.bind(("${topo.left.a.ipv4!}", ${srcPort}))`,
-          '    try:',
-          `        s.connect(("${topo.right.b.ipv4!}", ${PORT}))`,
-          '        break',
-          '    except ConnectionRefusedError:',
-          '        s.close()',
-          '        time.sleep(0.05)',
-          'for _ in range(10):',
-          '    s.sendall(b"x" * 100)',
-          '    got = 0',
-          '    while got < 100: got += len(s.recv(100 - got))',
-          `print(subprocess.run(["ss", "-tinH", "src", "${topo.left.a.ipv4!}:${srcPort}"], capture_output=True, text=True).stdout)`,
-          's.close()',
-        ].join('\n'),
+        tcpClientScript(
+          topo.left.a.ipv4!,
+          srcPort,
+          topo.right.b.ipv4!,
+          PORT,
+          `${requestResponse(10)}\nprint(subprocess.run(["ss", "-tinH", "src", "${topo.left.a.ipv4!}:${srcPort}"], capture_output=True, text=True).stdout)`,
+        ),
       ],
       { timeoutMs: 20_000 },
     );

@@ -8,6 +8,7 @@ import type { FlowRecord } from '../../src/records.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
+import { ECHO, requestResponse, tcpClientScript, tcpServerScript } from '../fixtures/tcp-scripts.js';
 import { startEbpfPipeline, WARN } from './ebpf-pipeline.js';
 import { buildBpf } from './flow-packets.js';
 
@@ -35,50 +36,12 @@ kernelDescribe('ebpf_flows with rtt in a pipeline', () => {
 
   /** One connection from the client to the server: ten request/response rounds. */
   async function exchange(srcPort: number): Promise<void> {
-    const server = pair.server.exec(
-      'python3',
-      [
-        '-c',
-        [
-          'import socket',
-          'l = socket.socket()',
-          'l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
-          `l.bind(("${pair.link.b.ipv4!}", ${PORT}))`,
-          'l.listen(1)',
-          'l.settimeout(10)',
-          'c, _ = l.accept()',
-          'c.settimeout(10)',
-          'while True:',
-          '    b = c.recv(100)',
-          '    if not b: break',
-          '    c.sendall(b)',
-        ].join('\n'),
-      ],
-      { timeoutMs: 20_000 },
-    );
+    const server = pair.server.exec('python3', ['-c', tcpServerScript(pair.link.b.ipv4!, PORT, ECHO)], {
+      timeoutMs: 20_000,
+    });
     await pair.client.exec(
       'python3',
-      [
-        '-c',
-        [
-          'import socket, time',
-          'for _ in range(200):',
-          '    s = socket.socket()',
-          '    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)',
-          `    s.bind(("${pair.link.a.ipv4!}", ${srcPort}))`,
-          '    try:',
-          `        s.connect(("${pair.link.b.ipv4!}", ${PORT}))`,
-          '        break',
-          '    except ConnectionRefusedError:',
-          '        s.close()',
-          '        time.sleep(0.05)',
-          'for _ in range(10):',
-          '    s.sendall(b"x" * 100)',
-          '    got = 0',
-          '    while got < 100: got += len(s.recv(100 - got))',
-          's.close()',
-        ].join('\n'),
-      ],
+      ['-c', tcpClientScript(pair.link.a.ipv4!, srcPort, pair.link.b.ipv4!, PORT, requestResponse(10))],
       { timeoutMs: 20_000 },
     );
     await server;
