@@ -124,27 +124,26 @@ kernelDescribe('TCP round-trip times on the flows', () => {
    * update it): the kernel's own figure for the same packets.
    */
   async function connectOnce(srcPort: number): Promise<{ client: number; server: number }> {
-    const server = topo.server.exec(
-      'python3',
-      ['-c', tcpServerScript(topo.right.b.ipv4!, PORT, `${TCPI_RTT}\nwhile c.recv(100): pass`)],
-      { timeoutMs: 20_000 },
-    );
-    const client = await topo.client.exec(
-      'python3',
-      [
-        '-c',
-        tcpClientScript(
-          topo.left.a.ipv4!,
-          srcPort,
-          topo.right.b.ipv4!,
-          PORT,
-          `${TCPI_RTT.replace('c.', 's.')}\ns.sendall(b"hello\\n")`,
-        ),
-      ],
-      { timeoutMs: 20_000 },
+    const { client, server } = await converse(
+      srcPort,
+      `${TCPI_RTT}\nwhile c.recv(100): pass`,
+      `${TCPI_RTT.replace('c.', 's.')}\ns.sendall(b"hello\\n")`,
     );
     const rttOf = (out: string) => Number(/^tcpi_rtt (\d+)$/m.exec(out)![1]);
-    return { client: rttOf(client.stdout), server: rttOf((await server).stdout) };
+    return { client: rttOf(client), server: rttOf(server) };
+  }
+
+  /** Runs the server (`serve`, with c) and the client (`talk`, with s); their outputs. */
+  async function converse(srcPort: number, serve: string, talk: string) {
+    const server = topo.server.exec('python3', ['-c', tcpServerScript(topo.right.b.ipv4!, PORT, serve)], {
+      timeoutMs: 20_000,
+    });
+    const client = await topo.client.exec(
+      'python3',
+      ['-c', tcpClientScript(topo.left.a.ipv4!, srcPort, topo.right.b.ipv4!, PORT, talk)],
+      { timeoutMs: 20_000 },
+    );
+    return { client: client.stdout, server: (await server).stdout };
   }
 
   it('times the handshake within 1 ms of the delay the path added, on both ends', async () => {
@@ -206,25 +205,9 @@ kernelDescribe('TCP round-trip times on the flows', () => {
     client.setFeatures(FLOW_FEATURE_RTT);
     client.enableRttProbe();
     const srcPort = 42602;
-    const server = topo.server.exec('python3', ['-c', tcpServerScript(topo.right.b.ipv4!, PORT, ECHO)], {
-      timeoutMs: 20_000,
-    });
     // Ten request/response rounds, then the socket's RTT as ss shows it, while it is still open.
-    const { stdout } = await topo.client.exec(
-      'python3',
-      [
-        '-c',
-        tcpClientScript(
-          topo.left.a.ipv4!,
-          srcPort,
-          topo.right.b.ipv4!,
-          PORT,
-          `${requestResponse(10)}\nprint(subprocess.run(["ss", "-tinH", "src", "${topo.left.a.ipv4!}:${srcPort}"], capture_output=True, text=True).stdout)`,
-        ),
-      ],
-      { timeoutMs: 20_000 },
-    );
-    await server;
+    const ss = `subprocess.run(["ss", "-tinH", "src", "${topo.left.a.ipv4!}:${srcPort}"], capture_output=True, text=True)`;
+    const { client: stdout } = await converse(srcPort, ECHO, `${requestResponse(10)}\nprint(${ss}.stdout)`);
     const ssRtt = /\brtt:([\d.]+)\//.exec(stdout);
     expect(ssRtt, stdout).not.toBeNull();
     const ssUs = Number(ssRtt![1]) * 1000;
