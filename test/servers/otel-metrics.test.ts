@@ -108,6 +108,20 @@ function contextWith(ledger: Ledger): ComponentContext {
 }
 
 const closers: (() => Promise<void>)[] = [];
+
+/** A sink with only the Prometheus endpoint, on a free port, reading `input`. */
+async function prometheusSink(): Promise<{ port: number; input: Subject<FlowBatch> }> {
+  const port = await freePort();
+  const sink = otelMetricsModule.build(
+    { prometheus_port: port, prometheus_host: '127.0.0.1' },
+    contextWith(new Ledger()),
+  );
+  closers.push(() => sink.close());
+  const input = new Subject<FlowBatch>();
+  void sink.consume(input);
+  await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
+  return { port, input };
+}
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close();
   vi.unstubAllEnvs();
@@ -267,16 +281,7 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
   });
 
   it('counts dropped packets and bytes by the kernel reason of the records, one series per reason', async () => {
-    const port = await freePort();
-    const ledger = new Ledger();
-    const sink = otelMetricsModule.build(
-      { prometheus_port: port, prometheus_host: '127.0.0.1' },
-      contextWith(ledger),
-    );
-    closers.push(() => sink.close());
-    const input = new Subject<FlowBatch>();
-    void sink.consume(input);
-    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
+    const { port, input } = await prometheusSink();
     const dropped = (packets: number, bytes: number, reason: string) =>
       flowRecord({ droppedPacketDeltaCount: packets, droppedOctetDeltaCount: bytes, dropReason: reason });
     input.next([
@@ -301,16 +306,7 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
   });
 
   it('puts the handshake and smoothed RTTs of the records in one histogram, by kind', async () => {
-    const port = await freePort();
-    const ledger = new Ledger();
-    const sink = otelMetricsModule.build(
-      { prometheus_port: port, prometheus_host: '127.0.0.1' },
-      contextWith(ledger),
-    );
-    closers.push(() => sink.close());
-    const input = new Subject<FlowBatch>();
-    void sink.consume(input);
-    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
+    const { port, input } = await prometheusSink();
     input.next([
       flowRecord({ tcpHandshakeRttMicroseconds: 20_400 }),
       flowRecord({ tcpHandshakeRttMicroseconds: 300, tcpSmoothedRttMicroseconds: 21_000 }),
