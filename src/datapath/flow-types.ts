@@ -12,6 +12,7 @@
 import { endianness } from 'node:os';
 import { attachIPv4Words, type FlowRecord } from '../records.js';
 import { DatapathError } from './errors.js';
+import { addLatency, latencyWord } from './flow-latency.js';
 import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
 
 export type { FieldLayout, StructLayout } from './layout.js';
@@ -35,7 +36,7 @@ export const FLOW_KEY = struct('flow_key', 60, {
   inner_vlan_id: [58, 2],
 });
 
-export const FLOW_VALUE = struct('flow_value', 104, {
+export const FLOW_VALUE = struct('flow_value', 120, {
   packets: [0, 8],
   bytes: [8, 8],
   ip_bytes: [16, 8],
@@ -52,17 +53,21 @@ export const FLOW_VALUE = struct('flow_value', 104, {
   src_mac: [88, 6],
   dst_mac: [94, 6],
   sampling: [100, 4],
+  handshake_rtt_us: [104, 4],
+  srtt_min_us: [108, 4],
+  srtt_us: [112, 4],
+  _pad1: [116, 4],
 });
 
-export const FLOW_EVENT = struct('flow_event', 168, {
+export const FLOW_EVENT = struct('flow_event', 184, {
   key: [0, 60],
   reason: [60, 4],
-  value: [64, 104],
+  value: [64, 120],
 });
 
 export const FLOW_CONFIG = struct('flow_config', 8, {
   sampling: [0, 4],
-  _pad0: [4, 4],
+  features: [4, 4],
 });
 
 /** Every struct shared with the kernel, for layout checks against the object's BTF. */
@@ -594,8 +599,10 @@ export function decodeFlowMapBatch(
     let last = -1;
     let flags = 0;
     let latest = -1;
+    let latency = 0;
     for (let c = 0; c < cpus; c++) {
       const v = base + c * FLOW_VALUE_STRIDE;
+      latency |= latencyWord(vv, v);
       const p = u64(vv, v + V_PACKETS);
       if (p === 0) continue;
       packets += p;
@@ -636,6 +643,7 @@ export function decodeFlowMapBatch(
       offsetMs,
       reason,
     );
+    if (latency !== 0) addLatency(rec, vv, base, cpus, latest);
     if (labeler) {
       // Flows mostly come in runs of one namespace and interface: the labeler is asked once a run.
       // The key's ifindex, not the record's: an egress record carries egressInterface instead.
@@ -689,6 +697,7 @@ export function decodeFlowEvent(
     offsetMs,
     END_REASON_LACK_OF_RESOURCES,
   );
+  if (latencyWord(view, v) !== 0) addLatency(rec, view, v, 1, v);
   if (labeler) {
     const label = labeler(view.getUint32(offset + K_NETNS, LE), view.getUint32(offset + K_IF_INDEX, LE));
     if (label !== undefined) rec.networkNamespace = label;
@@ -704,10 +713,14 @@ export function flowEventReason(view: DataView, offset: number): number {
 /** Sum over CPUs of one flow_counters value (a per-CPU buffer of u64 slots). */
 export const sumPerCpuCounter = sumPerCpu;
 
-/** The flow_config value for index 0. `sampling` 0 or 1 counts every packet. */
-export function encodeFlowConfig(config: { sampling: number }): Uint8Array {
+/**
+ * The flow_config value for index 0. `sampling` 0 or 1 counts every packet; `features` FLOW_FEATURE_*
+ * bits (src/datapath/flow-latency.ts), 0 when left out.
+ */
+export function encodeFlowConfig(config: { sampling: number; features?: number }): Uint8Array {
   const out = new Uint8Array(FLOW_CONFIG.size);
   viewOf(out).setUint32(FLOW_CONFIG.fields.sampling.offset, config.sampling, LE);
+  viewOf(out).setUint32(FLOW_CONFIG.fields.features.offset, config.features ?? 0, LE);
   return out;
 }
 

@@ -23,6 +23,7 @@ import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
+import { FLOW_FEATURE_RTT } from '../datapath/flow-latency.js';
 import { InterfaceMatcher } from '../net/interface-match.js';
 import { followLinks } from './follow-links.js';
 import type { LinkFollower } from './link-follower.js';
@@ -52,6 +53,8 @@ export interface EbpfFlowsConfig {
   drops: boolean;
   drops_hook: string;
   drops_max_flows: number;
+  rtt: boolean;
+  rtt_hook: string;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -114,6 +117,26 @@ function enableDrops(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger):
   };
 }
 
+/**
+ * Turns the handshake RTT on, and the kernel's smoothed RTT where the tracepoint loads: a kernel
+ * without it gets one warning naming what is missing, and the handshake RTT runs alone.
+ */
+function enableRtt(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): void {
+  if (!config.rtt) return;
+  dp.setFeatures(FLOW_FEATURE_RTT);
+  const hook = `tp_btf/${config.rtt_hook}`;
+  try {
+    dp.enableRttProbe({ tracepoint: config.rtt_hook });
+  } catch (err) {
+    logger.warn(
+      { err, hook },
+      `smoothed rtt off: the rtt program cannot run on ${hook} of this kernel (${(err as Error).message}); flows get the handshake rtt only`,
+    );
+    return;
+  }
+  logger.info({ hook }, 'rtt program attached');
+}
+
 function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
   return tap((batch) => {
     counters.addReceived(batch.length);
@@ -160,6 +183,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     dp.labeler = labeler;
     const reportKernelLosses = kernelLossReporter(dp, counters);
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
+    enableRtt(dp, config, logger);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -346,6 +370,18 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         description:
           'flows with drops the kernel holds between two evictions (two maps of entries x (32 bytes x possible CPUs + 60)); drops beyond it are counted by reason only',
       },
+      rtt: {
+        type: 'boolean',
+        default: false,
+        description:
+          "time TCP handshakes on the interfaces (SYN sent to SYN-ACK received on a client, SYN-ACK sent to ACK received on a server): the ingress flow of the packet that completed one gets tcpHandshakeRttMicroseconds; and, with a program on the tcp_probe tracepoint, the kernel's smoothed RTT of local sockets (what ss -ti shows) on the ingress flow of the segments they receive: tcpSmoothedRttMicroseconds and tcpSmoothedRttMinMicroseconds. Off, it costs the flow program's hit path one test; on, handshake packets cost one more map update or lookup. A kernel without the tracepoint gets one warning, and the handshake RTT runs alone",
+      },
+      rtt_hook: {
+        type: 'string',
+        pattern: '^[a-z0-9_]{1,64}$',
+        default: 'tcp_probe',
+        description: 'the tp_btf tracepoint the smoothed-RTT program attaches to',
+      },
     },
   },
   example: {
@@ -369,6 +405,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     drops: false,
     drops_hook: 'kfree_skb',
     drops_max_flows: 16384,
+    rtt: false,
+    rtt_hook: 'tcp_probe',
   },
   build: ebpfFlows,
 };

@@ -25,6 +25,7 @@ import {
 } from '../datapath/flow-types.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { DropsDatapath, attachDrops, type DropBatch } from '../datapath/drops.js';
+import { RttProbe } from '../datapath/flow-rtt.js';
 import { withNetns } from '../net/netns.js';
 import { bpfObjectPath } from '../paths.js';
 import type { FlowRecord } from '../records.js';
@@ -83,9 +84,13 @@ export class FlowDatapath {
   labeler: NetnsLabeler | undefined;
   /** The drop program, once enableDrops() loaded it: evictions then carry drops on the flows. */
   drops: DropsDatapath | undefined;
+  /** The smoothed-RTT program, once enableRttProbe() loaded it. */
+  rttProbe: RttProbe | undefined;
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
+  #sampling = 0;
+  #features = 0;
   readonly #netns: string | undefined;
   // A killed agent may have left flows in either map (it may even have died between a swap and
   // its drain), so the first eviction of this process drains both.
@@ -204,12 +209,33 @@ export class FlowDatapath {
     return this.drops;
   }
 
+  /**
+   * Loads bpf/rtt.o on this datapath's flow maps and attaches it to tcp_probe: from then on, flows
+   * carry the kernel's smoothed RTT. Throws (ELOAD, EVERIFIER, EATTACH) when the kernel lacks the
+   * hook; the flows keep running either way.
+   */
+  enableRttProbe(opts: { objectPath?: string; tracepoint?: string } = {}): RttProbe {
+    this.rttProbe ??= RttProbe.open({
+      objectPath: opts.objectPath ?? bpfObjectPath('rtt'),
+      flowMapsFd: this.flowMaps.outer.fd,
+      ...(opts.tracepoint !== undefined ? { tracepoint: opts.tracepoint } : {}),
+    });
+    return this.rttProbe;
+  }
+
   /** Sets 1-in-N sampling at run time. */
   setSampling(sampling: number): void {
     if (!Number.isInteger(sampling) || sampling < 0 || sampling > 0xffffffff) {
       throw new DatapathError('EARG', `flow datapath: sampling must be an integer >= 0, got ${sampling}`);
     }
-    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling }));
+    this.#sampling = sampling;
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling, features: this.#features }));
+  }
+
+  /** Sets what the flow programs measure besides counting (FLOW_FEATURE_* of flow-latency.ts). */
+  setFeatures(features: number): void {
+    this.#features = features;
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling: this.#sampling, features }));
   }
 
   /**
@@ -259,6 +285,7 @@ export class FlowDatapath {
       this.#evicting = false;
       if (this.#closeDeferred) {
         this.drops?.close();
+        this.rttProbe?.close();
         this.#collection.close();
       }
     }
@@ -387,6 +414,7 @@ export class FlowDatapath {
       this.#closeDeferred = true;
     } else {
       this.drops?.close();
+      this.rttProbe?.close();
       this.#collection.close();
     }
     if (!opts.keepPins) this.#collection.unpin();
