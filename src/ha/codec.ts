@@ -90,13 +90,7 @@ export function parseSessionKvKey(kvKey: string): SessionKey {
 }
 
 /** The session as stored in a KV value: times are wall-clock milliseconds. */
-export interface WireSession {
-  protocol: number;
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  vni: number;
+export interface WireSession extends SessionKey {
   tunnel: SessionTunnel;
   verdict: SessionVerdict;
   tcpState: TcpState;
@@ -114,6 +108,14 @@ export interface SessionRecord {
 }
 
 const decoder = new TextDecoder();
+
+type Ifnames = Pick<WireSession, 'ingressIfname' | 'redirectIfname'>;
+
+/** The interface names a session and its wire form carry when the node that saw it knew them. */
+function copyIfnames(from: Ifnames, to: Ifnames): void {
+  if (from.ingressIfname !== undefined) to.ingressIfname = from.ingressIfname;
+  if (from.redirectIfname !== undefined) to.redirectIfname = from.redirectIfname;
+}
 
 /** The wire form of a session, converting its monotonic times with `clock`. */
 export function toWire(session: ReplicatedSession, clock: ClockTranslator): WireSession {
@@ -143,8 +145,7 @@ export function toWire(session: ReplicatedSession, clock: ClockTranslator): Wire
     createdMs: clock.toWallMs(session.createdNs),
     lastSeenMs: clock.toWallMs(session.lastSeenNs),
   };
-  if (session.ingressIfname !== undefined) wire.ingressIfname = session.ingressIfname;
-  if (session.redirectIfname !== undefined) wire.redirectIfname = session.redirectIfname;
+  copyIfnames(session, wire);
   return wire;
 }
 
@@ -159,15 +160,14 @@ export function fromWire(wire: WireSession, clock: ClockTranslator): ReplicatedS
       dstPort: wire.dstPort,
       vni: wire.vni,
     },
+    createdNs: clock.toMonotonicNs(wire.createdMs),
+    lastSeenNs: clock.toMonotonicNs(wire.lastSeenMs),
     tunnel: { ...wire.tunnel },
     verdict: { ...wire.verdict },
     tcpState: wire.tcpState,
     tcpFlags: wire.tcpFlags,
-    createdNs: clock.toMonotonicNs(wire.createdMs),
-    lastSeenNs: clock.toMonotonicNs(wire.lastSeenMs),
   };
-  if (wire.ingressIfname !== undefined) session.ingressIfname = wire.ingressIfname;
-  if (wire.redirectIfname !== undefined) session.redirectIfname = wire.redirectIfname;
+  copyIfnames(wire, session);
   return session;
 }
 

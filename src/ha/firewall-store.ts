@@ -5,7 +5,7 @@ import type {
   SessionKey as FirewallSessionKey,
 } from '../datapath/firewall/index.js';
 import type { FlowRecord } from '../records.js';
-import type { FirewallSessionRecord } from '../sources/firewall_sessions.js';
+import type { FirewallSessionRecord } from '../records/firewall-session.js';
 import type { ClockTranslator } from './clock.js';
 import type {
   RemoteApplyResult,

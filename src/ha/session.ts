@@ -1,24 +1,16 @@
 import type { Observable } from 'rxjs';
+import type {
+  Direction,
+  FirewallAction,
+  FirewallReason,
+  SessionEventKind,
+  SessionKey,
+  TcpState,
+  TunnelType,
+} from '../records/firewall-session.js';
 
-/**
- * What the replicator needs of a firewall session, independent of the kernel layout: the key the
- * kernel map is indexed by (5-tuple plus VNI), the tunnel metadata a standby needs to hairpin the
- * session's packets, and when it was last seen. Packet and byte counters are deliberately absent:
- * they change with every packet and a standby does not need them to pass established traffic.
- */
-export interface SessionKey {
-  /** IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6). */
-  protocol: number;
-  /** Canonical text form, IPv4 dotted or IPv6 compressed lower-case. */
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  /** The tunnel's VNI, 0 without a tunnel. */
-  vni: number;
-}
-
-export type TunnelType = 'none' | 'geneve' | 'vxlan';
+/** The session key is the kernel map's: the 5-tuple plus the VNI. */
+export type { SessionEventKind, SessionKey, TcpState, TunnelType };
 
 export interface SessionTunnel {
   type: TunnelType;
@@ -37,10 +29,9 @@ export interface SessionTunnel {
 }
 
 /** block: an audit-mode session (enforcement off), which peers keep as such. */
-export type SessionAction = 'allow' | 'redirect' | 'block';
-export type SessionDirection = 'ingress' | 'egress';
-export type TcpState = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closed';
-export type SessionReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
+export type SessionAction = FirewallAction;
+export type SessionDirection = Direction;
+export type SessionReason = FirewallReason;
 
 /** The verdict that created the session, which its later packets get without a policy lookup. */
 export interface SessionVerdict {
@@ -56,6 +47,12 @@ export interface SessionVerdict {
   redirectIfindex: number;
 }
 
+/**
+ * What the replicator needs of a firewall session, independent of the kernel layout: the key the
+ * kernel map is indexed by (5-tuple plus VNI), the tunnel metadata a standby needs to hairpin the
+ * session's packets, and when it was last seen. Packet and byte counters are deliberately absent:
+ * they change with every packet and a standby does not need them to pass established traffic.
+ */
 export interface ReplicatedSession {
   key: SessionKey;
   tunnel: SessionTunnel;
@@ -74,8 +71,6 @@ export interface ReplicatedSession {
   ingressIfname?: string;
   redirectIfname?: string;
 }
-
-export type SessionEventKind = 'created' | 'updated' | 'deleted';
 
 export interface SessionEvent {
   kind: SessionEventKind;

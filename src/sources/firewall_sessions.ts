@@ -3,18 +3,15 @@ import { msOption, type ComponentContext, type JsonSchema, type SourceModule } f
 import { sessionKeyId, type FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
-  type FirewallAction,
-  type FirewallReason,
   type FirewallSession,
   type FirewallSessionEvent,
   type SessionEnd,
   type SessionEventKind,
-  type SessionOrigin,
-  type TcpState,
 } from '../datapath/firewall/types.js';
 import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch } from '../records.js';
+import type { FirewallSessionRecord } from '../records/firewall-session.js';
 import { firewallSource, setAddresses } from './firewall-source.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
@@ -151,23 +148,7 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
 const FLOW_END_REASON: Record<SessionEnd, number> = { idle: 1, closed: 3, evicted: 5 };
 
 /** A flow record of a session event: the session's 5-tuple, counters each way, state and tunnel. */
-export interface FirewallSessionRecord extends FlowRecord {
-  firewallSessionEvent: SessionEventKind;
-  firewallAction: FirewallAction;
-  firewallReason: FirewallReason;
-  firewallPolicyId: number;
-  firewallRuleId: number;
-  firewallSessionOrigin: SessionOrigin;
-  tcpState: TcpState;
-  /** RFC 5103 reverse direction (responder to initiator), totals since the session opened. */
-  reversePacketTotalCount: number;
-  reverseOctetTotalCount: number;
-  /** Forward totals; packetDeltaCount and octetDeltaCount carry the same numbers. */
-  packetTotalCount: number;
-  octetTotalCount: number;
-  /** Where forward packets of a redirect session go. */
-  egressInterface?: number;
-}
+export type { FirewallSessionRecord };
 
 /**
  * The record of a session event. Times are wall-clock: flowStartMilliseconds when the session

@@ -11,6 +11,27 @@ import { endianness } from 'node:os';
 import { formatIp16, formatMac, hex } from '../flow-types.js';
 import { struct, u64, viewOf, type FieldLayout, type StructLayout } from '../layout.js';
 import { FirewallError } from './errors.js';
+import type {
+  Direction,
+  FirewallAction,
+  FirewallReason,
+  SessionEventKind,
+  SessionKey,
+  SessionOrigin,
+  TcpState,
+  TunnelType,
+} from '../../records/firewall-session.js';
+
+export type {
+  Direction,
+  FirewallAction,
+  FirewallReason,
+  SessionEventKind,
+  SessionKey,
+  SessionOrigin,
+  TcpState,
+  TunnelType,
+};
 
 export type { FieldLayout } from '../layout.js';
 /** A firewall struct layout; the same type as the flow structs'. */
@@ -136,10 +157,8 @@ export const FW_MAPS = {
 /** Bits of a rule key before the destination address: policy id, protocol, pad and port. */
 export const RULE_KEY_FIXED_BITS = 64;
 
-export type FirewallAction = 'allow' | 'block' | 'redirect';
 export const ACTIONS: readonly (FirewallAction | 'none')[] = ['none', 'allow', 'block', 'redirect'];
 
-export type FirewallReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
 export const REASONS: readonly FirewallReason[] = [
   'session',
   'rule',
@@ -148,13 +167,10 @@ export const REASONS: readonly FirewallReason[] = [
   'no_policy',
 ];
 
-export type TunnelType = 'none' | 'vxlan' | 'geneve';
 export const TUNNELS: readonly TunnelType[] = ['none', 'vxlan', 'geneve'];
 
-export type Direction = 'ingress' | 'egress';
 export const DIRECTIONS: readonly Direction[] = ['ingress', 'egress'];
 
-export type TcpState = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closed';
 export const TCP_STATES: readonly TcpState[] = [
   'none',
   'syn_sent',
@@ -164,10 +180,8 @@ export const TCP_STATES: readonly TcpState[] = [
   'closed',
 ];
 
-export type SessionOrigin = 'kernel' | 'restored';
 export const ORIGINS: readonly SessionOrigin[] = ['kernel', 'restored'];
 
-export type SessionEventKind = 'created' | 'updated' | 'deleted';
 /** enum fw_session_event_type: index = kernel value. */
 export const SESSION_EVENT_KINDS: readonly (SessionEventKind | undefined)[] = [
   undefined,
@@ -326,18 +340,6 @@ function enumName<T>(names: readonly (T | undefined)[], value: number, what: str
     );
   }
   return name;
-}
-
-/** The key of fw_sessions: the 5-tuple as the initiator sent it, plus the VNI (0 without a tunnel). */
-export interface SessionKey {
-  /** IP protocol number: 6 tcp, 17 udp, 1 icmp, 58 icmpv6. */
-  protocol: number;
-  /** Canonical text: IPv4 dotted, IPv6 compressed. */
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  vni: number;
 }
 
 /** A session of fw_sessions, key and value. Times are the kernel's CLOCK_MONOTONIC in ns. */
