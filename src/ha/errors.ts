@@ -23,4 +23,4 @@ export class HaError extends Error {
 }
 
 /** The message of anything thrown, for logs and wrapped errors. */
-export { messageOf } from '../sinks/errors.js';
+export { messageOf } from '../errors.js';

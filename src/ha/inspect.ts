@@ -28,6 +28,13 @@ export async function inspectReplication(
   nodeId: string,
   toleranceMs = 1000,
 ): Promise<Inspection> {
+  return inspectAgainst(store, await readKvViews(kv), nodeId, toleranceMs);
+}
+
+/** The bucket as the sync compares it: one snapshot, every value decoded to its view. */
+export async function readKvViews(
+  kv: Pick<SessionKv, 'snapshot'>,
+): Promise<Map<string, KvView | UnreadableKvView>> {
   const { records } = await kv.snapshot();
   const kvViews = new Map<string, KvView | UnreadableKvView>();
   for (const r of records) {
@@ -39,7 +46,27 @@ export async function inspectReplication(
         : { unreadable: true, newer: d.newer },
     );
   }
-  return inspectAgainst(store, kvViews, nodeId, toleranceMs);
+  return kvViews;
+}
+
+/** The KV keys of the store's sessions: from its keys alone when it can tell them. */
+export function localKvKeys(store: SessionStore): ReadonlySet<string> {
+  if (store.kvKeys !== undefined) return store.kvKeys();
+  const out = new Set<string>();
+  for (const s of store.list()) out.add(sessionKvKey(s.key));
+  return out;
+}
+
+/**
+ * The counts of the comparison alone, what the live status shows: they depend on the keys only,
+ * so no session is decoded and no fingerprint made.
+ */
+export function countAgainst(
+  store: SessionStore,
+  kvViews: ReadonlyMap<string, KvView | UnreadableKvView>,
+  nodeId: string,
+): ReplicationCounts {
+  return compare(nodeId, localKvKeys(store), kvViews);
 }
 
 /**

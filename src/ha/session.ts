@@ -94,6 +94,11 @@ export interface SessionStore {
    * already has is left alone: traffic made it, so it is newer than any copy.
    */
   restore(sessions: readonly ReplicatedSession[]): { written: number; skipped: number };
+  /**
+   * The KV keys of the sessions list() returns, for a store that can tell them without decoding
+   * every session (the live status asks for the keys only).
+   */
+  kvKeys?(): ReadonlySet<string>;
 }
 
 /**

@@ -32,4 +32,5 @@ export {
   type SettingName,
   type SettingSpec,
 } from './settings.js';
+export { SessionKeyMemo } from './key-memo.js';
 export * from './types.js';
