@@ -1,15 +1,9 @@
 import { ClockTranslator } from './clock.js';
-import { decodeSessionValue, isSessionRecord, sessionKvKey, toWire, wireFingerprint } from './codec.js';
+import { sessionKvKey } from './codec.js';
+import { kvViewOf, localViews } from './full-sync.js';
 import type { SessionKv } from './kv.js';
 import type { SessionStore } from './session.js';
-import {
-  compare,
-  planSync,
-  type KvView,
-  type ReplicationCounts,
-  type SyncView,
-  type UnreadableKvView,
-} from './sync.js';
+import { compare, planSync, type KvView, type ReplicationCounts, type UnreadableKvView } from './sync.js';
 
 export interface Inspection {
   counts: ReplicationCounts;
@@ -37,15 +31,7 @@ export async function readKvViews(
 ): Promise<Map<string, KvView | UnreadableKvView>> {
   const { records } = await kv.snapshot();
   const kvViews = new Map<string, KvView | UnreadableKvView>();
-  for (const r of records) {
-    const d = decodeSessionValue(r.value);
-    kvViews.set(
-      r.key,
-      isSessionRecord(d)
-        ? { node: d.node, lastSeenMs: d.session.lastSeenMs, fingerprint: wireFingerprint(d.session) }
-        : { unreadable: true, newer: d.newer },
-    );
-  }
+  for (const r of records) kvViews.set(r.key, kvViewOf(r.value));
   return kvViews;
 }
 
@@ -80,12 +66,7 @@ export function inspectAgainst(
   nodeId: string,
   toleranceMs = 1000,
 ): Inspection {
-  const clock = new ClockTranslator();
-  const local = new Map<string, SyncView>();
-  for (const s of store.list()) {
-    const wire = toWire(s, clock);
-    local.set(sessionKvKey(s.key), { lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) });
-  }
+  const local = localViews(store.list(), new ClockTranslator());
   const plan = planSync({ nodeId, local, kv: kvViews, toleranceMs });
   return {
     counts: compare(nodeId, local, kvViews),

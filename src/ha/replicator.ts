@@ -2,27 +2,14 @@ import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs';
 import type { StageCounters } from '../ledger.js';
 import { silentLogger, type Logger } from '../logger.js';
 import { ClockTranslator } from './clock.js';
-import {
-  decodeSessionValue,
-  encodeSessionValue,
-  isSessionRecord,
-  sessionKvKey,
-  toWire,
-  wireFingerprint,
-  type SessionRecord,
-  type UndecodableValue,
-} from './codec.js';
+import { encodeSessionValue, sessionKvKey, toWire, wireFingerprint } from './codec.js';
+import { FullSync, kvViewOf, type SyncReport } from './full-sync.js';
 import { HaError, messageOf } from './errors.js';
 import type { SessionKv } from './kv.js';
 import type { ReplicatedSession, SessionEventBatch, SessionEvents, SessionStore } from './session.js';
-import {
-  compare,
-  planSync,
-  type KvView,
-  type ReplicationCounts,
-  type SyncView,
-  type UnreadableKvView,
-} from './sync.js';
+import type { KvView, ReplicationCounts, UnreadableKvView } from './sync.js';
+
+export type { SyncReport };
 
 export interface ReplicatorOptions {
   /** Written into every value; decides which KV keys this node may delete. */
@@ -44,21 +31,6 @@ export interface ReplicatorOptions {
   clock?: ClockTranslator;
   /** Events received, written (sent) and folded into another write (merged). */
   counters?: StageCounters;
-}
-
-/** What the last full sync found and did. */
-export interface SyncReport {
-  /** Wall-clock ms when the sync finished. */
-  atMs: number;
-  durationMs: number;
-  /** Local sessions against KV keys, after the repairs that were acknowledged. */
-  counts: ReplicationCounts;
-  /** The comparison before repairing. */
-  before: ReplicationCounts;
-  puts: number;
-  deletes: number;
-  /** Repairs not acknowledged when the sync ended (they stay queued). */
-  unsettled: number;
 }
 
 export interface ReplicationStatus {
@@ -154,10 +126,7 @@ export class Replicator {
   private seq = 0;
   private waiters: Waiter[] = [];
   private subscriptions: Subscription[] = [];
-  private syncing: Promise<SyncReport | undefined> | undefined;
-  private syncAgain = false;
-  private lastSync: SyncReport | undefined;
-  private lastSyncError: string | undefined;
+  private readonly fullSync: FullSync;
   private puts = 0;
   private deletes = 0;
   private failedWrites = 0;
@@ -190,6 +159,29 @@ export class Replicator {
       throw new HaError('EBADCONFIG', `replicator: max_in_flight must be at least 1`);
     if (!(this.syncIntervalMs > 0))
       throw new HaError('EBADCONFIG', `replicator: sync_interval_ms must be above 0`);
+    this.fullSync = new FullSync(
+      store,
+      kv,
+      {
+        isClosed: () => this.closed,
+        busy: (key) => this.pending.has(key) || this.inFlight.has(key),
+        replaceKnown: (views) => {
+          this.known.clear();
+          for (const [k, v] of views) this.known.set(k, v);
+        },
+        knownView: (key) => this.known.get(key),
+        repair: (puts, deletes) => this.repair(puts, deletes),
+      },
+      {
+        nodeId: this.nodeId,
+        toleranceMs: this.toleranceMs,
+        syncIntervalMs: this.syncIntervalMs,
+        staleAfterMs: this.staleAfterMs,
+        scheduler: this.scheduler,
+        logger: this.logger,
+        clock: this.clock,
+      },
+    );
   }
 
   /**
@@ -249,19 +241,7 @@ export class Replicator {
 
   /** Runs a full sync now (or joins the one running) and resolves with its report. */
   sync(): Promise<SyncReport | undefined> {
-    if (this.closed) return Promise.resolve(undefined);
-    if (this.syncing !== undefined) {
-      this.syncAgain = true;
-      return this.syncing;
-    }
-    this.syncing = this.runSync().finally(() => {
-      this.syncing = undefined;
-      if (this.syncAgain && !this.closed) {
-        this.syncAgain = false;
-        void this.sync();
-      }
-    });
-    return this.syncing;
+    return this.fullSync.run();
   }
 
   /** Writes every change held now, coalescing ones included; resolves when all are acknowledged. */
@@ -316,9 +296,9 @@ export class Replicator {
     return {
       nodeId: this.nodeId,
       connected: this.kv.connected,
-      counts: this.lastSync?.counts,
-      lastSync: this.lastSync,
-      lastSyncError: this.lastSyncError,
+      counts: this.fullSync.lastSync?.counts,
+      lastSync: this.fullSync.lastSync,
+      lastSyncError: this.fullSync.lastSyncError,
       pending: this.outstanding.size,
       inFlight: this.inFlight.size,
       lagMs: this.lagMs(),
@@ -641,6 +621,15 @@ export class Replicator {
   // ------------------------------------------------------------------------------------------
   // Full sync
 
+  /** A full sync's repairs, written at once; resolves when they (and every older change) settled. */
+  private repair(puts: readonly [string, ReplicatedSession][], deletes: readonly string[]): Promise<void> {
+    for (const [key, session] of puts) this.enqueue(key, 'put', session, true, 0);
+    for (const key of deletes) this.enqueue(key, 'delete', undefined, true, 0);
+    const target = this.seq;
+    this.pump();
+    return puts.length + deletes.length === 0 ? Promise.resolve() : this.settledUpTo(target);
+  }
+
   private armSyncTimer(): void {
     this.syncTimer = this.scheduler.schedule(() => {
       if (this.closed || this.subscriptions.length === 0) return;
@@ -648,121 +637,4 @@ export class Replicator {
       this.armSyncTimer();
     }, this.syncIntervalMs);
   }
-
-  private async runSync(): Promise<SyncReport | undefined> {
-    if (!this.kv.connected) {
-      // The reconnect runs a sync.
-      this.lastSyncError = 'not connected to nats';
-      return undefined;
-    }
-    const startedAt = this.scheduler.now();
-    let records;
-    try {
-      ({ records } = await this.kv.snapshot());
-    } catch (err) {
-      this.lastSyncError = messageOf(err);
-      this.logger.warn(
-        { err: this.lastSyncError },
-        'replicator: full sync could not read the bucket; trying again later',
-      );
-      return undefined;
-    }
-    if (this.closed) return undefined;
-    const kvViews = new Map<string, KvView | UnreadableKvView>();
-    for (const r of records) kvViews.set(r.key, kvViewOf(r.value));
-    this.known.clear();
-    for (const [k, v] of kvViews) this.known.set(k, v);
-
-    this.clock.resample();
-    let sessions: ReplicatedSession[];
-    try {
-      sessions = this.store.list();
-    } catch (err) {
-      this.lastSyncError = messageOf(err);
-      this.logger.warn(
-        { err: this.lastSyncError },
-        'replicator: full sync could not list the kernel sessions',
-      );
-      return undefined;
-    }
-    const local = new Map<string, SyncView>();
-    const byKey = new Map<string, ReplicatedSession>();
-    for (const s of sessions) {
-      const key = sessionKvKey(s.key);
-      const wire = toWire(s, this.clock);
-      local.set(key, { lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) });
-      byKey.set(key, s);
-    }
-    const busy = { has: (k: string) => this.pending.has(k) || this.inFlight.has(k) };
-    const plan = planSync({
-      nodeId: this.nodeId,
-      local,
-      kv: kvViews,
-      toleranceMs: this.toleranceMs,
-      skip: busy,
-      staleBeforeMs:
-        this.staleAfterMs === undefined
-          ? undefined
-          : this.clock.toWallMs(this.clock.monotonicNowNs()) - this.staleAfterMs,
-    });
-    for (const key of plan.puts) this.enqueue(key, 'put', byKey.get(key), true, 0);
-    for (const key of plan.deletes) this.enqueue(key, 'delete', undefined, true, 0);
-    const target = this.seq;
-    this.pump();
-    if (plan.puts.length + plan.deletes.length > 0) {
-      let timer: Subscription | undefined;
-      const late = new Promise<void>(
-        (resolve) => (timer = this.scheduler.schedule(() => resolve(), this.syncIntervalMs)),
-      );
-      await Promise.race([this.settledUpTo(target), late]);
-      timer?.unsubscribe();
-    }
-    let unsettled = 0;
-    const after = new Map(kvViews);
-    for (const key of plan.puts) {
-      if (busy.has(key)) unsettled++;
-      else after.set(key, this.known.get(key) ?? { node: this.nodeId, lastSeenMs: 0, fingerprint: '' });
-    }
-    for (const key of plan.deletes) {
-      if (busy.has(key)) unsettled++;
-      else after.delete(key);
-    }
-    const report: SyncReport = {
-      atMs: Date.now(),
-      durationMs: this.scheduler.now() - startedAt,
-      counts: compare(this.nodeId, local, after),
-      before: plan.before,
-      puts: plan.puts.length,
-      deletes: plan.deletes.length,
-      unsettled,
-    };
-    this.lastSync = report;
-    this.lastSyncError = undefined;
-    const drift = plan.puts.length + plan.deletes.length;
-    this.logger[drift > 0 ? 'info' : 'debug'](
-      {
-        puts: report.puts,
-        deletes: report.deletes,
-        unsettled,
-        ...report.counts,
-        duration_ms: report.durationMs,
-      },
-      'replicator: full sync',
-    );
-    return report;
-  }
-}
-
-function kvViewOf(value: Uint8Array): KvView | UnreadableKvView {
-  return kvViewOfDecoded(decodeSessionValue(value));
-}
-
-/** How the sync and the watch see a decoded KV value. */
-export function kvViewOfDecoded(decoded: SessionRecord | UndecodableValue): KvView | UnreadableKvView {
-  if (!isSessionRecord(decoded)) return { unreadable: true, newer: decoded.newer };
-  return {
-    node: decoded.node,
-    lastSeenMs: decoded.session.lastSeenMs,
-    fingerprint: wireFingerprint(decoded.session),
-  };
 }

@@ -11,7 +11,8 @@ import {
 } from './codec.js';
 import { HaError, messageOf } from './errors.js';
 import type { KvWatch, SessionKv, WatchEntry } from './kv.js';
-import { kvViewOfDecoded, type Replicator } from './replicator.js';
+import { kvViewOfDecoded } from './full-sync.js';
+import type { Replicator } from './replicator.js';
 import type {
   RemoteApplyResult,
   RemoteDecision,
