@@ -1,34 +1,24 @@
-import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs';
+import type { Subscription } from 'rxjs';
 import type { StageCounters } from '../ledger.js';
-import { silentLogger, type Logger } from '../logger.js';
-import { ClockTranslator } from './clock.js';
 import { encodeSessionValue, sessionKvKey, toWire, wireFingerprint } from './codec.js';
 import { FullSync, kvViewOf, type SyncReport } from './full-sync.js';
 import { HaError, messageOf } from './errors.js';
+import { nodeRuntime, type NodeRuntime, type NodeRuntimeOptions } from './runtime.js';
 import type { SessionKv } from './kv.js';
 import type { ReplicatedSession, SessionEventBatch, SessionEvents, SessionStore } from './session.js';
 import type { KvView, ReplicationCounts, UnreadableKvView } from './sync.js';
 
 export type { SyncReport };
 
-export interface ReplicatorOptions {
-  /** Written into every value; decides which KV keys this node may delete. */
-  nodeId: string;
+export interface ReplicatorOptions extends NodeRuntimeOptions {
   /** Updates of one session within this window become one write. Default 500. */
   coalesceMs?: number;
   /** Period of the full sync. Default 30000. */
   syncIntervalMs?: number;
   /** Writes in flight at once. Default 1024. */
   maxInFlight?: number;
-  /** A KV copy whose last-seen lags the local one by more than this is outdated. Default 1000. */
-  toleranceMs?: number;
-  /** Pause after a failed write before writing again. Default 1000. */
-  retryMs?: number;
   /** Delete other nodes' KV keys not local here and last seen longer ago than this. Off by default. */
   staleAfterMs?: number;
-  scheduler?: SchedulerLike;
-  logger?: Logger;
-  clock?: ClockTranslator;
   /** Events received, written (sent) and folded into another write (merged). */
   counters?: StageCounters;
 }
@@ -76,8 +66,6 @@ const DEFAULTS = {
   coalesceMs: 500,
   syncIntervalMs: 30_000,
   maxInFlight: 1024,
-  toleranceMs: 1000,
-  retryMs: 1000,
 };
 
 /**
@@ -96,16 +84,11 @@ const DEFAULTS = {
  * Timers run on `scheduler`, so tests drive coalescing and syncs in virtual time.
  */
 export class Replicator {
-  private readonly nodeId: string;
+  private readonly rt: NodeRuntime;
   private readonly coalesceMs: number;
   private readonly syncIntervalMs: number;
   private readonly maxInFlight: number;
-  private readonly toleranceMs: number;
-  private readonly retryMs: number;
   private readonly staleAfterMs: number | undefined;
-  private readonly scheduler: SchedulerLike;
-  private readonly logger: Logger;
-  private readonly clock: ClockTranslator;
   private readonly counters: StageCounters | undefined;
 
   private readonly pending = new Map<string, Change>();
@@ -144,16 +127,11 @@ export class Replicator {
     private readonly kv: SessionKv,
     options: ReplicatorOptions,
   ) {
-    this.nodeId = options.nodeId;
+    this.rt = nodeRuntime(options);
     this.coalesceMs = options.coalesceMs ?? DEFAULTS.coalesceMs;
     this.syncIntervalMs = options.syncIntervalMs ?? DEFAULTS.syncIntervalMs;
     this.maxInFlight = options.maxInFlight ?? DEFAULTS.maxInFlight;
-    this.toleranceMs = options.toleranceMs ?? DEFAULTS.toleranceMs;
-    this.retryMs = options.retryMs ?? DEFAULTS.retryMs;
     this.staleAfterMs = options.staleAfterMs;
-    this.scheduler = options.scheduler ?? asyncScheduler;
-    this.logger = options.logger ?? silentLogger();
-    this.clock = options.clock ?? new ClockTranslator();
     this.counters = options.counters;
     if (!(this.maxInFlight >= 1))
       throw new HaError('EBADCONFIG', `replicator: max_in_flight must be at least 1`);
@@ -173,13 +151,13 @@ export class Replicator {
         repair: (puts, deletes) => this.repair(puts, deletes),
       },
       {
-        nodeId: this.nodeId,
-        toleranceMs: this.toleranceMs,
+        nodeId: this.rt.nodeId,
+        toleranceMs: this.rt.toleranceMs,
         syncIntervalMs: this.syncIntervalMs,
         staleAfterMs: this.staleAfterMs,
-        scheduler: this.scheduler,
-        logger: this.logger,
-        clock: this.clock,
+        scheduler: this.rt.scheduler,
+        logger: this.rt.logger,
+        clock: this.rt.clock,
       },
     );
   }
@@ -203,7 +181,7 @@ export class Replicator {
       events.subscribe({
         next: (batch) => this.handle(batch),
         error: (err: unknown) =>
-          this.logger.error({ err }, 'replicator: the session events failed; only syncs repair KV now'),
+          this.rt.logger.error({ err }, 'replicator: the session events failed; only syncs repair KV now'),
       }),
       this.kv.connection$.subscribe((change) => {
         if (change === 'up') {
@@ -246,7 +224,7 @@ export class Replicator {
 
   /** Writes every change held now, coalescing ones included; resolves when all are acknowledged. */
   flush(): Promise<void> {
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     for (const change of this.pending.values()) {
       if (change.due > now) {
         change.due = now;
@@ -271,7 +249,7 @@ export class Replicator {
     this.syncTimer?.unsubscribe();
     let timer: Subscription | undefined;
     const late = new Promise<'late'>((resolve) => {
-      timer = this.scheduler.schedule(() => resolve('late'), timeoutMs);
+      timer = this.rt.scheduler.schedule(() => resolve('late'), timeoutMs);
     });
     const outcome = await Promise.race([this.flush().then(() => 'done' as const), late]);
     timer?.unsubscribe();
@@ -282,7 +260,7 @@ export class Replicator {
       let events = 0;
       for (const c of this.outstanding.values()) events += c.events;
       this.counters?.addDropped('shutdown', events);
-      this.logger.warn(
+      this.rt.logger.warn(
         { unwritten: this.outstanding.size, timeout_ms: timeoutMs },
         'replicator: closed with session changes not written to KV',
       );
@@ -294,7 +272,7 @@ export class Replicator {
 
   status(): ReplicationStatus {
     return {
-      nodeId: this.nodeId,
+      nodeId: this.rt.nodeId,
       connected: this.kv.connected,
       counts: this.fullSync.lastSync?.counts,
       lastSync: this.fullSync.lastSync,
@@ -311,7 +289,7 @@ export class Replicator {
   /** Age of the oldest change not yet acknowledged, ms. */
   lagMs(): number {
     const first = this.outstanding.values().next();
-    return first.done === true ? 0 : this.scheduler.now() - first.value.since;
+    return first.done === true ? 0 : this.rt.scheduler.now() - first.value.since;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -386,9 +364,10 @@ export class Replicator {
     if (this.pending.has(key) || this.inFlight.has(key)) return false;
     const k = this.known.get(key);
     if (k === undefined || 'unreadable' in k) return false;
-    const wire = toWire(session, this.clock);
+    const wire = toWire(session, this.rt.clock);
     return (
-      k.fingerprint === wireFingerprint(wire) && Math.abs(k.lastSeenMs - wire.lastSeenMs) <= this.toleranceMs
+      k.fingerprint === wireFingerprint(wire) &&
+      Math.abs(k.lastSeenMs - wire.lastSeenMs) <= this.rt.toleranceMs
     );
   }
 
@@ -396,7 +375,7 @@ export class Replicator {
   private foreign(key: string): boolean {
     if (this.pending.has(key) || this.inFlight.has(key)) return false;
     const k = this.known.get(key);
-    return k !== undefined && !('unreadable' in k) && k.node !== this.nodeId;
+    return k !== undefined && !('unreadable' in k) && k.node !== this.rt.nodeId;
   }
 
   private enqueue(
@@ -406,7 +385,7 @@ export class Replicator {
     immediate: boolean,
     events: number,
   ): void {
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     const existing = this.pending.get(key);
     if (existing !== undefined) {
       existing.op = op;
@@ -441,7 +420,7 @@ export class Replicator {
     if (this.coalesceTimer !== undefined || this.closed) return;
     const head = this.coalescing[this.coalescingHead];
     if (head === undefined) return;
-    this.coalesceTimer = this.scheduler.schedule(
+    this.coalesceTimer = this.rt.scheduler.schedule(
       () => {
         this.coalesceTimer = undefined;
         this.releaseCoalesced();
@@ -451,7 +430,7 @@ export class Replicator {
   }
 
   private releaseCoalesced(): void {
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     while (this.coalescingHead < this.coalescing.length) {
       const head = this.coalescing[this.coalescingHead]!;
       if (head.due > now) break;
@@ -486,7 +465,7 @@ export class Replicator {
         if (this.closed && this.waiters.length === 0) return;
         for (const key of this.ready) {
           // Checked per write: a write failing inside send() pauses the rest.
-          if (!this.kv.connected || this.scheduler.now() < this.pausedUntil) return;
+          if (!this.kv.connected || this.rt.scheduler.now() < this.pausedUntil) return;
           if (this.inFlight.size >= this.maxInFlight) break;
           this.ready.delete(key);
           const change = this.pending.get(key);
@@ -508,9 +487,9 @@ export class Replicator {
     const done = (err?: Error, revision?: number): void => this.settle(change, view, err, revision);
     try {
       if (change.op === 'put') {
-        const wire = toWire(change.session!, this.clock);
-        view = { node: this.nodeId, lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) };
-        this.kv.put(change.key, encodeSessionValue(wire, this.nodeId), done);
+        const wire = toWire(change.session!, this.rt.clock);
+        view = { node: this.rt.nodeId, lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) };
+        this.kv.put(change.key, encodeSessionValue(wire, this.rt.nodeId), done);
       } else {
         this.kv.delete(change.key, done);
       }
@@ -526,7 +505,7 @@ export class Replicator {
     revision: number | undefined,
   ): void {
     this.inFlight.delete(change.key);
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     if (err === undefined) {
       this.outstanding.delete(change.seq);
       if (this.ownRevisions !== undefined && revision !== undefined) {
@@ -572,18 +551,18 @@ export class Replicator {
   }
 
   private pauseForRetry(now: number): void {
-    this.pausedUntil = now + this.retryMs;
+    this.pausedUntil = now + this.rt.retryMs;
     if (this.retryTimer !== undefined || this.closed) return;
-    this.retryTimer = this.scheduler.schedule(() => {
+    this.retryTimer = this.rt.scheduler.schedule(() => {
       this.retryTimer = undefined;
       this.pump();
-    }, this.retryMs);
+    }, this.rt.retryMs);
   }
 
   private failing(err: unknown): void {
     if (this.failingSince !== undefined) return;
-    this.failingSince = this.scheduler.now();
-    this.logger.warn(
+    this.failingSince = this.rt.scheduler.now();
+    this.rt.logger.warn(
       { err: messageOf(err) },
       'replicator: cannot write sessions to KV; keeping them and retrying',
     );
@@ -591,8 +570,8 @@ export class Replicator {
 
   private recovered(): void {
     if (this.failingSince === undefined) return;
-    this.logger.info(
-      { outage_ms: this.scheduler.now() - this.failingSince },
+    this.rt.logger.info(
+      { outage_ms: this.rt.scheduler.now() - this.failingSince },
       'replicator: writing to KV again',
     );
     this.failingSince = undefined;
@@ -631,7 +610,7 @@ export class Replicator {
   }
 
   private armSyncTimer(): void {
-    this.syncTimer = this.scheduler.schedule(() => {
+    this.syncTimer = this.rt.scheduler.schedule(() => {
       if (this.closed || this.subscriptions.length === 0) return;
       void this.sync();
       this.armSyncTimer();

@@ -5,6 +5,7 @@ import type {
   FirewallReason,
   SessionEventKind,
   SessionKey,
+  SessionOuter,
   TcpState,
   TunnelType,
 } from '../records/firewall-session.js';
@@ -12,20 +13,10 @@ import type {
 /** The session key is the kernel map's: the 5-tuple plus the VNI. */
 export type { SessionEventKind, SessionKey, TcpState, TunnelType };
 
-export interface SessionTunnel {
+/** The tunnel a session came through and what its opening packet said (node-local ifindex). */
+export interface SessionTunnel extends SessionOuter {
   type: TunnelType;
   vni: number;
-  /** GENEVE flow cookie, 8 bytes as 16 lower-case hex digits; 16 zeros when absent. */
-  cookie: string;
-  outerSrcAddr: string;
-  outerDstAddr: string;
-  /** aa:bb:cc:dd:ee:ff */
-  outerSrcMac: string;
-  outerDstMac: string;
-  outerSrcPort: number;
-  outerDstPort: number;
-  /** Interface the session's packets arrived on (hairpin target), on the node that saw them. */
-  ingressIfindex: number;
 }
 
 /** block: an audit-mode session (enforcement off), which peers keep as such. */

@@ -17,6 +17,25 @@ export interface SessionKey {
   vni: number;
 }
 
+/**
+ * What a session keeps of the packet that opened it, so its later packets (on this node or, after
+ * a failover, on its peer) go the same way.
+ */
+export interface SessionOuter {
+  /** GENEVE flow cookie: 8 bytes as 16 lower-case hex digits, wire order; all zero without one. */
+  cookie: string;
+  /** Outer addresses of the packet that opened the session; '' without a tunnel. */
+  outerSrcAddr: string;
+  outerDstAddr: string;
+  /** (Outer) Ethernet addresses of the packet that opened the session, aa:bb:cc:dd:ee:ff. */
+  outerSrcMac: string;
+  outerDstMac: string;
+  outerSrcPort: number;
+  outerDstPort: number;
+  /** The interface the opening packet came in on (the hairpin target), on the node that saw it. */
+  ingressIfindex: number;
+}
+
 export type FirewallAction = 'allow' | 'block' | 'redirect';
 export type FirewallReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
 export type TunnelType = 'none' | 'vxlan' | 'geneve';

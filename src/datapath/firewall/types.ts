@@ -18,20 +18,13 @@ import type {
   SessionEventKind,
   SessionKey,
   SessionOrigin,
+  SessionOuter,
   TcpState,
   TunnelType,
 } from '../../records/firewall-session.js';
 
-export type {
-  Direction,
-  FirewallAction,
-  FirewallReason,
-  SessionEventKind,
-  SessionKey,
-  SessionOrigin,
-  TcpState,
-  TunnelType,
-};
+/** The session key and enum names, defined with the records that carry them. */
+export type * from '../../records/firewall-session.js';
 
 export type { FieldLayout } from '../layout.js';
 /** A firewall struct layout; the same type as the flow structs'. */
@@ -343,7 +336,7 @@ function enumName<T>(names: readonly (T | undefined)[], value: number, what: str
 }
 
 /** A session of fw_sessions, key and value. Times are the kernel's CLOCK_MONOTONIC in ns. */
-export interface FirewallSession extends SessionKey {
+export interface FirewallSession extends SessionKey, SessionOuter {
   createdNs: bigint;
   lastSeenNs: bigint;
   /** When the kernel last sent an event for it. */
@@ -353,18 +346,6 @@ export interface FirewallSession extends SessionKey {
   packetsReverse: number;
   bytesReverse: number;
   tunnel: TunnelType;
-  /** GENEVE flow cookie: 8 bytes as 16 lower-case hex digits, wire order; all zero without one. */
-  cookie: string;
-  /** Outer addresses of the packet that opened the session; '' without a tunnel. */
-  outerSrcAddr: string;
-  outerDstAddr: string;
-  /** (Outer) Ethernet addresses of the packet that opened the session. */
-  outerSrcMac: string;
-  outerDstMac: string;
-  outerSrcPort: number;
-  outerDstPort: number;
-  /** The interface the opening packet came in on. */
-  ingressIfindex: number;
   /** Forward packets of a redirect session go to this interface; 0 otherwise. */
   redirectIfindex: number;
   policyId: number;
@@ -530,14 +511,8 @@ export function decodeSessionEvent(view: DataView, offset: number, length: numbe
 }
 
 /** A record of fw_audit: one verdict on one packet. */
-export interface AuditEvent {
+export interface AuditEvent extends SessionKey {
   timeNs: bigint;
-  protocol: number;
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  vni: number;
   ifindex: number;
   policyId: number;
   ruleId: number;
