@@ -49,7 +49,11 @@ export interface SyncQueue {
   isClosed(): boolean;
   /** A write of `key` is waiting or in flight: that write settles it, the sync leaves it. */
   busy(key: string): boolean;
-  /** The bucket as read: this becomes what the replicator knows it holds. */
+  /** A read of the bucket begins: changes from now on are newer than what it returns. */
+  reading(): void;
+  /** The read failed: nothing replaces what the replicator knows. */
+  readFailed(): void;
+  /** The bucket as read, with the changes since the read began: what the replicator knows it holds. */
   replaceKnown(views: ReadonlyMap<string, KvView | UnreadableKvView>): void;
   /** What the replicator knows the bucket holds for `key` (after its acknowledged writes). */
   knownView(key: string): KvView | UnreadableKvView | undefined;
@@ -138,9 +142,11 @@ export class FullSync {
     }
     const startedAt = scheduler.now();
     let records;
+    this.queue.reading();
     try {
       ({ records } = await this.kv.snapshot());
     } catch (err) {
+      this.queue.readFailed();
       this.lastSyncError = messageOf(err);
       logger.warn(
         { err: this.lastSyncError },

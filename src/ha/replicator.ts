@@ -106,6 +106,8 @@ export class Replicator {
   private syncTimer: Subscription | undefined;
   /** What the bucket holds as far as this node knows: from syncs, the boot load and acknowledged writes. */
   private readonly known = new Map<string, KvView | UnreadableKvView>();
+  /** While a full sync reads the bucket: the keys changed since the read began, and how. */
+  private changedSinceRead: Map<string, KvView | UnreadableKvView | undefined> | undefined;
   private seq = 0;
   private waiters: Waiter[] = [];
   private subscriptions: Subscription[] = [];
@@ -143,9 +145,20 @@ export class Replicator {
       {
         isClosed: () => this.closed,
         busy: (key) => this.pending.has(key) || this.inFlight.has(key),
+        reading: () => {
+          this.changedSinceRead = new Map();
+        },
+        readFailed: () => {
+          this.changedSinceRead = undefined;
+        },
         replaceKnown: (views) => {
+          // Writes acknowledged and changes watched while the bucket was read are newer than
+          // what the read returned.
+          const since = this.changedSinceRead ?? new Map<string, KvView | UnreadableKvView | undefined>();
+          this.changedSinceRead = undefined;
           this.known.clear();
           for (const [k, v] of views) this.known.set(k, v);
+          for (const [k, v] of since) this.setKnown(k, v);
         },
         knownView: (key) => this.known.get(key),
         repair: (puts, deletes) => this.repair(puts, deletes),
@@ -345,8 +358,7 @@ export class Replicator {
    * older state back.
    */
   remoteChanged(key: string, view: KvView | UnreadableKvView | undefined, replacedLocal: boolean): void {
-    if (view === undefined) this.known.delete(key);
-    else this.known.set(key, view);
+    this.setKnown(key, view);
     if (!replacedLocal || this.inFlight.has(key)) return;
     const change = this.pending.get(key);
     if (change === undefined) return;
@@ -359,6 +371,13 @@ export class Replicator {
 
   // ------------------------------------------------------------------------------------------
   // Changes
+
+  /** The bucket now holds `view` for `key` (undefined: nothing). */
+  private setKnown(key: string, view: KvView | UnreadableKvView | undefined): void {
+    if (view === undefined) this.known.delete(key);
+    else this.known.set(key, view);
+    this.changedSinceRead?.set(key, view);
+  }
 
   private unchanged(key: string, session: ReplicatedSession): boolean {
     if (this.pending.has(key) || this.inFlight.has(key)) return false;
@@ -513,10 +532,10 @@ export class Replicator {
       }
       if (change.op === 'put') {
         this.puts++;
-        this.known.set(change.key, view!);
+        this.setKnown(change.key, view);
       } else {
         this.deletes++;
-        this.known.delete(change.key);
+        this.setKnown(change.key, undefined);
       }
       if (change.events > 0) {
         this.counters?.addSent(1);
