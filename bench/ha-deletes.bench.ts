@@ -57,7 +57,7 @@ export default async function haDeletes(ctx: BenchContext): Promise<void> {
   const nc = await connect({ servers: nats.url });
   const n = ctx.quick ? 2000 : 5000;
   const all = sessions(n, { ageMs: 100 });
-  const fw = FirewallCollection.load({ pinDir: makeBpffsDir('rxhd'), ingress: 'lo', maxSessions: n * 2 });
+  const fw = FirewallCollection.load({ pinDir: makeBpffsDir('hanode'), ingress: 'lo', maxSessions: n * 2 });
   try {
     const name = 'bench_deletes';
     const kvA = await NatsSessionKv.open(nc, bucket(name), silentLogger());
