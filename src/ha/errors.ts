@@ -1,3 +1,5 @@
+import { RxflowError } from '../errors.js';
+
 /**
  * Errors of session replication. Codes:
  * - EBADCONFIG: an option is out of range or contradicts another
@@ -13,14 +15,8 @@
  * - EREADY: the readiness file or endpoint cannot be set up
  * - EFIREWALL: the kernel firewall whose sessions a node replicates cannot be opened
  */
-export class HaError extends Error {
+export class HaError extends RxflowError {
   override readonly name = 'HaError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 /** The message of anything thrown, for logs and wrapped errors. */

@@ -3,7 +3,10 @@
  * datapath that decodes them, the HA layer that replicates them, and the `firewall_sessions`
  * source whose records carry them.
  */
+import type { FirewallAction } from '../config/firewall-policy.js';
 import type { FlowRecord } from '../records.js';
+
+export type { FirewallAction };
 
 /** The key of a session: the 5-tuple as the initiator sent it, plus the VNI (0 without a tunnel). */
 export interface SessionKey {
@@ -36,7 +39,6 @@ export interface SessionOuter {
   ingressIfindex: number;
 }
 
-export type FirewallAction = 'allow' | 'block' | 'redirect';
 export type FirewallReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
 export type TunnelType = 'none' | 'vxlan' | 'geneve';
 export type Direction = 'ingress' | 'egress';

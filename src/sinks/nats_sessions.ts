@@ -345,6 +345,8 @@ export class NatsSessionsSink implements Sink {
     private readonly context: ComponentContext,
   ) {
     this.resolved = resolve(config);
+    // For firewall_metrics: the live status at each of its samples.
+    context.replication?.offer(this.resolved.config.instance, () => this.status());
   }
 
   /** The replication status, the kernel map compared with the bucket now; undefined until started. */

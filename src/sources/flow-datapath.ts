@@ -25,7 +25,7 @@ import {
 } from '../datapath/flow-types.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
 import { DropsDatapath, attachDrops, type DropBatch } from '../datapath/drops.js';
-import { withNetns } from '../datapath/netns.js';
+import { withNetns } from '../net/netns.js';
 import { bpfObjectPath } from '../paths.js';
 import type { FlowRecord } from '../records.js';
 import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../datapath/instance.js';
