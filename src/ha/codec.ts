@@ -1,4 +1,5 @@
 import { isIPv4, isIPv6 } from 'node:net';
+import { SESSION_KEY, decodeSessionKey } from '../datapath/firewall/types.js';
 import type { ClockTranslator } from './clock.js';
 import { HaError } from './errors.js';
 import type {
@@ -53,6 +54,30 @@ function parseKeyAddress(token: string): string | undefined {
 export function sessionKvKey(key: SessionKey): string {
   const proto = PROTOCOL_NAMES[key.protocol] ?? String(key.protocol);
   return `s.${proto}.${keyAddress(key.srcAddr)}_${key.srcPort}.${keyAddress(key.dstAddr)}_${key.dstPort}.${key.vni}`;
+}
+
+const K = SESSION_KEY.fields;
+
+function mappedV4(bytes: Uint8Array, at: number): boolean {
+  for (let i = 0; i < 10; i++) if (bytes[at + i] !== 0) return false;
+  return bytes[at + 10] === 0xff && bytes[at + 11] === 0xff;
+}
+
+/**
+ * sessionKvKey of a key as the kernel map holds it (SESSION_KEY.size bytes at `offset`): an IPv4
+ * key is written straight from its bytes, without decoding it first; an IPv6 one is decoded.
+ */
+export function sessionKvKeyOfBytes(bytes: Uint8Array, offset: number): string {
+  const src = offset + K.src_ip.offset;
+  const dst = offset + K.dst_ip.offset;
+  if (!mappedV4(bytes, src) || !mappedV4(bytes, dst)) return sessionKvKey(decodeSessionKey(bytes, offset));
+  const protocol = bytes[offset + K.protocol.offset]!;
+  const proto = PROTOCOL_NAMES[protocol] ?? String(protocol);
+  const sp = offset + K.src_port.offset;
+  const dp = offset + K.dst_port.offset;
+  const v = offset + K.vni.offset;
+  const vni = (bytes[v]! | (bytes[v + 1]! << 8) | (bytes[v + 2]! << 16) | (bytes[v + 3]! << 24)) >>> 0;
+  return `s.${proto}.${bytes[src + 12]}-${bytes[src + 13]}-${bytes[src + 14]}-${bytes[src + 15]}_${bytes[sp]! | (bytes[sp + 1]! << 8)}.${bytes[dst + 12]}-${bytes[dst + 13]}-${bytes[dst + 14]}-${bytes[dst + 15]}_${bytes[dp]! | (bytes[dp + 1]! << 8)}.${vni}`;
 }
 
 const KEY_RE = /^s\.([a-z0-9]+)\.([-0-9a-f]+)_(\d{1,5})\.([-0-9a-f]+)_(\d{1,5})\.(\d{1,8})$/;

@@ -1,7 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import {
   SessionKeyMemo,
-  decodeSessionKey,
   type FirewallCollection,
   type FirewallSession,
   type SessionKey as FirewallSessionKey,
@@ -9,7 +8,7 @@ import {
 import type { FlowRecord } from '../records.js';
 import type { FirewallSessionRecord } from '../records/firewall-session.js';
 import type { ClockTranslator } from './clock.js';
-import { sessionKvKey } from './codec.js';
+import { sessionKvKeyOfBytes } from './codec.js';
 import type {
   RemoteApplyResult,
   RemoteDecision,
@@ -199,9 +198,7 @@ export class FirewallSessionStore implements RemoteSessionStore {
    */
   kvKeys(): Set<string> {
     const { count, keys } = this.fw.sessionKeys({ open: true });
-    return new Set(
-      this.kvKeyMemo.map(keys, count, (bytes, offset) => sessionKvKey(decodeSessionKey(bytes, offset))),
-    );
+    return new Set(this.kvKeyMemo.map(keys, count, sessionKvKeyOfBytes));
   }
 
   restore(sessions: readonly ReplicatedSession[]): { written: number; skipped: number } {

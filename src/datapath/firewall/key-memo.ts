@@ -8,9 +8,11 @@ import { SESSION_KEY } from './types.js';
 
 const WORDS = SESSION_KEY.size / 4;
 
-interface Entry<T> {
+/** One read's keys: their words back to back, their values, and the index of each by hash. */
+interface Generation<T> {
   words: Uint32Array;
-  value: T;
+  values: T[];
+  byHash: Map<number, number>;
 }
 
 function hashAt(words: Uint32Array, o: number): number {
@@ -27,13 +29,13 @@ function hashAt(words: Uint32Array, o: number): number {
   return (a ^ b) & 0x3fffffff;
 }
 
-function sameAt(entry: Uint32Array, words: Uint32Array, o: number): boolean {
-  for (let j = 0; j < WORDS; j++) if (entry[j] !== words[o + j]) return false;
+function sameAt(a: Uint32Array, ao: number, b: Uint32Array, bo: number): boolean {
+  for (let j = 0; j < WORDS; j++) if (a[ao + j] !== b[bo + j]) return false;
   return true;
 }
 
 export class SessionKeyMemo<T> {
-  #entries = new Map<number, Entry<T>>();
+  #last: Generation<T> = { words: new Uint32Array(0), values: [], byHash: new Map() };
 
   /**
    * The value of each of `count` keys packed in `keys` (SESSION_KEY.size bytes each, as a batch
@@ -42,29 +44,33 @@ export class SessionKeyMemo<T> {
    */
   map(keys: Uint8Array, count: number, derive: (keys: Uint8Array, offset: number) => T): T[] {
     const aligned = keys.byteOffset % 4 === 0 ? keys : keys.slice();
-    const words = new Uint32Array(aligned.buffer, aligned.byteOffset, count * WORDS);
-    const previous = this.#entries;
-    const next = new Map<number, Entry<T>>();
-    const out = new Array<T>(count);
+    // One copy of this read's keys, which the next read matches against.
+    const words = new Uint32Array(aligned.buffer, aligned.byteOffset, count * WORDS).slice();
+    const last = this.#last;
+    const values = new Array<T>(count);
+    const byHash = new Map<number, number>();
     for (let i = 0; i < count; i++) {
       const o = i * WORDS;
       const h = hashAt(words, o);
-      let e = previous.get(h);
-      if (e === undefined || !sameAt(e.words, words, o)) {
-        e = next.get(h);
-        if (e === undefined || !sameAt(e.words, words, o)) {
-          e = { words: words.slice(o, o + WORDS), value: derive(aligned, i * SESSION_KEY.size) };
-        }
+      const j = last.byHash.get(h);
+      if (j !== undefined && sameAt(last.words, j * WORDS, words, o)) {
+        values[i] = last.values[j]!;
+      } else {
+        const k = byHash.get(h);
+        values[i] =
+          k !== undefined && sameAt(words, k * WORDS, words, o)
+            ? values[k]!
+            : derive(aligned, i * SESSION_KEY.size);
       }
-      // Two keys with one hash: the later one is kept; both values are right.
-      next.set(h, e);
-      out[i] = e.value;
+      // Two keys with one hash: the later one is found next time, the earlier derived again.
+      byHash.set(h, i);
     }
-    this.#entries = next;
-    return out;
+    this.#last = { words, values, byHash };
+    return values;
   }
 
+  /** Keys kept from the last read. */
   get size(): number {
-    return this.#entries.size;
+    return this.#last.byHash.size;
   }
 }

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { SESSION_KEY, decodeSessionKey, encodeSessionKey } from '../../../src/datapath/firewall/types.js';
 import { ClockTranslator } from '../../../src/ha/clock.js';
 import {
   FORMAT_VERSION,
@@ -9,6 +10,7 @@ import {
   fromWire,
   parseSessionKvKey,
   sessionKvKey,
+  sessionKvKeyOfBytes,
   toWire,
 } from '../../../src/ha/codec.js';
 import { HaError } from '../../../src/ha/errors.js';
@@ -77,6 +79,26 @@ describe('session KV keys', () => {
         const kv = sessionKvKey(key);
         expect(kv).toMatch(KEY_CHARS);
         expect(parseSessionKvKey(kv)).toEqual(key);
+      }),
+    );
+  });
+
+  it('are the same written from the kernel map bytes as from the decoded key', () => {
+    const tuple = (addr: fc.Arbitrary<string>) =>
+      fc.record({
+        protocol: fc.integer({ min: 0, max: 255 }),
+        srcAddr: addr,
+        srcPort: fc.integer({ min: 0, max: 65535 }),
+        dstAddr: addr,
+        dstPort: fc.integer({ min: 0, max: 65535 }),
+        vni: fc.integer({ min: 0, max: 0xffffff }),
+      });
+    const at = 3;
+    fc.assert(
+      fc.property(fc.oneof(tuple(fc.ipV4()), tuple(fc.ipV6())), (key) => {
+        const bytes = new Uint8Array(at + SESSION_KEY.size);
+        encodeSessionKey(key, bytes, at);
+        expect(sessionKvKeyOfBytes(bytes, at)).toBe(sessionKvKey(decodeSessionKey(bytes, at)));
       }),
     );
   });
