@@ -23,6 +23,17 @@ function fixedClock(monoNs: bigint, wallMs: number): ClockTranslator {
   return new ClockTranslator({ monotonicNs: () => monoNs, wallMs: () => wallMs });
 }
 
+/** A session key with both addresses drawn from `addr`. */
+const tuple = (addr: fc.Arbitrary<string>) =>
+  fc.record({
+    protocol: fc.integer({ min: 0, max: 255 }),
+    srcAddr: addr,
+    srcPort: fc.integer({ min: 0, max: 65535 }),
+    dstAddr: addr,
+    dstPort: fc.integer({ min: 0, max: 65535 }),
+    vni: fc.integer({ min: 0, max: 0xffffff }),
+  });
+
 describe('session KV keys', () => {
   it('are readable, five tokens, and hold only characters KV keys allow', () => {
     const v4: SessionKey = {
@@ -60,15 +71,6 @@ describe('session KV keys', () => {
   });
 
   it('round-trip every IPv4 and IPv6 5-tuple plus VNI', () => {
-    const tuple = (addr: fc.Arbitrary<string>) =>
-      fc.record({
-        protocol: fc.integer({ min: 0, max: 255 }),
-        srcAddr: addr,
-        srcPort: fc.integer({ min: 0, max: 65535 }),
-        dstAddr: addr,
-        dstPort: fc.integer({ min: 0, max: 65535 }),
-        vni: fc.integer({ min: 0, max: 0xffffff }),
-      });
     // Canonical IPv6 text, as the firewall formats it: compressed, lower-case, no embedded IPv4.
     const v6 = fc
       .ipV6()
@@ -84,15 +86,6 @@ describe('session KV keys', () => {
   });
 
   it('are the same written from the kernel map bytes as from the decoded key', () => {
-    const tuple = (addr: fc.Arbitrary<string>) =>
-      fc.record({
-        protocol: fc.integer({ min: 0, max: 255 }),
-        srcAddr: addr,
-        srcPort: fc.integer({ min: 0, max: 65535 }),
-        dstAddr: addr,
-        dstPort: fc.integer({ min: 0, max: 65535 }),
-        vni: fc.integer({ min: 0, max: 0xffffff }),
-      });
     const at = 3;
     fc.assert(
       fc.property(fc.oneof(tuple(fc.ipV4()), tuple(fc.ipV6())), (key) => {
