@@ -352,4 +352,45 @@ sinks:
       );
     }
   });
+
+  it('when_full block: the buffer in front of the sink holds file_replay while the disk is full; once freed, every record is written, none dropped', async () => {
+    const disk = mountTmpfs('1m');
+    const filler = path.join(disk, 'filler');
+    expect(() => fs.writeFileSync(filler, Buffer.alloc(2 << 20, 0x78))).toThrow(/^ENOSPC/);
+    // About 730 kB of lines: they fit on the 1 MiB disk once the filler is gone.
+    const N = 1500;
+    const input = path.join(makeTempDir('rxfs'), 'in.jsonl');
+    fs.writeFileSync(
+      input,
+      batch(0, N)
+        .map((r) => `${JSON.stringify(r)}\n`)
+        .join(''),
+    );
+    const file = path.join(disk, 'flows.jsonl');
+    const config = parsePipeline(
+      `sources:
+  in: {type: file_replay, paths: ['${input}'], batch_size: 100}
+sinks:
+  out: {type: file, inputs: [in], path: '${file}', buffer_max_records: 300, when_full: block, retry_interval_ms: 20}
+`,
+      'replay-blocked.yaml',
+      { registry: new ComponentRegistry(modules), env: {} },
+    );
+    const pipeline = await buildPipeline(config);
+    const stage = (id: string) => pipeline.totals().stages.find((s) => s.id === id)!;
+    await pipeline.start();
+    await until(() => stage('out').received >= 300, 'the sink to hold buffer_max_records');
+    // The sink retries every 20 ms meanwhile; the replay stays held at most one batch past the bound.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(stage('in').sent).toBeLessThanOrEqual(300 + 100);
+    expect(stage('out')).toMatchObject({ received: stage('in').sent, sent: 0, dropped: {} });
+    expect(readBack(disk, 'flows.jsonl')).toEqual([]);
+
+    fs.rmSync(filler);
+    await pipeline.done;
+    const lines = readBack(disk, 'flows.jsonl');
+    expect(indexes(lines)).toEqual(Array.from({ length: N }, (_, k) => k));
+    expect(stage('out')).toMatchObject({ received: N, sent: N, dropped: {}, inFlight: 0 });
+    expect(await replay([file])).toEqual({ records: N, parseFailed: 0 });
+  });
 });
