@@ -85,41 +85,6 @@ export function bufferOptions(spec: BufferOptionsSpec): Record<string, JsonSchem
   };
 }
 
-/** A FIFO of batches with a head offset, so handing over part of the head copies nothing twice. */
-class Waiting {
-  private batches: FlowBatch[] = [];
-  private head = 0;
-  records = 0;
-
-  get empty(): boolean {
-    return this.head === this.batches.length;
-  }
-
-  push(batch: FlowBatch): void {
-    this.batches.push(batch);
-    this.records += batch.length;
-  }
-
-  shift(): FlowBatch {
-    const batch = this.batches[this.head]!;
-    this.batches[this.head++] = [];
-    this.records -= batch.length;
-    if (this.head === this.batches.length) {
-      this.batches = [];
-      this.head = 0;
-    }
-    return batch;
-  }
-
-  clear(): number {
-    const n = this.records;
-    this.batches = [];
-    this.head = 0;
-    this.records = 0;
-    return n;
-  }
-}
-
 export class SinkBuffer {
   private sink: Sink | undefined;
   private readonly losses: LossLog;
@@ -157,12 +122,19 @@ export class SinkBuffer {
       new Observable<FlowBatch>((subscriber) => {
         const { counters } = this;
         const { maxRecords, whenFull } = this.settings;
-        const waiting = new Waiting();
+        // Batches that found the sink full (block only): few, and taken from the front.
+        const waiting: FlowBatch[] = [];
+        let waitingRecords = 0;
+        const take = (): FlowBatch => {
+          const batch = waiting.shift()!;
+          waitingRecords -= batch.length;
+          return batch;
+        };
         let handing = false;
         let stopped = false;
 
         // Room in the sink: what it holds, less what waits here, against the bound.
-        const room = (): number => maxRecords - (counters.held() - waiting.records);
+        const room = (): number => maxRecords - (counters.held() - waitingRecords);
         const drop = (n: number): void => {
           if (n <= 0) return;
           counters.addDropped('sink_buffer_full', n);
@@ -174,7 +146,7 @@ export class SinkBuffer {
           if (handing) return;
           handing = true;
           try {
-            while (!waiting.empty && (force || room() > 0)) subscriber.next(waiting.shift());
+            while (waiting.length > 0 && (force || room() > 0)) subscriber.next(take());
           } finally {
             handing = false;
           }
@@ -183,12 +155,14 @@ export class SinkBuffer {
         const stop = (): void => {
           stopped = true;
           if (counters.onLeft === onLeft) counters.onLeft = undefined;
-          counters.addDropped('shutdown', waiting.clear());
+          counters.addDropped('shutdown', waitingRecords);
+          waiting.length = 0;
+          waitingRecords = 0;
           this.setFull(false);
           this.losses.close();
         };
         const onLeft = (): void => {
-          if (!stopped && (this.full || !waiting.empty)) handOver(false);
+          if (!stopped && (this.full || waiting.length > 0)) handOver(false);
         };
         if (whenFull === 'block') counters.onLeft = onLeft;
 
@@ -198,11 +172,14 @@ export class SinkBuffer {
           counters.addReceived(n);
           const free = room() + n;
           if (whenFull === 'block') {
-            if (waiting.empty && free > 0) {
+            if (waiting.length === 0 && free > 0) {
               subscriber.next(batch);
             } else {
-              const kept = Math.min(n, Math.max(0, maxRecords - waiting.records));
-              if (kept > 0) waiting.push(kept === n ? batch : batch.slice(0, kept));
+              const kept = Math.min(n, Math.max(0, maxRecords - waitingRecords));
+              if (kept > 0) {
+                waiting.push(kept === n ? batch : batch.slice(0, kept));
+                waitingRecords += kept;
+              }
               drop(n - kept);
             }
             this.setFull(counters.held() >= maxRecords);

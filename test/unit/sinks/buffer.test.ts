@@ -40,12 +40,8 @@ describe('the buffer in front of a sink', () => {
     write(4);
     input.next(batch(13, 6));
     expect(ports(handed).slice(10)).toEqual([13, 14, 15, 16]);
-    expect(counters.snapshot()).toMatchObject({
-      received: 19,
-      sent: 4,
-      dropped: { sink_buffer_full: 5 },
-      inFlight: 10,
-    });
+    const { received, sent, dropped, inFlight } = counters.snapshot();
+    expect([received, sent, dropped, inFlight]).toEqual([19, 4, { sink_buffer_full: 5 }, 10]);
   });
 
   it('drop_oldest without a sink that gives records back: what does not fit is the oldest arriving', () => {
