@@ -1,7 +1,8 @@
 /**
- * The one bounded buffer in front of a sink. The pipeline reads every sink's input through one
- * (src/pipeline/build.ts), configured by the sink's `buffer_max_records` and `when_full`; a sink
- * built on its own puts one in front of itself (consumeBatches), so it behaves the same in tests.
+ * The one bounded buffer in front of a sink. The pipeline reads the input of every sink that holds
+ * records (its module is `buffered`) through one (src/pipeline/build.ts), configured by the sink's
+ * `buffer_max_records` and `when_full`; a sink built on its own puts one in front of itself
+ * (throughBuffer in consume.ts), so it counts and bounds the same in tests.
  *
  * It counts on the sink's own ledger counters, so there is one set of them: every record that
  * reaches the buffer is counted received (handed to the sink), and a record it cannot keep is
@@ -14,7 +15,7 @@
  * - `drop_oldest`: the oldest records still waiting make room: first those the sink has not
  *   started writing (Sink.evictOldest), then the oldest of the arriving batch;
  * - `block`: nothing is dropped; the batch waits here and the sources upstream that can wait
- *   (SourceHold) are held until the sink has room. Up to `max_records` more records wait here for
+ *   (SourceHold) are held until the sink has room. Up to buffer_max_records more records wait here for
  *   sources that cannot wait (packets keep arriving); beyond those, the newest are dropped.
  *
  * When the input completes, what waits here is handed to the sink; when the sink unsubscribes

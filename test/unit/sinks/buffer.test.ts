@@ -4,7 +4,7 @@ import type { WhenFull } from '../../../src/component.js';
 import { StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
-import { formatProblem } from '../../../src/pipeline/errors.js';
+import { formatProblem } from '../../../src/config/errors.js';
 import { defaultRegistry } from '../../../src/pipeline/registry.js';
 import type { FlowBatch } from '../../../src/records.js';
 import { SinkBuffer } from '../../../src/sinks/buffer.js';
