@@ -8,8 +8,9 @@
  * and up to max_in_flight requests run at once. A request the transport gives up on (after its own
  * retries; partitions already written are not sent again) is retried by the sink with backoff until delivery_timeout_ms after its oldest record
  * arrived; then its records count as `sink_failed`. While the brokers are away the queue fills up
- * to buffer_max_records and what does not fit counts as `sink_buffer_full`. Nothing escapes into
- * the pipeline: consume() resolves once its input completed and every record is written or counted.
+ * to buffer_max_records and the pipeline's buffer in front of the sink applies when_full to what
+ * does not fit (src/sinks/buffer.ts; drop_oldest takes waiting records back with evictOldest).
+ * Nothing escapes into the pipeline: consume() resolves once its input completed and every record is written or counted.
  *
  * With idempotence (the default) every batch carries a producer id and sequence
  * (src/sinks/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
@@ -22,12 +23,14 @@ import {
   type JsonSchema,
   type Sink,
   type SinkModule,
+  type WhenFull,
 } from '../component.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { consumeBatches } from './consume.js';
 import { messageOf } from '../errors.js';
+import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
+import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import {
   ProduceError,
@@ -71,7 +74,7 @@ export interface KafkaSinkConfig {
   retry_max_ms?: number;
   delivery_timeout_ms?: number;
   buffer_max_records?: number;
-  when_full?: 'drop_newest' | 'drop_oldest';
+  when_full?: WhenFull;
   shutdown_timeout_ms?: number;
   degraded_after_ms?: number;
   tls?: TlsOptions;
@@ -216,20 +219,12 @@ const schema: JsonSchema = {
       DEFAULTS.delivery_timeout_ms,
       1,
     ),
-    buffer_max_records: {
-      type: 'integer',
-      minimum: 1,
+    ...bufferOptions({
+      maxRecords: DEFAULTS.buffer_max_records,
       maximum: 16777216,
-      default: DEFAULTS.buffer_max_records,
-      description:
-        'Records held (waiting or in flight) at most; beyond it records are dropped as sink_buffer_full.',
-    },
-    when_full: {
-      enum: ['drop_newest', 'drop_oldest'],
-      default: DEFAULTS.when_full,
-      description:
-        'With a full buffer: drop the arriving records, or the oldest waiting ones (not those in flight).',
-    },
+      choices: ['drop_newest', 'drop_oldest', 'block'],
+      held: 'waiting or in flight',
+    }),
     shutdown_timeout_ms: ms(
       'On close, how long to wait for held records to be written; the rest are dropped as shutdown. The pipeline drain deadline (drain_timeout_ms) bounds it too: the sink waits for the shorter of the two.',
       DEFAULTS.shutdown_timeout_ms,
@@ -366,6 +361,8 @@ export class KafkaSink implements Sink {
   /** Set when close() has stopped waiting: nothing more is sent or retried. */
   private stopped = false;
   private closed: Promise<void> | undefined;
+  private readonly context: ComponentContext;
+  private readonly buffer: BufferSettings;
 
   constructor(
     config: KafkaSinkConfig,
@@ -373,6 +370,8 @@ export class KafkaSink implements Sink {
     private readonly transport: KafkaTransport,
   ) {
     this.config = resolveConfig(config);
+    this.context = context;
+    this.buffer = bufferSettings(this.config);
     this.counters = context.counters;
     this.logger = context.logger;
     this.scheduler = context.scheduler ?? asyncScheduler;
@@ -412,7 +411,7 @@ export class KafkaSink implements Sink {
     }
     this.startConnecting();
     const consumption = consumeBatches(
-      input,
+      throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
@@ -446,29 +445,20 @@ export class KafkaSink implements Sink {
     return this.producer?.status() ?? { state: 'off', producerIds: 0 };
   }
 
+  /** Drops up to `n` of the oldest waiting records (not those in flight); the buffer counts them. */
+  evictOldest(n: number): number {
+    const old = this.queue.drop(Math.min(n, this.queue.length));
+    this.left += old;
+    this.settleFlushes();
+    return old;
+  }
+
   // ------------------------------------------------------------------------------------------
-  // Admission
+  // Admission (bounded by the pipeline's buffer in front of the sink)
 
   private accept(batch: FlowBatch): void {
-    const n = batch.length;
-    if (n === 0) return;
-    this.counters.addReceived(n);
-    const room = this.config.buffer_max_records - this.queue.length - this.inFlightRecords;
-    const now = this.scheduler.now();
-    if (n <= room) {
-      this.enqueue(batch, now);
-    } else if (this.config.when_full === 'drop_newest') {
-      if (room > 0) this.enqueue(batch.slice(0, room), now);
-      this.drop('sink_buffer_full', n - Math.max(0, room));
-    } else {
-      const excess = n - room;
-      const old = this.queue.drop(Math.min(excess, this.queue.length));
-      this.left += old;
-      // Records in flight cannot be taken back; what still does not fit is the oldest arriving.
-      const rest = excess - old;
-      this.drop('sink_buffer_full', old + rest);
-      this.enqueue(rest > 0 ? batch.slice(rest) : batch, now);
-    }
+    if (batch.length === 0) return;
+    this.enqueue(batch, this.scheduler.now());
     this.pump();
   }
 
@@ -859,6 +849,7 @@ export class KafkaSink implements Sink {
 const kafkaModule: SinkModule<KafkaSinkConfig> = {
   type: 'kafka',
   kind: 'sink',
+  buffered: true,
   description:
     'Writes flow records to a Kafka topic as JSON or protobuf, batched, with bounded buffering through outages.',
   schema,
