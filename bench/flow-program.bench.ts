@@ -13,12 +13,12 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ObjectSpec } from '../src/datapath/index.js';
-import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow-maps.js';
+import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow/maps.js';
 import {
   FLOW_VALUE_STRIDE,
   decodeFlowMapBatch,
   monotonicToWallClockOffsetMs,
-} from '../src/datapath/flow-types.js';
+} from '../src/datapath/flow/types.js';
 import {
   bestNsPerOp,
   bestTestRunNs,

@@ -14,12 +14,12 @@ import {
   decodeFlowEvent,
   flowEventReason,
   monotonicToWallClockOffsetMs,
-} from '../datapath/flow-types.js';
+} from '../datapath/flow/types.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import { account } from '../operators/account.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
+import { FlowDatapath, type KernelCounters } from '../datapath/flow/datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';

@@ -6,7 +6,7 @@ import {
   type FirewallAction,
   type FirewallReason,
 } from '../datapath/firewall/types.js';
-import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
+import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { firewallSource, setAddresses } from './firewall-source.js';
 import { ringbufTracer } from './ringbuf-tracer.js';

@@ -12,7 +12,7 @@ import {
   type SessionOrigin,
   type TcpState,
 } from '../datapath/firewall/types.js';
-import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
+import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { firewallSource, setAddresses } from './firewall-source.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DROP_VALUE, attachDrops, decodeDropBatch } from '../../src/datapath/drops.js';
+import { DROP_VALUE, attachDrops, decodeDropBatch } from '../../src/datapath/flow/drops.js';
 import {
   FLOW_KEY,
   FLOW_VALUE_STRIDE,
@@ -7,7 +7,7 @@ import {
   encodeKey,
   encodeValue,
   type FlowKeyFields,
-} from '../../src/datapath/flow-types.js';
+} from '../../src/datapath/flow/types.js';
 import { flowRecordProblem } from '../../src/records.js';
 
 const key = (srcPort: number, more: Partial<FlowKeyFields> = {}): FlowKeyFields => ({

@@ -25,7 +25,7 @@ import {
   sumPerCpuCounter,
   type FlowKeyFields,
   type FlowValueFields,
-} from '../../src/datapath/flow-types.js';
+} from '../../src/datapath/flow/types.js';
 import { ipv4ToUint32 } from '../../src/net/address.js';
 import { readIPv4Words, type FlowRecord } from '../../src/records.js';
 

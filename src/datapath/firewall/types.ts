@@ -8,7 +8,7 @@
  */
 import { isIPv4, isIPv6 } from 'node:net';
 import { endianness } from 'node:os';
-import { formatIp16, formatMac, hex } from '../flow-types.js';
+import { formatIp16, formatMac, hex } from '../flow/types.js';
 import { struct, u64, viewOf, type FieldLayout, type StructLayout } from '../layout.js';
 import { FirewallError } from './errors.js';
 

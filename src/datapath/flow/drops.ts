@@ -9,9 +9,9 @@
  * table compiled in would misname reasons on the next one.
  */
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno, syscallFailure } from './errors.js';
-import { FlowMaps } from './flow-maps.js';
-import type { FlowRecord } from '../records.js';
+import { DatapathError, SyscallError, describeErrno, syscallFailure } from '../errors.js';
+import { FlowMaps } from './maps.js';
+import type { FlowRecord } from '../../records.js';
 import {
   FLOW_KEY,
   FLOW_VALUE,
@@ -19,11 +19,11 @@ import {
   decodeFlowMapBatch,
   type FlowEviction,
   type NetnsLabeler,
-} from './flow-types.js';
-import { struct, u64, viewOf } from './layout.js';
-import { lastErrno, libbpf, libc } from './libbpf.js';
-import type { DrainResult } from './map.js';
-import { ObjectSpec, type Collection } from './object.js';
+} from './types.js';
+import { struct, u64, viewOf } from '../layout.js';
+import { lastErrno, libbpf, libc } from '../libbpf.js';
+import type { DrainResult } from '../map.js';
+import { ObjectSpec, type Collection } from '../object.js';
 
 export const DROP_VALUE = struct('drop_value', 32, {
   packets: [0, 8],

@@ -1,6 +1,6 @@
 /**
  * The TypeScript side of bpf/flow.h: struct layouts, counter indexes and the decoders that turn
- * the raw bytes of the flow maps (per-CPU, read by BpfMap.drain; see flow-maps.ts) and of
+ * the raw bytes of the flow maps (per-CPU, read by BpfMap.drain; see maps.ts) and of
  * flow_events (ring buffer) into FlowRecords. test/kernel/flow-btf.test.ts holds every size and
  * offset here against the BTF of the compiled bpf/flow.o, so a change to the header that is not
  * mirrored here fails a test.
@@ -10,11 +10,11 @@
  * addresses and MACs that the caches below do not hold yet.
  */
 import { endianness } from 'node:os';
-import { attachIPv4Words, type FlowRecord } from '../records.js';
-import { DatapathError } from './errors.js';
-import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
+import { attachIPv4Words, type FlowRecord } from '../../records.js';
+import { DatapathError } from '../errors.js';
+import { struct, sumPerCpu, u64, viewOf, type StructLayout } from '../layout.js';
 
-export type { FieldLayout, StructLayout } from './layout.js';
+export type { FieldLayout, StructLayout } from '../layout.js';
 
 export const FLOW_KEY = struct('flow_key', 60, {
   src_ip: [0, 16],

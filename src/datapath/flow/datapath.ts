@@ -11,7 +11,7 @@ import {
   type Program,
   type TcDirection,
   type TcLink,
-} from '../datapath/index.js';
+} from '../index.js';
 import {
   FLOW_CTR,
   FLOW_KEY,
@@ -22,14 +22,14 @@ import {
   type FlowCounterName,
   type FlowEviction,
   type NetnsLabeler,
-} from '../datapath/flow-types.js';
-import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
-import { DropsDatapath, attachDrops, type DropBatch } from '../datapath/drops.js';
-import { withNetns } from '../datapath/netns.js';
-import { bpfObjectPath } from '../paths.js';
-import type { FlowRecord } from '../records.js';
-import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../datapath/instance.js';
-import { requireBpffs } from '../datapath/object.js';
+} from './types.js';
+import { FlowMaps, setFlowMapMaxEntries } from './maps.js';
+import { DropsDatapath, attachDrops, type DropBatch } from './drops.js';
+import { withNetns } from '../netns.js';
+import { bpfObjectPath } from '../../paths.js';
+import type { FlowRecord } from '../../records.js';
+import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../instance.js';
+import { requireBpffs } from '../object.js';
 
 export interface FlowDatapathOptions {
   /** Interfaces to attach to, by name, in `netns` or the agent's own network namespace. */
@@ -52,7 +52,7 @@ export interface FlowDatapathOptions {
 
 export type KernelCounters = Record<FlowCounterName, number>;
 
-/** How an eviction sets flowEndReason (see FlowEviction in flow-types.ts). */
+/** How an eviction sets flowEndReason (see FlowEviction in types.ts). */
 export interface EvictOptions {
   /**
    * A flow whose last packet is at least this old when the programs leave its map ends by idle
