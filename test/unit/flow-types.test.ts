@@ -13,19 +13,21 @@ import {
   type FlowEviction,
   decodeFlowEvent,
   decodeFlowMapBatch,
-  decodeKey,
   encodeFlowConfig,
-  encodeKey,
-  encodeValue,
   flowEventReason,
   formatIPv4,
   formatIPv6,
   formatIp16,
   formatMac,
   sumPerCpuCounter,
+} from '../../src/datapath/flow/types.js';
+import {
+  decodeKey,
+  encodeKey,
+  encodeValue,
   type FlowKeyFields,
   type FlowValueFields,
-} from '../../src/datapath/flow/types.js';
+} from '../fixtures/flow-map.js';
 import { ipv4ToUint32 } from '../../src/net/address.js';
 import { readIPv4Words, type FlowRecord } from '../../src/records.js';
 
