@@ -325,6 +325,93 @@ export function monotonicToWallClockOffsetMs(): number {
 }
 
 /**
+ * The fields every map and ring-buffer record has, in the serialised order; called with `new`
+ * only (see DecodedFlow). An egress record has egressInterface where an ingress one has
+ * ingressInterface; a layer-2 flow (ipVersion 0) has no addresses.
+ */
+function decodedFlow(
+  this: FlowRecord,
+  ipVersion: 0 | 4 | 6,
+  sourceTransportPort: number,
+  destinationTransportPort: number,
+  protocolIdentifier: number,
+  octetDeltaCount: number,
+  layer2OctetDeltaCount: number,
+  packetDeltaCount: number,
+  flowStartMilliseconds: number,
+  flowEndMilliseconds: number,
+  tcpControlBits: number,
+  ipDiffServCodePoint: number,
+  egress: boolean,
+  ifindex: number,
+  sourceMacAddress: string,
+  destinationMacAddress: string,
+  ethernetType: number,
+  flowEndReason: number,
+  source: string,
+  destination: string,
+): void {
+  this.ipVersion = ipVersion;
+  this.sourceTransportPort = sourceTransportPort;
+  this.destinationTransportPort = destinationTransportPort;
+  this.protocolIdentifier = protocolIdentifier;
+  this.octetDeltaCount = octetDeltaCount;
+  this.layer2OctetDeltaCount = layer2OctetDeltaCount;
+  this.packetDeltaCount = packetDeltaCount;
+  this.flowStartMilliseconds = flowStartMilliseconds;
+  this.flowEndMilliseconds = flowEndMilliseconds;
+  this.tcpControlBits = tcpControlBits;
+  this.ipDiffServCodePoint = ipDiffServCodePoint;
+  if (egress) this.egressInterface = ifindex;
+  else this.ingressInterface = ifindex;
+  this.flowDirection = egress ? 1 : 0;
+  this.sourceMacAddress = sourceMacAddress;
+  this.destinationMacAddress = destinationMacAddress;
+  this.ethernetType = ethernetType;
+  this.flowEndReason = flowEndReason;
+  if (ipVersion === 4) {
+    this.sourceIPv4Address = source;
+    this.destinationIPv4Address = destination;
+  } else if (ipVersion === 6) {
+    this.sourceIPv6Address = source;
+    this.destinationIPv6Address = destination;
+  }
+}
+
+/**
+ * Records are built by one small constructor rather than as object literals: V8 sizes the objects
+ * of a constructor for every field its body assigns, so a record holds all its fields inside the
+ * object (fields added to an object afterwards go to a separate property array), whatever its
+ * family and direction, and the plain records of a family and direction share one hidden class.
+ * It stays small enough for the optimising compiler to inline it, allocation included. Its
+ * prototype is Object.prototype: a record is a plain object to every reader.
+ */
+interface DecodedFlowConstructor {
+  new (...args: Parameters<OmitThisParameter<typeof decodedFlow>>): FlowRecord;
+  prototype: object;
+  /**
+   * One record of each family and direction, kept as long as the constructor, as a literal's
+   * boilerplate keeps its hidden class: V8 holds the hidden classes of a constructor's objects only
+   * while some object has them, and drops code optimised for a class that died. The records of a
+   * drain all die once the sinks are done with them; without these, each full collection after it
+   * would send record() back to the interpreter.
+   */
+  shapes?: readonly FlowRecord[];
+}
+
+const DecodedFlow = decodedFlow as unknown as DecodedFlowConstructor;
+DecodedFlow.prototype = Object.prototype;
+// The values have the representations of real ones (times as doubles).
+DecodedFlow.shapes = ([0, 4, 6] as const).flatMap((ipVersion) =>
+  [false, true].map((egress) => {
+    const rec = new DecodedFlow(ipVersion, 0, 0, 0, 0, 0, 0, 0.5, 0.5, 0, 0, egress, 0, '', '', 0, 0, '', '');
+    // With the words record() attaches to every IPv4 record, and so their classes.
+    if (ipVersion === 4) attachIPv4Words(rec, 0, 0);
+    return rec;
+  }),
+);
+
+/**
  * Builds a record from a key and the chosen value slot. Counters, times and the end reason are
  * passed in, already merged over CPUs; every other value field comes from the slot at vOff.
  */
@@ -345,165 +432,48 @@ function record(
   flowEndReason: number,
 ): FlowRecord {
   const protocol = kb[k + K_PROTOCOL]!;
-  const sourceTransportPort = kv.getUint16(k + K_SRC_PORT, LE);
-  const destinationTransportPort = kv.getUint16(k + K_DST_PORT, LE);
-  const flowStartMilliseconds = Math.floor(firstNs / 1e6 + offsetMs);
-  const flowEndMilliseconds = Math.floor(lastNs / 1e6 + offsetMs);
-  const ipDiffServCodePoint = vb[v + V_DSCP]!;
-  // The interface the program is attached to: received on for ingress, sent on for egress.
-  const ifindex = kv.getUint32(k + K_IF_INDEX, LE);
-  const egress = kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS;
-  const flowDirection = egress ? 1 : 0;
-  const sourceMacAddress = formatMac(vb, v + V_SRC_MAC);
-  const destinationMacAddress = formatMac(vb, v + V_DST_MAC);
-  const ethernetType = kv.getUint16(k + K_ETH_TYPE, LE);
-  // One literal per family and direction, with the addresses in it: V8 then allocates each record
-  // with all these fields inside the object (addresses added afterwards went to a separate
-  // property array), and the plain records of a family and direction share one hidden class.
-  // The key order is the serialised order.
-  let rec: FlowRecord;
-  const ipVersion = kb[k + K_IP_VERSION];
+  const ipVersion = kb[k + K_IP_VERSION] === 4 ? 4 : kb[k + K_IP_VERSION] === 0 ? 0 : 6;
+  let source = '';
+  let destination = '';
   if (ipVersion === 4) {
-    const src = kv.getUint32(k + K_SRC_IP + 12, false);
-    const dst = kv.getUint32(k + K_DST_IP + 12, false);
-    rec = egress
-      ? {
-          ipVersion: 4,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          egressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv4Address: ipv4Text(src),
-          destinationIPv4Address: ipv4Text(dst),
-        }
-      : {
-          ipVersion: 4,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          ingressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv4Address: ipv4Text(src),
-          destinationIPv4Address: ipv4Text(dst),
-        };
+    source = ipv4Text(kv.getUint32(k + K_SRC_IP + 12, false));
+    destination = ipv4Text(kv.getUint32(k + K_DST_IP + 12, false));
+  } else if (ipVersion === 6) {
+    source = formatIPv6(kb, k + K_SRC_IP);
+    destination = formatIPv6(kb, k + K_DST_IP);
+  }
+  const rec = new DecodedFlow(
+    ipVersion,
+    kv.getUint16(k + K_SRC_PORT, LE),
+    kv.getUint16(k + K_DST_PORT, LE),
+    protocol,
+    ipBytes,
+    bytes,
+    packets,
+    Math.floor(firstNs / 1e6 + offsetMs),
+    Math.floor(lastNs / 1e6 + offsetMs),
+    tcpFlags,
+    vb[v + V_DSCP]!,
+    // The interface the program is attached to: received on for ingress, sent on for egress.
+    kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS,
+    kv.getUint32(k + K_IF_INDEX, LE),
+    formatMac(vb, v + V_SRC_MAC),
+    formatMac(vb, v + V_DST_MAC),
+    kv.getUint16(k + K_ETH_TYPE, LE),
+    flowEndReason,
+    source,
+    destination,
+  );
+  if (ipVersion === 4) {
     // The same addresses as numbers, so account and dedupe key on them without parsing the text.
-    attachIPv4Words(rec, src, dst);
+    attachIPv4Words(rec, kv.getUint32(k + K_SRC_IP + 12, false), kv.getUint32(k + K_DST_IP + 12, false));
     if (protocol === 1) {
       rec.icmpTypeIPv4 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv4 = kb[k + K_ICMP_CODE]!;
     }
-  } else if (ipVersion === 0) {
-    // A layer-2 flow (not IP): the key holds the MACs, which the value repeats; no addresses.
-    rec = egress
-      ? {
-          ipVersion: 0,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          egressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-        }
-      : {
-          ipVersion: 0,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          ingressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-        };
-  } else {
-    rec = egress
-      ? {
-          ipVersion: 6,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          egressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
-          destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
-        }
-      : {
-          ipVersion: 6,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          ingressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
-          destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
-        };
-    if (protocol === 58) {
-      rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
-      rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;
-    }
+  } else if (ipVersion === 6 && protocol === 58) {
+    rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
+    rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;
   }
   const vlan = kv.getUint16(k + K_VLAN_ID, LE);
   if (vlan !== 0) {
