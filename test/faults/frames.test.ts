@@ -11,12 +11,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readStatus } from '../../src/cli/status.js';
 import type { FlowRecord } from '../../src/records.js';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
+import { cleanup } from '../fixtures/cleanup.js';
 import { freePort } from '../fixtures/nats.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
+import type { PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
+import { flowsSource, runSetup } from '../fixtures/run.js';
+import { Cli } from '../kernel/cli-helpers.js';
 import {
   ETH_ARP,
   ETH_IPV4,
@@ -162,10 +163,7 @@ kernelDescribe('every crafted frame ends in a record or a kernel counter the led
   let runDir: string;
 
   beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'frames' });
-    pinRoot = makeBpffsDir('frames');
-    runDir = makeTempDir('frames');
+    ({ topo, pinRoot, runDir } = await runSetup('frames'));
   });
   afterAll(() => cleanup.dispose());
 
@@ -176,16 +174,13 @@ kernelDescribe('every crafted frame ends in a record or a kernel counter the led
     const file = join(runDir, 'frames.yaml');
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${topo.link.b.ifname}]
-    directions: [ingress]
-    instance: frames${process.pid}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200ms
-sinks:
+      `${flowsSource(
+        { topo, pinRoot },
+        {
+          instance: `frames${process.pid}`,
+          options: { directions: '[ingress]', eviction_interval_ms: '200ms' },
+        },
+      )}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
   metrics: {type: otel_metrics, inputs: [flows], prometheus_port: ${port}}
 `,

@@ -2,11 +2,12 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { cleanup } from '../fixtures/cleanup.js';
+import type { PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp, startUdpSink } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
+import { flowsSource, runSetup } from '../fixtures/run.js';
+import { Cli } from '../kernel/cli-helpers.js';
 import { isReady, packetsTo, readRecords, waitFor } from './lifecycle-helpers.js';
 
 const TEST_OBJECT = fileURLToPath(new URL('../../bpf/test_datapath.o', import.meta.url));
@@ -27,15 +28,7 @@ kernelDescribe('one agent per instance; a failed start leaves no pins', () => {
     const out = join(dir, `${name}.jsonl`);
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${o.netns ?? topo.server.name}
-    interfaces: [${o.iface ?? topo.link.b.ifname}]
-    instance: ${instance}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200
-${o.extra ?? ''}sinks:
+      `${flowsSource({ topo, pinRoot }, { instance, netns: o.netns, iface: o.iface, options: { eviction_interval_ms: 200 } })}${o.extra ?? ''}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
 `,
     );
@@ -43,10 +36,7 @@ ${o.extra ?? ''}sinks:
   }
 
   beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'lcyin' });
-    pinRoot = makeBpffsDir('lcyin');
-    dir = makeTempDir('lcyin');
+    ({ topo, pinRoot, runDir: dir } = await runSetup('lcyin'));
   });
   afterAll(() => cleanup.dispose());
 

@@ -13,11 +13,12 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { cleanup } from '../fixtures/cleanup.js';
+import type { PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
+import { flowsSource, runSetup } from '../fixtures/run.js';
+import { Cli } from '../kernel/cli-helpers.js';
 import { isReady, lastLog, readRecords, waitFor, type FileRecord } from './lifecycle-helpers.js';
 
 const PORT = 6301;
@@ -48,10 +49,7 @@ kernelDescribe(
     const env = () => ({ RXFLOW_RUN_DIR: dir, RXFLOW_LOG_LEVEL: 'info' });
 
     beforeAll(async () => {
-      assertBuilt();
-      topo = await createPair({ prefix: 'lcyrs' });
-      pinRoot = makeBpffsDir('lcyrs');
-      dir = makeTempDir('lcyrs');
+      ({ topo, pinRoot, runDir: dir } = await runSetup('lcyrs'));
     });
     afterAll(() => cleanup.dispose());
 
@@ -60,16 +58,10 @@ kernelDescribe(
       const file = join(dir, 'lcyrestart.yaml');
       writeFileSync(
         file,
-        `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${topo.link.b.ifname}]
-    directions: [ingress]
-    instance: lifecycle-restart
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200
-sinks:
+        `${flowsSource(
+          { topo, pinRoot },
+          { instance: 'lifecycle-restart', options: { directions: '[ingress]', eviction_interval_ms: 200 } },
+        )}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
 `,
       );

@@ -2,11 +2,12 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readStatus } from '../../src/cli/status.js';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { cleanup } from '../fixtures/cleanup.js';
+import type { PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { icmpFrameBytes, ping, sendTcp, sendUdp, startUdpSink, udpFrameBytes } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from './cli-helpers.js';
+import { flowsSource, runSetup } from '../fixtures/run.js';
+import { Cli } from './cli-helpers.js';
 
 interface LoggedFlow {
   src: string;
@@ -30,15 +31,7 @@ kernelDescribe('rxflow run on a veth in a namespace', () => {
     const file = join(runDir, `${name}.yaml`);
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${iface}]
-    instance: ${name}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: ${evictionMs}
-transforms:
+      `${flowsSource({ topo, pinRoot }, { instance: name, iface, options: { eviction_interval_ms: evictionMs } })}transforms:
   named: {type: decorate, inputs: [flows], netns: ${topo.server.name}}
 sinks:
   top: {type: top, inputs: [named], top_n: 50, window_ms: 1h, log_interval_ms: 1h}
@@ -50,10 +43,7 @@ sinks:
   const env = () => ({ RXFLOW_RUN_DIR: runDir, RXFLOW_LOG_LEVEL: 'info' });
 
   beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'rxcl' });
-    pinRoot = makeBpffsDir('rxcl');
-    runDir = makeTempDir('rxcl');
+    ({ topo, pinRoot, runDir } = await runSetup('rxcl'));
   });
   afterAll(() => cleanup.dispose());
 
