@@ -11,9 +11,11 @@
  */
 import { rmSync } from 'node:fs';
 import { ObjectSpec } from '../src/datapath/index.js';
-import { FirewallCollection, parsePolicy } from '../src/datapath/firewall/index.js';
+import { FirewallCollection } from '../src/datapath/firewall/index.js';
+import { parsePolicy } from '../src/config/firewall-policy.js';
 import { bpfObjectPath } from '../src/paths.js';
 import { bestTestRunNs, meanSingleTestRunNs, synchronousBenchmark, type BenchContext } from './lib.js';
+import { parseSetting, parseSettings } from '../src/config/firewall-settings.js';
 
 const LIVE_SESSIONS = 65536;
 
@@ -70,7 +72,7 @@ function measure(ctx: BenchContext): void {
     pinDir,
     ingress: 'lo',
     address: '10.9.0.2',
-    settings: { audit_sampling: 1_000_000_000 },
+    settings: parseSettings({ audit_sampling: 1_000_000_000 }),
   });
   const empty = ObjectSpec.open(bpfObjectPath('bench_empty')).load();
   try {
@@ -110,7 +112,7 @@ function measure(ctx: BenchContext): void {
       baseline: base,
       note: 'policy default action, audit sampled out',
     });
-    fw.setSetting('audit_sampling', 1);
+    fw.setSetting(parseSetting('audit_sampling', 1));
     // 100k audit events would fill the 1 MiB ring: the reader drains between rounds.
     const audit = fw.auditReader();
     let auditedNs = Infinity;
@@ -126,8 +128,8 @@ function measure(ctx: BenchContext): void {
       note: 'every block an audit event',
     });
     // Single runs: a repeated run would see the frame it hairpinned (swapped) the run before.
-    fw.setSetting('tunnel_mode', 'geneve');
-    fw.setSetting('hairpin', 'on');
+    fw.setSetting(parseSetting('tunnel_mode', 'geneve'));
+    fw.setSetting(parseSetting('hairpin', 'on'));
     const gen = geneveFrame(4242);
     ingress.testRun(gen);
     const same = Array.from({ length: newFlows }, () => gen);
@@ -146,7 +148,7 @@ function measure(ctx: BenchContext): void {
       baseline: geneveBase,
       note: 'decapsulate, session hit, swap outer headers',
     });
-    fw.setSetting('tunnel_mode', 'none');
+    fw.setSetting(parseSetting('tunnel_mode', 'none'));
 
     // A new flow per packet: single runs of distinct frames, against the empty program run the same way.
     const events = fw.sessionEventReader();

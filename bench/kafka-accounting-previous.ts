@@ -31,7 +31,8 @@
  * resent as it is until the broker says which it is.
  */
 import type { Logger } from '../src/logger.js';
-import { SinkError, messageOf } from '../src/sinks/errors.js';
+import { messageOf } from '../src/errors.js';
+import { SinkError } from '../src/sinks/errors.js';
 import { ProduceError, type ProducerIdentity } from '../src/sinks/kafka/client.js';
 import type { PartitionBatch } from '../src/sinks/kafka/produce.js';
 import { batchRecordCount, nextSequence, stampBatch } from '../src/sinks/kafka/record-batch.js';

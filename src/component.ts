@@ -65,6 +65,47 @@ export interface ComponentContext {
    * full) and when it can again; shown by `rxflow status`, the health endpoint and the logs.
    */
   health?: HealthReporter;
+  /**
+   * Emits on a flush on demand (`rxflow flush`): a source that holds what the kernel counted (a
+   * map tracer) reads and removes it now instead of at its next eviction.
+   */
+  flush$?: Observable<void>;
+  /** Where a firewall's session replication (nats_sessions) offers its status to other components. */
+  replication?: ReplicationStatusBoard;
+}
+
+/**
+ * What a metrics source reads of a firewall's replication status: the part of the session
+ * replication's live status (src/ha: liveStatus()) it publishes, declared here so that neither side
+ * depends on the other's module.
+ */
+export interface ReplicationStatusView {
+  connected: boolean;
+  ready: boolean;
+  /** The kernel map compared with the bucket; undefined before the first comparison. */
+  counts: { local: number; kv: number; both: number; onlyLocal: number; onlyKv: number } | undefined;
+  /** Age of the oldest change not yet in the bucket, ms; 0 when none. */
+  lagMs: number;
+  /** Changes not yet acknowledged. */
+  pending: number;
+  puts: number;
+  deletes: number;
+  failedWrites: number;
+  /** The last full sync; undefined before the first. */
+  lastSync: { atMs: number } | undefined;
+}
+
+/** Reads a firewall instance's replication status now; undefined while replication has not started. */
+export type ReplicationStatusReader = () => Promise<ReplicationStatusView | undefined>;
+
+/**
+ * The replication status of each firewall instance a pipeline replicates: the sink replicating it
+ * offers a reader, and a metrics source reads it at each sample; neither imports the other.
+ */
+export interface ReplicationStatusBoard {
+  offer(instance: string, read: ReplicationStatusReader): void;
+  /** The reader of `instance`; undefined when nothing in the pipeline replicates it. */
+  reader(instance: string): ReplicationStatusReader | undefined;
 }
 
 /** A component's health, as it reports it. */
@@ -101,6 +142,8 @@ export interface SourceModule<C> extends ModuleBase<C> {
   kind: 'source';
   /** The source completes by itself after a final flush when context.stop$ emits. */
   drainsOnStop?: boolean;
+  /** The source reads the kernel at once when context.flush$ emits (`rxflow flush`). */
+  flushesOnDemand?: boolean;
   build(config: C, context: ComponentContext): Observable<FlowBatch>;
 }
 

@@ -169,6 +169,51 @@ export interface FlowRecord {
 }
 
 /**
+ * rxflow's own record, no flow: a sample of a firewall's counters and state, as `firewall_metrics`
+ * takes it and `otel_metrics` publishes it (other sinks write it as any record). ipVersion 0, no
+ * addresses or counts; flowStartMilliseconds and flowEndMilliseconds are the time of the sample.
+ */
+export interface FirewallMetricsRecord extends FlowRecord {
+  /** The firewall instance given to `rxflow firewall load`. */
+  firewallInstance: string;
+  /**
+   * The kernel's counters by name (packets by outcome, session hits, losses), summed over CPUs,
+   * since the firewall was first loaded: what `rxflow firewall counters` prints.
+   */
+  firewallCounters: Record<string, number>;
+  /** Sessions in the kernel's session map, and the most it holds. */
+  firewallSessionCount: number;
+  firewallSessionLimit: number;
+  /** Present when the pipeline replicates the instance's sessions (nats_sessions). */
+  firewallReplication?: FirewallReplicationSample;
+}
+
+/** A firewall's session replication at the time of a FirewallMetricsRecord. */
+export interface FirewallReplicationSample {
+  connected: boolean;
+  ready: boolean;
+  /** The kernel map compared with the bucket: keys in both, only in the map, only in the bucket; absent before a comparison. */
+  sessionsInBoth?: number;
+  sessionsOnlyLocal?: number;
+  sessionsOnlyKv?: number;
+  /** Age of the oldest change not yet in the bucket, ms; 0 when none. */
+  lagMs: number;
+  /** Changes not yet acknowledged by the bucket. */
+  pending: number;
+  /** Acknowledged writes since start, and failed ones. */
+  puts: number;
+  deletes: number;
+  failedWrites: number;
+  /** Time since the last full sync finished, ms; absent before the first. */
+  lastSyncAgeMs?: number;
+}
+
+/** Whether `r` is a firewall metrics sample rather than a flow. */
+export function isFirewallMetricsRecord(r: FlowRecord): r is FirewallMetricsRecord {
+  return (r as Partial<FirewallMetricsRecord>).firewallCounters !== undefined;
+}
+
+/**
  * One (interface, direction) a flow was seen on, the interface under its IPFIX name for the
  * direction: `ingressInterface` (10) for ingress, `egressInterface` (14) for egress.
  */

@@ -8,16 +8,16 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { existsSync } from 'node:fs';
 import {
   FirewallCollection,
-  FirewallError,
-  SETTINGS,
   TUNNEL_MODES,
   firewallPinDir,
-  loadPolicyFile,
-  protocolName,
   type FirewallCounters,
   type SessionListing,
   type TunnelType,
 } from '../datapath/firewall/index.js';
+import { FirewallError } from '../config/firewall-errors.js';
+import { parseSetting, parseSettings, resolveSetting, SETTINGS } from '../config/firewall-settings.js';
+import { loadPolicyFile } from '../config/firewall-policy.js';
+import { protocolName } from '../net/protocols.js';
 import type { CliIo } from './io.js';
 import { formatBytes, formatCount, formatDuration, renderTable } from './table.js';
 
@@ -165,6 +165,7 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
       ) => {
         // Read and checked before anything touches the kernel.
         const policy = o.policy === undefined ? undefined : await loadPolicyFile(o.policy, io.env);
+        const settings = parseSettings(Object.fromEntries(o.set));
         // A first load that fails (a policy naming a missing interface) leaves no pins behind; a
         // reload over existing pins keeps them.
         const fresh = !existsSync(pinDirOf(o));
@@ -176,7 +177,7 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
           ...(o.tunnel !== undefined ? { tunnelMode: o.tunnel } : {}),
           ...(o.netns !== undefined ? { netns: o.netns } : {}),
           ...(o.maxSessions !== undefined ? { maxSessions: o.maxSessions } : {}),
-          settings: Object.fromEntries(o.set),
+          settings,
         });
         let keepAttached = false;
         try {
@@ -263,7 +264,9 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
     .argument('[setting]', `a name (${SETTINGS.map((s) => s.name).join(', ')}) or key`)
     .option('--json', 'print JSON')
     .action((ref: string | undefined, o: CommonOptions & { json?: boolean }) => {
-      const values = withOpened(o, (f) => (ref === undefined ? f.settings() : [f.getSetting(ref)]));
+      const values = withOpened(o, (f) =>
+        ref === undefined ? f.settings() : [f.getSetting(resolveSetting(ref))],
+      );
       if (o.json) {
         io.out(json(ref === undefined ? values : values[0]));
         return;
@@ -283,7 +286,7 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
     .argument('<setting>', 'a name or key')
     .argument('<value>', 'a value name (on, off, geneve, ...) or a number')
     .action((ref: string, value: string, o: CommonOptions) => {
-      const v = withOpened(o, (f) => f.setSetting(ref, value));
+      const v = withOpened(o, (f) => f.setSetting(parseSetting(ref, value)));
       io.out(`${v.name} (${v.key}) = ${v.text}\n`);
     });
 

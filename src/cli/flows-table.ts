@@ -1,13 +1,9 @@
+import { protocolName } from '../net/protocols.js';
 import type { TopFlow, TopSnapshot } from '../sinks/top.js';
 import { formatBitRate, formatBytes, formatCount, formatDuration, renderTable } from './table.js';
 
-const PROTOCOLS: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
 /** Protocols whose records carry transport ports. */
 const WITH_PORTS = new Set([6, 17, 132]);
-
-export function protocolName(protocol: number): string {
-  return PROTOCOLS[protocol] ?? String(protocol);
-}
 
 function port(flow: TopFlow, value: number): string {
   return WITH_PORTS.has(flow.protocol) ? String(value) : '-';

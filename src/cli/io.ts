@@ -1,12 +1,14 @@
 import type { ComponentRegistry } from '../pipeline/component-registry.js';
-import type { Env } from '../pipeline/interpolate.js';
+import type { Env } from '../config/interpolate.js';
 import type { Logger } from '../logger.js';
 
 export type SignalName = 'SIGINT' | 'SIGTERM';
+/** The signal that asks a running pipeline to flush on demand, as `rxflow flush` does. */
+export type FlushSignalName = 'SIGUSR1';
 
 export interface SignalSource {
-  on(signal: SignalName, listener: (signal: SignalName) => void): unknown;
-  off(signal: SignalName, listener: (signal: SignalName) => void): unknown;
+  on(signal: SignalName | FlushSignalName, listener: (signal: SignalName) => void): unknown;
+  off(signal: SignalName | FlushSignalName, listener: (signal: SignalName) => void): unknown;
 }
 
 /** What the commands touch outside themselves; the process's by default, fakes in tests. */
@@ -16,7 +18,7 @@ export interface CliIo {
   env: Env;
   /** The component types; src/pipeline/registry.ts when unset. */
   registry?: ComponentRegistry;
-  /** Where `run` hears SIGINT and SIGTERM. */
+  /** Where `run` hears SIGINT and SIGTERM, and SIGUSR1 (flush). */
   signals: SignalSource;
   /** Ends the process at once: a second signal while draining. */
   exit(code: number): void;

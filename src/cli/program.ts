@@ -1,8 +1,8 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { MAX_TIMER_MS } from '../component.js';
-import { DURATION_HINT, parseDuration } from '../pipeline/duration.js';
+import { DURATION_HINT, parseDuration } from '../config/duration.js';
 import { formatJson, pipelineSchema } from '../pipeline/schema.js';
-import { escapeControlKeepLines } from '../pipeline/text.js';
+import { escapeControlKeepLines } from '../config/text.js';
 import { packageVersion } from '../paths.js';
 import { redactText } from '../redact.js';
 import { defaultRegistry } from '../pipeline/registry.js';
@@ -12,7 +12,7 @@ import { registerFirewallCommands } from './firewall.js';
 import { registerReplicationCommands } from './replication.js';
 import { LOG_LEVELS } from './log.js';
 import { runFile } from './run.js';
-import { statusCommand } from './status-command.js';
+import { flushCommand, statusCommand } from './status-command.js';
 import { listTypes, validateFiles } from './validate.js';
 
 /** Exit codes: a command that failed exits 1; a command line that is wrong exits 2, like a shell's. */
@@ -38,6 +38,14 @@ function parseSeconds(text: string): number {
     throw new InvalidArgumentError('give a positive number of seconds, e.g. 10 or 0.5');
   }
   return n;
+}
+
+/** --socket of the commands that talk to a running pipeline. */
+function socketOption(): Option {
+  return new Option(
+    '--socket <path>',
+    'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
+  );
 }
 
 /** The `rxflow` command line. Actions report their exit code through `setCode`. */
@@ -85,7 +93,7 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
   program
     .command('run')
     .description(
-      'Run a pipeline. SIGINT or SIGTERM drains it (sources stop, the kernel map is read a last time, transforms and sinks flush) and exits 0; a second signal exits at once.',
+      'Run a pipeline. SIGINT or SIGTERM drains it (sources stop, the kernel map is read a last time, transforms and sinks flush) and exits 0; a second signal exits at once. SIGUSR1 reads the kernel maps now, as rxflow flush does.',
     )
     .argument('<file>', 'pipeline YAML file')
     .addOption(logLevelOption())
@@ -139,19 +147,31 @@ export function createProgram(io: CliIo, setCode: (code: number) => void): Comma
       },
     );
 
-  program
-    .command('status')
-    .description(
+  // The commands that talk to a running pipeline through its status socket.
+  const socketCommands = [
+    [
+      'status',
       'Print the state of a running pipeline: its components with what each received, sent, dropped and holds, and the loss ledger.',
-    )
-    .option(
-      '--socket <path>',
-      'the status socket of the pipeline (default: $RXFLOW_STATUS_SOCKET, else the only socket in /run/rxflow or $RXFLOW_RUN_DIR)',
-    )
-    .option('--json', 'print the status as JSON')
-    .action(async (opts: { socket?: string; json?: boolean }) => {
-      setCode(await statusCommand(opts, io));
-    });
+      'print the status as JSON',
+      statusCommand,
+    ],
+    [
+      'flush',
+      'Make a running pipeline read and empty its kernel maps now (ebpf_flows, firewall_sessions), as their next eviction would, instead of waiting for it.',
+      'print the answer as JSON',
+      flushCommand,
+    ],
+  ] as const;
+  for (const [name, description, jsonHelp, command] of socketCommands) {
+    program
+      .command(name)
+      .description(description)
+      .addOption(socketOption())
+      .option('--json', jsonHelp)
+      .action(async (opts: { socket?: string; json?: boolean }) => {
+        setCode(await command(opts, io));
+      });
+  }
 
   program
     .command('demo')

@@ -19,7 +19,7 @@ import type { WatchStatus } from '../ha/watch.js';
 import { silentLogger } from '../logger.js';
 import { CliError } from './errors.js';
 import type { CliIo } from './io.js';
-import type { Env } from '../pipeline/interpolate.js';
+import type { Env } from '../config/interpolate.js';
 import { readSecretFile } from '../pipeline/secrets.js';
 import { registerSecret, registerUrlSecrets } from '../redact.js';
 import { formatCount, formatDuration, renderTable } from './table.js';

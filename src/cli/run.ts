@@ -84,6 +84,16 @@ export async function runFile(
     // A failure while draining surfaces through pipeline.done below.
     session?.stop().catch(() => undefined);
   });
+  // SIGUSR1 flushes, as `rxflow flush` does. Listening also keeps Node from opening its inspector.
+  const flushSignal = (): void => {
+    try {
+      if (session === undefined) throw new Error('the pipeline is not built yet');
+      session.flush();
+    } catch (err) {
+      logger.warn({ err }, 'SIGUSR1: no flush');
+    }
+  };
+  io.signals.on('SIGUSR1', flushSignal);
   try {
     try {
       session = await PipelineSession.open(file, { env: io.env, registry, logger });
@@ -142,6 +152,7 @@ export async function runFile(
     }
   } finally {
     signals.detach();
+    io.signals.off('SIGUSR1', flushSignal);
     await session?.close();
     // The drain is over and the ledger logged: a service manager waiting for the exit does not
     // wait on what is left. Unreferenced, so a process with nothing left exits at once.

@@ -3,13 +3,19 @@ import type { ComponentModule } from '../component.js';
 import type { Logger } from '../logger.js';
 import { buildPipeline, type Pipeline } from '../pipeline/build.js';
 import { ComponentRegistry } from '../pipeline/component-registry.js';
-import { formatProblem, PipelineConfigError } from '../pipeline/errors.js';
-import type { Env } from '../pipeline/interpolate.js';
+import { formatProblem, PipelineConfigError } from '../config/errors.js';
+import type { Env } from '../config/interpolate.js';
 import { loadPipeline, type PipelineConfig } from '../pipeline/load.js';
 import topDefault, { topModule, type TopTable } from '../sinks/top.js';
 import { CliError } from './errors.js';
 import { HealthServer, StatusServer, type HealthAnswer } from './status-server.js';
-import { componentStatus, ledgerSummary, pipelineName, type PipelineStatus } from './status.js';
+import {
+  componentStatus,
+  ledgerSummary,
+  pipelineName,
+  type FlushAnswer,
+  type PipelineStatus,
+} from './status.js';
 
 /**
  * The registry with the `top` sink swapped for one that reports its tables, so the status and the
@@ -135,9 +141,18 @@ export class PipelineSession {
     return status;
   }
 
-  /** Serves status() on a unix socket until close(). */
+  /** A flush on demand (`rxflow flush`): see Pipeline.flush. */
+  flush(): FlushAnswer {
+    return { pipeline: this.name, pid: process.pid, sources: this.pipeline.flush() };
+  }
+
+  /** Serves status() on a unix socket until close(), and flush() on POST /flush. */
   async serveStatus(path: string): Promise<void> {
-    this.statusServer = await StatusServer.listen(path, () => this.status());
+    this.statusServer = await StatusServer.listen(
+      path,
+      () => this.status(),
+      () => this.flush(),
+    );
   }
 
   /**

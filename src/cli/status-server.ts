@@ -22,8 +22,9 @@ function answers(path: string): Promise<boolean> {
 
 /**
  * Serves a JSON document on a unix socket over HTTP (`GET /status`), which curl and `rxflow status`
- * read without any client library. A socket file left behind by a process that died is replaced;
- * one another process still serves is not.
+ * read without any client library, and, given `flush`, takes `POST /flush` (`rxflow flush`),
+ * answering with what `flush()` returns. A socket file left behind by a process that died is
+ * replaced; one another process still serves is not.
  */
 export class StatusServer {
   private closed = false;
@@ -34,7 +35,7 @@ export class StatusServer {
     private readonly ino: number,
   ) {}
 
-  static async listen(path: string, body: () => unknown): Promise<StatusServer> {
+  static async listen(path: string, body: () => unknown, flush?: () => unknown): Promise<StatusServer> {
     if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
       throw new CliError(
         'ESOCKETPATH',
@@ -80,15 +81,23 @@ export class StatusServer {
         });
         res.end(text);
       };
-      if (req.method !== 'GET' || (req.url !== '/status' && req.url !== '/')) {
-        send(404, { error: 'not found; GET /status' });
+      const answer = (make: () => unknown): void => {
+        try {
+          send(200, make());
+        } catch (err) {
+          send(500, { error: (err as Error).message });
+        }
+      };
+      if (req.url === '/flush' && flush !== undefined) {
+        if (req.method === 'POST') answer(flush);
+        else send(405, { error: 'method not allowed; POST /flush' });
         return;
       }
-      try {
-        send(200, body());
-      } catch (err) {
-        send(500, { error: (err as Error).message });
+      if (req.method !== 'GET' || (req.url !== '/status' && req.url !== '/')) {
+        send(404, { error: `not found; GET /status${flush === undefined ? '' : ' or POST /flush'}` });
+        return;
       }
+      answer(body);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { HealthSnapshot } from '../health.js';
 import type { DropReason, LedgerTotals } from '../ledger.js';
 import type { PipelineConfig } from '../pipeline/load.js';
-import type { Env } from '../pipeline/interpolate.js';
+import type { Env } from '../config/interpolate.js';
 import { pipelineName } from '../pipeline/name.js';
 import type { TopSnapshot } from '../sinks/top.js';
 import { CliError } from './errors.js';
@@ -33,6 +33,13 @@ export interface PipelineStatus {
   components: ComponentStatus[];
   /** The tables of the pipeline's `top` sinks, by sink id. */
   top?: Record<string, TopSnapshot>;
+}
+
+/** The answer to POST /flush (`rxflow flush`): the pipeline, and the sources asked to read the kernel now. */
+export interface FlushAnswer {
+  pipeline: string;
+  pid: number;
+  sources: string[];
 }
 
 /** The ledger without the per-stage list (see LedgerTotals): the pipeline's account, then each sink's. */
@@ -99,7 +106,7 @@ export function defaultStatusSocket(file: string, env: Env): string {
  * The socket `rxflow status` reads when none is given: the only `*.sock` in the status directory.
  * Several, or none, is an error that says what to do.
  */
-export function findStatusSocket(env: Env): string {
+export function findStatusSocket(env: Env, command = 'status'): string {
   const dir = statusDir(env);
   let names: string[];
   try {
@@ -122,33 +129,49 @@ export function findStatusSocket(env: Env): string {
   if (sockets.length === 0) {
     throw new CliError(
       'ENOSOCKET',
-      `status: no running pipeline has a socket in ${dir}; start one with 'rxflow run FILE', or pass --socket PATH`,
+      `${command}: no running pipeline has a socket in ${dir}; start one with 'rxflow run FILE', or pass --socket PATH`,
     );
   }
   throw new CliError(
     'EMANYSOCKETS',
-    `status: ${sockets.length} pipelines run (${sockets.join(', ')}); pick one with --socket PATH`,
+    `${command}: ${sockets.length} pipelines run (${sockets.join(', ')}); pick one with --socket PATH`,
   );
 }
 
 /** Asks the pipeline behind `socket` for its status. */
 export function readStatus(socket: string, timeoutMs = 5000): Promise<PipelineStatus> {
+  return askPipeline<PipelineStatus>(socket, 'GET', '/status', 'status', timeoutMs);
+}
+
+/** Asks the pipeline behind `socket` to flush on demand (POST /flush). */
+export function requestFlush(socket: string, timeoutMs = 5000): Promise<FlushAnswer> {
+  return askPipeline<FlushAnswer>(socket, 'POST', '/flush', 'flush', timeoutMs);
+}
+
+/** One request to a status socket; the JSON answer, or a CliError whose message starts with `command socket:`. */
+function askPipeline<T>(
+  socket: string,
+  method: 'GET' | 'POST',
+  path: string,
+  command: string,
+  timeoutMs: number,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     const fail = (why: string, cause?: unknown) =>
       reject(
-        new CliError('ESTATUS', `status ${socket}: ${why}`, cause === undefined ? undefined : { cause }),
+        new CliError('ESTATUS', `${command} ${socket}: ${why}`, cause === undefined ? undefined : { cause }),
       );
-    const req = request({ socketPath: socket, path: '/status', method: 'GET', timeout: timeoutMs }, (res) => {
+    const req = request({ socketPath: socket, path, method, timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (chunk: string) => (body += chunk));
       res.on('end', () => {
         if (res.statusCode !== 200) {
-          fail(`the pipeline answered ${res.statusCode}: ${body.trim()}`);
+          fail(`the pipeline answered ${res.statusCode}: ${errorText(body)}`);
           return;
         }
         try {
-          resolve(JSON.parse(body) as PipelineStatus);
+          resolve(JSON.parse(body) as T);
         } catch (err) {
           fail('the answer is not JSON; is this an rxflow status socket?', err);
         }
@@ -170,6 +193,17 @@ export function readStatus(socket: string, timeoutMs = 5000): Promise<PipelineSt
     });
     req.end();
   });
+}
+
+/** The `error` of a JSON error answer, else the body as it came. */
+function errorText(body: string): string {
+  try {
+    const doc = JSON.parse(body) as { error?: unknown };
+    if (typeof doc.error === 'string') return doc.error;
+  } catch {
+    // Not JSON: shown as it is.
+  }
+  return body.trim();
 }
 
 /** `reason n, reason n` in reason order; empty when nothing was dropped. */

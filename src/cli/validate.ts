@@ -1,5 +1,5 @@
 import type { ComponentRegistry } from '../pipeline/component-registry.js';
-import { formatProblem, PipelineConfigError } from '../pipeline/errors.js';
+import { formatProblem, PipelineConfigError } from '../config/errors.js';
 import { SECTIONS, loadPipeline } from '../pipeline/load.js';
 import type { CliIo } from './io.js';
 

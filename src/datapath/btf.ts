@@ -4,7 +4,8 @@
  */
 import { existsSync } from 'node:fs';
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno } from './errors.js';
+import { SyscallError, describeErrno } from '../errors.js';
+import { DatapathError } from './errors.js';
 import { lastErrno, libbpf } from './libbpf.js';
 
 const BTF_KIND_STRUCT = 4;

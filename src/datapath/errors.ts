@@ -1,4 +1,4 @@
-import { getSystemErrorMap } from 'node:util';
+import { RxflowError, SyscallError, describeErrno, errnoName } from '../errors.js';
 
 /**
  * Codes of DatapathError. A datapath code where one applies; otherwise the OS error name of the
@@ -43,77 +43,17 @@ export type DatapathErrorCode =
   | 'EMAP'
   | (string & {});
 
-/** The failed C call underneath a DatapathError: `code` is the OS error name, `errno` positive. */
-export class SyscallError extends Error {
-  override readonly name = 'SyscallError';
-  readonly code: string;
-  readonly errno: number;
-  readonly syscall: string;
-
-  constructor(syscall: string, errno: number) {
-    super(`${syscall}: ${errnoMessage(errno)} (${errnoName(errno)})`);
-    this.syscall = syscall;
-    this.errno = errno;
-    this.code = errnoName(errno);
-  }
-}
-
-export class DatapathError extends Error {
+/** The failed C call underneath a DatapathError is a SyscallError (src/errors.ts). */
+export class DatapathError extends RxflowError {
   override readonly name = 'DatapathError';
-  readonly code: DatapathErrorCode;
-  override readonly cause?: unknown;
+  declare readonly code: DatapathErrorCode;
   /** The positive errno of the failed call, when one failed. */
   readonly errno?: number;
 
   constructor(code: DatapathErrorCode, message: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.code = code;
-    if (cause !== undefined) this.cause = cause;
+    super(code, message, { cause });
     if (cause instanceof SyscallError) this.errno = cause.errno;
   }
-}
-
-// 524 is kernel-internal but leaks out of the bpf syscall, and libuv does not know it; libuv
-// words 95 for sockets only.
-// libbpf's own codes start at 4000 (enum libbpf_errno in libbpf.h).
-const errnoOverrides: Record<number, [string, string]> = {
-  95: ['EOPNOTSUPP', 'operation not supported'],
-  524: ['ENOTSUPP', 'operation not supported by this kernel'],
-  4000: ['LIBBPF_ERRNO__LIBELF', 'libelf could not read the file'],
-  4001: ['LIBBPF_ERRNO__FORMAT', 'invalid bpf object format'],
-  4002: ['LIBBPF_ERRNO__KVERSION', "'version' section incorrect or lost"],
-  4003: ['LIBBPF_ERRNO__ENDIAN', 'endianness mismatch'],
-  4004: ['LIBBPF_ERRNO__INTERNAL', 'internal error in libbpf'],
-  4005: ['LIBBPF_ERRNO__RELOC', 'relocation failed'],
-  4007: ['LIBBPF_ERRNO__VERIFY', 'the kernel verifier blocked loading'],
-  4008: ['LIBBPF_ERRNO__PROG2BIG', 'program too big'],
-  4009: ['LIBBPF_ERRNO__KVER', 'incorrect kernel version'],
-  4010: ['LIBBPF_ERRNO__PROGTYPE', 'program type not supported by this kernel'],
-};
-
-let errnoTable: Map<number, [string, string]> | undefined;
-
-function lookup(errno: number): [string, string] | undefined {
-  errnoTable ??= getSystemErrorMap();
-  // libuv keys its table by negated errno.
-  return errnoOverrides[errno] ?? errnoTable.get(-errno);
-}
-
-/** 'EPERM' for 1; `E<n>` for numbers nobody named. Accepts negative values as libbpf returns them. */
-export function errnoName(errno: number): string {
-  const e = Math.abs(errno);
-  return lookup(e)?.[0] ?? `E${e}`;
-}
-
-/** Lower-case description, e.g. 'operation not permitted'. */
-export function errnoMessage(errno: number): string {
-  const e = Math.abs(errno);
-  return lookup(e)?.[1]?.toLowerCase() ?? `error ${e}`;
-}
-
-/** ': operation not permitted (EPERM)', for the end of a message's context part. */
-export function describeErrno(errno: number): string {
-  return `${errnoMessage(errno)} (${errnoName(errno)})`;
 }
 
 /**

@@ -1,4 +1,4 @@
-export { DatapathError, SyscallError, errnoMessage, errnoName, type DatapathErrorCode } from './errors.js';
+export { DatapathError, type DatapathErrorCode } from './errors.js';
 export { setLibbpfLogger } from './libbpf.js';
 export { Collection, ObjectSpec, Program, type LoadOptions, type TestRunResult } from './object.js';
 export { BpfMap, possibleCpus, type DrainOptions, type DrainResult } from './map.js';

@@ -10,7 +10,8 @@ import {
 } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno } from './errors.js';
+import { SyscallError, describeErrno } from '../errors.js';
+import { DatapathError } from './errors.js';
 
 /**
  * An agent instance names its bpffs directory (<pin root>/rxflow-<instance>), so the name must be

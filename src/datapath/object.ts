@@ -1,7 +1,8 @@
 import { existsSync, mkdirSync, rmSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno, errnoName, syscallFailure } from './errors.js';
+import { SyscallError, describeErrno, errnoName } from '../errors.js';
+import { DatapathError, syscallFailure } from './errors.js';
 import {
   TEST_RUN_DATA_SIZE_OUT,
   TEST_RUN_DURATION,

@@ -1,5 +1,6 @@
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno } from './errors.js';
+import { SyscallError, describeErrno } from '../errors.js';
+import { DatapathError } from './errors.js';
 import {
   BPF_MAP_TYPE_RINGBUF,
   MAP_FAILED,

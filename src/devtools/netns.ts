@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { withNetns } from '../datapath/netns.js';
+import { withNetns } from '../net/netns.js';
 import { deleteLinkSync, deleteNetnsSync, run, runSync, type ExecResult, type RunOptions } from './system.js';
 import { DevtoolError } from './tools.js';
 

@@ -1,16 +1,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { RxflowError } from '../errors.js';
 
 /** An error of a development tool (the Kafka mock, the traffic generator). */
-export class DevtoolError extends Error {
+export class DevtoolError extends RxflowError {
   override readonly name = 'DevtoolError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 let root: string | undefined;

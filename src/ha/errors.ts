@@ -1,3 +1,5 @@
+import { RxflowError } from '../errors.js';
+
 /**
  * Errors of session replication. Codes:
  * - EBADCONFIG: an option is out of range or contradicts another
@@ -12,15 +14,9 @@
  * - ECLOSED: the replicator or bucket was closed
  * - EREADY: the readiness file or endpoint cannot be set up
  */
-export class HaError extends Error {
+export class HaError extends RxflowError {
   override readonly name = 'HaError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 /** The message of anything thrown, for logs and wrapped errors. */
-export { messageOf } from '../sinks/errors.js';
+export { messageOf } from '../errors.js';

@@ -2,8 +2,15 @@
  * Address text, parsed once for everyone: IPv4 dotted quads to numbers, IPv6 addresses (RFC 4291
  * text, `::` and a trailing dotted quad included) and MAC addresses ("02:00:00:00:00:01") to wire
  * bytes. Each writes in place or returns a number and says whether the text was well formed, so
- * a hot loop allocates nothing and a bad record is the caller's to count.
+ * a hot loop allocates nothing and a bad record is the caller's to count. Prefixes (CIDR text) are
+ * parsed here too, for firewall policies and session filters; they throw an AddressError.
  */
+import { RxflowError } from '../errors.js';
+
+/** An address or prefix that does not parse (code EADDRESS); the message quotes the text. */
+export class AddressError extends RxflowError {
+  override readonly name = 'AddressError';
+}
 
 function hexDigit(c: number): number {
   if (c >= 48 && c <= 57) return c - 48;
@@ -143,4 +150,108 @@ const scratch = new Uint8Array(16);
 /** Whether `s` is IPv6 address text, as writeIPv6 reads it: what node:net's isIPv6 accepts, less zones. */
 export function isIPv6Text(s: string): boolean {
   return writeIPv6(s, scratch, 0);
+}
+
+/**
+ * Writes the 16-byte form of address `text` (IPv4 as IPv4-mapped, ::ffff:a.b.c.d) at `offset`;
+ * returns the IP version as written, or 0 if the text is not an address (bytes then unreliable).
+ */
+export function writeIp16(text: string, out: Uint8Array, offset: number): 0 | 4 | 6 {
+  const v4 = ipv4ToUint32(text);
+  if (v4 >= 0) {
+    out.fill(0, offset, offset + 10);
+    out[offset + 10] = 0xff;
+    out[offset + 11] = 0xff;
+    out[offset + 12] = v4 >>> 24;
+    out[offset + 13] = v4 >>> 16;
+    out[offset + 14] = v4 >>> 8;
+    out[offset + 15] = v4;
+    return 4;
+  }
+  return writeIPv6(text, out, offset) ? 6 : 0;
+}
+
+/** The message of an AddressError for text that is no address. */
+export function notAnAddress(text: string): string {
+  return `'${text}' is not an IPv4 or IPv6 address; write e.g. 192.0.2.1 or 2001:db8::1`;
+}
+
+/**
+ * Text of the 16 bytes at `offset`: IPv4-mapped as a dotted quad, others as RFC 5952 says (lower
+ * case, no leading zeros, the first longest run of two or more zero groups as `::`). For parsed
+ * configuration; datapath/flow/types.ts has the cached formatter hot paths use.
+ */
+export function ip16Text(bytes: Uint8Array, offset: number): string {
+  let mapped = bytes[offset + 10] === 0xff && bytes[offset + 11] === 0xff;
+  for (let i = 0; i < 10 && mapped; i++) mapped = bytes[offset + i] === 0;
+  if (mapped) return bytes.subarray(offset + 12, offset + 16).join('.');
+  const groups: string[] = [];
+  for (let g = 0; g < 8; g++) {
+    groups.push(((bytes[offset + 2 * g]! << 8) | bytes[offset + 2 * g + 1]!).toString(16));
+  }
+  const text = groups.join(':');
+  // Each match is a run of zero groups with the colons around it, which '::' replaces.
+  let best: RegExpMatchArray | undefined;
+  let bestZeros = 1;
+  for (const m of text.matchAll(/(?:^|:)0(?::0)+(?::|$)/g)) {
+    const zeros = m[0].replaceAll(':', '').length;
+    if (zeros > bestZeros) {
+      best = m;
+      bestZeros = zeros;
+    }
+  }
+  return best === undefined
+    ? text
+    : `${text.slice(0, best.index)}::${text.slice(best.index! + best[0].length)}`;
+}
+
+/** An address prefix: `198.51.100.0/24`, `2001:db8::/32`, or a bare address (a host prefix). */
+export interface Cidr {
+  /** Canonical network address text. */
+  address: string;
+  /** Bits of the prefix as written (IPv4: 0-32, IPv6: 0-128). */
+  prefix: number;
+  version: 4 | 6;
+  /** 16-byte network address (IPv4-mapped for IPv4), host bits cleared. */
+  bytes: Uint8Array;
+  /** Prefix length over the 16 bytes: 96 + prefix for IPv4. */
+  bits: number;
+}
+
+/**
+ * Parses `a.b.c.d/n`, `x::/n` or a bare address (a host prefix); host bits are cleared. The
+ * prefix length is 1 to 3 decimal digits, at most 32 (IPv4) or 128; throws AddressError.
+ */
+export function parseCidr(text: string): Cidr {
+  const slash = text.indexOf('/');
+  const addr = slash < 0 ? text : text.slice(0, slash);
+  const bytes = new Uint8Array(16);
+  const version = writeIp16(addr, bytes, 0);
+  if (version === 0) throw new AddressError('EADDRESS', notAnAddress(addr));
+  const max = version === 4 ? 32 : 128;
+  let prefix = max;
+  if (slash >= 0) {
+    const p = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(p) || Number(p) > max) {
+      throw new AddressError('EADDRESS', `'${text}': prefix length must be 0 to ${max}`);
+    }
+    prefix = Number(p);
+  }
+  const bits = version === 4 ? 96 + prefix : prefix;
+  for (let i = 0; i < 16; i++) {
+    const keep = Math.max(0, Math.min(8, bits - i * 8));
+    bytes[i]! &= (0xff << (8 - keep)) & 0xff;
+  }
+  return { address: ip16Text(bytes, 0), prefix, version, bytes, bits };
+}
+
+/** True when the 16 bytes at offset fall in the prefix. */
+export function cidrContains(cidr: Cidr, bytes: Uint8Array, offset: number): boolean {
+  for (let i = 0; i < 16; i++) {
+    const keep = Math.max(0, Math.min(8, cidr.bits - i * 8));
+    if (keep === 0) return true;
+    const mask = (0xff << (8 - keep)) & 0xff;
+    if ((bytes[offset + i]! & mask) !== cidr.bytes[i]) return false;
+  }
+  return true;
 }

@@ -10,18 +10,13 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
 import { Subject, type Observable } from 'rxjs';
-import { withNetns } from '../datapath/netns.js';
+import { withNetns } from './netns.js';
+import { RxflowError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 /** An error of the interface table: `code` names the failure, `cause` carries the underlying error. */
-export class InterfaceError extends Error {
+export class InterfaceError extends RxflowError {
   override readonly name = 'InterfaceError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 /** What the decorate operator needs: a name per ifindex, and a way to stop watching. */

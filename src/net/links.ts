@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import koffi from 'koffi';
-import { withNetns } from '../datapath/netns.js';
+import { withNetns } from './netns.js';
 import type { Logger } from '../logger.js';
 import {
   InterfaceError,

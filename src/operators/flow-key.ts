@@ -8,18 +8,13 @@
  * the key words on a hash match is exact (no collision can merge two flows), allocates nothing
  * per record and keeps the lookups to one or two cache lines.
  */
+import { RxflowError } from '../errors.js';
 import { ipv4ToUint32 } from '../net/address.js';
 import { flowInterface, readIPv4Words, type FlowRecord } from '../records.js';
 
 /** An error of an operator: `code` names the failure, `cause` carries the underlying error. */
-export class OperatorError extends Error {
+export class OperatorError extends RxflowError {
   override readonly name = 'OperatorError';
-  readonly code: string;
-
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.code = code;
-  }
 }
 
 const FNV_OFFSET = 0x811c9dc5;

@@ -12,12 +12,18 @@ import {
   type SchedulerLike,
   type Subscription,
 } from 'rxjs';
-import type { ComponentContext, ComponentKind, Sink } from '../component.js';
+import type {
+  ComponentContext,
+  ComponentKind,
+  ReplicationStatusBoard,
+  ReplicationStatusReader,
+  Sink,
+} from '../component.js';
 import { Ledger, type LedgerTotals } from '../ledger.js';
 import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { PipelineError } from './errors.js';
+import { PipelineError } from '../config/errors.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';
 import { pipelineName } from './name.js';
 import { DEFAULT_DRAIN_TIMEOUT_MS } from './settings.js';
@@ -48,6 +54,19 @@ function label(spec: ComponentSpec): string {
 
 function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
+}
+
+/** The replication status readers of a pipeline, by firewall instance. */
+class StatusReaders implements ReplicationStatusBoard {
+  private readonly readers = new Map<string, ReplicationStatusReader>();
+
+  offer(instance: string, read: ReplicationStatusReader): void {
+    this.readers.set(instance, read);
+  }
+
+  reader(instance: string): ReplicationStatusReader | undefined {
+    return this.readers.get(instance);
+  }
 }
 
 /**
@@ -86,6 +105,9 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   const health = options.health ?? new HealthBoard();
   // Replays, so a source connected after stop() completes at once instead of running forever.
   const stopping = new ReplaySubject<void>(1);
+  const flushing = new Subject<void>();
+  const replication = new StatusReaders();
+  const flushable: string[] = [];
   const failures = new FirstFailure(logger);
   // A failed stage stops every source, so the rest of the pipeline drains instead of running on.
   const watch = (spec: ComponentSpec) =>
@@ -117,6 +139,8 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
       ledger,
       counters: ledger.stage(spec.id, spec.type, spec.kind),
       health: health.reporter(spec.id, spec.type, componentLogger),
+      flush$: flushing.asObservable(),
+      replication,
     };
     if (options.scheduler) context.scheduler = options.scheduler;
     try {
@@ -125,6 +149,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
         case 'source': {
           // A source that drains on stop (the kernel map) emits what it holds and completes by
           // itself; any other source is cut off when the pipeline stops.
+          if (module.flushesOnDemand) flushable.push(spec.id);
           const built = module.drainsOnStop
             ? module.build(spec.config, { ...context, stop$: stopping.asObservable() })
             : module.build(spec.config, context).pipe(takeUntil(stopping));
@@ -154,7 +179,18 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   }
   const drainTimeoutMs =
     options.drainTimeoutMs ?? config.settings?.drain_timeout_ms ?? DEFAULT_DRAIN_TIMEOUT_MS;
-  return new Pipeline(config, ledger, health, logger, stopping, failures, sources, sinks, drainTimeoutMs);
+  return new Pipeline(
+    config,
+    ledger,
+    health,
+    logger,
+    stopping,
+    failures,
+    sources,
+    sinks,
+    { flushing, sources: flushable },
+    drainTimeoutMs,
+  );
 }
 
 /** A built pipeline: `start()` lets data flow, `stop()` drains it, `done` settles when it has ended. */
@@ -187,6 +223,8 @@ export class Pipeline {
     private readonly failures: FirstFailure,
     private readonly sources: readonly Connectable<FlowBatch>[],
     private readonly sinks: readonly BuiltSink[],
+    /** Emits a flush on demand to the sources; `sources` are those that act on it. */
+    private readonly onDemand: { flushing: Subject<void>; sources: readonly string[] },
     /** How long a drain may take; then every sink is closed and what it holds counted shutdown. */
     readonly drainTimeoutMs = DEFAULT_DRAIN_TIMEOUT_MS,
   ) {
@@ -200,6 +238,26 @@ export class Pipeline {
 
   get state(): PipelineState {
     return this.currentState;
+  }
+
+  /**
+   * A flush on demand: every source that reads the kernel on a timer (map tracers) reads and
+   * removes what it holds now, and its records go down the pipeline as any eviction's do. Returns
+   * the ids of those sources; it does not wait for the records to reach the sinks. Only while
+   * running: throws ESTATE otherwise.
+   */
+  flush(): string[] {
+    if (this.currentState !== 'running') {
+      throw new PipelineError(
+        'ESTATE',
+        this.currentState === 'built'
+          ? `flush ${this.config.file}: the pipeline is not running yet; flush it once it logs 'ready'`
+          : `flush ${this.config.file}: the pipeline is ${this.currentState}; its drain reads the kernel maps a last time`,
+      );
+    }
+    this.logger.info({ file: this.config.file, sources: this.onDemand.sources }, 'pipeline flush requested');
+    this.onDemand.flushing.next();
+    return [...this.onDemand.sources];
   }
 
   /** The ledger's totals right now. */

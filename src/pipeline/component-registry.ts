@@ -1,6 +1,6 @@
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import type { ComponentKind, ComponentModule, JsonSchema } from '../component.js';
-import { PipelineError } from './errors.js';
+import { PipelineError } from '../config/errors.js';
 
 export const KINDS: readonly ComponentKind[] = ['source', 'transform', 'sink'];
 

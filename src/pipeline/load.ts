@@ -1,17 +1,17 @@
 import type { ComponentKind, ComponentModule } from '../component.js';
 import type { ComponentRegistry } from './component-registry.js';
-import { SourceDocument, type Path } from './document.js';
-import { DURATION_HINT, isDurationKey, parseDuration } from './duration.js';
-import { PipelineConfigError, type ConfigProblem } from './errors.js';
+import { SourceDocument, type Path } from '../config/document.js';
+import { DURATION_HINT, isDurationKey, parseDuration } from '../config/duration.js';
+import { PipelineConfigError, type ConfigProblem } from '../config/errors.js';
 import { findCycles, topologicalOrder, unconsumed } from './graph.js';
-import { resolvePlainScalar, type Env } from './interpolate.js';
-import { readYamlFile } from './read.js';
+import { resolvePlainScalar, type Env } from '../config/interpolate.js';
+import { readYamlFile } from '../config/read.js';
 import { defaultRegistry } from './registry.js';
 import { registerSecrets, resolveSecretFiles } from './secrets.js';
 import { checkResources, locksMemory, machineMemory, type MachineMemory } from './resources.js';
 import { describe, translateErrors } from './schema-errors.js';
 import { SETTING_NAMES, checkSettings, type PipelineSettings } from './settings.js';
-import { didYouMean, listOf } from './suggest.js';
+import { didYouMean, listOf } from '../config/suggest.js';
 
 /** One component of a checked pipeline. */
 export interface ComponentSpec {
@@ -95,7 +95,7 @@ function isMap(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-export { MAX_CONFIG_BYTES as MAX_PIPELINE_BYTES } from './read.js';
+export { MAX_CONFIG_BYTES as MAX_PIPELINE_BYTES } from '../config/read.js';
 
 /** Reads and checks a pipeline file; throws PipelineConfigError listing every problem. */
 export async function loadPipeline(file: string, options: LoadOptions = {}): Promise<PipelineConfig> {

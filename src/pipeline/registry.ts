@@ -16,6 +16,7 @@ import stdout from '../sinks/stdout.js';
 import top from '../sinks/top.js';
 import ebpf_flows from '../sources/ebpf_flows.js';
 import firewall_audit from '../sources/firewall_audit.js';
+import firewall_metrics from '../sources/firewall_metrics.js';
 import file_replay from '../sources/file_replay.js';
 import firewall_sessions from '../sources/firewall_sessions.js';
 import ipfix_source from '../sources/ipfix.js';
@@ -27,6 +28,7 @@ export const modules: readonly ComponentModule[] = [
   ebpf_flows,
   file_replay,
   firewall_audit,
+  firewall_metrics,
   firewall_sessions,
   ipfix_source, // type ipfix, as the sink
   kafka_consumer,

@@ -1,9 +1,9 @@
 import type { ErrorObject } from 'ajv';
 import { MAX_TIMER_MS } from '../component.js';
 import { isSecretKey } from '../redact.js';
-import { DURATION_HINT, isDurationKey } from './duration.js';
-import type { Path, Segment } from './document.js';
-import { didYouMean, listOf } from './suggest.js';
+import { DURATION_HINT, isDurationKey } from '../config/duration.js';
+import type { Path, Segment } from '../config/document.js';
+import { didYouMean, listOf } from '../config/suggest.js';
 
 /** A schema violation, placed at a path inside one component's config. */
 export interface SchemaProblem {

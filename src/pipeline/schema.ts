@@ -1,6 +1,6 @@
 import type { ComponentKind, ComponentModule, JsonSchema } from '../component.js';
 import type { ComponentRegistry } from './component-registry.js';
-import { DURATION_PATTERN, isDurationKey } from './duration.js';
+import { DURATION_PATTERN, isDurationKey } from '../config/duration.js';
 import { ID_PATTERN, SECTIONS } from './load.js';
 import { SETTINGS_SCHEMA } from './settings.js';
 

@@ -6,8 +6,8 @@
  */
 import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { isSecretKey, registerSecret, registerUrlSecrets } from '../redact.js';
-import type { Path } from './document.js';
-import { PipelineError } from './errors.js';
+import type { Path } from '../config/document.js';
+import { PipelineError } from '../config/errors.js';
 
 /** A secret file is a line or a few: anything larger is the wrong file. */
 export const MAX_SECRET_BYTES = 64 * 1024;

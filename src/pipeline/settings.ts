@@ -3,8 +3,8 @@
  * here for the loader (which checks them) and the editor schema (which shows them).
  */
 import type { JsonSchema } from '../component.js';
-import type { Path } from './document.js';
-import { DURATION_HINT, parseDuration } from './duration.js';
+import type { Path } from '../config/document.js';
+import { DURATION_HINT, parseDuration } from '../config/duration.js';
 
 export interface PipelineSettings {
   /** How long a drain (SIGTERM, SIGINT, a failed component) may take before sinks give up. */

@@ -42,7 +42,8 @@ import type { DropReason, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { LossLog } from './loss-log.js';
 
 export interface FileSinkConfig {

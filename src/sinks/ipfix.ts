@@ -32,7 +32,8 @@ import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import {
   MAX_MESSAGE_BYTES,
   MESSAGE_HEADER_BYTES,

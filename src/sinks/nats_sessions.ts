@@ -54,7 +54,8 @@ import type { SessionEvent, SessionEventBatch } from '../ha/session.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 export interface NatsSessionsConfig {
@@ -358,6 +359,8 @@ export class NatsSessionsSink implements Sink {
     this.resolved = resolve(config);
     this.logger = context.logger;
     this.counters = context.counters;
+    // For firewall_metrics: the live status at each of its samples.
+    context.replication?.offer(this.resolved.config.instance, () => this.status());
   }
 
   /** The replication status, the kernel map compared with the bucket now; undefined until started. */

@@ -13,6 +13,9 @@
  * whose byte or packet count is not a count from 0 to 2^53-1 is left out of the flow counters and
  * dropped as sink_failed, so no counter ever becomes +Inf or NaN.
  *
+ * Firewall samples (firewall_metrics) and audit events (firewall_audit) also become the firewall's
+ * metrics: src/sinks/otel/firewall.ts names them and maps `rxflow firewall counters` onto them.
+ *
  * The resource says which agent reports (src/sinks/otel/resource.ts: OTEL_SERVICE_NAME,
  * OTEL_RESOURCE_ATTRIBUTES, host, os and process, a stable service.instance.id); OTLP pushes in the
  * encoding OTEL_EXPORTER_OTLP_[METRICS_]PROTOCOL selects (src/sinks/otel/exporter.ts).
@@ -35,10 +38,12 @@ import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import { flowInterface, type FlowBatch } from '../records.js';
+import { flowInterface, isFirewallMetricsRecord, type FlowBatch } from '../records.js';
 import { consumeBatches } from './consume.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { otlpEndpointFromEnv, otlpMetricExporter, otlpProtocol } from './otel/exporter.js';
+import { FirewallInstruments, isAuditRecord, MAX_FIREWALL_INSTANCES } from './otel/firewall.js';
 import { agentResource } from './otel/resource.js';
 import {
   ATTR_NETWORK_INTERFACE_NAME,
@@ -460,6 +465,7 @@ export class OtelMetricsSink implements Sink {
   private readonly droppedPackets: Counter;
   private readonly droppedBytes: Counter;
   private readonly dropReasons = new Map<string, Attributes>();
+  private readonly firewall: FirewallInstruments;
   private subscription: Subscription | undefined;
   private endConsume: (() => void) | undefined;
   private closed: Promise<void> | undefined;
@@ -538,6 +544,12 @@ export class OtelMetricsSink implements Sink {
       unit: UNIT.bytes,
     });
     observeLedger(meter, context.ledger);
+    this.firewall = new FirewallInstruments(meter, sanitizeLabel, (instance) =>
+      this.logger.warn(
+        { instance, max: MAX_FIREWALL_INSTANCES },
+        'otel_metrics sink: samples of more firewall instances than it keeps series for are left out',
+      ),
+    );
   }
 
   /** Adds the drops of the batch's records to the drop counters, one add per reason and batch. */
@@ -642,14 +654,25 @@ export class OtelMetricsSink implements Sink {
     );
   }
 
-  private accept(batch: FlowBatch): void {
-    const n = batch.length;
+  private accept(input: FlowBatch): void {
+    const n = input.length;
     if (n === 0) return;
     this.counters.addReceived(n);
+    let samples = 0;
     try {
+      // A source's batches are all of a kind: firewall samples, audit events, or flows.
+      let batch = input;
+      if (isFirewallMetricsRecord(input[0]!)) {
+        batch = this.firewall.addSamples(input);
+        samples = n - batch.length;
+        this.counters.addSent(samples);
+        if (batch.length === 0) return;
+      } else if (isAuditRecord(input[0]!)) {
+        this.firewall.addAudit(input);
+      }
       const skipped = this.tally.add(batch, this.bytes, this.packets, this.records);
       this.addDrops(batch);
-      this.counters.addSent(n - skipped);
+      this.counters.addSent(batch.length - skipped);
       if (skipped > 0) {
         this.counters.addDropped('sink_failed', skipped);
         if (this.badCountBatches++ === 0) {
@@ -660,7 +683,7 @@ export class OtelMetricsSink implements Sink {
         }
       }
     } catch (err) {
-      this.counters.addDropped('sink_failed', n);
+      this.counters.addDropped('sink_failed', n - samples);
       if (this.failedBatches++ === 0) this.logger.error({ err }, 'otel_metrics sink: cannot count a batch');
     }
   }
@@ -670,7 +693,7 @@ const otelMetricsModule: SinkModule<OtelMetricsConfig> = {
   type: 'otel_metrics',
   kind: 'sink',
   description:
-    "Counts flow bytes and packets by direction, transport, network type and interface, and every component's received/sent/dropped, for Prometheus or OTLP (http/protobuf or http/json).",
+    "Counts flow bytes and packets by direction, transport, network type and interface, every component's received/sent/dropped, and the firewall's counters, sessions, replication status (firewall_metrics) and audit events by verdict (firewall_audit), for Prometheus or OTLP (http/protobuf or http/json).",
   schema,
   example: {
     prometheus_port: 9464,

@@ -16,7 +16,8 @@ import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
 import { admitNewest, consumeBatches } from './consume.js';
-import { SinkError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SinkError } from './errors.js';
 import { LossLog } from './loss-log.js';
 
 export type StdoutFormat = 'json' | 'text';

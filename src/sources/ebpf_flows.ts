@@ -157,7 +157,10 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
         return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
       },
       evictionIntervalMs: config.eviction_interval_ms,
-      flush$: pressure.pipe(throttleTime(config.min_flush_interval_ms, scheduler)),
+      // Map pressure (throttled) and a flush on demand (rxflow flush) each evict at once.
+      flush$: context.flush$
+        ? merge(pressure.pipe(throttleTime(config.min_flush_interval_ms, scheduler)), context.flush$)
+        : pressure.pipe(throttleTime(config.min_flush_interval_ms, scheduler)),
       scheduler,
       ...(stop$ ? { stop$ } : {}),
     }).pipe(tap({ complete: () => mapDone.next() }));
@@ -202,6 +205,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
   kind: 'source',
   description: 'flows counted by eBPF programs on TC ingress and egress of network interfaces',
   drainsOnStop: true,
+  flushesOnDemand: true,
   schema: {
     type: 'object',
     additionalProperties: false,
@@ -279,7 +283,7 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         description: 'count 1 packet in N (0 or 1: every packet)',
       },
       eviction_interval_ms: ms(
-        'how often the kernel flow map is read and emptied; a flow without a packet in the second half of it ends by idle timeout (flowEndReason 1), else by active timeout (2)',
+        'how often the kernel flow map is read and emptied; a flow without a packet in the second half of it ends by idle timeout (flowEndReason 1), else by active timeout (2). `rxflow flush` reads and empties it at once as well',
         5000,
       ),
       ringbuf_drain_interval_ms: ms('how often the ring buffer is drained', 100),

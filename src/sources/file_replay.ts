@@ -27,7 +27,8 @@ import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
 import { LossLog } from '../sinks/loss-log.js';
-import { SourceError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SourceError } from './errors.js';
 import { Sleeper } from './sleeper.js';
 
 export interface FileReplayConfig {

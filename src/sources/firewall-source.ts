@@ -1,16 +1,33 @@
 /**
- * What the firewall_audit and firewall_sessions sources share: opening a loaded firewall's pinned
- * maps for the life of a subscription, counting what they emit, and the address fields of a record.
+ * What the firewall sources (firewall_audit, firewall_sessions, firewall_metrics) share: opening a loaded
+ * firewall's pinned maps for the life of a subscription, counting what they emit, their instance and
+ * pin_root options, and the address fields of a record.
  */
 import { Observable, type Subscription } from 'rxjs';
-import type { ComponentContext } from '../component.js';
+import type { ComponentContext, JsonSchema } from '../component.js';
 import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
+import { INSTANCE_PATTERN } from '../datapath/instance.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 
 export interface FirewallSourceConfig {
   instance: string;
   pin_root: string;
 }
+
+/** The schema properties of FirewallSourceConfig, which every firewall source takes. */
+export const FIREWALL_SOURCE_PROPERTIES: Record<keyof FirewallSourceConfig, JsonSchema> = {
+  instance: {
+    type: 'string',
+    pattern: INSTANCE_PATTERN,
+    default: 'default',
+    description: "the firewall instance given to 'rxflow firewall load'",
+  },
+  pin_root: {
+    type: 'string',
+    default: '/sys/fs/bpf',
+    description: 'the bpffs mount the firewall is pinned under',
+  },
+};
 
 /**
  * Opens the firewall on subscribe, logs `message` with its pin directory, and emits the batches

@@ -1,16 +1,11 @@
 import { asyncScheduler, type Observable } from 'rxjs';
 import type { ComponentContext, SourceModule } from '../component.js';
-import {
-  decodeAuditEvent,
-  type AuditEvent,
-  type FirewallAction,
-  type FirewallReason,
-} from '../datapath/firewall/types.js';
+import type { FirewallAction } from '../config/firewall-policy.js';
+import { decodeAuditEvent, type AuditEvent, type FirewallReason } from '../datapath/firewall/types.js';
 import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { firewallSource, setAddresses } from './firewall-source.js';
+import { FIREWALL_SOURCE_PROPERTIES, firewallSource, setAddresses } from './firewall-source.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
-import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
 export interface FirewallAuditConfig {
   instance: string;
@@ -110,17 +105,7 @@ const firewallAuditModule: SourceModule<FirewallAuditConfig> = {
     type: 'object',
     additionalProperties: false,
     properties: {
-      instance: {
-        type: 'string',
-        pattern: INSTANCE_PATTERN,
-        default: 'default',
-        description: "the firewall instance given to 'rxflow firewall load'",
-      },
-      pin_root: {
-        type: 'string',
-        default: '/sys/fs/bpf',
-        description: 'the bpffs mount the firewall is pinned under',
-      },
+      ...FIREWALL_SOURCE_PROPERTIES,
       drain_interval_ms: {
         type: 'integer',
         minimum: 1,

@@ -1,9 +1,9 @@
 import { Observable, asyncScheduler, interval, map, type SchedulerLike } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
+import type { FirewallAction } from '../config/firewall-policy.js';
 import { sessionKeyId, type FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
-  type FirewallAction,
   type FirewallReason,
   type FirewallSession,
   type FirewallSessionEvent,
@@ -15,8 +15,7 @@ import {
 import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { firewallSource, setAddresses } from './firewall-source.js';
-import { INSTANCE_PATTERN } from '../datapath/instance.js';
+import { FIREWALL_SOURCE_PROPERTIES, firewallSource, setAddresses } from './firewall-source.js';
 
 /**
  * Session lifecycle events of a firewall.
@@ -56,6 +55,8 @@ export interface SessionEventsOptions {
   logger?: Logger;
   /** When it emits, the ring is read a last time and the stream completes. */
   stop$?: Observable<unknown>;
+  /** Each value reads the ring and, unless expireIntervalMs is 0, runs the expiry now (a flush on demand). */
+  flush$?: Observable<unknown>;
   scheduler?: SchedulerLike;
 }
 
@@ -132,6 +133,9 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
     const subs = [interval(options.drainIntervalMs, scheduler).subscribe(() => void tick(false))];
     if (options.expireIntervalMs > 0) {
       subs.push(interval(options.expireIntervalMs, scheduler).subscribe(() => void tick(true)));
+    }
+    if (options.flush$) {
+      subs.push(options.flush$.subscribe(() => void tick(options.expireIntervalMs > 0)));
     }
     if (options.stop$) {
       subs.push(
@@ -248,6 +252,7 @@ export function firewallSessions(
       logger: context.logger,
       scheduler: context.scheduler ?? asyncScheduler,
       ...(context.stop$ ? { stop$: context.stop$ } : {}),
+      ...(context.flush$ ? { flush$: context.flush$ } : {}),
     }).pipe(map((events) => events.map((e) => sessionRecord(e.kind, e.session, offsetMs, e.end))));
   });
 }
@@ -260,24 +265,15 @@ const firewallSessionsModule: SourceModule<FirewallSessionsConfig> = {
   kind: 'source',
   description: 'session lifecycle events (created, updated, deleted) of a loaded firewall',
   drainsOnStop: true,
+  flushesOnDemand: true,
   schema: {
     type: 'object',
     additionalProperties: false,
     properties: {
-      instance: {
-        type: 'string',
-        pattern: INSTANCE_PATTERN,
-        default: 'default',
-        description: "the firewall instance given to 'rxflow firewall load'",
-      },
-      pin_root: {
-        type: 'string',
-        default: '/sys/fs/bpf',
-        description: 'the bpffs mount the firewall is pinned under',
-      },
+      ...FIREWALL_SOURCE_PROPERTIES,
       drain_interval_ms: ms('how often the session event ring buffer is read', 100),
       expire_interval_ms: ms(
-        'how often idle sessions are deleted, each a deleted event, and sessions the full LRU map evicted are looked for (the same read of the map), each a deleted event too; 0: never. Closed TCP sessions (FIN both ways, RST) are deleted events at the next drain.',
+        'how often idle sessions are deleted, each a deleted event, and sessions the full LRU map evicted are looked for (the same read of the map), each a deleted event too; 0: never. Closed TCP sessions (FIN both ways, RST) are deleted events at the next drain. `rxflow flush` reads the ring and runs the expiry at once.',
         1000,
         0,
       ),

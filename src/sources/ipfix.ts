@@ -35,7 +35,8 @@ import { Observable } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
 import { LossLog } from '../sinks/loss-log.js';
-import { SourceError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SourceError } from './errors.js';
 import { IpfixDecoder, newExporter, newReport, type Exporter } from './ipfix/decode.js';
 
 export interface IpfixConfig {

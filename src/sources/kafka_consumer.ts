@@ -78,7 +78,8 @@ import {
 } from '../sinks/kafka/encode.js';
 import { BATCH_HEADER_BYTES, batchRecordCount } from '../sinks/kafka/record-batch.js';
 import { LossLog } from '../sinks/loss-log.js';
-import { SourceError, messageOf } from './errors.js';
+import { messageOf } from '../errors.js';
+import { SourceError } from './errors.js';
 import { Sleeper } from './sleeper.js';
 
 export type KafkaConsumerEncoding = 'json' | 'protobuf';

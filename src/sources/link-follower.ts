@@ -11,7 +11,7 @@
 import { statSync } from 'node:fs';
 import { Subject, type Observable } from 'rxjs';
 import { DatapathError, type TcLink } from '../datapath/index.js';
-import { withNetns } from '../datapath/netns.js';
+import { NetnsError, withNetns } from '../net/netns.js';
 import type { Logger } from '../logger.js';
 import type { InterfaceMatcher } from '../net/interface-match.js';
 import { LinkMonitor, listLinks } from '../net/links.js';
@@ -398,7 +398,7 @@ export class LinkFollower {
 
 /** Entering a namespace was refused for want of a capability (see withNetns). */
 function isNoPrivilege(err: unknown): boolean {
-  return err instanceof DatapathError && err.code === 'ENOPRIV';
+  return (err instanceof DatapathError || err instanceof NetnsError) && err.code === 'ENOPRIV';
 }
 
 /** The inode of a namespace given as a name or path (the agent's own when undefined). */

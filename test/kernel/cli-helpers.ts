@@ -1,7 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { cleanup, killSync } from '../fixtures/cleanup.js';
+import { afterAll, beforeAll } from 'vitest';
+import { cleanup, killSync, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
+import { createPair, type PairTopology } from '../fixtures/netns.js';
 
 /** The built command line; the tests run it as a user would. */
 export const MAIN = fileURLToPath(new URL('../../dist/src/cli/main.js', import.meta.url));
@@ -70,4 +72,27 @@ export class Cli {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+}
+
+/** What a test of the command line on the kernel works in; set before its first test runs. */
+export interface CliTestbed {
+  topo: PairTopology;
+  pinRoot: string;
+  dir: string;
+}
+
+/**
+ * A namespace pair, a bpffs directory and a temporary directory, named after `prefix`, made
+ * before the suite's first test and removed, with everything else registered, after its last.
+ */
+export function cliTestbed(prefix: string): CliTestbed {
+  const bed = {} as CliTestbed;
+  beforeAll(async () => {
+    assertBuilt();
+    bed.topo = await createPair({ prefix });
+    bed.pinRoot = makeBpffsDir(prefix);
+    bed.dir = makeTempDir(prefix);
+  });
+  afterAll(() => cleanup.dispose());
+  return bed;
 }

@@ -7,12 +7,14 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { FirewallCollection, parsePolicy } from '../../src/datapath/firewall/index.js';
+import { FirewallCollection } from '../../src/datapath/firewall/index.js';
+import { parsePolicy } from '../../src/config/firewall-policy.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { firewallCli as cli } from '../fixtures/firewall-cli.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { NodeChild, TCP_CLIENT, TCP_ECHO_SERVER, drainAudit, snmp, waitFor } from './firewall-helpers.js';
+import { parseSettings } from '../../src/config/firewall-settings.js';
 
 const POLICY = `
 networks:
@@ -55,7 +57,7 @@ kernelDescribe('firewall audit mode on real TCP', () => {
       pinDir: join(root, 'rxflow-firewall-audit'),
       ingress: topo.link.b.ifname,
       netns: topo.server.name,
-      settings: { enforcement: 'off' },
+      settings: parseSettings({ enforcement: 'off' }),
     });
     fw = loaded;
     loaded.applyPolicy(parsePolicy(POLICY, 'policy.yaml', {}));

@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkStructLayout } from '../../src/datapath/index.js';
+import { SETTINGS } from '../../src/config/firewall-settings.js';
 import * as fw from '../../src/datapath/firewall/index.js';
 import { repo } from './flow-packets.js';
 
@@ -94,7 +95,7 @@ describe.skipIf(skipReason !== '')(`firewall.h against the BTF of bpf/firewall.o
     expect(counters).toStrictEqual({ ...fw.FW_CTR, max: fw.FW_CTR_MAX });
     const settings = enumValues('fw_setting', 'FW_SET_');
     expect(settings).toStrictEqual({
-      ...Object.fromEntries(fw.SETTINGS.map((s) => [s.name, s.key])),
+      ...Object.fromEntries(SETTINGS.map((s) => [s.name, s.key])),
       max: 16,
     });
   });

@@ -4,11 +4,8 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import {
-  FirewallCollection,
-  parsePolicy,
-  type FirewallLoadOptions,
-} from '../../src/datapath/firewall/index.js';
+import { FirewallCollection, type FirewallLoadOptions } from '../../src/datapath/firewall/index.js';
+import { parsePolicy } from '../../src/config/firewall-policy.js';
 import {
   decodeAuditEvent,
   decodeSessionEvent,

@@ -24,6 +24,7 @@ import {
   tcpFrame,
   udpFrame,
 } from './firewall-helpers.js';
+import { parseSettings } from '../../src/config/firewall-settings.js';
 
 const CLIENT = '198.51.100.7';
 const SERVER = '203.0.113.2';
@@ -36,12 +37,12 @@ function context(id: string, stop$: Subject<void>): ComponentContext & { ledger:
 kernelDescribe('firewall sources', () => {
   afterAll(() => cleanup.dispose());
 
-  function loaded(instance: string, settings = {}) {
+  function loaded(instance: string, settings: Record<string, number> = {}) {
     const root = makeBpffsDir('rxfw');
     const fw = loadForTestRun(CLIENT_POLICY, {
       pinDir: firewallPinDir(instance, root),
       tunnelMode: 'geneve',
-      settings,
+      settings: parseSettings(settings),
     });
     return { fw, root };
   }

@@ -4,7 +4,8 @@
  * hairpin through a veth, and VXLAN through Linux vxlan devices.
  */
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { FirewallCollection, parsePolicy, type FirewallCounters } from '../../src/datapath/firewall/index.js';
+import { FirewallCollection, type FirewallCounters } from '../../src/datapath/firewall/index.js';
+import { parsePolicy } from '../../src/config/firewall-policy.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
@@ -21,6 +22,7 @@ import {
   waitFor,
 } from './firewall-helpers.js';
 import { ETH_TEB, geneve } from './flow-packets.js';
+import { parseSettings } from '../../src/config/firewall-settings.js';
 
 const POLICY = `
 networks:
@@ -136,7 +138,7 @@ kernelDescribe('firewall on real traffic between namespaces', () => {
   });
 
   it('audit mode passes blocked traffic and reports each packet', async () => {
-    const fw = attach({ settings: { enforcement: 'off' } });
+    const fw = attach({ settings: parseSettings({ enforcement: 'off' }) });
     const audit = fw.auditReader();
     const before = fw.counters();
     expect(

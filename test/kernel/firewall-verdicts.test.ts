@@ -27,6 +27,7 @@ import {
   vxlanFrame,
 } from './firewall-helpers.js';
 import { ETH_ARP, ethernet } from './flow-packets.js';
+import { parseSetting, parseSettings } from '../../src/config/firewall-settings.js';
 
 const CLIENT = '198.51.100.7';
 const SERVER = '203.0.113.2';
@@ -122,7 +123,7 @@ kernelDescribe('firewall verdicts (BPF_PROG_TEST_RUN)', () => {
   });
 
   it("audit mode passes blocked packets, reports every one, and keeps the connection as its initiator's session", () => {
-    const fw = loadForTestRun(CLIENT_POLICY, { settings: { enforcement: 'off' } });
+    const fw = loadForTestRun(CLIENT_POLICY, { settings: parseSettings({ enforcement: 'off' }) });
     const ingress = fw.program('ingress');
     const audit = fw.auditReader();
     for (let i = 0; i < 5; i++)
@@ -151,7 +152,7 @@ kernelDescribe('firewall verdicts (BPF_PROG_TEST_RUN)', () => {
     expect(drainAudit(audit)).toStrictEqual([]);
 
     // With enforcement on, the session passes nothing more, either way; forward packets are reported.
-    fw.setSetting('enforcement', 'on');
+    fw.setSetting(parseSetting('enforcement', 'on'));
     expect(ingress.testRun(udpFrame(CLIENT, OTHER, 42000, 9)).retval).toBe(TC_ACT_SHOT);
     expect(ingress.testRun(udpFrame(OTHER, CLIENT, 9, 42000)).retval).toBe(TC_ACT_SHOT);
     expect(fw.counters()).toMatchObject({ packets: 8, audit_passed: 6, blocked: 2, allowed: 0 });
@@ -162,7 +163,7 @@ kernelDescribe('firewall verdicts (BPF_PROG_TEST_RUN)', () => {
   });
 
   it('audit_sampling reports 1 in N; audit_allowed reports the verdicts that opened sessions', () => {
-    const fw = loadForTestRun(CLIENT_POLICY, { settings: { audit_allowed: 'on' } });
+    const fw = loadForTestRun(CLIENT_POLICY, { settings: parseSettings({ audit_allowed: 'on' }) });
     const ingress = fw.program('ingress');
     const audit = fw.auditReader();
     ingress.testRun(udpFrame(CLIENT, SERVER, 43000, 53));
@@ -170,7 +171,7 @@ kernelDescribe('firewall verdicts (BPF_PROG_TEST_RUN)', () => {
     expect(drainAudit(audit).map((e) => [e.action, e.reason, e.ruleId])).toStrictEqual([
       ['allow', 'rule', 2],
     ]);
-    fw.setSetting('audit_sampling', 1000000);
+    fw.setSetting(parseSetting('audit_sampling', 1000000));
     let blocked = 0;
     for (let i = 0; i < 200; i++)
       if (ingress.testRun(udpFrame(CLIENT, OTHER, 43001, 9)).retval === TC_ACT_SHOT) blocked++;
@@ -233,7 +234,7 @@ policies:
   });
 
   it('tracks TCP state and sends created and updated events', () => {
-    const fw = loadForTestRun(CLIENT_POLICY, { settings: { session_update_interval_ms: 0 } });
+    const fw = loadForTestRun(CLIENT_POLICY, { settings: parseSettings({ session_update_interval_ms: 0 }) });
     const ingress = fw.program('ingress');
     const egress = fw.program('egress');
     const events = fw.sessionEventReader();
@@ -266,9 +267,9 @@ policies:
     ]);
     // A new SYN on the closed tuple is a new connection, judged again: the policy now blocks it.
     fw.applyPolicy({ file: 'x', networks: [], policies: [] });
-    fw.setSetting('default_action', 'block');
+    fw.setSetting(parseSetting('default_action', 'block'));
     expect(ingress.testRun(tcpFrame(CLIENT, SERVER, 45000, 80, TCP_SYN)).retval).toBe(TC_ACT_SHOT);
-    fw.setSetting('default_action', 'allow');
+    fw.setSetting(parseSetting('default_action', 'allow'));
     expect(ingress.testRun(tcpFrame(CLIENT, SERVER, 45000, 80, TCP_SYN)).retval).toBe(TC_ACT_OK);
     expect(
       drainSessionEvents(events).map((e) => [
@@ -284,12 +285,14 @@ policies:
   });
 
   it('sends an updated event at most once per session_update_interval_ms', () => {
-    const fw = loadForTestRun(CLIENT_POLICY, { settings: { session_update_interval_ms: 3_600_000 } });
+    const fw = loadForTestRun(CLIENT_POLICY, {
+      settings: parseSettings({ session_update_interval_ms: 3_600_000 }),
+    });
     const ingress = fw.program('ingress');
     const events = fw.sessionEventReader();
     for (let i = 0; i < 10; i++) ingress.testRun(udpFrame(CLIENT, SERVER, 46000, 53));
     expect(drainSessionEvents(events).map((e) => e.kind)).toStrictEqual(['created']);
-    fw.setSetting('session_update_interval_ms', 1);
+    fw.setSetting(parseSetting('session_update_interval_ms', 1));
     const t = process.hrtime.bigint();
     while (process.hrtime.bigint() - t < 2_000_000n) {
       // a spin of 2 ms: the kernel clock must pass the 1 ms interval
@@ -300,7 +303,7 @@ policies:
   });
 
   it('expires idle sessions in the kernel at once and in the map on expireSessions()', () => {
-    const fw = loadForTestRun(CLIENT_POLICY, { settings: { session_idle_timeout_s: 60 } });
+    const fw = loadForTestRun(CLIENT_POLICY, { settings: parseSettings({ session_idle_timeout_s: 60 }) });
     const ingress = fw.program('ingress');
     const now = process.hrtime.bigint();
     const old = now - 61n * 1_000_000_000n;
@@ -408,7 +411,7 @@ policies:
     ]);
 
     // Cookie of a chosen type: type 3 holds 4 bytes, zero-padded to 8.
-    fw.setSetting('geneve_cookie_type', 3);
+    fw.setSetting(parseSetting('geneve_cookie_type', 3));
     ingress.testRun(geneveFrame(outer, 7, options, udpFrame(CLIENT, SERVER, 51002, 53)));
     expect(fw.sessions({ port: 51002 })[0]).toMatchObject({ vni: 7, cookie: '0909090900000000' });
 
@@ -458,7 +461,7 @@ policies:
     const o = { outerSrc: '10.9.0.1', outerDst: '10.9.0.2', sport: 33000 };
     expect(ingress.testRun(vxlanFrame(o, 42, udpFrame(CLIENT, SERVER, 53000, 53))).retval).toBe(TC_ACT_OK);
     expect(ingress.testRun(vxlanFrame(o, 42, udpFrame(CLIENT, OTHER, 53001, 53))).retval).toBe(TC_ACT_SHOT);
-    fw.setSetting('hairpin', 'on');
+    fw.setSetting(parseSetting('hairpin', 'on'));
     expect(ingress.testRun(vxlanFrame(o, 42, udpFrame(CLIENT, SERVER, 53000, 53))).retval).toBe(
       TC_ACT_REDIRECT,
     );
@@ -470,7 +473,7 @@ policies:
       packetsForward: 2,
     });
     // Tunnel mode none: the same frame is plain UDP to 4789 from 10.9.0.1 (no network: allowed).
-    fw.setSetting('tunnel_mode', 'none');
+    fw.setSetting(parseSetting('tunnel_mode', 'none'));
     expect(ingress.testRun(vxlanFrame(o, 42, udpFrame(CLIENT, OTHER, 53001, 53))).retval).toBe(TC_ACT_OK);
   });
 

@@ -13,7 +13,8 @@
  */
 import { createInterface } from 'node:readline';
 import type { ComponentModule, Sink, SinkModule } from '../../src/component.js';
-import { FirewallCollection, firewallPinDir, parsePolicy } from '../../src/datapath/firewall/index.js';
+import { FirewallCollection, firewallPinDir } from '../../src/datapath/firewall/index.js';
+import { parsePolicy } from '../../src/config/firewall-policy.js';
 import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';

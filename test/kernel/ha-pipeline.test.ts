@@ -3,7 +3,8 @@
  * it, told apart only by its variables (node id, pin root, ports). A connection through node A
  * lands in the bucket as A's (read with a second NATS client), in B's kernel map through B's
  * watch; A's /status counts it at once, as an independent read of the kernel map and the bucket
- * does, and A serves the replicating sink's counters on its Prometheus endpoint.
+ * does, and A serves the replicating sink's counters and its replication status on its Prometheus
+ * endpoint.
  *
  *   client ns ── A ns (firewall, rxflow node A) ── server ns
  *            └── B ns (firewall, rxflow node B) ──┘
@@ -18,7 +19,7 @@ import {
 } from '../../src/datapath/firewall/index.js';
 import { decodeSessionValueOrThrow, sessionKvKey } from '../../src/ha/codec.js';
 import type { NodeReplicationStatus } from '../../src/ha/replication.js';
-import { formatProblem } from '../../src/pipeline/errors.js';
+import { formatProblem } from '../../src/config/errors.js';
 import { checkPipeline } from '../../src/pipeline/load.js';
 import { freePort } from '../fixtures/nats.js';
 import { kernelDescribe, kernelTest } from '../fixtures/privilege.js';
@@ -68,6 +69,7 @@ kernelDescribe(
           RXFLOW_FIREWALL_NETNS: o.netns,
           RXFLOW_HA_READY_LISTEN: `127.0.0.1:${p.ready}`,
           RXFLOW_METRICS_PORT: String(p.metrics),
+          RXFLOW_FIREWALL_METRICS_INTERVAL: '200ms',
         }),
       });
     }
@@ -139,6 +141,7 @@ kernelDescribe(
           // counts equal what the test reads from the kernel map and, over its own connection,
           // from the bucket.
           const fwA = FirewallCollection.open(firewallPinDir(PREFIX, nodeA.pinRoot));
+          let inBoth = -1;
           try {
             const local = new Set(
               fwA
@@ -158,6 +161,7 @@ kernelDescribe(
             const res = await fetch(`http://127.0.0.1:${ports.get('a')!.ready}/status`);
             const status = (await res.json()) as NodeReplicationStatus;
             const both = [...local].filter((k) => inKv.has(k)).length;
+            inBoth = both;
             expect(status.counts).toMatchObject({
               local: local.size,
               kv: inKv.size,
@@ -180,6 +184,19 @@ kernelDescribe(
             const text = await (await fetch(`http://127.0.0.1:${ports.get('a')!.metrics}/metrics`)).text();
             handed = sample(text, 'rxflow_sink_handed_total', ['sink="ha"', 'type="nats_sessions"']);
             return handed !== undefined && handed >= 1;
+          });
+          // And its replication status, from firewall_metrics: the comparison /status made.
+          const instance = `rxflow_firewall_instance="${PREFIX}"`;
+          await waitFor('A’s replication status on its Prometheus endpoint', async () => {
+            const text = await (await fetch(`http://127.0.0.1:${ports.get('a')!.metrics}/metrics`)).text();
+            return (
+              sample(text, 'rxflow_firewall_replication_ready', [instance]) === 1 &&
+              sample(text, 'rxflow_firewall_replication_connected', [instance]) === 1 &&
+              sample(text, 'rxflow_firewall_replication_sessions', [
+                instance,
+                'rxflow_replication_presence="both"',
+              ]) === inBoth
+            );
           });
 
           for (const node of [nodeA, nodeB]) {

@@ -1,12 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import {
-  FirewallPolicyError,
-  compilePolicy,
-  parsePolicy,
-  type FirewallPolicy,
-} from '../../src/datapath/firewall/index.js';
+import { compilePolicy } from '../../src/datapath/firewall/index.js';
+import { FirewallPolicyError, parsePolicy, type FirewallPolicy } from '../../src/config/firewall-policy.js';
 import { decodeU32 } from '../../src/datapath/firewall/types.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/firewall-policy.yaml', import.meta.url));

@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
+import { FirewallError } from '../../src/config/firewall-errors.js';
 import {
-  FirewallError,
-  SETTINGS,
   formatSettingValue,
   parseSettingValue,
   resolveSetting,
   settingDefaults,
-} from '../../src/datapath/firewall/index.js';
+  SETTINGS,
+} from '../../src/config/firewall-settings.js';
 
 function message(fn: () => unknown): string {
   try {

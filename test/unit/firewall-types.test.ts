@@ -2,10 +2,8 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   AUDIT_EVENT,
-  FirewallError,
   SESSION_EVENT,
   canonicalAddress,
-  cidrContains,
   decodeAuditEvent,
   decodeSession,
   decodeSessionEvent,
@@ -14,9 +12,11 @@ import {
   encodeSessionKey,
   addressBytes,
   parseCidr,
-  protocolNumber,
   type FirewallSession,
 } from '../../src/datapath/firewall/index.js';
+import { FirewallError } from '../../src/config/firewall-errors.js';
+import { protocolNumber } from '../../src/net/protocols.js';
+import { cidrContains } from '../../src/net/address.js';
 import { auditRecord } from '../../src/sources/firewall_audit.js';
 import { sessionRecord } from '../../src/sources/firewall_sessions.js';
 

@@ -13,20 +13,22 @@ import { DatapathError } from '../errors.js';
 import { libc } from '../libbpf.js';
 import { attachTc, type TcLink } from '../link.js';
 import { BpfMap } from '../map.js';
-import { withNetns } from '../netns.js';
+import { withNetns } from '../../net/netns.js';
 import { ObjectSpec, type Collection, type Program } from '../object.js';
 import { RingBufferReader } from '../ringbuf.js';
+import { cidrContains } from '../../net/address.js';
 import { bpfObjectPath } from '../../paths.js';
-import { FirewallError } from './errors.js';
-import { compilePolicy, type FirewallPolicy, type MapEntry } from './policy.js';
+import { FirewallError } from '../../config/firewall-errors.js';
+import type { FirewallPolicy } from '../../config/firewall-policy.js';
+import { compilePolicy, type MapEntry } from './compile.js';
 import {
   SETTINGS,
   formatSettingValue,
-  parseSettingValue,
-  resolveSetting,
+  settingSpec,
+  type SettingAssignment,
   type SettingName,
   type SettingSpec,
-} from './settings.js';
+} from '../../config/firewall-settings.js';
 import {
   FW_CTR,
   FW_MAPS,
@@ -34,7 +36,6 @@ import {
   SESSION_KEY,
   TCP_STATES,
   TUNNELS,
-  cidrContains,
   decodeConfig,
   decodeSession,
   decodeSessionKey,
@@ -78,8 +79,11 @@ export interface FirewallLoadOptions {
   netns?: string;
   /** Capacity of the session map; only takes effect when the maps are created. */
   maxSessions?: number;
-  /** Settings to apply after loading; others keep their pinned values (defaults on first load). */
-  settings?: Partial<Record<SettingName, string | number>>;
+  /**
+   * Settings to apply after loading (config/firewall-settings.ts parses them); others keep their
+   * pinned values (defaults on first load). They override what `tunnelMode` sets.
+   */
+  settings?: readonly SettingAssignment[];
   objectPath?: string;
 }
 
@@ -208,18 +212,12 @@ export class FirewallCollection {
         encodeConfig({ ingressAddress: options.address ?? '', ingressIfindex, egressIfindex }),
       );
       if (fresh) for (const s of SETTINGS) fw.#write(s, s.default);
-      const settings: Partial<Record<SettingName, string | number>> = {};
       if (options.tunnelMode !== undefined) {
-        settings.tunnel_mode = options.tunnelMode;
-        settings.hairpin = options.tunnelMode === 'geneve' ? 'on' : 'off';
+        const tunnel = settingSpec('tunnel_mode');
+        fw.#write(tunnel, tunnel.values![options.tunnelMode]!);
+        fw.#write(settingSpec('hairpin'), options.tunnelMode === 'geneve' ? 1 : 0);
       }
-      Object.assign(settings, options.settings ?? {});
-      // Checked as a whole before any is written, so a bad value leaves the settings as they were.
-      const parsed = Object.entries(settings).map(([name, value]) => {
-        const spec = resolveSetting(name);
-        return [spec, parseSettingValue(spec, value)] as const;
-      });
-      for (const [s, v] of parsed) fw.#write(s, v);
+      for (const { spec, value } of options.settings ?? []) fw.#write(spec, value);
     } catch (err) {
       fw.close();
       throw err;
@@ -318,17 +316,15 @@ export class FirewallCollection {
     return SETTINGS.map((s) => this.#value(s));
   }
 
-  /** A setting by name or key. */
-  getSetting(ref: string | number): SettingValue {
+  getSetting(spec: SettingSpec): SettingValue {
     this.#check('read setting');
-    return this.#value(resolveSetting(ref));
+    return this.#value(spec);
   }
 
-  /** Sets a setting by name or key to a value (a name like on/geneve, or a number); returns it. */
-  setSetting(ref: string | number, value: string | number): SettingValue {
+  /** Sets a setting (parseSetting of config/firewall-settings.ts reads one from text); returns it. */
+  setSetting({ spec, value }: SettingAssignment): SettingValue {
     this.#check('set setting');
-    const spec = resolveSetting(ref);
-    this.#write(spec, parseSettingValue(spec, value));
+    this.#write(spec, value);
     return this.#value(spec);
   }
 
@@ -402,8 +398,8 @@ export class FirewallCollection {
     present?: (key: Uint8Array) => void,
   ): FirewallSession[] {
     this.#check('expire sessions');
-    const idle = BigInt(this.#read(resolveSetting('session_idle_timeout_s'))) * 1_000_000_000n;
-    const closed = BigInt(this.#read(resolveSetting('session_closed_timeout_s'))) * 1_000_000_000n;
+    const idle = BigInt(this.#read(settingSpec('session_idle_timeout_s'))) * 1_000_000_000n;
+    const closed = BigInt(this.#read(settingSpec('session_closed_timeout_s'))) * 1_000_000_000n;
     const expired = (s: FirewallSession): boolean => {
       const timeout = s.tcpState === 'closed' ? closed : idle;
       return timeout !== 0n && nowNs > s.lastSeenNs && nowNs - s.lastSeenNs > timeout;

@@ -1,4 +1,3 @@
-export { FirewallError, type FirewallErrorCode } from './errors.js';
 export {
   FirewallCollection,
   TUNNEL_MODES,
@@ -11,25 +10,5 @@ export {
   type SessionListing,
   type SettingValue,
 } from './collection.js';
-export {
-  FirewallPolicyError,
-  compilePolicy,
-  loadPolicyFile,
-  parsePolicy,
-  type CompiledPolicy,
-  type FirewallPolicy,
-  type NetworkDef,
-  type PolicyDef,
-  type PolicyRule,
-} from './policy.js';
-export {
-  SETTINGS,
-  SETTING_NAMES,
-  formatSettingValue,
-  parseSettingValue,
-  resolveSetting,
-  settingDefaults,
-  type SettingName,
-  type SettingSpec,
-} from './settings.js';
+export { compilePolicy, type CompiledPolicy, type MapEntry } from './compile.js';
 export * from './types.js';

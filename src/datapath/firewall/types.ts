@@ -6,11 +6,19 @@
  *
  * Decoders read whole batches through one DataView per buffer; only the returned objects allocate.
  */
-import { isIPv4, isIPv6 } from 'node:net';
 import { endianness } from 'node:os';
 import { formatIp16, formatMac, hex } from '../flow/types.js';
 import { struct, u64, viewOf, type FieldLayout, type StructLayout } from '../layout.js';
-import { FirewallError } from './errors.js';
+import {
+  AddressError,
+  notAnAddress,
+  parseCidr as parsePrefix,
+  writeIp16,
+  writeMac,
+  type Cidr,
+} from '../../net/address.js';
+import type { FirewallAction } from '../../config/firewall-policy.js';
+import { FirewallError } from '../../config/firewall-errors.js';
 
 export type { FieldLayout } from '../layout.js';
 /** A firewall struct layout; the same type as the flow structs'. */
@@ -136,7 +144,6 @@ export const FW_MAPS = {
 /** Bits of a rule key before the destination address: policy id, protocol, pad and port. */
 export const RULE_KEY_FIXED_BITS = 64;
 
-export type FirewallAction = 'allow' | 'block' | 'redirect';
 export const ACTIONS: readonly (FirewallAction | 'none')[] = ['none', 'allow', 'block', 'redirect'];
 
 export type FirewallReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
@@ -218,37 +225,9 @@ function formatOptionalAddress(bytes: Uint8Array, offset: number): string {
 
 /** Writes the 16-byte form of `text` (IPv4 as IPv4-mapped) at offset; returns the IP version. */
 export function writeAddress(text: string, out: Uint8Array, offset: number): 4 | 6 {
-  out.fill(0, offset, offset + 16);
-  if (isIPv4(text)) {
-    out[offset + 10] = 0xff;
-    out[offset + 11] = 0xff;
-    text.split('.').forEach((p, i) => (out[offset + 12 + i] = Number(p)));
-    return 4;
-  }
-  if (!isIPv6(text) || text.includes('%')) {
-    throw new FirewallError(
-      'EADDRESS',
-      `'${text}' is not an IPv4 or IPv6 address; write e.g. 192.0.2.1 or 2001:db8::1`,
-    );
-  }
-  let body = text;
-  const tail = text.slice(text.lastIndexOf(':') + 1);
-  if (tail.includes('.')) {
-    // An embedded IPv4 tail is the last two groups.
-    const [a = 0, b = 0, c = 0, d = 0] = tail.split('.').map(Number);
-    body = `${text.slice(0, text.length - tail.length)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
-  }
-  const [head = '', rest] = body.split('::');
-  const h = head === '' ? [] : head.split(':');
-  const t = rest === undefined || rest === '' ? [] : rest.split(':');
-  const groups =
-    rest === undefined ? h : [...h, ...new Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  groups.forEach((g, i) => {
-    const n = parseInt(g, 16);
-    out[offset + 2 * i] = n >> 8;
-    out[offset + 2 * i + 1] = n & 0xff;
-  });
-  return 6;
+  const version = writeIp16(text, out, offset);
+  if (version === 0) throw new FirewallError('EADDRESS', notAnAddress(text));
+  return version;
 }
 
 /** 16 bytes of an address. */
@@ -263,58 +242,20 @@ export function canonicalAddress(text: string): string {
   return formatAddress(addressBytes(text), 0);
 }
 
-export interface Cidr {
-  /** Canonical network address text. */
-  address: string;
-  /** Bits of the prefix as written (IPv4: 0-32, IPv6: 0-128). */
-  prefix: number;
-  version: 4 | 6;
-  /** 16-byte network address (IPv4-mapped for IPv4), host bits cleared. */
-  bytes: Uint8Array;
-  /** Prefix length over the 16 bytes: 96 + prefix for IPv4. */
-  bits: number;
-}
-
-/** Parses `a.b.c.d/n`, `x::/n` or a bare address (a host prefix). Host bits are cleared. */
+/** parseCidr of net/address.ts, failing with a FirewallError as the firewall's callers expect. */
 export function parseCidr(text: string): Cidr {
-  const slash = text.indexOf('/');
-  const addr = slash < 0 ? text : text.slice(0, slash);
-  const bytes = new Uint8Array(16);
-  const version = writeAddress(addr, bytes, 0);
-  const max = version === 4 ? 32 : 128;
-  let prefix = max;
-  if (slash >= 0) {
-    const p = text.slice(slash + 1);
-    if (!/^\d{1,3}$/.test(p) || Number(p) > max) {
-      throw new FirewallError('EADDRESS', `'${text}': prefix length must be 0 to ${max}`);
-    }
-    prefix = Number(p);
+  try {
+    return parsePrefix(text);
+  } catch (err) {
+    if (err instanceof AddressError) throw new FirewallError('EADDRESS', err.message, err);
+    throw err;
   }
-  const bits = version === 4 ? 96 + prefix : prefix;
-  for (let i = 0; i < 16; i++) {
-    const keep = Math.max(0, Math.min(8, bits - i * 8));
-    bytes[i]! &= (0xff << (8 - keep)) & 0xff;
-  }
-  return { address: formatAddress(bytes, 0), prefix, version, bytes, bits };
-}
-
-/** True when the 16 bytes at offset fall in the prefix. */
-export function cidrContains(cidr: Cidr, bytes: Uint8Array, offset: number): boolean {
-  for (let i = 0; i < 16; i++) {
-    const keep = Math.max(0, Math.min(8, cidr.bits - i * 8));
-    if (keep === 0) return true;
-    const mask = (0xff << (8 - keep)) & 0xff;
-    if ((bytes[offset + i]! & mask) !== cidr.bytes[i]) return false;
-  }
-  return true;
 }
 
 function parseMac(text: string, out: Uint8Array, offset: number): void {
-  const parts = text.split(':');
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) {
+  if (!writeMac(text, out, offset)) {
     throw new FirewallError('EARG', `'${text}' is not a MAC address like 02:00:00:00:00:01`);
   }
-  parts.forEach((p, i) => (out[offset + i] = parseInt(p, 16)));
 }
 
 function enumName<T>(names: readonly (T | undefined)[], value: number, what: string): T {
@@ -654,21 +595,3 @@ export function decodeConfig(bytes: Uint8Array): FirewallConfig {
 
 /** Sum over CPUs of a per-CPU u64 slot buffer. */
 export { sumPerCpu } from '../layout.js';
-
-const PROTOCOL_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp' };
-const PROTOCOL_NUMBERS: Record<string, number> = { icmp: 1, tcp: 6, udp: 17, icmpv6: 58, sctp: 132 };
-
-/** 'tcp' for 6; the number for protocols without a short name. */
-export function protocolName(n: number): string {
-  return PROTOCOL_NAMES[n] ?? String(n);
-}
-
-/** 6 for 'tcp' or '6'; undefined for an unknown name or a number out of 0-255. */
-export function protocolNumber(text: string): number | undefined {
-  const t = text.toLowerCase();
-  if (t in PROTOCOL_NUMBERS) return PROTOCOL_NUMBERS[t];
-  if (/^\d{1,3}$/.test(t) && Number(t) <= 255) return Number(t);
-  return undefined;
-}
-
-export const PROTOCOL_CHOICES = Object.keys(PROTOCOL_NUMBERS);

@@ -34,7 +34,7 @@ import {
 } from './types.js';
 import { FlowMaps, setFlowMapMaxEntries } from './maps.js';
 import { DropsDatapath, attachDrops, type DropBatch } from './drops.js';
-import { withNetns } from '../netns.js';
+import { withNetns } from '../../net/netns.js';
 import { bpfObjectPath } from '../../paths.js';
 import type { FlowRecord } from '../../records.js';
 import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../instance.js';

@@ -9,7 +9,8 @@
  * table compiled in would misname reasons on the next one.
  */
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno, syscallFailure } from '../errors.js';
+import { SyscallError, describeErrno } from '../../errors.js';
+import { DatapathError, syscallFailure } from '../errors.js';
 import { FlowMaps } from './maps.js';
 import type { FlowRecord } from '../../records.js';
 import {

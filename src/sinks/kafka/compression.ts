@@ -25,7 +25,8 @@ import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import koffi, { type LibraryHandle } from 'koffi';
 import { SourceError } from '../../sources/errors.js';
-import { SinkError, asError, messageOf } from '../errors.js';
+import { messageOf } from '../../errors.js';
+import { SinkError, asError } from '../errors.js';
 import { crc32c } from './crc32c.js';
 import { BATCH_HEADER_BYTES } from './record-batch.js';
 

@@ -31,7 +31,8 @@
  * resent as it is until the broker says which it is.
  */
 import type { Logger } from '../../logger.js';
-import { SinkError, messageOf } from '../errors.js';
+import { messageOf } from '../../errors.js';
+import { SinkError } from '../errors.js';
 import { ProduceError, type ProducerIdentity } from './client.js';
 import type { PartitionBatch } from './produce.js';
 import { batchRecordCount, nextSequence, stampBatch } from './record-batch.js';

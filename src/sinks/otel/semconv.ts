@@ -30,4 +30,11 @@ export const UNIT = {
   bytes: 'By',
   packets: '{packet}',
   records: '{record}',
+  events: '{event}',
+  sessions: '{session}',
+  changes: '{change}',
+  writes: '{write}',
+  seconds: 's',
+  /** A 0/1 state (connected, ready): UCUM's dimensionless unit. */
+  dimensionless: '1',
 } as const;

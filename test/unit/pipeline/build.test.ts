@@ -3,7 +3,7 @@ import { Observable } from 'rxjs';
 import type { ComponentModule, SinkModule, SourceModule } from '../../../src/component.js';
 import { buildPipeline } from '../../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import { PipelineError } from '../../../src/pipeline/errors.js';
+import { PipelineError } from '../../../src/config/errors.js';
 import { parsePipeline } from '../../../src/pipeline/load.js';
 import type { FlowBatch } from '../../../src/records.js';
 import { collectModule, fixed, fixedBatch, hold, pass, type CollectStore } from './components.js';

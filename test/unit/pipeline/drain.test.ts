@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import type { Sink, SinkModule, SourceModule } from '../../../src/component.js';
 import { buildPipeline } from '../../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { PipelineConfigError } from '../../../src/pipeline/errors.js';
+import type { PipelineConfigError } from '../../../src/config/errors.js';
 import { parsePipeline } from '../../../src/pipeline/load.js';
 import type { FlowBatch } from '../../../src/records.js';
 import { fixedBatch } from './components.js';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { formatProblem } from '../../../src/pipeline/errors.js';
+import { formatProblem } from '../../../src/config/errors.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 import { defaultRegistry } from '../../../src/pipeline/registry.js';
 import type { MachineMemory } from '../../../src/pipeline/resources.js';

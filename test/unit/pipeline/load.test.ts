@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { PipelineConfigError, PipelineError, formatProblem } from '../../../src/pipeline/errors.js';
+import { PipelineConfigError, PipelineError, formatProblem } from '../../../src/config/errors.js';
 import { checkPipeline, loadPipeline, parsePipeline } from '../../../src/pipeline/load.js';
 import { testRegistry } from './components.js';
 

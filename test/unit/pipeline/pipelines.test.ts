@@ -1,8 +1,8 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { formatProblem } from '../../../src/pipeline/errors.js';
+import { formatProblem } from '../../../src/config/errors.js';
 import { fileURLToPath } from 'node:url';
-import { loadPolicyFile } from '../../../src/datapath/firewall/index.js';
+import { loadPolicyFile } from '../../../src/config/firewall-policy.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 
 const DIR = new URL('../../../pipelines/', import.meta.url);

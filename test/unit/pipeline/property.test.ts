@@ -6,7 +6,7 @@
 import fc from 'fast-check';
 import { readFileSync, readdirSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { PipelineError, formatProblem } from '../../../src/pipeline/errors.js';
+import { PipelineError, formatProblem } from '../../../src/config/errors.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 
 const DIR = new URL('../../../pipelines/', import.meta.url);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { ComponentModule } from '../../../src/component.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import { PipelineError } from '../../../src/pipeline/errors.js';
+import { PipelineError } from '../../../src/config/errors.js';
 import { defaultRegistry, modules } from '../../../src/pipeline/registry.js';
 import { fixed, hold, pass } from './components.js';
 

@@ -9,7 +9,7 @@ import { Ajv } from 'ajv';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { interpolate } from '../../../src/pipeline/interpolate.js';
+import { interpolate } from '../../../src/config/interpolate.js';
 import { defaultRegistry } from '../../../src/pipeline/registry.js';
 import { INTERPOLATION_PATTERN, SCHEMA_ID, pipelineSchema } from '../../../src/pipeline/schema.js';
 

@@ -10,7 +10,7 @@ import { runCli } from '../../../src/cli/program.js';
 import { readStatus } from '../../../src/cli/status.js';
 import { StatusServer } from '../../../src/cli/status-server.js';
 import { connectNats } from '../../../src/ha/kv.js';
-import { formatProblem } from '../../../src/pipeline/errors.js';
+import { formatProblem } from '../../../src/config/errors.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 import { isSecretKey, redactText, redactUrls, redactValue } from '../../../src/redact.js';
 

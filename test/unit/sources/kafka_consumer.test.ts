@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
 import type { ComponentModule } from '../../../src/component.js';
-import { formatProblem } from '../../../src/pipeline/errors.js';
+import { formatProblem } from '../../../src/config/errors.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 import { modules } from '../../../src/pipeline/registry.js';

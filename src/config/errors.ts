@@ -1,3 +1,4 @@
+import { RxflowError } from '../errors.js';
 import { redactText } from '../redact.js';
 import { escapeControl, escapeControlKeepLines } from './text.js';
 
@@ -6,15 +7,11 @@ import { escapeControl, escapeControlKeepLines } from './text.js';
  * file's bytes or a variable's value) are escaped, so printing it cannot drive the terminal, and
  * URLs lose their userinfo (a password).
  */
-export class PipelineError extends Error {
+export class PipelineError extends RxflowError {
   override name = 'PipelineError';
 
-  constructor(
-    readonly code: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(escapeControlKeepLines(redactText(message)), options);
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(code, escapeControlKeepLines(redactText(message)), options);
   }
 }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { parseDuration } from '../../../src/pipeline/duration.js';
-import { interpolate, resolvePlainScalar } from '../../../src/pipeline/interpolate.js';
-import { closest } from '../../../src/pipeline/suggest.js';
+import { parseDuration } from '../../../src/config/duration.js';
+import { interpolate, resolvePlainScalar } from '../../../src/config/interpolate.js';
+import { closest } from '../../../src/config/suggest.js';
 
 describe('interpolate', () => {
   const env = { HOST: 'nats.local', PORT: '4222', EMPTY: '' };

@@ -1,5 +1,8 @@
+import { RxflowError } from '../errors.js';
+
 /**
- * Codes of FirewallError:
+ * The firewall's error, from reading its policy and settings (here, in config/) to the kernel
+ * (datapath/firewall/), so it lives with the lowest layer that throws it. Codes:
  * - EADDRESS: an address or prefix that does not parse
  * - EARG: an argument out of range (a port, a MAC, a session field)
  * - ESETTING: an unknown setting name or key, or a value the setting does not take
@@ -11,14 +14,11 @@
 export type FirewallErrorCode =
   'EADDRESS' | 'EARG' | 'ESETTING' | 'EPOLICY' | 'ENOTLOADED' | 'ELAYOUT' | 'ENOIFACE';
 
-export class FirewallError extends Error {
+export class FirewallError extends RxflowError {
   override readonly name = 'FirewallError';
-  readonly code: FirewallErrorCode;
-  override readonly cause?: unknown;
+  declare readonly code: FirewallErrorCode;
 
   constructor(code: FirewallErrorCode, message: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.code = code;
-    if (cause !== undefined) this.cause = cause;
+    super(code, message, { cause });
   }
 }

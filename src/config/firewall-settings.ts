@@ -2,8 +2,8 @@
  * The named settings of the firewall: each is a __u32 at a fixed index (its key) of the
  * fw_settings array map, enum fw_setting in bpf/firewall.h. Settings take effect on the next packet.
  */
-import { didYouMean } from '../../pipeline/suggest.js';
-import { FirewallError } from './errors.js';
+import { didYouMean } from './suggest.js';
+import { FirewallError } from './firewall-errors.js';
 
 export interface SettingSpec {
   readonly name: string;
@@ -188,4 +188,26 @@ export function formatSettingValue(spec: SettingSpec, n: number): string {
 
 export function settingDefaults(): Record<SettingName, number> {
   return Object.fromEntries(SETTINGS.map((s) => [s.name, s.default])) as Record<SettingName, number>;
+}
+
+/** The setting `name` names (checked by the type system, so it exists). */
+export function settingSpec(name: SettingName): SettingSpec {
+  return SETTINGS.find((s) => s.name === name)!;
+}
+
+/** A setting and the number it is set to: what the datapath writes. */
+export interface SettingAssignment {
+  readonly spec: SettingSpec;
+  readonly value: number;
+}
+
+/** The setting `ref` names set to `value` (a value name or an integer); throws ESETTING. */
+export function parseSetting(ref: string | number, value: string | number): SettingAssignment {
+  const spec = resolveSetting(ref);
+  return { spec, value: parseSettingValue(spec, value) };
+}
+
+/** Every name = value parsed, all checked before any is returned, so a bad one changes nothing. */
+export function parseSettings(values: Readonly<Record<string, string | number>>): SettingAssignment[] {
+  return Object.entries(values).map(([name, value]) => parseSetting(name, value));
 }

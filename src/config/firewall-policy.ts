@@ -1,8 +1,8 @@
 /**
  * Firewall policy files: which source networks use which policy, and each policy's rules. A file
- * is read with positions (the pipeline loader's SourceDocument), so every problem is reported at
- * its file:line:column, and compiled into the entries of the fw_networks, fw_rules and fw_policies
- * maps.
+ * is read with positions (SourceDocument), so every problem is reported at its file:line:column,
+ * into plain values; the datapath (datapath/firewall/compile.ts) turns those into the entries of
+ * the fw_networks, fw_rules and fw_policies maps.
  *
  * ```yaml
  * networks:
@@ -23,33 +23,29 @@
  * The most specific rule wins: the longest destination prefix; at equal prefixes, a rule naming
  * the protocol and port beats one naming the protocol, which beats one naming neither.
  */
-import { SourceDocument, type Path } from '../../pipeline/document.js';
-import { formatProblem, type ConfigProblem } from '../../pipeline/errors.js';
-import { readYamlFile } from '../../pipeline/read.js';
-import type { Env } from '../../pipeline/interpolate.js';
-import { didYouMean } from '../../pipeline/suggest.js';
-import { FirewallError } from './errors.js';
-import {
-  PROTOCOL_CHOICES,
-  encodeNetworkKey,
-  encodePolicy,
-  encodeRule,
-  encodeRuleKey,
-  encodeU32,
-  parseCidr,
-  protocolNumber,
-  type Cidr,
-  type FirewallAction,
-} from './types.js';
+import { parseCidr, type Cidr } from '../net/address.js';
+import { PROTOCOL_CHOICES, protocolNumber } from '../net/protocols.js';
+import { SourceDocument, type Path } from './document.js';
+import { formatProblem, type ConfigProblem } from './errors.js';
+import { FirewallError } from './firewall-errors.js';
+import type { Env } from './interpolate.js';
+import { readYamlFile } from './read.js';
+import { didYouMean } from './suggest.js';
 
+/**
+ * A policy file that cannot be read or has problems (code EPOLICY); `problems` lists each with
+ * its file:line:column, and is empty when the file could not be read at all.
+ */
 export class FirewallPolicyError extends FirewallError {
   readonly problems: readonly ConfigProblem[];
 
-  constructor(problems: readonly ConfigProblem[], cause?: unknown) {
-    super('EPOLICY', problems.map(formatProblem).join('\n'), cause);
+  constructor(problems: readonly ConfigProblem[], options?: { cause?: unknown; message?: string }) {
+    super('EPOLICY', options?.message ?? problems.map(formatProblem).join('\n'), options?.cause);
     this.problems = problems;
   }
 }
+
+export type FirewallAction = 'allow' | 'block' | 'redirect';
 
 export interface PolicyRule {
   /** 1-based position in the policy's rules: audit events and sessions carry it. */
@@ -101,7 +97,7 @@ export async function loadPolicyFile(file: string, env: Env = process.env): Prom
     // Only a regular file of at most 1 MiB: a fifo or a device would block or never end.
     text = await readYamlFile(file, 'policy');
   } catch (err) {
-    throw new FirewallError('EPOLICY', (err as Error).message, err);
+    throw new FirewallPolicyError([], { cause: err, message: (err as Error).message });
   }
   return parsePolicy(text, file, env);
 }
@@ -362,7 +358,7 @@ function parseRule(
  * The (protocol, port, prefix) triples a rule is stored as. A port without a protocol stands for
  * tcp and udp: the key holds one protocol.
  */
-function ruleTriples(rule: PolicyRule): { protocol: number; port: number }[] {
+export function ruleTriples(rule: PolicyRule): { protocol: number; port: number }[] {
   const protos = rule.ports.length > 0 && rule.protocol === 0 ? [6, 17] : [rule.protocol];
   const ports = rule.ports.length > 0 ? rule.ports : [0];
   return protos.flatMap((protocol) => ports.map((port) => ({ protocol, port })));
@@ -371,44 +367,4 @@ function ruleTriples(rule: PolicyRule): { protocol: number; port: number }[] {
 function ruleKeys(rule: PolicyRule): string[] {
   const dst = rule.destination ? `${rule.destination.address}/${rule.destination.bits}` : 'any';
   return ruleTriples(rule).map((t) => `${t.protocol}/${t.port}/${dst}`);
-}
-
-const ANY: Cidr = { address: '::', prefix: 0, version: 6, bytes: new Uint8Array(16), bits: 0 };
-
-export interface MapEntry {
-  key: Uint8Array;
-  value: Uint8Array;
-}
-
-/** The map entries of a policy, ready to write. */
-export interface CompiledPolicy {
-  networks: MapEntry[];
-  rules: MapEntry[];
-  policies: MapEntry[];
-  /** Policy id -> name. */
-  names: Map<number, string>;
-}
-
-/** Map entries of a checked policy; `ifindexOf` resolves redirect interfaces. */
-export function compilePolicy(policy: FirewallPolicy, ifindexOf: (ifname: string) => number): CompiledPolicy {
-  const ids = new Map(policy.policies.map((p) => [p.name, p.id]));
-  const out: CompiledPolicy = { networks: [], rules: [], policies: [], names: new Map() };
-  for (const p of policy.policies) {
-    const ifindex = p.redirectInterface === undefined ? 0 : ifindexOf(p.redirectInterface);
-    out.policies.push({ key: encodeU32(p.id), value: encodePolicy(p.defaultAction, ifindex) });
-    out.names.set(p.id, p.name);
-    for (const r of p.rules) {
-      const dst = r.destination ?? ANY;
-      for (const t of ruleTriples(r)) {
-        out.rules.push({
-          key: encodeRuleKey(p.id, t.protocol, t.port, dst),
-          value: encodeRule(r.action, r.ruleId, dst.bits),
-        });
-      }
-    }
-  }
-  for (const n of policy.networks) {
-    out.networks.push({ key: encodeNetworkKey(n.cidr), value: encodeU32(ids.get(n.policy)!) });
-  }
-  return out;
 }

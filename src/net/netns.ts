@@ -1,6 +1,14 @@
 import { openSync, closeSync } from 'node:fs';
 import koffi from 'koffi';
-import { DatapathError, SyscallError, describeErrno } from './errors.js';
+import { RxflowError, SyscallError, describeErrno } from '../errors.js';
+
+/**
+ * A network namespace cannot be entered or left: ENONETNS (no such namespace, or setns failed),
+ * ENOPRIV (not root / no CAP_SYS_ADMIN). `cause` is the failed call's SyscallError.
+ */
+export class NetnsError extends RxflowError {
+  override readonly name = 'NetnsError';
+}
 
 const CLONE_NEWNET = 0x40000000;
 
@@ -32,20 +40,20 @@ export function withNetns<T>(name: string | undefined, fn: () => T): T {
   try {
     target = openSync(path, 'r');
   } catch (err) {
-    throw new DatapathError(
+    throw new NetnsError(
       'ENONETNS',
       `enter network namespace ${name}: ${path} cannot be opened; check the name with 'ip netns list'`,
-      err,
+      { cause: err },
     );
   }
   const home = openSync('/proc/thread-self/ns/net', 'r');
   try {
     if (setnsLib().setns(target, CLONE_NEWNET) !== 0) {
       const errno = koffi.errno();
-      throw new DatapathError(
+      throw new NetnsError(
         errno === 1 ? 'ENOPRIV' : 'ENONETNS',
         `enter network namespace ${name}: ${describeErrno(errno)}${errno === 1 ? '; run as root or grant CAP_SYS_ADMIN' : ''}`,
-        new SyscallError('setns', errno),
+        { cause: new SyscallError('setns', errno) },
       );
     }
     try {
@@ -54,11 +62,9 @@ export function withNetns<T>(name: string | undefined, fn: () => T): T {
       if (setnsLib().setns(home, CLONE_NEWNET) !== 0) {
         // Staying in the wrong namespace would silently misdirect every later attach.
         const errno = koffi.errno();
-        throw new DatapathError(
-          'ENONETNS',
-          `leave network namespace ${name}: ${describeErrno(errno)}`,
-          new SyscallError('setns', errno),
-        );
+        throw new NetnsError('ENONETNS', `leave network namespace ${name}: ${describeErrno(errno)}`, {
+          cause: new SyscallError('setns', errno),
+        });
       }
     }
   } finally {
