@@ -8,15 +8,13 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { readStatus } from '../../src/cli/status.js';
 import type { FlowRecord } from '../../src/records.js';
-import { cleanup } from '../fixtures/cleanup.js';
 import { freePort } from '../fixtures/nats.js';
-import type { PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';
-import { flowsSource, runSetup } from '../fixtures/run.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
 import { Cli } from '../kernel/cli-helpers.js';
 import {
   ETH_ARP,
@@ -158,16 +156,10 @@ const KINDS: Kind[] = [
 ];
 
 kernelDescribe('every crafted frame ends in a record or a kernel counter the ledger shows', () => {
-  let topo: PairTopology;
-  let pinRoot: string;
-  let runDir: string;
-
-  beforeAll(async () => {
-    ({ topo, pinRoot, runDir } = await runSetup('frames'));
-  });
-  afterAll(() => cleanup.dispose());
+  const run = useRunSetup('frames');
 
   it('frames sent = packets in records + kernel counters, per kind; the counter in status, ledger log and metrics', async () => {
+    const { topo, pinRoot, runDir } = run;
     const out = join(runDir, 'flows.jsonl');
     const socket = join(runDir, 'frames.sock');
     const port = await freePort();

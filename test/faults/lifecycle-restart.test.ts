@@ -12,12 +12,10 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { cleanup } from '../fixtures/cleanup.js';
-import type { PairTopology } from '../fixtures/netns.js';
+import { expect, it } from 'vitest';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp } from '../fixtures/traffic.js';
-import { flowsSource, runSetup } from '../fixtures/run.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
 import { Cli } from '../kernel/cli-helpers.js';
 import { isReady, lastLog, readRecords, waitFor, type FileRecord } from './lifecycle-helpers.js';
 
@@ -43,17 +41,11 @@ const range = (first: number, n: number) => Array.from({ length: n }, (_, i) => 
 kernelDescribe(
   'SIGKILL mid-stream and restart: the file and the ledger account for every packet sent',
   () => {
-    let topo: PairTopology;
-    let pinRoot: string;
-    let dir: string;
-    const env = () => ({ RXFLOW_RUN_DIR: dir, RXFLOW_LOG_LEVEL: 'info' });
-
-    beforeAll(async () => {
-      ({ topo, pinRoot, runDir: dir } = await runSetup('lcyrs'));
-    });
-    afterAll(() => cleanup.dispose());
+    const run = useRunSetup('lcyrs');
+    const env = () => ({ RXFLOW_RUN_DIR: run.runDir, RXFLOW_LOG_LEVEL: 'info' });
 
     it('loses at most the one eviction in the process at the kill, and the pinned maps carry the rest over', async () => {
+      const { topo, pinRoot, runDir: dir } = run;
       const out = join(dir, 'flows.jsonl');
       const file = join(dir, 'lcyrestart.yaml');
       writeFileSync(

@@ -6,15 +6,13 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import type { FlowRecord } from '../../src/records.js';
-import { cleanup } from '../fixtures/cleanup.js';
 import { Nfcapd, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
-import type { PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';
-import { flowsSource, runSetup } from '../fixtures/run.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
 import { Cli } from './cli-helpers.js';
 import { ETH_ARP, ETH_IPV4, ETH_IPV6, ethernet, ipv4, ipv6, udp } from './flow-packets.js';
 
@@ -84,16 +82,10 @@ function fromNfdump(f: NfdumpFlow): string {
 }
 
 kernelDescribe('ipfix sinks in the same run as a file sink', () => {
-  let topo: PairTopology;
-  let pinRoot: string;
-  let runDir: string;
-
-  beforeAll(async () => {
-    ({ topo, pinRoot, runDir } = await runSetup('ipfx'));
-  });
-  afterAll(() => cleanup.dispose());
+  const run = useRunSetup('ipfx');
 
   it('nfdump reads over UDP and over TCP exactly the records the file holds', async () => {
+    const { topo, pinRoot, runDir } = run;
     const udpCollector = await Nfcapd.start();
     const tcpCollector = await Nfcapd.start();
     const tcpPort = await freePort();
