@@ -13,14 +13,14 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ObjectSpec } from '../src/datapath/index.js';
-import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow-maps.js';
-import { FLOW_FEATURE_RTT } from '../src/datapath/flow-latency.js';
+import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow/maps.js';
+import { FLOW_FEATURE_RTT } from '../src/datapath/flow/latency.js';
 import {
   FLOW_VALUE_STRIDE,
   encodeFlowConfig,
   decodeFlowMapBatch,
   monotonicToWallClockOffsetMs,
-} from '../src/datapath/flow-types.js';
+} from '../src/datapath/flow/types.js';
 import { loadNetobserv } from './netobserv.js';
 import {
   bestNsPerOp,

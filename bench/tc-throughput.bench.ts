@@ -7,8 +7,8 @@
  */
 import { cleanup, killSync, makeBpffsDir } from '../test/fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../test/fixtures/netns.js';
-import { FlowDatapath } from '../src/sources/flow-datapath.js';
-import { FLOW_FEATURE_RTT } from '../src/datapath/flow-latency.js';
+import { FlowDatapath } from '../src/datapath/flow/datapath.js';
+import { FLOW_FEATURE_RTT } from '../src/datapath/flow/latency.js';
 import type { BenchContext } from './lib.js';
 
 const PORT = 5301;

@@ -1,6 +1,6 @@
 /**
  * Loading a tracing program (tp_btf) that shares the flow object's flow_maps, and attaching it:
- * the drop program (drops.ts) and the smoothed-RTT program (flow-rtt.ts).
+ * the drop program (flow/drops.ts) and the smoothed-RTT program (flow/rtt.ts).
  */
 import { syscallFailure } from './errors.js';
 import { libbpf } from './libbpf.js';

@@ -10,20 +10,18 @@ import {
 } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import {
-  FLOW_EVENT_MAP_FULL,
-  decodeFlowEvent,
-  flowEventReason,
+  FLOW_FEATURE_RTT,
+  FlowDatapath,
   monotonicToWallClockOffsetMs,
-} from '../datapath/flow-types.js';
+  type KernelCounters,
+} from '../datapath/flow/index.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import { account } from '../operators/account.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
-import { FLOW_FEATURE_RTT } from '../datapath/flow-latency.js';
 import { InterfaceMatcher } from '../net/interface-match.js';
 import { followLinks } from './follow-links.js';
 import type { LinkFollower } from './link-follower.js';
@@ -70,19 +68,15 @@ const KERNEL_LOSSES: [keyof KernelCounters, DropReason][] = [
  * Reports kernel-side losses (packets that would have become single-packet records) into the
  * source's counters as received-and-dropped, as deltas since the last call.
  */
-function kernelLossReporter(dp: FlowDatapath, counters: StageCounters): () => void {
-  const last = new Map<keyof KernelCounters, number>();
-  return () => {
-    const now = dp.counters();
-    for (const [name, reason] of KERNEL_LOSSES) {
-      const delta = now[name] - (last.get(name) ?? 0);
-      last.set(name, now[name]);
-      if (delta > 0) {
-        counters.addReceived(delta);
-        counters.addDropped(reason, delta);
-      }
+function reportKernelLosses(dp: FlowDatapath, counters: StageCounters): void {
+  const deltas = dp.counterDeltas();
+  for (const [name, reason] of KERNEL_LOSSES) {
+    const delta = deltas[name];
+    if (delta > 0) {
+      counters.addReceived(delta);
+      counters.addDropped(reason, delta);
     }
-  };
+  }
 }
 
 /**
@@ -101,19 +95,10 @@ function enableDrops(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger):
     return undefined;
   }
   logger.info({ hook: `tp_btf/${config.drops_hook}` }, 'drop program attached');
-  const last = new Map<string, number>();
   return () => {
-    const unmatched: Record<string, number> = {};
-    let any = false;
-    for (const c of dp.drops?.reasonCounts() ?? []) {
-      const delta = c.unmatchedPackets - (last.get(c.name) ?? 0);
-      last.set(c.name, c.unmatchedPackets);
-      if (delta > 0) {
-        unmatched[c.name] = delta;
-        any = true;
-      }
-    }
-    if (any) logger.info({ unmatched }, 'packet drops on no flow of the flow map, by kernel reason');
+    const unmatched = dp.unmatchedDropDeltas();
+    if (Object.keys(unmatched).length > 0)
+      logger.info({ unmatched }, 'packet drops on no flow of the flow map, by kernel reason');
   };
 }
 
@@ -179,9 +164,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     );
     const counters = context.counters;
     // Only a source outside its own namespace has records to mark.
-    const labeler = config.netns === undefined ? undefined : follower.labeler;
-    dp.labeler = labeler;
-    const reportKernelLosses = kernelLossReporter(dp, counters);
+    dp.labeler = config.netns === undefined ? undefined : follower.labeler;
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
     enableRtt(dp, config, logger);
     const pressure = new Subject<void>();
@@ -197,7 +180,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       // flowEndReason: idle when the flow's last packet is older than half the interval at the
       // eviction (no packet in its second half), active otherwise; forced on the final one.
       evict: (final) => {
-        reportKernelLosses();
+        reportKernelLosses(dp, counters);
         reportUnmatchedDrops?.();
         return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
       },
@@ -211,10 +194,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     }).pipe(tap({ complete: () => mapDone.next() }));
     const ringFlows = ringbufTracer({
       drain: (onRecord) => dp.events.drain(onRecord),
-      decode: (view, offset, length, out) => {
-        out.push(decodeFlowEvent(view, offset, length, offsetMs, labeler));
-        return flowEventReason(view, offset) === FLOW_EVENT_MAP_FULL;
-      },
+      decode: (view, offset, length, out) => dp.decodeEvent(view, offset, length, offsetMs, out),
       drainIntervalMs: config.ringbuf_drain_interval_ms,
       logIntervalMs: config.log_interval_ms,
       logger,

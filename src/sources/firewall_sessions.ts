@@ -8,7 +8,7 @@ import {
   type SessionEnd,
   type SessionEventKind,
 } from '../datapath/firewall/types.js';
-import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
+import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import type { FirewallSessionRecord } from '../records/firewall-session.js';

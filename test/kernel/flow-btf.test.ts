@@ -1,5 +1,5 @@
 /**
- * Holds src/datapath/flow-types.ts against the compiled bpf/flow.o: every struct size, member
+ * Holds src/datapath/flow/types.ts against the compiled bpf/flow.o: every struct size, member
  * offset and member size from the object's BTF, the counter enum, the maps' key and value types,
  * and the #define constants of bpf/flow.h.
  */
@@ -8,8 +8,8 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import * as flow from '../../src/datapath/flow-types.js';
-import * as latency from '../../src/datapath/flow-latency.js';
+import * as flow from '../../src/datapath/flow/types.js';
+import * as latency from '../../src/datapath/flow/latency.js';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const hasBpftool = spawnSync('bpftool', ['version']).status === 0;

@@ -16,8 +16,8 @@ import {
   decodeFlowMapBatch,
   sumPerCpuCounter,
   type FlowCounterName,
-} from '../../src/datapath/flow-types.js';
-import { FlowMaps } from '../../src/datapath/flow-maps.js';
+} from '../../src/datapath/flow/types.js';
+import { FlowMaps } from '../../src/datapath/flow/maps.js';
 import type { FlowRecord } from '../../src/records.js';
 import {
   ETH_ARP,

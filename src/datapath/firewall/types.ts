@@ -7,7 +7,7 @@
  * Decoders read whole batches through one DataView per buffer; only the returned objects allocate.
  */
 import { endianness } from 'node:os';
-import { formatIp16, formatMac, hex } from '../flow-types.js';
+import { formatIp16, formatMac, hex } from '../flow/types.js';
 import { struct, u64, viewOf, type FieldLayout, type StructLayout } from '../layout.js';
 import {
   AddressError,

@@ -3,10 +3,10 @@
  * (FLOW_FEATURE_RTT), and the kernel's smoothed RTT bpf/rtt.c samples on tcp_probe. Both sit in
  * struct flow_value, so the flow maps' double buffering carries them with the counters.
  *
- * The offsets are those of FLOW_VALUE (src/datapath/flow-types.ts, checked against the object's
+ * The offsets are those of FLOW_VALUE (src/datapath/flow/types.ts, checked against the object's
  * BTF); kept here as numbers so the decoder can import this module without a cycle.
  */
-import type { FlowRecord } from '../records.js';
+import type { FlowRecord } from '../../records.js';
 
 /** Bits of flow_config.features (bpf/flow.h). */
 export const FLOW_FEATURE_RTT = 1;

@@ -9,10 +9,10 @@
  * table compiled in would misname reasons on the next one.
  */
 import koffi from 'koffi';
-import { SyscallError, describeErrno } from '../errors.js';
-import { DatapathError, syscallFailure } from './errors.js';
-import { FlowMaps } from './flow-maps.js';
-import type { FlowRecord } from '../records.js';
+import { SyscallError, describeErrno } from '../../errors.js';
+import { DatapathError, syscallFailure } from '../errors.js';
+import { FlowMaps } from './maps.js';
+import type { FlowRecord } from '../../records.js';
 import {
   FLOW_KEY,
   FLOW_VALUE,
@@ -20,12 +20,12 @@ import {
   decodeFlowMapBatch,
   type FlowEviction,
   type NetnsLabeler,
-} from './flow-types.js';
-import { struct, u64, viewOf } from './layout.js';
-import { lastErrno, libbpf, libc } from './libbpf.js';
-import type { DrainResult } from './map.js';
-import type { Collection } from './object.js';
-import { loadTracingOnFlowMaps } from './tracing.js';
+} from './types.js';
+import { struct, u64, viewOf } from '../layout.js';
+import { lastErrno, libbpf, libc } from '../libbpf.js';
+import type { DrainResult } from '../map.js';
+import type { Collection } from '../object.js';
+import { loadTracingOnFlowMaps } from '../tracing.js';
 
 export const DROP_VALUE = struct('drop_value', 32, {
   packets: [0, 8],

@@ -2,12 +2,12 @@
  * The smoothed-RTT program of bpf/rtt.o on the tcp_probe tracepoint (tp_btf). It shares the flow
  * object's flow_maps (the fd is reused at load, no second map) and writes the kernel's smoothed
  * RTT of the receiving socket into the ingress flow of each sampled segment (flow_value srtt_us,
- * srtt_min_us), which the flow maps' eviction then carries (src/datapath/flow-latency.ts).
+ * srtt_min_us), which the flow maps' eviction then carries (src/datapath/flow/latency.ts).
  */
-import { sumPerCpu } from './layout.js';
-import { libc } from './libbpf.js';
-import type { Collection } from './object.js';
-import { loadTracingOnFlowMaps } from './tracing.js';
+import { sumPerCpu } from '../layout.js';
+import { libc } from '../libbpf.js';
+import type { Collection } from '../object.js';
+import { loadTracingOnFlowMaps } from '../tracing.js';
 
 export const RTT_PROGRAM = 'rtt_tcp_probe';
 export const RTT_TRACEPOINT = 'tcp_probe';
