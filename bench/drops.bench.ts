@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readStructLayout } from '../src/datapath/btf.js';
 import { lastErrno, libbpf, libc } from '../src/datapath/libbpf.js';
-import { FlowDatapath } from '../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../src/datapath/flow/datapath.js';
 import { cleanup, makeBpffsDir } from '../test/fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../test/fixtures/netns.js';
 import { sendUdp } from '../test/fixtures/traffic.js';

@@ -19,7 +19,7 @@ import {
   FLOW_VALUE_STRIDE,
   decodeFlowMapBatch,
   type RawMapBatch,
-} from '../src/datapath/flow-types.js';
+} from '../src/datapath/flow/types.js';
 import { u64 } from '../src/datapath/layout.js';
 import { synchronousBenchmark } from './lib.js';
 

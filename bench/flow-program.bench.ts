@@ -13,12 +13,15 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ObjectSpec } from '../src/datapath/index.js';
-import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow-maps.js';
+import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow/maps.js';
+import { FLOW_FEATURE_RTT } from '../src/datapath/flow/latency.js';
 import {
   FLOW_VALUE_STRIDE,
+  encodeFlowConfig,
   decodeFlowMapBatch,
   monotonicToWallClockOffsetMs,
-} from '../src/datapath/flow-types.js';
+} from '../src/datapath/flow/types.js';
+import { loadNetobserv } from './netobserv.js';
 import {
   bestNsPerOp,
   bestTestRunNs,
@@ -29,6 +32,11 @@ import {
 
 const LIVE_FLOWS = 4096;
 const TARGET_HIT_NS = 100;
+/** rxflow's known-flow hit against netobserv's, enrichment off (issue 15). */
+const TARGET_HIT_RATIO = 0.8;
+/** The same with every feature on, against netobserv's without any (issue 15). */
+const TARGET_ALL_ON_RATIO = 1.0;
+const ALL_FEATURES = FLOW_FEATURE_RTT;
 
 function repoRoot(): string {
   // Runs from bench/ (tsx, vitest) or dist/bench/ (npm run bench).
@@ -47,6 +55,15 @@ function udpFrame(srcPort: number): Uint8Array {
   f.set([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00], 0);
   f.set([0x45, 0, 0, 46, 0, 1, 0, 0, 64, 17, 0, 0, 192, 0, 2, 1, 198, 51, 100, 2], 14);
   f.set([srcPort >> 8, srcPort & 0xff, 0, 53, 0, 26, 0, 0], 34);
+  return f;
+}
+
+/** Ethernet + IPv4 + TCP (ACK, 6 bytes of data) to 198.51.100.2:443: an established connection. */
+function tcpFrame(srcPort: number): Uint8Array {
+  const f = new Uint8Array(14 + 20 + 20 + 6);
+  f.set([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00], 0);
+  f.set([0x45, 0, 0, 46, 0, 1, 0, 0, 64, 6, 0, 0, 192, 0, 2, 1, 198, 51, 100, 2], 14);
+  f.set([srcPort >> 8, srcPort & 0xff, 1, 187, 0, 0, 0, 1, 0, 0, 0, 1, 0x50, 0x10, 0xff, 0xff], 34);
   return f;
 }
 
@@ -86,7 +103,30 @@ function measure(ctx: BenchContext): void {
 
     const probe = udpFrame(1024 + 777);
     const emptyNs = bestTestRunNs(baseline, probe, repeat, rounds);
-    const hitNs = bestTestRunNs(ingress, probe, repeat, rounds);
+    // netobserv's TC flow program on the same frames, rounds alternating with ours so both see
+    // the same machine load.
+    const netobserv = loadNetobserv(root);
+    let hitNs = Infinity;
+    let netobservNs = Infinity;
+    // Every feature the flow program has on (RTT; the drop and smoothed-RTT programs run on
+    // tracepoints, not here), on an established TCP connection: each packet pays the tests.
+    let allOnNs = Infinity;
+    const config = flow.map('flow_config');
+    const tcpProbe = tcpFrame(1024 + 777);
+    try {
+      const theirs = netobserv.program('tc_ingress_flow_parse');
+      for (let p = 0; p < LIVE_FLOWS; p++) theirs.testRun(udpFrame(1024 + p));
+      ingress.testRun(tcpProbe);
+      for (let r = 0; r < rounds; r++) {
+        netobservNs = Math.min(netobservNs, bestTestRunNs(theirs, probe, repeat, 1));
+        hitNs = Math.min(hitNs, bestTestRunNs(ingress, probe, repeat, 1));
+        config.update(new Uint8Array(4), encodeFlowConfig({ sampling: 0, features: ALL_FEATURES }));
+        allOnNs = Math.min(allOnNs, bestTestRunNs(ingress, tcpProbe, repeat, 1));
+        config.update(new Uint8Array(4), encodeFlowConfig({ sampling: 0 }));
+      }
+    } finally {
+      netobserv.close();
+    }
     const geneveNs = bestTestRunNs(ingress, geneveFrame(1024 + 7), repeat, rounds);
     const base = { name: 'flow.empty_tc_program', value: emptyNs };
     ctx.report({ ...base, unit: 'ns/packet', note: `repeat ${repeat}, best of ${rounds}` });
@@ -96,6 +136,22 @@ function measure(ctx: BenchContext): void {
       unit: 'ns/packet',
       baseline: base,
       target: { value: TARGET_HIT_NS, better: 'lower' },
+    });
+    const theirs = { name: 'flow.netobserv_tc_ingress_hit_4k_flows', value: netobservNs };
+    ctx.report({ ...theirs, unit: 'ns/packet', note: 'tc_ingress_flow_parse, rounds alternating with ours' });
+    ctx.report({
+      name: 'flow.known_flow_hit_vs_netobserv',
+      value: hitNs / netobservNs,
+      unit: 'ratio',
+      target: { value: TARGET_HIT_RATIO, better: 'lower' },
+      note: `${hitNs.toFixed(1)} / ${netobservNs.toFixed(1)} ns`,
+    });
+    ctx.report({
+      name: 'flow.known_flow_hit_all_features_vs_netobserv',
+      value: allOnNs / netobservNs,
+      unit: 'ratio',
+      target: { value: TARGET_ALL_ON_RATIO, better: 'lower' },
+      note: `established TCP, RTT on: ${allOnNs.toFixed(1)} / ${netobservNs.toFixed(1)} ns (netobserv without its features)`,
     });
     ctx.report({ name: 'flow.known_flow_hit_geneve', value: geneveNs, unit: 'ns/packet', baseline: base });
 
@@ -160,7 +216,6 @@ function measure(ctx: BenchContext): void {
     // The swap is one bpf(BPF_MAP_UPDATE_ELEM) like any other, plus the grace period the kernel
     // waits for after updating a map-in-map: the plain update of flow_config shows the rest.
     const swaps = ctx.quick ? 10 : 40;
-    const config = flow.map('flow_config');
     const key = new Uint8Array(4);
     const value = new Uint8Array(config.valueSize);
     const updateNs = bestNsPerOp(() => {

@@ -16,7 +16,7 @@ import { runInNewContext } from 'node:vm';
 import { filter, firstValueFrom } from 'rxjs';
 import { silentLogger } from '../src/logger.js';
 import { InterfaceMatcher } from '../src/net/interface-match.js';
-import { FlowDatapath } from '../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../src/datapath/flow/datapath.js';
 import { followLinks } from '../src/sources/follow-links.js';
 import type { LinkFollower } from '../src/sources/link-follower.js';
 import type { TcDirection } from '../src/datapath/index.js';

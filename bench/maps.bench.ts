@@ -10,7 +10,7 @@
  * maps, same run. Reported as the median over the evictions, the worst in the note.
  */
 import { setImmediate as nextTurn, setTimeout as sleep } from 'node:timers/promises';
-import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow-maps.js';
+import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow/maps.js';
 import { possibleCpus, type BpfMap } from '../src/datapath/map.js';
 import { ObjectSpec } from '../src/datapath/object.js';
 import { synchronousBenchmark, type Benchmark, type BenchContext } from './lib.js';

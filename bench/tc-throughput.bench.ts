@@ -7,11 +7,14 @@
  */
 import { cleanup, killSync, makeBpffsDir } from '../test/fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../test/fixtures/netns.js';
-import { FlowDatapath } from '../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../src/datapath/flow/datapath.js';
+import { FLOW_FEATURE_RTT } from '../src/datapath/flow/latency.js';
 import type { BenchContext } from './lib.js';
 
 const PORT = 5301;
 const TARGET_RATIO = 0.9;
+/** With every feature on, against no program (issue 15). */
+const TARGET_ALL_ON_RATIO = 0.95;
 
 interface IperfResult {
   end?: { sum_received?: { bits_per_second: number; bytes: number } };
@@ -57,8 +60,11 @@ async function runClient(topo: PairTopology, seconds: number): Promise<number> {
   return bps / 1e9;
 }
 
-/** The flow program on ingress and egress of both veth ends, one datapath per namespace. */
-function attachBoth(topo: PairTopology, pinRoot: string): FlowDatapath[] {
+/**
+ * The flow program on ingress and egress of both veth ends, one datapath per namespace; with
+ * `everything`, every feature too: handshake RTT, the smoothed-RTT and the drop programs.
+ */
+function attachBoth(topo: PairTopology, pinRoot: string, everything = false): FlowDatapath[] {
   const opened: FlowDatapath[] = [];
   try {
     for (const [ns, end] of [
@@ -73,6 +79,12 @@ function attachBoth(topo: PairTopology, pinRoot: string): FlowDatapath[] {
           pinRoot,
         }),
       );
+      if (everything) {
+        const dp = opened[opened.length - 1]!;
+        dp.setFeatures(FLOW_FEATURE_RTT);
+        dp.enableRttProbe();
+        dp.enableDrops();
+      }
     }
     return opened;
   } catch (err) {
@@ -104,11 +116,16 @@ export default async function tcThroughputBench(ctx: BenchContext): Promise<void
     stopServer = await startServer(topo);
     const without: number[] = [];
     const withProgram: number[] = [];
+    const withAll: number[] = [];
     let segments = 0;
     for (let r = 0; r < rounds; r++) {
       without.push(await runClient(topo, seconds));
       attached.push(...attachBoth(topo, pinRoot));
       withProgram.push(await runClient(topo, seconds));
+      segments += countedSegments(attached);
+      for (const dp of attached.splice(0)) dp.close();
+      attached.push(...attachBoth(topo, pinRoot, true));
+      withAll.push(await runClient(topo, seconds));
       segments += countedSegments(attached);
       for (const dp of attached.splice(0)) dp.close();
     }
@@ -136,6 +153,13 @@ export default async function tcThroughputBench(ctx: BenchContext): Promise<void
     });
     // Each 'with' run against the 'without' run just before it: drift between rounds (other work
     // on the machine) cancels out of each pair.
+    ctx.report({
+      name: 'tc.tcp_throughput_all_features_ratio',
+      value: median(withAll) / median(without),
+      unit: 'with/without',
+      target: { value: TARGET_ALL_ON_RATIO, better: 'higher' },
+      note: `flows, handshake RTT, tcp_probe and kfree_skb programs; runs ${withAll.map((v) => v.toFixed(2)).join(' ')}`,
+    });
     const paired = withProgram.map((w, i) => w / without[i]!);
     ctx.report({
       name: 'tc.tcp_throughput_ratio_paired',

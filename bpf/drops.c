@@ -20,72 +20,13 @@
 #include <bpf/bpf_core_read.h>
 
 #include "flow.h"
+#include "flow_maps.h"
 #include "drops.h"
+#include "kernel.h"
 #include "parse.h"
 
 #define SKB_CONSUMED 1
 #define MAC_HEADER_UNSET 0xffff
-
-struct ns_common___rxflow {
-	unsigned int inum;
-} __attribute__((preserve_access_index));
-
-struct net___rxflow {
-	struct ns_common___rxflow ns;
-} __attribute__((preserve_access_index));
-
-struct net_device___rxflow {
-	int ifindex;
-	struct {
-		struct net___rxflow *net;
-	} nd_net;
-} __attribute__((preserve_access_index));
-
-struct sock_common___rxflow {
-	volatile unsigned char skc_state;
-} __attribute__((preserve_access_index));
-
-struct sock___rxflow {
-	struct sock_common___rxflow __sk_common;
-} __attribute__((preserve_access_index));
-
-struct sk_buff___rxflow {
-	struct net_device___rxflow *dev;
-	struct sock___rxflow *sk;
-	unsigned int len;
-	__be16 protocol;
-	__u16 network_header;
-	__u16 mac_header;
-	unsigned char *head;
-	unsigned char *data;
-	/* The tag the kernel took out of the frame (802.1Q acceleration); since Linux 6.2 a tag is
-	 * there when vlan_proto is not 0. */
-	__be16 vlan_proto;
-	__u16 vlan_tci;
-} __attribute__((preserve_access_index));
-
-/* Before Linux 6.2, a bit told whether vlan_tci holds a tag. */
-struct sk_buff___rxflow_vlan_present {
-	__u8 vlan_present : 1;
-} __attribute__((preserve_access_index));
-
-/* The flow object's definitions, so libbpf accepts its maps as ours (userspace reuses the fd of
- * the flow object's flow_maps: no second map is created). */
-struct flow_map_def {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct flow_key);
-	/* A size, not the type: nothing here uses struct flow_value, so its BTF would be a bare
-	 * forward declaration libbpf cannot size. */
-	__uint(value_size, sizeof(struct flow_value));
-	__uint(max_entries, 65536);
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__type(key, __u32);
-	__uint(max_entries, 1);
-	__array(values, struct flow_map_def);
-} flow_maps SEC(".maps");
 
 /* Double-buffered as the flow maps (see bpf/flow.c): the program updates entries in place, so
  * userspace only drains the map slot 0 of drop_maps no longer names. */

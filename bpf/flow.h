@@ -91,7 +91,7 @@ struct flow_value {
 	/* IP octets, IP header and payload (IPFIX octetDeltaCount): of the inner IP packet for a
 	 * VXLAN/GENEVE flow, 0 for a layer-2 flow. */
 	__u64 ip_bytes;
-	__u64 first_seen_ns; /* bpf_ktime_get_ns() */
+	__u64 first_seen_ns; /* bpf_ktime_get_coarse_ns(): CLOCK_MONOTONIC to the last timer tick */
 	__u64 last_seen_ns;
 	__u64 cookie;        /* GENEVE: first 8 bytes of the options, as they appear on the wire */
 	__u8 outer_src_ip[16];
@@ -104,6 +104,17 @@ struct flow_value {
 	__u8 src_mac[6];     /* outermost Ethernet header, as the interface saw the frame */
 	__u8 dst_mac[6];
 	__u32 sampling;      /* 1-in-N sampling in force when this CPU first counted the flow; 0 or 1: none */
+	/* FLOW_FEATURE_RTT: the TCP handshake round trip in microseconds, 0 when none was measured.
+	 * It sits on the ingress flow of the packet that completed the measurement: the SYN-ACK on
+	 * the client side (SYN sent -> SYN-ACK received), the handshake's ACK on the server side
+	 * (SYN-ACK sent -> ACK received), each matched by its acknowledgment number. */
+	__u32 handshake_rtt_us;
+	/* The kernel's smoothed RTT of the flow's socket (tcp_sock srtt_us >> 3) as tcp_probe samples
+	 * it on received segments, in microseconds: the smallest and the latest this CPU saw, 0 when
+	 * none (bpf/rtt.c writes them, on the ingress flow of the sampled segment). */
+	__u32 srtt_min_us;
+	__u32 srtt_us;
+	__u32 _pad1;
 };
 
 /* A single-packet flow the map could not take, submitted to the flow_events ring buffer. The
@@ -118,6 +129,18 @@ struct flow_event {
 /* Run-time settings, index 0 of the flow_config array map. */
 struct flow_config {
 	__u32 sampling;      /* 1-in-N; 0 or 1 counts every packet */
+	__u32 features;      /* FLOW_FEATURE_* */
+};
+
+/* Bits of flow_config.features: what the programs measure besides counting. Off, a feature costs
+ * the hit path one test of this word. */
+#define FLOW_FEATURE_RTT 1 /* TCP handshake RTT (flow_value.handshake_rtt_us) */
+
+/* A handshake packet sent (SYN or SYN-ACK, egress), waiting in flow_rtt_pending under the key of
+ * the ingress packet that answers it. */
+struct rtt_pending {
+	__u64 sent_ns;       /* bpf_ktime_get_ns() at the send */
+	__u32 ack;           /* acknowledgment number the answer carries: the sent sequence number + 1 */
 	__u32 _pad0;
 };
 

@@ -72,6 +72,19 @@ export interface ComponentContext {
   flush$?: Observable<void>;
   /** Where a firewall's session replication (nats_sessions) offers its status to other components. */
   replication?: ReplicationStatusBoard;
+  /**
+   * Sources: set by the pipeline when a sink downstream has `when_full: block`. While that sink's
+   * buffer is full, `ready()` returns a promise that resolves once it has room; a source that can
+   * wait (a file read, a consumer fetch) awaits it before it emits its next batch.
+   */
+  hold?: SourceHold;
+  /**
+   * Sinks: true when the pipeline reads the sink's input through the buffer it keeps in front of
+   * the sink (src/sinks/buffer.ts), which counts what the sink is handed and applies
+   * buffer_max_records and when_full. Unset, the sink puts the same buffer in front of itself
+   * (a sink built on its own, as tests do).
+   */
+  bufferedByPipeline?: boolean;
 }
 
 /**
@@ -108,6 +121,19 @@ export interface ReplicationStatusBoard {
   reader(instance: string): ReplicationStatusReader | undefined;
 }
 
+/** What a source that can wait asks before each batch, when a sink downstream blocks upstream. */
+export interface SourceHold {
+  /** Undefined while every blocking sink downstream has room; else resolves once they have. */
+  ready(): Promise<void> | undefined;
+}
+
+/**
+ * What a sink's buffer does with a record that finds it full (buffer_max_records held): drop it
+ * (`drop_newest`), drop the oldest record still waiting to make room (`drop_oldest`), or keep it
+ * and hold the sources upstream until the sink has room (`block`).
+ */
+export type WhenFull = 'drop_newest' | 'drop_oldest' | 'block';
+
 /** A component's health, as it reports it. */
 export interface HealthReporter {
   /** The component cannot do its job right now; `reason` says why and what to do. */
@@ -126,6 +152,13 @@ export interface Sink {
    * within it: what is still held then is counted `shutdown` in the ledger.
    */
   close(timeoutMs?: number): Promise<void>;
+  /**
+   * Optional, for `when_full: drop_oldest`: drops up to `n` of the oldest records the sink holds
+   * that no write has taken yet, and returns how many it dropped (the buffer in front of the sink
+   * counts them `sink_buffer_full`). A sink without it gives nothing back: what does not fit is
+   * then the oldest of the arriving records.
+   */
+  evictOldest?(n: number): number;
 }
 
 interface ModuleBase<C> {
@@ -154,6 +187,14 @@ export interface TransformModule<C> extends ModuleBase<C> {
 
 export interface SinkModule<C> extends ModuleBase<C> {
   kind: 'sink';
+  /**
+   * True for a sink that holds records (a queue, writes in flight): the pipeline reads its input
+   * through the buffer it keeps in front of the sink (src/sinks/buffer.ts), configured by the
+   * sink's `buffer_max_records` and `when_full`, which counts what the sink is handed (the sink
+   * counts only what it writes or drops). A sink without it takes each batch as it comes and
+   * counts it itself (an aggregation such as top, a service such as nats_sessions).
+   */
+  buffered?: true;
   build(config: C, context: ComponentContext): Sink;
 }
 

@@ -45,6 +45,11 @@ export class StageCounters {
   sent = 0;
   merged = 0;
   readonly dropped = new Map<DropReason, number>();
+  /**
+   * Called after every count of records leaving the stage (sent or dropped): the pipeline's buffer
+   * in front of a sink learns from it that the sink has room again. One listener at most.
+   */
+  onLeft: (() => void) | undefined;
 
   constructor(
     readonly id: string,
@@ -57,6 +62,7 @@ export class StageCounters {
 
   addSent(n: number): void {
     this.sent += n;
+    if (this.onLeft !== undefined) this.onLeft();
   }
 
   /** Records absorbed into another record (aggregation), so they leave the stage without being sent. */
@@ -67,6 +73,12 @@ export class StageCounters {
   addDropped(reason: DropReason, n: number): void {
     if (n === 0) return;
     this.dropped.set(reason, (this.dropped.get(reason) ?? 0) + n);
+    if (this.onLeft !== undefined) this.onLeft();
+  }
+
+  /** received - sent - dropped - merged: what the stage holds right now. */
+  held(): number {
+    return this.received - this.sent - this.droppedTotal() - this.merged;
   }
 
   droppedTotal(): number {
@@ -82,7 +94,7 @@ export class StageCounters {
       received: this.received,
       sent: this.sent,
       dropped: Object.fromEntries(this.dropped),
-      inFlight: this.received - this.sent - this.droppedTotal() - this.merged,
+      inFlight: this.held(),
     };
     if (this.merged !== 0) snapshot.merged = this.merged;
     return snapshot;

@@ -161,6 +161,18 @@ export interface FlowRecord {
   dropReason?: string;
   tcpState?: string;
   /**
+   * rxflow's own fields (IPFIX has no element for a round-trip time), microseconds, set by
+   * `ebpf_flows` with `rtt: true`. tcpHandshakeRttMicroseconds: the TCP handshake as the agent's
+   * interface saw it, on the ingress flow of the packet that completed it: SYN sent to SYN-ACK
+   * received on a client, SYN-ACK sent to ACK received on a server. tcpSmoothedRttMicroseconds and
+   * tcpSmoothedRttMinMicroseconds: the latest and the smallest smoothed RTT of the local socket
+   * (what `ss -ti` shows as rtt) the kernel's tcp_probe tracepoint reported during the interval,
+   * on the ingress flow of the segments it sampled.
+   */
+  tcpHandshakeRttMicroseconds?: number;
+  tcpSmoothedRttMicroseconds?: number;
+  tcpSmoothedRttMinMicroseconds?: number;
+  /**
    * rxflow's own field (IPFIX has no element for it; netobserv calls it the `Interfaces` /
    * `DupList` of a flow): every (interface, direction) the flow was seen on, when `dedupe` saw it
    * on more than one, the first one first, at most MAX_OBSERVED_INTERFACES.
@@ -415,6 +427,10 @@ function kindOf(name: string): number {
     case 'dropReason':
     case 'tcpState':
       return TEXT;
+    case 'tcpHandshakeRttMicroseconds':
+    case 'tcpSmoothedRttMicroseconds':
+    case 'tcpSmoothedRttMinMicroseconds':
+      return U32;
     case 'droppedPacketDeltaCount':
     case 'droppedOctetDeltaCount':
     case 'octetTotalCount':

@@ -1,6 +1,6 @@
 /**
  * Struct layouts shared with the kernel (offsets and sizes by C member name) and the little
- * readers the decoders of flow-types.ts and firewall/types.ts both use. The layouts are held
+ * readers the decoders of flow/types.ts and firewall/types.ts both use. The layouts are held
  * against the objects' BTF by the *-btf kernel tests.
  */
 import { endianness } from 'node:os';

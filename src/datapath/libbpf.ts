@@ -30,6 +30,8 @@ export interface Libbpf {
   bpf_program__set_log_buf(prog: Ptr, buf: Ptr | null, size: number): number;
   bpf_program__set_log_level(prog: Ptr, level: number): number;
   bpf_program__set_attach_target(prog: Ptr, attachProgFd: number, attachFuncName: string | null): number;
+  bpf_program__set_type(prog: Ptr, type: number): number;
+  bpf_program__set_autoload(prog: Ptr, autoload: boolean): number;
   // maps
   bpf_map__name(map: Ptr): string;
   bpf_map__fd(map: Ptr): number;
@@ -274,6 +276,8 @@ function bind(): Bound {
       'int bpf_program__set_attach_target(void *prog, int attach_prog_fd, const char *attach_func_name)',
     ),
     bpf_program__set_log_level: f('int bpf_program__set_log_level(void *prog, uint32_t level)'),
+    bpf_program__set_type: f('int bpf_program__set_type(void *prog, int type)'),
+    bpf_program__set_autoload: f('int bpf_program__set_autoload(void *prog, bool autoload)'),
     bpf_map__name: f('const char *bpf_map__name(void *map)'),
     bpf_map__fd: f('int bpf_map__fd(void *map)'),
     bpf_map__type: f('int bpf_map__type(void *map)'),

@@ -159,6 +159,50 @@ export class ObjectSpec {
   }
 
   /**
+   * Sets the program type of `program` (bpf_program__set_type): for an object whose section names
+   * libbpf does not map to a type, such as the legacy `classifier/...` of TC programs.
+   */
+  setProgramType(program: string, type: number): this {
+    const p = this.#program(program, 'set program type of');
+    const r = libbpf().bpf_program__set_type(p, type);
+    if (r < 0)
+      throw syscallFailure(`set program type of ${program} in ${this.path}`, 'bpf_program__set_type', r);
+    return this;
+  }
+
+  /** Whether load() loads `program` (bpf_program__set_autoload); a program left out is never verified. */
+  setAutoload(program: string, autoload: boolean): this {
+    const p = this.#program(program, 'set autoload of');
+    const r = libbpf().bpf_program__set_autoload(p, autoload);
+    if (r < 0)
+      throw syscallFailure(`set autoload of ${program} in ${this.path}`, 'bpf_program__set_autoload', r);
+    return this;
+  }
+
+  /** Pins none of the object's maps, whatever pinning their definitions ask for. */
+  clearPinPaths(): this {
+    const obj = this.#live('clear pin paths of');
+    const bpf = libbpf();
+    for (let m = bpf.bpf_object__next_map(obj, null); m !== null; m = bpf.bpf_object__next_map(obj, m)) {
+      const r = bpf.bpf_map__set_pin_path(m, null);
+      if (r < 0)
+        throw syscallFailure(
+          `clear pin path of map ${bpf.bpf_map__name(m)} in ${this.path}`,
+          'bpf_map__set_pin_path',
+          r,
+        );
+    }
+    return this;
+  }
+
+  #program(name: string, op: string): Ptr {
+    const obj = this.#live(op);
+    const p = libbpf().bpf_object__find_program_by_name(obj, name);
+    if (p === null) throw notFound(this.path, 'program', name, this.programNames());
+    return p;
+  }
+
+  /**
    * Creates the maps (or reuses pinned ones), loads every program, and hands the object over to
    * the returned Collection: the spec cannot be loaded twice.
    */

@@ -1,4 +1,5 @@
 import { isIPv4, isIPv6 } from 'node:net';
+import { SESSION_KEY, decodeSessionKey } from '../datapath/firewall/types.js';
 import type { ClockTranslator } from './clock.js';
 import { HaError } from './errors.js';
 import type {
@@ -55,6 +56,30 @@ export function sessionKvKey(key: SessionKey): string {
   return `s.${proto}.${keyAddress(key.srcAddr)}_${key.srcPort}.${keyAddress(key.dstAddr)}_${key.dstPort}.${key.vni}`;
 }
 
+const K = SESSION_KEY.fields;
+
+function mappedV4(bytes: Uint8Array, at: number): boolean {
+  for (let i = 0; i < 10; i++) if (bytes[at + i] !== 0) return false;
+  return bytes[at + 10] === 0xff && bytes[at + 11] === 0xff;
+}
+
+/**
+ * sessionKvKey of a key as the kernel map holds it (SESSION_KEY.size bytes at `offset`): an IPv4
+ * key is written straight from its bytes, without decoding it first; an IPv6 one is decoded.
+ */
+export function sessionKvKeyOfBytes(bytes: Uint8Array, offset: number): string {
+  const src = offset + K.src_ip.offset;
+  const dst = offset + K.dst_ip.offset;
+  if (!mappedV4(bytes, src) || !mappedV4(bytes, dst)) return sessionKvKey(decodeSessionKey(bytes, offset));
+  const protocol = bytes[offset + K.protocol.offset]!;
+  const proto = PROTOCOL_NAMES[protocol] ?? String(protocol);
+  const sp = offset + K.src_port.offset;
+  const dp = offset + K.dst_port.offset;
+  const v = offset + K.vni.offset;
+  const vni = (bytes[v]! | (bytes[v + 1]! << 8) | (bytes[v + 2]! << 16) | (bytes[v + 3]! << 24)) >>> 0;
+  return `s.${proto}.${bytes[src + 12]}-${bytes[src + 13]}-${bytes[src + 14]}-${bytes[src + 15]}_${bytes[sp]! | (bytes[sp + 1]! << 8)}.${bytes[dst + 12]}-${bytes[dst + 13]}-${bytes[dst + 14]}-${bytes[dst + 15]}_${bytes[dp]! | (bytes[dp + 1]! << 8)}.${vni}`;
+}
+
 const KEY_RE = /^s\.([a-z0-9]+)\.([-0-9a-f]+)_(\d{1,5})\.([-0-9a-f]+)_(\d{1,5})\.(\d{1,8})$/;
 
 /** The session key of a KV key written by {@link sessionKvKey}. */
@@ -90,13 +115,7 @@ export function parseSessionKvKey(kvKey: string): SessionKey {
 }
 
 /** The session as stored in a KV value: times are wall-clock milliseconds. */
-export interface WireSession {
-  protocol: number;
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  vni: number;
+export interface WireSession extends SessionKey {
   tunnel: SessionTunnel;
   verdict: SessionVerdict;
   tcpState: TcpState;
@@ -114,6 +133,14 @@ export interface SessionRecord {
 }
 
 const decoder = new TextDecoder();
+
+type Ifnames = Pick<WireSession, 'ingressIfname' | 'redirectIfname'>;
+
+/** The interface names a session and its wire form carry when the node that saw it knew them. */
+function copyIfnames(from: Ifnames, to: Ifnames): void {
+  if (from.ingressIfname !== undefined) to.ingressIfname = from.ingressIfname;
+  if (from.redirectIfname !== undefined) to.redirectIfname = from.redirectIfname;
+}
 
 /** The wire form of a session, converting its monotonic times with `clock`. */
 export function toWire(session: ReplicatedSession, clock: ClockTranslator): WireSession {
@@ -143,8 +170,7 @@ export function toWire(session: ReplicatedSession, clock: ClockTranslator): Wire
     createdMs: clock.toWallMs(session.createdNs),
     lastSeenMs: clock.toWallMs(session.lastSeenNs),
   };
-  if (session.ingressIfname !== undefined) wire.ingressIfname = session.ingressIfname;
-  if (session.redirectIfname !== undefined) wire.redirectIfname = session.redirectIfname;
+  copyIfnames(session, wire);
   return wire;
 }
 
@@ -159,15 +185,14 @@ export function fromWire(wire: WireSession, clock: ClockTranslator): ReplicatedS
       dstPort: wire.dstPort,
       vni: wire.vni,
     },
+    createdNs: clock.toMonotonicNs(wire.createdMs),
+    lastSeenNs: clock.toMonotonicNs(wire.lastSeenMs),
     tunnel: { ...wire.tunnel },
     verdict: { ...wire.verdict },
     tcpState: wire.tcpState,
     tcpFlags: wire.tcpFlags,
-    createdNs: clock.toMonotonicNs(wire.createdMs),
-    lastSeenNs: clock.toMonotonicNs(wire.lastSeenMs),
   };
-  if (wire.ingressIfname !== undefined) session.ingressIfname = wire.ingressIfname;
-  if (wire.redirectIfname !== undefined) session.redirectIfname = wire.redirectIfname;
+  copyIfnames(wire, session);
   return session;
 }
 

@@ -13,6 +13,7 @@ import { RxflowError } from '../errors.js';
  * - ELOAD: sessions could not be loaded into the kernel on boot
  * - ECLOSED: the replicator or bucket was closed
  * - EREADY: the readiness file or endpoint cannot be set up
+ * - EFIREWALL: the kernel firewall whose sessions a node replicates cannot be opened
  */
 export class HaError extends RxflowError {
   override readonly name = 'HaError';

@@ -1,15 +1,9 @@
 import { ClockTranslator } from './clock.js';
-import { decodeSessionValue, isSessionRecord, sessionKvKey, toWire, wireFingerprint } from './codec.js';
+import { sessionKvKey } from './codec.js';
+import { kvViewOf, localViews } from './full-sync.js';
 import type { SessionKv } from './kv.js';
 import type { SessionStore } from './session.js';
-import {
-  compare,
-  planSync,
-  type KvView,
-  type ReplicationCounts,
-  type SyncView,
-  type UnreadableKvView,
-} from './sync.js';
+import { compare, planSync, type KvView, type ReplicationCounts, type UnreadableKvView } from './sync.js';
 
 export interface Inspection {
   counts: ReplicationCounts;
@@ -28,18 +22,37 @@ export async function inspectReplication(
   nodeId: string,
   toleranceMs = 1000,
 ): Promise<Inspection> {
+  return inspectAgainst(store, await readKvViews(kv), nodeId, toleranceMs);
+}
+
+/** The bucket as the sync compares it: one snapshot, every value decoded to its view. */
+export async function readKvViews(
+  kv: Pick<SessionKv, 'snapshot'>,
+): Promise<Map<string, KvView | UnreadableKvView>> {
   const { records } = await kv.snapshot();
   const kvViews = new Map<string, KvView | UnreadableKvView>();
-  for (const r of records) {
-    const d = decodeSessionValue(r.value);
-    kvViews.set(
-      r.key,
-      isSessionRecord(d)
-        ? { node: d.node, lastSeenMs: d.session.lastSeenMs, fingerprint: wireFingerprint(d.session) }
-        : { unreadable: true, newer: d.newer },
-    );
-  }
-  return inspectAgainst(store, kvViews, nodeId, toleranceMs);
+  for (const r of records) kvViews.set(r.key, kvViewOf(r.value));
+  return kvViews;
+}
+
+/** The KV keys of the store's sessions: from its keys alone when it can tell them. */
+export function localKvKeys(store: SessionStore): ReadonlySet<string> {
+  if (store.kvKeys !== undefined) return store.kvKeys();
+  const out = new Set<string>();
+  for (const s of store.list()) out.add(sessionKvKey(s.key));
+  return out;
+}
+
+/**
+ * The counts of the comparison alone, what the live status shows: they depend on the keys only,
+ * so no session is decoded and no fingerprint made.
+ */
+export function countAgainst(
+  store: SessionStore,
+  kvViews: ReadonlyMap<string, KvView | UnreadableKvView>,
+  nodeId: string,
+): ReplicationCounts {
+  return compare(nodeId, localKvKeys(store), kvViews);
 }
 
 /**
@@ -53,12 +66,7 @@ export function inspectAgainst(
   nodeId: string,
   toleranceMs = 1000,
 ): Inspection {
-  const clock = new ClockTranslator();
-  const local = new Map<string, SyncView>();
-  for (const s of store.list()) {
-    const wire = toWire(s, clock);
-    local.set(sessionKvKey(s.key), { lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) });
-  }
+  const local = localViews(store.list(), new ClockTranslator());
   const plan = planSync({ nodeId, local, kv: kvViews, toleranceMs });
   return {
     counts: compare(nodeId, local, kvViews),

@@ -1,4 +1,4 @@
-import { inspectAgainst, inspectReplication } from './inspect.js';
+import { countAgainst, readKvViews } from './inspect.js';
 import type { NatsConnection } from 'nats';
 import type { StageCounters } from '../ledger.js';
 import { silentLogger, type Logger } from '../logger.js';
@@ -167,7 +167,8 @@ export class SessionReplication {
   }
 
   /**
-   * The status now, what /status serves: the kernel map (one batch read) compared with the bucket
+   * The status now, what /status serves: the kernel map's keys (one batch read, matched as bytes, no
+   * session decoded) compared with the bucket
    * as a full sync compares them, without writing anything, and the replication lag taken at that
    * moment. While the watch of the bucket is active, the bucket is what this node knows it holds
    * (the last sync's read, its acknowledged writes and every change the watch delivered since, so
@@ -178,18 +179,16 @@ export class SessionReplication {
     const base = this.describe();
     const started = performance.now();
     const nodeId = this.options.replicator.nodeId;
-    const tolerance = this.options.replicator.toleranceMs;
     let compareError: string | undefined;
     if (this.kv.connected) {
       try {
         const watching = this.watch?.status().active === true;
-        const inspection = watching
-          ? inspectAgainst(this.store, this.replicator.knownViews(), nodeId, tolerance)
-          : await inspectReplication(this.store, this.kv, nodeId, tolerance);
+        const views = watching ? this.replicator.knownViews() : await readKvViews(this.kv);
+        const counts = countAgainst(this.store, views, nodeId);
         return {
           ...this.replicator.status(),
           ...base,
-          counts: inspection.counts,
+          counts,
           comparedAtMs: Date.now(),
           compareMs: Math.round(performance.now() - started),
           compareSource: watching ? 'watch' : 'bucket',

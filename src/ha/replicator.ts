@@ -1,65 +1,27 @@
-import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs';
+import type { Subscription } from 'rxjs';
 import { OutageLog } from '../delivery/outage.js';
 import type { StageCounters } from '../ledger.js';
-import { silentLogger, type Logger } from '../logger.js';
-import { ClockTranslator } from './clock.js';
-import {
-  decodeSessionValue,
-  encodeSessionValue,
-  isSessionRecord,
-  sessionKvKey,
-  toWire,
-  wireFingerprint,
-  type SessionRecord,
-  type UndecodableValue,
-} from './codec.js';
+import { encodeSessionValue, sessionKvKey, toWire, wireFingerprint } from './codec.js';
+import { FullSync, kvViewOf, type SyncReport } from './full-sync.js';
 import { HaError, messageOf } from './errors.js';
+import { nodeRuntime, type NodeRuntime, type NodeRuntimeOptions } from './runtime.js';
 import type { SessionKv } from './kv.js';
 import type { ReplicatedSession, SessionEventBatch, SessionEvents, SessionStore } from './session.js';
-import {
-  compare,
-  planSync,
-  type KvView,
-  type ReplicationCounts,
-  type SyncView,
-  type UnreadableKvView,
-} from './sync.js';
+import type { KvView, ReplicationCounts, UnreadableKvView } from './sync.js';
 
-export interface ReplicatorOptions {
-  /** Written into every value; decides which KV keys this node may delete. */
-  nodeId: string;
+export type { SyncReport };
+
+export interface ReplicatorOptions extends NodeRuntimeOptions {
   /** Updates of one session within this window become one write. Default 500. */
   coalesceMs?: number;
   /** Period of the full sync. Default 30000. */
   syncIntervalMs?: number;
   /** Writes in flight at once. Default 1024. */
   maxInFlight?: number;
-  /** A KV copy whose last-seen lags the local one by more than this is outdated. Default 1000. */
-  toleranceMs?: number;
-  /** Pause after a failed write before writing again. Default 1000. */
-  retryMs?: number;
   /** Delete other nodes' KV keys not local here and last seen longer ago than this. Off by default. */
   staleAfterMs?: number;
-  scheduler?: SchedulerLike;
-  logger?: Logger;
-  clock?: ClockTranslator;
   /** Events received, written (sent) and folded into another write (merged). */
   counters?: StageCounters;
-}
-
-/** What the last full sync found and did. */
-export interface SyncReport {
-  /** Wall-clock ms when the sync finished. */
-  atMs: number;
-  durationMs: number;
-  /** Local sessions against KV keys, after the repairs that were acknowledged. */
-  counts: ReplicationCounts;
-  /** The comparison before repairing. */
-  before: ReplicationCounts;
-  puts: number;
-  deletes: number;
-  /** Repairs not acknowledged when the sync ended (they stay queued). */
-  unsettled: number;
 }
 
 export interface ReplicationStatus {
@@ -105,8 +67,6 @@ const DEFAULTS = {
   coalesceMs: 500,
   syncIntervalMs: 30_000,
   maxInFlight: 1024,
-  toleranceMs: 1000,
-  retryMs: 1000,
 };
 
 /**
@@ -125,16 +85,11 @@ const DEFAULTS = {
  * Timers run on `scheduler`, so tests drive coalescing and syncs in virtual time.
  */
 export class Replicator {
-  private readonly nodeId: string;
+  private readonly rt: NodeRuntime;
   private readonly coalesceMs: number;
   private readonly syncIntervalMs: number;
   private readonly maxInFlight: number;
-  private readonly toleranceMs: number;
-  private readonly retryMs: number;
   private readonly staleAfterMs: number | undefined;
-  private readonly scheduler: SchedulerLike;
-  private readonly logger: Logger;
-  private readonly clock: ClockTranslator;
   private readonly counters: StageCounters | undefined;
 
   private readonly pending = new Map<string, Change>();
@@ -152,13 +107,12 @@ export class Replicator {
   private syncTimer: Subscription | undefined;
   /** What the bucket holds as far as this node knows: from syncs, the boot load and acknowledged writes. */
   private readonly known = new Map<string, KvView | UnreadableKvView>();
+  /** While a full sync reads the bucket: the keys changed since the read began, and how. */
+  private changedSinceRead: Map<string, KvView | UnreadableKvView | undefined> | undefined;
   private seq = 0;
   private waiters: Waiter[] = [];
   private subscriptions: Subscription[] = [];
-  private syncing: Promise<SyncReport | undefined> | undefined;
-  private syncAgain = false;
-  private lastSync: SyncReport | undefined;
-  private lastSyncError: string | undefined;
+  private readonly fullSync: FullSync;
   private puts = 0;
   private deletes = 0;
   private failedWrites = 0;
@@ -176,26 +130,55 @@ export class Replicator {
     private readonly kv: SessionKv,
     options: ReplicatorOptions,
   ) {
-    this.nodeId = options.nodeId;
+    this.rt = nodeRuntime(options);
+    this.outage = new OutageLog({
+      logger: this.rt.logger,
+      scheduler: this.rt.scheduler,
+      recovered: 'replicator: writing to KV again',
+    });
     this.coalesceMs = options.coalesceMs ?? DEFAULTS.coalesceMs;
     this.syncIntervalMs = options.syncIntervalMs ?? DEFAULTS.syncIntervalMs;
     this.maxInFlight = options.maxInFlight ?? DEFAULTS.maxInFlight;
-    this.toleranceMs = options.toleranceMs ?? DEFAULTS.toleranceMs;
-    this.retryMs = options.retryMs ?? DEFAULTS.retryMs;
     this.staleAfterMs = options.staleAfterMs;
-    this.scheduler = options.scheduler ?? asyncScheduler;
-    this.logger = options.logger ?? silentLogger();
-    this.outage = new OutageLog({
-      logger: this.logger,
-      scheduler: this.scheduler,
-      recovered: 'replicator: writing to KV again',
-    });
-    this.clock = options.clock ?? new ClockTranslator();
     this.counters = options.counters;
     if (!(this.maxInFlight >= 1))
       throw new HaError('EBADCONFIG', `replicator: max_in_flight must be at least 1`);
     if (!(this.syncIntervalMs > 0))
       throw new HaError('EBADCONFIG', `replicator: sync_interval_ms must be above 0`);
+    this.fullSync = new FullSync(
+      store,
+      kv,
+      {
+        isClosed: () => this.closed,
+        busy: (key) => this.pending.has(key) || this.inFlight.has(key),
+        reading: () => {
+          this.changedSinceRead = new Map();
+        },
+        readFailed: () => {
+          this.changedSinceRead = undefined;
+        },
+        replaceKnown: (views) => {
+          // Writes acknowledged and changes watched while the bucket was read are newer than
+          // what the read returned.
+          const since = this.changedSinceRead ?? new Map<string, KvView | UnreadableKvView | undefined>();
+          this.changedSinceRead = undefined;
+          this.known.clear();
+          for (const [k, v] of views) this.known.set(k, v);
+          for (const [k, v] of since) this.setKnown(k, v);
+        },
+        knownView: (key) => this.known.get(key),
+        repair: (puts, deletes) => this.repair(puts, deletes),
+      },
+      {
+        nodeId: this.rt.nodeId,
+        toleranceMs: this.rt.toleranceMs,
+        syncIntervalMs: this.syncIntervalMs,
+        staleAfterMs: this.staleAfterMs,
+        scheduler: this.rt.scheduler,
+        logger: this.rt.logger,
+        clock: this.rt.clock,
+      },
+    );
   }
 
   /**
@@ -217,7 +200,7 @@ export class Replicator {
       events.subscribe({
         next: (batch) => this.handle(batch),
         error: (err: unknown) =>
-          this.logger.error({ err }, 'replicator: the session events failed; only syncs repair KV now'),
+          this.rt.logger.error({ err }, 'replicator: the session events failed; only syncs repair KV now'),
       }),
       this.kv.connection$.subscribe((change) => {
         if (change === 'up') {
@@ -255,24 +238,12 @@ export class Replicator {
 
   /** Runs a full sync now (or joins the one running) and resolves with its report. */
   sync(): Promise<SyncReport | undefined> {
-    if (this.closed) return Promise.resolve(undefined);
-    if (this.syncing !== undefined) {
-      this.syncAgain = true;
-      return this.syncing;
-    }
-    this.syncing = this.runSync().finally(() => {
-      this.syncing = undefined;
-      if (this.syncAgain && !this.closed) {
-        this.syncAgain = false;
-        void this.sync();
-      }
-    });
-    return this.syncing;
+    return this.fullSync.run();
   }
 
   /** Writes every change held now, coalescing ones included; resolves when all are acknowledged. */
   flush(): Promise<void> {
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     for (const change of this.pending.values()) {
       if (change.due > now) {
         change.due = now;
@@ -297,7 +268,7 @@ export class Replicator {
     this.syncTimer?.unsubscribe();
     let timer: Subscription | undefined;
     const late = new Promise<'late'>((resolve) => {
-      timer = this.scheduler.schedule(() => resolve('late'), timeoutMs);
+      timer = this.rt.scheduler.schedule(() => resolve('late'), timeoutMs);
     });
     const outcome = await Promise.race([this.flush().then(() => 'done' as const), late]);
     timer?.unsubscribe();
@@ -308,7 +279,7 @@ export class Replicator {
       let events = 0;
       for (const c of this.outstanding.values()) events += c.events;
       this.counters?.addDropped('shutdown', events);
-      this.logger.warn(
+      this.rt.logger.warn(
         { unwritten: this.outstanding.size, timeout_ms: timeoutMs },
         'replicator: closed with session changes not written to KV',
       );
@@ -320,11 +291,11 @@ export class Replicator {
 
   status(): ReplicationStatus {
     return {
-      nodeId: this.nodeId,
+      nodeId: this.rt.nodeId,
       connected: this.kv.connected,
-      counts: this.lastSync?.counts,
-      lastSync: this.lastSync,
-      lastSyncError: this.lastSyncError,
+      counts: this.fullSync.lastSync?.counts,
+      lastSync: this.fullSync.lastSync,
+      lastSyncError: this.fullSync.lastSyncError,
       pending: this.outstanding.size,
       inFlight: this.inFlight.size,
       lagMs: this.lagMs(),
@@ -337,7 +308,7 @@ export class Replicator {
   /** Age of the oldest change not yet acknowledged, ms. */
   lagMs(): number {
     const first = this.outstanding.values().next();
-    return first.done === true ? 0 : this.scheduler.now() - first.value.since;
+    return first.done === true ? 0 : this.rt.scheduler.now() - first.value.since;
   }
 
   // ------------------------------------------------------------------------------------------
@@ -393,8 +364,7 @@ export class Replicator {
    * older state back.
    */
   remoteChanged(key: string, view: KvView | UnreadableKvView | undefined, replacedLocal: boolean): void {
-    if (view === undefined) this.known.delete(key);
-    else this.known.set(key, view);
+    this.setKnown(key, view);
     if (!replacedLocal || this.inFlight.has(key)) return;
     const change = this.pending.get(key);
     if (change === undefined) return;
@@ -408,13 +378,21 @@ export class Replicator {
   // ------------------------------------------------------------------------------------------
   // Changes
 
+  /** The bucket now holds `view` for `key` (undefined: nothing). */
+  private setKnown(key: string, view: KvView | UnreadableKvView | undefined): void {
+    if (view === undefined) this.known.delete(key);
+    else this.known.set(key, view);
+    this.changedSinceRead?.set(key, view);
+  }
+
   private unchanged(key: string, session: ReplicatedSession): boolean {
     if (this.pending.has(key) || this.inFlight.has(key)) return false;
     const k = this.known.get(key);
     if (k === undefined || 'unreadable' in k) return false;
-    const wire = toWire(session, this.clock);
+    const wire = toWire(session, this.rt.clock);
     return (
-      k.fingerprint === wireFingerprint(wire) && Math.abs(k.lastSeenMs - wire.lastSeenMs) <= this.toleranceMs
+      k.fingerprint === wireFingerprint(wire) &&
+      Math.abs(k.lastSeenMs - wire.lastSeenMs) <= this.rt.toleranceMs
     );
   }
 
@@ -422,7 +400,7 @@ export class Replicator {
   private foreign(key: string): boolean {
     if (this.pending.has(key) || this.inFlight.has(key)) return false;
     const k = this.known.get(key);
-    return k !== undefined && !('unreadable' in k) && k.node !== this.nodeId;
+    return k !== undefined && !('unreadable' in k) && k.node !== this.rt.nodeId;
   }
 
   private enqueue(
@@ -432,7 +410,7 @@ export class Replicator {
     immediate: boolean,
     events: number,
   ): void {
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     const existing = this.pending.get(key);
     if (existing !== undefined) {
       existing.op = op;
@@ -467,7 +445,7 @@ export class Replicator {
     if (this.coalesceTimer !== undefined || this.closed) return;
     const head = this.coalescing[this.coalescingHead];
     if (head === undefined) return;
-    this.coalesceTimer = this.scheduler.schedule(
+    this.coalesceTimer = this.rt.scheduler.schedule(
       () => {
         this.coalesceTimer = undefined;
         this.releaseCoalesced();
@@ -477,7 +455,7 @@ export class Replicator {
   }
 
   private releaseCoalesced(): void {
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     while (this.coalescingHead < this.coalescing.length) {
       const head = this.coalescing[this.coalescingHead]!;
       if (head.due > now) break;
@@ -512,7 +490,7 @@ export class Replicator {
         if (this.closed && this.waiters.length === 0) return;
         for (const key of this.ready) {
           // Checked per write: a write failing inside send() pauses the rest.
-          if (!this.kv.connected || this.scheduler.now() < this.pausedUntil) return;
+          if (!this.kv.connected || this.rt.scheduler.now() < this.pausedUntil) return;
           if (this.inFlight.size >= this.maxInFlight) break;
           this.ready.delete(key);
           const change = this.pending.get(key);
@@ -534,9 +512,9 @@ export class Replicator {
     const done = (err?: Error, revision?: number): void => this.settle(change, view, err, revision);
     try {
       if (change.op === 'put') {
-        const wire = toWire(change.session!, this.clock);
-        view = { node: this.nodeId, lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) };
-        this.kv.put(change.key, encodeSessionValue(wire, this.nodeId), done);
+        const wire = toWire(change.session!, this.rt.clock);
+        view = { node: this.rt.nodeId, lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) };
+        this.kv.put(change.key, encodeSessionValue(wire, this.rt.nodeId), done);
       } else {
         this.kv.delete(change.key, done);
       }
@@ -552,7 +530,7 @@ export class Replicator {
     revision: number | undefined,
   ): void {
     this.inFlight.delete(change.key);
-    const now = this.scheduler.now();
+    const now = this.rt.scheduler.now();
     if (err === undefined) {
       this.outstanding.delete(change.seq);
       if (this.ownRevisions !== undefined && revision !== undefined) {
@@ -560,10 +538,10 @@ export class Replicator {
       }
       if (change.op === 'put') {
         this.puts++;
-        this.known.set(change.key, view!);
+        this.setKnown(change.key, view);
       } else {
         this.deletes++;
-        this.known.delete(change.key);
+        this.setKnown(change.key, undefined);
       }
       if (change.events > 0) {
         this.counters?.addSent(1);
@@ -598,12 +576,12 @@ export class Replicator {
   }
 
   private pauseForRetry(now: number): void {
-    this.pausedUntil = now + this.retryMs;
+    this.pausedUntil = now + this.rt.retryMs;
     if (this.retryTimer !== undefined || this.closed) return;
-    this.retryTimer = this.scheduler.schedule(() => {
+    this.retryTimer = this.rt.scheduler.schedule(() => {
       this.retryTimer = undefined;
       this.pump();
-    }, this.retryMs);
+    }, this.rt.retryMs);
   }
 
   private failing(err: unknown): void {
@@ -640,128 +618,20 @@ export class Replicator {
   // ------------------------------------------------------------------------------------------
   // Full sync
 
+  /** A full sync's repairs, written at once; resolves when they (and every older change) settled. */
+  private repair(puts: readonly [string, ReplicatedSession][], deletes: readonly string[]): Promise<void> {
+    for (const [key, session] of puts) this.enqueue(key, 'put', session, true, 0);
+    for (const key of deletes) this.enqueue(key, 'delete', undefined, true, 0);
+    const target = this.seq;
+    this.pump();
+    return puts.length + deletes.length === 0 ? Promise.resolve() : this.settledUpTo(target);
+  }
+
   private armSyncTimer(): void {
-    this.syncTimer = this.scheduler.schedule(() => {
+    this.syncTimer = this.rt.scheduler.schedule(() => {
       if (this.closed || this.subscriptions.length === 0) return;
       void this.sync();
       this.armSyncTimer();
     }, this.syncIntervalMs);
   }
-
-  private async runSync(): Promise<SyncReport | undefined> {
-    if (!this.kv.connected) {
-      // The reconnect runs a sync.
-      this.lastSyncError = 'not connected to nats';
-      return undefined;
-    }
-    const startedAt = this.scheduler.now();
-    let records;
-    try {
-      ({ records } = await this.kv.snapshot());
-    } catch (err) {
-      this.lastSyncError = messageOf(err);
-      this.logger.warn(
-        { err: this.lastSyncError },
-        'replicator: full sync could not read the bucket; trying again later',
-      );
-      return undefined;
-    }
-    if (this.closed) return undefined;
-    const kvViews = new Map<string, KvView | UnreadableKvView>();
-    for (const r of records) kvViews.set(r.key, kvViewOf(r.value));
-    this.known.clear();
-    for (const [k, v] of kvViews) this.known.set(k, v);
-
-    this.clock.resample();
-    let sessions: ReplicatedSession[];
-    try {
-      sessions = this.store.list();
-    } catch (err) {
-      this.lastSyncError = messageOf(err);
-      this.logger.warn(
-        { err: this.lastSyncError },
-        'replicator: full sync could not list the kernel sessions',
-      );
-      return undefined;
-    }
-    const local = new Map<string, SyncView>();
-    const byKey = new Map<string, ReplicatedSession>();
-    for (const s of sessions) {
-      const key = sessionKvKey(s.key);
-      const wire = toWire(s, this.clock);
-      local.set(key, { lastSeenMs: wire.lastSeenMs, fingerprint: wireFingerprint(wire) });
-      byKey.set(key, s);
-    }
-    const busy = { has: (k: string) => this.pending.has(k) || this.inFlight.has(k) };
-    const plan = planSync({
-      nodeId: this.nodeId,
-      local,
-      kv: kvViews,
-      toleranceMs: this.toleranceMs,
-      skip: busy,
-      staleBeforeMs:
-        this.staleAfterMs === undefined
-          ? undefined
-          : this.clock.toWallMs(this.clock.monotonicNowNs()) - this.staleAfterMs,
-    });
-    for (const key of plan.puts) this.enqueue(key, 'put', byKey.get(key), true, 0);
-    for (const key of plan.deletes) this.enqueue(key, 'delete', undefined, true, 0);
-    const target = this.seq;
-    this.pump();
-    if (plan.puts.length + plan.deletes.length > 0) {
-      let timer: Subscription | undefined;
-      const late = new Promise<void>(
-        (resolve) => (timer = this.scheduler.schedule(() => resolve(), this.syncIntervalMs)),
-      );
-      await Promise.race([this.settledUpTo(target), late]);
-      timer?.unsubscribe();
-    }
-    let unsettled = 0;
-    const after = new Map(kvViews);
-    for (const key of plan.puts) {
-      if (busy.has(key)) unsettled++;
-      else after.set(key, this.known.get(key) ?? { node: this.nodeId, lastSeenMs: 0, fingerprint: '' });
-    }
-    for (const key of plan.deletes) {
-      if (busy.has(key)) unsettled++;
-      else after.delete(key);
-    }
-    const report: SyncReport = {
-      atMs: Date.now(),
-      durationMs: this.scheduler.now() - startedAt,
-      counts: compare(this.nodeId, local, after),
-      before: plan.before,
-      puts: plan.puts.length,
-      deletes: plan.deletes.length,
-      unsettled,
-    };
-    this.lastSync = report;
-    this.lastSyncError = undefined;
-    const drift = plan.puts.length + plan.deletes.length;
-    this.logger[drift > 0 ? 'info' : 'debug'](
-      {
-        puts: report.puts,
-        deletes: report.deletes,
-        unsettled,
-        ...report.counts,
-        duration_ms: report.durationMs,
-      },
-      'replicator: full sync',
-    );
-    return report;
-  }
-}
-
-function kvViewOf(value: Uint8Array): KvView | UnreadableKvView {
-  return kvViewOfDecoded(decodeSessionValue(value));
-}
-
-/** How the sync and the watch see a decoded KV value. */
-export function kvViewOfDecoded(decoded: SessionRecord | UndecodableValue): KvView | UnreadableKvView {
-  if (!isSessionRecord(decoded)) return { unreadable: true, newer: decoded.newer };
-  return {
-    node: decoded.node,
-    lastSeenMs: decoded.session.lastSeenMs,
-    fingerprint: wireFingerprint(decoded.session),
-  };
 }

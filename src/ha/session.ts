@@ -1,46 +1,28 @@
 import type { Observable } from 'rxjs';
+import type {
+  Direction,
+  FirewallAction,
+  FirewallReason,
+  SessionEventKind,
+  SessionKey,
+  SessionOuter,
+  TcpState,
+  TunnelType,
+} from '../records/firewall-session.js';
 
-/**
- * What the replicator needs of a firewall session, independent of the kernel layout: the key the
- * kernel map is indexed by (5-tuple plus VNI), the tunnel metadata a standby needs to hairpin the
- * session's packets, and when it was last seen. Packet and byte counters are deliberately absent:
- * they change with every packet and a standby does not need them to pass established traffic.
- */
-export interface SessionKey {
-  /** IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6). */
-  protocol: number;
-  /** Canonical text form, IPv4 dotted or IPv6 compressed lower-case. */
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  /** The tunnel's VNI, 0 without a tunnel. */
-  vni: number;
-}
+/** The session key is the kernel map's: the 5-tuple plus the VNI. */
+export type { SessionEventKind, SessionKey, TcpState, TunnelType };
 
-export type TunnelType = 'none' | 'geneve' | 'vxlan';
-
-export interface SessionTunnel {
+/** The tunnel a session came through and what its opening packet said (node-local ifindex). */
+export interface SessionTunnel extends SessionOuter {
   type: TunnelType;
   vni: number;
-  /** GENEVE flow cookie, 8 bytes as 16 lower-case hex digits; 16 zeros when absent. */
-  cookie: string;
-  outerSrcAddr: string;
-  outerDstAddr: string;
-  /** aa:bb:cc:dd:ee:ff */
-  outerSrcMac: string;
-  outerDstMac: string;
-  outerSrcPort: number;
-  outerDstPort: number;
-  /** Interface the session's packets arrived on (hairpin target), on the node that saw them. */
-  ingressIfindex: number;
 }
 
 /** block: an audit-mode session (enforcement off), which peers keep as such. */
-export type SessionAction = 'allow' | 'redirect' | 'block';
-export type SessionDirection = 'ingress' | 'egress';
-export type TcpState = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closed';
-export type SessionReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
+export type SessionAction = FirewallAction;
+export type SessionDirection = Direction;
+export type SessionReason = FirewallReason;
 
 /** The verdict that created the session, which its later packets get without a policy lookup. */
 export interface SessionVerdict {
@@ -56,6 +38,12 @@ export interface SessionVerdict {
   redirectIfindex: number;
 }
 
+/**
+ * What the replicator needs of a firewall session, independent of the kernel layout: the key the
+ * kernel map is indexed by (5-tuple plus VNI), the tunnel metadata a standby needs to hairpin the
+ * session's packets, and when it was last seen. Packet and byte counters are deliberately absent:
+ * they change with every packet and a standby does not need them to pass established traffic.
+ */
 export interface ReplicatedSession {
   key: SessionKey;
   tunnel: SessionTunnel;
@@ -74,8 +62,6 @@ export interface ReplicatedSession {
   ingressIfname?: string;
   redirectIfname?: string;
 }
-
-export type SessionEventKind = 'created' | 'updated' | 'deleted';
 
 export interface SessionEvent {
   kind: SessionEventKind;
@@ -99,6 +85,11 @@ export interface SessionStore {
    * already has is left alone: traffic made it, so it is newer than any copy.
    */
   restore(sessions: readonly ReplicatedSession[]): { written: number; skipped: number };
+  /**
+   * The KV keys of the sessions list() returns, for a store that can tell them without decoding
+   * every session (the live status asks for the keys only).
+   */
+  kvKeys?(): ReadonlySet<string>;
 }
 
 /**

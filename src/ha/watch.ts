@@ -1,6 +1,4 @@
-import { asyncScheduler, type SchedulerLike, type Subscription } from 'rxjs';
-import { silentLogger, type Logger } from '../logger.js';
-import { ClockTranslator } from './clock.js';
+import type { Subscription } from 'rxjs';
 import {
   decodeSessionValue,
   fromWire,
@@ -11,7 +9,9 @@ import {
 } from './codec.js';
 import { HaError, messageOf } from './errors.js';
 import type { KvWatch, SessionKv, WatchEntry } from './kv.js';
-import { kvViewOfDecoded, type Replicator } from './replicator.js';
+import { nodeRuntime, type NodeRuntime, type NodeRuntimeOptions } from './runtime.js';
+import { kvViewOfDecoded } from './full-sync.js';
+import type { Replicator } from './replicator.js';
 import type {
   RemoteApplyResult,
   RemoteDecision,
@@ -21,11 +21,7 @@ import type {
 } from './session.js';
 import { isUnreadable } from './sync.js';
 
-export interface SessionWatchOptions {
-  /** This node's id: puts carrying it are this node's own writes coming back. */
-  nodeId: string;
-  /** A kernel copy last seen more than this after the remote one is newer (the sync's tolerance). Default 1000. */
-  toleranceMs?: number;
+export interface SessionWatchOptions extends NodeRuntimeOptions {
   /**
    * Changes arriving within this window are applied as one batch. Default 0: the changes the
    * connection delivered together (one socket read holds many).
@@ -33,11 +29,6 @@ export interface SessionWatchOptions {
   batchMs?: number;
   /** Changes per call of the store. Default 4096. */
   maxBatch?: number;
-  /** Pause before setting the watch up again after it failed or ended. Default 1000. */
-  retryMs?: number;
-  scheduler?: SchedulerLike;
-  logger?: Logger;
-  clock?: ClockTranslator;
 }
 
 /**
@@ -85,7 +76,7 @@ interface Candidate {
   outcome: 'put' | 'delete' | 'absent' | 'localNewer' | undefined;
 }
 
-const DEFAULTS = { toleranceMs: 1000, batchMs: 0, maxBatch: 4096, retryMs: 1000 };
+const DEFAULTS = { batchMs: 0, maxBatch: 4096 };
 
 function keyOf(r: SessionRecord): SessionKey {
   const w = r.session;
@@ -125,14 +116,9 @@ function keyOf(r: SessionRecord): SessionKey {
  * collapse to the last. Timers run on `scheduler`, so tests drive them in virtual time.
  */
 export class SessionWatch {
-  private readonly nodeId: string;
-  private readonly toleranceMs: number;
+  private readonly rt: NodeRuntime;
   private readonly batchMs: number;
   private readonly maxBatch: number;
-  private readonly retryMs: number;
-  private readonly scheduler: SchedulerLike;
-  private readonly logger: Logger;
-  private readonly clock: ClockTranslator;
 
   private queue: WatchEntry[] = [];
   private queueHead = 0;
@@ -173,15 +159,10 @@ export class SessionWatch {
     private readonly replicator: Replicator,
     options: SessionWatchOptions,
   ) {
-    this.nodeId = options.nodeId;
-    this.toleranceMs = options.toleranceMs ?? DEFAULTS.toleranceMs;
-    this.batchMs = options.batchMs ?? DEFAULTS.batchMs;
     this.maxBatch = options.maxBatch ?? DEFAULTS.maxBatch;
-    this.retryMs = options.retryMs ?? DEFAULTS.retryMs;
-    this.scheduler = options.scheduler ?? asyncScheduler;
-    this.logger = options.logger ?? silentLogger();
-    this.clock = options.clock ?? new ClockTranslator();
     if (!(this.maxBatch >= 1)) throw new HaError('EBADCONFIG', 'session watch: max batch must be at least 1');
+    this.batchMs = options.batchMs ?? DEFAULTS.batchMs;
+    this.rt = nodeRuntime(options);
   }
 
   /**
@@ -289,15 +270,15 @@ export class SessionWatch {
     this.settleFirst();
     if (this.stopped) return;
     this.lastError = err === undefined ? 'the watch ended' : messageOf(err);
-    this.logger.warn(
-      { err: this.lastError, revision: this.revision, retry_ms: this.retryMs },
+    this.rt.logger.warn(
+      { err: this.lastError, revision: this.revision, retry_ms: this.rt.retryMs },
       'session watch: the watch of the bucket ended; setting it up again',
     );
     if (this.retryTimer !== undefined) return;
-    this.retryTimer = this.scheduler.schedule(() => {
+    this.retryTimer = this.rt.scheduler.schedule(() => {
       this.retryTimer = undefined;
       this.open();
-    }, this.retryMs);
+    }, this.rt.retryMs);
   }
 
   private receive(e: WatchEntry): void {
@@ -311,7 +292,7 @@ export class SessionWatch {
 
   private scheduleFlush(): void {
     if (this.flushTimer !== undefined || this.stopped) return;
-    this.flushTimer = this.scheduler.schedule(() => {
+    this.flushTimer = this.rt.scheduler.schedule(() => {
       this.flushTimer = undefined;
       this.flush();
     }, this.batchMs);
@@ -337,7 +318,7 @@ export class SessionWatch {
       this.queueHead = 0;
     } else if (this.flushTimer === undefined) {
       // The rest in the next turn, so a large backlog does not hold the event loop.
-      this.flushTimer = this.scheduler.schedule(() => {
+      this.flushTimer = this.rt.scheduler.schedule(() => {
         this.flushTimer = undefined;
         this.flush();
       }, 0);
@@ -352,7 +333,7 @@ export class SessionWatch {
       let decoded: SessionRecord | UndecodableValue | undefined;
       if (e.op === 'put') {
         decoded = decodeSessionValue(e.value);
-        if (isSessionRecord(decoded) && decoded.node === this.nodeId) {
+        if (isSessionRecord(decoded) && decoded.node === this.rt.nodeId) {
           this.replicator.seen(e.key, e.revision);
           this.ignoredBy.own++;
           continue;
@@ -378,7 +359,10 @@ export class SessionWatch {
         if (!isSessionRecord(decoded)) {
           this.replicator.remoteChanged(e.key, kvViewOfDecoded(decoded), false);
           this.ignoredBy.unreadable++;
-          this.logger.debug({ key: e.key, err: decoded.error }, 'session watch: unreadable value left alone');
+          this.rt.logger.debug(
+            { key: e.key, err: decoded.error },
+            'session watch: unreadable value left alone',
+          );
           continue;
         }
         key = keyOf(decoded);
@@ -395,21 +379,21 @@ export class SessionWatch {
     }
 
     if (candidates.length > 0) this.apply(keys, candidates);
-    this.lagMs = Math.max(0, this.clock.toWallMs(this.clock.monotonicNowNs()) - oldestMs);
+    this.lagMs = Math.max(0, this.rt.clock.toWallMs(this.rt.clock.monotonicNowNs()) - oldestMs);
   }
 
   private apply(keys: SessionKey[], candidates: Candidate[]): void {
-    const tolerance = this.toleranceMs;
+    const tolerance = this.rt.toleranceMs;
     const decide = (i: number, local: ReplicatedSession | undefined): RemoteDecision => {
       const c = candidates[i]!;
-      const localMs = local === undefined ? undefined : this.clock.toWallMs(local.lastSeenNs);
+      const localMs = local === undefined ? undefined : this.rt.clock.toWallMs(local.lastSeenNs);
       if (c.record !== undefined) {
         const wire = c.record.session;
         if (localMs !== undefined && localMs > wire.lastSeenMs + tolerance) {
           c.outcome = 'localNewer';
           return undefined;
         }
-        const remote = fromWire(wire, this.clock);
+        const remote = fromWire(wire, this.rt.clock);
         if (local !== undefined) {
           // Within the tolerance the remote copy wins, but the session's times never go back.
           if (local.lastSeenNs > remote.lastSeenNs) remote.lastSeenNs = local.lastSeenNs;
@@ -473,7 +457,7 @@ export class SessionWatch {
       this.lastWriteError = messageOf(result.error);
       if (!this.failing) {
         this.failing = true;
-        this.logger.warn(
+        this.rt.logger.warn(
           { failed: failed.size, err: this.lastWriteError },
           "session watch: cannot write other nodes' sessions into the kernel map; the next change of each retries",
         );
@@ -482,10 +466,10 @@ export class SessionWatch {
       this.lastWriteError = undefined;
       if (this.failing) {
         this.failing = false;
-        this.logger.info('session watch: writing into the kernel map again');
+        this.rt.logger.info('session watch: writing into the kernel map again');
       }
     }
-    this.logger.debug(
+    this.rt.logger.debug(
       { changes: candidates.length, applied: this.applied, failed: failed.size, revision: this.revision },
       'session watch: applied a batch',
     );

@@ -179,7 +179,7 @@ export function notAnAddress(text: string): string {
 /**
  * Text of the 16 bytes at `offset`: IPv4-mapped as a dotted quad, others as RFC 5952 says (lower
  * case, no leading zeros, the first longest run of two or more zero groups as `::`). For parsed
- * configuration; datapath/flow-types.ts has the cached formatter hot paths use.
+ * configuration; datapath/flow/types.ts has the cached formatter hot paths use.
  */
 export function ip16Text(bytes: Uint8Array, offset: number): string {
   let mapped = bytes[offset + 10] === 0xff && bytes[offset + 11] === 0xff;

@@ -51,8 +51,6 @@ export interface AccountOptions {
   counters: StageCounters;
   /** Runs the eviction timer; asyncScheduler by default. */
   scheduler?: SchedulerLike;
-  /** Each value emits what the table holds at once (e.g. on SIGTERM, before the sources stop). */
-  flush$?: Observable<unknown>;
   /** Names the stage in error messages. */
   id?: string;
 }
@@ -77,8 +75,7 @@ function checkOptions(o: AccountOptions, stage: string): void {
  *
  * Everything held is emitted as one batch, in order of each flow's first record, when the table
  * reaches `maxEntries` distinct flows, when `evictTimeoutMs` has passed since the first record
- * entered an empty table (so no record waits longer than that), on each `flush$` value, and when
- * the input completes (then the output completes). Held records are dropped with reason
+ * entered an empty table (so no record waits longer than that), and when the input completes (then the output completes). Held records are dropped with reason
  * `shutdown` if the input errors or the subscriber unsubscribes.
  *
  * The first record of each flow is updated in place and becomes the output record: the stage owns
@@ -96,7 +93,7 @@ function checkOptions(o: AccountOptions, stage: string): void {
 export function account(options: AccountOptions): OperatorFunction<FlowBatch, FlowBatch> {
   const stage = `account ${options.id ?? ''}`.trimEnd();
   checkOptions(options, stage);
-  const { maxEntries, evictTimeoutMs, counters, flush$ } = options;
+  const { maxEntries, evictTimeoutMs, counters } = options;
   const scheduler = options.scheduler ?? asyncScheduler;
 
   return (source) =>
@@ -147,8 +144,6 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
         timer = undefined;
         flush();
       };
-
-      const flushSub = flush$?.subscribe({ next: flush, error: fail });
 
       const sub = source.subscribe({
         next(batch) {
@@ -223,7 +218,6 @@ export function account(options: AccountOptions): OperatorFunction<FlowBatch, Fl
 
       return () => {
         sub.unsubscribe();
-        flushSub?.unsubscribe();
         timer?.unsubscribe();
         timer = undefined;
         if (held.length > 0) {
@@ -239,22 +233,7 @@ export interface AccountConfig {
   evict_timeout_ms: number;
 }
 
-/** Optional wiring the pipeline may pass besides the config. */
-export interface AccountHooks {
-  /** Each value flushes the table at once (e.g. on SIGTERM). */
-  flush$?: Observable<unknown>;
-}
-
-/** The module, whose `build` also takes the optional hooks. */
-export interface AccountModule extends TransformModule<AccountConfig> {
-  build(
-    config: AccountConfig,
-    context: ComponentContext,
-    hooks?: AccountHooks,
-  ): OperatorFunction<FlowBatch, FlowBatch>;
-}
-
-const accountModule: AccountModule = {
+const accountModule: TransformModule<AccountConfig> = {
   type: 'account',
   kind: 'transform',
   description: 'aggregates single-packet flow records in userspace by flow key, like the kernel map does',
@@ -279,7 +258,7 @@ const accountModule: AccountModule = {
     },
   },
   example: { max_entries: 5000, evict_timeout_ms: 5000 },
-  build(config: AccountConfig, context: ComponentContext, hooks?: AccountHooks) {
+  build(config: AccountConfig, context: ComponentContext) {
     const options: AccountOptions = {
       maxEntries: config.max_entries,
       evictTimeoutMs: config.evict_timeout_ms,
@@ -287,7 +266,6 @@ const accountModule: AccountModule = {
       id: context.id,
     };
     if (context.scheduler) options.scheduler = context.scheduler;
-    if (hooks?.flush$) options.flush$ = hooks.flush$;
     return account(options);
   },
 };

@@ -18,12 +18,14 @@ import type {
   ReplicationStatusBoard,
   ReplicationStatusReader,
   Sink,
+  SourceHold,
 } from '../component.js';
 import { Ledger, type LedgerTotals } from '../ledger.js';
 import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
 import { PipelineError } from '../config/errors.js';
+import { SinkBuffer, bufferSettings } from '../sinks/buffer.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';
 import { pipelineName } from './name.js';
 import { DEFAULT_DRAIN_TIMEOUT_MS } from './settings.js';
@@ -86,6 +88,46 @@ class FirstFailure {
   }
 }
 
+/**
+ * What a source waits on while a sink downstream with `when_full: block` has a full buffer: one per
+ * source, held while any of those buffers is full.
+ */
+class SourceGate implements SourceHold {
+  private full = 0;
+  private waiters: (() => void)[] = [];
+
+  /** Holds the source while `buffer` is full. */
+  track(buffer: SinkBuffer): void {
+    buffer.onFull((full) => {
+      if (full) {
+        this.full++;
+        return;
+      }
+      this.full--;
+      if (this.full > 0) return;
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const resolve of waiters) resolve();
+    });
+  }
+
+  ready(): Promise<void> | undefined {
+    if (this.full === 0) return undefined;
+    return new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+}
+
+/** The ids of the sources `spec` reads from, directly or through transforms. */
+function sourcesOf(config: PipelineConfig, spec: ComponentSpec, found = new Set<string>()): Set<string> {
+  for (const id of spec.inputs) {
+    const input = config.components.get(id);
+    if (input === undefined || found.has(id)) continue;
+    if (input.kind === 'source') found.add(id);
+    else sourcesOf(config, input, found);
+  }
+  return found;
+}
+
 interface BuiltSink {
   spec: ComponentSpec;
   sink: Sink;
@@ -118,6 +160,8 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
       },
     });
   const outputs = new Map<string, Observable<FlowBatch>>();
+  // Every source may wait on a sink downstream that blocks upstream when full.
+  const gates = new Map<string, SourceGate>();
   const sources: Connectable<FlowBatch>[] = [];
   const sinks: BuiltSink[] = [];
   const inputOf = (spec: ComponentSpec): Observable<FlowBatch> => {
@@ -147,6 +191,9 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
       const module = spec.module;
       switch (module.kind) {
         case 'source': {
+          const gate = new SourceGate();
+          gates.set(spec.id, gate);
+          context.hold = gate;
           // A source that drains on stop (the kernel map) emits what it holds and completes by
           // itself; any other source is cut off when the pipeline stops.
           if (module.flushesOnDemand) flushable.push(spec.id);
@@ -168,9 +215,29 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
           outputs.set(spec.id, spec.outputs.length > 1 ? output.pipe(share()) : output);
           break;
         }
-        case 'sink':
-          sinks.push({ spec, sink: module.build(spec.config, context), input: inputOf(spec) });
+        case 'sink': {
+          if (module.buffered !== true) {
+            sinks.push({ spec, sink: module.build(spec.config, context), input: inputOf(spec) });
+            break;
+          }
+          // The sink's buffer: it counts what the sink is handed and applies the sink's
+          // buffer_max_records and when_full (src/sinks/buffer.ts).
+          const settings = bufferSettings(spec.config);
+          const buffer = new SinkBuffer(
+            settings,
+            context.counters,
+            componentLogger,
+            spec.id,
+            context.scheduler,
+          );
+          const sink = module.build(spec.config, { ...context, bufferedByPipeline: true });
+          buffer.attach(sink);
+          if (settings.whenFull === 'block') {
+            for (const id of sourcesOf(config, spec)) gates.get(id)?.track(buffer);
+          }
+          sinks.push({ spec, sink, input: inputOf(spec).pipe(buffer.operator()) });
           break;
+        }
       }
     } catch (err) {
       await Promise.allSettled(sinks.map((s) => s.sink.close()));

@@ -13,6 +13,12 @@ import { describe, translateErrors } from './schema-errors.js';
 import { SETTING_NAMES, checkSettings, type PipelineSettings } from './settings.js';
 import { didYouMean, listOf } from '../config/suggest.js';
 
+/** Types pipeline files used to name, and what to write instead. */
+const REPLACED_TYPES: Readonly<Record<string, string>> = {
+  limit_capacity:
+    'every sink has a buffer in front of it now; remove this transform, read its input from the sinks it fed, and set buffer_max_records and when_full on them',
+};
+
 /** One component of a checked pipeline. */
 export interface ComponentSpec {
   /** The key the user gave it in its section. */
@@ -316,9 +322,12 @@ function checkEntry(
     draft.type = type;
     draft.module = registry.find(kind, type);
     if (!draft.module) {
+      const replaced = Object.hasOwn(REPLACED_TYPES, type) ? REPLACED_TYPES[type] : undefined;
       report(
         [...path, 'type'],
-        `unknown ${kind} type '${type}'${didYouMean(type, types)}; ${kind} types: ${listOf(types)}`,
+        replaced !== undefined
+          ? `${kind} type '${type}' was removed: ${replaced}`
+          : `unknown ${kind} type '${type}'${didYouMean(type, types)}; ${kind} types: ${listOf(types)}`,
       );
     }
   }

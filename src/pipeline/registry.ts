@@ -6,7 +6,6 @@ import type { ComponentModule } from '../component.js';
 import account from '../operators/account.js';
 import decorate from '../operators/decorate.js';
 import dedupe from '../operators/dedupe.js';
-import limit_capacity from '../operators/limit_capacity.js';
 import file from '../sinks/file.js';
 import ipfix from '../sinks/ipfix.js';
 import kafka from '../sinks/kafka.js';
@@ -36,7 +35,6 @@ export const modules: readonly ComponentModule[] = [
   account,
   decorate,
   dedupe,
-  limit_capacity,
   // sinks (src/sinks/)
   file,
   ipfix,

@@ -7,8 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { DROP_VALUE_STRIDE } from '../datapath/drops.js';
-import { FLOW_KEY, FLOW_VALUE_STRIDE } from '../datapath/flow-types.js';
+import { DROP_VALUE_STRIDE, FLOW_KEY, FLOW_VALUE_STRIDE } from '../datapath/flow/index.js';
 
 /** What the machine can give: read from /proc and /sys, or given by a test. */
 export interface MachineMemory {

@@ -1,12 +1,12 @@
 /**
- * The input side every sink shares: subscribing to the batches and settling consume() only after
- * what was accepted has been flushed, and admitting a batch into a bounded buffer.
+ * The input side every sink shares: reading the batches through the buffer in front of the sink
+ * and settling consume() only after what was accepted has been flushed.
  */
 import type { Observable, Subscription } from 'rxjs';
-import type { StageCounters } from '../ledger.js';
+import type { ComponentContext, Sink } from '../component.js';
 import type { FlowBatch } from '../records.js';
+import { SinkBuffer, type BufferSettings } from './buffer.js';
 import { asError } from './errors.js';
-import type { LossLog } from '../delivery/loss-log.js';
 
 export interface Consumption {
   readonly subscription: Subscription;
@@ -40,21 +40,17 @@ export function consumeBatches(
 }
 
 /**
- * Counts a non-empty batch as received and keeps the first `room` records; the rest are counted
- * and logged as dropped for a full buffer (the newest go first).
+ * A sink's input as it reads it: as given when the pipeline has put its buffer in front of the
+ * sink, else through a buffer of the sink's own with the same settings (a sink built on its own).
  */
-export function admitNewest(
-  batch: FlowBatch,
-  room: number,
-  counters: StageCounters,
-  losses: LossLog,
-): FlowBatch {
-  const n = batch.length;
-  counters.addReceived(n);
-  const kept = n <= room ? batch : batch.slice(0, Math.max(0, room));
-  if (kept.length < n) {
-    counters.addDropped('sink_buffer_full', n - kept.length);
-    losses.add('sink_buffer_full', n - kept.length);
-  }
-  return kept;
+export function throughBuffer(
+  input: Observable<FlowBatch>,
+  context: ComponentContext,
+  settings: BufferSettings,
+  sink: Sink,
+): Observable<FlowBatch> {
+  if (context.bufferedByPipeline) return input;
+  const buffer = new SinkBuffer(settings, context.counters, context.logger, context.id, context.scheduler);
+  buffer.attach(sink);
+  return input.pipe(buffer.operator());
 }

@@ -12,7 +12,8 @@
  * ending in a partial line when the sink opens it (a crash mid-write) is cut back the same way.
  *
  * Records wait in one queue, written in order, one write of up to 1 MiB at a time. Up to
- * buffer_max_records wait; what arrives beyond that is dropped as `sink_buffer_full`. When the
+ * buffer_max_records wait; the pipeline's buffer in front of the sink applies when_full to what
+ * arrives beyond that (dropped as `sink_buffer_full`, or held upstream: src/sinks/buffer.ts). When the
  * disk is full (ENOSPC, EDQUOT) the records stay queued and the write is tried again every
  * retry_interval_ms, so nothing is lost to a disk that fills up for a while; the sink reports
  * itself degraded until a write succeeds again. Any other failed write (a rename for rotation, a
@@ -37,12 +38,14 @@ import {
   type JsonSchema,
   type Sink,
   type SinkModule,
+  type WhenFull,
 } from '../component.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { admitNewest, consumeBatches } from './consume.js';
 import { messageOf } from '../errors.js';
+import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
+import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import { beforeDeadline } from '../delivery/deadline.js';
 import { LossLog } from '../delivery/loss-log.js';
@@ -55,6 +58,8 @@ export interface FileSinkConfig {
   max_files?: number;
   /** Records waiting for the disk at most, also while it is full. */
   buffer_max_records?: number;
+  /** With buffer_max_records held: drop what arrives, or hold the sources upstream. */
+  when_full?: Exclude<WhenFull, 'drop_oldest'>;
   /** While the disk is full, how often the write is tried again. */
   retry_interval_ms?: number;
   /** Permission bits of the files, octal digits: "0640". */
@@ -63,7 +68,7 @@ export interface FileSinkConfig {
   group?: string | number;
 }
 
-type Resolved = Required<Omit<FileSinkConfig, 'group'>> & Pick<FileSinkConfig, 'group'>;
+type Resolved = Required<Omit<FileSinkConfig, 'group' | 'when_full'>> & Pick<FileSinkConfig, 'group'>;
 
 const DEFAULTS = {
   max_file_bytes: 100 * 1024 * 1024,
@@ -104,14 +109,12 @@ const schema: JsonSchema = {
       default: DEFAULTS.max_files,
       description: 'Files kept, the one being written included: path, path.1 ... path.(max_files-1).',
     },
-    buffer_max_records: {
-      type: 'integer',
-      minimum: 1,
+    ...bufferOptions({
+      maxRecords: DEFAULTS.buffer_max_records,
       maximum: 16777216,
-      default: DEFAULTS.buffer_max_records,
-      description:
-        'Records waiting for the disk at most, while writes are behind or the disk is full; beyond it new records are dropped as sink_buffer_full.',
-    },
+      choices: ['drop_newest', 'block'],
+      held: 'waiting for the disk, while writes are behind or the disk is full',
+    }),
     retry_interval_ms: {
       ...msOption(
         'While the disk is full (ENOSPC, EDQUOT), how often the held records are tried again; the sink reports itself degraded until a write succeeds.',
@@ -215,6 +218,8 @@ export class FileSink implements Sink {
   private readonly losses: LossLog;
   private readonly scheduler: SchedulerLike;
   private readonly health: HealthReporter | undefined;
+  private readonly context: ComponentContext;
+  private readonly buffer: BufferSettings;
   private readonly mode: number;
   private gid: number | undefined;
   private file: fs.FileHandle | undefined;
@@ -239,6 +244,8 @@ export class FileSink implements Sink {
 
   constructor(config: FileSinkConfig, context: ComponentContext) {
     this.config = { ...DEFAULTS, ...config };
+    this.context = context;
+    this.buffer = bufferSettings(this.config);
     this.counters = context.counters;
     this.logger = context.logger;
     this.health = context.health;
@@ -277,7 +284,7 @@ export class FileSink implements Sink {
       return;
     }
     const consumption = consumeBatches(
-      input,
+      throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
@@ -347,11 +354,8 @@ export class FileSink implements Sink {
 
   private accept(batch: FlowBatch): void {
     if (batch.length === 0) return;
-    const room = this.config.buffer_max_records - this.queue.length;
-    const kept = admitNewest(batch, room, this.counters, this.losses);
-    if (kept.length === 0) return;
-    this.queue.push(kept);
-    this.admitted += kept.length;
+    this.queue.push(batch);
+    this.admitted += batch.length;
     this.pump();
   }
 
@@ -686,6 +690,7 @@ async function resolveGroup(path: string, group: string | number): Promise<numbe
 const fileModule: SinkModule<FileSinkConfig> = {
   type: 'file',
   kind: 'sink',
+  buffered: true,
   description: 'Appends flow records to a file as JSON lines, rotating by size.',
   schema,
   example: {

@@ -12,8 +12,9 @@
  *
  * TCP: one session; templates at its start, the withdrawal of every template before it ends at
  * shutdown. While the collector cannot be reached the sink reconnects (backing off from
- * reconnect_backoff_ms to 30 s) and holds up to buffer_max_records, dropping newer ones beyond it as
- * `sink_buffer_full`. A message counts as exported once the socket has written it; a message whose
+ * reconnect_backoff_ms to 30 s) and holds up to buffer_max_records; the pipeline's buffer in front
+ * of the sink applies when_full beyond it (newer ones dropped as `sink_buffer_full`, or the sources
+ * held). A message counts as exported once the socket has written it; a message whose
  * write failed goes out again, re-encoded, on the next session (its bytes never reached the
  * collector whole, and a collector drops a torn message). What the kernel had written but the
  * collector never read when a session breaks cannot be known over TCP. A collector that is down
@@ -27,12 +28,20 @@ import dgram from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import net from 'node:net';
 import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
-import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
+import type {
+  ComponentContext,
+  HealthReporter,
+  JsonSchema,
+  Sink,
+  SinkModule,
+  WhenFull,
+} from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { admitNewest, consumeBatches } from './consume.js';
 import { messageOf } from '../errors.js';
+import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
+import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import {
   MAX_MESSAGE_BYTES,
@@ -54,6 +63,7 @@ export interface IpfixSinkConfig {
   template_refresh_ms?: number;
   template_refresh_messages?: number;
   buffer_max_records?: number;
+  when_full?: Exclude<WhenFull, 'drop_oldest'>;
   reconnect_backoff_ms?: number;
 }
 
@@ -119,14 +129,12 @@ const schema: JsonSchema = {
       default: DEFAULTS.template_refresh_messages,
       description: 'udp: templates are sent again at least every this many messages.',
     },
-    buffer_max_records: {
-      type: 'integer',
-      minimum: 1,
+    ...bufferOptions({
+      maxRecords: DEFAULTS.buffer_max_records,
       maximum: 10_000_000,
-      default: DEFAULTS.buffer_max_records,
-      description:
-        'Records waiting to be sent at most; beyond it newer ones are dropped as sink_buffer_full.',
-    },
+      choices: ['drop_newest', 'block'],
+      held: 'waiting to be sent',
+    }),
     reconnect_backoff_ms: {
       type: 'integer',
       minimum: 10,
@@ -194,7 +202,7 @@ class Exporter {
 
   constructor(
     maxBytes: number,
-    private readonly config: Required<Omit<IpfixSinkConfig, 'max_message_bytes'>>,
+    private readonly config: Required<Omit<IpfixSinkConfig, 'max_message_bytes' | 'when_full'>>,
     private readonly scheduler: SchedulerLike,
   ) {
     this.builder = new MessageBuilder(maxBytes);
@@ -240,7 +248,7 @@ class Exporter {
 }
 
 export class IpfixSink implements Sink {
-  private readonly config: Required<Omit<IpfixSinkConfig, 'max_message_bytes'>> & {
+  private readonly config: Required<Omit<IpfixSinkConfig, 'max_message_bytes' | 'when_full'>> & {
     max_message_bytes?: number;
   };
   private readonly counters: StageCounters;
@@ -248,6 +256,8 @@ export class IpfixSink implements Sink {
   private readonly losses: LossLog;
   private readonly scheduler: SchedulerLike;
   private readonly health: HealthReporter | undefined;
+  private readonly context: ComponentContext;
+  private readonly buffer: BufferSettings;
   private readonly target: { host: string; port: number };
   /** Records waiting, oldest first; `head` is the first not yet sent of queue[0]. */
   private readonly queue: FlowBatch[] = [];
@@ -268,6 +278,8 @@ export class IpfixSink implements Sink {
 
   constructor(config: IpfixSinkConfig, context: ComponentContext) {
     this.config = { ...DEFAULTS, ...config };
+    this.context = context;
+    this.buffer = bufferSettings(this.config);
     this.counters = context.counters;
     this.logger = context.logger;
     this.scheduler = context.scheduler ?? asyncScheduler;
@@ -336,7 +348,7 @@ export class IpfixSink implements Sink {
       );
     }
     const consumption = consumeBatches(
-      input,
+      throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
@@ -380,16 +392,9 @@ export class IpfixSink implements Sink {
 
   private accept(batch: FlowBatch): void {
     if (batch.length === 0) return;
-    const kept = admitNewest(
-      batch,
-      this.config.buffer_max_records - this.pending,
-      this.counters,
-      this.losses,
-    );
-    if (kept.length === 0) return;
     if (this.pending === 0) this.idle = new Promise((resolve) => (this.settleIdle = resolve));
-    this.pending += kept.length;
-    this.queue.push(kept);
+    this.pending += batch.length;
+    this.queue.push(batch);
     this.kick();
   }
 
@@ -606,6 +611,7 @@ class TcpSession {
 const ipfixModule: SinkModule<IpfixSinkConfig> = {
   type: 'ipfix',
   kind: 'sink',
+  buffered: true,
   description: 'Exports flow records to an IPFIX collector (RFC 7011) over UDP or TCP, on IANA elements.',
   schema,
   example: { collector: '127.0.0.1:4739', transport: 'udp' },

@@ -10,8 +10,9 @@
  * and up to max_in_flight requests run at once. A request the transport gives up on (after its own
  * retries; partitions already written are not sent again) is retried by the sink with backoff until delivery_timeout_ms after its oldest record
  * arrived; then its records count as `sink_failed`. While the brokers are away the queue fills up
- * to buffer_max_records and what does not fit counts as `sink_buffer_full`. Nothing escapes into
- * the pipeline: consume() resolves once its input completed and every record is written or counted.
+ * to buffer_max_records and the pipeline's buffer in front of the sink applies when_full to what
+ * does not fit (src/sinks/buffer.ts; drop_oldest takes waiting records back with evictOldest).
+ * Nothing escapes into the pipeline: consume() resolves once its input completed and every record is written or counted.
  *
  * With idempotence (the default) every batch carries a producer id and sequence
  * (src/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
@@ -23,6 +24,7 @@ import {
   type JsonSchema,
   type Sink,
   type SinkModule,
+  type WhenFull,
 } from '../component.js';
 import { LossLog } from '../delivery/loss-log.js';
 import { kafkajsTransport, type KafkaTransport } from '../kafka/client.js';
@@ -36,8 +38,9 @@ import {
 } from '../kafka/options.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { FlowBatch } from '../records.js';
-import { consumeBatches } from './consume.js';
 import { messageOf } from '../errors.js';
+import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
+import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import { Admission } from './kafka/admission.js';
 import type { Encoding, KeyMode } from './kafka/encode.js';
@@ -58,7 +61,7 @@ export interface KafkaSinkConfig extends KafkaConnectionConfig {
   acks?: -1 | 0 | 1;
   delivery_timeout_ms?: number;
   buffer_max_records?: number;
-  when_full?: 'drop_newest' | 'drop_oldest';
+  when_full?: WhenFull;
   shutdown_timeout_ms?: number;
   degraded_after_ms?: number;
 }
@@ -176,20 +179,12 @@ const schema: JsonSchema = {
       DEFAULTS.delivery_timeout_ms,
       1,
     ),
-    buffer_max_records: {
-      type: 'integer',
-      minimum: 1,
+    ...bufferOptions({
+      maxRecords: DEFAULTS.buffer_max_records,
       maximum: 16777216,
-      default: DEFAULTS.buffer_max_records,
-      description:
-        'Records held (waiting or in flight) at most; beyond it records are dropped as sink_buffer_full.',
-    },
-    when_full: {
-      enum: ['drop_newest', 'drop_oldest'],
-      default: DEFAULTS.when_full,
-      description:
-        'With a full buffer: drop the arriving records, or the oldest waiting ones (not those in flight).',
-    },
+      choices: ['drop_newest', 'drop_oldest', 'block'],
+      held: 'waiting or in flight',
+    }),
     shutdown_timeout_ms: ms(
       'On close, how long to wait for held records to be written; the rest are dropped as shutdown. The pipeline drain deadline (drain_timeout_ms) bounds it too: the sink waits for the shorter of the two.',
       DEFAULTS.shutdown_timeout_ms,
@@ -242,9 +237,13 @@ export class KafkaSink implements Sink {
   private endConsume: (() => void) | undefined;
   private closing = false;
   private closed: Promise<void> | undefined;
+  private readonly context: ComponentContext;
+  private readonly buffer: BufferSettings;
 
   constructor(config: KafkaSinkConfig, context: ComponentContext, transport: KafkaTransport) {
     this.config = resolveConfig(config);
+    this.context = context;
+    this.buffer = bufferSettings(this.config);
     this.counters = context.counters;
     const scheduler = context.scheduler ?? asyncScheduler;
     this.losses = new LossLog(
@@ -253,7 +252,7 @@ export class KafkaSink implements Sink {
       LOSS_LOG_INTERVAL_MS,
       scheduler,
     );
-    this.admission = new Admission(this.config.buffer_max_records, this.config.when_full);
+    this.admission = new Admission();
     const requests = new RequestBuilder({
       encoding: this.config.encoding,
       recordsPerMessage: this.config.records_per_message,
@@ -283,7 +282,7 @@ export class KafkaSink implements Sink {
     }
     this.sender.start();
     const consumption = consumeBatches(
-      input,
+      throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
@@ -312,12 +311,16 @@ export class KafkaSink implements Sink {
     return this.sender.idempotence();
   }
 
+  /** Drops up to `n` of the oldest waiting records (not those in flight); the buffer counts them. */
+  evictOldest(n: number): number {
+    const old = this.admission.evictOldest(n);
+    this.sender.settleFlushes();
+    return old;
+  }
+
   private accept(batch: FlowBatch): void {
-    const n = batch.length;
-    if (n === 0) return;
-    this.counters.addReceived(n);
-    const now = this.sender.now();
-    this.drop('sink_buffer_full', this.admission.admit(batch, now, this.sender.inFlightRecords));
+    if (batch.length === 0) return;
+    this.admission.admit(batch, this.sender.now());
     this.sender.pump();
   }
 
@@ -339,6 +342,7 @@ export class KafkaSink implements Sink {
 const kafkaModule: SinkModule<KafkaSinkConfig> = {
   type: 'kafka',
   kind: 'sink',
+  buffered: true,
   description:
     'Writes flow records to a Kafka topic as JSON or protobuf, batched, with bounded buffering through outages.',
   schema,

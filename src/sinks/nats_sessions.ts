@@ -1,7 +1,8 @@
 /**
- * `nats_sessions`: replicates a firewall's sessions to a NATS JetStream KV bucket for HA, and on
- * start loads every session of the bucket into this node's kernel session map before it reports
- * ready (a readiness file and/or GET /ready). Its input is a `firewall_sessions` source of the same
+ * `nats_sessions`: the YAML component of an HA node (src/ha/node.ts): its options, checked and
+ * turned into the node's. The node replicates a firewall's sessions to a NATS JetStream KV bucket
+ * for HA, and on start loads every session of the bucket into this node's kernel session map
+ * before it reports ready (a readiness file and/or GET /ready). Its input is a `firewall_sessions` source of the same
  * firewall (instance, pin_root).
  *
  * Creates and deletes are written at once; updates of a session within coalesce_ms become one
@@ -31,7 +32,7 @@
  * ```
  */
 import { hostname } from 'node:os';
-import { Subject, type Observable, type Subscription } from 'rxjs';
+import type { Observable, Subscription } from 'rxjs';
 import {
   msOption,
   type ComponentContext,
@@ -39,22 +40,13 @@ import {
   type Sink,
   type SinkModule,
 } from '../component.js';
-import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
-import { ClockTranslator } from '../ha/clock.js';
+import { firewallPinDir } from '../datapath/firewall/index.js';
 import { validNodeId } from '../ha/codec.js';
-import {
-  FirewallSessionStore,
-  ipLinkTable,
-  sessionEventOfRecord,
-  type InterfaceTable,
-} from '../ha/firewall-store.js';
+import { HaError } from '../ha/errors.js';
 import type { BucketOptions, NatsConnectOptions } from '../ha/kv.js';
-import { SessionReplication, type NodeReplicationStatus } from '../ha/replication.js';
-import type { SessionEvent, SessionEventBatch } from '../ha/session.js';
-import type { StageCounters } from '../ledger.js';
-import type { Logger } from '../logger.js';
+import { FirewallHaNode, type FirewallHaNodeOptions } from '../ha/node.js';
+import type { NodeReplicationStatus } from '../ha/replication.js';
 import type { FlowBatch } from '../records.js';
-import { messageOf } from '../errors.js';
 import { SinkError } from './errors.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
 
@@ -341,37 +333,32 @@ function resolve(config: NatsSessionsConfig): Resolved {
 
 export class NatsSessionsSink implements Sink {
   private readonly resolved: Resolved;
-  private readonly logger: Logger;
-  private readonly counters: StageCounters;
   private readonly abort = new AbortController();
-  private node: SessionReplication | undefined;
-  private fw: FirewallCollection | undefined;
+  private node: FirewallHaNode | undefined;
   private subscription: Subscription | undefined;
   private endConsume: (() => void) | undefined;
   private consuming = false;
   private closed: Promise<void> | undefined;
-  private unknownRecords = 0;
 
   constructor(
     config: NatsSessionsConfig,
     private readonly context: ComponentContext,
   ) {
     this.resolved = resolve(config);
-    this.logger = context.logger;
-    this.counters = context.counters;
     // For firewall_metrics: the live status at each of its samples.
     context.replication?.offer(this.resolved.config.instance, () => this.status());
   }
 
   /** The replication status, the kernel map compared with the bucket now; undefined until started. */
   status(): Promise<NodeReplicationStatus | undefined> {
-    return this.node?.liveStatus() ?? Promise.resolve(undefined);
+    return this.node?.status() ?? Promise.resolve(undefined);
   }
 
   /**
-   * Connects, loads the bucket into the kernel, reports ready, and only then subscribes to the
-   * session events: the firewall_sessions source starts once every sink subscribed, so the events
-   * that happen during the load wait in the kernel's ring buffer instead of racing the load.
+   * Starts the HA node (connects, loads the bucket into the kernel, reports ready), and only then
+   * subscribes to the session events: the firewall_sessions source starts once every sink
+   * subscribed, so the events that happen during the load wait in the kernel's ring buffer instead
+   * of racing the load.
    */
   async consume(input: Observable<FlowBatch>): Promise<void> {
     if (this.consuming || this.closed !== undefined) {
@@ -381,48 +368,12 @@ export class NatsSessionsSink implements Sink {
       );
     }
     this.consuming = true;
-    const c = this.resolved.config;
-    const pinDir = firewallPinDir(c.instance, c.pin_root);
-    let fw: FirewallCollection;
+    let node: FirewallHaNode;
     try {
-      fw = FirewallCollection.open(pinDir);
-    } catch (err) {
-      throw new SinkError('EFIREWALL', `nats_sessions sink: ${messageOf(err)}`, { cause: err });
-    }
-    this.fw = fw;
-    const interfaces = ipLinkTable(c.netns === '' ? undefined : c.netns);
-    const store = new FirewallSessionStore(fw, interfaces);
-    const events = new Subject<SessionEventBatch>();
-    let node: SessionReplication;
-    try {
-      node = await SessionReplication.start(store, events, {
-        nats: this.resolved.nats,
-        bucket: this.resolved.bucket,
-        replicator: {
-          nodeId: this.resolved.nodeId,
-          coalesceMs: c.coalesce_ms,
-          syncIntervalMs: c.sync_interval_ms,
-          toleranceMs: c.sync_tolerance_ms,
-          maxInFlight: c.max_in_flight,
-          retryMs: c.retry_ms,
-          ...(c.stale_after_ms !== undefined ? { staleAfterMs: c.stale_after_ms } : {}),
-          ...(this.context.scheduler ? { scheduler: this.context.scheduler } : {}),
-        },
-        loadOnStart: c.load_on_start,
-        watch: c.watch,
-        ...(c.load_max_age_ms !== undefined ? { loadMaxAgeMs: c.load_max_age_ms } : {}),
-        readiness: {
-          ...(c.ready_file !== undefined ? { file: c.ready_file } : {}),
-          ...(this.resolved.readyListen !== undefined ? { listen: this.resolved.readyListen } : {}),
-        },
-        shutdownTimeoutMs: c.shutdown_timeout_ms,
-        logger: this.logger,
-        counters: this.counters,
-        signal: this.abort.signal,
-      });
+      node = await FirewallHaNode.start(this.nodeOptions());
     } catch (err) {
       // Stopped while still waiting for NATS: not a failure of the pipeline.
-      if (this.closed !== undefined) return;
+      if (this.closed !== undefined && !(err instanceof HaError && err.code === 'EFIREWALL')) return;
       throw err;
     }
     if (this.closed !== undefined) {
@@ -431,11 +382,10 @@ export class NatsSessionsSink implements Sink {
       return;
     }
     this.node = node;
-    const clock = new ClockTranslator();
     return new Promise<void>((resolveConsume, rejectConsume) => {
       this.endConsume = resolveConsume;
       this.subscription = input.subscribe({
-        next: (batch) => events.next(this.convert(batch, clock, interfaces)),
+        next: (batch) => node.handle(batch),
         error: (err: unknown) => {
           void this.flush().then(() => rejectConsume(err instanceof Error ? err : new Error(String(err))));
         },
@@ -456,34 +406,45 @@ export class NatsSessionsSink implements Sink {
       this.subscription?.unsubscribe();
       if (this.node !== undefined) {
         const flushed = await this.node.close();
-        if (!flushed) this.logger.warn('nats_sessions sink: closed with session changes not written');
+        if (!flushed) this.context.logger.warn('nats_sessions sink: closed with session changes not written');
       }
-      this.fw?.close();
       this.endConsume?.();
     })();
     return this.closed;
   }
 
-  private convert(batch: FlowBatch, clock: ClockTranslator, interfaces: InterfaceTable): SessionEvent[] {
-    const out: SessionEvent[] = [];
-    let unknown = 0;
-    for (const rec of batch) {
-      const e = sessionEventOfRecord(rec, clock, interfaces);
-      if (e === undefined) unknown++;
-      else out.push(e);
-    }
-    if (unknown > 0) {
-      this.counters.addReceived(unknown);
-      this.counters.addDropped('parse_failed', unknown);
-      if (this.unknownRecords === 0) {
-        this.logger.warn(
-          { records: unknown },
-          'nats_sessions sink: records that are not firewall session events; its input must be a firewall_sessions source',
-        );
-      }
-      this.unknownRecords += unknown;
-    }
-    return out;
+  private nodeOptions(): FirewallHaNodeOptions {
+    const c = this.resolved.config;
+    return {
+      name: 'nats_sessions sink',
+      pinDir: firewallPinDir(c.instance, c.pin_root),
+      netns: c.netns,
+      logger: this.context.logger,
+      counters: this.context.counters,
+      replication: {
+        nats: this.resolved.nats,
+        bucket: this.resolved.bucket,
+        replicator: {
+          nodeId: this.resolved.nodeId,
+          coalesceMs: c.coalesce_ms,
+          syncIntervalMs: c.sync_interval_ms,
+          toleranceMs: c.sync_tolerance_ms,
+          maxInFlight: c.max_in_flight,
+          retryMs: c.retry_ms,
+          ...(c.stale_after_ms !== undefined ? { staleAfterMs: c.stale_after_ms } : {}),
+          ...(this.context.scheduler ? { scheduler: this.context.scheduler } : {}),
+        },
+        loadOnStart: c.load_on_start,
+        watch: c.watch,
+        ...(c.load_max_age_ms !== undefined ? { loadMaxAgeMs: c.load_max_age_ms } : {}),
+        readiness: {
+          ...(c.ready_file !== undefined ? { file: c.ready_file } : {}),
+          ...(this.resolved.readyListen !== undefined ? { listen: this.resolved.readyListen } : {}),
+        },
+        shutdownTimeoutMs: c.shutdown_timeout_ms,
+        signal: this.abort.signal,
+      },
+    };
   }
 }
 

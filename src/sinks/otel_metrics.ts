@@ -25,7 +25,7 @@
  * the pipeline down: an unreachable collector is logged and reported as degraded health, and the
  * flows keep flowing.
  */
-import type { Attributes, Counter, Meter } from '@opentelemetry/api';
+import type { Attributes, Counter, Histogram, Meter } from '@opentelemetry/api';
 import { PrometheusExporter } from '@opentelemetry/exporter-prometheus';
 import {
   MeterProvider,
@@ -95,6 +95,7 @@ export const METRIC = {
   flowRecords: 'rxflow.flow.records',
   flowDroppedPackets: 'rxflow.flow.dropped_packets',
   flowDroppedBytes: 'rxflow.flow.dropped_bytes',
+  flowTcpRtt: 'rxflow.flow.tcp_rtt',
   componentReceived: 'rxflow.component.received',
   componentSent: 'rxflow.component.sent',
   componentDropped: 'rxflow.component.dropped',
@@ -118,6 +119,18 @@ export const METRIC = {
 export const ATTR_DROP_REASON = 'rxflow.drop.reason';
 export const MAX_DROP_REASONS = 256;
 const OTHER_DROP_REASON: Attributes = { [ATTR_DROP_REASON]: 'other' };
+
+/**
+ * The attribute of the RTT histogram: which RTT of the records it is, `handshake`
+ * (tcpHandshakeRttMicroseconds) or `smoothed` (tcpSmoothedRttMicroseconds): two series.
+ */
+export const ATTR_RTT_KIND = 'rxflow.rtt.kind';
+const RTT_HANDSHAKE: Attributes = { [ATTR_RTT_KIND]: 'handshake' };
+const RTT_SMOOTHED: Attributes = { [ATTR_RTT_KIND]: 'smoothed' };
+/** Bucket bounds of the RTT histogram, in seconds: 100 us (a LAN) to 5 s (a congested satellite link). */
+export const RTT_BUCKETS_S = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+];
 
 /** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
 export const OTHER_INTERFACE = 'other';
@@ -464,6 +477,7 @@ export class OtelMetricsSink implements Sink {
   private readonly records: Counter;
   private readonly droppedPackets: Counter;
   private readonly droppedBytes: Counter;
+  private readonly tcpRtt: Histogram;
   private readonly dropReasons = new Map<string, Attributes>();
   private readonly firewall: FirewallInstruments;
   private subscription: Subscription | undefined;
@@ -543,6 +557,12 @@ export class OtelMetricsSink implements Sink {
         'Bytes of the flows this sink received that the kernel dropped (droppedOctetDeltaCount), by the reason of the latest drop.',
       unit: UNIT.bytes,
     });
+    this.tcpRtt = meter.createHistogram(METRIC.flowTcpRtt, {
+      description:
+        'TCP round-trip times of the flows this sink received: handshake (tcpHandshakeRttMicroseconds) and the kernel smoothed RTT (tcpSmoothedRttMicroseconds), one sample per record that has one.',
+      unit: 's',
+      advice: { explicitBucketBoundaries: RTT_BUCKETS_S },
+    });
     observeLedger(meter, context.ledger);
     this.firewall = new FirewallInstruments(meter, sanitizeLabel, (instance) =>
       this.logger.warn(
@@ -550,6 +570,17 @@ export class OtelMetricsSink implements Sink {
         'otel_metrics sink: samples of more firewall instances than it keeps series for are left out',
       ),
     );
+  }
+
+  /** Records the RTTs of the batch's records into the RTT histogram. */
+  private addRtts(batch: FlowBatch): void {
+    for (let i = 0; i < batch.length; i++) {
+      const r = batch[i]!;
+      const handshake = r.tcpHandshakeRttMicroseconds;
+      if (handshake !== undefined && isCount(handshake)) this.tcpRtt.record(handshake / 1e6, RTT_HANDSHAKE);
+      const smoothed = r.tcpSmoothedRttMicroseconds;
+      if (smoothed !== undefined && isCount(smoothed)) this.tcpRtt.record(smoothed / 1e6, RTT_SMOOTHED);
+    }
   }
 
   /** Adds the drops of the batch's records to the drop counters, one add per reason and batch. */
@@ -672,6 +703,7 @@ export class OtelMetricsSink implements Sink {
       }
       const skipped = this.tally.add(batch, this.bytes, this.packets, this.records);
       this.addDrops(batch);
+      this.addRtts(batch);
       this.counters.addSent(batch.length - skipped);
       if (skipped > 0) {
         this.counters.addDropped('sink_failed', skipped);

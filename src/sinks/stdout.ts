@@ -5,18 +5,19 @@
  *   2023-11-14T22:13:21.000Z eth0 ingress tcp 10.0.0.1:40000 -> 10.0.0.2:443 packets=3 bytes=1500 flags=SYN,ACK
  *
  * Each batch is one write. When the reader of stdout is slower than the flows (a pager, a slow
- * pipe), up to buffer_max_records wait for it and what arrives beyond that is dropped as
- * `sink_buffer_full`. A closed pipe (EPIPE) is logged once, and from then on
+ * pipe), up to buffer_max_records wait for it; the pipeline's buffer in front of the sink applies
+ * when_full to what arrives beyond that (src/sinks/buffer.ts). A closed pipe (EPIPE) is logged once, and from then on
  * records count as `sink_failed` instead of crashing the process.
  */
 import type { Writable } from 'node:stream';
 import { asyncScheduler, type Observable, type Subscription } from 'rxjs';
-import type { ComponentContext, JsonSchema, Sink, SinkModule } from '../component.js';
+import type { ComponentContext, JsonSchema, Sink, SinkModule, WhenFull } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
-import { admitNewest, consumeBatches } from './consume.js';
 import { messageOf } from '../errors.js';
+import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
+import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import { LossLog } from '../delivery/loss-log.js';
 
@@ -25,9 +26,10 @@ export type StdoutFormat = 'json' | 'text';
 export interface StdoutSinkConfig {
   format?: StdoutFormat;
   buffer_max_records?: number;
+  when_full?: Exclude<WhenFull, 'drop_oldest'>;
 }
 
-type Resolved = Required<StdoutSinkConfig>;
+type Resolved = Required<Omit<StdoutSinkConfig, 'when_full'>>;
 
 const DEFAULTS = { format: 'json', buffer_max_records: 100_000 } as const satisfies StdoutSinkConfig;
 
@@ -42,14 +44,12 @@ const schema: JsonSchema = {
       default: DEFAULTS.format,
       description: 'json: one JSON object per line with IPFIX names; text: a compact line for people.',
     },
-    buffer_max_records: {
-      type: 'integer',
-      minimum: 1,
+    ...bufferOptions({
+      maxRecords: DEFAULTS.buffer_max_records,
       maximum: 16777216,
-      default: DEFAULTS.buffer_max_records,
-      description:
-        'Records waiting for a slow reader at most; beyond it they are dropped as sink_buffer_full.',
-    },
+      choices: ['drop_newest', 'block'],
+      held: 'waiting for a slow reader',
+    }),
   },
 };
 
@@ -124,7 +124,8 @@ export class StdoutSink implements Sink {
   private readonly counters: StageCounters;
   private readonly logger: Logger;
   private readonly losses: LossLog;
-  private pending = 0;
+  private readonly context: ComponentContext;
+  private readonly buffer: BufferSettings;
   private tail: Promise<void> = Promise.resolve();
   private broken: Error | undefined;
   private subscription: Subscription | undefined;
@@ -142,6 +143,8 @@ export class StdoutSink implements Sink {
     private readonly out: Writable = process.stdout,
   ) {
     this.config = { ...DEFAULTS, ...config };
+    this.context = context;
+    this.buffer = bufferSettings(this.config);
     this.counters = context.counters;
     this.logger = context.logger;
     this.losses = new LossLog(
@@ -161,7 +164,7 @@ export class StdoutSink implements Sink {
     // Without a listener an EPIPE would be thrown as an uncaught 'error' event.
     this.out.on('error', this.onError);
     const consumption = consumeBatches(
-      input,
+      throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
@@ -187,14 +190,10 @@ export class StdoutSink implements Sink {
 
   private accept(batch: FlowBatch): void {
     if (batch.length === 0) return;
-    const room = this.config.buffer_max_records - this.pending;
-    const kept = admitNewest(batch, room, this.counters, this.losses);
-    if (kept.length === 0) return;
-    this.pending += kept.length;
     const format = this.config.format === 'json' ? (r: FlowRecord) => JSON.stringify(r) : textLine;
     let text = '';
-    for (const r of kept) text += `${format(r)}\n`;
-    this.tail = this.tail.then(() => this.write(text, kept.length));
+    for (const r of batch) text += `${format(r)}\n`;
+    this.tail = this.tail.then(() => this.write(text, batch.length));
   }
 
   private async write(text: string, records: number): Promise<void> {
@@ -209,8 +208,6 @@ export class StdoutSink implements Sink {
     } catch (err) {
       this.counters.addDropped('sink_failed', records);
       this.losses.add('sink_failed', records, messageOf(err));
-    } finally {
-      this.pending -= records;
     }
   }
 }
@@ -218,6 +215,7 @@ export class StdoutSink implements Sink {
 const stdoutModule: SinkModule<StdoutSinkConfig> = {
   type: 'stdout',
   kind: 'sink',
+  buffered: true,
   description: 'Prints flow records to standard output, as JSON lines or compact text.',
   schema,
   example: { format: 'text' },

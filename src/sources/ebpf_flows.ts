@@ -10,16 +10,15 @@ import {
 } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import {
-  FLOW_EVENT_MAP_FULL,
-  decodeFlowEvent,
-  flowEventReason,
+  FLOW_FEATURE_RTT,
+  FlowDatapath,
   monotonicToWallClockOffsetMs,
-} from '../datapath/flow-types.js';
+  type KernelCounters,
+} from '../datapath/flow/index.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import { account } from '../operators/account.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { FlowDatapath, type KernelCounters } from './flow-datapath.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
@@ -52,6 +51,8 @@ export interface EbpfFlowsConfig {
   drops: boolean;
   drops_hook: string;
   drops_max_flows: number;
+  rtt: boolean;
+  rtt_hook: string;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -67,19 +68,15 @@ const KERNEL_LOSSES: [keyof KernelCounters, DropReason][] = [
  * Reports kernel-side losses (packets that would have become single-packet records) into the
  * source's counters as received-and-dropped, as deltas since the last call.
  */
-function kernelLossReporter(dp: FlowDatapath, counters: StageCounters): () => void {
-  const last = new Map<keyof KernelCounters, number>();
-  return () => {
-    const now = dp.counters();
-    for (const [name, reason] of KERNEL_LOSSES) {
-      const delta = now[name] - (last.get(name) ?? 0);
-      last.set(name, now[name]);
-      if (delta > 0) {
-        counters.addReceived(delta);
-        counters.addDropped(reason, delta);
-      }
+function reportKernelLosses(dp: FlowDatapath, counters: StageCounters): void {
+  const deltas = dp.counterDeltas();
+  for (const [name, reason] of KERNEL_LOSSES) {
+    const delta = deltas[name];
+    if (delta > 0) {
+      counters.addReceived(delta);
+      counters.addDropped(reason, delta);
     }
-  };
+  }
 }
 
 /**
@@ -98,20 +95,31 @@ function enableDrops(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger):
     return undefined;
   }
   logger.info({ hook: `tp_btf/${config.drops_hook}` }, 'drop program attached');
-  const last = new Map<string, number>();
   return () => {
-    const unmatched: Record<string, number> = {};
-    let any = false;
-    for (const c of dp.drops?.reasonCounts() ?? []) {
-      const delta = c.unmatchedPackets - (last.get(c.name) ?? 0);
-      last.set(c.name, c.unmatchedPackets);
-      if (delta > 0) {
-        unmatched[c.name] = delta;
-        any = true;
-      }
-    }
-    if (any) logger.info({ unmatched }, 'packet drops on no flow of the flow map, by kernel reason');
+    const unmatched = dp.unmatchedDropDeltas();
+    if (Object.keys(unmatched).length > 0)
+      logger.info({ unmatched }, 'packet drops on no flow of the flow map, by kernel reason');
   };
+}
+
+/**
+ * Turns the handshake RTT on, and the kernel's smoothed RTT where the tracepoint loads: a kernel
+ * without it gets one warning naming what is missing, and the handshake RTT runs alone.
+ */
+function enableRtt(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): void {
+  if (!config.rtt) return;
+  dp.setFeatures(FLOW_FEATURE_RTT);
+  const hook = `tp_btf/${config.rtt_hook}`;
+  try {
+    dp.enableRttProbe({ tracepoint: config.rtt_hook });
+  } catch (err) {
+    logger.warn(
+      { err, hook },
+      `smoothed rtt off: the rtt program cannot run on ${hook} of this kernel (${(err as Error).message}); flows get the handshake rtt only`,
+    );
+    return;
+  }
+  logger.info({ hook }, 'rtt program attached');
 }
 
 function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
@@ -156,10 +164,9 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     );
     const counters = context.counters;
     // Only a source outside its own namespace has records to mark.
-    const labeler = config.netns === undefined ? undefined : follower.labeler;
-    dp.labeler = labeler;
-    const reportKernelLosses = kernelLossReporter(dp, counters);
+    dp.labeler = config.netns === undefined ? undefined : follower.labeler;
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
+    enableRtt(dp, config, logger);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -173,7 +180,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       // flowEndReason: idle when the flow's last packet is older than half the interval at the
       // eviction (no packet in its second half), active otherwise; forced on the final one.
       evict: (final) => {
-        reportKernelLosses();
+        reportKernelLosses(dp, counters);
         reportUnmatchedDrops?.();
         return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
       },
@@ -187,10 +194,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     }).pipe(tap({ complete: () => mapDone.next() }));
     const ringFlows = ringbufTracer({
       drain: (onRecord) => dp.events.drain(onRecord),
-      decode: (view, offset, length, out) => {
-        out.push(decodeFlowEvent(view, offset, length, offsetMs, labeler));
-        return flowEventReason(view, offset) === FLOW_EVENT_MAP_FULL;
-      },
+      decode: (view, offset, length, out) => dp.decodeEvent(view, offset, length, offsetMs, out),
       drainIntervalMs: config.ringbuf_drain_interval_ms,
       logIntervalMs: config.log_interval_ms,
       logger,
@@ -346,6 +350,18 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         description:
           'flows with drops the kernel holds between two evictions (two maps of entries x (32 bytes x possible CPUs + 60)); drops beyond it are counted by reason only',
       },
+      rtt: {
+        type: 'boolean',
+        default: false,
+        description:
+          "time TCP handshakes on the interfaces (SYN sent to SYN-ACK received on a client, SYN-ACK sent to ACK received on a server): the ingress flow of the packet that completed one gets tcpHandshakeRttMicroseconds; and, with a program on the tcp_probe tracepoint, the kernel's smoothed RTT of local sockets (what ss -ti shows) on the ingress flow of the segments they receive: tcpSmoothedRttMicroseconds and tcpSmoothedRttMinMicroseconds. Off, it costs the flow program's hit path one test; on, handshake packets cost one more map update or lookup. A kernel without the tracepoint gets one warning, and the handshake RTT runs alone",
+      },
+      rtt_hook: {
+        type: 'string',
+        pattern: '^[a-z0-9_]{1,64}$',
+        default: 'tcp_probe',
+        description: 'the tp_btf tracepoint the smoothed-RTT program attaches to',
+      },
     },
   },
   example: {
@@ -369,6 +385,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     drops: false,
     drops_hook: 'kfree_skb',
     drops_max_flows: 16384,
+    rtt: false,
+    rtt_hook: 'tcp_probe',
   },
   build: ebpfFlows,
 };

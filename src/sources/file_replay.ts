@@ -7,10 +7,11 @@
  * one fails the build with its path.
  *
  * Files are streamed in chunks and split into lines, never read whole; records leave in batches of
- * batch_size. Without pacing they leave as fast as the files are read: a source has no way to learn
- * that a sink is behind, so a sink that cannot keep up drops what overflows its buffer (counted in
- * the ledger). `speed` replays at N times the records' own pace (by flowEndMilliseconds) and
- * `rate_limit_records_per_s` caps the rate; with both, a record waits for the later of the two.
+ * batch_size. Without pacing they leave as fast as the files are read: a sink that cannot keep up
+ * drops what overflows its buffer (counted in the ledger), unless its `when_full` is `block`: then
+ * the replay waits while that sink's buffer is full (context.hold). `speed` replays at N times
+ * the records' own pace (by flowEndMilliseconds) and `rate_limit_records_per_s` caps the rate;
+ * with both, a record waits for the later of the two.
  *
  * A line that is not a flow record (not JSON, not an object, a required field missing or of the
  * wrong type, or a value out of its range: see flowRecordProblem in src/records.ts) is counted as
@@ -22,7 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { StringDecoder } from 'node:string_decoder';
 import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 'rxjs';
-import type { ComponentContext, JsonSchema, SourceModule } from '../component.js';
+import type { ComponentContext, JsonSchema, SourceHold, SourceModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
@@ -240,6 +241,10 @@ class Replay {
   private readonly pacer: Pacer;
   private readonly counters: StageCounters;
   private readonly scheduler: SchedulerLike;
+  private readonly hold: SourceHold | undefined;
+  /** Resolves on stop(): a replay held by a full sink stops waiting. */
+  private readonly stopSignal: Promise<void>;
+  private signalStop!: () => void;
   readonly losses: LossLog;
   failed = 0;
 
@@ -251,6 +256,8 @@ class Replay {
   ) {
     this.counters = context.counters;
     this.scheduler = context.scheduler ?? asyncScheduler;
+    this.hold = context.hold;
+    this.stopSignal = new Promise((resolve) => (this.signalStop = resolve));
     this.sleeper = new Sleeper(this.scheduler);
     this.pacer = new Pacer(config.speed, config.rate_limit_records_per_s);
     this.losses = new LossLog(
@@ -265,6 +272,7 @@ class Replay {
   stop(): void {
     this.stopped = true;
     this.sleeper.wake();
+    this.signalStop();
   }
 
   /** Ends it at once, emitting nothing more: the subscriber left. */
@@ -322,6 +330,12 @@ class Replay {
           }
           this.push(record);
           if (this.stopped) return;
+          // A sink downstream that blocks upstream is full: wait until it has room.
+          const held = this.hold?.ready();
+          if (held !== undefined) {
+            await Promise.race([held, this.stopSignal]);
+            if (this.cancelled) return;
+          }
         }
         carry = text.slice(from);
         if (carry.length > MAX_LINE_CHARS) {

@@ -1,20 +1,17 @@
 import { Observable, asyncScheduler, interval, map, type SchedulerLike } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
-import type { FirewallAction } from '../config/firewall-policy.js';
 import { sessionKeyId, type FirewallCollection } from '../datapath/firewall/index.js';
 import {
   decodeSessionEvent,
-  type FirewallReason,
   type FirewallSession,
   type FirewallSessionEvent,
   type SessionEnd,
   type SessionEventKind,
-  type SessionOrigin,
-  type TcpState,
 } from '../datapath/firewall/types.js';
-import { monotonicToWallClockOffsetMs } from '../datapath/flow-types.js';
+import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch } from '../records.js';
+import type { FirewallSessionRecord } from '../records/firewall-session.js';
 import { FIREWALL_SOURCE_PROPERTIES, firewallSource, setAddresses } from './firewall-source.js';
 
 /**
@@ -155,23 +152,7 @@ export function firewallSessionEvents(options: SessionEventsOptions): Observable
 const FLOW_END_REASON: Record<SessionEnd, number> = { idle: 1, closed: 3, evicted: 5 };
 
 /** A flow record of a session event: the session's 5-tuple, counters each way, state and tunnel. */
-export interface FirewallSessionRecord extends FlowRecord {
-  firewallSessionEvent: SessionEventKind;
-  firewallAction: FirewallAction;
-  firewallReason: FirewallReason;
-  firewallPolicyId: number;
-  firewallRuleId: number;
-  firewallSessionOrigin: SessionOrigin;
-  tcpState: TcpState;
-  /** RFC 5103 reverse direction (responder to initiator), totals since the session opened. */
-  reversePacketTotalCount: number;
-  reverseOctetTotalCount: number;
-  /** Forward totals; packetDeltaCount and octetDeltaCount carry the same numbers. */
-  packetTotalCount: number;
-  octetTotalCount: number;
-  /** Where forward packets of a redirect session go. */
-  egressInterface?: number;
-}
+export type { FirewallSessionRecord };
 
 /**
  * The record of a session event. Times are wall-clock: flowStartMilliseconds when the session

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { attachTc, type TcDirection } from '../datapath/index.js';
 import type { Logger } from '../logger.js';
 import type { InterfaceMatcher } from '../net/interface-match.js';
-import type { FlowDatapath } from './flow-datapath.js';
+import type { FlowDatapath } from '../datapath/flow/index.js';
 import { LinkFollower, type FollowedNamespace } from './link-follower.js';
 
 export interface FollowLinksConfig {

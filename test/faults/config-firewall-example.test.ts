@@ -2,48 +2,17 @@
  * The shipped firewall example loads on a machine that has only the devices it is loaded on, and
  * a first load that fails on its policy leaves no pins behind.
  */
-import { EventEmitter } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Command, CommanderError } from 'commander';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { registerFirewallCommands } from '../../src/cli/firewall.js';
-import type { CliIo } from '../../src/cli/io.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
+import { firewallCli as cli } from '../fixtures/firewall-cli.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/firewall-policy.yaml', import.meta.url));
-
-/** `rxflow firewall <argv>` in process, with runCli's exit codes and `rxflow: <message>`. */
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const io: CliIo = {
-    out: (s) => void out.push(s),
-    err: (s) => void err.push(s),
-    env: {},
-    signals: new EventEmitter(),
-    exit: () => undefined,
-  };
-  const program = new Command('rxflow')
-    .exitOverride()
-    .configureOutput({ writeOut: (s) => out.push(s), writeErr: (s) => err.push(s) });
-  registerFirewallCommands(program, io);
-  let code = 0;
-  try {
-    await program.parseAsync(argv, { from: 'user' });
-  } catch (e) {
-    if (e instanceof CommanderError) code = e.exitCode;
-    else {
-      err.push(`rxflow: ${(e as Error).message}\n`);
-      code = 1;
-    }
-  }
-  return { code, out: out.join(''), err: err.join('') };
-}
 
 kernelDescribe('examples/firewall-policy.yaml', () => {
   let topo: PairTopology;

@@ -147,17 +147,41 @@ function indexes(records: readonly FlowRecord[]): number[] {
   return idx;
 }
 
+/** A file of records 0..n-1 as JSON lines, as file_replay reads them; returns its path. */
+function writeRecords(n: number): string {
+  const input = path.join(makeTempDir('rxfs'), 'in.jsonl');
+  fs.writeFileSync(
+    input,
+    batch(0, n)
+      .map((r) => `${JSON.stringify(r)}\n`)
+      .join(''),
+  );
+  return input;
+}
+
+/**
+ * A pipeline replaying records 0..n-1 from a file into a file sink at `file`; `extra` adds options
+ * to the source's and the sink's YAML flow maps (", batch_size: 100").
+ */
+async function replayPipeline(n: number, file: string, extra: { source?: string; sink?: string } = {}) {
+  const input = writeRecords(n);
+  const config = parsePipeline(
+    `sources:
+  in: {type: file_replay, paths: ['${input}']${extra.source ?? ''}}
+sinks:
+  out: {type: file, inputs: [in], path: '${file}'${extra.sink ?? ''}}
+`,
+    'replay-to-file.yaml',
+    { registry: new ComponentRegistry(modules), env: {} },
+  );
+  return buildPipeline(config);
+}
+
 describeWith({ root: true, commands: ['mount', 'umount'] }, 'file sink on a full disk (tmpfs)', () => {
   it('20,000 records through file_replay into 1 MiB: lines read back + drops = records fed, none torn', async () => {
     const disk = mountTmpfs('1m');
     const N = 20_000;
-    const input = path.join(makeTempDir('rxfs'), 'in.jsonl');
-    fs.writeFileSync(
-      input,
-      batch(0, N)
-        .map((r) => `${JSON.stringify(r)}\n`)
-        .join(''),
-    );
+    const input = writeRecords(N);
 
     const ledger = new Ledger();
     const source = context(ledger, 'in', 'file_replay', 'source');
@@ -220,24 +244,8 @@ describeWith({ root: true, commands: ['mount', 'umount'] }, 'file sink on a full
   it('a file_replay pipeline onto a disk that stays full ends by itself, and its ledger holds', async () => {
     const disk = mountTmpfs('1m');
     const N = 20_000;
-    const input = path.join(makeTempDir('rxfs'), 'in.jsonl');
-    fs.writeFileSync(
-      input,
-      batch(0, N)
-        .map((r) => `${JSON.stringify(r)}\n`)
-        .join(''),
-    );
     const file = path.join(disk, 'flows.jsonl');
-    const config = parsePipeline(
-      `sources:
-  in: {type: file_replay, paths: ['${input}']}
-sinks:
-  out: {type: file, inputs: [in], path: '${file}'}
-`,
-      'replay-to-file.yaml',
-      { registry: new ComponentRegistry(modules), env: {} },
-    );
-    const pipeline = await buildPipeline(config);
+    const pipeline = await replayPipeline(N, file);
     await pipeline.start();
     // The input ends with the disk full: the sink writes what it can, and the stop counts the rest.
     await pipeline.done;
@@ -351,5 +359,33 @@ sinks:
           : { received: 200, sent: 0, dropped: { shutdown: 200 }, inFlight: 0 },
       );
     }
+  });
+
+  it('when_full block: the buffer in front of the sink holds file_replay while the disk is full; once freed, every record is written, none dropped', async () => {
+    const disk = mountTmpfs('1m');
+    const filler = path.join(disk, 'filler');
+    expect(() => fs.writeFileSync(filler, Buffer.alloc(2 << 20, 0x78))).toThrow(/^ENOSPC/);
+    // About 730 kB of lines: they fit on the 1 MiB disk once the filler is gone.
+    const N = 1500;
+    const file = path.join(disk, 'flows.jsonl');
+    const pipeline = await replayPipeline(N, file, {
+      source: ', batch_size: 100',
+      sink: ', buffer_max_records: 300, when_full: block, retry_interval_ms: 20',
+    });
+    const stage = (id: string) => pipeline.totals().stages.find((s) => s.id === id)!;
+    await pipeline.start();
+    await until(() => stage('out').received >= 300, 'the sink to hold buffer_max_records');
+    // The sink retries every 20 ms meanwhile; the replay stays held at most one batch past the bound.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(stage('in').sent).toBeLessThanOrEqual(300 + 100);
+    expect(stage('out')).toMatchObject({ received: stage('in').sent, sent: 0, dropped: {} });
+    expect(readBack(disk, 'flows.jsonl')).toEqual([]);
+
+    fs.rmSync(filler);
+    await pipeline.done;
+    const lines = readBack(disk, 'flows.jsonl');
+    expect(indexes(lines)).toEqual(Array.from({ length: N }, (_, k) => k));
+    expect(stage('out')).toMatchObject({ received: N, sent: N, dropped: {}, inFlight: 0 });
+    expect(await replay([file])).toEqual({ records: N, parseFailed: 0 });
   });
 });

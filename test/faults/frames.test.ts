@@ -8,15 +8,14 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { readStatus } from '../../src/cli/status.js';
 import type { FlowRecord } from '../../src/records.js';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
 import { freePort } from '../fixtures/nats.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
+import { Cli } from '../kernel/cli-helpers.js';
 import {
   ETH_ARP,
   ETH_IPV4,
@@ -157,35 +156,23 @@ const KINDS: Kind[] = [
 ];
 
 kernelDescribe('every crafted frame ends in a record or a kernel counter the ledger shows', () => {
-  let topo: PairTopology;
-  let pinRoot: string;
-  let runDir: string;
-
-  beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'frames' });
-    pinRoot = makeBpffsDir('frames');
-    runDir = makeTempDir('frames');
-  });
-  afterAll(() => cleanup.dispose());
+  const run = useRunSetup('frames');
 
   it('frames sent = packets in records + kernel counters, per kind; the counter in status, ledger log and metrics', async () => {
+    const { topo, pinRoot, runDir } = run;
     const out = join(runDir, 'flows.jsonl');
     const socket = join(runDir, 'frames.sock');
     const port = await freePort();
     const file = join(runDir, 'frames.yaml');
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${topo.link.b.ifname}]
-    directions: [ingress]
-    instance: frames${process.pid}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200ms
-sinks:
+      `${flowsSource(
+        { topo, pinRoot },
+        {
+          instance: `frames${process.pid}`,
+          options: { directions: '[ingress]', eviction_interval_ms: '200ms' },
+        },
+      )}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
   metrics: {type: otel_metrics, inputs: [flows], prometheus_port: ${port}}
 `,

@@ -1,21 +1,18 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { expect, it } from 'vitest';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp, startUdpSink } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
+import { Cli } from '../kernel/cli-helpers.js';
 import { isReady, packetsTo, readRecords, waitFor } from './lifecycle-helpers.js';
 
 const TEST_OBJECT = fileURLToPath(new URL('../../bpf/test_datapath.o', import.meta.url));
 
 kernelDescribe('one agent per instance; a failed start leaves no pins', () => {
-  let topo: PairTopology;
-  let pinRoot: string;
-  let dir: string;
-  const env = () => ({ RXFLOW_RUN_DIR: dir, RXFLOW_LOG_LEVEL: 'info' });
+  const run = useRunSetup('lcyin');
+  const env = () => ({ RXFLOW_RUN_DIR: run.runDir, RXFLOW_LOG_LEVEL: 'info' });
 
   /** ebpf_flows on the server's veth end -> file. */
   function pipeline(
@@ -23,32 +20,16 @@ kernelDescribe('one agent per instance; a failed start leaves no pins', () => {
     instance: string,
     o: { netns?: string; iface?: string; extra?: string } = {},
   ): { file: string; out: string } {
-    const file = join(dir, `${name}.yaml`);
-    const out = join(dir, `${name}.jsonl`);
+    const file = join(run.runDir, `${name}.yaml`);
+    const out = join(run.runDir, `${name}.jsonl`);
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${o.netns ?? topo.server.name}
-    interfaces: [${o.iface ?? topo.link.b.ifname}]
-    instance: ${instance}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200
-${o.extra ?? ''}sinks:
+      `${flowsSource(run, { instance, netns: o.netns, iface: o.iface, options: { eviction_interval_ms: 200 } })}${o.extra ?? ''}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
 `,
     );
     return { file, out };
   }
-
-  beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'lcyin' });
-    pinRoot = makeBpffsDir('lcyin');
-    dir = makeTempDir('lcyin');
-  });
-  afterAll(() => cleanup.dispose());
 
   it('refuses a second agent on a running instance, naming the first, and leaves the first running', async () => {
     const instance = 'lifecycle-one';
@@ -65,17 +46,17 @@ ${o.extra ?? ''}sinks:
     ]);
     expect(outcome.exit).toEqual({ code: 1, signal: null });
     expect(b.stderr.split('\n')).toContain(
-      `run sources.flows (ebpf_flows): lock instance '${instance}' at ${pinRoot}/rxflow-${instance}: ` +
+      `run sources.flows (ebpf_flows): lock instance '${instance}' at ${run.pinRoot}/rxflow-${instance}: ` +
         `another agent runs it (pid ${a.pid}, pipeline ${first.file}); ` +
         'stop that agent first, or give this pipeline another instance name',
     );
-    expect(existsSync(join(pinRoot, `rxflow-${instance}`, 'maps', 'flow_counters'))).toBe(true);
+    expect(existsSync(join(run.pinRoot, `rxflow-${instance}`, 'maps', 'flow_counters'))).toBe(true);
 
     // The first agent still counts: what the generator sends shows up in its file.
-    const sink = await startUdpSink({ ns: topo.server, port: 6201, family: 4, count: 40 });
+    const sink = await startUdpSink({ ns: run.topo.server, port: 6201, family: 4, count: 40 });
     const sent = await sendUdp({
-      from: topo.client,
-      to: topo.link.b.ipv4!,
+      from: run.topo.client,
+      to: run.topo.link.b.ipv4!,
       port: 6201,
       count: 40,
       payloadBytes: 64,
@@ -90,14 +71,14 @@ ${o.extra ?? ''}sinks:
 
     a.signal('SIGTERM');
     expect(await a.exited).toEqual({ code: 0, signal: null });
-    expect(existsSync(join(pinRoot, `rxflow-${instance}`))).toBe(false);
+    expect(existsSync(join(run.pinRoot, `rxflow-${instance}`))).toBe(false);
 
     // Once the first has stopped, the instance is free again.
     const c = new Cli(['run', second.file], env());
     await c.until(isReady, "the third agent's 'ready' log");
     c.signal('SIGTERM');
     expect(await c.exited).toEqual({ code: 0, signal: null });
-    expect(existsSync(join(pinRoot, `rxflow-${instance}`))).toBe(false);
+    expect(existsSync(join(run.pinRoot, `rxflow-${instance}`))).toBe(false);
   });
 
   it('a lock left by a killed agent does not block the next one', async () => {
@@ -107,18 +88,18 @@ ${o.extra ?? ''}sinks:
     await a.until(isReady, "the 'ready' log");
     a.signal('SIGKILL');
     expect(await a.exited).toEqual({ code: null, signal: 'SIGKILL' });
-    expect(existsSync(join(pinRoot, `rxflow-${instance}`, 'maps'))).toBe(true);
+    expect(existsSync(join(run.pinRoot, `rxflow-${instance}`, 'maps'))).toBe(true);
     const b = new Cli(['run', p.file], env());
     await b.until(isReady, "the restarted agent's 'ready' log");
     b.signal('SIGTERM');
     expect(await b.exited).toEqual({ code: 0, signal: null });
-    expect(existsSync(join(pinRoot, `rxflow-${instance}`))).toBe(false);
+    expect(existsSync(join(run.pinRoot, `rxflow-${instance}`))).toBe(false);
   });
 
   it.each([
     {
       fault: 'a missing network namespace',
-      o: () => ({ netns: `${topo.server.name}x` }),
+      o: () => ({ netns: `${run.topo.server.name}x` }),
       error: (ns: string) =>
         `run sources.flows (ebpf_flows): enter network namespace ${ns}: /run/netns/${ns} cannot be opened; check the name with 'ip netns list'`,
     },
@@ -146,6 +127,6 @@ ${o.extra ?? ''}sinks:
         `run sources.flows (ebpf_flows): ${TEST_OBJECT}: no map named 'flow_map_a'; the object has maps: echo_counts, rb_config, events, test_flows, test_hash`,
       );
     }
-    expect(existsSync(join(pinRoot, `rxflow-${instance}`))).toBe(false);
+    expect(existsSync(join(run.pinRoot, `rxflow-${instance}`))).toBe(false);
   });
 });

@@ -12,12 +12,11 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
+import { expect, it } from 'vitest';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from '../kernel/cli-helpers.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
+import { Cli } from '../kernel/cli-helpers.js';
 import { isReady, lastLog, readRecords, waitFor, type FileRecord } from './lifecycle-helpers.js';
 
 const PORT = 6301;
@@ -42,34 +41,19 @@ const range = (first: number, n: number) => Array.from({ length: n }, (_, i) => 
 kernelDescribe(
   'SIGKILL mid-stream and restart: the file and the ledger account for every packet sent',
   () => {
-    let topo: PairTopology;
-    let pinRoot: string;
-    let dir: string;
-    const env = () => ({ RXFLOW_RUN_DIR: dir, RXFLOW_LOG_LEVEL: 'info' });
-
-    beforeAll(async () => {
-      assertBuilt();
-      topo = await createPair({ prefix: 'lcyrs' });
-      pinRoot = makeBpffsDir('lcyrs');
-      dir = makeTempDir('lcyrs');
-    });
-    afterAll(() => cleanup.dispose());
+    const run = useRunSetup('lcyrs');
+    const env = () => ({ RXFLOW_RUN_DIR: run.runDir, RXFLOW_LOG_LEVEL: 'info' });
 
     it('loses at most the one eviction in the process at the kill, and the pinned maps carry the rest over', async () => {
+      const { topo, pinRoot, runDir: dir } = run;
       const out = join(dir, 'flows.jsonl');
       const file = join(dir, 'lcyrestart.yaml');
       writeFileSync(
         file,
-        `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${topo.link.b.ifname}]
-    directions: [ingress]
-    instance: lifecycle-restart
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200
-sinks:
+        `${flowsSource(
+          { topo, pinRoot },
+          { instance: 'lifecycle-restart', options: { directions: '[ingress]', eviction_interval_ms: 200 } },
+        )}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
 `,
       );

@@ -1,12 +1,11 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { readStatus } from '../../src/cli/status.js';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { icmpFrameBytes, ping, sendTcp, sendUdp, startUdpSink, udpFrameBytes } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from './cli-helpers.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
+import { Cli } from './cli-helpers.js';
 
 interface LoggedFlow {
   src: string;
@@ -21,25 +20,15 @@ interface LoggedFlow {
 }
 
 kernelDescribe('rxflow run on a veth in a namespace', () => {
-  let topo: PairTopology;
-  let pinRoot: string;
-  let runDir: string;
+  const run = useRunSetup('rxcl');
 
   /** ebpf_flows on the server's end -> decorate (names from that namespace) -> top, logged at the end. */
-  function pipeline(name: string, evictionMs: string, iface = topo.link.b.ifname): string {
-    const file = join(runDir, `${name}.yaml`);
+  function pipeline(name: string, evictionMs: string, iface = run.topo.link.b.ifname): string {
+    const file = join(run.runDir, `${name}.yaml`);
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${iface}]
-    instance: ${name}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: ${evictionMs}
-transforms:
-  named: {type: decorate, inputs: [flows], netns: ${topo.server.name}}
+      `${flowsSource(run, { instance: name, iface, options: { eviction_interval_ms: evictionMs } })}transforms:
+  named: {type: decorate, inputs: [flows], netns: ${run.topo.server.name}}
 sinks:
   top: {type: top, inputs: [named], top_n: 50, window_ms: 1h, log_interval_ms: 1h}
 `,
@@ -47,39 +36,31 @@ sinks:
     return file;
   }
 
-  const env = () => ({ RXFLOW_RUN_DIR: runDir, RXFLOW_LOG_LEVEL: 'info' });
-
-  beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'rxcl' });
-    pinRoot = makeBpffsDir('rxcl');
-    runDir = makeTempDir('rxcl');
-  });
-  afterAll(() => cleanup.dispose());
+  const env = () => ({ RXFLOW_RUN_DIR: run.runDir, RXFLOW_LOG_LEVEL: 'info' });
 
   it('drains on SIGTERM: the last eviction delivers every flow still in the kernel map, exactly, and it exits 0', async () => {
     // Nothing is evicted before the signal: every record below comes from the drain.
     const file = pipeline('rxcldrain', '1h');
     const cli = new Cli(['run', file], env());
     await cli.until((c) => c.logs().some((l) => l.msg === 'ready'), "the 'ready' log");
-    const socket = join(runDir, 'rxcldrain.sock');
+    const socket = join(run.runDir, 'rxcldrain.sock');
     expect(await readStatus(socket)).toMatchObject({ state: 'running', ready: true, ledger: { seen: 0 } });
 
-    const sink = await startUdpSink({ ns: topo.server, port: 6101, family: 4, count: 50 });
+    const sink = await startUdpSink({ ns: run.topo.server, port: 6101, family: 4, count: 50 });
     await sendUdp({
-      from: topo.client,
-      to: topo.link.b.ipv4!,
+      from: run.topo.client,
+      to: run.topo.link.b.ipv4!,
       port: 6101,
       count: 50,
       payloadBytes: 100,
       srcPort: 41101,
     });
     await sink.result;
-    await ping({ from: topo.client, to: topo.link.b.ipv6!, count: 5, payloadBytes: 56 });
+    await ping({ from: run.topo.client, to: run.topo.link.b.ipv6!, count: 5, payloadBytes: 56 });
     const tcp = await sendTcp({
-      from: topo.client,
-      server: topo.server,
-      to: topo.link.b.ipv4!,
+      from: run.topo.client,
+      server: run.topo.server,
+      to: run.topo.link.b.ipv4!,
       port: 6102,
       bytes: 20_000,
       srcPort: 41102,
@@ -89,7 +70,7 @@ sinks:
 
     const top = cli.logs().find((l) => l.msg === 'top flows');
     const flows = (top?.flows as LoggedFlow[]).map((f) => ({ ...f }));
-    const ifname = topo.link.b.ifname;
+    const ifname = run.topo.link.b.ifname;
     const key = (f: LoggedFlow) => `${f.proto} ${f.dir} ${f.src}:${f.sport}>${f.dst}:${f.dport}`;
     const byKey = Object.fromEntries(flows.map((f) => [key(f), f]));
     expect(Object.keys(byKey).sort()).toEqual(
@@ -124,19 +105,19 @@ sinks:
       sinks: [{ id: 'top', handed: 5, exported: 5, droppedTotal: 0, inFlight: 0 }],
     });
     expect(existsSync(socket)).toBe(false);
-    expect(existsSync(join(pinRoot, 'rxflow-rxcldrain'))).toBe(false);
+    expect(existsSync(join(run.pinRoot, 'rxflow-rxcldrain'))).toBe(false);
   });
 
   it('serves the loss ledger and the state to rxflow status while it runs', async () => {
     const file = pipeline('rxcllive', '200ms');
-    const socket = join(runDir, 'rxcllive.sock');
+    const socket = join(run.runDir, 'rxcllive.sock');
     const cli = new Cli(['run', file, '--status-socket', socket], env());
     await cli.until((c) => c.logs().some((l) => l.msg === 'ready'), "the 'ready' log");
     // A listener, so the server answers no datagram with a port-unreachable.
-    const sink = await startUdpSink({ ns: topo.server, port: 6103, family: 4, count: 30 });
+    const sink = await startUdpSink({ ns: run.topo.server, port: 6103, family: 4, count: 30 });
     await sendUdp({
-      from: topo.client,
-      to: topo.link.b.ipv4!,
+      from: run.topo.client,
+      to: run.topo.link.b.ipv4!,
       port: 6103,
       count: 30,
       payloadBytes: 200,
@@ -151,7 +132,7 @@ sinks:
       status = await readStatus(socket);
     }
     expect(status.top?.top?.flows.map((f) => [f.destinationPort, f.packets, f.bytes, f.interface])).toEqual([
-      [6103, 30, 30 * udpFrameBytes(4, 200), topo.link.b.ifname],
+      [6103, 30, 30 * udpFrameBytes(4, 200), run.topo.link.b.ifname],
     ]);
     expect(status.ledger).toEqual({
       seen: 1,
@@ -194,7 +175,7 @@ sinks:
     );
     expect(cli.stderr).not.toMatch(/\n\s+at /);
     expect(cli.stderr).not.toContain('"stack"');
-    expect(existsSync(join(pinRoot, 'rxflow-rxclnoif'))).toBe(false);
-    expect(existsSync(join(runDir, 'rxclnoif.sock'))).toBe(false);
+    expect(existsSync(join(run.pinRoot, 'rxflow-rxclnoif'))).toBe(false);
+    expect(existsSync(join(run.runDir, 'rxclnoif.sock'))).toBe(false);
   });
 });

@@ -1,5 +1,5 @@
 /**
- * Holds src/datapath/drops.ts against the compiled bpf/drops.o (struct sizes and members from
+ * Holds src/datapath/flow/drops.ts against the compiled bpf/drops.o (struct sizes and members from
  * its BTF, the constants of bpf/drops.h) and the drop reason names against what bpftool prints of
  * the running kernel's enum skb_drop_reason.
  */
@@ -13,7 +13,7 @@ import {
   DROP_REASON_OTHER,
   DROP_REASON_SLOTS,
   readDropReasonNames,
-} from '../../src/datapath/drops.js';
+} from '../../src/datapath/flow/drops.js';
 import { buildBpf, repo } from './flow-packets.js';
 
 const object = join(repo, 'bpf', 'drops.o');
@@ -21,7 +21,7 @@ const object = join(repo, 'bpf', 'drops.o');
 describe('bpf/drops.o and the kernel drop reasons', () => {
   beforeAll(() => buildBpf());
 
-  it('has the struct layouts of src/datapath/drops.ts', () => {
+  it('has the struct layouts of src/datapath/flow/drops.ts', () => {
     for (const layout of DROP_LAYOUTS) {
       const fields = Object.entries(layout.fields).map(([name, f]) => ({
         name,

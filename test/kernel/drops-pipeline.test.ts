@@ -6,29 +6,13 @@
 import { rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { buildPipeline } from '../../src/pipeline/build.js';
-import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
-import { parsePipeline } from '../../src/pipeline/load.js';
-import type { FlowRecord } from '../../src/records.js';
-import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp } from '../fixtures/traffic.js';
-import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
+import { startEbpfPipeline, WARN } from './ebpf-pipeline.js';
 import { buildBpf } from './flow-packets.js';
-
-interface LogLine {
-  level: number;
-  msg: string;
-  hook?: string;
-  unmatched?: Record<string, number>;
-}
-
-const WARN = 40;
 
 kernelDescribe('ebpf_flows with drops in a pipeline', () => {
   let pair: PairTopology;
@@ -64,46 +48,15 @@ kernelDescribe('ebpf_flows with drops in a pipeline', () => {
     return doc.nftables.find((e) => e.counter !== undefined)!.counter!.packets;
   }
 
-  async function start(name: string, options: string) {
-    const store: CollectStore = new Map();
-    const logs: LogLine[] = [];
-    const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
-    const yaml = `
-sources:
-  kernel:
-    type: ebpf_flows
-    interfaces: ['\${IFACE}']
-    netns: \${NETNS}
-    directions: [ingress]
-    instance: \${INSTANCE}
-    pin_root: \${PIN_ROOT}
-    eviction_interval_ms: 1h
-${options}
-sinks:
-  out:
-    type: collect
-    inputs: [kernel]
-`;
-    const config = parsePipeline(yaml, `${name}.yaml`, {
-      registry,
-      env: {
-        IFACE: pair.link.b.ifname,
-        NETNS: pair.server.name,
-        INSTANCE: `${name}-${process.pid}`,
-        PIN_ROOT: pinRoot,
-      },
+  const start = (name: string, options: string) =>
+    startEbpfPipeline({
+      name,
+      iface: pair.link.b.ifname,
+      netns: pair.server.name,
+      pinRoot,
+      options,
+      directions: ['ingress'],
     });
-    const stream = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as LogLine);
-        done();
-      },
-    });
-    const pipeline = await buildPipeline(config, { logger: pino({ level: 'info' }, stream) });
-    await pipeline.start();
-    const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
-    return { pipeline, collected, logs };
-  }
 
   it('puts N packets dropped by nftables on their flow with reason NETFILTER_DROP, exactly', async () => {
     const { pipeline, collected, logs } = await start('drops-on', '    drops: true');

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { DatapathError } from '../../src/datapath/errors.js';
-import { FlowDatapath } from '../../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import type { FlowRecord } from '../../src/records.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';

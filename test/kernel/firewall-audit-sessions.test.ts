@@ -5,15 +5,12 @@
  * the two stacks report. The responder's network allows the replies: judged on their own they
  * would open a session keyed by the responder.
  */
-import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
-import { Command, CommanderError } from 'commander';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { registerFirewallCommands } from '../../src/cli/firewall.js';
-import type { CliIo } from '../../src/cli/io.js';
 import { FirewallCollection } from '../../src/datapath/firewall/index.js';
 import { parsePolicy } from '../../src/config/firewall-policy.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
+import { firewallCli as cli } from '../fixtures/firewall-cli.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { NodeChild, TCP_CLIENT, TCP_ECHO_SERVER, drainAudit, snmp, waitFor } from './firewall-helpers.js';
@@ -29,31 +26,6 @@ policies:
   servers:
     default_action: allow
 `;
-
-/** `rxflow firewall ...` in process; resolves to its exit code and output. */
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const io: CliIo = {
-    out: (s) => void out.push(s),
-    err: (s) => void err.push(s),
-    env: {},
-    signals: new EventEmitter(),
-    exit: () => undefined,
-  };
-  const program = new Command('rxflow')
-    .exitOverride()
-    .configureOutput({ writeOut: (s) => out.push(s), writeErr: (s) => err.push(s) });
-  registerFirewallCommands(program, io);
-  let code = 0;
-  try {
-    await program.parseAsync(argv, { from: 'user' });
-  } catch (e) {
-    code = e instanceof CommanderError ? e.exitCode : 1;
-    if (!(e instanceof CommanderError)) err.push(`rxflow: ${(e as Error).message}\n`);
-  }
-  return { code, out: out.join(''), err: err.join('') };
-}
 
 interface ListedSession {
   srcAddr: string;

@@ -2,47 +2,16 @@
  * `rxflow firewall` in process: load leaves the firewall attached after the command returns; the
  * other subcommands work on its pins. Exact output and error messages.
  */
-import { EventEmitter } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Command, CommanderError } from 'commander';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { registerFirewallCommands } from '../../src/cli/firewall.js';
-import type { CliIo } from '../../src/cli/io.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
+import { firewallCli as cli } from '../fixtures/firewall-cli.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp, startUdpSink } from '../fixtures/traffic.js';
 import { waitFor } from './firewall-helpers.js';
-
-/** What runCli does around the program: exit codes from commander, `rxflow: <message>` for errors. */
-async function cli(argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const io: CliIo = {
-    out: (s) => void out.push(s),
-    err: (s) => void err.push(s),
-    env: {},
-    signals: new EventEmitter(),
-    exit: () => undefined,
-  };
-  const program = new Command('rxflow')
-    .exitOverride()
-    .configureOutput({ writeOut: (s) => out.push(s), writeErr: (s) => err.push(s) });
-  registerFirewallCommands(program, io);
-  let code = 0;
-  try {
-    await program.parseAsync(argv, { from: 'user' });
-  } catch (e) {
-    if (e instanceof CommanderError) code = e.exitCode;
-    else {
-      err.push(`rxflow: ${(e as Error).message}\n`);
-      code = 1;
-    }
-  }
-  return { code, out: out.join(''), err: err.join('') };
-}
 
 kernelDescribe('rxflow firewall', () => {
   let topo: PairTopology;

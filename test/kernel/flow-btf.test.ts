@@ -1,5 +1,5 @@
 /**
- * Holds src/datapath/flow-types.ts against the compiled bpf/flow.o: every struct size, member
+ * Holds src/datapath/flow/types.ts against the compiled bpf/flow.o: every struct size, member
  * offset and member size from the object's BTF, the counter enum, the maps' key and value types,
  * and the #define constants of bpf/flow.h.
  */
@@ -8,7 +8,8 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import * as flow from '../../src/datapath/flow-types.js';
+import * as flow from '../../src/datapath/flow/types.js';
+import * as latency from '../../src/datapath/flow/latency.js';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const hasBpftool = spawnSync('bpftool', ['version']).status === 0;
@@ -109,6 +110,15 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
     expect(mapMember('flow_counters', 'max_entries').nr_elems).toBe(flow.FLOW_CTR.MAX);
   });
 
+  it('the flow_value offsets the latency decoder reads', () => {
+    const f = flow.FLOW_VALUE.fields;
+    expect([latency.V_HANDSHAKE_RTT_US, latency.V_SRTT_MIN_US, latency.V_SRTT_US]).toEqual([
+      f.handshake_rtt_us.offset,
+      f.srtt_min_us.offset,
+      f.srtt_us.offset,
+    ]);
+  });
+
   it('the #define constants of bpf/flow.h', () => {
     const header = readFileSync(join(repo, 'bpf/flow.h'), 'utf8');
     const defines = Object.fromEntries(
@@ -122,6 +132,7 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
       FLOW_TUNNEL_GENEVE: flow.FLOW_TUNNEL_GENEVE,
       FLOW_EVENT_MAP_FULL: flow.FLOW_EVENT_MAP_FULL,
       FLOW_EVENT_MAP_ERROR: flow.FLOW_EVENT_MAP_ERROR,
+      FLOW_FEATURE_RTT: latency.FLOW_FEATURE_RTT,
     });
   });
 });

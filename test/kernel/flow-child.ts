@@ -19,7 +19,7 @@ import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
 import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
-import { FlowDatapath, type FlowDatapathOptions } from '../../src/sources/flow-datapath.js';
+import { FlowDatapath, type FlowDatapathOptions } from '../../src/datapath/flow/datapath.js';
 import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
 
 function report(value: unknown): void {

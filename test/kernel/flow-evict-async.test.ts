@@ -13,7 +13,7 @@ import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch } from '../../src/records.js';
 import ebpfFlowsModule, { type EbpfFlowsConfig } from '../../src/sources/ebpf_flows.js';
-import { FlowDatapath } from '../../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';

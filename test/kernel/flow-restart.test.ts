@@ -10,7 +10,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { TcDirection } from '../../src/datapath/index.js';
 import type { FlowRecord } from '../../src/records.js';
-import { FlowDatapath, type FlowDatapathOptions } from '../../src/sources/flow-datapath.js';
+import { FlowDatapath, type FlowDatapathOptions } from '../../src/datapath/flow/datapath.js';
 import { buildChild, startChild, type BuiltChild } from '../fixtures/child.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';

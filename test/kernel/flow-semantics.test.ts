@@ -7,7 +7,7 @@
  * lengths, or ping's echo size.
  */
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import { FlowDatapath } from '../../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import type { FlowRecord } from '../../src/records.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';

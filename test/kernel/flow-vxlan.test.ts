@@ -6,7 +6,7 @@
  */
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import type { FlowRecord } from '../../src/records.js';
-import { FlowDatapath } from '../../src/sources/flow-datapath.js';
+import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, waitQuiet, type Netns, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';

@@ -6,15 +6,14 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import type { FlowRecord } from '../../src/records.js';
-import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
 import { Nfcapd, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
-import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';
-import { Cli, assertBuilt } from './cli-helpers.js';
+import { flowsSource, useRunSetup } from '../fixtures/run.js';
+import { Cli } from './cli-helpers.js';
 import { ETH_ARP, ETH_IPV4, ETH_IPV6, ethernet, ipv4, ipv6, udp } from './flow-packets.js';
 
 /** A unicast MAC no interface has: the receiving kernel drops IP frames to it after TC saw them. */
@@ -83,19 +82,10 @@ function fromNfdump(f: NfdumpFlow): string {
 }
 
 kernelDescribe('ipfix sinks in the same run as a file sink', () => {
-  let topo: PairTopology;
-  let pinRoot: string;
-  let runDir: string;
-
-  beforeAll(async () => {
-    assertBuilt();
-    topo = await createPair({ prefix: 'ipfx' });
-    pinRoot = makeBpffsDir('ipfx');
-    runDir = makeTempDir('ipfx');
-  });
-  afterAll(() => cleanup.dispose());
+  const run = useRunSetup('ipfx');
 
   it('nfdump reads over UDP and over TCP exactly the records the file holds', async () => {
+    const { topo, pinRoot, runDir } = run;
     const udpCollector = await Nfcapd.start();
     const tcpCollector = await Nfcapd.start();
     const tcpPort = await freePort();
@@ -104,16 +94,13 @@ kernelDescribe('ipfix sinks in the same run as a file sink', () => {
     const file = join(runDir, 'ipfix.yaml');
     writeFileSync(
       file,
-      `sources:
-  flows:
-    type: ebpf_flows
-    netns: ${topo.server.name}
-    interfaces: [${topo.link.b.ifname}]
-    directions: [ingress]
-    instance: ipfx${process.pid}
-    pin_root: ${pinRoot}
-    eviction_interval_ms: 200ms
-sinks:
+      `${flowsSource(
+        { topo, pinRoot },
+        {
+          instance: `ipfx${process.pid}`,
+          options: { directions: '[ingress]', eviction_interval_ms: '200ms' },
+        },
+      )}sinks:
   out: {type: file, inputs: [flows], path: ${out}}
   overudp: {type: ipfix, inputs: [flows], collector: '127.0.0.1:${udpCollector.port}'}
   overtcp: {type: ipfix, inputs: [flows], collector: '127.0.0.1:${tcpPort}', transport: tcp, max_message_bytes: 1400}

@@ -258,7 +258,7 @@ describe('ipfix sink', () => {
     expect(expert).toBe('');
     const templates = rows.filter((r) => r[0] !== '');
     // One template set at the session's start (5 templates), then their withdrawal (field count 0).
-    expect(templates.map((r) => r[1])).toEqual(['22,22,14,23,23', '0,0,0,0,0']);
+    expect(templates.map((r) => r[1])).toEqual(['24,24,16,25,25', '0,0,0,0,0']);
   });
 
   it('TCP: a collector that never answers: at the close deadline what is held counts as shutdown', async () => {

@@ -108,6 +108,20 @@ function contextWith(ledger: Ledger): ComponentContext {
 }
 
 const closers: (() => Promise<void>)[] = [];
+
+/** A sink with only the Prometheus endpoint, on a free port, reading `input`. */
+async function prometheusSink(): Promise<{ port: number; input: Subject<FlowBatch> }> {
+  const port = await freePort();
+  const sink = otelMetricsModule.build(
+    { prometheus_port: port, prometheus_host: '127.0.0.1' },
+    contextWith(new Ledger()),
+  );
+  closers.push(() => sink.close());
+  const input = new Subject<FlowBatch>();
+  void sink.consume(input);
+  await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
+  return { port, input };
+}
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close();
   vi.unstubAllEnvs();
@@ -267,16 +281,7 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
   });
 
   it('counts dropped packets and bytes by the kernel reason of the records, one series per reason', async () => {
-    const port = await freePort();
-    const ledger = new Ledger();
-    const sink = otelMetricsModule.build(
-      { prometheus_port: port, prometheus_host: '127.0.0.1' },
-      contextWith(ledger),
-    );
-    closers.push(() => sink.close());
-    const input = new Subject<FlowBatch>();
-    void sink.consume(input);
-    await waitFor('the sink to subscribe', () => Promise.resolve(input.observed ? true : undefined));
+    const { port, input } = await prometheusSink();
     const dropped = (packets: number, bytes: number, reason: string) =>
       flowRecord({ droppedPacketDeltaCount: packets, droppedOctetDeltaCount: bytes, dropReason: reason });
     input.next([
@@ -298,6 +303,37 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
       'rxflow_flow_dropped_bytes_total{rxflow_drop_reason=NO_SOCKET}': 6050,
       'rxflow_flow_dropped_bytes_total{rxflow_drop_reason=NETFILTER_DROP}': 4260,
     });
+  });
+
+  it('puts the handshake and smoothed RTTs of the records in one histogram, by kind', async () => {
+    const { port, input } = await prometheusSink();
+    input.next([
+      flowRecord({ tcpHandshakeRttMicroseconds: 20_400 }),
+      flowRecord({ tcpHandshakeRttMicroseconds: 300, tcpSmoothedRttMicroseconds: 21_000 }),
+      flowRecord({ packetDeltaCount: 9 }),
+    ]);
+    input.next([flowRecord({ tcpSmoothedRttMicroseconds: 2_000_000 })]);
+    const url = `http://127.0.0.1:${port}/metrics`;
+    const text = await waitFor('the rtt histogram', async () => {
+      const t = await (await fetch(url)).text();
+      return t.includes('rxflow_flow_tcp_rtt_count{') ? t : undefined;
+    });
+    expect(await promtool(text)).toEqual({ code: 0, output: '' });
+    const got = samples(text);
+    const rtt = (name: string) =>
+      Object.fromEntries([...got].filter(([k]) => k.startsWith(`rxflow_flow_tcp_rtt_${name}`)));
+    expect(rtt('count')).toEqual({
+      'rxflow_flow_tcp_rtt_count{rxflow_rtt_kind=handshake}': 2,
+      'rxflow_flow_tcp_rtt_count{rxflow_rtt_kind=smoothed}': 2,
+    });
+    expect(rtt('sum')['rxflow_flow_tcp_rtt_sum{rxflow_rtt_kind=handshake}']).toBeCloseTo(0.0207, 9);
+    expect(rtt('sum')['rxflow_flow_tcp_rtt_sum{rxflow_rtt_kind=smoothed}']).toBeCloseTo(2.021, 9);
+    const buckets = rtt('bucket');
+    expect(buckets['rxflow_flow_tcp_rtt_bucket{le=0.00025,rxflow_rtt_kind=handshake}']).toBe(0);
+    expect(buckets['rxflow_flow_tcp_rtt_bucket{le=0.0005,rxflow_rtt_kind=handshake}']).toBe(1);
+    expect(buckets['rxflow_flow_tcp_rtt_bucket{le=0.025,rxflow_rtt_kind=handshake}']).toBe(2);
+    expect(buckets['rxflow_flow_tcp_rtt_bucket{le=1,rxflow_rtt_kind=smoothed}']).toBe(1);
+    expect(buckets['rxflow_flow_tcp_rtt_bucket{le=2.5,rxflow_rtt_kind=smoothed}']).toBe(2);
   });
 });
 

@@ -1,13 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { DROP_VALUE, attachDrops, decodeDropBatch } from '../../src/datapath/drops.js';
-import {
-  FLOW_KEY,
-  FLOW_VALUE_STRIDE,
-  decodeFlowMapBatch,
-  encodeKey,
-  encodeValue,
-  type FlowKeyFields,
-} from '../../src/datapath/flow-types.js';
+import { DROP_VALUE, attachDrops, decodeDropBatch } from '../../src/datapath/flow/drops.js';
+import { FLOW_KEY, FLOW_VALUE_STRIDE, decodeFlowMapBatch } from '../../src/datapath/flow/types.js';
+import { encodeKey, encodeValue, type FlowKeyFields } from '../fixtures/flow-map.js';
 import { flowRecordProblem } from '../../src/records.js';
 
 const key = (srcPort: number, more: Partial<FlowKeyFields> = {}): FlowKeyFields => ({

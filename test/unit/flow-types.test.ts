@@ -13,19 +13,21 @@ import {
   type FlowEviction,
   decodeFlowEvent,
   decodeFlowMapBatch,
-  decodeKey,
   encodeFlowConfig,
-  encodeKey,
-  encodeValue,
   flowEventReason,
   formatIPv4,
   formatIPv6,
   formatIp16,
   formatMac,
   sumPerCpuCounter,
+} from '../../src/datapath/flow/types.js';
+import {
+  decodeKey,
+  encodeKey,
+  encodeValue,
   type FlowKeyFields,
   type FlowValueFields,
-} from '../../src/datapath/flow-types.js';
+} from '../fixtures/flow-map.js';
 import { ipv4ToUint32 } from '../../src/net/address.js';
 import { readIPv4Words, type FlowRecord } from '../../src/records.js';
 
@@ -550,7 +552,7 @@ describe('decodeFlowMapBatch', () => {
       expect.objectContaining({
         code: 'EOBJLAYOUT',
         message:
-          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (104); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (120); rebuild bpf/flow.o with 'bash bpf/build.sh'",
       }),
     );
   });
@@ -607,7 +609,7 @@ describe('decodeFlowEvent', () => {
   it('rejects a record shorter than struct flow_event', () => {
     const view = event(tcpKey, emptyValue, 1, 0);
     expect(() => decodeFlowEvent(view, 0, 160, 0)).toThrow(
-      "decode flow_events: record of 160 bytes is shorter than struct flow_event (168); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+      "decode flow_events: record of 160 bytes is shorter than struct flow_event (184); rebuild bpf/flow.o with 'bash bpf/build.sh'",
     );
   });
 });
@@ -638,20 +640,12 @@ describe('decoders against a plain reading of the flow structs', () => {
   const KF = FLOW_KEY.fields;
   const VF = FLOW_VALUE.fields;
 
-  interface KeyModel {
+  /** A flow key with its addresses as bytes. */
+  interface KeyModel extends Omit<FlowKeyFields, 'ipVersion' | 'srcIp' | 'dstIp' | 'direction' | 'netns'> {
     ipVersion: 4 | 6;
     src: Uint8Array;
     dst: Uint8Array;
-    ifIndex: number;
-    vni: number;
-    srcPort: number;
-    dstPort: number;
-    ethType: number;
-    protocol: number;
     direction: 0 | 1;
-    icmpType: number;
-    icmpCode: number;
-    tunnelType: number;
     vlanId: number;
     innerVlanId: number;
   }

@@ -367,6 +367,28 @@ export class FirewallCollection {
     return out;
   }
 
+  /**
+   * The keys of the sessions as the map holds them (SESSION_KEY.size bytes each, packed), from one
+   * batch read and with nothing decoded; with `open`, closed TCP sessions (ended, kept only for
+   * their last packets) are left out.
+   */
+  sessionKeys(opts: { open?: boolean } = {}): { count: number; keys: Uint8Array } {
+    this.#check('list session keys');
+    const map = this.#maps.sessions;
+    const { count, keys, values } = map.dump();
+    if (opts.open !== true) return { count, keys };
+    const closed = TCP_STATES.indexOf('closed');
+    const state = SESSION.fields.tcp_state.offset;
+    let kept = 0;
+    for (let i = 0; i < count; i++) {
+      if (values[i * map.valueBufferSize + state] === closed) continue;
+      if (kept !== i)
+        keys.copyWithin(kept * SESSION_KEY.size, i * SESSION_KEY.size, (i + 1) * SESSION_KEY.size);
+      kept++;
+    }
+    return { count: kept, keys: keys.subarray(0, kept * SESSION_KEY.size) };
+  }
+
   /** sessions() with their age and idle time (against this host's monotonic clock, as the kernel's). */
   listSessions(filter: SessionFilter = {}, nowNs: bigint = process.hrtime.bigint()): SessionListing[] {
     return this.sessions(filter).map((s) => ({

@@ -11,4 +11,5 @@ export {
   type SettingValue,
 } from './collection.js';
 export { compilePolicy, type CompiledPolicy, type MapEntry } from './compile.js';
+export { SessionKeyMemo } from './key-memo.js';
 export * from './types.js';

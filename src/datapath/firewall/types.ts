@@ -7,7 +7,7 @@
  * Decoders read whole batches through one DataView per buffer; only the returned objects allocate.
  */
 import { endianness } from 'node:os';
-import { formatIp16, formatMac, hex } from '../flow-types.js';
+import { formatIp16, formatMac, hex } from '../flow/types.js';
 import { struct, u64, viewOf, type FieldLayout, type StructLayout } from '../layout.js';
 import {
   AddressError,
@@ -17,8 +17,21 @@ import {
   writeMac,
   type Cidr,
 } from '../../net/address.js';
-import type { FirewallAction } from '../../config/firewall-policy.js';
 import { FirewallError } from '../../config/firewall-errors.js';
+import type {
+  Direction,
+  FirewallAction,
+  FirewallReason,
+  SessionEventKind,
+  SessionKey,
+  SessionOrigin,
+  SessionOuter,
+  TcpState,
+  TunnelType,
+} from '../../records/firewall-session.js';
+
+/** The session key and enum names, defined with the records that carry them. */
+export type * from '../../records/firewall-session.js';
 
 export type { FieldLayout } from '../layout.js';
 /** A firewall struct layout; the same type as the flow structs'. */
@@ -146,7 +159,6 @@ export const RULE_KEY_FIXED_BITS = 64;
 
 export const ACTIONS: readonly (FirewallAction | 'none')[] = ['none', 'allow', 'block', 'redirect'];
 
-export type FirewallReason = 'session' | 'rule' | 'policy_default' | 'no_network' | 'no_policy';
 export const REASONS: readonly FirewallReason[] = [
   'session',
   'rule',
@@ -155,13 +167,10 @@ export const REASONS: readonly FirewallReason[] = [
   'no_policy',
 ];
 
-export type TunnelType = 'none' | 'vxlan' | 'geneve';
 export const TUNNELS: readonly TunnelType[] = ['none', 'vxlan', 'geneve'];
 
-export type Direction = 'ingress' | 'egress';
 export const DIRECTIONS: readonly Direction[] = ['ingress', 'egress'];
 
-export type TcpState = 'none' | 'syn_sent' | 'syn_recv' | 'established' | 'fin_wait' | 'closed';
 export const TCP_STATES: readonly TcpState[] = [
   'none',
   'syn_sent',
@@ -171,10 +180,8 @@ export const TCP_STATES: readonly TcpState[] = [
   'closed',
 ];
 
-export type SessionOrigin = 'kernel' | 'restored';
 export const ORIGINS: readonly SessionOrigin[] = ['kernel', 'restored'];
 
-export type SessionEventKind = 'created' | 'updated' | 'deleted';
 /** enum fw_session_event_type: index = kernel value. */
 export const SESSION_EVENT_KINDS: readonly (SessionEventKind | undefined)[] = [
   undefined,
@@ -269,20 +276,8 @@ function enumName<T>(names: readonly (T | undefined)[], value: number, what: str
   return name;
 }
 
-/** The key of fw_sessions: the 5-tuple as the initiator sent it, plus the VNI (0 without a tunnel). */
-export interface SessionKey {
-  /** IP protocol number: 6 tcp, 17 udp, 1 icmp, 58 icmpv6. */
-  protocol: number;
-  /** Canonical text: IPv4 dotted, IPv6 compressed. */
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  vni: number;
-}
-
 /** A session of fw_sessions, key and value. Times are the kernel's CLOCK_MONOTONIC in ns. */
-export interface FirewallSession extends SessionKey {
+export interface FirewallSession extends SessionKey, SessionOuter {
   createdNs: bigint;
   lastSeenNs: bigint;
   /** When the kernel last sent an event for it. */
@@ -292,18 +287,6 @@ export interface FirewallSession extends SessionKey {
   packetsReverse: number;
   bytesReverse: number;
   tunnel: TunnelType;
-  /** GENEVE flow cookie: 8 bytes as 16 lower-case hex digits, wire order; all zero without one. */
-  cookie: string;
-  /** Outer addresses of the packet that opened the session; '' without a tunnel. */
-  outerSrcAddr: string;
-  outerDstAddr: string;
-  /** (Outer) Ethernet addresses of the packet that opened the session. */
-  outerSrcMac: string;
-  outerDstMac: string;
-  outerSrcPort: number;
-  outerDstPort: number;
-  /** The interface the opening packet came in on. */
-  ingressIfindex: number;
   /** Forward packets of a redirect session go to this interface; 0 otherwise. */
   redirectIfindex: number;
   policyId: number;
@@ -469,14 +452,8 @@ export function decodeSessionEvent(view: DataView, offset: number, length: numbe
 }
 
 /** A record of fw_audit: one verdict on one packet. */
-export interface AuditEvent {
+export interface AuditEvent extends SessionKey {
   timeNs: bigint;
-  protocol: number;
-  srcAddr: string;
-  srcPort: number;
-  dstAddr: string;
-  dstPort: number;
-  vni: number;
   ifindex: number;
   policyId: number;
   ruleId: number;

@@ -15,6 +15,7 @@
  *           packetDeltaCount(2) ingressInterface(10) egressInterface(14) flowDirection(61)
  *           flowEndReason(136) sourceMacAddress(56) destinationMacAddress(80) ethernetType(256)
  *           layer2OctetDeltaCount(352) dot1qVlanId(243) dot1qCustomerVlanId(245)
+ *           droppedPacketDeltaCount(133) droppedOctetDeltaCount(132)
  *   L3:     protocolIdentifier(4) sourceTransportPort(7) destinationTransportPort(11)
  *           tcpControlBits(6) ipDiffServCodePoint(195)
  *
@@ -23,7 +24,8 @@
  * VNI with 0x01 (VXLAN) in its top byte, as element 351 defines; GENEVE has no type code there,
  * so a GENEVE record goes out on its inner template without tunnel fields. layer2OctetDeltaCount
  * is 0 for a record without it (one written by an older version, read back), and the VLAN ids are
- * 0 for an untagged frame (802.1Q's "no VLAN"). Fields with no IANA
+ * 0 for an untagged frame (802.1Q's "no VLAN"), the drop counts 0 for a record without drops
+ * (ebpf_flows with drops off, or no drop in the interval). Fields with no IANA
  * element (interfaceName, tunnel outer addresses, the GENEVE cookie) are left out.
  */
 import type { FlowRecord } from '../../records.js';
@@ -67,6 +69,8 @@ const COMMON: readonly Element[] = [
   el(352, 'layer2OctetDeltaCount', 8),
   el(243, 'dot1qVlanId', 2),
   el(245, 'dot1qCustomerVlanId', 2),
+  el(133, 'droppedPacketDeltaCount', 8),
+  el(132, 'droppedOctetDeltaCount', 8),
 ];
 const L3: readonly Element[] = [
   el(4, 'protocolIdentifier', 1),
@@ -227,6 +231,10 @@ export function writeRecord(r: FlowRecord, template: number, out: Buffer, pos: n
   const frameOctets = r.layer2OctetDeltaCount ?? 0;
   if (!Number.isSafeInteger(packets) || packets < 0 || !Number.isSafeInteger(octets) || octets < 0) return -1;
   if (!Number.isSafeInteger(frameOctets) || frameOctets < 0) return -1;
+  const droppedPackets = r.droppedPacketDeltaCount ?? 0;
+  const droppedOctets = r.droppedOctetDeltaCount ?? 0;
+  if (!Number.isSafeInteger(droppedPackets) || droppedPackets < 0) return -1;
+  if (!Number.isSafeInteger(droppedOctets) || droppedOctets < 0) return -1;
   u64(out, pos, r.flowStartMilliseconds);
   u64(out, pos + 8, r.flowEndMilliseconds);
   u64(out, pos + 16, octets);
@@ -241,6 +249,8 @@ export function writeRecord(r: FlowRecord, template: number, out: Buffer, pos: n
   u64(out, pos + 56, frameOctets);
   u16(out, pos + 64, r.dot1qVlanId ?? 0);
   u16(out, pos + 66, r.dot1qCustomerVlanId ?? 0);
+  u64(out, pos + 68, droppedPackets);
+  u64(out, pos + 76, droppedOctets);
   pos += COMMON_BYTES;
   if (template === TEMPLATE_L2) return pos;
 

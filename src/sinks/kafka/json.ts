@@ -96,6 +96,9 @@ const K_DROPPED_PACKETS = key('droppedPacketDeltaCount');
 const K_DROPPED_OCTETS = key('droppedOctetDeltaCount');
 const K_DROP_REASON = key('dropReason');
 const K_TCP_STATE = key('tcpState');
+const K_HANDSHAKE_RTT = key('tcpHandshakeRttMicroseconds');
+const K_SRTT = key('tcpSmoothedRttMicroseconds');
+const K_SRTT_MIN = key('tcpSmoothedRttMinMicroseconds');
 const K_OBSERVED = key('observedInterfaces');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
@@ -460,6 +463,9 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = numberField(out, p, K_DROPPED_OCTETS, r.droppedOctetDeltaCount)) < 0) return -1;
   if ((p = stringField(out, p, K_DROP_REASON, r.dropReason)) < 0) return -1;
   if ((p = stringField(out, p, K_TCP_STATE, r.tcpState)) < 0) return -1;
+  if ((p = numberField(out, p, K_HANDSHAKE_RTT, r.tcpHandshakeRttMicroseconds)) < 0) return -1;
+  if ((p = numberField(out, p, K_SRTT, r.tcpSmoothedRttMicroseconds)) < 0) return -1;
+  if ((p = numberField(out, p, K_SRTT_MIN, r.tcpSmoothedRttMinMicroseconds)) < 0) return -1;
   // Only flows dedupe saw on several interfaces have it: JSON.stringify's text is good enough.
   if (r.observedInterfaces !== undefined && (p = writeOther(out, p, K_OBSERVED, r.observedInterfaces)) < 0)
     return -1;

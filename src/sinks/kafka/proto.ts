@@ -62,6 +62,9 @@ const T_DROPPED_PACKETS = (50 << 3) | 0;
 const T_DROPPED_OCTETS = (51 << 3) | 0;
 const T_DROP_REASON = (52 << 3) | 2;
 const T_TCP_STATE = (53 << 3) | 2;
+const T_HANDSHAKE_RTT = (54 << 3) | 0;
+const T_SRTT = (55 << 3) | 0;
+const T_SRTT_MIN = (56 << 3) | 0;
 const T_OBSERVED = (100 << 3) | 2;
 // rxflow.v1.ObservedInterface
 const T_OBS_INGRESS = (1 << 3) | 0;
@@ -306,6 +309,11 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.droppedOctetDeltaCount) != null && (p = uint64Field(out, p, T_DROPPED_OCTETS, v)) < 0) return -1;
   if ((v = r.dropReason) != null && (p = stringField(out, p, T_DROP_REASON, v)) < 0) return -1;
   if ((v = r.tcpState) != null && (p = stringField(out, p, T_TCP_STATE, v)) < 0) return -1;
+  if ((v = r.tcpHandshakeRttMicroseconds) != null && (p = uint32Field(out, p, T_HANDSHAKE_RTT, v)) < 0)
+    return -1;
+  if ((v = r.tcpSmoothedRttMicroseconds) != null && (p = uint32Field(out, p, T_SRTT, v)) < 0) return -1;
+  if ((v = r.tcpSmoothedRttMinMicroseconds) != null && (p = uint32Field(out, p, T_SRTT_MIN, v)) < 0)
+    return -1;
   const observed = r.observedInterfaces;
   if (observed != null) {
     for (const o of observed) if ((p = writeObservedInterface(o, out, p)) < 0) return -1;

@@ -173,6 +173,11 @@ export class KafkaSender {
     })();
   }
 
+  /** Resolves the flushes whose records have all settled (after records were taken back). */
+  settleFlushes(): void {
+    this.flushes.check();
+  }
+
   /** True while flush() or shutdown wants queued records out without lingering. */
   private draining(): boolean {
     return this.closing || this.flushes.wants(this.admission.left);

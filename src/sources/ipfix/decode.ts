@@ -31,7 +31,7 @@
  * expired or withdrawn, a data record running past its set. Each counts once, since how many records
  * it held cannot be known. Records already read from the same message are kept: they are whole.
  */
-import { formatIPv4, formatIPv6, formatMac } from '../../datapath/flow-types.js';
+import { formatIPv4, formatIPv6, formatMac } from '../../datapath/flow/types.js';
 import {
   EARLIEST_FLOW_MS,
   FUTURE_SLACK_MS,

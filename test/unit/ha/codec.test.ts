@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { SESSION_KEY, decodeSessionKey, encodeSessionKey } from '../../../src/datapath/firewall/types.js';
 import { ClockTranslator } from '../../../src/ha/clock.js';
 import {
   FORMAT_VERSION,
@@ -9,6 +10,7 @@ import {
   fromWire,
   parseSessionKvKey,
   sessionKvKey,
+  sessionKvKeyOfBytes,
   toWire,
 } from '../../../src/ha/codec.js';
 import { HaError } from '../../../src/ha/errors.js';
@@ -20,6 +22,17 @@ const KEY_CHARS = /^[-/_=.a-zA-Z0-9]+$/;
 function fixedClock(monoNs: bigint, wallMs: number): ClockTranslator {
   return new ClockTranslator({ monotonicNs: () => monoNs, wallMs: () => wallMs });
 }
+
+/** A session key with both addresses drawn from `addr`. */
+const tuple = (addr: fc.Arbitrary<string>) =>
+  fc.record({
+    protocol: fc.integer({ min: 0, max: 255 }),
+    srcAddr: addr,
+    srcPort: fc.integer({ min: 0, max: 65535 }),
+    dstAddr: addr,
+    dstPort: fc.integer({ min: 0, max: 65535 }),
+    vni: fc.integer({ min: 0, max: 0xffffff }),
+  });
 
 describe('session KV keys', () => {
   it('are readable, five tokens, and hold only characters KV keys allow', () => {
@@ -58,15 +71,6 @@ describe('session KV keys', () => {
   });
 
   it('round-trip every IPv4 and IPv6 5-tuple plus VNI', () => {
-    const tuple = (addr: fc.Arbitrary<string>) =>
-      fc.record({
-        protocol: fc.integer({ min: 0, max: 255 }),
-        srcAddr: addr,
-        srcPort: fc.integer({ min: 0, max: 65535 }),
-        dstAddr: addr,
-        dstPort: fc.integer({ min: 0, max: 65535 }),
-        vni: fc.integer({ min: 0, max: 0xffffff }),
-      });
     // Canonical IPv6 text, as the firewall formats it: compressed, lower-case, no embedded IPv4.
     const v6 = fc
       .ipV6()
@@ -77,6 +81,17 @@ describe('session KV keys', () => {
         const kv = sessionKvKey(key);
         expect(kv).toMatch(KEY_CHARS);
         expect(parseSessionKvKey(kv)).toEqual(key);
+      }),
+    );
+  });
+
+  it('are the same written from the kernel map bytes as from the decoded key', () => {
+    const at = 3;
+    fc.assert(
+      fc.property(fc.oneof(tuple(fc.ipV4()), tuple(fc.ipV6())), (key) => {
+        const bytes = new Uint8Array(at + SESSION_KEY.size);
+        encodeSessionKey(key, bytes, at);
+        expect(sessionKvKeyOfBytes(bytes, at)).toBe(sessionKvKey(decodeSessionKey(bytes, at)));
       }),
     );
   });

@@ -241,6 +241,26 @@ describe('replicator: ordering, failures and lag (fake timers)', () => {
     await replicator.close();
   });
 
+  it('keeps a write acknowledged while a full sync reads the bucket in what it knows the bucket holds', async () => {
+    const { kv, replicator } = setup(asyncScheduler);
+    // The read returns the bucket as it was when asked, and answers only once released.
+    let release!: () => void;
+    const answered = new Promise<void>((resolve) => (release = resolve));
+    const read = kv.snapshot.bind(kv);
+    kv.snapshot = async () => {
+      const snapshot = await read();
+      await answered;
+      return snapshot;
+    };
+    const sync = replicator.sync();
+    replicator.handle([ev('created', session(1, 0))]);
+    await vi.advanceTimersByTimeAsync(0);
+    expect([...kv.data.keys()]).toEqual([K1]);
+    release();
+    await sync;
+    expect([...replicator.knownViews().keys()]).toEqual([K1]);
+  });
+
   it('does not write back sessions it loaded unchanged, nor delete keys another node owns', async () => {
     const { kv, replicator } = setup(asyncScheduler);
     const other = setup(asyncScheduler, { nodeId: 'node-b' });

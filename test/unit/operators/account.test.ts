@@ -326,17 +326,6 @@ describe('account', () => {
     });
   });
 
-  it('flushes on every flush$ value and on completion', () => {
-    testScheduler().run(({ cold, hot, expectObservable }) => {
-      const counters = new StageCounters('acc', 'account');
-      const source = cold<FlowBatch>('a 99ms b 99ms |', { a: [rec()], b: [rec({ sourceTransportPort: 9 })] });
-      const flush$ = hot('50ms f 10ms f');
-      expectObservable(
-        source.pipe(account({ maxEntries: 100, evictTimeoutMs: 10_000, counters, flush$ })),
-      ).toBe('50ms x 149ms (y|)', { x: [rec()], y: [rec({ sourceTransportPort: 9 })] });
-    });
-  });
-
   it('clears its timer and counts held records as dropped when unsubscribed', () => {
     const ts = testScheduler();
     ts.run(({ cold, expectObservable }) => {

@@ -117,7 +117,7 @@ describe('IPFIX messages', () => {
   });
 
   it('refuses a record it cannot encode and a message that is full, and keeps what it had', () => {
-    const b = new MessageBuilder(MESSAGE_HEADER_BYTES + 4 + 2 * 86);
+    const b = new MessageBuilder(MESSAGE_HEADER_BYTES + 4 + 2 * 102);
     b.begin(false);
     expect(b.add(flowRecord({ sourceIPv4Address: 'not-an-ip' }))).toBe(-1);
     expect(b.add(flowRecord({ packetDeltaCount: -1 }))).toBe(-1);
@@ -127,7 +127,7 @@ describe('IPFIX messages', () => {
     expect(b.add(flowRecord())).toBe(0);
     expect(b.records).toBe(2);
     const m = b.finish(0, 0, 0);
-    expect(m.length).toBe(MESSAGE_HEADER_BYTES + 4 + 2 * 86);
+    expect(m.length).toBe(MESSAGE_HEADER_BYTES + 4 + 2 * 102);
     expect(m.readUInt16BE(MESSAGE_HEADER_BYTES)).toBe(TEMPLATE_IPV4);
   });
 
@@ -197,5 +197,39 @@ describe('IPFIX messages', () => {
     b.begin(false);
     expect(b.add(flowRecord({ layer2OctetDeltaCount: -1 }))).toBe(-1);
     expect(b.add(flowRecord({ layer2OctetDeltaCount: 2 ** 53 }))).toBe(-1);
+  });
+
+  it('writes the drops as droppedPacketDeltaCount (133) and droppedOctetDeltaCount (132), 0 without', () => {
+    function dropFields(r: ReturnType<typeof flowRecord>): bigint[] {
+      const b = new MessageBuilder(1472);
+      b.begin(false);
+      expect(b.add(r)).toBe(1);
+      const m = b.finish(0, 0, 0);
+      const values = new Map<number, bigint>();
+      let pos = MESSAGE_HEADER_BYTES + 4;
+      for (const e of TEMPLATES.get(m.readUInt16BE(MESSAGE_HEADER_BYTES))!) {
+        let v = 0n;
+        for (let i = 0; i < e.length; i++) v = (v << 8n) | BigInt(m[pos + i]!);
+        values.set(e.id, v);
+        pos += e.length;
+      }
+      return [values.get(133)!, values.get(132)!];
+    }
+    for (const els of TEMPLATES.values()) {
+      expect(els.filter((e) => [132, 133].includes(e.id)).map((e) => [e.name, e.length])).toEqual([
+        ['droppedPacketDeltaCount', 8],
+        ['droppedOctetDeltaCount', 8],
+      ]);
+    }
+    const dropped = flowRecord({ droppedPacketDeltaCount: 3, droppedOctetDeltaCount: 2 ** 40 + 180 });
+    expect(dropFields(dropped)).toEqual([3n, 2n ** 40n + 180n]);
+    const none = flowRecord();
+    delete none.droppedPacketDeltaCount;
+    delete none.droppedOctetDeltaCount;
+    expect(dropFields(none)).toEqual([0n, 0n]);
+    const b = new MessageBuilder(1472);
+    b.begin(false);
+    expect(b.add(flowRecord({ droppedPacketDeltaCount: -1 }))).toBe(-1);
+    expect(b.add(flowRecord({ droppedOctetDeltaCount: 2 ** 53 }))).toBe(-1);
   });
 });

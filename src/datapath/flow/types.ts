@@ -1,6 +1,6 @@
 /**
  * The TypeScript side of bpf/flow.h: struct layouts, counter indexes and the decoders that turn
- * the raw bytes of the flow maps (per-CPU, read by BpfMap.drain; see flow-maps.ts) and of
+ * the raw bytes of the flow maps (per-CPU, read by BpfMap.drain; see maps.ts) and of
  * flow_events (ring buffer) into FlowRecords. test/kernel/flow-btf.test.ts holds every size and
  * offset here against the BTF of the compiled bpf/flow.o, so a change to the header that is not
  * mirrored here fails a test.
@@ -10,11 +10,12 @@
  * addresses and MACs that the caches below do not hold yet.
  */
 import { endianness } from 'node:os';
-import { attachIPv4Words, type FlowRecord } from '../records.js';
-import { DatapathError } from './errors.js';
-import { struct, sumPerCpu, u64, viewOf, type StructLayout } from './layout.js';
+import { attachIPv4Words, type FlowRecord } from '../../records.js';
+import { DatapathError } from '../errors.js';
+import { addLatency, latencyWord } from './latency.js';
+import { struct, sumPerCpu, u64, viewOf, type StructLayout } from '../layout.js';
 
-export type { FieldLayout, StructLayout } from './layout.js';
+export type { FieldLayout, StructLayout } from '../layout.js';
 
 export const FLOW_KEY = struct('flow_key', 60, {
   src_ip: [0, 16],
@@ -35,7 +36,7 @@ export const FLOW_KEY = struct('flow_key', 60, {
   inner_vlan_id: [58, 2],
 });
 
-export const FLOW_VALUE = struct('flow_value', 104, {
+export const FLOW_VALUE = struct('flow_value', 120, {
   packets: [0, 8],
   bytes: [8, 8],
   ip_bytes: [16, 8],
@@ -52,17 +53,21 @@ export const FLOW_VALUE = struct('flow_value', 104, {
   src_mac: [88, 6],
   dst_mac: [94, 6],
   sampling: [100, 4],
+  handshake_rtt_us: [104, 4],
+  srtt_min_us: [108, 4],
+  srtt_us: [112, 4],
+  _pad1: [116, 4],
 });
 
-export const FLOW_EVENT = struct('flow_event', 168, {
+export const FLOW_EVENT = struct('flow_event', 184, {
   key: [0, 60],
   reason: [60, 4],
-  value: [64, 104],
+  value: [64, 120],
 });
 
 export const FLOW_CONFIG = struct('flow_config', 8, {
   sampling: [0, 4],
-  _pad0: [4, 4],
+  features: [4, 4],
 });
 
 /** Every struct shared with the kernel, for layout checks against the object's BTF. */
@@ -325,6 +330,93 @@ export function monotonicToWallClockOffsetMs(): number {
 }
 
 /**
+ * The fields every map and ring-buffer record has, in the serialised order; called with `new`
+ * only (see DecodedFlow). An egress record has egressInterface where an ingress one has
+ * ingressInterface; a layer-2 flow (ipVersion 0) has no addresses.
+ */
+function decodedFlow(
+  this: FlowRecord,
+  ipVersion: 0 | 4 | 6,
+  sourceTransportPort: number,
+  destinationTransportPort: number,
+  protocolIdentifier: number,
+  octetDeltaCount: number,
+  layer2OctetDeltaCount: number,
+  packetDeltaCount: number,
+  flowStartMilliseconds: number,
+  flowEndMilliseconds: number,
+  tcpControlBits: number,
+  ipDiffServCodePoint: number,
+  egress: boolean,
+  ifindex: number,
+  sourceMacAddress: string,
+  destinationMacAddress: string,
+  ethernetType: number,
+  flowEndReason: number,
+  source: string,
+  destination: string,
+): void {
+  this.ipVersion = ipVersion;
+  this.sourceTransportPort = sourceTransportPort;
+  this.destinationTransportPort = destinationTransportPort;
+  this.protocolIdentifier = protocolIdentifier;
+  this.octetDeltaCount = octetDeltaCount;
+  this.layer2OctetDeltaCount = layer2OctetDeltaCount;
+  this.packetDeltaCount = packetDeltaCount;
+  this.flowStartMilliseconds = flowStartMilliseconds;
+  this.flowEndMilliseconds = flowEndMilliseconds;
+  this.tcpControlBits = tcpControlBits;
+  this.ipDiffServCodePoint = ipDiffServCodePoint;
+  if (egress) this.egressInterface = ifindex;
+  else this.ingressInterface = ifindex;
+  this.flowDirection = egress ? 1 : 0;
+  this.sourceMacAddress = sourceMacAddress;
+  this.destinationMacAddress = destinationMacAddress;
+  this.ethernetType = ethernetType;
+  this.flowEndReason = flowEndReason;
+  if (ipVersion === 4) {
+    this.sourceIPv4Address = source;
+    this.destinationIPv4Address = destination;
+  } else if (ipVersion === 6) {
+    this.sourceIPv6Address = source;
+    this.destinationIPv6Address = destination;
+  }
+}
+
+/**
+ * Records are built by one small constructor rather than as object literals: V8 sizes the objects
+ * of a constructor for every field its body assigns, so a record holds all its fields inside the
+ * object (fields added to an object afterwards go to a separate property array), whatever its
+ * family and direction, and the plain records of a family and direction share one hidden class.
+ * It stays small enough for the optimising compiler to inline it, allocation included. Its
+ * prototype is Object.prototype: a record is a plain object to every reader.
+ */
+interface DecodedFlowConstructor {
+  new (...args: Parameters<OmitThisParameter<typeof decodedFlow>>): FlowRecord;
+  prototype: object;
+  /**
+   * One record of each family and direction, kept as long as the constructor, as a literal's
+   * boilerplate keeps its hidden class: V8 holds the hidden classes of a constructor's objects only
+   * while some object has them, and drops code optimised for a class that died. The records of a
+   * drain all die once the sinks are done with them; without these, each full collection after it
+   * would send record() back to the interpreter.
+   */
+  shapes?: readonly FlowRecord[];
+}
+
+const DecodedFlow = decodedFlow as unknown as DecodedFlowConstructor;
+DecodedFlow.prototype = Object.prototype;
+// The values have the representations of real ones (times as doubles).
+DecodedFlow.shapes = ([0, 4, 6] as const).flatMap((ipVersion) =>
+  [false, true].map((egress) => {
+    const rec = new DecodedFlow(ipVersion, 0, 0, 0, 0, 0, 0, 0.5, 0.5, 0, 0, egress, 0, '', '', 0, 0, '', '');
+    // With the words record() attaches to every IPv4 record, and so their classes.
+    if (ipVersion === 4) attachIPv4Words(rec, 0, 0);
+    return rec;
+  }),
+);
+
+/**
  * Builds a record from a key and the chosen value slot. Counters, times and the end reason are
  * passed in, already merged over CPUs; every other value field comes from the slot at vOff.
  */
@@ -345,165 +437,48 @@ function record(
   flowEndReason: number,
 ): FlowRecord {
   const protocol = kb[k + K_PROTOCOL]!;
-  const sourceTransportPort = kv.getUint16(k + K_SRC_PORT, LE);
-  const destinationTransportPort = kv.getUint16(k + K_DST_PORT, LE);
-  const flowStartMilliseconds = Math.floor(firstNs / 1e6 + offsetMs);
-  const flowEndMilliseconds = Math.floor(lastNs / 1e6 + offsetMs);
-  const ipDiffServCodePoint = vb[v + V_DSCP]!;
-  // The interface the program is attached to: received on for ingress, sent on for egress.
-  const ifindex = kv.getUint32(k + K_IF_INDEX, LE);
-  const egress = kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS;
-  const flowDirection = egress ? 1 : 0;
-  const sourceMacAddress = formatMac(vb, v + V_SRC_MAC);
-  const destinationMacAddress = formatMac(vb, v + V_DST_MAC);
-  const ethernetType = kv.getUint16(k + K_ETH_TYPE, LE);
-  // One literal per family and direction, with the addresses in it: V8 then allocates each record
-  // with all these fields inside the object (addresses added afterwards went to a separate
-  // property array), and the plain records of a family and direction share one hidden class.
-  // The key order is the serialised order.
-  let rec: FlowRecord;
-  const ipVersion = kb[k + K_IP_VERSION];
+  const ipVersion = kb[k + K_IP_VERSION] === 4 ? 4 : kb[k + K_IP_VERSION] === 0 ? 0 : 6;
+  let source = '';
+  let destination = '';
   if (ipVersion === 4) {
-    const src = kv.getUint32(k + K_SRC_IP + 12, false);
-    const dst = kv.getUint32(k + K_DST_IP + 12, false);
-    rec = egress
-      ? {
-          ipVersion: 4,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          egressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv4Address: ipv4Text(src),
-          destinationIPv4Address: ipv4Text(dst),
-        }
-      : {
-          ipVersion: 4,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          ingressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv4Address: ipv4Text(src),
-          destinationIPv4Address: ipv4Text(dst),
-        };
+    source = ipv4Text(kv.getUint32(k + K_SRC_IP + 12, false));
+    destination = ipv4Text(kv.getUint32(k + K_DST_IP + 12, false));
+  } else if (ipVersion === 6) {
+    source = formatIPv6(kb, k + K_SRC_IP);
+    destination = formatIPv6(kb, k + K_DST_IP);
+  }
+  const rec = new DecodedFlow(
+    ipVersion,
+    kv.getUint16(k + K_SRC_PORT, LE),
+    kv.getUint16(k + K_DST_PORT, LE),
+    protocol,
+    ipBytes,
+    bytes,
+    packets,
+    Math.floor(firstNs / 1e6 + offsetMs),
+    Math.floor(lastNs / 1e6 + offsetMs),
+    tcpFlags,
+    vb[v + V_DSCP]!,
+    // The interface the program is attached to: received on for ingress, sent on for egress.
+    kb[k + K_DIRECTION] === FLOW_DIRECTION_EGRESS,
+    kv.getUint32(k + K_IF_INDEX, LE),
+    formatMac(vb, v + V_SRC_MAC),
+    formatMac(vb, v + V_DST_MAC),
+    kv.getUint16(k + K_ETH_TYPE, LE),
+    flowEndReason,
+    source,
+    destination,
+  );
+  if (ipVersion === 4) {
     // The same addresses as numbers, so account and dedupe key on them without parsing the text.
-    attachIPv4Words(rec, src, dst);
+    attachIPv4Words(rec, kv.getUint32(k + K_SRC_IP + 12, false), kv.getUint32(k + K_DST_IP + 12, false));
     if (protocol === 1) {
       rec.icmpTypeIPv4 = kb[k + K_ICMP_TYPE]!;
       rec.icmpCodeIPv4 = kb[k + K_ICMP_CODE]!;
     }
-  } else if (ipVersion === 0) {
-    // A layer-2 flow (not IP): the key holds the MACs, which the value repeats; no addresses.
-    rec = egress
-      ? {
-          ipVersion: 0,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          egressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-        }
-      : {
-          ipVersion: 0,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          ingressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-        };
-  } else {
-    rec = egress
-      ? {
-          ipVersion: 6,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          egressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
-          destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
-        }
-      : {
-          ipVersion: 6,
-          sourceTransportPort,
-          destinationTransportPort,
-          protocolIdentifier: protocol,
-          octetDeltaCount: ipBytes,
-          layer2OctetDeltaCount: bytes,
-          packetDeltaCount: packets,
-          flowStartMilliseconds,
-          flowEndMilliseconds,
-          tcpControlBits: tcpFlags,
-          ipDiffServCodePoint,
-          ingressInterface: ifindex,
-          flowDirection,
-          sourceMacAddress,
-          destinationMacAddress,
-          ethernetType,
-          flowEndReason,
-          sourceIPv6Address: formatIPv6(kb, k + K_SRC_IP),
-          destinationIPv6Address: formatIPv6(kb, k + K_DST_IP),
-        };
-    if (protocol === 58) {
-      rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
-      rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;
-    }
+  } else if (ipVersion === 6 && protocol === 58) {
+    rec.icmpTypeIPv6 = kb[k + K_ICMP_TYPE]!;
+    rec.icmpCodeIPv6 = kb[k + K_ICMP_CODE]!;
   }
   const vlan = kv.getUint16(k + K_VLAN_ID, LE);
   if (vlan !== 0) {
@@ -594,8 +569,10 @@ export function decodeFlowMapBatch(
     let last = -1;
     let flags = 0;
     let latest = -1;
+    let latency = 0;
     for (let c = 0; c < cpus; c++) {
       const v = base + c * FLOW_VALUE_STRIDE;
+      latency |= latencyWord(vv, v);
       const p = u64(vv, v + V_PACKETS);
       if (p === 0) continue;
       packets += p;
@@ -636,6 +613,7 @@ export function decodeFlowMapBatch(
       offsetMs,
       reason,
     );
+    if (latency !== 0) addLatency(rec, vv, base, cpus, latest);
     if (labeler) {
       // Flows mostly come in runs of one namespace and interface: the labeler is asked once a run.
       // The key's ifindex, not the record's: an egress record carries egressInterface instead.
@@ -689,6 +667,7 @@ export function decodeFlowEvent(
     offsetMs,
     END_REASON_LACK_OF_RESOURCES,
   );
+  if (latencyWord(view, v) !== 0) addLatency(rec, view, v, 1, v);
   if (labeler) {
     const label = labeler(view.getUint32(offset + K_NETNS, LE), view.getUint32(offset + K_IF_INDEX, LE));
     if (label !== undefined) rec.networkNamespace = label;
@@ -704,208 +683,13 @@ export function flowEventReason(view: DataView, offset: number): number {
 /** Sum over CPUs of one flow_counters value (a per-CPU buffer of u64 slots). */
 export const sumPerCpuCounter = sumPerCpu;
 
-/** The flow_config value for index 0. `sampling` 0 or 1 counts every packet. */
-export function encodeFlowConfig(config: { sampling: number }): Uint8Array {
+/**
+ * The flow_config value for index 0. `sampling` 0 or 1 counts every packet; `features` FLOW_FEATURE_*
+ * bits (src/datapath/flow-latency.ts), 0 when left out.
+ */
+export function encodeFlowConfig(config: { sampling: number; features?: number }): Uint8Array {
   const out = new Uint8Array(FLOW_CONFIG.size);
   viewOf(out).setUint32(FLOW_CONFIG.fields.sampling.offset, config.sampling, LE);
-  return out;
-}
-
-/** The fields of struct flow_key, for tests and tools; addresses as text. */
-export interface FlowKeyFields {
-  /** 0: a layer-2 flow, whose srcIp and dstIp are the MACs (02:00:00:00:00:01). */
-  ipVersion: 0 | 4 | 6;
-  /** IPv4 dotted or IPv6 text; a MAC for a layer-2 flow. */
-  srcIp: string;
-  dstIp: string;
-  ifIndex: number;
-  vni: number;
-  srcPort: number;
-  dstPort: number;
-  ethType: number;
-  protocol: number;
-  direction: number;
-  icmpType: number;
-  icmpCode: number;
-  tunnelType: number;
-  /** Inode of the device's network namespace; 0 when unknown (and by default in encodeKey). */
-  netns?: number;
-  /** Outer VLAN id, 0 (or absent) untagged. */
-  vlanId?: number;
-  /** Inner (QinQ customer) VLAN id, 0 (or absent) without a second tag. */
-  innerVlanId?: number;
-}
-
-function parseIPv4(text: string, out: Uint8Array, offset: number): boolean {
-  const parts = text.split('.');
-  if (parts.length !== 4) return false;
-  for (let i = 0; i < 4; i++) {
-    const p = parts[i]!;
-    if (!/^\d{1,3}$/.test(p) || Number(p) > 255) return false;
-    out[offset + i] = Number(p);
-  }
-  return true;
-}
-
-/** Writes the 16-byte form of an address (IPv4 as IPv4-mapped) at offset. */
-function parseIp16(text: string, out: Uint8Array, offset: number): void {
-  const bad = (): DatapathError =>
-    new DatapathError('EARG', `encode flow key: '${text}' is not an IPv4 or IPv6 address`);
-  out.fill(0, offset, offset + 16);
-  if (!text.includes(':')) {
-    if (!parseIPv4(text, out, offset + 12)) throw bad();
-    out[offset + 10] = 0xff;
-    out[offset + 11] = 0xff;
-    return;
-  }
-  let body = text;
-  const groups: number[] = [];
-  const lastColon = text.lastIndexOf(':');
-  const tail = text.slice(lastColon + 1);
-  const v4 = new Uint8Array(4);
-  const hasV4 = tail.includes('.');
-  if (hasV4) {
-    if (!parseIPv4(tail, v4, 0)) throw bad();
-    body = text.slice(0, lastColon + 1);
-    if (!body.endsWith('::')) body = body.slice(0, -1);
-  }
-  const halves = body.split('::');
-  if (halves.length > 2) throw bad();
-  const parse = (s: string): number[] =>
-    s === ''
-      ? []
-      : s.split(':').map((g) => {
-          if (!/^[0-9a-fA-F]{1,4}$/.test(g)) throw bad();
-          return parseInt(g, 16);
-        });
-  const head = parse(halves[0]!);
-  const rest = halves.length === 2 ? parse(halves[1]!) : [];
-  const want = hasV4 ? 6 : 8;
-  const explicit = head.length + rest.length;
-  if (halves.length === 2 ? explicit > want - 1 : explicit !== want) throw bad();
-  groups.push(...head, ...new Array<number>(want - explicit).fill(0), ...rest);
-  for (let g = 0; g < want; g++) {
-    out[offset + 2 * g] = groups[g]! >> 8;
-    out[offset + 2 * g + 1] = groups[g]! & 0xff;
-  }
-  if (hasV4) out.set(v4, offset + 12);
-}
-
-/** struct flow_key bytes of the given fields, zero padding included. */
-export function encodeKey(key: FlowKeyFields): Uint8Array {
-  const out = new Uint8Array(FLOW_KEY.size);
-  const view = viewOf(out);
-  if (key.ipVersion === 0) {
-    parseMac(key.srcIp, out, K_SRC_IP);
-    parseMac(key.dstIp, out, K_DST_IP);
-  } else {
-    parseIp16(key.srcIp, out, K_SRC_IP);
-    parseIp16(key.dstIp, out, K_DST_IP);
-  }
-  view.setUint32(K_IF_INDEX, key.ifIndex, LE);
-  view.setUint32(K_VNI, key.vni, LE);
-  view.setUint32(K_NETNS, key.netns ?? 0, LE);
-  view.setUint16(K_SRC_PORT, key.srcPort, LE);
-  view.setUint16(K_DST_PORT, key.dstPort, LE);
-  view.setUint16(K_ETH_TYPE, key.ethType, LE);
-  out[K_PROTOCOL] = key.protocol;
-  out[K_DIRECTION] = key.direction;
-  out[K_ICMP_TYPE] = key.icmpType;
-  out[K_ICMP_CODE] = key.icmpCode;
-  out[K_TUNNEL_TYPE] = key.tunnelType;
-  out[K_IP_VERSION] = key.ipVersion;
-  view.setUint16(K_VLAN_ID, key.vlanId ?? 0, LE);
-  view.setUint16(K_INNER_VLAN_ID, key.innerVlanId ?? 0, LE);
-  return out;
-}
-
-/** The fields of the struct flow_key at offset. */
-export function decodeKey(bytes: Uint8Array, offset = 0): FlowKeyFields {
-  const view = viewOf(bytes);
-  const version = bytes[offset + K_IP_VERSION];
-  const ipVersion = version === 4 ? 4 : version === 0 ? 0 : 6;
-  const addr = (o: number): string =>
-    ipVersion === 4
-      ? formatIPv4(bytes, offset + o + 12)
-      : ipVersion === 0
-        ? formatMac(bytes, offset + o)
-        : formatIPv6(bytes, offset + o);
-  return {
-    ipVersion,
-    srcIp: addr(K_SRC_IP),
-    dstIp: addr(K_DST_IP),
-    ifIndex: view.getUint32(offset + K_IF_INDEX, LE),
-    vni: view.getUint32(offset + K_VNI, LE),
-    srcPort: view.getUint16(offset + K_SRC_PORT, LE),
-    dstPort: view.getUint16(offset + K_DST_PORT, LE),
-    ethType: view.getUint16(offset + K_ETH_TYPE, LE),
-    protocol: bytes[offset + K_PROTOCOL]!,
-    direction: bytes[offset + K_DIRECTION]!,
-    icmpType: bytes[offset + K_ICMP_TYPE]!,
-    icmpCode: bytes[offset + K_ICMP_CODE]!,
-    tunnelType: bytes[offset + K_TUNNEL_TYPE]!,
-    netns: view.getUint32(offset + K_NETNS, LE),
-    vlanId: view.getUint16(offset + K_VLAN_ID, LE),
-    innerVlanId: view.getUint16(offset + K_INNER_VLAN_ID, LE),
-  };
-}
-
-/** The fields of struct flow_value, for tests and tools; numbers for u64 (exact below 2^53). */
-export interface FlowValueFields {
-  packets: number;
-  /** Frame octets as on the wire (layer2OctetDeltaCount). */
-  bytes: number;
-  /** IP octets (octetDeltaCount); 0 when absent. */
-  ipBytes?: number;
-  firstSeenNs: number;
-  lastSeenNs: number;
-  /** 16 hex digits, the 8 cookie bytes in memory (wire) order. */
-  cookie: string;
-  outerSrcIp: string;
-  outerDstIp: string;
-  outerSrcPort: number;
-  outerDstPort: number;
-  tcpFlags: number;
-  dscp: number;
-  srcMac: string;
-  dstMac: string;
-  sampling: number;
-}
-
-function setU64(view: DataView, offset: number, n: number): void {
-  view.setBigUint64(offset, BigInt(n), LE);
-}
-
-function parseMac(text: string, out: Uint8Array, offset: number): void {
-  const parts = text.split(':');
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p)))
-    throw new DatapathError(
-      'EARG',
-      `encode flow value: '${text}' is not a MAC address like 02:00:00:00:00:01`,
-    );
-  for (let i = 0; i < 6; i++) out[offset + i] = parseInt(parts[i]!, 16);
-}
-
-/** struct flow_value bytes (one CPU's slot) of the given fields. */
-export function encodeValue(value: FlowValueFields): Uint8Array {
-  const out = new Uint8Array(FLOW_VALUE.size);
-  const view = viewOf(out);
-  setU64(view, V_PACKETS, value.packets);
-  setU64(view, V_BYTES, value.bytes);
-  setU64(view, V_IP_BYTES, value.ipBytes ?? 0);
-  setU64(view, V_FIRST_SEEN, value.firstSeenNs);
-  setU64(view, V_LAST_SEEN, value.lastSeenNs);
-  if (!/^[0-9a-fA-F]{16}$/.test(value.cookie))
-    throw new DatapathError('EARG', `encode flow value: cookie '${value.cookie}' is not 16 hex digits`);
-  for (let i = 0; i < 8; i++) out[V_COOKIE + i] = parseInt(value.cookie.slice(2 * i, 2 * i + 2), 16);
-  if (value.outerSrcIp !== '') parseIp16(value.outerSrcIp, out, V_OUTER_SRC_IP);
-  if (value.outerDstIp !== '') parseIp16(value.outerDstIp, out, V_OUTER_DST_IP);
-  view.setUint16(V_OUTER_SRC_PORT, value.outerSrcPort, LE);
-  view.setUint16(V_OUTER_DST_PORT, value.outerDstPort, LE);
-  view.setUint16(V_TCP_FLAGS, value.tcpFlags, LE);
-  out[V_DSCP] = value.dscp;
-  parseMac(value.srcMac, out, V_SRC_MAC);
-  parseMac(value.dstMac, out, V_DST_MAC);
-  view.setUint32(V_SAMPLING, value.sampling, LE);
+  viewOf(out).setUint32(FLOW_CONFIG.fields.features.offset, config.features ?? 0, LE);
   return out;
 }

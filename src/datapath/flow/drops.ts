@@ -9,10 +9,10 @@
  * table compiled in would misname reasons on the next one.
  */
 import koffi from 'koffi';
-import { SyscallError, describeErrno } from '../errors.js';
-import { DatapathError, syscallFailure } from './errors.js';
-import { FlowMaps } from './flow-maps.js';
-import type { FlowRecord } from '../records.js';
+import { SyscallError, describeErrno } from '../../errors.js';
+import { DatapathError, syscallFailure } from '../errors.js';
+import { FlowMaps } from './maps.js';
+import type { FlowRecord } from '../../records.js';
 import {
   FLOW_KEY,
   FLOW_VALUE,
@@ -20,11 +20,12 @@ import {
   decodeFlowMapBatch,
   type FlowEviction,
   type NetnsLabeler,
-} from './flow-types.js';
-import { struct, u64, viewOf } from './layout.js';
-import { lastErrno, libbpf, libc } from './libbpf.js';
-import type { DrainResult } from './map.js';
-import { ObjectSpec, type Collection } from './object.js';
+} from './types.js';
+import { struct, u64, viewOf } from '../layout.js';
+import { lastErrno, libbpf, libc } from '../libbpf.js';
+import type { DrainResult } from '../map.js';
+import type { Collection } from '../object.js';
+import { loadTracingOnFlowMaps } from '../tracing.js';
 
 export const DROP_VALUE = struct('drop_value', 32, {
   packets: [0, 8],
@@ -246,29 +247,19 @@ export class DropsDatapath {
    */
   static open(options: DropsOptions): DropsDatapath {
     const names = readDropReasonNames();
-    const spec = ObjectSpec.open(options.objectPath);
-    let collection: Collection;
-    try {
-      if (options.tracepoint !== undefined) spec.setAttachTarget(DROP_PROGRAM, options.tracepoint);
-      if (options.maxEntries !== undefined) {
-        for (const m of DROP_MAP_NAMES) spec.setMaxEntries(m, options.maxEntries);
-        spec.setInnerMaxEntries(DROP_MAPS_OUTER, options.maxEntries);
-      }
-      collection = spec.load({ reuseMaps: { flow_maps: options.flowMapsFd } });
-    } catch (err) {
-      spec.close();
-      throw err;
-    }
-    const fd = libbpf().bpf_raw_tracepoint_open(null, collection.program(DROP_PROGRAM).fd);
-    if (fd < 0) {
-      collection.close();
-      throw syscallFailure(
-        `attach ${DROP_PROGRAM} to tracepoint ${options.tracepoint ?? DROP_TRACEPOINT}`,
-        'bpf_raw_tracepoint_open',
-        fd,
-        { code: 'EATTACH' },
-      );
-    }
+    const maxEntries = options.maxEntries;
+    const { collection, linkFd: fd } = loadTracingOnFlowMaps({
+      objectPath: options.objectPath,
+      program: DROP_PROGRAM,
+      ...(options.tracepoint !== undefined ? { tracepoint: options.tracepoint } : {}),
+      defaultTracepoint: DROP_TRACEPOINT,
+      flowMapsFd: options.flowMapsFd,
+      prepare: (spec) => {
+        if (maxEntries === undefined) return;
+        for (const m of DROP_MAP_NAMES) spec.setMaxEntries(m, maxEntries);
+        spec.setInnerMaxEntries(DROP_MAPS_OUTER, maxEntries);
+      },
+    });
     try {
       return new DropsDatapath(collection, fd, names);
     } catch (err) {

@@ -1,3 +1,9 @@
+/**
+ * The flow program of bpf/flow.o run for one agent instance: load and pin, attach, sampling, the
+ * kernel's counters, and eviction, which swaps the double-buffered flow maps (maps.ts), drains and
+ * decodes the map the programs left (types.ts) and, with drops on, adds the drops the kfree_skb
+ * program counted on those flows (drops.ts). Components build on FlowDatapath alone.
+ */
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -11,25 +17,29 @@ import {
   type Program,
   type TcDirection,
   type TcLink,
-} from '../datapath/index.js';
+} from '../index.js';
 import {
   FLOW_CTR,
+  FLOW_EVENT_MAP_FULL,
   FLOW_KEY,
+  decodeFlowEvent,
   decodeFlowMapBatch,
   encodeFlowConfig,
+  flowEventReason,
   monotonicNowNs,
   sumPerCpuCounter,
   type FlowCounterName,
   type FlowEviction,
   type NetnsLabeler,
-} from '../datapath/flow-types.js';
-import { FlowMaps, setFlowMapMaxEntries } from '../datapath/flow-maps.js';
-import { DropsDatapath, attachDrops, type DropBatch } from '../datapath/drops.js';
-import { withNetns } from '../net/netns.js';
-import { bpfObjectPath } from '../paths.js';
-import type { FlowRecord } from '../records.js';
-import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../datapath/instance.js';
-import { requireBpffs } from '../datapath/object.js';
+} from './types.js';
+import { FlowMaps, setFlowMapMaxEntries } from './maps.js';
+import { DropsDatapath, attachDrops, type DropBatch } from './drops.js';
+import { RttProbe } from './rtt.js';
+import { withNetns } from '../../net/netns.js';
+import { bpfObjectPath } from '../../paths.js';
+import type { FlowRecord } from '../../records.js';
+import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../instance.js';
+import { requireBpffs } from '../object.js';
 
 export interface FlowDatapathOptions {
   /** Interfaces to attach to, by name, in `netns` or the agent's own network namespace. */
@@ -52,7 +62,7 @@ export interface FlowDatapathOptions {
 
 export type KernelCounters = Record<FlowCounterName, number>;
 
-/** How an eviction sets flowEndReason (see FlowEviction in flow-types.ts). */
+/** How an eviction sets flowEndReason (see FlowEviction in types.ts). */
 export interface EvictOptions {
   /**
    * A flow whose last packet is at least this old when the programs leave its map ends by idle
@@ -83,9 +93,13 @@ export class FlowDatapath {
   labeler: NetnsLabeler | undefined;
   /** The drop program, once enableDrops() loaded it: evictions then carry drops on the flows. */
   drops: DropsDatapath | undefined;
+  /** The smoothed-RTT program, once enableRttProbe() loaded it. */
+  rttProbe: RttProbe | undefined;
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
+  #sampling = 0;
+  #features = 0;
   readonly #netns: string | undefined;
   // A killed agent may have left flows in either map (it may even have died between a swap and
   // its drain), so the first eviction of this process drains both.
@@ -98,6 +112,8 @@ export class FlowDatapath {
   // close() during an asynchronous swap: the worker may not have entered the syscall yet, so the
   // map fds stay open until it settles (a closed fd number can be reused by any file meanwhile).
   #closeDeferred = false;
+  #countersSeen: KernelCounters | undefined;
+  readonly #unmatchedSeen = new Map<string, number>();
 
   private constructor(collection: Collection, pinDir: string, netns: string | undefined) {
     this.#collection = collection;
@@ -204,12 +220,33 @@ export class FlowDatapath {
     return this.drops;
   }
 
+  /**
+   * Loads bpf/rtt.o on this datapath's flow maps and attaches it to tcp_probe: from then on, flows
+   * carry the kernel's smoothed RTT. Throws (ELOAD, EVERIFIER, EATTACH) when the kernel lacks the
+   * hook; the flows keep running either way.
+   */
+  enableRttProbe(opts: { objectPath?: string; tracepoint?: string } = {}): RttProbe {
+    this.rttProbe ??= RttProbe.open({
+      objectPath: opts.objectPath ?? bpfObjectPath('rtt'),
+      flowMapsFd: this.flowMaps.outer.fd,
+      ...(opts.tracepoint !== undefined ? { tracepoint: opts.tracepoint } : {}),
+    });
+    return this.rttProbe;
+  }
+
   /** Sets 1-in-N sampling at run time. */
   setSampling(sampling: number): void {
     if (!Number.isInteger(sampling) || sampling < 0 || sampling > 0xffffffff) {
       throw new DatapathError('EARG', `flow datapath: sampling must be an integer >= 0, got ${sampling}`);
     }
-    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling }));
+    this.#sampling = sampling;
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling, features: this.#features }));
+  }
+
+  /** Sets what the flow programs measure besides counting (FLOW_FEATURE_* of flow-latency.ts). */
+  setFeatures(features: number): void {
+    this.#features = features;
+    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling: this.#sampling, features }));
   }
 
   /**
@@ -259,6 +296,7 @@ export class FlowDatapath {
       this.#evicting = false;
       if (this.#closeDeferred) {
         this.drops?.close();
+        this.rttProbe?.close();
         this.#collection.close();
       }
     }
@@ -303,11 +341,23 @@ export class FlowDatapath {
       batch.count === 0
         ? []
         : decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    return this.#withDrops(records, indexes, batch.keys, drops, offsetMs, eviction);
+  }
+
+  /** The records of a drained flow map with the drops of their flows, and the drops on no flow. */
+  #withDrops(
+    records: FlowRecord[],
+    indexes: number[],
+    keys: Uint8Array,
+    drops: DropBatch,
+    offsetMs: number,
+    eviction: FlowEviction,
+  ): FlowRecord[] {
     const dp = this.drops!;
     return attachDrops(
       records,
       indexes,
-      batch.keys,
+      keys,
       drops,
       (r) => dp.reasonName(r),
       offsetMs,
@@ -333,17 +383,7 @@ export class FlowDatapath {
     const keys = batch.keys.slice(0, batch.count * FLOW_KEY.size);
     const drops = await this.drops.evictAsync();
     if (this.#closed && drops.byKey.size === 0) return records;
-    const dp = this.drops;
-    return attachDrops(
-      records,
-      indexes,
-      keys,
-      drops,
-      (r) => dp.reasonName(r),
-      offsetMs,
-      eviction,
-      this.labeler,
-    );
+    return this.#withDrops(records, indexes, keys, drops, offsetMs, eviction);
   }
 
   /** The kernel's loss and activity counters, summed over CPUs, since the maps were created. */
@@ -357,6 +397,41 @@ export class FlowDatapath {
       out[name] = value ? sumPerCpuCounter(value) : 0;
     }
     return out;
+  }
+
+  /**
+   * How much each of counters() grew since the last call of this method (the first call: since
+   * the maps were created, which may be before this process if it reuses pins).
+   */
+  counterDeltas(): KernelCounters {
+    const now = this.counters();
+    const out = {} as KernelCounters;
+    for (const name of COUNTER_NAMES) out[name] = now[name] - (this.#countersSeen?.[name] ?? 0);
+    this.#countersSeen = now;
+    return out;
+  }
+
+  /**
+   * Packets the drop program counted on no flow of the flow map since the last call of this
+   * method, by the kernel's reason name; only reasons that grew, none while drops are off.
+   */
+  unmatchedDropDeltas(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const c of this.drops?.reasonCounts() ?? []) {
+      const delta = c.unmatchedPackets - (this.#unmatchedSeen.get(c.name) ?? 0);
+      this.#unmatchedSeen.set(c.name, c.unmatchedPackets);
+      if (delta > 0) out[c.name] = delta;
+    }
+    return out;
+  }
+
+  /**
+   * Decodes one flow_events record (as events.drain hands it over) into `out`, labelled as the
+   * evictions label theirs; true when the kernel spilled it because the flow map was full.
+   */
+  decodeEvent(view: DataView, offset: number, length: number, offsetMs: number, out: FlowRecord[]): boolean {
+    out.push(decodeFlowEvent(view, offset, length, offsetMs, this.labeler));
+    return flowEventReason(view, offset) === FLOW_EVENT_MAP_FULL;
   }
 
   /**
@@ -387,6 +462,7 @@ export class FlowDatapath {
       this.#closeDeferred = true;
     } else {
       this.drops?.close();
+      this.rttProbe?.close();
       this.#collection.close();
     }
     if (!opts.keepPins) this.#collection.unpin();

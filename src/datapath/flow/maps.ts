@@ -9,10 +9,10 @@
  * That wait is milliseconds of a blocked thread. swap() spends them on the calling thread;
  * swapAsync() spends them on a worker thread of the libuv pool, so the event loop runs meanwhile.
  */
-import { DatapathError, syscallFailure } from './errors.js';
-import { libbpfAsync } from './libbpf.js';
-import { readMapInfo, type BpfMap, type DrainOptions, type DrainResult } from './map.js';
-import type { Collection, ObjectSpec } from './object.js';
+import { DatapathError, syscallFailure } from '../errors.js';
+import { libbpfAsync } from '../libbpf.js';
+import { readMapInfo, type BpfMap, type DrainOptions, type DrainResult } from '../map.js';
+import type { Collection, ObjectSpec } from '../object.js';
 
 /** The two flow maps, in the order of FlowMaps.maps. */
 export const FLOW_MAP_NAMES = ['flow_map_a', 'flow_map_b'] as const;
