@@ -15,7 +15,7 @@
  */
 import protobuf from 'protobufjs';
 import type { FlowRecord } from '../src/records.js';
-import { loadFlowProto } from '../src/sinks/kafka/encode.js';
+import { loadFlowProto } from '../src/kafka/flow-messages.js';
 import { writeFlowJson } from '../src/sinks/kafka/json.js';
 import { writeFlowProto, writeFlowProtoField } from '../src/sinks/kafka/proto.js';
 import { pool } from './kafka.bench.js';

@@ -1,22 +1,19 @@
 /**
  * What confirmed-write accounting costs the kafka sink: a batch counts as written only by its own
  * answer, and no batch goes out five or more places after its partition's oldest unacknowledged
- * one (src/sinks/kafka/idempotence.ts). Same run, before and after: the bookkeeping of each
- * request (stamp, sendable, settle on its answer) as it is, and as it was
- * (bench/kafka-accounting-previous.ts, where a later batch's acknowledgement also settled the
- * earlier ones), driven through the same steady state of 4 requests in flight on 4 partitions with
- * the sink's own record batches; and the sink's throughput into the mock cluster in the same modes.
+ * one (src/kafka/idempotence.ts). The bookkeeping of each request (stamp, sendable, settle on its
+ * answer), driven through a steady state of 4 requests in flight on 4 partitions with the sink's
+ * own record batches; and the sink's throughput into the mock cluster in the same modes, same run.
  *
- * share = (after - before) ns per record / the sink's ns per record (1e9 / records/s), as a
- * percentage of its throughput; the target is 5 %. The total share (all the bookkeeping of
- * idempotence per record, producer id stamping and its CRC included) is reported too.
+ * share = bookkeeping ns per record / the sink's ns per record (1e9 / records/s), as a percentage
+ * of its throughput (all the bookkeeping of idempotence, producer id stamping and its CRC
+ * included); the target is 5 %.
  */
 import { silentLogger } from '../src/logger.js';
 import type { KafkaSinkConfig } from '../src/sinks/kafka.js';
 import { RequestEncoder } from '../src/sinks/kafka/encode.js';
-import { ProducerSequences } from '../src/sinks/kafka/idempotence.js';
-import type { PartitionBatch } from '../src/sinks/kafka/produce.js';
-import { ProducerSequences as PreviousSequences } from './kafka-accounting-previous.js';
+import { ProducerSequences } from '../src/kafka/idempotence.js';
+import type { PartitionBatch } from '../src/kafka/produce.js';
 import { pool, runSink, withCluster } from './kafka.bench.js';
 import type { BenchContext } from './lib.js';
 
@@ -31,8 +28,6 @@ interface Bookkeeping {
   settle(batches: readonly PartitionBatch[]): void;
 }
 
-type Make = () => Bookkeeping;
-
 function options() {
   let id = 100n;
   return {
@@ -46,10 +41,7 @@ function options() {
   };
 }
 
-const makers: Record<'previous' | 'confirmed', Make> = {
-  previous: () => new PreviousSequences(options()),
-  confirmed: () => new ProducerSequences(options()),
-};
+const make = (): Bookkeeping => new ProducerSequences(options());
 
 /** The partition batches of one sink request of `mode`, as the sink encodes them. */
 async function requestOf(config: { recordsPerMessage: number; records: number }): Promise<PartitionBatch[]> {
@@ -68,7 +60,7 @@ async function requestOf(config: { recordsPerMessage: number; records: number })
  * ns per record of the bookkeeping for `requests` requests: each stamped and let out as the sink
  * does, up to 4 in flight, the oldest acknowledged (all its batches written) as the next goes.
  */
-async function bookkeepingNs(make: Make, template: PartitionBatch[], requests: number): Promise<number> {
+async function bookkeepingNs(template: PartitionBatch[], requests: number): Promise<number> {
   const seq = make();
   await seq.start();
   const records = template.reduce((n, b) => n + b.records, 0);
@@ -97,14 +89,9 @@ async function bookkeepingNs(make: Make, template: PartitionBatch[], requests: n
   return ns / (requests * records);
 }
 
-async function best(
-  make: Make,
-  template: PartitionBatch[],
-  requests: number,
-  rounds: number,
-): Promise<number> {
+async function best(template: PartitionBatch[], requests: number, rounds: number): Promise<number> {
   let min = Infinity;
-  for (let r = 0; r < rounds; r++) min = Math.min(min, await bookkeepingNs(make, template, requests));
+  for (let r = 0; r < rounds; r++) min = Math.min(min, await bookkeepingNs(template, requests));
   return min;
 }
 
@@ -137,27 +124,14 @@ export default async function kafkaAccountingBench(ctx: BenchContext): Promise<v
   const rounds = ctx.quick ? 3 : 7;
   for (const mode of modes) {
     const template = await requestOf(mode.request);
-    // Alternated, so that neither side has the warmer machine.
-    let previous = Infinity;
-    let confirmed = Infinity;
-    for (let r = 0; r < 2; r++) {
-      previous = Math.min(previous, await best(makers.previous, template, requests, rounds));
-      confirmed = Math.min(confirmed, await best(makers.confirmed, template, requests, rounds));
-    }
+    const confirmed = await best(template, requests, rounds);
     const run = await withCluster((c) => runSink(c, mode.sink, Math.floor(mode.total / 10), mode.total));
     const sinkNs = 1e9 / run.recordsPerSecond;
     const name = `kafka.accounting.${mode.name}`;
     ctx.report({
-      name: `${name}.previous`,
-      value: previous,
-      unit: 'ns/record',
-      note: 'bookkeeping per record, a batch also settled by a later batch of its partition',
-    });
-    ctx.report({
       name: `${name}.confirmed`,
       value: confirmed,
       unit: 'ns/record',
-      baseline: { name: `${name}.previous`, value: previous },
       note: 'bookkeeping per record, each batch settled by its own answer only',
     });
     ctx.report({
@@ -165,13 +139,6 @@ export default async function kafkaAccountingBench(ctx: BenchContext): Promise<v
       value: run.recordsPerSecond,
       unit: 'records/s',
       note: `the sink with confirmed accounting into the mock: ${sinkNs.toFixed(0)} ns/record`,
-    });
-    ctx.report({
-      name: `${name}.share_over_previous`,
-      value: (100 * (confirmed - previous)) / sinkNs,
-      unit: '% of sink throughput',
-      target: { value: SHARE_TARGET_PERCENT, better: 'lower' },
-      note: '(confirmed - previous) ns/record over the sink ns/record, same run',
     });
     ctx.report({
       name: `${name}.share_total`,

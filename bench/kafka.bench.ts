@@ -22,15 +22,10 @@ import { Ledger } from '../src/ledger.js';
 import { silentLogger } from '../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../src/records.js';
 import kafkaModule, { type KafkaSinkConfig } from '../src/sinks/kafka.js';
-import {
-  NATIVE_SYNC_MAX_BYTES,
-  gzipBatch,
-  lz4Batch,
-  zstdBatch,
-  type Compression,
-} from '../src/sinks/kafka/compression.js';
+import { NATIVE_SYNC_MAX_BYTES } from '../src/kafka/codec-native.js';
+import { gzipBatch, lz4Batch, zstdBatch, type Compression } from '../src/kafka/compress.js';
 import { RequestEncoder, flowKey } from '../src/sinks/kafka/encode.js';
-import { BATCH_HEADER_BYTES } from '../src/sinks/kafka/record-batch.js';
+import { BATCH_HEADER_BYTES } from '../src/kafka/record-batch.js';
 import type { BenchContext, Figure } from './lib.js';
 
 export const SINGLE_TARGET = 100_000;
@@ -142,6 +137,38 @@ export async function runSink(
   };
 }
 
+/** Sends before the measured ones, for warm connections and code. */
+export const WARMUP_SENDS = 20;
+
+/**
+ * Calls `send` (1000 messages each) until `total` messages went, at most 4 sends at once, after
+ * WARMUP_SENDS unmeasured ones; `mockPid` is the mock cluster's process, for its CPU time.
+ */
+export async function measureSends(
+  mockPid: number,
+  send: () => Promise<unknown>,
+  total: number,
+): Promise<Run> {
+  for (let i = 0; i < WARMUP_SENDS; i++) await send();
+  const cpu0 = selfCpuMs();
+  const mock0 = processCpuMs(mockPid);
+  const t0 = process.hrtime.bigint();
+  const inFlight: Promise<unknown>[] = [];
+  for (let sent = 0; sent < total; sent += BATCH) {
+    inFlight.push(send());
+    if (inFlight.length >= 4) await inFlight.shift();
+  }
+  await Promise.all(inFlight);
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpuMs = selfCpuMs() - cpu0;
+  const mockMs = processCpuMs(mockPid) - mock0;
+  return {
+    recordsPerSecond: total / seconds,
+    cpuUsPerRecord: (cpuMs * 1000) / total,
+    mockCpuUsPerRecord: (mockMs * 1000) / total,
+  };
+}
+
 /** kafkajs alone: pre-encoded JSON values with flow keys, 1000 messages per send, 4 sends in flight. */
 async function runRawKafkajs(cluster: KafkaMockCluster, total: number): Promise<Run> {
   const kafka = new Kafka({ clientId: 'bench', brokers: cluster.brokers, logLevel: logLevel.NOTHING });
@@ -152,25 +179,11 @@ async function runRawKafkajs(cluster: KafkaMockCluster, total: number): Promise<
     value: Buffer.from(JSON.stringify(r)),
   }));
   const send = (): Promise<unknown> => producer.send({ topic: 'bench', messages, acks: -1 });
-  for (let i = 0; i < 20; i++) await send();
-  const cpu0 = selfCpuMs();
-  const mock0 = processCpuMs(cluster.pid);
-  const t0 = process.hrtime.bigint();
-  const inFlight: Promise<unknown>[] = [];
-  for (let sent = 0; sent < total; sent += BATCH) {
-    inFlight.push(send());
-    if (inFlight.length >= 4) await inFlight.shift();
+  try {
+    return await measureSends(cluster.pid, send, total);
+  } finally {
+    await producer.disconnect();
   }
-  await Promise.all(inFlight);
-  const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpuMs = selfCpuMs() - cpu0;
-  const mockMs = processCpuMs(cluster.pid) - mock0;
-  await producer.disconnect();
-  return {
-    recordsPerSecond: total / seconds,
-    cpuUsPerRecord: (cpuMs * 1000) / total,
-    mockCpuUsPerRecord: (mockMs * 1000) / total,
-  };
 }
 
 const BATCHED_JSON: Partial<KafkaSinkConfig> = {

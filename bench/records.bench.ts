@@ -6,7 +6,7 @@
  * toObject) without checking, so the ratio is what the checks cost. The records are the varied
  * stream of the tests (IPv4 and IPv6, tunnels, duplicates). Figures are the best of 5 rounds.
  */
-import { loadFlowProto } from '../src/sinks/kafka/encode.js';
+import { loadFlowProto } from '../src/kafka/flow-messages.js';
 import { flowRecordProblem, type FlowRecord } from '../src/records.js';
 import { messageDecoder } from '../src/sources/kafka_consumer.js';
 import { variedFlowRecord } from '../test/fixtures/records.js';

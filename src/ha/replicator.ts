@@ -1,4 +1,5 @@
 import type { Subscription } from 'rxjs';
+import { OutageLog } from '../delivery/outage.js';
 import type { StageCounters } from '../ledger.js';
 import { encodeSessionValue, sessionKvKey, toWire, wireFingerprint } from './codec.js';
 import { FullSync, kvViewOf, type SyncReport } from './full-sync.js';
@@ -115,7 +116,7 @@ export class Replicator {
   private puts = 0;
   private deletes = 0;
   private failedWrites = 0;
-  private failingSince: number | undefined;
+  private readonly outage: OutageLog;
   private started = false;
   private closed = false;
   private pumping = false;
@@ -130,6 +131,11 @@ export class Replicator {
     options: ReplicatorOptions,
   ) {
     this.rt = nodeRuntime(options);
+    this.outage = new OutageLog({
+      logger: this.rt.logger,
+      scheduler: this.rt.scheduler,
+      recovered: 'replicator: writing to KV again',
+    });
     this.coalesceMs = options.coalesceMs ?? DEFAULTS.coalesceMs;
     this.syncIntervalMs = options.syncIntervalMs ?? DEFAULTS.syncIntervalMs;
     this.maxInFlight = options.maxInFlight ?? DEFAULTS.maxInFlight;
@@ -579,21 +585,14 @@ export class Replicator {
   }
 
   private failing(err: unknown): void {
-    if (this.failingSince !== undefined) return;
-    this.failingSince = this.rt.scheduler.now();
-    this.rt.logger.warn(
+    this.outage.failing(
       { err: messageOf(err) },
       'replicator: cannot write sessions to KV; keeping them and retrying',
     );
   }
 
   private recovered(): void {
-    if (this.failingSince === undefined) return;
-    this.rt.logger.info(
-      { outage_ms: this.rt.scheduler.now() - this.failingSince },
-      'replicator: writing to KV again',
-    );
-    this.failingSince = undefined;
+    this.outage.recovered();
   }
 
   private settledUpTo(target: number): Promise<void> {

@@ -26,7 +26,7 @@ import type { JsonSchema, Sink, WhenFull } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import type { FlowBatch } from '../records.js';
-import { LossLog } from './loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export interface BufferSettings {
   /** Records the sink holds at most (waiting here or in its own hands); Infinity: no bound. */

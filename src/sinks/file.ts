@@ -47,7 +47,8 @@ import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
-import { LossLog } from './loss-log.js';
+import { beforeDeadline } from '../delivery/deadline.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export interface FileSinkConfig {
   path: string;
@@ -330,12 +331,7 @@ export class FileSink implements Sink {
       this.pump();
       while (this.writing) await this.writing;
     } else {
-      let deadline: Subscription | undefined;
-      const late = new Promise<void>((resolve) => {
-        deadline = this.scheduler.schedule(() => resolve(), Math.max(0, timeoutMs));
-      });
-      await Promise.race([this.settledUpTo(this.admitted, false), late]);
-      deadline?.unsubscribe();
+      await beforeDeadline(this.settledUpTo(this.admitted, false), Math.max(0, timeoutMs), this.scheduler);
     }
     this.stopped = true;
     this.cancelRetry();

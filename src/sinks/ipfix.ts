@@ -49,7 +49,8 @@ import {
   MessageBuilder,
   TEMPLATE_SET_BYTES,
 } from './ipfix/encode.js';
-import { LossLog } from './loss-log.js';
+import { beforeDeadline } from '../delivery/deadline.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export type IpfixTransport = 'udp' | 'tcp';
 
@@ -370,14 +371,7 @@ export class IpfixSink implements Sink {
   close(timeoutMs = CLOSE_TIMEOUT_MS): Promise<void> {
     this.closed ??= (async () => {
       this.subscription?.unsubscribe();
-      let timer: Subscription | undefined;
-      await Promise.race([
-        this.pending === 0 ? Promise.resolve() : this.idle,
-        new Promise<void>((resolve) => {
-          timer = this.scheduler.schedule(resolve, timeoutMs);
-        }),
-      ]);
-      timer?.unsubscribe();
+      await beforeDeadline(this.pending === 0 ? Promise.resolve() : this.idle, timeoutMs, this.scheduler);
       this.stopping = true;
       // Past the deadline a write may be waiting on a collector that does not read: end it.
       if (this.pending > 0) this.tcp?.close();

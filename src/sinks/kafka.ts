@@ -1,7 +1,9 @@
 /**
  * `kafka`: writes flow records to a Kafka topic, as JSON (IPFIX names) or protobuf
  * (src/sinks/flow.proto), one record or a batch of records per message. kafkajs keeps the broker
- * connections; the sink encodes record batches and Produce requests itself (src/sinks/kafka/).
+ * connections; the sink encodes record batches and Produce requests itself, with the client of
+ * src/kafka/. Admission (the bounded buffer), request building and the send service are in
+ * src/sinks/kafka/.
  *
  * Records wait in a bounded queue; a produce request takes up to batch_max_records of them once
  * that many wait, once they fill about batch_max_bytes, or once the oldest has waited linger_ms,
@@ -13,50 +15,40 @@
  * Nothing escapes into the pipeline: consume() resolves once its input completed and every record is written or counted.
  *
  * With idempotence (the default) every batch carries a producer id and sequence
- * (src/sinks/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
+ * (src/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
  */
-import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
+import { asyncScheduler, type Observable, type Subscription } from 'rxjs';
 import {
   msOption,
   type ComponentContext,
-  type HealthReporter,
   type JsonSchema,
   type Sink,
   type SinkModule,
   type WhenFull,
 } from '../component.js';
+import { LossLog } from '../delivery/loss-log.js';
+import { kafkajsTransport, type KafkaTransport } from '../kafka/client.js';
+import type { Compression } from '../kafka/compress.js';
+import { MAX_IN_FLIGHT_IDEMPOTENT, type IdempotenceStatus } from '../kafka/idempotence.js';
+import {
+  CONNECTION_DEFAULTS,
+  connectionProblem,
+  connectionSchema,
+  type KafkaConnectionConfig,
+} from '../kafka/options.js';
 import type { DropReason, StageCounters } from '../ledger.js';
-import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch } from '../records.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
-import {
-  ProduceError,
-  kafkaErrorRetriable,
-  kafkajsTransport,
-  type KafkaTransport,
-  type SaslOptions,
-  type TlsOptions,
-} from './kafka/client.js';
-import type { Compression } from './kafka/compression.js';
-import { MAX_IN_FLIGHT_IDEMPOTENT, ProducerSequences, type IdempotenceStatus } from './kafka/idempotence.js';
-import {
-  RequestEncoder,
-  unwritten,
-  type EncodedRequest,
-  type Encoding,
-  type KeyMode,
-} from './kafka/encode.js';
-import { RecordQueue } from './kafka/queue.js';
-import { LossLog } from './loss-log.js';
+import { Admission } from './kafka/admission.js';
+import type { Encoding, KeyMode } from './kafka/encode.js';
+import { RequestBuilder } from './kafka/requests.js';
+import { KafkaSender } from './kafka/sender.js';
 
-export interface KafkaSinkConfig {
-  /** `host:port` of one or more brokers. */
-  bootstrap_servers: string[];
+export interface KafkaSinkConfig extends KafkaConnectionConfig {
   topic: string;
-  client_id?: string;
   encoding?: Encoding;
   records_per_message?: number;
   key?: KeyMode;
@@ -67,24 +59,17 @@ export interface KafkaSinkConfig {
   idempotence?: boolean;
   compression?: Compression;
   acks?: -1 | 0 | 1;
-  request_timeout_ms?: number;
-  connection_timeout_ms?: number;
-  retries?: number;
-  retry_initial_ms?: number;
-  retry_max_ms?: number;
   delivery_timeout_ms?: number;
   buffer_max_records?: number;
   when_full?: WhenFull;
   shutdown_timeout_ms?: number;
   degraded_after_ms?: number;
-  tls?: TlsOptions;
-  sasl?: SaslOptions;
 }
 
 type Resolved = Required<Omit<KafkaSinkConfig, 'tls' | 'sasl'>> & Pick<KafkaSinkConfig, 'tls' | 'sasl'>;
 
 const DEFAULTS = {
-  client_id: 'rxflow',
+  ...CONNECTION_DEFAULTS,
   encoding: 'json',
   records_per_message: 1,
   key: 'flow',
@@ -95,11 +80,6 @@ const DEFAULTS = {
   idempotence: true,
   compression: 'none',
   acks: -1,
-  request_timeout_ms: 30_000,
-  connection_timeout_ms: 3000,
-  retries: 3,
-  retry_initial_ms: 100,
-  retry_max_ms: 5000,
   delivery_timeout_ms: 120_000,
   buffer_max_records: 100_000,
   when_full: 'drop_newest',
@@ -107,31 +87,26 @@ const DEFAULTS = {
   degraded_after_ms: 10_000,
 } as const satisfies Partial<KafkaSinkConfig>;
 
-/** Once the deadline of close() has passed, how long disconnecting may still take. */
-const DISCONNECT_GRACE_MS = 500;
-
 /** Losses are logged at most this often; the ledger has every count. */
 const LOSS_LOG_INTERVAL_MS = 10_000;
 
-/** Starting estimate of encoded bytes per record, refined by every request. */
-const FIRST_BYTES_PER_RECORD: Record<Encoding, number> = { json: 500, protobuf: 120 };
-
 const ms = (description: string, defaultValue: number, minimum = 0): JsonSchema =>
   msOption(description, defaultValue, minimum);
+
+const connection = connectionSchema({
+  ms,
+  retries:
+    'Retries of a failed produce request (and of connecting or reading metadata, inside kafkajs) before the sink backs off and tries again.',
+});
 
 const schema: JsonSchema = {
   type: 'object',
   additionalProperties: false,
   required: ['bootstrap_servers', 'topic'],
   properties: {
-    bootstrap_servers: {
-      type: 'array',
-      minItems: 1,
-      items: { type: 'string', pattern: '^\\S+:[0-9]{1,5}$' },
-      description: 'Brokers to bootstrap from, as host:port.',
-    },
+    bootstrap_servers: connection.bootstrap_servers,
     topic: { type: 'string', minLength: 1, description: 'Topic the records are written to.' },
-    client_id: { type: 'string', minLength: 1, default: DEFAULTS.client_id, description: 'Kafka client id.' },
+    client_id: connection.client_id,
     encoding: {
       enum: ['json', 'protobuf'],
       default: DEFAULTS.encoding,
@@ -194,26 +169,11 @@ const schema: JsonSchema = {
       description:
         '-1: all in-sync replicas acknowledge; 1: the leader only; 0: no acknowledgement (losses go unseen).',
     },
-    request_timeout_ms: ms('Time a broker has to answer a request.', DEFAULTS.request_timeout_ms, 1),
-    connection_timeout_ms: ms(
-      'Time to establish a connection to a broker.',
-      DEFAULTS.connection_timeout_ms,
-      1,
-    ),
-    retries: {
-      type: 'integer',
-      minimum: 0,
-      maximum: 1000,
-      default: DEFAULTS.retries,
-      description:
-        'Retries of a failed produce request (and of connecting or reading metadata, inside kafkajs) before the sink backs off and tries again.',
-    },
-    retry_initial_ms: ms(
-      'First backoff after a failure; it doubles with every further failure.',
-      DEFAULTS.retry_initial_ms,
-      1,
-    ),
-    retry_max_ms: ms('Longest backoff between attempts.', DEFAULTS.retry_max_ms, 1),
+    request_timeout_ms: connection.request_timeout_ms,
+    connection_timeout_ms: connection.connection_timeout_ms,
+    retries: connection.retries,
+    retry_initial_ms: connection.retry_initial_ms,
+    retry_max_ms: connection.retry_max_ms,
     delivery_timeout_ms: ms(
       'A record not written within this time of reaching the sink is dropped as sink_failed.',
       DEFAULTS.delivery_timeout_ms,
@@ -234,44 +194,8 @@ const schema: JsonSchema = {
       DEFAULTS.degraded_after_ms,
       1,
     ),
-    tls: {
-      type: 'object',
-      additionalProperties: false,
-      description: 'Connect with TLS. Files are PEM.',
-      properties: {
-        ca_file: { type: 'string', description: 'CA certificates to trust instead of the system ones.' },
-        cert_file: { type: 'string', description: 'Client certificate, for mutual TLS; needs key_file.' },
-        key_file: { type: 'string', description: 'Private key of cert_file.' },
-        insecure_skip_verify: {
-          type: 'boolean',
-          default: false,
-          description: 'Accept any broker certificate.',
-        },
-        server_name: { type: 'string', description: 'Name to verify the broker certificate against (SNI).' },
-      },
-    },
-    sasl: {
-      type: 'object',
-      additionalProperties: false,
-      required: ['mechanism', 'username'],
-      // ajv's strict mode wants each required key declared beside it.
-      anyOf: [
-        { properties: { password: true }, required: ['password'] },
-        { properties: { password_file: true }, required: ['password_file'] },
-      ],
-      description:
-        'Authenticate with SASL. The password comes from password, e.g. "${KAFKA_PASSWORD}" from the environment, or from the file password_file names; it is never logged or printed.',
-      properties: {
-        mechanism: { enum: ['plain', 'scram-sha-256', 'scram-sha-512'] },
-        username: { type: 'string' },
-        password: { type: 'string', description: 'The password; always text, whatever it looks like.' },
-        password_file: {
-          type: 'string',
-          minLength: 1,
-          description: 'A file holding the password (one trailing newline is ignored), instead of password.',
-        },
-      },
-    },
+    tls: connection.tls,
+    sasl: connection.sasl,
   },
 };
 
@@ -282,9 +206,8 @@ function resolveConfig(config: KafkaSinkConfig): Resolved {
   if (config.idempotence === undefined) {
     resolved.idempotence = resolved.acks === -1 && resolved.max_in_flight <= MAX_IN_FLIGHT_IDEMPOTENT;
   }
-  if (resolved.bootstrap_servers.length === 0) {
-    throw new SinkError('EBADCONFIG', 'kafka sink: bootstrap_servers is empty; list at least one host:port');
-  }
+  const problem = connectionProblem(resolved);
+  if (problem !== undefined) throw new SinkError('EBADCONFIG', `kafka sink: ${problem}`);
   if (resolved.idempotence && resolved.max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT) {
     throw new SinkError(
       'EBADCONFIG',
@@ -297,110 +220,58 @@ function resolveConfig(config: KafkaSinkConfig): Resolved {
       `kafka sink: idempotence needs acks -1 (every in-sync replica), not ${resolved.acks}; set acks to -1 or idempotence to false`,
     );
   }
-  if (resolved.retry_max_ms < resolved.retry_initial_ms) {
-    throw new SinkError(
-      'EBADCONFIG',
-      `kafka sink: retry_max_ms (${resolved.retry_max_ms}) is below retry_initial_ms (${resolved.retry_initial_ms}); raise it`,
-    );
-  }
   return resolved;
 }
 
-/** Whether trying again can help: see kafkaErrorRetriable; encoding errors never get better. */
-export function retriable(err: unknown): boolean {
-  if (err instanceof SinkError && !(err instanceof ProduceError)) return err.code !== 'EENCODE';
-  return kafkaErrorRetriable(err);
-}
-
-interface Request {
-  records: number;
-  /** Queue position of its first record, for flush(). */
-  first: number;
-  /** When its oldest record arrived; it fails at deadline = this + delivery_timeout_ms. */
-  arrived: number;
-  abandoned: boolean;
-}
-
-interface FlushWaiter {
-  /** Every record at a queue position below this must have settled. */
-  target: number;
-  resolve: () => void;
-}
-
+/**
+ * The kafka sink: admission (the bounded buffer) in front, request building, and the send service
+ * (src/sinks/kafka/), on the Kafka client of src/kafka/.
+ */
 export class KafkaSink implements Sink {
   private readonly config: Resolved;
   private readonly counters: StageCounters;
-  private readonly logger: Logger;
-  private readonly scheduler: SchedulerLike;
-  private readonly encoder: RequestEncoder;
-  /** Producer id and sequences, with idempotence. */
-  private readonly producer: ProducerSequences | undefined;
   private readonly losses: LossLog;
-  private readonly queue = new RecordQueue();
-  private readonly inFlight = new Set<Request>();
-  private inFlightRecords = 0;
-  /** Records ever put in the queue, and records ever gone from it: queue positions. */
-  private admitted = 0;
-  private left = 0;
-  private flushWaiters: FlushWaiter[] = [];
-  private bytesPerRecord: number;
-  private connected = false;
-  private connecting: Promise<void> | undefined;
-  private pumping = false;
-  private timer: Subscription | undefined;
-  private timerDue = Infinity;
-  private readonly sleepers = new Set<() => void>();
-  private failingSince: number | undefined;
-  private readonly health: HealthReporter | undefined;
-  /** Fires once the brokers have been unreachable for degraded_after_ms. */
-  private degradedTimer: Subscription | undefined;
-  private degraded = false;
+  private readonly admission: Admission;
+  private readonly sender: KafkaSender;
   private subscription: Subscription | undefined;
   private endConsume: (() => void) | undefined;
   private closing = false;
-  /** Set when close() has stopped waiting: nothing more is sent or retried. */
-  private stopped = false;
   private closed: Promise<void> | undefined;
   private readonly context: ComponentContext;
   private readonly buffer: BufferSettings;
 
-  constructor(
-    config: KafkaSinkConfig,
-    context: ComponentContext,
-    private readonly transport: KafkaTransport,
-  ) {
+  constructor(config: KafkaSinkConfig, context: ComponentContext, transport: KafkaTransport) {
     this.config = resolveConfig(config);
     this.context = context;
     this.buffer = bufferSettings(this.config);
     this.counters = context.counters;
-    this.logger = context.logger;
-    this.scheduler = context.scheduler ?? asyncScheduler;
-    this.health = context.health;
-    this.encoder = new RequestEncoder({
+    const scheduler = context.scheduler ?? asyncScheduler;
+    this.losses = new LossLog(
+      context.logger,
+      `kafka sink ${context.id}: records dropped`,
+      LOSS_LOG_INTERVAL_MS,
+      scheduler,
+    );
+    this.admission = new Admission();
+    const requests = new RequestBuilder({
       encoding: this.config.encoding,
       recordsPerMessage: this.config.records_per_message,
       key: this.config.key,
       compression: this.config.compression,
       stamped: this.config.idempotence,
+      batchMaxRecords: this.config.batch_max_records,
+      batchMaxBytes: this.config.batch_max_bytes,
     });
-    this.producer = this.config.idempotence
-      ? new ProducerSequences({
-          acquire: () => this.transport.initProducerId(),
-          sleep: (ms) => this.sleep(ms),
-          backoff: (attempt) => this.backoff(attempt),
-          stopped: () => this.stopped,
-          retries: this.config.retries,
-          logger: this.logger,
-          failing: (err) => this.failing(err),
-        })
-      : undefined;
-    this.bytesPerRecord = FIRST_BYTES_PER_RECORD[this.config.encoding];
-    this.losses = new LossLog(
-      this.logger,
-      `kafka sink ${context.id}: records dropped`,
-      LOSS_LOG_INTERVAL_MS,
-      this.scheduler,
-    );
+    this.sender = new KafkaSender(this.config, {
+      transport,
+      admission: this.admission,
+      requests,
+      counters: this.counters,
+      logger: context.logger,
+      scheduler,
+      health: context.health,
+      drop: (reason, n, cause) => this.drop(reason, n, cause),
+    });
   }
 
   consume(input: Observable<FlowBatch>): Promise<void> {
@@ -409,7 +280,7 @@ export class KafkaSink implements Sink {
         new SinkError('ECONSUME', 'kafka sink: consume() was already called or the sink is closed'),
       );
     }
-    this.startConnecting();
+    this.sender.start();
     const consumption = consumeBatches(
       throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
@@ -422,12 +293,7 @@ export class KafkaSink implements Sink {
 
   /** Resolves when every record held when it was called is written or counted as dropped. */
   flush(): Promise<void> {
-    const target = this.admitted;
-    if (this.settledBelow(target)) return Promise.resolve();
-    return new Promise<void>((resolve) => {
-      this.flushWaiters.push({ target, resolve });
-      this.pump();
-    });
+    return this.sender.flush();
   }
 
   /**
@@ -442,29 +308,20 @@ export class KafkaSink implements Sink {
 
   /** Whether batches carry a producer id, which one, and why not if the brokers refused one. */
   idempotence(): IdempotenceStatus {
-    return this.producer?.status() ?? { state: 'off', producerIds: 0 };
+    return this.sender.idempotence();
   }
 
   /** Drops up to `n` of the oldest waiting records (not those in flight); the buffer counts them. */
   evictOldest(n: number): number {
-    const old = this.queue.drop(Math.min(n, this.queue.length));
-    this.left += old;
-    this.settleFlushes();
+    const old = this.admission.evictOldest(n);
+    this.sender.settleFlushes();
     return old;
   }
 
-  // ------------------------------------------------------------------------------------------
-  // Admission (bounded by the pipeline's buffer in front of the sink)
-
   private accept(batch: FlowBatch): void {
     if (batch.length === 0) return;
-    this.enqueue(batch, this.scheduler.now());
-    this.pump();
-  }
-
-  private enqueue(records: FlowBatch, now: number): void {
-    this.queue.push(records, now);
-    this.admitted += records.length;
+    this.admission.admit(batch, this.sender.now());
+    this.sender.pump();
   }
 
   private drop(reason: DropReason, n: number, cause?: unknown): void {
@@ -473,374 +330,10 @@ export class KafkaSink implements Sink {
     this.losses.add(reason, n, cause === undefined ? undefined : messageOf(cause));
   }
 
-  // ------------------------------------------------------------------------------------------
-  // Sending
-
-  private recordsPerRequest(): number {
-    const byBytes = Math.max(1, Math.floor(this.config.batch_max_bytes / this.bytesPerRecord));
-    return Math.min(this.config.batch_max_records, byBytes);
-  }
-
-  /** True while flush() or close() wants queued records out without lingering. */
-  private draining(): boolean {
-    if (this.closing) return true;
-    for (const w of this.flushWaiters) if (w.target > this.left) return true;
-    return false;
-  }
-
-  /** Expires what waited too long, starts every request that is due, and sets the next timer. */
-  private pump(): void {
-    if (this.pumping) return;
-    this.pumping = true;
-    try {
-      const now = this.scheduler.now();
-      const expired = this.queue.dropArrivedBy(now - this.config.delivery_timeout_ms);
-      if (expired > 0) {
-        this.left += expired;
-        this.drop(
-          'sink_failed',
-          expired,
-          `not written within delivery_timeout_ms (${this.config.delivery_timeout_ms})`,
-        );
-      }
-      while (
-        this.connected &&
-        !this.stopped &&
-        this.inFlight.size < this.config.max_in_flight &&
-        this.queue.length > 0
-      ) {
-        const size = this.recordsPerRequest();
-        const due =
-          this.queue.length >= size ||
-          now - this.queue.headArrival() >= this.config.linger_ms ||
-          this.draining();
-        if (!due) break;
-        const arrived = this.queue.headArrival();
-        const records = this.queue.take(size);
-        const request: Request = { records: records.length, first: this.left, arrived, abandoned: false };
-        this.left += records.length;
-        this.inFlight.add(request);
-        this.inFlightRecords += records.length;
-        void this.deliver(request, records);
-      }
-      this.setTimer(now);
-    } finally {
-      this.pumping = false;
-    }
-    this.settleFlushes();
-  }
-
-  /** Wakes the pump when the oldest record's linger or delivery timeout is reached. */
-  private setTimer(now: number): void {
-    if (this.queue.length === 0 || this.stopped) {
-      this.clearTimer();
-      return;
-    }
-    const head = this.queue.headArrival();
-    let due = head + this.config.delivery_timeout_ms;
-    if (this.connected && this.inFlight.size < this.config.max_in_flight)
-      due = Math.min(due, head + this.config.linger_ms);
-    if (this.timer !== undefined && this.timerDue <= due) return;
-    this.clearTimer();
-    this.timerDue = due;
-    this.timer = this.scheduler.schedule(
-      () => {
-        this.timer = undefined;
-        this.timerDue = Infinity;
-        this.pump();
-      },
-      Math.max(0, due - now),
-    );
-  }
-
-  private clearTimer(): void {
-    this.timer?.unsubscribe();
-    this.timer = undefined;
-    this.timerDue = Infinity;
-  }
-
-  private backoff(attempt: number): number {
-    return Math.min(this.config.retry_max_ms, this.config.retry_initial_ms * 2 ** Math.min(attempt - 1, 30));
-  }
-
-  /** Writes one request, retrying until it is written, fails for good or times out. Never rejects. */
-  private async deliver(request: Request, records: FlowRecord[]): Promise<void> {
-    const deadline = request.arrived + this.config.delivery_timeout_ms;
-    let encoded: EncodedRequest | undefined;
-    // Records of the request no broker has taken: all of them until it is encoded and sent.
-    const unsent = (): number => (encoded === undefined ? request.records : unwritten(encoded));
-    const fail = (err: unknown): void => {
-      const lost = unsent();
-      this.counters.addSent(request.records - lost);
-      this.drop('sink_failed', lost, err);
-      if (encoded !== undefined) this.producer?.givenUp(encoded.batches);
-    };
-    const producer = this.producer;
-    try {
-      for (let failures = 0; ;) {
-        try {
-          if (encoded === undefined) {
-            encoded = await this.encode(records, await this.transport.partitions());
-            records = [];
-          }
-          const ready = producer === undefined ? encoded : this.ready(producer, encoded, deadline);
-          const going = ready instanceof Promise ? await ready : ready;
-          if (request.abandoned) return;
-          await this.transport.send(going);
-          if (request.abandoned) return;
-          producer?.settle(going.batches);
-          // Batches that waited behind an earlier batch of their partition go next.
-          if (unwritten(encoded) > 0) continue;
-          this.counters.addSent(request.records);
-          this.recovered();
-          break;
-        } catch (caught) {
-          if (request.abandoned) return;
-          const err =
-            producer !== undefined && encoded !== undefined
-              ? producer.failed(encoded.batches, caught)
-              : caught;
-          if (err === undefined) {
-            // Nothing failed for good: what failed waits behind an earlier batch of its
-            // partition, and goes again once that one has settled.
-            if (unwritten(encoded!) > 0) continue;
-            this.counters.addSent(request.records);
-            this.recovered();
-            break;
-          }
-          failures++;
-          const wait = this.backoff(failures);
-          if (!retriable(err) || this.scheduler.now() + wait >= deadline || this.stopped) {
-            fail(err);
-            break;
-          }
-          this.failing(err);
-          await this.sleep(wait);
-          if (request.abandoned) return;
-        }
-      }
-    } catch (err) {
-      if (request.abandoned) return;
-      fail(err);
-    }
-    if (encoded !== undefined) this.encoder.release(encoded);
-    this.inFlight.delete(request);
-    this.inFlightRecords -= request.records;
-    this.pump();
-  }
-
-  /**
-   * The request's batches that may go out now, with idempotence: stamped with the producer id and
-   * their partitions' next sequences, and not behind an earlier batch of a partition whose broker
-   * does not know the producer yet. Synchronous when nothing has to wait, so that requests take
-   * their sequences in the order they go out; otherwise waits, at most until the deadline.
-   */
-  private ready(
-    producer: ProducerSequences,
-    encoded: EncodedRequest,
-    deadline: number,
-  ): EncodedRequest | Promise<EncodedRequest> {
-    const renewal = producer.stamp(encoded.batches);
-    if (renewal === undefined) {
-      const going = this.going(producer, encoded);
-      if (going !== undefined) return going;
-    }
-    return this.readyLater(producer, encoded, deadline, renewal);
-  }
-
-  private async readyLater(
-    producer: ProducerSequences,
-    encoded: EncodedRequest,
-    deadline: number,
-    renewal: Promise<void> | undefined,
-  ): Promise<EncodedRequest> {
-    for (;;) {
-      const left = deadline - this.scheduler.now();
-      const settled = left > 0 && (await this.within(renewal ?? producer.changed(), left));
-      if (!settled || this.stopped) {
-        throw new SinkError(
-          renewal === undefined ? 'EORDER' : 'ENOPRODUCERID',
-          renewal === undefined
-            ? `kafka sink: an earlier batch of the same partition was not settled within delivery_timeout_ms (${this.config.delivery_timeout_ms})`
-            : `kafka sink: no producer id from the brokers within delivery_timeout_ms (${this.config.delivery_timeout_ms}); see the warnings before`,
-        );
-      }
-      renewal = producer.stamp(encoded.batches);
-      if (renewal !== undefined) continue;
-      const going = this.going(producer, encoded);
-      if (going !== undefined) return going;
-    }
-  }
-
-  /** The request, or the part of it that may go now; undefined when all of it has to wait. */
-  private going(producer: ProducerSequences, encoded: EncodedRequest): EncodedRequest | undefined {
-    const sendable = producer.sendable(encoded.batches);
-    let waiting = 0;
-    for (const b of encoded.batches) if (!b.written) waiting++;
-    if (sendable.length === waiting) return encoded;
-    return sendable.length > 0 ? { ...encoded, batches: sendable } : undefined;
-  }
-
-  /** Resolves true when `done` settles within `ms`, false when not (or when the sink closes). */
-  private within(done: Promise<void>, ms: number): Promise<boolean> {
-    return new Promise<boolean>((resolve) => {
-      const finish = (settled: boolean): void => {
-        this.sleepers.delete(wake);
-        task.unsubscribe();
-        resolve(settled);
-      };
-      const wake = (): void => finish(false);
-      const task = this.scheduler.schedule(wake, ms);
-      this.sleepers.add(wake);
-      done.then(
-        () => finish(true),
-        () => finish(true),
-      );
-    });
-  }
-
-  private async encode(records: FlowRecord[], partitions: number): Promise<EncodedRequest> {
-    let encoded: EncodedRequest;
-    try {
-      encoded = await this.encoder.encode(records, partitions, this.bytesPerRecord, Date.now());
-    } catch (err) {
-      throw new SinkError(
-        'EENCODE',
-        `kafka sink: cannot encode records as ${this.config.encoding}: ${messageOf(err)}`,
-        {
-          cause: err,
-        },
-      );
-    }
-    if (records.length > 0 && encoded.bytes > 0) this.bytesPerRecord = encoded.bytes / records.length;
-    return encoded;
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return new Promise<void>((resolve) => {
-      const wake = (): void => {
-        this.sleepers.delete(wake);
-        task.unsubscribe();
-        resolve();
-      };
-      const task = this.scheduler.schedule(wake, ms);
-      this.sleepers.add(wake);
-    });
-  }
-
-  private failing(err: unknown): void {
-    if (this.failingSince !== undefined) return;
-    this.failingSince = this.scheduler.now();
-    this.logger.warn({ err }, 'kafka sink: cannot write to the brokers; holding records and retrying');
-    if (this.health === undefined || this.stopped) return;
-    const reason = `kafka sink: the brokers (${this.config.bootstrap_servers.join(', ')}) have not been reachable for ${this.config.degraded_after_ms} ms; records are held up to buffer_max_records (${this.config.buffer_max_records}) and delivery_timeout_ms (${this.config.delivery_timeout_ms}); check the brokers and the network (last error: ${messageOf(err)})`;
-    this.degradedTimer = this.scheduler.schedule(() => {
-      this.degradedTimer = undefined;
-      if (this.failingSince === undefined || this.stopped) return;
-      this.degraded = true;
-      this.health?.degraded(reason);
-    }, this.config.degraded_after_ms);
-  }
-
-  private recovered(): void {
-    if (this.failingSince === undefined) return;
-    this.logger.info({ outage_ms: this.scheduler.now() - this.failingSince }, 'kafka sink: writing again');
-    this.failingSince = undefined;
-    this.degradedTimer?.unsubscribe();
-    this.degradedTimer = undefined;
-    if (this.degraded) {
-      this.degraded = false;
-      this.health?.healthy();
-    }
-  }
-
-  private startConnecting(): void {
-    this.connecting ??= (async () => {
-      for (let attempt = 1; !this.stopped; attempt++) {
-        try {
-          await this.transport.connect();
-          if (this.stopped) return;
-          // Nothing goes out before the producer id: the first batches need it as much as the rest.
-          if (this.producer !== undefined) await this.producer.start();
-          if (this.stopped) return;
-          this.connected = true;
-          this.recovered();
-          this.logger.debug(
-            { brokers: this.config.bootstrap_servers, idempotence: this.idempotence() },
-            'kafka sink: connected',
-          );
-          this.pump();
-          return;
-        } catch (err) {
-          this.failing(err);
-          await this.sleep(this.backoff(attempt));
-        }
-      }
-    })();
-  }
-
-  // ------------------------------------------------------------------------------------------
-  // Flush and close
-
-  private settledBelow(target: number): boolean {
-    if (this.left < target) return false;
-    for (const r of this.inFlight) if (r.first < target) return false;
-    return true;
-  }
-
-  private settleFlushes(): void {
-    if (this.flushWaiters.length === 0) return;
-    const waiting: FlushWaiter[] = [];
-    for (const w of this.flushWaiters) {
-      if (this.settledBelow(w.target)) w.resolve();
-      else waiting.push(w);
-    }
-    this.flushWaiters = waiting;
-  }
-
   private async shutdown(waitMs: number): Promise<void> {
     this.closing = true;
     this.subscription?.unsubscribe();
-    let deadline: Subscription | undefined;
-    const late = new Promise<'late'>((resolve) => {
-      deadline = this.scheduler.schedule(() => resolve('late'), waitMs);
-    });
-    const outcome = await Promise.race([this.flush(), late]);
-    deadline?.unsubscribe();
-    this.stopped = true;
-    this.clearTimer();
-    if (outcome === 'late') {
-      const queued = this.queue.clear();
-      this.left += queued;
-      let abandoned = queued;
-      for (const r of this.inFlight) {
-        r.abandoned = true;
-        abandoned += r.records;
-      }
-      this.inFlight.clear();
-      this.inFlightRecords = 0;
-      this.drop('shutdown', abandoned, `not written by the close deadline (waited ${waitMs} ms)`);
-      this.logger.warn({ dropped: abandoned }, 'kafka sink: closed with records unwritten');
-    }
-    for (const wake of [...this.sleepers]) wake();
-    this.settleFlushes();
-    for (const w of this.flushWaiters) w.resolve();
-    this.flushWaiters = [];
-    this.degradedTimer?.unsubscribe();
-    this.degradedTimer = undefined;
-    // A connection attempt to brokers that are away may take connection_timeout_ms and more; the
-    // deadline is not held up by it.
-    const disconnected = (async () => {
-      await this.connecting;
-      try {
-        await this.transport.disconnect();
-      } catch (err) {
-        this.logger.debug({ err }, 'kafka sink: disconnect failed');
-      }
-    })();
-    if (!(await this.within(disconnected, DISCONNECT_GRACE_MS))) {
-      this.logger.debug({ grace_ms: DISCONNECT_GRACE_MS }, 'kafka sink: closed before the connections were');
-    }
+    await this.sender.shutdown(waitMs);
     this.losses.close();
     this.endConsume?.();
   }
@@ -869,17 +362,9 @@ const kafkaModule: SinkModule<KafkaSinkConfig> = {
   build(config: KafkaSinkConfig, context: ComponentContext): Sink {
     const resolved = resolveConfig(config);
     const transport = kafkajsTransport({
-      brokers: resolved.bootstrap_servers,
+      connection: resolved,
       topic: resolved.topic,
-      clientId: resolved.client_id,
       acks: resolved.acks,
-      requestTimeoutMs: resolved.request_timeout_ms,
-      connectionTimeoutMs: resolved.connection_timeout_ms,
-      retries: resolved.retries,
-      retryInitialMs: resolved.retry_initial_ms,
-      retryMaxMs: resolved.retry_max_ms,
-      tls: resolved.tls,
-      sasl: resolved.sasl,
       logger: context.logger,
     });
     return new KafkaSink(resolved, context, transport);

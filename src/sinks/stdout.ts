@@ -19,7 +19,7 @@ import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { consumeBatches, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
-import { LossLog } from './loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 
 export type StdoutFormat = 'json' | 'text';
 

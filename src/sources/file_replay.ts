@@ -27,10 +27,10 @@ import type { ComponentContext, JsonSchema, SourceHold, SourceModule } from '../
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
-import { LossLog } from '../sinks/loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';
-import { Sleeper } from './sleeper.js';
+import { Sleeper } from '../delivery/sleeper.js';
 
 export interface FileReplayConfig {
   /** Files or patterns (wildcards in the file name only), read in this order. */

@@ -34,7 +34,7 @@ import { isIPv6 } from 'node:net';
 import { Observable } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import type { FlowBatch, FlowRecord } from '../records.js';
-import { LossLog } from '../sinks/loss-log.js';
+import { LossLog } from '../delivery/loss-log.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';
 import { IpfixDecoder, newExporter, newReport, type Exporter } from './ipfix/decode.js';

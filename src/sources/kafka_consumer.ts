@@ -1,5 +1,6 @@
 /**
- * `kafka_consumer`: flow records from a Kafka topic, read by a kafkajs consumer group, as the
+ * `kafka_consumer`: flow records from a Kafka topic, read by a kafkajs consumer group (the client,
+ * its connection options and codecs are src/kafka/'s), as the
  * kafka sink writes them: JSON or protobuf (src/sinks/flow.proto), one record or a batch of records
  * per message. The shape of each message is read from the message itself, so a topic may mix them:
  * JSON is an object (one record) or an array (a batch); protobuf is a FlowBatch when the message
@@ -24,7 +25,7 @@
  * committed, the consumer leaves the group and disconnects, then the source completes.
  *
  * kafkajs reads uncompressed and gzip record batches itself; lz4, zstd and snappy batches are
- * decompressed by codecs registered with kafkajs on the first build (src/sinks/kafka/compression.ts,
+ * decompressed by codecs registered with kafkajs on the first build (src/kafka/kafkajs-codecs.ts,
  * through the system's liblz4.so.1, libzstd.so.1 and libsnappy.so.1; snappy in either framing
  * producers write: the Java producer's xerial stream or librdkafka's raw block). kafkajs decompresses inside the decoding of a fetch
  * response, so what a codec throws fails the whole fetch, and kafkajs fetches the same offsets
@@ -39,88 +40,58 @@
  *   retries with backoff (warning at most every 30 s) and reads on, skipping nothing, once the
  *   library is installed. Other partitions fetched from the same broker wait with it.
  */
-import { randomBytes } from 'node:crypto';
-import { Kafka, logLevel, type Consumer, type EachBatchPayload, type IHeaders } from 'kafkajs';
-// Not named exports Node's ESM loader can see in kafkajs's CommonJS: taken from its default export.
-import kafkajs from 'kafkajs';
-
-const { CompressionCodecs, CompressionTypes } = kafkajs;
+import type { Consumer, EachBatchPayload, IHeaders, Kafka } from 'kafkajs';
 import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
-import type { StageCounters } from '../ledger.js';
-import type { Logger } from '../logger.js';
-import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
-import kafkaSinkModule from '../sinks/kafka.js';
-import {
-  logCreator,
-  saslOptions,
-  tlsConnectionOptions,
-  type SaslOptions,
-  type TlsOptions,
-} from '../sinks/kafka/client.js';
-import {
-  CODEC_LZ4,
-  CODEC_SNAPPY,
-  CODEC_ZSTD,
-  batchCodec,
-  decompressor,
-  lz4Decompress,
-  snappyDecompress,
-  zstdDecompress,
-  type Decompressor,
-} from '../sinks/kafka/compression.js';
+import { beforeDeadline } from '../delivery/deadline.js';
+import { LossLog } from '../delivery/loss-log.js';
+import { OutageLog } from '../delivery/outage.js';
+import { Sleeper } from '../delivery/sleeper.js';
+import { kafkaClient } from '../kafka/client.js';
 import {
   CONTENT_TYPE_HEADER,
   JSON_CONTENT_TYPE,
   PROTOBUF_CONTENT_TYPE,
   loadFlowProto,
   type FlowProto,
-} from '../sinks/kafka/encode.js';
-import { BATCH_HEADER_BYTES, batchRecordCount } from '../sinks/kafka/record-batch.js';
-import { LossLog } from '../sinks/loss-log.js';
+} from '../kafka/flow-messages.js';
+import { decompressionError, registerCodecs, unreadableReason } from '../kafka/kafkajs-codecs.js';
+import {
+  CONNECTION_DEFAULTS,
+  connectionProblem,
+  connectionSchema,
+  type KafkaConnectionConfig,
+} from '../kafka/options.js';
+import type { StageCounters } from '../ledger.js';
+import type { Logger } from '../logger.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';
-import { Sleeper } from './sleeper.js';
 
 export type KafkaConsumerEncoding = 'json' | 'protobuf';
 
-export interface KafkaConsumerConfig {
-  /** `host:port` of one or more brokers. */
-  bootstrap_servers: string[];
+export interface KafkaConsumerConfig extends KafkaConnectionConfig {
   topic: string;
   group_id: string;
-  client_id?: string;
   encoding?: KafkaConsumerEncoding;
   /** Where a group with no committed offset starts: the oldest record (true) or new ones. */
   from_beginning?: boolean;
   session_timeout_ms?: number;
   fetch_max_wait_ms?: number;
   max_bytes_per_partition?: number;
-  connection_timeout_ms?: number;
-  request_timeout_ms?: number;
-  retries?: number;
-  retry_initial_ms?: number;
-  retry_max_ms?: number;
   shutdown_timeout_ms?: number;
-  tls?: TlsOptions;
-  sasl?: SaslOptions;
 }
 
 type Resolved = Required<Omit<KafkaConsumerConfig, 'tls' | 'sasl'>> &
   Pick<KafkaConsumerConfig, 'tls' | 'sasl'>;
 
 const DEFAULTS = {
-  client_id: 'rxflow',
+  ...CONNECTION_DEFAULTS,
   encoding: 'json',
   from_beginning: false,
   session_timeout_ms: 30_000,
   fetch_max_wait_ms: 500,
   max_bytes_per_partition: 1_048_576,
-  connection_timeout_ms: 3000,
-  request_timeout_ms: 30_000,
-  retries: 3,
-  retry_initial_ms: 100,
-  retry_max_ms: 5000,
   shutdown_timeout_ms: 30_000,
 } as const satisfies Partial<KafkaConsumerConfig>;
 
@@ -285,247 +256,13 @@ function contentTypeOf(headers: IHeaders | undefined): Buffer | string | undefin
 }
 
 // --------------------------------------------------------------------------------------------
-// lz4 and zstd record batches
-
-/**
- * The start of the value of every placeholder record (see the module comment), then the reason.
- * Random per process, so no producer's value starts with it.
- */
-const UNREADABLE = randomBytes(16);
-
-/** A batch header claiming more records than this is not believed, and nothing is skipped. */
-const UNREADABLE_MAX_RECORDS = 1 << 20;
-
-// Fields of a record batch header (src/sinks/kafka/record-batch.ts has the whole layout).
-const OFF_BATCH_LENGTH = 8;
-const OFF_MAGIC = 16;
-const OFF_LAST_OFFSET_DELTA = 23;
-/** batchLength counts the bytes after itself: all but baseOffset and batchLength. */
-const BATCH_LENGTH_BIAS = 12;
-
-interface BatchHeader {
-  count: number;
-  lastOffsetDelta: number;
-}
-
-/**
- * The header of the v2 record batch whose compressed records section is `records`, when it is one:
- * kafkajs hands a codec a view into the fetch response that starts right after the header. The
- * header must agree (magic 2, this codec, the length of `records`), else it is not taken for one:
- * a legacy message set's value, say, has no such header in front.
- */
-function headerBefore(records: Buffer, codec: number): BatchHeader | undefined {
-  if (records.byteOffset < BATCH_HEADER_BYTES) return undefined;
-  const header = Buffer.from(records.buffer, records.byteOffset - BATCH_HEADER_BYTES, BATCH_HEADER_BYTES);
-  if (
-    header[OFF_MAGIC] !== 2 ||
-    header.readInt32BE(OFF_BATCH_LENGTH) !== BATCH_HEADER_BYTES - BATCH_LENGTH_BIAS + records.length ||
-    batchCodec(header) !== codec
-  )
-    return undefined;
-  const count = batchRecordCount(header);
-  const lastOffsetDelta = header.readInt32BE(OFF_LAST_OFFSET_DELTA);
-  if (count < 1 || count > UNREADABLE_MAX_RECORDS || lastOffsetDelta < count - 1) return undefined;
-  return { count, lastOffsetDelta };
-}
-
-/** Bytes of the zigzag varint of `n`. */
-function varintBytes(n: number): number {
-  let v = n >= 0 ? n * 2 : -n * 2 - 1;
-  let bytes = 1;
-  while (v >= 0x80) {
-    v = Math.floor(v / 0x80);
-    bytes++;
-  }
-  return bytes;
-}
-
-function putVarint(out: Buffer, at: number, n: number): number {
-  let v = n >= 0 ? n * 2 : -n * 2 - 1;
-  while (v >= 0x80) {
-    out[at++] = (v % 0x80) | 0x80;
-    v = Math.floor(v / 0x80);
-  }
-  out[at++] = v;
-  return at;
-}
-
-/**
- * Whether decompressed `data` is exactly `count` length-prefixed records, as kafkajs reads them:
- * a frame that decompresses to something else would make kafkajs throw while decoding, and the
- * fetch fail again and again.
- */
-function holdsRecords(data: Buffer, count: number): boolean {
-  let at = 0;
-  for (let i = 0; i < count; i++) {
-    let v = 0;
-    let scale = 1;
-    let byte: number;
-    do {
-      if (at >= data.length || scale > 2 ** 28) return false;
-      byte = data[at++]!;
-      v += (byte & 0x7f) * scale;
-      scale *= 0x80;
-    } while (byte & 0x80);
-    // zigzag: an odd value is negative, which no record length is.
-    if (v % 2 === 1) return false;
-    at += v / 2;
-    if (at > data.length) return false;
-  }
-  return at === data.length;
-}
-
-/**
- * The records section kafkajs gets for a batch that could not be decompressed: `count` records
- * whose values are UNREADABLE and the reason. The last one has the batch's last offset, so the
- * batch is resolved and committed as a whole; a batch whose offsets have gaps (compaction) has
- * its records counted, at offsets that may differ.
- */
-function unreadableRecords({ count, lastOffsetDelta }: BatchHeader, reason: string): Buffer {
-  const value = Buffer.concat([UNREADABLE, Buffer.from(reason)]);
-  // Per record: length, attributes, timestamp delta, offset delta, null key, value, no headers.
-  const out = Buffer.allocUnsafe(count * (value.length + 19));
-  let at = 0;
-  for (let i = 0; i < count; i++) {
-    const offsetDelta = i === count - 1 ? lastOffsetDelta : i;
-    const length = 3 + varintBytes(offsetDelta) + varintBytes(value.length) + value.length + 1;
-    at = putVarint(out, at, length);
-    out[at++] = 0;
-    out[at++] = 0;
-    at = putVarint(out, at, offsetDelta);
-    at = putVarint(out, at, -1);
-    at = putVarint(out, at, value.length);
-    at += value.copy(out, at);
-    out[at++] = 0;
-  }
-  return out.subarray(0, at);
-}
-
-/** The reason a placeholder record stands for, or undefined for a producer's record. */
-function unreadableReason(value: Buffer | null): string | undefined {
-  if (value === null || value.length < UNREADABLE.length || value[0] !== UNREADABLE[0]) return undefined;
-  if (UNREADABLE.compare(value, 0, UNREADABLE.length) !== 0) return undefined;
-  return value.toString('utf8', UNREADABLE.length);
-}
-
-/** Codes of decompression errors that no retry mends: the batch is skipped. */
-const UNREADABLE_CODES: ReadonlySet<string> = new Set(['ECORRUPT', 'ETOOBIG']);
-
-type KafkajsCodec = () => {
-  compress(encoder: { buffer: Buffer }): Promise<Buffer>;
-  decompress(records: Buffer): Promise<Buffer>;
-};
-
-function kafkajsCodec(
-  codec: 'lz4' | 'zstd' | 'snappy',
-  bits: number,
-  decompress: Decompressor,
-): KafkajsCodec {
-  const readBatch = async (records: Buffer): Promise<Buffer> => {
-    const header = headerBefore(records, bits);
-    let problem: unknown;
-    try {
-      const out = await decompress(records);
-      if (header === undefined || holdsRecords(out, header.count)) return out;
-      problem = new SourceError(
-        'ECORRUPT',
-        `kafka consumer decompression ${codec}: the data is not the batch's ${header.count} records; check the producer that wrote it`,
-      );
-    } catch (err) {
-      problem = err;
-    }
-    const code = (problem as { code?: unknown }).code;
-    if (header !== undefined && typeof code === 'string' && UNREADABLE_CODES.has(code))
-      return unreadableRecords(header, `record batch skipped: ${messageOf(problem)}`);
-    // kafkajs keeps only the innermost cause of an error it gave up retrying: without a cause of
-    // its own, this is the one the consumer finds and logs (see failing()).
-    if (problem instanceof SourceError) throw new SourceError(problem.code, problem.message);
-    throw problem;
-  };
-  const compress = (): Promise<Buffer> =>
-    Promise.reject(
-      new SourceError(
-        'ENOTSUP',
-        `kafka consumer: kafkajs producers cannot compress with ${codec} here; write with the kafka sink`,
-      ),
-    );
-  const impl = { compress, decompress: readBatch };
-  return () => impl;
-}
-
-let codecsRegistered = false;
-
-/**
- * Registers the lz4, zstd and snappy codecs with kafkajs, whose codec table is global: once per process.
- * A codec whose library is missing is registered all the same, and one warning names the
- * package; its batches then fail to read with that hint (see the module comment).
- */
-export function registerCodecs(logger: Logger): void {
-  if (codecsRegistered) return;
-  codecsRegistered = true;
-  const codecs = [
-    ['lz4', CompressionTypes.LZ4, CODEC_LZ4, lz4Decompress],
-    ['zstd', CompressionTypes.ZSTD, CODEC_ZSTD, zstdDecompress],
-    ['snappy', CompressionTypes.Snappy, CODEC_SNAPPY, snappyDecompress],
-  ] as const;
-  for (const [codec, type, bits, decompress] of codecs) {
-    try {
-      decompressor(codec);
-    } catch (err) {
-      logger.warn(
-        { err, codec },
-        'kafka consumer: a codec library is missing; record batches it compressed cannot be read until it is installed',
-      );
-    }
-    CompressionCodecs[type] = kafkajsCodec(codec, bits, decompress);
-  }
-}
-
-/** The decompression error behind what kafkajs reports, if any. */
-function decompressionError(err: unknown): SourceError | undefined {
-  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth++) {
-    if (e.name === 'SourceError') return e as SourceError;
-  }
-  return undefined;
-}
-
-// --------------------------------------------------------------------------------------------
 // The consumer
 
 function resolveConfig(config: KafkaConsumerConfig): Resolved {
   const resolved = { ...DEFAULTS, ...config } as Resolved;
-  if (resolved.bootstrap_servers.length === 0) {
-    throw new SourceError(
-      'EBADCONFIG',
-      'kafka consumer: bootstrap_servers is empty; list at least one host:port',
-    );
-  }
-  if (resolved.retry_max_ms < resolved.retry_initial_ms) {
-    throw new SourceError(
-      'EBADCONFIG',
-      `kafka consumer: retry_max_ms (${resolved.retry_max_ms}) is below retry_initial_ms (${resolved.retry_initial_ms}); raise it`,
-    );
-  }
+  const problem = connectionProblem(resolved);
+  if (problem !== undefined) throw new SourceError('EBADCONFIG', `kafka consumer: ${problem}`);
   return resolved;
-}
-
-/** The kafkajs client of a config; TLS files are read now, so a bad path fails the build. */
-function kafkaClient(config: Resolved, logger: Logger): Kafka {
-  return new Kafka({
-    clientId: config.client_id,
-    brokers: config.bootstrap_servers,
-    connectionTimeout: config.connection_timeout_ms,
-    requestTimeout: config.request_timeout_ms,
-    retry: {
-      retries: config.retries,
-      initialRetryTime: config.retry_initial_ms,
-      maxRetryTime: config.retry_max_ms,
-    },
-    logLevel: logger.isLevelEnabled('debug') ? logLevel.INFO : logLevel.NOTHING,
-    logCreator: logCreator(logger),
-    ...(config.tls ? { ssl: tlsConnectionOptions(config.tls, 'kafka consumer') } : {}),
-    ...(config.sasl ? { sasl: saslOptions(config.sasl) } : {}),
-  });
 }
 
 class KafkaConsumerSource {
@@ -538,8 +275,7 @@ class KafkaConsumerSource {
   private readonly stoppedSignal = new Promise<void>((resolve) => (this.stopped = resolve));
   private readonly sleeper: Sleeper;
   private loop: Promise<void> | undefined;
-  private outageSince: number | undefined;
-  private lastWarning = 0;
+  private readonly outage: OutageLog;
   // Where onBatch is, for `fail`: one function for every message, not a closure per message.
   private failed = 0;
   private partition = 0;
@@ -560,6 +296,13 @@ class KafkaConsumerSource {
     this.logger = context.logger;
     this.scheduler = context.scheduler ?? asyncScheduler;
     this.sleeper = new Sleeper(this.scheduler);
+    this.outage = new OutageLog({
+      logger: this.logger,
+      scheduler: this.scheduler,
+      recovered: 'kafka consumer: consuming again',
+      repeatMs: OUTAGE_LOG_INTERVAL_MS,
+      stillFailing: 'kafka consumer: still failing',
+    });
     this.losses = new LossLog(
       this.logger,
       `kafka consumer ${config.topic}: undecodable records dropped`,
@@ -586,12 +329,11 @@ class KafkaConsumerSource {
    */
   async drain(): Promise<void> {
     this.halt();
-    let timer: { unsubscribe(): void } | undefined;
-    const late = new Promise<'late'>((resolve) => {
-      timer = this.scheduler.schedule(() => resolve('late'), this.config.shutdown_timeout_ms);
-    });
-    const outcome = await Promise.race([this.loop ?? Promise.resolve(), late]);
-    timer?.unsubscribe();
+    const outcome = await beforeDeadline(
+      this.loop ?? Promise.resolve(),
+      this.config.shutdown_timeout_ms,
+      this.scheduler,
+    );
     if (outcome === 'late') {
       this.logger.warn(
         { shutdown_timeout_ms: this.config.shutdown_timeout_ms },
@@ -701,29 +443,17 @@ class KafkaConsumerSource {
   }
 
   private failing(err: unknown): void {
-    const now = this.scheduler.now();
-    const fields = {
-      err,
-      topic: this.config.topic,
-      brokers: this.config.bootstrap_servers,
-      ...(this.outageSince === undefined ? {} : { outage_ms: now - this.outageSince }),
-    };
-    if (this.outageSince !== undefined && now - this.lastWarning < OUTAGE_LOG_INTERVAL_MS) {
-      this.logger.debug(fields, 'kafka consumer: still failing');
-      return;
-    }
-    this.outageSince ??= now;
-    this.lastWarning = now;
+    const fields = { err, topic: this.config.topic, brokers: this.config.bootstrap_servers };
     const name = (err as { name?: string } | undefined)?.name;
     const decompression = decompressionError(err);
     if (decompression !== undefined) {
-      this.logger.warn(
+      this.outage.failing(
         { ...fields, err: decompression },
         'kafka consumer: cannot decompress the fetched record batches; retrying',
       );
       return;
     }
-    this.logger.warn(
+    this.outage.failing(
       fields,
       name === 'KafkaJSNotImplemented'
         ? 'kafka consumer: the topic holds record batches compressed with a codec kafkajs cannot read; write it uncompressed or with gzip, snappy, lz4 or zstd'
@@ -734,15 +464,8 @@ class KafkaConsumerSource {
   private joined(assignment: Record<string, number[]>): void {
     const partitions = assignment[this.config.topic] ?? [];
     const fields = { topic: this.config.topic, group_id: this.config.group_id, partitions };
-    if (this.outageSince !== undefined) {
-      this.logger.info(
-        { ...fields, outage_ms: this.scheduler.now() - this.outageSince },
-        'kafka consumer: consuming again',
-      );
-      this.outageSince = undefined;
-    } else {
+    if (this.outage.recovered(fields) === undefined)
       this.logger.info(fields, 'kafka consumer: joined the group');
-    }
   }
 }
 
@@ -753,7 +476,7 @@ class KafkaConsumerSource {
 export function kafkaConsumer(config: KafkaConsumerConfig, context: ComponentContext): Observable<FlowBatch> {
   const resolved = resolveConfig(config);
   registerCodecs(context.logger);
-  const kafka = kafkaClient(resolved, context.logger);
+  const kafka = kafkaClient(resolved, context.logger, 'kafka consumer');
   const decode = messageDecoder(resolved.encoding);
   return new Observable<FlowBatch>((subscriber) => {
     const source = new KafkaConsumerSource(resolved, context, kafka, decode, subscriber);
@@ -768,17 +491,20 @@ export function kafkaConsumer(config: KafkaConsumerConfig, context: ComponentCon
   });
 }
 
-const sinkOptions = kafkaSinkModule.schema.properties as Record<string, JsonSchema>;
-
 const ms = (description: string, defaultValue: number, minimum = 1): JsonSchema =>
   msOption(description, defaultValue, minimum);
+
+const connection = connectionSchema({
+  ms,
+  retries: 'Retries of a failed request inside kafkajs before the consumer restarts, with backoff.',
+});
 
 const schema: JsonSchema = {
   type: 'object',
   additionalProperties: false,
   required: ['bootstrap_servers', 'topic', 'group_id'],
   properties: {
-    bootstrap_servers: sinkOptions.bootstrap_servers!,
+    bootstrap_servers: connection.bootstrap_servers,
     topic: { type: 'string', minLength: 1, description: 'Topic the records are read from.' },
     group_id: {
       type: 'string',
@@ -786,7 +512,7 @@ const schema: JsonSchema = {
       description:
         'Consumer group: its members share the partitions, and its committed offsets say where to resume.',
     },
-    client_id: { type: 'string', minLength: 1, default: DEFAULTS.client_id, description: 'Kafka client id.' },
+    client_id: connection.client_id,
     encoding: {
       enum: ['json', 'protobuf'],
       default: DEFAULTS.encoding,
@@ -817,26 +543,17 @@ const schema: JsonSchema = {
       description:
         'Bytes fetched per partition and request at most: the size of the batches the source emits.',
     },
-    connection_timeout_ms: ms('Time to establish a connection to a broker.', DEFAULTS.connection_timeout_ms),
-    request_timeout_ms: ms('Time a broker has to answer a request.', DEFAULTS.request_timeout_ms),
-    retries: {
-      type: 'integer',
-      minimum: 0,
-      maximum: 1000,
-      default: DEFAULTS.retries,
-      description: 'Retries of a failed request inside kafkajs before the consumer restarts, with backoff.',
-    },
-    retry_initial_ms: ms(
-      'First backoff after a failure; it doubles with every further failure.',
-      DEFAULTS.retry_initial_ms,
-    ),
-    retry_max_ms: ms('Longest backoff between attempts.', DEFAULTS.retry_max_ms),
+    connection_timeout_ms: connection.connection_timeout_ms,
+    request_timeout_ms: connection.request_timeout_ms,
+    retries: connection.retries,
+    retry_initial_ms: connection.retry_initial_ms,
+    retry_max_ms: connection.retry_max_ms,
     shutdown_timeout_ms: ms(
       'On drain, how long to wait for the batch in hand, the offset commit and leaving the group.',
       DEFAULTS.shutdown_timeout_ms,
     ),
-    tls: sinkOptions.tls!,
-    sasl: sinkOptions.sasl!,
+    tls: connection.tls,
+    sasl: connection.sasl,
   },
 };
 

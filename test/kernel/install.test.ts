@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { cleanup, killSync, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
-import { crc32cImplementation } from '../../src/sinks/kafka/crc32c.js';
+import { crc32cImplementation } from '../../src/kafka/crc32c.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { icmpFrameBytes, ping, sendUdp, startUdpSink, udpFrameBytes } from '../fixtures/traffic.js';
 
@@ -239,8 +239,8 @@ kernelDescribe(
 
     it('the installed modules find the native library and flow.proto of the package', () => {
       const pkg = join(prefix, 'lib', 'node_modules', 'rxflow');
-      const script = `const crc = await import(${JSON.stringify(join(pkg, 'dist/src/sinks/kafka/crc32c.js'))});
-const encode = await import(${JSON.stringify(join(pkg, 'dist/src/sinks/kafka/encode.js'))});
+      const script = `const crc = await import(${JSON.stringify(join(pkg, 'dist/src/kafka/crc32c.js'))});
+const encode = await import(${JSON.stringify(join(pkg, 'dist/src/kafka/flow-messages.js'))});
 console.log(JSON.stringify([crc.crc32cImplementation, encode.flowProtoPath()]));`;
       const out = execFileSync(
         which('setpriv'),

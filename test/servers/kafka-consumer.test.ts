@@ -17,10 +17,8 @@ import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import type { FlowBatch, FlowRecord } from '../../src/records.js';
 import fileSinkModule from '../../src/sinks/file.js';
 import kafkaSinkModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
-import kafkaConsumerModule, {
-  registerCodecs,
-  type KafkaConsumerConfig,
-} from '../../src/sources/kafka_consumer.js';
+import { registerCodecs } from '../../src/kafka/kafkajs-codecs.js';
+import kafkaConsumerModule, { type KafkaConsumerConfig } from '../../src/sources/kafka_consumer.js';
 import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
 import { startKafkaMock } from '../fixtures/kafka.js';
 import { variedFlowRecord } from '../fixtures/records.js';

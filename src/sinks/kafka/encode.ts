@@ -7,35 +7,25 @@
  * (record-batch.ts): keys and values are written in place, nothing is allocated per record. Every
  * message carries a `content-type` header naming its encoding (contentType()).
  */
-import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import protobuf from 'protobufjs';
-import type { FlowRecord } from '../../records.js';
-import { messageOf } from '../../errors.js';
-import { SinkError } from '../errors.js';
-import { batchCompressor, type BatchCompressor, type Compression } from './compression.js';
-import { writeFlowJson } from './json.js';
-import type { PartitionBatch } from './produce.js';
-import { writeFlowProto, writeFlowProtoField } from './proto.js';
+import { batchCompressor, type BatchCompressor, type Compression } from '../../kafka/compress.js';
+import { CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE, PROTOBUF_CONTENT_TYPE } from '../../kafka/flow-messages.js';
+import type { EncodedRequest, PartitionBatch } from '../../kafka/produce.js';
 import {
   BATCH_HEADER_BYTES,
   BufferPool,
   RecordBatchWriter,
   recordHeaders,
   type ValueWriter,
-} from './record-batch.js';
+} from '../../kafka/record-batch.js';
+import type { FlowRecord } from '../../records.js';
+import { writeFlowJson } from './json.js';
+import { writeFlowProto, writeFlowProtoField } from './proto.js';
 
 export type Encoding = 'json' | 'protobuf';
 export type KeyMode = 'flow' | 'none';
 
 // --------------------------------------------------------------------------------------------
 // Content type
-
-/** The record header that names a message's encoding (as the CloudEvents Kafka binding names it). */
-export const CONTENT_TYPE_HEADER = 'content-type';
-export const JSON_CONTENT_TYPE = 'application/json';
-/** Protobuf's media type as Google APIs, Envoy and Spring write it; `messageType` is the full name. */
-export const PROTOBUF_CONTENT_TYPE = 'application/x-protobuf';
 
 /**
  * The content type of the messages of an encoding: `application/json` (an object, or an array for
@@ -191,78 +181,7 @@ export function flowHash(r: FlowRecord): number {
 }
 
 // --------------------------------------------------------------------------------------------
-// The committed .proto
-
-export interface FlowProto {
-  root: protobuf.Root;
-  FlowRecord: protobuf.Type;
-  FlowBatch: protobuf.Type;
-}
-
-let proto: FlowProto | undefined;
-
-/**
- * src/sinks/flow.proto, found beside the sources (tests run them directly) or, from the compiled
- * dist/src/sinks/kafka/, in the checkout's src/sinks/ (tsc does not copy it to dist/).
- */
-export function flowProtoPath(): string {
-  const candidates = [
-    new URL('../flow.proto', import.meta.url),
-    new URL('../../../../src/sinks/flow.proto', import.meta.url),
-  ];
-  for (const url of candidates) {
-    const file = fileURLToPath(url);
-    if (fs.existsSync(file)) return file;
-  }
-  throw new SinkError(
-    'ENOPROTO',
-    `kafka sink: flow.proto not found at ${candidates.map((u) => fileURLToPath(u)).join(' or ')}; reinstall rxflow with its src/sinks/flow.proto`,
-  );
-}
-
-/** The FlowRecord and FlowBatch types of flow.proto, parsed once, field names as written. */
-export function loadFlowProto(): FlowProto {
-  if (proto) return proto;
-  const file = flowProtoPath();
-  try {
-    const { root } = protobuf.parse(fs.readFileSync(file, 'utf8'), { keepCase: true });
-    proto = {
-      root,
-      FlowRecord: root.lookupType('rxflow.v1.FlowRecord'),
-      FlowBatch: root.lookupType('rxflow.v1.FlowBatch'),
-    };
-    return proto;
-  } catch (err) {
-    throw new SinkError(
-      'ENOPROTO',
-      `kafka sink: cannot load ${file}: ${messageOf(err)}; restore the committed file`,
-      {
-        cause: err,
-      },
-    );
-  }
-}
-
-// --------------------------------------------------------------------------------------------
 // Requests
-
-/** The record batches of one produce request, a batch per partition. */
-export interface EncodedRequest {
-  batches: PartitionBatch[];
-  /** Flow records in the batches. */
-  records: number;
-  /** Bytes of the batches. */
-  bytes: number;
-  /** Writers whose buffers go back to the pool once the request has settled. */
-  writers: RecordBatchWriter[];
-}
-
-/** The records of a request that no broker has taken. */
-export function unwritten(request: EncodedRequest): number {
-  let n = 0;
-  for (const b of request.batches) if (!b.written) n += b.records;
-  return n;
-}
 
 /** Bytes of free batch and request buffers kept for reuse. */
 const POOL_BYTES = 64 << 20;

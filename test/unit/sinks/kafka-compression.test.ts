@@ -7,30 +7,32 @@ import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import type { FlowRecord } from '../../../src/records.js';
-import { retriable } from '../../../src/sinks/kafka.js';
-import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/sinks/kafka/client.js';
+import { retriable } from '../../../src/sinks/kafka/sender.js';
+import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/kafka/client.js';
+import { NATIVE_SYNC_MAX_BYTES } from '../../../src/kafka/codec-native.js';
 import {
   CODEC_GZIP,
   CODEC_LZ4,
   CODEC_NONE,
   CODEC_ZSTD,
-  DECOMPRESSED_MAX_BYTES,
-  DECOMPRESS_SYNC_MAX_BYTES,
-  NATIVE_SYNC_MAX_BYTES,
   batchCodec,
-  decompressor,
   gzipBatch,
   lz4Batch,
-  lz4Decompress,
   openCodecLibrary,
   requireProduceVersion,
-  snappyDecompress,
   zstdBatch,
+} from '../../../src/kafka/compress.js';
+import {
+  DECOMPRESSED_MAX_BYTES,
+  DECOMPRESS_SYNC_MAX_BYTES,
+  decompressor,
+  lz4Decompress,
+  snappyDecompress,
   zstdDecompress,
-} from '../../../src/sinks/kafka/compression.js';
-import { crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
+} from '../../../src/kafka/decompress.js';
+import { crc32cJs } from '../../../src/kafka/crc32c.js';
 import { RequestEncoder, type EncoderOptions } from '../../../src/sinks/kafka/encode.js';
-import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter } from '../../../src/sinks/kafka/record-batch.js';
+import { BATCH_HEADER_BYTES, BufferPool, RecordBatchWriter } from '../../../src/kafka/record-batch.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
 import { describeWith } from '../../fixtures/privilege.js';
 import { crc32cBitwise, decodeBatches } from '../../fixtures/record-batches.js';
@@ -306,7 +308,7 @@ describe('codec libraries', () => {
         thrown = err;
       }
       expect(thrown).toMatchObject({
-        name: 'SinkError',
+        name: 'KafkaError',
         code: 'ENOCODEC',
         message: `kafka sink compression ${codec}: ${file} not found; install ${pkg} (bash scripts/setup.sh)`,
       });
@@ -331,9 +333,9 @@ describe('codec libraries', () => {
         zstd: (await zstdBatch(await plainBatch(range(0, 30)))).subarray(BATCH_HEADER_BYTES),
       };
       withoutLibrary(file);
-      const fresh = await import('../../../src/sinks/kafka/compression.js');
+      const fresh = await import('../../../src/kafka/decompress.js');
       const expected = {
-        name: 'SourceError',
+        name: 'KafkaError',
         code: 'ENOCODEC',
         message: `kafka consumer decompression ${codec}: ${file} not found; install ${pkg} (bash scripts/setup.sh)`,
       };
@@ -381,7 +383,7 @@ describe('zstd and the Produce version', () => {
     } catch (err) {
       thrown = err;
     }
-    expect(thrown).toMatchObject({ name: 'SinkError', code: 'ECODECVERSION', message, retriable: false });
+    expect(thrown).toMatchObject({ name: 'KafkaError', code: 'ECODECVERSION', message, retriable: false });
     // As the transport reports it: a partition failure no retry can mend, so the sink drops it.
     const failure = new ProduceError('flows', [{ partition: 2, error: thrown as Error }]);
     expect(failure.message).toBe(
@@ -437,7 +439,7 @@ async function failure(work: Promise<unknown>): Promise<unknown> {
 }
 
 const corrupt = (codec: string, what: string) => ({
-  name: 'SourceError',
+  name: 'KafkaError',
   code: 'ECORRUPT',
   message: `kafka consumer decompression ${codec}: ${what}; check the producer that wrote it`,
 });
@@ -564,7 +566,7 @@ describeWith({ commands: ['lz4', 'zstd'] }, 'kafka record batch decompression', 
   it(`zstd: more than DECOMPRESSED_MAX_BYTES of output is refused, whether the frame records its size or not`, async () => {
     const zeros = Buffer.alloc(DECOMPRESSED_MAX_BYTES + (1 << 20));
     const expected = {
-      name: 'SourceError',
+      name: 'KafkaError',
       code: 'ETOOBIG',
       message: `kafka consumer decompression zstd: more than ${DECOMPRESSED_MAX_BYTES} bytes once decompressed, refused; lower the producer's batch size`,
     };
@@ -695,7 +697,7 @@ describe('kafka record batch decompression: snappy', () => {
     const lastChunk = stream.length - cut.length;
     expect(lastChunk).toBe(10);
     expect(await failure(snappyDecompress(cut))).toMatchObject({
-      name: 'SourceError',
+      name: 'KafkaError',
       code: 'ECORRUPT',
       message: expect.stringMatching(
         /^kafka consumer decompression snappy: truncated xerial snappy stream, a chunk of \d+ bytes ends early; check the producer that wrote it$/,

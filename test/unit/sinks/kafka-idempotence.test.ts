@@ -4,23 +4,23 @@ import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import type { FlowRecord } from '../../../src/records.js';
-import { ProduceError, kafkaErrorRetriable } from '../../../src/sinks/kafka/client.js';
-import { gzipBatch } from '../../../src/sinks/kafka/compression.js';
+import { ProduceError, kafkaErrorRetriable } from '../../../src/kafka/client.js';
+import { KafkaError } from '../../../src/kafka/errors.js';
+import { gzipBatch } from '../../../src/kafka/compress.js';
 import { RequestEncoder } from '../../../src/sinks/kafka/encode.js';
 import {
   ProducerSequences,
-  SequenceError,
   producerIdFailure,
   type ProducerSequencesOptions,
-} from '../../../src/sinks/kafka/idempotence.js';
-import type { PartitionBatch } from '../../../src/sinks/kafka/produce.js';
+} from '../../../src/kafka/idempotence.js';
+import type { PartitionBatch } from '../../../src/kafka/produce.js';
 import {
   BATCH_HEADER_BYTES,
   MAX_SEQUENCE,
   batchProducer,
   nextSequence,
   stampBatch,
-} from '../../../src/sinks/kafka/record-batch.js';
+} from '../../../src/kafka/record-batch.js';
 import { batchHeader } from '../../fixtures/kafka-idempotent-broker.js';
 import { crc32cBitwise, decodeBatches } from '../../fixtures/record-batches.js';
 import { flowRecord } from '../../fixtures/records.js';
@@ -292,7 +292,8 @@ describe('ProducerSequences', () => {
     const gap = seq.failed([c], outOfOrder(0));
     expect(gap).toBeInstanceOf(ProduceError);
     const failure = (gap as ProduceError).failures[0]!.error;
-    expect(failure).toBeInstanceOf(SequenceError);
+    expect(failure).toBeInstanceOf(KafkaError);
+    expect(failure).toMatchObject({ code: 'ESEQUENCE', retriable: true });
     expect(failure.message).toBe(
       'kafka sink partition 0, producer id 101: OUT_OF_ORDER_SEQUENCE_NUMBER; resending under a new producer id',
     );

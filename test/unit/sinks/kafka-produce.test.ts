@@ -1,11 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/sinks/kafka/client.js';
-import {
-  ProduceResponseError,
-  decodeProduceResponse,
-  encodeProduceBody,
-  type PartitionBatch,
-} from '../../../src/sinks/kafka/produce.js';
+import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/kafka/client.js';
+import { KafkaError } from '../../../src/kafka/errors.js';
+import { decodeProduceResponse, encodeProduceBody, type PartitionBatch } from '../../../src/kafka/produce.js';
 
 const batch = (partition: number, bytes: number[]): PartitionBatch => ({
   partition,
@@ -112,7 +108,8 @@ describe('Produce response', () => {
   it('rejects a truncated answer with where it ended', () => {
     const body = response(7, [{ topic: 'flows', partitions: [[0, 0, 1n]] }]);
     const cut = body.subarray(0, 20);
-    expect(() => decodeProduceResponse(cut, 7)).toThrow(ProduceResponseError);
+    expect(() => decodeProduceResponse(cut, 7)).toThrow(KafkaError);
+    expect(() => decodeProduceResponse(cut, 7)).toThrow(expect.objectContaining({ code: 'EKAFKARESPONSE' }));
     expect(() => decodeProduceResponse(cut, 7)).toThrow(
       'kafka produce response: truncated at byte 19 of 20; the broker sent a malformed answer',
     );

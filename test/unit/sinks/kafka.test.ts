@@ -19,21 +19,22 @@ import {
 } from '../../fixtures/kafka-idempotent-broker.js';
 import { crc32cBitwise, decodeBatches, type DecodedMessage } from '../../fixtures/record-batches.js';
 import fc from 'fast-check';
-import kafkaModule, { KafkaSink, retriable, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
+import kafkaModule, { KafkaSink, type KafkaSinkConfig } from '../../../src/sinks/kafka.js';
+import { retriable } from '../../../src/sinks/kafka/sender.js';
 import {
   ProduceError,
   tlsConnectionOptions,
   type KafkaTransport,
   type ProducerIdentity,
-} from '../../../src/sinks/kafka/client.js';
-import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/sinks/kafka/crc32c.js';
+} from '../../../src/kafka/client.js';
+import { crc32c, crc32cImplementation, crc32cJs } from '../../../src/kafka/crc32c.js';
+import { loadFlowProto } from '../../../src/kafka/flow-messages.js';
+import type { EncodedRequest } from '../../../src/kafka/produce.js';
 import {
   RequestEncoder,
-  type EncodedRequest,
   type EncoderOptions,
   flowHash,
   flowKey,
-  loadFlowProto,
   murmur2,
   partitionForKey,
 } from '../../../src/sinks/kafka/encode.js';

@@ -51,9 +51,9 @@ export function crc32cJs(data: Uint8Array, start = 0, end = data.length): number
 
 type NativeCrc = (data: Uint8Array, length: number) => number;
 
-/** dist/native/librxflow.so, from src/sinks/kafka (tests) or dist/src/sinks/kafka (built). */
+/** dist/native/librxflow.so, from src/kafka (tests) or dist/src/kafka (built). */
 function loadNative(): { crc: NativeCrc; hardware: boolean } | undefined {
-  for (const rel of ['../../../native/librxflow.so', '../../../dist/native/librxflow.so']) {
+  for (const rel of ['../../native/librxflow.so', '../../dist/native/librxflow.so']) {
     const file = fileURLToPath(new URL(rel, import.meta.url));
     if (!fs.existsSync(file)) continue;
     const lib = koffi.load(file);

@@ -10,6 +10,8 @@
  * Response: [topic string | [partition int32 | error_code int16 | base_offset int64 |
  *           log_append_time_ms int64 | (v5+) log_start_offset int64]] | throttle_time_ms int32
  */
+import { KafkaError } from './errors.js';
+import type { RecordBatchWriter } from './record-batch.js';
 
 export const PRODUCE_API_KEY = 0;
 export const PRODUCE_MIN_VERSION = 3;
@@ -23,6 +25,24 @@ export interface PartitionBatch {
   /** Flow records in it. */
   records: number;
   written: boolean;
+}
+
+/** The record batches of one produce request, a batch per partition. */
+export interface EncodedRequest {
+  batches: PartitionBatch[];
+  /** Records in the batches (flow records, for the kafka sink). */
+  records: number;
+  /** Bytes of the batches. */
+  bytes: number;
+  /** Writers whose buffers go back to the pool once the request has settled. */
+  writers: RecordBatchWriter[];
+}
+
+/** The records of a request that no broker has taken. */
+export function unwritten(request: EncodedRequest): number {
+  let n = 0;
+  for (const b of request.batches) if (!b.written) n += b.records;
+  return n;
 }
 
 /**
@@ -66,16 +86,13 @@ export interface ProduceResponse {
   throttleTimeMs: number;
 }
 
-export class ProduceResponseError extends Error {
-  readonly code = 'EKAFKARESPONSE';
-}
-
 /** Parses a Produce response body (after the correlation id) of `version` (3 to 7). */
 export function decodeProduceResponse(body: Buffer, version: number): ProduceResponse {
   let pos = 0;
   const need = (n: number): void => {
     if (pos + n > body.length) {
-      throw new ProduceResponseError(
+      throw new KafkaError(
+        'EKAFKARESPONSE',
         `kafka produce response: truncated at byte ${pos} of ${body.length}; the broker sent a malformed answer`,
       );
     }
@@ -105,7 +122,8 @@ export function decodeProduceResponse(body: Buffer, version: number): ProduceRes
   }
   const throttleTimeMs = int32();
   if (pos !== body.length) {
-    throw new ProduceResponseError(
+    throw new KafkaError(
+      'EKAFKARESPONSE',
       `kafka produce response v${version}: ${body.length - pos} bytes left over; the broker sent a malformed answer`,
     );
   }

@@ -1,9 +1,4 @@
 /**
- * The kafka sink's idempotence bookkeeping as it was before a batch settled only by its own answer
- * (src/sinks/kafka/idempotence.ts at 989b1ee): a batch was also taken as written when a later batch
- * of its partition was acknowledged. Kept for bench/kafka-accounting.bench.ts only, the same-run
- * "before" of the confirmed-write accounting; nothing in src/ uses it.
- *
  * Idempotent produce for the kafka sink (Kafka's KIP-98, without transactions). The brokers hand
  * out a producer id (InitProducerId); every record batch carries it, its epoch and a base
  * sequence: how many records the producer sent to that partition before. A broker appends a batch
@@ -15,12 +10,17 @@
  * the same bytes. Requests for one partition may be in flight together (up to max_in_flight, at
  * most 5, the batches a broker remembers per producer and partition). One that overtakes an
  * earlier one (whose request is being retried) is refused as out of order; it goes again once the
- * earlier one has settled. So a batch the broker took means every earlier batch of its partition
- * was taken too, even one whose answer was lost, and that one is not sent again. That holds only
- * once the broker knows the producer on the partition: since Kafka 2.5 a broker takes any sequence
- * from a producer it has no state for. Hence until a batch of a producer id on a partition is
- * acknowledged, only the partition's oldest unsettled batch goes out (one round trip per partition
- * and producer id).
+ * earlier one has settled.
+ *
+ * A batch counts as written only when the answer to a request that carried it says so. A Kafka
+ * broker that took a later batch of the partition must have appended the earlier one, but not
+ * every broker checks sequences (librdkafka's mock cluster, the one `rxflow demo` runs, appends
+ * whatever comes), so that is never taken as proof: the earlier batch is resent, and a broker that
+ * has it answers it as a duplicate. For that answer, the batch must still be among the five the
+ * broker remembers: no batch goes out five or more places after its partition's oldest
+ * unacknowledged batch. Until a batch of a producer id on a partition is acknowledged, only the
+ * partition's oldest unsettled batch goes out (since Kafka 2.5 a broker takes any sequence from a
+ * producer it has no state for; one round trip per partition and producer id).
  *
  * A batch that is given up (delivery timeout, an error no retry fixes) leaves a gap no later batch
  * of the same producer id can cross, so new batches take a new producer id. A batch refused as out
@@ -30,12 +30,12 @@
  * INVALID_PRODUCER_EPOCH. A batch whose fate is unknown (a timeout) is never stamped anew: it is
  * resent as it is until the broker says which it is.
  */
-import type { Logger } from '../src/logger.js';
-import { messageOf } from '../src/errors.js';
-import { SinkError } from '../src/sinks/errors.js';
-import { ProduceError, type ProducerIdentity } from '../src/sinks/kafka/client.js';
-import type { PartitionBatch } from '../src/sinks/kafka/produce.js';
-import { batchRecordCount, nextSequence, stampBatch } from '../src/sinks/kafka/record-batch.js';
+import type { Logger } from '../logger.js';
+import { messageOf } from '../errors.js';
+import { ProduceError, type ProducerIdentity } from './client.js';
+import { KafkaError } from './errors.js';
+import type { PartitionBatch } from './produce.js';
+import { batchRecordCount, nextSequence, stampBatch } from './record-batch.js';
 
 /** Requests in flight per connection that a broker keeps in order for an idempotent producer. */
 export const MAX_IN_FLIGHT_IDEMPOTENT = 5;
@@ -71,7 +71,10 @@ interface Generation {
 
 /** The batches of one producer id on one partition. */
 interface Lane {
-  /** Batches neither known written nor given up, in sequence order. */
+  /**
+   * In sequence order, from the oldest batch neither acknowledged nor given up: every batch after
+   * it, acknowledged or not.
+   */
   stamps: Stamp[];
   /** A batch was acknowledged: the broker knows the producer here and appends only in sequence. */
   known: boolean;
@@ -86,10 +89,19 @@ interface Stamp {
   sentAt: number;
   /** Refused as out of order behind an earlier batch: goes again once the lane has moved. */
   behind: boolean;
+  /** A broker acknowledged it; it stays in its lane until every earlier batch is settled. */
+  acked: boolean;
 }
 
 function generation(producerId: bigint, producerEpoch: number): Generation {
   return { producerId, producerEpoch, next: new Map(), lanes: new Map(), spent: undefined };
+}
+
+/** Drops the acknowledged batches at the head of a lane: nothing before them is outstanding. */
+function trim(lane: Lane): void {
+  let n = 0;
+  while (n < lane.stamps.length && lane.stamps[n]!.acked) n++;
+  if (n > 0) lane.stamps.splice(0, n);
 }
 
 const NO_PRODUCER = { producerId: -1n, producerEpoch: -1, baseSequence: -1 } as const;
@@ -98,15 +110,12 @@ const OUT_OF_ORDER = 'OUT_OF_ORDER_SEQUENCE_NUMBER';
 /** Broker answers after which a batch is not written and its producer id cannot write it. */
 const LOST_PRODUCER = new Set(['UNKNOWN_PRODUCER_ID', 'INVALID_PRODUCER_EPOCH']);
 
-/** A sequence refusal the sink has handled; `retriable` says whether the retry can succeed. */
-export class SequenceError extends SinkError {
-  constructor(
-    message: string,
-    readonly retriable: boolean,
-    cause: unknown,
-  ) {
-    super('ESEQUENCE', message, { cause });
-  }
+/**
+ * A sequence refusal the sink has handled (KafkaError ESEQUENCE); `retriable` says whether the
+ * retry can succeed.
+ */
+function sequenceError(message: string, retriable: boolean, cause: unknown): KafkaError {
+  return new KafkaError('ESEQUENCE', message, { cause, retriable });
 }
 
 /** The error in a kafkajs chain that says what the broker answered, if it answered. */
@@ -226,8 +235,9 @@ export class ProducerSequences {
   }
 
   /**
-   * The stamped, unwritten batches that may go out now, noted as gone out: all of a partition
-   * whose broker knows the producer, only the oldest of one that does not yet, and none refused
+   * The stamped, unwritten batches that may go out now, noted as gone out: those of a partition
+   * whose broker knows the producer that are fewer than MAX_IN_FLIGHT_IDEMPOTENT places after its
+   * oldest unacknowledged batch, only the oldest of one that does not know it yet, and none refused
    * as out of order until an earlier batch of its partition has settled. Empty while the rest
    * wait; see changed().
    */
@@ -241,6 +251,7 @@ export class ProducerSequences {
       if (lane !== undefined) {
         if (s.behind && lane.version === s.sentAt) continue;
         if (!lane.known && lane.stamps[0] !== s) continue;
+        if (lane.stamps.indexOf(s) >= MAX_IN_FLIGHT_IDEMPOTENT) continue;
         s.sentAt = lane.version;
         s.behind = false;
       }
@@ -259,11 +270,7 @@ export class ProducerSequences {
     return this.changes.promise;
   }
 
-  /**
-   * After an attempt: each batch the broker took settles, and so does every batch before it on its
-   * partition under the same producer id, which the broker must have appended first. Those are
-   * marked written, so their own requests do not send them again.
-   */
+  /** After an attempt: each batch the broker acknowledged settles; no other batch does. */
   settle(batches: readonly PartitionBatch[]): void {
     for (const b of batches) {
       if (!b.written) continue;
@@ -287,11 +294,6 @@ export class ProducerSequences {
       const b = batches.find((x) => x.partition === f.partition);
       if (b?.written === true) continue;
       const s = b === undefined ? undefined : this.stamps.get(b);
-      if (s !== undefined) {
-        // A later batch of the partition may be marked written by a request not settled yet.
-        this.settleLane(s);
-        if (b!.written) continue;
-      }
       const type = (f.error as { type?: unknown }).type;
       if (
         s === undefined ||
@@ -312,7 +314,7 @@ export class ProducerSequences {
       this.unstamp(s, type);
       left.push({
         partition: f.partition,
-        error: new SequenceError(`${where}: ${type}; resending under a new producer id`, true, f.error),
+        error: sequenceError(`${where}: ${type}; resending under a new producer id`, true, f.error),
       });
     }
     if (left.length === 0) return undefined;
@@ -333,7 +335,7 @@ export class ProducerSequences {
   }
 
   private assign(gen: Generation, b: PartitionBatch): void {
-    const s: Stamp = { batch: b, generation: gen, sentAt: -1, behind: false };
+    const s: Stamp = { batch: b, generation: gen, sentAt: -1, behind: false, acked: false };
     this.stamps.set(b, s);
     if (gen.producerId < 0n) {
       stampBatch(b.data, NO_PRODUCER);
@@ -358,30 +360,13 @@ export class ProducerSequences {
 
   private written(s: Stamp): void {
     this.stamps.delete(s.batch);
+    s.acked = true;
     const lane = s.generation.lanes.get(s.batch.partition);
     if (lane === undefined) return;
     lane.known = true;
-    const at = lane.stamps.indexOf(s);
-    if (at < 0) return;
-    for (let i = 0; i < at; i++) {
-      const earlier = lane.stamps[i]!;
-      earlier.batch.written = true;
-      this.stamps.delete(earlier.batch);
-    }
-    lane.stamps.splice(0, at + 1);
+    trim(lane);
     lane.version++;
     this.notify();
-  }
-
-  /** Settles the lane of `s` up to its last batch a transport marked written, in whichever request. */
-  private settleLane(s: Stamp): void {
-    const stamps = s.generation.lanes.get(s.batch.partition)?.stamps ?? [];
-    for (let i = stamps.length - 1; i >= 0; i--) {
-      if (stamps[i]!.batch.written) {
-        this.written(stamps[i]!);
-        return;
-      }
-    }
   }
 
   private unstamp(s: Stamp, why: string): void {
@@ -390,6 +375,7 @@ export class ProducerSequences {
     const at = lane === undefined ? -1 : lane.stamps.indexOf(s);
     if (at >= 0) {
       lane!.stamps.splice(at, 1);
+      trim(lane!);
       lane!.version++;
     }
     s.generation.spent ??= why;

@@ -1,5 +1,7 @@
 /**
- * The kafka sink's way to the brokers. kafkajs keeps the connections (bootstrap, metadata, TLS,
+ * The way to the brokers: kafkaClient() makes the kafkajs client of a component's connection
+ * options (options.ts), for the kafka sink and the kafka_consumer source alike. For the sink,
+ * kafkajsTransport(): kafkajs keeps the connections (bootstrap, metadata, TLS,
  * SASL, reconnects, request timeouts); the sink writes its own Produce requests on them, with
  * record batches it encodes itself (record-batch.ts), because kafkajs's producer spends ~18 us of
  * CPU per message on encoding alone. Behind a small interface so the sink's buffering, retry and
@@ -8,12 +10,19 @@
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ConnectionOptions } from 'node:tls';
-import { Kafka, logLevel, type Cluster, type LogEntry, type SASLOptions } from 'kafkajs';
-import type { Logger } from '../../logger.js';
-import { messageOf } from '../../errors.js';
-import { SinkError } from '../errors.js';
-import { requireProduceVersion } from './compression.js';
-import type { EncodedRequest } from './encode.js';
+import {
+  Kafka,
+  logLevel,
+  type Cluster,
+  type KafkaJSProtocolError,
+  type LogEntry,
+  type SASLOptions,
+} from 'kafkajs';
+import { messageOf } from '../errors.js';
+import type { Logger } from '../logger.js';
+import { requireProduceVersion } from './compress.js';
+import { KafkaError } from './errors.js';
+import type { ResolvedConnection, SaslOptions, TlsOptions } from './options.js';
 import { BufferPool } from './record-batch.js';
 import {
   PRODUCE_API_KEY,
@@ -21,6 +30,7 @@ import {
   PRODUCE_MIN_VERSION,
   decodeProduceResponse,
   encodeProduceBody,
+  type EncodedRequest,
   type PartitionBatch,
   type ProduceResponse,
 } from './produce.js';
@@ -48,34 +58,10 @@ export interface KafkaTransport {
   disconnect(): Promise<void>;
 }
 
-export interface TlsOptions {
-  ca_file?: string;
-  cert_file?: string;
-  key_file?: string;
-  insecure_skip_verify?: boolean;
-  server_name?: string;
-}
-
-export type SaslMechanism = 'plain' | 'scram-sha-256' | 'scram-sha-512';
-
-export interface SaslOptions {
-  mechanism: SaslMechanism;
-  username: string;
-  password: string;
-}
-
 export interface TransportOptions {
-  brokers: string[];
+  connection: ResolvedConnection;
   topic: string;
-  clientId: string;
   acks: -1 | 0 | 1;
-  requestTimeoutMs: number;
-  connectionTimeoutMs: number;
-  retries: number;
-  retryInitialMs: number;
-  retryMaxMs: number;
-  tls?: TlsOptions;
-  sasl?: SaslOptions;
   logger: Logger;
 }
 
@@ -83,12 +69,10 @@ function readPem(component: string, what: string, file: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (err) {
-    throw new SinkError(
+    throw new KafkaError(
       'ETLSFILE',
       `${component} tls.${what} ${file}: ${messageOf(err)}; check the path and its permissions`,
-      {
-        cause: err,
-      },
+      { cause: err },
     );
   }
 }
@@ -99,7 +83,7 @@ function readPem(component: string, what: string, file: string): Buffer {
  */
 export function tlsConnectionOptions(tls: TlsOptions, component = 'kafka sink'): ConnectionOptions {
   if ((tls.cert_file === undefined) !== (tls.key_file === undefined)) {
-    throw new SinkError(
+    throw new KafkaError(
       'ETLSCONFIG',
       `${component} tls: cert_file and key_file go together; set both or neither`,
     );
@@ -130,18 +114,13 @@ export function logCreator(logger: Logger) {
     };
 }
 
-interface ProtocolError extends Error {
-  type: string;
-  retriable: boolean;
-}
-
 /** A broker answer that means the batch was written before: a resend the broker recognised. */
 const DUPLICATE_SEQUENCE_NUMBER = 46;
 
 const require = createRequire(import.meta.url);
 // kafkajs's table of Kafka error codes (name, message, whether retrying can help).
 const { createErrorFromCode } = require('kafkajs/src/protocol/error.js') as {
-  createErrorFromCode: (this: void, code: number) => ProtocolError;
+  createErrorFromCode: (this: void, code: number) => KafkaJSProtocolError;
 };
 
 /** A kafkajs broker: its send is private API, found by its symbol's description. */
@@ -171,7 +150,7 @@ function privateMember<T>(target: object, description: string): T {
     const symbol = Object.getOwnPropertySymbols(o).find((s) => s.description === description);
     if (symbol !== undefined) return (o as Record<symbol, T>)[symbol]!;
   }
-  throw new SinkError(
+  throw new KafkaError(
     'EKAFKAJS',
     `kafka sink: kafkajs has no ${description}; install the kafkajs version package-lock.json names (npm ci)`,
   );
@@ -190,7 +169,7 @@ const STALE_METADATA = new Set([
 ]);
 
 /** A produce failure of some partitions; `retriable` is false if any of them cannot get better. */
-export class ProduceError extends SinkError {
+export class ProduceError extends KafkaError {
   constructor(
     readonly topic: string,
     readonly failures: { partition: number; error: Error }[],
@@ -199,12 +178,8 @@ export class ProduceError extends SinkError {
     super(
       'EPRODUCE',
       `kafka sink topic ${topic}: ${failures.length} partition(s) not written, partition ${first.partition}: ${messageOf(first.error)}`,
-      { cause: first.error },
+      { cause: first.error, retriable: failures.every(({ error }) => kafkaErrorRetriable(error)) },
     );
-  }
-
-  get retriable(): boolean {
-    return this.failures.every(({ error }) => kafkaErrorRetriable(error));
   }
 }
 
@@ -216,13 +191,13 @@ export class ProduceError extends SinkError {
  * ProduceError is retriable when every partition's failure is.
  */
 export function kafkaErrorRetriable(err: unknown): boolean {
-  if (err instanceof ProduceError) return err.retriable;
   let e = err as { name?: string; retriable?: boolean; cause?: unknown } | undefined;
   for (let depth = 0; e !== undefined && e !== null && depth < 8; depth++) {
     if (e.name === 'KafkaJSNumberOfRetriesExceeded') return true;
-    // The sink's own verdict on a broker error it has handled (a sequence error it resolved).
-    const verdict = e instanceof SinkError ? (e as { retriable?: unknown }).retriable : undefined;
-    if (typeof verdict === 'boolean') return verdict;
+    // This layer's own verdict: a produce failure of some partitions, a sequence error it
+    // resolved, a codec the broker cannot take.
+    const verdict = e instanceof KafkaError ? e.retriable : undefined;
+    if (verdict !== undefined) return verdict;
     if (e.cause === undefined || e.cause === null || e.cause === e) return e.retriable !== false;
     e = e.cause;
   }
@@ -245,33 +220,41 @@ export function produceVersion(broker: {
   if (range === undefined) return PRODUCE_MIN_VERSION;
   const version = Math.min(PRODUCE_MAX_VERSION, range.maxVersion);
   if (version < PRODUCE_MIN_VERSION || version < range.minVersion) {
-    const error = new SinkError(
+    throw new KafkaError(
       'EBROKERVERSION',
       `kafka sink: the broker speaks Produce v${range.minVersion}-v${range.maxVersion}, the sink v${PRODUCE_MIN_VERSION}-v${PRODUCE_MAX_VERSION} (record batches v2); use Kafka 0.11 or newer`,
+      { retriable: false },
     );
-    throw Object.assign(error, { retriable: false });
   }
   return version;
 }
 
-/** The kafkajs connections of one sink, and Produce requests written on them. */
-export function kafkajsTransport(options: TransportOptions): KafkaTransport {
-  const { topic, logger } = options;
-  const kafka = new Kafka({
-    clientId: options.clientId,
-    brokers: options.brokers,
-    connectionTimeout: options.connectionTimeoutMs,
-    requestTimeout: options.requestTimeoutMs,
+/**
+ * The kafkajs client of a component's connection options. TLS files are read now, so a bad path
+ * fails when the component is built; `component` names it in errors.
+ */
+export function kafkaClient(connection: ResolvedConnection, logger: Logger, component: string): Kafka {
+  return new Kafka({
+    clientId: connection.client_id,
+    brokers: connection.bootstrap_servers,
+    connectionTimeout: connection.connection_timeout_ms,
+    requestTimeout: connection.request_timeout_ms,
     retry: {
-      retries: options.retries,
-      initialRetryTime: options.retryInitialMs,
-      maxRetryTime: options.retryMaxMs,
+      retries: connection.retries,
+      initialRetryTime: connection.retry_initial_ms,
+      maxRetryTime: connection.retry_max_ms,
     },
     logLevel: logger.isLevelEnabled('debug') ? logLevel.INFO : logLevel.NOTHING,
     logCreator: logCreator(logger),
-    ...(options.tls ? { ssl: tlsConnectionOptions(options.tls) } : {}),
-    ...(options.sasl ? { sasl: saslOptions(options.sasl) } : {}),
+    ...(connection.tls ? { ssl: tlsConnectionOptions(connection.tls, component) } : {}),
+    ...(connection.sasl ? { sasl: saslOptions(connection.sasl) } : {}),
   });
+}
+
+/** The kafkajs connections of one sink, and Produce requests written on them. */
+export function kafkajsTransport(options: TransportOptions): KafkaTransport {
+  const { topic, connection } = options;
+  const kafka = kafkaClient(connection, options.logger, 'kafka sink');
   const createCluster = privateMember<(o: object) => Cluster>(kafka, 'private:Kafka:createCluster');
   const cluster = createCluster({ metadataMaxAge: 300_000, allowAutoTopicCreation: true });
   let sendRequest: SendRequest | undefined;
@@ -287,7 +270,7 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
       expectResponse: () => options.acks !== 0,
       encode: () => {
         // kafkajs copies the body behind its request header; it wants an Encoder-like object.
-        const body = encodeProduceBody(topic, options.acks, options.requestTimeoutMs, batches, (n) => {
+        const body = encodeProduceBody(topic, options.acks, connection.request_timeout_ms, batches, (n) => {
           const buf = bodies.acquire(n);
           used.push(buf);
           return buf;
@@ -361,7 +344,7 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
   const stale = (err: unknown): boolean => {
     if (!(err instanceof ProduceError)) return true;
     return err.failures.some(({ error }) => {
-      const e = error as Partial<ProtocolError>;
+      const e = error as Partial<KafkaJSProtocolError>;
       return STALE_METADATA.has(e.type ?? '') || STALE_METADATA.has(e.name ?? '');
     });
   };
@@ -393,7 +376,7 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
       await cluster.refreshMetadataIfNecessary();
       const count = cluster.findTopicPartitionMetadata(topic).length;
       if (count === 0)
-        throw new SinkError('ENOTOPIC', `kafka sink topic ${topic}: no partitions; create the topic`);
+        throw new KafkaError('ENOTOPIC', `kafka sink topic ${topic}: no partitions; create the topic`);
       return count;
     },
     async send(request) {
@@ -402,9 +385,9 @@ export function kafkajsTransport(options: TransportOptions): KafkaTransport {
           await attempt(request);
           return;
         } catch (err) {
-          if (retry >= options.retries || !kafkaErrorRetriable(err) || disconnected) throw err;
+          if (retry >= connection.retries || !kafkaErrorRetriable(err) || disconnected) throw err;
           if (stale(err)) await cluster.refreshMetadata().catch(() => undefined);
-          const wait = Math.min(options.retryMaxMs, options.retryInitialMs * 2 ** retry);
+          const wait = Math.min(connection.retry_max_ms, connection.retry_initial_ms * 2 ** retry);
           await new Promise<void>((resolve) => {
             const wake = (): void => {
               clearTimeout(timer);
