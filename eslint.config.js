@@ -1,5 +1,6 @@
 // @ts-check
 import tseslint from 'typescript-eslint';
+import floors from './eslint/floors.js';
 
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', 'bpf/**', '**/*.js', '**/*.cjs'] },
@@ -13,5 +14,10 @@ export default tseslint.config(
       '@typescript-eslint/no-floating-promises': 'error',
       '@typescript-eslint/consistent-type-imports': 'error',
     },
+  },
+  {
+    files: ['src/**/*.ts'],
+    plugins: { floors },
+    rules: { 'floors/floors': 'error' },
   },
 );
