@@ -14,7 +14,7 @@
  * cases alike. Each case's bytes are totalled and compared, so a broken encoder fails the run.
  */
 import protobuf from 'protobufjs';
-import type { FlowRecord } from '../src/records.js';
+import type { FlowRecord } from '../src/records/flow.js';
 import { loadFlowProto } from '../src/kafka/flow-messages.js';
 import { writeFlowJson } from '../src/sinks/kafka/json.js';
 import { writeFlowProto, writeFlowProtoField } from '../src/sinks/kafka/proto.js';

@@ -8,7 +8,7 @@
  * as the flow decoder delivers them; a second UDP figure has text addresses only, as records from
  * file_replay or kafka_consumer arrive.
  */
-import { attachIPv4Words, type FlowRecord } from '../src/records.js';
+import { attachIPv4Words, type FlowRecord } from '../src/records/flow.js';
 import { writeFlowProto } from '../src/sinks/kafka/proto.js';
 import { MAX_MESSAGE_BYTES, MessageBuilder } from '../src/sinks/ipfix/encode.js';
 import { pool } from './kafka.bench.js';

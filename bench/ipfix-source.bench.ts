@@ -13,7 +13,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { FlowRecord } from '../src/records.js';
+import type { FlowRecord } from '../src/records/flow.js';
 import { IpfixDecoder, newExporter, newReport } from '../src/sources/ipfix/decode.js';
 import { be, ipfixMessage, set, v9Packet, type Field } from '../test/fixtures/ipfix-messages.js';
 import { synchronousBenchmark } from './lib.js';

@@ -20,7 +20,7 @@ import { Subject } from 'rxjs';
 import { KafkaMockCluster } from '../src/devtools/kafka-mock.js';
 import { Ledger } from '../src/ledger.js';
 import { silentLogger } from '../src/logger.js';
-import type { FlowBatch, FlowRecord } from '../src/records.js';
+import type { FlowBatch, FlowRecord } from '../src/records/flow.js';
 import kafkaModule, { type KafkaSinkConfig } from '../src/sinks/kafka.js';
 import { NATIVE_SYNC_MAX_BYTES } from '../src/kafka/codec-native.js';
 import { gzipBatch, lz4Batch, zstdBatch, type Compression } from '../src/kafka/compress.js';

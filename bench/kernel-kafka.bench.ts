@@ -17,7 +17,7 @@ import { decodeFlowMapBatch, monotonicToWallClockOffsetMs } from '../src/datapat
 import { ObjectSpec, type Collection, type Program } from '../src/datapath/index.js';
 import { Ledger } from '../src/ledger.js';
 import { silentLogger } from '../src/logger.js';
-import type { FlowBatch } from '../src/records.js';
+import type { FlowBatch } from '../src/records/flow.js';
 import kafkaModule, { type KafkaSinkConfig } from '../src/sinks/kafka.js';
 import {
   BATCHED_TARGET,

@@ -14,7 +14,7 @@ import type { BenchContext } from './lib.js';
 import { StageCounters } from '../src/ledger.js';
 import { account } from '../src/operators/account.js';
 import { dedupe } from '../src/operators/dedupe.js';
-import type { FlowBatch, FlowRecord } from '../src/records.js';
+import type { FlowBatch, FlowRecord } from '../src/records/flow.js';
 
 const LIVE = 100_000;
 const NEW_PER_MINUTE = 1_000_000;

@@ -26,8 +26,8 @@ import { InterfaceWatcher } from '../src/net/interfaces.js';
 import { account } from '../src/operators/account.js';
 import { decorate } from '../src/operators/decorate.js';
 import { dedupe, SeenTable } from '../src/operators/dedupe.js';
-import { FlowKey, FlowTable } from '../src/operators/flow-key.js';
-import { attachIPv4Words, flowInterface, type FlowBatch, type FlowRecord } from '../src/records.js';
+import { FlowKey, FlowTable } from '../src/records/flow-key.js';
+import { attachIPv4Words, flowInterface, type FlowBatch, type FlowRecord } from '../src/records/flow.js';
 import { SinkBuffer } from '../src/sinks/buffer.js';
 
 const BATCH = 1000;

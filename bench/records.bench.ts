@@ -7,7 +7,7 @@
  * stream of the tests (IPv4 and IPv6, tunnels, duplicates). Figures are the best of 5 rounds.
  */
 import { loadFlowProto } from '../src/kafka/flow-messages.js';
-import { flowRecordProblem, type FlowRecord } from '../src/records.js';
+import { flowRecordProblem, type FlowRecord } from '../src/records/flow.js';
 import { messageDecoder } from '../src/sources/kafka_consumer.js';
 import { variedFlowRecord } from '../test/fixtures/records.js';
 import { bestNsPerOp, synchronousBenchmark } from './lib.js';

@@ -1,7 +1,7 @@
 import type { Observable, OperatorFunction, SchedulerLike } from 'rxjs';
 import type { Ledger, StageCounters } from './ledger.js';
 import type { Logger } from './logger.js';
-import type { FlowBatch } from './records.js';
+import type { FlowBatch } from './records/flow.js';
 
 /**
  * Every component module (one file per YAML `type`) exports a `ComponentModule`. `schema` is a

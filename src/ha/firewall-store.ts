@@ -5,7 +5,7 @@ import {
   type FirewallSession,
   type SessionKey as FirewallSessionKey,
 } from '../datapath/firewall/index.js';
-import type { FlowRecord } from '../records.js';
+import type { FlowRecord } from '../records/flow.js';
 import type { FirewallSessionRecord } from '../records/firewall-session.js';
 import type { ClockTranslator } from './clock.js';
 import { sessionKvKeyOfBytes } from './codec.js';

@@ -9,7 +9,7 @@ import { Subject } from 'rxjs';
 import { FirewallCollection } from '../datapath/firewall/index.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { ClockTranslator } from './clock.js';
 import { HaError, messageOf } from './errors.js';
 import {

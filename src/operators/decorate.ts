@@ -5,8 +5,8 @@ import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { InterfaceWatcher, interfaceAddress, type InterfaceNames } from '../net/interfaces.js';
 import { namespaceNames } from '../net/namespace-names.js';
-import { flowInterface, type FlowBatch } from '../records.js';
-import { OperatorError, badRecordError } from './flow-key.js';
+import { flowInterface, type FlowBatch } from '../records/flow.js';
+import { OperatorError, badRecordError } from '../records/flow-key.js';
 
 /** The interfaceName of a record whose ifindex no interface of the host has. */
 export const UNKNOWN_INTERFACE = 'unknown';

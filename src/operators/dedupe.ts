@@ -7,8 +7,8 @@ import {
   type FlowBatch,
   type FlowRecord,
   type ObservedInterface,
-} from '../records.js';
-import { FlowKey, OperatorError, TEXT_ADDRESSES, badRecordError } from './flow-key.js';
+} from '../records/flow.js';
+import { FlowKey, OperatorError, TEXT_ADDRESSES, badRecordError } from '../records/flow-key.js';
 
 export type DedupeMode = 'none' | 'first_come';
 

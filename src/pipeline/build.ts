@@ -23,7 +23,7 @@ import type {
 import { Ledger, type LedgerTotals } from '../ledger.js';
 import { HealthBoard } from '../health.js';
 import { silentLogger, type Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { PipelineError } from '../config/errors.js';
 import { SinkBuffer, bufferSettings } from '../sinks/buffer.js';
 import type { ComponentSpec, PipelineConfig } from './load.js';

@@ -4,7 +4,7 @@
  * source whose records carry them.
  */
 import type { FirewallAction } from '../config/firewall-policy.js';
-import type { FlowRecord } from '../records.js';
+import type { FlowRecord } from '../records/flow.js';
 
 export type { FirewallAction };
 

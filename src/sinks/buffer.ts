@@ -25,7 +25,7 @@ import { Observable, asyncScheduler, type OperatorFunction, type SchedulerLike }
 import type { JsonSchema, Sink, WhenFull } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { LossLog } from '../delivery/loss-log.js';
 
 export interface BufferSettings {

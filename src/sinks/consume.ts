@@ -4,7 +4,7 @@
  */
 import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, Sink } from '../component.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { SinkBuffer, type BufferSettings } from './buffer.js';
 import { asError } from './errors.js';
 

@@ -42,7 +42,7 @@ import {
 } from '../component.js';
 import type { DropReason, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { consumeBatches, throughBuffer } from './consume.js';

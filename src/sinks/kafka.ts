@@ -37,7 +37,7 @@ import {
   type KafkaConnectionConfig,
 } from '../kafka/options.js';
 import type { DropReason, StageCounters } from '../ledger.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { consumeBatches, throughBuffer } from './consume.js';

@@ -46,7 +46,7 @@ import { HaError } from '../ha/errors.js';
 import type { BucketOptions, NatsConnectOptions } from '../ha/kv.js';
 import { FirewallHaNode, type FirewallHaNodeOptions } from '../ha/node.js';
 import type { NodeReplicationStatus } from '../ha/replication.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { SinkError } from './errors.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
 

@@ -38,7 +38,7 @@ import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import { flowInterface, isFirewallMetricsRecord, type FlowBatch } from '../records.js';
+import { flowInterface, isFirewallMetricsRecord, type FlowBatch } from '../records/flow.js';
 import { consumeBatches } from './consume.js';
 import { messageOf } from '../errors.js';
 import { SinkError } from './errors.js';

@@ -14,7 +14,7 @@ import { asyncScheduler, type Observable, type Subscription } from 'rxjs';
 import type { ComponentContext, JsonSchema, Sink, SinkModule, WhenFull } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { consumeBatches, throughBuffer } from './consume.js';

@@ -13,7 +13,7 @@ import { asyncScheduler, interval, type Observable, type SchedulerLike, type Sub
 import type { ComponentContext, Sink, SinkModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import { flowInterface, type FlowBatch, type FlowRecord } from '../records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../records/flow.js';
 
 export interface TopConfig {
   top_n: number;

@@ -16,9 +16,9 @@ import {
   type KernelCounters,
 } from '../datapath/flow/index.js';
 import type { DropReason, StageCounters } from '../ledger.js';
-import { account } from '../operators/account.js';
+import { account } from '../records/account.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';

@@ -14,7 +14,7 @@
  * with both, a record waits for the later of the two.
  *
  * A line that is not a flow record (not JSON, not an object, a required field missing or of the
- * wrong type, or a value out of its range: see flowRecordProblem in src/records.ts) is counted as
+ * wrong type, or a value out of its range: see flowRecordProblem in src/records/flow.ts) is counted as
  * received and dropped as `parse_failed`, and logged with its file:line and the reason
  * (rate-limited); blank lines are skipped. The source completes at the end of the last file, or
  * when the pipeline drains (stop$), after emitting the records it has read.
@@ -26,7 +26,7 @@ import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 
 import type { ComponentContext, JsonSchema, SourceHold, SourceModule } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records/flow.js';
 import { LossLog } from '../delivery/loss-log.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';

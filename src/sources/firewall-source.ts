@@ -7,7 +7,7 @@ import { Observable, type Subscription } from 'rxjs';
 import type { ComponentContext, JsonSchema } from '../component.js';
 import { FirewallCollection, firewallPinDir } from '../datapath/firewall/index.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 
 export interface FirewallSourceConfig {
   instance: string;

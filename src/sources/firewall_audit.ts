@@ -3,7 +3,7 @@ import type { ComponentContext, SourceModule } from '../component.js';
 import type { FirewallAction } from '../config/firewall-policy.js';
 import { decodeAuditEvent, type AuditEvent, type FirewallReason } from '../datapath/firewall/types.js';
 import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 import { FIREWALL_SOURCE_PROPERTIES, firewallSource, setAddresses } from './firewall-source.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 

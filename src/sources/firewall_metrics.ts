@@ -17,7 +17,7 @@ import {
   type SourceModule,
 } from '../component.js';
 import type { FirewallCollection } from '../datapath/firewall/index.js';
-import type { FirewallMetricsRecord, FirewallReplicationSample, FlowBatch } from '../records.js';
+import type { FirewallMetricsRecord, FirewallReplicationSample, FlowBatch } from '../records/flow.js';
 
 import { FIREWALL_SOURCE_PROPERTIES, firewallSource } from './firewall-source.js';
 

@@ -10,7 +10,7 @@ import {
 } from '../datapath/firewall/types.js';
 import { monotonicToWallClockOffsetMs } from '../datapath/flow/types.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records.js';
+import type { FlowBatch } from '../records/flow.js';
 import type { FirewallSessionRecord } from '../records/firewall-session.js';
 import { FIREWALL_SOURCE_PROPERTIES, firewallSource, setAddresses } from './firewall-source.js';
 

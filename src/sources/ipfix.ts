@@ -33,7 +33,7 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { Observable } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 import { LossLog } from '../delivery/loss-log.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';

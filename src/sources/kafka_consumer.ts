@@ -17,7 +17,7 @@
  * dies unexpectedly are not read again.
  *
  * A message (or an item of a batch message) that is not a flow record (a required field missing or
- * of the wrong type, or a value out of its range: see flowRecordProblem in src/records.ts) counts
+ * of the wrong type, or a value out of its range: see flowRecordProblem in src/records/flow.ts) counts
  * as received and dropped as `parse_failed`, logged with its partition, offset and the reason
  * (rate-limited). While the brokers
  * cannot be reached the source keeps retrying with backoff and logs a warning (at most every 30 s);
@@ -64,7 +64,7 @@ import {
 } from '../kafka/options.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
-import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';
 

@@ -1,5 +1,5 @@
 import { Observable, asyncScheduler, interval, merge, type SchedulerLike } from 'rxjs';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 
 export interface MapTracerOptions {
   /**

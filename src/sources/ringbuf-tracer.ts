@@ -1,6 +1,6 @@
 import { Observable, asyncScheduler, interval, type SchedulerLike } from 'rxjs';
 import type { Logger } from '../logger.js';
-import type { FlowBatch, FlowRecord } from '../records.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 
 /** Decodes the record at view[offset..offset+length) into `out`; returns true when it signals map pressure. */
 export type RingRecordDecoder = (

@@ -16,7 +16,7 @@ import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
 import { modules } from '../../src/pipeline/registry.js';
-import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import fileModule from '../../src/sinks/file.js';
 import fileReplayModule from '../../src/sources/file_replay.js';
 import { cleanup, isAlive, makeTempDir, ownerOf } from '../fixtures/cleanup.js';

@@ -10,7 +10,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { readStatus } from '../../src/cli/status.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { freePort } from '../fixtures/nats.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';

@@ -2,7 +2,7 @@ import { Subject, from } from 'rxjs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
 import { Ledger } from '../../src/ledger.js';
-import type { FlowBatch } from '../../src/records.js';
+import type { FlowBatch } from '../../src/records/flow.js';
 import kafkaModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
 import { cleanup } from '../fixtures/cleanup.js';
 import { startKafkaMock } from '../fixtures/kafka.js';

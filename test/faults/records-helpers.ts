@@ -11,7 +11,7 @@ import type { CliIo } from '../../src/cli/io.js';
 import { runCli } from '../../src/cli/program.js';
 import type { Logger } from '../../src/logger.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import fileSinkModule from '../../src/sinks/file.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import fileReplayModule from '../../src/sources/file_replay.js';

@@ -5,7 +5,7 @@ import { Kafka, logLevel } from 'kafkajs';
 import protobuf from 'protobufjs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
 import { startKafkaMock } from '../fixtures/kafka.js';
 import { describeWith } from '../fixtures/privilege.js';

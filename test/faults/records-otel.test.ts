@@ -2,7 +2,7 @@ import { Subject } from 'rxjs';
 import { expect, it } from 'vitest';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowBatch } from '../../src/records.js';
+import type { FlowBatch } from '../../src/records/flow.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import { describeWith } from '../fixtures/privilege.js';
 import { flowRecord } from '../fixtures/records.js';

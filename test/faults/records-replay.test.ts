@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { makeTempDir } from '../fixtures/cleanup.js';
 import { byStart, goodRecord, hostileRecords, runPipeline } from './records-helpers.js';
 

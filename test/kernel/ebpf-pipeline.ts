@@ -7,7 +7,7 @@ import { pino } from 'pino';
 import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
 

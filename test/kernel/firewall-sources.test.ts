@@ -9,7 +9,7 @@ import type { ComponentContext } from '../../src/component.js';
 import { FirewallCollection, firewallPinDir } from '../../src/datapath/firewall/index.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import firewallAudit from '../../src/sources/firewall_audit.js';
 import firewallSessions, { firewallSessionEvents } from '../../src/sources/firewall_sessions.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';

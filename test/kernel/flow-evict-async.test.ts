@@ -11,7 +11,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowBatch } from '../../src/records.js';
+import type { FlowBatch } from '../../src/records/flow.js';
 import ebpfFlowsModule, { type EbpfFlowsConfig } from '../../src/sources/ebpf_flows.js';
 import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';

@@ -18,7 +18,7 @@ import {
   type FlowCounterName,
 } from '../../src/datapath/flow/types.js';
 import { FlowMaps } from '../../src/datapath/flow/maps.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import {
   ETH_ARP,
   ETH_IPV4,

@@ -19,7 +19,7 @@ import {
   type FlowCounterName,
 } from '../../src/datapath/flow/types.js';
 import { FLOW_MAP_NAMES, FlowMaps, setFlowMapMaxEntries } from '../../src/datapath/flow/maps.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { ETH_IPV4, buildBpf, ethernet, flowObject, ipv4, kernelSkipReason, udp } from './flow-packets.js';
 
 const skipReason = kernelSkipReason();

@@ -15,7 +15,7 @@ import type { DropReason, LedgerTotals } from '../../src/ledger.js';
 import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { buildChild, startChild, type BuiltChild } from '../fixtures/child.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';

@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { TcDirection } from '../../src/datapath/index.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { FlowDatapath, type FlowDatapathOptions } from '../../src/datapath/flow/datapath.js';
 import { buildChild, startChild, type BuiltChild } from '../fixtures/child.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';

@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { FLOW_FEATURE_RTT } from '../../src/datapath/flow/latency.js';
 import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createRouted, type RoutedTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { decodeFlowEvent, flowEventReason, FLOW_EVENT_MAP_FULL } from '../../src/datapath/flow/types.js';
 import { FlowDatapath, type FlowDatapathOptions } from '../../src/datapath/flow/datapath.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';

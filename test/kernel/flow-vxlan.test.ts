@@ -5,7 +5,7 @@
  * payloads are written by hand and sent with a plain UDP socket to port 6081.
  */
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, waitQuiet, type Netns, type PairTopology } from '../fixtures/netns.js';

@@ -15,7 +15,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { run } from '../../src/devtools/system.js';
 import { cleanup, killSync, makeTempDir } from '../fixtures/cleanup.js';
 import { createPair, PAIR, type PairTopology } from '../fixtures/netns.js';

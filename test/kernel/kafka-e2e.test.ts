@@ -4,7 +4,7 @@
  * kafka sink writing to librdkafka's mock cluster. Exact UDP, TCP and ping traffic crosses the
  * link; stop() drains the kernel map into Kafka; the topic, read back with kcat, must hold one
  * flow per 5-tuple and direction whose packets and bytes are the traffic sent, under the IPFIX
- * names of src/records.ts, in JSON and in protobuf decoded with the committed flow.proto.
+ * names of src/records/flow.ts, in JSON and in protobuf decoded with the committed flow.proto.
  *
  * No decorate stage: it resolves interface indexes in the agent's own namespace, and the
  * interfaces here live in another one.
@@ -17,7 +17,7 @@ import type { KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
 import type { LedgerTotals } from '../../src/ledger.js';
 import { buildPipeline } from '../../src/pipeline/build.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { readWithKcat, startKafkaMock } from '../fixtures/kafka.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
@@ -38,7 +38,7 @@ const PROTO = new URL('../../src/sinks/flow.proto', import.meta.url);
 const protoRoot = protobuf.parse(fs.readFileSync(PROTO, 'utf8'), { keepCase: true }).root;
 const FlowBatchType = protoRoot.lookupType('rxflow.v1.FlowBatch');
 
-/** Fields every flow of the map carries, IPv4 and IPv6 alike: names of src/records.ts. */
+/** Fields every flow of the map carries, IPv4 and IPv6 alike: names of src/records/flow.ts. */
 const COMMON = REQUIRED_FLOW_FIELDS;
 const V4: (keyof FlowRecord)[] = ['sourceIPv4Address', 'destinationIPv4Address'];
 const V6: (keyof FlowRecord)[] = ['sourceIPv6Address', 'destinationIPv6Address'];

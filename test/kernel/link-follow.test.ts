@@ -17,7 +17,7 @@ import decorateModule from '../../src/operators/decorate.js';
 import { buildPipeline, type Pipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { cleanup, deleteLinkSync, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createNetns, type Netns } from '../fixtures/netns.js';

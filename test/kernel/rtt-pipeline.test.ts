@@ -4,7 +4,7 @@
  * the handshake RTT and the flows run on.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';

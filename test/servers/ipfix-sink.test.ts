@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { HealthReporter } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import { IpfixSink, type IpfixSinkConfig } from '../../src/sinks/ipfix.js';
 import { cleanup } from '../fixtures/cleanup.js';
 import { Nfcapd, TsharkCapture, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';

@@ -6,7 +6,7 @@ import { Subject, from, type Subscription } from 'rxjs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Ledger, type StageCounters } from '../../src/ledger.js';
 import { loadPipeline } from '../../src/pipeline/load.js';
-import { flowRecordProblem, type FlowRecord } from '../../src/records.js';
+import { flowRecordProblem, type FlowRecord } from '../../src/records/flow.js';
 import ipfixSinkModule from '../../src/sinks/ipfix.js';
 import ipfixModule, { type IpfixConfig } from '../../src/sources/ipfix.js';
 import { IpfixDecoder, newExporter, newReport } from '../../src/sources/ipfix/decode.js';

@@ -14,7 +14,7 @@ import type { KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger, type Logger } from '../../src/logger.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import fileSinkModule from '../../src/sinks/file.js';
 import kafkaSinkModule, { type KafkaSinkConfig } from '../../src/sinks/kafka.js';
 import { registerCodecs } from '../../src/kafka/kafkajs-codecs.js';

@@ -12,7 +12,7 @@ import { buildPipeline, type Pipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
 import { modules } from '../../src/pipeline/registry.js';
-import type { FlowRecord } from '../../src/records.js';
+import type { FlowRecord } from '../../src/records/flow.js';
 import { cleanup, makeTempDir } from '../fixtures/cleanup.js';
 import { readWithKcat, startKafkaMock } from '../fixtures/kafka.js';
 import { describeWith } from '../fixtures/privilege.js';

@@ -7,7 +7,7 @@ import type { ComponentContext } from '../../src/component.js';
 import { KafkaApiKey, KafkaErrorCode, type KafkaMockCluster } from '../../src/devtools/kafka-mock.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowBatch, FlowRecord } from '../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import kafkaModule, { type KafkaSink, type KafkaSinkConfig } from '../../src/sinks/kafka.js';
 import { flowKey } from '../../src/sinks/kafka/encode.js';
 import { cleanup } from '../fixtures/cleanup.js';

@@ -3,7 +3,7 @@ import { afterEach, expect, it } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FirewallMetricsRecord, FlowBatch, FlowRecord } from '../../src/records.js';
+import type { FirewallMetricsRecord, FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import { freePort, promtool } from '../faults/records-helpers.js';
 import { describeWith } from '../fixtures/privilege.js';

@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../src/component.js';
 import { Ledger } from '../../src/ledger.js';
 import { silentLogger } from '../../src/logger.js';
-import type { FlowBatch } from '../../src/records.js';
+import type { FlowBatch } from '../../src/records/flow.js';
 import { SinkError } from '../../src/sinks/errors.js';
 import otelMetricsModule from '../../src/sinks/otel_metrics.js';
 import { describeWith } from '../fixtures/privilege.js';

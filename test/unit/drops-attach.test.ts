@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DROP_VALUE, attachDrops, decodeDropBatch } from '../../src/datapath/flow/drops.js';
 import { FLOW_KEY, FLOW_VALUE_STRIDE, decodeFlowMapBatch } from '../../src/datapath/flow/types.js';
 import { encodeKey, encodeValue, type FlowKeyFields } from '../fixtures/flow-map.js';
-import { flowRecordProblem } from '../../src/records.js';
+import { flowRecordProblem } from '../../src/records/flow.js';
 
 const key = (srcPort: number, more: Partial<FlowKeyFields> = {}): FlowKeyFields => ({
   ipVersion: 4,

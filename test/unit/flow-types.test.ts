@@ -29,7 +29,7 @@ import {
   type FlowValueFields,
 } from '../fixtures/flow-map.js';
 import { ipv4ToUint32 } from '../../src/net/address.js';
-import { readIPv4Words, type FlowRecord } from '../../src/records.js';
+import { readIPv4Words, type FlowRecord } from '../../src/records/flow.js';
 
 const tcpKey: FlowKeyFields = {
   ipVersion: 4,

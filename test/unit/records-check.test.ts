@@ -1,7 +1,7 @@
 import { isIPv6 } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { isIPv6Text } from '../../src/net/address.js';
-import { EARLIEST_FLOW_MS, flowRecordProblem } from '../../src/records.js';
+import { EARLIEST_FLOW_MS, flowRecordProblem } from '../../src/records/flow.js';
 import { allFieldsRecord, flowRecord, variedFlowRecord } from '../fixtures/records.js';
 
 const NOW = Date.UTC(2026, 0, 1);

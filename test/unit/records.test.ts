@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { flowInterface, flowRecordProblem, layer2SegmentId, type FlowRecord } from '../../src/records.js';
+import {
+  flowInterface,
+  flowRecordProblem,
+  layer2SegmentId,
+  type FlowRecord,
+} from '../../src/records/flow.js';
 import { flowRecord } from '../fixtures/records.js';
 
 /** A record as JSON would give it back: the fixture without the fields named. */

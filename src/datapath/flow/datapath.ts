@@ -37,7 +37,7 @@ import { DropsDatapath, attachDrops, type DropBatch } from './drops.js';
 import { RttProbe } from './rtt.js';
 import { withNetns } from '../../net/netns.js';
 import { bpfObjectPath } from '../../paths.js';
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 import { INSTANCE_RULE, InstanceLock, isInstanceName } from '../instance.js';
 import { requireBpffs } from '../object.js';
 

@@ -10,9 +10,9 @@
  */
 import koffi from 'koffi';
 import { SyscallError, describeErrno } from '../../errors.js';
-import { DatapathError, syscallFailure } from '../errors.js';
+import { DatapathError } from '../errors.js';
 import { FlowMaps } from './maps.js';
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 import {
   FLOW_KEY,
   FLOW_VALUE,

@@ -6,7 +6,7 @@
  * The offsets are those of FLOW_VALUE (src/datapath/flow/types.ts, checked against the object's
  * BTF); kept here as numbers so the decoder can import this module without a cycle.
  */
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 
 /** Bits of flow_config.features (bpf/flow.h). */
 export const FLOW_FEATURE_RTT = 1;

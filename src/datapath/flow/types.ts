@@ -10,7 +10,7 @@
  * addresses and MACs that the caches below do not hold yet.
  */
 import { endianness } from 'node:os';
-import { attachIPv4Words, type FlowRecord } from '../../records.js';
+import { attachIPv4Words, type FlowRecord } from '../../records/flow.js';
 import { DatapathError } from '../errors.js';
 import { addLatency, latencyWord } from './latency.js';
 import { struct, sumPerCpu, u64, viewOf, type StructLayout } from '../layout.js';

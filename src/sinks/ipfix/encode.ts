@@ -28,8 +28,8 @@
  * (ebpf_flows with drops off, or no drop in the interval). Fields with no IANA
  * element (interfaceName, tunnel outer addresses, the GENEVE cookie) are left out.
  */
-import type { FlowRecord } from '../../records.js';
-import { flowInterface, readIPv4Words, type IPv4WordsOut } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
+import { flowInterface, readIPv4Words, type IPv4WordsOut } from '../../records/flow.js';
 import { ipv4ToUint32, writeIPv6, writeMac } from '../../net/address.js';
 
 export const IPFIX_VERSION = 10;

@@ -17,7 +17,7 @@ import {
   recordHeaders,
   type ValueWriter,
 } from '../../kafka/record-batch.js';
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 import { writeFlowJson } from './json.js';
 import { writeFlowProto, writeFlowProtoField } from './proto.js';
 

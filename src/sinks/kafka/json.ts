@@ -11,7 +11,7 @@
  * Those wide stores may run a few bytes past what is finally written, never past `out.length`;
  * such bytes are overwritten by what follows, or lie after the returned end.
  */
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;

@@ -12,7 +12,7 @@
  * also skips inherited ones, which records, plain objects, do not have. Nothing is written outside
  * [pos, returned end).
  */
-import type { FlowRecord, ObservedInterface } from '../../records.js';
+import type { FlowRecord, ObservedInterface } from '../../records/flow.js';
 
 /** (field number << 3) | wire type: 0 varint, 2 length-delimited. */
 const T_IP_VERSION = (1 << 3) | 0;

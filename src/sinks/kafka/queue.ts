@@ -1,4 +1,4 @@
-import type { FlowBatch, FlowRecord } from '../../records.js';
+import type { FlowBatch, FlowRecord } from '../../records/flow.js';
 
 interface Chunk {
   records: FlowBatch;

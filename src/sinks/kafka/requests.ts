@@ -1,6 +1,6 @@
 import type { Compression } from '../../kafka/compress.js';
 import type { EncodedRequest } from '../../kafka/produce.js';
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 import { messageOf } from '../../errors.js';
 import { SinkError } from '../errors.js';
 import { RequestEncoder, type Encoding, type KeyMode } from './encode.js';

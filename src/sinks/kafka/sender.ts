@@ -9,7 +9,7 @@ import { ProducerSequences, type IdempotenceStatus } from '../../kafka/idempoten
 import { unwritten, type EncodedRequest } from '../../kafka/produce.js';
 import type { DropReason, StageCounters } from '../../ledger.js';
 import type { Logger } from '../../logger.js';
-import type { FlowRecord } from '../../records.js';
+import type { FlowRecord } from '../../records/flow.js';
 import { messageOf } from '../../errors.js';
 import { SinkError } from '../errors.js';
 import type { Admission } from './admission.js';

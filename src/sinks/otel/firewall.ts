@@ -21,7 +21,7 @@ import {
   type FlowBatch,
   type FirewallMetricsRecord,
   type FlowRecord,
-} from '../../records.js';
+} from '../../records/flow.js';
 import { UNIT } from './semconv.js';
 
 export const FIREWALL_METRIC = {

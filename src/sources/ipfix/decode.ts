@@ -38,7 +38,7 @@ import {
   attachIPv4Words,
   flowRecordProblem,
   type FlowRecord,
-} from '../../records.js';
+} from '../../records/flow.js';
 
 // --------------------------------------------------------------------------------------------
 // Information elements (IANA IPFIX registry; NetFlow v9 field types 1-127 are the same numbers)

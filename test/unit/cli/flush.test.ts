@@ -9,7 +9,7 @@ import { createCliLogger } from '../../../src/cli/log.js';
 import { runCli } from '../../../src/cli/program.js';
 import type { SourceModule } from '../../../src/component.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch } from '../../../src/records.js';
+import type { FlowBatch } from '../../../src/records/flow.js';
 import { collectModule, fixedBatch, until, type CollectStore } from '../pipeline/components.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'rxflow-flush-'));

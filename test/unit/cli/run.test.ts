@@ -11,7 +11,7 @@ import { onStopSignals } from '../../../src/cli/run.js';
 import type { PipelineStatus } from '../../../src/cli/status.js';
 import type { SourceModule } from '../../../src/component.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch } from '../../../src/records.js';
+import type { FlowBatch } from '../../../src/records/flow.js';
 import top from '../../../src/sinks/top.js';
 import { collectModule, fixedBatch, hold, until, type CollectStore } from '../pipeline/components.js';
 

@@ -3,11 +3,16 @@ import { Subject, from } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import accountModule, { account } from '../../../src/operators/account.js';
-import { OperatorError, flowKeyString } from '../../../src/operators/flow-key.js';
+import { OperatorError, flowKeyString } from '../../../src/records/flow-key.js';
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import { attachIPv4Words, readIPv4Words, type FlowBatch, type FlowRecord } from '../../../src/records.js';
+import {
+  attachIPv4Words,
+  readIPv4Words,
+  type FlowBatch,
+  type FlowRecord,
+} from '../../../src/records/flow.js';
 import { flowRecord } from '../../fixtures/records.js';
 import { TrackingScheduler } from './tracking-scheduler.js';
 

@@ -6,13 +6,13 @@ import decorateModule, {
   decorate,
   resolveAgentAddress,
 } from '../../../src/operators/decorate.js';
-import { OperatorError } from '../../../src/operators/flow-key.js';
+import { OperatorError } from '../../../src/records/flow-key.js';
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import type { InterfaceNames } from '../../../src/net/interfaces.js';
 import { setNamespaceNames } from '../../../src/net/namespace-names.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records/flow.js';
 import { flowRecord } from '../../fixtures/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {

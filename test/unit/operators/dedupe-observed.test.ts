@@ -9,7 +9,7 @@ import {
   type FlowBatch,
   type FlowRecord,
   type ObservedInterface,
-} from '../../../src/records.js';
+} from '../../../src/records/flow.js';
 import { flowRecord } from '../../fixtures/records.js';
 
 /**

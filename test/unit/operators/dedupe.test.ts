@@ -3,11 +3,11 @@ import { Subject, asyncScheduler, of, type SchedulerLike } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
 import dedupeModule, { SeenTable, dedupe, type DedupeOptions } from '../../../src/operators/dedupe.js';
-import { FlowKey, OperatorError, flowKeyString } from '../../../src/operators/flow-key.js';
+import { FlowKey, OperatorError, flowKeyString } from '../../../src/records/flow-key.js';
 import { Ledger, StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import { flowInterface, type FlowBatch, type FlowRecord } from '../../../src/records.js';
+import { flowInterface, type FlowBatch, type FlowRecord } from '../../../src/records/flow.js';
 import { flowRecord } from '../../fixtures/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {

@@ -1,8 +1,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ipv4ToUint32 } from '../../../src/net/address.js';
-import { FlowKey, FlowTable, flowKeyString, recordProblem } from '../../../src/operators/flow-key.js';
-import { attachIPv4Words, readIPv4Words, type FlowRecord } from '../../../src/records.js';
+import { FlowKey, FlowTable, flowKeyString, recordProblem } from '../../../src/records/flow-key.js';
+import { attachIPv4Words, readIPv4Words, type FlowRecord } from '../../../src/records/flow.js';
 import { flowRecord } from '../../fixtures/records.js';
 
 function rec(p: Partial<FlowRecord> = {}): FlowRecord {

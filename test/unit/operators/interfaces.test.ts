@@ -13,7 +13,7 @@ import {
   type LinkChange,
 } from '../../../src/net/interfaces.js';
 import { decorate } from '../../../src/operators/decorate.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records/flow.js';
 import { cleanup, deleteLinkSync, makeTempDir, resourceName, runSync } from '../../fixtures/cleanup.js';
 import { describeWith } from '../../fixtures/privilege.js';
 

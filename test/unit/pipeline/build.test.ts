@@ -5,7 +5,7 @@ import { buildPipeline } from '../../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import { PipelineError } from '../../../src/config/errors.js';
 import { parsePipeline } from '../../../src/pipeline/load.js';
-import type { FlowBatch } from '../../../src/records.js';
+import type { FlowBatch } from '../../../src/records/flow.js';
 import { collectModule, fixed, fixedBatch, hold, pass, type CollectStore } from './components.js';
 
 function setup(text: string, extra: ComponentModule[] = []) {

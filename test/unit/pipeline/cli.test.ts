@@ -13,7 +13,7 @@ import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import { defaultRegistry } from '../../../src/pipeline/registry.js';
 import { formatJson, pipelineSchema } from '../../../src/pipeline/schema.js';
-import type { FlowBatch } from '../../../src/records.js';
+import type { FlowBatch } from '../../../src/records/flow.js';
 import {
   collectModule,
   fixed,

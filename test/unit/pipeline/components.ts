@@ -11,7 +11,7 @@ import type {
   TransformModule,
 } from '../../../src/component.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records/flow.js';
 
 export function flow(n: number): FlowRecord {
   return {

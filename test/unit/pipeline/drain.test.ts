@@ -5,7 +5,7 @@ import { buildPipeline } from '../../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import type { PipelineConfigError } from '../../../src/config/errors.js';
 import { parsePipeline } from '../../../src/pipeline/load.js';
-import type { FlowBatch } from '../../../src/records.js';
+import type { FlowBatch } from '../../../src/records/flow.js';
 import { fixedBatch } from './components.js';
 
 /** A source that emits one batch of 5 and then runs until the pipeline stops. */

@@ -6,7 +6,7 @@ import { silentLogger } from '../../../src/logger.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 import { formatProblem } from '../../../src/config/errors.js';
 import { defaultRegistry } from '../../../src/pipeline/registry.js';
-import type { FlowBatch } from '../../../src/records.js';
+import type { FlowBatch } from '../../../src/records/flow.js';
 import { SinkBuffer } from '../../../src/sinks/buffer.js';
 import { flowRecord } from '../../fixtures/records.js';
 

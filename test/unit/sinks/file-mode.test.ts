@@ -7,7 +7,7 @@ import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import fileModule, { type FileSinkConfig } from '../../../src/sinks/file.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
 import { describeWith } from '../../fixtures/privilege.js';

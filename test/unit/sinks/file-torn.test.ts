@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import fileModule from '../../../src/sinks/file.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
 import { flowRecord } from '../../fixtures/records.js';

@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import { retriable } from '../../../src/sinks/kafka/sender.js';
 import { ProduceError, kafkaErrorRetriable, produceVersion } from '../../../src/kafka/client.js';
 import { NATIVE_SYNC_MAX_BYTES } from '../../../src/kafka/codec-native.js';

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import { ProduceError, kafkaErrorRetriable } from '../../../src/kafka/client.js';
 import { KafkaError } from '../../../src/kafka/errors.js';
 import { gzipBatch } from '../../../src/kafka/compress.js';

@@ -1,14 +1,14 @@
 import fs from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { attachIPv4Words, type FlowRecord } from '../../../src/records.js';
+import { attachIPv4Words, type FlowRecord } from '../../../src/records/flow.js';
 import { writeFlowJson } from '../../../src/sinks/kafka/json.js';
 import { expectBoundedWriter } from '../../fixtures/record-batches.js';
 import { REQUIRED_FLOW_FIELDS, allFieldsRecord, flowRecord } from '../../fixtures/records.js';
 
-/** FlowRecord's keys in declaration order, read from src/records.ts so a new field shows up here. */
+/** FlowRecord's keys in declaration order, read from src/records/flow.ts so a new field shows up here. */
 const KEYS: string[] = (() => {
-  const text = fs.readFileSync(new URL('../../../src/records.ts', import.meta.url), 'utf8');
+  const text = fs.readFileSync(new URL('../../../src/records/flow.ts', import.meta.url), 'utf8');
   const body = /export interface FlowRecord \{([\s\S]*?)\n\}/.exec(text)![1]!;
   return [...body.matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1]!);
 })();
@@ -241,7 +241,7 @@ describe('writeFlowJson', () => {
     expect(expected).toBe(JSON.stringify(r));
   });
 
-  it('writes every FlowRecord field, in the declaration order of src/records.ts', () => {
+  it('writes every FlowRecord field, in the declaration order of src/records/flow.ts', () => {
     const all = allFieldsRecord();
     expect(KEYS).toHaveLength(51);
     expect(Object.keys(JSON.parse(encode(all)) as object)).toEqual(KEYS);

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import { loadFlowProto } from '../../../src/kafka/flow-messages.js';
 import { expectBoundedWriter } from '../../fixtures/record-batches.js';
 import { writeFlowProto, writeFlowProtoField } from '../../../src/sinks/kafka/proto.js';

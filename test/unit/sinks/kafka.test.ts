@@ -8,7 +8,7 @@ import type { ComponentContext, HealthReporter } from '../../../src/component.js
 import { Ledger, type StageCounters } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records/flow.js';
 import { cleanup, makeTempDir } from '../../fixtures/cleanup.js';
 import {
   KafkaCode,

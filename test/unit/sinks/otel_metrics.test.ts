@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import otelMetricsModule, { FlowTally, OtelMetricsSink } from '../../../src/sinks/otel_metrics.js';
 import { flowRecord } from '../../fixtures/records.js';
 

@@ -5,7 +5,7 @@ import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records/flow.js';
 import stdoutModule, { StdoutSink, textLine } from '../../../src/sinks/stdout.js';
 
 function record(extra: Partial<FlowRecord> = {}): FlowRecord {

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger } from '../../../src/logger.js';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import top, { TopTable, topModule, type TopConfig } from '../../../src/sinks/top.js';
 import { flowRecord } from '../../fixtures/records.js';
 

@@ -10,7 +10,7 @@ import type { ComponentContext } from '../../../src/component.js';
 import { Ledger } from '../../../src/ledger.js';
 import { silentLogger, type Logger } from '../../../src/logger.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
-import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../../../src/records.js';
+import { flowRecordProblem, type FlowBatch, type FlowRecord } from '../../../src/records/flow.js';
 import fileModule from '../../../src/sinks/file.js';
 import stdoutModule from '../../../src/sinks/stdout.js';
 import fileReplayModule, {

@@ -6,7 +6,7 @@ import { formatProblem } from '../../../src/config/errors.js';
 import { ComponentRegistry } from '../../../src/pipeline/component-registry.js';
 import { checkPipeline } from '../../../src/pipeline/load.js';
 import { modules } from '../../../src/pipeline/registry.js';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import fileReplayModule from '../../../src/sources/file_replay.js';
 import kafkaConsumerModule, { messageDecoder } from '../../../src/sources/kafka_consumer.js';
 import { allFieldsRecord, flowRecord } from '../../fixtures/records.js';

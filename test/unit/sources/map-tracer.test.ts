@@ -1,7 +1,7 @@
 import { NEVER, Subject, of, type Observable } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
-import type { FlowBatch, FlowRecord } from '../../../src/records.js';
+import type { FlowBatch, FlowRecord } from '../../../src/records/flow.js';
 import { mapTracer } from '../../../src/sources/map-tracer.js';
 import { flowRecord } from '../../fixtures/records.js';
 

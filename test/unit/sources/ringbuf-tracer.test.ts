@@ -1,7 +1,7 @@
 import { pino } from 'pino';
 import { TestScheduler } from 'rxjs/testing';
 import { describe, expect, it } from 'vitest';
-import type { FlowRecord } from '../../../src/records.js';
+import type { FlowRecord } from '../../../src/records/flow.js';
 import { ringbufTracer, type RingbufTracerOptions } from '../../../src/sources/ringbuf-tracer.js';
 import { flowRecord } from '../../fixtures/records.js';
 

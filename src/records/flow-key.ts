@@ -10,7 +10,7 @@
  */
 import { RxflowError } from '../errors.js';
 import { ipv4ToUint32 } from '../net/address.js';
-import { flowInterface, readIPv4Words, type FlowRecord } from '../records.js';
+import { flowInterface, readIPv4Words, type FlowRecord } from './flow.js';
 
 /** An error of an operator: `code` names the failure, `cause` carries the underlying error. */
 export class OperatorError extends RxflowError {

@@ -6,7 +6,7 @@
  * under its enterprise number). Times are wall-clock milliseconds; the sources convert kernel
  * monotonic time once.
  */
-import { ipv4ToUint32, isIPv6Text, writeMac } from './net/address.js';
+import { ipv4ToUint32, isIPv6Text, writeMac } from '../net/address.js';
 
 export interface FlowRecord {
   /**
