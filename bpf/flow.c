@@ -575,17 +575,20 @@ static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow
 
 	if (!p)
 		return;
-	__u64 us = (bpf_ktime_get_ns() - p->sent_ns) / 1000;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 us = (now - p->sent_ns) / 1000;
 
 	bpf_map_delete_elem(&flow_dns_pending, &pk);
 	val->dns_latency_us = us > 0xffffffff ? 0xffffffff : us ? us : 1;
 	val->dns_id = bpf_ntohs(id);
 	val->dns_rcode = lo & 0x0f;
+	val->dns_answered_us = now / 1000;
 	/* An empty slot (packets 0) takes the whole of val in account(). */
 	if (cur) {
 		cur->dns_latency_us = val->dns_latency_us;
 		cur->dns_id = val->dns_id;
 		cur->dns_rcode = val->dns_rcode;
+		cur->dns_answered_us = val->dns_answered_us;
 	}
 }
 

@@ -116,12 +116,14 @@ struct flow_value {
 	__u32 srtt_us;
 	/* FLOW_FEATURE_DNS: the latest DNS query of the flow that was answered, on the flow of its
 	 * response (ingress on a client, egress on a server): microseconds from the query to the
-	 * response (0: none answered), the transaction id and the response code (RCODE, 4 bits). */
+	 * response (0: none answered), the transaction id, the response code (RCODE, 4 bits) and
+	 * when the response passed (bpf_ktime_get_ns() / 1000, the low 32 bits: wraps every 71
+	 * minutes), which orders the answers of the flow's CPUs. */
 	__u32 dns_latency_us;
 	__u16 dns_id;
 	__u8 dns_rcode;
 	__u8 _pad1;
-	__u32 _pad2;
+	__u32 dns_answered_us;
 };
 
 /* A single-packet flow the map could not take, submitted to the flow_events ring buffer. The

@@ -17,7 +17,7 @@ export const DNS_DEFAULT_PORT = 53;
 export const V_DNS_LATENCY_US = 116;
 export const V_DNS_ID = 120;
 export const V_DNS_RCODE = 122;
-const V_LAST_SEEN = 32;
+export const V_DNS_ANSWERED_US = 124;
 
 const LE = true;
 
@@ -46,31 +46,22 @@ export const DNS_RCODE_NAMES: readonly string[] = [
 
 /**
  * Sets the DNS fields of `rec` from the `cpus` per-CPU slots of one flow at `base` (`stride`
- * apart): those of the slot `latest` (the CPU that counted the flow's last packet) when it has an
- * answered query, else of the slot whose last packet is the latest among those that have one.
+ * apart): those of the query answered last (dns_answered_us, 32 bits of microseconds: compared
+ * modulo 2^32, right for answers less than 35 minutes apart).
  */
-export function addDns(
-  rec: FlowRecord,
-  vv: DataView,
-  base: number,
-  cpus: number,
-  latest: number,
-  stride: number,
-): void {
-  let slot = latest >= 0 && vv.getUint32(latest + V_DNS_LATENCY_US, LE) !== 0 ? latest : -1;
-  if (slot < 0) {
-    let last = -1;
-    for (let c = 0; c < cpus; c++) {
-      const v = base + c * stride;
-      if (vv.getUint32(v + V_DNS_LATENCY_US, LE) === 0) continue;
-      const l = vv.getBigUint64(v + V_LAST_SEEN, LE);
-      if (Number(l) > last) {
-        last = Number(l);
-        slot = v;
-      }
+export function addDns(rec: FlowRecord, vv: DataView, base: number, cpus: number, stride: number): void {
+  let slot = -1;
+  let answered = 0;
+  for (let c = 0; c < cpus; c++) {
+    const v = base + c * stride;
+    if (vv.getUint32(v + V_DNS_LATENCY_US, LE) === 0) continue;
+    const at = vv.getInt32(v + V_DNS_ANSWERED_US, LE);
+    if (slot < 0 || ((at - answered) | 0) > 0) {
+      slot = v;
+      answered = at;
     }
-    if (slot < 0) return;
   }
+  if (slot < 0) return;
   rec.dnsLatencyMicroseconds = vv.getUint32(slot + V_DNS_LATENCY_US, LE);
   rec.dnsTransactionId = vv.getUint16(slot + V_DNS_ID, LE);
   rec.dnsResponseCode = vv.getUint8(slot + V_DNS_RCODE);

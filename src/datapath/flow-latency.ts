@@ -56,5 +56,5 @@ export function addLatency(rec: FlowRecord, vv: DataView, base: number, cpus: nu
     rec.tcpSmoothedRttMicroseconds = srtt;
     rec.tcpSmoothedRttMinMicroseconds = srttMin === 0 ? srtt : srttMin;
   }
-  addDns(rec, vv, base, cpus, latest, FLOW_VALUE_STRIDE_BYTES);
+  addDns(rec, vv, base, cpus, FLOW_VALUE_STRIDE_BYTES);
 }

@@ -60,7 +60,7 @@ export const FLOW_VALUE = struct('flow_value', 128, {
   dns_id: [120, 2],
   dns_rcode: [122, 1],
   _pad1: [123, 1],
-  _pad2: [124, 4],
+  dns_answered_us: [124, 4],
 });
 
 export const FLOW_EVENT = struct('flow_event', 192, {

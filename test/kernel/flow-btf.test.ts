@@ -118,10 +118,17 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
       f.srtt_min_us.offset,
       f.srtt_us.offset,
     ]);
-    expect([dns.V_DNS_LATENCY_US, dns.V_DNS_ID, dns.V_DNS_RCODE, latency.FLOW_VALUE_STRIDE_BYTES]).toEqual([
+    expect([
+      dns.V_DNS_LATENCY_US,
+      dns.V_DNS_ID,
+      dns.V_DNS_RCODE,
+      dns.V_DNS_ANSWERED_US,
+      latency.FLOW_VALUE_STRIDE_BYTES,
+    ]).toEqual([
       f.dns_latency_us.offset,
       f.dns_id.offset,
       f.dns_rcode.offset,
+      f.dns_answered_us.offset,
       flow.FLOW_VALUE_STRIDE,
     ]);
   });
