@@ -24,6 +24,7 @@ import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
 import { FLOW_FEATURE_RTT } from '../datapath/flow-latency.js';
+import { FLOW_FEATURE_DNS } from '../datapath/flow-dns.js';
 import { InterfaceMatcher } from '../net/interface-match.js';
 import { followLinks } from './follow-links.js';
 import type { LinkFollower } from './link-follower.js';
@@ -55,6 +56,8 @@ export interface EbpfFlowsConfig {
   drops_max_flows: number;
   rtt: boolean;
   rtt_hook: string;
+  dns: boolean;
+  dns_port: number;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -123,7 +126,7 @@ function enableDrops(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger):
  */
 function enableRtt(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): void {
   if (!config.rtt) return;
-  dp.setFeatures(FLOW_FEATURE_RTT);
+  dp.setFeatures(dp.features | FLOW_FEATURE_RTT);
   const hook = `tp_btf/${config.rtt_hook}`;
   try {
     dp.enableRttProbe({ tracepoint: config.rtt_hook });
@@ -184,6 +187,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     const reportKernelLosses = kernelLossReporter(dp, counters);
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
     enableRtt(dp, config, logger);
+    if (config.dns) dp.setFeatures(dp.features | FLOW_FEATURE_DNS, config.dns_port);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -378,6 +382,19 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         default: 'tcp_probe',
         description: 'the tp_btf tracepoint the smoothed-RTT program attaches to',
       },
+      dns: {
+        type: 'boolean',
+        default: false,
+        description:
+          'pair DNS queries and responses on the interfaces by transaction id and 5-tuple, over UDP and TCP (dns_port): the flow of a response that answered a query seen (ingress on a client, egress on a server) gets, for the latest one, dnsLatencyMicroseconds (query to response), dnsTransactionId and dnsResponseCode (RCODE). Off, it costs the flow program one test; on, only packets to or from dns_port read the fine clock and the pending-query map (16384 queries, least recently used first out)',
+      },
+      dns_port: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 65535,
+        default: 53,
+        description: "the DNS servers' port (UDP and TCP) that dns watches",
+      },
     },
   },
   example: {
@@ -403,6 +420,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     drops_max_flows: 16384,
     rtt: false,
     rtt_hook: 'tcp_probe',
+    dns: false,
+    dns_port: 53,
   },
   build: ebpfFlows,
 };

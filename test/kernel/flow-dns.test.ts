@@ -17,6 +17,7 @@ import { FlowDatapath } from '../../src/sources/flow-datapath.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
+import { startEbpfPipeline, WARN } from './ebpf-pipeline.js';
 import { buildBpf } from './flow-packets.js';
 
 const RESPONDER = join(fileURLToPath(new URL('.', import.meta.url)), '..', 'fixtures', 'dns_responder.py');
@@ -248,5 +249,26 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     expect(dnsOf(records, 'udp', PORT, 40031, 0)).toEqual(noDns);
     expect(dnsOf(records, 'tcp', PORT, 40032, 0)).toEqual(noDns);
     expect(records.filter((r) => r.dnsLatencyMicroseconds !== undefined)).toEqual([]);
+  });
+
+  it('ebpf_flows with dns: true and dns_port in a pipeline: the server side response flows', async () => {
+    const { pipeline, collected, logs } = await startEbpfPipeline({
+      name: 'dns-pipeline',
+      iface: pair.link.b.ifname,
+      netns: pair.server.name,
+      pinRoot,
+      options: `    dns: true\n    dns_port: ${OTHER_PORT}`,
+    });
+    await ask([
+      { proto: 'udp', srcPort: 40041, id: 300, rcode: SERVFAIL, delayMs: 1, port: OTHER_PORT },
+      { proto: 'tcp', srcPort: 40042, id: 301, rcode: NXDOMAIN, delayMs: 1, port: OTHER_PORT },
+    ]);
+    await pipeline.stop();
+    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
+    const records = collected();
+    const udp = dnsOf(records, 'udp', OTHER_PORT, 40041, 1);
+    const tcp = dnsOf(records, 'tcp', OTHER_PORT, 40042, 1);
+    expect([udp.id, udp.rcode, tcp.id, tcp.rcode]).toEqual([300, SERVFAIL, 301, NXDOMAIN]);
+    expect(Math.min(udp.latency!, tcp.latency!)).toBeGreaterThanOrEqual(1000);
   });
 });
