@@ -717,11 +717,15 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 
 	struct flow_value *cur = bpf_map_lookup_elem(flows, &key);
 
-	if ((features & FLOW_FEATURE_RTT) && key.protocol == IPPROTO_TCP)
-		handshake_rtt(skb, &key, &pos, &val, cur ? cur->tcp_flags : 0);
-	if ((features & FLOW_FEATURE_DNS) &&
-	    (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP))
-		dns_latency(skb, &key, &pos, &val, cur, cfg && cfg->dns_port ? cfg->dns_port : 53);
+	/* One test of the word while every feature is off. */
+	if (features) {
+		if ((features & FLOW_FEATURE_RTT) && key.protocol == IPPROTO_TCP)
+			handshake_rtt(skb, &key, &pos, &val, cur ? cur->tcp_flags : 0);
+		if ((features & FLOW_FEATURE_DNS) &&
+		    (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP))
+			dns_latency(skb, &key, &pos, &val, cur,
+				    cfg && cfg->dns_port ? cfg->dns_port : 53);
+	}
 	if (cur) {
 		account(cur, &val, now);
 		return FLOW_PASS;
