@@ -11,8 +11,6 @@ import type { FlowRecord } from '../records.js';
 
 /** Bit of flow_config.features (bpf/flow.h): DNS latency, id and rcode on the flows. */
 export const FLOW_FEATURE_DNS = 2;
-/** The DNS servers' port the programs watch when none is configured (flow_config.dns_port 0). */
-export const DNS_DEFAULT_PORT = 53;
 
 export const V_DNS_LATENCY_US = 116;
 export const V_DNS_ID = 120;
