@@ -88,6 +88,15 @@ struct {
 	__uint(max_entries, 16384);
 } flow_rtt_pending SEC(".maps");
 
+/* DNS queries not answered yet (FLOW_FEATURE_DNS). LRU: queries nobody answers push out the
+ * oldest instead of filling the map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct dns_pending_key);
+	__type(value, struct dns_pending);
+	__uint(max_entries, 16384);
+} flow_dns_pending SEC(".maps");
+
 static __always_inline void count(__u32 index, __u32 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&flow_counters, &index);
@@ -507,6 +516,82 @@ static __always_inline void handshake_rtt(struct __sk_buff *skb, const struct fl
 	val->handshake_rtt_us = rtt_us > 0xffffffff ? 0xffffffff : rtt_us ? rtt_us : 1;
 }
 
+/* The fixed header of a DNS message (RFC 1035 4.1.1). */
+struct dns_head {
+	__be16 id;
+	__u8 flags_hi;       /* QR (0x80), opcode, AA, TC, RD */
+	__u8 flags_lo;       /* RA, Z, AD, CD, RCODE (low 4 bits) */
+	__be16 qdcount;
+	__be16 ancount;
+	__be16 nscount;
+	__be16 arcount;
+};
+
+#define DNS_QR 0x80
+
+/* FLOW_FEATURE_DNS on a UDP or TCP packet. A query (QR clear) to the DNS port waits in
+ * flow_dns_pending under the key of the flow its response will count on and its transaction id;
+ * a response (QR set) from the DNS port that finds its query there completes the measurement: its
+ * latency in microseconds, id and rcode go into val and into cur, this CPU's slot of the flow if
+ * it has one (account() leaves them alone: the hit path of other packets tests nothing). Over TCP the message follows its 2-byte
+ * length (RFC 1035 4.2.2); only a message at the start of a segment is seen. Only these packets
+ * read the fine clock. */
+static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow_key *key,
+					const struct parse_pos *pos, struct flow_value *val,
+					struct flow_value *cur, __u16 port)
+{
+	if (key->dst_port != port && key->src_port != port)
+		return;
+	/* A helper rather than packet pointers: TCP carries the payload in the skb's pages. */
+	struct dns_head dh;
+
+	if (bpf_skb_load_bytes(skb, pos->hdr_len + (key->protocol == IPPROTO_TCP ? 2 : 0), &dh,
+			       sizeof(dh)))
+		return;
+	__u16 id = dh.id;
+	__u8 hi = dh.flags_hi, lo = dh.flags_lo;
+	struct dns_pending_key pk __attribute__((aligned(8)));
+
+	__builtin_memset(&pk, 0, sizeof(pk));
+	pk.id = id;
+	if (!(hi & DNS_QR)) {
+		if (key->dst_port != port)
+			return;
+		struct dns_pending p = { .sent_ns = bpf_ktime_get_ns() };
+
+		pk.key = *key;
+		__builtin_memcpy(pk.key.src_ip, key->dst_ip, 16);
+		__builtin_memcpy(pk.key.dst_ip, key->src_ip, 16);
+		pk.key.src_port = key->dst_port;
+		pk.key.dst_port = key->src_port;
+		pk.key.direction = key->direction ^ 1;
+		bpf_map_update_elem(&flow_dns_pending, &pk, &p, BPF_ANY);
+		return;
+	}
+	if (key->src_port != port)
+		return;
+	pk.key = *key;
+	struct dns_pending *p = bpf_map_lookup_elem(&flow_dns_pending, &pk);
+
+	if (!p)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 us = (now - p->sent_ns) / 1000;
+
+	bpf_map_delete_elem(&flow_dns_pending, &pk);
+	val->dns_latency_us = us > 0xffffffff ? 0xffffffff : us ? us : 1;
+	val->dns_id = bpf_ntohs(id);
+	val->dns_rcode = lo & 0x0f;
+	val->dns_answered_us = now / 1000;
+	/* An empty slot (packets 0) takes the whole of val in account(). */
+	if (cur) {
+		cur->dns_latency_us = val->dns_latency_us;
+		cur->dns_id = val->dns_id;
+		cur->dns_rcode = val->dns_rcode;
+		cur->dns_answered_us = val->dns_answered_us;
+	}
+}
+
 static __always_inline void emit_event(const struct flow_key *key, const struct flow_value *val,
 				       __u32 reason)
 {
@@ -632,8 +717,15 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 
 	struct flow_value *cur = bpf_map_lookup_elem(flows, &key);
 
-	if ((features & FLOW_FEATURE_RTT) && key.protocol == IPPROTO_TCP)
-		handshake_rtt(skb, &key, &pos, &val, cur ? cur->tcp_flags : 0);
+	/* One test of the word while every feature is off. */
+	if (features) {
+		if ((features & FLOW_FEATURE_RTT) && key.protocol == IPPROTO_TCP)
+			handshake_rtt(skb, &key, &pos, &val, cur ? cur->tcp_flags : 0);
+		if ((features & FLOW_FEATURE_DNS) &&
+		    (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP))
+			dns_latency(skb, &key, &pos, &val, cur,
+				    cfg && cfg->dns_port ? cfg->dns_port : 53);
+	}
 	if (cur) {
 		account(cur, &val, now);
 		return FLOW_PASS;

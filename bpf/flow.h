@@ -114,7 +114,16 @@ struct flow_value {
 	 * none (bpf/rtt.c writes them, on the ingress flow of the sampled segment). */
 	__u32 srtt_min_us;
 	__u32 srtt_us;
-	__u32 _pad1;
+	/* FLOW_FEATURE_DNS: the latest DNS query of the flow that was answered, on the flow of its
+	 * response (ingress on a client, egress on a server): microseconds from the query to the
+	 * response (0: none answered), the transaction id, the response code (RCODE, 4 bits) and
+	 * when the response passed (bpf_ktime_get_ns() / 1000, the low 32 bits: wraps every 71
+	 * minutes), which orders the answers of the flow's CPUs. */
+	__u32 dns_latency_us;
+	__u16 dns_id;
+	__u8 dns_rcode;
+	__u8 _pad1;
+	__u32 dns_answered_us;
 };
 
 /* A single-packet flow the map could not take, submitted to the flow_events ring buffer. The
@@ -130,11 +139,14 @@ struct flow_event {
 struct flow_config {
 	__u32 sampling;      /* 1-in-N; 0 or 1 counts every packet */
 	__u32 features;      /* FLOW_FEATURE_* */
+	__u16 dns_port;      /* FLOW_FEATURE_DNS: the DNS servers' port, UDP and TCP; 0 is 53 */
+	__u16 _pad0;
 };
 
 /* Bits of flow_config.features: what the programs measure besides counting. Off, a feature costs
  * the hit path one test of this word. */
 #define FLOW_FEATURE_RTT 1 /* TCP handshake RTT (flow_value.handshake_rtt_us) */
+#define FLOW_FEATURE_DNS 2 /* DNS latency, id and rcode (flow_value.dns_*) */
 
 /* A handshake packet sent (SYN or SYN-ACK, egress), waiting in flow_rtt_pending under the key of
  * the ingress packet that answers it. */
@@ -142,6 +154,19 @@ struct rtt_pending {
 	__u64 sent_ns;       /* bpf_ktime_get_ns() at the send */
 	__u32 ack;           /* acknowledgment number the answer carries: the sent sequence number + 1 */
 	__u32 _pad0;
+};
+
+/* A DNS query seen, waiting in flow_dns_pending for its response: under the key of the flow the
+ * response will count on (addresses and ports swapped, the other direction) and the query's
+ * transaction id. */
+struct dns_pending_key {
+	struct flow_key key;
+	__u16 id;            /* as on the wire (network order) */
+	__u16 _pad0;
+};
+
+struct dns_pending {
+	__u64 sent_ns;       /* bpf_ktime_get_ns() when the query passed */
 };
 
 #endif

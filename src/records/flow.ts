@@ -173,6 +173,17 @@ export interface FlowRecord {
   tcpSmoothedRttMicroseconds?: number;
   tcpSmoothedRttMinMicroseconds?: number;
   /**
+   * rxflow's own fields (IPFIX has no element for DNS), set by `ebpf_flows` with `dns: true` on
+   * the flow of a DNS response (ingress on a client, egress on a server) that answered a query the
+   * agent's interface saw, paired by transaction id and 5-tuple, UDP or TCP: for the latest one
+   * answered, microseconds from the query to the response (dnsLatencyMicroseconds), its
+   * transaction id (dnsTransactionId, 0-65535) and its response code (dnsResponseCode, the header's
+   * 4-bit RCODE: 0 NOERROR, 2 SERVFAIL, 3 NXDOMAIN, ...).
+   */
+  dnsLatencyMicroseconds?: number;
+  dnsTransactionId?: number;
+  dnsResponseCode?: number;
+  /**
    * rxflow's own field (IPFIX has no element for it; netobserv calls it the `Interfaces` /
    * `DupList` of a flow): every (interface, direction) the flow was seen on, when `dedupe` saw it
    * on more than one, the first one first, at most MAX_OBSERVED_INTERFACES.
@@ -430,7 +441,11 @@ function kindOf(name: string): number {
     case 'tcpHandshakeRttMicroseconds':
     case 'tcpSmoothedRttMicroseconds':
     case 'tcpSmoothedRttMinMicroseconds':
+    case 'dnsLatencyMicroseconds':
       return U32;
+    case 'dnsTransactionId':
+    case 'dnsResponseCode':
+      return U16;
     case 'droppedPacketDeltaCount':
     case 'droppedOctetDeltaCount':
     case 'octetTotalCount':

@@ -36,6 +36,7 @@ import {
 } from '@opentelemetry/sdk-metrics';
 import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
+import { DNS_RCODE_NAMES } from '../datapath/flow/index.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, isFirewallMetricsRecord, type FlowBatch } from '../records/flow.js';
@@ -96,6 +97,7 @@ export const METRIC = {
   flowDroppedPackets: 'rxflow.flow.dropped_packets',
   flowDroppedBytes: 'rxflow.flow.dropped_bytes',
   flowTcpRtt: 'rxflow.flow.tcp_rtt',
+  flowDnsLatency: 'rxflow.flow.dns_latency',
   componentReceived: 'rxflow.component.received',
   componentSent: 'rxflow.component.sent',
   componentDropped: 'rxflow.component.dropped',
@@ -131,6 +133,13 @@ const RTT_SMOOTHED: Attributes = { [ATTR_RTT_KIND]: 'smoothed' };
 export const RTT_BUCKETS_S = [
   0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 ];
+
+/**
+ * The attribute of the DNS latency histogram: the response code by name (NOERROR, NXDOMAIN,
+ * SERVFAIL, ...; DNS_RCODE_NAMES), at most 16 series.
+ */
+export const ATTR_DNS_RCODE = 'rxflow.dns.rcode';
+const DNS_RCODE_ATTRS: readonly Attributes[] = DNS_RCODE_NAMES.map((name) => ({ [ATTR_DNS_RCODE]: name }));
 
 /** The network.interface.name attribute's value for interfaces beyond max_interfaces. */
 export const OTHER_INTERFACE = 'other';
@@ -478,6 +487,7 @@ export class OtelMetricsSink implements Sink {
   private readonly droppedPackets: Counter;
   private readonly droppedBytes: Counter;
   private readonly tcpRtt: Histogram;
+  private readonly dnsLatency: Histogram;
   private readonly dropReasons = new Map<string, Attributes>();
   private readonly firewall: FirewallInstruments;
   private subscription: Subscription | undefined;
@@ -563,6 +573,12 @@ export class OtelMetricsSink implements Sink {
       unit: 's',
       advice: { explicitBucketBoundaries: RTT_BUCKETS_S },
     });
+    this.dnsLatency = meter.createHistogram(METRIC.flowDnsLatency, {
+      description:
+        'DNS latencies of the flows this sink received (dnsLatencyMicroseconds: query to response of the latest query answered), by response code, one sample per record that has one.',
+      unit: 's',
+      advice: { explicitBucketBoundaries: RTT_BUCKETS_S },
+    });
     observeLedger(meter, context.ledger);
     this.firewall = new FirewallInstruments(meter, sanitizeLabel, (instance) =>
       this.logger.warn(
@@ -572,7 +588,7 @@ export class OtelMetricsSink implements Sink {
     );
   }
 
-  /** Records the RTTs of the batch's records into the RTT histogram. */
+  /** Records the RTTs and DNS latencies of the batch's records into their histograms. */
   private addRtts(batch: FlowBatch): void {
     for (let i = 0; i < batch.length; i++) {
       const r = batch[i]!;
@@ -580,6 +596,10 @@ export class OtelMetricsSink implements Sink {
       if (handshake !== undefined && isCount(handshake)) this.tcpRtt.record(handshake / 1e6, RTT_HANDSHAKE);
       const smoothed = r.tcpSmoothedRttMicroseconds;
       if (smoothed !== undefined && isCount(smoothed)) this.tcpRtt.record(smoothed / 1e6, RTT_SMOOTHED);
+      const dns = r.dnsLatencyMicroseconds;
+      if (dns !== undefined && isCount(dns)) {
+        this.dnsLatency.record(dns / 1e6, DNS_RCODE_ATTRS[(r.dnsResponseCode ?? 0) & 15]);
+      }
     }
   }
 

@@ -10,6 +10,7 @@ import {
 } from 'rxjs';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import {
+  FLOW_FEATURE_DNS,
   FLOW_FEATURE_RTT,
   FlowDatapath,
   monotonicToWallClockOffsetMs,
@@ -53,6 +54,8 @@ export interface EbpfFlowsConfig {
   drops_max_flows: number;
   rtt: boolean;
   rtt_hook: string;
+  dns: boolean;
+  dns_port: number;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -108,7 +111,7 @@ function enableDrops(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger):
  */
 function enableRtt(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): void {
   if (!config.rtt) return;
-  dp.setFeatures(FLOW_FEATURE_RTT);
+  dp.setFeatures(dp.features | FLOW_FEATURE_RTT);
   const hook = `tp_btf/${config.rtt_hook}`;
   try {
     dp.enableRttProbe({ tracepoint: config.rtt_hook });
@@ -167,6 +170,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     dp.labeler = config.netns === undefined ? undefined : follower.labeler;
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
     enableRtt(dp, config, logger);
+    if (config.dns) dp.setFeatures(dp.features | FLOW_FEATURE_DNS, config.dns_port);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -362,6 +366,19 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         default: 'tcp_probe',
         description: 'the tp_btf tracepoint the smoothed-RTT program attaches to',
       },
+      dns: {
+        type: 'boolean',
+        default: false,
+        description:
+          'pair DNS queries and responses on the interfaces by transaction id and 5-tuple, over UDP and TCP (dns_port): the flow of a response that answered a query seen (ingress on a client, egress on a server) gets, for the latest one, dnsLatencyMicroseconds (query to response), dnsTransactionId and dnsResponseCode (RCODE). Off, it costs the flow program one test; on, only packets to or from dns_port read the fine clock and the pending-query map (16384 queries, least recently used first out)',
+      },
+      dns_port: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 65535,
+        default: 53,
+        description: "the DNS servers' port (UDP and TCP) that dns watches",
+      },
     },
   },
   example: {
@@ -387,6 +404,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     drops_max_flows: 16384,
     rtt: false,
     rtt_hook: 'tcp_probe',
+    dns: false,
+    dns_port: 53,
   },
   build: ebpfFlows,
 };

@@ -43,7 +43,7 @@ describe('a flow cache larger than the machine', () => {
     `sources:\n  flows:\n    type: ebpf_flows\n    interfaces: [lo]\n    instance: config-oom\n    pin_root: ${pinRoot}\n    cache_max_flows: 268435456\nsinks:\n  out:\n    type: stdout\n    inputs: [flows]\n`,
   );
   const cpus = possibleCpus();
-  const estimate = `cache_max_flows 268435456 would lock about ${((2 * 268435456 * (120 * cpus + 60)) / 1e9).toFixed(1)} GB (2 flow maps x 268435456 entries x (120 bytes x ${cpus} possible cpus + 60 bytes of key)); with ringbuf_size_bytes 16.8 MB`;
+  const estimate = `cache_max_flows 268435456 would lock about ${((2 * 268435456 * (128 * cpus + 60)) / 1e9).toFixed(1)} GB (2 flow maps x 268435456 entries x (128 bytes x ${cpus} possible cpus + 60 bytes of key)); with ringbuf_size_bytes 16.8 MB`;
   const available =
     / in all, but the machine has \d+\.\d GB available and a pipeline may lock at most half of it; lower it\n$/;
 

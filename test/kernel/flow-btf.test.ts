@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as flow from '../../src/datapath/flow/types.js';
+import * as dns from '../../src/datapath/flow/dns.js';
 import * as latency from '../../src/datapath/flow/latency.js';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -117,6 +118,19 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
       f.srtt_min_us.offset,
       f.srtt_us.offset,
     ]);
+    expect([
+      dns.V_DNS_LATENCY_US,
+      dns.V_DNS_ID,
+      dns.V_DNS_RCODE,
+      dns.V_DNS_ANSWERED_US,
+      latency.FLOW_VALUE_STRIDE_BYTES,
+    ]).toEqual([
+      f.dns_latency_us.offset,
+      f.dns_id.offset,
+      f.dns_rcode.offset,
+      f.dns_answered_us.offset,
+      flow.FLOW_VALUE_STRIDE,
+    ]);
   });
 
   it('the #define constants of bpf/flow.h', () => {
@@ -133,6 +147,7 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
       FLOW_EVENT_MAP_FULL: flow.FLOW_EVENT_MAP_FULL,
       FLOW_EVENT_MAP_ERROR: flow.FLOW_EVENT_MAP_ERROR,
       FLOW_FEATURE_RTT: latency.FLOW_FEATURE_RTT,
+      FLOW_FEATURE_DNS: dns.FLOW_FEATURE_DNS,
     });
   });
 });

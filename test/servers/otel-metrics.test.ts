@@ -335,6 +335,36 @@ describeWith({ commands: ['promtool'] }, 'otel_metrics sink, Prometheus endpoint
     expect(buckets['rxflow_flow_tcp_rtt_bucket{le=1,rxflow_rtt_kind=smoothed}']).toBe(1);
     expect(buckets['rxflow_flow_tcp_rtt_bucket{le=2.5,rxflow_rtt_kind=smoothed}']).toBe(2);
   });
+
+  it('puts the DNS latencies of the records in a histogram, by response code name', async () => {
+    const { port, input } = await prometheusSink();
+    input.next([
+      flowRecord({ dnsLatencyMicroseconds: 20_400, dnsTransactionId: 1, dnsResponseCode: 0 }),
+      flowRecord({ dnsLatencyMicroseconds: 300, dnsTransactionId: 2, dnsResponseCode: 3 }),
+      flowRecord({ packetDeltaCount: 9 }),
+    ]);
+    input.next([flowRecord({ dnsLatencyMicroseconds: 2_000_000, dnsTransactionId: 3, dnsResponseCode: 3 })]);
+    input.next([flowRecord({ dnsLatencyMicroseconds: 5_000, dnsTransactionId: 4, dnsResponseCode: 2 })]);
+    const url = `http://127.0.0.1:${port}/metrics`;
+    const text = await waitFor('the dns histogram', async () => {
+      const t = await (await fetch(url)).text();
+      return samples(t).has('rxflow_flow_dns_latency_count{rxflow_dns_rcode=SERVFAIL}') ? t : undefined;
+    });
+    expect(await promtool(text)).toEqual({ code: 0, output: '' });
+    const got = samples(text);
+    const dns = (name: string) =>
+      Object.fromEntries([...got].filter(([k]) => k.startsWith(`rxflow_flow_dns_latency_${name}`)));
+    expect(dns('count')).toEqual({
+      'rxflow_flow_dns_latency_count{rxflow_dns_rcode=NOERROR}': 1,
+      'rxflow_flow_dns_latency_count{rxflow_dns_rcode=NXDOMAIN}': 2,
+      'rxflow_flow_dns_latency_count{rxflow_dns_rcode=SERVFAIL}': 1,
+    });
+    expect(dns('sum')['rxflow_flow_dns_latency_sum{rxflow_dns_rcode=NXDOMAIN}']).toBeCloseTo(2.0003, 9);
+    const buckets = dns('bucket');
+    expect(buckets['rxflow_flow_dns_latency_bucket{le=0.0005,rxflow_dns_rcode=NXDOMAIN}']).toBe(1);
+    expect(buckets['rxflow_flow_dns_latency_bucket{le=2.5,rxflow_dns_rcode=NXDOMAIN}']).toBe(2);
+    expect(buckets['rxflow_flow_dns_latency_bucket{le=0.025,rxflow_dns_rcode=NOERROR}']).toBe(1);
+  });
 });
 
 describe('otel_metrics sink, OTLP/HTTP push', () => {

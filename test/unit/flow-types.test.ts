@@ -552,7 +552,7 @@ describe('decodeFlowMapBatch', () => {
       expect.objectContaining({
         code: 'EOBJLAYOUT',
         message:
-          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (120); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+          "decode flow_map: value buffer of 100 bytes is not a multiple of struct flow_value (128); rebuild bpf/flow.o with 'bash bpf/build.sh'",
       }),
     );
   });
@@ -609,7 +609,7 @@ describe('decodeFlowEvent', () => {
   it('rejects a record shorter than struct flow_event', () => {
     const view = event(tcpKey, emptyValue, 1, 0);
     expect(() => decodeFlowEvent(view, 0, 160, 0)).toThrow(
-      "decode flow_events: record of 160 bytes is shorter than struct flow_event (184); rebuild bpf/flow.o with 'bash bpf/build.sh'",
+      "decode flow_events: record of 160 bytes is shorter than struct flow_event (192); rebuild bpf/flow.o with 'bash bpf/build.sh'",
     );
   });
 });
@@ -624,7 +624,10 @@ describe('counters and config', () => {
   });
 
   it('encodes flow_config', () => {
-    expect(Array.from(encodeFlowConfig({ sampling: 258 }))).toEqual([2, 1, 0, 0, 0, 0, 0, 0]);
+    expect(Array.from(encodeFlowConfig({ sampling: 258 }))).toEqual([2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect(Array.from(encodeFlowConfig({ sampling: 0, features: 3, dnsPort: 5353 }))).toEqual([
+      0, 0, 0, 0, 3, 0, 0, 0, 0xe9, 0x14, 0, 0,
+    ]);
   });
 });
 

@@ -100,6 +100,7 @@ export class FlowDatapath {
   readonly #config: BpfMap;
   #sampling = 0;
   #features = 0;
+  #dnsPort = 0;
   readonly #netns: string | undefined;
   // A killed agent may have left flows in either map (it may even have died between a swap and
   // its drain), so the first eviction of this process drains both.
@@ -240,13 +241,27 @@ export class FlowDatapath {
       throw new DatapathError('EARG', `flow datapath: sampling must be an integer >= 0, got ${sampling}`);
     }
     this.#sampling = sampling;
-    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling, features: this.#features }));
+    this.#writeConfig();
   }
 
-  /** Sets what the flow programs measure besides counting (FLOW_FEATURE_* of flow-latency.ts). */
-  setFeatures(features: number): void {
+  /**
+   * Sets what the flow programs measure besides counting (FLOW_FEATURE_* of flow/latency.ts and
+   * flow/dns.ts) and, for FLOW_FEATURE_DNS, the DNS servers' port (0: 53).
+   */
+  setFeatures(features: number, dnsPort = this.#dnsPort): void {
     this.#features = features;
-    this.#config.update(new Uint8Array(4), encodeFlowConfig({ sampling: this.#sampling, features }));
+    this.#dnsPort = dnsPort;
+    this.#writeConfig();
+  }
+
+  /** The FLOW_FEATURE_* bits set. */
+  get features(): number {
+    return this.#features;
+  }
+
+  #writeConfig(): void {
+    const config = { sampling: this.#sampling, features: this.#features, dnsPort: this.#dnsPort };
+    this.#config.update(new Uint8Array(4), encodeFlowConfig(config));
   }
 
   /**

@@ -29,3 +29,4 @@ export {
 export { FLOW_MAPS_OUTER, FLOW_MAP_NAMES, FlowMaps, setFlowMapMaxEntries } from './maps.js';
 export * from './types.js';
 export { FLOW_FEATURE_RTT } from './latency.js';
+export { DNS_RCODE_NAMES, FLOW_FEATURE_DNS } from './dns.js';

@@ -7,6 +7,7 @@
  * BTF); kept here as numbers so the decoder can import this module without a cycle.
  */
 import type { FlowRecord } from '../../records/flow.js';
+import { addDns, V_DNS_LATENCY_US } from './dns.js';
 
 /** Bits of flow_config.features (bpf/flow.h). */
 export const FLOW_FEATURE_RTT = 1;
@@ -15,13 +16,17 @@ export const V_HANDSHAKE_RTT_US = 104;
 export const V_SRTT_MIN_US = 108;
 export const V_SRTT_US = 112;
 /** struct flow_value's size rounded up to 8: the distance between two CPUs' slots. */
-const FLOW_VALUE_STRIDE_BYTES = 120;
+export const FLOW_VALUE_STRIDE_BYTES = 128;
 
 const LE = true;
 
 /** Non-zero when the flow_value slot at v carries any latency figure. */
 export function latencyWord(vv: DataView, v: number): number {
-  return vv.getUint32(v + V_HANDSHAKE_RTT_US, LE) | vv.getUint32(v + V_SRTT_US, LE);
+  return (
+    vv.getUint32(v + V_HANDSHAKE_RTT_US, LE) |
+    vv.getUint32(v + V_SRTT_US, LE) |
+    vv.getUint32(v + V_DNS_LATENCY_US, LE)
+  );
 }
 
 /**
@@ -51,4 +56,5 @@ export function addLatency(rec: FlowRecord, vv: DataView, base: number, cpus: nu
     rec.tcpSmoothedRttMicroseconds = srtt;
     rec.tcpSmoothedRttMinMicroseconds = srttMin === 0 ? srtt : srttMin;
   }
+  addDns(rec, vv, base, cpus, FLOW_VALUE_STRIDE_BYTES);
 }

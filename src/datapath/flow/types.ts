@@ -36,7 +36,7 @@ export const FLOW_KEY = struct('flow_key', 60, {
   inner_vlan_id: [58, 2],
 });
 
-export const FLOW_VALUE = struct('flow_value', 120, {
+export const FLOW_VALUE = struct('flow_value', 128, {
   packets: [0, 8],
   bytes: [8, 8],
   ip_bytes: [16, 8],
@@ -56,18 +56,24 @@ export const FLOW_VALUE = struct('flow_value', 120, {
   handshake_rtt_us: [104, 4],
   srtt_min_us: [108, 4],
   srtt_us: [112, 4],
-  _pad1: [116, 4],
+  dns_latency_us: [116, 4],
+  dns_id: [120, 2],
+  dns_rcode: [122, 1],
+  _pad1: [123, 1],
+  dns_answered_us: [124, 4],
 });
 
-export const FLOW_EVENT = struct('flow_event', 184, {
+export const FLOW_EVENT = struct('flow_event', 192, {
   key: [0, 60],
   reason: [60, 4],
-  value: [64, 120],
+  value: [64, 128],
 });
 
-export const FLOW_CONFIG = struct('flow_config', 8, {
+export const FLOW_CONFIG = struct('flow_config', 12, {
   sampling: [0, 4],
   features: [4, 4],
+  dns_port: [8, 2],
+  _pad0: [10, 2],
 });
 
 /** Every struct shared with the kernel, for layout checks against the object's BTF. */
@@ -685,11 +691,16 @@ export const sumPerCpuCounter = sumPerCpu;
 
 /**
  * The flow_config value for index 0. `sampling` 0 or 1 counts every packet; `features` FLOW_FEATURE_*
- * bits (src/datapath/flow-latency.ts), 0 when left out.
+ * bits (src/datapath/flow/latency.ts), 0 when left out.
  */
-export function encodeFlowConfig(config: { sampling: number; features?: number }): Uint8Array {
+export function encodeFlowConfig(config: {
+  sampling: number;
+  features?: number;
+  dnsPort?: number;
+}): Uint8Array {
   const out = new Uint8Array(FLOW_CONFIG.size);
   viewOf(out).setUint32(FLOW_CONFIG.fields.sampling.offset, config.sampling, LE);
   viewOf(out).setUint32(FLOW_CONFIG.fields.features.offset, config.features ?? 0, LE);
+  viewOf(out).setUint16(FLOW_CONFIG.fields.dns_port.offset, config.dnsPort ?? 0, LE);
   return out;
 }

@@ -99,6 +99,9 @@ const K_TCP_STATE = key('tcpState');
 const K_HANDSHAKE_RTT = key('tcpHandshakeRttMicroseconds');
 const K_SRTT = key('tcpSmoothedRttMicroseconds');
 const K_SRTT_MIN = key('tcpSmoothedRttMinMicroseconds');
+const K_DNS_LATENCY = key('dnsLatencyMicroseconds');
+const K_DNS_ID = key('dnsTransactionId');
+const K_DNS_RCODE = key('dnsResponseCode');
 const K_OBSERVED = key('observedInterfaces');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
@@ -466,6 +469,9 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = numberField(out, p, K_HANDSHAKE_RTT, r.tcpHandshakeRttMicroseconds)) < 0) return -1;
   if ((p = numberField(out, p, K_SRTT, r.tcpSmoothedRttMicroseconds)) < 0) return -1;
   if ((p = numberField(out, p, K_SRTT_MIN, r.tcpSmoothedRttMinMicroseconds)) < 0) return -1;
+  if ((p = numberField(out, p, K_DNS_LATENCY, r.dnsLatencyMicroseconds)) < 0) return -1;
+  if ((p = numberField(out, p, K_DNS_ID, r.dnsTransactionId)) < 0) return -1;
+  if ((p = numberField(out, p, K_DNS_RCODE, r.dnsResponseCode)) < 0) return -1;
   // Only flows dedupe saw on several interfaces have it: JSON.stringify's text is good enough.
   if (r.observedInterfaces !== undefined && (p = writeOther(out, p, K_OBSERVED, r.observedInterfaces)) < 0)
     return -1;

@@ -62,7 +62,7 @@ function problems(options: string, machine: MachineMemory = MACHINE): string[] {
 describe('size and duration options at validate', () => {
   it('refuses a flow cache that would lock more memory than the machine has, with the estimate', () => {
     expect(problems('    cache_max_flows: 100000000\n')).toEqual([
-      'p.yaml:5:22: sources.flows.cache_max_flows: cache_max_flows 100000000 would lock about 60.0 GB (2 flow maps x 100000000 entries x (120 bytes x 2 possible cpus + 60 bytes of key)); with ringbuf_size_bytes 16.8 MB: 60.0 GB in all, but the machine has 23.0 GB available and a pipeline may lock at most half of it; lower it',
+      'p.yaml:5:22: sources.flows.cache_max_flows: cache_max_flows 100000000 would lock about 63.2 GB (2 flow maps x 100000000 entries x (128 bytes x 2 possible cpus + 60 bytes of key)); with ringbuf_size_bytes 16.8 MB: 63.2 GB in all, but the machine has 23.0 GB available and a pipeline may lock at most half of it; lower it',
     ]);
   });
 
@@ -71,7 +71,7 @@ describe('size and duration options at validate', () => {
     const memlock = { ...MACHINE, memlockBytes: 1e9 };
     expect(problems(`    drops: false\n${drops}`, memlock)).toEqual([]);
     expect(problems(`    drops: true\n${drops}`, memlock)).toEqual([
-      'p.yaml:6:22: sources.flows.drops_max_flows: drops_max_flows 16000000 would lock about 4.0 GB (2 drop maps x 16000000 entries x (32 bytes x 2 possible cpus + 60 bytes of key)); with cache_max_flows 600.0 kB, ringbuf_size_bytes 16.8 MB: 4.0 GB in all, but RLIMIT_MEMLOCK allows 1.0 GB; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)',
+      'p.yaml:6:22: sources.flows.drops_max_flows: drops_max_flows 16000000 would lock about 4.0 GB (2 drop maps x 16000000 entries x (32 bytes x 2 possible cpus + 60 bytes of key)); with cache_max_flows 632.0 kB, ringbuf_size_bytes 16.8 MB: 4.0 GB in all, but RLIMIT_MEMLOCK allows 1.0 GB; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)',
     ]);
   });
 
@@ -81,7 +81,7 @@ describe('size and duration options at validate', () => {
 
   it('compares with RLIMIT_MEMLOCK where the kernel charges maps to it', () => {
     expect(problems('    cache_max_flows: 100000\n', { ...MACHINE, memlockBytes: 8 * 1024 * 1024 })).toEqual([
-      'p.yaml:5:22: sources.flows.cache_max_flows: cache_max_flows 100000 would lock about 60.0 MB (2 flow maps x 100000 entries x (120 bytes x 2 possible cpus + 60 bytes of key)); with ringbuf_size_bytes 16.8 MB: 76.8 MB in all, but RLIMIT_MEMLOCK allows 8.4 MB; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)',
+      'p.yaml:5:22: sources.flows.cache_max_flows: cache_max_flows 100000 would lock about 63.2 MB (2 flow maps x 100000 entries x (128 bytes x 2 possible cpus + 60 bytes of key)); with ringbuf_size_bytes 16.8 MB: 80.0 MB in all, but RLIMIT_MEMLOCK allows 8.4 MB; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)',
     ]);
   });
 
