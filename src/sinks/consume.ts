@@ -6,7 +6,7 @@ import type { Observable, Subscription } from 'rxjs';
 import type { ComponentContext, Sink } from '../component.js';
 import type { FlowBatch } from '../records/flow.js';
 import { SinkBuffer, type BufferSettings } from './buffer.js';
-import { asError } from './errors.js';
+import { SinkError, asError } from './errors.js';
 
 export interface Consumption {
   readonly subscription: Subscription;
@@ -53,4 +53,44 @@ export function throughBuffer(
   const buffer = new SinkBuffer(settings, context.counters, context.logger, context.id, context.scheduler);
   buffer.attach(sink);
   return input.pipe(buffer.operator());
+}
+
+/**
+ * A sink's input: at most one consume(), then the two halves of a close: stop reading, and later
+ * settle consume() once what was read is written or counted.
+ */
+export class SinkInput {
+  private consumption: Consumption | undefined;
+  private claimed = false;
+
+  /**
+   * Takes the input for this consume(), or returns the error for a second call or a call after
+   * close (`what` names the sink in the message).
+   */
+  claim(what: string, closed: boolean): SinkError | undefined {
+    if (this.claimed || closed)
+      return new SinkError('ECONSUME', `${what}: consume() was already called or the sink is closed`);
+    this.claimed = true;
+    return undefined;
+  }
+
+  /** Feeds every batch of `input` to `accept`; returns consume()'s promise (see consumeBatches). */
+  start(
+    input: Observable<FlowBatch>,
+    accept: (batch: FlowBatch) => void,
+    flush: () => Promise<void>,
+  ): Promise<void> {
+    this.consumption = consumeBatches(input, accept, flush);
+    return this.consumption.done;
+  }
+
+  /** Stops reading the input. */
+  stop(): void {
+    this.consumption?.subscription.unsubscribe();
+  }
+
+  /** Settles consume() now, whether or not the input has ended. */
+  end(): void {
+    this.consumption?.end();
+  }
 }

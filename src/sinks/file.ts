@@ -45,7 +45,7 @@ import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
-import { consumeBatches, throughBuffer } from './consume.js';
+import { SinkInput, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import { beforeDeadline } from '../delivery/deadline.js';
 import { LossLog } from '../delivery/loss-log.js';
@@ -238,8 +238,7 @@ export class FileSink implements Sink {
   /** What is wrong right now, as reported to health; undefined while writes work. */
   private degradedBy: string | undefined;
   private degradedSince = 0;
-  private subscription: Subscription | undefined;
-  private endConsume: (() => void) | undefined;
+  private readonly input = new SinkInput();
   private closed: Promise<void> | undefined;
 
   constructor(config: FileSinkConfig, context: ComponentContext) {
@@ -261,12 +260,8 @@ export class FileSink implements Sink {
 
   /** Opens (or creates) the file first: a path that cannot be written fails here, with the reason. */
   async consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined) {
-      throw new SinkError(
-        'ECONSUME',
-        `file sink ${this.config.path}: consume() was already called or the sink is closed`,
-      );
-    }
+    const refused = this.input.claim(`file sink ${this.config.path}`, this.closed !== undefined);
+    if (refused) throw refused;
     if (this.config.group !== undefined) this.gid = await resolveGroup(this.config.path, this.config.group);
     try {
       await this.open();
@@ -283,14 +278,11 @@ export class FileSink implements Sink {
       await this.closeFile();
       return;
     }
-    const consumption = consumeBatches(
+    return this.input.start(
       throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
-    this.subscription = consumption.subscription;
-    this.endConsume = consumption.end;
-    return consumption.done;
   }
 
   /**
@@ -324,7 +316,7 @@ export class FileSink implements Sink {
   }
 
   private async shutdown(timeoutMs: number | undefined): Promise<void> {
-    this.subscription?.unsubscribe();
+    this.input.stop();
     if (timeoutMs === undefined) {
       // One more try at once, not at the next retry tick.
       this.cancelRetry();
@@ -349,7 +341,7 @@ export class FileSink implements Sink {
     this.settleFlushes();
     await this.closeFile();
     this.losses.close();
-    this.endConsume?.();
+    this.input.end();
   }
 
   private accept(batch: FlowBatch): void {

@@ -27,7 +27,7 @@
 import dgram from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import net from 'node:net';
-import { asyncScheduler, type Observable, type SchedulerLike, type Subscription } from 'rxjs';
+import { asyncScheduler, type Observable, type SchedulerLike } from 'rxjs';
 import type {
   ComponentContext,
   HealthReporter,
@@ -41,7 +41,7 @@ import type { Logger } from '../logger.js';
 import type { FlowBatch, FlowRecord } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
-import { consumeBatches, throughBuffer } from './consume.js';
+import { SinkInput, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import {
   MAX_MESSAGE_BYTES,
@@ -271,8 +271,7 @@ export class IpfixSink implements Sink {
   private wake: (() => void) | undefined;
   private idle: Promise<void> = Promise.resolve();
   private settleIdle: (() => void) | undefined;
-  private subscription: Subscription | undefined;
-  private endConsume: (() => void) | undefined;
+  private readonly input = new SinkInput();
   private closed: Promise<void> | undefined;
   private stopping = false;
 
@@ -302,9 +301,8 @@ export class IpfixSink implements Sink {
 
   /** Resolves the collector's address first: a name that does not resolve fails here. */
   async consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined) {
-      throw new SinkError('ECONSUME', 'ipfix sink: consume() was already called or the sink is closed');
-    }
+    const refused = this.input.claim('ipfix sink', this.closed !== undefined);
+    if (refused) throw refused;
     let resolved: { address: string; family: number };
     try {
       resolved = await lookup(this.target.host);
@@ -347,14 +345,11 @@ export class IpfixSink implements Sink {
         },
       );
     }
-    const consumption = consumeBatches(
+    return this.input.start(
       throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
-    this.subscription = consumption.subscription;
-    this.endConsume = consumption.end;
-    return consumption.done;
   }
 
   /**
@@ -370,7 +365,7 @@ export class IpfixSink implements Sink {
   /** Without a deadline, waits up to CLOSE_TIMEOUT_MS for what is held to go out. */
   close(timeoutMs = CLOSE_TIMEOUT_MS): Promise<void> {
     this.closed ??= (async () => {
-      this.subscription?.unsubscribe();
+      this.input.stop();
       await beforeDeadline(this.pending === 0 ? Promise.resolve() : this.idle, timeoutMs, this.scheduler);
       this.stopping = true;
       // Past the deadline a write may be waiting on a collector that does not read: end it.
@@ -385,7 +380,7 @@ export class IpfixSink implements Sink {
       }
       this.udp?.close();
       this.losses.close();
-      this.endConsume?.();
+      this.input.end();
     })();
     return this.closed;
   }

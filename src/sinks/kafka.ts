@@ -17,7 +17,7 @@
  * With idempotence (the default) every batch carries a producer id and sequence
  * (src/kafka/idempotence.ts), so a retry after a lost response does not write records twice.
  */
-import { asyncScheduler, type Observable, type Subscription } from 'rxjs';
+import { asyncScheduler, type Observable } from 'rxjs';
 import {
   msOption,
   type ComponentContext,
@@ -40,7 +40,7 @@ import type { DropReason, StageCounters } from '../ledger.js';
 import type { FlowBatch } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
-import { consumeBatches, throughBuffer } from './consume.js';
+import { SinkInput, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
 import { Admission } from './kafka/admission.js';
 import type { Encoding, KeyMode } from './kafka/encode.js';
@@ -233,8 +233,7 @@ export class KafkaSink implements Sink {
   private readonly losses: LossLog;
   private readonly admission: Admission;
   private readonly sender: KafkaSender;
-  private subscription: Subscription | undefined;
-  private endConsume: (() => void) | undefined;
+  private readonly input = new SinkInput();
   private closing = false;
   private closed: Promise<void> | undefined;
   private readonly context: ComponentContext;
@@ -275,20 +274,14 @@ export class KafkaSink implements Sink {
   }
 
   consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closing) {
-      return Promise.reject(
-        new SinkError('ECONSUME', 'kafka sink: consume() was already called or the sink is closed'),
-      );
-    }
+    const refused = this.input.claim('kafka sink', this.closing);
+    if (refused) return Promise.reject(refused);
     this.sender.start();
-    const consumption = consumeBatches(
+    return this.input.start(
       throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
-    this.subscription = consumption.subscription;
-    this.endConsume = consumption.end;
-    return consumption.done;
   }
 
   /** Resolves when every record held when it was called is written or counted as dropped. */
@@ -332,10 +325,10 @@ export class KafkaSink implements Sink {
 
   private async shutdown(waitMs: number): Promise<void> {
     this.closing = true;
-    this.subscription?.unsubscribe();
+    this.input.stop();
     await this.sender.shutdown(waitMs);
     this.losses.close();
-    this.endConsume?.();
+    this.input.end();
   }
 }
 

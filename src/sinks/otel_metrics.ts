@@ -34,13 +34,13 @@ import {
   type PushMetricExporter,
   type ViewOptions,
 } from '@opentelemetry/sdk-metrics';
-import type { Observable, Subscription } from 'rxjs';
+import type { Observable } from 'rxjs';
 import type { ComponentContext, HealthReporter, JsonSchema, Sink, SinkModule } from '../component.js';
 import { DNS_RCODE_NAMES } from '../datapath/flow/index.js';
 import type { DropReason, Ledger, StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, isFirewallMetricsRecord, type FlowBatch } from '../records/flow.js';
-import { consumeBatches } from './consume.js';
+import { SinkInput } from './consume.js';
 import { messageOf } from '../errors.js';
 import { SinkError } from './errors.js';
 import { otlpEndpointFromEnv, otlpMetricExporter, otlpProtocol } from './otel/exporter.js';
@@ -490,12 +490,10 @@ export class OtelMetricsSink implements Sink {
   private readonly dnsLatency: Histogram;
   private readonly dropReasons = new Map<string, Attributes>();
   private readonly firewall: FirewallInstruments;
-  private subscription: Subscription | undefined;
-  private endConsume: (() => void) | undefined;
+  private readonly input = new SinkInput();
   private closed: Promise<void> | undefined;
   private failedBatches = 0;
   private badCountBatches = 0;
-  private consuming = false;
 
   constructor(config: OtelMetricsConfig, context: ComponentContext, options: OtelMetricsOptions = {}) {
     this.config = resolveConfig(config, options.readers?.length ?? 0);
@@ -644,23 +642,15 @@ export class OtelMetricsSink implements Sink {
    * before the input is subscribed, so the pipeline does not start.
    */
   async consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined || this.consuming) {
-      throw new SinkError(
-        'ECONSUME',
-        'otel_metrics sink: consume() was already called or the sink is closed',
-      );
-    }
-    this.consuming = true;
+    const refused = this.input.claim('otel_metrics sink', this.closed !== undefined);
+    if (refused) throw refused;
     await this.startServer();
     if (this.closed !== undefined) return;
-    const consumption = consumeBatches(
+    return this.input.start(
       input,
       (batch) => this.accept(batch),
       () => this.flush(),
     );
-    this.subscription = consumption.subscription;
-    this.endConsume = consumption.end;
-    return consumption.done;
   }
 
   /** Pushes over OTLP now (the Prometheus endpoint always serves current values). Never rejects. */
@@ -676,13 +666,13 @@ export class OtelMetricsSink implements Sink {
   /** Pushes a last time, stops the endpoint; never rejects, and once is enough. */
   close(): Promise<void> {
     this.closed ??= (async () => {
-      this.subscription?.unsubscribe();
+      this.input.stop();
       try {
         await this.provider.shutdown();
       } catch (err) {
         this.logger.warn({ err }, 'otel_metrics sink: shutdown of the metrics exporters failed');
       }
-      this.endConsume?.();
+      this.input.end();
     })();
     return this.closed;
   }

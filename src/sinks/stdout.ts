@@ -10,15 +10,14 @@
  * records count as `sink_failed` instead of crashing the process.
  */
 import type { Writable } from 'node:stream';
-import { asyncScheduler, type Observable, type Subscription } from 'rxjs';
+import { asyncScheduler, type Observable } from 'rxjs';
 import type { ComponentContext, JsonSchema, Sink, SinkModule, WhenFull } from '../component.js';
 import type { StageCounters } from '../ledger.js';
 import type { Logger } from '../logger.js';
 import { flowInterface, type FlowBatch, type FlowRecord } from '../records/flow.js';
 import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
-import { consumeBatches, throughBuffer } from './consume.js';
-import { SinkError } from './errors.js';
+import { SinkInput, throughBuffer } from './consume.js';
 import { LossLog } from '../delivery/loss-log.js';
 
 export type StdoutFormat = 'json' | 'text';
@@ -128,8 +127,7 @@ export class StdoutSink implements Sink {
   private readonly buffer: BufferSettings;
   private tail: Promise<void> = Promise.resolve();
   private broken: Error | undefined;
-  private subscription: Subscription | undefined;
-  private endConsume: (() => void) | undefined;
+  private readonly input = new SinkInput();
   private closed: Promise<void> | undefined;
   private readonly onError = (err: Error): void => {
     if (this.broken) return;
@@ -156,21 +154,15 @@ export class StdoutSink implements Sink {
   }
 
   consume(input: Observable<FlowBatch>): Promise<void> {
-    if (this.subscription !== undefined || this.closed !== undefined) {
-      return Promise.reject(
-        new SinkError('ECONSUME', 'stdout sink: consume() was already called or the sink is closed'),
-      );
-    }
+    const refused = this.input.claim('stdout sink', this.closed !== undefined);
+    if (refused) return Promise.reject(refused);
     // Without a listener an EPIPE would be thrown as an uncaught 'error' event.
     this.out.on('error', this.onError);
-    const consumption = consumeBatches(
+    return this.input.start(
       throughBuffer(input, this.context, this.buffer, this),
       (batch) => this.accept(batch),
       () => this.flush(),
     );
-    this.subscription = consumption.subscription;
-    this.endConsume = consumption.end;
-    return consumption.done;
   }
 
   flush(): Promise<void> {
@@ -179,11 +171,11 @@ export class StdoutSink implements Sink {
 
   close(): Promise<void> {
     this.closed ??= (async () => {
-      this.subscription?.unsubscribe();
+      this.input.stop();
       await this.tail;
       this.out.off('error', this.onError);
       this.losses.close();
-      this.endConsume?.();
+      this.input.end();
     })();
     return this.closed;
   }
