@@ -684,13 +684,22 @@ export class IpfixDecoder {
     }
   }
 
-  /** Bytes of the variable-length value at `at` and where the value starts, or -1 past `end`. */
-  private static variable(b: Buffer, at: number, end: number): number {
-    if (at >= end) return -1;
-    const first = b[at]!;
-    if (first < 255) return first * 65536 + at + 1;
-    if (end - at < 3) return -1;
-    return u16(b, at + 1) * 65536 + at + 3;
+  /**
+   * The field of template length `length` at `at`: its bytes x 65536 + where its value starts (after
+   * the length prefix of a variable-length field), or -1 when it runs past `end`.
+   */
+  private static field(b: Buffer, at: number, end: number, length: number): number {
+    if (length === VARIABLE) {
+      if (at >= end) return -1;
+      length = b[at]!;
+      at += 1;
+      if (length === 255) {
+        if (end - at < 2) return -1;
+        length = u16(b, at);
+        at += 2;
+      }
+    }
+    return end - at < length ? -1 : length * 65536 + at;
   }
 
   /** Reads an options data record for what the domain's flow records use. Returns where it ends. */
@@ -699,14 +708,10 @@ export class IpfixDecoder {
     let interval = 0;
     let space = -1;
     for (let i = 0; i < codes.length; i++) {
-      let length = lengths[i]!;
-      if (length === VARIABLE) {
-        const v = IpfixDecoder.variable(b, at, end);
-        if (v < 0) return -1;
-        length = Math.floor(v / 65536);
-        at = v % 65536;
-      }
-      if (end - at < length) return -1;
+      const f = IpfixDecoder.field(b, at, end, lengths[i]!);
+      if (f < 0) return -1;
+      const length = (f / 65536) | 0;
+      at = f - length * 65536;
       switch (codes[i]) {
         case F_SYSTEM_INIT:
           this.domain.systemInitMs = unsigned(b, at, length);
@@ -770,14 +775,10 @@ export class IpfixDecoder {
     let dot1qVlan = -1;
     let customerVlan = -1;
     for (let i = 0; i < codes.length; i++) {
-      let length = lengths[i]!;
-      if (length === VARIABLE) {
-        const v = IpfixDecoder.variable(b, at, end);
-        if (v < 0) return -1;
-        length = Math.floor(v / 65536);
-        at = v % 65536;
-        if (end - at < length) return -1;
-      }
+      const f = IpfixDecoder.field(b, at, end, lengths[i]!);
+      if (f < 0) return -1;
+      const length = (f / 65536) | 0;
+      at = f - length * 65536;
       switch (codes[i]) {
         case F_SKIP:
           break;
