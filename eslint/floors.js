@@ -7,7 +7,10 @@ import path from 'node:path';
 
 /** Lowest first. */
 export const FLOORS = [
-  { units: ['errors', 'logger', 'redact', 'paths'], what: 'errors, logging, redaction, paths' },
+  {
+    units: ['errors', 'logger', 'redact', 'paths', 'native'],
+    what: 'errors, logging, redaction, paths, libc',
+  },
   { units: ['net', 'config'], what: 'addresses, interfaces, namespaces; configuration documents' },
   { units: ['records', 'ledger', 'delivery'], what: 'record types, the ledger, delivery helpers' },
   { units: ['datapath', 'kafka'], apart: true, what: 'the kernel datapath; the Kafka protocol client' },

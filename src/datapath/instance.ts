@@ -10,6 +10,7 @@ import {
 } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import koffi from 'koffi';
+import { libcLibrary } from '../native.js';
 import { SyscallError, describeErrno } from '../errors.js';
 import { DatapathError } from './errors.js';
 
@@ -39,7 +40,7 @@ let flockLib: FlockLib | undefined;
 
 function flock(fd: number, operation: number): number {
   if (!flockLib) {
-    const c = koffi.load('libc.so.6');
+    const c = libcLibrary();
     flockLib = { flock: c.func('int flock(int fd, int operation)') as FlockLib['flock'] };
   }
   return flockLib.flock(fd, operation);

@@ -8,6 +8,7 @@
  * visible next to the header it mirrors; each starts with `size_t sz`, which libbpf checks.
  */
 import koffi, { type LibraryHandle, type TypeObject } from 'koffi';
+import { callOnWorker, libcLibrary } from '../native.js';
 import type { Logger } from '../logger.js';
 import { DatapathError } from './errors.js';
 
@@ -255,7 +256,7 @@ function bind(): Bound {
       err,
     );
   }
-  const c = koffi.load('libc.so.6');
+  const c = libcLibrary();
   const f = (decl: string): unknown => lib.func(decl);
   const bpf = {
     bpf_object__open_file: f('void *bpf_object__open_file(const char *path, const void *opts)'),
@@ -368,25 +369,16 @@ function nativeArgsAsync(
         'the datapath runs one such call at a time, so report this as a bug',
       err,
     );
-  return (fd, a, b, flags) =>
-    new Promise<number>((resolve, reject) => {
-      const size = Math.max(1, a.length + b.length);
-      const block = koffi.alloc('uint8_t', size) as Ptr;
-      try {
-        const native = new Uint8Array(koffi.view(block, size));
-        native.set(a, 0);
-        native.set(b, a.length);
-        fn.async(fd, block, block + BigInt(a.length), flags, (err: unknown, result: number) => {
-          koffi.free(block);
-          if (err) reject(failed(err));
-          else resolve(result);
-        });
-      } catch (err) {
-        // koffi throws at once when its queue of async calls is full; nothing runs then.
-        koffi.free(block);
-        reject(failed(err));
-      }
-    });
+  return (fd, a, b, flags) => {
+    const size = Math.max(1, a.length + b.length);
+    const block = koffi.alloc('uint8_t', size) as Ptr;
+    const native = new Uint8Array(koffi.view(block, size));
+    native.set(a, 0);
+    native.set(b, a.length);
+    return callOnWorker<number>(fn, [fd, block, block + BigInt(a.length), flags], failed, () =>
+      koffi.free(block),
+    );
+  };
 }
 
 /** The bound libbpf; loads libbpf.so.1 on first use (DatapathError ENOLIBBPF if missing). */

@@ -7,6 +7,7 @@
  * (librdkafka's) are streamed into output blocks that double as they fill.
  */
 import type { LibraryHandle } from 'koffi';
+import { callOnWorker } from '../native.js';
 import { messageOf } from '../errors.js';
 import {
   LZ4_LIBRARY,
@@ -19,7 +20,6 @@ import {
   loadLibrary,
   releaseBlock,
   type Block,
-  type Done,
   type NativeFunction,
   type Ptr,
   type SizeT,
@@ -389,26 +389,16 @@ function callNative(
   async: boolean,
 ): Promise<SizeT> {
   if (!async) return Promise.resolve(fn(...args) as SizeT);
-  return new Promise<SizeT>((resolve, reject) => {
-    const done: Done = (err, r) => {
-      if (err)
-        reject(decodeFailed(decoder, 'ECALL', `the call on a worker thread failed (${messageOf(err)})`, err));
-      else resolve(r);
-    };
-    try {
-      fn.async(...args, done);
-    } catch (err) {
-      // koffi throws at once when its queue of async calls is full; nothing runs then.
-      reject(
-        decodeFailed(
+  return callOnWorker<SizeT>(fn, args, (err, started) =>
+    started
+      ? decodeFailed(decoder, 'ECALL', `the call on a worker thread failed (${messageOf(err)})`, err)
+      : decodeFailed(
           decoder,
           'EBUSY',
           `koffi could not start the call (${messageOf(err)}); retry later`,
           err,
         ),
-      );
-    }
-  });
+  );
 }
 
 function decompressWith(decoder: NativeDecoder, data: Uint8Array): Promise<Buffer> {

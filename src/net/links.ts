@@ -13,6 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import koffi from 'koffi';
+import { libcLibrary } from '../native.js';
 import { withNetns } from './netns.js';
 import type { Logger } from '../logger.js';
 import {
@@ -34,7 +35,7 @@ let lib: NameIndexLib | undefined;
 
 function nameIndexLib(): NameIndexLib {
   if (!lib) {
-    const c = koffi.load('libc.so.6');
+    const c = libcLibrary();
     lib = {
       if_nameindex: c.func('void *if_nameindex(void)') as NameIndexLib['if_nameindex'],
       if_freenameindex: c.func('void if_freenameindex(void *ptr)') as NameIndexLib['if_freenameindex'],

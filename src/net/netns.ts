@@ -1,5 +1,6 @@
 import { openSync, closeSync } from 'node:fs';
 import koffi from 'koffi';
+import { libcLibrary } from '../native.js';
 import { RxflowError, SyscallError, describeErrno } from '../errors.js';
 
 /**
@@ -20,7 +21,7 @@ let lib: SetnsLib | undefined;
 
 function setnsLib(): SetnsLib {
   if (!lib) {
-    const c = koffi.load('libc.so.6');
+    const c = libcLibrary();
     lib = { setns: c.func('int setns(int fd, int nstype)') as SetnsLib['setns'] };
   }
   return lib;
