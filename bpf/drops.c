@@ -24,30 +24,14 @@
 #include "drops.h"
 #include "kernel.h"
 #include "parse.h"
+#include "double_buffer.h"
 
 #define SKB_CONSUMED 1
 #define MAC_HEADER_UNSET 0xffff
 
 /* Double-buffered as the flow maps (see bpf/flow.c): the program updates entries in place, so
  * userspace only drains the map slot 0 of drop_maps no longer names. */
-struct drop_map_def {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct flow_key);
-	__type(value, struct drop_value);
-	__uint(max_entries, 16384);
-};
-
-struct drop_map_def drop_map_a SEC(".maps");
-struct drop_map_def drop_map_b SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__type(key, __u32);
-	__uint(max_entries, 1);
-	__array(values, struct drop_map_def);
-} drop_maps SEC(".maps") = {
-	.values = { [0] = &drop_map_a },
-};
+RXFLOW_DOUBLE_BUFFERED_HASH(drop, struct flow_key, struct drop_value, 16384);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -23,6 +23,7 @@
 #include "flow.h"
 #include "kernel.h"
 #include "parse.h"
+#include "double_buffer.h"
 
 /* The kernel's sk_buff behind a TC context (linux 6.3+); weak, so an older kernel still loads the
  * programs, without the namespace. */
@@ -38,27 +39,10 @@ extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
  * an entry between a program's lookup and its increment, and the increment would be lost. Instead
  * userspace points the slot at the other map (the kernel returns from a map-in-map update only
  * after an RCU grace period, i.e. once every program that could have read the old slot has ended),
- * then drains the map no program can reach any more. Both maps share this definition, which is
- * also the inner-map template of flow_maps: resize all three together. */
-struct flow_map_def {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct flow_key);
-	__type(value, struct flow_value);
-	__uint(max_entries, 65536);
-};
-
-struct flow_map_def flow_map_a SEC(".maps");
-struct flow_map_def flow_map_b SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__type(key, __u32);
-	__uint(max_entries, 1);
-	__array(values, struct flow_map_def);
-} flow_maps SEC(".maps") = {
-	/* Only set when libbpf creates the map: a map reused from its pin keeps the slot it had. */
-	.values = { [0] = &flow_map_a },
-};
+ * then drains the map no program can reach any more (bpf/double_buffer.h). Both maps share one
+ * definition, also the inner-map template of flow_maps, and bpf/flow_maps.h repeats its size for
+ * the programs that share the maps: resize them together. */
+RXFLOW_DOUBLE_BUFFERED_HASH(flow, struct flow_key, struct flow_value, 65536);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
