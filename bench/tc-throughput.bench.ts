@@ -8,7 +8,7 @@
 import { cleanup, killSync, makeBpffsDir } from '../test/fixtures/cleanup.js';
 import { createPair, type PairTopology } from '../test/fixtures/netns.js';
 import { FlowDatapath } from '../src/datapath/flow/datapath.js';
-import { FLOW_FEATURE_RTT } from '../src/datapath/flow/latency.js';
+import { FLOW_FEATURE_DNS, FLOW_FEATURE_RTT } from '../src/datapath/flow/index.js';
 import type { BenchContext } from './lib.js';
 
 const PORT = 5301;
@@ -62,7 +62,7 @@ async function runClient(topo: PairTopology, seconds: number): Promise<number> {
 
 /**
  * The flow program on ingress and egress of both veth ends, one datapath per namespace; with
- * `everything`, every feature too: handshake RTT, the smoothed-RTT and the drop programs.
+ * `everything`, every feature too: handshake RTT, DNS, the smoothed-RTT and the drop programs.
  */
 function attachBoth(topo: PairTopology, pinRoot: string, everything = false): FlowDatapath[] {
   const opened: FlowDatapath[] = [];
@@ -81,7 +81,7 @@ function attachBoth(topo: PairTopology, pinRoot: string, everything = false): Fl
       );
       if (everything) {
         const dp = opened[opened.length - 1]!;
-        dp.setFeatures(FLOW_FEATURE_RTT);
+        dp.setFeatures(FLOW_FEATURE_RTT | FLOW_FEATURE_DNS);
         dp.enableRttProbe();
         dp.enableDrops();
       }
@@ -158,7 +158,7 @@ export default async function tcThroughputBench(ctx: BenchContext): Promise<void
       value: median(withAll) / median(without),
       unit: 'with/without',
       target: { value: TARGET_ALL_ON_RATIO, better: 'higher' },
-      note: `flows, handshake RTT, tcp_probe and kfree_skb programs; runs ${withAll.map((v) => v.toFixed(2)).join(' ')}`,
+      note: `flows, handshake RTT, DNS, tcp_probe and kfree_skb programs; runs ${withAll.map((v) => v.toFixed(2)).join(' ')}`,
     });
     const paired = withProgram.map((w, i) => w / without[i]!);
     ctx.report({
