@@ -4,7 +4,8 @@
  * for them (at most one sync interval) and reports what it found and did. One runs at a time; a
  * sync asked for while one runs joins it and runs once more after it.
  */
-import type { SchedulerLike, Subscription } from 'rxjs';
+import type { SchedulerLike } from 'rxjs';
+import { beforeDeadline } from '../delivery/deadline.js';
 import type { Logger } from '../logger.js';
 import type { ClockTranslator } from './clock.js';
 import {
@@ -187,12 +188,7 @@ export class FullSync {
       plan.deletes,
     );
     if (plan.puts.length + plan.deletes.length > 0) {
-      let timer: Subscription | undefined;
-      const late = new Promise<void>(
-        (resolve) => (timer = scheduler.schedule(() => resolve(), this.options.syncIntervalMs)),
-      );
-      await Promise.race([settled, late]);
-      timer?.unsubscribe();
+      await beforeDeadline(settled, this.options.syncIntervalMs, scheduler);
     }
     let unsettled = 0;
     const after = new Map(kvViews);

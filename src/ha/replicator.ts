@@ -1,4 +1,5 @@
 import type { Subscription } from 'rxjs';
+import { beforeDeadline } from '../delivery/deadline.js';
 import { OutageLog } from '../delivery/outage.js';
 import type { StageCounters } from '../ledger.js';
 import { encodeSessionValue, sessionKvKey, toWire, wireFingerprint } from './codec.js';
@@ -266,12 +267,7 @@ export class Replicator {
     for (const s of this.subscriptions) s.unsubscribe();
     this.subscriptions = [];
     this.syncTimer?.unsubscribe();
-    let timer: Subscription | undefined;
-    const late = new Promise<'late'>((resolve) => {
-      timer = this.rt.scheduler.schedule(() => resolve('late'), timeoutMs);
-    });
-    const outcome = await Promise.race([this.flush().then(() => 'done' as const), late]);
-    timer?.unsubscribe();
+    const outcome = await beforeDeadline(this.flush(), timeoutMs, this.rt.scheduler);
     this.closed = true;
     this.coalesceTimer?.unsubscribe();
     this.retryTimer?.unsubscribe();
