@@ -4,7 +4,7 @@
  */
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { buildPipeline } from '../../src/pipeline/build.js';
+import { buildPipeline, type Pipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
 import type { FlowRecord } from '../../src/records/flow.js';
@@ -56,14 +56,20 @@ sinks:
     registry,
     env: { IFACE: o.iface, NETNS: o.netns, INSTANCE: `${o.name}-${process.pid}`, PIN_ROOT: o.pinRoot },
   });
+  const pipeline = await startLogged(config, logs);
+  const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
+  return { pipeline, collected, logs };
+}
+
+/** Builds and starts `config`, its log lines (pino at info, as JSON) parsed into `logs`. */
+export async function startLogged<L>(config: ReturnType<typeof parsePipeline>, logs: L[]): Promise<Pipeline> {
   const stream = new Writable({
     write(chunk: Buffer, _enc, done) {
-      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as LogLine);
+      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as L);
       done();
     },
   });
   const pipeline = await buildPipeline(config, { logger: pino({ level: 'info' }, stream) });
   await pipeline.start();
-  const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
-  return { pipeline, collected, logs };
+  return pipeline;
 }

@@ -12,11 +12,7 @@
 import { rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { DropReason, LedgerTotals } from '../../src/ledger.js';
-import { buildPipeline } from '../../src/pipeline/build.js';
-import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
-import { parsePipeline } from '../../src/pipeline/load.js';
 import type { FlowRecord } from '../../src/records/flow.js';
-import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { buildChild, startChild, type BuiltChild } from '../fixtures/child.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import {
@@ -28,8 +24,8 @@ import {
 } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp, startUdpSink, udpFrameBytes } from '../fixtures/traffic.js';
-import { collectModule, type CollectStore } from '../unit/pipeline/components.js';
 import { testObject } from './datapath-helpers.js';
+import { startEbpfPipeline } from './ebpf-pipeline.js';
 
 const addr = (cidr: string): string => cidr.split('/')[0]!;
 
@@ -223,42 +219,21 @@ sinks:
   });
 
   /** ebpf_flows on the server's end of the pair, ingress, into a collect sink; the rest as given. */
-  async function startPairPipeline(name: string, options: string) {
-    const store: CollectStore = new Map();
-    const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
-    const yaml = `
-sources:
-  kernel:
-    type: ebpf_flows
-    interfaces: ['\${IFACE}']
-    netns: \${NETNS}
-    directions: [ingress]
-    instance: \${INSTANCE}
-    pin_root: \${PIN_ROOT}
-    cache_max_flows: 16
-    ringbuf_size_bytes: 1048576
-    eviction_interval_ms: 1h
-    ringbuf_drain_interval_ms: 20ms
-    account_evict_timeout_ms: 1h
-${options}
-sinks:
-  out:
-    type: collect
-    inputs: [kernel]
-`;
-    const config = parsePipeline(yaml, `${name}.yaml`, {
-      registry,
-      env: {
-        IFACE: pair.link.b.ifname,
-        NETNS: pair.server.name,
-        INSTANCE: `${name}-${process.pid}`,
-        PIN_ROOT: pinRoot,
-      },
+  function startPairPipeline(name: string, options: string) {
+    return startEbpfPipeline({
+      name,
+      iface: pair.link.b.ifname,
+      netns: pair.server.name,
+      pinRoot,
+      directions: ['ingress'],
+      options: [
+        '    cache_max_flows: 16',
+        '    ringbuf_size_bytes: 1048576',
+        '    ringbuf_drain_interval_ms: 20ms',
+        '    account_evict_timeout_ms: 1h',
+        options,
+      ].join('\n'),
     });
-    const pipeline = await buildPipeline(config);
-    await pipeline.start();
-    const collected = (): FlowRecord[] => [...store.values()].flatMap((c) => c.batches.flat());
-    return { pipeline, collected };
   }
 
   /** Records of the map tracer (ended by timeout); ring-buffer flows (aggregated by account) keep flowEndReason 5. */

@@ -10,11 +10,9 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import decorateModule from '../../src/operators/decorate.js';
-import { buildPipeline, type Pipeline } from '../../src/pipeline/build.js';
+import type { Pipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
 import type { FlowRecord } from '../../src/records/flow.js';
@@ -24,6 +22,7 @@ import { createNetns, type Netns } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendUdp } from '../fixtures/traffic.js';
 import { collectModule, until, type CollectStore } from '../unit/pipeline/components.js';
+import { startLogged } from './ebpf-pipeline.js';
 
 const LINKS = 100;
 const PACKETS = 7;
@@ -60,18 +59,9 @@ function ipBatch(lines: string[], netns?: string): void {
 }
 
 /** Starts a pipeline from YAML; its log lines land in `logs`. */
-async function startPipeline(yaml: string, store: CollectStore, logs: LogLine[]): Promise<Pipeline> {
+function startPipeline(yaml: string, store: CollectStore, logs: LogLine[]): Promise<Pipeline> {
   const registry = new ComponentRegistry([ebpfFlowsModule, decorateModule, collectModule(store)]);
-  const config = parsePipeline(yaml, 'link-follow.yaml', { registry });
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const line of chunk.toString().split('\n')) if (line) logs.push(JSON.parse(line) as LogLine);
-      done();
-    },
-  });
-  const pipeline = await buildPipeline(config, { logger: pino({ level: 'info' }, stream) });
-  await pipeline.start();
-  return pipeline;
+  return startLogged(parsePipeline(yaml, 'link-follow.yaml', { registry }), logs);
 }
 
 /** Packets of UDP datagrams to PORT received (ingress) on `ifindex`, summed over the records. */
