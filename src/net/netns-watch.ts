@@ -159,10 +159,15 @@ export class NetnsWatcher {
         this.options.onRemoved(ns);
       }
     }
+    // While a name under the run directory waits for its mount, a namespace seen only through a
+    // process may be that one (`ip netns add` then `ip -n` runs in it before the retry): it is
+    // added once the mount is there, under its name, or when the retries run out.
+    const naming = pending > 0 && this.retries < 50;
     for (const [ino, ns] of namespaces) {
       const old = this.known.get(ino);
       // The process a path went through may have exited while another holds the namespace.
       if (old) old.path = ns.path;
+      else if (naming && !ns.host && ns.name.startsWith('net:[')) continue;
       else {
         this.known.set(ino, ns);
         this.options.onAdded(ns);

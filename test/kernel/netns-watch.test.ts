@@ -1,0 +1,63 @@
+/**
+ * The namespace watcher while `ip netns add` is half done: the name exists under the run
+ * directory but the namespace is not mounted on it yet, and a process already runs in it (`ip -n`
+ * configuring it). The watcher must not take that namespace as an anonymous `net:[inode]` one: it
+ * waits for the mount and reports it once, by name. A fake run directory and /proc stand for the
+ * two stages; the namespace itself is real.
+ */
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { NetnsWatcher, type NetnsInfo } from '../../src/net/netns-watch.js';
+import { cleanup } from '../fixtures/cleanup.js';
+import { createNetns, type Netns } from '../fixtures/netns.js';
+import { kernelDescribe } from '../fixtures/privilege.js';
+
+kernelDescribe('netns watcher', () => {
+  let netns: Netns;
+  let root: string;
+
+  beforeAll(async () => {
+    netns = await createNetns({ prefix: 'rxnw' });
+    root = mkdtempSync(join(tmpdir(), 'rxflow-nswatch-'));
+  });
+
+  afterAll(async () => {
+    rmSync(root, { recursive: true, force: true });
+    await cleanup.dispose();
+  });
+
+  it('reports a namespace named while a process already runs in it once, by its name', () => {
+    const proc = join(root, 'proc');
+    const run = join(root, 'netns');
+    mkdirSync(join(proc, 'self', 'ns'), { recursive: true });
+    mkdirSync(join(proc, '4242', 'ns'), { recursive: true });
+    mkdirSync(run);
+    symlinkSync('/proc/self/ns/net', join(proc, 'self', 'ns', 'net'));
+    // A process in the new namespace, and its name not mounted yet: a plain file.
+    symlinkSync(`/run/netns/${netns.name}`, join(proc, '4242', 'ns', 'net'));
+    writeFileSync(join(run, netns.name), '');
+
+    const added: NetnsInfo[] = [];
+    const watcher = NetnsWatcher.open({
+      rescanIntervalMs: 3_600_000,
+      runDir: run,
+      proc,
+      onAdded: (ns) => added.push(ns),
+      onRemoved: () => undefined,
+    });
+    try {
+      expect(added.map((n) => n.name)).toEqual(['host']);
+      // The mount is done.
+      unlinkSync(join(run, netns.name));
+      symlinkSync(`/run/netns/${netns.name}`, join(run, netns.name));
+      watcher.rescan();
+      expect(added.map((n) => n.name)).toEqual(['host', netns.name]);
+      watcher.rescan();
+      expect(added).toHaveLength(2);
+    } finally {
+      watcher.close();
+    }
+  });
+});
