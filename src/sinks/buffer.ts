@@ -65,7 +65,7 @@ const MODES: Record<WhenFull, string> = {
   drop_newest: 'drop_newest (the default) drops the records that do not fit',
   drop_oldest: 'drop_oldest drops the oldest records not yet being written to make room',
   block:
-    'block keeps them and holds the sources upstream that can wait (file_replay) until the sink has room; what a source that cannot wait sends beyond another buffer_max_records is dropped',
+    'block keeps them and holds the sources upstream that can wait (file_replay, kafka_consumer) until the sink has room; what a source that cannot wait sends beyond another buffer_max_records is dropped',
 };
 
 /** The schema of a sink's `buffer_max_records` and `when_full`, which configure its buffer. */

@@ -42,7 +42,13 @@
  */
 import type { Consumer, EachBatchPayload, IHeaders, Kafka } from 'kafkajs';
 import { Observable, asyncScheduler, type SchedulerLike, type Subscriber } from 'rxjs';
-import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
+import {
+  msOption,
+  type ComponentContext,
+  type JsonSchema,
+  type SourceHold,
+  type SourceModule,
+} from '../component.js';
 import { beforeDeadline } from '../delivery/deadline.js';
 import { LossLog } from '../delivery/loss-log.js';
 import { OutageLog } from '../delivery/outage.js';
@@ -98,6 +104,8 @@ const DEFAULTS = {
 const LOSS_LOG_INTERVAL_MS = 10_000;
 /** While the brokers stay away, the warning is repeated this often; each attempt logs at debug. */
 const OUTAGE_LOG_INTERVAL_MS = 30_000;
+/** While a blocking sink downstream is full: how often the held consumer heartbeats its group. */
+const HOLD_HEARTBEAT_MS = 1_000;
 
 // --------------------------------------------------------------------------------------------
 // Decoding
@@ -276,6 +284,7 @@ class KafkaConsumerSource {
   private readonly sleeper: Sleeper;
   private loop: Promise<void> | undefined;
   private readonly outage: OutageLog;
+  private readonly hold: SourceHold | undefined;
   // Where onBatch is, for `fail`: one function for every message, not a closure per message.
   private failed = 0;
   private partition = 0;
@@ -296,6 +305,7 @@ class KafkaConsumerSource {
     this.logger = context.logger;
     this.scheduler = context.scheduler ?? asyncScheduler;
     this.sleeper = new Sleeper(this.scheduler);
+    this.hold = context.hold;
     this.outage = new OutageLog({
       logger: this.logger,
       scheduler: this.scheduler,
@@ -402,10 +412,21 @@ class KafkaConsumerSource {
     }
   }
 
-  private onBatch(payload: EachBatchPayload): Promise<void> {
+  private async onBatch(payload: EachBatchPayload): Promise<void> {
+    this.handOver(payload);
+    // A sink downstream with when_full: block is full: the next fetch of this partition waits
+    // (kafkajs fetches it once eachBatch returns), with heartbeats so the group keeps the member.
+    for (let held = this.hold?.ready(); held !== undefined && !this.stopping; held = this.hold?.ready()) {
+      await this.sleeper.within(held, HOLD_HEARTBEAT_MS);
+      if (!this.stopping) await payload.heartbeat();
+    }
+  }
+
+  /** Decodes the batch and hands its records downstream; kafkajs commits the batch after that. */
+  private handOver(payload: EachBatchPayload): void {
     const { batch } = payload;
     // After the subscriber left, nothing is resolved, so nothing unsent is committed.
-    if (this.subscriber.closed) return Promise.resolve();
+    if (this.subscriber.closed) return;
     const out: FlowRecord[] = [];
     this.failed = 0;
     this.partition = batch.partition;
@@ -426,7 +447,6 @@ class KafkaConsumerSource {
     }
     // Handed downstream: kafkajs commits it when this returns.
     payload.resolveOffset(batch.lastOffset());
-    return Promise.resolve();
   }
 
   private async disconnect(consumer: Consumer): Promise<void> {

@@ -2,7 +2,8 @@
  * The buffer the pipeline keeps in front of a sink, with a Kafka sink whose only broker is away:
  * a file_replay pipeline built from YAML, the topic read back with kcat. drop_newest keeps the
  * first buffer_max_records, drop_oldest the last, each dropping the rest as sink_buffer_full;
- * block drops nothing and holds the replay until the broker is back.
+ * block drops nothing and holds the replay until the broker is back, and holds a kafka_consumer
+ * reading another cluster the same way (its next fetch waits).
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -119,6 +120,84 @@ sinks:
         dropped: { sink_buffer_full: N - MAX },
         inFlight: 0,
       });
+    }
+  }, 60_000);
+
+  it('block holds a kafka_consumer while the sink is full and drops nothing: every record reaches the other cluster once', async () => {
+    const upstream = await startKafkaMock();
+    try {
+      await upstream.createTopic('buf-up', 1);
+      // Records into the upstream cluster, written by a replay into its kafka sink.
+      const write = async (from: number, count: number): Promise<void> => {
+        const file = path.join(path.dirname(input), `up-${from}.jsonl`);
+        fs.writeFileSync(
+          file,
+          range(from, count)
+            .map((i) => `${JSON.stringify(record(i))}\n`)
+            .join(''),
+        );
+        const writer = await buildPipeline(
+          parsePipeline(
+            `sources:
+  in: {type: file_replay, paths: ['${file}'], batch_size: ${BATCH}}
+sinks:
+  out: {type: kafka, inputs: [in], bootstrap_servers: ['${upstream.bootstrap}'], topic: buf-up, linger_ms: 2}
+`,
+            `writer-${from}.yaml`,
+            { registry: new ComponentRegistry(modules), env: {} },
+          ),
+        );
+        await writer.start();
+        await writer.done;
+        expect(writer.totals().sinks[0]).toMatchObject({ handed: count, exported: count });
+      };
+      const FIRST = 2 * MAX;
+      await write(0, FIRST);
+
+      await cluster.createTopic('buf-down', 1);
+      await cluster.brokerDown(1);
+      const pipeline = await buildPipeline(
+        parsePipeline(
+          `sources:
+  in:
+    type: kafka_consumer
+    bootstrap_servers: ['${upstream.bootstrap}']
+    topic: buf-up
+    group_id: buf-block
+    from_beginning: true
+    encoding: json
+sinks:
+  out:
+    type: kafka
+    inputs: [in]
+    bootstrap_servers: ['${cluster.brokers.join("', '")}']
+    topic: buf-down
+    linger_ms: 2
+    buffer_max_records: ${MAX}
+    when_full: block
+    retry_initial_ms: 50
+    retry_max_ms: 200
+    connection_timeout_ms: 300
+`,
+          'consumer.yaml',
+          { registry: new ComponentRegistry(modules), env: {} },
+        ),
+      );
+      await pipeline.start();
+      await until(() => stage(pipeline, 'in').sent === FIRST, 'the consumer to read the first records');
+      // The sink holds more than buffer_max_records: the consumer must not fetch what comes next.
+      await write(FIRST, N - FIRST);
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(stage(pipeline, 'in').sent).toBe(FIRST);
+      expect(stage(pipeline, 'out')).toMatchObject({ received: FIRST, sent: 0, dropped: {} });
+
+      await cluster.brokerUp(1);
+      await until(() => stage(pipeline, 'out').sent === N, 'every record in the topic', 30_000);
+      await pipeline.stop();
+      expect((await indexes('buf-down')).sort((a, b) => a - b)).toEqual(range(0, N));
+      expect(pipeline.totals().sinks[0]).toMatchObject({ handed: N, exported: N, dropped: {}, inFlight: 0 });
+    } finally {
+      await upstream.stop();
     }
   }, 60_000);
 
