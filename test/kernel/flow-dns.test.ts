@@ -210,16 +210,18 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
       expect(dnsOf(atClient, q.proto, q.srcPort, PORT, 1), what).toEqual(noDns);
       expect(dnsOf(atServer, q.proto, q.srcPort, PORT, 0), what).toEqual(noDns);
       expect([c.id, c.rcode, s.id, s.rcode], what).toEqual([q.id, q.rcode, q.id, q.rcode]);
-      // At least the delay; within 1 ms of the round trip the client measured (query sent to
-      // response received) and of the time the responder held the query (in to out), both from
-      // the kernel's receive timestamps.
+      // At least the delay; the client's within 1 ms of the round trip the client measured (query
+      // sent to response received, from the kernel's receive timestamps). The server's flow sees a
+      // part of that round trip on the same clock, and no more than the responder held the query
+      // (from its receive timestamp to after its send returned, which load can stretch).
       const clientUs = answered[i]!.us;
       const heldUs = held.get(`${q.proto} ${q.id}`)!;
       const figures = `${what}: client flow ${c.latency} us, client ${clientUs} us; server flow ${s.latency} us, responder ${heldUs} us`;
       expect(c.latency!, figures).toBeGreaterThanOrEqual(q.delayMs * 1000);
       expect(s.latency!, figures).toBeGreaterThanOrEqual(q.delayMs * 1000);
       expect(Math.abs(c.latency! - clientUs), figures).toBeLessThanOrEqual(1000);
-      expect(Math.abs(s.latency! - heldUs), figures).toBeLessThanOrEqual(1000);
+      expect(s.latency!, figures).toBeLessThanOrEqual(c.latency!);
+      expect(s.latency!, figures).toBeLessThanOrEqual(heldUs + 1000);
     }
   });
 
