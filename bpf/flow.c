@@ -81,6 +81,24 @@ struct {
 	__uint(max_entries, 16384);
 } flow_dns_pending SEC(".maps");
 
+/* Query names of answered queries (FLOW_FEATURE_DNS_NAME), by the response's flow; drained at
+ * every eviction. LRU and sized by userspace: a burst of answers beyond it pushes out the oldest
+ * names, never a flow. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct flow_key);
+	__type(value, struct dns_name);
+	__uint(max_entries, 1);
+} flow_dns_names SEC(".maps");
+
+/* Where a name is assembled before it goes into flow_dns_names: too large for the stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct dns_name);
+	__uint(max_entries, 1);
+} flow_dns_name_scratch SEC(".maps");
+
 static __always_inline void count(__u32 index, __u32 n)
 {
 	__u64 *c = bpf_map_lookup_elem(&flow_counters, &index);
@@ -513,24 +531,50 @@ struct dns_head {
 
 #define DNS_QR 0x80
 
+/* FLOW_FEATURE_DNS_NAME: keeps the question's name of an answered response (at off, right after
+ * the header) under the response's flow. Whatever the message holds there, at most DNS_NAME_MAX
+ * octets, is copied as is: userspace reads the labels and refuses what is not a name. */
+static __always_inline void dns_name(struct __sk_buff *skb, const struct flow_key *key, __u32 off,
+				     __u16 id)
+{
+	__u32 zero = 0;
+	struct dns_name *n = bpf_map_lookup_elem(&flow_dns_name_scratch, &zero);
+
+	if (!n || skb->len <= off)
+		return;
+	__u32 len = skb->len - off;
+
+	if (len > DNS_NAME_MAX)
+		len = DNS_NAME_MAX;
+	/* 1 to 255 already; said again on the register the helper gets, where the verifier looks
+	 * (it tracks the compiler's comparisons on a copy): 1 to 256, the size of name. */
+	asm volatile("%0 -= 1; %0 &= 0xff; %0 += 1" : "+r"(len));
+	if (bpf_skb_load_bytes(skb, off, n->name, len))
+		return;
+	n->id = id;
+	n->len = len;
+	bpf_map_update_elem(&flow_dns_names, key, n, BPF_ANY);
+}
+
 /* FLOW_FEATURE_DNS on a UDP or TCP packet. A query (QR clear) to the DNS port waits in
  * flow_dns_pending under the key of the flow its response will count on and its transaction id;
  * a response (QR set) from the DNS port that finds its query there completes the measurement: its
  * latency in microseconds, id and rcode go into val and into cur, this CPU's slot of the flow if
- * it has one (account() leaves them alone: the hit path of other packets tests nothing). Over TCP the message follows its 2-byte
- * length (RFC 1035 4.2.2); only a message at the start of a segment is seen. Only these packets
- * read the fine clock. */
+ * it has one (account() leaves them alone: the hit path of other packets tests nothing), and with
+ * FLOW_FEATURE_DNS_NAME the question's name goes to flow_dns_names. Over TCP the message follows
+ * its 2-byte length (RFC 1035 4.2.2); only a message at the start of a segment is seen. Only these
+ * packets read the fine clock. */
 static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow_key *key,
 					const struct parse_pos *pos, struct flow_value *val,
-					struct flow_value *cur, __u16 port)
+					struct flow_value *cur, __u16 port, __u32 features)
 {
 	if (key->dst_port != port && key->src_port != port)
 		return;
 	/* A helper rather than packet pointers: TCP carries the payload in the skb's pages. */
 	struct dns_head dh;
+	__u32 off = pos->hdr_len + (key->protocol == IPPROTO_TCP ? 2 : 0);
 
-	if (bpf_skb_load_bytes(skb, pos->hdr_len + (key->protocol == IPPROTO_TCP ? 2 : 0), &dh,
-			       sizeof(dh)))
+	if (bpf_skb_load_bytes(skb, off, &dh, sizeof(dh)))
 		return;
 	__u16 id = dh.id;
 	__u8 hi = dh.flags_hi, lo = dh.flags_lo;
@@ -567,6 +611,8 @@ static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow
 	val->dns_id = bpf_ntohs(id);
 	val->dns_rcode = lo & 0x0f;
 	val->dns_answered_us = now / 1000;
+	if ((features & FLOW_FEATURE_DNS_NAME) && dh.qdcount)
+		dns_name(skb, key, off + sizeof(dh), val->dns_id);
 	/* An empty slot (packets 0) takes the whole of val in account(). */
 	if (cur) {
 		cur->dns_latency_us = val->dns_latency_us;
@@ -708,7 +754,7 @@ static __always_inline int flow_observe(struct __sk_buff *skb, __u8 direction)
 		if ((features & FLOW_FEATURE_DNS) &&
 		    (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP))
 			dns_latency(skb, &key, &pos, &val, cur,
-				    cfg && cfg->dns_port ? cfg->dns_port : 53);
+				    cfg && cfg->dns_port ? cfg->dns_port : 53, features);
 	}
 	if (cur) {
 		account(cur, &val, now);

@@ -147,6 +147,7 @@ struct flow_config {
  * the hit path one test of this word. */
 #define FLOW_FEATURE_RTT 1 /* TCP handshake RTT (flow_value.handshake_rtt_us) */
 #define FLOW_FEATURE_DNS 2 /* DNS latency, id and rcode (flow_value.dns_*) */
+#define FLOW_FEATURE_DNS_NAME 4 /* with FLOW_FEATURE_DNS: the query name (flow_dns_names) */
 
 /* A handshake packet sent (SYN or SYN-ACK, egress), waiting in flow_rtt_pending under the key of
  * the ingress packet that answers it. */
@@ -167,6 +168,22 @@ struct dns_pending_key {
 
 struct dns_pending {
 	__u64 sent_ns;       /* bpf_ktime_get_ns() when the query passed */
+};
+
+/* The longest name in a DNS message: 255 octets in wire form (RFC 1035 2.3.4). */
+#define DNS_NAME_MAX 255
+
+/* FLOW_FEATURE_DNS_NAME: the query name of the latest answered query of a flow, in flow_dns_names
+ * under the flow's key (that of its response). Not per flow slot: the flow value would grow by the
+ * name for every flow, and most flows are not DNS. The name is the question section's QNAME of the
+ * response as on the wire (length-prefixed labels ending with a zero octet), at most
+ * DNS_NAME_MAX octets of it; id is the one the response put on the flow (flow_value.dns_id), so
+ * userspace pairs a name with the answer it belongs to. */
+struct dns_name {
+	__u16 id;            /* host order, as flow_value.dns_id */
+	__u8 len;            /* octets of name read from the message */
+	__u8 _pad0;
+	__u8 name[DNS_NAME_MAX + 1];
 };
 
 #endif

@@ -35,6 +35,12 @@ export interface LoadOptions {
    * bpf_map__reuse_fd). No map is created for them, and they are never pinned by this object.
    */
   reuseMaps?: Record<string, number>;
+  /**
+   * Maps of this object created anew on every load and never pinned, by name: state that need not
+   * outlive the process and is sized per run, so a pin left by a run with another size cannot
+   * refuse the load.
+   */
+  unpinned?: readonly string[];
 }
 
 /** The parsed ELF (bpf_object__open_file): programs and maps by name, editable before load. */
@@ -210,7 +216,7 @@ export class ObjectSpec {
     const obj = this.#live('load');
     const bpf = libbpf();
     const ctx = `load ${this.path}`;
-    if (opts.pinDir !== undefined) this.#preparePins(obj, opts.pinDir);
+    if (opts.pinDir !== undefined) this.#preparePins(obj, opts.pinDir, new Set(opts.unpinned));
     for (const [name, fd] of Object.entries(opts.reuseMaps ?? {})) {
       const m = bpf.bpf_object__find_map_by_name(obj, name);
       const r = m === null ? -2 : bpf.bpf_map__reuse_fd(m, fd);
@@ -292,7 +298,7 @@ export class ObjectSpec {
     return this.#obj;
   }
 
-  #preparePins(obj: Ptr, pinDir: string): void {
+  #preparePins(obj: Ptr, pinDir: string, unpinned: ReadonlySet<string>): void {
     const bpf = libbpf();
     const mapDir = `${pinDir}/maps`;
     requireBpffs(mapDir, `pin maps of ${this.path} under ${pinDir}`);
@@ -308,6 +314,7 @@ export class ObjectSpec {
     for (let m = bpf.bpf_object__next_map(obj, null); m !== null; m = bpf.bpf_object__next_map(obj, m)) {
       if (bpf.bpf_map__is_internal(m)) continue;
       const name = bpf.bpf_map__name(m);
+      if (unpinned.has(name)) continue;
       const path = `${mapDir}/${name}`;
       if (existsSync(path)) checkPinned(path, name, m);
       const r = bpf.bpf_map__set_pin_path(m, path);

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { DROP_VALUE_STRIDE, FLOW_KEY, FLOW_VALUE_STRIDE } from '../datapath/flow/index.js';
+import { DNS_NAME, DROP_VALUE_STRIDE, FLOW_KEY, FLOW_VALUE_STRIDE } from '../datapath/flow/index.js';
 
 /** What the machine can give: read from /proc and /sys, or given by a test. */
 export interface MachineMemory {
@@ -130,6 +130,15 @@ function ebpfFlows(config: Record<string, unknown>, machine: MachineMemory): Est
       value: drops,
       bytes: FLOW_MAPS * drops * perEntry,
       how: `${FLOW_MAPS} drop maps x ${drops} entries x (${DROP_VALUE_STRIDE} bytes x ${machine.possibleCpus} possible cpus + ${FLOW_KEY.size} bytes of key)`,
+    });
+  }
+  const names = config.dns_query_name_max_flows;
+  if (config.dns_query_name === true && typeof names === 'number') {
+    out.push({
+      option: 'dns_query_name_max_flows',
+      value: names,
+      bytes: names * (DNS_NAME.size + FLOW_KEY.size),
+      how: `one name map x ${names} entries x (${DNS_NAME.size} bytes of name + ${FLOW_KEY.size} bytes of key)`,
     });
   }
   return out;

@@ -184,6 +184,14 @@ export interface FlowRecord {
   dnsTransactionId?: number;
   dnsResponseCode?: number;
   /**
+   * rxflow's own field, set by `ebpf_flows` with `dns_query_name: true` next to the fields above:
+   * the name the answered query asked for (the response's question), in DNS presentation form
+   * (RFC 1035 5.1): labels joined by dots, no trailing dot, case as on the wire, octets outside
+   * printable ASCII as `\DDD` and a dot or backslash inside a label escaped. At most
+   * MAX_DNS_NAME_CHARS characters (a name is at most 255 octets on the wire).
+   */
+  dnsQueryName?: string;
+  /**
    * rxflow's own field (IPFIX has no element for it; netobserv calls it the `Interfaces` /
    * `DupList` of a flow): every (interface, direction) the flow was seen on, when `dedupe` saw it
    * on more than one, the first one first, at most MAX_OBSERVED_INTERFACES.
@@ -332,6 +340,11 @@ export const EARLIEST_FLOW_MS = Date.UTC(2000, 0, 1);
 export const FUTURE_SLACK_MS = 86_400_000;
 /** Characters a string field may have at most (interface names, and fields riding along). */
 export const MAX_TEXT_CHARS = 256;
+/**
+ * Characters of dnsQueryName at most: 255 wire octets, every one of them escaped as `\DDD`
+ * (4 characters) in the worst case.
+ */
+export const MAX_DNS_NAME_CHARS = 1024;
 
 // What each known field must hold. Numbers are integers in the field's IPFIX range.
 const IPV4 = 0;
@@ -352,6 +365,7 @@ const BOOLEAN = 14;
 const VERSION = 15;
 const DIRECTION = 16;
 const OBSERVED = 17;
+const DNS_NAME = 18;
 const KIND_MASK = 31;
 /** Set on the kind of a field every record has. */
 const REQUIRED = 32;
@@ -446,6 +460,8 @@ function kindOf(name: string): number {
     case 'dnsTransactionId':
     case 'dnsResponseCode':
       return U16;
+    case 'dnsQueryName':
+      return DNS_NAME;
     case 'droppedPacketDeltaCount':
     case 'droppedOctetDeltaCount':
     case 'octetTotalCount':
@@ -548,6 +564,10 @@ function fieldProblem(name: string, kind: number, v: unknown, nowMs: number): st
     case TEXT:
       if (typeof v !== 'string') return `${name} is not a string`;
       if (v.length > MAX_TEXT_CHARS) return `${name} is longer than ${MAX_TEXT_CHARS} characters`;
+      return hasControlCharacter(v) ? `${name} holds a control character: ${shown(v)}` : undefined;
+    case DNS_NAME:
+      if (typeof v !== 'string') return `${name} is not a string`;
+      if (v.length > MAX_DNS_NAME_CHARS) return `${name} is longer than ${MAX_DNS_NAME_CHARS} characters`;
       return hasControlCharacter(v) ? `${name} holds a control character: ${shown(v)}` : undefined;
     case TUNNEL:
       return v === 'vxlan' || v === 'geneve' ? undefined : `${name} is not "vxlan" or "geneve": ${shown(v)}`;

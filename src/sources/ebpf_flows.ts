@@ -11,6 +11,7 @@ import {
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import {
   FLOW_FEATURE_DNS,
+  FLOW_FEATURE_DNS_NAME,
   FLOW_FEATURE_RTT,
   FlowDatapath,
   monotonicToWallClockOffsetMs,
@@ -56,6 +57,8 @@ export interface EbpfFlowsConfig {
   rtt_hook: string;
   dns: boolean;
   dns_port: number;
+  dns_query_name: boolean;
+  dns_query_name_max_flows: number;
 }
 
 /** Kernel counters that are losses, and the ledger reason each is reported under. */
@@ -125,6 +128,26 @@ function enableRtt(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): v
   logger.info({ hook }, 'rtt program attached');
 }
 
+/**
+ * Turns DNS latency on, and the query names with dns_query_name (which needs the pairing, so it
+ * turns dns on as well). Returns a reporter that logs the
+ * answers of the last eviction that got no name (the name map was full, see DnsNames).
+ */
+function enableDns(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): (() => void) | undefined {
+  const names = config.dns_query_name;
+  if (!config.dns && !names) return undefined;
+  dp.setFeatures(dp.features | FLOW_FEATURE_DNS | (names ? FLOW_FEATURE_DNS_NAME : 0), config.dns_port);
+  if (!names) return undefined;
+  return () => {
+    const missed = dp.dnsNames!.missDelta();
+    if (missed > 0)
+      logger.warn(
+        { missed, dns_query_name_max_flows: config.dns_query_name_max_flows },
+        `dns answers without their query name: ${missed} in the last eviction; the kernel held at most dns_query_name_max_flows names between evictions; raise it or lower eviction_interval_ms`,
+      );
+  };
+}
+
 function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
   return tap((batch) => {
     counters.addReceived(batch.length);
@@ -150,6 +173,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       maxFlows: config.cache_max_flows,
       ringbufBytes: config.ringbuf_size_bytes,
       sampling: config.sampling,
+      ...(config.dns_query_name ? { dnsQueryNames: config.dns_query_name_max_flows } : {}),
       ...(config.object_path ? { objectPath: config.object_path } : {}),
     };
     const matcher = InterfaceMatcher.parse(config.interfaces, config.exclude_interfaces ?? []);
@@ -170,7 +194,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     dp.labeler = config.netns === undefined ? undefined : follower.labeler;
     const reportUnmatchedDrops = enableDrops(dp, config, logger);
     enableRtt(dp, config, logger);
-    if (config.dns) dp.setFeatures(dp.features | FLOW_FEATURE_DNS, config.dns_port);
+    const reportDnsNameMisses = enableDns(dp, config, logger);
     const pressure = new Subject<void>();
     const stop$ = context.stop$;
     const offsetMs = monotonicToWallClockOffsetMs();
@@ -186,6 +210,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       evict: (final) => {
         reportKernelLosses(dp, counters);
         reportUnmatchedDrops?.();
+        reportDnsNameMisses?.();
         return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
       },
       evictionIntervalMs: config.eviction_interval_ms,
@@ -379,6 +404,20 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
         default: 53,
         description: "the DNS servers' port (UDP and TCP) that dns watches",
       },
+      dns_query_name: {
+        type: 'boolean',
+        default: false,
+        description:
+          'dns, and the flow of an answered query also gets dnsQueryName, the name it asked for (the question of the response), in DNS presentation form: labels joined by dots, case as on the wire, other octets than printable ASCII as \\DDD. Names wait in a kernel map of their own (dns_query_name_max_flows) until the next eviction, so flows do not grow; only answered responses write it',
+      },
+      dns_query_name_max_flows: {
+        type: 'integer',
+        minimum: 1,
+        maximum: 1048576,
+        default: 4096,
+        description:
+          'flows with an answered query whose name the kernel holds between two evictions (one map of entries x (260 bytes + 60 bytes of key)); beyond it the oldest names go first, and the answers that lost theirs are logged',
+      },
     },
   },
   example: {
@@ -406,6 +445,8 @@ const ebpfFlowsModule: SourceModule<EbpfFlowsConfig> = {
     rtt_hook: 'tcp_probe',
     dns: false,
     dns_port: 53,
+    dns_query_name: false,
+    dns_query_name_max_flows: 4096,
   },
   build: ebpfFlows,
 };

@@ -11,6 +11,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import * as flow from '../../src/datapath/flow/types.js';
 import * as dns from '../../src/datapath/flow/dns.js';
 import * as latency from '../../src/datapath/flow/latency.js';
+import * as dnsNames from '../../src/datapath/flow/dns-names.js';
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const hasBpftool = spawnSync('bpftool', ['version']).status === 0;
@@ -107,6 +108,10 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
     const slot = mapMember('flow_maps', 'values');
     expect([slot.kind, types.get(slot.type_id!)!.name]).toStrictEqual(['PTR', 'flow_map_def']);
     expect(mapMember('flow_config', 'value').name).toBe('flow_config');
+    expect([mapMember('flow_dns_names', 'key').name, mapMember('flow_dns_names', 'value').name]).toEqual([
+      'flow_key',
+      'dns_name',
+    ]);
     // max_entries is encoded as a pointer to an array of that many elements.
     expect(mapMember('flow_counters', 'max_entries').nr_elems).toBe(flow.FLOW_CTR.MAX);
   });
@@ -148,6 +153,8 @@ describe.skipIf(skipReason !== '')(`flow.h layouts against the BTF of bpf/flow.o
       FLOW_EVENT_MAP_ERROR: flow.FLOW_EVENT_MAP_ERROR,
       FLOW_FEATURE_RTT: latency.FLOW_FEATURE_RTT,
       FLOW_FEATURE_DNS: dns.FLOW_FEATURE_DNS,
+      FLOW_FEATURE_DNS_NAME: dnsNames.FLOW_FEATURE_DNS_NAME,
     });
+    expect(Number(/^#define DNS_NAME_MAX (\d+)/m.exec(header)![1])).toBe(dnsNames.DNS_NAME_MAX);
   });
 });

@@ -12,6 +12,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
 import { FLOW_FEATURE_DNS } from '../../src/datapath/flow/dns.js';
+import { FLOW_FEATURE_DNS_NAME } from '../../src/datapath/flow/dns-names.js';
 import type { FlowRecord } from '../../src/records/flow.js';
 import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
@@ -35,6 +36,15 @@ interface Query {
   rcode: number;
   delayMs: number;
   port?: number;
+  /** The question's labels after the first (which tells the responder what to answer): `test`. */
+  labels?: string[];
+}
+
+/** The wire form (RFC 1035 3.1) of a query's name, as hex: its labels' octets are latin1. */
+function qname(q: Query): string {
+  const labels = [`r${q.rcode}-d${q.delayMs}`, ...(q.labels ?? ['test'])];
+  const parts = labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')]));
+  return Buffer.concat([...parts, Buffer.from([0])]).toString('hex');
 }
 
 /**
@@ -52,7 +62,7 @@ interface Answered {
 /** Sends the queries one after the other, each from its own source port (TCP: a connection each). */
 function clientScript(src: string, dst: string, queries: Query[]): string {
   const list = queries
-    .map((q) => `("${q.proto}", ${q.srcPort}, ${q.id}, "r${q.rcode}-d${q.delayMs}.test", ${q.port ?? PORT})`)
+    .map((q) => `("${q.proto}", ${q.srcPort}, ${q.id}, "${qname(q)}", ${q.port ?? PORT})`)
     .join(', ');
   return `import socket, struct, time
 SO_TIMESTAMPNS = 35
@@ -65,8 +75,7 @@ def received(s):
     raise SystemExit("no receive timestamp")
 def query(qid, name):
     q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
-    for l in name.split("."): q += bytes([len(l)]) + l.encode()
-    return q + b"\\0" + struct.pack("!HH", 1, 1)
+    return q + bytes.fromhex(name) + struct.pack("!HH", 1, 1)
 for proto, sport, qid, name, port in [${list}]:
     m = query(qid, name)
     if proto == "udp":
@@ -140,13 +149,14 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     await cleanup.dispose();
   });
 
-  function attach(side: 'client' | 'server'): FlowDatapath {
+  function attach(side: 'client' | 'server', dnsQueryNames?: number): FlowDatapath {
     const end = side === 'client' ? pair.link.a : pair.link.b;
     const dp = FlowDatapath.open({
       interfaces: [end.ifname],
       netns: end.ns!.name,
       instance: `dns-${side}-${process.pid}`,
       pinRoot,
+      ...(dnsQueryNames === undefined ? {} : { dnsQueryNames }),
     });
     open.push(dp);
     return dp;
@@ -167,8 +177,8 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
       });
   }
 
-  /** The DNS fields of the flow of `proto` from `from` to `to` in `direction`, exactly one. */
-  function dnsOf(records: FlowRecord[], proto: string, from: number, to: number, direction: number) {
+  /** The flow of `proto` from `from` to `to` in `direction`, exactly one. */
+  function flowOf(records: FlowRecord[], proto: string, from: number, to: number, direction: number) {
     const flows = records.filter(
       (r) =>
         r.protocolIdentifier === (proto === 'udp' ? 17 : 6) &&
@@ -177,7 +187,13 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
         r.flowDirection === direction,
     );
     expect(flows, `${proto} ${from} -> ${to} direction ${direction}`).toHaveLength(1);
-    const { dnsLatencyMicroseconds: latency, dnsTransactionId: id, dnsResponseCode: rcode } = flows[0]!;
+    return flows[0]!;
+  }
+
+  /** The DNS fields of the flow of `proto` from `from` to `to` in `direction`, exactly one. */
+  function dnsOf(records: FlowRecord[], proto: string, from: number, to: number, direction: number) {
+    const flow = flowOf(records, proto, from, to, direction);
+    const { dnsLatencyMicroseconds: latency, dnsTransactionId: id, dnsResponseCode: rcode } = flow;
     return { latency, id, rcode };
   }
 
@@ -272,5 +288,107 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     const tcp = dnsOf(records, 'tcp', OTHER_PORT, 40042, 1);
     expect([udp.id, udp.rcode, tcp.id, tcp.rcode]).toEqual([300, SERVFAIL, 301, NXDOMAIN]);
     expect(Math.min(udp.latency!, tcp.latency!)).toBeGreaterThanOrEqual(1000);
+    expect(records.filter((r) => r.dnsQueryName !== undefined)).toEqual([]);
+  });
+
+  // The longest name there is: 255 octets on the wire (r0-d1, three labels of 63, one of 55).
+  const LONGEST = ['x'.repeat(63), 'y'.repeat(63), 'z'.repeat(63), 'w'.repeat(55)];
+  const named: [Query, string][] = [
+    [
+      {
+        proto: 'udp',
+        srcPort: 40051,
+        id: 0x5151,
+        rcode: NOERROR,
+        delayMs: 1,
+        labels: ['Mixed-CASE', 'example'],
+      },
+      'r0-d1.Mixed-CASE.example',
+    ],
+    [
+      {
+        proto: 'udp',
+        srcPort: 40052,
+        id: 0x5252,
+        rcode: NXDOMAIN,
+        delayMs: 1,
+        labels: ['a.b', 'sp ace\\', '\x01\xff'],
+      },
+      'r3-d1.a\\.b.sp\\032ace\\\\.\\001\\255',
+    ],
+    [
+      { proto: 'tcp', srcPort: 40053, id: 0x5353, rcode: NOERROR, delayMs: 1, labels: LONGEST },
+      `r0-d1.${LONGEST.join('.')}`,
+    ],
+    [{ proto: 'tcp', srcPort: 40054, id: 0x5454, rcode: SERVFAIL, delayMs: 1 }, 'r2-d1.test'],
+  ];
+
+  it('query names on both ends, over UDP and TCP, in presentation form up to the longest name', async () => {
+    const client = attach('client', 64);
+    const server = attach('server', 64);
+    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    server.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const answered = await ask(named.map(([q]) => q));
+    expect(answered.map((a) => a.id)).toEqual(named.map(([q]) => q.id));
+    const atClient = client.evictFlows(0);
+    const atServer = server.evictFlows(0);
+    for (const [q, name] of named) {
+      const c = flowOf(atClient, q.proto, PORT, q.srcPort, 0);
+      const s = flowOf(atServer, q.proto, PORT, q.srcPort, 1);
+      expect([c.dnsTransactionId, c.dnsQueryName, s.dnsTransactionId, s.dnsQueryName]).toEqual([
+        q.id,
+        name,
+        q.id,
+        name,
+      ]);
+      // The query's flow carries no answer, so no name.
+      expect(flowOf(atClient, q.proto, q.srcPort, PORT, 1).dnsQueryName).toBeUndefined();
+    }
+    expect([client.dnsNames!.missDelta(), server.dnsNames!.missDelta()]).toEqual([0, 0]);
+    expect(LONGEST.reduce((n, l) => n + 1 + l.length, 1 + 5 + 1)).toBe(255);
+  });
+
+  it('a name map smaller than the answers between two evictions: every answer has its name or is a miss', async () => {
+    const client = attach('client', 4);
+    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const queries: Query[] = Array.from({ length: 12 }, (_, i) => ({
+      proto: 'udp',
+      srcPort: 40061 + i,
+      id: 600 + i,
+      rcode: NOERROR,
+      delayMs: 0,
+      labels: [`n${i}`, 'test'],
+    }));
+    const answered = await ask(queries);
+    expect(answered).toHaveLength(12);
+    const records = client.evictFlows(0);
+    const withName = queries.filter(
+      (q) => flowOf(records, 'udp', PORT, q.srcPort, 0).dnsQueryName !== undefined,
+    );
+    for (const q of withName) {
+      expect(flowOf(records, 'udp', PORT, q.srcPort, 0).dnsQueryName).toBe(`r0-d0.n${q.id - 600}.test`);
+    }
+    // The LRU map keeps the latest names it has room for; the rest are counted, not lost silently.
+    expect(withName.length).toBeGreaterThan(0);
+    expect(withName.length).toBeLessThanOrEqual(4);
+    expect(withName.length + client.dnsNames!.missDelta()).toBe(12);
+  });
+
+  it('ebpf_flows with dns_query_name: true in a pipeline: names on the response flows', async () => {
+    const { pipeline, collected, logs } = await startEbpfPipeline({
+      name: 'dns-name-pipeline',
+      iface: pair.link.b.ifname,
+      netns: pair.server.name,
+      pinRoot,
+      options: '    dns_query_name: true\n    dns_query_name_max_flows: 16',
+    });
+    await ask(named.map(([q]) => q));
+    await pipeline.stop();
+    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
+    const records = collected();
+    for (const [q, name] of named) {
+      const s = flowOf(records, q.proto, PORT, q.srcPort, 1);
+      expect([s.dnsTransactionId, s.dnsResponseCode, s.dnsQueryName]).toEqual([q.id, q.rcode, name]);
+    }
   });
 });

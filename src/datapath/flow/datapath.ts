@@ -13,7 +13,6 @@ import {
   attachTc,
   type BpfMap,
   type Collection,
-  type DrainResult,
   type Program,
   type TcDirection,
   type TcLink,
@@ -35,6 +34,7 @@ import {
 import { FlowMaps, setFlowMapMaxEntries } from './maps.js';
 import { DropsDatapath, attachDrops, type DropBatch } from './drops.js';
 import { RttProbe } from './rtt.js';
+import { DnsNames, FLOW_FEATURE_DNS_NAME } from './dns-names.js';
 import { withNetns } from '../../net/netns.js';
 import { bpfObjectPath } from '../../paths.js';
 import type { FlowRecord } from '../../records/flow.js';
@@ -57,6 +57,11 @@ export interface FlowDatapathOptions {
   ringbufBytes?: number;
   /** 1-in-N packet sampling; 0 or 1 counts every packet. */
   sampling?: number;
+  /**
+   * Capacity of the DNS query-name map (flows with an answered query between two evictions);
+   * unset, names cannot be turned on (FLOW_FEATURE_DNS_NAME) and the map takes one entry.
+   */
+  dnsQueryNames?: number;
   objectPath?: string;
 }
 
@@ -72,6 +77,9 @@ export interface EvictOptions {
   /** The final eviction at shutdown: flows without FIN/RST end forced (4). */
   forced?: boolean;
 }
+
+/** The LRU map of DNS query names (bpf/flow.c), created per run at the size asked for. */
+const DNS_NAMES_MAP = 'flow_dns_names';
 
 const COUNTER_NAMES = Object.keys(FLOW_CTR).filter((n) => n !== 'MAX') as FlowCounterName[];
 
@@ -95,9 +103,12 @@ export class FlowDatapath {
   drops: DropsDatapath | undefined;
   /** The smoothed-RTT program, once enableRttProbe() loaded it. */
   rttProbe: RttProbe | undefined;
+  /** DNS query names, when the datapath was opened with room for them (dnsQueryNames). */
+  readonly dnsNames: DnsNames | undefined;
   readonly #collection: Collection;
   readonly #counters: BpfMap;
   readonly #config: BpfMap;
+  readonly #dnsNameMap: BpfMap;
   #sampling = 0;
   #features = 0;
   #dnsPort = 0;
@@ -116,8 +127,10 @@ export class FlowDatapath {
   #countersSeen: KernelCounters | undefined;
   readonly #unmatchedSeen = new Map<string, number>();
 
-  private constructor(collection: Collection, pinDir: string, netns: string | undefined) {
+  private constructor(collection: Collection, pinDir: string, netns: string | undefined, dnsNames: boolean) {
     this.#collection = collection;
+    this.#dnsNameMap = collection.map(DNS_NAMES_MAP);
+    this.dnsNames = dnsNames ? new DnsNames() : undefined;
     this.#netns = netns;
     this.pinDir = pinDir;
     this.flowMaps = new FlowMaps(collection);
@@ -161,14 +174,15 @@ export class FlowDatapath {
     try {
       if (options.maxFlows !== undefined) setFlowMapMaxEntries(spec, options.maxFlows);
       if (options.ringbufBytes !== undefined) spec.setMaxEntries('flow_events', options.ringbufBytes);
-      collection = spec.load({ pinDir });
+      spec.setMaxEntries(DNS_NAMES_MAP, options.dnsQueryNames ?? 1);
+      collection = spec.load({ pinDir, unpinned: [DNS_NAMES_MAP, 'flow_dns_name_scratch'] });
     } catch (err) {
       spec.close();
       throw err;
     }
     let dp: FlowDatapath;
     try {
-      dp = new FlowDatapath(collection, pinDir, options.netns);
+      dp = new FlowDatapath(collection, pinDir, options.netns, options.dnsQueryNames !== undefined);
     } catch (err) {
       collection.close();
       throw err;
@@ -249,6 +263,12 @@ export class FlowDatapath {
    * flow/dns.ts) and, for FLOW_FEATURE_DNS, the DNS servers' port (0: 53).
    */
   setFeatures(features: number, dnsPort = this.#dnsPort): void {
+    if ((features & FLOW_FEATURE_DNS_NAME) !== 0 && this.dnsNames === undefined) {
+      throw new DatapathError(
+        'EARG',
+        'flow datapath: dns query names need room for them; open the datapath with dnsQueryNames',
+      );
+    }
     this.#features = features;
     this.#dnsPort = dnsPort;
     this.#writeConfig();
@@ -336,27 +356,22 @@ export class FlowDatapath {
     const batch = map.drain();
     // Swapped after the flow maps: a drop between the two swaps lands on a flow of the new flow
     // map, and comes out here without its packets (attachDrops).
-    const drops = this.drops?.evict();
-    return this.#decode(batch, map.valueBufferSize, offsetMs, evictionOf(nowNs, options), drops);
-  }
-
-  #decode(
-    batch: DrainResult,
-    valueBufferSize: number,
-    offsetMs: number,
-    eviction: FlowEviction,
-    drops?: DropBatch,
-  ): FlowRecord[] {
-    if (drops === undefined || drops.byKey.size === 0) {
-      if (batch.count === 0) return [];
-      return decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler);
-    }
+    const eviction = evictionOf(nowNs, options);
     const indexes: number[] = [];
     const records =
       batch.count === 0
         ? []
-        : decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+        : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    this.#attachDnsNames(records, indexes, batch.keys);
+    const drops = this.drops?.evict();
+    if (drops === undefined || drops.byKey.size === 0) return records;
     return this.#withDrops(records, indexes, batch.keys, drops, offsetMs, eviction);
+  }
+
+  /** Drains the DNS query names, when on, onto the records of the flow map drained before. */
+  #attachDnsNames(records: readonly FlowRecord[], indexes: readonly number[], keys: Uint8Array): void {
+    if (this.dnsNames === undefined) return;
+    this.dnsNames.attach(records, indexes, keys, this.#dnsNameMap.drain(), this.#dnsNameMap.valueBufferSize);
   }
 
   /** The records of a drained flow map with the drops of their flows, and the drops on no flow. */
@@ -394,6 +409,7 @@ export class FlowDatapath {
       batch.count === 0
         ? []
         : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    this.#attachDnsNames(records, indexes, batch.keys);
     if (!this.drops) return records;
     const keys = batch.keys.slice(0, batch.count * FLOW_KEY.size);
     const drops = await this.drops.evictAsync();

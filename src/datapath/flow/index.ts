@@ -30,3 +30,4 @@ export { FLOW_MAPS_OUTER, FLOW_MAP_NAMES, FlowMaps, setFlowMapMaxEntries } from 
 export * from './types.js';
 export { FLOW_FEATURE_RTT } from './latency.js';
 export { DNS_RCODE_NAMES, FLOW_FEATURE_DNS } from './dns.js';
+export { DNS_NAME_MAX, DnsNames, FLOW_FEATURE_DNS_NAME, dnsNameText } from './dns-names.js';

@@ -76,8 +76,21 @@ export const FLOW_CONFIG = struct('flow_config', 12, {
   _pad0: [10, 2],
 });
 
+export const DNS_NAME = struct('dns_name', 260, {
+  id: [0, 2],
+  len: [2, 1],
+  _pad0: [3, 1],
+  name: [4, 256],
+});
+
 /** Every struct shared with the kernel, for layout checks against the object's BTF. */
-export const FLOW_LAYOUTS: readonly StructLayout[] = [FLOW_KEY, FLOW_VALUE, FLOW_EVENT, FLOW_CONFIG];
+export const FLOW_LAYOUTS: readonly StructLayout[] = [
+  FLOW_KEY,
+  FLOW_VALUE,
+  FLOW_EVENT,
+  FLOW_CONFIG,
+  DNS_NAME,
+];
 
 /** Indexes of the flow_counters per-CPU array (enum flow_counter, without the FLOW_CTR_ prefix). */
 export const FLOW_CTR = {

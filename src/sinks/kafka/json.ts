@@ -102,6 +102,7 @@ const K_SRTT_MIN = key('tcpSmoothedRttMinMicroseconds');
 const K_DNS_LATENCY = key('dnsLatencyMicroseconds');
 const K_DNS_ID = key('dnsTransactionId');
 const K_DNS_RCODE = key('dnsResponseCode');
+const K_DNS_NAME = key('dnsQueryName');
 const K_OBSERVED = key('observedInterfaces');
 
 /** "00".."99": two digits per division halves the divisions of a number. */
@@ -472,6 +473,7 @@ export function writeFlowJson(r: FlowRecord, out: Buffer, pos: number): number {
   if ((p = numberField(out, p, K_DNS_LATENCY, r.dnsLatencyMicroseconds)) < 0) return -1;
   if ((p = numberField(out, p, K_DNS_ID, r.dnsTransactionId)) < 0) return -1;
   if ((p = numberField(out, p, K_DNS_RCODE, r.dnsResponseCode)) < 0) return -1;
+  if ((p = stringField(out, p, K_DNS_NAME, r.dnsQueryName)) < 0) return -1;
   // Only flows dedupe saw on several interfaces have it: JSON.stringify's text is good enough.
   if (r.observedInterfaces !== undefined && (p = writeOther(out, p, K_OBSERVED, r.observedInterfaces)) < 0)
     return -1;

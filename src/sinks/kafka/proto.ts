@@ -68,6 +68,7 @@ const T_SRTT_MIN = (56 << 3) | 0;
 const T_DNS_LATENCY = (57 << 3) | 0;
 const T_DNS_ID = (58 << 3) | 0;
 const T_DNS_RCODE = (59 << 3) | 0;
+const T_DNS_NAME = (60 << 3) | 2;
 const T_OBSERVED = (100 << 3) | 2;
 // rxflow.v1.ObservedInterface
 const T_OBS_INGRESS = (1 << 3) | 0;
@@ -320,6 +321,7 @@ export function writeFlowProto(r: FlowRecord, out: Buffer, pos: number): number 
   if ((v = r.dnsLatencyMicroseconds) != null && (p = uint32Field(out, p, T_DNS_LATENCY, v)) < 0) return -1;
   if ((v = r.dnsTransactionId) != null && (p = uint32Field(out, p, T_DNS_ID, v)) < 0) return -1;
   if ((v = r.dnsResponseCode) != null && (p = uint32Field(out, p, T_DNS_RCODE, v)) < 0) return -1;
+  if ((v = r.dnsQueryName) != null && (p = stringField(out, p, T_DNS_NAME, v)) < 0) return -1;
   const observed = r.observedInterfaces;
   if (observed != null) {
     for (const o of observed) if ((p = writeObservedInterface(o, out, p)) < 0) return -1;

@@ -75,6 +75,15 @@ describe('size and duration options at validate', () => {
     ]);
   });
 
+  it('counts the dns name map when query names are on, and only then', () => {
+    const names = '    dns_query_name_max_flows: 1048576\n    cache_max_flows: 1000\n';
+    const memlock = { ...MACHINE, memlockBytes: 100e6 };
+    expect(problems(`    dns_query_name: false\n${names}`, memlock)).toEqual([]);
+    expect(problems(`    dns_query_name: true\n${names}`, memlock)).toEqual([
+      'p.yaml:6:31: sources.flows.dns_query_name_max_flows: dns_query_name_max_flows 1048576 would lock about 335.5 MB (one name map x 1048576 entries x (260 bytes of name + 60 bytes of key)); with cache_max_flows 632.0 kB, ringbuf_size_bytes 16.8 MB: 353.0 MB in all, but RLIMIT_MEMLOCK allows 100.0 MB; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)',
+    ]);
+  });
+
   it('takes a flow cache the machine can hold', () => {
     expect(problems('    cache_max_flows: 1000000\n')).toEqual([]);
   });
