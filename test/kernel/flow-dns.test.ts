@@ -66,6 +66,7 @@ function clientScript(src: string, dst: string, queries: Query[]): string {
     .join(', ');
   return `import socket, struct, time
 SO_TIMESTAMPNS = 35
+FAMILY = socket.AF_INET6 if ":" in "${dst}" else socket.AF_INET
 def received(s):
     data, anc, _, _ = s.recvmsg(4096, 256)
     for level, kind, value in anc:
@@ -79,7 +80,7 @@ def query(qid, name):
 for proto, sport, qid, name, port in [${list}]:
     m = query(qid, name)
     if proto == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s = socket.socket(FAMILY, socket.SOCK_DGRAM)
         s.bind(("${src}", sport))
         s.settimeout(10)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -87,7 +88,7 @@ for proto, sport, qid, name, port in [${list}]:
         s.sendto(m, ("${dst}", port))
         r, t1 = received(s)
     else:
-        s = socket.socket()
+        s = socket.socket(FAMILY)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("${src}", sport))
         s.settimeout(10)
@@ -112,8 +113,8 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   const held = new Map<string, number>();
   const open: FlowDatapath[] = [];
 
-  async function startResponder(port: number): Promise<void> {
-    const r = pair.server.spawn('python3', [RESPONDER, pair.link.b.ipv4!, String(port)], {
+  async function startResponder(port: number, address = pair.link.b.ipv4!): Promise<void> {
+    const r = pair.server.spawn('python3', [RESPONDER, address, String(port)], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     responders.push(r);
@@ -135,6 +136,7 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     pinRoot = makeBpffsDir('dns');
     await startResponder(PORT);
     await startResponder(OTHER_PORT);
+    await startResponder(PORT, pair.link.b.ipv6!);
   });
   afterEach(() => {
     for (const dp of open.splice(0)) dp.close();
@@ -162,12 +164,12 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     return dp;
   }
 
-  async function ask(queries: Query[]): Promise<Answered[]> {
-    const { stdout } = await pair.client.exec(
-      'python3',
-      ['-c', clientScript(pair.link.a.ipv4!, pair.link.b.ipv4!, queries)],
-      { timeoutMs: 20_000 },
-    );
+  async function ask(queries: Query[], family: 4 | 6 = 4): Promise<Answered[]> {
+    const [src, dst] =
+      family === 4 ? [pair.link.a.ipv4!, pair.link.b.ipv4!] : [pair.link.a.ipv6!, pair.link.b.ipv6!];
+    const { stdout } = await pair.client.exec('python3', ['-c', clientScript(src, dst, queries)], {
+      timeoutMs: 20_000,
+    });
     return stdout
       .trim()
       .split('\n')
@@ -346,6 +348,33 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     }
     expect([client.dnsNames!.missDelta(), server.dnsNames!.missDelta()]).toEqual([0, 0]);
     expect(LONGEST.reduce((n, l) => n + 1 + l.length, 1 + 5 + 1)).toBe(255);
+  });
+
+  it('over IPv6 as over IPv4: latency within 1 ms of the round trip, ids, codes and names exact', async () => {
+    const client = attach('client', 16);
+    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const queries: Query[] = [
+      { proto: 'udp', srcPort: 40071, id: 0x6161, rcode: NXDOMAIN, delayMs: 10, labels: ['v6', 'example'] },
+      { proto: 'tcp', srcPort: 40072, id: 0x6262, rcode: NOERROR, delayMs: 10, labels: ['v6', 'example'] },
+    ];
+    const answered = await ask(queries, 6);
+    const records = client.evictFlows(0);
+    for (const [i, q] of queries.entries()) {
+      const c = flowOf(records, q.proto, PORT, q.srcPort, 0);
+      expect([c.ipVersion, c.sourceIPv6Address, c.destinationIPv6Address]).toEqual([
+        6,
+        pair.link.b.ipv6,
+        pair.link.a.ipv6,
+      ]);
+      expect([c.dnsTransactionId, c.dnsResponseCode, c.dnsQueryName]).toEqual([
+        q.id,
+        q.rcode,
+        `r${q.rcode}-d10.v6.example`,
+      ]);
+      const figures = `${q.proto}: flow ${c.dnsLatencyMicroseconds} us, client ${answered[i]!.us} us`;
+      expect(c.dnsLatencyMicroseconds!, figures).toBeGreaterThanOrEqual(10_000);
+      expect(Math.abs(c.dnsLatencyMicroseconds! - answered[i]!.us), figures).toBeLessThanOrEqual(1000);
+    }
   });
 
   it('a name map smaller than the answers between two evictions: every answer has its name or is a miss', async () => {
