@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { ObjectSpec } from '../src/datapath/index.js';
 import { FlowMaps, setFlowMapMaxEntries } from '../src/datapath/flow/maps.js';
 import { FLOW_FEATURE_DNS } from '../src/datapath/flow/dns.js';
+import { FLOW_FEATURE_DNS_NAME } from '../src/datapath/flow/dns-names.js';
 import { FLOW_FEATURE_RTT } from '../src/datapath/flow/latency.js';
 import {
   FLOW_VALUE_STRIDE,
@@ -37,7 +38,7 @@ const TARGET_HIT_NS = 100;
 const TARGET_HIT_RATIO = 0.8;
 /** The same with every feature on, against netobserv's without any (issue 15). */
 const TARGET_ALL_ON_RATIO = 1.0;
-const ALL_FEATURES = FLOW_FEATURE_RTT | FLOW_FEATURE_DNS;
+const ALL_FEATURES = FLOW_FEATURE_RTT | FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME;
 
 function repoRoot(): string {
   // Runs from bench/ (tsx, vitest) or dist/bench/ (npm run bench).
@@ -152,7 +153,7 @@ function measure(ctx: BenchContext): void {
       value: allOnNs / netobservNs,
       unit: 'ratio',
       target: { value: TARGET_ALL_ON_RATIO, better: 'lower' },
-      note: `established TCP, RTT and DNS on: ${allOnNs.toFixed(1)} / ${netobservNs.toFixed(1)} ns (netobserv without its features)`,
+      note: `established TCP, RTT, DNS and DNS names on: ${allOnNs.toFixed(1)} / ${netobservNs.toFixed(1)} ns (netobserv without its features)`,
     });
     ctx.report({ name: 'flow.known_flow_hit_geneve', value: geneveNs, unit: 'ns/packet', baseline: base });
 

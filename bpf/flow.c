@@ -556,23 +556,23 @@ static __always_inline void dns_name(struct __sk_buff *skb, const struct flow_ke
 	bpf_map_update_elem(&flow_dns_names, key, n, BPF_ANY);
 }
 
-/* FLOW_FEATURE_DNS on a UDP or TCP packet. A query (QR clear) to the DNS port waits in
+/* Messages of one TCP segment looked at: a resolver may write several queries in one segment
+ * (glibc sends the A and AAAA queries of a name together), and a server their answers. */
+#define DNS_TCP_MESSAGES 4
+
+/* FLOW_FEATURE_DNS on one DNS message at off. A query (QR clear) to the DNS port waits in
  * flow_dns_pending under the key of the flow its response will count on and its transaction id;
  * a response (QR set) from the DNS port that finds its query there completes the measurement: its
  * latency in microseconds, id and rcode go into val and into cur, this CPU's slot of the flow if
  * it has one (account() leaves them alone: the hit path of other packets tests nothing), and with
- * FLOW_FEATURE_DNS_NAME the question's name goes to flow_dns_names. Over TCP the message follows
- * its 2-byte length (RFC 1035 4.2.2); only a message at the start of a segment is seen. Only these
- * packets read the fine clock. */
-static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow_key *key,
-					const struct parse_pos *pos, struct flow_value *val,
-					struct flow_value *cur, __u16 port, __u32 features)
+ * FLOW_FEATURE_DNS_NAME the question's name goes to flow_dns_names. Only these packets read the
+ * fine clock. */
+static __always_inline void dns_message(struct __sk_buff *skb, const struct flow_key *key, __u32 off,
+					struct flow_value *val, struct flow_value *cur, __u16 port,
+					__u32 features)
 {
-	if (key->dst_port != port && key->src_port != port)
-		return;
 	/* A helper rather than packet pointers: TCP carries the payload in the skb's pages. */
 	struct dns_head dh;
-	__u32 off = pos->hdr_len + (key->protocol == IPPROTO_TCP ? 2 : 0);
 
 	if (bpf_skb_load_bytes(skb, off, &dh, sizeof(dh)))
 		return;
@@ -619,6 +619,35 @@ static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow
 		cur->dns_id = val->dns_id;
 		cur->dns_rcode = val->dns_rcode;
 		cur->dns_answered_us = val->dns_answered_us;
+	}
+}
+
+/* FLOW_FEATURE_DNS on a UDP or TCP packet to or from the DNS port: the message of a datagram, or
+ * over TCP each message (RFC 1035 4.2.2: a 2-byte length, then the message) that starts in the
+ * segment, the first DNS_TCP_MESSAGES of them. A segment is taken to start with a message, as
+ * resolvers and servers write them; one carrying the rest of a longer message is read as if it
+ * started one, which pairs nothing unless its bytes happen to name a waiting query's id. */
+static __always_inline void dns_latency(struct __sk_buff *skb, const struct flow_key *key,
+					const struct parse_pos *pos, struct flow_value *val,
+					struct flow_value *cur, __u16 port, __u32 features)
+{
+	if (key->dst_port != port && key->src_port != port)
+		return;
+	__u32 off = pos->hdr_len;
+
+	if (key->protocol != IPPROTO_TCP) {
+		dns_message(skb, key, off, val, cur, port, features);
+		return;
+	}
+	for (int i = 0; i < DNS_TCP_MESSAGES; i++) {
+		__be16 len;
+
+		if (bpf_skb_load_bytes(skb, off, &len, sizeof(len)))
+			return;
+		dns_message(skb, key, off + 2, val, cur, port, features);
+		off += 2 + bpf_ntohs(len);
+		if (off + sizeof(struct dns_head) > skb->len)
+			return;
 	}
 }
 

@@ -30,7 +30,8 @@ const SERVFAIL = 2;
 const NXDOMAIN = 3;
 
 interface Query {
-  proto: 'udp' | 'tcp';
+  /** tcp-pair: this query and a second with id + 1 written in one segment on one connection. */
+  proto: 'udp' | 'tcp' | 'tcp-pair';
   srcPort: number;
   id: number;
   rcode: number;
@@ -94,9 +95,17 @@ for proto, sport, qid, name, port in [${list}]:
         s.settimeout(10)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.connect(("${dst}", port))
+        out = struct.pack("!H", len(m)) + m
+        if proto == "tcp-pair":
+            m2 = query(qid + 1, name)
+            out += struct.pack("!H", len(m2)) + m2
         t0 = time.time_ns()
-        s.sendall(struct.pack("!H", len(m)) + m)
+        s.sendall(out)
         r, t1 = received(s)
+        if proto == "tcp-pair":
+            while len(r) < 4 + 2 * len(m): r += s.recv(4096)
+            # The second answer, whose id the flow keeps (the latest answered).
+            r = r[2 + struct.unpack_from("!H", r)[0]:]
         r = r[2:]
     us = round((t1 - t0) / 1000)
     rid, flags = struct.unpack_from("!HH", r)
@@ -136,7 +145,7 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     pinRoot = makeBpffsDir('dns');
     await startResponder(PORT);
     await startResponder(OTHER_PORT);
-    await startResponder(PORT, pair.link.b.ipv6!);
+    await startResponder(PORT, pair.link.b.ipv6);
   });
   afterEach(() => {
     for (const dp of open.splice(0)) dp.close();
@@ -375,6 +384,37 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
       expect(c.dnsLatencyMicroseconds!, figures).toBeGreaterThanOrEqual(10_000);
       expect(Math.abs(c.dnsLatencyMicroseconds! - answered[i]!.us), figures).toBeLessThanOrEqual(1000);
     }
+  });
+
+  it('over TCP, every message of a segment: two queries written together and their two answers', async () => {
+    const client = attach('client', 16);
+    const server = attach('server', 16);
+    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    server.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const q: Query = {
+      proto: 'tcp-pair',
+      srcPort: 40081,
+      id: 0x7070,
+      rcode: NXDOMAIN,
+      delayMs: 5,
+      labels: ['pair', 'test'],
+    };
+    const [answer] = await ask([q]);
+    expect([answer!.id, answer!.rcode]).toEqual([0x7071, NXDOMAIN]);
+    // Both queries were answered; the flows keep the latest answer, the second message of the
+    // responses' segment, which pairs with the second message of the queries' segment.
+    expect([held.has(`tcp ${0x7070}`), held.has(`tcp ${0x7071}`)]).toEqual([true, true]);
+    const c = flowOf(client.evictFlows(0), 'tcp', PORT, q.srcPort, 0);
+    const s = flowOf(server.evictFlows(0), 'tcp', PORT, q.srcPort, 1);
+    for (const f of [c, s]) {
+      expect([f.dnsTransactionId, f.dnsResponseCode, f.dnsQueryName]).toEqual([
+        0x7071,
+        NXDOMAIN,
+        'r3-d5.pair.test',
+      ]);
+      expect(f.dnsLatencyMicroseconds).toBeGreaterThanOrEqual(5000);
+    }
+    expect(Math.abs(c.dnsLatencyMicroseconds! - answer!.us)).toBeLessThanOrEqual(1000);
   });
 
   it('a name map smaller than the answers between two evictions: every answer has its name or is a miss', async () => {
