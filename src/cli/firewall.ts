@@ -8,6 +8,8 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import { existsSync } from 'node:fs';
 import {
   FirewallCollection,
+  SESSION,
+  SESSION_KEY,
   TUNNEL_MODES,
   firewallPinDir,
   type FirewallCounters,
@@ -18,6 +20,7 @@ import { FirewallError } from '../config/firewall-errors.js';
 import { parseSetting, parseSettings, resolveSetting, SETTINGS } from '../config/firewall-settings.js';
 import { loadPolicyFile } from '../config/firewall-policy.js';
 import { protocolName } from '../net/protocols.js';
+import { beyondLockable, formatBytes as formatSize, machineMemory } from '../pipeline/resources.js';
 import type { CliIo } from './io.js';
 import { formatBytes, formatCount, formatDuration, renderTable } from './table.js';
 
@@ -36,6 +39,28 @@ function parsePositive(text: string): number {
   if (!/^\d+$/.test(text) || Number(text) < 1)
     throw new InvalidArgumentError('give a whole number of at least 1');
   return Number(text);
+}
+
+/** The most entries the kernel takes in a map (max_entries is a u32). */
+const MAX_MAP_ENTRIES = 0xffffffff;
+
+/**
+ * --max-sessions: a whole number the session map can have, whose memory the machine can lock.
+ * The map is allocated whole when the firewall loads; refused here, nothing is loaded and the
+ * user reads the estimate instead of waiting on the kernel or the OOM killer.
+ */
+function parseSessions(text: string): number {
+  const n = parsePositive(text);
+  if (n > MAX_MAP_ENTRIES) throw new InvalidArgumentError(`give at most ${MAX_MAP_ENTRIES}`);
+  const perEntry = SESSION.size + SESSION_KEY.size;
+  const bytes = n * perEntry;
+  const beyond = beyondLockable(bytes, machineMemory(), 'a firewall');
+  if (beyond !== undefined) {
+    throw new InvalidArgumentError(
+      `${n} sessions would lock about ${formatSize(bytes)} (${n} entries x (${SESSION.size} bytes of session + ${SESSION_KEY.size} bytes of key)), ${beyond}`,
+    );
+  }
+  return n;
 }
 
 function collectSetting(text: string, previous: [string, string][]): [string, string][] {
@@ -143,7 +168,10 @@ export function registerFirewallCommands(program: Command, io: CliIo): Command {
     .option('--policy <file>', 'policy YAML to apply (in place: established sessions stay)')
     .option('--netns <name>', "network namespace of the devices ('ip netns' name)")
     .addOption(
-      new Option('--max-sessions <n>', 'session map capacity (on first load)').argParser(parsePositive),
+      new Option(
+        '--max-sessions <n>',
+        'session map capacity (on first load); checked against the memory the machine can lock',
+      ).argParser(parseSessions),
     )
     .addOption(
       new Option('--set <name=value>', 'a setting, e.g. enforcement=off; repeatable')

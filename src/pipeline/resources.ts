@@ -155,6 +155,21 @@ export function locksMemory(kind: string, type: string): boolean {
 }
 
 /**
+ * Why `bytes` of kernel memory are more than `who` may lock on `machine` (half of what is
+ * available, and RLIMIT_MEMLOCK where the kernel charges maps to it), as the end of a sentence
+ * that says what to do; undefined when they fit.
+ */
+export function beyondLockable(bytes: number, machine: MachineMemory, who: string): string | undefined {
+  if (bytes > machine.availableBytes * LOCKABLE_SHARE) {
+    return `but the machine has ${formatBytes(machine.availableBytes)} available and ${who} may lock at most half of it; lower it`;
+  }
+  if (machine.memlockBytes !== undefined && bytes > machine.memlockBytes) {
+    return `but RLIMIT_MEMLOCK allows ${formatBytes(machine.memlockBytes)}; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)`;
+  }
+  return undefined;
+}
+
+/**
  * Problems with the kernel memory a component's config asks for: sizes the kernel refuses, or
  * more than the machine can lock. `config` is the validated config, defaults filled in.
  */
@@ -177,7 +192,6 @@ export function checkResources(
   }
   const estimates = estimate(config, machine);
   const total = estimates.reduce((sum, e) => sum + e.bytes, 0);
-  const lockable = machine.availableBytes * LOCKABLE_SHARE;
   // Name the option that asks for the most: lowering it helps most.
   const largest = [...estimates].sort((a, b) => b.bytes - a.bytes)[0];
   if (!largest) return problems;
@@ -187,16 +201,7 @@ export function checkResources(
       ? ''
       : `; with ${others.map((e) => `${e.option} ${formatBytes(e.bytes)}`).join(', ')}: ${formatBytes(total)} in all`;
   const head = `${largest.option} ${largest.value} would lock about ${formatBytes(largest.bytes)} (${largest.how})${rest}`;
-  if (total > lockable) {
-    problems.push({
-      option: largest.option,
-      message: `${head}, but the machine has ${formatBytes(machine.availableBytes)} available and a pipeline may lock at most half of it; lower it`,
-    });
-  } else if (machine.memlockBytes !== undefined && total > machine.memlockBytes) {
-    problems.push({
-      option: largest.option,
-      message: `${head}, but RLIMIT_MEMLOCK allows ${formatBytes(machine.memlockBytes)}; lower it, or raise the limit (ulimit -l, LimitMEMLOCK= in a systemd unit)`,
-    });
-  }
+  const beyond = beyondLockable(total, machine, 'a pipeline');
+  if (beyond !== undefined) problems.push({ option: largest.option, message: `${head}, ${beyond}` });
   return problems;
 }

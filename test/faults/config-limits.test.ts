@@ -63,6 +63,40 @@ describe('a flow cache larger than the machine', () => {
   });
 });
 
+describe('a firewall session map larger than the machine', () => {
+  it('is refused by firewall load before anything is loaded, with the estimate', () => {
+    const pinRoot = join(dir, 'fw-bpffs');
+    const n = 4294967295;
+    const r = rxflow([
+      'firewall',
+      'load',
+      '--ingress',
+      'lo',
+      '--pin-root',
+      pinRoot,
+      '--max-sessions',
+      String(n),
+    ]);
+    expect(r.status).toBe(2);
+    const estimate = `${n} sessions would lock about ${((n * 180) / 1e9).toFixed(1)} GB (${n} entries x (136 bytes of session + 44 bytes of key))`;
+    expect(
+      r.stderr.startsWith(`error: option '--max-sessions <n>' argument '${n}' is invalid. ${estimate}, `),
+    ).toBe(true);
+    expect(r.stderr).toMatch(
+      /, but the machine has \d+\.\d GB available and a firewall may lock at most half of it; lower it\n\(run with --help for usage\)\n$/,
+    );
+    expect(existsSync(pinRoot)).toBe(false);
+  });
+
+  it('is refused past the most entries a map can have', () => {
+    const r = rxflow(['firewall', 'load', '--ingress', 'lo', '--max-sessions', '4294967296']);
+    expect([r.status, r.stderr]).toEqual([
+      2,
+      "error: option '--max-sessions <n>' argument '4294967296' is invalid. give at most 4294967295\n(run with --help for usage)\n",
+    ]);
+  });
+});
+
 describe('a duration longer than a timer holds', () => {
   it('is refused by validate instead of firing every millisecond', () => {
     const file = join(dir, 'long.yaml');
