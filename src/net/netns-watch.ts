@@ -20,9 +20,10 @@ export interface NetnsInfo {
   readonly ino: number;
   /**
    * The `ip netns` name of a named namespace, else `net:[<inode>]` as /proc/<pid>/ns/net links
-   * read and `lsns` shows it.
+   * read and `lsns` shows it. It changes when a namespace seen through a process is named later
+   * (`ip netns attach`) or loses its name (`ip netns del` while processes keep it): onRenamed.
    */
-  readonly name: string;
+  name: string;
   /** A path that enters it: /run/netns/<name> or /proc/<pid>/ns/net of a process in it. */
   path: string;
   /** The agent's own namespace. */
@@ -97,6 +98,8 @@ export interface NetnsWatcherOptions {
   rescanIntervalMs: number;
   onAdded: (ns: NetnsInfo) => void;
   onRemoved: (ns: NetnsInfo) => void;
+  /** A followed namespace got another name; `ns.name` is the new one. */
+  onRenamed?: (ns: NetnsInfo, previous: string) => void;
   runDir?: string;
   proc?: string;
   logger?: Logger;
@@ -165,9 +168,15 @@ export class NetnsWatcher {
     const naming = pending > 0 && this.retries < 50;
     for (const [ino, ns] of namespaces) {
       const old = this.known.get(ino);
-      // The process a path went through may have exited while another holds the namespace.
-      if (old) old.path = ns.path;
-      else if (naming && !ns.host && ns.name.startsWith('net:[')) continue;
+      if (old) {
+        // The process a path went through may have exited while another holds the namespace.
+        old.path = ns.path;
+        if (old.name !== ns.name && !old.host) {
+          const previous = old.name;
+          old.name = ns.name;
+          this.options.onRenamed?.(old, previous);
+        }
+      } else if (naming && !ns.host && ns.name.startsWith('net:[')) continue;
       else {
         this.known.set(ino, ns);
         this.options.onAdded(ns);

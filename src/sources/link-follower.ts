@@ -22,7 +22,10 @@ import { SourceError } from './errors.js';
 export interface FollowedNamespace {
   /** Inode of the namespace. */
   readonly ino: number;
-  /** undefined for the agent's own namespace; else the name records carry (see NetnsInfo.name). */
+  /**
+   * undefined for the agent's own namespace; else the name records carry (see NetnsInfo.name),
+   * which follows a rename.
+   */
   readonly label: string | undefined;
   /** What enters it (withNetns); undefined for the agent's own. */
   readonly path: string | undefined;
@@ -94,6 +97,7 @@ export class LinkFollower {
           rescanIntervalMs: options.rescanIntervalMs,
           onAdded: (info) => f.addNamespace(info),
           onRemoved: (info) => f.removeNamespace(info.ino, 'namespace gone'),
+          onRenamed: (info, previous) => f.renameNamespace(info, previous),
           logger: options.logger,
         });
       } else {
@@ -208,13 +212,23 @@ export class LinkFollower {
     }
   }
 
+  /** Records and logs name a followed namespace by its new name from now on. */
+  private renameNamespace(info: NetnsInfo, previous: string): void {
+    // state.ns reads its label from info, which the watcher renamed.
+    if (!this.states.has(info.ino)) return;
+    this.inodeLabels.set(info.ino, info.name);
+    this.options.logger.info({ netns: info.name, previous }, 'network namespace renamed');
+  }
+
   private addNamespace(info: NetnsInfo): void {
     if (this.closed || this.states.has(info.ino)) return;
     // The path follows the NetnsWatcher's latest one: the process it went through may exit while
     // others keep the namespace.
     const ns: FollowedNamespace = {
       ino: info.ino,
-      label: info.host ? undefined : info.name,
+      get label() {
+        return info.host ? undefined : info.name;
+      },
       get path() {
         return info.host ? undefined : info.path;
       },

@@ -60,4 +60,46 @@ kernelDescribe('netns watcher', () => {
       watcher.close();
     }
   });
+
+  it('renames a namespace seen through a process when it is named later, and back when the name goes', () => {
+    const proc = join(root, 'proc-rename');
+    const run = join(root, 'netns-rename');
+    mkdirSync(join(proc, 'self', 'ns'), { recursive: true });
+    mkdirSync(join(proc, '4343', 'ns'), { recursive: true });
+    mkdirSync(run);
+    symlinkSync('/proc/self/ns/net', join(proc, 'self', 'ns', 'net'));
+    symlinkSync(`/run/netns/${netns.name}`, join(proc, '4343', 'ns', 'net'));
+
+    const added: string[] = [];
+    const renamed: [string, string][] = [];
+    const watcher = NetnsWatcher.open({
+      rescanIntervalMs: 3_600_000,
+      runDir: run,
+      proc,
+      onAdded: (ns) => added.push(ns.name),
+      onRemoved: () => undefined,
+      onRenamed: (ns, previous) => renamed.push([previous, ns.name]),
+    });
+    try {
+      const anonymous = added[1]!;
+      expect(added).toEqual(['host', expect.stringMatching(/^net:\[\d+\]$/) as string]);
+      // `ip netns attach later <pid>`: the name is mounted on the process's namespace.
+      symlinkSync(`/run/netns/${netns.name}`, join(run, 'later'));
+      watcher.rescan();
+      expect(renamed).toEqual([[anonymous, 'later']]);
+      expect([...watcher.namespaces.values()].map((n) => n.name)).toEqual(['host', 'later']);
+      watcher.rescan();
+      expect(renamed).toHaveLength(1);
+      // `ip netns del later` while the process keeps the namespace.
+      unlinkSync(join(run, 'later'));
+      watcher.rescan();
+      expect(renamed).toEqual([
+        [anonymous, 'later'],
+        ['later', anonymous],
+      ]);
+      expect(added).toHaveLength(2);
+    } finally {
+      watcher.close();
+    }
+  });
 });
