@@ -139,11 +139,16 @@ function enableDns(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): (
   dp.setFeatures(dp.features | FLOW_FEATURE_DNS | (names ? FLOW_FEATURE_DNS_NAME : 0), config.dns_port);
   if (!names) return undefined;
   return () => {
-    const missed = dp.dnsNames!.missDelta();
+    const { missed, unreadable } = dp.dnsNames!.missDelta();
     if (missed > 0)
       logger.warn(
         { missed, dns_query_name_max_flows: config.dns_query_name_max_flows },
         `dns answers without their query name: ${missed} in the last eviction; the kernel held at most dns_query_name_max_flows names between evictions; raise it or lower eviction_interval_ms`,
+      );
+    if (unreadable > 0)
+      logger.info(
+        { unreadable },
+        'dns answers whose question held no readable name, recorded without dnsQueryName',
       );
   };
 }

@@ -39,11 +39,13 @@ interface Query {
   port?: number;
   /** The question's labels after the first (which tells the responder what to answer): `test`. */
   labels?: string[];
+  /** Another first label than r<rcode>-d<delay>: `bad` asks for a response whose question is no name. */
+  first?: string;
 }
 
 /** The wire form (RFC 1035 3.1) of a query's name, as hex: its labels' octets are latin1. */
 function qname(q: Query): string {
-  const labels = [`r${q.rcode}-d${q.delayMs}`, ...(q.labels ?? ['test'])];
+  const labels = [q.first ?? `r${q.rcode}-d${q.delayMs}`, ...(q.labels ?? ['test'])];
   const parts = labels.map((l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l, 'latin1')]));
   return Buffer.concat([...parts, Buffer.from([0])]).toString('hex');
 }
@@ -355,7 +357,8 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
       // The query's flow carries no answer, so no name.
       expect(flowOf(atClient, q.proto, q.srcPort, PORT, 1).dnsQueryName).toBeUndefined();
     }
-    expect([client.dnsNames!.missDelta(), server.dnsNames!.missDelta()]).toEqual([0, 0]);
+    const none = { missed: 0, unreadable: 0 };
+    expect([client.dnsNames!.missDelta(), server.dnsNames!.missDelta()]).toEqual([none, none]);
     expect(LONGEST.reduce((n, l) => n + 1 + l.length, 1 + 5 + 1)).toBe(255);
   });
 
@@ -417,6 +420,31 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     expect(Math.abs(c.dnsLatencyMicroseconds! - answer!.us)).toBeLessThanOrEqual(1000);
   });
 
+  it('a response whose question is no name: its answer is recorded without a name, the others keep theirs', async () => {
+    const client = attach('client', 16);
+    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const good: Query = {
+      proto: 'udp',
+      srcPort: 40091,
+      id: 0x9191,
+      rcode: NOERROR,
+      delayMs: 0,
+      labels: ['ok'],
+    };
+    const bad: Query = { proto: 'udp', srcPort: 40092, id: 0x9292, rcode: NOERROR, delayMs: 0, first: 'bad' };
+    expect((await ask([good, bad])).map((a) => a.id)).toEqual([good.id, bad.id]);
+    const records = client.evictFlows(0);
+    const g = flowOf(records, 'udp', PORT, good.srcPort, 0);
+    const b = flowOf(records, 'udp', PORT, bad.srcPort, 0);
+    expect([g.dnsTransactionId, g.dnsQueryName, b.dnsTransactionId, b.dnsQueryName]).toEqual([
+      good.id,
+      'r0-d0.ok',
+      bad.id,
+      undefined,
+    ]);
+    expect(client.dnsNames!.missDelta()).toEqual({ missed: 0, unreadable: 1 });
+  });
+
   it('a name map smaller than the answers between two evictions: every answer has its name or is a miss', async () => {
     const client = attach('client', 4);
     client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
@@ -440,7 +468,8 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     // The LRU map keeps the latest names it has room for; the rest are counted, not lost silently.
     expect(withName.length).toBeGreaterThan(0);
     expect(withName.length).toBeLessThanOrEqual(4);
-    expect(withName.length + client.dnsNames!.missDelta()).toBe(12);
+    const { missed, unreadable } = client.dnsNames!.missDelta();
+    expect([withName.length + missed, unreadable]).toEqual([12, 0]);
   });
 
   it('ebpf_flows with dns_query_name: true in a pipeline: names on the response flows', async () => {

@@ -142,9 +142,9 @@ describe('DnsNames', () => {
       ]),
     );
     expect(got).toEqual(['a.test', undefined, undefined, undefined, undefined]);
-    // Flow 2 (id mismatch), 4 (no name) and 5 (no valid name).
-    expect(d.missDelta()).toBe(3);
-    expect(d.missDelta()).toBe(0);
+    // Flow 2 (id mismatch) and 4 (no name) missed, 5 (no valid name) unreadable.
+    expect(d.missDelta()).toEqual({ missed: 2, unreadable: 1 });
+    expect(d.missDelta()).toEqual({ missed: 0, unreadable: 0 });
   });
 
   it('keeps a name whose answer is not evicted yet for one more eviction, no longer', () => {
@@ -161,13 +161,13 @@ describe('DnsNames', () => {
     // Flow 3's name waited one eviction for its answer, and is gone now.
     expect(attach(d, evicted([]), names([]))).toEqual([]);
     expect(attach(d, evicted([[3, 30]]), names([]))).toEqual([undefined]);
-    expect(d.missDelta()).toBe(1);
+    expect(d.missDelta()).toEqual({ missed: 1, unreadable: 0 });
   });
 
   it('a newer name of a flow replaces the one waiting', () => {
     const d = new DnsNames();
     attach(d, evicted([]), names([[7, 1, wire('old')]]));
     expect(attach(d, evicted([[7, 2]]), names([[7, 2, wire('new')]]))).toEqual(['new']);
-    expect(d.missDelta()).toBe(0);
+    expect(d.missDelta()).toEqual({ missed: 0, unreadable: 0 });
   });
 });

@@ -5,7 +5,8 @@
  * record of its flow when the name belongs to the answer the record carries (same transaction id). A name whose answer is not in this eviction (it came after the flow maps were
  * swapped, so its flow counts in the next one) waits for the next eviction; older ones are
  * dropped, and a record whose name never came (pushed out of the LRU map, or overwritten by a later
- * answer of the same flow before the drain) is counted in `misses`.
+ * answer of the same flow before the drain) is counted as missed, one whose question held no name
+ * (a malformed or hostile response) as unreadable.
  */
 import type { FlowRecord } from '../../records/flow.js';
 import { flowKeyHex } from './drops.js';
@@ -63,7 +64,7 @@ interface PendingName {
 /** The query names of one flow datapath, paired with the records at each eviction. */
 export class DnsNames {
   /** Records that carried an answer and got no name, since the last call of missDelta(). */
-  #misses = 0;
+  #misses = { missed: 0, unreadable: 0 };
   readonly #pending = new Map<string, PendingName>();
 
   /**
@@ -96,20 +97,23 @@ export class DnsNames {
       const hex = flowKeyHex(keys, indexes[i]! * FLOW_KEY.size);
       const p = this.#pending.get(hex);
       if (p === undefined || p.id !== r.dnsTransactionId) {
-        this.#misses++;
+        this.#misses.missed++;
         continue;
       }
       this.#pending.delete(hex);
-      if (p.name === undefined) this.#misses++;
+      if (p.name === undefined) this.#misses.unreadable++;
       else r.dnsQueryName = p.name;
     }
     for (const [hex, p] of this.#pending) if (p.age > 0) this.#pending.delete(hex);
   }
 
-  /** Answers put on records without their query name since the last call. */
-  missDelta(): number {
+  /**
+   * Answers put on records without their query name since the last call: `missed`, whose name
+   * the map no longer held, and `unreadable`, whose response's question was not a name.
+   */
+  missDelta(): { missed: number; unreadable: number } {
     const n = this.#misses;
-    this.#misses = 0;
+    this.#misses = { missed: 0, unreadable: 0 };
     return n;
   }
 }
