@@ -13,7 +13,16 @@ import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { firewallCli as cli } from '../fixtures/firewall-cli.js';
 import { createPair, type PairTopology } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
-import { NodeChild, TCP_CLIENT, TCP_ECHO_SERVER, drainAudit, snmp, waitFor } from './firewall-helpers.js';
+import {
+  NodeChild,
+  TCP_CLIENT,
+  TCP_ECHO_SERVER,
+  drainAudit,
+  quickAcks,
+  snmp,
+  tcpSegmentsSent,
+  waitFor,
+} from './firewall-helpers.js';
 import { parseSettings } from '../../src/config/firewall-settings.js';
 
 const POLICY = `
@@ -45,6 +54,7 @@ kernelDescribe('firewall audit mode on real TCP', () => {
 
   beforeAll(async () => {
     topo = await createPair({ prefix: 'rxrec' });
+    await quickAcks(topo);
     root = makeBpffsDir('record');
   });
   afterAll(() => {
@@ -86,7 +96,7 @@ kernelDescribe('firewall audit mode on real TCP', () => {
       // A late ACK may still be on its way when the stack is read: read again until all agree.
       await waitFor('the session and counters to count what the client stack sent', async () => {
         const now = await snmp(topo.client);
-        sent = now['Tcp.OutSegs']! - before['Tcp.OutSegs']!;
+        sent = tcpSegmentsSent(now, before);
         received = now['Tcp.InSegs']! - before['Tcp.InSegs']!;
         const [s] = await list('192.0.2.1');
         const passed = loaded.counters().audit_passed - counters.audit_passed;

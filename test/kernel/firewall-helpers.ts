@@ -14,7 +14,7 @@ import {
 } from '../../src/datapath/firewall/types.js';
 import type { RingBufferReader } from '../../src/datapath/index.js';
 import { cleanup, killSync, makeBpffsDir } from '../fixtures/cleanup.js';
-import type { Netns } from '../fixtures/netns.js';
+import type { Netns, PairTopology } from '../fixtures/netns.js';
 import {
   ETH_IPV4,
   ETH_IPV6,
@@ -268,6 +268,43 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   }
 });
 `;
+
+/**
+ * Turns delayed ACKs off on both ends of a pair (route option quickack): every segment a stack
+ * sends for a request then goes out while the request is answered, not up to 40 ms later, after
+ * a test compared the firewall's counts with the stack's (snmp).
+ */
+export async function quickAcks(topo: PairTopology): Promise<void> {
+  await topo.client.exec('ip', [
+    'route',
+    'replace',
+    '192.0.2.0/24',
+    'dev',
+    topo.link.a.ifname,
+    'quickack',
+    '1',
+  ]);
+  await topo.server.exec('ip', [
+    'route',
+    'replace',
+    '192.0.2.0/24',
+    'dev',
+    topo.link.b.ifname,
+    'quickack',
+    '1',
+  ]);
+}
+
+/**
+ * TCP segments a stack put on the wire between two snmp() reads: Tcp.OutSegs leaves out
+ * retransmissions (a SYN sent again after its timeout, data sent again under load), which
+ * Tcp.RetransSegs counts; a firewall sees both.
+ */
+export function tcpSegmentsSent(after: Record<string, number>, before: Record<string, number>): number {
+  return (
+    after['Tcp.OutSegs']! - before['Tcp.OutSegs']! + after['Tcp.RetransSegs']! - before['Tcp.RetransSegs']!
+  );
+}
 
 /** Counters of /proc/net/snmp in a namespace, as 'Tcp.OutSegs', 'Ip.InReceives', ... */
 export async function snmp(ns: Netns): Promise<Record<string, number>> {
