@@ -275,24 +275,12 @@ createInterface({ input: process.stdin }).on('line', (line) => {
  * a test compared the firewall's counts with the stack's (snmp).
  */
 export async function quickAcks(topo: PairTopology): Promise<void> {
-  await topo.client.exec('ip', [
-    'route',
-    'replace',
-    '192.0.2.0/24',
-    'dev',
-    topo.link.a.ifname,
-    'quickack',
-    '1',
-  ]);
-  await topo.server.exec('ip', [
-    'route',
-    'replace',
-    '192.0.2.0/24',
-    'dev',
-    topo.link.b.ifname,
-    'quickack',
-    '1',
-  ]);
+  for (const [ns, end] of [
+    [topo.client, topo.link.a],
+    [topo.server, topo.link.b],
+  ] as const) {
+    await ns.exec('ip', ['route', 'replace', '192.0.2.0/24', 'dev', end.ifname, 'quickack', '1']);
+  }
 }
 
 /**

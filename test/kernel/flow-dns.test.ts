@@ -175,6 +175,13 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     return dp;
   }
 
+  /** A datapath on one end with DNS latency and query names on, room for `names` names. */
+  function attachNames(side: 'client' | 'server', names = 16): FlowDatapath {
+    const dp = attach(side, names);
+    dp.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    return dp;
+  }
+
   async function ask(queries: Query[], family: 4 | 6 = 4): Promise<Answered[]> {
     const [src, dst] =
       family === 4 ? [pair.link.a.ipv4!, pair.link.b.ipv4!] : [pair.link.a.ipv6!, pair.link.b.ipv6!];
@@ -337,10 +344,8 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   ];
 
   it('query names on both ends, over UDP and TCP, in presentation form up to the longest name', async () => {
-    const client = attach('client', 64);
-    const server = attach('server', 64);
-    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
-    server.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const client = attachNames('client', 64);
+    const server = attachNames('server', 64);
     const answered = await ask(named.map(([q]) => q));
     expect(answered.map((a) => a.id)).toEqual(named.map(([q]) => q.id));
     const atClient = client.evictFlows(0);
@@ -363,8 +368,7 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   });
 
   it('over IPv6 as over IPv4: latency within 1 ms of the round trip, ids, codes and names exact', async () => {
-    const client = attach('client', 16);
-    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const client = attachNames('client');
     const queries: Query[] = [
       { proto: 'udp', srcPort: 40071, id: 0x6161, rcode: NXDOMAIN, delayMs: 10, labels: ['v6', 'example'] },
       { proto: 'tcp', srcPort: 40072, id: 0x6262, rcode: NOERROR, delayMs: 10, labels: ['v6', 'example'] },
@@ -390,10 +394,8 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   });
 
   it('over TCP, every message of a segment: two queries written together and their two answers', async () => {
-    const client = attach('client', 16);
-    const server = attach('server', 16);
-    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
-    server.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const client = attachNames('client');
+    const server = attachNames('server');
     const q: Query = {
       proto: 'tcp-pair',
       srcPort: 40081,
@@ -421,8 +423,7 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   });
 
   it('a response whose question is no name: its answer is recorded without a name, the others keep theirs', async () => {
-    const client = attach('client', 16);
-    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const client = attachNames('client');
     const good: Query = {
       proto: 'udp',
       srcPort: 40091,
@@ -446,8 +447,7 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   });
 
   it('a name map smaller than the answers between two evictions: every answer has its name or is a miss', async () => {
-    const client = attach('client', 4);
-    client.setFeatures(FLOW_FEATURE_DNS | FLOW_FEATURE_DNS_NAME);
+    const client = attachNames('client', 4);
     const queries: Query[] = Array.from({ length: 12 }, (_, i) => ({
       proto: 'udp',
       srcPort: 40061 + i,
