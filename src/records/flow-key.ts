@@ -78,6 +78,9 @@ const IN_NAMESPACE = 1 << 28;
 /** The meta bits that send a hash match to compare more than the slot's words. */
 const OFF_SLOT = TEXT_ADDRESSES | TAGGED | IN_NAMESPACE;
 
+/** Namespace names whose hash a FlowKey keeps (far more than a host has at once). */
+const NETNS_MEMO = 4096;
+
 /** The VLAN ids of a record in one int, 0 when untagged: outer (S-) id low, customer (C-) id high. */
 function vlansOf(r: FlowRecord): number {
   return ((r.dot1qVlanId ?? 0) & 0xffff) | (((r.dot1qCustomerVlanId ?? 0) & 0xffff) << 16);
@@ -102,6 +105,14 @@ export class FlowKey {
   dstText = '';
   /** `networkNamespace`, when `meta` has IN_NAMESPACE. */
   netns = '';
+  /**
+   * The namespace last hashed and its hash, and the hashes of the namespaces seen: a name is
+   * hashed once, not once a record (names run to 40 characters, `cni-<uuid>`), and a run of
+   * records from one namespace does not even look it up. A memo only: emptied when it grows large.
+   */
+  private hashedNetns = '';
+  private netnsHash = mixString(FNV_OFFSET, '');
+  private readonly netnsHashes = new Map<string, number>();
   /**
    * Whether the last `read` parsed IPv4 text into `src`/`dst` (no words were attached): the
    * caller may attach them to the record for the next stage.
@@ -183,9 +194,21 @@ export class FlowKey {
     h = (h + Math.imul(this.vni, 0x165667b1)) | 0;
     h = (h + Math.imul(this.iface, 0xd3a2646d)) | 0;
     h = (h + Math.imul(this.vlans, 0x2545f491)) | 0;
-    // The namespace is hashed only when there is one, which is rare.
-    if ((this.meta & IN_NAMESPACE) !== 0)
-      h = (h + Math.imul(mixString(FNV_OFFSET, this.netns), 0x61c88647)) | 0;
+    // The namespace is hashed only when there is one, and once a run of records from one.
+    if ((this.meta & IN_NAMESPACE) !== 0) {
+      const ns = this.netns;
+      if (ns !== this.hashedNetns) {
+        let nh = this.netnsHashes.get(ns);
+        if (nh === undefined) {
+          if (this.netnsHashes.size >= NETNS_MEMO) this.netnsHashes.clear();
+          nh = mixString(FNV_OFFSET, ns);
+          this.netnsHashes.set(ns, nh);
+        }
+        this.hashedNetns = ns;
+        this.netnsHash = nh;
+      }
+      h = (h + Math.imul(this.netnsHash, 0x61c88647)) | 0;
+    }
     this.hash = finish(h);
   }
 }
