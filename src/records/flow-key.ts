@@ -78,8 +78,22 @@ const IN_NAMESPACE = 1 << 28;
 /** The meta bits that send a hash match to compare more than the slot's words. */
 const OFF_SLOT = TEXT_ADDRESSES | TAGGED | IN_NAMESPACE;
 
-/** Namespace names whose hash a FlowKey keeps (far more than a host has at once). */
-const NETNS_MEMO = 4096;
+/**
+ * A hash of a namespace name from its length and four of its characters: the last three and the
+ * middle one, where names tell namespaces apart (`net:[<inode>]` in its last digits, `cni-<uuid>`
+ * everywhere, `ip netns` names mostly at the end). Hashing every character (or a Map of the
+ * hashes) cost 25-30 ns a record on 40-character names, this about 10 (CPU time, records as in
+ * bench/operators.bench.ts key_flow_table_labelled). Names that differ elsewhere only share a
+ * hash, which is where a lookup starts: the table compares the names themselves.
+ */
+function namespaceHash(s: string): number {
+  const n = s.length;
+  if (n < 4) return mixString(FNV_OFFSET ^ n, s);
+  let h = Math.imul(FNV_OFFSET ^ n, FNV_PRIME) ^ s.charCodeAt(n - 1);
+  h = Math.imul(h, FNV_PRIME) ^ s.charCodeAt(n - 2);
+  h = Math.imul(h, FNV_PRIME) ^ s.charCodeAt(n - 3);
+  return Math.imul(h, FNV_PRIME) ^ s.charCodeAt(n >> 1);
+}
 
 /** The VLAN ids of a record in one int, 0 when untagged: outer (S-) id low, customer (C-) id high. */
 function vlansOf(r: FlowRecord): number {
@@ -105,14 +119,6 @@ export class FlowKey {
   dstText = '';
   /** `networkNamespace`, when `meta` has IN_NAMESPACE. */
   netns = '';
-  /**
-   * The namespace last hashed and its hash, and the hashes of the namespaces seen: a name is
-   * hashed once, not once a record (names run to 40 characters, `cni-<uuid>`), and a run of
-   * records from one namespace does not even look it up. A memo only: emptied when it grows large.
-   */
-  private hashedNetns = '';
-  private netnsHash = mixString(FNV_OFFSET, '');
-  private readonly netnsHashes = new Map<string, number>();
   /**
    * Whether the last `read` parsed IPv4 text into `src`/`dst` (no words were attached): the
    * caller may attach them to the record for the next stage.
@@ -194,21 +200,8 @@ export class FlowKey {
     h = (h + Math.imul(this.vni, 0x165667b1)) | 0;
     h = (h + Math.imul(this.iface, 0xd3a2646d)) | 0;
     h = (h + Math.imul(this.vlans, 0x2545f491)) | 0;
-    // The namespace is hashed only when there is one, and once a run of records from one.
-    if ((this.meta & IN_NAMESPACE) !== 0) {
-      const ns = this.netns;
-      if (ns !== this.hashedNetns) {
-        let nh = this.netnsHashes.get(ns);
-        if (nh === undefined) {
-          if (this.netnsHashes.size >= NETNS_MEMO) this.netnsHashes.clear();
-          nh = mixString(FNV_OFFSET, ns);
-          this.netnsHashes.set(ns, nh);
-        }
-        this.hashedNetns = ns;
-        this.netnsHash = nh;
-      }
-      h = (h + Math.imul(this.netnsHash, 0x61c88647)) | 0;
-    }
+    // The namespace is hashed only when there is one.
+    if ((this.meta & IN_NAMESPACE) !== 0) h = (h + Math.imul(namespaceHash(this.netns), 0x61c88647)) | 0;
     this.hash = finish(h);
   }
 }

@@ -257,6 +257,20 @@ describe('FlowTable', () => {
     expect(flowKeyString(flows[6]!, false)).not.toMatch(/vlan|netns/);
   });
 
+  it('keeps apart namespaces whose names share a hash', () => {
+    const table = new FlowTable(16);
+    const key = new FlowKey(true);
+    // The hash samples a name's length and a few characters: these two differ elsewhere.
+    const a = rec({ networkNamespace: 'ns-a-0000' });
+    const b = rec({ networkNamespace: 'ns-b-0000' });
+    const hashA = key.read(a).hash;
+    expect(key.read(b).hash).toBe(hashA);
+    expect(table.insert(key.read(a))).toBe(0);
+    expect(table.find(key.read(b))).toBe(-1);
+    expect(table.insert(key)).toBe(1);
+    expect([table.find(key.read(a)), table.find(key.read(b))]).toEqual([0, 1]);
+  });
+
   it('leaves VLAN ids and namespace out of the key without interface', () => {
     const table = new FlowTable();
     const key = new FlowKey(false);
