@@ -148,7 +148,7 @@ export class FlowKey {
       iface = (flowInterface(r) * 2 + r.flowDirection) | 0;
       // Two VLANs of a trunk, or two namespaces whose interfaces share an ifindex (every fresh
       // veth peer is 2), often carry the same 5-tuple: the kernel keeps them apart, so must we.
-      // Both are absent on most records, which then pay two loads and compares.
+      // A record without them (untagged, in the agent's namespace) pays three loads and compares.
       vlans = vlansOf(r) | 0;
       if (vlans !== 0) meta |= TAGGED;
       const ns = r.networkNamespace;
