@@ -61,7 +61,21 @@ function dottedQuad(w: number): string {
   return `${w >>> 24}.${(w >>> 16) & 255}.${(w >>> 8) & 255}.${w & 255}`;
 }
 
-function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number, words: boolean): FlowRecord {
+/** 64 namespaces as `netns: all` names them on a container host: one string each, as the labeler hands out. */
+const NAMESPACES = Array.from(
+  { length: 64 },
+  (_, i) =>
+    `cni-${(0x1000_0000 + i * 7919).toString(16)}-5f3a-4c2e-9b1d-${(0xa0000000 + i).toString(16)}0000`,
+);
+
+function flowRecord(
+  id: number,
+  ifindex: number,
+  direction: 0 | 1,
+  time: number,
+  words: boolean,
+  labelled = false,
+): FlowRecord {
   const dport = DPORTS[id & 3]!;
   const src = sourceWord(id);
   const dst = destinationWord(id);
@@ -87,7 +101,9 @@ function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number,
   rec.sourceIPv4Address = dottedQuad(src);
   rec.destinationIPv4Address = dottedQuad(dst);
   if (words) attachIPv4Words(rec, src, dst);
+  if (labelled) rec.dot1qVlanId = 100 + (id & 7);
   rec.flowEndReason = 5;
+  if (labelled) rec.networkNamespace = NAMESPACES[(id >>> 3) & 63];
   return rec;
 }
 
@@ -99,8 +115,14 @@ function flowRecord(id: number, ifindex: number, direction: 0 | 1, time: number,
 class FlowStream {
   private readonly rand = prng(42);
 
-  /** @param words attach the addresses as words, as the flow decoder does */
-  constructor(private readonly words = true) {}
+  /**
+   * @param words attach the addresses as words, as the flow decoder does
+   * @param labelled give each flow a VLAN id and a namespace (a trunk under `netns: all`)
+   */
+  constructor(
+    private readonly words = true,
+    private readonly labelled = false,
+  ) {}
 
   private readonly pool = new Int32Array(POOL).map((_, i) => i);
   private nextId = POOL;
@@ -118,8 +140,9 @@ class FlowStream {
         id = this.pool[Math.floor(POOL * u * u * u)]!;
       }
       this.time += 1;
-      batch.push(flowRecord(id, 2, 0, this.time, this.words));
-      if ((id & 3) === 0 && batch.length < BATCH) batch.push(flowRecord(id, 3, 1, this.time, this.words));
+      batch.push(flowRecord(id, 2, 0, this.time, this.words, this.labelled));
+      if ((id & 3) === 0 && batch.length < BATCH)
+        batch.push(flowRecord(id, 3, 1, this.time, this.words, this.labelled));
     }
     return batch;
   }
@@ -284,16 +307,25 @@ function plainLoop(total: number, names: InterfaceWatcher): Result {
   return { ns, out };
 }
 
-/** ns per record of keying alone: FlowKey + FlowTable (with and without words) vs a string key into a Map. */
-function keyCost(total: number): { flowTable: number; flowTableText: number; stringMap: number } {
-  const make = (words: boolean): FlowBatch[] => {
+/**
+ * ns per record of keying alone: FlowKey + FlowTable (with and without words, and with VLAN ids and
+ * namespaces) vs a string key into a Map.
+ */
+function keyCost(total: number): {
+  flowTable: number;
+  flowTableText: number;
+  flowTableLabelled: number;
+  stringMap: number;
+} {
+  const make = (words: boolean, labelled = false): FlowBatch[] => {
     const batches: FlowBatch[] = [];
-    const stream = new FlowStream(words);
+    const stream = new FlowStream(words, labelled);
     for (let n = 0; n < total; n += BATCH) batches.push(stream.next());
     return batches;
   };
   const withWords = make(true);
   const textOnly = make(false);
+  const labelled = make(true, true);
   const flowTable = (batches: FlowBatch[]): number => {
     const t = new FlowTable(MAX_ENTRIES);
     const key = new FlowKey(true);
@@ -322,11 +354,17 @@ function keyCost(total: number): { flowTable: number; flowTableText: number; str
     }
     return Number(process.hrtime.bigint() - start) / total;
   };
-  let best = { flowTable: Infinity, flowTableText: Infinity, stringMap: Infinity };
+  let best = {
+    flowTable: Infinity,
+    flowTableText: Infinity,
+    flowTableLabelled: Infinity,
+    stringMap: Infinity,
+  };
   for (let round = 0; round < 3; round++) {
     best = {
       flowTable: Math.min(best.flowTable, flowTable(withWords)),
       flowTableText: Math.min(best.flowTableText, flowTable(textOnly)),
+      flowTableLabelled: Math.min(best.flowTableLabelled, flowTable(labelled)),
       stringMap: Math.min(best.stringMap, stringMap(textOnly)),
     };
   }
@@ -421,5 +459,12 @@ export default async function operatorsBench(ctx: BenchContext): Promise<void> {
     baseline: { name: 'operators.key_string_map', value: keys.stringMap },
     target: { value: keys.stringMap, better: 'lower' },
     note: 'FlowKey.read from attached words + FlowTable.find/insert',
+  });
+  ctx.report({
+    name: 'operators.key_flow_table_labelled',
+    value: keys.flowTableLabelled,
+    unit: 'ns/record',
+    baseline: { name: 'operators.key_flow_table', value: keys.flowTable },
+    note: 'the same with a VLAN id and one of 64 namespaces (40-character names) on every record',
   });
 }

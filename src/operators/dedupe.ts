@@ -34,7 +34,15 @@ export interface DedupeOptions {
 const OCCUPIED = 1 << 30;
 /** Set in a slot's meta word when the flow was first seen egress (flowDirection 1). */
 const FIRST_EGRESS = 1 << 29;
-const META_KEY = ~(OCCUPIED | FIRST_EGRESS);
+/**
+ * Set in a slot's meta word when the flow was first seen in a namespace (`networkNamespace`),
+ * kept in `firstNamespaces`: an ifindex names an interface only within its namespace, and under
+ * `netns: all` every pod's eth0 may be ifindex 2.
+ */
+const FIRST_IN_NAMESPACE = 1 << 28;
+/** The bits of a slot's meta word that are not the key's. */
+const NOT_KEY = FIRST_EGRESS | FIRST_IN_NAMESPACE;
+const META_KEY = ~(OCCUPIED | NOT_KEY);
 
 /**
  * The (interface, direction) pairs a flow was seen on, kept once there are two: `pairs` holds
@@ -79,6 +87,8 @@ export class SeenTable {
   private destinations: string[] = [];
   /** The pairs of flows seen on more than one (interface, direction), by slot; sparse. */
   private observedBySlot: (Observed | undefined)[] = [];
+  /** The namespace of the first interface of FIRST_IN_NAMESPACE slots; sparse. */
+  private firstNamespaces: string[] = [];
   /** Times the table grew, which moves entries to other slots. */
   resizes = 0;
   private readonly minSlots: number;
@@ -111,7 +121,7 @@ export class SeenTable {
       const m = w[b + 3]!;
       if (m === 0) return ~i;
       if (
-        (m & ~FIRST_EGRESS) === meta &&
+        (m & ~NOT_KEY) === meta &&
         w[b]! === k.src &&
         w[b + 1]! === k.dst &&
         w[b + 2]! === k.ports &&
@@ -129,20 +139,34 @@ export class SeenTable {
    * Adds `k`'s flow at `free` (what `find` returned for it) and returns its slot, which differs
    * from `~free` when the table had to grow.
    */
-  insert(k: FlowKey, free: number, firstInterface: number, lastSeen: number, firstDirection = 0): number {
+  insert(
+    k: FlowKey,
+    free: number,
+    firstInterface: number,
+    lastSeen: number,
+    firstDirection = 0,
+    firstNamespace?: string,
+  ): number {
     let slot = ~free;
     if (this.size >= this.capacity) {
       this.resize((this.mask + 1) * 2);
       slot = ~this.find(k);
     }
     this.size++;
-    this.put(slot, k, firstInterface, lastSeen, firstDirection, undefined);
+    this.put(slot, k, firstInterface, lastSeen, firstDirection, undefined, firstNamespace);
     return slot;
   }
 
   /** The interface the flow in `slot` was first seen on. */
   firstInterface(slot: number): number {
     return this.words[slot * SLOT_WORDS + 5]!;
+  }
+
+  /** The namespace of the interface the flow in `slot` was first seen on; undefined: the agent's. */
+  firstNamespace(slot: number): string | undefined {
+    return (this.words[slot * SLOT_WORDS + 3]! & FIRST_IN_NAMESPACE) === 0
+      ? undefined
+      : this.firstNamespaces[slot];
   }
 
   /** The direction (flowDirection) the flow in `slot` was first seen in. */
@@ -208,6 +232,7 @@ export class SeenTable {
     this.sources = [];
     this.destinations = [];
     this.observedBySlot = [];
+    this.firstNamespaces = [];
   }
 
   private put(
@@ -217,13 +242,18 @@ export class SeenTable {
     lastSeen: number,
     firstDirection: number,
     observed: Observed | undefined,
+    firstNamespace: string | undefined,
   ): void {
     const w = this.words;
     const b = slot * SLOT_WORDS;
     w[b] = k.src;
     w[b + 1] = k.dst;
     w[b + 2] = k.ports;
-    w[b + 3] = k.meta | OCCUPIED | (firstDirection === 1 ? FIRST_EGRESS : 0);
+    w[b + 3] =
+      k.meta |
+      OCCUPIED |
+      (firstDirection === 1 ? FIRST_EGRESS : 0) |
+      (firstNamespace === undefined ? 0 : FIRST_IN_NAMESPACE);
     w[b + 4] = k.vni;
     w[b + 5] = firstInterface;
     this.times[slot * (SLOT_WORDS / 2) + 3] = lastSeen;
@@ -232,6 +262,7 @@ export class SeenTable {
       this.destinations[slot] = k.dstText;
     }
     if (observed !== undefined) this.observedBySlot[slot] = observed;
+    if (firstNamespace !== undefined) this.firstNamespaces[slot] = firstNamespace;
   }
 
   private allocate(slots: number): void {
@@ -246,12 +277,14 @@ export class SeenTable {
     const oldSources = this.sources;
     const oldDestinations = this.destinations;
     const oldObserved = this.observedBySlot;
+    const oldNamespaces = this.firstNamespaces;
     const oldSlots = this.mask + 1;
     this.allocate(slots);
     this.resizes++;
     this.sources = [];
     this.destinations = [];
     this.observedBySlot = [];
+    this.firstNamespaces = [];
     const k = this.scratch;
     for (let i = 0; i < oldSlots; i++) {
       const b = i * SLOT_WORDS;
@@ -272,6 +305,7 @@ export class SeenTable {
         oldTimes[i * (SLOT_WORDS / 2) + 3]!,
         (oldWords[b + 3]! & FIRST_EGRESS) === 0 ? 0 : 1,
         oldObserved[i],
+        (oldWords[b + 3]! & FIRST_IN_NAMESPACE) === 0 ? undefined : oldNamespaces[i],
       );
     }
   }
@@ -292,6 +326,17 @@ function slotsFor(entries: number): number {
  * passed with `duplicate: true`. Any record of a flow, from whatever interface, keeps its entry
  * alive; an entry not refreshed for more than `expireMs` is forgotten, so the next record of that
  * flow registers its own interface as the first. Mode `none` passes everything.
+ *
+ * The key leaves out the VLAN ids and the network namespace too, which account keys on: one
+ * packet is seen tagged on a trunk and untagged on its VLAN subinterface (or under another tag
+ * past a bridge that translates VLANs or pushes an 802.1ad tag), and in two namespaces as it
+ * crosses a veth, so keying on them would pass every copy. The price: flows of overlapping
+ * address spaces, the same 5-tuple on two VLANs or in two namespaces, reported by different
+ * interfaces, are taken for copies of one flow. Where that happens (VRFs over VLANs, namespaces
+ * with the same addresses), do not dedupe, or run a pipeline per address space. The interface a
+ * flow was first seen on, though, is its ifindex within its namespace: under `netns: all` every
+ * pod's eth0 may be ifindex 2, and a packet from one pod to another is not counted twice for it.
+ * (`observedInterfaces` lists ifindex and direction only.)
  *
  * Expiry is exact and needs no timer: entries live in two generations, each spanning `expireMs`
  * of the scheduler's clock; a generation is dropped whole once everything in it is older than
@@ -383,10 +428,13 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
               const iface = flowInterface(r);
               const ifindex = iface | 0;
               const direction = r.flowDirection;
+              const netns = r.networkNamespace;
               let s = current.find(key.read(r));
               let first: number;
+              let firstNetns: string | undefined;
               if (s >= 0) {
                 first = current.firstInterface(s);
+                firstNetns = current.firstNamespace(s);
                 current.setLastSeen(s, now);
                 // The common case, a flow seen on one interface in one direction, costs one compare.
                 if (
@@ -400,21 +448,24 @@ export function dedupe(options: DedupeOptions): OperatorFunction<FlowBatch, Flow
                 // Entries of the current generation are never expired; those of the previous one may be.
                 if (p >= 0 && now - previous.lastSeen(p) <= expireMs) {
                   first = previous.firstInterface(p);
-                  s = current.insert(key, s, first, now, previous.firstDirection(p));
+                  firstNetns = previous.firstNamespace(p);
+                  s = current.insert(key, s, first, now, previous.firstDirection(p), firstNetns);
                   if (listing) {
                     current.setObserved(s, previous.observed(p));
                     current.observe(s, iface, direction, r.interfaceName);
                   }
                 } else {
                   first = ifindex;
-                  s = current.insert(key, s, first, now, direction);
+                  firstNetns = netns;
+                  s = current.insert(key, s, first, now, direction, netns);
                 }
               }
               if (listing) {
                 slots[i] = s;
                 if (!listed && current.observed(s) !== undefined) listed = true;
               }
-              if (first === ifindex) {
+              // The interface is its ifindex in its namespace: ifindex 2 in two namespaces is two.
+              if (first === ifindex && firstNetns === netns) {
                 kept?.push(r);
               } else {
                 duplicates++;

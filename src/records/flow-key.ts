@@ -71,6 +71,34 @@ function metaOf(r: FlowRecord): number {
 
 /** Set in `meta` when the addresses are compared as text (IPv6, or IPv4 not written canonically). */
 export const TEXT_ADDRESSES = 1 << 26;
+/** Set in `meta` (key with interface) when the record has a VLAN id: `vlans` holds them. */
+const TAGGED = 1 << 27;
+/** Set in `meta` (key with interface) when the record has `networkNamespace`: `netns` holds it. */
+const IN_NAMESPACE = 1 << 28;
+/** The meta bits that send a hash match to compare more than the slot's words. */
+const OFF_SLOT = TEXT_ADDRESSES | TAGGED | IN_NAMESPACE;
+
+/**
+ * A hash of a namespace name from its length and four of its characters: the last three and the
+ * middle one, where names tell namespaces apart (`net:[<inode>]` in its last digits, `cni-<uuid>`
+ * everywhere, `ip netns` names mostly at the end). Hashing every character (or a Map of the
+ * hashes) cost 25-30 ns a record on 40-character names, this about 10 (CPU time, records as in
+ * bench/operators.bench.ts key_flow_table_labelled). Names that differ elsewhere only share a
+ * hash, which is where a lookup starts: the table compares the names themselves.
+ */
+function namespaceHash(s: string): number {
+  const n = s.length;
+  if (n < 4) return mixString(FNV_OFFSET ^ n, s);
+  let h = Math.imul(FNV_OFFSET ^ n, FNV_PRIME) ^ s.charCodeAt(n - 1);
+  h = Math.imul(h, FNV_PRIME) ^ s.charCodeAt(n - 2);
+  h = Math.imul(h, FNV_PRIME) ^ s.charCodeAt(n - 3);
+  return Math.imul(h, FNV_PRIME) ^ s.charCodeAt(n >> 1);
+}
+
+/** The VLAN ids of a record in one int, 0 when untagged: outer (S-) id low, customer (C-) id high. */
+function vlansOf(r: FlowRecord): number {
+  return ((r.dot1qVlanId ?? 0) & 0xffff) | (((r.dot1qCustomerVlanId ?? 0) & 0xffff) << 16);
+}
 
 /**
  * The key fields of one record, read once and reused for every table the record is looked up in.
@@ -85,15 +113,23 @@ export class FlowKey {
   vni = 0;
   /** Interface and direction in one int (ifindex is below 2^31 on Linux); 0 without interface. */
   iface = 0;
+  /** VLAN ids (see vlansOf), when `meta` has TAGGED; 0 otherwise. */
+  vlans = 0;
   srcText = '';
   dstText = '';
+  /** `networkNamespace`, when `meta` has IN_NAMESPACE. */
+  netns = '';
   /**
    * Whether the last `read` parsed IPv4 text into `src`/`dst` (no words were attached): the
    * caller may attach them to the record for the next stage.
    */
   parsed = false;
 
-  /** @param withInterface key on interface and direction too (account) or not (dedupe) */
+  /**
+   * @param withInterface key on where the flow was counted too: interface, direction, VLAN ids and
+   * network namespace (account, which merges only what the kernel's flow map would), or not
+   * (dedupe, which takes copies of one packet seen at several places for one flow)
+   */
   constructor(readonly withInterface: boolean) {}
 
   /**
@@ -106,7 +142,21 @@ export class FlowKey {
     const ports = portsOf(r);
     let meta = metaOf(r);
     const vni = (r.virtualNetworkIdentifier ?? 0) | 0;
-    const iface = this.withInterface ? (flowInterface(r) * 2 + r.flowDirection) | 0 : 0;
+    let iface = 0;
+    let vlans = 0;
+    if (this.withInterface) {
+      iface = (flowInterface(r) * 2 + r.flowDirection) | 0;
+      // Two VLANs of a trunk, or two namespaces whose interfaces share an ifindex (every fresh
+      // veth peer is 2), often carry the same 5-tuple: the kernel keeps them apart, so must we.
+      // A record without them (untagged, in the agent's namespace) pays three loads and compares.
+      vlans = vlansOf(r) | 0;
+      if (vlans !== 0) meta |= TAGGED;
+      const ns = r.networkNamespace;
+      if (ns !== undefined) {
+        meta |= IN_NAMESPACE;
+        this.netns = ns;
+      }
+    }
     let parsed = false;
     if (r.ipVersion !== 4 || !readIPv4Words(r, this)) {
       const src = r.ipVersion === 4 ? ipv4ToUint32(r.sourceIPv4Address!) : -1;
@@ -127,6 +177,7 @@ export class FlowKey {
     this.meta = meta;
     this.vni = vni;
     this.iface = iface;
+    this.vlans = vlans;
     this.rehash();
     this.parsed = parsed;
     return this;
@@ -148,6 +199,9 @@ export class FlowKey {
     h = (h + Math.imul(this.meta, 0x27d4eb2f)) | 0;
     h = (h + Math.imul(this.vni, 0x165667b1)) | 0;
     h = (h + Math.imul(this.iface, 0xd3a2646d)) | 0;
+    h = (h + Math.imul(this.vlans, 0x2545f491)) | 0;
+    // The namespace is hashed only when there is one.
+    if ((this.meta & IN_NAMESPACE) !== 0) h = (h + Math.imul(namespaceHash(this.netns), 0x61c88647)) | 0;
     this.hash = finish(h);
   }
 }
@@ -160,7 +214,11 @@ export function flowKeyString(r: FlowRecord, withInterface = true): string {
   const base = `${sourceOf(r)}:${r.sourceTransportPort}>${destinationOf(r)}:${r.destinationTransportPort}/${
     r.protocolIdentifier
   } meta=${metaOf(r)} vni=${r.virtualNetworkIdentifier ?? 0}`;
-  return withInterface ? `${base} if=${flowInterface(r)} dir=${r.flowDirection}` : base;
+  if (!withInterface) return base;
+  const vlans = vlansOf(r);
+  const vlan = vlans === 0 ? '' : ` vlan=${vlans & 0xffff}.${vlans >>> 16}`;
+  const netns = r.networkNamespace === undefined ? '' : ` netns=${JSON.stringify(r.networkNamespace)}`;
+  return `${base} if=${flowInterface(r)} dir=${r.flowDirection}${vlan}${netns}`;
 }
 
 /**
@@ -222,7 +280,7 @@ function slotsFor(entries: number): number {
   return n;
 }
 
-/** Set in a slot's meta word when the slot holds an entry (key metas use bits 0-26). */
+/** Set in a slot's meta word when the slot holds an entry (key metas use bits 0-28). */
 const OCCUPIED = 1 << 30;
 /** Int32 words per slot: src, dst, ports, meta | OCCUPIED, vni, iface, entry index, hash. */
 const SLOT_WORDS = 8;
@@ -236,7 +294,9 @@ const SLOT_WORDS = 8;
  * A slot holds the whole key beside the entry's index (32 bytes, half a cache line), so a lookup
  * touches one cache line of the table, not a slot and then a separate key row. Text addresses
  * (IPv6) are kept by reference in two side arrays; IPv4 entries keep no string and so no record
- * data alive.
+ * data alive. So are the rarer key fields, VLAN ids and network namespace, by entry: a flag in
+ * the meta word says the entry has them, so an untagged flow in the agent's namespace never reads
+ * them and the slot stays 32 bytes; a flagged one compares them exactly on a hash match.
  */
 export class FlowTable {
   /** Number of entries. */
@@ -247,6 +307,10 @@ export class FlowTable {
   private entrySlots: Int32Array;
   private sources: string[] = [];
   private destinations: string[] = [];
+  /** VLAN ids of each TAGGED entry (stale for the others). */
+  private vlans: Int32Array;
+  /** Network namespace of each IN_NAMESPACE entry; sparse. */
+  private namespaces: string[] = [];
   private readonly minEntries: number;
   /** Slots of the first allocation: the table never shrinks below it. */
   private readonly minSlots: number;
@@ -259,6 +323,7 @@ export class FlowTable {
     this.mask = slots - 1;
     this.slots = new Int32Array(slots * SLOT_WORDS);
     this.entrySlots = new Int32Array(slots >>> 1);
+    this.vlans = new Int32Array(slots >>> 1);
   }
 
   /** Entries the table holds before it grows. */
@@ -285,15 +350,21 @@ export class FlowTable {
         s[b + 5]! === k.iface
       ) {
         const e = s[b + 6]!;
-        if (
-          (meta & TEXT_ADDRESSES) === 0 ||
-          (this.sources[e] === k.srcText && this.destinations[e] === k.dstText)
-        ) {
-          return e;
-        }
+        if ((meta & OFF_SLOT) === 0 || this.sameOffSlot(e, k)) return e;
       }
       i = (i + 1) & mask;
     }
+  }
+
+  /** Whether entry `e` has `k`'s key fields kept outside the slot (`k.meta` flags which). */
+  private sameOffSlot(e: number, k: FlowKey): boolean {
+    const meta = k.meta;
+    return (
+      ((meta & TEXT_ADDRESSES) === 0 ||
+        (this.sources[e] === k.srcText && this.destinations[e] === k.dstText)) &&
+      ((meta & TAGGED) === 0 || this.vlans[e] === k.vlans) &&
+      ((meta & IN_NAMESPACE) === 0 || this.namespaces[e] === k.netns)
+    );
   }
 
   /** Adds `k`'s flow (which must not be present) and returns its entry index. */
@@ -314,9 +385,13 @@ export class FlowTable {
     s[b + 6] = e;
     s[b + 7] = k.hash;
     this.entrySlots[e] = i;
-    if ((k.meta & TEXT_ADDRESSES) !== 0) {
-      this.sources[e] = k.srcText;
-      this.destinations[e] = k.dstText;
+    if ((k.meta & OFF_SLOT) !== 0) {
+      if ((k.meta & TEXT_ADDRESSES) !== 0) {
+        this.sources[e] = k.srcText;
+        this.destinations[e] = k.dstText;
+      }
+      if ((k.meta & TAGGED) !== 0) this.vlans[e] = k.vlans;
+      if ((k.meta & IN_NAMESPACE) !== 0) this.namespaces[e] = k.netns;
     }
     return e;
   }
@@ -336,9 +411,10 @@ export class FlowTable {
       const entrySlots = this.entrySlots;
       for (let e = 0; e < used; e++) s[entrySlots[e]! * SLOT_WORDS + 3] = 0;
     }
-    // Release the address strings, so a cleared table keeps no record data alive.
+    // Release the address and namespace strings, so a cleared table keeps no record data alive.
     this.sources = [];
     this.destinations = [];
+    this.namespaces = [];
   }
 
   /** Called with the new entry capacity whenever the table grows or shrinks. */
@@ -348,12 +424,15 @@ export class FlowTable {
     this.mask = slots - 1;
     this.slots = new Int32Array(slots * SLOT_WORDS);
     this.entrySlots = new Int32Array(slots >>> 1);
+    this.vlans = new Int32Array(slots >>> 1);
   }
 
   private resize(slots: number): void {
     const old = this.slots;
     const oldEntrySlots = this.entrySlots;
+    const oldVlans = this.vlans;
     this.allocate(slots);
+    this.vlans.set(oldVlans.subarray(0, this.size));
     const s = this.slots;
     const mask = this.mask;
     for (let e = 0; e < this.size; e++) {

@@ -172,6 +172,52 @@ describe('account', () => {
     expect(counters.snapshot()).toMatchObject({ received: 14, sent: 13, merged: 1, inFlight: 0 });
   });
 
+  it('keeps apart flows that differ only in VLAN ids or network namespace, as the kernel does', () => {
+    const counters = new StageCounters('acc', 'account');
+    // One 5-tuple on one interface and direction, counted where the kernel's flow map has a key
+    // of its own: untagged, on VLANs 10 and 20, QinQ 10.100 and 10.200, and in two namespaces
+    // whose interfaces share ifindex 2 (as fresh veth peers do), plus a tagged one in a namespace.
+    const places: Partial<FlowRecord>[] = [
+      {},
+      { dot1qVlanId: 10 },
+      { dot1qVlanId: 20 },
+      { dot1qVlanId: 10, dot1qCustomerVlanId: 100 },
+      { dot1qVlanId: 10, dot1qCustomerVlanId: 200 },
+      { networkNamespace: 'blue' },
+      { networkNamespace: 'net:[4026532001]' },
+      { networkNamespace: 'blue', dot1qVlanId: 10 },
+    ];
+    // Place i sends i + 1 packets of 100 + i bytes, interleaved over two batches.
+    const batch = (from: number): FlowRecord[] =>
+      places.flatMap((p, i) =>
+        Array.from({ length: i + 1 }, (_, n) => n)
+          .filter((n) => n % 2 === from)
+          .map(() => rec({ ingressInterface: 2, octetDeltaCount: 100 + i, ...p })),
+      );
+    const input = [batch(0), batch(1)];
+    const { out } = collect(input, { maxEntries: 100, evictTimeoutMs: 5000, counters });
+    expect(out).toHaveLength(1);
+    expect(
+      out[0]!.map((r) => ({
+        vlan: r.dot1qVlanId,
+        customerVlan: r.dot1qCustomerVlanId,
+        netns: r.networkNamespace,
+        packets: r.packetDeltaCount,
+        bytes: r.octetDeltaCount,
+      })),
+    ).toEqual(
+      places.map((p, i) => ({
+        vlan: p.dot1qVlanId,
+        customerVlan: p.dot1qCustomerVlanId,
+        netns: p.networkNamespace,
+        packets: i + 1,
+        bytes: (i + 1) * (100 + i),
+      })),
+    );
+    expect(counters.snapshot()).toMatchObject({ received: 36, sent: 8, merged: 28, inFlight: 0 });
+    expect(new Set(out[0]!.map((r) => flowKeyString(r))).size).toBe(8);
+  });
+
   it('keys a layer-2 flow (ipVersion 0) on its MACs and ethertype, as the kernel does', () => {
     const counters = new StageCounters('acc', 'account');
     const l2 = (p: Partial<FlowRecord> = {}): FlowRecord => {
@@ -448,6 +494,13 @@ describe('account', () => {
       bytes: fc.integer({ min: 40, max: 9000 }),
       time: fc.integer({ min: 0, max: 1_000_000 }),
       flags: fc.integer({ min: 0, max: 0xff }),
+      place: fc.constantFrom<Partial<FlowRecord>>(
+        {},
+        { dot1qVlanId: 10 },
+        { dot1qVlanId: 10, dot1qCustomerVlanId: 20 },
+        { networkNamespace: 'a' },
+        { networkNamespace: 'b', dot1qVlanId: 10 },
+      ),
     });
     fc.assert(
       fc.property(
@@ -469,6 +522,7 @@ describe('account', () => {
                   flowStartMilliseconds: x.time,
                   flowEndMilliseconds: x.time,
                   tcpControlBits: x.flags,
+                  ...x.place,
                 })
               : rec({
                   sourceIPv4Address: x.src,
@@ -479,6 +533,7 @@ describe('account', () => {
                   flowStartMilliseconds: x.time,
                   flowEndMilliseconds: x.time,
                   tcpControlBits: x.flags,
+                  ...x.place,
                 });
           const batches = raw.map((b) => b.map(make));
           const expected = new Map<

@@ -89,6 +89,40 @@ describe('dedupe', () => {
     expect(counters.snapshot()).toMatchObject({ received: 5, sent: 5, dropped: {} });
   });
 
+  it('takes one packet for one flow across VLAN tags and namespaces: it keys on neither', () => {
+    // Tagged on a trunk (eth0, 2), untagged on its VLAN subinterface (eth0.10, 5); then out of a
+    // namespace by a veth (ifindex 2 there) into the agent's namespace (7).
+    const { out, counters } = run([
+      [onEth0({ dot1qVlanId: 10 }), rec({ ingressInterface: 5, flowDirection: 0 })],
+      [
+        rec({ sourceTransportPort: 5, egressInterface: 2, flowDirection: 1, networkNamespace: 'pod' }),
+        rec({ sourceTransportPort: 5, ingressInterface: 7, flowDirection: 0 }),
+      ],
+    ]);
+    expect(
+      out.map((b) => b.map((r) => [r.ingressInterface ?? r.egressInterface, r.networkNamespace])),
+    ).toEqual([[[2, undefined]], [[2, 'pod']]]);
+    expect(counters.snapshot()).toMatchObject({ received: 4, sent: 2, dropped: { dedupe_duplicate: 2 } });
+  });
+
+  it('tells interfaces apart by namespace: ifindex 2 in two namespaces is two interfaces', () => {
+    // A packet between two pods on one host: out of pod a's eth0 (ifindex 2 in a), into pod b's
+    // eth0 (ifindex 2 in b), and seen on the agent's own ifindex 2 as well.
+    const { out, counters } = run([
+      [
+        rec({ egressInterface: 2, flowDirection: 1, networkNamespace: 'a' }),
+        rec({ ingressInterface: 2, flowDirection: 0, networkNamespace: 'b' }),
+        rec({ ingressInterface: 2, flowDirection: 0 }),
+      ],
+      [
+        rec({ ingressInterface: 2, flowDirection: 0, networkNamespace: 'b' }),
+        rec({ ingressInterface: 2, flowDirection: 0, networkNamespace: 'a' }),
+      ],
+    ]);
+    expect(out.map((b) => b.map((r) => r.networkNamespace))).toEqual([['a'], ['a']]);
+    expect(counters.snapshot()).toMatchObject({ received: 5, sent: 2, dropped: { dedupe_duplicate: 3 } });
+  });
+
   it('passes the same batch object on when nothing is dropped, and emits nothing for an emptied batch', () => {
     const first = [onEth0()];
     const { out, counters } = run([first, [onEth1()], []]);
@@ -150,7 +184,11 @@ describe('dedupe', () => {
     const step = fc.record({
       advance: fc.integer({ min: 0, max: 2500 }),
       records: fc.array(
-        fc.record({ flow: fc.integer({ min: 0, max: 6 }), ifindex: fc.integer({ min: 1, max: 3 }) }),
+        fc.record({
+          flow: fc.integer({ min: 0, max: 6 }),
+          ifindex: fc.integer({ min: 1, max: 3 }),
+          netns: fc.constantFrom(undefined, 'a', 'b'),
+        }),
         {
           maxLength: 8,
         },
@@ -166,8 +204,9 @@ describe('dedupe', () => {
         input
           .pipe(dedupe({ mode: 'first_come', expireMs, justMark, counters, scheduler: clock }))
           .subscribe((b) => out.push(b));
-        // The model: a map from flow to (first interface, last seen), entries older than expireMs replaced.
-        const model = new Map<string, { ifindex: number; lastSeen: number }>();
+        // The model: a map from flow to (first interface and its namespace, last seen), entries
+        // older than expireMs replaced.
+        const model = new Map<string, { ifindex: number; netns?: string; lastSeen: number }>();
         const expected: FlowBatch[] = [];
         let received = 0;
         let duplicates = 0;
@@ -175,7 +214,12 @@ describe('dedupe', () => {
           clock.time += s.advance;
           const make = () =>
             s.records.map((x) =>
-              rec({ sourceTransportPort: 1000 + x.flow, ingressInterface: x.ifindex, flowDirection: 0 }),
+              rec({
+                sourceTransportPort: 1000 + x.flow,
+                ingressInterface: x.ifindex,
+                flowDirection: 0,
+                ...(x.netns === undefined ? {} : { networkNamespace: x.netns }),
+              }),
             );
           const batch = make();
           const mine = make();
@@ -186,7 +230,7 @@ describe('dedupe', () => {
             const e = model.get(k);
             if (e && clock.time - e.lastSeen <= expireMs) {
               e.lastSeen = clock.time;
-              if (e.ifindex !== r.ingressInterface) {
+              if (e.ifindex !== r.ingressInterface || e.netns !== r.networkNamespace) {
                 duplicates++;
                 if (justMark) {
                   r.duplicate = true;
@@ -195,7 +239,7 @@ describe('dedupe', () => {
                 continue;
               }
             } else {
-              model.set(k, { ifindex: flowInterface(r), lastSeen: clock.time });
+              model.set(k, { ifindex: flowInterface(r), netns: r.networkNamespace, lastSeen: clock.time });
             }
             kept.push(r);
           }
@@ -224,6 +268,22 @@ describe('dedupe', () => {
     const { out, counters } = run([flows(2), flows(3), flows(2)]);
     expect(out.map((b) => b.length)).toEqual([n, n]);
     expect(out[1]!.every((r) => r.ingressInterface === 2)).toBe(true);
+    expect(counters.snapshot()).toMatchObject({
+      received: 3 * n,
+      sent: 2 * n,
+      dropped: { dedupe_duplicate: n },
+    });
+  });
+
+  it('keeps the namespace of the first interface of each flow across growth', () => {
+    const n = 5000;
+    const flows = (netns: string) =>
+      Array.from({ length: n }, (_, i) =>
+        rec({ sourceIPv4Address: `10.1.${i >> 8}.${i & 255}`, ingressInterface: 2, networkNamespace: netns }),
+      );
+    const { out, counters } = run([flows('a'), flows('b'), flows('a')]);
+    expect(out.map((b) => b.length)).toEqual([n, n]);
+    expect(out[1]!.every((r) => r.networkNamespace === 'a')).toBe(true);
     expect(counters.snapshot()).toMatchObject({
       received: 3 * n,
       sent: 2 * n,

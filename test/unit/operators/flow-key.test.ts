@@ -218,6 +218,68 @@ describe('FlowTable', () => {
     expect(table.find(key.read(flows[5]!))).toBe(-1);
   });
 
+  it('compares VLAN ids and namespace exactly when two keys share a hash', () => {
+    const table = new FlowTable(16);
+    const key = new FlowKey(true);
+    const v6 = {
+      ipVersion: 6,
+      sourceIPv4Address: undefined,
+      destinationIPv4Address: undefined,
+      sourceIPv6Address: 'fd00::1',
+      destinationIPv6Address: 'fd00::2',
+    } as const;
+    const flows = [
+      rec(),
+      rec({ dot1qVlanId: 10 }),
+      rec({ dot1qVlanId: 20 }),
+      rec({ dot1qVlanId: 10, dot1qCustomerVlanId: 30 }),
+      rec({ networkNamespace: 'a' }),
+      rec({ networkNamespace: 'b' }),
+      rec({ networkNamespace: 'b', dot1qVlanId: 10 }),
+      rec({ ...v6, networkNamespace: 'a' }),
+      rec({ ...v6, networkNamespace: 'b', dot1qVlanId: 20 }),
+    ];
+    // Every key forced onto one hash: only the exact comparison keeps them apart.
+    const read = (r: FlowRecord): FlowKey => {
+      key.read(r);
+      key.hash = 7;
+      return key;
+    };
+    flows.forEach((r, i) => {
+      expect(table.find(read(r))).toBe(-1);
+      expect(table.insert(key)).toBe(i);
+    });
+    flows.forEach((r, i) => expect(table.find(read({ ...r }))).toBe(i));
+    // A tag of 0 is no tag, as the kernel writes it.
+    expect(table.find(read(rec({ dot1qVlanId: 0 })))).toBe(0);
+    expect(new Set(flows.map((r) => flowKeyString(r))).size).toBe(flows.length);
+    expect(flowKeyString(flows[6]!)).toMatch(/ if=2 dir=0 vlan=10\.0 netns="b"$/);
+    expect(flowKeyString(flows[6]!, false)).not.toMatch(/vlan|netns/);
+  });
+
+  it('keeps apart namespaces whose names share a hash', () => {
+    const table = new FlowTable(16);
+    const key = new FlowKey(true);
+    // The hash samples a name's length and a few characters: these two differ elsewhere.
+    const a = rec({ networkNamespace: 'ns-a-0000' });
+    const b = rec({ networkNamespace: 'ns-b-0000' });
+    const hashA = key.read(a).hash;
+    expect(key.read(b).hash).toBe(hashA);
+    expect(table.insert(key.read(a))).toBe(0);
+    expect(table.find(key.read(b))).toBe(-1);
+    expect(table.insert(key)).toBe(1);
+    expect([table.find(key.read(a)), table.find(key.read(b))]).toEqual([0, 1]);
+  });
+
+  it('leaves VLAN ids and namespace out of the key without interface', () => {
+    const table = new FlowTable();
+    const key = new FlowKey(false);
+    table.insert(key.read(rec()));
+    expect(
+      table.find(key.read(rec({ dot1qVlanId: 10, dot1qCustomerVlanId: 20, networkNamespace: 'a' }))),
+    ).toBe(0);
+  });
+
   it('never merges two flows whose hashes collide', () => {
     fc.assert(
       fc.property(
