@@ -50,7 +50,7 @@ export default async function linkFollow(ctx: BenchContext): Promise<void> {
     name: `link_follow.attach_${scale}_total`,
     value: r.totalMs,
     unit: 'ms',
-    note: `${scale} veth pairs existing before the follower opens: its open attaches them all; ${r.links} TC links`,
+    note: `${scale} veth pairs existing before the follower opens: from the open to every one attached; ${r.links} TC links`,
   });
   ctx.report({
     name: `link_follow.rss_growth_${scale}`,

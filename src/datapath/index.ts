@@ -5,6 +5,7 @@ export { BpfMap, possibleCpus, type DrainOptions, type DrainResult } from './map
 export {
   attachTc,
   attachTcAsync,
+  tcxAttachOffThread,
   type AsyncAttachOptions,
   type AttachOptions,
   type TcDirection,

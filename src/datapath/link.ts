@@ -174,6 +174,14 @@ export interface AsyncAttachOptions extends AttachOptions {
 type TcxLinkCreate = NativeFunction;
 let tcxLinkCreate: TcxLinkCreate | null | undefined;
 
+/**
+ * Whether attachTcAsync creates TCX links off the calling thread: false when librxflow.so was not
+ * built (native/build.sh), and the attach then waits on the calling thread as attachTc does.
+ */
+export function tcxAttachOffThread(): boolean {
+  return nativeTcxLinkCreate() !== undefined;
+}
+
 /** rxflow_tcx_link_create of native/tcx_attach.c; undefined when librxflow.so was not built. */
 function nativeTcxLinkCreate(): TcxLinkCreate | undefined {
   if (tcxLinkCreate === undefined) {
@@ -210,15 +218,10 @@ export async function attachTcAsync(
   const ctx = `attach tc ${direction} ${ifname}`;
   if (opts.signal?.aborted) throw new DatapathError('ECANCELED', `${ctx}: cancelled before it started`);
   const mode = opts.mode ?? 'auto';
-  const clsact = (): TcLink => withNetns(opts.netns, () => attachTc(program, ifname, direction, opts));
-  if (mode === 'clsact' || program.closed) return clsact();
+  const here = (): TcLink => withNetns(opts.netns, () => attachTc(program, ifname, direction, opts));
+  // attachTc throws ECLOSED for a closed program; without librxflow.so, the wait stays on this thread.
   const create = nativeTcxLinkCreate();
-  if (create === undefined) {
-    throw new DatapathError(
-      'ENONATIVE',
-      `${ctx}: dist/native/librxflow.so is missing; build it with 'bash native/build.sh'`,
-    );
-  }
+  if (mode === 'clsact' || program.closed || create === undefined) return here();
   const attachType = direction === 'ingress' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
   const { pinPath } = opts;
   if (pinPath !== undefined) {
@@ -269,7 +272,7 @@ export async function attachTcAsync(
     throw new DatapathError('ENOIFACE', `${ctx}: no such interface; check the name with 'ip link'`);
   }
   // Kernels before 6.6 do not know the TCX attach types and answer EINVAL.
-  if (mode === 'auto' && -fd === EINVAL) return clsact();
+  if (mode === 'auto' && -fd === EINVAL) return here();
   throw syscallFailure(ctx, 'bpf_link_create', fd, {
     code: 'EATTACH',
     hint: -fd === EINVAL ? "this kernel may lack tcx (linux 6.6+); use mode 'clsact'" : undefined,

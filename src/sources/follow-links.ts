@@ -1,6 +1,6 @@
 import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachTcAsync, type TcDirection, type TcLink } from '../datapath/index.js';
+import { attachTcAsync, tcxAttachOffThread, type TcDirection, type TcLink } from '../datapath/index.js';
 import type { Logger } from '../logger.js';
 import type { InterfaceMatcher } from '../net/interface-match.js';
 import { withNetns } from '../net/netns.js';
@@ -37,6 +37,11 @@ export function followLinks(
   logger: Logger,
 ): LinkFollower {
   const linksDir = join(dp.pinDir, 'links');
+  if (config.attach_mode !== 'clsact' && !tcxAttachOffThread()) {
+    logger.warn(
+      'dist/native/librxflow.so is missing: each tcx attach holds the event loop for a grace period of the kernel; build it with bash native/build.sh',
+    );
+  }
   const follower = LinkFollower.open({
     matcher,
     netns: config.netns,

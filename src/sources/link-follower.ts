@@ -392,12 +392,17 @@ export class LinkFollower {
       for (const resolve of this.idleWaiters.splice(0)) resolve();
       return;
     }
-    this.running = this.attachOne(job).finally(() => {
-      this.running = undefined;
-      this.settleJob(job);
-      this.requeueIfChanged(job);
-      this.pump();
-    });
+    this.running = this.attachOne(job)
+      .catch((err: unknown) => {
+        // attachOne handles the attach's own failures; this is a bug, which must not stop the queue.
+        this.options.logger.error({ err, netns: job.state.ns.label, ifname: job.ifname }, 'attach failed');
+      })
+      .finally(() => {
+        this.running = undefined;
+        this.settleJob(job);
+        this.requeueIfChanged(job);
+        this.pump();
+      });
   }
 
   /**
