@@ -50,14 +50,14 @@ int rxflow_tcx_link_create(const char *netns_path, const char *ifname, int prog_
       return -errno;
     }
     home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    if (home < 0 || setns(target, CLONE_NEWNET) != 0) {
-      int err = errno;
+    int entered = home >= 0 && setns(target, CLONE_NEWNET) == 0;
+    int err = errno;
+    close(target);
+    if (!entered) {
       if (home >= 0) close(home);
-      close(target);
       out[1] = RXFLOW_TCX_ENTER;
       return -err;
     }
-    close(target);
   }
   int result;
   unsigned ifindex = if_nametoindex(ifname);
@@ -69,17 +69,14 @@ int rxflow_tcx_link_create(const char *netns_path, const char *ifname, int prog_
     result = link_create(prog_fd, ifindex, attach_type);
     if (result < 0) out[1] = RXFLOW_TCX_LINK;
   }
-  if (home >= 0) {
-    if (setns(home, CLONE_NEWNET) != 0) {
-      int err = errno;
-      // The link was made where it was asked for, but this thread cannot be trusted any more:
-      // closing the only fd of an unpinned link detaches it.
-      if (result >= 0) close(result);
-      close(home);
-      out[1] = RXFLOW_TCX_LEAVE;
-      return -err;
-    }
-    close(home);
-  }
-  return result;
+  if (home < 0) return result;
+  int left = setns(home, CLONE_NEWNET) == 0;
+  int err = errno;
+  close(home);
+  if (left) return result;
+  // The link was made where it was asked for, but this thread cannot be trusted any more: closing
+  // the only fd of an unpinned link detaches it.
+  if (result >= 0) close(result);
+  out[1] = RXFLOW_TCX_LEAVE;
+  return -err;
 }
