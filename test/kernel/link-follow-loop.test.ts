@@ -8,9 +8,9 @@
  * (bpftool) and no pin behind.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -18,7 +18,9 @@ import { PipelineSession } from '../../src/cli/session.js';
 import { FlowDatapath } from '../../src/datapath/flow/datapath.js';
 import { silentLogger } from '../../src/logger.js';
 import { InterfaceMatcher } from '../../src/net/interface-match.js';
+import { buildPipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
+import { parsePipeline } from '../../src/pipeline/load.js';
 import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { followLinks } from '../../src/sources/follow-links.js';
 import type { LinkFollower } from '../../src/sources/link-follower.js';
@@ -52,6 +54,24 @@ function tcxLinksOf(dp: FlowDatapath): LinkInfo[] {
     execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }),
   ) as LinkInfo[];
   return links.filter((l) => programs.has(l.prog_id ?? -1));
+}
+
+/**
+ * The TCX links this process holds open (fdinfo link_type tcx). A TCX link the follower made lives
+ * only by its fd and its pin: with neither, the kernel has detached it.
+ */
+function tcxLinkFds(): number[] {
+  const out: number[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let info: string;
+    try {
+      info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (/^link_type:\s*tcx$/m.test(info)) out.push(Number(fd));
+  }
+  return out;
 }
 
 function pins(dp: FlowDatapath): string[] {
@@ -108,6 +128,7 @@ kernelDescribe(
         expect(attachedWhenLoopRan).toBeLessThan(LINKS);
         expect(follower.attached().sort()).toEqual(names.map((n) => `${ns.name}/${n}`).sort());
         expect(tcxLinksOf(dp)).toHaveLength(2 * LINKS);
+        expect(tcxLinkFds()).toHaveLength(2 * LINKS);
         expect(pins(dp)).toHaveLength(2 * LINKS);
       } finally {
         follower?.close();
@@ -156,6 +177,70 @@ kernelDescribe(
           input: `link add ${deleted} type veth peer name rxap2\n`,
         });
       }
+    });
+
+    it('an attach that fails at start fails the start with its reason, and leaves no link attached', async () => {
+      const instance = `attachloop-${process.pid}-fail`;
+      // A map where the pin of rxal3's ingress link goes: the attach cannot take it over.
+      const ino = statSync(`/run/netns/${ns.name}`).ino;
+      const { ifindex } = (
+        JSON.parse(
+          execFileSync('ip', ['-n', ns.name, '-j', 'link', 'show', 'rxal3'], { encoding: 'utf8' }),
+        ) as {
+          ifindex: number;
+        }[]
+      )[0]!;
+      const linksDir = join(pinRoot, `rxflow-${instance}`, 'links');
+      const squatter = join(linksDir, `tc-ns${ino}-if${ifindex}-ingress`);
+      mkdirSync(linksDir, { recursive: true });
+      execFileSync('bpftool', [
+        'map',
+        'create',
+        squatter,
+        'type',
+        'array',
+        'key',
+        '4',
+        'value',
+        '4',
+        'entries',
+        '1',
+        'name',
+        'squat',
+      ]);
+      const store: CollectStore = new Map();
+      const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
+      const config = parsePipeline(
+        `
+sources:
+  flows:
+    type: ebpf_flows
+    interfaces: ['rxal*']
+    netns: ${ns.name}
+    instance: ${instance}
+    pin_root: ${pinRoot}
+sinks:
+  out:
+    type: collect
+    inputs: [flows]
+`,
+        'attach-fail.yaml',
+        { registry },
+      );
+      const pipeline = await buildPipeline(config, { logger: silentLogger() });
+      try {
+        await expect(pipeline.start()).rejects.toThrow(
+          `attach tc ingress rxal3: ${squatter} holds a bpf object that is not a link; remove it with 'rm ${squatter}'`,
+        );
+      } finally {
+        await pipeline.stop().catch(() => undefined);
+      }
+      // The links attached before and after the failure were detached with the source: no fd of
+      // one is open, and no pin of one is left.
+      expect(tcxLinkFds()).toEqual([]);
+      const left = existsSync(linksDir) ? readdirSync(linksDir) : [];
+      expect(left.filter((n) => n !== basename(squatter))).toEqual([]);
+      rmSync(join(pinRoot, `rxflow-${instance}`), { recursive: true, force: true });
     });
 
     it('the health endpoint answers while the source attaches: alive and not ready, then ready', async () => {
