@@ -272,7 +272,9 @@ export async function attachTcAsync(
     throw new DatapathError('ENOIFACE', `${ctx}: no such interface; check the name with 'ip link'`);
   }
   // Kernels before 6.6 do not know the TCX attach types and answer EINVAL.
-  if (mode === 'auto' && -fd === EINVAL) return here();
+  if (mode === 'auto' && -fd === EINVAL) {
+    return withNetns(opts.netns, () => attachTc(program, ifname, direction, { ...opts, mode: 'clsact' }));
+  }
   throw syscallFailure(ctx, 'bpf_link_create', fd, {
     code: 'EATTACH',
     hint: -fd === EINVAL ? "this kernel may lack tcx (linux 6.6+); use mode 'clsact'" : undefined,
