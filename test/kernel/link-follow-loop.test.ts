@@ -197,16 +197,7 @@ kernelDescribe(
         'map',
         'create',
         squatter,
-        'type',
-        'array',
-        'key',
-        '4',
-        'value',
-        '4',
-        'entries',
-        '1',
-        'name',
-        'squat',
+        ...'type array key 4 value 4 entries 1 name squat'.split(' '),
       ]);
       const store: CollectStore = new Map();
       const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
