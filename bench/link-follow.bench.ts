@@ -1,6 +1,8 @@
 /**
  * Following interfaces by pattern (ebpf_flows with a glob or regex in `interfaces`): how long
- * after a link appears its flows are counted, and what 1,000 attached interfaces cost. Each part
+ * after a link appears its flows are counted, what 1,000 attached interfaces cost, and how long
+ * the event loop waits while they are attached (against attaching them on the JS thread, as the
+ * follower did before its attaches moved to a worker thread, in the same run). Each part
  * runs in a child process (bench/link-follow-child.ts) so its memory is measured alone. Needs root
  * and the built tree.
  */
@@ -48,7 +50,7 @@ export default async function linkFollow(ctx: BenchContext): Promise<void> {
     name: `link_follow.attach_${scale}_total`,
     value: r.totalMs,
     unit: 'ms',
-    note: `${scale} veth pairs existing before the follower opens: its open attaches them all; ${r.links} TC links`,
+    note: `${scale} veth pairs existing before the follower opens: from the open to every one attached; ${r.links} TC links`,
   });
   ctx.report({
     name: `link_follow.rss_growth_${scale}`,
@@ -56,5 +58,47 @@ export default async function linkFollow(ctx: BenchContext): Promise<void> {
     unit: 'MB',
     target: { value: 50, better: 'lower' },
     note: 'resident memory after the open minus before it, after full collections',
+  });
+  await stalls(ctx, scale);
+}
+
+interface Watched {
+  maxGapMs: number;
+  delayMaxMs: number;
+  ticks: number;
+  ms: number;
+}
+
+async function stalls(ctx: BenchContext, n: number): Promise<void> {
+  type Stall = { attach: Watched; detach: Watched; links: number };
+  const sync = await child<Stall>(['stall', String(n), 'sync']);
+  const async_ = await child<Stall>(['stall', String(n), 'async']);
+  const syncStall = { name: `link_follow.loop_stall_attach_${n}_sync`, value: sync.attach.maxGapMs };
+  ctx.report({
+    ...syncStall,
+    unit: 'ms',
+    note: `baseline: ${n} links of a namespace attached on the JS thread (withNetns + attachTc per link); ${sync.attach.ticks} ticks of a 10 ms timer ran`,
+  });
+  ctx.report({
+    name: `link_follow.loop_stall_attach_${n}`,
+    value: async_.attach.maxGapMs,
+    unit: 'ms',
+    baseline: syncStall,
+    note: `longest gap between 10 ms timer ticks while the follower attaches ${n} links (${async_.links} TC links) of a namespace; event loop delay max ${async_.attach.delayMaxMs.toFixed(1)} ms; ${async_.attach.ticks} ticks ran`,
+  });
+  const syncTotal = { name: `link_follow.attach_${n}_ns_total_sync`, value: sync.attach.ms };
+  ctx.report({ ...syncTotal, unit: 'ms', note: 'baseline: the same attaches on the JS thread' });
+  ctx.report({
+    name: `link_follow.attach_${n}_ns_total`,
+    value: async_.attach.ms,
+    unit: 'ms',
+    baseline: syncTotal,
+    note: 'from followLinks() to opened: every link attached, one after another on a worker thread',
+  });
+  ctx.report({
+    name: `link_follow.loop_stall_close_${n}`,
+    value: async_.detach.maxGapMs,
+    unit: 'ms',
+    note: `close() detaches every link on the JS thread (${async_.detach.ms.toFixed(0)} ms)`,
   });
 }

@@ -79,6 +79,13 @@ export interface ComponentContext {
    */
   hold?: SourceHold;
   /**
+   * Sources: set by the pipeline. A source whose start goes on after it is subscribed, without
+   * holding up the event loop (the kernel source attaching to 1,000 interfaces), hands the
+   * promise of that start here: the pipeline's start() resolves, and the pipeline is ready, once
+   * it has settled. A start that fails errors the source's Observable before the promise settles.
+   */
+  starting?: (started: Promise<unknown>) => void;
+  /**
    * Sinks: true when the pipeline reads the sink's input through the buffer it keeps in front of
    * the sink (src/sinks/buffer.ts), which counts what the sink is handed and applies
    * buffer_max_records and when_full. Unset, the sink puts the same buffer in front of itself

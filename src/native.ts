@@ -1,7 +1,9 @@
 /**
- * Calls into C through koffi that more than one layer needs: the C library, loaded once, and a
- * call on a koffi worker thread as a promise.
+ * Calls into C through koffi that more than one layer needs: the C library, loaded once, rxflow's
+ * own library (native/*.c), and a call on a koffi worker thread as a promise.
  */
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import koffi, { type LibraryHandle } from 'koffi';
 
 export type NativeFunction = ReturnType<LibraryHandle['func']>;
@@ -12,6 +14,22 @@ let libcHandle: LibraryHandle | undefined;
 export function libcLibrary(): LibraryHandle {
   libcHandle ??= koffi.load('libc.so.6');
   return libcHandle;
+}
+
+let rxflowHandle: LibraryHandle | null | undefined;
+
+/**
+ * dist/native/librxflow.so (built by native/build.sh), found from src/ (tests) or dist/src/
+ * (built); undefined when it was not built.
+ */
+export function rxflowLibrary(): LibraryHandle | undefined {
+  if (rxflowHandle === undefined) {
+    const file = ['../native/librxflow.so', '../dist/native/librxflow.so']
+      .map((rel) => fileURLToPath(new URL(rel, import.meta.url)))
+      .find((f) => existsSync(f));
+    rxflowHandle = file === undefined ? null : koffi.load(file);
+  }
+  return rxflowHandle ?? undefined;
 }
 
 /**

@@ -116,6 +116,7 @@ export interface Libc {
   mmap(addr: null, length: number, prot: number, flags: number, fd: number, offset: number): Ptr;
   munmap(addr: Ptr, length: number): number;
   close(fd: number): number;
+  dup(fd: number): number;
   if_nametoindex(name: string): number;
   sysconf(name: number): number | bigint;
 }
@@ -337,6 +338,7 @@ function bind(): Bound {
     mmap: c.func('void *mmap(void *addr, size_t length, int prot, int flags, int fd, int64_t offset)'),
     munmap: c.func('int munmap(void *addr, size_t length)'),
     close: c.func('int close(int fd)'),
+    dup: c.func('int dup(int oldfd)'),
     if_nametoindex: c.func('uint32_t if_nametoindex(const char *ifname)'),
     sysconf: c.func('long sysconf(int name)'),
   } as unknown as Libc;

@@ -1,5 +1,9 @@
 import { existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
+import koffi from 'koffi';
+import { SyscallError } from '../errors.js';
+import { callOnWorker, rxflowLibrary, type NativeFunction } from '../native.js';
+import { netnsError, netnsPath, withNetns } from '../net/netns.js';
 import { DatapathError, syscallFailure } from './errors.js';
 import {
   BPF_TCX_EGRESS,
@@ -12,6 +16,7 @@ import {
   libc,
   tcHook,
   tcOpts,
+  type Ptr,
 } from './libbpf.js';
 import { requireBpffs, type Program } from './object.js';
 
@@ -128,26 +133,152 @@ function attachTcx(
       hint: -fd === EINVAL ? "this kernel may lack tcx (linux 6.6+); use mode 'clsact'" : undefined,
     });
   }
-  if (pinPath !== undefined) {
-    try {
-      mkdirSync(dirname(pinPath), { recursive: true, mode: 0o700 });
-    } catch (err) {
-      bpf.bpf_link_detach(fd);
-      libc().close(fd);
-      throw new DatapathError(
-        'EATTACH',
-        `${ctx}: create ${dirname(pinPath)}: ${(err as Error).message}`,
-        err,
-      );
-    }
-    const r = bpf.bpf_obj_pin(fd, pinPath);
-    if (r < 0) {
-      bpf.bpf_link_detach(fd);
-      libc().close(fd);
-      throw syscallFailure(`${ctx}: pin link at ${pinPath}`, 'bpf_obj_pin', r, { code: 'EATTACH' });
-    }
-  }
+  if (pinPath !== undefined) pinLink(fd, pinPath, ctx);
   return new TcxLink(ifname, ifindex, direction, fd, pinPath);
+}
+
+/** Pins a new link at pinPath; on failure detaches and closes it, and throws. */
+function pinLink(fd: number, pinPath: string, ctx: string): void {
+  const bpf = libbpf();
+  try {
+    mkdirSync(dirname(pinPath), { recursive: true, mode: 0o700 });
+  } catch (err) {
+    bpf.bpf_link_detach(fd);
+    libc().close(fd);
+    throw new DatapathError('EATTACH', `${ctx}: create ${dirname(pinPath)}: ${(err as Error).message}`, err);
+  }
+  const r = bpf.bpf_obj_pin(fd, pinPath);
+  if (r < 0) {
+    bpf.bpf_link_detach(fd);
+    libc().close(fd);
+    throw syscallFailure(`${ctx}: pin link at ${pinPath}`, 'bpf_obj_pin', r, { code: 'EATTACH' });
+  }
+}
+
+export interface AsyncAttachOptions extends AttachOptions {
+  /** The interface's network namespace, as withNetns takes it; the agent's own when undefined. */
+  netns?: string | undefined;
+  /**
+   * The interface's ifindex as its namespace's listing gave it: a link pinned at pinPath for it is
+   * taken over without entering the namespace. The link returned carries the ifindex the name has
+   * when the attach is made, which differs when the name moved to another link meanwhile.
+   */
+  ifindex: number;
+  /**
+   * Aborted while the worker thread creates the link: the link is closed instead of pinned, and
+   * the promise rejects with ECANCELED (nothing is left behind, not even the pin directory).
+   */
+  signal?: AbortSignal;
+}
+
+type TcxLinkCreate = NativeFunction;
+let tcxLinkCreate: TcxLinkCreate | null | undefined;
+
+/**
+ * Whether attachTcAsync creates TCX links off the calling thread: false when librxflow.so was not
+ * built (native/build.sh), and the attach then waits on the calling thread as attachTc does.
+ */
+export function tcxAttachOffThread(): boolean {
+  return nativeTcxLinkCreate() !== undefined;
+}
+
+/** rxflow_tcx_link_create of native/tcx_attach.c; undefined when librxflow.so was not built. */
+function nativeTcxLinkCreate(): TcxLinkCreate | undefined {
+  if (tcxLinkCreate === undefined) {
+    const lib = rxflowLibrary();
+    tcxLinkCreate =
+      lib?.func(
+        'int rxflow_tcx_link_create(const char *netns_path, const char *ifname, int prog_fd, int attach_type, int32_t *out)',
+      ) ?? null;
+  }
+  return tcxLinkCreate ?? undefined;
+}
+
+// Steps of rxflow_tcx_link_create, as it reports the one that failed.
+const TCX_OPEN_NETNS = 1;
+const TCX_ENTER = 2;
+const TCX_IFINDEX = 3;
+const TCX_LEAVE = 5;
+
+/**
+ * attachTc() for an interface of any namespace, with the kernel's wait off the event loop: a TCX
+ * link is created on a worker thread of the libuv pool, which enters the namespace for the call
+ * (native/tcx_attach.c), because the kernel returns from it only after an RCU grace period (about
+ * 13 ms a link here, so 26 s for both hooks of 1,000 interfaces). Taking over a pinned link, the
+ * pin and a clsact filter (about 1 ms) stay on the calling thread. Each call uses one worker
+ * thread: callers that attach many links should await one before starting the next, leaving the
+ * pool to the rest of the agent.
+ */
+export async function attachTcAsync(
+  program: Program,
+  ifname: string,
+  direction: TcDirection,
+  opts: AsyncAttachOptions,
+): Promise<TcLink> {
+  const ctx = `attach tc ${direction} ${ifname}`;
+  if (opts.signal?.aborted) throw new DatapathError('ECANCELED', `${ctx}: cancelled before it started`);
+  const mode = opts.mode ?? 'auto';
+  const here = (): TcLink => withNetns(opts.netns, () => attachTc(program, ifname, direction, opts));
+  // attachTc throws ECLOSED for a closed program; without librxflow.so, the wait stays on this thread.
+  const create = nativeTcxLinkCreate();
+  if (mode === 'clsact' || program.closed || create === undefined) return here();
+  const attachType = direction === 'ingress' ? BPF_TCX_INGRESS : BPF_TCX_EGRESS;
+  const { pinPath } = opts;
+  if (pinPath !== undefined) {
+    requireBpffs(dirname(pinPath), `${ctx}: pin link at ${pinPath}`);
+    const adopted = takeOverPinned(pinPath, opts.ifindex, attachType, program, ctx);
+    if (adopted !== undefined) return new TcxLink(ifname, opts.ifindex, direction, adopted, pinPath);
+  }
+  // The worker holds its own reference to the program: closing the collection meanwhile must not
+  // let the number name another file by the time the kernel reads it.
+  const progFd = libc().dup(program.fd);
+  if (progFd < 0) throw syscallFailure(ctx, 'dup', -koffi.errno(), { code: 'EATTACH' });
+  const out = koffi.alloc('int32_t', 2) as Ptr;
+  let fd: number;
+  let step: number;
+  let ifindex: number;
+  try {
+    fd = await callOnWorker<number>(
+      create,
+      [opts.netns === undefined ? null : netnsPath(opts.netns), ifname, progFd, attachType, out],
+      (err) =>
+        new DatapathError(
+          'EATTACH',
+          `${ctx}: koffi could not make the call on a worker thread (${err instanceof Error ? err.message : typeof err}); report this as a bug`,
+          err,
+        ),
+    );
+    const view = new Int32Array(koffi.view(out, 8));
+    ifindex = view[0]!;
+    step = view[1]!;
+  } finally {
+    koffi.free(out);
+    libc().close(progFd);
+  }
+  if (fd >= 0) {
+    if (opts.signal?.aborted) {
+      // Closing the only fd of a link not pinned yet detaches it.
+      libc().close(fd);
+      throw new DatapathError('ECANCELED', `${ctx}: cancelled while the link was being created`);
+    }
+    if (pinPath !== undefined) pinLink(fd, pinPath, ctx);
+    return new TcxLink(ifname, ifindex, direction, fd, pinPath);
+  }
+  const ns = opts.netns ?? '';
+  if (step === TCX_OPEN_NETNS) throw netnsError(ns, 'open', new SyscallError('open', -fd));
+  if (step === TCX_ENTER) throw netnsError(ns, 'enter', -fd);
+  if (step === TCX_LEAVE) throw netnsError(ns, 'leave', -fd);
+  if (step === TCX_IFINDEX) {
+    throw new DatapathError('ENOIFACE', `${ctx}: no such interface; check the name with 'ip link'`);
+  }
+  // Kernels before 6.6 do not know the TCX attach types and answer EINVAL.
+  if (mode === 'auto' && -fd === EINVAL) {
+    return withNetns(opts.netns, () => attachTc(program, ifname, direction, { ...opts, mode: 'clsact' }));
+  }
+  throw syscallFailure(ctx, 'bpf_link_create', fd, {
+    code: 'EATTACH',
+    hint: -fd === EINVAL ? "this kernel may lack tcx (linux 6.6+); use mode 'clsact'" : undefined,
+  });
 }
 
 /**

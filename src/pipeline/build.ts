@@ -163,6 +163,8 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   // Every source may wait on a sink downstream that blocks upstream when full.
   const gates = new Map<string, SourceGate>();
   const sources: Connectable<FlowBatch>[] = [];
+  // What the sources hand context.starting when they are connected.
+  const starts: Promise<unknown>[] = [];
   const sinks: BuiltSink[] = [];
   const inputOf = (spec: ComponentSpec): Observable<FlowBatch> => {
     const inputs = spec.inputs.map((id) => outputs.get(id)!);
@@ -194,6 +196,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
           const gate = new SourceGate();
           gates.set(spec.id, gate);
           context.hold = gate;
+          context.starting = (started) => starts.push(started);
           // A source that drains on stop (the kernel map) emits what it holds and completes by
           // itself; any other source is cut off when the pipeline stops.
           if (module.flushesOnDemand) flushable.push(spec.id);
@@ -256,6 +259,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
     sources,
     sinks,
     { flushing, sources: flushable },
+    starts,
     drainTimeoutMs,
   );
 }
@@ -292,6 +296,8 @@ export class Pipeline {
     private readonly sinks: readonly BuiltSink[],
     /** Emits a flush on demand to the sources; `sources` are those that act on it. */
     private readonly onDemand: { flushing: Subject<void>; sources: readonly string[] },
+    /** The starts the sources report when connected (ComponentContext.starting). */
+    private readonly starts: readonly Promise<unknown>[],
     /** How long a drain may take; then every sink is closed and what it holds counted shutdown. */
     readonly drainTimeoutMs = DEFAULT_DRAIN_TIMEOUT_MS,
   ) {
@@ -332,7 +338,11 @@ export class Pipeline {
     return this.ledger.totals();
   }
 
-  /** Subscribes every sink, then starts the sources. Rejects if a sink fails before it subscribes. */
+  /**
+   * Subscribes every sink, then starts the sources, and resolves once the starts they report have
+   * settled (ComponentContext.starting). Rejects if a sink fails before it subscribes, or a source
+   * fails to start.
+   */
   async start(): Promise<void> {
     if (this.currentState !== 'built') {
       throw new PipelineError('ESTATE', `start ${this.config.file}: the pipeline was already started`);
@@ -355,6 +365,7 @@ export class Pipeline {
     this.logger.info({ file: this.config.file, components: this.config.order.length }, 'pipeline starting');
     await Promise.race([Promise.all(subscribed), this.done]);
     this.connect();
+    if (this.starts.length > 0) await Promise.race([Promise.allSettled(this.starts), this.done]);
     if (this.failures.error) throw this.failures.error;
   }
 

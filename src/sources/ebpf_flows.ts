@@ -190,10 +190,24 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       dp.close();
       throw err;
     }
-    logger.info(
-      { interfaces: config.interfaces, netns: config.netns, links: follower.attached(), pin_dir: dp.pinDir },
-      'flow programs attached',
+    // The links are attached off the event loop, one after another; the pipeline is ready once
+    // they are, and a failure to attach one of them fails the source as it always did.
+    const started = follower.opened.then(
+      () => {
+        if (follower.isClosed()) return;
+        logger.info(
+          {
+            interfaces: config.interfaces,
+            netns: config.netns,
+            links: follower.attached(),
+            pin_dir: dp.pinDir,
+          },
+          'flow programs attached',
+        );
+      },
+      (err: unknown) => subscriber.error(err),
     );
+    context.starting?.(started);
     const counters = context.counters;
     // Only a source outside its own namespace has records to mark.
     dp.labeler = config.netns === undefined ? undefined : follower.labeler;

@@ -1,8 +1,9 @@
 import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachTc, type TcDirection } from '../datapath/index.js';
+import { attachTcAsync, tcxAttachOffThread, type TcDirection, type TcLink } from '../datapath/index.js';
 import type { Logger } from '../logger.js';
 import type { InterfaceMatcher } from '../net/interface-match.js';
+import { withNetns } from '../net/netns.js';
 import type { FlowDatapath } from '../datapath/flow/index.js';
 import { LinkFollower, type FollowedNamespace } from './link-follower.js';
 
@@ -24,9 +25,10 @@ export function linkPinName(ns: FollowedNamespace, ifindex: number, direction: T
 
 /**
  * Attaches the datapath's programs to every link `matcher` selects and follows them (see
- * LinkFollower). Pins left under <pinDir>/links by an earlier run for links that are gone or no
- * longer match are removed once the links that exist are attached: removing the last reference
- * of a TCX link detaches it.
+ * LinkFollower): returns at once, the attaches run off the event loop one link after another, and
+ * `opened` settles when the links that exist now are attached. Pins left under <pinDir>/links by an
+ * earlier run for links that are gone or no longer match are removed then, before anything
+ * awaiting `opened` runs: removing the last reference of a TCX link detaches it.
  */
 export function followLinks(
   dp: FlowDatapath,
@@ -35,29 +37,53 @@ export function followLinks(
   logger: Logger,
 ): LinkFollower {
   const linksDir = join(dp.pinDir, 'links');
+  if (config.attach_mode !== 'clsact' && !tcxAttachOffThread()) {
+    logger.warn(
+      'dist/native/librxflow.so is missing: each tcx attach holds the event loop for a grace period of the kernel; build it with bash native/build.sh',
+    );
+  }
   const follower = LinkFollower.open({
     matcher,
     netns: config.netns,
     rescanIntervalMs: config.netns_rescan_interval_ms,
     logger,
-    attach: (ns, ifindex, ifname) => {
-      const links = [];
+    attach: async (ns, ifindex, ifname, signal) => {
+      const links: TcLink[] = [];
       try {
         for (const direction of config.directions) {
           links.push(
-            attachTc(dp.program(direction), ifname, direction, {
+            await attachTcAsync(dp.program(direction), ifname, direction, {
               mode: config.attach_mode,
               pinPath: join(linksDir, linkPinName(ns, ifindex, direction)),
+              netns: ns.path,
+              ifindex,
+              signal,
             }),
           );
         }
       } catch (err) {
-        for (const l of links) l.close();
+        if (links.some((l) => l.mode === 'clsact')) withNetns(ns.path, () => closeAll(links));
+        else closeAll(links);
         throw err;
       }
       return links;
     },
   });
+  // Registered first: runs before anything else awaiting `opened`.
+  follower.opened.then(
+    () => removeStalePins(follower, linksDir, logger),
+    () => undefined,
+  );
+  return follower;
+}
+
+function closeAll(links: TcLink[]): void {
+  for (const l of links) l.close();
+}
+
+function removeStalePins(follower: LinkFollower, linksDir: string, logger: Logger): void {
+  // Closed meanwhile: it holds nothing, and the pins are its owner's to remove.
+  if (follower.isClosed()) return;
   const kept = new Set(follower.tcLinks().map((l) => l.pinPath));
   let stale: string[] = [];
   try {
@@ -73,5 +99,4 @@ export function followLinks(
       logger.warn({ err, pin: join(linksDir, name) }, 'could not remove a stale link pin');
     }
   }
-  return follower;
 }

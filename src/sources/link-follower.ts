@@ -7,6 +7,13 @@
  * them attached). Each link event of a namespace re-lists its links (listLinks, one FFI call)
  * rather than trusting the event's text: a burst of events costs one listing, and nothing missed
  * between listings can leave the set wrong.
+ *
+ * Attaching is asynchronous and one link at a time: the kernel returns from creating a TCX link
+ * only after an RCU grace period (about 13 ms, so 26 s for both hooks of 1,000 links), which the
+ * attach spends on a worker thread while the event loop serves metrics, health probes and the
+ * ring buffer. A link found is queued; when its turn comes it is attached only if the latest
+ * listing still shows it under a matching name, and when its attach completes it is kept only if
+ * that is still so and the follower still follows its namespace; otherwise its links are closed.
  */
 import { statSync } from 'node:fs';
 import { Subject, type Observable } from 'rxjs';
@@ -47,9 +54,23 @@ export interface LinkFollowerOptions {
   netns: string | undefined;
   /** How often /proc is rescanned for namespaces of processes (netns 'all'). */
   rescanIntervalMs: number;
-  /** Attaches the programs to a link; runs inside the link's namespace. */
-  attach: (ns: FollowedNamespace, ifindex: number, ifname: string) => TcLink[];
+  /**
+   * Attaches the programs to a link of namespace `ns` (entering it where needed, see
+   * attachTcAsync). `signal` aborts when the follower closes: an attach still running then must
+   * leave nothing behind.
+   */
+  attach: (ns: FollowedNamespace, ifindex: number, ifname: string, signal: AbortSignal) => Promise<TcLink[]>;
   logger: Logger;
+}
+
+interface AttachJob {
+  state: NsState;
+  ifindex: number;
+  ifname: string;
+  /** When the listing that found the link was made (performance.now()). */
+  at: number;
+  /** Queued while open() ran: a failure fails the open. */
+  atOpen: boolean;
 }
 
 interface NsState {
@@ -61,6 +82,8 @@ interface NsState {
   table: ReadonlyMap<number, string>;
   /** ifindex -> name that failed to attach: not retried until the link changes. */
   failed: Map<number, string>;
+  /** ifindex -> name of the links queued or being attached. */
+  pending: Map<number, string>;
   /** Resolves when the monitor listens (or gave up). */
   ready: Promise<void>;
 }
@@ -79,10 +102,32 @@ export class LinkFollower {
   private closed = false;
   /** During open(): an attach failure fails the source, as a fixed list of interfaces always did. */
   private opening = true;
+  /** Links waiting for their attach, in the order they were found. */
+  private readonly queue: AttachJob[] = [];
+  /** The attach running now, if any. */
+  private running: Promise<void> | undefined;
+  private readonly abort = new AbortController();
+  /** Attaches queued during open() not settled yet, and the first failure among them. */
+  private openJobs = 0;
+  private openFailure: Error | undefined;
+  private openSettled: (() => void) | undefined;
+  private readonly idleWaiters: (() => void)[] = [];
+  /**
+   * Settles once every link that matched when open() ran is attached (or found gone): rejects
+   * with the first attach that failed, as a fixed list of interfaces always did. Until then the
+   * event loop runs; see the class comment.
+   */
+  readonly opened: Promise<void>;
   /** Attach, detach and rename of links, as they happen. */
   readonly events: Observable<LinkEvent> = this.subject.asObservable();
 
-  private constructor(private readonly options: LinkFollowerOptions) {}
+  private constructor(private readonly options: LinkFollowerOptions) {
+    this.opened = new Promise<void>((resolve) => (this.openSettled = resolve)).then(() => {
+      if (this.openFailure !== undefined) throw this.openFailure;
+    });
+    // Whoever awaits `opened` sees the failure; nobody awaiting it is no crash.
+    this.opened.catch(() => undefined);
+  }
 
   /**
    * Attaches to every matching link that exists now (throws when a plainly named interface does
@@ -113,6 +158,7 @@ export class LinkFollower {
         if (path !== undefined) f.watchGone(path, ino);
       }
       f.opening = false;
+      if (f.openJobs === 0) f.openSettled?.();
     } catch (err) {
       f.close();
       throw err;
@@ -160,10 +206,30 @@ export class LinkFollower {
     return out;
   }
 
-  /** Stops following and detaches every link. Idempotent. */
+  /** close() was called. */
+  isClosed(): boolean {
+    return this.closed;
+  }
+
+  /**
+   * Resolves when no attach is queued or running: after close(), once the attach that was running
+   * has closed what it made.
+   */
+  idle(): Promise<void> {
+    if (this.running === undefined && this.queue.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Stops following and detaches every link. Idempotent. An attach running now is aborted: what
+   * it made is closed when it completes (see idle()); those still queued never start.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.abort.abort();
+    const dropped = this.queue.splice(0);
+    for (const job of dropped) this.settleJob(job);
     this.watcher?.close();
     clearInterval(this.goneTimer);
     let first: Error | undefined;
@@ -240,6 +306,7 @@ export class LinkFollower {
       links: new Map(),
       table: new Map(),
       failed: new Map(),
+      pending: new Map(),
       ready: new Promise<void>((resolve) => (markReady = resolve)),
     };
     this.states.set(info.ino, state);
@@ -271,7 +338,7 @@ export class LinkFollower {
     }
     this.reconcile(state);
     this.options.logger.info(
-      { netns: ns.label ?? 'host', links: state.links.size },
+      { netns: ns.label ?? 'host', links: state.links.size, queued: state.pending.size },
       'following network namespace',
     );
   }
@@ -322,38 +389,122 @@ export class LinkFollower {
       if (table.get(ifindex) !== failedName) state.failed.delete(ifindex);
     }
     for (const [ifindex, name] of table) {
-      if (state.links.has(ifindex) || state.failed.has(ifindex) || !matcher.matches(name)) continue;
-      let tc: TcLink[];
+      if (state.links.has(ifindex) || state.failed.has(ifindex) || state.pending.has(ifindex)) continue;
+      if (!matcher.matches(name)) continue;
+      state.pending.set(ifindex, name);
+      this.queue.push({ state, ifindex, ifname: name, at, atOpen: this.opening });
+      if (this.opening) this.openJobs++;
+    }
+    this.pump();
+  }
+
+  /** Starts the next queued attach unless one runs. */
+  private pump(): void {
+    if (this.running !== undefined) return;
+    const job = this.queue.shift();
+    if (job === undefined) {
+      for (const resolve of this.idleWaiters.splice(0)) resolve();
+      return;
+    }
+    this.running = this.attachOne(job)
+      .catch((err: unknown) => {
+        // attachOne handles the attach's own failures; this is a bug, which must not stop the queue.
+        this.options.logger.error({ err, netns: job.state.ns.label, ifname: job.ifname }, 'attach failed');
+      })
+      .finally(() => {
+        this.running = undefined;
+        this.settleJob(job);
+        this.requeueIfChanged(job);
+        this.pump();
+      });
+  }
+
+  /**
+   * A link whose listing changed while it was attached, and that matches now but is neither held
+   * nor failed (the attach found it renamed, or was undone): the listing of its event queued
+   * nothing while the attach was pending, so it is queued again.
+   */
+  private requeueIfChanged(job: AttachJob): void {
+    const { state, ifindex } = job;
+    if (!this.following(state) || state.links.has(ifindex) || state.failed.has(ifindex)) return;
+    // Listed as it was attempted: settled for this listing; a later event's listing queues it.
+    if (state.table.get(ifindex) === job.ifname) return;
+    const name = this.matchingName(state, ifindex);
+    if (name === undefined || state.pending.has(ifindex)) return;
+    state.pending.set(ifindex, name);
+    this.queue.push({ state, ifindex, ifname: name, at: performance.now(), atOpen: false });
+  }
+
+  private settleJob(job: AttachJob): void {
+    job.state.pending.delete(job.ifindex);
+    if (!job.atOpen) return;
+    if (--this.openJobs === 0 && !this.opening) this.openSettled?.();
+  }
+
+  /** The namespace of `state` is still followed, by a follower not closed. */
+  private following(state: NsState): boolean {
+    return !this.closed && this.states.get(state.ns.ino) === state;
+  }
+
+  /** The name the latest listing gives `ifindex`, when it still matches. */
+  private matchingName(state: NsState, ifindex: number): string | undefined {
+    const name = state.table.get(ifindex);
+    return name !== undefined && this.options.matcher.matches(name) ? name : undefined;
+  }
+
+  private async attachOne(job: AttachJob): Promise<void> {
+    const { state, ifindex, at } = job;
+    // Deleted or renamed out of the patterns while it waited: nothing to do. Renamed within them:
+    // attached under its name now.
+    const current = this.matchingName(state, ifindex);
+    if (!this.following(state) || current === undefined) return;
+    job.ifname = current;
+    let tc: TcLink[];
+    try {
+      tc = await this.options.attach(state.ns, ifindex, job.ifname, this.abort.signal);
+    } catch (err) {
+      if (!this.following(state)) return;
+      this.attachFailed(job, err);
+      return;
+    }
+    const name = this.matchingName(state, ifindex);
+    if (!this.following(state) || name === undefined || tc.some((l) => l.ifindex !== ifindex)) {
+      // Gone, renamed out of the patterns, or renamed with its name taken by another link, while
+      // it was being attached; or the follower let go of it: undo. An event re-lists.
       try {
-        tc = withNetns(state.ns.path, () => this.options.attach(state.ns, ifindex, name));
-      } catch (err) {
-        state.failed.set(ifindex, name);
-        const code = (err as { code?: string }).code;
-        const gone = code === 'ENOIFACE' || code === 'ENONETNS';
-        if (this.opening && !gone) throw err;
-        // Deleted between listing and attaching is no failure; anything else the user must see.
-        if (gone) {
-          this.options.logger.debug(
-            { err, netns: state.ns.label, ifname: name },
-            'link went away before attach',
-          );
-        } else {
-          this.options.logger.error({ err, netns: state.ns.label, ifname: name, ifindex }, 'attach failed');
-        }
-        continue;
-      }
-      if (tc.some((l) => l.ifindex !== ifindex)) {
-        // Renamed, and the name taken by another link, between listing and attaching: undo; the
-        // event of that rename re-lists.
         this.closeLinks(state, tc);
-        continue;
+      } catch (err) {
+        this.options.logger.error(
+          { err, netns: state.ns.label, ifname: name ?? job.ifname, ifindex },
+          'detach failed',
+        );
       }
-      state.links.set(ifindex, { ifname: name, tc });
-      let by = this.attachedBy.get(ifindex);
-      if (by === undefined) this.attachedBy.set(ifindex, (by = new Map<number, string | undefined>()));
-      by.set(state.ns.ino, state.ns.label);
-      this.lastBy.set(ifindex, state.ns.label);
-      this.emit('attached', state, ifindex, name, at);
+      return;
+    }
+    state.links.set(ifindex, { ifname: name, tc });
+    let by = this.attachedBy.get(ifindex);
+    if (by === undefined) this.attachedBy.set(ifindex, (by = new Map<number, string | undefined>()));
+    by.set(state.ns.ino, state.ns.label);
+    this.lastBy.set(ifindex, state.ns.label);
+    this.emit('attached', state, ifindex, name, at);
+  }
+
+  private attachFailed(job: AttachJob, err: unknown): void {
+    const { state, ifindex, ifname } = job;
+    // Renamed or deleted meanwhile: not this link's failure (see requeueIfChanged).
+    if (state.table.get(ifindex) !== ifname) return;
+    state.failed.set(ifindex, ifname);
+    const code = (err as { code?: string }).code;
+    const gone = code === 'ENOIFACE' || code === 'ENONETNS';
+    if (job.atOpen && !gone) {
+      this.openFailure ??= err instanceof Error ? err : new Error(String(err));
+      return;
+    }
+    // Deleted between listing and attaching is no failure; anything else the user must see.
+    if (gone) {
+      this.options.logger.debug({ err, netns: state.ns.label, ifname }, 'link went away before attach');
+    } else {
+      this.options.logger.error({ err, netns: state.ns.label, ifname, ifindex }, 'attach failed');
     }
   }
 
