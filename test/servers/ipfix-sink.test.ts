@@ -11,6 +11,7 @@ import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import { IpfixSink, type IpfixSinkConfig } from '../../src/sinks/ipfix.js';
 import { cleanup } from '../fixtures/cleanup.js';
+import { RXFLOW_ELEMENTS } from '../../src/records/rxflow-elements.js';
 import { Nfcapd, TsharkCapture, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
 import { flowRecord } from '../fixtures/records.js';
@@ -297,4 +298,112 @@ describe('ipfix sink', () => {
     expect(Math.max(...lengths)).toBeLessThanOrEqual(1452);
     expect(Math.max(...lengths)).toBeGreaterThan(1300);
   });
+
+  it("with enterprise_number: tshark reads rxflow's elements under the number with each record's values, nfdump every IANA field", async () => {
+    const nfcapd = await Nfcapd.start();
+    const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
+    const records = Array.from({ length: 1000 }, (_, i) => withOwnFields(record(i), i));
+    const h = await startSink({
+      collector: `127.0.0.1:${nfcapd.port}`,
+      transport: 'udp',
+      enterprise_number: PEN,
+      template_refresh_messages: 40,
+    });
+    feed(h, records);
+    h.input.complete();
+    await h.consumed;
+    await h.sink.close();
+    await capture.stop();
+    const flows = await nfcapd.stop();
+    nfcapd.remove();
+
+    expect(h.ledger.totals().stages[0]).toMatchObject({
+      received: 1000,
+      sent: 1000,
+      dropped: {},
+      inFlight: 0,
+    });
+    // A collector that does not know the enterprise reads the IANA fields as ever.
+    expect(nfcapd.output).toContain('Flows: 1000,');
+    expect(nfcapd.output).toContain('Sequence Errors: 0, Bad Packets: 0');
+    expectSameFlows(flows, records);
+
+    // The templates: 512-516, rxflow's elements 1-11 after the IANA ones, each under the number.
+    const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
+      'cflow.template_id',
+      'cflow.template_ipfix_field_type_enterprise',
+      'cflow.template_ipfix_field_pen',
+    ]);
+    expect(expert).toBe('');
+    const templated = rows.filter((r) => r[0] !== '');
+    expect(templated.length).toBe(Math.ceil(rows.length / 40));
+    const ids = RXFLOW_ELEMENTS.map((e) => e.id);
+    for (const [templates, types, pens] of templated) {
+      expect(templates).toBe('512,513,514,515,516');
+      expect(types).toBe([1, 2, 3, 4, 5].flatMap(() => ids).join(','));
+      expect(pens).toBe(
+        Array<number>(5 * ids.length)
+          .fill(PEN)
+          .join(','),
+      );
+    }
+
+    // Each record, found by its destination MAC: every element's value, 0 or empty where absent.
+    const dissected = capture.flows(`udp.port==${nfcapd.port},cflow`);
+    expect(dissected.length).toBe(records.length);
+    const byMac = new Map(dissected.map((f) => [f.fields.get('cflow.dstmac')![0], f]));
+    expect(byMac.size).toBe(records.length);
+    for (const r of records) {
+      const f = byMac.get(r.destinationMacAddress)!;
+      const seen: Record<string, unknown> = {};
+      for (const e of RXFLOW_ELEMENTS) {
+        const entry = f.enterprise.get(e.id);
+        if (entry !== undefined)
+          expect(entry.enterprise).toBe('Example Enterprise Number for Documentation Use');
+        const bytes = Buffer.from(entry?.hex ?? '', 'hex');
+        seen[e.name] = e.type === 'string' ? bytes.toString('utf8') : bytes.readUIntBE(0, e.length);
+      }
+      expect(seen, r.destinationMacAddress).toEqual(expectedOwn(r));
+    }
+  });
 });
+
+/** RFC 5612: the enterprise number for documentation. */
+const PEN = 32473;
+const REASONS = ['NETFILTER_DROP', 'NO_SOCKET', 'TCP_INVALID_SEQUENCE'];
+type OwnRecord = FlowRecord & { dnsQueryName?: string };
+
+/** Record i with some of rxflow's own fields: RTTs, DNS (code and id 0 among them), drops, namespaces. */
+function withOwnFields(r: FlowRecord, i: number): OwnRecord {
+  const out: OwnRecord = { ...r };
+  if (i % 3 === 0) {
+    out.tcpHandshakeRttMicroseconds = 100 + i;
+    out.tcpSmoothedRttMicroseconds = 4_294_967_295 - i;
+    out.tcpSmoothedRttMinMicroseconds = i;
+  }
+  if (i % 4 === 1) {
+    out.dnsLatencyMicroseconds = 1000 * i;
+    out.dnsTransactionId = (i * 7919) & 0xffff;
+    out.dnsResponseCode = i % 6;
+    out.dnsQueryName = `q${i}.example.org`;
+  }
+  if (i % 5 === 2) {
+    out.dropReason = REASONS[i % 3]!;
+    if (i % 2 === 0) out.tcpState = 'ESTABLISHED';
+  }
+  // A name of 280 bytes goes with a three-byte length in front.
+  if (i % 7 === 3) out.networkNamespace = i % 2 === 0 ? `netns-${i}` : `ns-${'é'.repeat(140)}-${i}`;
+  return out;
+}
+
+/** What each of rxflow's elements carries for `r`: presentElements' bits, the values, 0 or empty. */
+function expectedOwn(r: OwnRecord): Record<string, unknown> {
+  const fields = r as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  let present = 1 << 1;
+  for (const e of RXFLOW_ELEMENTS.slice(1)) {
+    if (fields[e.name] !== undefined) present |= 1 << e.id;
+    out[e.name] = fields[e.name] ?? (e.type === 'string' ? '' : 0);
+  }
+  return { presentElements: present, ...out };
+}

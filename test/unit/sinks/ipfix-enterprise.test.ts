@@ -1,0 +1,292 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import type { FlowRecord } from '../../../src/records/flow.js';
+import { RXFLOW_ELEMENTS } from '../../../src/records/rxflow-elements.js';
+import { MESSAGE_HEADER_BYTES, MessageBuilder, TEMPLATES } from '../../../src/sinks/ipfix/encode.js';
+import { flowRecord } from '../../fixtures/records.js';
+
+/** RFC 5612: the enterprise number reserved for documentation. */
+const PEN = 32473;
+
+interface Spec {
+  id: number;
+  length: number;
+  pen?: number;
+}
+
+interface DataRecord {
+  template: number;
+  /** Value bytes by `id` for IANA elements and `pen/id` for enterprise ones. */
+  values: Map<string, Buffer>;
+  bytes: number;
+}
+
+/**
+ * Reads a message as RFC 7011 lays it out, written here on its own: template sets (a field
+ * specifier with the E bit has a 4-byte enterprise number) and data sets (a field of length 65535
+ * is a 1-byte length, or 255 and a 2-byte one, then the value). Templates carry over between calls.
+ */
+function parse(m: Buffer, templates = new Map<number, Spec[]>()): DataRecord[] {
+  expect(m.readUInt16BE(0)).toBe(10);
+  expect(m.readUInt16BE(2)).toBe(m.length);
+  const out: DataRecord[] = [];
+  for (let pos = MESSAGE_HEADER_BYTES; pos < m.length;) {
+    const setId = m.readUInt16BE(pos);
+    const end = pos + m.readUInt16BE(pos + 2);
+    expect(end).toBeLessThanOrEqual(m.length);
+    let at = pos + 4;
+    if (setId === 2) {
+      while (at < end) {
+        const id = m.readUInt16BE(at);
+        const count = m.readUInt16BE(at + 2);
+        at += 4;
+        const specs: Spec[] = [];
+        for (let i = 0; i < count; i++) {
+          const raw = m.readUInt16BE(at);
+          const spec: Spec = { id: raw & 0x7fff, length: m.readUInt16BE(at + 2) };
+          at += 4;
+          if (raw & 0x8000) {
+            spec.pen = m.readUInt32BE(at);
+            at += 4;
+          }
+          specs.push(spec);
+        }
+        templates.set(id, specs);
+      }
+    } else {
+      const specs = templates.get(setId)!;
+      expect(specs, `template ${setId}`).toBeDefined();
+      while (at < end) {
+        const start = at;
+        const values = new Map<string, Buffer>();
+        for (const s of specs) {
+          let length = s.length;
+          if (length === 65535) {
+            length = m[at]!;
+            at += 1;
+            if (length === 255) {
+              length = m.readUInt16BE(at);
+              at += 2;
+            }
+          }
+          values.set(s.pen === undefined ? `${s.id}` : `${s.pen}/${s.id}`, m.subarray(at, at + length));
+          at += length;
+        }
+        expect(at).toBeLessThanOrEqual(end);
+        out.push({ template: setId, values, bytes: at - start });
+      }
+    }
+    pos = end;
+  }
+  return out;
+}
+
+type Rx = FlowRecord & { dnsQueryName?: string };
+
+/** rxflow's element values of a data record as the record's fields, the absent ones left out by presentElements. */
+function rxflowFields(d: DataRecord, pen = PEN): { present: number; fields: Record<string, unknown> } {
+  const present = d.values.get(`${pen}/1`)!.readUInt32BE(0);
+  const fields: Record<string, unknown> = {};
+  for (const e of RXFLOW_ELEMENTS.slice(1)) {
+    const v = d.values.get(`${pen}/${e.id}`)!;
+    const value = e.type === 'string' ? v.toString('utf8') : v.readUIntBE(0, v.length);
+    if (present & (1 << e.id)) fields[e.name] = value;
+    // Absent: 0 or an empty string, as an absent IANA field.
+    else expect([e.name, value]).toEqual([e.name, e.type === 'string' ? '' : 0]);
+  }
+  return { present, fields };
+}
+
+const OWN_FIELDS = RXFLOW_ELEMENTS.slice(1).map((e) => e.name);
+
+function ownOf(r: Rx): Record<string, unknown> {
+  const fields = r as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const k of OWN_FIELDS) if (fields[k] !== undefined) out[k] = fields[k];
+  return out;
+}
+
+function l2Record(): FlowRecord {
+  const r = flowRecord({ ipVersion: 0, ethernetType: 0x0806, protocolIdentifier: 0 });
+  delete r.sourceIPv4Address;
+  delete r.destinationIPv4Address;
+  return r;
+}
+
+const FULL: Partial<Rx> = {
+  tcpHandshakeRttMicroseconds: 1250,
+  tcpSmoothedRttMicroseconds: 4_294_967_295,
+  tcpSmoothedRttMinMicroseconds: 1100,
+  dnsLatencyMicroseconds: 730,
+  dnsTransactionId: 0xfedc,
+  dnsResponseCode: 3,
+  dropReason: 'NETFILTER_DROP',
+  tcpState: 'SYN_SENT',
+  dnsQueryName: 'www.example.org',
+  networkNamespace: 'blue',
+};
+
+/** One record of each template, every rxflow field set. */
+function everyTemplate(): FlowRecord[] {
+  const v6 = flowRecord({ ipVersion: 6, ethernetType: 0x86dd, ...FULL });
+  delete v6.sourceIPv4Address;
+  delete v6.destinationIPv4Address;
+  Object.assign(v6, { sourceIPv6Address: '2001:db8::1', destinationIPv6Address: '2001:db8::2' });
+  return [
+    flowRecord({ octetDeltaCount: 1500, packetDeltaCount: 3, dot1qVlanId: 7, ...FULL }),
+    v6,
+    { ...l2Record(), ...FULL },
+    flowRecord({ encapsulationType: 'vxlan', virtualNetworkIdentifier: 0x123456, ...FULL }),
+    { ...v6, encapsulationType: 'vxlan', virtualNetworkIdentifier: 99 },
+  ];
+}
+
+describe('ipfix encoder with an enterprise number', () => {
+  it("sends templates 512-516: each IANA template with rxflow's elements appended under the number, and withdraws those", () => {
+    const b = new MessageBuilder(1472, PEN);
+    b.begin(true);
+    const m = b.finish(0, 0, 1);
+    const templates = new Map<number, Spec[]>();
+    expect(parse(m, templates)).toEqual([]);
+    expect(m.length).toBe(MESSAGE_HEADER_BYTES + b.templateSetBytes);
+    const own = RXFLOW_ELEMENTS.map((e) => ({ id: e.id, length: e.length, pen: PEN }));
+    expect([...templates.keys()]).toEqual([512, 513, 514, 515, 516]);
+    for (const [id, iana] of TEMPLATES) {
+      expect(templates.get(id + 256)).toEqual([...iana.map((e) => ({ id: e.id, length: e.length })), ...own]);
+    }
+    expect(own.map((e) => [e.id, e.length])).toEqual([
+      [1, 4],
+      [2, 4],
+      [3, 4],
+      [4, 4],
+      [5, 4],
+      [6, 2],
+      [7, 1],
+      [8, 65535],
+      [9, 65535],
+      [10, 65535],
+      [11, 65535],
+    ]);
+    b.withdrawal();
+    const w = b.finish(0, 0, 1);
+    expect(w.subarray(MESSAGE_HEADER_BYTES).toString('hex')).toBe(
+      '000200180200000002010000020200000203000002040000',
+    );
+  });
+
+  it('writes every field of every record, 0 or empty where absent, and presentElements names the ones it has', () => {
+    const partial = flowRecord({
+      dnsLatencyMicroseconds: 5,
+      dnsTransactionId: 0,
+      dnsResponseCode: 0,
+      tcpState: '',
+    });
+    const long: Rx = flowRecord({ networkNamespace: `ns-${'é'.repeat(150)}`, dropReason: 'x'.repeat(254) });
+    const records: Rx[] = [...everyTemplate(), flowRecord(), partial, long];
+    const b = new MessageBuilder(65535, PEN);
+    b.begin(true);
+    for (const r of records) expect(b.add(r)).toBe(1);
+    const data = parse(b.finish(0, 0, 1));
+    expect(data.map((d) => d.template)).toEqual([512, 513, 514, 515, 516, 512, 512, 512]);
+    const read = data.map((d) => rxflowFields(d));
+    expect(read.map((r) => r.fields)).toEqual(records.map(ownOf));
+    // Bit n for element n: all of 2-11, none, and the DNS id and code of 0 and the empty state.
+    expect(read.map((r) => r.present)).toEqual([0xffe, 0xffe, 0xffe, 0xffe, 0xffe, 0x002, 0x2e2, 0x902]);
+    // A value of 255 bytes or more has 255 and a two-byte length in front; 254 a single byte.
+    expect(Buffer.byteLength(long.networkNamespace!)).toBe(303);
+    const last = data.at(-1)!;
+    expect(last.bytes).toBe(data[5]!.bytes + 303 + 2 + 254);
+    // The IANA elements are the ones the record has without rxflow's.
+    const iana = new MessageBuilder(65535);
+    iana.begin(true);
+    for (const r of records) iana.add(r);
+    const plain = parse(iana.finish(0, 0, 1));
+    data.forEach((d, i) => {
+      for (const [k, v] of plain[i]!.values) expect(d.values.get(k), k).toEqual(v);
+    });
+  });
+
+  it('splits records of any string length into messages of at most max_message_bytes, each as full as the next record allows', () => {
+    const text = fc.oneof(
+      fc.constant(undefined),
+      fc.string({ maxLength: 256 }),
+      fc.string({ unit: 'binary', maxLength: 200 }),
+    );
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(text, text, text, text, fc.option(fc.nat(0xffffffff))), {
+          minLength: 1,
+          maxLength: 400,
+        }),
+        fc.constantFrom(1200, 1472, 65535),
+        (specs, maxBytes) => {
+          const records: Rx[] = specs.map(([drop, state, query, ns, rtt], i) => {
+            const r: Rx = flowRecord({ sourceTransportPort: i });
+            if (drop !== undefined) r.dropReason = drop;
+            if (state !== undefined) r.tcpState = state;
+            if (query !== undefined) r.dnsQueryName = query;
+            if (ns !== undefined) r.networkNamespace = ns;
+            if (rtt !== null) r.tcpHandshakeRttMicroseconds = rtt;
+            return r;
+          });
+          const b = new MessageBuilder(maxBytes, PEN);
+          const templates = new Map<number, Spec[]>();
+          const back: DataRecord[] = [];
+          const finish = (next: Rx | undefined): void => {
+            // A copy: the builder's buffer is reused by the next message.
+            const m = Buffer.from(b.finish(0, 0, 1));
+            expect(m.length).toBeLessThanOrEqual(maxBytes);
+            const got = parse(m, templates);
+            // Full: the record that went to the next message would not have fitted this one.
+            if (next !== undefined) {
+              const probe = new MessageBuilder(65535, PEN);
+              probe.begin(false);
+              probe.add(next);
+              // The records are all IPv4: the next one would have gone into the same data set.
+              const recordBytes = probe.length - MESSAGE_HEADER_BYTES - 4;
+              expect(m.length + recordBytes).toBeGreaterThan(maxBytes);
+            }
+            back.push(...got);
+          };
+          b.begin(true);
+          for (const r of records) {
+            let added = b.add(r);
+            if (added === 0) {
+              finish(r);
+              b.begin(false);
+              added = b.add(r);
+            }
+            expect(added).toBe(1);
+          }
+          finish(undefined);
+          expect(back.length).toBe(records.length);
+          back.forEach((d, i) => {
+            expect(d.values.get('7')!.readUInt16BE(0)).toBe(i);
+            expect(rxflowFields(d).fields).toEqual(ownOf(records[i]!));
+          });
+        },
+      ),
+      { numRuns: 25 },
+    );
+  });
+
+  it('refuses a value that does not fit its element and a record no message can hold, and takes the next', () => {
+    const b = new MessageBuilder(1472, PEN);
+    b.begin(true);
+    for (const bad of [
+      { dnsResponseCode: 256 },
+      { dnsTransactionId: 65536 },
+      { tcpHandshakeRttMicroseconds: 2 ** 32 },
+      { tcpSmoothedRttMicroseconds: -1 },
+      { dnsLatencyMicroseconds: 1.5 },
+      { networkNamespace: 'n'.repeat(600) },
+    ] as Partial<Rx>[]) {
+      expect(b.add(flowRecord({ dnsLatencyMicroseconds: 9, ...bad })), JSON.stringify(bad).slice(0, 40)).toBe(
+        -1,
+      );
+    }
+    expect(b.add(flowRecord({ networkNamespace: 'n'.repeat(300) }))).toBe(1);
+    const data = parse(b.finish(0, 0, 1));
+    expect(data.map((d) => rxflowFields(d).fields)).toEqual([{ networkNamespace: 'n'.repeat(300) }]);
+  });
+});
