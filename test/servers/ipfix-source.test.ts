@@ -24,6 +24,7 @@ import {
   variable,
   type Field,
 } from '../fixtures/ipfix-messages.js';
+import { RXFLOW_ELEMENTS } from '../../src/records/rxflow-elements.js';
 import { variedFlowRecord } from '../fixtures/records.js';
 
 /**
@@ -302,6 +303,101 @@ async function feed(
 
 const lossLogs = (r: Running): Record<string, unknown>[] =>
   r.logs.filter((l) => l.msg === 'ipfix source: records lost or unreadable');
+
+/**
+ * What IPFIX carries of a record rxflow's ipfix sink sent, on the IANA elements: the interface as
+ * ingressInterface (10) on an ingress record, egressInterface (14) on an egress one; nothing of
+ * interfaceName or tunnels.
+ */
+function ianaView(s: FlowRecord): Record<string, unknown> {
+  const e: Record<string, unknown> = {
+    ipVersion: s.ipVersion,
+    sourceTransportPort: s.sourceTransportPort,
+    destinationTransportPort: s.destinationTransportPort,
+    protocolIdentifier: s.protocolIdentifier,
+    octetDeltaCount: s.octetDeltaCount,
+    packetDeltaCount: s.packetDeltaCount,
+    flowStartMilliseconds: s.flowStartMilliseconds,
+    flowEndMilliseconds: s.flowEndMilliseconds,
+    tcpControlBits: s.tcpControlBits,
+    ipDiffServCodePoint: s.ipDiffServCodePoint,
+    ingressInterface: s.flowDirection === 0 ? s.ingressInterface : 0,
+    flowDirection: s.flowDirection,
+    sourceMacAddress: s.sourceMacAddress,
+    destinationMacAddress: s.destinationMacAddress,
+    ethernetType: s.ethernetType,
+    exporterIPv4Address: '127.0.0.1',
+  };
+  if (s.flowDirection === 1) e.egressInterface = s.egressInterface ?? s.ingressInterface;
+  // Every template carries the wire octets and both VLAN ids; 0 is no tag.
+  e.layer2OctetDeltaCount = s.layer2OctetDeltaCount ?? 0;
+  if (s.dot1qVlanId) e.dot1qVlanId = s.dot1qVlanId;
+  if (s.dot1qCustomerVlanId) e.dot1qCustomerVlanId = s.dot1qCustomerVlanId;
+  for (const k of [
+    'sourceIPv4Address',
+    'destinationIPv4Address',
+    'sourceIPv6Address',
+    'destinationIPv6Address',
+    'icmpTypeIPv4',
+    'icmpCodeIPv4',
+    'flowEndReason',
+  ] as const)
+    if (s[k] !== undefined) e[k] = s[k];
+  return e;
+}
+
+/** RFC 5612: the enterprise number for documentation. */
+const RXFLOW_PEN = 32473;
+type OwnRecord = FlowRecord & { dnsQueryName?: string };
+const OWN_FIELDS = RXFLOW_ELEMENTS.slice(1).map((e) => e.name);
+
+/** Record i with some of rxflow's own fields: RTTs, DNS (id and code 0 among them), drops, namespaces. */
+function withOwnFields(r: FlowRecord, i: number): OwnRecord {
+  const out: OwnRecord = r;
+  if (i % 3 === 0) {
+    out.tcpHandshakeRttMicroseconds = 100 + i;
+    out.tcpSmoothedRttMicroseconds = 4_294_967_295 - i;
+    out.tcpSmoothedRttMinMicroseconds = i;
+  }
+  if (i % 4 === 1) {
+    out.dnsLatencyMicroseconds = 1000 * i;
+    out.dnsTransactionId = (i * 7919) & 0xffff;
+    out.dnsResponseCode = i % 6;
+    if (i % 8 === 1) out.dnsQueryName = `q${i}.example.org`;
+  }
+  if (i % 5 === 2) {
+    out.dropReason = ['NETFILTER_DROP', 'NO_SOCKET'][i % 2]!;
+    // Present and empty, or a state.
+    out.tcpState = i % 3 === 0 ? '' : 'ESTABLISHED';
+  }
+  // 280 bytes of UTF-8 go with a three-byte length in front.
+  if (i % 7 === 3) out.networkNamespace = i % 2 === 0 ? `netns-${i}` : `ns-${'é'.repeat(140)}`;
+  return out;
+}
+
+function ownFields(r: OwnRecord): Record<string, unknown> {
+  const fields = r as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const k of OWN_FIELDS) if (fields[k] !== undefined) out[k] = fields[k];
+  return out;
+}
+
+/** Sends `records` to 127.0.0.1:`port` through rxflow's ipfix sink with `enterprise_number`. */
+async function exportTo(port: number, records: FlowRecord[], enterpriseNumber: number): Promise<void> {
+  const ledger = new Ledger();
+  const sink = ipfixSinkModule.build(
+    { collector: `127.0.0.1:${port}`, enterprise_number: enterpriseNumber },
+    {
+      id: 'export',
+      logger: pino({ level: 'silent' }),
+      ledger,
+      counters: ledger.stage('export', 'ipfix', 'sink'),
+    },
+  );
+  await sink.consume(from([records.slice(0, 100), records.slice(100)]));
+  await sink.close();
+  expect(ledger.totals().stages[0]).toMatchObject({ sent: records.length, dropped: {} });
+}
 
 describe('ipfix source', () => {
   it('decodes IPFIX templates and data into exact records: fields, reduced sizes, variable and enterprise elements skipped', async () => {
@@ -766,46 +862,24 @@ console.log('ready');
     await sink.consume(from([sent.slice(0, 100), sent.slice(100)]));
     await sink.close();
     await waitFor('every record', () => r.records.length >= sent.length);
-    // What IPFIX carries of each, on the IANA elements: the interface as ingressInterface (10) on an
-    // ingress record, egressInterface (14) on an egress one; nothing of interfaceName or tunnels.
-    const expected = sent.map((s) => {
-      const e: Record<string, unknown> = {
-        ipVersion: s.ipVersion,
-        sourceTransportPort: s.sourceTransportPort,
-        destinationTransportPort: s.destinationTransportPort,
-        protocolIdentifier: s.protocolIdentifier,
-        octetDeltaCount: s.octetDeltaCount,
-        packetDeltaCount: s.packetDeltaCount,
-        flowStartMilliseconds: s.flowStartMilliseconds,
-        flowEndMilliseconds: s.flowEndMilliseconds,
-        tcpControlBits: s.tcpControlBits,
-        ipDiffServCodePoint: s.ipDiffServCodePoint,
-        ingressInterface: s.flowDirection === 0 ? s.ingressInterface : 0,
-        flowDirection: s.flowDirection,
-        sourceMacAddress: s.sourceMacAddress,
-        destinationMacAddress: s.destinationMacAddress,
-        ethernetType: s.ethernetType,
-        exporterIPv4Address: '127.0.0.1',
-      };
-      if (s.flowDirection === 1) e.egressInterface = s.egressInterface ?? s.ingressInterface;
-      // Every template carries the wire octets and both VLAN ids; 0 is no tag.
-      e.layer2OctetDeltaCount = s.layer2OctetDeltaCount ?? 0;
-      if (s.dot1qVlanId) e.dot1qVlanId = s.dot1qVlanId;
-      if (s.dot1qCustomerVlanId) e.dot1qCustomerVlanId = s.dot1qCustomerVlanId;
-      for (const k of [
-        'sourceIPv4Address',
-        'destinationIPv4Address',
-        'sourceIPv6Address',
-        'destinationIPv6Address',
-        'icmpTypeIPv4',
-        'icmpCodeIPv4',
-        'flowEndReason',
-      ] as const)
-        if (s[k] !== undefined) e[k] = s[k];
-      return e;
-    });
+    const expected = sent.map(ianaView);
     expect(r.records).toEqual(expected);
     expect(r.counters.snapshot()).toMatchObject({ received: sent.length, sent: sent.length, dropped: {} });
+  });
+
+  it("with the sink's enterprise_number reads rxflow's own fields back into equal records; under another number or none, the IANA fields alone", async () => {
+    const same = await start({ enterprise_number: RXFLOW_PEN });
+    const other = await start({ enterprise_number: RXFLOW_PEN + 1 });
+    const none = await start();
+    const sent = Array.from({ length: 300 }, (_, i) => withOwnFields(variedFlowRecord(i), i));
+    for (const r of [same, other, none]) await exportTo(r.config.port, sent, RXFLOW_PEN);
+    for (const r of [same, other, none]) {
+      await waitFor('every record', () => r.records.length >= sent.length);
+      expect(r.counters.snapshot()).toMatchObject({ received: 300, sent: 300, dropped: {} });
+    }
+    expect(same.records).toEqual(sent.map((s) => ({ ...ianaView(s), ...ownFields(s) })));
+    expect(other.records).toEqual(sent.map(ianaView));
+    expect(none.records).toEqual(sent.map(ianaView));
   });
 
   it('fails with the address when the port is taken', async () => {
@@ -1002,6 +1076,131 @@ describe('ipfix decoder', () => {
       ['10.0.0.3', 200, 228, undefined, undefined],
       ['10.0.0.5', 0, undefined, 42, undefined],
     ]);
+  });
+
+  it("reads rxflow's elements under its number in any size, as presentElements says or else all but empty strings; skips other enterprises'", () => {
+    const report = newReport();
+    const decoder = new IpfixDecoder(60_000, report, RXFLOW_PEN);
+    const exp = newExporter('192.0.2.1');
+    const head: Field[] = [
+      { ie: 8, length: 4 },
+      { ie: 12, length: 4 },
+      { ie: 152, length: 8 },
+      { ie: 153, length: 8 },
+    ];
+    // Without presentElements: the RTT in 2 bytes, the code in 2, a string of fixed length, and
+    // elements it does not know: its own id 40, and id 2 of another enterprise.
+    const bare: Field[] = [
+      ...head,
+      { ie: 2, length: 2, enterprise: RXFLOW_PEN },
+      { ie: 7, length: 2, enterprise: RXFLOW_PEN },
+      { ie: 8, length: 0xffff, enterprise: RXFLOW_PEN },
+      { ie: 11, length: 8, enterprise: RXFLOW_PEN },
+      { ie: 40, length: 4, enterprise: RXFLOW_PEN },
+      { ie: 2, length: 4, enterprise: PEN },
+    ];
+    // With it: what it does not mark is absent, whatever the bytes.
+    const flagged: Field[] = [
+      ...head,
+      { ie: 1, length: 4, enterprise: RXFLOW_PEN },
+      { ie: 5, length: 4, enterprise: RXFLOW_PEN },
+      { ie: 6, length: 2, enterprise: RXFLOW_PEN },
+      { ie: 9, length: 0xffff, enterprise: RXFLOW_PEN },
+    ];
+    const start = 1_780_000_000_000;
+    const at = (i: number): Buffer =>
+      Buffer.concat([ipv4(`10.0.0.${i}`), ipv4('10.0.1.1'), be(start, 8), be(start + 5, 8)]);
+    const bareRecord = (i: number, drop: string): Buffer =>
+      Buffer.concat([
+        at(i),
+        be(500 + i, 2),
+        be(3, 2),
+        variable(Buffer.from(drop)),
+        Buffer.from('ns-green'),
+        be(77, 4),
+        be(99, 4),
+      ]);
+    const out: FlowRecord[] = [];
+    decoder.decode(
+      msg(
+        0,
+        template(400, bare),
+        template(401, flagged),
+        dataSet(400, bareRecord(1, 'NO_SOCKET'), bareRecord(2, ''), bareRecord(3, 'bad\nreason')),
+        dataSet(
+          401,
+          Buffer.concat([
+            at(4),
+            be((1 << 5) | (1 << 6) | (1 << 9), 4),
+            be(730, 4),
+            be(0, 2),
+            variable(Buffer.from('')),
+          ]),
+          Buffer.concat([at(5), be(1 << 6, 4), be(730, 4), be(4660, 2), variable(Buffer.from('SYN_SENT'))]),
+        ),
+      ),
+      exp,
+      start + 1000,
+      out,
+    );
+    const own = (r: FlowRecord): unknown[] => [r.sourceIPv4Address, ownFields(r)];
+    expect(out.map(own)).toEqual([
+      [
+        '10.0.0.1',
+        {
+          tcpHandshakeRttMicroseconds: 501,
+          dnsResponseCode: 3,
+          dropReason: 'NO_SOCKET',
+          networkNamespace: 'ns-green',
+        },
+      ],
+      ['10.0.0.2', { tcpHandshakeRttMicroseconds: 502, dnsResponseCode: 3, networkNamespace: 'ns-green' }],
+      ['10.0.0.4', { dnsLatencyMicroseconds: 730, dnsTransactionId: 0, tcpState: '' }],
+      ['10.0.0.5', { dnsTransactionId: 4660 }],
+    ]);
+    // A string that is no record field's: the record is dropped, as every record from outside.
+    expect(report).toMatchObject({
+      failed: 1,
+      failure:
+        'IPFIX from 192.0.2.1: a record of template 400: dropReason holds a control character: "bad\\nreason"',
+    });
+    // The same messages without the number: the IANA fields alone.
+    const plain: FlowRecord[] = [];
+    const second = newReport();
+    new IpfixDecoder(60_000, second).decode(
+      msg(0, template(400, bare), dataSet(400, bareRecord(1, 'NO_SOCKET'), bareRecord(3, 'bad\nreason'))),
+      newExporter('192.0.2.1'),
+      start + 1000,
+      plain,
+    );
+    expect(plain.map(own)).toEqual([
+      ['10.0.0.1', {}],
+      ['10.0.0.3', {}],
+    ]);
+    expect(second.failed).toBe(0);
+  });
+
+  it("does not keep a template with one of rxflow's numbers longer than 8 bytes", () => {
+    const report = newReport();
+    const out: FlowRecord[] = [];
+    new IpfixDecoder(60_000, report, RXFLOW_PEN).decode(
+      msg(
+        0,
+        template(402, [
+          { ie: 8, length: 4 },
+          { ie: 12, length: 4 },
+          { ie: 5, length: 9, enterprise: RXFLOW_PEN },
+        ]),
+      ),
+      newExporter('192.0.2.1'),
+      0,
+      out,
+    );
+    expect(report).toMatchObject({
+      failed: 1,
+      failure:
+        'IPFIX from 192.0.2.1: template 402 not usable: element 5 of enterprise 32473 (dnsLatencyMicroseconds) has length 9',
+    });
   });
 
   it('does not keep a template whose address element has the wrong length', () => {

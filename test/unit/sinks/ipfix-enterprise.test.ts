@@ -1,5 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { formatProblem } from '../../../src/config/errors.js';
+import { checkPipeline } from '../../../src/pipeline/load.js';
 import type { FlowRecord } from '../../../src/records/flow.js';
 import { RXFLOW_ELEMENTS } from '../../../src/records/rxflow-elements.js';
 import { MESSAGE_HEADER_BYTES, MessageBuilder, TEMPLATES } from '../../../src/sinks/ipfix/encode.js';
@@ -210,7 +212,8 @@ describe('ipfix encoder with an enterprise number', () => {
     const text = fc.oneof(
       fc.constant(undefined),
       fc.string({ maxLength: 256 }),
-      fc.string({ unit: 'binary', maxLength: 200 }),
+      // Well-formed: a lone surrogate has no UTF-8 (it goes out as U+FFFD).
+      fc.string({ unit: 'grapheme', maxLength: 100 }),
     );
     fc.assert(
       fc.property(
@@ -288,5 +291,30 @@ describe('ipfix encoder with an enterprise number', () => {
     expect(b.add(flowRecord({ networkNamespace: 'n'.repeat(300) }))).toBe(1);
     const data = parse(b.finish(0, 0, 1));
     expect(data.map((d) => rxflowFields(d).fields)).toEqual([{ networkNamespace: 'n'.repeat(300) }]);
+  });
+});
+
+describe('enterprise_number at validate', () => {
+  /** The problems of a pipeline whose ipfix source and ipfix sink both have enterprise_number `value`. */
+  function problems(value: string): string[] {
+    const text = `sources:\n  in:\n    type: ipfix\n    enterprise_number: ${value}\nsinks:\n  out:\n    type: ipfix\n    inputs: [in]\n    collector: 127.0.0.1:4739\n    enterprise_number: ${value}\n`;
+    return checkPipeline(text, 'p.yaml', { env: {} }).problems.map(formatProblem);
+  }
+
+  it('takes a Private Enterprise Number from 1 to 2^32-1 on the ipfix sink and source', () => {
+    expect(problems('32473')).toEqual([]);
+    expect(problems('1')).toEqual([]);
+    expect(problems('4294967295')).toEqual([]);
+  });
+
+  it('refuses 0, more than 2^32-1 and what is not an integer, saying where and what it got', () => {
+    const both = (what: string): string[] => [
+      `p.yaml:4:24: sources.in.enterprise_number: ${what}`,
+      `p.yaml:10:24: sinks.out.enterprise_number: ${what}`,
+    ];
+    expect(problems('0')).toEqual(both('must be >= 1, got 0'));
+    expect(problems('4294967296')).toEqual(both('must be <= 4294967295, got 4294967296'));
+    expect(problems('example')).toEqual(both("must be an integer, got 'example'"));
+    expect(problems('1.5')).toEqual(both('must be an integer, got 1.5'));
   });
 });
