@@ -353,72 +353,48 @@ class RxflowWriter {
 
   /** Bytes rxflow's elements of `r` take, or -1 when a value does not fit its element. */
   measure(r: RxflowRecord): number {
-    let present = 1 << 1;
-    const numbers = this.numbers;
-    const handshake = r.tcpHandshakeRttMicroseconds;
-    const smoothed = r.tcpSmoothedRttMicroseconds;
-    const smoothedMin = r.tcpSmoothedRttMinMicroseconds;
-    const latency = r.dnsLatencyMicroseconds;
-    const id = r.dnsTransactionId;
-    const rcode = r.dnsResponseCode;
-    // `x >>> 0 !== x` is true for anything but an integer from 0 to 2^32-1 (a string too).
-    numbers[0] = 0;
-    if (handshake !== undefined) {
-      if (handshake >>> 0 !== handshake) return -1;
-      numbers[0] = handshake;
-      present |= 1 << 2;
-    }
-    numbers[1] = 0;
-    if (smoothed !== undefined) {
-      if (smoothed >>> 0 !== smoothed) return -1;
-      numbers[1] = smoothed;
-      present |= 1 << 3;
-    }
-    numbers[2] = 0;
-    if (smoothedMin !== undefined) {
-      if (smoothedMin >>> 0 !== smoothedMin) return -1;
-      numbers[2] = smoothedMin;
-      present |= 1 << 4;
-    }
-    numbers[3] = 0;
-    if (latency !== undefined) {
-      if (latency >>> 0 !== latency) return -1;
-      numbers[3] = latency;
-      present |= 1 << 5;
-    }
-    numbers[4] = 0;
-    if (id !== undefined) {
-      if ((id & 0xffff) !== id) return -1;
-      numbers[4] = id;
-      present |= 1 << 6;
-    }
-    numbers[5] = 0;
-    if (rcode !== undefined) {
-      if ((rcode & 0xff) !== rcode) return -1;
-      numbers[5] = rcode;
-      present |= 1 << 7;
-    }
-    const drop = r.dropReason;
-    const state = r.tcpState;
-    const query = r.dnsQueryName;
-    const namespace = r.networkNamespace;
-    if (drop !== undefined) present |= 1 << 8;
-    if (state !== undefined) present |= 1 << 9;
-    if (query !== undefined) present |= 1 << 10;
-    if (namespace !== undefined) present |= 1 << 11;
-    const a = this.text(0, drop);
-    const b = this.text(1, state);
-    const c = this.text(2, query);
-    const d = this.text(3, namespace);
+    this.present = 1 << 1;
+    if (
+      !this.number(0, r.tcpHandshakeRttMicroseconds, 0xffffffff) ||
+      !this.number(1, r.tcpSmoothedRttMicroseconds, 0xffffffff) ||
+      !this.number(2, r.tcpSmoothedRttMinMicroseconds, 0xffffffff) ||
+      !this.number(3, r.dnsLatencyMicroseconds, 0xffffffff) ||
+      !this.number(4, r.dnsTransactionId, 0xffff) ||
+      !this.number(5, r.dnsResponseCode, 0xff)
+    )
+      return -1;
+    const a = this.text(0, r.dropReason);
+    const b = this.text(1, r.tcpState);
+    const c = this.text(2, r.dnsQueryName);
+    const d = this.text(3, r.networkNamespace);
     if (a < 0 || b < 0 || c < 0 || d < 0) return -1;
-    this.present = present;
     return RXFLOW_FIXED_BYTES + a + b + c + d;
   }
 
-  /** Keeps string `i` of the record and its UTF-8 length; returns the bytes it takes with its length prefix, or -1. */
+  /** Keeps number `i` (element i + 2), 0 when absent; false when it is not an integer from 0 to `max`. */
+  private number(i: number, v: number | undefined, max: number): boolean {
+    if (v === undefined) {
+      this.numbers[i] = 0;
+      return true;
+    }
+    // Not a number at all (a string from outside) fails too.
+    if (!Number.isInteger(v) || v < 0 || v > max) return false;
+    this.numbers[i] = v;
+    this.present |= 1 << (i + 2);
+    return true;
+  }
+
+  /**
+   * Keeps string `i` (element i + 8), '' when absent, and its UTF-8 length; returns the bytes it
+   * takes with its length prefix, or -1.
+   */
   private text(i: number, s: string | undefined): number {
-    if (s === undefined) s = '';
-    else if (typeof s !== 'string') return -1;
+    if (s === undefined) {
+      s = '';
+    } else {
+      if (typeof s !== 'string') return -1;
+      this.present |= 1 << (i + 8);
+    }
     const length = s.length;
     let n = length;
     for (let j = 0; j < length; j++) {
