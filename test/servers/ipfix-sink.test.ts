@@ -14,7 +14,7 @@ import { cleanup } from '../fixtures/cleanup.js';
 import { RXFLOW_ELEMENTS } from '../../src/records/rxflow-elements.js';
 import { Nfcapd, TsharkCapture, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
-import { flowRecord } from '../fixtures/records.js';
+import { flowRecord, withRxflowFields, type RecordWithQueryName } from '../fixtures/records.js';
 
 afterAll(() => cleanup.runAll());
 
@@ -103,6 +103,37 @@ function feed(h: Harness, records: FlowRecord[], batch = 500): void {
   for (let i = 0; i < records.length; i += batch) h.input.next(records.slice(i, i + batch));
 }
 
+interface UdpRun {
+  h: Harness;
+  nfcapd: Nfcapd;
+  capture: TsharkCapture;
+  /** What nfdump read. */
+  flows: NfdumpFlow[];
+}
+
+/**
+ * Sends `records` through a sink with `options` to nfcapd over UDP (IPv6 with `family` 6), under a
+ * capture; returns once the sink is closed and the capture has seen all it sent.
+ */
+async function overUdp(
+  records: FlowRecord[],
+  options: Omit<IpfixSinkConfig, 'collector'>,
+  family: 4 | 6 = 4,
+): Promise<UdpRun> {
+  const nfcapd = await Nfcapd.start(family);
+  const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
+  const host = family === 6 ? '[::1]' : '127.0.0.1';
+  const h = await startSink({ collector: `${host}:${nfcapd.port}`, ...options });
+  feed(h, records);
+  h.input.complete();
+  await h.consumed;
+  await h.sink.close();
+  await capture.stop();
+  const flows = await nfcapd.stop();
+  nfcapd.remove();
+  return { h, nfcapd, capture, flows };
+}
+
 const isoMs = (ms: number): string => new Date(ms).toISOString().slice(0, 23);
 
 /** What nfdump must print for `r`: the fields the records and nfdump both carry. */
@@ -150,29 +181,21 @@ function expectSameFlows(flows: NfdumpFlow[], records: FlowRecord[]): void {
   }
 }
 
+/** The sink sent every record, nfcapd saw them all without a sequence error, nfdump reads each exactly. */
+function expectEveryFlow(h: Harness, nfcapd: Nfcapd, flows: NfdumpFlow[], records: FlowRecord[]): void {
+  const n = records.length;
+  expect(h.ledger.totals().stages[0]).toMatchObject({ received: n, sent: n, dropped: {}, inFlight: 0 });
+  expect(nfcapd.output).toContain(`Flows: ${n},`);
+  expect(nfcapd.output).toContain('Sequence Errors: 0, Bad Packets: 0');
+  expectSameFlows(flows, records);
+}
+
 describe('ipfix sink', () => {
   it('UDP: nfdump reads back every record exactly, with no sequence error, and tshark finds nothing malformed', async () => {
-    const nfcapd = await Nfcapd.start();
-    const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
     const records = Array.from({ length: 4000 }, (_, i) => record(i));
-    const h = await startSink({
-      collector: `127.0.0.1:${nfcapd.port}`,
-      transport: 'udp',
-      template_refresh_messages: 50,
-    });
-    feed(h, records);
-    h.input.complete();
-    await h.consumed;
-    await h.sink.close();
-    await capture.stop();
-    const flows = await nfcapd.stop();
-    nfcapd.remove();
+    const { h, nfcapd, capture, flows } = await overUdp(records, { template_refresh_messages: 50 });
 
-    const stage = h.ledger.totals().stages[0]!;
-    expect(stage).toMatchObject({ received: 4000, sent: 4000, dropped: {}, inFlight: 0 });
-    expect(nfcapd.output).toContain('Flows: 4000,');
-    expect(nfcapd.output).toContain('Sequence Errors: 0, Bad Packets: 0');
-    expectSameFlows(flows, records);
+    expectEveryFlow(h, nfcapd, flows, records);
 
     const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
       'cflow.od_id',
@@ -281,17 +304,8 @@ describe('ipfix sink', () => {
   });
 
   it('UDP to an IPv6 collector: messages fit 1452 bytes and every record arrives', async () => {
-    const nfcapd = await Nfcapd.start(6);
-    const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
     const records = Array.from({ length: 500 }, (_, i) => record(i));
-    const h = await startSink({ collector: `[::1]:${nfcapd.port}` });
-    feed(h, records);
-    h.input.complete();
-    await h.consumed;
-    await h.sink.close();
-    await capture.stop();
-    const flows = await nfcapd.stop();
-    nfcapd.remove();
+    const { nfcapd, capture, flows } = await overUdp(records, {}, 6);
     expectSameFlows(flows, records);
     const { rows } = capture.read(`udp.port==${nfcapd.port},cflow`, ['udp.length']);
     const lengths = rows.map((r) => Number(r[0]) - 8);
@@ -300,33 +314,12 @@ describe('ipfix sink', () => {
   });
 
   it("with enterprise_number: tshark reads rxflow's elements under the number with each record's values, nfdump every IANA field", async () => {
-    const nfcapd = await Nfcapd.start();
-    const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
-    const records = Array.from({ length: 1000 }, (_, i) => withOwnFields(record(i), i));
-    const h = await startSink({
-      collector: `127.0.0.1:${nfcapd.port}`,
-      transport: 'udp',
-      enterprise_number: PEN,
-      template_refresh_messages: 40,
-    });
-    feed(h, records);
-    h.input.complete();
-    await h.consumed;
-    await h.sink.close();
-    await capture.stop();
-    const flows = await nfcapd.stop();
-    nfcapd.remove();
+    const records = Array.from({ length: 1000 }, (_, i) => withRxflowFields(record(i), i));
+    const options = { enterprise_number: PEN, template_refresh_messages: 40 };
+    const { h, nfcapd, capture, flows } = await overUdp(records, options);
 
-    expect(h.ledger.totals().stages[0]).toMatchObject({
-      received: 1000,
-      sent: 1000,
-      dropped: {},
-      inFlight: 0,
-    });
     // A collector that does not know the enterprise reads the IANA fields as ever.
-    expect(nfcapd.output).toContain('Flows: 1000,');
-    expect(nfcapd.output).toContain('Sequence Errors: 0, Bad Packets: 0');
-    expectSameFlows(flows, records);
+    expectEveryFlow(h, nfcapd, flows, records);
 
     // The templates: 512-516, rxflow's elements 1-11 after the IANA ones, each under the number.
     const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
@@ -370,34 +363,9 @@ describe('ipfix sink', () => {
 
 /** RFC 5612: the enterprise number for documentation. */
 const PEN = 32473;
-const REASONS = ['NETFILTER_DROP', 'NO_SOCKET', 'TCP_INVALID_SEQUENCE'];
-type OwnRecord = FlowRecord & { dnsQueryName?: string };
-
-/** Record i with some of rxflow's own fields: RTTs, DNS (code and id 0 among them), drops, namespaces. */
-function withOwnFields(r: FlowRecord, i: number): OwnRecord {
-  const out: OwnRecord = { ...r };
-  if (i % 3 === 0) {
-    out.tcpHandshakeRttMicroseconds = 100 + i;
-    out.tcpSmoothedRttMicroseconds = 4_294_967_295 - i;
-    out.tcpSmoothedRttMinMicroseconds = i;
-  }
-  if (i % 4 === 1) {
-    out.dnsLatencyMicroseconds = 1000 * i;
-    out.dnsTransactionId = (i * 7919) & 0xffff;
-    out.dnsResponseCode = i % 6;
-    out.dnsQueryName = `q${i}.example.org`;
-  }
-  if (i % 5 === 2) {
-    out.dropReason = REASONS[i % 3]!;
-    if (i % 2 === 0) out.tcpState = 'ESTABLISHED';
-  }
-  // A name of 280 bytes goes with a three-byte length in front.
-  if (i % 7 === 3) out.networkNamespace = i % 2 === 0 ? `netns-${i}` : `ns-${'é'.repeat(140)}-${i}`;
-  return out;
-}
 
 /** What each of rxflow's elements carries for `r`: presentElements' bits, the values, 0 or empty. */
-function expectedOwn(r: OwnRecord): Record<string, unknown> {
+function expectedOwn(r: RecordWithQueryName): Record<string, unknown> {
   const fields = r as unknown as Record<string, unknown>;
   const out: Record<string, unknown> = {};
   let present = 1 << 1;

@@ -24,8 +24,7 @@ import {
   variable,
   type Field,
 } from '../fixtures/ipfix-messages.js';
-import { RXFLOW_ELEMENTS } from '../../src/records/rxflow-elements.js';
-import { variedFlowRecord } from '../fixtures/records.js';
+import { rxflowFieldsOf, variedFlowRecord, withRxflowFields } from '../fixtures/records.js';
 
 /**
  * The ipfix source on a real UDP socket, fed datagrams the test writes byte by byte: what each
@@ -348,42 +347,9 @@ function ianaView(s: FlowRecord): Record<string, unknown> {
 
 /** RFC 5612: the enterprise number for documentation. */
 const RXFLOW_PEN = 32473;
-type OwnRecord = FlowRecord & { dnsQueryName?: string };
-const OWN_FIELDS = RXFLOW_ELEMENTS.slice(1).map((e) => e.name);
 
-/** Record i with some of rxflow's own fields: RTTs, DNS (id and code 0 among them), drops, namespaces. */
-function withOwnFields(r: FlowRecord, i: number): OwnRecord {
-  const out: OwnRecord = r;
-  if (i % 3 === 0) {
-    out.tcpHandshakeRttMicroseconds = 100 + i;
-    out.tcpSmoothedRttMicroseconds = 4_294_967_295 - i;
-    out.tcpSmoothedRttMinMicroseconds = i;
-  }
-  if (i % 4 === 1) {
-    out.dnsLatencyMicroseconds = 1000 * i;
-    out.dnsTransactionId = (i * 7919) & 0xffff;
-    out.dnsResponseCode = i % 6;
-    if (i % 8 === 1) out.dnsQueryName = `q${i}.example.org`;
-  }
-  if (i % 5 === 2) {
-    out.dropReason = ['NETFILTER_DROP', 'NO_SOCKET'][i % 2]!;
-    // Present and empty, or a state.
-    out.tcpState = i % 3 === 0 ? '' : 'ESTABLISHED';
-  }
-  // 280 bytes of UTF-8 go with a three-byte length in front.
-  if (i % 7 === 3) out.networkNamespace = i % 2 === 0 ? `netns-${i}` : `ns-${'é'.repeat(140)}`;
-  return out;
-}
-
-function ownFields(r: OwnRecord): Record<string, unknown> {
-  const fields = r as unknown as Record<string, unknown>;
-  const out: Record<string, unknown> = {};
-  for (const k of OWN_FIELDS) if (fields[k] !== undefined) out[k] = fields[k];
-  return out;
-}
-
-/** Sends `records` to 127.0.0.1:`port` through rxflow's ipfix sink with `enterprise_number`. */
-async function exportTo(port: number, records: FlowRecord[], enterpriseNumber: number): Promise<void> {
+/** Sends `records` to 127.0.0.1:`port` through rxflow's ipfix sink, with `enterprise_number` if given. */
+async function exportTo(port: number, records: FlowRecord[], enterpriseNumber?: number): Promise<void> {
   const ledger = new Ledger();
   const sink = ipfixSinkModule.build(
     { collector: `127.0.0.1:${port}`, enterprise_number: enterpriseNumber },
@@ -849,18 +815,7 @@ console.log('ready');
         Object.assign(rec, { protocolIdentifier: 1, icmpTypeIPv4: 8, icmpCodeIPv4: 0 });
       return rec;
     });
-    const ledger = new Ledger();
-    const sink = ipfixSinkModule.build(
-      { collector: `127.0.0.1:${r.config.port}` },
-      {
-        id: 'export',
-        logger: pino({ level: 'silent' }),
-        ledger,
-        counters: ledger.stage('export', 'ipfix', 'sink'),
-      },
-    );
-    await sink.consume(from([sent.slice(0, 100), sent.slice(100)]));
-    await sink.close();
+    await exportTo(r.config.port, sent);
     await waitFor('every record', () => r.records.length >= sent.length);
     const expected = sent.map(ianaView);
     expect(r.records).toEqual(expected);
@@ -871,13 +826,13 @@ console.log('ready');
     const same = await start({ enterprise_number: RXFLOW_PEN });
     const other = await start({ enterprise_number: RXFLOW_PEN + 1 });
     const none = await start();
-    const sent = Array.from({ length: 300 }, (_, i) => withOwnFields(variedFlowRecord(i), i));
+    const sent = Array.from({ length: 300 }, (_, i) => withRxflowFields(variedFlowRecord(i), i));
     for (const r of [same, other, none]) await exportTo(r.config.port, sent, RXFLOW_PEN);
     for (const r of [same, other, none]) {
       await waitFor('every record', () => r.records.length >= sent.length);
       expect(r.counters.snapshot()).toMatchObject({ received: 300, sent: 300, dropped: {} });
     }
-    expect(same.records).toEqual(sent.map((s) => ({ ...ianaView(s), ...ownFields(s) })));
+    expect(same.records).toEqual(sent.map((s) => ({ ...ianaView(s), ...rxflowFieldsOf(s) })));
     expect(other.records).toEqual(sent.map(ianaView));
     expect(none.records).toEqual(sent.map(ianaView));
   });
@@ -1080,33 +1035,16 @@ describe('ipfix decoder', () => {
 
   it("reads rxflow's elements under its number in any size, as presentElements says or else all but empty strings; skips other enterprises'", () => {
     const report = newReport();
-    const decoder = new IpfixDecoder(60_000, report, RXFLOW_PEN);
-    const exp = newExporter('192.0.2.1');
-    const head: Field[] = [
-      { ie: 8, length: 4 },
-      { ie: 12, length: 4 },
-      { ie: 152, length: 8 },
-      { ie: 153, length: 8 },
-    ];
+    // Addresses and times, then rxflow's elements.
+    const head: Field[] = [8, 12].map((ie) => ({ ie, length: 4 }));
+    head.push(...[152, 153].map((ie) => ({ ie, length: 8 })));
     // Without presentElements: the RTT in 2 bytes, the code in 2, a string of fixed length, and
     // elements it does not know: its own id 40, and id 2 of another enterprise.
-    const bare: Field[] = [
-      ...head,
-      { ie: 2, length: 2, enterprise: RXFLOW_PEN },
-      { ie: 7, length: 2, enterprise: RXFLOW_PEN },
-      { ie: 8, length: 0xffff, enterprise: RXFLOW_PEN },
-      { ie: 11, length: 8, enterprise: RXFLOW_PEN },
-      { ie: 40, length: 4, enterprise: RXFLOW_PEN },
-      { ie: 2, length: 4, enterprise: PEN },
-    ];
+    const rx = (ie: number, length: number): Field => ({ ie, length, enterprise: RXFLOW_PEN });
+    const bare: Field[] = [...head, rx(2, 2), rx(7, 2), rx(8, 0xffff), rx(11, 8), rx(40, 4)];
+    bare.push({ ie: 2, length: 4, enterprise: PEN });
     // With it: what it does not mark is absent, whatever the bytes.
-    const flagged: Field[] = [
-      ...head,
-      { ie: 1, length: 4, enterprise: RXFLOW_PEN },
-      { ie: 5, length: 4, enterprise: RXFLOW_PEN },
-      { ie: 6, length: 2, enterprise: RXFLOW_PEN },
-      { ie: 9, length: 0xffff, enterprise: RXFLOW_PEN },
-    ];
+    const flagged: Field[] = [...head, rx(1, 4), rx(5, 4), rx(6, 2), rx(9, 0xffff)];
     const start = 1_780_000_000_000;
     const at = (i: number): Buffer =>
       Buffer.concat([ipv4(`10.0.0.${i}`), ipv4('10.0.1.1'), be(start, 8), be(start + 5, 8)]);
@@ -1121,7 +1059,7 @@ describe('ipfix decoder', () => {
         be(99, 4),
       ]);
     const out: FlowRecord[] = [];
-    decoder.decode(
+    new IpfixDecoder(60_000, report, RXFLOW_PEN).decode(
       msg(
         0,
         template(400, bare),
@@ -1139,11 +1077,11 @@ describe('ipfix decoder', () => {
           Buffer.concat([at(5), be(1 << 6, 4), be(730, 4), be(4660, 2), variable(Buffer.from('SYN_SENT'))]),
         ),
       ),
-      exp,
+      newExporter('192.0.2.1'),
       start + 1000,
       out,
     );
-    const own = (r: FlowRecord): unknown[] => [r.sourceIPv4Address, ownFields(r)];
+    const own = (r: FlowRecord): unknown[] => [r.sourceIPv4Address, rxflowFieldsOf(r)];
     expect(out.map(own)).toEqual([
       [
         '10.0.0.1',

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { formatProblem } from '../../../src/config/errors.js';
@@ -5,7 +6,7 @@ import { checkPipeline } from '../../../src/pipeline/load.js';
 import type { FlowRecord } from '../../../src/records/flow.js';
 import { RXFLOW_ELEMENTS } from '../../../src/records/rxflow-elements.js';
 import { MESSAGE_HEADER_BYTES, MessageBuilder, TEMPLATES } from '../../../src/sinks/ipfix/encode.js';
-import { flowRecord } from '../../fixtures/records.js';
+import { flowRecord, rxflowFieldsOf, type RecordWithQueryName } from '../../fixtures/records.js';
 
 /** RFC 5612: the enterprise number reserved for documentation. */
 const PEN = 32473;
@@ -83,7 +84,7 @@ function parse(m: Buffer, templates = new Map<number, Spec[]>()): DataRecord[] {
   return out;
 }
 
-type Rx = FlowRecord & { dnsQueryName?: string };
+type Rx = RecordWithQueryName;
 
 /** rxflow's element values of a data record as the record's fields, the absent ones left out by presentElements. */
 function rxflowFields(d: DataRecord, pen = PEN): { present: number; fields: Record<string, unknown> } {
@@ -97,15 +98,6 @@ function rxflowFields(d: DataRecord, pen = PEN): { present: number; fields: Reco
     else expect([e.name, value]).toEqual([e.name, e.type === 'string' ? '' : 0]);
   }
   return { present, fields };
-}
-
-const OWN_FIELDS = RXFLOW_ELEMENTS.slice(1).map((e) => e.name);
-
-function ownOf(r: Rx): Record<string, unknown> {
-  const fields = r as unknown as Record<string, unknown>;
-  const out: Record<string, unknown> = {};
-  for (const k of OWN_FIELDS) if (fields[k] !== undefined) out[k] = fields[k];
-  return out;
 }
 
 function l2Record(): FlowRecord {
@@ -143,6 +135,25 @@ function everyTemplate(): FlowRecord[] {
   ];
 }
 
+describe('ipfix encoder without an enterprise number', () => {
+  it("writes the IANA messages it always did, byte for byte, whatever rxflow's own fields the records carry", () => {
+    const b = new MessageBuilder(1472);
+    b.begin(true);
+    for (const r of everyTemplate()) expect(b.add(r)).toBe(1);
+    const m = b.finish(1_700_000_000, 42, 7);
+    // The length and digest of this message as rxflow wrote it before it had enterprise elements.
+    expect([m.length, createHash('sha256').update(m).digest('hex')]).toEqual([
+      1072,
+      'bd12c01e28a8bd8c59a5dac4161a79d1636ce96ba2c7814493640fe22054230e',
+    ]);
+    const w = new MessageBuilder(1472);
+    w.withdrawal();
+    expect(w.finish(0, 0, 0).subarray(MESSAGE_HEADER_BYTES).toString('hex')).toBe(
+      '000200180100000001010000010200000103000001040000',
+    );
+  });
+});
+
 describe('ipfix encoder with an enterprise number', () => {
   it("sends templates 512-516: each IANA template with rxflow's elements appended under the number, and withdraws those", () => {
     const b = new MessageBuilder(1472, PEN);
@@ -156,19 +167,9 @@ describe('ipfix encoder with an enterprise number', () => {
     for (const [id, iana] of TEMPLATES) {
       expect(templates.get(id + 256)).toEqual([...iana.map((e) => ({ id: e.id, length: e.length })), ...own]);
     }
-    expect(own.map((e) => [e.id, e.length])).toEqual([
-      [1, 4],
-      [2, 4],
-      [3, 4],
-      [4, 4],
-      [5, 4],
-      [6, 2],
-      [7, 1],
-      [8, 65535],
-      [9, 65535],
-      [10, 65535],
-      [11, 65535],
-    ]);
+    expect(own.map((e) => `${e.id}:${e.length}`).join(' ')).toBe(
+      '1:4 2:4 3:4 4:4 5:4 6:2 7:1 8:65535 9:65535 10:65535 11:65535',
+    );
     b.withdrawal();
     const w = b.finish(0, 0, 1);
     expect(w.subarray(MESSAGE_HEADER_BYTES).toString('hex')).toBe(
@@ -177,12 +178,14 @@ describe('ipfix encoder with an enterprise number', () => {
   });
 
   it('writes every field of every record, 0 or empty where absent, and presentElements names the ones it has', () => {
-    const partial = flowRecord({
+    // The DNS id and code of 0 and the empty state are values.
+    const partial: Rx = {
+      ...flowRecord(),
       dnsLatencyMicroseconds: 5,
       dnsTransactionId: 0,
       dnsResponseCode: 0,
       tcpState: '',
-    });
+    };
     const long: Rx = flowRecord({ networkNamespace: `ns-${'é'.repeat(150)}`, dropReason: 'x'.repeat(254) });
     const records: Rx[] = [...everyTemplate(), flowRecord(), partial, long];
     const b = new MessageBuilder(65535, PEN);
@@ -191,7 +194,7 @@ describe('ipfix encoder with an enterprise number', () => {
     const data = parse(b.finish(0, 0, 1));
     expect(data.map((d) => d.template)).toEqual([512, 513, 514, 515, 516, 512, 512, 512]);
     const read = data.map((d) => rxflowFields(d));
-    expect(read.map((r) => r.fields)).toEqual(records.map(ownOf));
+    expect(read.map((r) => r.fields)).toEqual(records.map(rxflowFieldsOf));
     // Bit n for element n: all of 2-11, none, and the DNS id and code of 0 and the empty state.
     expect(read.map((r) => r.present)).toEqual([0xffe, 0xffe, 0xffe, 0xffe, 0xffe, 0x002, 0x2e2, 0x902]);
     // A value of 255 bytes or more has 255 and a two-byte length in front; 254 a single byte.
@@ -265,7 +268,7 @@ describe('ipfix encoder with an enterprise number', () => {
           expect(back.length).toBe(records.length);
           back.forEach((d, i) => {
             expect(d.values.get('7')!.readUInt16BE(0)).toBe(i);
-            expect(rxflowFields(d).fields).toEqual(ownOf(records[i]!));
+            expect(rxflowFields(d).fields).toEqual(rxflowFieldsOf(records[i]!));
           });
         },
       ),
