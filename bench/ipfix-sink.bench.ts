@@ -35,9 +35,9 @@ const REASONS = ['NETFILTER_DROP', 'NO_SOCKET', 'TCP_INVALID_SEQUENCE', 'SKB_CSU
  * The records with rxflow's own fields on some (see the module comment), set in place as a source
  * sets them (a spread copy would give V8 objects much slower to read, whatever reads them).
  */
-function withOwnFields(records: FlowRecord[]): FlowRecord[] {
+export function withOwnFields(records: FlowRecord[]): FlowRecord[] {
   return records.map((r, i) => {
-    const out: FlowRecord & { dnsQueryName?: string } = r;
+    const out: FlowRecord = r;
     if (i % 3 === 0) {
       out.tcpHandshakeRttMicroseconds = 200 + (i % 5000);
       out.tcpSmoothedRttMicroseconds = 300 + (i % 7000);

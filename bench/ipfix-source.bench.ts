@@ -13,8 +13,8 @@
  *
  * Two more figures decode what rxflow's own ipfix sink sends (UDP-sized messages of its IPv4
  * template, 100k records), without and with an enterprise number: with it, the records carry and
- * the source reads back rxflow's fields (every 3rd record RTTs, every 4th DNS, every 10th a drop
- * reason, every 2nd a namespace).
+ * the source reads back rxflow's fields (those of the sink bench: every 3rd record RTTs, every 4th
+ * DNS, every 10th a drop reason, every 2nd a namespace).
  */
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
@@ -22,6 +22,7 @@ import type { FlowRecord } from '../src/records/flow.js';
 import { MessageBuilder } from '../src/sinks/ipfix/encode.js';
 import { IpfixDecoder, newExporter, newReport } from '../src/sources/ipfix/decode.js';
 import { be, ipfixMessage, set, v9Packet, type Field } from '../test/fixtures/ipfix-messages.js';
+import { withOwnFields } from './ipfix-sink.bench.js';
 import { pool } from './kafka.bench.js';
 import { synchronousBenchmark } from './lib.js';
 
@@ -137,26 +138,7 @@ const PEN = 32473;
 
 /** rxflow's sink's messages of FLOWS records, with rxflow's fields under PEN when `own`. */
 function rxflowDatagrams(own: boolean): Buffer[] {
-  const records = pool(FLOWS).map((r: FlowRecord & { dnsQueryName?: string }, i) => {
-    if (!own) return r;
-    if (i % 3 === 0) {
-      r.tcpHandshakeRttMicroseconds = 200 + (i % 5000);
-      r.tcpSmoothedRttMicroseconds = 300 + (i % 7000);
-      r.tcpSmoothedRttMinMicroseconds = 250 + (i % 3000);
-    }
-    if (i % 4 === 0) {
-      r.dnsLatencyMicroseconds = 1000 + (i % 20_000);
-      r.dnsTransactionId = i & 0xffff;
-      r.dnsResponseCode = i % 8 === 0 ? 3 : 0;
-      r.dnsQueryName = `host${i % 500}.example.org`;
-    }
-    if (i % 10 === 0) {
-      r.dropReason = 'NETFILTER_DROP';
-      r.tcpState = 'ESTABLISHED';
-    }
-    if (i % 2 === 0) r.networkNamespace = `pod-${i % 40}`;
-    return r;
-  });
+  const records = own ? withOwnFields(pool(FLOWS)) : pool(FLOWS);
   const builder = new MessageBuilder(1472, own ? PEN : undefined);
   const out: Buffer[] = [];
   let sequence = 0;

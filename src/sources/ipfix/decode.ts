@@ -39,6 +39,7 @@ import { formatIPv4, formatIPv6, formatMac } from '../../datapath/flow/types.js'
 import {
   EARLIEST_FLOW_MS,
   FUTURE_SLACK_MS,
+  MAX_DNS_NAME_CHARS,
   MAX_TEXT_CHARS,
   attachIPv4Words,
   flowRecordProblem,
@@ -217,6 +218,7 @@ const RXFLOW_U16 = RXFLOW_ELEMENTS.reduce(
   (bits, e) => (e.type === 'unsigned16' || e.type === 'unsigned8' ? bits | (1 << e.id) : bits),
   0,
 );
+const RXFLOW_DNS_QUERY_NAME = RXFLOW_ELEMENTS.find((e) => e.name === 'dnsQueryName')!.id;
 /** The FlowRecord field of rxflow's element n. */
 const RXFLOW_FIELD: string[] = [];
 for (const e of RXFLOW_ELEMENTS) RXFLOW_FIELD[e.id] = e.name;
@@ -798,7 +800,8 @@ export class IpfixDecoder {
       if ((RXFLOW_STRINGS >> id) & 1) {
         if (length === 0 && !(own & flags)) continue;
         const text = b.toString('utf8', at, at + length);
-        if (text.length > MAX_TEXT_CHARS || hasControlCharacter(text)) inRange = false;
+        const most = id === RXFLOW_DNS_QUERY_NAME ? MAX_DNS_NAME_CHARS : MAX_TEXT_CHARS;
+        if (text.length > most || hasControlCharacter(text)) inRange = false;
         fields[RXFLOW_FIELD[id]!] = text;
       } else {
         const value = unsigned(b, at, length);
