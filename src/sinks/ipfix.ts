@@ -215,6 +215,8 @@ class Exporter {
   sequence = 0;
   private messagesSinceTemplates = 0;
   private templatesAt = Number.NEGATIVE_INFINITY;
+  /** The last message held the templates alone: the next goes without them, whatever is due. */
+  private templatesAlone = false;
 
   constructor(
     maxBytes: number,
@@ -228,14 +230,16 @@ class Exporter {
   restart(): void {
     this.sequence = 0;
     this.templatesAt = Number.NEGATIVE_INFINITY;
+    this.templatesAlone = false;
   }
 
   /** Starts a message; templates go first when due. */
   begin(): void {
     const now = this.scheduler.now();
     const due =
-      this.messagesSinceTemplates >= this.config.template_refresh_messages ||
-      now - this.templatesAt >= this.config.template_refresh_ms;
+      !this.templatesAlone &&
+      (this.messagesSinceTemplates >= this.config.template_refresh_messages ||
+        now - this.templatesAt >= this.config.template_refresh_ms);
     this.builder.begin(due);
     if (due) {
       this.templatesAt = now;
@@ -248,6 +252,7 @@ class Exporter {
   finish(): Buffer {
     const seconds = Math.floor(Date.now() / 1000);
     const message = this.builder.finish(seconds, this.sequence, this.config.observation_domain_id);
+    this.templatesAlone = this.builder.records === 0;
     this.sequence = (this.sequence + this.builder.records) % 2 ** 32;
     return message;
   }
@@ -430,7 +435,12 @@ export class IpfixSink implements Sink {
       }
       exporter.begin();
       const taken = this.fill(exporter.builder);
-      if (taken.records === 0) continue; // everything looked at was unencodable, and counted
+      if (taken.records === 0) {
+        // The next record has long strings and did not fit beside the templates: they go alone,
+        // and it in the next message. Otherwise everything looked at was unencodable, and counted.
+        if (exporter.builder.hasTemplates) await this.sendTemplatesAlone(exporter);
+        continue;
+      }
       const message = exporter.finish();
       try {
         await (this.tcp ?? this.udp!).send(message);
@@ -448,6 +458,16 @@ export class IpfixSink implements Sink {
         this.losses.add('sink_failed', taken.records, messageOf(err));
       }
       this.settle(taken.records);
+    }
+  }
+
+  /** Sends the message of templates alone; a TCP session it fails on is over, as for any message. */
+  private async sendTemplatesAlone(exporter: Exporter): Promise<void> {
+    try {
+      await (this.tcp ?? this.udp!).send(exporter.finish());
+    } catch (err) {
+      this.tcp?.broken(err);
+      if (!this.tcp) this.logger.debug({ err: messageOf(err) }, 'ipfix sink: templates not sent');
     }
   }
 

@@ -14,7 +14,7 @@ import { cleanup } from '../fixtures/cleanup.js';
 import { RXFLOW_ELEMENTS } from '../../src/records/rxflow-elements.js';
 import { Nfcapd, TsharkCapture, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
-import { flowRecord, withRxflowFields, type RecordWithQueryName } from '../fixtures/records.js';
+import { flowRecord, withRxflowFields } from '../fixtures/records.js';
 
 afterAll(() => cleanup.runAll());
 
@@ -359,13 +359,36 @@ describe('ipfix sink', () => {
       expect(seen, r.destinationMacAddress).toEqual(expectedOwn(r));
     }
   });
+
+  it('with enterprise_number and templates in every message: a record too long to share one with them goes in the next, none is lost', async () => {
+    // Query names of 640 characters (an escaped name may have up to 1024): one record a message.
+    const name = (i: number): string => `${'a'.repeat(62)}.`.repeat(10) + `n${i}`;
+    const records = Array.from({ length: 30 }, (_, i) => ({ ...record(4 * i), dnsQueryName: name(i) }));
+    const options = { enterprise_number: PEN, template_refresh_messages: 1 };
+    const { h, nfcapd, capture, flows } = await overUdp(records, options);
+    expectEveryFlow(h, nfcapd, flows, records);
+    const names = capture
+      .flows(`udp.port==${nfcapd.port},cflow`)
+      .map((f) => Buffer.from(f.enterprise.get(10)!.hex, 'hex').toString());
+    expect(names.sort()).toEqual(records.map((r) => r.dnsQueryName).sort());
+    // The templates alone, then a record without them, and again: 60 datagrams of at most 1472 bytes.
+    const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
+      'cflow.template_id',
+      'udp.length',
+    ]);
+    expect(expert).toBe('');
+    expect(rows.map((r) => (r[0] === '' ? 'record' : 'templates'))).toEqual(
+      Array.from({ length: 60 }, (_, i) => (i % 2 === 0 ? 'templates' : 'record')),
+    );
+    expect(Math.max(...rows.map((r) => Number(r[1]) - 8))).toBeLessThanOrEqual(1472);
+  });
 });
 
 /** RFC 5612: the enterprise number for documentation. */
 const PEN = 32473;
 
 /** What each of rxflow's elements carries for `r`: presentElements' bits, the values, 0 or empty. */
-function expectedOwn(r: RecordWithQueryName): Record<string, unknown> {
+function expectedOwn(r: FlowRecord): Record<string, unknown> {
   const fields = r as unknown as Record<string, unknown>;
   const out: Record<string, unknown> = {};
   let present = 1 << 1;

@@ -38,8 +38,8 @@
  * of a previous run never reads these records with it. Every record carries every element: an
  * absent number is 0 and an absent string empty, as absent IANA fields are, and presentElements
  * says which hold the record's value (a DNS transaction id or response code of 0 is a value).
- * Strings are variable-length (RFC 7011 7), so records differ in size; a record too long for a
- * message with the templates is refused. Without an enterprise number the messages are the IANA
+ * Strings are variable-length (RFC 7011 7), so records differ in size; a record too long to share
+ * a message with the templates goes in the next one, and one too long for any message is refused. Without an enterprise number the messages are the IANA
  * ones above, byte for byte.
  */
 import type { FlowRecord } from '../../records/flow.js';
@@ -334,9 +334,6 @@ export function writeRecord(r: FlowRecord, template: number, out: Buffer, pos: n
   return pos;
 }
 
-/** A record with dnsQueryName, which records may carry (rxflow's element 10). */
-type RxflowRecord = FlowRecord & { dnsQueryName?: string };
-
 /**
  * Writes rxflow's elements of one record after its IANA fields: measure() reads and checks the
  * record's values (each property once: records of many shapes make every read a slow one) and
@@ -352,7 +349,7 @@ class RxflowWriter {
   private readonly bytes = new Int32Array(4);
 
   /** Bytes rxflow's elements of `r` take, or -1 when a value does not fit its element. */
-  measure(r: RxflowRecord): number {
+  measure(r: FlowRecord): number {
     this.present = 1 << 1;
     if (
       !this.number(0, r.tcpHandshakeRttMicroseconds, 0xffffffff) ||
@@ -451,6 +448,8 @@ export class MessageBuilder {
   private setTemplate = -1;
   /** Data records in the message being built. */
   records = 0;
+  /** Whether the message being built starts with the templates. */
+  hasTemplates = false;
 
   private readonly rxflow: RxflowWriter | undefined;
   /** Bytes of the template set begin(true) writes. */
@@ -472,6 +471,7 @@ export class MessageBuilder {
     this.setStart = -1;
     this.setTemplate = -1;
     this.records = 0;
+    this.hasTemplates = withTemplates;
     if (withTemplates) this.pos = writeTemplateSet(this.buf, this.pos, this.enterpriseNumber);
   }
 
@@ -483,8 +483,9 @@ export class MessageBuilder {
 
   /**
    * Adds `r`: 1 when it went in, 0 when the message has no room left for it (finish and start
-   * another), -1 when it cannot be encoded at all (a record that does not fit a message holding
-   * nothing else either: a long string).
+   * another: a record with long strings may not fit beside the templates, then they go alone and
+   * it in a message without them), -1 when it cannot be encoded at all (one that does not fit a
+   * message holding nothing else either).
    */
   add(r: FlowRecord): -1 | 0 | 1 {
     const iana = templateOf(r);
@@ -500,7 +501,10 @@ export class MessageBuilder {
     }
     const newSet = template !== this.setTemplate;
     const need = bytes + (newSet ? SET_HEADER_BYTES : 0);
-    if (this.pos + need > this.maxBytes) return this.records === 0 ? -1 : 0;
+    if (this.pos + need > this.maxBytes) {
+      if (this.records > 0) return 0;
+      return this.hasTemplates && MESSAGE_HEADER_BYTES + SET_HEADER_BYTES + bytes <= this.maxBytes ? 0 : -1;
+    }
     let pos = this.pos;
     if (newSet) {
       this.closeSet();

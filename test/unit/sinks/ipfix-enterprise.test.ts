@@ -6,7 +6,7 @@ import { checkPipeline } from '../../../src/pipeline/load.js';
 import type { FlowRecord } from '../../../src/records/flow.js';
 import { RXFLOW_ELEMENTS } from '../../../src/records/rxflow-elements.js';
 import { MESSAGE_HEADER_BYTES, MessageBuilder, TEMPLATES } from '../../../src/sinks/ipfix/encode.js';
-import { flowRecord, rxflowFieldsOf, type RecordWithQueryName } from '../../fixtures/records.js';
+import { flowRecord, rxflowFieldsOf } from '../../fixtures/records.js';
 
 /** RFC 5612: the enterprise number reserved for documentation. */
 const PEN = 32473;
@@ -84,8 +84,6 @@ function parse(m: Buffer, templates = new Map<number, Spec[]>()): DataRecord[] {
   return out;
 }
 
-type Rx = RecordWithQueryName;
-
 /** rxflow's element values of a data record as the record's fields, the absent ones left out by presentElements. */
 function rxflowFields(d: DataRecord, pen = PEN): { present: number; fields: Record<string, unknown> } {
   const present = d.values.get(`${pen}/1`)!.readUInt32BE(0);
@@ -107,7 +105,7 @@ function l2Record(): FlowRecord {
   return r;
 }
 
-const FULL: Partial<Rx> = {
+const FULL: Partial<FlowRecord> = {
   tcpHandshakeRttMicroseconds: 1250,
   tcpSmoothedRttMicroseconds: 4_294_967_295,
   tcpSmoothedRttMinMicroseconds: 1100,
@@ -179,15 +177,18 @@ describe('ipfix encoder with an enterprise number', () => {
 
   it('writes every field of every record, 0 or empty where absent, and presentElements names the ones it has', () => {
     // The DNS id and code of 0 and the empty state are values.
-    const partial: Rx = {
+    const partial: FlowRecord = {
       ...flowRecord(),
       dnsLatencyMicroseconds: 5,
       dnsTransactionId: 0,
       dnsResponseCode: 0,
       tcpState: '',
     };
-    const long: Rx = flowRecord({ networkNamespace: `ns-${'é'.repeat(150)}`, dropReason: 'x'.repeat(254) });
-    const records: Rx[] = [...everyTemplate(), flowRecord(), partial, long];
+    const long: FlowRecord = flowRecord({
+      networkNamespace: `ns-${'é'.repeat(150)}`,
+      dropReason: 'x'.repeat(254),
+    });
+    const records: FlowRecord[] = [...everyTemplate(), flowRecord(), partial, long];
     const b = new MessageBuilder(65535, PEN);
     b.begin(true);
     for (const r of records) expect(b.add(r)).toBe(1);
@@ -226,8 +227,8 @@ describe('ipfix encoder with an enterprise number', () => {
         }),
         fc.constantFrom(1200, 1472, 65535),
         (specs, maxBytes) => {
-          const records: Rx[] = specs.map(([drop, state, query, ns, rtt], i) => {
-            const r: Rx = flowRecord({ sourceTransportPort: i });
+          const records: FlowRecord[] = specs.map(([drop, state, query, ns, rtt], i) => {
+            const r: FlowRecord = flowRecord({ sourceTransportPort: i });
             if (drop !== undefined) r.dropReason = drop;
             if (state !== undefined) r.tcpState = state;
             if (query !== undefined) r.dnsQueryName = query;
@@ -238,7 +239,7 @@ describe('ipfix encoder with an enterprise number', () => {
           const b = new MessageBuilder(maxBytes, PEN);
           const templates = new Map<number, Spec[]>();
           const back: DataRecord[] = [];
-          const finish = (next: Rx | undefined): void => {
+          const finish = (next: FlowRecord | undefined): void => {
             // A copy: the builder's buffer is reused by the next message.
             const m = Buffer.from(b.finish(0, 0, 1));
             expect(m.length).toBeLessThanOrEqual(maxBytes);
@@ -285,8 +286,8 @@ describe('ipfix encoder with an enterprise number', () => {
       { tcpHandshakeRttMicroseconds: 2 ** 32 },
       { tcpSmoothedRttMicroseconds: -1 },
       { dnsLatencyMicroseconds: 1.5 },
-      { networkNamespace: 'n'.repeat(600) },
-    ] as Partial<Rx>[]) {
+      { networkNamespace: 'n'.repeat(1400) },
+    ] as Partial<FlowRecord>[]) {
       expect(b.add(flowRecord({ dnsLatencyMicroseconds: 9, ...bad })), JSON.stringify(bad).slice(0, 40)).toBe(
         -1,
       );
@@ -294,6 +295,22 @@ describe('ipfix encoder with an enterprise number', () => {
     expect(b.add(flowRecord({ networkNamespace: 'n'.repeat(300) }))).toBe(1);
     const data = parse(b.finish(0, 0, 1));
     expect(data.map((d) => rxflowFields(d).fields)).toEqual([{ networkNamespace: 'n'.repeat(300) }]);
+  });
+
+  it('puts a record too long to share a message with the templates in the next message, without them', () => {
+    const b = new MessageBuilder(1472, PEN);
+    const long = flowRecord({ dnsQueryName: `${'a'.repeat(62)}.`.repeat(10) });
+    b.begin(true);
+    expect(b.add(long)).toBe(0);
+    const templates = new Map<number, Spec[]>();
+    expect(parse(Buffer.from(b.finish(0, 0, 1)), templates)).toEqual([]);
+    b.begin(false);
+    expect(b.add(long)).toBe(1);
+    const m = b.finish(0, 0, 1);
+    expect(m.length).toBeLessThanOrEqual(1472);
+    expect(parse(m, templates).map((d) => rxflowFields(d).fields)).toEqual([
+      { dnsQueryName: long.dnsQueryName },
+    ]);
   });
 });
 
