@@ -39,8 +39,8 @@
  * absent number is 0 and an absent string empty, as absent IANA fields are, and presentElements
  * says which hold the record's value (a DNS transaction id or response code of 0 is a value).
  * Strings are variable-length (RFC 7011 7), so records differ in size; a record too long to share
- * a message with the templates goes in the next one, and one too long for any message is refused. Without an enterprise number the messages are the IANA
- * ones above, byte for byte.
+ * a message with the templates goes in the next one, and one too long for any message is refused.
+ * Without an enterprise number the messages are the IANA ones above, byte for byte.
  */
 import type { FlowRecord } from '../../records/flow.js';
 import { flowInterface, readIPv4Words, type IPv4WordsOut } from '../../records/flow.js';
