@@ -1,7 +1,10 @@
 /**
  * `ipfix`: exports flow records to an IPFIX collector (RFC 7011) over UDP or TCP, so the tools
  * IPFIX users already run (nfdump, pmacct, goflow2, Wireshark) read rxflow's flows. Records are
- * encoded on IANA elements only; templates and what each carries are in ipfix/encode.ts.
+ * encoded on IANA elements; with `enterprise_number` set they also carry rxflow's own fields (RTT,
+ * DNS, drop reason, TCP state, network namespace), which IANA has no elements for, as
+ * enterprise-specific elements under that number. Templates, what each carries and rxflow's
+ * element ids are in ipfix/encode.ts.
  *
  * UDP: every message fits one datagram of max_message_bytes (default 1472 bytes to an IPv4
  * collector, 1452 to an IPv6 one: an Ethernet path MTU of 1500 less the IP and UDP headers).
@@ -43,12 +46,8 @@ import { messageOf } from '../errors.js';
 import { bufferOptions, bufferSettings, type BufferSettings } from './buffer.js';
 import { SinkInput, throughBuffer } from './consume.js';
 import { SinkError } from './errors.js';
-import {
-  MAX_MESSAGE_BYTES,
-  MESSAGE_HEADER_BYTES,
-  MessageBuilder,
-  TEMPLATE_SET_BYTES,
-} from './ipfix/encode.js';
+import { MAX_MESSAGE_BYTES, MESSAGE_HEADER_BYTES, MessageBuilder, templateSetBytes } from './ipfix/encode.js';
+import { rxflowElementsText } from '../records/rxflow-elements.js';
 import { beforeDeadline } from '../delivery/deadline.js';
 import { LossLog } from '../delivery/loss-log.js';
 
@@ -65,7 +64,15 @@ export interface IpfixSinkConfig {
   buffer_max_records?: number;
   when_full?: Exclude<WhenFull, 'drop_oldest'>;
   reconnect_backoff_ms?: number;
+  /** A Private Enterprise Number: rxflow's own fields go out as its elements; unset, IANA elements only. */
+  enterprise_number?: number;
 }
+
+/** What the sink runs with: the defaults filled in; no default for these. */
+type Resolved = Required<Omit<IpfixSinkConfig, 'max_message_bytes' | 'when_full' | 'enterprise_number'>> & {
+  max_message_bytes?: number;
+  enterprise_number?: number;
+};
 
 const DEFAULTS = {
   transport: 'udp',
@@ -142,6 +149,15 @@ const schema: JsonSchema = {
       default: DEFAULTS.reconnect_backoff_ms,
       description: 'tcp: first wait before reconnecting; doubles on each failure up to 30 s.',
     },
+    enterprise_number: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 4_294_967_295,
+      description:
+        "A Private Enterprise Number (IANA's registry) under which records also carry rxflow's own fields, which IANA has no elements for: " +
+        `${rxflowElementsText()}. ` +
+        "Templates then take ids 512-516. rxflow has no number of its own: use your organisation's, and the same on the collector (an rxflow ipfix source reads them back with the same number). Unset: IANA elements only.",
+    },
   },
 };
 
@@ -199,27 +215,31 @@ class Exporter {
   sequence = 0;
   private messagesSinceTemplates = 0;
   private templatesAt = Number.NEGATIVE_INFINITY;
+  /** The last message held the templates alone: the next goes without them, whatever is due. */
+  private templatesAlone = false;
 
   constructor(
     maxBytes: number,
-    private readonly config: Required<Omit<IpfixSinkConfig, 'max_message_bytes' | 'when_full'>>,
+    private readonly config: Resolved,
     private readonly scheduler: SchedulerLike,
   ) {
-    this.builder = new MessageBuilder(maxBytes);
+    this.builder = new MessageBuilder(maxBytes, config.enterprise_number);
   }
 
   /** A new stream (a TCP session): sequence from 0, templates first. */
   restart(): void {
     this.sequence = 0;
     this.templatesAt = Number.NEGATIVE_INFINITY;
+    this.templatesAlone = false;
   }
 
   /** Starts a message; templates go first when due. */
   begin(): void {
     const now = this.scheduler.now();
     const due =
-      this.messagesSinceTemplates >= this.config.template_refresh_messages ||
-      now - this.templatesAt >= this.config.template_refresh_ms;
+      !this.templatesAlone &&
+      (this.messagesSinceTemplates >= this.config.template_refresh_messages ||
+        now - this.templatesAt >= this.config.template_refresh_ms);
     this.builder.begin(due);
     if (due) {
       this.templatesAt = now;
@@ -232,6 +252,7 @@ class Exporter {
   finish(): Buffer {
     const seconds = Math.floor(Date.now() / 1000);
     const message = this.builder.finish(seconds, this.sequence, this.config.observation_domain_id);
+    this.templatesAlone = this.builder.records === 0;
     this.sequence = (this.sequence + this.builder.records) % 2 ** 32;
     return message;
   }
@@ -248,9 +269,7 @@ class Exporter {
 }
 
 export class IpfixSink implements Sink {
-  private readonly config: Required<Omit<IpfixSinkConfig, 'max_message_bytes' | 'when_full'>> & {
-    max_message_bytes?: number;
-  };
+  private readonly config: Resolved;
   private readonly counters: StageCounters;
   private readonly logger: Logger;
   private readonly losses: LossLog;
@@ -317,10 +336,11 @@ export class IpfixSink implements Sink {
     const maxBytes =
       this.config.max_message_bytes ??
       (this.config.transport === 'udp' ? UDP_MESSAGE_BYTES[family] : MAX_MESSAGE_BYTES);
-    if (maxBytes < MESSAGE_HEADER_BYTES + TEMPLATE_SET_BYTES + 200) {
+    const templates = templateSetBytes(this.config.enterprise_number);
+    if (maxBytes < MESSAGE_HEADER_BYTES + templates + 200) {
       throw new SinkError(
         'ECONFIG',
-        `ipfix sink: max_message_bytes ${maxBytes} cannot hold the templates (${TEMPLATE_SET_BYTES} bytes) and a record; raise it`,
+        `ipfix sink: max_message_bytes ${maxBytes} cannot hold the templates (${templates} bytes) and a record; raise it`,
       );
     }
     this.exporter = new Exporter(maxBytes, this.config, this.scheduler);
@@ -415,7 +435,12 @@ export class IpfixSink implements Sink {
       }
       exporter.begin();
       const taken = this.fill(exporter.builder);
-      if (taken.records === 0) continue; // everything looked at was unencodable, and counted
+      if (taken.records === 0) {
+        // The next record has long strings and did not fit beside the templates: they go alone,
+        // and it in the next message. Otherwise everything looked at was unencodable, and counted.
+        if (exporter.builder.hasTemplates) await this.sendTemplatesAlone(exporter);
+        continue;
+      }
       const message = exporter.finish();
       try {
         await (this.tcp ?? this.udp!).send(message);
@@ -433,6 +458,16 @@ export class IpfixSink implements Sink {
         this.losses.add('sink_failed', taken.records, messageOf(err));
       }
       this.settle(taken.records);
+    }
+  }
+
+  /** Sends the message of templates alone; a TCP session it fails on is over, as for any message. */
+  private async sendTemplatesAlone(exporter: Exporter): Promise<void> {
+    try {
+      await (this.tcp ?? this.udp!).send(exporter.finish());
+    } catch (err) {
+      this.tcp?.broken(err);
+      if (!this.tcp) this.logger.debug({ err: messageOf(err) }, 'ipfix sink: templates not sent');
     }
   }
 
@@ -461,7 +496,7 @@ export class IpfixSink implements Sink {
       this.losses.add(
         'sink_failed',
         bad.size,
-        'a record cannot be encoded as IPFIX (address, MAC or count out of range)',
+        "a record cannot be encoded as IPFIX (an address, MAC or value out of its element's range, or a record too long for a message)",
       );
       this.settle(bad.size);
       // Only unencodable records were looked at: take them off the queue now.
@@ -607,7 +642,8 @@ const ipfixModule: SinkModule<IpfixSinkConfig> = {
   type: 'ipfix',
   kind: 'sink',
   buffered: true,
-  description: 'Exports flow records to an IPFIX collector (RFC 7011) over UDP or TCP, on IANA elements.',
+  description:
+    "Exports flow records to an IPFIX collector (RFC 7011) over UDP or TCP, on IANA elements, and rxflow's own fields under enterprise_number if set.",
   schema,
   example: { collector: '127.0.0.1:4739', transport: 'udp' },
   build(config: IpfixSinkConfig, context: ComponentContext): Sink {

@@ -9,7 +9,9 @@
  * withdrawals remove them at once. Options data records are read for systemInitTimeMilliseconds
  * (the base of flowStart/EndSysUpTime) and the sampling interval (samplingInterval, or the PSAMP
  * samplingPacketInterval and samplingPacketSpace), which the domain's records then carry; other
- * options are skipped.
+ * options are skipped. With `enterprise_number`, rxflow's own elements under that number (what
+ * rxflow's ipfix sink writes with the same number: RTT, DNS, drop reason, TCP state, network
+ * namespace) are read into their fields; other enterprise-specific elements are skipped.
  *
  * The ledger counts, as received and dropped:
  * - `parse_failed`, one per datagram or set that cannot be read (not IPFIX or v9, a set or record
@@ -38,6 +40,7 @@ import { LossLog } from '../delivery/loss-log.js';
 import { messageOf } from '../errors.js';
 import { SourceError } from './errors.js';
 import { IpfixDecoder, newExporter, newReport, type Exporter } from './ipfix/decode.js';
+import { rxflowElementsText } from '../records/rxflow-elements.js';
 
 export interface IpfixConfig {
   /** Address to listen on: an IPv4 or IPv6 literal; `::` takes both families. */
@@ -45,6 +48,8 @@ export interface IpfixConfig {
   port: number;
   template_timeout_ms: number;
   receive_buffer_bytes: number;
+  /** The Private Enterprise Number rxflow's own elements come under; unset, they are skipped. */
+  enterprise_number?: number;
 }
 
 const DEFAULTS = {
@@ -52,7 +57,7 @@ const DEFAULTS = {
   port: 4739,
   template_timeout_ms: 1_800_000,
   receive_buffer_bytes: 4_194_304,
-} as const satisfies IpfixConfig;
+} as const satisfies Omit<IpfixConfig, 'enterprise_number'>;
 
 const LOSS_LOG_INTERVAL_MS = 10_000;
 /** How often expired templates and idle exporters are forgotten (at most; sooner for short timeouts). */
@@ -65,7 +70,7 @@ export function ipfixSource(config: IpfixConfig, context: ComponentContext): Obs
   const where = `udp ${isIPv6(resolved.address) ? `[${resolved.address}]` : resolved.address}:${resolved.port}`;
   return new Observable<FlowBatch>((subscriber) => {
     const report = newReport();
-    const decoder = new IpfixDecoder(resolved.template_timeout_ms, report);
+    const decoder = new IpfixDecoder(resolved.template_timeout_ms, report, resolved.enterprise_number);
     const exporters = new Map<string, Exporter>();
     const losses = new LossLog(
       logger,
@@ -220,6 +225,14 @@ const schema: JsonSchema = {
       default: DEFAULTS.receive_buffer_bytes,
       description:
         'Socket receive buffer (SO_RCVBUF), which holds bursts while the pipeline is busy; the kernel caps it at net.core.rmem_max.',
+    },
+    enterprise_number: {
+      type: 'integer',
+      minimum: 1,
+      maximum: 4_294_967_295,
+      description:
+        "The Private Enterprise Number an rxflow ipfix sink's enterprise_number sends rxflow's own fields under (IANA has no elements for them, rxflow no number of its own): its elements are read into the record's fields: " +
+        `${rxflowElementsText()}. Other enterprises' elements are skipped. Unset: all enterprise elements are skipped.`,
     },
   },
 };

@@ -1,14 +1,16 @@
 /**
- * One run, three outputs: `rxflow run` counts crafted frames on a veth (IPv4, IPv6, an 802.1Q
- * tagged IPv4 frame, a layer-2 frame) and writes each record to a JSON-lines file and to two
- * ipfix sinks, one over UDP and one over TCP, each collected by its own nfcapd. nfdump must read
- * back exactly the records of the file: the same flows with the same packets and bytes.
+ * One run, four outputs: `rxflow run` counts crafted frames on a veth (IPv4, IPv6, an 802.1Q
+ * tagged IPv4 frame, a layer-2 frame) and writes each record to a JSON-lines file and to three
+ * ipfix sinks, one over UDP, one over TCP and one over UDP with rxflow's own elements under an
+ * enterprise number, each collected by its own nfcapd. nfdump must read back exactly the records
+ * of the file: the same flows with the same packets and bytes; tshark must find the namespace the
+ * records carry (rxflow's element 11) in the third sink's records.
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import type { FlowRecord } from '../../src/records/flow.js';
-import { Nfcapd, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
+import { Nfcapd, TsharkCapture, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
 import { sendFrames } from '../fixtures/traffic.js';
@@ -84,10 +86,12 @@ function fromNfdump(f: NfdumpFlow): string {
 kernelDescribe('ipfix sinks in the same run as a file sink', () => {
   const run = useRunSetup('ipfx');
 
-  it('nfdump reads over UDP and over TCP exactly the records the file holds', async () => {
+  it("nfdump reads over UDP, over TCP and beside rxflow's own elements exactly the records the file holds", async () => {
     const { topo, pinRoot, runDir } = run;
     const udpCollector = await Nfcapd.start();
     const tcpCollector = await Nfcapd.start();
+    const ownCollector = await Nfcapd.start();
+    const capture = await TsharkCapture.start(`udp port ${ownCollector.port}`);
     const tcpPort = await freePort();
     const bridge = await tcpToUdp(tcpCollector.port, tcpPort);
     const out = join(runDir, 'flows.jsonl');
@@ -104,6 +108,7 @@ kernelDescribe('ipfix sinks in the same run as a file sink', () => {
   out: {type: file, inputs: [flows], path: ${out}}
   overudp: {type: ipfix, inputs: [flows], collector: '127.0.0.1:${udpCollector.port}'}
   overtcp: {type: ipfix, inputs: [flows], collector: '127.0.0.1:${tcpPort}', transport: tcp, max_message_bytes: 1400}
+  withown: {type: ipfix, inputs: [flows], collector: '127.0.0.1:${ownCollector.port}', enterprise_number: 32473}
 `,
     );
     const cli = new Cli(['run', file, '--status-socket', join(runDir, 'ipfx.sock')], {
@@ -125,9 +130,12 @@ kernelDescribe('ipfix sinks in the same run as a file sink', () => {
     await bridge.ended;
     const overUdp = await udpCollector.stop();
     const overTcp = await tcpCollector.stop();
+    await capture.stop();
+    const withOwn = await ownCollector.stop();
     await bridge.close();
     udpCollector.remove();
     tcpCollector.remove();
+    ownCollector.remove();
 
     const records = readFileSync(out, 'utf8')
       .split('\n')
@@ -144,14 +152,25 @@ kernelDescribe('ipfix sinks in the same run as a file sink', () => {
     const expected = records.map(fromRecord).sort();
     expect(overUdp.map(fromNfdump).sort()).toEqual(expected);
     expect(overTcp.map(fromNfdump).sort()).toEqual(expected);
+    expect(withOwn.map(fromNfdump).sort()).toEqual(expected);
     expect(udpCollector.output).toContain('Sequence Errors: 0, Bad Packets: 0');
     expect(tcpCollector.output).toContain('Sequence Errors: 0, Bad Packets: 0');
+    expect(ownCollector.output).toContain('Sequence Errors: 0, Bad Packets: 0');
+    // The flows were counted in the server's namespace: each record says so, under element 11.
+    expect(new Set(records.map((r) => r.networkNamespace))).toEqual(new Set([topo.server.name]));
+    const own = capture
+      .flows(`udp.port==${ownCollector.port},cflow`)
+      .map(
+        (f) =>
+          `${f.fields.get('cflow.srcmac')![0]} ${Buffer.from(f.enterprise.get(11)!.hex, 'hex').toString()}`,
+      );
+    expect(own.sort()).toEqual(records.map((r) => `${r.sourceMacAddress} ${r.networkNamespace}`).sort());
     // The ledger of each sink says what the collectors and the file hold.
     const n = records.length;
     const sink = (id: string) => ({ id, handed: n, exported: n, dropped: {}, inFlight: 0 });
     expect(cli.logs().at(-1)).toMatchObject({
       msg: 'ledger',
-      sinks: [sink('out'), sink('overudp'), sink('overtcp')],
+      sinks: [sink('out'), sink('overudp'), sink('overtcp'), sink('withown')],
     });
   });
 });

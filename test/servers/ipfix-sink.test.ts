@@ -11,9 +11,10 @@ import { silentLogger } from '../../src/logger.js';
 import type { FlowBatch, FlowRecord } from '../../src/records/flow.js';
 import { IpfixSink, type IpfixSinkConfig } from '../../src/sinks/ipfix.js';
 import { cleanup } from '../fixtures/cleanup.js';
+import { RXFLOW_ELEMENTS } from '../../src/records/rxflow-elements.js';
 import { Nfcapd, TsharkCapture, tcpToUdp, type NfdumpFlow } from '../fixtures/ipfix.js';
 import { freePort } from '../fixtures/nats.js';
-import { flowRecord } from '../fixtures/records.js';
+import { flowRecord, withRxflowFields } from '../fixtures/records.js';
 
 afterAll(() => cleanup.runAll());
 
@@ -102,6 +103,37 @@ function feed(h: Harness, records: FlowRecord[], batch = 500): void {
   for (let i = 0; i < records.length; i += batch) h.input.next(records.slice(i, i + batch));
 }
 
+interface UdpRun {
+  h: Harness;
+  nfcapd: Nfcapd;
+  capture: TsharkCapture;
+  /** What nfdump read. */
+  flows: NfdumpFlow[];
+}
+
+/**
+ * Sends `records` through a sink with `options` to nfcapd over UDP (IPv6 with `family` 6), under a
+ * capture; returns once the sink is closed and the capture has seen all it sent.
+ */
+async function overUdp(
+  records: FlowRecord[],
+  options: Omit<IpfixSinkConfig, 'collector'>,
+  family: 4 | 6 = 4,
+): Promise<UdpRun> {
+  const nfcapd = await Nfcapd.start(family);
+  const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
+  const host = family === 6 ? '[::1]' : '127.0.0.1';
+  const h = await startSink({ collector: `${host}:${nfcapd.port}`, ...options });
+  feed(h, records);
+  h.input.complete();
+  await h.consumed;
+  await h.sink.close();
+  await capture.stop();
+  const flows = await nfcapd.stop();
+  nfcapd.remove();
+  return { h, nfcapd, capture, flows };
+}
+
 const isoMs = (ms: number): string => new Date(ms).toISOString().slice(0, 23);
 
 /** What nfdump must print for `r`: the fields the records and nfdump both carry. */
@@ -149,29 +181,21 @@ function expectSameFlows(flows: NfdumpFlow[], records: FlowRecord[]): void {
   }
 }
 
+/** The sink sent every record, nfcapd saw them all without a sequence error, nfdump reads each exactly. */
+function expectEveryFlow(h: Harness, nfcapd: Nfcapd, flows: NfdumpFlow[], records: FlowRecord[]): void {
+  const n = records.length;
+  expect(h.ledger.totals().stages[0]).toMatchObject({ received: n, sent: n, dropped: {}, inFlight: 0 });
+  expect(nfcapd.output).toContain(`Flows: ${n},`);
+  expect(nfcapd.output).toContain('Sequence Errors: 0, Bad Packets: 0');
+  expectSameFlows(flows, records);
+}
+
 describe('ipfix sink', () => {
   it('UDP: nfdump reads back every record exactly, with no sequence error, and tshark finds nothing malformed', async () => {
-    const nfcapd = await Nfcapd.start();
-    const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
     const records = Array.from({ length: 4000 }, (_, i) => record(i));
-    const h = await startSink({
-      collector: `127.0.0.1:${nfcapd.port}`,
-      transport: 'udp',
-      template_refresh_messages: 50,
-    });
-    feed(h, records);
-    h.input.complete();
-    await h.consumed;
-    await h.sink.close();
-    await capture.stop();
-    const flows = await nfcapd.stop();
-    nfcapd.remove();
+    const { h, nfcapd, capture, flows } = await overUdp(records, { template_refresh_messages: 50 });
 
-    const stage = h.ledger.totals().stages[0]!;
-    expect(stage).toMatchObject({ received: 4000, sent: 4000, dropped: {}, inFlight: 0 });
-    expect(nfcapd.output).toContain('Flows: 4000,');
-    expect(nfcapd.output).toContain('Sequence Errors: 0, Bad Packets: 0');
-    expectSameFlows(flows, records);
+    expectEveryFlow(h, nfcapd, flows, records);
 
     const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
       'cflow.od_id',
@@ -280,21 +304,97 @@ describe('ipfix sink', () => {
   });
 
   it('UDP to an IPv6 collector: messages fit 1452 bytes and every record arrives', async () => {
-    const nfcapd = await Nfcapd.start(6);
-    const capture = await TsharkCapture.start(`udp port ${nfcapd.port}`);
     const records = Array.from({ length: 500 }, (_, i) => record(i));
-    const h = await startSink({ collector: `[::1]:${nfcapd.port}` });
-    feed(h, records);
-    h.input.complete();
-    await h.consumed;
-    await h.sink.close();
-    await capture.stop();
-    const flows = await nfcapd.stop();
-    nfcapd.remove();
+    const { nfcapd, capture, flows } = await overUdp(records, {}, 6);
     expectSameFlows(flows, records);
     const { rows } = capture.read(`udp.port==${nfcapd.port},cflow`, ['udp.length']);
     const lengths = rows.map((r) => Number(r[0]) - 8);
     expect(Math.max(...lengths)).toBeLessThanOrEqual(1452);
     expect(Math.max(...lengths)).toBeGreaterThan(1300);
   });
+
+  it("with enterprise_number: tshark reads rxflow's elements under the number with each record's values, nfdump every IANA field", async () => {
+    const records = Array.from({ length: 1000 }, (_, i) => withRxflowFields(record(i), i));
+    const options = { enterprise_number: PEN, template_refresh_messages: 40 };
+    const { h, nfcapd, capture, flows } = await overUdp(records, options);
+
+    // A collector that does not know the enterprise reads the IANA fields as ever.
+    expectEveryFlow(h, nfcapd, flows, records);
+
+    // The templates: 512-516, rxflow's elements 1-11 after the IANA ones, each under the number.
+    const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
+      'cflow.template_id',
+      'cflow.template_ipfix_field_type_enterprise',
+      'cflow.template_ipfix_field_pen',
+    ]);
+    expect(expert).toBe('');
+    const templated = rows.filter((r) => r[0] !== '');
+    expect(templated.length).toBe(Math.ceil(rows.length / 40));
+    const ids = RXFLOW_ELEMENTS.map((e) => e.id);
+    for (const [templates, types, pens] of templated) {
+      expect(templates).toBe('512,513,514,515,516');
+      expect(types).toBe([1, 2, 3, 4, 5].flatMap(() => ids).join(','));
+      expect(pens).toBe(
+        Array<number>(5 * ids.length)
+          .fill(PEN)
+          .join(','),
+      );
+    }
+
+    // Each record, found by its destination MAC: every element's value, 0 or empty where absent.
+    const dissected = capture.flows(`udp.port==${nfcapd.port},cflow`);
+    expect(dissected.length).toBe(records.length);
+    const byMac = new Map(dissected.map((f) => [f.fields.get('cflow.dstmac')![0], f]));
+    expect(byMac.size).toBe(records.length);
+    for (const r of records) {
+      const f = byMac.get(r.destinationMacAddress)!;
+      const seen: Record<string, unknown> = {};
+      for (const e of RXFLOW_ELEMENTS) {
+        const entry = f.enterprise.get(e.id);
+        if (entry !== undefined)
+          expect(entry.enterprise).toBe('Example Enterprise Number for Documentation Use');
+        const bytes = Buffer.from(entry?.hex ?? '', 'hex');
+        seen[e.name] = e.type === 'string' ? bytes.toString('utf8') : bytes.readUIntBE(0, e.length);
+      }
+      expect(seen, r.destinationMacAddress).toEqual(expectedOwn(r));
+    }
+  });
+
+  it('with enterprise_number and templates in every message: a record too long to share one with them goes in the next, none is lost', async () => {
+    // Query names of 640 characters (an escaped name may have up to 1024): one record a message.
+    const name = (i: number): string => `${'a'.repeat(62)}.`.repeat(10) + `n${i}`;
+    const records = Array.from({ length: 30 }, (_, i) => ({ ...record(4 * i), dnsQueryName: name(i) }));
+    const options = { enterprise_number: PEN, template_refresh_messages: 1 };
+    const { h, nfcapd, capture, flows } = await overUdp(records, options);
+    expectEveryFlow(h, nfcapd, flows, records);
+    const names = capture
+      .flows(`udp.port==${nfcapd.port},cflow`)
+      .map((f) => Buffer.from(f.enterprise.get(10)!.hex, 'hex').toString());
+    expect(names.sort()).toEqual(records.map((r) => r.dnsQueryName).sort());
+    // The templates alone, then a record without them, and again: 60 datagrams of at most 1472 bytes.
+    const { rows, expert } = capture.read(`udp.port==${nfcapd.port},cflow`, [
+      'cflow.template_id',
+      'udp.length',
+    ]);
+    expect(expert).toBe('');
+    expect(rows.map((r) => (r[0] === '' ? 'record' : 'templates'))).toEqual(
+      Array.from({ length: 60 }, (_, i) => (i % 2 === 0 ? 'templates' : 'record')),
+    );
+    expect(Math.max(...rows.map((r) => Number(r[1]) - 8))).toBeLessThanOrEqual(1472);
+  });
 });
+
+/** RFC 5612: the enterprise number for documentation. */
+const PEN = 32473;
+
+/** What each of rxflow's elements carries for `r`: presentElements' bits, the values, 0 or empty. */
+function expectedOwn(r: FlowRecord): Record<string, unknown> {
+  const fields = r as unknown as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  let present = 1 << 1;
+  for (const e of RXFLOW_ELEMENTS.slice(1)) {
+    if (fields[e.name] !== undefined) present |= 1 << e.id;
+    out[e.name] = fields[e.name] ?? (e.type === 'string' ? '' : 0);
+  }
+  return { presentElements: present, ...out };
+}

@@ -24,7 +24,7 @@ import {
   variable,
   type Field,
 } from '../fixtures/ipfix-messages.js';
-import { variedFlowRecord } from '../fixtures/records.js';
+import { rxflowFieldsOf, variedFlowRecord, withRxflowFields } from '../fixtures/records.js';
 
 /**
  * The ipfix source on a real UDP socket, fed datagrams the test writes byte by byte: what each
@@ -302,6 +302,68 @@ async function feed(
 
 const lossLogs = (r: Running): Record<string, unknown>[] =>
   r.logs.filter((l) => l.msg === 'ipfix source: records lost or unreadable');
+
+/**
+ * What IPFIX carries of a record rxflow's ipfix sink sent, on the IANA elements: the interface as
+ * ingressInterface (10) on an ingress record, egressInterface (14) on an egress one; nothing of
+ * interfaceName or tunnels.
+ */
+function ianaView(s: FlowRecord): Record<string, unknown> {
+  const e: Record<string, unknown> = {
+    ipVersion: s.ipVersion,
+    sourceTransportPort: s.sourceTransportPort,
+    destinationTransportPort: s.destinationTransportPort,
+    protocolIdentifier: s.protocolIdentifier,
+    octetDeltaCount: s.octetDeltaCount,
+    packetDeltaCount: s.packetDeltaCount,
+    flowStartMilliseconds: s.flowStartMilliseconds,
+    flowEndMilliseconds: s.flowEndMilliseconds,
+    tcpControlBits: s.tcpControlBits,
+    ipDiffServCodePoint: s.ipDiffServCodePoint,
+    ingressInterface: s.flowDirection === 0 ? s.ingressInterface : 0,
+    flowDirection: s.flowDirection,
+    sourceMacAddress: s.sourceMacAddress,
+    destinationMacAddress: s.destinationMacAddress,
+    ethernetType: s.ethernetType,
+    exporterIPv4Address: '127.0.0.1',
+  };
+  if (s.flowDirection === 1) e.egressInterface = s.egressInterface ?? s.ingressInterface;
+  // Every template carries the wire octets and both VLAN ids; 0 is no tag.
+  e.layer2OctetDeltaCount = s.layer2OctetDeltaCount ?? 0;
+  if (s.dot1qVlanId) e.dot1qVlanId = s.dot1qVlanId;
+  if (s.dot1qCustomerVlanId) e.dot1qCustomerVlanId = s.dot1qCustomerVlanId;
+  for (const k of [
+    'sourceIPv4Address',
+    'destinationIPv4Address',
+    'sourceIPv6Address',
+    'destinationIPv6Address',
+    'icmpTypeIPv4',
+    'icmpCodeIPv4',
+    'flowEndReason',
+  ] as const)
+    if (s[k] !== undefined) e[k] = s[k];
+  return e;
+}
+
+/** RFC 5612: the enterprise number for documentation. */
+const RXFLOW_PEN = 32473;
+
+/** Sends `records` to 127.0.0.1:`port` through rxflow's ipfix sink, with `enterprise_number` if given. */
+async function exportTo(port: number, records: FlowRecord[], enterpriseNumber?: number): Promise<void> {
+  const ledger = new Ledger();
+  const sink = ipfixSinkModule.build(
+    { collector: `127.0.0.1:${port}`, enterprise_number: enterpriseNumber },
+    {
+      id: 'export',
+      logger: pino({ level: 'silent' }),
+      ledger,
+      counters: ledger.stage('export', 'ipfix', 'sink'),
+    },
+  );
+  await sink.consume(from([records.slice(0, 100), records.slice(100)]));
+  await sink.close();
+  expect(ledger.totals().stages[0]).toMatchObject({ sent: records.length, dropped: {} });
+}
 
 describe('ipfix source', () => {
   it('decodes IPFIX templates and data into exact records: fields, reduced sizes, variable and enterprise elements skipped', async () => {
@@ -753,59 +815,26 @@ console.log('ready');
         Object.assign(rec, { protocolIdentifier: 1, icmpTypeIPv4: 8, icmpCodeIPv4: 0 });
       return rec;
     });
-    const ledger = new Ledger();
-    const sink = ipfixSinkModule.build(
-      { collector: `127.0.0.1:${r.config.port}` },
-      {
-        id: 'export',
-        logger: pino({ level: 'silent' }),
-        ledger,
-        counters: ledger.stage('export', 'ipfix', 'sink'),
-      },
-    );
-    await sink.consume(from([sent.slice(0, 100), sent.slice(100)]));
-    await sink.close();
+    await exportTo(r.config.port, sent);
     await waitFor('every record', () => r.records.length >= sent.length);
-    // What IPFIX carries of each, on the IANA elements: the interface as ingressInterface (10) on an
-    // ingress record, egressInterface (14) on an egress one; nothing of interfaceName or tunnels.
-    const expected = sent.map((s) => {
-      const e: Record<string, unknown> = {
-        ipVersion: s.ipVersion,
-        sourceTransportPort: s.sourceTransportPort,
-        destinationTransportPort: s.destinationTransportPort,
-        protocolIdentifier: s.protocolIdentifier,
-        octetDeltaCount: s.octetDeltaCount,
-        packetDeltaCount: s.packetDeltaCount,
-        flowStartMilliseconds: s.flowStartMilliseconds,
-        flowEndMilliseconds: s.flowEndMilliseconds,
-        tcpControlBits: s.tcpControlBits,
-        ipDiffServCodePoint: s.ipDiffServCodePoint,
-        ingressInterface: s.flowDirection === 0 ? s.ingressInterface : 0,
-        flowDirection: s.flowDirection,
-        sourceMacAddress: s.sourceMacAddress,
-        destinationMacAddress: s.destinationMacAddress,
-        ethernetType: s.ethernetType,
-        exporterIPv4Address: '127.0.0.1',
-      };
-      if (s.flowDirection === 1) e.egressInterface = s.egressInterface ?? s.ingressInterface;
-      // Every template carries the wire octets and both VLAN ids; 0 is no tag.
-      e.layer2OctetDeltaCount = s.layer2OctetDeltaCount ?? 0;
-      if (s.dot1qVlanId) e.dot1qVlanId = s.dot1qVlanId;
-      if (s.dot1qCustomerVlanId) e.dot1qCustomerVlanId = s.dot1qCustomerVlanId;
-      for (const k of [
-        'sourceIPv4Address',
-        'destinationIPv4Address',
-        'sourceIPv6Address',
-        'destinationIPv6Address',
-        'icmpTypeIPv4',
-        'icmpCodeIPv4',
-        'flowEndReason',
-      ] as const)
-        if (s[k] !== undefined) e[k] = s[k];
-      return e;
-    });
+    const expected = sent.map(ianaView);
     expect(r.records).toEqual(expected);
     expect(r.counters.snapshot()).toMatchObject({ received: sent.length, sent: sent.length, dropped: {} });
+  });
+
+  it("with the sink's enterprise_number reads rxflow's own fields back into equal records; under another number or none, the IANA fields alone", async () => {
+    const same = await start({ enterprise_number: RXFLOW_PEN });
+    const other = await start({ enterprise_number: RXFLOW_PEN + 1 });
+    const none = await start();
+    const sent = Array.from({ length: 300 }, (_, i) => withRxflowFields(variedFlowRecord(i), i));
+    for (const r of [same, other, none]) await exportTo(r.config.port, sent, RXFLOW_PEN);
+    for (const r of [same, other, none]) {
+      await waitFor('every record', () => r.records.length >= sent.length);
+      expect(r.counters.snapshot()).toMatchObject({ received: 300, sent: 300, dropped: {} });
+    }
+    expect(same.records).toEqual(sent.map((s) => ({ ...ianaView(s), ...rxflowFieldsOf(s) })));
+    expect(other.records).toEqual(sent.map(ianaView));
+    expect(none.records).toEqual(sent.map(ianaView));
   });
 
   it('fails with the address when the port is taken', async () => {
@@ -1002,6 +1031,114 @@ describe('ipfix decoder', () => {
       ['10.0.0.3', 200, 228, undefined, undefined],
       ['10.0.0.5', 0, undefined, 42, undefined],
     ]);
+  });
+
+  it("reads rxflow's elements under its number in any size, as presentElements says or else all but empty strings; skips other enterprises'", () => {
+    const report = newReport();
+    // Addresses and times, then rxflow's elements.
+    const head: Field[] = [8, 12].map((ie) => ({ ie, length: 4 }));
+    head.push(...[152, 153].map((ie) => ({ ie, length: 8 })));
+    // Without presentElements: the RTT in 2 bytes, the code in 2, a string of fixed length, and
+    // elements it does not know: its own id 40, and id 2 of another enterprise.
+    const rx = (ie: number, length: number): Field => ({ ie, length, enterprise: RXFLOW_PEN });
+    const bare: Field[] = [...head, rx(2, 2), rx(7, 2), rx(8, 0xffff), rx(11, 8), rx(40, 4)];
+    bare.push({ ie: 2, length: 4, enterprise: PEN });
+    // With it: what it does not mark is absent, whatever the bytes.
+    const flagged: Field[] = [...head, rx(1, 4), rx(5, 4), rx(6, 2), rx(9, 0xffff)];
+    const start = 1_780_000_000_000;
+    const at = (i: number): Buffer =>
+      Buffer.concat([ipv4(`10.0.0.${i}`), ipv4('10.0.1.1'), be(start, 8), be(start + 5, 8)]);
+    const bareRecord = (i: number, drop: string): Buffer =>
+      Buffer.concat([
+        at(i),
+        be(500 + i, 2),
+        be(3, 2),
+        variable(Buffer.from(drop)),
+        Buffer.from('ns-green'),
+        be(77, 4),
+        be(99, 4),
+      ]);
+    const out: FlowRecord[] = [];
+    new IpfixDecoder(60_000, report, RXFLOW_PEN).decode(
+      msg(
+        0,
+        template(400, bare),
+        template(401, flagged),
+        dataSet(400, bareRecord(1, 'NO_SOCKET'), bareRecord(2, ''), bareRecord(3, 'bad\nreason')),
+        dataSet(
+          401,
+          Buffer.concat([
+            at(4),
+            be((1 << 5) | (1 << 6) | (1 << 9), 4),
+            be(730, 4),
+            be(0, 2),
+            variable(Buffer.from('')),
+          ]),
+          Buffer.concat([at(5), be(1 << 6, 4), be(730, 4), be(4660, 2), variable(Buffer.from('SYN_SENT'))]),
+        ),
+      ),
+      newExporter('192.0.2.1'),
+      start + 1000,
+      out,
+    );
+    const own = (r: FlowRecord): unknown[] => [r.sourceIPv4Address, rxflowFieldsOf(r)];
+    expect(out.map(own)).toEqual([
+      [
+        '10.0.0.1',
+        {
+          tcpHandshakeRttMicroseconds: 501,
+          dnsResponseCode: 3,
+          dropReason: 'NO_SOCKET',
+          networkNamespace: 'ns-green',
+        },
+      ],
+      ['10.0.0.2', { tcpHandshakeRttMicroseconds: 502, dnsResponseCode: 3, networkNamespace: 'ns-green' }],
+      ['10.0.0.4', { dnsLatencyMicroseconds: 730, dnsTransactionId: 0, tcpState: '' }],
+      ['10.0.0.5', { dnsTransactionId: 4660 }],
+    ]);
+    // A string that is no record field's: the record is dropped, as every record from outside.
+    expect(report).toMatchObject({
+      failed: 1,
+      failure:
+        'IPFIX from 192.0.2.1: a record of template 400: dropReason holds a control character: "bad\\nreason"',
+    });
+    // The same messages without the number: the IANA fields alone.
+    const plain: FlowRecord[] = [];
+    const second = newReport();
+    new IpfixDecoder(60_000, second).decode(
+      msg(0, template(400, bare), dataSet(400, bareRecord(1, 'NO_SOCKET'), bareRecord(3, 'bad\nreason'))),
+      newExporter('192.0.2.1'),
+      start + 1000,
+      plain,
+    );
+    expect(plain.map(own)).toEqual([
+      ['10.0.0.1', {}],
+      ['10.0.0.3', {}],
+    ]);
+    expect(second.failed).toBe(0);
+  });
+
+  it("does not keep a template with one of rxflow's numbers longer than 8 bytes", () => {
+    const report = newReport();
+    const out: FlowRecord[] = [];
+    new IpfixDecoder(60_000, report, RXFLOW_PEN).decode(
+      msg(
+        0,
+        template(402, [
+          { ie: 8, length: 4 },
+          { ie: 12, length: 4 },
+          { ie: 5, length: 9, enterprise: RXFLOW_PEN },
+        ]),
+      ),
+      newExporter('192.0.2.1'),
+      0,
+      out,
+    );
+    expect(report).toMatchObject({
+      failed: 1,
+      failure:
+        'IPFIX from 192.0.2.1: template 402 not usable: element 5 of enterprise 32473 (dnsLatencyMicroseconds) has length 9',
+    });
   });
 
   it('does not keep a template whose address element has the wrong length', () => {

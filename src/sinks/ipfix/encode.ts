@@ -26,10 +26,25 @@
  * is 0 for a record without it (one written by an older version, read back), and the VLAN ids are
  * 0 for an untagged frame (802.1Q's "no VLAN"), the drop counts 0 for a record without drops
  * (ebpf_flows with drops off, or no drop in the interval). Fields with no IANA
- * element (interfaceName, tunnel outer addresses, the GENEVE cookie) are left out.
+ * element (tunnel outer addresses, the GENEVE cookie) are left out, and so is interfaceName
+ * (IANA 82), which none of these templates carries.
+ *
+ * rxflow's own fields (RTT, DNS, drop reason, TCP state, network namespace) have no IANA element
+ * and rxflow has no Private Enterprise Number of its own: with an enterprise number configured
+ * (MessageBuilder's `enterpriseNumber`, the sink's `enterprise_number`), every record goes out on
+ * template id + 256 (512-516): the IANA template with rxflow's elements (RXFLOW_ELEMENTS,
+ * src/records/rxflow-elements.ts) appended as enterprise-specific elements under that number (RFC
+ * 7011 3.2: E bit, 4-byte PEN). Separate ids, so a collector still holding an IANA-only template
+ * of a previous run never reads these records with it. Every record carries every element: an
+ * absent number is 0 and an absent string empty, as absent IANA fields are, and presentElements
+ * says which hold the record's value (a DNS transaction id or response code of 0 is a value).
+ * Strings are variable-length (RFC 7011 7), so records differ in size; a record too long to share
+ * a message with the templates goes in the next one, and one too long for any message is refused.
+ * Without an enterprise number the messages are the IANA ones above, byte for byte.
  */
 import type { FlowRecord } from '../../records/flow.js';
 import { flowInterface, readIPv4Words, type IPv4WordsOut } from '../../records/flow.js';
+import { RXFLOW_ELEMENTS } from '../../records/rxflow-elements.js';
 import { ipv4ToUint32, writeIPv6, writeMac } from '../../net/address.js';
 
 export const IPFIX_VERSION = 10;
@@ -91,6 +106,12 @@ const V6: readonly Element[] = [
 ];
 const SEGMENT: readonly Element[] = [el(351, 'layer2SegmentId', 8)];
 
+/** An IANA template's id plus this is its id with rxflow's elements appended. */
+export const RXFLOW_TEMPLATE_OFFSET = 256;
+
+/** Bytes of rxflow's fixed-length elements (1-7), in front of its strings. */
+const RXFLOW_FIXED_BYTES = 23;
+
 /** Every template rxflow exports, by id. */
 export const TEMPLATES: ReadonlyMap<number, readonly Element[]> = new Map([
   [TEMPLATE_IPV4, [...COMMON, ...L3, ...V4]],
@@ -110,6 +131,13 @@ const L3_BYTES = L3.reduce((n, e) => n + e.length, 0);
 export const TEMPLATE_SET_BYTES =
   SET_HEADER_BYTES + [...TEMPLATES.values()].reduce((n, els) => n + 4 + els.length * 4, 0);
 
+/** Bytes of the template set, with rxflow's elements under `enterpriseNumber` when given. */
+export function templateSetBytes(enterpriseNumber?: number): number {
+  if (enterpriseNumber === undefined) return TEMPLATE_SET_BYTES;
+  // An enterprise-specific field specifier is 8 bytes: id, length and the enterprise number.
+  return TEMPLATE_SET_BYTES + TEMPLATES.size * RXFLOW_ELEMENTS.length * 8;
+}
+
 /** The template a record goes out on, or -1 when it cannot be encoded (see recordProblem). */
 export function templateOf(r: FlowRecord): number {
   const vxlan = r.encapsulationType === 'vxlan' && r.virtualNetworkIdentifier !== undefined;
@@ -125,19 +153,30 @@ export function templateOf(r: FlowRecord): number {
   }
 }
 
-/** Writes the template set of every template at `pos`; returns the position after it. */
-export function writeTemplateSet(out: Buffer, pos: number): number {
+/**
+ * Writes the template set of every template at `pos`, with rxflow's elements under
+ * `enterpriseNumber` when given; returns the position after it.
+ */
+export function writeTemplateSet(out: Buffer, pos: number, enterpriseNumber?: number): number {
   const start = pos;
+  const own = enterpriseNumber !== undefined;
   out.writeUInt16BE(TEMPLATE_SET_ID, pos);
   pos += SET_HEADER_BYTES;
   for (const [id, elements] of TEMPLATES) {
-    out.writeUInt16BE(id, pos);
-    out.writeUInt16BE(elements.length, pos + 2);
+    out.writeUInt16BE(own ? id + RXFLOW_TEMPLATE_OFFSET : id, pos);
+    out.writeUInt16BE(elements.length + (own ? RXFLOW_ELEMENTS.length : 0), pos + 2);
     pos += 4;
     for (const e of elements) {
       out.writeUInt16BE(e.id, pos);
       out.writeUInt16BE(e.length, pos + 2);
       pos += 4;
+    }
+    if (!own) continue;
+    for (const e of RXFLOW_ELEMENTS) {
+      out.writeUInt16BE(0x8000 | e.id, pos);
+      out.writeUInt16BE(e.length, pos + 2);
+      out.writeUInt32BE(enterpriseNumber, pos + 4);
+      pos += 8;
     }
   }
   out.writeUInt16BE(pos - start, start + 2);
@@ -147,13 +186,14 @@ export function writeTemplateSet(out: Buffer, pos: number): number {
 /**
  * Writes a template withdrawal for every template (RFC 7011 8.1: a template record with field
  * count 0), which a TCP exporter sends before it ends a session; returns the position after it.
+ * With `enterpriseNumber`, of the templates carrying rxflow's elements.
  */
-export function writeTemplateWithdrawal(out: Buffer, pos: number): number {
+export function writeTemplateWithdrawal(out: Buffer, pos: number, enterpriseNumber?: number): number {
   const start = pos;
   out.writeUInt16BE(TEMPLATE_SET_ID, pos);
   pos += SET_HEADER_BYTES;
   for (const id of TEMPLATES.keys()) {
-    out.writeUInt16BE(id, pos);
+    out.writeUInt16BE(enterpriseNumber !== undefined ? id + RXFLOW_TEMPLATE_OFFSET : id, pos);
     out.writeUInt16BE(0, pos + 2);
     pos += 4;
   }
@@ -295,6 +335,108 @@ export function writeRecord(r: FlowRecord, template: number, out: Buffer, pos: n
 }
 
 /**
+ * Writes rxflow's elements of one record after its IANA fields: measure() reads and checks the
+ * record's values (each property once: records of many shapes make every read a slow one) and
+ * finds the UTF-8 length of its strings, write() puts them in the message. An ASCII string (drop
+ * reasons, TCP states, most names) is copied char by char, others through Buffer.write.
+ */
+class RxflowWriter {
+  private present = 0;
+  /** The RTTs and the DNS latency, then the DNS transaction id and response code. */
+  private readonly numbers = new Uint32Array(6);
+  /** dropReason, tcpState, dnsQueryName and networkNamespace, '' when absent, and their UTF-8 bytes. */
+  private readonly strings: string[] = ['', '', '', ''];
+  private readonly bytes = new Int32Array(4);
+
+  /** Bytes rxflow's elements of `r` take, or -1 when a value does not fit its element. */
+  measure(r: FlowRecord): number {
+    this.present = 1 << 1;
+    if (
+      !this.number(0, r.tcpHandshakeRttMicroseconds, 0xffffffff) ||
+      !this.number(1, r.tcpSmoothedRttMicroseconds, 0xffffffff) ||
+      !this.number(2, r.tcpSmoothedRttMinMicroseconds, 0xffffffff) ||
+      !this.number(3, r.dnsLatencyMicroseconds, 0xffffffff) ||
+      !this.number(4, r.dnsTransactionId, 0xffff) ||
+      !this.number(5, r.dnsResponseCode, 0xff)
+    )
+      return -1;
+    const a = this.text(0, r.dropReason);
+    const b = this.text(1, r.tcpState);
+    const c = this.text(2, r.dnsQueryName);
+    const d = this.text(3, r.networkNamespace);
+    if (a < 0 || b < 0 || c < 0 || d < 0) return -1;
+    return RXFLOW_FIXED_BYTES + a + b + c + d;
+  }
+
+  /** Keeps number `i` (element i + 2), 0 when absent; false when it is not an integer from 0 to `max`. */
+  private number(i: number, v: number | undefined, max: number): boolean {
+    if (v === undefined) {
+      this.numbers[i] = 0;
+      return true;
+    }
+    // Not a number at all (a string from outside) fails too.
+    if (!Number.isInteger(v) || v < 0 || v > max) return false;
+    this.numbers[i] = v;
+    this.present |= 1 << (i + 2);
+    return true;
+  }
+
+  /**
+   * Keeps string `i` (element i + 8), '' when absent, and its UTF-8 length; returns the bytes it
+   * takes with its length prefix, or -1.
+   */
+  private text(i: number, s: string | undefined): number {
+    if (s === undefined) {
+      s = '';
+    } else {
+      if (typeof s !== 'string') return -1;
+      this.present |= 1 << (i + 8);
+    }
+    const length = s.length;
+    let n = length;
+    for (let j = 0; j < length; j++) {
+      if (s.charCodeAt(j) >= 0x80) {
+        n = Buffer.byteLength(s, 'utf8');
+        break;
+      }
+    }
+    this.strings[i] = s;
+    this.bytes[i] = n;
+    // A length prefix of one byte, or 255 and two: nothing longer fits a message anyway.
+    return n < 255 ? n + 1 : n <= MAX_MESSAGE_BYTES ? n + 3 : -1;
+  }
+
+  /** Writes the elements of the record measure() saw last at `pos`; returns the position after them. */
+  write(out: Buffer, pos: number): number {
+    const numbers = this.numbers;
+    u32(out, pos, this.present);
+    u32(out, pos + 4, numbers[0]!);
+    u32(out, pos + 8, numbers[1]!);
+    u32(out, pos + 12, numbers[2]!);
+    u32(out, pos + 16, numbers[3]!);
+    u16(out, pos + 20, numbers[4]!);
+    out[pos + 22] = numbers[5]!;
+    pos += RXFLOW_FIXED_BYTES;
+    for (let i = 0; i < 4; i++) {
+      const s = this.strings[i]!;
+      const n = this.bytes[i]!;
+      if (n < 255) {
+        out[pos++] = n;
+      } else {
+        out[pos] = 255;
+        u16(out, pos + 1, n);
+        pos += 3;
+      }
+      // As many bytes as chars: ASCII.
+      if (n === s.length) for (let j = 0; j < n; j++) out[pos + j] = s.charCodeAt(j);
+      else out.write(s, pos, n, 'utf8');
+      pos += n;
+    }
+    return pos;
+  }
+}
+
+/**
  * Packs records into IPFIX messages of at most `maxBytes`, one reused buffer: begin() a message,
  * add() records until one does not fit, finish() to get the bytes (valid until the next begin()).
  * Consecutive records of one template share a data set.
@@ -306,9 +448,21 @@ export class MessageBuilder {
   private setTemplate = -1;
   /** Data records in the message being built. */
   records = 0;
+  /** Whether the message being built starts with the templates. */
+  hasTemplates = false;
 
-  constructor(readonly maxBytes: number) {
+  private readonly rxflow: RxflowWriter | undefined;
+  /** Bytes of the template set begin(true) writes. */
+  readonly templateSetBytes: number;
+
+  /** With `enterpriseNumber`, records carry rxflow's elements under it (see the module comment). */
+  constructor(
+    readonly maxBytes: number,
+    readonly enterpriseNumber?: number,
+  ) {
     this.buf = Buffer.allocUnsafe(maxBytes);
+    this.rxflow = enterpriseNumber === undefined ? undefined : new RxflowWriter();
+    this.templateSetBytes = templateSetBytes(enterpriseNumber);
   }
 
   /** Starts a message, with every template first when `withTemplates`. */
@@ -317,25 +471,40 @@ export class MessageBuilder {
     this.setStart = -1;
     this.setTemplate = -1;
     this.records = 0;
-    if (withTemplates) this.pos = writeTemplateSet(this.buf, this.pos);
+    this.hasTemplates = withTemplates;
+    if (withTemplates) this.pos = writeTemplateSet(this.buf, this.pos, this.enterpriseNumber);
   }
 
   /** A message holding only the withdrawal of every template. */
   withdrawal(): void {
     this.begin(false);
-    this.pos = writeTemplateWithdrawal(this.buf, this.pos);
+    this.pos = writeTemplateWithdrawal(this.buf, this.pos, this.enterpriseNumber);
   }
 
   /**
    * Adds `r`: 1 when it went in, 0 when the message has no room left for it (finish and start
-   * another), -1 when it cannot be encoded at all.
+   * another: a record with long strings may not fit beside the templates, then they go alone and
+   * it in a message without them), -1 when it cannot be encoded at all (one that does not fit a
+   * message holding nothing else either).
    */
   add(r: FlowRecord): -1 | 0 | 1 {
-    const template = templateOf(r);
-    if (template < 0) return -1;
+    const iana = templateOf(r);
+    if (iana < 0) return -1;
+    let template = iana;
+    let bytes = RECORD_BYTES[iana - TEMPLATE_IPV4]!;
+    const rxflow = this.rxflow;
+    if (rxflow !== undefined) {
+      const more = rxflow.measure(r);
+      if (more < 0) return -1;
+      bytes += more;
+      template += RXFLOW_TEMPLATE_OFFSET;
+    }
     const newSet = template !== this.setTemplate;
-    const need = RECORD_BYTES[template - TEMPLATE_IPV4]! + (newSet ? SET_HEADER_BYTES : 0);
-    if (this.pos + need > this.maxBytes) return 0;
+    const need = bytes + (newSet ? SET_HEADER_BYTES : 0);
+    if (this.pos + need > this.maxBytes) {
+      if (this.records > 0) return 0;
+      return this.hasTemplates && MESSAGE_HEADER_BYTES + SET_HEADER_BYTES + bytes <= this.maxBytes ? 0 : -1;
+    }
     let pos = this.pos;
     if (newSet) {
       this.closeSet();
@@ -344,7 +513,8 @@ export class MessageBuilder {
       u16(this.buf, pos, template);
       pos += SET_HEADER_BYTES;
     }
-    const end = writeRecord(r, template, this.buf, pos);
+    let end = writeRecord(r, iana, this.buf, pos);
+    if (end >= 0 && rxflow !== undefined) end = rxflow.write(this.buf, end);
     if (end < 0) {
       if (newSet) {
         // Undo the empty set header.
