@@ -374,7 +374,9 @@ sinks:
         expect(r.flowStartMilliseconds).toBeGreaterThanOrEqual(before - 1000);
         expect(r.flowEndMilliseconds).toBeLessThanOrEqual(after + 1000);
         expect(r.flowEndMilliseconds).toBeGreaterThanOrEqual(r.flowStartMilliseconds);
-        expect(Math.abs(r.flowStartMilliseconds - k.flowStartMilliseconds)).toBeLessThan(1000);
+        // softflowd's times rest on its export header's whole seconds (up to a second early);
+        // ebpf_flows' on the kernel's coarse clock (up to a 4-10 ms timer tick early).
+        expect(Math.abs(r.flowStartMilliseconds - k.flowStartMilliseconds)).toBeLessThanOrEqual(1010);
       }
     }
   }, 60_000);
