@@ -20,29 +20,11 @@ import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createNetns, type Netns } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
+import { tcxLinkFds, tcxLinksRunning } from './datapath-helpers.js';
 import { collectModule, until, type CollectStore } from '../unit/pipeline/components.js';
 
 // 80 TC links: about a second of detaching, many turns of the event loop.
 const LINKS = 40;
-
-interface LinkInfo {
-  prog_id?: number;
-}
-
-/** The TCX links this process holds open (fdinfo link_type tcx). */
-function tcxLinkFds(): number[] {
-  const out: number[] = [];
-  for (const fd of readdirSync('/proc/self/fd')) {
-    let info: string;
-    try {
-      info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
-    } catch {
-      continue;
-    }
-    if (/^link_type:\s*tcx$/m.test(info)) out.push(Number(fd));
-  }
-  return out;
-}
 
 /** The kernel ids of the programs behind the TCX links this process holds. */
 function programIdsOfHeldLinks(): Set<number> {
@@ -52,14 +34,6 @@ function programIdsOfHeldLinks(): Set<number> {
     ids.add(Number(/^prog_id:\s*(\d+)/m.exec(info)![1]));
   }
   return ids;
-}
-
-/** The links in the kernel (bpftool) that run one of `programs`. */
-function kernelLinksOf(programs: Set<number>): LinkInfo[] {
-  const links = JSON.parse(
-    execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }),
-  ) as LinkInfo[];
-  return links.filter((l) => programs.has(l.prog_id ?? -1));
 }
 
 /**
@@ -141,7 +115,7 @@ sinks:
         stopped = true;
         // Some turn came after the first link was detached and before the last one was.
         expect(seen.some((n) => n > 0 && n < 2 * LINKS)).toBe(true);
-        expect(kernelLinksOf(programs)).toEqual([]);
+        expect(tcxLinksRunning(...programs)).toEqual([]);
         expect(tcxLinkFds()).toEqual([]);
         expect(existsSync(join(pinRoot, `rxflow-${instance}`))).toBe(false);
       } finally {
@@ -172,7 +146,7 @@ sinks:
       const pipeline = await started(instance, '0', pino({ level: 'warn' }, logs));
       try {
         const programs = programIdsOfHeldLinks();
-        expect(kernelLinksOf(programs)).toHaveLength(2 * LINKS);
+        expect(tcxLinksRunning(...programs)).toHaveLength(2 * LINKS);
         await pipeline.stop();
         const left = warnings.find((w) => w.msg.startsWith('drain deadline reached before every link'));
         expect(left).toMatchObject({ pin_dir: join(pinRoot, `rxflow-${instance}`, 'links') });
