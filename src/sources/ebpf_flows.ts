@@ -290,7 +290,7 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
           if (links === 0) return;
           logger.warn(
             { links, pin_dir: join(dp.pinDir, 'links') },
-            "drain deadline reached before every link was detached; the kernel detaches the rest after exit, about 13 ms each (check with 'bpftool net show')",
+            'drain deadline reached before every link was detached; the kernel detaches the rest, about 13 ms each, after exit if need be',
           );
         },
       });
