@@ -12,8 +12,8 @@
  *   follower (async), or as the follower attached before its attaches left the event loop: one
  *   withNetns + attachTc per link, every link in one pass on the JS thread (sync). Reports the
  *   longest gap between the ticks of a 10 ms interval timer while they are attached, the event
- *   loop delay histogram's max, the ticks that ran, the total attach time, and the stall of the
- *   close that detaches them.
+ *   loop delay histogram's max, the ticks that ran, the total attach time, and the same for the
+ *   detach of them all: closeAsync() as a stop does (async), or close() per link (sync).
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -207,8 +207,10 @@ async function stall(): Promise<void> {
       }
     });
     const attached = links.length;
-    const detach = await watchLoop(() => {
-      if (follower) follower.close();
+    // As at a stop: the follower detaches on a worker thread, one link after another; the
+    // baseline detaches on the JS thread, as the follower's close() did before.
+    const detach = await watchLoop(async () => {
+      if (follower) await follower.closeAsync();
       else withNetns(ns, () => links.forEach((l) => l.close()));
     });
     process.stdout.write(`${JSON.stringify({ attach, detach, links: attached })}\n`);

@@ -86,12 +86,25 @@ export interface ComponentContext {
    */
   starting?: (started: Promise<unknown>) => void;
   /**
+   * Sources: set by the pipeline. A source whose stop goes on after it completes, off the event
+   * loop (the kernel source detaching 1,000 interfaces), hands it here: the pipeline waits for
+   * `done` until the drain deadline, then calls `atDeadline`, which must let go of the rest at
+   * once (and say what it left); it waits for `done` a second more, as it does for the sinks.
+   */
+  releasing?: (release: PendingRelease) => void;
+  /**
    * Sinks: true when the pipeline reads the sink's input through the buffer it keeps in front of
    * the sink (src/sinks/buffer.ts), which counts what the sink is handed and applies
    * buffer_max_records and when_full. Unset, the sink puts the same buffer in front of itself
    * (a sink built on its own, as tests do).
    */
   bufferedByPipeline?: boolean;
+}
+
+/** A source's stop still under way (see ComponentContext.releasing). */
+export interface PendingRelease {
+  readonly done: Promise<void>;
+  atDeadline(): void;
 }
 
 /**

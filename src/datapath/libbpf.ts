@@ -235,6 +235,8 @@ export interface LibbpfAsync {
    * call runs on the JS thread.
    */
   bpf_map_update_elem(fd: number, key: Uint8Array, value: Uint8Array, flags: number): Promise<number>;
+  /** Detaching a TCX link waits for an RCU grace period (about 13 ms), under the rtnl lock. */
+  bpf_link_detach(linkFd: number): Promise<number>;
 }
 
 interface Bound {
@@ -343,16 +345,29 @@ function bind(): Bound {
     sysconf: c.func('long sysconf(int name)'),
   } as unknown as Libc;
 
+  const linkDetach = lib.func('int bpf_link_detach(int link_fd)');
   const bpfAsync: LibbpfAsync = {
     bpf_map_update_elem: nativeArgsAsync(
       'bpf_map_update_elem',
       lib.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
     ),
+    bpf_link_detach: (linkFd) => callOnWorker<number>(linkDetach, [linkFd], asyncFailure('bpf_link_detach')),
   };
 
   const sampleFn = koffi.proto('int rxflow_ring_buffer_sample_fn(void *ctx, void *data, size_t size)');
   installPrint(lib, c);
   return { bpf, bpfAsync, libc, sampleFn };
+}
+
+/** The rejection of a call koffi could not make on a worker thread. */
+function asyncFailure(name: string): (err: unknown) => DatapathError {
+  return (err) =>
+    new DatapathError(
+      'EASYNC',
+      `${name} on a worker thread: koffi could not make the call (${err instanceof Error ? err.message : typeof err}); ` +
+        'the datapath runs one such call at a time, so report this as a bug',
+      err,
+    );
 }
 
 /**
@@ -364,13 +379,7 @@ function nativeArgsAsync(
   name: string,
   fn: ReturnType<LibraryHandle['func']>,
 ): (fd: number, a: Uint8Array, b: Uint8Array, flags: number) => Promise<number> {
-  const failed = (err: unknown): DatapathError =>
-    new DatapathError(
-      'EASYNC',
-      `${name} on a worker thread: koffi could not make the call (${err instanceof Error ? err.message : typeof err}); ` +
-        'the datapath runs one such call at a time, so report this as a bug',
-      err,
-    );
+  const failed = asyncFailure(name);
   return (fd, a, b, flags) => {
     const size = Math.max(1, a.length + b.length);
     const block = koffi.alloc('uint8_t', size) as Ptr;

@@ -13,6 +13,7 @@ import {
   BPF_TC_INGRESS,
   TC_OPTS_PROG_ID,
   libbpf,
+  libbpfAsync,
   libc,
   tcHook,
   tcOpts,
@@ -33,6 +34,21 @@ export interface TcLink {
   readonly pinPath: string | undefined;
   /** Detaches; leaves no filter or link behind and removes the pin. Idempotent. */
   close(): void;
+  /**
+   * close() with the kernel's wait off the calling thread: a TCX link is detached on a worker
+   * thread of the libuv pool (the kernel returns only after an RCU grace period, about 13 ms a
+   * link), its fd closed and its pin removed once that is done. A clsact filter (about 1 ms) is
+   * removed on the calling thread. Idempotent; close() meanwhile does nothing.
+   */
+  closeAsync(): Promise<void>;
+  /**
+   * Lets go of a pinned TCX link without waiting for the kernel: the fd is closed while the pin
+   * still holds the link, then the pin is removed, and the kernel detaches the link on its own
+   * workqueue (one after another, about 13 ms each), whether or not this process is still
+   * running. During a closeAsync() only the pin is removed: the worker's detach ends it. A
+   * clsact filter, or a link without a pin, is closed as close() does.
+   */
+  release(): void;
 }
 
 export interface AttachOptions {
@@ -329,6 +345,7 @@ class TcxLink implements TcLink {
   readonly mode = 'tcx';
   readonly programId: number;
   #fd: number;
+  #detaching: Promise<void> | undefined;
 
   constructor(
     readonly ifname: string,
@@ -342,23 +359,60 @@ class TcxLink implements TcLink {
   }
 
   close(): void {
-    if (this.#fd < 0) return;
+    if (this.#fd < 0 || this.#detaching !== undefined) return;
     const fd = this.#fd;
     this.#fd = -1;
-    const r = libbpf().bpf_link_detach(fd);
-    libc().close(fd);
-    if (this.pinPath !== undefined) {
-      try {
-        unlinkSync(this.pinPath);
-      } catch {
-        // already gone: nothing to remove
-      }
+    this.#detached(fd, libbpf().bpf_link_detach(fd));
+  }
+
+  closeAsync(): Promise<void> {
+    if (this.#fd < 0) return this.#detaching ?? Promise.resolve();
+    if (this.#detaching !== undefined) return this.#detaching;
+    const fd = this.#fd;
+    // The fd stays open until the worker is done with it: a closed number may name another file.
+    this.#detaching = libbpfAsync()
+      .bpf_link_detach(fd)
+      // koffi could not make the call on a worker thread: detach here.
+      .catch(() => libbpf().bpf_link_detach(fd))
+      .then((r) => {
+        this.#fd = -1;
+        this.#detached(fd, r);
+      });
+    return this.#detaching;
+  }
+
+  release(): void {
+    if (this.pinPath === undefined) {
+      this.close();
+      return;
     }
+    if (this.#fd >= 0 && this.#detaching === undefined) {
+      // The pin still holds the link: closing the fd costs nothing.
+      libc().close(this.#fd);
+      this.#fd = -1;
+    }
+    // The last reference goes with the pin: the kernel detaches the link on its workqueue.
+    this.#unpin();
+  }
+
+  /** Closes the fd after bpf_link_detach answered `r`, removes the pin; throws for a failed detach. */
+  #detached(fd: number, r: number): void {
+    libc().close(fd);
+    this.#unpin();
     // A link whose interface went away is already detached.
     if (r < 0 && ![ENOENT, ENODEV, ENOLINK].includes(-r)) {
       throw syscallFailure(`detach tc ${this.direction} ${this.ifname}`, 'bpf_link_detach', r, {
         code: 'EDETACH',
       });
+    }
+  }
+
+  #unpin(): void {
+    if (this.pinPath === undefined) return;
+    try {
+      unlinkSync(this.pinPath);
+    } catch {
+      // already gone: nothing to remove
     }
   }
 }
@@ -399,6 +453,17 @@ class ClsactLink implements TcLink {
     private readonly priority: number,
     readonly programId: number,
   ) {}
+
+  closeAsync(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.close();
+      resolve();
+    });
+  }
+
+  release(): void {
+    this.close();
+  }
 
   /**
    * Removes the filter, if it is still this program's (a restarted agent may have replaced it at the

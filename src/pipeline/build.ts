@@ -15,6 +15,7 @@ import {
 import type {
   ComponentContext,
   ComponentKind,
+  PendingRelease,
   ReplicationStatusBoard,
   ReplicationStatusReader,
   Sink,
@@ -165,6 +166,8 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   const sources: Connectable<FlowBatch>[] = [];
   // What the sources hand context.starting when they are connected.
   const starts: Promise<unknown>[] = [];
+  // What the sources hand context.releasing when they stop.
+  const releases: PendingRelease[] = [];
   const sinks: BuiltSink[] = [];
   const inputOf = (spec: ComponentSpec): Observable<FlowBatch> => {
     const inputs = spec.inputs.map((id) => outputs.get(id)!);
@@ -197,6 +200,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
           gates.set(spec.id, gate);
           context.hold = gate;
           context.starting = (started) => starts.push(started);
+          context.releasing = (release) => releases.push(release);
           // A source that drains on stop (the kernel map) emits what it holds and completes by
           // itself; any other source is cut off when the pipeline stops.
           if (module.flushesOnDemand) flushable.push(spec.id);
@@ -261,6 +265,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
     { flushing, sources: flushable },
     starts,
     drainTimeoutMs,
+    releases,
   );
 }
 
@@ -300,6 +305,8 @@ export class Pipeline {
     private readonly starts: readonly Promise<unknown>[],
     /** How long a drain may take; then every sink is closed and what it holds counted shutdown. */
     readonly drainTimeoutMs = DEFAULT_DRAIN_TIMEOUT_MS,
+    /** The stops the sources report when they end (ComponentContext.releasing). */
+    private readonly releases: readonly PendingRelease[] = [],
   ) {
     this.done = new Promise<void>((resolve, reject) => {
       this.resolveDone = resolve;
@@ -475,6 +482,14 @@ export class Pipeline {
     clearTimeout(this.drainTimer);
     clearTimeout(this.overdueTimer);
     for (const s of this.subscriptions) s.unsubscribe();
+    // Sources that go on stopping off the event loop: until the deadline, then they let go.
+    const released = Promise.all(this.releases.map((r) => r.done.catch(() => undefined))).then(
+      () => undefined,
+    );
+    if (!(await this.bounded(released, 0))) {
+      for (const r of this.releases) r.atDeadline();
+      await this.bounded(released, CLOSE_GRACE_MS);
+    }
     this.currentState = 'stopped';
     const totals = this.ledger.totals();
     this.logger.info(

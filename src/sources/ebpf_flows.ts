@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import {
   Observable,
   ReplaySubject,
@@ -265,11 +266,34 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
     return () => {
       sub.unsubscribe();
       pressure.complete();
-      try {
-        follower.close();
-      } finally {
-        dp.close();
+      const releasing = context.releasing;
+      if (releasing === undefined) {
+        try {
+          follower.close();
+        } finally {
+          dp.close();
+        }
+        return;
       }
+      // Each TCX detach waits out a grace period in the kernel: they run off the event loop, and
+      // the pipeline's drain deadline bounds them (see LinkFollower.closeAsync).
+      const done = follower
+        .closeAsync()
+        .then(() => dp.close())
+        .catch((err: unknown) =>
+          logger.error({ err, pin_dir: dp.pinDir }, 'closing the flow datapath failed'),
+        );
+      releasing({
+        done,
+        atDeadline: () => {
+          const links = follower.release();
+          if (links === 0) return;
+          logger.warn(
+            { links, pin_dir: join(dp.pinDir, 'links') },
+            'drain deadline reached before every link was detached; the kernel detaches the rest, about 13 ms each, after exit if need be',
+          );
+        },
+      });
     };
   });
 }

@@ -112,6 +112,12 @@ export class LinkFollower {
   private openFailure: Error | undefined;
   private openSettled: (() => void) | undefined;
   private readonly idleWaiters: (() => void)[] = [];
+  /** Set during closeAsync()'s close(): the links detach() lets go of, detached in turn after. */
+  private deferred: { state: NsState; tc: TcLink[] }[] | undefined;
+  /** closeAsync()'s detaches, once started. */
+  private closing: Promise<void> | undefined;
+  /** The links closeAsync() has not detached yet; release() hands them to the kernel. */
+  private readonly undetached = new Set<TcLink>();
   /**
    * Settles once every link that matched when open() ran is attached (or found gone): rejects
    * with the first attach that failed, as a fixed list of interfaces always did. Until then the
@@ -242,6 +248,68 @@ export class LinkFollower {
     }
     this.subject.complete();
     if (first !== undefined) throw first;
+  }
+
+  /**
+   * close() with the links detached one after another off the event loop (TcLink.closeAsync), as
+   * the kernel makes each TCX detach wait out an RCU grace period (about 13 ms, so 27 s for both
+   * hooks of 1,000 links): stops following at once, and resolves once every link is detached and
+   * unpinned, or once the detach under way when release() let go of the rest is over. A detach
+   * that fails is logged. Idempotent.
+   */
+  closeAsync(): Promise<void> {
+    if (this.closing !== undefined) return this.closing;
+    if (this.closed) return Promise.resolve();
+    const deferred: { state: NsState; tc: TcLink[] }[] = [];
+    this.deferred = deferred;
+    try {
+      this.close();
+    } catch (err) {
+      // Only a clsact filter is removed at once (see detach()).
+      this.options.logger.error({ err }, 'detach failed');
+    } finally {
+      this.deferred = undefined;
+    }
+    for (const d of deferred) for (const l of d.tc) this.undetached.add(l);
+    this.closing = this.detachInTurn(deferred);
+    return this.closing;
+  }
+
+  /**
+   * During closeAsync(): lets go of the links not detached yet without waiting for the kernel
+   * (TcLink.release: their pins removed, the kernel detaches them on its own workqueue, after this
+   * process exits if need be); closeAsync() settles once the detach under way (one grace period)
+   * is over. Returns how many it let go of, that one included.
+   */
+  release(): number {
+    const rest = [...this.undetached];
+    this.undetached.clear();
+    for (const l of rest) {
+      try {
+        l.release();
+      } catch (err) {
+        this.options.logger.error({ err, ifname: l.ifname, direction: l.direction }, 'release failed');
+      }
+    }
+    return rest.length;
+  }
+
+  private async detachInTurn(deferred: { state: NsState; tc: TcLink[] }[]): Promise<void> {
+    for (const { state, tc } of deferred) {
+      for (const l of tc) {
+        // Let go of by release() meanwhile.
+        if (!this.undetached.has(l)) return;
+        try {
+          await l.closeAsync();
+        } catch (err) {
+          this.options.logger.error(
+            { err, netns: state.ns.label, ifname: l.ifname, ifindex: l.ifindex },
+            'detach failed',
+          );
+        }
+        this.undetached.delete(l);
+      }
+    }
   }
 
   /**
@@ -526,6 +594,11 @@ export class LinkFollower {
     const by = this.attachedBy.get(ifindex);
     by?.delete(state.ns.ino);
     if (by?.size === 0) this.attachedBy.delete(ifindex);
+    // closeAsync() detaches TCX links later; a clsact filter is found in its namespace, now.
+    if (this.deferred !== undefined && cur.tc.every((l) => l.mode === 'tcx')) {
+      this.deferred.push({ state, tc: cur.tc });
+      return;
+    }
     this.closeLinks(state, cur.tc);
   }
 

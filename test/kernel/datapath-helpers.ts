@@ -3,7 +3,7 @@
  * network namespaces (all named rxdp*), and readers of what bpftool and tc report.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmdirSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DatapathError } from '../../src/datapath/errors.js';
@@ -168,6 +168,24 @@ export function tcxLinksRunning(...progIds: number[]): LinkRow[] {
   return rows.filter(
     (l) => (l.type === BPF_LINK_TYPE_TCX || l.type === 'tcx') && progIds.includes(l.prog_id),
   );
+}
+
+/**
+ * The TCX links this process holds open (fdinfo link_type tcx). A TCX link the follower made lives
+ * only by its fd and its pin: with neither, the kernel has detached it.
+ */
+export function tcxLinkFds(): number[] {
+  const out: number[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let info: string;
+    try {
+      info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (/^link_type:\s*tcx$/m.test(info)) out.push(Number(fd));
+  }
+  return out;
 }
 
 /** Filters of an interface hook, as `tc -j filter show dev X ingress|egress` lists them. */

@@ -27,6 +27,7 @@ import type { LinkFollower } from '../../src/sources/link-follower.js';
 import { cleanup, makeBpffsDir, makeTempDir } from '../fixtures/cleanup.js';
 import { createNetns, type Netns } from '../fixtures/netns.js';
 import { kernelDescribe } from '../fixtures/privilege.js';
+import { tcxLinkFds } from './datapath-helpers.js';
 import { collectModule, until, type CollectStore } from '../unit/pipeline/components.js';
 
 const LINKS = 12;
@@ -54,24 +55,6 @@ function tcxLinksOf(dp: FlowDatapath): LinkInfo[] {
     execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }),
   ) as LinkInfo[];
   return links.filter((l) => programs.has(l.prog_id ?? -1));
-}
-
-/**
- * The TCX links this process holds open (fdinfo link_type tcx). A TCX link the follower made lives
- * only by its fd and its pin: with neither, the kernel has detached it.
- */
-function tcxLinkFds(): number[] {
-  const out: number[] = [];
-  for (const fd of readdirSync('/proc/self/fd')) {
-    let info: string;
-    try {
-      info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
-    } catch {
-      continue;
-    }
-    if (/^link_type:\s*tcx$/m.test(info)) out.push(Number(fd));
-  }
-  return out;
 }
 
 function pins(dp: FlowDatapath): string[] {
