@@ -93,6 +93,13 @@ export interface ComponentContext {
    */
   releasing?: (release: PendingRelease) => void;
   /**
+   * Sources: set by the pipeline. While it drains, the milliseconds left until its deadline (0
+   * once passed); undefined otherwise. A source that must do something before its final batch
+   * (the kernel source detaching its links, so that batch holds every packet they counted) bounds
+   * it by this.
+   */
+  drainLeft?: () => number | undefined;
+  /**
    * Sinks: true when the pipeline reads the sink's input through the buffer it keeps in front of
    * the sink (src/sinks/buffer.ts), which counts what the sink is handed and applies
    * buffer_max_records and when_full. Unset, the sink puts the same buffer in front of itself

@@ -168,6 +168,8 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   const starts: Promise<unknown>[] = [];
   // What the sources hand context.releasing when they stop.
   const releases: PendingRelease[] = [];
+  // The pipeline, once built: the sources ask it for the time left to drain.
+  const ready: { pipeline?: Pipeline } = {};
   const sinks: BuiltSink[] = [];
   const inputOf = (spec: ComponentSpec): Observable<FlowBatch> => {
     const inputs = spec.inputs.map((id) => outputs.get(id)!);
@@ -201,6 +203,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
           context.hold = gate;
           context.starting = (started) => starts.push(started);
           context.releasing = (release) => releases.push(release);
+          context.drainLeft = () => ready.pipeline?.drainLeft();
           // A source that drains on stop (the kernel map) emits what it holds and completes by
           // itself; any other source is cut off when the pipeline stops.
           if (module.flushesOnDemand) flushable.push(spec.id);
@@ -253,7 +256,7 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
   }
   const drainTimeoutMs =
     options.drainTimeoutMs ?? config.settings?.drain_timeout_ms ?? DEFAULT_DRAIN_TIMEOUT_MS;
-  return new Pipeline(
+  const pipeline = new Pipeline(
     config,
     ledger,
     health,
@@ -267,6 +270,8 @@ export async function buildPipeline(config: PipelineConfig, options: BuildOption
     drainTimeoutMs,
     releases,
   );
+  ready.pipeline = pipeline;
+  return pipeline;
 }
 
 /** A built pipeline: `start()` lets data flow, `stop()` drains it, `done` settles when it has ended. */
@@ -415,7 +420,7 @@ export class Pipeline {
   }
 
   /** Time left to drain, or undefined when not draining (sources ended by themselves). */
-  private drainLeft(): number | undefined {
+  drainLeft(): number | undefined {
     if (this.drainBy === undefined) return undefined;
     return this.drainExpired ? 0 : Math.max(0, this.drainBy - Date.now());
   }

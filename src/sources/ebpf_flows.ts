@@ -21,7 +21,7 @@ import {
 import type { DropReason, StageCounters } from '../ledger.js';
 import { account } from '../records/account.js';
 import type { Logger } from '../logger.js';
-import type { FlowBatch } from '../records/flow.js';
+import type { FlowBatch, FlowRecord } from '../records/flow.js';
 import { mapTracer } from './map-tracer.js';
 import { ringbufTracer } from './ringbuf-tracer.js';
 import { INSTANCE_PATTERN } from '../datapath/instance.js';
@@ -154,6 +154,36 @@ function enableDns(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): (
   };
 }
 
+/**
+ * Before the final read of the flow maps at stop: detaches every link (off the event loop, one
+ * grace period each), so that no packet is counted after the read. While the pipeline drains,
+ * waits at most half the time left, which leaves the rest to the sinks; links still attached then
+ * are read with the maps as they are, and what they count after is not read (logged).
+ */
+async function detachBeforeFinalRead(
+  follower: LinkFollower,
+  context: ComponentContext,
+  logger: Logger,
+): Promise<void> {
+  const links = follower.tcLinks().length;
+  const detached = follower.closeAsync().then(() => true);
+  const left = context.drainLeft?.();
+  if (left === undefined) {
+    await detached;
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const budget = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), left / 2)));
+  const inTime = await Promise.race([detached, budget]);
+  clearTimeout(timer);
+  if (!inTime) {
+    logger.warn(
+      { links, waited_ms: Math.round(left / 2) },
+      'final read of the flow maps before every link was detached (half the drain time left was spent); packets the remaining links count from now on are not read',
+    );
+  }
+}
+
 function countInto(counters: StageCounters): MonoTypeOperatorFunction<FlowBatch> {
   return tap((batch) => {
     counters.addReceived(batch.length);
@@ -228,10 +258,14 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       // flowEndReason: idle when the flow's last packet is older than half the interval at the
       // eviction (no packet in its second half), active otherwise; forced on the final one.
       evict: (final) => {
-        reportKernelLosses(dp, counters);
-        reportUnmatchedDrops?.();
-        reportDnsNameMisses?.();
-        return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
+        const evict = (): Promise<FlowRecord[]> => {
+          reportKernelLosses(dp, counters);
+          reportUnmatchedDrops?.();
+          reportDnsNameMisses?.();
+          return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
+        };
+        // The links go first, so the final read holds every packet they counted.
+        return final ? detachBeforeFinalRead(follower, context, logger).then(evict) : evict();
       },
       evictionIntervalMs: config.eviction_interval_ms,
       // Map pressure (throttled) and a flush on demand (rxflow flush) each evict at once.

@@ -16,6 +16,7 @@ import { silentLogger, type Logger } from '../../src/logger.js';
 import { buildPipeline, type Pipeline } from '../../src/pipeline/build.js';
 import { ComponentRegistry } from '../../src/pipeline/component-registry.js';
 import { parsePipeline } from '../../src/pipeline/load.js';
+import type { FlowBatch } from '../../src/records/flow.js';
 import ebpfFlowsModule from '../../src/sources/ebpf_flows.js';
 import { cleanup, makeBpffsDir } from '../fixtures/cleanup.js';
 import { createNetns, type Netns } from '../fixtures/netns.js';
@@ -69,9 +70,17 @@ kernelDescribe(
     });
     afterAll(() => cleanup.dispose());
 
-    async function started(instance: string, drain: string, logger: Logger): Promise<Pipeline> {
+    async function started(
+      instance: string,
+      drain: string,
+      logger: Logger,
+      onBatch?: (batch: FlowBatch) => void,
+    ): Promise<Pipeline> {
       const store: CollectStore = new Map();
-      const registry = new ComponentRegistry([ebpfFlowsModule, collectModule(store)]);
+      const registry = new ComponentRegistry([
+        ebpfFlowsModule,
+        collectModule(store, onBatch ? { onBatch } : {}),
+      ]);
       const config = parsePipeline(
         `
 drain_timeout_ms: ${drain}
@@ -82,6 +91,7 @@ sources:
     netns: ${ns.name}
     instance: ${instance}
     pin_root: ${pinRoot}
+    eviction_interval_ms: 1h
 sinks:
   out:
     type: collect
@@ -121,6 +131,36 @@ sinks:
       } finally {
         stopped = true;
         await pipeline.stop().catch(() => undefined);
+      }
+    });
+
+    it('the final read of the flow maps comes after the last link is detached: nothing counted is left unread', async () => {
+      const instance = `detachloop-${process.pid}-order`;
+      // How many TCX links of the flow programs the kernel runs when the final batch arrives.
+      let programs = new Set<number>();
+      let atFinal: number | undefined;
+      const pipeline = await started(instance, '20s', silentLogger(), (batch) => {
+        // The final eviction ends flows without FIN or RST as forced (flowEndReason 4).
+        if (atFinal === undefined && batch.some((r) => r.flowEndReason === 4)) {
+          atFinal = tcxLinksRunning(...programs).length;
+        }
+      });
+      try {
+        programs = programIdsOfHeldLinks();
+        expect(tcxLinksRunning(...programs)).toHaveLength(2 * LINKS);
+        // Traffic on one link, so the final read has a flow to hand over.
+        execFileSync('ip', ['-n', ns.name, 'link', 'set', 'rxdl0', 'up']);
+        execFileSync('ip', ['-n', ns.name, 'link', 'set', 'rxdp0', 'up']);
+        execFileSync('ip', ['-n', ns.name, 'addr', 'add', '198.19.77.1/30', 'dev', 'rxdl0']);
+        // Nobody answers: the ARP requests are the traffic (a layer-2 flow).
+        await ns
+          .exec('ping', ['-c', '2', '-i', '0.2', '-w', '1', '-I', 'rxdl0', '198.19.77.2'])
+          .catch(() => undefined);
+        await pipeline.stop();
+        expect(atFinal).toBe(0);
+      } finally {
+        await pipeline.stop().catch(() => undefined);
+        execFileSync('ip', ['-n', ns.name, 'addr', 'flush', 'dev', 'rxdl0']);
       }
     });
 

@@ -176,6 +176,8 @@ export interface CollectHooks {
   refuse?: boolean;
   /** The YAML type; 'collect' by default. */
   type?: string;
+  /** Called with each batch as it arrives, before it is kept. */
+  onBatch?: (batch: FlowBatch) => void;
 }
 
 export function collectModule(store: CollectStore, hooks: CollectHooks = {}): SinkModule<CollectConfig> {
@@ -218,6 +220,7 @@ export function collectModule(store: CollectStore, hooks: CollectHooks = {}): Si
                   reject(new Error('broker unreachable'));
                   return;
                 }
+                hooks.onBatch?.(batch);
                 collected.batches.push(batch);
                 context.counters.addSent(batch.length);
               },
