@@ -332,6 +332,11 @@ function ianaView(s: FlowRecord): Record<string, unknown> {
   e.layer2OctetDeltaCount = s.layer2OctetDeltaCount ?? 0;
   if (s.dot1qVlanId) e.dot1qVlanId = s.dot1qVlanId;
   if (s.dot1qCustomerVlanId) e.dot1qCustomerVlanId = s.dot1qCustomerVlanId;
+  // Every template carries the drops too; 0 is none.
+  if (s.droppedPacketDeltaCount || s.droppedOctetDeltaCount) {
+    e.droppedPacketDeltaCount = s.droppedPacketDeltaCount ?? 0;
+    e.droppedOctetDeltaCount = s.droppedOctetDeltaCount ?? 0;
+  }
   for (const k of [
     'sourceIPv4Address',
     'destinationIPv4Address',
@@ -806,13 +811,14 @@ console.log('ready');
     expect(r.records).toEqual([{ ...rest, exporterIPv6Address: '::1' }, a.record]);
   });
 
-  it("reads what rxflow's ipfix sink writes: every IANA field of every record, IPv4, IPv6 and tunnelled", async () => {
+  it("reads what rxflow's ipfix sink writes: every IANA field of every record (drops too), IPv4, IPv6 and tunnelled", async () => {
     const r = await start();
     const sent = Array.from({ length: 300 }, (_, i) => {
       const rec = variedFlowRecord(i);
       if (i % 7 === 1) rec.flowEndReason = 2;
       if (rec.ipVersion === 4 && i % 13 === 6)
         Object.assign(rec, { protocolIdentifier: 1, icmpTypeIPv4: 8, icmpCodeIPv4: 0 });
+      if (i % 9 === 5) Object.assign(rec, { droppedPacketDeltaCount: i, droppedOctetDeltaCount: i * 60 });
       return rec;
     });
     await exportTo(r.config.port, sent);

@@ -24,7 +24,7 @@
  * MACs (else zeros), 256 ethernetType (else by address family), 136 flowEndReason, ICMP type and
  * code from 176-179 or 32/139 (or, as v9 exporters do, the destination port), 34 or PSAMP 305/306
  * samplingInterval, 352 layer2OctetDeltaCount, 243 dot1qVlanId (else 58 vlanId), 245
- * dot1qCustomerVlanId. Times, first found wins: 150-157 absolute (seconds, ms, NTP micro/nano), 158/159
+ * dot1qCustomerVlanId, 133/132 droppedPacketDeltaCount and droppedOctetDeltaCount (0 is none). Times, first found wins: 150-157 absolute (seconds, ms, NTP micro/nano), 158/159
  * relative to the export time, 21/22 sysUpTime (v9: against the header's sysUptime and unix
  * seconds, so to the second of the export; IPFIX: from systemInitTimeMilliseconds, 160, in the
  * record or the domain's options data), 161 duration; without any, the export time.
@@ -100,6 +100,8 @@ const IE_VLAN_ID = 58;
 const IE_DOT1Q_VLAN_ID = 243;
 const IE_DOT1Q_CUSTOMER_VLAN_ID = 245;
 const IE_LAYER2_OCTET_DELTA = 352;
+const IE_DROPPED_OCTET_DELTA = 132;
+const IE_DROPPED_PACKET_DELTA = 133;
 
 // Field codes: what a template field is read into.
 const F_SKIP = 0;
@@ -150,6 +152,8 @@ const F_VLAN = 44;
 const F_DOT1Q_VLAN = 45;
 const F_CUSTOMER_VLAN = 46;
 const F_L2_OCTETS = 47;
+const F_DROPPED_OCTETS = 48;
+const F_DROPPED_PACKETS = 49;
 
 /** Field code of each element, and the lengths it may have (0: any of 1-8 bytes, an unsigned number). */
 const ELEMENTS: [ie: number, code: number, length: number][] = [
@@ -202,12 +206,14 @@ const ELEMENTS: [ie: number, code: number, length: number][] = [
   [IE_DOT1Q_VLAN_ID, F_DOT1Q_VLAN, 0],
   [IE_DOT1Q_CUSTOMER_VLAN_ID, F_CUSTOMER_VLAN, 0],
   [IE_LAYER2_OCTET_DELTA, F_L2_OCTETS, 0],
+  [IE_DROPPED_OCTET_DELTA, F_DROPPED_OCTETS, 0],
+  [IE_DROPPED_PACKET_DELTA, F_DROPPED_PACKETS, 0],
 ];
 
 const CODE_OF = new Map<number, number>(ELEMENTS.map(([ie, code]) => [ie, code]));
 
 /** rxflow's element n (under the configured enterprise number) has field code F_RXFLOW + n. */
-const F_RXFLOW = 48;
+const F_RXFLOW = 50;
 /** Bit n set: rxflow's element n is a string. */
 const RXFLOW_STRINGS = RXFLOW_ELEMENTS.reduce(
   (bits, e) => (e.type === 'string' ? bits | (1 << e.id) : bits),
@@ -861,6 +867,8 @@ export class IpfixDecoder {
     let duration = -1;
     let ethertype = -1;
     let l2Octets = -1;
+    let droppedOctets = 0;
+    let droppedPackets = 0;
     let vlan = -1;
     let dot1qVlan = -1;
     let customerVlan = -1;
@@ -995,6 +1003,12 @@ export class IpfixDecoder {
         case F_L2_OCTETS:
           l2Octets = unsigned(b, at, length);
           break;
+        case F_DROPPED_OCTETS:
+          droppedOctets = unsigned(b, at, length);
+          break;
+        case F_DROPPED_PACKETS:
+          droppedPackets = unsigned(b, at, length);
+          break;
         case F_VLAN:
           vlan = unsigned(b, at, length);
           break;
@@ -1091,6 +1105,11 @@ export class IpfixDecoder {
     if (sampling > 1) rec.samplingInterval = sampling;
     if (egress !== 0) rec.egressInterface = egress;
     if (l2Octets >= 0) rec.layer2OctetDeltaCount = l2Octets;
+    // 0 is no drop, as in rxflow's records (its sink writes 0 for a record without drops).
+    if (droppedPackets > 0 || droppedOctets > 0) {
+      rec.droppedPacketDeltaCount = droppedPackets;
+      rec.droppedOctetDeltaCount = droppedOctets;
+    }
     // dot1qVlanId, else vlanId (58, what v9 exporters send); 0 is no tag, as in rxflow's records.
     if (dot1qVlan < 0) dot1qVlan = vlan;
     if (dot1qVlan > 0) rec.dot1qVlanId = dot1qVlan;
@@ -1116,6 +1135,8 @@ export class IpfixDecoder {
       octets <= Number.MAX_SAFE_INTEGER &&
       packets <= Number.MAX_SAFE_INTEGER &&
       l2Octets <= Number.MAX_SAFE_INTEGER &&
+      droppedOctets <= Number.MAX_SAFE_INTEGER &&
+      droppedPackets <= Number.MAX_SAFE_INTEGER &&
       dot1qVlan <= 0xfff &&
       customerVlan <= 0xfff &&
       start >= EARLIEST_FLOW_MS &&
