@@ -196,6 +196,11 @@ interface ModuleBase<C> {
   schema: JsonSchema;
   /** A complete example config, which a test parses with `schema`. */
   example: C;
+  /**
+   * Problems across options that the schema cannot say (one option's bound set by another), for
+   * `validate` to report at the option's key; the config has passed the schema.
+   */
+  check?(config: C): { option: string; message: string }[];
 }
 
 export interface SourceModule<C> extends ModuleBase<C> {

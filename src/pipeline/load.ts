@@ -358,6 +358,7 @@ function checkEntry(
         report([...path, p.option], p.message);
       }
     }
+    for (const p of module.check?.(result.config) ?? []) report([...path, p.option], p.message);
     return;
   }
   const reserved = kind === 'source' ? ['type'] : ['type', 'inputs'];

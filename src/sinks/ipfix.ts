@@ -336,13 +336,8 @@ export class IpfixSink implements Sink {
     const maxBytes =
       this.config.max_message_bytes ??
       (this.config.transport === 'udp' ? UDP_MESSAGE_BYTES[family] : MAX_MESSAGE_BYTES);
-    const templates = templateSetBytes(this.config.enterprise_number);
-    if (maxBytes < MESSAGE_HEADER_BYTES + templates + 200) {
-      throw new SinkError(
-        'ECONFIG',
-        `ipfix sink: max_message_bytes ${maxBytes} cannot hold the templates (${templates} bytes) and a record; raise it`,
-      );
-    }
+    const tooSmall = messageRoomProblem(maxBytes, this.config.enterprise_number);
+    if (tooSmall !== undefined) throw new SinkError('ECONFIG', `ipfix sink: ${tooSmall}`);
     this.exporter = new Exporter(maxBytes, this.config, this.scheduler);
     if (this.config.transport === 'udp') {
       this.udp = new UdpTransport(family, resolved.address, this.target.port);
@@ -638,6 +633,20 @@ class TcpSession {
   }
 }
 
+/** Room a message keeps for a record beside the templates. */
+const RECORD_ROOM_BYTES = 200;
+
+/**
+ * Why messages of `maxBytes` cannot carry the templates (rxflow's own elements too with
+ * `enterprise`) and a record; undefined when they can.
+ */
+function messageRoomProblem(maxBytes: number, enterprise: number | undefined): string | undefined {
+  const templates = templateSetBytes(enterprise);
+  const least = MESSAGE_HEADER_BYTES + templates + RECORD_ROOM_BYTES;
+  if (maxBytes >= least) return undefined;
+  return `max_message_bytes ${maxBytes} cannot hold the templates (${templates} bytes${enterprise === undefined ? '' : ' with enterprise_number'}) and a record; raise it to ${least} or more`;
+}
+
 const ipfixModule: SinkModule<IpfixSinkConfig> = {
   type: 'ipfix',
   kind: 'sink',
@@ -646,6 +655,12 @@ const ipfixModule: SinkModule<IpfixSinkConfig> = {
     "Exports flow records to an IPFIX collector (RFC 7011) over UDP or TCP, on IANA elements, and rxflow's own fields under enterprise_number if set.",
   schema,
   example: { collector: '127.0.0.1:4739', transport: 'udp' },
+  check(config) {
+    // The default sizes (an Ethernet path MTU, or 65535) hold every template set.
+    if (config.max_message_bytes === undefined) return [];
+    const problem = messageRoomProblem(config.max_message_bytes, config.enterprise_number);
+    return problem === undefined ? [] : [{ option: 'max_message_bytes', message: problem }];
+  },
   build(config: IpfixSinkConfig, context: ComponentContext): Sink {
     return new IpfixSink(config, context);
   },

@@ -114,3 +114,22 @@ describe('size and duration options at validate', () => {
     expect(problems('    eviction_interval_ms: 596h\n')).toEqual([]);
   });
 });
+
+describe('options bounded by other options, at validate', () => {
+  function ipfix(options: string): string[] {
+    const text = `sources:\n  flows:\n    type: ebpf_flows\n    interfaces: [eth0]\nsinks:\n  out:\n    type: ipfix\n    inputs: [flows]\n    collector: 127.0.0.1:4739\n${options}`;
+    return checkPipeline(text, 'p.yaml', { env: {}, machine: MACHINE }).problems.map(formatProblem);
+  }
+
+  it("refuses an ipfix max_message_bytes that cannot hold the templates and a record, enterprise_number's too", () => {
+    expect(ipfix('    max_message_bytes: 600\n')).toEqual([
+      'p.yaml:10:24: sinks.out.max_message_bytes: max_message_bytes 600 cannot hold the templates (480 bytes) and a record; raise it to 696 or more',
+    ]);
+    expect(ipfix('    max_message_bytes: 696\n')).toEqual([]);
+    expect(ipfix('    max_message_bytes: 696\n    enterprise_number: 32473\n')).toEqual([
+      'p.yaml:10:24: sinks.out.max_message_bytes: max_message_bytes 696 cannot hold the templates (920 bytes with enterprise_number) and a record; raise it to 1136 or more',
+    ]);
+    expect(ipfix('    max_message_bytes: 1136\n    enterprise_number: 32473\n')).toEqual([]);
+    expect(ipfix('    enterprise_number: 32473\n')).toEqual([]);
+  });
+});
