@@ -13,6 +13,7 @@ import {
   attachTc,
   type BpfMap,
   type Collection,
+  type DrainResult,
   type Program,
   type TcDirection,
   type TcLink,
@@ -354,24 +355,35 @@ export class FlowDatapath {
     // After the swap no program counts into this map: the flows' idle time is measured from now.
     const nowNs = monotonicNowNs();
     const batch = map.drain();
+    const eviction = evictionOf(nowNs, options);
+    const { records, indexes } = this.#decodeDrained(batch, map.valueBufferSize, offsetMs, eviction);
     // Swapped after the flow maps: a drop between the two swaps lands on a flow of the new flow
     // map, and comes out here without its packets (attachDrops).
-    const eviction = evictionOf(nowNs, options);
-    const indexes: number[] = [];
-    const records =
-      batch.count === 0
-        ? []
-        : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, eviction, this.labeler, indexes);
-    this.#attachDnsNames(records, indexes, batch.keys);
     const drops = this.drops?.evict();
     if (drops === undefined || drops.byKey.size === 0) return records;
     return this.#withDrops(records, indexes, batch.keys, drops, offsetMs, eviction);
   }
 
-  /** Drains the DNS query names, when on, onto the records of the flow map drained before. */
-  #attachDnsNames(records: readonly FlowRecord[], indexes: readonly number[], keys: Uint8Array): void {
-    if (this.dnsNames === undefined) return;
-    this.dnsNames.attach(records, indexes, keys, this.#dnsNameMap.drain(), this.#dnsNameMap.valueBufferSize);
+  /**
+   * The records of a drained flow map (`indexes[i]`: the batch entry of records[i]), with the DNS
+   * query names, when on, drained after it and put on them.
+   */
+  #decodeDrained(
+    batch: DrainResult,
+    valueBufferSize: number,
+    offsetMs: number,
+    eviction: FlowEviction,
+  ): { records: FlowRecord[]; indexes: number[] } {
+    const indexes: number[] = [];
+    const records =
+      batch.count === 0
+        ? []
+        : decodeFlowMapBatch(batch, valueBufferSize, offsetMs, eviction, this.labeler, indexes);
+    if (this.dnsNames !== undefined) {
+      const names = this.#dnsNameMap;
+      this.dnsNames.attach(records, indexes, batch.keys, names.drain(), names.valueBufferSize);
+    }
+    return { records, indexes };
   }
 
   /** The records of a drained flow map with the drops of their flows, and the drops on no flow. */
@@ -404,12 +416,7 @@ export class FlowDatapath {
     const batch = map.drain();
     // Decoded before the drop swap: the next drain of this map would reuse the key buffer.
     const eviction = evictionOf(nowNs, options);
-    const indexes: number[] = [];
-    const records =
-      batch.count === 0
-        ? []
-        : decodeFlowMapBatch(batch, map.valueBufferSize, offsetMs, eviction, this.labeler, indexes);
-    this.#attachDnsNames(records, indexes, batch.keys);
+    const { records, indexes } = this.#decodeDrained(batch, map.valueBufferSize, offsetMs, eviction);
     if (!this.drops) return records;
     const keys = batch.keys.slice(0, batch.count * FLOW_KEY.size);
     const drops = await this.drops.evictAsync();
