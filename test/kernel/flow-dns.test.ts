@@ -289,21 +289,29 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
     expect(records.filter((r) => r.dnsLatencyMicroseconds !== undefined)).toEqual([]);
   });
 
-  it('ebpf_flows with dns: true and dns_port in a pipeline: the server side response flows', async () => {
+  /**
+   * The records of an ebpf_flows pipeline with `options` on the server's end while the client asks
+   * `queries`; the pipeline logged no warning.
+   */
+  async function serverPipeline(name: string, options: string, queries: Query[]): Promise<FlowRecord[]> {
     const { pipeline, collected, logs } = await startEbpfPipeline({
-      name: 'dns-pipeline',
+      name,
       iface: pair.link.b.ifname,
       netns: pair.server.name,
       pinRoot,
-      options: `    dns: true\n    dns_port: ${OTHER_PORT}`,
+      options,
     });
-    await ask([
+    await ask(queries);
+    await pipeline.stop();
+    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
+    return collected();
+  }
+
+  it('ebpf_flows with dns: true and dns_port in a pipeline: the server side response flows', async () => {
+    const records = await serverPipeline('dns-pipeline', `    dns: true\n    dns_port: ${OTHER_PORT}`, [
       { proto: 'udp', srcPort: 40041, id: 300, rcode: SERVFAIL, delayMs: 1, port: OTHER_PORT },
       { proto: 'tcp', srcPort: 40042, id: 301, rcode: NXDOMAIN, delayMs: 1, port: OTHER_PORT },
     ]);
-    await pipeline.stop();
-    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
-    const records = collected();
     const udp = dnsOf(records, 'udp', OTHER_PORT, 40041, 1);
     const tcp = dnsOf(records, 'tcp', OTHER_PORT, 40042, 1);
     expect([udp.id, udp.rcode, tcp.id, tcp.rcode]).toEqual([300, SERVFAIL, 301, NXDOMAIN]);
@@ -473,17 +481,11 @@ kernelDescribe('DNS latency, id and response code on the flows', () => {
   });
 
   it('ebpf_flows with dns_query_name: true in a pipeline: names on the response flows', async () => {
-    const { pipeline, collected, logs } = await startEbpfPipeline({
-      name: 'dns-name-pipeline',
-      iface: pair.link.b.ifname,
-      netns: pair.server.name,
-      pinRoot,
-      options: '    dns_query_name: true\n    dns_query_name_max_flows: 16',
-    });
-    await ask(named.map(([q]) => q));
-    await pipeline.stop();
-    expect(logs.filter((l) => l.level >= WARN)).toEqual([]);
-    const records = collected();
+    const records = await serverPipeline(
+      'dns-name-pipeline',
+      '    dns_query_name: true\n    dns_query_name_max_flows: 16',
+      named.map(([q]) => q),
+    );
     for (const [q, name] of named) {
       const s = flowOf(records, q.proto, PORT, q.srcPort, 1);
       expect([s.dnsTransactionId, s.dnsResponseCode, s.dnsQueryName]).toEqual([q.id, q.rcode, name]);
