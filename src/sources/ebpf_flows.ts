@@ -8,7 +8,9 @@ import {
   tap,
   throttleTime,
   type MonoTypeOperatorFunction,
+  type SchedulerLike,
 } from 'rxjs';
+import { beforeDeadline } from '../delivery/deadline.js';
 import { msOption, type ComponentContext, type JsonSchema, type SourceModule } from '../component.js';
 import {
   FLOW_FEATURE_DNS,
@@ -131,8 +133,8 @@ function enableRtt(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): v
 
 /**
  * Turns DNS latency on, and the query names with dns_query_name (which needs the pairing, so it
- * turns dns on as well). Returns a reporter that logs the
- * answers of the last eviction that got no name (the name map was full, see DnsNames).
+ * turns dns on as well). Returns a reporter that logs the answers of the last eviction that got
+ * no name (the name map was full, or the question was not a name: see DnsNames).
  */
 function enableDns(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): (() => void) | undefined {
   const names = config.dns_query_name;
@@ -163,20 +165,17 @@ function enableDns(dp: FlowDatapath, config: EbpfFlowsConfig, logger: Logger): (
 async function detachBeforeFinalRead(
   follower: LinkFollower,
   context: ComponentContext,
+  scheduler: SchedulerLike,
   logger: Logger,
 ): Promise<void> {
   const links = follower.tcLinks().length;
-  const detached = follower.closeAsync().then(() => true);
+  const detached = follower.closeAsync();
   const left = context.drainLeft?.();
   if (left === undefined) {
     await detached;
     return;
   }
-  let timer: NodeJS.Timeout | undefined;
-  const budget = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), left / 2)));
-  const inTime = await Promise.race([detached, budget]);
-  clearTimeout(timer);
-  if (!inTime) {
+  if ((await beforeDeadline(detached, left / 2, scheduler)) === 'late') {
     logger.warn(
       { links, waited_ms: Math.round(left / 2) },
       'final read of the flow maps before every link was detached (half the drain time left was spent); packets the remaining links count from now on are not read',
@@ -258,14 +257,19 @@ export function ebpfFlows(config: EbpfFlowsConfig, context: ComponentContext): O
       // flowEndReason: idle when the flow's last packet is older than half the interval at the
       // eviction (no packet in its second half), active otherwise; forced on the final one.
       evict: (final) => {
-        const evict = (): Promise<FlowRecord[]> => {
+        const evict = async (): Promise<FlowRecord[]> => {
           reportKernelLosses(dp, counters);
           reportUnmatchedDrops?.();
+          const records = await dp.evictFlowsAsync(offsetMs, {
+            idleMs: config.eviction_interval_ms / 2,
+            forced: final,
+          });
+          // The names this eviction paired: reported now, so the final one's are too.
           reportDnsNameMisses?.();
-          return dp.evictFlowsAsync(offsetMs, { idleMs: config.eviction_interval_ms / 2, forced: final });
+          return records;
         };
         // The links go first, so the final read holds every packet they counted.
-        return final ? detachBeforeFinalRead(follower, context, logger).then(evict) : evict();
+        return final ? detachBeforeFinalRead(follower, context, scheduler, logger).then(evict) : evict();
       },
       evictionIntervalMs: config.eviction_interval_ms,
       // Map pressure (throttled) and a flush on demand (rxflow flush) each evict at once.

@@ -2,11 +2,12 @@
  * DNS query names (FLOW_FEATURE_DNS_NAME, bpf/flow.c dns_name): the response that completes a DNS
  * latency measurement also copies its question's name into flow_dns_names, an LRU map keyed by the
  * response's flow. Every eviction drains that map after the flow map and puts each name on the
- * record of its flow when the name belongs to the answer the record carries (same transaction id). A name whose answer is not in this eviction (it came after the flow maps were
- * swapped, so its flow counts in the next one) waits for the next eviction; older ones are
- * dropped, and a record whose name never came (pushed out of the LRU map, or overwritten by a later
- * answer of the same flow before the drain) is counted as missed, one whose question held no name
- * (a malformed or hostile response) as unreadable.
+ * record of its flow when the name belongs to the answer the record carries (same transaction
+ * id). A name whose answer is not in this eviction (it came after the flow maps were swapped, so
+ * its flow counts in the next one) waits for the next eviction; older ones are dropped. A record
+ * whose name never came (pushed out of the LRU map, or overwritten by a later answer of the same
+ * flow before the drain) is counted as missed, one whose question held no name (a malformed or
+ * hostile response) as unreadable.
  */
 import type { FlowRecord } from '../../records/flow.js';
 import { flowKeyHex } from './drops.js';
@@ -71,7 +72,7 @@ export class DnsNames {
    * Takes `batch`, a drain of flow_dns_names (`valueBytes` apart), and sets dnsQueryName on the
    * records of the eviction that carry the answer a name belongs to (`indexes[i]` is the entry of
    * records[i] in `keys`, as decodeFlowMapBatch gives them). The names map is drained after the
-   * flow map, so every name of an answer in this eviction is in `names` or was pushed out.
+   * flow map, so every name of an answer in this eviction is in `batch` or was pushed out.
    */
   attach(
     records: readonly FlowRecord[],
